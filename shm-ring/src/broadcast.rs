@@ -1,0 +1,439 @@
+//! The broadcast ring in shared memory: one [`BroadcastWriter`], up to R
+//! [`BroadcastReader`]s in any processes; every reader receives every record,
+//! in order, zero-copy.
+
+use crate::error::{Error, Result};
+use crate::layout::{rec, BroadcastControl, SegmentKind, FORMAT_TAG_LEN, MAX_CAPACITY, MAX_SLOTS, MIN_CAPACITY};
+use crate::broadcast_core::{Got, ReaderCore, Resv, WriterCore};
+use crate::liveness::ProcessId;
+use crate::mem::{RingMem, ShmMem};
+use crate::name::{Handle, SegmentName};
+use crate::overflow::{self, OverflowDesc, OverflowTable, DESC_LEN};
+use crate::peer::PeerOptions;
+use crate::segment::{control_size, Segment, SegmentSpec};
+use crate::sync::Ordering;
+use crate::wait::Wait;
+use std::ops::{Deref, DerefMut};
+
+/// How to create a broadcast ring.
+///
+/// ```
+/// use shoal_shm_ring::BroadcastConfig;
+/// let cfg = BroadcastConfig::new(1 << 20, 4).payload_format(b"rkyv-le-aligned");
+/// assert_eq!(cfg.capacity, 1 << 20);
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct BroadcastConfig {
+    /// Bytes in the data area: a power of two, 4 KiB to 2 GiB. A record
+    /// larger than half of it travels through an overflow segment.
+    pub capacity: u64,
+    /// Most readers at once (1 to 1024).
+    pub readers: u32,
+    /// Tag naming the payload format; attachers may require a match.
+    pub format: [u8; FORMAT_TAG_LEN],
+    /// Waiting and liveness options of the writer.
+    pub peer: PeerOptions,
+}
+
+impl BroadcastConfig {
+    /// A ring of `capacity` bytes for up to `readers` readers.
+    pub fn new(capacity: u64, readers: u32) -> Self {
+        BroadcastConfig {
+            capacity,
+            readers,
+            format: [0; FORMAT_TAG_LEN],
+            peer: PeerOptions::default(),
+        }
+    }
+    /// Sets the payload-format tag (at most 32 bytes; longer is cut).
+    pub fn payload_format(mut self, tag: &[u8]) -> Self {
+        self.format = format_tag(tag);
+        self
+    }
+    /// Sets the writer's peer options.
+    pub fn peer_options(mut self, p: PeerOptions) -> Self {
+        self.peer = p;
+        self
+    }
+    fn validate(&self) -> Result<()> {
+        if !self.capacity.is_power_of_two() || self.capacity < MIN_CAPACITY {
+            return Err(Error::InvalidConfig("capacity must be a power of two of at least 4096"));
+        }
+        if self.capacity > MAX_CAPACITY {
+            return Err(Error::TooLarge {
+                what: "capacity",
+                got: self.capacity,
+                limit: MAX_CAPACITY,
+            });
+        }
+        if self.readers == 0 || self.readers > MAX_SLOTS {
+            return Err(Error::InvalidConfig("readers must be between 1 and 1024"));
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn format_tag(tag: &[u8]) -> [u8; FORMAT_TAG_LEN] {
+    let mut t = [0u8; FORMAT_TAG_LEN];
+    let n = tag.len().min(FORMAT_TAG_LEN);
+    t[..n].copy_from_slice(&tag[..n]);
+    t
+}
+
+pub(crate) fn tag_string(t: &[u8; FORMAT_TAG_LEN]) -> String {
+    let end = t.iter().position(|&b| b == 0).unwrap_or(t.len());
+    String::from_utf8_lossy(&t[..end]).into_owned()
+}
+
+/// The single writer of a broadcast ring. Creating it creates the segment;
+/// dropping it closes the ring (readers drain, then get [`Error::Closed`])
+/// and unlinks the segment name.
+///
+/// ```
+/// use shoal_shm_ring::{BroadcastConfig, BroadcastReader, BroadcastWriter};
+/// let mut w = BroadcastWriter::create(&BroadcastConfig::new(1 << 16, 2))?;
+/// let mut r = BroadcastReader::attach(&w.handle())?;
+/// w.send(b"hello")?; // activates r at its next reservation
+/// w.send(b"world")?;
+/// assert_eq!(&*r.recv()?, b"hello");
+/// let mut res = w.reserve(64)?;       // zero-copy: write in place ...
+/// res[..3].copy_from_slice(b"abc");
+/// res.commit(3)?;                     // ... and publish 3 bytes
+/// assert_eq!(&*r.recv()?, b"world");
+/// assert_eq!(&*r.recv()?, b"abc");
+/// # Ok::<(), shoal_shm_ring::Error>(())
+/// ```
+pub struct BroadcastWriter {
+    core: WriterCore<ShmMem<BroadcastControl>>,
+    overflow: OverflowTable,
+    ov_seq: u64,
+    format: [u8; FORMAT_TAG_LEN],
+}
+
+impl std::fmt::Debug for BroadcastWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BroadcastWriter")
+            .field("name", self.core.mem.seg.name())
+            .field("position", &self.core.position())
+            .finish()
+    }
+}
+
+impl BroadcastWriter {
+    /// Creates a ring segment and becomes its writer.
+    pub fn create(cfg: &BroadcastConfig) -> Result<Self> {
+        cfg.validate()?;
+        let spec = SegmentSpec {
+            kind: SegmentKind::Broadcast,
+            control_size: control_size(SegmentKind::Broadcast, cfg.readers, 0),
+            data_capacity: cfg.capacity,
+            slots: cfg.readers,
+            producer_slots: 0,
+            payload_len: 0,
+            payload_format: cfg.format,
+        };
+        let seg = Segment::create(&spec, "bc")?;
+        let mem = ShmMem::<BroadcastControl>::new(seg, cfg.readers as usize);
+        let me = ProcessId::current();
+        let w = &mem.ctrl().writer;
+        w.pid.store(me.pid, Ordering::Relaxed);
+        w.start_time.store(me.start_time, Ordering::Relaxed);
+        Ok(BroadcastWriter {
+            core: WriterCore::new(mem, cfg.peer),
+            overflow: OverflowTable::new(),
+            ov_seq: 0,
+            format: cfg.format,
+        })
+    }
+
+    /// The handle readers attach with.
+    pub fn handle(&self) -> Handle {
+        Handle::new(*self.core.mem.seg.name())
+    }
+
+    /// Readers currently receiving.
+    pub fn active_readers(&self) -> u32 {
+        self.core.active_readers()
+    }
+
+    /// The largest payload that still travels inside the ring.
+    pub fn max_inline(&self) -> usize {
+        self.core.max_inline() as usize
+    }
+
+    /// Reserves `max_len` bytes, waiting as long as it takes for readers to
+    /// release space (dead readers are evicted, so this cannot hang on one).
+    pub fn reserve(&mut self, max_len: usize) -> Result<Reservation<'_>> {
+        self.reserve_with(max_len, Wait::forever())
+    }
+
+    /// Reserves `max_len` bytes, waiting as `wait` allows.
+    ///
+    /// The reservation derefs to `max_len` writable bytes inside shared
+    /// memory (or inside an overflow segment, for records larger than
+    /// [`max_inline`](Self::max_inline)); [`Reservation::commit`] publishes a
+    /// prefix of them. Dropping it uncommitted publishes nothing.
+    pub fn reserve_with(&mut self, max_len: usize, wait: Wait<'_>) -> Result<Reservation<'_>> {
+        let max_len = max_len as u64;
+        if max_len <= self.core.max_inline() {
+            let resv = self.core.reserve(max_len, &wait)?;
+            let buf = self.core.payload(&resv);
+            return Ok(Reservation {
+                writer: self,
+                resv,
+                buf,
+                len: max_len as usize,
+                ov: None,
+            });
+        }
+        // Room in the overflow table first, then in the ring.
+        while let Some(oldest) = self.overflow.oldest_if_full() {
+            let cap = self.core.mem.capacity();
+            self.core.wait_until_free(oldest + 1 + cap, &wait)?;
+            self.overflow.reclaim(oldest + 1);
+        }
+        let resv = self.core.reserve(DESC_LEN, &wait)?;
+        let seq = self.ov_seq;
+        self.ov_seq += 1;
+        let seg = overflow::create(self.core.mem.seg.name(), seq, max_len, self.format)?;
+        let buf = seg.data_ptr();
+        Ok(Reservation {
+            writer: self,
+            resv,
+            buf,
+            len: max_len as usize,
+            ov: Some((seq, seg)),
+        })
+    }
+
+    /// Copies `bytes` into the ring as one record.
+    pub fn send(&mut self, bytes: &[u8]) -> Result<()> {
+        self.send_with(bytes, Wait::forever())
+    }
+
+    /// Copies `bytes` into the ring as one record, waiting as `wait` allows.
+    pub fn send_with(&mut self, bytes: &[u8], wait: Wait<'_>) -> Result<()> {
+        let mut r = self.reserve_with(bytes.len(), wait)?;
+        r.copy_from_slice(bytes);
+        r.commit(bytes.len())
+    }
+
+    /// Closes the ring: readers receive what was committed, then `Closed`.
+    pub fn close(self) {
+        drop(self)
+    }
+}
+
+impl Drop for BroadcastWriter {
+    fn drop(&mut self) {
+        self.core.close();
+    }
+}
+
+/// Space reserved in a ring, writable in place. Derefs to the reserved bytes.
+pub struct Reservation<'a> {
+    writer: &'a mut BroadcastWriter,
+    resv: Resv,
+    buf: *mut u8,
+    len: usize,
+    ov: Option<(u64, Segment)>,
+}
+
+impl Reservation<'_> {
+    /// Publishes the first `len` bytes to every reader.
+    pub fn commit(mut self, len: usize) -> Result<()> {
+        if len > self.len {
+            return Err(Error::TooLarge {
+                what: "commit length",
+                got: len as u64,
+                limit: self.len as u64,
+            });
+        }
+        let w = &mut *self.writer;
+        match self.ov.take() {
+            None => w.core.commit(self.resv, len as u64, rec::DATA),
+            Some((seq, seg)) => {
+                let d = OverflowDesc {
+                    seq,
+                    len: len as u64,
+                };
+                // SAFETY: the reservation holds DESC_LEN payload bytes.
+                unsafe { d.write(w.core.payload(&self.resv)) };
+                w.overflow.insert(self.resv.start, seg);
+                w.core.commit(self.resv, DESC_LEN, rec::OVERFLOW);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Deref for Reservation<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `buf` points at `len` bytes this reservation owns until it
+        // is committed or dropped (no reader looks at them before commit).
+        unsafe { std::slice::from_raw_parts(self.buf, self.len) }
+    }
+}
+
+impl DerefMut for Reservation<'_> {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `deref`; `&mut self` makes the access exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.buf, self.len) }
+    }
+}
+
+/// How a reader attaches.
+#[derive(Debug, Clone, Default)]
+pub struct ReaderOptions {
+    /// Waiting and liveness options.
+    pub peer: PeerOptions,
+    /// If set, the segment's payload-format tag must equal this.
+    pub expect_format: Option<[u8; FORMAT_TAG_LEN]>,
+}
+
+/// One reader of a broadcast ring. It receives every record committed after
+/// it joined, in order; dropping it leaves the ring.
+pub struct BroadcastReader {
+    core: ReaderCore<ShmMem<BroadcastControl>>,
+}
+
+impl std::fmt::Debug for BroadcastReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BroadcastReader")
+            .field("name", self.core.mem.seg.name())
+            .field("slot", &self.core.slot_index())
+            .finish()
+    }
+}
+
+impl BroadcastReader {
+    /// Attaches to the ring `handle` names, with default options.
+    pub fn attach(handle: &Handle) -> Result<Self> {
+        Self::attach_with(handle, &ReaderOptions::default())
+    }
+
+    /// Attaches with explicit options.
+    pub fn attach_with(handle: &Handle, opts: &ReaderOptions) -> Result<Self> {
+        let seg = Segment::attach(handle.name(), SegmentKind::Broadcast)?;
+        if let Some(f) = opts.expect_format {
+            if seg.header().payload_format != f {
+                return Err(Error::FormatMismatch {
+                    ours: tag_string(&f),
+                    theirs: tag_string(&seg.header().payload_format),
+                });
+            }
+        }
+        let n = seg.header().slots as usize;
+        let mem = ShmMem::<BroadcastControl>::new(seg, n);
+        Ok(BroadcastReader {
+            core: ReaderCore::join(mem, ProcessId::current(), opts.peer)?,
+        })
+    }
+
+    /// The payload-format tag the writer set.
+    pub fn payload_format(&self) -> String {
+        tag_string(&self.core.mem.seg.header().payload_format)
+    }
+
+    /// Waits for the next record.
+    pub fn recv(&mut self) -> Result<ReadGuard<'_>> {
+        self.recv_with(Wait::forever())
+    }
+
+    /// Waits for the next record as `wait` allows; with [`Wait::no_wait`] a
+    /// missing record is [`Error::WouldBlock`].
+    pub fn recv_with(&mut self, wait: Wait<'_>) -> Result<ReadGuard<'_>> {
+        let g = self.core.recv(&wait)?;
+        self.guard(g)
+    }
+
+    /// The next record if one is ready, without waiting.
+    pub fn try_recv(&mut self) -> Result<Option<ReadGuard<'_>>> {
+        match self.core.poll()? {
+            Some(g) => self.guard(g).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn guard(&mut self, g: Got) -> Result<ReadGuard<'_>> {
+        let payload = self.core.mem.data(g.pos + crate::layout::RECORD_HEADER as u64);
+        if g.state == rec::OVERFLOW {
+            if g.len != DESC_LEN {
+                return Err(Error::Corrupt {
+                    what: "overflow descriptor",
+                });
+            }
+            // SAFETY: the record holds DESC_LEN bytes (checked) inside the ring.
+            let d = unsafe { OverflowDesc::read(payload) };
+            let seg = match overflow::open(self.core.mem.seg.name(), &d) {
+                Ok(s) => s,
+                Err(e) => {
+                    // Skip the record we cannot map, rather than wedge on it.
+                    self.core.release(g.next);
+                    return Err(e);
+                }
+            };
+            let ptr = seg.data_ptr();
+            return Ok(ReadGuard {
+                reader: self,
+                next: g.next,
+                ptr,
+                len: d.len as usize,
+                _ov: Some(seg),
+            });
+        }
+        Ok(ReadGuard {
+            reader: self,
+            next: g.next,
+            ptr: payload,
+            len: g.len as usize,
+            _ov: None,
+        })
+    }
+}
+
+impl Drop for BroadcastReader {
+    fn drop(&mut self) {
+        self.core.leave();
+    }
+}
+
+/// A received record, in place in shared memory. Derefs to its bytes; the
+/// writer may reuse them only after the guard is dropped.
+pub struct ReadGuard<'a> {
+    reader: &'a mut BroadcastReader,
+    next: u64,
+    ptr: *const u8,
+    len: usize,
+    _ov: Option<Segment>,
+}
+
+impl Deref for ReadGuard<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: the record is committed and this reader has not released
+        // it, so the writer does not touch these bytes while the guard lives.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl Drop for ReadGuard<'_> {
+    fn drop(&mut self) {
+        self.reader.core.release(self.next);
+    }
+}
+
+impl std::fmt::Debug for ReadGuard<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadGuard").field("len", &self.len).finish()
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send() {
+    fn is_send<T: Send>() {}
+    is_send::<BroadcastWriter>();
+    is_send::<BroadcastReader>();
+    let _ = SegmentName::new;
+}

@@ -1,0 +1,370 @@
+//! What the bytes of a segment mean: the header page, the control lines, the
+//! participant slots and the record header, plus the ABI fingerprint that
+//! makes two builds with different layouts refuse each other.
+//!
+//! Nothing here is a pointer: only offsets, sizes and 64-bit sequences.
+//! Every shared structure is `repr(C)` with explicit 128-byte padding.
+
+use crate::pad::{CachePadded, CACHE_PAD};
+use crate::sync::{AtomicU32, AtomicU64};
+use crate::wait::EventCount;
+
+/// First eight bytes of every segment: `b"SHOALSEG"` little-endian.
+pub const MAGIC: u64 = u64::from_le_bytes(*b"SHOALSEG");
+/// Layout version; bumped on any incompatible change of this module.
+pub const LAYOUT_VERSION: u32 = 1;
+/// Size of the header page; control lines start here.
+pub const HEADER_PAGE: usize = 4096;
+/// Records start on, and are padded to, this many bytes.
+pub const RECORD_ALIGN: usize = 64;
+/// Bytes of the record header that precedes every payload.
+pub const RECORD_HEADER: usize = std::mem::size_of::<RecordHeader>();
+/// Length of the payload-format tag in the header.
+pub const FORMAT_TAG_LEN: usize = 32;
+/// Upper bound on participant slots of one ring.
+pub const MAX_SLOTS: u32 = 1024;
+/// Smallest data area of a ring.
+pub const MIN_CAPACITY: u64 = 4096;
+/// Largest data area of a ring (lengths in record headers are 32-bit).
+pub const MAX_CAPACITY: u64 = 1 << 31;
+
+/// Segment states (the `state` word, written last by the creator).
+pub(crate) const STATE_INITIALIZING: u32 = 0;
+pub(crate) const STATE_READY: u32 = 0x5245_4459; // "READ" "Y"
+pub(crate) const STATE_POISONED: u32 = 0xDEAD_0001;
+
+/// What a segment holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum SegmentKind {
+    /// A broadcast ring: one writer, many readers.
+    Broadcast = 1,
+    /// An MPMC ring: many producers, many consumers.
+    Mpmc = 2,
+    /// One oversized record of a ring.
+    Overflow = 3,
+}
+
+impl SegmentKind {
+    pub(crate) fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            1 => Some(Self::Broadcast),
+            2 => Some(Self::Mpmc),
+            3 => Some(Self::Overflow),
+            _ => None,
+        }
+    }
+    /// A human name for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Broadcast => "broadcast ring",
+            Self::Mpmc => "MPMC ring",
+            Self::Overflow => "overflow record",
+        }
+    }
+}
+
+/// The header page's leading structure.
+///
+/// Written once by the creator before `state` turns Ready (Release); an
+/// attacher copies it out once after an Acquire of `state` and validates the
+/// copy, never the live bytes (no double fetch).
+#[repr(C)]
+pub(crate) struct SegmentHeader {
+    pub magic: u64,
+    pub layout_version: u32,
+    pub state: AtomicU32,
+    pub abi_fingerprint: u64,
+    pub kind: u32,
+    pub flags: u32,
+    pub total_size: u64,
+    pub control_offset: u64,
+    pub control_size: u64,
+    pub data_offset: u64,
+    pub data_capacity: u64,
+    pub slots: u32,
+    pub producer_slots: u32,
+    pub creator_uid: u32,
+    pub creator_pid: u32,
+    pub creator_start_time: u64,
+    /// For overflow segments: the payload length.
+    pub payload_len: u64,
+    pub payload_format: [u8; FORMAT_TAG_LEN],
+}
+
+/// A plain copy of [`SegmentHeader`], taken once and then validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeaderCopy {
+    /// Magic number.
+    pub magic: u64,
+    /// Layout version.
+    pub layout_version: u32,
+    /// Initialization state word.
+    pub state: u32,
+    /// ABI fingerprint of the creating build.
+    pub abi_fingerprint: u64,
+    /// Segment kind (raw).
+    pub kind: u32,
+    /// Reserved flags.
+    pub flags: u32,
+    /// Whole file size.
+    pub total_size: u64,
+    /// Offset of the control lines.
+    pub control_offset: u64,
+    /// Size of the control lines and slots.
+    pub control_size: u64,
+    /// Offset of the data area.
+    pub data_offset: u64,
+    /// Bytes in the data area.
+    pub data_capacity: u64,
+    /// Reader or consumer slots.
+    pub slots: u32,
+    /// Producer slots (MPMC).
+    pub producer_slots: u32,
+    /// Creator's uid.
+    pub creator_uid: u32,
+    /// Creator's pid.
+    pub creator_pid: u32,
+    /// Creator's start time.
+    pub creator_start_time: u64,
+    /// Payload length (overflow segments).
+    pub payload_len: u64,
+    /// Payload-format tag.
+    pub payload_format: [u8; FORMAT_TAG_LEN],
+}
+
+/// Every record starts with this, on a 64-byte boundary.
+///
+/// `commit` holds the record's absolute ring position ORed with a state in
+/// its low bits (positions are 64-byte aligned, so the low six bits are
+/// free). A reader polls this one word: data and publication arrive in one
+/// cache-line transfer. A stale word from an earlier lap carries another
+/// position, so it never matches.
+#[derive(Debug)]
+#[repr(C, align(16))]
+pub(crate) struct RecordHeader {
+    pub commit: AtomicU64,
+    /// Payload length in bytes (pads: bytes after the header to the end of the pad).
+    pub len: AtomicU32,
+    /// MPMC: owner slot (low 16 bits) and the slot's generation (high 16 bits).
+    pub aux: AtomicU32,
+}
+
+/// Record states, in the low bits of `commit`.
+pub(crate) mod rec {
+    /// Claimed by a producer, not yet committed (MPMC).
+    pub const RESERVED: u64 = 1;
+    /// Committed data.
+    pub const DATA: u64 = 2;
+    /// Padding to the end of the ring; skip it.
+    pub const PAD: u64 = 3;
+    /// Committed, and the payload is an overflow descriptor.
+    pub const OVERFLOW: u64 = 4;
+    /// Left by a dead producer; skip it.
+    pub const TOMBSTONE: u64 = 5;
+    /// Consumed and released (MPMC).
+    pub const RELEASED: u64 = 6;
+    /// Mask of the state bits.
+    pub const MASK: u64 = 63;
+
+    /// The commit word for `state` at absolute position `pos`.
+    #[inline]
+    pub const fn word(pos: u64, state: u64) -> u64 {
+        pos | state
+    }
+}
+
+/// Bytes a record with a `len`-byte payload occupies.
+#[inline]
+pub(crate) const fn record_size(len: u64) -> u64 {
+    (RECORD_HEADER as u64 + len + RECORD_ALIGN as u64 - 1) & !(RECORD_ALIGN as u64 - 1)
+}
+
+/// Participant slot states.
+pub(crate) mod slot {
+    /// Unused.
+    pub const FREE: u32 = 0;
+    /// Being filled in by a joining process.
+    pub const CLAIMED: u32 = 1;
+    /// Broadcast: joined, waiting for the writer to set its cursor.
+    pub const PENDING: u32 = 2;
+    /// Taking part.
+    pub const ACTIVE: u32 = 3;
+    /// Broadcast: removed by the writer; the reader gets `Evicted`.
+    pub const EVICTED: u32 = 4;
+}
+
+/// One participant (reader, consumer or producer) on its own line pair.
+#[derive(Debug)]
+#[repr(C)]
+pub(crate) struct Slot {
+    pub state: AtomicU32,
+    pub pid: AtomicU32,
+    pub start_time: AtomicU64,
+    /// Broadcast: released-up-to position. MPMC consumer: the record it
+    /// claims or holds (`NO_INTENT` when none).
+    pub cursor: AtomicU64,
+    /// Bumped every time the slot is claimed.
+    pub gen: AtomicU32,
+    pub _pad: AtomicU32,
+}
+
+/// `Slot::cursor` of an idle MPMC consumer.
+pub(crate) const NO_INTENT: u64 = u64::MAX;
+
+impl Slot {
+    #[cfg_attr(not(loom), allow(dead_code))]
+    pub(crate) fn new() -> Self {
+        Slot {
+            state: AtomicU32::new(slot::FREE),
+            pid: AtomicU32::new(0),
+            start_time: AtomicU64::new(0),
+            cursor: AtomicU64::new(0),
+            gen: AtomicU32::new(0),
+            _pad: AtomicU32::new(0),
+        }
+    }
+}
+
+/// Who the writer is: written once at creation, read by readers checking
+/// that the writer lives.
+#[derive(Debug)]
+#[repr(C)]
+pub(crate) struct WriterLine {
+    pub pid: AtomicU32,
+    pub _pad: AtomicU32,
+    pub start_time: AtomicU64,
+}
+
+/// Rarely written words that readers poll while idle.
+#[derive(Debug)]
+#[repr(C)]
+pub(crate) struct StatusLine {
+    /// Nonzero once the writer closed the ring.
+    pub closed: AtomicU32,
+    /// Bumped by each joining reader; the writer then activates pending slots.
+    pub joins: AtomicU32,
+}
+
+/// Control lines of a broadcast ring, followed by `slots` reader slots.
+#[derive(Debug)]
+#[repr(C)]
+pub(crate) struct BroadcastControl {
+    pub writer: CachePadded<WriterLine>,
+    pub status: CachePadded<StatusLine>,
+    /// Readers sleep here waiting for data.
+    pub data_ec: CachePadded<EventCount>,
+    /// The writer sleeps here waiting for readers to release space.
+    pub space_ec: CachePadded<EventCount>,
+}
+
+impl BroadcastControl {
+    #[cfg_attr(not(loom), allow(dead_code))]
+    pub(crate) fn new() -> Self {
+        BroadcastControl {
+            writer: CachePadded::new(WriterLine {
+                pid: AtomicU32::new(0),
+                _pad: AtomicU32::new(0),
+                start_time: AtomicU64::new(0),
+            }),
+            status: CachePadded::new(StatusLine {
+                closed: AtomicU32::new(0),
+                joins: AtomicU32::new(0),
+            }),
+            data_ec: CachePadded::new(EventCount::new()),
+            space_ec: CachePadded::new(EventCount::new()),
+        }
+    }
+}
+
+/// The MPMC reservation lock and the positions it guards.
+#[derive(Debug)]
+#[repr(C)]
+pub(crate) struct MpmcLockLine {
+    /// 0 free, 1 held, 2 held with sleepers.
+    pub word: AtomicU32,
+    pub owner_pid: AtomicU32,
+    pub owner_start: AtomicU64,
+    /// Next reservation position.
+    pub tail: AtomicU64,
+    /// Everything below this position is free for producers.
+    pub reclaim: AtomicU64,
+}
+
+/// Control lines of an MPMC ring, followed by consumer then producer slots.
+#[derive(Debug)]
+#[repr(C)]
+pub(crate) struct MpmcControl {
+    pub lock: CachePadded<MpmcLockLine>,
+    /// Next record to claim; consumers CAS it forward.
+    pub head: CachePadded<AtomicU64>,
+    /// Consumers sleep here waiting for data.
+    pub data_ec: CachePadded<EventCount>,
+    /// Producers sleep here waiting for space.
+    pub space_ec: CachePadded<EventCount>,
+    /// Nonzero once closed: consumers drain, then get `Closed`.
+    pub closed: CachePadded<AtomicU32>,
+}
+
+const fn fnv1a(mut h: u64, v: u64) -> u64 {
+    let bytes = v.to_le_bytes();
+    let mut i = 0;
+    while i < 8 {
+        h ^= bytes[i] as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+        i += 1;
+    }
+    h
+}
+
+/// Hash of everything two builds must agree on to share a segment: sizes and
+/// alignments of every shared structure, the padding unit, record alignment,
+/// endianness, pointer width and the layout version.
+pub const ABI_FINGERPRINT: u64 = {
+    use std::mem::{align_of, size_of};
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    h = fnv1a(h, LAYOUT_VERSION as u64);
+    h = fnv1a(h, size_of::<SegmentHeader>() as u64);
+    h = fnv1a(h, align_of::<SegmentHeader>() as u64);
+    h = fnv1a(h, size_of::<RecordHeader>() as u64);
+    h = fnv1a(h, align_of::<RecordHeader>() as u64);
+    h = fnv1a(h, size_of::<CachePadded<Slot>>() as u64);
+    h = fnv1a(h, size_of::<BroadcastControl>() as u64);
+    h = fnv1a(h, size_of::<MpmcControl>() as u64);
+    h = fnv1a(h, CACHE_PAD as u64);
+    h = fnv1a(h, RECORD_ALIGN as u64);
+    h = fnv1a(h, HEADER_PAGE as u64);
+    h = fnv1a(h, cfg!(target_endian = "little") as u64);
+    h = fnv1a(h, size_of::<usize>() as u64);
+    h
+};
+
+#[cfg(not(loom))]
+const _: () = {
+    assert!(std::mem::size_of::<SegmentHeader>() <= HEADER_PAGE);
+    assert!(std::mem::size_of::<RecordHeader>() == 16);
+    assert!(std::mem::size_of::<CachePadded<Slot>>() == CACHE_PAD);
+    assert!(std::mem::size_of::<BroadcastControl>() % CACHE_PAD == 0);
+    assert!(std::mem::size_of::<MpmcControl>() % CACHE_PAD == 0);
+};
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_sizes_round_to_lines() {
+        assert_eq!(record_size(0), 64);
+        assert_eq!(record_size(48), 64);
+        assert_eq!(record_size(49), 128);
+        assert_eq!(record_size(64), 128);
+    }
+
+    #[test]
+    fn commit_words_carry_position_and_state() {
+        let w = rec::word(4096, rec::DATA);
+        assert_eq!(w & rec::MASK, rec::DATA);
+        assert_eq!(w & !rec::MASK, 4096);
+        assert_ne!(rec::word(0, rec::DATA), 0);
+    }
+}

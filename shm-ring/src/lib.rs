@@ -1,0 +1,86 @@
+//! # shoal-shm-ring
+//!
+//! Allocation-free rings in a shared-memory segment, the floor the rest of
+//! shoal stands on:
+//!
+//! - a **broadcast ring** ([`BroadcastWriter`] → many [`BroadcastReader`]s):
+//!   every reader receives every record, in order; the writer never
+//!   overwrites what a live reader has not released;
+//! - an **MPMC ring** ([`MpmcProducer`]s → [`MpmcConsumer`]s): every record
+//!   is taken exactly once.
+//!
+//! Records are variable-size (64-byte aligned) in a byte ring; records larger
+//! than half the ring travel in an overflow segment. Both directions are
+//! zero-copy: writers `reserve` bytes inside the segment and `commit` a
+//! prefix; readers get a guard that derefs to the bytes in place and releases
+//! them on drop. Waiting spins for an adaptive window, then parks on a
+//! shared futex. Dead peers are detected by pid and start time: the writer
+//! evicts dead readers, readers of a dead writer get [`Error::WriterGone`],
+//! and a record a dead producer reserved becomes a tombstone consumers skip.
+//!
+//! ```
+//! use shoal_shm_ring::{BroadcastConfig, BroadcastReader, BroadcastWriter, Handle};
+//! let mut writer = BroadcastWriter::create(&BroadcastConfig::new(1 << 16, 4))?;
+//! // The handle's text travels to another process, which attaches:
+//! let handle: Handle = writer.handle().to_string().parse()?;
+//! let mut reader = BroadcastReader::attach(&handle)?;
+//! writer.send(b"first")?;
+//! assert_eq!(&*reader.recv()?, b"first");
+//! # Ok::<(), shoal_shm_ring::Error>(())
+//! ```
+//!
+//! ## Map of the crate
+//! - [`segment`]: create, attach and validate segments; [`cleanup_stale`].
+//! - `layout`: the bytes of a segment, and the ABI fingerprint.
+//! - `broadcast_core` / `broadcast`: the broadcast protocol and its shm API.
+//! - `mpmc_core` / `mpmc`: the MPMC protocol and its shm API.
+//! - `overflow`: records larger than the ring.
+//! - `wait`: deadlines, cancellation, the adaptive spin window, the eventcount.
+//! - `futex`: shared futex wait and wake.
+//! - `liveness`: pid plus start time.
+//! - `peer`: liveness and waiting options, slot claiming.
+//! - `sync`: the one door to atomics (std, or loom under `cfg(loom)`).
+
+#![warn(missing_docs)]
+
+mod error;
+mod futex;
+mod layout;
+mod liveness;
+mod mem;
+mod name;
+mod pad;
+mod peer;
+mod sync;
+mod wait;
+
+mod broadcast_core;
+// mod mpmc_core;
+
+#[cfg(not(loom))]
+mod broadcast;
+#[cfg(not(loom))]
+// mod mpmc;
+#[cfg(not(loom))]
+mod overflow;
+#[cfg(not(loom))]
+pub mod segment;
+
+#[cfg(loom)]
+#[path = "loom_tests.rs"]
+mod loom_tests;
+
+pub use error::{Error, Result};
+pub use layout::{HeaderCopy, SegmentKind, ABI_FINGERPRINT, FORMAT_TAG_LEN, LAYOUT_VERSION};
+pub use liveness::{Liveness, ProcessId};
+pub use name::{Handle, SegmentName};
+pub use pad::CachePadded;
+pub use peer::PeerOptions;
+pub use wait::{CancelToken, Wait, WaitStrategy};
+
+#[cfg(not(loom))]
+pub use broadcast::{BroadcastConfig, BroadcastReader, BroadcastWriter, ReadGuard, ReaderOptions, Reservation};
+#[cfg(not(loom))]
+// pub use mpmc::{MpmcConfig, MpmcConsumer, MpmcProducer, MpmcReservation, TakeGuard};
+#[cfg(not(loom))]
+pub use segment::{cleanup_stale, CleanupReport, Segment};

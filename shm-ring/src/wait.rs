@@ -1,0 +1,401 @@
+//! Waiting: deadlines and cancellation, the adaptive spin window, and the
+//! futex eventcount that parks a waiter without any lost wake-up.
+//!
+//! # The eventcount
+//! A waiter reads `seq`, registers in `waiters`, issues a SeqCst fence,
+//! re-checks the ring, and only then sleeps with `FUTEX_WAIT(seq, key)`. A
+//! notifier publishes with a Release store, issues a SeqCst fence and reads
+//! `waiters`; only when someone waits does it bump `seq` and call
+//! `FUTEX_WAKE`, so an uncontended publish makes no system call. The two
+//! fences order the two sides (Dekker): either the notifier sees the waiter
+//! and wakes it, or the waiter's re-check sees the publication. Every sleep is
+//! bounded as well, so even a wake lost to a bug costs one slice, not a hang.
+//!
+//! # The spin window
+//! Parking costs a wake-up (tens of microseconds on a VM whose idle vCPUs
+//! halt). If a waiter parks after spinning less than its peer's wake latency,
+//! two peers in a request/response loop fall asleep in turn (a *park
+//! convoy*). The window therefore adapts: a wait that parked but was served
+//! soon after widens it past the observed wait; a wait that found the ring
+//! idle for long narrows it again, so idle readers stop burning CPU.
+
+use crate::error::{Error, Result};
+use crate::futex;
+use crate::sync::{fence, spin_hint, AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A token that cancels the blocking calls it is passed to.
+///
+/// Cloning shares the token. A blocked call notices a cancel within its
+/// check interval (a few milliseconds).
+///
+/// ```
+/// use shoal_shm_ring::CancelToken;
+/// let t = CancelToken::new();
+/// let t2 = t.clone();
+/// t2.cancel();
+/// assert!(t.is_cancelled());
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    /// A fresh, not yet cancelled token.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Cancels every call waiting with this token (now and later).
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+    /// Whether [`cancel`](Self::cancel) was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// How long a blocking call may wait, and what may cancel it.
+///
+/// ```
+/// use shoal_shm_ring::{CancelToken, Wait};
+/// use std::time::Duration;
+/// let token = CancelToken::new();
+/// let w = Wait::timeout(Duration::from_millis(5)).with_cancel(&token);
+/// assert_eq!(w.timeout_value(), Some(Duration::from_millis(5)));
+/// let _forever = Wait::forever();
+/// let _poll = Wait::no_wait();
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Wait<'a> {
+    timeout: Option<Duration>,
+    cancel: Option<&'a CancelToken>,
+}
+
+impl<'a> Wait<'a> {
+    /// Wait until the operation can complete (dead peers still end the wait).
+    pub const fn forever() -> Self {
+        Wait {
+            timeout: None,
+            cancel: None,
+        }
+    }
+    /// Wait at most `d`.
+    pub const fn timeout(d: Duration) -> Self {
+        Wait {
+            timeout: Some(d),
+            cancel: None,
+        }
+    }
+    /// Do not wait at all: fail with [`Error::WouldBlock`] instead.
+    pub const fn no_wait() -> Self {
+        Wait {
+            timeout: Some(Duration::ZERO),
+            cancel: None,
+        }
+    }
+    /// Also stop when `token` is cancelled.
+    pub fn with_cancel(mut self, token: &'a CancelToken) -> Self {
+        self.cancel = Some(token);
+        self
+    }
+    /// The timeout, if any.
+    pub fn timeout_value(&self) -> Option<Duration> {
+        self.timeout
+    }
+    pub(crate) fn start(&self) -> Deadline<'a> {
+        Deadline {
+            at: self.timeout.map(|d| Instant::now() + d),
+            zero: self.timeout == Some(Duration::ZERO),
+            cancel: self.cancel,
+        }
+    }
+}
+
+/// A started [`Wait`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Deadline<'a> {
+    at: Option<Instant>,
+    zero: bool,
+    cancel: Option<&'a CancelToken>,
+}
+
+impl Deadline<'_> {
+    /// `Err` once the deadline passed or the token fired.
+    pub(crate) fn check(&self, now: Instant) -> Result<()> {
+        if let Some(c) = self.cancel {
+            if c.is_cancelled() {
+                return Err(Error::Cancelled);
+            }
+        }
+        if self.zero {
+            return Err(Error::WouldBlock);
+        }
+        match self.at {
+            Some(at) if now >= at => Err(Error::Timeout),
+            _ => Ok(()),
+        }
+    }
+    /// Time left, capped at `cap`.
+    pub(crate) fn slice(&self, now: Instant, cap: Duration) -> Duration {
+        let mut s = cap;
+        if let Some(at) = self.at {
+            s = s.min(at.saturating_duration_since(now));
+        }
+        if self.cancel.is_some() {
+            s = s.min(CANCEL_POLL);
+        }
+        s.max(Duration::from_micros(1))
+    }
+}
+
+/// How often a parked waiter with a cancel token looks at it.
+const CANCEL_POLL: Duration = Duration::from_millis(5);
+
+/// How a blocked endpoint waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WaitStrategy {
+    /// Spin for an adaptive window, then park on the futex (the default).
+    #[default]
+    Adaptive,
+    /// Never park: poll with a CPU spin hint. Only for pinned, dedicated cores;
+    /// on an oversubscribed machine this burns whole scheduler ticks.
+    Spin,
+    /// Park at once, no spinning: lowest CPU, highest latency.
+    Park,
+}
+
+/// The adaptive spin window of one endpoint (process-local state).
+#[derive(Debug, Clone)]
+pub(crate) struct Spinner {
+    strategy: WaitStrategy,
+    window: Duration,
+}
+
+/// Bounds of the adaptive window.
+pub(crate) const MIN_WINDOW: Duration = Duration::from_micros(10);
+pub(crate) const START_WINDOW: Duration = Duration::from_micros(100);
+pub(crate) const MAX_WINDOW: Duration = Duration::from_micros(1000);
+/// Pure spinning (no `sched_yield`) before the rest of the window.
+const PURE_SPIN: Duration = Duration::from_micros(4);
+/// Polls between clock reads while spinning.
+const SPIN_BATCH: u32 = 32;
+
+impl Spinner {
+    pub(crate) fn new(strategy: WaitStrategy) -> Self {
+        Spinner {
+            strategy,
+            window: START_WINDOW,
+        }
+    }
+
+    /// The current spin window.
+    pub(crate) fn window(&self) -> Duration {
+        if cfg!(loom) {
+            return Duration::ZERO;
+        }
+        match self.strategy {
+            WaitStrategy::Adaptive => self.window,
+            WaitStrategy::Spin => Duration::MAX,
+            WaitStrategy::Park => Duration::ZERO,
+        }
+    }
+
+    /// Learns from a wait that parked and was served after `waited`.
+    pub(crate) fn record_parked(&mut self, waited: Duration) {
+        if waited <= MAX_WINDOW {
+            // Spinning a little longer would have caught it: widen past it.
+            self.window = (waited * 2).clamp(self.window, MAX_WINDOW);
+        } else {
+            // The ring was idle: spinning was wasted CPU.
+            self.window = (self.window / 2).max(MIN_WINDOW);
+        }
+    }
+}
+
+/// A futex eventcount: a sequence word to sleep on and a waiter count.
+#[derive(Debug)]
+#[repr(C)]
+pub(crate) struct EventCount {
+    seq: AtomicU32,
+    waiters: AtomicU32,
+}
+
+impl EventCount {
+    #[cfg_attr(not(loom), allow(dead_code))]
+    pub(crate) fn new() -> Self {
+        EventCount {
+            seq: AtomicU32::new(0),
+            waiters: AtomicU32::new(0),
+        }
+    }
+
+    /// Registers a waiter; the caller must re-check its condition after this
+    /// and before [`sleep`](Self::sleep).
+    fn prepare(&self) -> u32 {
+        let key = self.seq.load(Ordering::Acquire);
+        self.waiters.fetch_add(1, Ordering::Relaxed);
+        // SYNC: pairs with the fence in `notify` (Dekker): either the notifier
+        // sees our registration, or our re-check sees its publication.
+        fence(Ordering::SeqCst);
+        key
+    }
+
+    fn sleep(&self, key: u32, slice: Duration) {
+        futex::wait(&self.seq, key, Some(slice));
+    }
+
+    fn unregister(&self) {
+        self.waiters.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Wakes every sleeper if there is one. Call after publishing with Release.
+    #[inline]
+    pub(crate) fn notify(&self) {
+        // SYNC: pairs with the fence in `prepare`.
+        fence(Ordering::SeqCst);
+        if self.waiters.load(Ordering::Relaxed) != 0 {
+            self.seq.fetch_add(1, Ordering::Release);
+            futex::wake(&self.seq, u32::MAX);
+        }
+    }
+
+    /// Wakes sleepers unconditionally (close, eviction, cancellation paths).
+    pub(crate) fn notify_always(&self) {
+        self.seq.fetch_add(1, Ordering::Release);
+        fence(Ordering::SeqCst);
+        futex::wake(&self.seq, u32::MAX);
+    }
+}
+
+/// What [`block_on`] reports to its periodic check.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Stalled {
+    /// How long this wait has lasted so far.
+    pub(crate) waited: Duration,
+}
+
+/// Waits until `poll` yields a value: spin for the adaptive window, then park
+/// on `ec` in bounded slices. Every `check_every`, `on_check` runs (liveness
+/// checks, slow-peer logs); it may end the wait with an error.
+pub(crate) fn block_on<T>(
+    spinner: &mut Spinner,
+    ec: &EventCount,
+    deadline: &Deadline<'_>,
+    check_every: Duration,
+    mut poll: impl FnMut() -> Result<Option<T>>,
+    mut on_check: impl FnMut(Stalled) -> Result<()>,
+) -> Result<T> {
+    if let Some(v) = poll()? {
+        return Ok(v);
+    }
+    let t0 = Instant::now();
+    deadline.check(t0)?;
+    let window = spinner.window();
+    let mut next_check = t0 + check_every;
+
+    // Spin phase.
+    if !window.is_zero() {
+        loop {
+            for _ in 0..SPIN_BATCH {
+                spin_hint();
+                if let Some(v) = poll()? {
+                    return Ok(v);
+                }
+            }
+            let now = Instant::now();
+            let spun = now - t0;
+            if spun >= window {
+                break;
+            }
+            deadline.check(now)?;
+            if now >= next_check {
+                on_check(Stalled { waited: spun })?;
+                next_check = now + check_every;
+            }
+            if spinner.strategy == WaitStrategy::Adaptive && spun > PURE_SPIN {
+                std::thread::yield_now();
+            }
+        }
+    }
+
+    // Park phase.
+    loop {
+        let key = ec.prepare();
+        match poll() {
+            Ok(Some(v)) => {
+                ec.unregister();
+                spinner.record_parked(t0.elapsed());
+                return Ok(v);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                ec.unregister();
+                return Err(e);
+            }
+        }
+        let now = Instant::now();
+        let slice = deadline.slice(now, next_check.saturating_duration_since(now));
+        ec.sleep(key, slice);
+        ec.unregister();
+        if let Some(v) = poll()? {
+            spinner.record_parked(t0.elapsed());
+            return Ok(v);
+        }
+        let now = Instant::now();
+        deadline.check(now)?;
+        if now >= next_check {
+            on_check(Stalled {
+                waited: now - t0,
+            })?;
+            next_check = now + check_every;
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_widens_after_a_short_park_and_narrows_when_idle() {
+        let mut s = Spinner::new(WaitStrategy::Adaptive);
+        s.record_parked(Duration::from_micros(300));
+        assert_eq!(s.window(), Duration::from_micros(600));
+        s.record_parked(Duration::from_millis(50));
+        assert_eq!(s.window(), Duration::from_micros(300));
+        for _ in 0..20 {
+            s.record_parked(Duration::from_secs(1));
+        }
+        assert_eq!(s.window(), MIN_WINDOW);
+    }
+
+    #[test]
+    fn no_wait_fails_with_would_block() {
+        let d = Wait::no_wait().start();
+        assert!(matches!(d.check(Instant::now()), Err(Error::WouldBlock)));
+    }
+
+    #[test]
+    fn cancel_ends_a_parked_wait() {
+        let ec = EventCount::new();
+        let tok = CancelToken::new();
+        let t2 = tok.clone();
+        let h = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            t2.cancel();
+        });
+        let mut sp = Spinner::new(WaitStrategy::Park);
+        let d = Wait::forever().with_cancel(&tok).start();
+        let r: Result<()> = block_on(
+            &mut sp,
+            &ec,
+            &d,
+            Duration::from_millis(100),
+            || Ok(None),
+            |_| Ok(()),
+        );
+        assert!(matches!(r, Err(Error::Cancelled)));
+        h.join().unwrap();
+    }
+}
