@@ -161,6 +161,13 @@ impl BroadcastWriter {
         self.core.max_inline() as usize
     }
 
+    /// Waits until at least `n` readers have joined, and makes them active
+    /// at the current position: every record sent afterwards reaches them.
+    /// Returns the number of active readers.
+    pub fn wait_for_readers(&mut self, n: u32, wait: Wait<'_>) -> Result<u32> {
+        self.core.wait_for_readers(n, &wait)
+    }
+
     /// Reserves `max_len` bytes, waiting as long as it takes for readers to
     /// release space (dead readers are evicted, so this cannot hang on one).
     pub fn reserve(&mut self, max_len: usize) -> Result<Reservation<'_>> {
@@ -187,6 +194,7 @@ impl BroadcastWriter {
             });
         }
         // Room in the overflow table first, then in the ring.
+        self.overflow.reclaim(self.core.released_floor());
         while let Some(oldest) = self.overflow.oldest_if_full() {
             let cap = self.core.mem.capacity();
             self.core.wait_until_free(oldest + 1 + cap, &wait)?;

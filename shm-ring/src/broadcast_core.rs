@@ -101,19 +101,7 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
             return;
         }
         self.joins_seen = j;
-        for i in 0..self.mem.nslots() {
-            let s = self.mem.slot(i);
-            if s.state.load(Ordering::Acquire) == slot::PENDING {
-                s.cursor.store(self.pos, Ordering::Relaxed);
-                // SYNC W(activate): pairs with the reader's Acquire of its state.
-                let _ = s.state.compare_exchange(
-                    slot::PENDING,
-                    slot::ACTIVE,
-                    Ordering::Release,
-                    Ordering::Relaxed,
-                );
-            }
-        }
+        activate_pending(&self.mem, self.pos);
     }
 
     /// Reserves room for a record of up to `max_len` payload bytes
@@ -203,6 +191,37 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
         self.mem.ctrl().data_ec.notify();
     }
 
+    /// Every active reader released everything below this (cached).
+    pub(crate) fn released_floor(&self) -> u64 {
+        self.limit.saturating_sub(self.mem.capacity())
+    }
+
+    /// Waits until at least `n` readers are active (activating pending ones).
+    pub(crate) fn wait_for_readers(&mut self, n: u32, wait: &Wait<'_>) -> Result<u32> {
+        let deadline = wait.start();
+        let mem = &self.mem;
+        let pos = self.pos;
+        let joins_seen = &mut self.joins_seen;
+        block_on(
+            &mut self.spinner,
+            &mem.ctrl().space_ec,
+            &deadline,
+            self.opts.liveness_interval,
+            || {
+                let j = mem.ctrl().status.joins.load(Ordering::Acquire);
+                if j != *joins_seen {
+                    *joins_seen = j;
+                    activate_pending(mem, pos);
+                }
+                let active = (0..mem.nslots())
+                    .filter(|&i| mem.slot(i).state.load(Ordering::Relaxed) == slot::ACTIVE)
+                    .count() as u32;
+                Ok((active >= n).then_some(active))
+            },
+            |_| Ok(()),
+        )
+    }
+
     /// The committed write position.
     pub(crate) fn position(&self) -> u64 {
         self.pos
@@ -212,6 +231,23 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
     pub(crate) fn close(&self) {
         self.mem.ctrl().status.closed.store(1, Ordering::Release);
         self.mem.ctrl().data_ec.notify_always();
+    }
+}
+
+/// Makes every PENDING reader ACTIVE with its cursor at `pos`.
+fn activate_pending<M: RingMem<Control = BroadcastControl>>(mem: &M, pos: u64) {
+    for i in 0..mem.nslots() {
+        let s = mem.slot(i);
+        if s.state.load(Ordering::Acquire) == slot::PENDING {
+            s.cursor.store(pos, Ordering::Relaxed);
+            // SYNC W(activate): pairs with the reader's Acquire of its state.
+            let _ = s.state.compare_exchange(
+                slot::PENDING,
+                slot::ACTIVE,
+                Ordering::Release,
+                Ordering::Relaxed,
+            );
+        }
     }
 }
 
@@ -292,6 +328,8 @@ impl<M: RingMem<Control = BroadcastControl>> ReaderCore<M> {
             slot::PENDING,
         )?;
         mem.ctrl().status.joins.fetch_add(1, Ordering::Release);
+        // A writer waiting for readers sleeps on the space eventcount.
+        mem.ctrl().space_ec.notify();
         Ok(ReaderCore {
             mem,
             slot,

@@ -55,12 +55,12 @@ mod sync;
 mod wait;
 
 mod broadcast_core;
-// mod mpmc_core;
+mod mpmc_core;
 
 #[cfg(not(loom))]
 mod broadcast;
 #[cfg(not(loom))]
-// mod mpmc;
+mod mpmc;
 #[cfg(not(loom))]
 mod overflow;
 #[cfg(not(loom))]
@@ -81,6 +81,6 @@ pub use wait::{CancelToken, Wait, WaitStrategy};
 #[cfg(not(loom))]
 pub use broadcast::{BroadcastConfig, BroadcastReader, BroadcastWriter, ReadGuard, ReaderOptions, Reservation};
 #[cfg(not(loom))]
-// pub use mpmc::{MpmcConfig, MpmcConsumer, MpmcProducer, MpmcReservation, TakeGuard};
+pub use mpmc::{MpmcConfig, MpmcConsumer, MpmcProducer, MpmcReservation, MpmcRing, TakeGuard};
 #[cfg(not(loom))]
 pub use segment::{cleanup_stale, CleanupReport, Segment};

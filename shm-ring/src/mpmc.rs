@@ -1,0 +1,422 @@
+//! The MPMC ring in shared memory: [`MpmcProducer`]s and [`MpmcConsumer`]s in
+//! any processes; every record is taken by exactly one consumer.
+
+use crate::broadcast::{format_tag, tag_string};
+use crate::error::{Error, Result};
+use crate::layout::{rec, MpmcControl, SegmentKind, FORMAT_TAG_LEN, MAX_CAPACITY, MAX_SLOTS, MIN_CAPACITY, RECORD_HEADER};
+use crate::liveness::ProcessId;
+use crate::mem::{RingMem, ShmMem};
+use crate::mpmc_core::{ConsumerCore, Layout, MGot, MResv, ProducerCore};
+use crate::name::{random_u64, Handle};
+use crate::overflow::{self, OverflowDesc, DESC_LEN};
+use crate::peer::PeerOptions;
+use crate::segment::{control_size, Segment, SegmentSpec};
+use crate::wait::Wait;
+use std::ops::{Deref, DerefMut};
+
+/// How to create an MPMC ring.
+///
+/// ```
+/// use shoal_shm_ring::MpmcConfig;
+/// let cfg = MpmcConfig::new(1 << 20, 4, 4);
+/// assert_eq!(cfg.consumers, 4);
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct MpmcConfig {
+    /// Bytes in the data area: a power of two, 4 KiB to 2 GiB.
+    pub capacity: u64,
+    /// Most producers at once.
+    pub producers: u32,
+    /// Most consumers at once.
+    pub consumers: u32,
+    /// Payload-format tag.
+    pub format: [u8; FORMAT_TAG_LEN],
+}
+
+impl MpmcConfig {
+    /// A ring of `capacity` bytes for up to `producers` and `consumers`.
+    pub fn new(capacity: u64, producers: u32, consumers: u32) -> Self {
+        MpmcConfig {
+            capacity,
+            producers,
+            consumers,
+            format: [0; FORMAT_TAG_LEN],
+        }
+    }
+    /// Sets the payload-format tag.
+    pub fn payload_format(mut self, tag: &[u8]) -> Self {
+        self.format = format_tag(tag);
+        self
+    }
+}
+
+/// An MPMC ring segment. The creating process holds this; dropping it
+/// unlinks the name (attached endpoints keep working).
+///
+/// ```
+/// use shoal_shm_ring::{MpmcConfig, MpmcRing};
+/// let ring = MpmcRing::create(&MpmcConfig::new(1 << 16, 2, 2))?;
+/// let mut p = ring.producer()?;
+/// let mut c = ring.consumer()?;
+/// p.send(b"job 1")?;
+/// let job = c.take()?;
+/// assert_eq!(&*job, b"job 1");
+/// # Ok::<(), shoal_shm_ring::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct MpmcRing {
+    seg: Segment,
+}
+
+impl MpmcRing {
+    /// Creates the segment.
+    pub fn create(cfg: &MpmcConfig) -> Result<Self> {
+        if !cfg.capacity.is_power_of_two() || cfg.capacity < MIN_CAPACITY {
+            return Err(Error::InvalidConfig("capacity must be a power of two of at least 4096"));
+        }
+        if cfg.capacity > MAX_CAPACITY {
+            return Err(Error::TooLarge {
+                what: "capacity",
+                got: cfg.capacity,
+                limit: MAX_CAPACITY,
+            });
+        }
+        if cfg.producers == 0 || cfg.producers > MAX_SLOTS || cfg.consumers == 0 || cfg.consumers > MAX_SLOTS {
+            return Err(Error::InvalidConfig("producers and consumers must be between 1 and 1024"));
+        }
+        let spec = SegmentSpec {
+            kind: SegmentKind::Mpmc,
+            control_size: control_size(SegmentKind::Mpmc, cfg.consumers, cfg.producers),
+            data_capacity: cfg.capacity,
+            slots: cfg.consumers,
+            producer_slots: cfg.producers,
+            payload_len: 0,
+            payload_format: cfg.format,
+        };
+        Ok(MpmcRing {
+            seg: Segment::create(&spec, "mq")?,
+        })
+    }
+
+    /// The handle other processes attach with.
+    pub fn handle(&self) -> Handle {
+        Handle::new(*self.seg.name())
+    }
+
+    /// A producer endpoint in this process.
+    pub fn producer(&self) -> Result<MpmcProducer> {
+        MpmcProducer::attach(&self.handle())
+    }
+
+    /// A consumer endpoint in this process.
+    pub fn consumer(&self) -> Result<MpmcConsumer> {
+        MpmcConsumer::attach(&self.handle())
+    }
+}
+
+fn open(handle: &Handle, expect: Option<[u8; FORMAT_TAG_LEN]>) -> Result<(ShmMem<MpmcControl>, Layout)> {
+    let seg = Segment::attach(handle.name(), SegmentKind::Mpmc)?;
+    if let Some(f) = expect {
+        if seg.header().payload_format != f {
+            return Err(Error::FormatMismatch {
+                ours: tag_string(&f),
+                theirs: tag_string(&seg.header().payload_format),
+            });
+        }
+    }
+    let lay = Layout {
+        consumers: seg.header().slots as usize,
+        producers: seg.header().producer_slots as usize,
+    };
+    Ok((ShmMem::new(seg, lay.consumers + lay.producers), lay))
+}
+
+/// A producer of an MPMC ring.
+pub struct MpmcProducer {
+    core: ProducerCore<ShmMem<MpmcControl>>,
+    format: [u8; FORMAT_TAG_LEN],
+}
+
+impl std::fmt::Debug for MpmcProducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MpmcProducer")
+            .field("name", self.core.mem.seg.name())
+            .finish()
+    }
+}
+
+impl MpmcProducer {
+    /// Attaches as a producer with default options.
+    pub fn attach(handle: &Handle) -> Result<Self> {
+        Self::attach_with(handle, PeerOptions::default(), None)
+    }
+
+    /// Attaches with explicit options, optionally requiring a payload format.
+    pub fn attach_with(
+        handle: &Handle,
+        peer: PeerOptions,
+        expect_format: Option<[u8; FORMAT_TAG_LEN]>,
+    ) -> Result<Self> {
+        let (mem, lay) = open(handle, expect_format)?;
+        let format = mem.seg.header().payload_format;
+        Ok(MpmcProducer {
+            core: ProducerCore::join(mem, &lay, ProcessId::current(), peer)?,
+            format,
+        })
+    }
+
+    /// The largest payload that still travels inside the ring.
+    pub fn max_inline(&self) -> usize {
+        self.core.max_inline() as usize
+    }
+
+    /// Reserves `max_len` bytes, waiting for space as long as it takes.
+    pub fn reserve(&mut self, max_len: usize) -> Result<MpmcReservation<'_>> {
+        self.reserve_with(max_len, Wait::forever())
+    }
+
+    /// Reserves `max_len` bytes, waiting as `wait` allows.
+    pub fn reserve_with(&mut self, max_len: usize, wait: Wait<'_>) -> Result<MpmcReservation<'_>> {
+        let max_len = max_len as u64;
+        if max_len <= self.core.max_inline() {
+            let resv = self.core.reserve(max_len, &wait)?;
+            let buf = self.core.payload(&resv);
+            return Ok(MpmcReservation {
+                producer: self,
+                resv: Some(resv),
+                buf,
+                len: max_len as usize,
+                ov: None,
+            });
+        }
+        let seq = random_u64()?;
+        let seg = overflow::create(self.core.mem.seg.name(), seq, max_len, self.format)?;
+        let resv = self.core.reserve(DESC_LEN, &wait)?;
+        let buf = seg.data_ptr();
+        Ok(MpmcReservation {
+            producer: self,
+            resv: Some(resv),
+            buf,
+            len: max_len as usize,
+            ov: Some((seq, seg)),
+        })
+    }
+
+    /// Copies `bytes` into the ring as one record.
+    pub fn send(&mut self, bytes: &[u8]) -> Result<()> {
+        self.send_with(bytes, Wait::forever())
+    }
+
+    /// Copies `bytes` in as one record, waiting as `wait` allows.
+    pub fn send_with(&mut self, bytes: &[u8], wait: Wait<'_>) -> Result<()> {
+        let mut r = self.reserve_with(bytes.len(), wait)?;
+        r.copy_from_slice(bytes);
+        r.commit(bytes.len())
+    }
+
+    /// Closes the ring for everyone: consumers take what was committed, then
+    /// get [`Error::Closed`]; further reservations fail with `Closed`.
+    pub fn close_ring(&self) {
+        self.core.close_ring();
+    }
+}
+
+impl Drop for MpmcProducer {
+    fn drop(&mut self) {
+        self.core.leave();
+    }
+}
+
+/// Space reserved in an MPMC ring. Dropping it uncommitted leaves a
+/// tombstone that consumers skip.
+pub struct MpmcReservation<'a> {
+    producer: &'a mut MpmcProducer,
+    resv: Option<MResv>,
+    buf: *mut u8,
+    len: usize,
+    ov: Option<(u64, Segment)>,
+}
+
+impl MpmcReservation<'_> {
+    /// Publishes the first `len` bytes; exactly one consumer will take them.
+    ///
+    /// Fails with [`Error::Evicted`] if consumers judged this producer dead
+    /// and skipped the reservation (it stayed uncommitted past their
+    /// `orphan_timeout` while this process looked dead).
+    pub fn commit(mut self, len: usize) -> Result<()> {
+        if len > self.len {
+            return Err(Error::TooLarge {
+                what: "commit length",
+                got: len as u64,
+                limit: self.len as u64,
+            });
+        }
+        let Some(resv) = self.resv.take() else {
+            return Err(Error::Closed);
+        };
+        let core = &mut self.producer.core;
+        match self.ov.take() {
+            None => core.commit(resv, len as u64, rec::DATA),
+            Some((seq, mut seg)) => {
+                // The consumer that takes the record unlinks the segment.
+                seg.disown();
+                let d = OverflowDesc { seq, len: len as u64 };
+                // SAFETY: the reservation holds DESC_LEN payload bytes.
+                unsafe { d.write(core.payload(&resv)) };
+                core.commit(resv, DESC_LEN, rec::OVERFLOW)
+            }
+        }
+    }
+}
+
+impl Drop for MpmcReservation<'_> {
+    fn drop(&mut self) {
+        if let Some(r) = self.resv.take() {
+            self.producer.core.abort(r);
+        }
+    }
+}
+
+impl Deref for MpmcReservation<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `buf` points at `len` bytes owned by this reservation; no
+        // consumer reads them before commit.
+        unsafe { std::slice::from_raw_parts(self.buf, self.len) }
+    }
+}
+
+impl DerefMut for MpmcReservation<'_> {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `deref`; `&mut self` makes the access exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.buf, self.len) }
+    }
+}
+
+/// A consumer of an MPMC ring.
+pub struct MpmcConsumer {
+    core: ConsumerCore<ShmMem<MpmcControl>>,
+}
+
+impl std::fmt::Debug for MpmcConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MpmcConsumer")
+            .field("name", self.core.mem.seg.name())
+            .finish()
+    }
+}
+
+impl MpmcConsumer {
+    /// Attaches as a consumer with default options.
+    pub fn attach(handle: &Handle) -> Result<Self> {
+        Self::attach_with(handle, PeerOptions::default(), None)
+    }
+
+    /// Attaches with explicit options, optionally requiring a payload format.
+    pub fn attach_with(
+        handle: &Handle,
+        peer: PeerOptions,
+        expect_format: Option<[u8; FORMAT_TAG_LEN]>,
+    ) -> Result<Self> {
+        let (mem, lay) = open(handle, expect_format)?;
+        let creator = mem.seg.creator();
+        Ok(MpmcConsumer {
+            core: ConsumerCore::join(mem, &lay, ProcessId::current(), creator, peer)?,
+        })
+    }
+
+    /// Waits for a record and takes it.
+    pub fn take(&mut self) -> Result<TakeGuard<'_>> {
+        self.take_with(Wait::forever())
+    }
+
+    /// Takes a record, waiting as `wait` allows.
+    pub fn take_with(&mut self, wait: Wait<'_>) -> Result<TakeGuard<'_>> {
+        let g = self.core.take(&wait)?;
+        self.guard(g)
+    }
+
+    /// Takes a record if one is ready.
+    pub fn try_take(&mut self) -> Result<Option<TakeGuard<'_>>> {
+        match self.core.poll()? {
+            Some(g) => self.guard(g).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn guard(&mut self, g: MGot) -> Result<TakeGuard<'_>> {
+        let payload = self.core.mem.data(g.pos + RECORD_HEADER as u64);
+        if g.state == rec::OVERFLOW {
+            let opened = if g.len == DESC_LEN {
+                // SAFETY: the record holds DESC_LEN bytes inside the ring.
+                let d = unsafe { OverflowDesc::read(payload) };
+                overflow::open(self.core.mem.seg.name(), &d).map(|s| (s, d))
+            } else {
+                Err(Error::Corrupt {
+                    what: "overflow descriptor",
+                })
+            };
+            let (mut seg, d) = match opened {
+                Ok(v) => v,
+                Err(e) => {
+                    self.core.release(g.pos);
+                    return Err(e);
+                }
+            };
+            // We are its only reader: unlink the name now, unmap on drop.
+            let _ = seg.unlink();
+            seg.disown();
+            let ptr = seg.data_ptr();
+            return Ok(TakeGuard {
+                consumer: self,
+                pos: g.pos,
+                ptr,
+                len: d.len as usize,
+                _ov: Some(seg),
+            });
+        }
+        Ok(TakeGuard {
+            consumer: self,
+            pos: g.pos,
+            ptr: payload,
+            len: g.len as usize,
+            _ov: None,
+        })
+    }
+}
+
+impl Drop for MpmcConsumer {
+    fn drop(&mut self) {
+        self.core.leave();
+    }
+}
+
+/// A taken record, in place; released to producers when dropped.
+pub struct TakeGuard<'a> {
+    consumer: &'a mut MpmcConsumer,
+    pos: u64,
+    ptr: *const u8,
+    len: usize,
+    _ov: Option<Segment>,
+}
+
+impl Deref for TakeGuard<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: this consumer took the record and has not released it, so
+        // no producer reuses these bytes while the guard lives.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl Drop for TakeGuard<'_> {
+    fn drop(&mut self) {
+        self.consumer.core.release(self.pos);
+    }
+}
+
+impl std::fmt::Debug for TakeGuard<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TakeGuard").field("len", &self.len).finish()
+    }
+}
