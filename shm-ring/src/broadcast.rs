@@ -2,9 +2,11 @@
 //! [`BroadcastReader`]s in any processes; every reader receives every record,
 //! in order, zero-copy.
 
-use crate::error::{Error, Result};
-use crate::layout::{rec, BroadcastControl, SegmentKind, FORMAT_TAG_LEN, MAX_CAPACITY, MAX_SLOTS, MIN_CAPACITY};
 use crate::broadcast_core::{Got, ReaderCore, Resv, WriterCore};
+use crate::error::{Error, Result};
+use crate::layout::{
+    rec, BroadcastControl, SegmentKind, FORMAT_TAG_LEN, MAX_CAPACITY, MAX_SLOTS, MIN_CAPACITY,
+};
 use crate::liveness::ProcessId;
 use crate::mem::{RingMem, ShmMem};
 use crate::name::{Handle, SegmentName};
@@ -57,7 +59,9 @@ impl BroadcastConfig {
     }
     fn validate(&self) -> Result<()> {
         if !self.capacity.is_power_of_two() || self.capacity < MIN_CAPACITY {
-            return Err(Error::InvalidConfig("capacity must be a power of two of at least 4096"));
+            return Err(Error::InvalidConfig(
+                "capacity must be a power of two of at least 4096",
+            ));
         }
         if self.capacity > MAX_CAPACITY {
             return Err(Error::TooLarge {
@@ -365,7 +369,10 @@ impl BroadcastReader {
     }
 
     fn guard(&mut self, g: Got) -> Result<ReadGuard<'_>> {
-        let payload = self.core.mem.data(g.pos + crate::layout::RECORD_HEADER as u64);
+        let payload = self
+            .core
+            .mem
+            .data(g.pos + crate::layout::RECORD_HEADER as u64);
         if g.state == rec::OVERFLOW {
             if g.len != DESC_LEN {
                 return Err(Error::Corrupt {

@@ -55,6 +55,15 @@ pub(crate) struct WriterCore<M> {
     pub(crate) opts: PeerOptions,
 }
 
+/// Whether a position read from shared memory is one a ring can hold:
+/// 64-byte aligned and far from overflowing when sizes are added to it.
+pub(crate) fn valid_position(p: u64) -> bool {
+    p % RECORD_ALIGN as u64 == 0 && p < MAX_POSITION
+}
+
+/// Positions stay below this (2^62 bytes: centuries at memory bandwidth).
+pub(crate) const MAX_POSITION: u64 = 1 << 62;
+
 /// Cursor below which no active reader holds anything, given writer `pos`.
 fn scan_min<M: RingMem<Control = BroadcastControl>>(mem: &M, pos: u64) -> u64 {
     let mut min = pos;
@@ -185,7 +194,8 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
             );
             p.aux.store(0, Ordering::Relaxed);
             // SYNC W(commit) of the pad; the record after it was published first.
-            p.commit.store(rec::word(self.pos, rec::PAD), Ordering::Release);
+            p.commit
+                .store(rec::word(self.pos, rec::PAD), Ordering::Release);
         }
         self.pos = end;
         self.mem.ctrl().data_ec.notify();
@@ -269,17 +279,28 @@ fn evict_blockers<M: RingMem<Control = BroadcastControl>>(
         }
         let who = slot_owner(s);
         if !who.is_alive() {
-            if s
-                .state
-                .compare_exchange(slot::ACTIVE, slot::FREE, Ordering::AcqRel, Ordering::Relaxed)
+            if s.state
+                .compare_exchange(
+                    slot::ACTIVE,
+                    slot::FREE,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
                 .is_ok()
             {
-                log::info!("shoal broadcast: evicted dead reader slot {i} (pid {})", who.pid);
+                log::info!(
+                    "shoal broadcast: evicted dead reader slot {i} (pid {})",
+                    who.pid
+                );
             }
         } else if opts.stall_timeout.is_some_and(|t| waited >= t) {
-            if s
-                .state
-                .compare_exchange(slot::ACTIVE, slot::EVICTED, Ordering::AcqRel, Ordering::Relaxed)
+            if s.state
+                .compare_exchange(
+                    slot::ACTIVE,
+                    slot::EVICTED,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
                 .is_ok()
             {
                 log::warn!(
@@ -399,8 +420,7 @@ impl<M: RingMem<Control = BroadcastControl>> ReaderCore<M> {
     pub(crate) fn leave(&mut self) {
         let s = self.mem.slot(self.slot);
         for st in [slot::ACTIVE, slot::PENDING, slot::EVICTED] {
-            if s
-                .state
+            if s.state
                 .compare_exchange(st, slot::FREE, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
             {
@@ -424,7 +444,13 @@ fn poll_ring<M: RingMem<Control = BroadcastControl>>(
         // SYNC R(activate): pairs with the writer's Release in process_joins.
         match s.state.load(Ordering::Acquire) {
             slot::ACTIVE => {
-                *cursor = s.cursor.load(Ordering::Relaxed);
+                let c = s.cursor.load(Ordering::Relaxed);
+                if !valid_position(c) {
+                    return Err(Error::Corrupt {
+                        what: "reader cursor",
+                    });
+                }
+                *cursor = c;
                 *active = true;
             }
             slot::PENDING => return closed_or_none(mem),
@@ -447,7 +473,10 @@ fn poll_ring<M: RingMem<Control = BroadcastControl>>(
         let len = u64::from(h.len.load(Ordering::Relaxed));
         match c & rec::MASK {
             rec::DATA | rec::OVERFLOW => {
-                if record_size(len) > cap / 2 {
+                // A real writer never lets a record cross the end of the
+                // ring (it pads first); a forged one must not make the guard
+                // read past the data area.
+                if record_size(len) > cap / 2 || (pos & (cap - 1)) + record_size(len) > cap {
                     return Err(Error::Corrupt {
                         what: "record length",
                     });
@@ -462,9 +491,7 @@ fn poll_ring<M: RingMem<Control = BroadcastControl>>(
             rec::PAD => {
                 let next = pos + RECORD_HEADER as u64 + len;
                 if next % cap != 0 || next - pos > cap {
-                    return Err(Error::Corrupt {
-                        what: "pad length",
-                    });
+                    return Err(Error::Corrupt { what: "pad length" });
                 }
                 *cursor = next;
             }

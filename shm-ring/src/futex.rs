@@ -126,7 +126,10 @@ mod tests {
     fn wait_times_out() {
         let w = AtomicU32::new(0);
         let t = Instant::now();
-        assert_eq!(wait(&w, 0, Some(Duration::from_millis(20))), WaitResult::TimedOut);
+        assert_eq!(
+            wait(&w, 0, Some(Duration::from_millis(20))),
+            WaitResult::TimedOut
+        );
         assert!(t.elapsed() >= Duration::from_millis(15));
     }
 

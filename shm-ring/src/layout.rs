@@ -18,7 +18,9 @@ pub const HEADER_PAGE: usize = 4096;
 /// Records start on, and are padded to, this many bytes.
 pub const RECORD_ALIGN: usize = 64;
 /// Bytes of the record header that precedes every payload.
-pub const RECORD_HEADER: usize = std::mem::size_of::<RecordHeader>();
+/// (A literal, not `size_of`: under loom the atomics are bigger; the
+/// constant is checked against the real struct below.)
+pub const RECORD_HEADER: usize = 16;
 /// Length of the payload-format tag in the header.
 pub const FORMAT_TAG_LEN: usize = 32;
 /// Upper bound on participant slots of one ring.
@@ -342,7 +344,7 @@ pub const ABI_FINGERPRINT: u64 = {
 #[cfg(not(loom))]
 const _: () = {
     assert!(std::mem::size_of::<SegmentHeader>() <= HEADER_PAGE);
-    assert!(std::mem::size_of::<RecordHeader>() == 16);
+    assert!(std::mem::size_of::<RecordHeader>() == RECORD_HEADER);
     assert!(std::mem::size_of::<CachePadded<Slot>>() == CACHE_PAD);
     assert!(std::mem::size_of::<BroadcastControl>() % CACHE_PAD == 0);
     assert!(std::mem::size_of::<MpmcControl>() % CACHE_PAD == 0);

@@ -42,6 +42,7 @@
 //! - `sync`: the one door to atomics (std, or loom under `cfg(loom)`).
 
 #![warn(missing_docs)]
+#![cfg_attr(loom, allow(dead_code, unused_imports))]
 
 mod error;
 mod futex;
@@ -79,7 +80,9 @@ pub use peer::PeerOptions;
 pub use wait::{CancelToken, Wait, WaitStrategy};
 
 #[cfg(not(loom))]
-pub use broadcast::{BroadcastConfig, BroadcastReader, BroadcastWriter, ReadGuard, ReaderOptions, Reservation};
+pub use broadcast::{
+    BroadcastConfig, BroadcastReader, BroadcastWriter, ReadGuard, ReaderOptions, Reservation,
+};
 #[cfg(not(loom))]
 pub use mpmc::{MpmcConfig, MpmcConsumer, MpmcProducer, MpmcReservation, MpmcRing, TakeGuard};
 #[cfg(not(loom))]

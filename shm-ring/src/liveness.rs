@@ -108,13 +108,7 @@ fn stat_of(pid: u32) -> Result<Option<(u64, u8)>, IoError> {
     let mut filled = 0usize;
     loop {
         // SAFETY: reads into the unfilled tail of `buf`; fd is open.
-        let n = unsafe {
-            libc::read(
-                fd,
-                buf[filled..].as_mut_ptr().cast(),
-                buf.len() - filled,
-            )
-        };
+        let n = unsafe { libc::read(fd, buf[filled..].as_mut_ptr().cast(), buf.len() - filled) };
         if n < 0 {
             let e = IoError::last_os_error();
             if e.raw_os_error() == Some(libc::EINTR) {
@@ -217,7 +211,10 @@ mod tests {
     fn rejects_garbage() {
         assert_eq!(parse_stat(b"no paren here"), None);
         assert_eq!(parse_stat(b"1 (x) S 1 2"), None);
-        assert_eq!(parse_stat(b"1 (x) S 1 1 1 0 -1 4 1 0 0 0 1 2 0 0 20 0 1 0 12x4 1"), None);
+        assert_eq!(
+            parse_stat(b"1 (x) S 1 1 1 0 -1 4 1 0 0 0 1 2 0 0 20 0 1 0 12x4 1"),
+            None
+        );
     }
 
     #[test]
@@ -225,9 +222,19 @@ mod tests {
         let me = ProcessId::current();
         assert!(me.start_time > 0);
         assert_eq!(me.liveness(), Liveness::Alive);
-        let imposter = ProcessId { start_time: me.start_time + 1, ..me };
+        let imposter = ProcessId {
+            start_time: me.start_time + 1,
+            ..me
+        };
         assert_eq!(imposter.liveness(), Liveness::Dead);
-        assert_eq!(ProcessId { pid: 0, start_time: 0 }.liveness(), Liveness::Dead);
+        assert_eq!(
+            ProcessId {
+                pid: 0,
+                start_time: 0
+            }
+            .liveness(),
+            Liveness::Dead
+        );
     }
 
     #[test]

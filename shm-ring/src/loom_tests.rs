@@ -1,0 +1,181 @@
+//! Loom models of the ring protocols: the same `broadcast_core` and
+//! `mpmc_core` code, on heap memory with loom's atomics and a futex model in
+//! which a lost wake-up is a deadlock.
+//!
+//! Run: `RUSTFLAGS="--cfg loom" cargo test -p shoal-shm-ring --release --lib loom`
+//! (`cargo xtask loom` does exactly that).
+
+use crate::broadcast_core::{ReaderCore, WriterCore};
+use crate::layout::{rec, BroadcastControl, MpmcControl, MpmcLockLine, RECORD_HEADER};
+use crate::liveness::ProcessId;
+use crate::mem::{HeapMem, RingMem};
+use crate::mpmc_core::{ConsumerCore, Layout, ProducerCore};
+use crate::pad::CachePadded;
+use crate::peer::PeerOptions;
+use crate::sync::{AtomicU32, AtomicU64};
+use crate::wait::{EventCount, Wait, WaitStrategy};
+use std::sync::Arc;
+
+fn opts() -> PeerOptions {
+    PeerOptions::default().wait_strategy(WaitStrategy::Park)
+}
+
+fn me() -> ProcessId {
+    ProcessId {
+        pid: std::process::id(),
+        start_time: 0,
+    }
+}
+
+/// Payload sizes that force waiting on the reader and a wrap with a pad in
+/// a 256-byte ring.
+const SIZES: [u64; 4] = [8, 100, 100, 8];
+
+#[test]
+fn loom_broadcast_every_record_in_order_with_backpressure_and_wrap() {
+    loom::model(|| {
+        let mem = Arc::new(HeapMem::new(BroadcastControl::new(), 1, 256));
+        let mut w = WriterCore::new(mem.clone(), opts());
+        let mut r = ReaderCore::join(mem.clone(), me(), opts()).unwrap();
+        w.wait_for_readers(1, &Wait::no_wait()).unwrap();
+        let reader = loom::thread::spawn(move || {
+            for (i, &len) in SIZES.iter().enumerate() {
+                let g = r.recv(&Wait::forever()).unwrap();
+                assert_eq!(g.len, len);
+                // SAFETY: committed and unreleased: the writer does not touch it.
+                let b = unsafe { *r.mem.data(g.pos + RECORD_HEADER as u64) };
+                assert_eq!(b, i as u8);
+                r.release(g.next);
+            }
+        });
+        for (i, &len) in SIZES.iter().enumerate() {
+            let res = w.reserve(len, &Wait::forever()).unwrap();
+            // SAFETY: the reservation owns `len` payload bytes.
+            unsafe { *w.payload(&res) = i as u8 };
+            w.commit(res, len, rec::DATA);
+        }
+        reader.join().unwrap();
+    });
+}
+
+#[test]
+fn loom_broadcast_close_wakes_a_parked_reader() {
+    loom::model(|| {
+        let mem = Arc::new(HeapMem::new(BroadcastControl::new(), 1, 256));
+        let mut w = WriterCore::new(mem.clone(), opts());
+        let mut r = ReaderCore::join(mem.clone(), me(), opts()).unwrap();
+        w.wait_for_readers(1, &Wait::no_wait()).unwrap();
+        let reader = loom::thread::spawn(move || {
+            let g = r.recv(&Wait::forever()).unwrap();
+            r.release(g.next);
+            assert!(matches!(
+                r.recv(&Wait::forever()),
+                Err(crate::Error::Closed)
+            ));
+        });
+        let res = w.reserve(8, &Wait::forever()).unwrap();
+        w.commit(res, 8, rec::DATA);
+        w.close();
+        reader.join().unwrap();
+    });
+}
+
+fn mpmc_mem(consumers: usize, producers: usize) -> Arc<HeapMem<MpmcControl>> {
+    let ctrl = MpmcControl {
+        lock: CachePadded::new(MpmcLockLine {
+            word: AtomicU32::new(0),
+            owner_pid: AtomicU32::new(0),
+            owner_start: AtomicU64::new(0),
+            tail: AtomicU64::new(0),
+            reclaim: AtomicU64::new(0),
+        }),
+        head: CachePadded::new(AtomicU64::new(0)),
+        data_ec: CachePadded::new(EventCount::new()),
+        space_ec: CachePadded::new(EventCount::new()),
+        closed: CachePadded::new(AtomicU32::new(0)),
+    };
+    Arc::new(HeapMem::new(ctrl, consumers + producers, 256))
+}
+
+#[test]
+fn loom_mpmc_two_producers_one_consumer_exactly_once() {
+    loom::model(|| {
+        let mem = mpmc_mem(1, 2);
+        let lay = Layout {
+            consumers: 1,
+            producers: 2,
+        };
+        let mut c = ConsumerCore::join(mem.clone(), &lay, me(), me(), opts()).unwrap();
+        let producers: Vec<_> = (0..2u8)
+            .map(|id| {
+                let mut p = ProducerCore::join(mem.clone(), &lay, me(), opts()).unwrap();
+                loom::thread::spawn(move || {
+                    let len = if id == 0 { 8 } else { 60 };
+                    let r = p.reserve(len, &Wait::forever()).unwrap();
+                    // SAFETY: the reservation owns `len` payload bytes.
+                    unsafe { *p.payload(&r) = id + 1 };
+                    p.commit(r, 4, rec::DATA).unwrap();
+                })
+            })
+            .collect();
+        let mut seen = [false; 2];
+        for _ in 0..2 {
+            let g = c.take(&Wait::forever()).unwrap();
+            // SAFETY: taken and unreleased: no producer reuses it.
+            let id = unsafe { *c.mem.data(g.pos + RECORD_HEADER as u64) };
+            assert!(id == 1 || id == 2);
+            assert!(!seen[id as usize - 1], "taken twice");
+            seen[id as usize - 1] = true;
+            c.release(g.pos);
+        }
+        for p in producers {
+            p.join().unwrap();
+        }
+    });
+}
+
+#[test]
+fn loom_mpmc_two_consumers_take_each_record_once() {
+    loom::model(|| {
+        let mem = mpmc_mem(2, 1);
+        let lay = Layout {
+            consumers: 2,
+            producers: 1,
+        };
+        let mut p = ProducerCore::join(mem.clone(), &lay, me(), opts()).unwrap();
+        let taken = Arc::new(loom::sync::atomic::AtomicUsize::new(0));
+        let consumers: Vec<_> = (0..2)
+            .map(|_| {
+                let mut c = ConsumerCore::join(mem.clone(), &lay, me(), me(), opts()).unwrap();
+                let taken = taken.clone();
+                loom::thread::spawn(move || {
+                    let mut mine = 0u32;
+                    loop {
+                        match c.take(&Wait::forever()) {
+                            Ok(g) => {
+                                // SAFETY: taken and unreleased.
+                                let v = unsafe { *c.mem.data(g.pos + RECORD_HEADER as u64) };
+                                mine |= 1 << v;
+                                taken.fetch_add(1, loom::sync::atomic::Ordering::SeqCst);
+                                c.release(g.pos);
+                            }
+                            Err(crate::Error::Closed) => return mine,
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                })
+            })
+            .collect();
+        for v in 0..3u8 {
+            let r = p.reserve(8, &Wait::forever()).unwrap();
+            // SAFETY: the reservation owns 8 payload bytes.
+            unsafe { *p.payload(&r) = v };
+            p.commit(r, 8, rec::DATA).unwrap();
+        }
+        p.close_ring();
+        let masks: Vec<u32> = consumers.into_iter().map(|t| t.join().unwrap()).collect();
+        assert_eq!(masks[0] & masks[1], 0, "a record was taken twice");
+        assert_eq!(masks[0] | masks[1], 0b111, "a record was lost");
+        assert_eq!(taken.load(loom::sync::atomic::Ordering::SeqCst), 3);
+    });
+}

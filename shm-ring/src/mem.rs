@@ -56,7 +56,8 @@ impl<C> ShmMem<C> {
         let ctrl = seg.control_ptr() as *const C;
         // SAFETY: validation checked control_size == size_of::<C>() + slots,
         // so the slot array follows the control structure inside the mapping.
-        let slots = unsafe { seg.control_ptr().add(std::mem::size_of::<C>()) } as *const CachePadded<Slot>;
+        let slots =
+            unsafe { seg.control_ptr().add(std::mem::size_of::<C>()) } as *const CachePadded<Slot>;
         let data = seg.data_ptr();
         let mask = seg.header().data_capacity - 1;
         ShmMem {
@@ -95,7 +96,6 @@ impl<C> RingMem for ShmMem<C> {
     }
     #[inline]
     fn header(&self, pos: u64) -> &RecordHeader {
-        debug_assert_eq!(pos % RECORD_ALIGN as u64, 0);
         let off = (pos & self.mask) as usize & !(RECORD_ALIGN - 1);
         // SAFETY: off < capacity and 64-aligned, so 16 header bytes fit; the
         // data area is page aligned. Any bit pattern is a valid header.
@@ -140,7 +140,9 @@ impl<C> HeapMem<C> {
                     aux: crate::sync::AtomicU32::new(0),
                 })
                 .collect(),
-            bytes: (0..capacity).map(|_| std::cell::UnsafeCell::new(0)).collect(),
+            bytes: (0..capacity)
+                .map(|_| std::cell::UnsafeCell::new(0))
+                .collect(),
             mask: capacity - 1,
         }
     }

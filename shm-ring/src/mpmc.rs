@@ -3,7 +3,10 @@
 
 use crate::broadcast::{format_tag, tag_string};
 use crate::error::{Error, Result};
-use crate::layout::{rec, MpmcControl, SegmentKind, FORMAT_TAG_LEN, MAX_CAPACITY, MAX_SLOTS, MIN_CAPACITY, RECORD_HEADER};
+use crate::layout::{
+    rec, MpmcControl, SegmentKind, FORMAT_TAG_LEN, MAX_CAPACITY, MAX_SLOTS, MIN_CAPACITY,
+    RECORD_HEADER,
+};
 use crate::liveness::ProcessId;
 use crate::mem::{RingMem, ShmMem};
 use crate::mpmc_core::{ConsumerCore, Layout, MGot, MResv, ProducerCore};
@@ -72,7 +75,9 @@ impl MpmcRing {
     /// Creates the segment.
     pub fn create(cfg: &MpmcConfig) -> Result<Self> {
         if !cfg.capacity.is_power_of_two() || cfg.capacity < MIN_CAPACITY {
-            return Err(Error::InvalidConfig("capacity must be a power of two of at least 4096"));
+            return Err(Error::InvalidConfig(
+                "capacity must be a power of two of at least 4096",
+            ));
         }
         if cfg.capacity > MAX_CAPACITY {
             return Err(Error::TooLarge {
@@ -81,8 +86,14 @@ impl MpmcRing {
                 limit: MAX_CAPACITY,
             });
         }
-        if cfg.producers == 0 || cfg.producers > MAX_SLOTS || cfg.consumers == 0 || cfg.consumers > MAX_SLOTS {
-            return Err(Error::InvalidConfig("producers and consumers must be between 1 and 1024"));
+        if cfg.producers == 0
+            || cfg.producers > MAX_SLOTS
+            || cfg.consumers == 0
+            || cfg.consumers > MAX_SLOTS
+        {
+            return Err(Error::InvalidConfig(
+                "producers and consumers must be between 1 and 1024",
+            ));
         }
         let spec = SegmentSpec {
             kind: SegmentKind::Mpmc,
@@ -114,7 +125,10 @@ impl MpmcRing {
     }
 }
 
-fn open(handle: &Handle, expect: Option<[u8; FORMAT_TAG_LEN]>) -> Result<(ShmMem<MpmcControl>, Layout)> {
+fn open(
+    handle: &Handle,
+    expect: Option<[u8; FORMAT_TAG_LEN]>,
+) -> Result<(ShmMem<MpmcControl>, Layout)> {
     let seg = Segment::attach(handle.name(), SegmentKind::Mpmc)?;
     if let Some(f) = expect {
         if seg.header().payload_format != f {
@@ -260,7 +274,10 @@ impl MpmcReservation<'_> {
             Some((seq, mut seg)) => {
                 // The consumer that takes the record unlinks the segment.
                 seg.disown();
-                let d = OverflowDesc { seq, len: len as u64 };
+                let d = OverflowDesc {
+                    seq,
+                    len: len as u64,
+                };
                 // SAFETY: the reservation holds DESC_LEN payload bytes.
                 unsafe { d.write(core.payload(&resv)) };
                 core.commit(resv, DESC_LEN, rec::OVERFLOW)

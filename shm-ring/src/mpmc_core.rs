@@ -24,6 +24,7 @@
 //!   `orphan_timeout` while no live consumer's intent names it was taken by
 //!   a consumer that died: the walking producer releases it.
 
+use crate::broadcast_core::valid_position;
 use crate::error::{Error, Result};
 use crate::layout::{rec, record_size, slot, MpmcControl, NO_INTENT, RECORD_ALIGN, RECORD_HEADER};
 use crate::liveness::ProcessId;
@@ -124,7 +125,10 @@ impl<M: RingMem<Control = MpmcControl>> ProducerCore<M> {
         let span = record_size(r.max_len);
         if used < span {
             let p = self.mem.header(r.start + used);
-            p.len.store((span - used - RECORD_HEADER as u64) as u32, Ordering::Relaxed);
+            p.len.store(
+                (span - used - RECORD_HEADER as u64) as u32,
+                Ordering::Relaxed,
+            );
             p.aux.store(0, Ordering::Relaxed);
             p.commit
                 .store(rec::word(r.start + used, rec::PAD), Ordering::Release);
@@ -195,8 +199,7 @@ fn lock<M: RingMem<Control = MpmcControl>>(
         let cur = l.word.load(Ordering::Relaxed);
         if cur == 0 {
             let new = if slept { mine | LOCK_WAITERS } else { mine };
-            if l
-                .word
+            if l.word
                 .compare_exchange(0, new, Ordering::Acquire, Ordering::Relaxed)
                 .is_ok()
             {
@@ -215,9 +218,13 @@ fn lock<M: RingMem<Control = MpmcControl>>(
             continue;
         }
         if cur & LOCK_WAITERS == 0
-            && l
-                .word
-                .compare_exchange(cur, cur | LOCK_WAITERS, Ordering::Relaxed, Ordering::Relaxed)
+            && l.word
+                .compare_exchange(
+                    cur,
+                    cur | LOCK_WAITERS,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
                 .is_err()
         {
             continue;
@@ -246,9 +253,13 @@ fn lock<M: RingMem<Control = MpmcControl>>(
                 let now_word = l.word.load(Ordering::Relaxed);
                 if now_word & LOCK_PID == owner
                     && !who.is_alive()
-                    && l
-                        .word
-                        .compare_exchange(now_word, mine | LOCK_WAITERS, Ordering::Acquire, Ordering::Relaxed)
+                    && l.word
+                        .compare_exchange(
+                            now_word,
+                            mine | LOCK_WAITERS,
+                            Ordering::Acquire,
+                            Ordering::Relaxed,
+                        )
                         .is_ok()
                 {
                     log::warn!("shoal mpmc: took over the reservation lock of dead pid {owner}");
@@ -280,6 +291,9 @@ fn recover_reservation<M: RingMem<Control = MpmcControl>>(mem: &M) {
     let cap = mem.capacity();
     let l = &mem.ctrl().lock;
     let tail = l.tail.load(Ordering::Relaxed);
+    if !valid_position(tail) {
+        return;
+    }
     let h = mem.header(tail);
     let c = h.commit.load(Ordering::Acquire);
     let mut start = tail;
@@ -315,6 +329,11 @@ fn try_reserve<M: RingMem<Control = MpmcControl>>(
     let cap = mem.capacity();
     let l = &mem.ctrl().lock;
     let tail = l.tail.load(Ordering::Relaxed);
+    let reclaim = l.reclaim.load(Ordering::Relaxed);
+    if !valid_position(tail) || !valid_position(reclaim) || reclaim > tail {
+        // Corrupt shared state: refuse to write anywhere.
+        return None;
+    }
     let size = record_size(max_len);
     let off = tail & (cap - 1);
     let (start, pad) = if off + size > cap {
@@ -323,7 +342,7 @@ fn try_reserve<M: RingMem<Control = MpmcControl>>(
         (tail, false)
     };
     let end = start + size;
-    if end + RECORD_ALIGN as u64 > l.reclaim.load(Ordering::Relaxed) + cap
+    if end + RECORD_ALIGN as u64 > reclaim + cap
         && !advance_reclaim(mem, end + RECORD_ALIGN as u64 - cap, tail, opts, stuck)
     {
         return None;
@@ -336,8 +355,10 @@ fn try_reserve<M: RingMem<Control = MpmcControl>>(
         .store(rec::word(start, rec::RESERVED), Ordering::Release);
     if pad {
         let p = mem.header(tail);
-        p.len
-            .store((start - tail - RECORD_HEADER as u64) as u32, Ordering::Relaxed);
+        p.len.store(
+            (start - tail - RECORD_HEADER as u64) as u32,
+            Ordering::Relaxed,
+        );
         p.aux.store(0, Ordering::Relaxed);
         p.commit.store(rec::word(tail, rec::PAD), Ordering::Release);
     }
@@ -366,7 +387,7 @@ fn advance_reclaim<M: RingMem<Control = MpmcControl>>(
         }
         let len = u64::from(h.len.load(Ordering::Relaxed));
         let span = record_size(len);
-        if span > cap / 2 + RECORD_ALIGN as u64 && c & rec::MASK != rec::PAD {
+        if span > cap {
             // A corrupt length: stop here rather than jump anywhere.
             break;
         }
@@ -415,7 +436,12 @@ fn release_orphan<M: RingMem<Control = MpmcControl>>(
     }
     let h = mem.header(r);
     if h.commit
-        .compare_exchange(c, rec::word(r, rec::RELEASED), Ordering::AcqRel, Ordering::Relaxed)
+        .compare_exchange(
+            c,
+            rec::word(r, rec::RELEASED),
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        )
         .is_ok()
     {
         log::warn!("shoal mpmc: reclaimed record at {r} taken by a consumer that died");
@@ -453,7 +479,11 @@ impl<M: RingMem<Control = MpmcControl>> ConsumerCore<M> {
         creator: ProcessId,
         opts: PeerOptions,
     ) -> Result<Self> {
-        let slot = claim_slot((0..lay.consumers).map(|i| (i, mem.slot(i))), me, slot::ACTIVE)?;
+        let slot = claim_slot(
+            (0..lay.consumers).map(|i| (i, mem.slot(i))),
+            me,
+            slot::ACTIVE,
+        )?;
         mem.slot(slot).cursor.store(NO_INTENT, Ordering::Relaxed);
         Ok(ConsumerCore {
             mem,
@@ -468,7 +498,13 @@ impl<M: RingMem<Control = MpmcControl>> ConsumerCore<M> {
 
     /// Takes the next record if one is ready.
     pub(crate) fn poll(&mut self) -> Result<Option<MGot>> {
-        poll_take(&self.mem, self.slot, &self.producers, &self.opts, &mut self.stuck)
+        poll_take(
+            &self.mem,
+            self.slot,
+            &self.producers,
+            &self.opts,
+            &mut self.stuck,
+        )
     }
 
     /// Waits for the next record.
@@ -523,9 +559,12 @@ impl<M: RingMem<Control = MpmcControl>> ConsumerCore<M> {
     pub(crate) fn leave(&mut self) {
         let s = self.mem.slot(self.slot);
         s.cursor.store(NO_INTENT, Ordering::Relaxed);
-        let _ = s
-            .state
-            .compare_exchange(slot::ACTIVE, slot::FREE, Ordering::AcqRel, Ordering::Relaxed);
+        let _ = s.state.compare_exchange(
+            slot::ACTIVE,
+            slot::FREE,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
     }
 }
 
@@ -541,6 +580,9 @@ fn poll_take<M: RingMem<Control = MpmcControl>>(
     let intent = &mem.slot(me).cursor;
     loop {
         let h_pos = ctrl.head.load(Ordering::Acquire);
+        if !valid_position(h_pos) {
+            return Err(Error::Corrupt { what: "head" });
+        }
         intent.store(h_pos, Ordering::Relaxed);
         let h = mem.header(h_pos);
         // SYNC R(commit): pairs with the producer's Release CAS of `commit`.
@@ -565,10 +607,14 @@ fn poll_take<M: RingMem<Control = MpmcControl>>(
                 let len = u64::from(h.len.load(Ordering::Acquire));
                 let next = h_pos + record_size(len);
                 let bad = if state == rec::PAD {
-                    (h_pos + RECORD_HEADER as u64 + len) % cap != 0 || len >= cap
+                    // Wrap pads reach the end of the ring; shrink pads fill
+                    // the unused tail of a reservation: whole lines either way.
+                    (RECORD_HEADER as u64 + len) % RECORD_ALIGN as u64 != 0 || len >= cap
                 } else {
                     record_size(len) > cap / 2
                 };
+                // Never hand out (or skip across) bytes past the data area.
+                let bad = bad || (h_pos & (cap - 1)) + record_size(len) > cap;
                 if bad {
                     if ctrl.head.load(Ordering::Acquire) != h_pos {
                         continue;

@@ -102,16 +102,12 @@ pub(crate) fn claim_slot<'a>(
             let st = s.state.load(Ordering::Acquire);
             // A CLAIMED slot is never taken over: its claimer may be alive
             // and about to write its pid.
-            let free = st == slot::FREE
-                || (pass == 1
-                    && st != slot::FREE
-                    && st != slot::CLAIMED
-                    && !slot_owner(s).is_alive());
+            let free =
+                st == slot::FREE || (pass == 1 && st != slot::CLAIMED && !slot_owner(s).is_alive());
             if !free {
                 continue;
             }
-            if s
-                .state
+            if s.state
                 .compare_exchange(st, slot::CLAIMED, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
             {

@@ -70,7 +70,9 @@ impl Segment {
         for _ in 0..16 {
             let name = SegmentName::random(tag)?;
             match Self::create_named(spec, name) {
-                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => {
+                Err(Error::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::AlreadyExists =>
+                {
                     continue
                 }
                 other => return other,
@@ -208,7 +210,12 @@ impl Segment {
     ) -> Result<Segment> {
         let path = name.path();
         // SAFETY: `path` is NUL-terminated; open does not keep the pointer.
-        let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC | libc::O_NOFOLLOW) };
+        let fd = unsafe {
+            libc::open(
+                path.as_ptr(),
+                libc::O_RDWR | libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK,
+            )
+        };
         if fd < 0 {
             let e = std::io::Error::last_os_error();
             return Err(if e.raw_os_error() == Some(libc::ENOENT) {
@@ -216,7 +223,10 @@ impl Segment {
                     name: name.to_string(),
                 }
             } else {
-                Error::Io { op: "open", source: e }
+                Error::Io {
+                    op: "open",
+                    source: e,
+                }
             });
         }
         let r = Self::attach_fd(fd, name, kind, wait);
@@ -242,7 +252,9 @@ impl Segment {
                 });
             }
             if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-                return Err(Error::Corrupt { what: "not a regular file" });
+                return Err(Error::Corrupt {
+                    what: "not a regular file",
+                });
             }
             let mode = st.st_mode & 0o7777;
             if mode != 0o600 {
@@ -271,7 +283,10 @@ impl Segment {
             let state = h.state.load(Ordering::Acquire);
             if state == STATE_INITIALIZING {
                 // SAFETY: read of a plain u32 inside the mapping.
-                let pid = unsafe { std::ptr::addr_of!((*(base as *const SegmentHeader)).creator_pid).read_volatile() };
+                let pid = unsafe {
+                    std::ptr::addr_of!((*(base as *const SegmentHeader)).creator_pid)
+                        .read_volatile()
+                };
                 unmap(base, size as usize);
                 if t0.elapsed() >= wait {
                     return Err(Error::NotReady { pid });
@@ -424,17 +439,25 @@ pub fn validate(h: &HeaderCopy, file_size: u64, kind: Option<SegmentKind>) -> Re
         return Err(Error::Corrupt { what: "total_size" });
     }
     if h.control_offset != HEADER_PAGE as u64 {
-        return Err(Error::Corrupt { what: "control_offset" });
+        return Err(Error::Corrupt {
+            what: "control_offset",
+        });
     }
     let data_offset = h
         .control_offset
         .checked_add(h.control_size)
-        .ok_or(Error::Corrupt { what: "control_size" })?;
+        .ok_or(Error::Corrupt {
+            what: "control_size",
+        })?;
     if h.data_offset != data_offset || h.data_offset % HEADER_PAGE as u64 != 0 {
-        return Err(Error::Corrupt { what: "data_offset" });
+        return Err(Error::Corrupt {
+            what: "data_offset",
+        });
     }
     if h.data_offset.checked_add(h.data_capacity) != Some(h.total_size) {
-        return Err(Error::Corrupt { what: "data_capacity" });
+        return Err(Error::Corrupt {
+            what: "data_capacity",
+        });
     }
     match found {
         SegmentKind::Broadcast | SegmentKind::Mpmc => {
@@ -442,7 +465,9 @@ pub fn validate(h: &HeaderCopy, file_size: u64, kind: Option<SegmentKind>) -> Re
                 || h.data_capacity < MIN_CAPACITY
                 || h.data_capacity > MAX_CAPACITY
             {
-                return Err(Error::Corrupt { what: "data_capacity" });
+                return Err(Error::Corrupt {
+                    what: "data_capacity",
+                });
             }
             if h.slots == 0 || h.slots > MAX_SLOTS {
                 return Err(Error::Corrupt { what: "slots" });
@@ -452,13 +477,19 @@ pub fn validate(h: &HeaderCopy, file_size: u64, kind: Option<SegmentKind>) -> Re
                 _ => h.producer_slots >= 1 && h.producer_slots <= MAX_SLOTS,
             };
             if !producers_ok {
-                return Err(Error::Corrupt { what: "producer_slots" });
+                return Err(Error::Corrupt {
+                    what: "producer_slots",
+                });
             }
             if h.control_size != page_round(control_size(found, h.slots, h.producer_slots)) {
-                return Err(Error::Corrupt { what: "control_size" });
+                return Err(Error::Corrupt {
+                    what: "control_size",
+                });
             }
             if h.payload_len != 0 {
-                return Err(Error::Corrupt { what: "payload_len" });
+                return Err(Error::Corrupt {
+                    what: "payload_len",
+                });
             }
         }
         SegmentKind::Overflow => {
@@ -466,10 +497,14 @@ pub fn validate(h: &HeaderCopy, file_size: u64, kind: Option<SegmentKind>) -> Re
                 return Err(Error::Corrupt { what: "slots" });
             }
             if h.control_size != 0 {
-                return Err(Error::Corrupt { what: "control_size" });
+                return Err(Error::Corrupt {
+                    what: "control_size",
+                });
             }
             if h.payload_len > h.data_capacity {
-                return Err(Error::Corrupt { what: "payload_len" });
+                return Err(Error::Corrupt {
+                    what: "payload_len",
+                });
             }
         }
     }
@@ -481,7 +516,9 @@ pub fn validate(h: &HeaderCopy, file_size: u64, kind: Option<SegmentKind>) -> Re
         });
     }
     if h.creator_pid == 0 {
-        return Err(Error::Corrupt { what: "creator_pid" });
+        return Err(Error::Corrupt {
+            what: "creator_pid",
+        });
     }
     Ok(())
 }
@@ -492,7 +529,7 @@ pub fn validate(h: &HeaderCopy, file_size: u64, kind: Option<SegmentKind>) -> Re
 /// `base` must point to at least `size_of::<SegmentHeader>()` mapped bytes.
 pub(crate) unsafe fn read_header(base: *const u8) -> HeaderCopy {
     let h = base as *const SegmentHeader;
-    // SAFETY (for each read): the caller guarantees the header is mapped; the
+    // SAFETY: (for each read) the caller guarantees the header is mapped; the
     // volatile reads copy each field exactly once, so a peer rewriting the
     // live header cannot make later checks see different values.
     unsafe {
@@ -609,7 +646,9 @@ pub fn cleanup_stale() -> Result<CleanupReport> {
         if !s.starts_with(NAME_PREFIX) {
             continue;
         }
-        let Ok(name) = SegmentName::new(s) else { continue };
+        let Ok(name) = SegmentName::new(s) else {
+            continue;
+        };
         match stale_creator(&name) {
             Some(true) => {
                 let path = name.path();
@@ -630,7 +669,12 @@ pub fn cleanup_stale() -> Result<CleanupReport> {
 fn stale_creator(name: &SegmentName) -> Option<bool> {
     let path = name.path();
     // SAFETY: NUL-terminated path.
-    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW) };
+    let fd = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK,
+        )
+    };
     if fd < 0 {
         return None;
     }
@@ -653,7 +697,11 @@ fn stale_creator(name: &SegmentName) -> Option<bool> {
         // SAFETY: copies a whole header's bytes into aligned storage; every
         // bit pattern is a valid SegmentHeader.
         let h = unsafe {
-            std::ptr::copy_nonoverlapping(buf.as_ptr(), aligned.as_mut_ptr().cast::<u8>(), buf.len());
+            std::ptr::copy_nonoverlapping(
+                buf.as_ptr(),
+                aligned.as_mut_ptr().cast::<u8>(),
+                buf.len(),
+            );
             read_header(aligned.as_ptr().cast())
         };
         if h.magic != MAGIC || h.creator_uid != euid() {

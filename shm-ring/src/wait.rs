@@ -345,9 +345,7 @@ pub(crate) fn block_on<T>(
         let now = Instant::now();
         deadline.check(now)?;
         if now >= next_check {
-            on_check(Stalled {
-                waited: now - t0,
-            })?;
+            on_check(Stalled { waited: now - t0 })?;
             next_check = now + check_every;
         }
     }

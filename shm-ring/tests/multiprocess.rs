@@ -57,7 +57,10 @@ fn child_main() {
                 verify(&g, seq);
             }
             let end = r.recv_with(Wait::timeout(20 * SEC));
-            assert!(matches!(end, Err(Error::Closed)), "expected Closed, got {end:?}");
+            assert!(
+                matches!(end, Err(Error::Closed)),
+                "expected Closed, got {end:?}"
+            );
             say(&format!("ok {n}"));
             0
         }
@@ -157,10 +160,9 @@ fn child_main() {
 #[test]
 fn broadcast_one_writer_three_reader_processes() {
     const N: u64 = 100_000;
-    let mut w = BroadcastWriter::create(
-        &BroadcastConfig::new(1 << 16, 4).peer_options(fast_peers()),
-    )
-    .unwrap();
+    let mut w =
+        BroadcastWriter::create(&BroadcastConfig::new(1 << 16, 4).peer_options(fast_peers()))
+            .unwrap();
     let h = w.handle().to_string();
     let mut readers: Vec<_> = (0..3)
         .map(|_| spawn("bc_reader", &[h.clone(), N.to_string()]))
@@ -288,7 +290,10 @@ fn killed_writer_gives_writer_gone_after_the_data() {
     let t0 = Instant::now();
     let e = r.recv_with(Wait::timeout(10 * SEC)).unwrap_err();
     let took = t0.elapsed();
-    assert!(matches!(e, Error::WriterGone { pid: p } if p == pid), "{e:?}");
+    assert!(
+        matches!(e, Error::WriterGone { pid: p } if p == pid),
+        "{e:?}"
+    );
     assert!(took < 2 * SEC, "WriterGone took {took:?}");
     let _ = wr.child.wait();
     // The dead writer's segment is stale now; cleanup removes it.
@@ -337,7 +342,8 @@ fn consumer_killed_holding_a_record_is_reclaimed() {
     let mut c = MpmcConsumer::attach_with(&h, fast_peers(), None).unwrap();
     let t0 = Instant::now();
     for i in 0..500u32 {
-        p.send_with(&[i as u8; 200], Wait::timeout(5 * SEC)).unwrap();
+        p.send_with(&[i as u8; 200], Wait::timeout(5 * SEC))
+            .unwrap();
         let g = c.take_with(Wait::timeout(5 * SEC)).unwrap();
         assert_eq!(g[0], i as u8);
     }

@@ -64,7 +64,10 @@ impl Peer {
             if let Some(i) = line.find("@ ") {
                 return line[i + 2..].trim_end().to_string();
             }
-            assert!(t0.elapsed() < timeout, "no line from child within {timeout:?}");
+            assert!(
+                t0.elapsed() < timeout,
+                "no line from child within {timeout:?}"
+            );
         }
     }
 
