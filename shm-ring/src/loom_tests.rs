@@ -166,7 +166,7 @@ fn loom_mpmc_two_consumers_take_each_record_once() {
                 })
             })
             .collect();
-        for v in 0..3u8 {
+        for v in 0..2u8 {
             let r = p.reserve(8, &Wait::forever()).unwrap();
             // SAFETY: the reservation owns 8 payload bytes.
             unsafe { *p.payload(&r) = v };
@@ -175,7 +175,7 @@ fn loom_mpmc_two_consumers_take_each_record_once() {
         p.close_ring();
         let masks: Vec<u32> = consumers.into_iter().map(|t| t.join().unwrap()).collect();
         assert_eq!(masks[0] & masks[1], 0, "a record was taken twice");
-        assert_eq!(masks[0] | masks[1], 0b111, "a record was lost");
-        assert_eq!(taken.load(loom::sync::atomic::Ordering::SeqCst), 3);
+        assert_eq!(masks[0] | masks[1], 0b11, "a record was lost");
+        assert_eq!(taken.load(loom::sync::atomic::Ordering::SeqCst), 2);
     });
 }

@@ -11,6 +11,7 @@
 //! Byte offsets of the header are those of `layout::SegmentHeader`
 //! (`repr(C)`); `header_field_offsets_match_the_struct` checks them against
 //! the library's own copy of a real header.
+#![allow(clippy::disallowed_types)] // tests use std atomics directly
 
 use proptest::collection::vec;
 use proptest::prelude::*;

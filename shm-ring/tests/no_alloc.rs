@@ -1,6 +1,7 @@
 //! No heap allocation on any send or receive path after creation, proved
 //! with a counting global allocator. One test per binary, so no other test
 //! thread allocates during the measured window.
+#![allow(clippy::disallowed_types)] // tests use std atomics directly
 
 use shoal_shm_ring::{
     BroadcastConfig, BroadcastReader, BroadcastWriter, MpmcConfig, MpmcRing, PeerOptions,
