@@ -1,7 +1,7 @@
 //! One writer, N reader *processes* on a broadcast ring.
 //!
 //! The parent creates a [`BroadcastWriter`], re-executes its own binary as
-//! `broadcast reader <handle> <id> <records> <max_inline>` once per reader, waits until
+//! `broadcast reader <handle> <id> <records> <max_inline> <overflow_last>` once per reader, waits until
 //! every reader is active, and sends records of varying sizes (a few larger
 //! than [`BroadcastWriter::max_inline`], which travel in overflow segments),
 //! each written in place with `reserve`/`commit` and carrying its sequence
@@ -11,8 +11,12 @@
 //! [`Error::Closed`]. The parent exits non-zero if any reader failed.
 //!
 //! ```text
-//! cargo run --release -p shoal-shm-ring --example broadcast [READERS] [RECORDS]
+//! cargo run --release -p shoal-shm-ring --example broadcast [READERS] [RECORDS] [--overflow-last]
 //! ```
+//!
+//! `--overflow-last` makes the very last record an overflow record, so the
+//! writer closes while readers may not have opened its segment yet: a check
+//! that closing the ring does not take committed overflow records away.
 
 use shoal_shm_ring::{BroadcastConfig, BroadcastReader, BroadcastWriter, Error, Handle, Wait};
 use std::process::{Child, Command, Stdio};
@@ -32,15 +36,44 @@ fn main() -> BoxResult<()> {
     if args.first().map(String::as_str) == Some("reader") {
         return reader_main(&args[1..]);
     }
-    let readers: u32 = match args.first() {
+    let overflow_last = args.iter().any(|a| a == "--overflow-last");
+    let mut numbers = args.iter().filter(|a| !a.starts_with("--"));
+    let readers: u32 = match numbers.next() {
         Some(s) => s.parse().map_err(|_| format!("bad reader count {s:?}"))?,
         None => DEFAULT_READERS,
     };
-    let records: u64 = match args.get(1) {
+    let records: u64 = match numbers.next() {
         Some(s) => s.parse().map_err(|_| format!("bad record count {s:?}"))?,
         None => DEFAULT_RECORDS,
     };
-    writer_main(readers, records)
+    writer_main(readers, records, overflow_last)
+}
+
+/// What the stream looks like; the writer and every reader derive each
+/// record's length from it.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    records: u64,
+    max_inline: usize,
+    overflow_last: bool,
+}
+
+impl Plan {
+    /// The length of record `seq`: mostly 16..1040 bytes; record 1234 of
+    /// every 10 000 is exactly `max_inline` (the largest inline record), and
+    /// record 4321 of every 10 000 is larger (an overflow record), as is the
+    /// last one with `--overflow-last`.
+    fn record_len(&self, seq: u64) -> usize {
+        let overflow = self.max_inline + 1 + (mix(seq) % 65_536) as usize;
+        if self.overflow_last && seq + 1 == self.records {
+            return overflow;
+        }
+        match seq % 10_000 {
+            1_234 => self.max_inline,
+            4_321 => overflow,
+            _ => PREFIX + (mix(seq) % 1_025) as usize,
+        }
+    }
 }
 
 /// Kills and reaps the children still held when dropped (error paths).
@@ -55,10 +88,17 @@ impl Drop for Children {
     }
 }
 
-fn writer_main(readers: u32, records: u64) -> BoxResult<()> {
-    let mut writer = BroadcastWriter::create(&BroadcastConfig::new(CAPACITY, readers).payload_format(b"example-broadcast-v1"))?;
+fn writer_main(readers: u32, records: u64, overflow_last: bool) -> BoxResult<()> {
+    let mut writer = BroadcastWriter::create(
+        &BroadcastConfig::new(CAPACITY, readers).payload_format(b"example-broadcast-v1"),
+    )?;
     let handle = writer.handle();
     let max_inline = writer.max_inline();
+    let plan = Plan {
+        records,
+        max_inline,
+        overflow_last,
+    };
     println!(
         "writer pid {}: ring {handle}, capacity {CAPACITY} B, max inline payload {max_inline} B, {readers} readers, {records} records",
         std::process::id()
@@ -73,6 +113,7 @@ fn writer_main(readers: u32, records: u64) -> BoxResult<()> {
             .arg(id.to_string())
             .arg(records.to_string())
             .arg(max_inline.to_string())
+            .arg(u8::from(overflow_last).to_string())
             .stdout(Stdio::piped())
             .spawn()?;
         children.0.push(child);
@@ -85,7 +126,7 @@ fn writer_main(readers: u32, records: u64) -> BoxResult<()> {
     let mut bytes = 0u64;
     let mut overflow = 0u64;
     for seq in 0..records {
-        let len = record_len(seq, max_inline);
+        let len = plan.record_len(seq);
         let mut r = writer.reserve(len)?;
         fill_record(&mut r, seq);
         r.commit(len)?;
@@ -129,13 +170,18 @@ fn writer_main(readers: u32, records: u64) -> BoxResult<()> {
 }
 
 fn reader_main(args: &[String]) -> BoxResult<()> {
-    let [handle, id, records, max_inline] = args else {
-        return Err("usage: broadcast reader <handle> <id> <records> <max_inline>".into());
+    let [handle, id, records, max_inline, overflow_last] = args else {
+        return Err("usage: broadcast reader <handle> <id> <records> <max_inline> <0|1>".into());
     };
     let handle: Handle = handle.parse()?;
     let records: u64 = records.parse()?;
-    // The writer's max_inline (readers do not need it, only to know record sizes).
+    // The writer's max_inline: readers need it only to know the record sizes.
     let max_inline: usize = max_inline.parse()?;
+    let plan = Plan {
+        records,
+        max_inline,
+        overflow_last: overflow_last == "1",
+    };
     let mut reader = BroadcastReader::attach(&handle)?;
 
     let mut expect = 0u64;
@@ -150,7 +196,7 @@ fn reader_main(args: &[String]) -> BoxResult<()> {
         };
         t0.get_or_insert_with(Instant::now);
         // Verify in place: `g` derefs to the record's bytes in shared memory.
-        check_record(&g, expect, max_inline).map_err(|e| format!("reader {id}: {e}"))?;
+        check_record(&g, expect, &plan).map_err(|e| format!("reader {id}: {e}"))?;
         bytes += g.len() as u64;
         overflow += u64::from(g.len() > max_inline);
         expect += 1;
@@ -172,19 +218,6 @@ fn mix(mut x: u64) -> u64 {
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     x ^ (x >> 31)
-}
-
-/// The length of record `seq`: mostly 16..1040 bytes; every 10 000th record
-/// is exactly `max_inline` (the largest inline record), and every 10 000th
-/// (at another phase) is larger than `max_inline` (an overflow record).
-/// The last overflow record is far from the end so readers reach it well
-/// before the writer closes (see the note in the report about close).
-fn record_len(seq: u64, max_inline: usize) -> usize {
-    match seq % 10_000 {
-        1_234 => max_inline,
-        4_321 => max_inline + 1 + (mix(seq) % 65_536) as usize,
-        _ => PREFIX + (mix(seq) % 1_025) as usize,
-    }
 }
 
 /// Writes seq, checksum and a pseudo-random body derived from `seq` into `buf`.
@@ -217,22 +250,30 @@ fn checksum(bytes: &[u8]) -> u64 {
     h
 }
 
-fn check_record(rec: &[u8], expect: u64, max_inline: usize) -> Result<(), String> {
+fn check_record(rec: &[u8], expect: u64, plan: &Plan) -> Result<(), String> {
     if rec.len() < PREFIX {
-        return Err(format!("record {expect}: {} bytes is shorter than the prefix", rec.len()));
+        return Err(format!(
+            "record {expect}: {} bytes is shorter than the prefix",
+            rec.len()
+        ));
     }
     let seq = u64::from_le_bytes(rec[..8].try_into().unwrap_or([0; 8]));
     if seq != expect {
         return Err(format!("out of order: got record {seq}, expected {expect}"));
     }
-    let want_len = record_len(seq, max_inline);
+    let want_len = plan.record_len(seq);
     if rec.len() != want_len {
-        return Err(format!("record {seq}: {} bytes, expected {want_len}", rec.len()));
+        return Err(format!(
+            "record {seq}: {} bytes, expected {want_len}",
+            rec.len()
+        ));
     }
     let sum = u64::from_le_bytes(rec[8..16].try_into().unwrap_or([0; 8]));
     let got = checksum(&rec[PREFIX..]);
     if sum != got {
-        return Err(format!("record {seq}: checksum {got:#018x}, header says {sum:#018x}"));
+        return Err(format!(
+            "record {seq}: checksum {got:#018x}, header says {sum:#018x}"
+        ));
     }
     Ok(())
 }

@@ -59,7 +59,9 @@ fn job_id(p: u32, seq: u32) -> u64 {
 }
 
 fn parent_main(jobs: u64) -> BoxResult<()> {
-    let ring = MpmcRing::create(&MpmcConfig::new(CAPACITY, PRODUCERS, CONSUMERS).payload_format(b"example-workqueue-v1"))?;
+    let ring = MpmcRing::create(
+        &MpmcConfig::new(CAPACITY, PRODUCERS, CONSUMERS).payload_format(b"example-workqueue-v1"),
+    )?;
     let handle = ring.handle();
     println!(
         "parent pid {}: ring {handle}, capacity {CAPACITY} B, {PRODUCERS} producer threads, {CONSUMERS} consumer processes, {jobs} jobs",
@@ -80,7 +82,10 @@ fn parent_main(jobs: u64) -> BoxResult<()> {
 
     // Split the jobs between the producers; each numbers its own from 0.
     let per: Vec<u32> = (0..PRODUCERS)
-        .map(|p| (jobs / u64::from(PRODUCERS) + u64::from(u64::from(p) < jobs % u64::from(PRODUCERS))) as u32)
+        .map(|p| {
+            (jobs / u64::from(PRODUCERS) + u64::from(u64::from(p) < jobs % u64::from(PRODUCERS)))
+                as u32
+        })
         .collect();
     let mut producers = Vec::new();
     for _ in 0..PRODUCERS {
@@ -98,7 +103,10 @@ fn parent_main(jobs: u64) -> BoxResult<()> {
             .collect();
         threads
             .into_iter()
-            .map(|t| t.join().unwrap_or_else(|_| Err("producer thread panicked".into())))
+            .map(|t| {
+                t.join()
+                    .unwrap_or_else(|_| Err("producer thread panicked".into()))
+            })
             .collect()
     });
     let mut producers = Vec::new();
@@ -148,8 +156,16 @@ fn parent_main(jobs: u64) -> BoxResult<()> {
     let exact = failed == 0 && taken == jobs && sum == expect_sum;
     println!(
         "summary: consumers took {taken} of {jobs} jobs (id sum {}), {} in {:.3} s total",
-        if sum == expect_sum { "matches" } else { "DIFFERS" },
-        if exact { "each exactly once" } else { "MISMATCH" },
+        if sum == expect_sum {
+            "matches"
+        } else {
+            "DIFFERS"
+        },
+        if exact {
+            "each exactly once"
+        } else {
+            "MISMATCH"
+        },
         t0.elapsed().as_secs_f64()
     );
     if !exact {
@@ -170,7 +186,8 @@ fn produce(mut prod: MpmcProducer, p: u32, n: u32) -> BoxResult<(MpmcProducer, u
             .reserve_with(len, Wait::timeout(Duration::from_secs(10)))
             .map_err(|e| format!("producer {p}: job {seq}: {e}"))?;
         fill_job(&mut r, p, seq);
-        r.commit(len).map_err(|e| format!("producer {p}: commit of job {seq}: {e}"))?;
+        r.commit(len)
+            .map_err(|e| format!("producer {p}: commit of job {seq}: {e}"))?;
         overflow += u64::from(len > max_inline);
     }
     Ok((prod, overflow))
@@ -200,7 +217,11 @@ fn consumer_main(args: &[String]) -> BoxResult<()> {
         let (p, seq) = check_job(&job).map_err(|e| format!("consumer {id}: {e}"))?;
         let slot = &mut next[p as usize];
         if seq < *slot {
-            return Err(format!("consumer {id}: producer {p} job {seq} after job {}", *slot - 1).into());
+            return Err(format!(
+                "consumer {id}: producer {p} job {seq} after job {}",
+                *slot - 1
+            )
+            .into());
         }
         *slot = seq + 1;
         per[p as usize] += 1;
@@ -268,7 +289,10 @@ fn checksum(bytes: &[u8]) -> u64 {
 /// Checks a job's checksum; returns its producer and sequence number.
 fn check_job(job: &[u8]) -> Result<(u32, u32), String> {
     if job.len() < PREFIX {
-        return Err(format!("job of {} bytes is shorter than its prefix", job.len()));
+        return Err(format!(
+            "job of {} bytes is shorter than its prefix",
+            job.len()
+        ));
     }
     let p = u32::from_le_bytes(job[..4].try_into().unwrap_or([0; 4]));
     let seq = u32::from_le_bytes(job[4..8].try_into().unwrap_or([0; 4]));
@@ -278,7 +302,9 @@ fn check_job(job: &[u8]) -> Result<(u32, u32), String> {
     let sum = u64::from_le_bytes(job[8..16].try_into().unwrap_or([0; 8]));
     let got = checksum(&job[PREFIX..]);
     if sum != got {
-        return Err(format!("producer {p} job {seq}: checksum {got:#018x}, header says {sum:#018x}"));
+        return Err(format!(
+            "producer {p} job {seq}: checksum {got:#018x}, header says {sum:#018x}"
+        ));
     }
     Ok((p, seq))
 }

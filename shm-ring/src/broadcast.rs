@@ -239,6 +239,12 @@ impl BroadcastWriter {
 impl Drop for BroadcastWriter {
     fn drop(&mut self) {
         self.core.close();
+        // Drop the overflow files every reader is done with. Readers may
+        // still have to open the others, committed before the close: leave
+        // those (cleanup_stale removes them once this process is gone)
+        // rather than lose the records.
+        self.overflow.reclaim(self.core.rescan_floor());
+        self.overflow.disown_all();
     }
 }
 
@@ -375,6 +381,7 @@ impl BroadcastReader {
             .data(g.pos + crate::layout::RECORD_HEADER as u64);
         if g.state == rec::OVERFLOW {
             if g.len != DESC_LEN {
+                self.core.release(g.next);
                 return Err(Error::Corrupt {
                     what: "overflow descriptor",
                 });

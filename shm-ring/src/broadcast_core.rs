@@ -201,6 +201,14 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
         self.mem.ctrl().data_ec.notify();
     }
 
+    /// Scans the readers now; returns the position below which every active
+    /// reader released everything.
+    pub(crate) fn rescan_floor(&mut self) -> u64 {
+        let cap = self.mem.capacity();
+        self.limit = scan_min(&self.mem, self.pos) + cap;
+        self.limit - cap
+    }
+
     /// Every active reader released everything below this (cached).
     pub(crate) fn released_floor(&self) -> u64 {
         self.limit.saturating_sub(self.mem.capacity())

@@ -111,6 +111,13 @@ impl OverflowTable {
         self.entries.iter().flatten().map(|(p, _)| *p).min()
     }
 
+    /// Keeps every outstanding file on disk (forgets ownership).
+    pub(crate) fn disown_all(&mut self) {
+        for (_, seg) in self.entries.iter_mut().flatten() {
+            seg.disown();
+        }
+    }
+
     /// Stores `seg` for the record at `pos`; the caller made room.
     pub(crate) fn insert(&mut self, pos: u64, seg: Segment) {
         if let Some(e) = self.entries.iter_mut().find(|e| e.is_none()) {

@@ -177,7 +177,7 @@ pub(crate) const MIN_WINDOW: Duration = Duration::from_micros(10);
 pub(crate) const START_WINDOW: Duration = Duration::from_micros(100);
 pub(crate) const MAX_WINDOW: Duration = Duration::from_micros(1000);
 /// Pure spinning (no `sched_yield`) before the rest of the window.
-const PURE_SPIN: Duration = Duration::from_micros(4);
+const PURE_SPIN: Duration = Duration::from_micros(2);
 /// Polls between clock reads while spinning.
 const SPIN_BATCH: u32 = 32;
 

@@ -1,0 +1,133 @@
+//! Blocking behaviour: timeouts, cancellation, wake-ups, and that a blocked
+//! reader burns no CPU.
+
+use shoal_shm_ring::{
+    BroadcastConfig, BroadcastReader, BroadcastWriter, CancelToken, Error, MpmcConfig, MpmcRing,
+    Wait,
+};
+use std::time::{Duration, Instant};
+
+fn thread_cpu() -> Duration {
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::uninit();
+    // SAFETY: getrusage fills `ru` on success.
+    let r = unsafe { libc::getrusage(libc::RUSAGE_THREAD, ru.as_mut_ptr()) };
+    assert_eq!(r, 0);
+    // SAFETY: initialized by the successful call above.
+    let ru = unsafe { ru.assume_init() };
+    let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    Duration::from_micros(us(ru.ru_utime) + us(ru.ru_stime))
+}
+
+fn pair() -> (BroadcastWriter, BroadcastReader) {
+    let mut w = BroadcastWriter::create(&BroadcastConfig::new(1 << 14, 2)).unwrap();
+    let r = BroadcastReader::attach(&w.handle()).unwrap();
+    w.wait_for_readers(1, Wait::no_wait()).unwrap();
+    (w, r)
+}
+
+#[test]
+fn a_blocked_reader_uses_almost_no_cpu() {
+    let (_w, mut r) = pair();
+    let cpu0 = thread_cpu();
+    let t0 = Instant::now();
+    let e = r
+        .recv_with(Wait::timeout(Duration::from_millis(800)))
+        .unwrap_err();
+    let wall = t0.elapsed();
+    let cpu = thread_cpu() - cpu0;
+    assert!(matches!(e, Error::Timeout));
+    assert!(wall >= Duration::from_millis(790), "{wall:?}");
+    // Spinning the adaptive window once (<= 1 ms) plus a few liveness
+    // checks: far below 5 % of the wait.
+    assert!(
+        cpu < wall / 20,
+        "blocked reader used {cpu:?} of CPU in {wall:?}"
+    );
+}
+
+#[test]
+fn a_parked_reader_is_woken_by_a_send() {
+    let (mut w, mut r) = pair();
+    let t = std::thread::spawn(move || {
+        let t0 = Instant::now();
+        let g = r.recv_with(Wait::timeout(Duration::from_secs(10))).unwrap();
+        assert_eq!(&*g, b"wake");
+        t0.elapsed()
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    w.send(b"wake").unwrap();
+    let waited = t.join().unwrap();
+    assert!(waited < Duration::from_secs(5));
+}
+
+#[test]
+fn timeouts_and_no_wait_return_promptly() {
+    let (mut w, mut r) = pair();
+    assert!(matches!(
+        r.recv_with(Wait::no_wait()),
+        Err(Error::WouldBlock)
+    ));
+    assert!(r.try_recv().unwrap().is_none());
+    let t0 = Instant::now();
+    assert!(matches!(
+        r.recv_with(Wait::timeout(Duration::from_millis(30))),
+        Err(Error::Timeout)
+    ));
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    // A full ring: the writer times out instead of overwriting.
+    while w.send_with(&[0; 1000], Wait::no_wait()).is_ok() {}
+    let t0 = Instant::now();
+    assert!(matches!(
+        w.send_with(&[0; 1000], Wait::timeout(Duration::from_millis(30))),
+        Err(Error::Timeout)
+    ));
+    assert!(t0.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+fn cancel_ends_blocked_calls_on_both_rings() {
+    let (_w, mut r) = pair();
+    let tok = CancelToken::new();
+    let t2 = tok.clone();
+    let c = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        t2.cancel();
+    });
+    let t0 = Instant::now();
+    assert!(matches!(
+        r.recv_with(Wait::forever().with_cancel(&tok)),
+        Err(Error::Cancelled)
+    ));
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    c.join().unwrap();
+
+    let ring = MpmcRing::create(&MpmcConfig::new(1 << 12, 1, 1)).unwrap();
+    let mut cons = ring.consumer().unwrap();
+    let tok = CancelToken::new();
+    tok.cancel();
+    assert!(matches!(
+        cons.take_with(Wait::forever().with_cancel(&tok)),
+        Err(Error::Cancelled)
+    ));
+}
+
+#[test]
+fn a_reader_that_joins_late_starts_at_the_current_position() {
+    let mut w = BroadcastWriter::create(&BroadcastConfig::new(1 << 14, 2)).unwrap();
+    w.send(b"nobody hears this").unwrap();
+    let mut r = BroadcastReader::attach(&w.handle()).unwrap();
+    w.send(b"first").unwrap();
+    assert_eq!(&*r.recv_with(Wait::no_wait()).unwrap(), b"first");
+}
+
+#[test]
+fn closed_mpmc_ring_drains_then_reports_closed() {
+    let ring = MpmcRing::create(&MpmcConfig::new(1 << 12, 1, 1)).unwrap();
+    let mut p = ring.producer().unwrap();
+    let mut c = ring.consumer().unwrap();
+    p.send(b"a").unwrap();
+    p.close_ring();
+    assert!(matches!(p.send(b"b"), Err(Error::Closed)));
+    assert_eq!(&*c.take().unwrap(), b"a");
+    assert!(matches!(c.take(), Err(Error::Closed)));
+}
