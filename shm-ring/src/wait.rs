@@ -170,6 +170,12 @@ pub enum WaitStrategy {
 pub(crate) struct Spinner {
     strategy: WaitStrategy,
     window: Duration,
+    /// Spin batches between `sched_yield`s past the pure-spin phase. A
+    /// yield that returns at once means nobody else wants this CPU, and
+    /// yielding only delays noticing the peer: back off to rare yields. A
+    /// yield that took long means another task ran here (oversubscribed, or
+    /// the peer shares this CPU): yield every batch.
+    yield_every: u32,
 }
 
 /// Bounds of the adaptive window.
@@ -180,12 +186,17 @@ pub(crate) const MAX_WINDOW: Duration = Duration::from_micros(1000);
 const PURE_SPIN: Duration = Duration::from_micros(2);
 /// Polls between clock reads while spinning.
 const SPIN_BATCH: u32 = 32;
+/// A `sched_yield` longer than this ran another task.
+const YIELD_RAN_OTHERS: Duration = Duration::from_micros(3);
+/// Most spin batches between yields when nobody else wants the CPU.
+const MAX_YIELD_EVERY: u32 = 64;
 
 impl Spinner {
     pub(crate) fn new(strategy: WaitStrategy) -> Self {
         Spinner {
             strategy,
             window: START_WINDOW,
+            yield_every: 1,
         }
     }
 
@@ -198,6 +209,21 @@ impl Spinner {
             WaitStrategy::Adaptive => self.window,
             WaitStrategy::Spin => Duration::MAX,
             WaitStrategy::Park => Duration::ZERO,
+        }
+    }
+
+    /// Yields the CPU every `yield_every` batches, learning from how long the
+    /// yield took whether anyone else wants this CPU.
+    fn maybe_yield(&mut self, batch: u32) {
+        if batch % self.yield_every != 0 {
+            return;
+        }
+        let t = Instant::now();
+        std::thread::yield_now();
+        if t.elapsed() > YIELD_RAN_OTHERS {
+            self.yield_every = 1;
+        } else {
+            self.yield_every = (self.yield_every * 2).min(MAX_YIELD_EVERY);
         }
     }
 
@@ -296,7 +322,9 @@ pub(crate) fn block_on<T>(
 
     // Spin phase.
     if !window.is_zero() {
+        let mut batch = 0u32;
         loop {
+            batch = batch.wrapping_add(1);
             for _ in 0..SPIN_BATCH {
                 spin_hint();
                 if let Some(v) = poll()? {
@@ -314,7 +342,7 @@ pub(crate) fn block_on<T>(
                 next_check = now + check_every;
             }
             if spinner.strategy == WaitStrategy::Adaptive && spun > PURE_SPIN {
-                std::thread::yield_now();
+                spinner.maybe_yield(batch);
             }
         }
     }

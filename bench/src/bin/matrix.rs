@@ -1,0 +1,259 @@
+//! The benchmark matrix: runs the harness binaries beside this one, each
+//! compared pair interleaved (A B A B ...) with the cache-line floor measured
+//! right before and after every cell, and writes `results.json`,
+//! `results.csv`, `results.md` (and the SVG plots) into `--out DIR`.
+//!
+//! `matrix [--quick] [--out DIR] [--only SUBSTRING]`
+
+use shoal_bench::measure::{Measurement, Row};
+use shoal_bench::proc::{cores, Args};
+use shoal_bench::report;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+/// One cell: entries measured interleaved, `rounds` times each.
+struct Cell {
+    name: String,
+    entries: Vec<Vec<String>>,
+    rounds: u32,
+}
+
+fn cell(name: &str, rounds: u32, entries: &[&str]) -> Cell {
+    Cell {
+        name: name.into(),
+        entries: entries
+            .iter()
+            .map(|e| e.split_whitespace().map(str::to_string).collect())
+            .collect(),
+        rounds,
+    }
+}
+
+fn cells(quick: bool) -> Vec<Cell> {
+    let (it, r) = if quick { (4000, 3) } else { (20000, 5) };
+    let ms = if quick { 300 } else { 1000 };
+    let idle_s = 5;
+    let wake_rounds = if quick { 3 } else { 10 };
+    let mut v = Vec::new();
+    for size in [64usize, 4096, 1 << 20, 16 << 20] {
+        let iters = if size >= 1 << 20 { it / 4 } else { it };
+        v.push(cell(
+            &format!("pingpong {size} B"),
+            r,
+            &[
+                &format!("shoal pingpong --pin --mode spin --size {size} --iters {iters}"),
+                &format!("shoal pingpong --pin --mode park --size {size} --iters {iters}"),
+            ],
+        ));
+    }
+    v.push(cell(
+        "wake after idle",
+        wake_rounds,
+        &[
+            "floor futex --idle-us 1000000 --iters 1",
+            "shoal wake --idle-us 1000000 --iters 1",
+        ],
+    ));
+    v.push(cell(
+        "wake back-to-back",
+        1,
+        &["floor futex --iters 20", "shoal wake --iters 20"],
+    ));
+    for readers in [1, 3, 7] {
+        v.push(cell(
+            &format!("broadcast 64 B 1->{readers}"),
+            r - 1,
+            &[&format!(
+                "shoal broadcast --size 64 --readers {readers} --ms {ms}"
+            )],
+        ));
+    }
+    v.push(cell(
+        "broadcast 1 MiB 1->1 vs stream floor",
+        r - 1,
+        &[
+            "floor stream --iters 300",
+            &format!("shoal broadcast --size 1048576 --readers 1 --ms {ms}"),
+        ],
+    ));
+    v.push(cell(
+        "workqueue 2x2 64 B",
+        r - 1,
+        &[
+            &format!("shoal mpmc --size 64 --ms {ms}"),
+            &format!("crossbeam mpmc --ms {ms}"),
+        ],
+    ));
+    v.push(cell(
+        "idle reader CPU",
+        1,
+        &[&format!("shoal idle --ms {}", idle_s * 1000)],
+    ));
+    let memcpy: Vec<String> = [64usize, 4096, 1 << 20, 16 << 20, 64 << 20]
+        .iter()
+        .map(|s| {
+            format!(
+                "floor memcpy --size {s} --iters {}",
+                if quick { 5 } else { 20 }
+            )
+        })
+        .collect();
+    v.push(Cell {
+        name: "memcpy".into(),
+        entries: memcpy
+            .iter()
+            .map(|e| e.split_whitespace().map(str::to_string).collect())
+            .collect(),
+        rounds: 1,
+    });
+    v
+}
+
+/// Runs one harness invocation; returns its measurements (or an error one).
+fn run_entry(dir: &Path, e: &[String]) -> Vec<Measurement> {
+    let out = Command::new(dir.join(&e[0])).args(&e[1..]).output();
+    let fail = |msg: String| {
+        let mut m = Measurement::new(
+            &e[0],
+            e.get(1).map(String::as_str).unwrap_or("?"),
+            "none",
+            "error",
+        );
+        m.error = Some(msg);
+        vec![m]
+    };
+    match out {
+        Err(err) => fail(format!("cannot run {}: {err}", e[0])),
+        Ok(o) => {
+            let ms: Vec<Measurement> = String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            if ms.is_empty() {
+                fail(format!(
+                    "{} exited {} without results: {}",
+                    e.join(" "),
+                    o.status,
+                    String::from_utf8_lossy(&o.stderr)
+                        .lines()
+                        .last()
+                        .unwrap_or("")
+                ))
+            } else {
+                ms
+            }
+        }
+    }
+}
+
+/// The cache-line floor's median one-way latency right now.
+fn floor_now(dir: &Path) -> f64 {
+    let ms = run_entry(
+        dir,
+        &[
+            "floor".into(),
+            "pingpong".into(),
+            "--iters".into(),
+            "1500".into(),
+        ],
+    );
+    ms.first()
+        .filter(|m| !m.samples.is_empty())
+        .map(|m| shoal_bench::measure::summarize(&m.samples).0)
+        .unwrap_or(f64::NAN)
+}
+
+fn git_rev() -> String {
+    Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn main() {
+    let a = Args::from_env(1);
+    let quick = a.has("quick");
+    let out = PathBuf::from(a.get("out", "target/bench-matrix".to_string()));
+    let only = a.get("only", String::new());
+    let dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("."));
+    let rev = git_rev();
+    let ncores = cores();
+    let t_all = Instant::now();
+    let mut rows: Vec<Row> = Vec::new();
+    for c in cells(quick).into_iter().filter(|c| c.name.contains(&only)) {
+        let t0 = Instant::now();
+        let before = floor_now(&dir);
+        let mut merged: BTreeMap<String, Measurement> = BTreeMap::new();
+        let mut order: Vec<String> = Vec::new();
+        for _ in 0..c.rounds {
+            for e in &c.entries {
+                for m in run_entry(&dir, e) {
+                    let k = m.key();
+                    match merged.get_mut(&k) {
+                        Some(acc) => {
+                            acc.samples.extend(m.samples);
+                            if acc.error.is_none() {
+                                acc.error = m.error;
+                            }
+                        }
+                        None => {
+                            order.push(k.clone());
+                            merged.insert(k, m);
+                        }
+                    }
+                }
+            }
+        }
+        let after = floor_now(&dir);
+        for k in order {
+            if let Some(m) = merged.get(&k) {
+                rows.push(Row::from_measurement(
+                    m,
+                    Some([before, after]),
+                    &rev,
+                    ncores,
+                ));
+            }
+        }
+        eprintln!(
+            "matrix: {:<40} {:>6.1}s",
+            c.name,
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    if let Err(e) = std::fs::create_dir_all(&out) {
+        eprintln!("matrix: cannot create {}: {e}", out.display());
+        std::process::exit(1);
+    }
+    let title = format!(
+        "shoal bench matrix ({}, rev {rev}, {ncores} cores, {:.0} s)",
+        if quick { "quick" } else { "full" },
+        t_all.elapsed().as_secs_f64()
+    );
+    let md = format!(
+        "{}\n{}",
+        report::markdown(&rows, &title),
+        report::targets(&rows)
+    );
+    let json = serde_json::to_string_pretty(&rows).unwrap_or_default();
+    let writes = [
+        ("results.json", json),
+        ("results.csv", report::csv(&rows)),
+        ("results.md", md.clone()),
+    ];
+    for (name, body) in writes {
+        if let Err(e) = std::fs::write(out.join(name), body) {
+            eprintln!("matrix: cannot write {name}: {e}");
+        }
+    }
+    println!("{md}");
+    eprintln!("matrix: wrote {}", out.display());
+}
