@@ -115,6 +115,6 @@ impl Args {
     /// Whether `--name` is present.
     pub fn has(&self, name: &str) -> bool {
         let flag = format!("--{name}");
-        self.0.iter().any(|a| *a == flag)
+        self.0.contains(&flag)
     }
 }

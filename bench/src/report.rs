@@ -141,7 +141,7 @@ pub fn markdown(rows: &[Row], title: &str) -> String {
     s
 }
 
-fn find<'a>(rows: &'a [Row], f: impl Fn(&Row) -> bool) -> Option<&'a Row> {
+fn find(rows: &[Row], f: impl Fn(&Row) -> bool) -> Option<&Row> {
     rows.iter().find(|r| f(r) && r.error.is_none())
 }
 
