@@ -1,6 +1,7 @@
 //! In-process costs of the ring operations (criterion): reserve+commit with
 //! guard acquire+release, the same on the MPMC ring, and the empty poll that
 //! a spinning waiter repeats.
+#![allow(missing_docs)] // criterion's macros generate undocumented items
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use shoal_shm_ring::{
@@ -47,5 +48,9 @@ fn mpmc(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, broadcast, mpmc);
+criterion_group! {
+    name = benches;
+    config = Criterion::default();
+    targets = broadcast, mpmc
+}
 criterion_main!(benches);
