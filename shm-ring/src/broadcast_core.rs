@@ -472,6 +472,10 @@ fn poll_ring<M: RingMem<Control = BroadcastControl>>(
         let c = h.commit.load(Ordering::Acquire);
         if c == 0 || c & !rec::MASK != pos {
             // Not written yet (cleared, or a word from an earlier lap).
+            // While we wait, ask for the line after the header too: a
+            // record's payload usually continues there, and fetching it now
+            // overlaps its transfer with the header's instead of following it.
+            prefetch(mem.data(pos + RECORD_ALIGN as u64));
             let st = s.state.load(Ordering::Relaxed);
             if st != slot::ACTIVE {
                 return Err(Error::Evicted);
@@ -510,6 +514,19 @@ fn poll_ring<M: RingMem<Control = BroadcastControl>>(
             }
         }
     }
+}
+
+/// A read prefetch hint; no effect on memory contents or ordering.
+#[inline(always)]
+fn prefetch(p: *const u8) {
+    #[cfg(all(target_arch = "x86_64", not(loom)))]
+    // SAFETY: prefetch is only a hint: it never faults and never reads
+    // memory architecturally, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(p.cast::<i8>(), std::arch::x86_64::_MM_HINT_T0)
+    };
+    #[cfg(not(all(target_arch = "x86_64", not(loom))))]
+    let _ = p;
 }
 
 fn closed_or_none<M: RingMem<Control = BroadcastControl>>(mem: &M) -> Result<Option<Got>> {

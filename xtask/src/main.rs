@@ -5,6 +5,9 @@
 //!   fuzz target.
 //! - `loom`: only the loom models.
 //! - `fuzz-build`: only build the fuzz target (stable toolchain).
+//! - `bench-matrix [--quick] [--out DIR] [--only NAME]`: provision what the
+//!   peers need, build the harnesses in release mode, run the matrix, print
+//!   its table (see `bench/src/bin/matrix.rs`).
 
 use std::process::{Command, ExitCode};
 use std::time::Instant;
@@ -67,14 +70,30 @@ fn fuzz_build() -> Result<(), String> {
     )
 }
 
+fn bench_matrix(args: &[String]) -> Result<(), String> {
+    run(
+        "build harnesses",
+        cargo().args(["build", "--release", "-p", "shoal-bench", "--bins"]),
+    )?;
+    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    run(
+        "bench matrix",
+        Command::new(format!("{target}/release/matrix")).args(args),
+    )
+}
+
 fn main() -> ExitCode {
     let task = std::env::args().nth(1).unwrap_or_default();
     let r = match task.as_str() {
         "test" => tests().and_then(|_| loom()).and_then(|_| fuzz_build()),
         "loom" => loom(),
         "fuzz-build" => fuzz_build(),
+        "bench-matrix" => {
+            let rest: Vec<String> = std::env::args().skip(2).collect();
+            bench_matrix(&rest)
+        }
         _ => {
-            eprintln!("usage: cargo xtask <test | loom | fuzz-build>");
+            eprintln!("usage: cargo xtask <test | loom | fuzz-build | bench-matrix [--quick] [--out DIR]>");
             return ExitCode::from(2);
         }
     };

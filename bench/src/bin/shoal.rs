@@ -91,8 +91,9 @@ fn pingpong(size: usize, mode: &str, iters: u64, pin: bool) -> Result<Measuremen
                 let g = rx.recv_with(Wait::timeout(10 * SEC))?;
                 let mut r = pong.reserve(size)?;
                 r[..touch].copy_from_slice(&g[..touch]);
-                drop(g);
+                // Reply first, then release the request.
                 r.commit(size)?;
+                drop(g);
             }
             Ok(())
         };
@@ -125,9 +126,24 @@ fn pingpong(size: usize, mode: &str, iters: u64, pin: bool) -> Result<Measuremen
     Ok(m)
 }
 
-fn broadcast(size: usize, readers: u32, mode: &str, run: Duration) -> Result<Measurement, Error> {
+fn broadcast(
+    size: usize,
+    readers: u32,
+    mode: &str,
+    run: Duration,
+    cap: u64,
+) -> Result<Measurement, Error> {
     let map = SharedMap::new(1 << 16).expect("mmap");
-    let cfg = BroadcastConfig::new(ring_for(size).max(1 << 20), readers).peer_options(peer(mode));
+    // Default: room for about two records in flight (plus the ring's own
+    // slack), small enough to stay in cache like the stream floor's buffer.
+    let cap = if cap > 0 {
+        cap
+    } else {
+        ((size as u64 + 64) * 2 + 128)
+            .next_power_of_two()
+            .max(1 << 20)
+    };
+    let cfg = BroadcastConfig::new(cap, readers).peer_options(peer(mode));
     let mut w = BroadcastWriter::create(&cfg)?;
     let h = w.handle();
     let touch_all = size >= 4096;
@@ -310,7 +326,7 @@ fn idle(run: Duration) -> Result<Measurement, Error> {
 }
 
 /// Latency from send to the parked reader running, after `idle` of silence.
-fn wake(idle: Duration, iters: u64) -> Result<Measurement, Error> {
+fn wake(idle: Duration, iters: u64, liveness: Duration) -> Result<Measurement, Error> {
     let map = SharedMap::new(4096).expect("mmap");
     let mut w = BroadcastWriter::create(&BroadcastConfig::new(1 << 16, 1))?;
     let h = w.handle();
@@ -318,7 +334,11 @@ fn wake(idle: Duration, iters: u64) -> Result<Measurement, Error> {
     lat.store(u64::MAX, Ordering::Release);
     let child = fork(|| {
         let go = || -> Result<(), Error> {
-            let mut r = BroadcastReader::attach(&h)?;
+            let opts = ReaderOptions {
+                peer: PeerOptions::default().liveness_interval(liveness),
+                ..Default::default()
+            };
+            let mut r = BroadcastReader::attach_with(&h, &opts)?;
             for _ in 0..iters {
                 let g = r.recv_with(Wait::timeout(30 * SEC))?;
                 let now = now_ns();
@@ -368,12 +388,13 @@ fn main() {
     let ms = Duration::from_millis(a.get("ms", 500u64));
     let r = match cmd.as_str() {
         "pingpong" => pingpong(size, &mode, a.get("iters", 10_000u64), a.has("pin")),
-        "broadcast" => broadcast(size, a.get("readers", 1u32), &mode, ms),
+        "broadcast" => broadcast(size, a.get("readers", 1u32), &mode, ms, a.get("cap", 0u64)),
         "mpmc" => mpmc(size, ms),
         "idle" => idle(ms),
         "wake" => wake(
             Duration::from_micros(a.get("idle-us", 0u64)),
             a.get("iters", 5u64),
+            Duration::from_millis(a.get("liveness-ms", 50u64)),
         ),
         _ => {
             eprintln!("usage: shoal <pingpong|broadcast|mpmc|idle|wake> [--size B] [--mode spin|park] [--iters N] [--readers R] [--ms T] [--idle-us U]");
