@@ -8,12 +8,14 @@
 //! - [`proc`]: forked peer processes, CPU pinning, CPU-time accounting.
 //! - [`shared`]: anonymous shared mappings and a cross-process clock.
 //! - [`report`]: results.csv and results.md (ratios, targets).
+//! - [`plot`]: SVG plots of latency vs payload and throughput vs readers.
 //!
 //! Binaries: `floor` (cache line, stream, memcpy, futex), `shoal` (the
 //! shm-ring cells), `crossbeam` (in-process MPMC reference), `matrix` (the
 //! orchestrator behind `cargo xtask bench-matrix`).
 
 pub mod measure;
+pub mod plot;
 pub mod proc;
 pub mod report;
 pub mod shared;

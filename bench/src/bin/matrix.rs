@@ -254,6 +254,14 @@ fn main() {
             eprintln!("matrix: cannot write {name}: {e}");
         }
     }
+    match shoal_bench::plot::write_plots(&rows, &out) {
+        Ok(paths) => {
+            for p in paths {
+                eprintln!("matrix: plot {}", p.display());
+            }
+        }
+        Err(e) => eprintln!("matrix: plots failed: {e}"),
+    }
     println!("{md}");
     eprintln!("matrix: wrote {}", out.display());
 }
