@@ -127,7 +127,9 @@ fn futex(iters: u64, idle: Duration) -> Measurement {
     let asleep = map.at::<AtomicU32>(128);
     let stamp = map.at::<AtomicU64>(256);
     let lat = map.at::<AtomicU64>(384);
+    // Waker and sleeper on different CPUs: the cross-core wake.
     let child = fork(|| {
+        shoal_bench::proc::pin(1);
         for i in 0..iters as u32 {
             asleep.store(i + 1, Ordering::Release);
             while word.load(Ordering::Acquire) == i {
@@ -147,6 +149,7 @@ fn futex(iters: u64, idle: Duration) -> Measurement {
     } else {
         "back-to-back"
     };
+    shoal_bench::proc::pin(0);
     let mut m = Measurement::new("floor", "futex", "park", "wake_latency_ns");
     m.pattern = format!("futex-{mode}");
     for i in 0..iters as u32 {

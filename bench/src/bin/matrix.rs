@@ -56,11 +56,7 @@ fn cells(quick: bool) -> Vec<Cell> {
             "shoal wake --idle-us 1000000 --iters 1",
         ],
     ));
-    v.push(cell(
-        "wake back-to-back",
-        1,
-        &["floor futex --iters 20", "shoal wake --iters 20"],
-    ));
+    v.push(cell("wake back-to-back", 1, &["floor futex --iters 20"]));
     for readers in [1, 3, 7] {
         v.push(cell(
             &format!("broadcast 64 B 1->{readers}"),

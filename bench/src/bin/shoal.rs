@@ -134,14 +134,14 @@ fn broadcast(
     cap: u64,
 ) -> Result<Measurement, Error> {
     let map = SharedMap::new(1 << 16).expect("mmap");
-    // Default: room for about two records in flight (plus the ring's own
-    // slack), small enough to stay in cache like the stream floor's buffer.
+    // Default: about two records in flight (plus the ring's slack), at least
+    // 256 KiB: small enough to stay in cache, like the stream floor's buffer.
     let cap = if cap > 0 {
         cap
     } else {
         ((size as u64 + 64) * 2 + 128)
             .next_power_of_two()
-            .max(1 << 20)
+            .max(1 << 18)
     };
     let cfg = BroadcastConfig::new(cap, readers).peer_options(peer(mode));
     let mut w = BroadcastWriter::create(&cfg)?;
@@ -332,7 +332,9 @@ fn wake(idle: Duration, iters: u64, liveness: Duration) -> Result<Measurement, E
     let h = w.handle();
     let lat = map.at::<AtomicU64>(0);
     lat.store(u64::MAX, Ordering::Release);
+    // Waker and sleeper on different CPUs, as in the futex floor cell.
     let child = fork(|| {
+        shoal_bench::proc::pin(1);
         let go = || -> Result<(), Error> {
             let opts = ReaderOptions {
                 peer: PeerOptions::default().liveness_interval(liveness),
@@ -350,6 +352,7 @@ fn wake(idle: Duration, iters: u64, liveness: Duration) -> Result<Measurement, E
         i32::from(go().is_err())
     })
     .expect("fork");
+    shoal_bench::proc::pin(0);
     w.wait_for_readers(1, Wait::timeout(10 * SEC))?;
     let mode = if idle >= Duration::from_millis(100) {
         "idle"
