@@ -44,16 +44,26 @@ fn cells(quick: bool) -> Vec<Cell> {
             r,
             &[
                 &format!("shoal pingpong --pin --mode spin --size {size} --iters {iters}"),
+                &format!("iceoryx2 pingpong --pin --mode spin --size {size} --iters {iters}"),
                 &format!("shoal pingpong --pin --mode park --size {size} --iters {iters}"),
             ],
         ));
     }
+    v.push(cell(
+        "pingpong 64 B blocking (iceoryx2 WaitSet)",
+        r,
+        &[&format!(
+            "iceoryx2 pingpong --pin --mode waitset --size 64 --iters {}",
+            it / 4
+        )],
+    ));
     v.push(cell(
         "wake after idle",
         wake_rounds,
         &[
             "floor futex --idle-us 1000000 --iters 1",
             "shoal wake --idle-us 1000000 --iters 1",
+            "iceoryx2 wake --idle-us 1000000 --iters 1",
         ],
     ));
     v.push(cell("wake back-to-back", 1, &["floor futex --iters 20"]));
@@ -61,9 +71,10 @@ fn cells(quick: bool) -> Vec<Cell> {
         v.push(cell(
             &format!("broadcast 64 B 1->{readers}"),
             r - 1,
-            &[&format!(
-                "shoal broadcast --size 64 --readers {readers} --ms {ms}"
-            )],
+            &[
+                &format!("shoal broadcast --size 64 --readers {readers} --ms {ms}"),
+                &format!("iceoryx2 broadcast --size 64 --readers {readers} --ms {ms}"),
+            ],
         ));
     }
     v.push(cell(
