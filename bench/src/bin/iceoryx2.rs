@@ -119,7 +119,7 @@ fn recv_spin(sub: &Sub, yield_on_empty: bool) -> u64 {
             std::hint::spin_loop();
         }
         spins = spins.wrapping_add(1);
-        if spins % (1 << 20) == 0 {
+        if spins.is_multiple_of(1 << 20) {
             assert!(t0.elapsed() < Duration::from_secs(20), "peer stalled");
         }
     }
