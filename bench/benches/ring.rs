@@ -27,6 +27,10 @@ fn broadcast(c: &mut Criterion) {
     g.bench_function("poll_empty", |b| {
         b.iter(|| black_box(r.try_recv().unwrap().is_none()))
     });
+    // The wait path up to the first clock read: poll, deadline, WouldBlock.
+    g.bench_function("recv_no_wait_empty", |b| {
+        b.iter(|| black_box(r.recv_with(Wait::no_wait()).is_err()))
+    });
     g.finish();
 }
 

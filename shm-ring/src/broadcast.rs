@@ -110,6 +110,9 @@ pub(crate) fn tag_string(t: &[u8; FORMAT_TAG_LEN]) -> String {
 pub struct BroadcastWriter {
     core: WriterCore<ShmMem<BroadcastControl>>,
     overflow: OverflowTable,
+    /// The overflow segment of the reservation in progress (kept here, not
+    /// in the reservation, so reservations stay small to move).
+    pending_ov: Option<(u64, Segment)>,
     ov_seq: u64,
     format: [u8; FORMAT_TAG_LEN],
 }
@@ -145,6 +148,7 @@ impl BroadcastWriter {
         Ok(BroadcastWriter {
             core: WriterCore::new(mem, cfg.peer),
             overflow: OverflowTable::new(),
+            pending_ov: None,
             ov_seq: 0,
             format: cfg.format,
         })
@@ -194,7 +198,7 @@ impl BroadcastWriter {
                 resv,
                 buf,
                 len: max_len as usize,
-                ov: None,
+                ov: false,
             });
         }
         // Room in the overflow table first, then in the ring.
@@ -209,12 +213,13 @@ impl BroadcastWriter {
         self.ov_seq += 1;
         let seg = overflow::create(self.core.mem.seg.name(), seq, max_len, self.format)?;
         let buf = seg.data_ptr();
+        self.pending_ov = Some((seq, seg));
         Ok(Reservation {
             writer: self,
             resv,
             buf,
             len: max_len as usize,
-            ov: Some((seq, seg)),
+            ov: true,
         })
     }
 
@@ -254,7 +259,8 @@ pub struct Reservation<'a> {
     resv: Resv,
     buf: *mut u8,
     len: usize,
-    ov: Option<(u64, Segment)>,
+    /// Whether the payload lives in the writer's pending overflow segment.
+    ov: bool,
 }
 
 impl Reservation<'_> {
@@ -268,7 +274,8 @@ impl Reservation<'_> {
             });
         }
         let w = &mut *self.writer;
-        match self.ov.take() {
+        let ov = std::mem::replace(&mut self.ov, false);
+        match ov.then(|| w.pending_ov.take()).flatten() {
             None => w.core.commit(self.resv, len as u64, rec::DATA),
             Some((seq, seg)) => {
                 let d = OverflowDesc {
@@ -282,6 +289,15 @@ impl Reservation<'_> {
             }
         }
         Ok(())
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if self.ov {
+            // Not committed: drop (unlink) the overflow segment.
+            self.writer.pending_ov = None;
+        }
     }
 }
 
@@ -314,6 +330,8 @@ pub struct ReaderOptions {
 /// it joined, in order; dropping it leaves the ring.
 pub struct BroadcastReader {
     core: ReaderCore<ShmMem<BroadcastControl>>,
+    /// The overflow segment the current guard reads from.
+    current_ov: Option<Segment>,
 }
 
 impl std::fmt::Debug for BroadcastReader {
@@ -346,6 +364,7 @@ impl BroadcastReader {
         let mem = ShmMem::<BroadcastControl>::new(seg, n);
         Ok(BroadcastReader {
             core: ReaderCore::join(mem, ProcessId::current(), opts.peer)?,
+            current_ov: None,
         })
     }
 
@@ -397,12 +416,12 @@ impl BroadcastReader {
                 }
             };
             let ptr = seg.data_ptr();
+            self.current_ov = Some(seg);
             return Ok(ReadGuard {
                 reader: self,
                 next: g.next,
                 ptr,
                 len: d.len as usize,
-                _ov: Some(seg),
             });
         }
         Ok(ReadGuard {
@@ -410,7 +429,6 @@ impl BroadcastReader {
             next: g.next,
             ptr: payload,
             len: g.len as usize,
-            _ov: None,
         })
     }
 }
@@ -428,7 +446,6 @@ pub struct ReadGuard<'a> {
     next: u64,
     ptr: *const u8,
     len: usize,
-    _ov: Option<Segment>,
 }
 
 impl Deref for ReadGuard<'_> {
@@ -442,6 +459,8 @@ impl Deref for ReadGuard<'_> {
 
 impl Drop for ReadGuard<'_> {
     fn drop(&mut self) {
+        // Unmap an overflow record's segment (no-op for inline records).
+        self.reader.current_ov = None;
         self.reader.core.release(self.next);
     }
 }

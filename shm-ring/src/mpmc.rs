@@ -148,6 +148,8 @@ fn open(
 /// A producer of an MPMC ring.
 pub struct MpmcProducer {
     core: ProducerCore<ShmMem<MpmcControl>>,
+    /// The overflow segment of the reservation in progress.
+    pending_ov: Option<(u64, Segment)>,
     format: [u8; FORMAT_TAG_LEN],
 }
 
@@ -175,6 +177,7 @@ impl MpmcProducer {
         let format = mem.seg.header().payload_format;
         Ok(MpmcProducer {
             core: ProducerCore::join(mem, &lay, ProcessId::current(), peer)?,
+            pending_ov: None,
             format,
         })
     }
@@ -200,19 +203,20 @@ impl MpmcProducer {
                 resv: Some(resv),
                 buf,
                 len: max_len as usize,
-                ov: None,
+                ov: false,
             });
         }
         let seq = random_u64()?;
         let seg = overflow::create(self.core.mem.seg.name(), seq, max_len, self.format)?;
         let resv = self.core.reserve(DESC_LEN, &wait)?;
         let buf = seg.data_ptr();
+        self.pending_ov = Some((seq, seg));
         Ok(MpmcReservation {
             producer: self,
             resv: Some(resv),
             buf,
             len: max_len as usize,
-            ov: Some((seq, seg)),
+            ov: true,
         })
     }
 
@@ -248,7 +252,8 @@ pub struct MpmcReservation<'a> {
     resv: Option<MResv>,
     buf: *mut u8,
     len: usize,
-    ov: Option<(u64, Segment)>,
+    /// Whether the payload lives in the producer's pending overflow segment.
+    ov: bool,
 }
 
 impl MpmcReservation<'_> {
@@ -268,8 +273,10 @@ impl MpmcReservation<'_> {
         let Some(resv) = self.resv.take() else {
             return Err(Error::Closed);
         };
+        let ov = std::mem::replace(&mut self.ov, false);
+        let pending = ov.then(|| self.producer.pending_ov.take()).flatten();
         let core = &mut self.producer.core;
-        match self.ov.take() {
+        match pending {
             None => core.commit(resv, len as u64, rec::DATA),
             Some((seq, mut seg)) => {
                 // The consumer that takes the record unlinks the segment.
@@ -290,6 +297,10 @@ impl Drop for MpmcReservation<'_> {
     fn drop(&mut self) {
         if let Some(r) = self.resv.take() {
             self.producer.core.abort(r);
+        }
+        if self.ov {
+            // Not committed: drop (unlink) the overflow segment.
+            self.producer.pending_ov = None;
         }
     }
 }
@@ -313,6 +324,8 @@ impl DerefMut for MpmcReservation<'_> {
 /// A consumer of an MPMC ring.
 pub struct MpmcConsumer {
     core: ConsumerCore<ShmMem<MpmcControl>>,
+    /// The overflow segment the current guard reads from.
+    current_ov: Option<Segment>,
 }
 
 impl std::fmt::Debug for MpmcConsumer {
@@ -339,6 +352,7 @@ impl MpmcConsumer {
         let creator = mem.seg.creator();
         Ok(MpmcConsumer {
             core: ConsumerCore::join(mem, &lay, ProcessId::current(), creator, peer)?,
+            current_ov: None,
         })
     }
 
@@ -384,12 +398,12 @@ impl MpmcConsumer {
             let _ = seg.unlink();
             seg.disown();
             let ptr = seg.data_ptr();
+            self.current_ov = Some(seg);
             return Ok(TakeGuard {
                 consumer: self,
                 pos: g.pos,
                 ptr,
                 len: d.len as usize,
-                _ov: Some(seg),
             });
         }
         Ok(TakeGuard {
@@ -397,7 +411,6 @@ impl MpmcConsumer {
             pos: g.pos,
             ptr: payload,
             len: g.len as usize,
-            _ov: None,
         })
     }
 }
@@ -414,7 +427,6 @@ pub struct TakeGuard<'a> {
     pos: u64,
     ptr: *const u8,
     len: usize,
-    _ov: Option<Segment>,
 }
 
 impl Deref for TakeGuard<'_> {
@@ -428,6 +440,8 @@ impl Deref for TakeGuard<'_> {
 
 impl Drop for TakeGuard<'_> {
     fn drop(&mut self) {
+        // Unmap an overflow record's segment (no-op for inline records).
+        self.consumer.current_ov = None;
         self.consumer.core.release(self.pos);
     }
 }

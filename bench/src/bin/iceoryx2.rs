@@ -285,26 +285,39 @@ fn pong(a: &[String]) {
 
 /// One publisher, `n` subscriber processes polling with a yield when empty
 /// (pure spinning collapses with more processes than cores); per-subscriber
-/// messages per second.
+/// messages (or, for payloads of 4 KiB and more, bytes with the publisher
+/// writing and every subscriber reading every byte) per second.
 fn broadcast(size: usize, n: usize, run: Duration) -> Measurement {
     let node = node();
     let name = uniq("bcast");
-    let svc = pubsub(&node, &name, true, n, 4096);
+    // Large payloads: every subscriber queue slot is a whole sample in shm.
+    let touch_all = size >= 4096;
+    let queue = if touch_all { 2 } else { 4096 };
+    let svc = pubsub(&node, &name, true, n, queue);
     let p = publisher(&svc, size);
     let kids: Vec<Child> = (0..n)
-        .map(|_| spawn(&["sub".into(), name.clone()]))
+        .map(|_| spawn(&["sub".into(), name.clone(), touch_all.to_string()]))
         .collect();
     wait_until(|| svc.dynamic_config().number_of_subscribers() == n);
     let t0 = Instant::now();
     let mut seq = 0u64;
     while t0.elapsed() < run {
-        for _ in 0..256 {
-            send(&p, size, seq);
+        for _ in 0..if touch_all { 4 } else { 256 } {
+            if touch_all {
+                send_filled(&p, size, seq);
+            } else {
+                send(&p, size, seq);
+            }
             seq += 1;
         }
     }
     send(&p, size, TERM);
-    let mut m = Measurement::new("iceoryx2", "broadcast", "spin", "throughput_msgs_per_s")
+    let (metric, scale) = if touch_all {
+        ("throughput_bytes_per_s", size as f64)
+    } else {
+        ("throughput_msgs_per_s", 1.0)
+    };
+    let mut m = Measurement::new("iceoryx2", "broadcast", "spin", metric)
         .payload(size as u64)
         .readers(n as u32)
         .processes(n as u32 + 1);
@@ -319,7 +332,7 @@ fn broadcast(size: usize, n: usize, run: Duration) -> Measurement {
             .filter_map(|x| x.parse().ok())
             .collect();
         if v.len() == 2 && v[0] as u64 == seq && v[1] > 0.0 {
-            m.samples.push(v[0] / (v[1] * 1e-9));
+            m.samples.push(v[0] / (v[1] * 1e-9) * scale);
         } else {
             m.error = Some(format!(
                 "subscriber reported {line:?}, expected {seq} messages"
@@ -329,16 +342,47 @@ fn broadcast(size: usize, n: usize, run: Duration) -> Measurement {
     m
 }
 
-fn sub_child(name: &str) {
+/// Loans `size` bytes and writes every one of them (the sequence number first).
+fn send_filled(p: &Pub, size: usize, seq: u64) {
+    let head = seq.to_le_bytes();
+    let s = p
+        .loan_slice_uninit(size)
+        .expect("loan")
+        .write_from_fn(|i| *head.get(i).unwrap_or(&(seq as u8)));
+    s.send().expect("send");
+}
+
+/// Receives one sample, reading every byte of it if `touch_all`; returns
+/// its sequence number.
+fn recv_sub(sub: &Sub, touch_all: bool, sink: &mut u64) -> u64 {
+    let t0 = Instant::now();
+    loop {
+        if let Some(s) = sub.receive().expect("receive") {
+            let b = s.payload();
+            if touch_all {
+                for c in b.chunks_exact(8) {
+                    *sink = sink.wrapping_add(u64::from_le_bytes(c.try_into().unwrap_or([0; 8])));
+                }
+            }
+            return u64::from_le_bytes(b[..8].try_into().unwrap_or([0; 8]));
+        }
+        std::thread::yield_now();
+        assert!(t0.elapsed() < Duration::from_secs(20), "publisher stalled");
+    }
+}
+
+fn sub_child(name: &str, touch_all: bool) {
     let node = node();
     let svc = pubsub(&node, name, false, 0, 0);
     let sub = svc.subscriber_builder().create().expect("subscriber");
     let mut count = 0u64;
     let mut t0 = None;
+    let mut sink = 0u64;
     loop {
-        let seq = recv_spin(&sub, true);
+        let seq = recv_sub(&sub, touch_all, &mut sink);
         let t = *t0.get_or_insert_with(Instant::now);
         if seq == TERM {
+            std::hint::black_box(sink);
             println!("{} {}", count, t.elapsed().as_nanos());
             return;
         }
@@ -417,7 +461,7 @@ fn main() {
     let argv: Vec<String> = std::env::args().collect();
     match argv.get(1).map(String::as_str) {
         Some("pong" | "pongw") => return pong(&argv),
-        Some("sub") => return sub_child(&argv[2]),
+        Some("sub") => return sub_child(&argv[2], argv.get(3).is_some_and(|a| a == "true")),
         Some("waker") => return wake_child(&argv[2], &argv[3], argv[4].parse().unwrap_or(1)),
         _ => {}
     }

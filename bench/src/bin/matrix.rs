@@ -83,8 +83,19 @@ fn cells(quick: bool) -> Vec<Cell> {
         &[
             "floor stream --iters 300",
             &format!("shoal broadcast --size 1048576 --readers 1 --ms {ms}"),
+            &format!("iceoryx2 broadcast --size 1048576 --readers 1 --ms {ms}"),
         ],
     ));
+    for readers in [3, 7] {
+        v.push(cell(
+            &format!("broadcast 1 MiB 1->{readers}"),
+            r - 1,
+            &[
+                &format!("shoal broadcast --size 1048576 --readers {readers} --ms {ms}"),
+                &format!("iceoryx2 broadcast --size 1048576 --readers {readers} --ms {ms}"),
+            ],
+        ));
+    }
     v.push(cell(
         "workqueue 2x2 64 B",
         r - 1,
