@@ -17,15 +17,18 @@ static ALLOCS: AtomicU64 = AtomicU64::new(0);
 
 // SAFETY: forwards to the system allocator unchanged; only counts calls.
 unsafe impl GlobalAlloc for Counting {
+    // SAFETY: callers uphold GlobalAlloc's contract; we forward it as is.
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         ALLOCS.fetch_add(1, Ordering::Relaxed);
         // SAFETY: same contract as our caller's.
         unsafe { System.alloc(l) }
     }
+    // SAFETY: callers uphold GlobalAlloc's contract; we forward it as is.
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
         // SAFETY: same contract as our caller's.
         unsafe { System.dealloc(p, l) }
     }
+    // SAFETY: callers uphold GlobalAlloc's contract; we forward it as is.
     unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
         ALLOCS.fetch_add(1, Ordering::Relaxed);
         // SAFETY: same contract as our caller's.
