@@ -344,6 +344,9 @@ pub(crate) struct ReaderCore<M> {
     slot: usize,
     cursor: u64,
     active: bool,
+    /// Set when a release found the slot no longer ACTIVE: the writer
+    /// evicted this (stalled) reader and may have reused what it read.
+    evicted: bool,
     spinner: Spinner,
     pub(crate) opts: PeerOptions,
 }
@@ -364,6 +367,7 @@ impl<M: RingMem<Control = BroadcastControl>> ReaderCore<M> {
             slot,
             cursor: 0,
             active: false,
+            evicted: false,
             spinner: Spinner::new(opts.wait),
             opts,
         })
@@ -376,11 +380,17 @@ impl<M: RingMem<Control = BroadcastControl>> ReaderCore<M> {
 
     /// Looks for the next record without waiting.
     pub(crate) fn poll(&mut self) -> Result<Option<Got>> {
+        if self.evicted {
+            return Err(Error::Evicted);
+        }
         poll_ring(&self.mem, self.slot, &mut self.cursor, &mut self.active)
     }
 
     /// Waits for the next record.
     pub(crate) fn recv(&mut self, wait: &Wait<'_>) -> Result<Got> {
+        if self.evicted {
+            return Err(Error::Evicted);
+        }
         let deadline = wait.start();
         let mem = &self.mem;
         let slot = self.slot;
@@ -417,11 +427,14 @@ impl<M: RingMem<Control = BroadcastControl>> ReaderCore<M> {
     pub(crate) fn release(&mut self, next: u64) {
         self.cursor = next;
         // SYNC W(release): pairs with the writer's Acquire load of cursors.
-        self.mem
-            .slot(self.slot)
-            .cursor
-            .store(next, Ordering::Release);
+        let s = self.mem.slot(self.slot);
+        s.cursor.store(next, Ordering::Release);
         self.mem.ctrl().space_ec.notify();
+        // Evicted while holding the record (only with a stall timeout): its
+        // bytes may have been reused; say so on the next call.
+        if s.state.load(Ordering::Acquire) != slot::ACTIVE {
+            self.evicted = true;
+        }
     }
 
     /// Gives the slot back.

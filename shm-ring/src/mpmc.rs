@@ -279,15 +279,19 @@ impl MpmcReservation<'_> {
         match pending {
             None => core.commit(resv, len as u64, rec::DATA),
             Some((seq, mut seg)) => {
-                // The consumer that takes the record unlinks the segment.
-                seg.disown();
                 let d = OverflowDesc {
                     seq,
                     len: len as u64,
                 };
                 // SAFETY: the reservation holds DESC_LEN payload bytes.
                 unsafe { d.write(core.payload(&resv)) };
-                core.commit(resv, DESC_LEN, rec::OVERFLOW)
+                let r = core.commit(resv, DESC_LEN, rec::OVERFLOW);
+                if r.is_ok() {
+                    // The consumer that takes the record unlinks the segment;
+                    // on failure it is dropped (unlinked) here.
+                    seg.disown();
+                }
+                r
             }
         }
     }

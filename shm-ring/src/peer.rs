@@ -99,6 +99,10 @@ pub(crate) fn claim_slot<'a>(
             if pass == 0 {
                 n += 1;
             }
+            // The generation is the claim: every claimer reads it before
+            // judging the slot and wins only by moving it on, so a slot that
+            // changed hands meanwhile (ABA on `state`) is never taken twice.
+            let g = s.gen.load(Ordering::Acquire);
             let st = s.state.load(Ordering::Acquire);
             // A CLAIMED slot is never taken over: its claimer may be alive
             // and about to write its pid.
@@ -107,13 +111,13 @@ pub(crate) fn claim_slot<'a>(
             if !free {
                 continue;
             }
-            if s.state
-                .compare_exchange(st, slot::CLAIMED, Ordering::AcqRel, Ordering::Relaxed)
+            if s.gen
+                .compare_exchange(g, g.wrapping_add(1), Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
             {
+                s.state.store(slot::CLAIMED, Ordering::Release);
                 s.pid.store(me.pid, Ordering::Relaxed);
                 s.start_time.store(me.start_time, Ordering::Relaxed);
-                s.gen.fetch_add(1, Ordering::Relaxed);
                 s.state.store(state, Ordering::Release);
                 return Ok(i);
             }

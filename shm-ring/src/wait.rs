@@ -105,7 +105,8 @@ impl<'a> Wait<'a> {
     }
     pub(crate) fn start(&self) -> Deadline<'a> {
         Deadline {
-            at: self.timeout.map(|d| Instant::now() + d),
+            // A timeout too large to represent is no timeout.
+            at: self.timeout.and_then(|d| Instant::now().checked_add(d)),
             zero: self.timeout == Some(Duration::ZERO),
             cancel: self.cancel,
         }
