@@ -35,7 +35,7 @@ fn cells(quick: bool) -> Vec<Cell> {
     let (it, r) = if quick { (4000, 3) } else { (20000, 5) };
     let ms = if quick { 300 } else { 1000 };
     let idle_s = 5;
-    let wake_rounds = if quick { 5 } else { 10 };
+    let wake_rounds = if quick { 7 } else { 15 };
     let mut v = Vec::new();
     for size in [64usize, 4096, 1 << 20, 16 << 20] {
         let iters = if size >= 1 << 20 { it / 4 } else { it };
