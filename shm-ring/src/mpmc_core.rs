@@ -212,7 +212,8 @@ fn lock<M: RingMem<Control = MpmcControl>>(
                 .is_ok()
             {
                 l.owner_start.store(me.start_time, Ordering::Relaxed);
-                l.owner_pid.store(me.pid, Ordering::Relaxed);
+                // Release: a waiter that reads our pid here also reads our start time.
+                l.owner_pid.store(me.pid, Ordering::Release);
                 *held_since = None;
                 return Ok(());
             }
@@ -250,7 +251,7 @@ fn lock<M: RingMem<Control = MpmcControl>>(
         let owner = cur & LOCK_PID;
         match *held_since {
             Some((p, t)) if p == owner && t.elapsed() >= opts.liveness_interval => {
-                let start = if l.owner_pid.load(Ordering::Relaxed) == owner {
+                let start = if l.owner_pid.load(Ordering::Acquire) == owner {
                     l.owner_start.load(Ordering::Relaxed)
                 } else {
                     0
@@ -273,7 +274,7 @@ fn lock<M: RingMem<Control = MpmcControl>>(
                 {
                     log::warn!("shoal mpmc: took over the reservation lock of dead pid {owner}");
                     l.owner_start.store(me.start_time, Ordering::Relaxed);
-                    l.owner_pid.store(me.pid, Ordering::Relaxed);
+                    l.owner_pid.store(me.pid, Ordering::Release);
                     recover_reservation(mem);
                     return Ok(());
                 }
