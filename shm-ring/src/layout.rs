@@ -308,6 +308,25 @@ pub(crate) struct MpmcControl {
     pub closed: CachePadded<AtomicU32>,
 }
 
+impl MpmcControl {
+    #[cfg_attr(not(loom), allow(dead_code))]
+    pub(crate) fn new() -> Self {
+        MpmcControl {
+            lock: CachePadded::new(MpmcLockLine {
+                word: AtomicU32::new(0),
+                owner_pid: AtomicU32::new(0),
+                owner_start: AtomicU64::new(0),
+                tail: AtomicU64::new(0),
+                reclaim: AtomicU64::new(0),
+            }),
+            head: CachePadded::new(AtomicU64::new(0)),
+            data_ec: CachePadded::new(EventCount::new()),
+            space_ec: CachePadded::new(EventCount::new()),
+            closed: CachePadded::new(AtomicU32::new(0)),
+        }
+    }
+}
+
 const fn fnv1a(mut h: u64, v: u64) -> u64 {
     let bytes = v.to_le_bytes();
     let mut i = 0;

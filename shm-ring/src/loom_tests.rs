@@ -6,14 +6,12 @@
 //! (`cargo xtask loom` does exactly that).
 
 use crate::broadcast_core::{ReaderCore, WriterCore};
-use crate::layout::{rec, BroadcastControl, MpmcControl, MpmcLockLine, RECORD_HEADER};
+use crate::layout::{rec, BroadcastControl, MpmcControl, RECORD_HEADER};
 use crate::liveness::ProcessId;
 use crate::mem::{HeapMem, RingMem};
 use crate::mpmc_core::{ConsumerCore, Layout, ProducerCore};
-use crate::pad::CachePadded;
 use crate::peer::PeerOptions;
-use crate::sync::{AtomicU32, AtomicU64};
-use crate::wait::{EventCount, Wait, WaitStrategy};
+use crate::wait::{Wait, WaitStrategy};
 use std::sync::Arc;
 
 fn opts() -> PeerOptions {
@@ -81,19 +79,7 @@ fn loom_broadcast_close_wakes_a_parked_reader() {
 }
 
 fn mpmc_mem(consumers: usize, producers: usize) -> Arc<HeapMem<MpmcControl>> {
-    let ctrl = MpmcControl {
-        lock: CachePadded::new(MpmcLockLine {
-            word: AtomicU32::new(0),
-            owner_pid: AtomicU32::new(0),
-            owner_start: AtomicU64::new(0),
-            tail: AtomicU64::new(0),
-            reclaim: AtomicU64::new(0),
-        }),
-        head: CachePadded::new(AtomicU64::new(0)),
-        data_ec: CachePadded::new(EventCount::new()),
-        space_ec: CachePadded::new(EventCount::new()),
-        closed: CachePadded::new(AtomicU32::new(0)),
-    };
+    let ctrl = MpmcControl::new();
     Arc::new(HeapMem::new(ctrl, consumers + producers, 256))
 }
 

@@ -733,28 +733,13 @@ pub(crate) const DEFAULT_ORPHAN: Duration = Duration::from_millis(100);
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use crate::layout::{MpmcControl, MpmcLockLine};
+    use crate::layout::MpmcControl;
     use crate::mem::HeapMem;
-    use crate::pad::CachePadded;
-    use crate::sync::{AtomicU32, AtomicU64};
-    use crate::wait::EventCount;
     use std::sync::Arc;
     use std::time::Duration;
 
     fn mem(c: usize, p: usize, cap: u64) -> Arc<HeapMem<MpmcControl>> {
-        let ctrl = MpmcControl {
-            lock: CachePadded::new(MpmcLockLine {
-                word: AtomicU32::new(0),
-                owner_pid: AtomicU32::new(0),
-                owner_start: AtomicU64::new(0),
-                tail: AtomicU64::new(0),
-                reclaim: AtomicU64::new(0),
-            }),
-            head: CachePadded::new(AtomicU64::new(0)),
-            data_ec: CachePadded::new(EventCount::new()),
-            space_ec: CachePadded::new(EventCount::new()),
-            closed: CachePadded::new(AtomicU32::new(0)),
-        };
+        let ctrl = MpmcControl::new();
         Arc::new(HeapMem::new(ctrl, c + p, cap))
     }
     fn opts() -> PeerOptions {
