@@ -131,3 +131,31 @@ fn closed_mpmc_ring_drains_then_reports_closed() {
     assert_eq!(&*c.take().unwrap(), b"a");
     assert!(matches!(c.take(), Err(Error::Closed)));
 }
+
+#[test]
+fn a_stalled_live_reader_is_evicted_after_the_stall_timeout() {
+    use shoal_shm_ring::PeerOptions;
+    let peer = PeerOptions::default()
+        .liveness_interval(Duration::from_millis(10))
+        .stall_timeout(Some(Duration::from_millis(100)));
+    let mut w =
+        BroadcastWriter::create(&BroadcastConfig::new(1 << 12, 2).peer_options(peer)).unwrap();
+    let mut slow = BroadcastReader::attach(&w.handle()).unwrap();
+    let mut fast = BroadcastReader::attach(&w.handle()).unwrap();
+    w.wait_for_readers(2, Wait::no_wait()).unwrap();
+    // Fill the ring; the fast reader keeps up, the slow one never reads.
+    let t0 = Instant::now();
+    for i in 0..200u32 {
+        w.send_with(&i.to_le_bytes(), Wait::timeout(Duration::from_secs(5)))
+            .unwrap();
+        let g = fast.recv_with(Wait::no_wait()).unwrap();
+        assert_eq!(&*g, &i.to_le_bytes());
+    }
+    // The writer went on after about one stall timeout, not forever.
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    assert_eq!(w.active_readers(), 1);
+    assert!(matches!(
+        slow.recv_with(Wait::no_wait()),
+        Err(Error::Evicted)
+    ));
+}
