@@ -94,7 +94,7 @@ pub(crate) struct SegmentHeader {
     pub payload_format: [u8; FORMAT_TAG_LEN],
 }
 
-/// A plain copy of [`SegmentHeader`], taken once and then validated.
+/// A plain copy of a segment's header page, taken once and then validated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeaderCopy {
     /// Magic number.
