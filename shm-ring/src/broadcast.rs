@@ -91,7 +91,9 @@ pub(crate) fn tag_string(t: &[u8; FORMAT_TAG_LEN]) -> String {
 
 /// The single writer of a broadcast ring. Creating it creates the segment;
 /// dropping it closes the ring (readers drain, then get [`Error::Closed`])
-/// and unlinks the segment name.
+/// and unlinks the segment name. If overflow records are still unread,
+/// dropping waits up to 200 ms for the readers to pass them, so their files
+/// can be removed too.
 ///
 /// ```
 /// use shoal_shm_ring::{BroadcastConfig, BroadcastReader, BroadcastWriter};
@@ -241,13 +243,23 @@ impl BroadcastWriter {
     }
 }
 
+/// How long a closing writer waits for readers to pass its last overflow
+/// records before leaving their files to `cleanup_stale`.
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
+
 impl Drop for BroadcastWriter {
     fn drop(&mut self) {
         self.core.close();
-        // Drop the overflow files every reader is done with. Readers may
-        // still have to open the others, committed before the close: leave
-        // those (cleanup_stale removes them once this process is gone)
-        // rather than lose the records.
+        // Overflow records committed before the close may not be read yet.
+        // Give the readers a moment to pass them, then drop (unlink) the
+        // files they are done with; leave the rest on disk (cleanup_stale
+        // removes them once this process is gone) rather than lose records.
+        if let Some(newest) = self.overflow.newest() {
+            let cap = self.core.mem.capacity();
+            let _ = self
+                .core
+                .wait_until_free(newest + 1 + cap, &Wait::timeout(CLOSE_GRACE));
+        }
         self.overflow.reclaim(self.core.rescan_floor());
         self.overflow.disown_all();
     }

@@ -111,6 +111,11 @@ impl OverflowTable {
         self.entries.iter().flatten().map(|(p, _)| *p).min()
     }
 
+    /// The position of the newest entry, if any.
+    pub(crate) fn newest(&self) -> Option<u64> {
+        self.entries.iter().flatten().map(|(p, _)| *p).max()
+    }
+
     /// Keeps every outstanding file on disk (forgets ownership).
     pub(crate) fn disown_all(&mut self) {
         for (_, seg) in self.entries.iter_mut().flatten() {
