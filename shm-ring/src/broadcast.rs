@@ -380,6 +380,49 @@ impl BroadcastReader {
         })
     }
 
+    /// An eventfd that turns readable when this ring may have a record, for
+    /// async runtimes; see [`ReadyFd`](crate::ReadyFd) for the protocol.
+    /// It also turns readable when the writer dies (check
+    /// [`writer_alive`](Self::writer_alive) after a wake with nothing to read).
+    ///
+    /// ```
+    /// use shoal_shm_ring::{BroadcastConfig, BroadcastReader, BroadcastWriter, Wait};
+    /// let mut w = BroadcastWriter::create(&BroadcastConfig::new(1 << 16, 1))?;
+    /// let mut r = BroadcastReader::attach(&w.handle())?;
+    /// w.wait_for_readers(1, Wait::no_wait())?;
+    /// let ready = r.ready_fd()?;
+    /// ready.arm();
+    /// assert!(r.try_recv()?.is_none()); // re-check after arming
+    /// w.send(b"x")?;
+    /// // ... an event loop would now see `ready.as_raw_fd()` readable ...
+    /// # let mut p = libc::pollfd { fd: ready.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    /// # assert_eq!(unsafe { libc::poll(&mut p, 1, 5000) }, 1);
+    /// ready.clear();
+    /// assert_eq!(&*r.try_recv()?.unwrap(), b"x");
+    /// # Ok::<(), shoal_shm_ring::Error>(())
+    /// ```
+    pub fn ready_fd(&self) -> Result<crate::ReadyFd> {
+        let seg = Segment::attach(self.core.mem.seg.name(), SegmentKind::Broadcast)?;
+        crate::ReadyFd::new(
+            seg,
+            std::mem::offset_of!(BroadcastControl, data_ec),
+            Some(self.writer()),
+        )
+    }
+
+    /// Whether the writer process still runs.
+    pub fn writer_alive(&self) -> bool {
+        self.writer().is_alive()
+    }
+
+    fn writer(&self) -> ProcessId {
+        let w = &self.core.mem.ctrl().writer;
+        ProcessId {
+            pid: w.pid.load(Ordering::Relaxed),
+            start_time: w.start_time.load(Ordering::Relaxed),
+        }
+    }
+
     /// The payload-format tag the writer set.
     pub fn payload_format(&self) -> String {
         tag_string(&self.core.mem.seg.header().payload_format)

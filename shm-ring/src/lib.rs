@@ -35,6 +35,7 @@
 //! - `broadcast_core` / `broadcast`: the broadcast protocol and its shm API.
 //! - `mpmc_core` / `mpmc`: the MPMC protocol and its shm API.
 //! - `overflow`: records larger than the ring.
+//! - `ready`: [`ReadyFd`], an eventfd for async runtimes.
 //! - `wait`: deadlines, cancellation, the adaptive spin window, the eventcount.
 //! - `futex`: shared futex wait and wake.
 //! - `liveness`: pid plus start time.
@@ -65,6 +66,8 @@ mod mpmc;
 #[cfg(not(loom))]
 mod overflow;
 #[cfg(not(loom))]
+mod ready;
+#[cfg(not(loom))]
 pub mod segment;
 
 #[cfg(loom)]
@@ -85,5 +88,7 @@ pub use broadcast::{
 };
 #[cfg(not(loom))]
 pub use mpmc::{MpmcConfig, MpmcConsumer, MpmcProducer, MpmcReservation, MpmcRing, TakeGuard};
+#[cfg(not(loom))]
+pub use ready::ReadyFd;
 #[cfg(not(loom))]
 pub use segment::{cleanup_stale, CleanupReport, Segment};

@@ -360,6 +360,13 @@ impl MpmcConsumer {
         })
     }
 
+    /// An eventfd that turns readable when this ring may have a record, for
+    /// async runtimes; see [`ReadyFd`](crate::ReadyFd) for the protocol.
+    pub fn ready_fd(&self) -> Result<crate::ReadyFd> {
+        let seg = Segment::attach(self.core.mem.seg.name(), SegmentKind::Mpmc)?;
+        crate::ReadyFd::new(seg, std::mem::offset_of!(MpmcControl, data_ec), None)
+    }
+
     /// Waits for a record and takes it.
     pub fn take(&mut self) -> Result<TakeGuard<'_>> {
         self.take_with(Wait::forever())

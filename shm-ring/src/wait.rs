@@ -259,7 +259,7 @@ impl EventCount {
 
     /// Registers a waiter; the caller must re-check its condition after this
     /// and before [`sleep`](Self::sleep).
-    fn prepare(&self) -> u32 {
+    pub(crate) fn prepare(&self) -> u32 {
         let key = self.seq.load(Ordering::Acquire);
         self.waiters.fetch_add(1, Ordering::Relaxed);
         // SYNC: pairs with the fence in `notify` (Dekker): either the notifier
@@ -268,11 +268,16 @@ impl EventCount {
         key
     }
 
-    fn sleep(&self, key: u32, slice: Duration) {
+    /// Whether the sequence moved on from `key` (a notify happened).
+    pub(crate) fn changed(&self, key: u32) -> bool {
+        self.seq.load(Ordering::Acquire) != key
+    }
+
+    pub(crate) fn sleep(&self, key: u32, slice: Duration) {
         futex::wait(&self.seq, key, Some(slice));
     }
 
-    fn unregister(&self) {
+    pub(crate) fn unregister(&self) {
         self.waiters.fetch_sub(1, Ordering::Relaxed);
     }
 
@@ -285,6 +290,13 @@ impl EventCount {
             self.seq.fetch_add(1, Ordering::Release);
             futex::wake(&self.seq, u32::MAX);
         }
+    }
+
+    /// Wakes every sleeper without moving the sequence (they re-check and
+    /// sleep again unless something changed).
+    #[cfg_attr(loom, allow(dead_code))]
+    pub(crate) fn wake_sleepers(&self) {
+        futex::wake(&self.seq, u32::MAX);
     }
 
     /// Wakes sleepers unconditionally (close, eviction, cancellation paths).

@@ -285,8 +285,21 @@ fn killed_writer_gives_writer_gone_after_the_data() {
         verify(&g, seq);
     }
     assert_eq!(wr.expect_line(10 * SEC), "sent");
+    // An async caller armed on the ring learns of the death too.
+    let ready = r.ready_fd().unwrap();
+    ready.arm();
+    assert!(r.try_recv().unwrap().is_none());
     let pid = wr.pid();
     wr.kill9_no_reap(); // a zombie counts as dead too
+    let mut pfd = libc::pollfd {
+        fd: ready.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    let woke = unsafe { libc::poll(&mut pfd, 1, 2000) };
+    assert_eq!(woke, 1, "ready fd not woken");
+    assert!(!r.writer_alive());
     let t0 = Instant::now();
     let e = r.recv_with(Wait::timeout(10 * SEC)).unwrap_err();
     let took = t0.elapsed();

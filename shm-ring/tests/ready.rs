@@ -1,0 +1,122 @@
+//! `ReadyFd`: an eventfd async runtimes can wait on, with no lost wake-ups.
+
+use shoal_shm_ring::{
+    BroadcastConfig, BroadcastReader, BroadcastWriter, Error, MpmcConfig, MpmcRing, ReadyFd, Wait,
+};
+use std::time::{Duration, Instant};
+
+/// Waits for the fd to be readable; false on timeout.
+fn readable(r: &ReadyFd, timeout: Duration) -> bool {
+    let mut p = libc::pollfd {
+        fd: r.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    let n = unsafe { libc::poll(&mut p, 1, timeout.as_millis() as i32) };
+    n == 1
+}
+
+fn pair() -> (BroadcastWriter, BroadcastReader) {
+    let mut w = BroadcastWriter::create(&BroadcastConfig::new(1 << 16, 2)).unwrap();
+    let r = BroadcastReader::attach(&w.handle()).unwrap();
+    w.wait_for_readers(1, Wait::no_wait()).unwrap();
+    (w, r)
+}
+
+#[test]
+fn a_send_makes_the_armed_fd_readable() {
+    let (mut w, mut r) = pair();
+    let ready = r.ready_fd().unwrap();
+    assert!(
+        !readable(&ready, Duration::from_millis(20)),
+        "readable before arming"
+    );
+    ready.arm();
+    assert!(r.try_recv().unwrap().is_none());
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(30));
+        w.send(b"hello").unwrap();
+        w
+    });
+    assert!(readable(&ready, Duration::from_secs(5)));
+    ready.clear();
+    assert_eq!(&*r.try_recv().unwrap().unwrap(), b"hello");
+    drop(t.join().unwrap());
+}
+
+#[test]
+fn the_arm_recheck_wait_loop_never_misses_a_record() {
+    // The sender races the arm/re-check of every round; a lost wake-up
+    // would leave the loop waiting on the fd for the full timeout.
+    let (mut w, mut r) = pair();
+    let ready = r.ready_fd().unwrap();
+    const N: u32 = 2000;
+    let t = std::thread::spawn(move || {
+        for i in 0..N {
+            if i % 7 == 0 {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+            w.send(&i.to_le_bytes()).unwrap();
+        }
+        w
+    });
+    let t0 = Instant::now();
+    let mut next = 0u32;
+    while next < N {
+        if let Some(g) = r.try_recv().unwrap() {
+            assert_eq!(&*g, &next.to_le_bytes());
+            next += 1;
+            continue;
+        }
+        ready.arm();
+        if let Some(g) = r.try_recv().unwrap() {
+            assert_eq!(&*g, &next.to_le_bytes());
+            next += 1;
+            continue;
+        }
+        assert!(
+            readable(&ready, Duration::from_secs(5)),
+            "lost wake-up at record {next}"
+        );
+        ready.clear();
+    }
+    assert!(t0.elapsed() < Duration::from_secs(20));
+    drop(t.join().unwrap());
+}
+
+#[test]
+fn close_makes_the_armed_fd_readable_and_recv_says_closed() {
+    let (w, mut r) = pair();
+    let ready = r.ready_fd().unwrap();
+    ready.arm();
+    assert!(r.try_recv().unwrap().is_none());
+    drop(w);
+    assert!(readable(&ready, Duration::from_secs(5)));
+    assert!(matches!(r.try_recv(), Err(Error::Closed)));
+    assert!(r.writer_alive());
+}
+
+#[test]
+fn dropping_an_armed_fd_does_not_hang() {
+    let (_w, r) = pair();
+    let ready = r.ready_fd().unwrap();
+    ready.arm();
+    let t0 = Instant::now();
+    drop(ready);
+    assert!(t0.elapsed() < Duration::from_secs(1));
+}
+
+#[test]
+fn mpmc_consumers_get_a_ready_fd_too() {
+    let ring = MpmcRing::create(&MpmcConfig::new(1 << 14, 1, 1)).unwrap();
+    let mut p = ring.producer().unwrap();
+    let mut c = ring.consumer().unwrap();
+    let ready = c.ready_fd().unwrap();
+    ready.arm();
+    assert!(c.try_take().unwrap().is_none());
+    p.send(b"job").unwrap();
+    assert!(readable(&ready, Duration::from_secs(5)));
+    ready.clear();
+    assert_eq!(&*c.try_take().unwrap().unwrap(), b"job");
+}
