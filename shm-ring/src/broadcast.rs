@@ -454,16 +454,8 @@ impl BroadcastReader {
             .mem
             .data(g.pos + crate::layout::RECORD_HEADER as u64);
         if g.state == rec::OVERFLOW {
-            if g.len != DESC_LEN {
-                self.core.release(g.next);
-                return Err(Error::Corrupt {
-                    what: "overflow descriptor",
-                });
-            }
-            // SAFETY: the record holds DESC_LEN bytes (checked) inside the ring.
-            let d = unsafe { OverflowDesc::read(payload) };
-            let seg = match overflow::open(self.core.mem.seg.name(), &d) {
-                Ok(s) => s,
+            let (seg, len) = match overflow::open_record(self.core.mem.seg.name(), payload, g.len) {
+                Ok(v) => v,
                 Err(e) => {
                     // Skip the record we cannot map, rather than wedge on it.
                     self.core.release(g.next);
@@ -476,7 +468,7 @@ impl BroadcastReader {
                 reader: self,
                 next: g.next,
                 ptr,
-                len: d.len as usize,
+                len,
             });
         }
         Ok(ReadGuard {

@@ -389,16 +389,8 @@ impl MpmcConsumer {
     fn guard(&mut self, g: MGot) -> Result<TakeGuard<'_>> {
         let payload = self.core.mem.data(g.pos + RECORD_HEADER as u64);
         if g.state == rec::OVERFLOW {
-            let opened = if g.len == DESC_LEN {
-                // SAFETY: the record holds DESC_LEN bytes inside the ring.
-                let d = unsafe { OverflowDesc::read(payload) };
-                overflow::open(self.core.mem.seg.name(), &d).map(|s| (s, d))
-            } else {
-                Err(Error::Corrupt {
-                    what: "overflow descriptor",
-                })
-            };
-            let (mut seg, d) = match opened {
+            let opened = overflow::open_record(self.core.mem.seg.name(), payload, g.len);
+            let (mut seg, len) = match opened {
                 Ok(v) => v,
                 Err(e) => {
                     self.core.release(g.pos);
@@ -414,7 +406,7 @@ impl MpmcConsumer {
                 consumer: self,
                 pos: g.pos,
                 ptr,
-                len: d.len as usize,
+                len,
             });
         }
         Ok(TakeGuard {

@@ -78,6 +78,25 @@ pub(crate) fn open(ring: &SegmentName, d: &OverflowDesc) -> Result<Segment> {
     Ok(seg)
 }
 
+/// Maps the overflow segment named by a ring record whose payload (at
+/// `payload`, `len_in_ring` bytes, both taken from a committed record) is a
+/// descriptor. Returns the segment and the payload length it carries.
+pub(crate) fn open_record(
+    ring: &SegmentName,
+    payload: *const u8,
+    len_in_ring: u64,
+) -> Result<(Segment, usize)> {
+    if len_in_ring != DESC_LEN {
+        return Err(Error::Corrupt {
+            what: "overflow descriptor",
+        });
+    }
+    // SAFETY: the record holds DESC_LEN payload bytes (checked) inside the ring.
+    let d = unsafe { OverflowDesc::read(payload) };
+    let seg = open(ring, &d)?;
+    Ok((seg, d.len as usize))
+}
+
 /// Outstanding overflow segments of one writer, with the ring position of
 /// the record naming each; a fixed table, no allocation.
 pub(crate) struct OverflowTable {
