@@ -9,14 +9,15 @@
 //!   result's `total_size` field;
 //! - 3: as 2, but the file size is off by a small input-chosen amount.
 //!
-//! `validate_bytes` must never panic, and any header it accepts must be
-//! self-consistent with the file size.
+//! `validate_bytes` must never panic, any header it accepts must be
+//! self-consistent with the file size, and any error it gives must print
+//! (without the segment's name, which `validate_bytes` is not told).
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use shoal_shm_ring::segment::validate_bytes;
-use shoal_shm_ring::{HeaderCopy, ABI_FINGERPRINT, LAYOUT_VERSION};
+use shoal_shm_ring::{Error, HeaderCopy, ABI_FINGERPRINT, LAYOUT_VERSION};
 use std::sync::OnceLock;
 
 /// `size_of::<SegmentHeader>()`.
@@ -66,6 +67,7 @@ fn check(h: &HeaderCopy, size: u64) {
     assert_eq!(h.magic, u64::from_le_bytes(*b"SHOALSEG"));
     assert_eq!(h.layout_version, LAYOUT_VERSION);
     assert_eq!(h.abi_fingerprint, ABI_FINGERPRINT);
+    assert_eq!(h.state, 0x5245_4459); // ready
     assert_eq!(h.flags, 0);
     assert_eq!(h.total_size, size);
     assert_eq!(h.control_offset, PAGE);
@@ -113,7 +115,14 @@ fuzz_target!(|data: &[u8]| {
             (b, size)
         }
     };
-    if let Ok(h) = validate_bytes(&bytes, size) {
-        check(&h, size);
+    match validate_bytes(&bytes, size) {
+        Ok(h) => check(&h, size),
+        Err(e) => {
+            if let Error::Corrupt { segment, what, .. } = &e {
+                assert!(segment.0.is_none(), "validate_bytes named a segment");
+                assert!(!what.is_empty());
+            }
+            assert!(!e.to_string().is_empty());
+        }
     }
 });

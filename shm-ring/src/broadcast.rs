@@ -5,12 +5,14 @@
 use crate::broadcast_core::{Got, ReaderCore, Resv, WriterCore};
 use crate::error::{Error, Result};
 use crate::layout::{
-    rec, BroadcastControl, SegmentKind, FORMAT_TAG_LEN, MAX_CAPACITY, MAX_SLOTS, MIN_CAPACITY,
+    format_tag, rec, tag_string, BroadcastControl, SegmentKind, FORMAT_TAG_LEN, MAX_CAPACITY,
+    MAX_SLOTS, MIN_CAPACITY,
 };
+use crate::lease;
 use crate::liveness::ProcessId;
 use crate::mem::{RingMem, ShmMem};
 use crate::name::{Handle, SegmentName};
-use crate::overflow::{self, OverflowDesc, OverflowTable, DESC_LEN};
+use crate::overflow::{OverflowCache, OverflowDesc, OverflowPool, DESC_LEN};
 use crate::peer::PeerOptions;
 use crate::segment::{control_size, Segment, SegmentSpec};
 use crate::sync::Ordering;
@@ -77,18 +79,6 @@ impl BroadcastConfig {
     }
 }
 
-pub(crate) fn format_tag(tag: &[u8]) -> [u8; FORMAT_TAG_LEN] {
-    let mut t = [0u8; FORMAT_TAG_LEN];
-    let n = tag.len().min(FORMAT_TAG_LEN);
-    t[..n].copy_from_slice(&tag[..n]);
-    t
-}
-
-pub(crate) fn tag_string(t: &[u8; FORMAT_TAG_LEN]) -> String {
-    let end = t.iter().position(|&b| b == 0).unwrap_or(t.len());
-    String::from_utf8_lossy(&t[..end]).into_owned()
-}
-
 /// The single writer of a broadcast ring. Creating it creates the segment;
 /// dropping it closes the ring (readers drain, then get [`Error::Closed`])
 /// and unlinks the segment name. If overflow records are still unread,
@@ -111,11 +101,12 @@ pub(crate) fn tag_string(t: &[u8; FORMAT_TAG_LEN]) -> String {
 /// ```
 pub struct BroadcastWriter {
     core: WriterCore<ShmMem<BroadcastControl>>,
-    overflow: OverflowTable,
-    /// The overflow segment of the reservation in progress (kept here, not
-    /// in the reservation, so reservations stay small to move).
-    pending_ov: Option<(u64, Segment)>,
-    ov_seq: u64,
+    /// Overflow segments: in flight, free for reuse, and the one of the
+    /// reservation in progress (kept here, not in the reservation, so
+    /// reservations stay small to move).
+    overflow: OverflowPool,
+    /// Name part of the pending overflow segment.
+    pending_seq: u64,
     format: [u8; FORMAT_TAG_LEN],
 }
 
@@ -149,9 +140,8 @@ impl BroadcastWriter {
         w.start_time.store(me.start_time, Ordering::Relaxed);
         Ok(BroadcastWriter {
             core: WriterCore::new(mem, cfg.peer),
-            overflow: OverflowTable::new(),
-            pending_ov: None,
-            ov_seq: 0,
+            overflow: OverflowPool::new(),
+            pending_seq: 0,
             format: cfg.format,
         })
     }
@@ -169,6 +159,18 @@ impl BroadcastWriter {
     /// The largest payload that still travels inside the ring.
     pub fn max_inline(&self) -> usize {
         self.core.max_inline() as usize
+    }
+
+    /// Waiters registered on the ring's futexes right now (blocked readers
+    /// and armed [`ReadyFd`](crate::ReadyFd)s, plus the writer itself):
+    /// for tests and diagnostics. A waiter that died registered is cleared
+    /// when its slot is evicted or taken over, or after a run of wakes that
+    /// found nobody.
+    #[doc(hidden)]
+    pub fn registered_waiters(&self) -> u32 {
+        let n = self.core.mem.nslots();
+        let c = self.core.mem.ctrl();
+        c.data_ec.registered(n) + c.space_ec.registered(0)
     }
 
     /// Waits until at least `n` readers have joined, and makes them active
@@ -211,11 +213,12 @@ impl BroadcastWriter {
             self.overflow.reclaim(oldest + 1);
         }
         let resv = self.core.reserve(DESC_LEN, &wait)?;
-        let seq = self.ov_seq;
-        self.ov_seq += 1;
-        let seg = overflow::create(self.core.mem.seg.name(), seq, max_len, self.format)?;
-        let buf = seg.data_ptr();
-        self.pending_ov = Some((seq, seg));
+        // A recycled segment, or a new one with a random name (another
+        // local user cannot pre-create it).
+        let (buf, seq) = self
+            .overflow
+            .take(self.core.mem.seg.name(), max_len, self.format)?;
+        self.pending_seq = seq;
         Ok(Reservation {
             writer: self,
             resv,
@@ -261,7 +264,18 @@ impl Drop for BroadcastWriter {
                 .wait_until_free(newest + 1 + cap, &Wait::timeout(CLOSE_GRACE));
         }
         self.overflow.reclaim(self.core.rescan_floor());
-        self.overflow.disown_all();
+        let unread = self.overflow.has_in_flight();
+        self.overflow.close();
+        if !crate::lease::any_held(self.core.mem.seg.fd()) {
+            // No reader left at all: nobody can read the files left behind.
+            crate::overflow::remove_all(self.core.mem.seg.name());
+        } else if unread {
+            // Readers still drain records whose files are left to them: keep
+            // the ring's name too, so `cleanup_stale` sees the readers'
+            // leases on it and keeps the files; the last reader out removes
+            // the name and the files.
+            self.core.mem.seg.disown();
+        }
     }
 }
 
@@ -286,19 +300,17 @@ impl Reservation<'_> {
             });
         }
         let w = &mut *self.writer;
-        let ov = std::mem::replace(&mut self.ov, false);
-        match ov.then(|| w.pending_ov.take()).flatten() {
-            None => w.core.commit(self.resv, len as u64, rec::DATA),
-            Some((seq, seg)) => {
-                let d = OverflowDesc {
-                    seq,
-                    len: len as u64,
-                };
-                // SAFETY: the reservation holds DESC_LEN payload bytes.
-                unsafe { d.write(w.core.payload(&self.resv)) };
-                w.overflow.insert(self.resv.start, seg);
-                w.core.commit(self.resv, DESC_LEN, rec::OVERFLOW);
-            }
+        if std::mem::replace(&mut self.ov, false) {
+            let d = OverflowDesc {
+                seq: w.pending_seq,
+                len: len as u64,
+            };
+            // SAFETY: the reservation holds DESC_LEN payload bytes.
+            unsafe { d.write(w.core.payload(&self.resv)) };
+            w.overflow.commit_pending(self.resv.start);
+            w.core.commit(self.resv, DESC_LEN, rec::OVERFLOW);
+        } else {
+            w.core.commit(self.resv, len as u64, rec::DATA);
         }
         Ok(())
     }
@@ -307,8 +319,8 @@ impl Reservation<'_> {
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         if self.ov {
-            // Not committed: drop (unlink) the overflow segment.
-            self.writer.pending_ov = None;
+            // Not committed: the overflow segment is free again.
+            self.writer.overflow.abandon_pending();
         }
     }
 }
@@ -316,8 +328,12 @@ impl Drop for Reservation<'_> {
 impl Deref for Reservation<'_> {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        // SAFETY: `buf` points at `len` bytes this reservation owns until it
-        // is committed or dropped (no reader looks at them before commit).
+        // SAFETY: `buf` points at `len` bytes inside the mapping (the ring's
+        // data area, checked free by `reserve`, or a fresh overflow segment)
+        // that this reservation owns until it is committed or dropped: a
+        // correct reader never reads past the last committed record, and the
+        // writer is single. A malicious same-uid process could still write
+        // them; reading them back is reading untrusted bytes either way.
         unsafe { std::slice::from_raw_parts(self.buf, self.len) }
     }
 }
@@ -342,8 +358,8 @@ pub struct ReaderOptions {
 /// it joined, in order; dropping it leaves the ring.
 pub struct BroadcastReader {
     core: ReaderCore<ShmMem<BroadcastControl>>,
-    /// The overflow segment the current guard reads from.
-    current_ov: Option<Segment>,
+    /// Mappings of overflow segments this reader has read from.
+    overflow: OverflowCache,
 }
 
 impl std::fmt::Debug for BroadcastReader {
@@ -376,7 +392,7 @@ impl BroadcastReader {
         let mem = ShmMem::<BroadcastControl>::new(seg, n);
         Ok(BroadcastReader {
             core: ReaderCore::join(mem, ProcessId::current(), opts.peer)?,
-            current_ov: None,
+            overflow: OverflowCache::new(),
         })
     }
 
@@ -406,21 +422,21 @@ impl BroadcastReader {
         crate::ReadyFd::new(
             seg,
             std::mem::offset_of!(BroadcastControl, data_ec),
-            Some(self.writer()),
+            crate::wait::Waiter::ready(self.core.slot_index()),
+            crate::ready::Recheck::WriterLease,
         )
     }
 
-    /// Whether the writer process still runs.
+    /// Whether the writer still holds the ring: its process runs and it has
+    /// not dropped its [`BroadcastWriter`] (its lease is held).
     pub fn writer_alive(&self) -> bool {
-        self.writer().is_alive()
+        self.core.mem.lease_held(lease::OWNER)
     }
 
-    fn writer(&self) -> ProcessId {
-        let w = &self.core.mem.ctrl().writer;
-        ProcessId {
-            pid: w.pid.load(Ordering::Relaxed),
-            start_time: w.start_time.load(Ordering::Relaxed),
-        }
+    /// The writer's pid as it recorded it (a hint: in another pid namespace
+    /// it names another process).
+    pub fn writer_pid(&self) -> u32 {
+        self.core.mem.ctrl().writer.pid.load(Ordering::Relaxed)
     }
 
     /// The payload-format tag the writer set.
@@ -454,7 +470,8 @@ impl BroadcastReader {
             .mem
             .data(g.pos + crate::layout::RECORD_HEADER as u64);
         if g.state == rec::OVERFLOW {
-            let (seg, len) = match overflow::open_record(self.core.mem.seg.name(), payload, g.len) {
+            let name = *self.core.mem.seg.name();
+            let (ptr, len) = match self.overflow.open(&name, payload, g.len) {
                 Ok(v) => v,
                 Err(e) => {
                     // Skip the record we cannot map, rather than wedge on it.
@@ -462,8 +479,6 @@ impl BroadcastReader {
                     return Err(e);
                 }
             };
-            let ptr = seg.data_ptr();
-            self.current_ov = Some(seg);
             return Ok(ReadGuard {
                 reader: self,
                 next: g.next,
@@ -483,11 +498,23 @@ impl BroadcastReader {
 impl Drop for BroadcastReader {
     fn drop(&mut self) {
         self.core.leave();
+        // The last one out of a finished ring removes what is left of it.
+        let c = self.core.mem.ctrl();
+        let done = c.status.closed.load(Ordering::Acquire) != 0 || !self.writer_alive();
+        crate::overflow::last_out(&self.core.mem.seg, done);
     }
 }
 
 /// A received record, in place in shared memory. Derefs to its bytes; the
 /// writer may reuse them only after the guard is dropped.
+///
+/// The bytes stay put while the guard lives against every *correct* peer:
+/// the writer never reuses a record a live reader has not released (a
+/// reader that stalls makes the writer's wait end with
+/// [`Error::Stalled`], it is never evicted). A *malicious* process of the
+/// same user can map the segment and write anything at any time, including
+/// these bytes: shoal's segments are private to one uid, not a security
+/// boundary between processes of that uid.
 pub struct ReadGuard<'a> {
     reader: &'a mut BroadcastReader,
     next: u64,
@@ -498,16 +525,22 @@ pub struct ReadGuard<'a> {
 impl Deref for ReadGuard<'_> {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        // SAFETY: the record is committed and this reader has not released
-        // it, so the writer does not touch these bytes while the guard lives.
+        // SAFETY: `ptr..ptr+len` lies inside the mapping (the length was
+        // bounds-checked against the data area or the overflow segment when
+        // the record was read) and the mapping outlives the guard (the
+        // guard borrows the reader that owns it). The record is committed
+        // and this reader has not moved its cursor past it, so a correct
+        // writer does not write these bytes while the guard lives: it only
+        // reuses lines every ACTIVE reader released, and it never evicts a
+        // live reader (only one whose lease the kernel dropped, i.e. whose
+        // process died or closed the descriptor holding it). What breaks
+        // this: a malicious or buggy same-uid process writing the segment.
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
 }
 
 impl Drop for ReadGuard<'_> {
     fn drop(&mut self) {
-        // Unmap an overflow record's segment (no-op for inline records).
-        self.reader.current_ov = None;
         self.reader.core.release(self.next);
     }
 }

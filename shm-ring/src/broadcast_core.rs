@@ -12,24 +12,39 @@
 //!   reader that moves on never reads stale payload bytes as a header.
 //! - SYNC W(commit)/R(commit): the writer fills header fields and payload,
 //!   then stores `commit = pos | DATA` with Release; a reader Acquire-loads it.
-//! - SYNC W(release)/R(release): a reader stores its cursor with Release when
-//!   it drops a record; the writer Acquire-loads cursors before reusing lines.
-//! - Joining: a reader claims a slot and marks it PENDING; at its next
-//!   reservation the writer sets the cursor to its own position and marks the
-//!   slot ACTIVE (Release), so a reader never gates lines the writer already
-//!   reused.
-//! - Liveness: a writer blocked by a dead reader evicts it; readers of a dead
-//!   writer get `WriterGone` once they drained what it committed.
+//! - SYNC W(release)/R(release): a reader moves its cursor with a Release
+//!   CAS when it drops a record; the writer Acquire-loads cursors before
+//!   reusing lines. The CAS compares the generation tag in the cursor word,
+//!   so a reader that lost its slot cannot move the cursor of the slot's
+//!   next owner.
+//! - Joining: a reader takes its slot's lease, claims the slot (generation
+//!   and state in one CAS) and marks it PENDING; at its next reservation the
+//!   writer sets the cursor to its own position and marks the slot ACTIVE
+//!   (Release, by CAS on the same generation), so a reader never gates lines
+//!   the writer already reused.
+//! - Liveness: a writer blocked by a reader whose lease is free (the
+//!   process died) evicts it; a live reader that blocks it past
+//!   `stall_timeout` ends the wait with `Stalled`, never with an eviction:
+//!   the writer never reuses a record a live reader may hold. Readers of a
+//!   writer whose lease is free get `WriterGone` once they drained what it
+//!   committed.
 //!
 //! [`RecordHeader`]: crate::layout::RecordHeader
 
 use crate::error::{Error, Result};
-use crate::layout::{rec, record_size, slot, BroadcastControl, RECORD_ALIGN, RECORD_HEADER};
+use crate::layout::{
+    rec, record_size, slot, tagged, untag, valid_position, BroadcastControl, Own, GEN_TAG_MASK,
+    RECORD_ALIGN, RECORD_HEADER,
+};
+use crate::lease;
 use crate::liveness::ProcessId;
 use crate::mem::RingMem;
-use crate::peer::{slot_owner, PeerOptions};
+use crate::peer::{
+    claim_slot, leave_slot, repair_waiters, slot_alive, slot_owner, PeerOptions, SlotToken,
+    FUTILE_REPAIR,
+};
 use crate::sync::Ordering;
-use crate::wait::{block_on, Spinner, Wait};
+use crate::wait::{block_on, Spinner, Wait, Waiter};
 use std::cell::Cell;
 
 /// A reservation inside the ring (process-local bookkeeping).
@@ -53,33 +68,79 @@ pub(crate) struct WriterCore<M> {
     joins_seen: u32,
     spinner: Spinner,
     pub(crate) opts: PeerOptions,
+    /// Notifies that found a waiter bit but nobody asleep.
+    futile: u32,
 }
-
-/// Whether a position read from shared memory is one a ring can hold:
-/// 64-byte aligned and far from overflowing when sizes are added to it.
-pub(crate) fn valid_position(p: u64) -> bool {
-    p % RECORD_ALIGN as u64 == 0 && p < MAX_POSITION
-}
-
-/// Positions stay below this (2^62 bytes: centuries at memory bandwidth).
-pub(crate) const MAX_POSITION: u64 = 1 << 62;
 
 /// Cursor below which no active reader holds anything, given writer `pos`.
+/// A reader whose cursor no correct reader could have (ahead of the writer,
+/// or more than a ring behind it) is evicted and logged: its slot is
+/// corrupt, and waiting on it would wait forever.
 fn scan_min<M: RingMem<Control = BroadcastControl>>(mem: &M, pos: u64) -> u64 {
+    let cap = mem.capacity();
     let mut min = pos;
     for i in 0..mem.nslots() {
         let s = mem.slot(i);
-        if s.state.load(Ordering::Acquire) == slot::ACTIVE {
-            // SYNC R(release): pairs with the reader's Release store of its cursor.
-            let c = s.cursor.load(Ordering::Acquire);
-            min = min.min(c);
+        let w = s.own.load(Ordering::Acquire);
+        let o = Own::unpack(w);
+        if o.state != slot::ACTIVE {
+            continue;
         }
+        // SYNC R(release): pairs with the reader's Release CAS of its cursor.
+        let c = s.cursor.load(Ordering::Acquire);
+        if c & GEN_TAG_MASK != o.gen as u64 & GEN_TAG_MASK {
+            // Written by another generation: the slot is changing hands.
+            // A claimer resets the state before the cursor, so look again.
+            if s.own.load(Ordering::Acquire) != w {
+                continue;
+            }
+        }
+        let c = untag(c);
+        if c > pos || c + cap < pos {
+            evict(mem, i, w, "its cursor is impossible", c);
+            continue;
+        }
+        min = min.min(c);
     }
     min
 }
 
+/// Frees slot `i` seen as `w` (its owner is dead, or its slot corrupt) and
+/// clears its waiter bits. Returns whether this call did it.
+fn evict<M: RingMem<Control = BroadcastControl>>(
+    mem: &M,
+    i: usize,
+    w: u64,
+    why: &str,
+    value: u64,
+) -> bool {
+    let o = Own::unpack(w);
+    let free = Own {
+        gen: o.gen,
+        state: slot::FREE,
+    };
+    let ok = mem
+        .slot(i)
+        .own
+        .compare_exchange(w, free.pack(), Ordering::AcqRel, Ordering::Relaxed)
+        .is_ok();
+    if ok {
+        mem.ctrl().data_ec.clear_slot(i);
+        log::warn!(
+            "shoal broadcast {}: evicted reader slot {i} (pid {}): {why} ({value:#x})",
+            mem.label(),
+            slot_owner(mem.slot(i)).pid
+        );
+    }
+    ok
+}
+
 impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
     pub(crate) fn new(mem: M, opts: PeerOptions) -> Self {
+        // The writer's lease is its proof of life for the readers. A shared
+        // memory segment's creator holds it already; in heap memory (tests)
+        // it is taken here.
+        let _ = mem.take_lease(lease::OWNER);
         let cap = mem.capacity();
         WriterCore {
             mem,
@@ -88,6 +149,7 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
             joins_seen: 0,
             spinner: Spinner::new(opts.wait),
             opts,
+            futile: 0,
         }
     }
 
@@ -98,9 +160,7 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
 
     /// Active readers right now.
     pub(crate) fn active_readers(&self) -> u32 {
-        (0..self.mem.nslots())
-            .filter(|&i| self.mem.slot(i).state.load(Ordering::Relaxed) == slot::ACTIVE)
-            .count() as u32
+        count_active(&self.mem)
     }
 
     /// Activates readers that joined since the last call.
@@ -135,7 +195,8 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
     }
 
     /// Blocks until every active reader released everything before
-    /// `need - capacity`.
+    /// `need - capacity`. A dead reader is evicted; a live one that holds
+    /// the wait up past `stall_timeout` ends it with [`Error::Stalled`].
     pub(crate) fn wait_until_free(&mut self, need: u64, wait: &Wait<'_>) -> Result<()> {
         if need <= self.limit {
             return Ok(());
@@ -155,16 +216,14 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
         block_on(
             &mut self.spinner,
             &mem.ctrl().space_ec,
+            Waiter::owner(),
             &deadline,
             opts.liveness_interval,
             || {
                 *limit = scan_min(mem, pos) + cap;
                 Ok((need <= *limit).then_some(()))
             },
-            |stalled| {
-                evict_blockers(mem, floor, stalled.waited, &opts, &logged);
-                Ok(())
-            },
+            |stalled| check_blockers(mem, floor, stalled.waited, &opts, &logged),
         )
     }
 
@@ -198,7 +257,14 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
                 .store(rec::word(self.pos, rec::PAD), Ordering::Release);
         }
         self.pos = end;
-        self.mem.ctrl().data_ec.notify();
+        let n = self.mem.nslots();
+        if self.mem.ctrl().data_ec.notify(n) {
+            self.futile += 1;
+            if self.futile >= FUTILE_REPAIR {
+                self.futile = 0;
+                repair_waiters(&self.mem, &self.mem.ctrl().data_ec, 0, n, false);
+            }
+        }
     }
 
     /// Scans the readers now; returns the position below which every active
@@ -223,6 +289,7 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
         block_on(
             &mut self.spinner,
             &mem.ctrl().space_ec,
+            Waiter::owner(),
             &deadline,
             self.opts.liveness_interval,
             || {
@@ -231,12 +298,27 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
                     *joins_seen = j;
                     activate_pending(mem, pos);
                 }
-                let active = (0..mem.nslots())
-                    .filter(|&i| mem.slot(i).state.load(Ordering::Relaxed) == slot::ACTIVE)
-                    .count() as u32;
+                let active = count_active(mem);
                 Ok((active >= n).then_some(active))
             },
             |_| Ok(()),
+        )
+    }
+
+    /// Evicts every dead reader now, as a blocked writer would (models and
+    /// tests drive this directly: loom does not let time pass).
+    #[cfg(loom)]
+    pub(crate) fn evict_dead_now(&self) -> Result<()> {
+        let opts = PeerOptions {
+            stall_timeout: None,
+            ..self.opts
+        };
+        check_blockers(
+            &self.mem,
+            u64::MAX,
+            std::time::Duration::ZERO,
+            &opts,
+            &Cell::new(true),
         )
     }
 
@@ -252,81 +334,82 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
     }
 }
 
+fn count_active<M: RingMem<Control = BroadcastControl>>(mem: &M) -> u32 {
+    (0..mem.nslots())
+        .filter(|&i| Own::unpack(mem.slot(i).own.load(Ordering::Relaxed)).state == slot::ACTIVE)
+        .count() as u32
+}
+
 /// Makes every PENDING reader ACTIVE with its cursor at `pos`.
 fn activate_pending<M: RingMem<Control = BroadcastControl>>(mem: &M, pos: u64) {
     for i in 0..mem.nslots() {
         let s = mem.slot(i);
-        if s.state.load(Ordering::Acquire) == slot::PENDING {
-            s.cursor.store(pos, Ordering::Relaxed);
-            // SYNC W(activate): pairs with the reader's Acquire of its state.
-            let _ = s.state.compare_exchange(
-                slot::PENDING,
-                slot::ACTIVE,
-                Ordering::Release,
-                Ordering::Relaxed,
-            );
+        let w = s.own.load(Ordering::Acquire);
+        let o = Own::unpack(w);
+        if o.state == slot::PENDING {
+            // The cursor first, tagged with the generation we activate: if
+            // the slot changes hands meanwhile, the CAS below fails and the
+            // next owner's claim rewrites the cursor anyway.
+            s.cursor.store(tagged(pos, o.gen), Ordering::Relaxed);
+            let active = Own {
+                gen: o.gen,
+                state: slot::ACTIVE,
+            };
+            // SYNC W(activate): pairs with the reader's Acquire of `own`.
+            let _ = s
+                .own
+                .compare_exchange(w, active.pack(), Ordering::Release, Ordering::Relaxed);
         }
     }
 }
 
-/// Evicts dead readers holding lines below `floor`; evicts stalled live ones
-/// if the options say so; logs the slowest once.
-fn evict_blockers<M: RingMem<Control = BroadcastControl>>(
+/// Called while the writer is blocked: evicts dead readers holding lines
+/// below `floor`; ends the wait with `Stalled` when a live one held it up
+/// past the stall timeout; logs the slowest once.
+fn check_blockers<M: RingMem<Control = BroadcastControl>>(
     mem: &M,
     floor: u64,
     waited: std::time::Duration,
     opts: &PeerOptions,
     logged: &Cell<bool>,
-) {
+) -> Result<()> {
     for i in 0..mem.nslots() {
         let s = mem.slot(i);
-        if s.state.load(Ordering::Acquire) != slot::ACTIVE
-            || s.cursor.load(Ordering::Acquire) >= floor
+        let w = s.own.load(Ordering::Acquire);
+        if Own::unpack(w).state != slot::ACTIVE || untag(s.cursor.load(Ordering::Acquire)) >= floor
         {
             continue;
         }
+        if !slot_alive(mem, i) {
+            evict(mem, i, w, "its process is gone (lease free)", 0);
+            continue;
+        }
         let who = slot_owner(s);
-        if !who.is_alive() {
-            if s.state
-                .compare_exchange(
-                    slot::ACTIVE,
-                    slot::FREE,
-                    Ordering::AcqRel,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
-            {
-                log::info!(
-                    "shoal broadcast: evicted dead reader slot {i} (pid {})",
-                    who.pid
-                );
-            }
-        } else if opts.stall_timeout.is_some_and(|t| waited >= t) {
-            if s.state
-                .compare_exchange(
-                    slot::ACTIVE,
-                    slot::EVICTED,
-                    Ordering::AcqRel,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
-            {
-                log::warn!(
-                    "shoal broadcast: evicted reader slot {i} (pid {}) stalled for {:?}",
-                    who.pid,
-                    waited
-                );
-                mem.ctrl().data_ec.notify_always();
-            }
-        } else if waited >= opts.slow_peer_log && !logged.get() {
+        if opts.stall_timeout.is_some_and(|t| waited >= t) {
+            log::warn!(
+                "shoal broadcast {}: writer gives up after {:?}: reader slot {i} (pid {}) holds unreleased records",
+                mem.label(),
+                waited,
+                who.pid
+            );
+            return Err(Error::Stalled {
+                role: "reader",
+                slot: i as u32,
+                pid: who.pid,
+                waited,
+            });
+        }
+        if waited >= opts.slow_peer_log && !logged.get() {
             logged.set(true);
             log::warn!(
-                "shoal broadcast: writer blocked for {:?} by reader slot {i} (pid {})",
+                "shoal broadcast {}: writer blocked for {:?} by reader slot {i} (pid {})",
+                mem.label(),
                 waited,
                 who.pid
             );
         }
     }
+    Ok(())
 }
 
 /// A record a reader got: where it is and what it is.
@@ -341,33 +424,40 @@ pub(crate) struct Got {
 /// A reader's side.
 pub(crate) struct ReaderCore<M> {
     pub(crate) mem: M,
-    slot: usize,
-    cursor: u64,
-    active: bool,
-    /// Set when a release found the slot no longer ACTIVE: the writer
-    /// evicted this (stalled) reader and may have reused what it read.
-    evicted: bool,
+    st: ReaderState,
     spinner: Spinner,
     pub(crate) opts: PeerOptions,
+}
+
+/// A reader's process-local position.
+struct ReaderState {
+    token: SlotToken,
+    cursor: u64,
+    /// The cursor word as this reader last wrote (or was given) it.
+    published: u64,
+    active: bool,
+    /// Set when this reader found its slot no longer its own.
+    evicted: bool,
 }
 
 impl<M: RingMem<Control = BroadcastControl>> ReaderCore<M> {
     /// Claims a reader slot; the writer activates it at its next reservation.
     pub(crate) fn join(mem: M, me: ProcessId, opts: PeerOptions) -> Result<Self> {
-        let slot = crate::peer::claim_slot(
-            (0..mem.nslots()).map(|i| (i, mem.slot(i))),
-            me,
-            slot::PENDING,
-        )?;
+        let token = claim_slot(&mem, 0..mem.nslots(), me, slot::PENDING, 0, |i| {
+            mem.ctrl().data_ec.clear_slot(i)
+        })?;
         mem.ctrl().status.joins.fetch_add(1, Ordering::Release);
         // A writer waiting for readers sleeps on the space eventcount.
-        mem.ctrl().space_ec.notify();
+        mem.ctrl().space_ec.notify(0);
         Ok(ReaderCore {
             mem,
-            slot,
-            cursor: 0,
-            active: false,
-            evicted: false,
+            st: ReaderState {
+                token,
+                cursor: 0,
+                published: 0,
+                active: false,
+                evicted: false,
+            },
             spinner: Spinner::new(opts.wait),
             opts,
         })
@@ -375,34 +465,40 @@ impl<M: RingMem<Control = BroadcastControl>> ReaderCore<M> {
 
     /// The slot this reader holds.
     pub(crate) fn slot_index(&self) -> usize {
-        self.slot
+        self.st.token.index
+    }
+
+    /// The slot and generation this reader claimed.
+    #[cfg(loom)]
+    pub(crate) fn token(&self) -> SlotToken {
+        self.st.token
     }
 
     /// Looks for the next record without waiting.
     pub(crate) fn poll(&mut self) -> Result<Option<Got>> {
-        if self.evicted {
+        if self.st.evicted {
             return Err(Error::Evicted);
         }
-        poll_ring(&self.mem, self.slot, &mut self.cursor, &mut self.active)
+        self.st.poll_ring(&self.mem)
     }
 
     /// Waits for the next record.
     pub(crate) fn recv(&mut self, wait: &Wait<'_>) -> Result<Got> {
-        if self.evicted {
+        if self.st.evicted {
             return Err(Error::Evicted);
         }
         let deadline = wait.start();
-        let mem = &self.mem;
-        let slot = self.slot;
-        let cursor = &mut self.cursor;
-        let active = &mut self.active;
         let writer_dead = Cell::new(false);
+        let me = Waiter::blocking(self.st.token.index);
+        let mem = &self.mem;
+        let st = &mut self.st;
         block_on(
             &mut self.spinner,
             &mem.ctrl().data_ec,
+            me,
             &deadline,
             self.opts.liveness_interval,
-            || match poll_ring(mem, slot, cursor, active)? {
+            || match st.poll_ring(mem)? {
                 Some(g) => Ok(Some(g)),
                 None if writer_dead.get() => Err(Error::WriterGone {
                     pid: mem.ctrl().writer.pid.load(Ordering::Relaxed),
@@ -410,12 +506,10 @@ impl<M: RingMem<Control = BroadcastControl>> ReaderCore<M> {
                 None => Ok(None),
             },
             |_| {
-                let w = &mem.ctrl().writer;
-                let id = ProcessId {
-                    pid: w.pid.load(Ordering::Relaxed),
-                    start_time: w.start_time.load(Ordering::Relaxed),
-                };
-                if !id.is_alive() {
+                if !mem.lease_held(lease::OWNER) {
+                    // Its waiter bit (if it died parked) would make every
+                    // release a system call.
+                    mem.ctrl().space_ec.clear_owner();
                     writer_dead.set(true);
                 }
                 Ok(())
@@ -425,105 +519,125 @@ impl<M: RingMem<Control = BroadcastControl>> ReaderCore<M> {
 
     /// Releases everything before `next` (the record just read) to the writer.
     pub(crate) fn release(&mut self, next: u64) {
-        self.cursor = next;
+        let st = &mut self.st;
+        st.cursor = next;
+        let s = self.mem.slot(st.token.index);
+        let word = tagged(next, st.token.gen);
         // SYNC W(release): pairs with the writer's Acquire load of cursors.
-        let s = self.mem.slot(self.slot);
-        s.cursor.store(next, Ordering::Release);
-        self.mem.ctrl().space_ec.notify();
-        // Evicted while holding the record (only with a stall timeout): its
-        // bytes may have been reused; say so on the next call.
-        if s.state.load(Ordering::Acquire) != slot::ACTIVE {
-            self.evicted = true;
+        // A CAS against our last word: it fails if the slot changed hands.
+        match s
+            .cursor
+            .compare_exchange(st.published, word, Ordering::Release, Ordering::Relaxed)
+        {
+            Ok(_) => st.published = word,
+            Err(_) => st.evicted = true,
+        }
+        self.mem.ctrl().space_ec.notify(0);
+        if st.token.owns(s).is_none() {
+            st.evicted = true;
         }
     }
 
     /// Gives the slot back.
     pub(crate) fn leave(&mut self) {
-        let s = self.mem.slot(self.slot);
-        for st in [slot::ACTIVE, slot::PENDING, slot::EVICTED] {
-            if s.state
-                .compare_exchange(st, slot::FREE, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-            {
-                break;
-            }
-        }
-        self.mem.ctrl().space_ec.notify();
+        let mem = &self.mem;
+        leave_slot(mem, self.st.token, |i| mem.ctrl().data_ec.clear_slot(i));
+        mem.ctrl().space_ec.notify(0);
     }
 }
 
-/// One look at the ring for reader `slot_idx` at `*cursor`.
-fn poll_ring<M: RingMem<Control = BroadcastControl>>(
-    mem: &M,
-    slot_idx: usize,
-    cursor: &mut u64,
-    active: &mut bool,
-) -> Result<Option<Got>> {
-    let cap = mem.capacity();
-    let s = mem.slot(slot_idx);
-    if !*active {
-        // SYNC R(activate): pairs with the writer's Release in process_joins.
-        match s.state.load(Ordering::Acquire) {
-            slot::ACTIVE => {
-                let c = s.cursor.load(Ordering::Relaxed);
-                if !valid_position(c) {
-                    return Err(Error::Corrupt {
-                        what: "reader cursor",
-                    });
+impl ReaderState {
+    /// One look at the ring at the cursor.
+    fn poll_ring<M: RingMem<Control = BroadcastControl>>(
+        &mut self,
+        mem: &M,
+    ) -> Result<Option<Got>> {
+        let cap = mem.capacity();
+        let s = mem.slot(self.token.index);
+        if !self.active {
+            // SYNC R(activate): pairs with the writer's Release in activate_pending.
+            match self.token.owns(s).map(|o| o.state) {
+                Some(slot::ACTIVE) => {
+                    let w = s.cursor.load(Ordering::Relaxed);
+                    let c = untag(w);
+                    if w != tagged(c, self.token.gen) || !valid_position(c) {
+                        self.evicted = true;
+                        return Err(Error::corrupt(
+                            mem.label(),
+                            "reader cursor at activation",
+                            w,
+                            "a 64-byte aligned position tagged with the slot's generation",
+                        ));
+                    }
+                    self.cursor = c;
+                    self.published = w;
+                    self.active = true;
                 }
-                *cursor = c;
-                *active = true;
+                Some(_) => return closed_or_none(mem),
+                None => {
+                    self.evicted = true;
+                    return Err(Error::Evicted);
+                }
             }
-            slot::PENDING => return closed_or_none(mem),
-            _ => return Err(Error::Evicted),
         }
-    }
-    loop {
-        let pos = *cursor;
-        let h = mem.header(pos);
-        // SYNC R(commit): pairs with the writer's Release store of `commit`.
-        let c = h.commit.load(Ordering::Acquire);
-        if c == 0 || c & !rec::MASK != pos {
-            // Not written yet (cleared, or a word from an earlier lap).
-            // While we wait, ask for the line after the header too: a
-            // record's payload usually continues there, and fetching it now
-            // overlaps its transfer with the header's instead of following it.
-            prefetch(mem.data(pos + RECORD_ALIGN as u64));
-            let st = s.state.load(Ordering::Relaxed);
-            if st != slot::ACTIVE {
-                return Err(Error::Evicted);
-            }
-            return closed_or_none_at(mem, h, pos);
-        }
-        let len = u64::from(h.len.load(Ordering::Relaxed));
-        match c & rec::MASK {
-            rec::DATA | rec::OVERFLOW => {
-                // A real writer never lets a record cross the end of the
-                // ring (it pads first); a forged one must not make the guard
-                // read past the data area.
-                if record_size(len) > cap / 2 || (pos & (cap - 1)) + record_size(len) > cap {
-                    return Err(Error::Corrupt {
-                        what: "record length",
-                    });
+        loop {
+            let pos = self.cursor;
+            let h = mem.header(pos);
+            // SYNC R(commit): pairs with the writer's Release store of `commit`.
+            let c = h.commit.load(Ordering::Acquire);
+            if c == 0 || c & !rec::MASK != pos {
+                // Not written yet (cleared, or a word from an earlier lap).
+                // While we wait, ask for the line after the header too: a
+                // record's payload usually continues there, and fetching it now
+                // overlaps its transfer with the header's instead of following it.
+                prefetch(mem.data(pos + RECORD_ALIGN as u64));
+                if self.token.owns(s).map(|o| o.state) != Some(slot::ACTIVE) {
+                    self.evicted = true;
+                    return Err(Error::Evicted);
                 }
-                return Ok(Some(Got {
-                    pos,
-                    len,
-                    next: pos + record_size(len),
-                    state: c & rec::MASK,
-                }));
+                return closed_or_none_at(mem, h, pos);
             }
-            rec::PAD => {
-                let next = pos + RECORD_HEADER as u64 + len;
-                if next % cap != 0 || next - pos > cap {
-                    return Err(Error::Corrupt { what: "pad length" });
+            let len = u64::from(h.len.load(Ordering::Relaxed));
+            match c & rec::MASK {
+                rec::DATA | rec::OVERFLOW => {
+                    // A real writer never lets a record cross the end of the
+                    // ring (it pads first); a forged one must not make the guard
+                    // read past the data area.
+                    if record_size(len) > cap / 2 || (pos & (cap - 1)) + record_size(len) > cap {
+                        return Err(Error::corrupt(
+                            mem.label(),
+                            "record length",
+                            len,
+                            "a record within half the ring, not crossing its end",
+                        ));
+                    }
+                    return Ok(Some(Got {
+                        pos,
+                        len,
+                        next: pos + record_size(len),
+                        state: c & rec::MASK,
+                    }));
                 }
-                *cursor = next;
-            }
-            _ => {
-                return Err(Error::Corrupt {
-                    what: "record state",
-                })
+                rec::PAD => {
+                    let next = pos + RECORD_HEADER as u64 + len;
+                    if next % cap != 0 || next - pos > cap {
+                        return Err(Error::corrupt(
+                            mem.label(),
+                            "pad length",
+                            len,
+                            "a pad reaching exactly the end of the ring",
+                        ));
+                    }
+                    self.cursor = next;
+                }
+                st => {
+                    return Err(Error::corrupt(
+                        mem.label(),
+                        "record state",
+                        st,
+                        "DATA, OVERFLOW or PAD",
+                    ))
+                }
             }
         }
     }

@@ -1,6 +1,35 @@
 //! The crate's one error type.
 
+use crate::name::SegmentName;
+use std::fmt;
 use std::io;
+use std::time::Duration;
+
+/// Which segment an error is about, if known; prints its name or `?`.
+/// (A copy of the name: building an error never allocates.)
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct SegmentLabel(pub Option<SegmentName>);
+
+impl fmt::Display for SegmentLabel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Some(n) => f.write_str(n.as_str()),
+            None => f.write_str("?"),
+        }
+    }
+}
+
+impl fmt::Debug for SegmentLabel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl From<SegmentName> for SegmentLabel {
+    fn from(n: SegmentName) -> Self {
+        SegmentLabel(Some(n))
+    }
+}
 
 /// Everything that can go wrong in `shoal-shm-ring`, with variants a caller
 /// can act on.
@@ -48,21 +77,39 @@ pub enum Error {
     /// A configuration value is not acceptable.
     #[error("invalid configuration: {0}")]
     InvalidConfig(&'static str),
-    /// The segment's contents are inconsistent; `what` names the field.
-    #[error("corrupt segment: {what}")]
+    /// The segment's contents are inconsistent: `what` names the field,
+    /// `found` the value read there, `expected` what a correct peer writes.
+    #[error("corrupt segment {segment}: {what} is {found:#x}, expected {expected}")]
     Corrupt {
+        /// The segment.
+        segment: SegmentLabel,
         /// The field or structure that failed validation.
         what: &'static str,
-    },
-    /// The segment file was not made by shoal (wrong magic number).
-    #[error("not a shoal segment (bad magic {found:#018x})")]
-    BadMagic {
-        /// The first eight bytes found, little-endian.
+        /// The value found.
         found: u64,
+        /// What was expected instead.
+        expected: &'static str,
+    },
+    /// A live peer held this call up longer than the endpoint's
+    /// `stall_timeout` (a stopped, hung or very slow process). Nothing was
+    /// consumed or published; the peer still holds what it held.
+    #[error("{role} in slot {slot} (pid {pid}) held things up for {waited:?}")]
+    Stalled {
+        /// What the peer is: "reader", "producer", "consumer", "lock holder".
+        role: &'static str,
+        /// Its slot in the ring.
+        slot: u32,
+        /// Its pid as it recorded it (a hint: in another pid namespace this
+        /// number means something else).
+        pid: u32,
+        /// How long this call waited.
+        waited: Duration,
     },
     /// The segment uses another layout version.
-    #[error("layout version mismatch: segment has {theirs}, this build speaks {ours}")]
+    #[error("segment {segment}: layout version mismatch: segment has {theirs}, this build speaks {ours}")]
     VersionMismatch {
+        /// The segment.
+        segment: SegmentLabel,
         /// Ours.
         ours: u32,
         /// The segment's.
@@ -70,8 +117,10 @@ pub enum Error {
     },
     /// The segment was made by a build with different structure sizes,
     /// alignment, endianness or pointer width.
-    #[error("ABI fingerprint mismatch: segment has {theirs:#018x}, this build has {ours:#018x}")]
+    #[error("segment {segment}: ABI fingerprint mismatch: segment has {theirs:#018x}, this build has {ours:#018x}")]
     AbiMismatch {
+        /// The segment.
+        segment: SegmentLabel,
         /// Ours.
         ours: u64,
         /// The segment's.
@@ -86,44 +135,39 @@ pub enum Error {
         theirs: String,
     },
     /// The segment is a ring of another kind than the one asked for.
-    #[error("segment holds a {theirs}, expected a {ours}")]
+    #[error("segment {segment} holds a {theirs}, expected a {ours}")]
     WrongKind {
+        /// The segment.
+        segment: SegmentLabel,
         /// The kind asked for.
         ours: &'static str,
         /// The kind found.
         theirs: &'static str,
     },
-    /// The file is shorter than its header says it must be.
-    #[error("segment truncated: header needs {expected} bytes, file has {actual}")]
-    Truncated {
-        /// The size the header implies.
-        expected: u64,
-        /// The file's size.
-        actual: u64,
-    },
     /// The file belongs to another user.
-    #[error("segment owned by uid {file_uid}, we are uid {our_uid}")]
+    #[error("segment {segment} is owned by uid {file_uid}, we are uid {our_uid}")]
     WrongOwner {
+        /// The segment.
+        segment: SegmentLabel,
         /// The file's owner.
         file_uid: u32,
         /// Our effective uid.
         our_uid: u32,
     },
-    /// The file's permission bits are not 0600.
-    #[error("segment mode is {mode:#o}, expected 0600")]
-    BadMode {
-        /// The permission bits found.
-        mode: u32,
-    },
     /// The creator did not finish initializing the segment in time.
-    #[error("segment is still initializing (creator pid {pid})")]
+    #[error("segment {segment} is still initializing (creator pid {pid})")]
     NotReady {
+        /// The segment.
+        segment: SegmentLabel,
         /// The creator's pid as written so far (0 if unknown).
         pid: u32,
     },
     /// The creator marked the segment poisoned.
-    #[error("segment is poisoned")]
-    Poisoned,
+    #[error("segment {segment} is poisoned")]
+    Poisoned {
+        /// The segment.
+        segment: SegmentLabel,
+    },
     /// A segment name or handle string could not be parsed.
     #[error("invalid name or handle: {0}")]
     InvalidName(&'static str),
@@ -131,13 +175,15 @@ pub enum Error {
     #[error("segment {name} does not exist")]
     NotFound {
         /// The name that was looked up.
-        name: String,
+        name: SegmentName,
     },
     /// An operating-system call failed.
-    #[error("{op}: {source}")]
+    #[error("{op} on {path}: {source}")]
     Io {
         /// The call that failed.
         op: &'static str,
+        /// The segment it was about, if any.
+        path: SegmentLabel,
         /// The OS error.
         #[source]
         source: io::Error,
@@ -149,10 +195,62 @@ impl Error {
     pub(crate) fn last_os(op: &'static str) -> Self {
         Error::Io {
             op,
+            path: SegmentLabel(None),
             source: io::Error::last_os_error(),
+        }
+    }
+
+    /// Wraps the current `errno` of a failed call named `op` on segment `name`.
+    pub(crate) fn last_os_on(op: &'static str, name: &SegmentName) -> Self {
+        Error::Io {
+            op,
+            path: SegmentLabel(Some(*name)),
+            source: io::Error::last_os_error(),
+        }
+    }
+
+    /// Names segment `name` in an error that was made without it.
+    pub(crate) fn on(mut self, name: &SegmentName) -> Self {
+        let label = SegmentLabel(Some(*name));
+        match &mut self {
+            Error::Corrupt { segment, .. }
+            | Error::VersionMismatch { segment, .. }
+            | Error::AbiMismatch { segment, .. }
+            | Error::WrongKind { segment, .. }
+            | Error::NotReady { segment, .. }
+            | Error::Poisoned { segment }
+            | Error::WrongOwner { segment, .. }
+            | Error::Io { path: segment, .. }
+                if segment.0.is_none() =>
+            {
+                *segment = label;
+            }
+            _ => {}
+        }
+        self
+    }
+
+    /// A corrupt field of segment `segment`.
+    pub(crate) fn corrupt(
+        segment: impl Into<SegmentLabel>,
+        what: &'static str,
+        found: u64,
+        expected: &'static str,
+    ) -> Self {
+        Error::Corrupt {
+            segment: segment.into(),
+            what,
+            found,
+            expected,
         }
     }
 }
 
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<Option<SegmentName>> for SegmentLabel {
+    fn from(n: Option<SegmentName>) -> Self {
+        SegmentLabel(n)
+    }
+}

@@ -12,7 +12,7 @@ use crate::wait::EventCount;
 /// First eight bytes of every segment: `b"SHOALSEG"` little-endian.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHOALSEG");
 /// Layout version; bumped on any incompatible change of this module.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 /// Size of the header page; control lines start here.
 pub const HEADER_PAGE: usize = 4096;
 /// Records start on, and are padded to, this many bytes.
@@ -176,60 +176,124 @@ pub(crate) mod rec {
     }
 }
 
+/// Positions stay below this (2^62 bytes: centuries at memory bandwidth).
+pub(crate) const MAX_POSITION: u64 = 1 << 62;
+
+/// Whether a position read from shared memory is one a ring can hold:
+/// 64-byte aligned and far from overflowing when sizes are added to it.
+#[inline]
+pub(crate) fn valid_position(p: u64) -> bool {
+    p % RECORD_ALIGN as u64 == 0 && p < MAX_POSITION
+}
+
+/// The payload-format tag for `tag` (cut to [`FORMAT_TAG_LEN`] bytes).
+pub(crate) fn format_tag(tag: &[u8]) -> [u8; FORMAT_TAG_LEN] {
+    let mut t = [0u8; FORMAT_TAG_LEN];
+    let n = tag.len().min(FORMAT_TAG_LEN);
+    t[..n].copy_from_slice(&tag[..n]);
+    t
+}
+
+/// A payload-format tag as text (up to its first NUL).
+pub(crate) fn tag_string(t: &[u8; FORMAT_TAG_LEN]) -> String {
+    let end = t.iter().position(|&b| b == 0).unwrap_or(t.len());
+    String::from_utf8_lossy(&t[..end]).into_owned()
+}
+
 /// Bytes a record with a `len`-byte payload occupies.
 #[inline]
 pub(crate) const fn record_size(len: u64) -> u64 {
     (RECORD_HEADER as u64 + len + RECORD_ALIGN as u64 - 1) & !(RECORD_ALIGN as u64 - 1)
 }
 
-/// Participant slot states.
+/// Participant slot states (low byte of [`Slot::own`]).
 pub(crate) mod slot {
     /// Unused.
     pub const FREE: u32 = 0;
-    /// Being filled in by a joining process.
+    /// Being filled in by a joining process (which holds the slot's lease).
     pub const CLAIMED: u32 = 1;
     /// Broadcast: joined, waiting for the writer to set its cursor.
     pub const PENDING: u32 = 2;
     /// Taking part.
     pub const ACTIVE: u32 = 3;
-    /// Broadcast: removed by the writer; the reader gets `Evicted`.
-    pub const EVICTED: u32 = 4;
 }
+
+/// The ownership word of a slot: generation (high 32 bits) and state (low
+/// byte). Every claim moves the generation on, by one CAS on the pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Own {
+    pub gen: u32,
+    pub state: u32,
+}
+
+impl Own {
+    #[inline]
+    pub const fn pack(self) -> u64 {
+        ((self.gen as u64) << 32) | (self.state as u64 & 0xff)
+    }
+    #[inline]
+    pub const fn unpack(w: u64) -> Own {
+        Own {
+            gen: (w >> 32) as u32,
+            state: (w & 0xff) as u32,
+        }
+    }
+}
+
+/// Bits of a slot's generation carried in the low bits of its cursor or
+/// intent word (positions are 64-byte aligned, so six bits are free): an
+/// owner's compare-and-swap on that word fails once another generation owns
+/// the slot.
+pub(crate) const GEN_TAG_MASK: u64 = RECORD_ALIGN as u64 - 1;
+
+/// The cursor/intent word for position `pos` written by generation `gen`.
+#[inline]
+pub(crate) const fn tagged(pos: u64, gen: u32) -> u64 {
+    pos | (gen as u64 & GEN_TAG_MASK)
+}
+
+/// The position part of a tagged cursor/intent word.
+#[inline]
+pub(crate) const fn untag(w: u64) -> u64 {
+    w & !GEN_TAG_MASK
+}
+
+/// The position part of an MPMC consumer's intent word when it holds nothing.
+pub(crate) const NO_INTENT: u64 = !GEN_TAG_MASK;
 
 /// One participant (reader, consumer or producer) on its own line pair.
 #[derive(Debug)]
 #[repr(C)]
 pub(crate) struct Slot {
-    pub state: AtomicU32,
+    /// Generation and state, see [`Own`].
+    pub own: AtomicU64,
+    /// The owner's pid, for logs only (in another pid namespace it names
+    /// another process, or none): liveness is the slot's lease.
     pub pid: AtomicU32,
-    pub start_time: AtomicU64,
-    /// Broadcast: released-up-to position. MPMC consumer: the record it
-    /// claims or holds (`NO_INTENT` when none).
-    pub cursor: AtomicU64,
-    /// Bumped every time the slot is claimed.
-    pub gen: AtomicU32,
     pub _pad: AtomicU32,
+    /// The owner's start time, for logs only.
+    pub start_time: AtomicU64,
+    /// Broadcast: released-up-to position; MPMC consumer: the record it
+    /// claims or holds (`NO_INTENT` when none). Either way tagged with the
+    /// low bits of the owner's generation (see [`tagged`]).
+    pub cursor: AtomicU64,
 }
-
-/// `Slot::cursor` of an idle MPMC consumer.
-pub(crate) const NO_INTENT: u64 = u64::MAX;
 
 impl Slot {
     #[cfg_attr(not(loom), allow(dead_code))]
     pub(crate) fn new() -> Self {
         Slot {
-            state: AtomicU32::new(slot::FREE),
+            own: AtomicU64::new(0),
             pid: AtomicU32::new(0),
+            _pad: AtomicU32::new(0),
             start_time: AtomicU64::new(0),
             cursor: AtomicU64::new(0),
-            gen: AtomicU32::new(0),
-            _pad: AtomicU32::new(0),
         }
     }
 }
 
-/// Who the writer is: written once at creation, read by readers checking
-/// that the writer lives.
+/// Who the writer is: written once at creation; for logs and error
+/// messages only (the writer's liveness is its lease).
 #[derive(Debug)]
 #[repr(C)]
 pub(crate) struct WriterLine {
@@ -283,10 +347,10 @@ impl BroadcastControl {
 #[derive(Debug)]
 #[repr(C)]
 pub(crate) struct MpmcLockLine {
-    /// 0 free, 1 held, 2 held with sleepers.
+    /// 0 when free; else the holder's producer slot and generation (see
+    /// `mpmc_core::lock_word`) and a waiters bit.
     pub word: AtomicU32,
-    pub owner_pid: AtomicU32,
-    pub owner_start: AtomicU64,
+    pub _pad: AtomicU32,
     /// Next reservation position.
     pub tail: AtomicU64,
     /// Everything below this position is free for producers.
@@ -314,8 +378,7 @@ impl MpmcControl {
         MpmcControl {
             lock: CachePadded::new(MpmcLockLine {
                 word: AtomicU32::new(0),
-                owner_pid: AtomicU32::new(0),
-                owner_start: AtomicU64::new(0),
+                _pad: AtomicU32::new(0),
                 tail: AtomicU64::new(0),
                 reclaim: AtomicU64::new(0),
             }),

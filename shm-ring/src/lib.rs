@@ -48,6 +48,7 @@
 mod error;
 mod futex;
 mod layout;
+mod lease;
 mod liveness;
 mod mem;
 mod name;
@@ -74,7 +75,7 @@ pub mod segment;
 #[path = "loom_tests.rs"]
 mod loom_tests;
 
-pub use error::{Error, Result};
+pub use error::{Error, Result, SegmentLabel};
 pub use layout::{HeaderCopy, SegmentKind, ABI_FINGERPRINT, FORMAT_TAG_LEN, LAYOUT_VERSION};
 pub use liveness::{Liveness, ProcessId};
 pub use name::{Handle, SegmentName};

@@ -6,11 +6,13 @@
 //! (`cargo xtask loom` does exactly that).
 
 use crate::broadcast_core::{ReaderCore, WriterCore};
-use crate::layout::{rec, BroadcastControl, MpmcControl, RECORD_HEADER};
+use crate::layout::{rec, slot, BroadcastControl, MpmcControl, Own, RECORD_HEADER};
+use crate::lease;
 use crate::liveness::ProcessId;
 use crate::mem::{HeapMem, RingMem};
 use crate::mpmc_core::{ConsumerCore, Layout, ProducerCore};
 use crate::peer::PeerOptions;
+use crate::sync::Ordering;
 use crate::wait::{Wait, WaitStrategy};
 use std::sync::Arc;
 
@@ -91,7 +93,7 @@ fn loom_mpmc_two_producers_one_consumer_exactly_once() {
             consumers: 1,
             producers: 2,
         };
-        let mut c = ConsumerCore::join(mem.clone(), &lay, me(), me(), opts()).unwrap();
+        let mut c = ConsumerCore::join(mem.clone(), &lay, me(), 0, opts()).unwrap();
         let producers: Vec<_> = (0..2u8)
             .map(|id| {
                 let mut p = ProducerCore::join(mem.clone(), &lay, me(), opts()).unwrap();
@@ -132,7 +134,7 @@ fn loom_mpmc_two_consumers_take_each_record_once() {
         let taken = Arc::new(loom::sync::atomic::AtomicUsize::new(0));
         let consumers: Vec<_> = (0..2)
             .map(|_| {
-                let mut c = ConsumerCore::join(mem.clone(), &lay, me(), me(), opts()).unwrap();
+                let mut c = ConsumerCore::join(mem.clone(), &lay, me(), 0, opts()).unwrap();
                 let taken = taken.clone();
                 loom::thread::spawn(move || {
                     let mut mine = 0u32;
@@ -175,7 +177,7 @@ fn loom_mpmc_backpressure_reclaim_and_wrap() {
             producers: 1,
         };
         let mut p = ProducerCore::join(mem.clone(), &lay, me(), opts()).unwrap();
-        let mut c = ConsumerCore::join(mem.clone(), &lay, me(), me(), opts()).unwrap();
+        let mut c = ConsumerCore::join(mem.clone(), &lay, me(), 0, opts()).unwrap();
         let consumer = loom::thread::spawn(move || {
             for (i, &len) in SIZES.iter().enumerate() {
                 let g = c.take(&Wait::forever()).unwrap();
@@ -196,5 +198,122 @@ fn loom_mpmc_backpressure_reclaim_and_wrap() {
             p.commit(r, len, rec::DATA).unwrap();
         }
         consumer.join().unwrap();
+    });
+}
+
+/// Issue 6 items 1 and 13: two readers joining at once, one of them taking
+/// over the slot of a reader that died, while the writer activates joins.
+/// Each ends up with its own slot, and each slot's word names its owner.
+#[test]
+fn loom_racing_joins_and_a_takeover_give_distinct_slots() {
+    loom::model(|| {
+        let mem = Arc::new(HeapMem::new(BroadcastControl::new(), 2, 256));
+        let mut w = WriterCore::new(mem.clone(), opts());
+        // A reader joined slot 0 and died (its lease is gone).
+        let dead = ReaderCore::join(mem.clone(), me(), opts()).unwrap();
+        assert_eq!(dead.slot_index(), 0);
+        mem.kill(lease::slot_byte(0));
+        let joiners: Vec<_> = (0..2)
+            .map(|_| {
+                let m = mem.clone();
+                loom::thread::spawn(move || ReaderCore::join(m, me(), opts()).unwrap())
+            })
+            .collect();
+        // The writer activates whatever joined so far, concurrently.
+        let res = w.reserve(8, &Wait::forever()).unwrap();
+        w.commit(res, 8, rec::DATA);
+        let mut rs: Vec<_> = joiners.into_iter().map(|t| t.join().unwrap()).collect();
+        w.wait_for_readers(2, &Wait::forever()).unwrap();
+        assert_ne!(
+            rs[0].slot_index(),
+            rs[1].slot_index(),
+            "one slot, two owners"
+        );
+        for r in &rs {
+            let t = r.token();
+            let o = Own::unpack(mem.slot(t.index).own.load(Ordering::SeqCst));
+            assert_eq!(o.gen, t.gen);
+            assert_eq!(o.state, slot::ACTIVE);
+        }
+        let res = w.reserve(8, &Wait::forever()).unwrap();
+        w.commit(res, 8, rec::DATA);
+        for r in &mut rs {
+            let g = r.poll().unwrap().expect("an active reader sees the record");
+            r.release(g.next);
+        }
+    });
+}
+
+/// Issue 6 items 1 and 13: the writer evicts a dead reader while another
+/// process takes its slot over. The eviction never frees the new owner's
+/// slot, and the new owner receives what is sent after its activation.
+#[test]
+fn loom_eviction_races_a_takeover() {
+    loom::model(|| {
+        let mem = Arc::new(HeapMem::new(BroadcastControl::new(), 1, 256));
+        let mut w = WriterCore::new(mem.clone(), opts());
+        let dead = ReaderCore::join(mem.clone(), me(), opts()).unwrap();
+        w.wait_for_readers(1, &Wait::no_wait()).unwrap();
+        let _ = dead;
+        mem.kill(lease::slot_byte(0));
+        let m = mem.clone();
+        let joiner = loom::thread::spawn(move || ReaderCore::join(m, me(), opts()).unwrap());
+        w.evict_dead_now().unwrap();
+        let mut r = joiner.join().unwrap();
+        let t = r.token();
+        let o = Own::unpack(mem.slot(0).own.load(Ordering::SeqCst));
+        assert_eq!(o.gen, t.gen, "the eviction hit the new owner");
+        assert_ne!(
+            o.state,
+            slot::FREE,
+            "the eviction freed the new owner's slot"
+        );
+        let res = w.reserve(8, &Wait::forever()).unwrap();
+        // SAFETY: the reservation owns 8 payload bytes.
+        unsafe { *w.payload(&res) = 42 };
+        w.commit(res, 8, rec::DATA);
+        let g = r.poll().unwrap().expect("the new owner was activated");
+        // SAFETY: committed and unreleased.
+        assert_eq!(unsafe { *r.mem.data(g.pos + RECORD_HEADER as u64) }, 42);
+        r.release(g.next);
+    });
+}
+
+/// Issue 6 items 10 and 13: a producer judged dead (its lease dropped)
+/// commits while a consumer tombstones its reservation. Exactly one wins:
+/// a successful commit is taken exactly once, a lost one is reported.
+#[test]
+fn loom_tombstone_races_a_late_commit() {
+    loom::model(|| {
+        let mem = mpmc_mem(1, 1);
+        let lay = Layout {
+            consumers: 1,
+            producers: 1,
+        };
+        let quick = opts().orphan_timeout(std::time::Duration::ZERO);
+        let mut p = ProducerCore::join(mem.clone(), &lay, me(), quick).unwrap();
+        let mut c = ConsumerCore::join(mem.clone(), &lay, me(), 0, quick).unwrap();
+        let r = p.reserve(8, &Wait::forever()).unwrap();
+        // SAFETY: the reservation owns 8 payload bytes.
+        unsafe { *p.payload(&r) = 7 };
+        mem.kill(lease::slot_byte(1)); // the producer looks dead now
+        let producer = loom::thread::spawn(move || p.commit(r, 8, rec::DATA).is_ok());
+        let mut got = 0;
+        for _ in 0..2 {
+            if let Some(g) = c.poll().unwrap() {
+                got += 1;
+                c.release(g.pos);
+            }
+        }
+        let committed = producer.join().unwrap();
+        while let Some(g) = c.poll().unwrap() {
+            got += 1;
+            c.release(g.pos);
+        }
+        if committed {
+            assert_eq!(got, 1, "a committed record was lost or duplicated");
+        } else {
+            assert_eq!(got, 0, "a tombstoned record was delivered");
+        }
     });
 }

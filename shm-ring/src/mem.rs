@@ -4,6 +4,7 @@
 //! Ring code is written once against [`RingMem`]; loom checks it on
 //! [`HeapMem`], production runs it on [`ShmMem`].
 
+use crate::error::{Result, SegmentLabel};
 use crate::layout::{RecordHeader, Slot, RECORD_ALIGN};
 use crate::pad::CachePadded;
 #[cfg(not(loom))]
@@ -25,6 +26,16 @@ pub(crate) trait RingMem {
     /// Pointer to the byte at absolute position `pos`; valid up to the end of
     /// the data area.
     fn data(&self, pos: u64) -> *mut u8;
+    /// The segment's name, for error messages.
+    fn label(&self) -> SegmentLabel;
+    /// Takes lease `byte` (see [`crate::lease`]) for this endpoint;
+    /// `Ok(false)` if another endpoint holds it.
+    fn take_lease(&self, byte: u64) -> Result<bool>;
+    /// Gives up lease `byte` of this endpoint.
+    fn drop_lease(&self, byte: u64);
+    /// Whether another endpoint holds lease `byte`: whether the participant
+    /// it stands for is alive.
+    fn lease_held(&self, byte: u64) -> bool;
 }
 
 /// A ring inside a mapped [`Segment`].
@@ -39,12 +50,16 @@ pub(crate) struct ShmMem<C> {
     mask: u64,
 }
 
-// SAFETY: the pointers are into the segment `seg` owns; all shared state is
-// accessed through atomics, and payload regions are handed out by the ring
-// protocols to one user at a time.
+// SAFETY: the pointers point into the mapping `seg` keeps alive as long as
+// this value lives, and moving them between threads changes nothing about
+// what they point to. Control words are only accessed through atomics.
+// Payload bytes are only accessed through raw pointers that the ring
+// protocols hand to one party at a time; that exclusivity holds against
+// *correct* peers only (a malicious same-uid process can write anything).
 #[cfg(not(loom))]
 unsafe impl<C> Send for ShmMem<C> {}
-// SAFETY: as above.
+// SAFETY: `&ShmMem` exposes only atomics (`ctrl`, `slot`, `header`) and raw
+// pointers; the same reasoning as for `Send` applies.
 #[cfg(not(loom))]
 unsafe impl<C> Sync for ShmMem<C> {}
 
@@ -106,6 +121,18 @@ impl<C> RingMem for ShmMem<C> {
         // SAFETY: the masked offset is inside the data area.
         unsafe { self.data.add((pos & self.mask) as usize) }
     }
+    fn label(&self) -> SegmentLabel {
+        SegmentLabel(Some(*self.seg.name()))
+    }
+    fn take_lease(&self, byte: u64) -> Result<bool> {
+        crate::lease::try_take(self.seg.fd(), byte)
+    }
+    fn drop_lease(&self, byte: u64) {
+        crate::lease::give_up(self.seg.fd(), byte)
+    }
+    fn lease_held(&self, byte: u64) -> bool {
+        crate::lease::held_by_other(self.seg.fd(), byte, 1)
+    }
 }
 
 /// A ring in heap memory: headers and payload bytes kept apart, so loom
@@ -117,6 +144,9 @@ pub(crate) struct HeapMem<C> {
     headers: Box<[RecordHeader]>,
     bytes: Box<[std::cell::UnsafeCell<u8>]>,
     mask: u64,
+    /// Simulated leases (owner, then one per slot): 1 while held. All
+    /// endpoints share one `HeapMem`, so "held by another" is just "held".
+    leases: Box<[crate::sync::AtomicU32]>,
 }
 
 // SAFETY: payload bytes are only written by the party the ring protocol
@@ -144,6 +174,16 @@ impl<C> HeapMem<C> {
                 .map(|_| std::cell::UnsafeCell::new(0))
                 .collect(),
             mask: capacity - 1,
+            leases: (0..=nslots)
+                .map(|_| crate::sync::AtomicU32::new(0))
+                .collect(),
+        }
+    }
+
+    /// Simulates the death of the holder of lease `byte`.
+    pub(crate) fn kill(&self, byte: u64) {
+        if let Some(l) = self.leases.get(byte as usize) {
+            l.store(0, crate::sync::Ordering::Release);
         }
     }
 }
@@ -168,6 +208,29 @@ impl<C> RingMem for HeapMem<C> {
     fn data(&self, pos: u64) -> *mut u8 {
         self.bytes[(pos & self.mask) as usize].get()
     }
+    fn label(&self) -> SegmentLabel {
+        SegmentLabel(None)
+    }
+    fn take_lease(&self, byte: u64) -> Result<bool> {
+        let Some(l) = self.leases.get(byte as usize) else {
+            return Ok(false);
+        };
+        Ok(l.compare_exchange(
+            0,
+            1,
+            crate::sync::Ordering::AcqRel,
+            crate::sync::Ordering::Relaxed,
+        )
+        .is_ok())
+    }
+    fn drop_lease(&self, byte: u64) {
+        self.kill(byte)
+    }
+    fn lease_held(&self, byte: u64) -> bool {
+        self.leases
+            .get(byte as usize)
+            .is_some_and(|l| l.load(crate::sync::Ordering::Acquire) != 0)
+    }
 }
 
 impl<M: RingMem> RingMem for std::sync::Arc<M> {
@@ -189,5 +252,17 @@ impl<M: RingMem> RingMem for std::sync::Arc<M> {
     }
     fn data(&self, pos: u64) -> *mut u8 {
         (**self).data(pos)
+    }
+    fn label(&self) -> SegmentLabel {
+        (**self).label()
+    }
+    fn take_lease(&self, byte: u64) -> Result<bool> {
+        (**self).take_lease(byte)
+    }
+    fn drop_lease(&self, byte: u64) {
+        (**self).drop_lease(byte)
+    }
+    fn lease_held(&self, byte: u64) -> bool {
+        (**self).lease_held(byte)
     }
 }

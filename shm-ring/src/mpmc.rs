@@ -1,11 +1,10 @@
 //! The MPMC ring in shared memory: [`MpmcProducer`]s and [`MpmcConsumer`]s in
 //! any processes; every record is taken by exactly one consumer.
 
-use crate::broadcast::{format_tag, tag_string};
 use crate::error::{Error, Result};
 use crate::layout::{
-    rec, MpmcControl, SegmentKind, FORMAT_TAG_LEN, MAX_CAPACITY, MAX_SLOTS, MIN_CAPACITY,
-    RECORD_HEADER,
+    format_tag, rec, tag_string, MpmcControl, SegmentKind, FORMAT_TAG_LEN, MAX_CAPACITY, MAX_SLOTS,
+    MIN_CAPACITY, RECORD_HEADER,
 };
 use crate::liveness::ProcessId;
 use crate::mem::{RingMem, ShmMem};
@@ -69,6 +68,16 @@ impl MpmcConfig {
 #[derive(Debug)]
 pub struct MpmcRing {
     seg: Segment,
+}
+
+impl Drop for MpmcRing {
+    fn drop(&mut self) {
+        // Nobody attached: nobody can take the records left in the queue
+        // once the name is gone; remove their overflow files too.
+        if !crate::lease::any_held(self.seg.fd()) {
+            overflow::remove_all(self.seg.name());
+        }
+    }
 }
 
 impl MpmcRing {
@@ -187,6 +196,14 @@ impl MpmcProducer {
         self.core.max_inline() as usize
     }
 
+    /// Consumer waiters registered on the ring's data futex right now
+    /// (blocked consumers and armed [`ReadyFd`](crate::ReadyFd)s): for
+    /// tests and diagnostics.
+    #[doc(hidden)]
+    pub fn registered_consumer_waiters(&self) -> u32 {
+        self.core.registered_consumers()
+    }
+
     /// Reserves `max_len` bytes, waiting for space as long as it takes.
     pub fn reserve(&mut self, max_len: usize) -> Result<MpmcReservation<'_>> {
         self.reserve_with(max_len, Wait::forever())
@@ -242,6 +259,9 @@ impl MpmcProducer {
 impl Drop for MpmcProducer {
     fn drop(&mut self) {
         self.core.leave();
+        // The last one out of a ring whose name is gone removes the files
+        // of records nobody took.
+        overflow::last_out(&self.core.mem.seg, false);
     }
 }
 
@@ -312,8 +332,11 @@ impl Drop for MpmcReservation<'_> {
 impl Deref for MpmcReservation<'_> {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        // SAFETY: `buf` points at `len` bytes owned by this reservation; no
-        // consumer reads them before commit.
+        // SAFETY: `buf` points at `len` bytes inside the mapping (the ring's
+        // data area reserved under the lock, or a fresh overflow segment),
+        // owned by this reservation: correct consumers do not read a
+        // RESERVED record, and they tombstone it only once its producer is
+        // dead (a live producer is never skipped).
         unsafe { std::slice::from_raw_parts(self.buf, self.len) }
     }
 }
@@ -353,7 +376,7 @@ impl MpmcConsumer {
         expect_format: Option<[u8; FORMAT_TAG_LEN]>,
     ) -> Result<Self> {
         let (mem, lay) = open(handle, expect_format)?;
-        let creator = mem.seg.creator();
+        let creator = mem.seg.header().creator_pid;
         Ok(MpmcConsumer {
             core: ConsumerCore::join(mem, &lay, ProcessId::current(), creator, peer)?,
             current_ov: None,
@@ -364,7 +387,14 @@ impl MpmcConsumer {
     /// async runtimes; see [`ReadyFd`](crate::ReadyFd) for the protocol.
     pub fn ready_fd(&self) -> Result<crate::ReadyFd> {
         let seg = Segment::attach(self.core.mem.seg.name(), SegmentKind::Mpmc)?;
-        crate::ReadyFd::new(seg, std::mem::offset_of!(MpmcControl, data_ec), None)
+        crate::ReadyFd::new(
+            seg,
+            std::mem::offset_of!(MpmcControl, data_ec),
+            crate::wait::Waiter::ready(self.core.slot_index()),
+            crate::ready::Recheck::MpmcHead {
+                every: self.core.opts.orphan_timeout,
+            },
+        )
     }
 
     /// Waits for a record and takes it.
@@ -393,6 +423,9 @@ impl MpmcConsumer {
             let (mut seg, len) = match opened {
                 Ok(v) => v,
                 Err(e) => {
+                    // We are its only reader: nobody will ever want the file
+                    // a rejected record names; remove it with the record.
+                    overflow::discard_record(self.core.mem.seg.name(), payload, g.len);
                     self.core.release(g.pos);
                     return Err(e);
                 }
@@ -421,6 +454,7 @@ impl MpmcConsumer {
 impl Drop for MpmcConsumer {
     fn drop(&mut self) {
         self.core.leave();
+        overflow::last_out(&self.core.mem.seg, false);
     }
 }
 
@@ -435,8 +469,17 @@ pub struct TakeGuard<'a> {
 impl Deref for TakeGuard<'_> {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        // SAFETY: this consumer took the record and has not released it, so
-        // no producer reuses these bytes while the guard lives.
+        // SAFETY: `ptr..ptr+len` lies inside the mapping (the length was
+        // bounds-checked against the data area or the overflow segment when
+        // the record was taken), which outlives the guard (it borrows the
+        // consumer owning the mapping). This consumer claimed the record
+        // (CAS on head, after publishing its intent) and has not released
+        // it, so a correct producer does not write these bytes: producers
+        // reuse only RELEASED records, and release a claimed one for a
+        // consumer only when no live consumer's intent names it (liveness =
+        // the kernel-held lease). What breaks this: a malicious or buggy
+        // same-uid process writing the segment, or this process closing the
+        // descriptor that holds its lease.
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
 }

@@ -2,8 +2,9 @@
 //! exactly once), independent of where its memory lives; loom checks it.
 //!
 //! # Protocol
-//! - Producers reserve under a small lock whose word holds the owner's pid
-//!   (so a dead owner is recognised and the lock taken over). Under the lock
+//! - Producers reserve under a small lock whose word names the holder's
+//!   producer slot and generation (so a dead holder, whose slot lease the
+//!   kernel dropped, is recognised and the lock taken over). Under the lock
 //!   a producer advances `reclaim` past released records, checks
 //!   `end + 64 <= reclaim + capacity`, clears the *next* commit word, writes
 //!   its header as `RESERVED` (with its slot and generation in `aux`), a PAD
@@ -13,31 +14,50 @@
 //! - Commit: an unused tail of the reservation becomes a PAD, `len` is
 //!   stored (Release), and `commit` goes `RESERVED -> DATA` by CAS (Release).
 //!   The CAS fails only if consumers already tombstoned the reservation.
-//! - Consumers read `head`, publish it as their *intent*, load the commit
-//!   word at `head` (Acquire) and claim a DATA record by CAS on `head`.
+//! - Consumers read `head` and the commit word there (Acquire); to claim a
+//!   record they first publish it as their *intent* (a CAS on their slot's
+//!   cursor word, tagged with their generation), then CAS `head` past it.
 //!   PADs and TOMBSTONEs are claimed the same way and released at once.
-//!   Dropping a record stores `commit = RELEASED` (Release), which the
-//!   producer walking `reclaim` Acquire-loads before reusing the bytes.
-//! - A record RESERVED longer than `orphan_timeout` whose owner slot is dead
-//!   (or reused: the generation differs) becomes a TOMBSTONE (CAS).
-//! - A DATA record below `head` that stays unreleased longer than
+//!   Dropping a record moves `commit` to RELEASED by CAS (Release), which
+//!   the producer walking `reclaim` Acquire-loads before reusing the bytes.
+//! - A record RESERVED longer than `orphan_timeout` whose owner is dead (its
+//!   lease is free, or its slot has another generation now) becomes a
+//!   TOMBSTONE (CAS). A live owner is never skipped: past `stall_timeout`
+//!   the consumers' waits end with `Stalled` naming it.
+//! - A record below `head` that stays unreleased longer than
 //!   `orphan_timeout` while no live consumer's intent names it was taken by
-//!   a consumer that died: the walking producer releases it.
+//!   a consumer that died: the walking producer releases it (CAS). A record
+//!   a live consumer holds is never released for it.
 
-use crate::broadcast_core::valid_position;
 use crate::error::{Error, Result};
-use crate::layout::{rec, record_size, slot, MpmcControl, NO_INTENT, RECORD_ALIGN, RECORD_HEADER};
+use crate::layout::{
+    rec, record_size, slot, tagged, untag, valid_position, MpmcControl, Own, NO_INTENT,
+    RECORD_ALIGN, RECORD_HEADER,
+};
+use crate::lease;
 use crate::liveness::ProcessId;
 use crate::mem::RingMem;
-use crate::peer::{claim_slot, slot_owner, PeerOptions};
+use crate::peer::{
+    claim_slot, leave_slot, repair_waiters, slot_alive, slot_owner, PeerOptions, SlotToken,
+    FUTILE_REPAIR,
+};
 use crate::sync::{spin_hint, Ordering};
-use crate::wait::{block_on, Deadline, Spinner, Wait};
+use crate::wait::{block_on, Deadline, Spinner, Wait, Waiter};
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
-/// Waiter bit of the lock word; the low bits hold the owner's pid.
+/// Waiter bit of the lock word.
 const LOCK_WAITERS: u32 = 1 << 31;
-const LOCK_PID: u32 = !LOCK_WAITERS;
+/// Lock word bits naming the holder's producer slot (plus one).
+const LOCK_SLOT: u32 = 0xfff;
+/// Lock word bits carrying the low bits of the holder's generation.
+const LOCK_GEN_SHIFT: u32 = 12;
+const LOCK_GEN: u32 = 0x7_ffff;
+
+/// The lock word of producer `rel` (counted among producers) of generation `gen`.
+fn lock_word(rel: usize, gen: u32) -> u32 {
+    ((rel as u32 + 1) & LOCK_SLOT) | ((gen & LOCK_GEN) << LOCK_GEN_SHIFT)
+}
 
 /// `aux` word naming a producer slot and its generation.
 fn owner_tag(slot: usize, gen: u32) -> u32 {
@@ -57,36 +77,50 @@ pub(crate) struct Layout {
     pub producers: usize,
 }
 
+/// A record that has held something up, since when (process-local, kept
+/// across calls so that callers using short timeouts still make progress).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Stuck {
+    pos: u64,
+    since: Instant,
+    /// When its owner's liveness was last judged.
+    checked: Instant,
+}
+
 /// One producer.
 pub(crate) struct ProducerCore<M> {
     pub(crate) mem: M,
-    slot: usize,
+    token: SlotToken,
+    lay: (usize, usize),
     tag: u32,
-    me: ProcessId,
+    lock_id: u32,
     spinner: Spinner,
     pub(crate) opts: PeerOptions,
-    /// A record that has blocked `reclaim` since when: kept across calls,
-    /// so producers using short timeouts still release orphans.
-    stuck: Cell<Option<(u64, Instant)>>,
+    /// A record that has blocked `reclaim`.
+    stuck: Cell<Option<Stuck>>,
     /// The lock holder seen waiting, and since when (across calls too).
     lock_held: Option<(u32, Instant)>,
+    futile: u32,
 }
 
 impl<M: RingMem<Control = MpmcControl>> ProducerCore<M> {
     pub(crate) fn join(mem: M, lay: &Layout, me: ProcessId, opts: PeerOptions) -> Result<Self> {
-        let range = lay.consumers..lay.consumers + lay.producers;
-        let slot = claim_slot(range.map(|i| (i, mem.slot(i))), me, slot::ACTIVE)?;
-        mem.slot(slot).cursor.store(NO_INTENT, Ordering::Relaxed);
-        let gen = mem.slot(slot).gen.load(Ordering::Relaxed);
+        let c = lay.consumers;
+        let range = c..c + lay.producers;
+        let token = claim_slot(&mem, range, me, slot::ACTIVE, NO_INTENT, |i| {
+            mem.ctrl().space_ec.clear_slot(i - c)
+        })?;
         Ok(ProducerCore {
-            tag: owner_tag(slot, gen),
+            tag: owner_tag(token.index, token.gen),
+            lock_id: lock_word(token.index - c, token.gen),
+            token,
+            lay: (lay.consumers, lay.producers),
             mem,
-            slot,
-            me,
             spinner: Spinner::new(opts.wait),
             opts,
             stuck: Cell::new(None),
             lock_held: None,
+            futile: 0,
         })
     }
 
@@ -94,31 +128,42 @@ impl<M: RingMem<Control = MpmcControl>> ProducerCore<M> {
         self.mem.capacity() / 2 - RECORD_HEADER as u64
     }
 
+    /// Consumer waiters registered on the data eventcount.
+    pub(crate) fn registered_consumers(&self) -> u32 {
+        self.mem.ctrl().data_ec.registered(self.lay.0)
+    }
+
     /// Reserves room for up to `max_len` payload bytes.
     pub(crate) fn reserve(&mut self, max_len: u64, wait: &Wait<'_>) -> Result<MResv> {
         debug_assert!(max_len <= self.max_inline());
         let deadline = wait.start();
         let mem = &self.mem;
-        let me = self.me;
+        let lay = self.lay;
+        let lock_id = self.lock_id;
         let tag = self.tag;
         let opts = self.opts;
         let stuck = &self.stuck;
         let held = &mut self.lock_held;
+        let logged = Cell::new(false);
         block_on(
             &mut self.spinner,
             &mem.ctrl().space_ec,
+            Waiter::blocking(self.token.index - lay.0),
             &deadline,
             opts.liveness_interval,
             || {
                 if mem.ctrl().closed.load(Ordering::Acquire) != 0 {
                     return Err(Error::Closed);
                 }
-                lock(mem, me, &deadline, &opts, held)?;
+                lock(mem, lay, lock_id, &deadline, &opts, held)?;
                 let r = try_reserve(mem, max_len, tag, &opts, stuck);
-                unlock(mem);
-                Ok(r)
+                unlock(mem, lock_id);
+                r
             },
-            |_| Ok(()),
+            |stalled| {
+                evict_dead(mem, 0..lay.0, |i| mem.ctrl().data_ec.clear_slot(i));
+                check_held_record(mem, stuck, stalled.waited, &opts, &logged)
+            },
         )
     }
 
@@ -154,11 +199,22 @@ impl<M: RingMem<Control = MpmcControl>> ProducerCore<M> {
                 Ordering::Relaxed,
             )
             .is_ok();
-        self.mem.ctrl().data_ec.notify();
+        self.notify_consumers();
         if ok {
             Ok(())
         } else {
             Err(Error::Evicted)
+        }
+    }
+
+    fn notify_consumers(&mut self) {
+        let (c, _) = self.lay;
+        if self.mem.ctrl().data_ec.notify(c) {
+            self.futile += 1;
+            if self.futile >= FUTILE_REPAIR {
+                self.futile = 0;
+                repair_waiters(&self.mem, &self.mem.ctrl().data_ec, 0, c, false);
+            }
         }
     }
 
@@ -171,7 +227,7 @@ impl<M: RingMem<Control = MpmcControl>> ProducerCore<M> {
             Ordering::Release,
             Ordering::Relaxed,
         );
-        self.mem.ctrl().data_ec.notify();
+        self.notify_consumers();
     }
 
     /// Closes the ring for everyone: consumers drain, then get `Closed`.
@@ -182,27 +238,75 @@ impl<M: RingMem<Control = MpmcControl>> ProducerCore<M> {
     }
 
     pub(crate) fn leave(&mut self) {
-        let _ = self.mem.slot(self.slot).state.compare_exchange(
-            slot::ACTIVE,
-            slot::FREE,
-            Ordering::AcqRel,
-            Ordering::Relaxed,
-        );
+        let mem = &self.mem;
+        let c = self.lay.0;
+        leave_slot(mem, self.token, |i| mem.ctrl().space_ec.clear_slot(i - c));
     }
 }
 
-/// Takes the reservation lock, taking it over from a dead owner.
+/// Frees the ACTIVE slots in `range` whose lease is free (their process
+/// died) and clears their waiter bits with `clear`.
+fn evict_dead<M: RingMem<Control = MpmcControl>>(
+    mem: &M,
+    range: std::ops::Range<usize>,
+    clear: impl Fn(usize),
+) {
+    for i in range {
+        let s = mem.slot(i);
+        let w = s.own.load(Ordering::Acquire);
+        let o = Own::unpack(w);
+        if o.state != slot::ACTIVE || slot_alive(mem, i) {
+            continue;
+        }
+        let free = Own {
+            gen: o.gen,
+            state: slot::FREE,
+        };
+        if s.own
+            .compare_exchange(w, free.pack(), Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            clear(i);
+            log::info!(
+                "shoal mpmc {}: freed slot {i} of dead pid {}",
+                mem.label(),
+                slot_owner(s).pid
+            );
+        }
+    }
+}
+
+/// Whether the lock holder named by `word` is alive: its slot still has
+/// the generation the word names, is ACTIVE, and its lease is held.
+fn lock_holder<M: RingMem<Control = MpmcControl>>(
+    mem: &M,
+    lay: (usize, usize),
+    word: u32,
+) -> (Option<usize>, bool) {
+    let rel = (word & LOCK_SLOT) as usize;
+    if rel == 0 || rel > lay.1 {
+        return (None, false); // no such producer: a corrupt word
+    }
+    let idx = lay.0 + rel - 1;
+    let o = Own::unpack(mem.slot(idx).own.load(Ordering::Acquire));
+    let gen = (word >> LOCK_GEN_SHIFT) & LOCK_GEN;
+    let alive = o.gen & LOCK_GEN == gen && o.state == slot::ACTIVE && slot_alive(mem, idx);
+    (Some(idx), alive)
+}
+
+/// Takes the reservation lock, taking it over from a dead holder.
 fn lock<M: RingMem<Control = MpmcControl>>(
     mem: &M,
-    me: ProcessId,
+    lay: (usize, usize),
+    mine: u32,
     deadline: &Deadline<'_>,
     opts: &PeerOptions,
     held_since: &mut Option<(u32, Instant)>,
 ) -> Result<()> {
     let l = &mem.ctrl().lock;
-    let mine = me.pid & LOCK_PID;
     let mut spins = 0u32;
     let mut slept = false;
+    let mut logged = false;
     loop {
         let cur = l.word.load(Ordering::Relaxed);
         if cur == 0 {
@@ -211,9 +315,6 @@ fn lock<M: RingMem<Control = MpmcControl>>(
                 .compare_exchange(0, new, Ordering::Acquire, Ordering::Relaxed)
                 .is_ok()
             {
-                l.owner_start.store(me.start_time, Ordering::Relaxed);
-                // Release: a waiter that reads our pid here also reads our start time.
-                l.owner_pid.store(me.pid, Ordering::Release);
                 *held_since = None;
                 return Ok(());
             }
@@ -247,51 +348,87 @@ fn lock<M: RingMem<Control = MpmcControl>>(
             Some(deadline.slice(now, opts.liveness_interval)),
         );
         slept = true;
-        // A holder that stays put for a whole interval may be dead.
-        let owner = cur & LOCK_PID;
-        match *held_since {
-            Some((p, t)) if p == owner && t.elapsed() >= opts.liveness_interval => {
-                let start = if l.owner_pid.load(Ordering::Acquire) == owner {
-                    l.owner_start.load(Ordering::Relaxed)
-                } else {
-                    0
-                };
-                let who = ProcessId {
-                    pid: owner,
-                    start_time: start,
-                };
-                let now_word = l.word.load(Ordering::Relaxed);
-                if now_word & LOCK_PID == owner
-                    && !who.is_alive()
-                    && l.word
-                        .compare_exchange(
-                            now_word,
-                            mine | LOCK_WAITERS,
-                            Ordering::Acquire,
-                            Ordering::Relaxed,
-                        )
-                        .is_ok()
-                {
-                    log::warn!("shoal mpmc: took over the reservation lock of dead pid {owner}");
-                    l.owner_start.store(me.start_time, Ordering::Relaxed);
-                    l.owner_pid.store(me.pid, Ordering::Release);
-                    recover_reservation(mem);
-                    return Ok(());
-                }
-                *held_since = Some((owner, Instant::now()));
+        let holder = cur & !LOCK_WAITERS;
+        let since = match *held_since {
+            Some((h, t)) if h == holder => t,
+            _ => {
+                *held_since = Some((holder, Instant::now()));
+                continue;
             }
-            Some((p, _)) if p == owner => {}
-            _ => *held_since = Some((owner, Instant::now())),
+        };
+        let waited = since.elapsed();
+        if waited < opts.liveness_interval {
+            continue;
+        }
+        let now_word = l.word.load(Ordering::Relaxed);
+        if now_word & !LOCK_WAITERS != holder {
+            continue;
+        }
+        let (idx, alive) = lock_holder(mem, lay, holder);
+        if !alive {
+            if l.word
+                .compare_exchange(
+                    now_word,
+                    mine | LOCK_WAITERS,
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+            {
+                log::warn!(
+                    "shoal mpmc {}: took over the reservation lock of a dead producer (slot {idx:?})",
+                    mem.label()
+                );
+                *held_since = None;
+                recover_reservation(mem);
+                return Ok(());
+            }
+            continue;
+        }
+        let (idx, pid) = match idx {
+            Some(i) => (i, slot_owner(mem.slot(i)).pid),
+            None => (0, 0),
+        };
+        if opts.stall_timeout.is_some_and(|t| waited >= t) {
+            log::warn!(
+                "shoal mpmc {}: producer slot {idx} (pid {pid}) held the reservation lock for {waited:?}",
+                mem.label()
+            );
+            return Err(Error::Stalled {
+                role: "lock holder",
+                slot: idx as u32,
+                pid,
+                waited,
+            });
+        }
+        if waited >= opts.slow_peer_log && !logged {
+            logged = true;
+            log::warn!(
+                "shoal mpmc {}: waiting {waited:?} for the reservation lock held by producer slot {idx} (pid {pid})",
+                mem.label()
+            );
         }
     }
 }
 
-fn unlock<M: RingMem<Control = MpmcControl>>(mem: &M) {
+/// Releases the lock if this producer holds it (a producer wrongly judged
+/// dead, whose lock was taken over, must not release its successor's).
+fn unlock<M: RingMem<Control = MpmcControl>>(mem: &M, mine: u32) {
     let l = &mem.ctrl().lock;
-    l.owner_pid.store(0, Ordering::Relaxed);
-    let old = l.word.swap(0, Ordering::Release);
-    if old & LOCK_WAITERS != 0 {
-        crate::futex::wake(&l.word, 1);
+    let mut cur = l.word.load(Ordering::Relaxed);
+    while cur & !LOCK_WAITERS == mine {
+        match l
+            .word
+            .compare_exchange(cur, 0, Ordering::Release, Ordering::Relaxed)
+        {
+            Ok(_) => {
+                if cur & LOCK_WAITERS != 0 {
+                    crate::futex::wake(&l.word, 1);
+                }
+                return;
+            }
+            Err(now) => cur = now,
+        }
     }
 }
 
@@ -328,21 +465,33 @@ fn recover_reservation<M: RingMem<Control = MpmcControl>>(mem: &M) {
     l.tail.store(start + record_size(len), Ordering::Relaxed);
 }
 
-/// Under the lock: reserve if there is room. `None` means wait for space.
+/// Under the lock: reserve if there is room. `Ok(None)` means wait for space.
 fn try_reserve<M: RingMem<Control = MpmcControl>>(
     mem: &M,
     max_len: u64,
     tag: u32,
     opts: &PeerOptions,
-    stuck: &Cell<Option<(u64, Instant)>>,
-) -> Option<MResv> {
+    stuck: &Cell<Option<Stuck>>,
+) -> Result<Option<MResv>> {
     let cap = mem.capacity();
     let l = &mem.ctrl().lock;
     let tail = l.tail.load(Ordering::Relaxed);
     let reclaim = l.reclaim.load(Ordering::Relaxed);
-    if !valid_position(tail) || !valid_position(reclaim) || reclaim > tail {
-        // Corrupt shared state: refuse to write anywhere.
-        return None;
+    if !valid_position(tail) {
+        return Err(Error::corrupt(
+            mem.label(),
+            "tail",
+            tail,
+            "a 64-byte aligned position below 2^62",
+        ));
+    }
+    if !valid_position(reclaim) || reclaim > tail || tail - reclaim > cap {
+        return Err(Error::corrupt(
+            mem.label(),
+            "reclaim",
+            reclaim,
+            "an aligned position at most one ring behind tail",
+        ));
     }
     let size = record_size(max_len);
     let off = tail & (cap - 1);
@@ -353,9 +502,9 @@ fn try_reserve<M: RingMem<Control = MpmcControl>>(
     };
     let end = start + size;
     if end + RECORD_ALIGN as u64 > reclaim + cap
-        && !advance_reclaim(mem, end + RECORD_ALIGN as u64 - cap, tail, opts, stuck)
+        && !advance_reclaim(mem, end + RECORD_ALIGN as u64 - cap, tail, opts, stuck)?
     {
-        return None;
+        return Ok(None);
     }
     mem.header(end).commit.store(0, Ordering::Relaxed);
     let h = mem.header(start);
@@ -373,7 +522,7 @@ fn try_reserve<M: RingMem<Control = MpmcControl>>(
         p.commit.store(rec::word(tail, rec::PAD), Ordering::Release);
     }
     l.tail.store(end, Ordering::Relaxed);
-    Some(MResv { start, max_len })
+    Ok(Some(MResv { start, max_len }))
 }
 
 /// Under the lock: moves `reclaim` past released records until it reaches
@@ -383,28 +532,46 @@ fn advance_reclaim<M: RingMem<Control = MpmcControl>>(
     target: u64,
     tail: u64,
     opts: &PeerOptions,
-    stuck: &Cell<Option<(u64, Instant)>>,
-) -> bool {
+    stuck: &Cell<Option<Stuck>>,
+) -> Result<bool> {
     let cap = mem.capacity();
     let l = &mem.ctrl().lock;
     let mut r = l.reclaim.load(Ordering::Relaxed);
+    let mut result = Ok(());
     while r < target && r < tail {
         let h = mem.header(r);
-        // SYNC R(release): pairs with the consumer's Release store of RELEASED.
+        // SYNC R(release): pairs with the consumer's Release CAS to RELEASED.
         let c = h.commit.load(Ordering::Acquire);
         if c != rec::word(r, rec::RELEASED) && !release_orphan(mem, r, c, opts, stuck) {
             break;
         }
         let len = u64::from(h.len.load(Ordering::Relaxed));
         let span = record_size(len);
-        if span > cap {
-            // A corrupt length: stop here rather than jump anywhere.
+        if span > cap || r + span > tail {
+            result = Err(Error::corrupt(
+                mem.label(),
+                "released record length",
+                len,
+                "a record ending at or before tail",
+            ));
             break;
         }
         r += span;
     }
     l.reclaim.store(r, Ordering::Relaxed);
-    r >= target
+    result.map(|()| r >= target)
+}
+
+/// The consumer slot (if any, alive) whose intent names the record at `r`.
+fn holder_of<M: RingMem<Control = MpmcControl>>(mem: &M, r: u64) -> Option<usize> {
+    // Producer slots hold NO_INTENT, so scanning every slot is harmless.
+    (0..mem.nslots()).find(|&i| {
+        let s = mem.slot(i);
+        let o = Own::unpack(s.own.load(Ordering::Acquire));
+        o.state == slot::ACTIVE
+            && untag(s.cursor.load(Ordering::Acquire)) == r
+            && slot_alive(mem, i)
+    })
 }
 
 /// A record at `r` (below `head`) that was taken but never released: if it
@@ -414,7 +581,7 @@ fn release_orphan<M: RingMem<Control = MpmcControl>>(
     r: u64,
     c: u64,
     opts: &PeerOptions,
-    stuck: &Cell<Option<(u64, Instant)>>,
+    stuck: &Cell<Option<Stuck>>,
 ) -> bool {
     let state = c & rec::MASK;
     // Any record a consumer claimed (DATA, OVERFLOW, or a PAD or TOMBSTONE
@@ -424,29 +591,30 @@ fn release_orphan<M: RingMem<Control = MpmcControl>>(
     {
         return false;
     }
+    // SYNC: pairs with the consumer's AcqRel CAS of `head`, which follows
+    // its intent CAS: a head past `r` shows the claimer's intent too.
     if mem.ctrl().head.load(Ordering::Acquire) <= r {
         return false; // not taken yet: the consumers are just slow
     }
+    let now = Instant::now();
     match stuck.get() {
-        Some((p, t)) if p == r => {
-            if t.elapsed() < opts.orphan_timeout {
+        Some(s) if s.pos == r => {
+            if now - s.checked < opts.orphan_timeout {
                 return false;
             }
+            stuck.set(Some(Stuck { checked: now, ..s }));
         }
         _ => {
-            stuck.set(Some((r, Instant::now())));
+            stuck.set(Some(Stuck {
+                pos: r,
+                since: now,
+                checked: now,
+            }));
             return false;
         }
     }
-    // Producer slots hold NO_INTENT, so scanning every slot is harmless.
-    for i in 0..mem.nslots() {
-        let s = mem.slot(i);
-        if s.state.load(Ordering::Acquire) == slot::ACTIVE
-            && s.cursor.load(Ordering::Relaxed) == r
-            && slot_owner(s).is_alive()
-        {
-            return false;
-        }
+    if holder_of(mem, r).is_some() {
+        return false;
     }
     let h = mem.header(r);
     if h.commit
@@ -458,12 +626,58 @@ fn release_orphan<M: RingMem<Control = MpmcControl>>(
         )
         .is_ok()
     {
-        log::warn!("shoal mpmc: reclaimed record at {r} taken by a consumer that died");
+        log::warn!(
+            "shoal mpmc {}: reclaimed record at {r} taken by a consumer that died",
+            mem.label()
+        );
         stuck.set(None);
         true
     } else {
         false
     }
+}
+
+/// While a producer waits for space: a live consumer that has held the
+/// record blocking `reclaim` past `stall_timeout` ends the wait.
+fn check_held_record<M: RingMem<Control = MpmcControl>>(
+    mem: &M,
+    stuck: &Cell<Option<Stuck>>,
+    waited: Duration,
+    opts: &PeerOptions,
+    logged: &Cell<bool>,
+) -> Result<()> {
+    let Some(s) = stuck.get() else {
+        return Ok(());
+    };
+    let held = s.since.elapsed();
+    if held
+        < opts
+            .slow_peer_log
+            .min(opts.stall_timeout.unwrap_or(Duration::MAX))
+    {
+        return Ok(());
+    }
+    let Some(i) = holder_of(mem, s.pos) else {
+        return Ok(());
+    };
+    let pid = slot_owner(mem.slot(i)).pid;
+    if opts.stall_timeout.is_some_and(|t| held >= t) {
+        return Err(Error::Stalled {
+            role: "consumer",
+            slot: i as u32,
+            pid,
+            waited: held.max(waited),
+        });
+    }
+    if !logged.get() {
+        logged.set(true);
+        log::warn!(
+            "shoal mpmc {}: producer waiting {waited:?}: consumer slot {i} (pid {pid}) holds record {} since {held:?}",
+            mem.label(),
+            s.pos
+        );
+    }
+    Ok(())
 }
 
 /// A record a consumer took.
@@ -477,12 +691,22 @@ pub(crate) struct MGot {
 /// One consumer.
 pub(crate) struct ConsumerCore<M> {
     pub(crate) mem: M,
-    slot: usize,
-    producers: std::ops::Range<usize>,
+    st: ConsumerState,
+    /// The ring creator's pid (for the `WriterGone` error only).
+    creator_pid: u32,
+    lay: (usize, usize),
     spinner: Spinner,
-    stuck: Option<(u64, Instant)>,
     pub(crate) opts: PeerOptions,
-    creator: ProcessId,
+}
+
+/// A consumer's process-local state.
+struct ConsumerState {
+    token: SlotToken,
+    /// The intent word as this consumer last wrote it.
+    published: u64,
+    stuck: Option<Stuck>,
+    futile: u32,
+    logged: bool,
 }
 
 impl<M: RingMem<Control = MpmcControl>> ConsumerCore<M> {
@@ -490,65 +714,70 @@ impl<M: RingMem<Control = MpmcControl>> ConsumerCore<M> {
         mem: M,
         lay: &Layout,
         me: ProcessId,
-        creator: ProcessId,
+        creator_pid: u32,
         opts: PeerOptions,
     ) -> Result<Self> {
-        let slot = claim_slot(
-            (0..lay.consumers).map(|i| (i, mem.slot(i))),
-            me,
-            slot::ACTIVE,
-        )?;
-        mem.slot(slot).cursor.store(NO_INTENT, Ordering::Relaxed);
+        let token = claim_slot(&mem, 0..lay.consumers, me, slot::ACTIVE, NO_INTENT, |i| {
+            mem.ctrl().data_ec.clear_slot(i)
+        })?;
         Ok(ConsumerCore {
             mem,
-            slot,
-            producers: lay.consumers..lay.consumers + lay.producers,
+            st: ConsumerState {
+                token,
+                published: tagged(NO_INTENT, token.gen),
+                stuck: None,
+                futile: 0,
+                logged: false,
+            },
+            creator_pid,
+            lay: (lay.consumers, lay.producers),
             spinner: Spinner::new(opts.wait),
-            stuck: None,
             opts,
-            creator,
         })
+    }
+
+    /// This consumer's slot.
+    pub(crate) fn slot_index(&self) -> usize {
+        self.st.token.index
     }
 
     /// Takes the next record if one is ready.
     pub(crate) fn poll(&mut self) -> Result<Option<MGot>> {
-        poll_take(
-            &self.mem,
-            self.slot,
-            &self.producers,
-            &self.opts,
-            &mut self.stuck,
-        )
+        self.st.poll_take(&self.mem, self.lay, &self.opts)
     }
 
     /// Waits for the next record.
     pub(crate) fn take(&mut self, wait: &Wait<'_>) -> Result<MGot> {
         let deadline = wait.start();
         let mem = &self.mem;
-        let slot = self.slot;
-        let producers = &self.producers;
+        let lay = self.lay;
         let opts = self.opts;
-        let stuck = &mut self.stuck;
-        let creator = self.creator;
+        let st = &mut self.st;
         let gone = Cell::new(false);
+        let creator_pid = self.creator_pid;
         block_on(
             &mut self.spinner,
             &mem.ctrl().data_ec,
+            Waiter::blocking(st.token.index),
             &deadline,
             opts.liveness_interval,
-            || match poll_take(mem, slot, producers, &opts, stuck)? {
+            || match st.poll_take(mem, lay, &opts)? {
                 Some(g) => Ok(Some(g)),
-                None if gone.get() => Err(Error::WriterGone { pid: creator.pid }),
+                None if gone.get() => Err(Error::WriterGone { pid: creator_pid }),
                 None => Ok(None),
             },
             |_| {
+                let producers = lay.0..lay.0 + lay.1;
+                evict_dead(mem, producers.clone(), |i| {
+                    mem.ctrl().space_ec.clear_slot(i - lay.0)
+                });
                 // Nobody can ever produce again: the creator is dead and no
                 // live producer is attached.
                 let any_producer = producers.clone().any(|i| {
-                    let s = mem.slot(i);
-                    s.state.load(Ordering::Acquire) == slot::ACTIVE && slot_owner(s).is_alive()
+                    Own::unpack(mem.slot(i).own.load(Ordering::Acquire)).state == slot::ACTIVE
+                        && slot_alive(mem, i)
                 });
-                if !any_producer && !creator.is_alive() {
+                if !any_producer && !mem.lease_held(lease::OWNER) {
                     gone.set(true);
                 }
                 Ok(())
@@ -558,7 +787,8 @@ impl<M: RingMem<Control = MpmcControl>> ConsumerCore<M> {
 
     /// Releases the record at `pos`.
     pub(crate) fn release(&mut self, pos: u64) {
-        let h = self.mem.header(pos);
+        let mem = &self.mem;
+        let h = mem.header(pos);
         let c = h.commit.load(Ordering::Relaxed);
         // A CAS, not a store: if a producer already released it as an
         // orphan (we looked dead), a late store must not land on the next
@@ -572,158 +802,272 @@ impl<M: RingMem<Control = MpmcControl>> ConsumerCore<M> {
                 Ordering::Relaxed,
             );
         }
-        self.mem
-            .slot(self.slot)
-            .cursor
-            .store(NO_INTENT, Ordering::Release);
-        self.mem.ctrl().space_ec.notify();
+        let _ = self.st.set_intent(mem, NO_INTENT);
+        self.notify_producers();
+    }
+
+    fn notify_producers(&mut self) {
+        let (c, p) = self.lay;
+        if self.mem.ctrl().space_ec.notify(p) {
+            self.st.futile += 1;
+            if self.st.futile >= FUTILE_REPAIR {
+                self.st.futile = 0;
+                repair_waiters(&self.mem, &self.mem.ctrl().space_ec, c, p, false);
+            }
+        }
     }
 
     pub(crate) fn leave(&mut self) {
-        let s = self.mem.slot(self.slot);
-        s.cursor.store(NO_INTENT, Ordering::Relaxed);
-        let _ = s.state.compare_exchange(
-            slot::ACTIVE,
-            slot::FREE,
-            Ordering::AcqRel,
-            Ordering::Relaxed,
-        );
+        let mem = &self.mem;
+        let _ = self.st.set_intent(mem, NO_INTENT);
+        leave_slot(mem, self.st.token, |i| mem.ctrl().data_ec.clear_slot(i));
     }
 }
 
-fn poll_take<M: RingMem<Control = MpmcControl>>(
-    mem: &M,
-    me: usize,
-    producers: &std::ops::Range<usize>,
-    opts: &PeerOptions,
-    stuck: &mut Option<(u64, Instant)>,
-) -> Result<Option<MGot>> {
-    let cap = mem.capacity();
-    let ctrl = mem.ctrl();
-    let intent = &mem.slot(me).cursor;
-    loop {
-        let h_pos = ctrl.head.load(Ordering::Acquire);
-        if !valid_position(h_pos) {
-            return Err(Error::Corrupt { what: "head" });
+impl ConsumerState {
+    /// Publishes `pos` as this consumer's intent, proving ownership: fails
+    /// with `Evicted` if the slot is no longer ours.
+    fn set_intent<M: RingMem<Control = MpmcControl>>(&mut self, mem: &M, pos: u64) -> Result<()> {
+        let word = tagged(pos, self.token.gen);
+        if word == self.published {
+            return Ok(());
         }
-        intent.store(h_pos, Ordering::Relaxed);
-        let h = mem.header(h_pos);
-        // SYNC R(commit): pairs with the producer's Release CAS of `commit`.
-        let c = h.commit.load(Ordering::Acquire);
-        if c == 0 || c & !rec::MASK != h_pos {
-            if ctrl.head.load(Ordering::Acquire) != h_pos {
-                continue;
+        let s = mem.slot(self.token.index);
+        match s
+            .cursor
+            .compare_exchange(self.published, word, Ordering::AcqRel, Ordering::Relaxed)
+        {
+            Ok(_) => {
+                self.published = word;
+                Ok(())
             }
-            intent.store(NO_INTENT, Ordering::Relaxed);
-            if ctrl.closed.load(Ordering::Acquire) != 0 {
-                let c2 = h.commit.load(Ordering::Acquire);
-                if c2 == 0 || c2 & !rec::MASK != h_pos {
-                    return Err(Error::Closed);
-                }
-                continue;
-            }
-            return Ok(None);
+            Err(_) => Err(Error::Evicted),
         }
-        let state = c & rec::MASK;
-        match state {
-            rec::DATA | rec::OVERFLOW | rec::PAD | rec::TOMBSTONE => {
-                let len = u64::from(h.len.load(Ordering::Acquire));
-                let next = h_pos + record_size(len);
-                let bad = if state == rec::PAD {
-                    // Wrap pads reach the end of the ring; shrink pads fill
-                    // the unused tail of a reservation: whole lines either way.
-                    (RECORD_HEADER as u64 + len) % RECORD_ALIGN as u64 != 0 || len >= cap
-                } else {
-                    record_size(len) > cap / 2
-                };
-                // Never hand out (or skip across) bytes past the data area.
-                let bad = bad || (h_pos & (cap - 1)) + record_size(len) > cap;
-                if bad {
-                    if ctrl.head.load(Ordering::Acquire) != h_pos {
-                        continue;
-                    }
-                    return Err(Error::Corrupt {
-                        what: "record length",
-                    });
-                }
-                if ctrl
-                    .head
-                    .compare_exchange(h_pos, next, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_err()
-                {
-                    continue;
-                }
-                *stuck = None;
-                if state == rec::DATA || state == rec::OVERFLOW {
-                    return Ok(Some(MGot {
-                        pos: h_pos,
-                        len,
-                        state,
-                    }));
-                }
-                // PAD or TOMBSTONE: nothing to deliver; release and go on.
-                h.commit
-                    .store(rec::word(h_pos, rec::RELEASED), Ordering::Release);
-                ctrl.space_ec.notify();
+    }
+
+    fn poll_take<M: RingMem<Control = MpmcControl>>(
+        &mut self,
+        mem: &M,
+        lay: (usize, usize),
+        opts: &PeerOptions,
+    ) -> Result<Option<MGot>> {
+        let r = self.poll_inner(mem, lay, opts);
+        if !matches!(r, Ok(Some(_))) {
+            // Holding nothing: say so (a failure here means we lost the slot).
+            self.set_intent(mem, NO_INTENT)?;
+        }
+        r
+    }
+
+    fn poll_inner<M: RingMem<Control = MpmcControl>>(
+        &mut self,
+        mem: &M,
+        lay: (usize, usize),
+        opts: &PeerOptions,
+    ) -> Result<Option<MGot>> {
+        let cap = mem.capacity();
+        let ctrl = mem.ctrl();
+        loop {
+            let h_pos = ctrl.head.load(Ordering::Acquire);
+            if !valid_position(h_pos) {
+                return Err(Error::corrupt(
+                    mem.label(),
+                    "head",
+                    h_pos,
+                    "a 64-byte aligned position below 2^62",
+                ));
             }
-            rec::RESERVED => {
-                // A producer is writing it. Is that producer still there?
-                let now = Instant::now();
-                match *stuck {
-                    Some((p, t)) if p == h_pos => {
-                        if now - t >= opts.orphan_timeout {
-                            *stuck = Some((h_pos, now));
-                            if owner_dead(mem, h.aux.load(Ordering::Relaxed), producers)
-                                && ctrl.head.load(Ordering::Acquire) == h_pos
-                                && h.commit
-                                    .compare_exchange(
-                                        c,
-                                        rec::word(h_pos, rec::TOMBSTONE),
-                                        Ordering::AcqRel,
-                                        Ordering::Relaxed,
-                                    )
-                                    .is_ok()
-                            {
-                                log::warn!(
-                                    "shoal mpmc: record at {h_pos} reserved by a dead producer became a tombstone"
-                                );
-                                continue;
-                            }
-                        }
-                    }
-                    _ => *stuck = Some((h_pos, now)),
-                }
-                intent.store(NO_INTENT, Ordering::Relaxed);
-                return Ok(None);
-            }
-            _ => {
+            let h = mem.header(h_pos);
+            // SYNC R(commit): pairs with the producer's Release CAS of `commit`.
+            let c = h.commit.load(Ordering::Acquire);
+            if c == 0 || c & !rec::MASK != h_pos {
                 if ctrl.head.load(Ordering::Acquire) != h_pos {
                     continue;
                 }
-                return Err(Error::Corrupt {
-                    what: "record state",
-                });
+                // Nothing at head. A correct head never passes tail, nor
+                // trails it by more than a ring.
+                let tail = ctrl.lock.tail.load(Ordering::Acquire);
+                if h_pos > tail || tail - h_pos > cap {
+                    if ctrl.head.load(Ordering::Acquire) != h_pos {
+                        continue;
+                    }
+                    return Err(Error::corrupt(
+                        mem.label(),
+                        "head",
+                        h_pos,
+                        "a position at most one ring behind tail, never past it",
+                    ));
+                }
+                if ctrl.closed.load(Ordering::Acquire) != 0 {
+                    let c2 = h.commit.load(Ordering::Acquire);
+                    if c2 == 0 || c2 & !rec::MASK != h_pos {
+                        return Err(Error::Closed);
+                    }
+                    continue;
+                }
+                return Ok(None);
+            }
+            let state = c & rec::MASK;
+            match state {
+                rec::DATA | rec::OVERFLOW | rec::PAD | rec::TOMBSTONE => {
+                    let len = u64::from(h.len.load(Ordering::Acquire));
+                    let next = h_pos + record_size(len);
+                    let bad = if state == rec::PAD {
+                        // Wrap pads reach the end of the ring; shrink pads fill
+                        // the unused tail of a reservation: whole lines either way.
+                        (RECORD_HEADER as u64 + len) % RECORD_ALIGN as u64 != 0 || len >= cap
+                    } else {
+                        record_size(len) > cap / 2
+                    };
+                    // Never hand out (or skip across) bytes past the data area.
+                    let bad = bad || (h_pos & (cap - 1)) + record_size(len) > cap;
+                    if bad {
+                        if ctrl.head.load(Ordering::Acquire) != h_pos {
+                            continue;
+                        }
+                        return Err(Error::corrupt(
+                            mem.label(),
+                            "record length",
+                            len,
+                            "a record within half the ring, not crossing its end",
+                        ));
+                    }
+                    // Intent first, then the claim: a producer that sees
+                    // head past this record also sees whose it is.
+                    self.set_intent(mem, h_pos)?;
+                    if ctrl
+                        .head
+                        .compare_exchange(h_pos, next, Ordering::AcqRel, Ordering::Relaxed)
+                        .is_err()
+                    {
+                        continue;
+                    }
+                    self.stuck = None;
+                    self.logged = false;
+                    if state == rec::DATA || state == rec::OVERFLOW {
+                        return Ok(Some(MGot {
+                            pos: h_pos,
+                            len,
+                            state,
+                        }));
+                    }
+                    // PAD or TOMBSTONE: nothing to deliver; release and go
+                    // on. A CAS: a late release must not hit the next lap.
+                    let _ = h.commit.compare_exchange(
+                        c,
+                        rec::word(h_pos, rec::RELEASED),
+                        Ordering::Release,
+                        Ordering::Relaxed,
+                    );
+                    self.set_intent(mem, NO_INTENT)?;
+                    ctrl.space_ec.notify(lay.1);
+                }
+                rec::RESERVED => {
+                    // A producer is writing it. Is that producer still there?
+                    if self.judge_reserved(mem, lay, opts, h, h_pos, c)? {
+                        continue; // tombstoned it
+                    }
+                    return Ok(None);
+                }
+                st => {
+                    if ctrl.head.load(Ordering::Acquire) != h_pos {
+                        continue;
+                    }
+                    return Err(Error::corrupt(
+                        mem.label(),
+                        "record state",
+                        st,
+                        "RESERVED, DATA, OVERFLOW, PAD or TOMBSTONE",
+                    ));
+                }
             }
         }
     }
+
+    /// The record at head is RESERVED: tombstone it if its producer is dead
+    /// (true), end with `Stalled` if a live one held it too long.
+    fn judge_reserved<M: RingMem<Control = MpmcControl>>(
+        &mut self,
+        mem: &M,
+        lay: (usize, usize),
+        opts: &PeerOptions,
+        h: &crate::layout::RecordHeader,
+        h_pos: u64,
+        c: u64,
+    ) -> Result<bool> {
+        let now = Instant::now();
+        let s = match self.stuck {
+            Some(s) if s.pos == h_pos => s,
+            _ => {
+                self.stuck = Some(Stuck {
+                    pos: h_pos,
+                    since: now,
+                    checked: now,
+                });
+                self.logged = false;
+                return Ok(false);
+            }
+        };
+        if now - s.checked < opts.orphan_timeout {
+            return Ok(false);
+        }
+        self.stuck = Some(Stuck { checked: now, ..s });
+        let aux = h.aux.load(Ordering::Relaxed);
+        let (idx, dead) = owner_dead(mem, aux, lay);
+        if dead {
+            if mem.ctrl().head.load(Ordering::Acquire) == h_pos
+                && h.commit
+                    .compare_exchange(
+                        c,
+                        rec::word(h_pos, rec::TOMBSTONE),
+                        Ordering::AcqRel,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok()
+            {
+                log::warn!(
+                    "shoal mpmc {}: record at {h_pos} reserved by a dead producer became a tombstone",
+                    mem.label()
+                );
+            }
+            return Ok(true);
+        }
+        let held = now - s.since;
+        let pid = slot_owner(mem.slot(idx)).pid;
+        if opts.stall_timeout.is_some_and(|t| held >= t) {
+            return Err(Error::Stalled {
+                role: "producer",
+                slot: idx as u32,
+                pid,
+                waited: held,
+            });
+        }
+        if held >= opts.slow_peer_log && !self.logged {
+            self.logged = true;
+            log::warn!(
+                "shoal mpmc {}: consumers wait {held:?} for producer slot {idx} (pid {pid}) to commit record {h_pos}",
+                mem.label()
+            );
+        }
+        Ok(false)
+    }
 }
 
-/// Whether the producer named by `aux` is gone (dead, or its slot reused).
+/// The producer slot named by `aux`, and whether it is gone (its lease is
+/// free, or its slot was claimed again since: the generation differs).
 fn owner_dead<M: RingMem<Control = MpmcControl>>(
     mem: &M,
     aux: u32,
-    producers: &std::ops::Range<usize>,
-) -> bool {
+    lay: (usize, usize),
+) -> (usize, bool) {
     let idx = (aux & 0xffff) as usize;
     let gen = aux >> 16;
-    if !producers.contains(&idx) {
-        return true;
+    if !(lay.0..lay.0 + lay.1).contains(&idx) {
+        return (idx.min(mem.nslots().saturating_sub(1)), true);
     }
-    let s = mem.slot(idx);
-    if s.gen.load(Ordering::Relaxed) & 0xffff != gen & 0xffff {
-        return true;
-    }
-    s.state.load(Ordering::Acquire) != slot::ACTIVE || !slot_owner(s).is_alive()
+    let o = Own::unpack(mem.slot(idx).own.load(Ordering::Acquire));
+    let dead = o.gen & 0xffff != gen & 0xffff || o.state != slot::ACTIVE || !slot_alive(mem, idx);
+    (idx, dead)
 }
 
 /// Time a consumer waits on one record before judging its producer.
@@ -757,19 +1101,10 @@ mod tests {
         };
         let me = ProcessId::current();
         let mut p = ProducerCore::join(m.clone(), &lay, me, opts()).unwrap();
-        let mut c = ConsumerCore::join(m.clone(), &lay, me, me, opts()).unwrap();
-        // The "dead" consumer: pid 0 is always judged dead.
-        let _dead = ConsumerCore::join(
-            m.clone(),
-            &lay,
-            ProcessId {
-                pid: 0,
-                start_time: 0,
-            },
-            me,
-            opts(),
-        )
-        .unwrap();
+        let mut c = ConsumerCore::join(m.clone(), &lay, me, 0, opts()).unwrap();
+        // The "dead" consumer: its lease is dropped as by its death.
+        let dead = ConsumerCore::join(m.clone(), &lay, me, 0, opts()).unwrap();
+        m.kill(crate::lease::slot_byte(dead.slot_index()));
         for _ in 0..3 {
             let r = p.reserve(1100, &Wait::forever()).unwrap();
             p.commit(r, 1100, rec::DATA).unwrap();
@@ -822,21 +1157,12 @@ mod tests {
         };
         let me = ProcessId::current();
         let mut p = ProducerCore::join(m.clone(), &lay, me, opts()).unwrap();
-        let mut c = ConsumerCore::join(m.clone(), &lay, me, me, opts()).unwrap();
-        let mut dead = ConsumerCore::join(
-            m.clone(),
-            &lay,
-            ProcessId {
-                pid: 0,
-                start_time: 0,
-            },
-            me,
-            opts(),
-        )
-        .unwrap();
+        let mut c = ConsumerCore::join(m.clone(), &lay, me, 0, opts()).unwrap();
+        let mut dead = ConsumerCore::join(m.clone(), &lay, me, 0, opts()).unwrap();
         let r = p.reserve(1000, &Wait::forever()).unwrap();
         p.commit(r, 1000, rec::DATA).unwrap();
         let _g = dead.poll().unwrap().unwrap(); // taken, never released
+        m.kill(crate::lease::slot_byte(dead.slot_index())); // then it died
         let mut ok = 0;
         let mut fails = 0;
         for _ in 0..40 {

@@ -199,6 +199,7 @@ pub(crate) fn random_u64() -> Result<u64> {
                 continue;
             }
             return Err(Error::Io {
+                path: crate::error::SegmentLabel(None),
                 op: "getrandom",
                 source: e,
             });

@@ -1,17 +1,24 @@
-//! Records too large for the ring travel in a dedicated overflow segment
-//! whose descriptor travels in the ring: still zero-copy, no socket hop, no
-//! size limit but memory.
+//! Records too large for the ring travel in an overflow segment whose
+//! descriptor travels in the ring: still zero-copy, no socket hop, no size
+//! limit but memory.
+//!
+//! A broadcast writer recycles its overflow segments ([`OverflowPool`]) and
+//! readers cache their mappings ([`OverflowCache`]), so a stream of large
+//! records creates, zeroes and maps files only while the pool warms up. An
+//! MPMC producer still makes one segment per large record (the consumer
+//! that takes it unlinks it). Overflow payloads start on a page boundary.
 
 use crate::error::{Error, Result};
 use crate::layout::{SegmentKind, FORMAT_TAG_LEN, HEADER_PAGE};
-use crate::name::SegmentName;
+use crate::lease;
+use crate::name::{random_u64, SegmentName};
 use crate::segment::{Segment, SegmentSpec};
 
 /// The ring record that stands for an overflow segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(C)]
 pub(crate) struct OverflowDesc {
-    /// Sequence number; the segment is `<ring name>.o<seq>`.
+    /// Random name part; the segment is `<ring name>.o<seq in hex>`.
     pub seq: u64,
     /// Payload bytes committed.
     pub len: u64,
@@ -70,12 +77,23 @@ pub(crate) fn create(
 /// Maps the overflow segment a descriptor names, checking its length.
 pub(crate) fn open(ring: &SegmentName, d: &OverflowDesc) -> Result<Segment> {
     let seg = Segment::attach(&ring.overflow(d.seq)?, SegmentKind::Overflow)?;
-    if d.len > seg.header().payload_len {
-        return Err(Error::Corrupt {
-            what: "overflow descriptor length",
-        });
-    }
+    check_len(&seg, d)?;
     Ok(seg)
+}
+
+/// Copies the descriptor out of a committed ring record.
+fn read_desc(ring: &SegmentName, payload: *const u8, len_in_ring: u64) -> Result<OverflowDesc> {
+    if len_in_ring != DESC_LEN {
+        return Err(Error::corrupt(
+            *ring,
+            "overflow descriptor length in the ring",
+            len_in_ring,
+            "16",
+        ));
+    }
+    // SAFETY: the record holds DESC_LEN payload bytes (checked) inside the
+    // ring's data area; the copy is taken once (peer-writable bytes).
+    Ok(unsafe { OverflowDesc::read(payload) })
 }
 
 /// Maps the overflow segment named by a ring record whose payload (at
@@ -86,66 +104,302 @@ pub(crate) fn open_record(
     payload: *const u8,
     len_in_ring: u64,
 ) -> Result<(Segment, usize)> {
-    if len_in_ring != DESC_LEN {
-        return Err(Error::Corrupt {
-            what: "overflow descriptor",
-        });
-    }
-    // SAFETY: the record holds DESC_LEN payload bytes (checked) inside the ring.
-    let d = unsafe { OverflowDesc::read(payload) };
+    let d = read_desc(ring, payload, len_in_ring)?;
     let seg = open(ring, &d)?;
     Ok((seg, d.len as usize))
 }
 
-/// Outstanding overflow segments of one writer, with the ring position of
-/// the record naming each; a fixed table, no allocation.
-pub(crate) struct OverflowTable {
-    entries: [Option<(u64, Segment)>; OVERFLOW_SLOTS],
+/// Whether the ring mapped as `seg` still has a name in /dev/shm.
+fn linked(seg: &Segment) -> bool {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat fills `st` on success; the fd is open for `seg`'s life.
+    if unsafe { libc::fstat(seg.fd(), st.as_mut_ptr()) } != 0 {
+        return true;
+    }
+    // SAFETY: fstat returned 0, so `st` is initialized.
+    unsafe { st.assume_init() }.st_nlink > 0
+}
+
+/// Called by each participant leaving the ring mapped as `seg`: the last one
+/// out of a ring that is finished (`done`: its writer closed or died) or
+/// whose name is gone removes the ring's name and every overflow file left
+/// (records nobody will take any more die with the ring).
+pub(crate) fn last_out(seg: &Segment, done: bool) {
+    if lease::any_held(seg.fd()) {
+        return;
+    }
+    let linked = linked(seg);
+    if linked && !done {
+        return;
+    }
+    if linked {
+        let _ = seg.unlink();
+    }
+    remove_all(seg.name());
+}
+
+/// Removes every `<ring>.o*` file (best effort; not a hot path).
+pub(crate) fn remove_all(ring: &SegmentName) {
+    let Ok(dir) = std::fs::read_dir(crate::name::SHM_DIR) else {
+        return;
+    };
+    let mut prefix = [0u8; crate::name::NAME_MAX + 2];
+    let n = ring.as_bytes().len();
+    prefix[..n].copy_from_slice(ring.as_bytes());
+    prefix[n..n + 2].copy_from_slice(b".o");
+    let prefix = &prefix[..n + 2];
+    for entry in dir.flatten() {
+        let fname = entry.file_name();
+        let b = fname.as_encoded_bytes();
+        if b.starts_with(prefix) {
+            if let Ok(name) = SegmentName::from_bytes(b) {
+                let path = name.path();
+                // SAFETY: NUL-terminated path; unlink does not keep it.
+                unsafe { libc::unlink(path.as_ptr()) };
+            }
+        }
+    }
+}
+
+/// Removes the file named by a rejected overflow record (the MPMC
+/// consumer that took it is its only reader). Best effort.
+pub(crate) fn discard_record(ring: &SegmentName, payload: *const u8, len_in_ring: u64) {
+    if len_in_ring != DESC_LEN {
+        return;
+    }
+    // SAFETY: the record holds DESC_LEN payload bytes (checked) inside the ring.
+    let d = unsafe { OverflowDesc::read(payload) };
+    if let Ok(name) = ring.overflow(d.seq) {
+        let path = name.path();
+        // SAFETY: NUL-terminated path; unlink does not keep the pointer.
+        unsafe { libc::unlink(path.as_ptr()) };
+    }
+}
+
+/// Smallest overflow segment the broadcast pool makes (records up to this
+/// size share one size class).
+pub(crate) const MIN_POOL_SEGMENT: u64 = 64 << 10;
+
+/// A broadcast writer's overflow segments: those named by records readers
+/// may still read (*in flight*, with the ring position of the record), and
+/// those every reader released (*free*, kept mapped for the next large
+/// record). Recycling them is what makes a stream of large records cheap:
+/// no file creation, zeroing, mapping or page faults per record, on either
+/// side (readers cache their mappings too, see [`OverflowCache`]). Fixed
+/// tables, no allocation.
+pub(crate) struct OverflowPool {
+    in_flight: [Option<(u64, PoolSeg)>; OVERFLOW_SLOTS],
+    free: [Option<PoolSeg>; FREE_SLOTS],
+    /// The segment of the reservation in progress.
+    pending: Option<PoolSeg>,
+}
+
+/// One pooled overflow segment: its name part and mapping.
+pub(crate) struct PoolSeg {
+    pub seq: u64,
+    pub seg: Segment,
+}
+
+impl PoolSeg {
+    /// Payload bytes it can carry.
+    fn capacity(&self) -> u64 {
+        self.seg.header().payload_len
+    }
 }
 
 /// Overflow records one writer may have in flight.
 pub(crate) const OVERFLOW_SLOTS: usize = 16;
+/// Released overflow segments a writer keeps for reuse.
+pub(crate) const FREE_SLOTS: usize = 8;
 
-impl OverflowTable {
+impl OverflowPool {
     pub(crate) fn new() -> Self {
-        OverflowTable {
-            entries: std::array::from_fn(|_| None),
+        OverflowPool {
+            in_flight: std::array::from_fn(|_| None),
+            free: std::array::from_fn(|_| None),
+            pending: None,
         }
     }
 
-    /// Drops (unlinks and unmaps) every entry whose record is below `released`.
+    /// Moves every in-flight segment whose record is below `released` to
+    /// the free list (dropping, that is unlinking, the smallest free one if
+    /// the list is full).
     pub(crate) fn reclaim(&mut self, released: u64) {
-        for e in self.entries.iter_mut() {
-            if matches!(e, Some((pos, _)) if *pos < released) {
-                *e = None;
+        for i in 0..self.in_flight.len() {
+            if matches!(&self.in_flight[i], Some((pos, _)) if *pos < released) {
+                if let Some((_, ps)) = self.in_flight[i].take() {
+                    self.put_free(ps);
+                }
             }
         }
     }
 
-    /// The position of the oldest entry, if the table is full.
+    fn put_free(&mut self, ps: PoolSeg) {
+        if let Some(slot) = self.free.iter_mut().find(|f| f.is_none()) {
+            *slot = Some(ps);
+            return;
+        }
+        // Full: keep the larger segments (they serve every smaller record).
+        let smallest = self
+            .free
+            .iter_mut()
+            .min_by_key(|f| f.as_ref().map_or(0, PoolSeg::capacity));
+        if let Some(slot) = smallest {
+            if slot.as_ref().is_some_and(|f| f.capacity() < ps.capacity()) {
+                *slot = Some(ps);
+            }
+        }
+    }
+
+    /// The position of the oldest in-flight record, if the table is full.
     pub(crate) fn oldest_if_full(&self) -> Option<u64> {
-        if self.entries.iter().any(Option::is_none) {
+        if self.in_flight.iter().any(Option::is_none) {
             return None;
         }
-        self.entries.iter().flatten().map(|(p, _)| *p).min()
+        self.in_flight.iter().flatten().map(|(p, _)| *p).min()
     }
 
-    /// The position of the newest entry, if any.
+    /// The position of the newest in-flight record, if any.
     pub(crate) fn newest(&self) -> Option<u64> {
-        self.entries.iter().flatten().map(|(p, _)| *p).max()
+        self.in_flight.iter().flatten().map(|(p, _)| *p).max()
     }
 
-    /// Keeps every outstanding file on disk (forgets ownership).
-    pub(crate) fn disown_all(&mut self) {
-        for (_, seg) in self.entries.iter_mut().flatten() {
-            seg.disown();
+    /// Makes a segment of at least `max_len` payload bytes the pending one
+    /// (the smallest free one that fits, or a new one of the next power of
+    /// two) and returns its payload pointer and name part.
+    pub(crate) fn take(
+        &mut self,
+        ring: &SegmentName,
+        max_len: u64,
+        format: [u8; FORMAT_TAG_LEN],
+    ) -> Result<(*mut u8, u64)> {
+        let fit = self
+            .free
+            .iter_mut()
+            .filter(|f| f.as_ref().is_some_and(|f| f.capacity() >= max_len))
+            .min_by_key(|f| f.as_ref().map_or(u64::MAX, PoolSeg::capacity))
+            .and_then(Option::take);
+        let ps = match fit {
+            Some(ps) => ps,
+            None => {
+                let class = max_len
+                    .checked_next_power_of_two()
+                    .unwrap_or(max_len)
+                    .max(MIN_POOL_SEGMENT);
+                let seq = random_u64()?;
+                PoolSeg {
+                    seq,
+                    seg: create(ring, seq, class, format)?,
+                }
+            }
+        };
+        let out = (ps.seg.data_ptr(), ps.seq);
+        self.pending = Some(ps);
+        Ok(out)
+    }
+
+    /// The pending segment's record was committed at ring position `pos`;
+    /// the caller made room (`oldest_if_full` was `None`).
+    pub(crate) fn commit_pending(&mut self, pos: u64) {
+        if let Some(ps) = self.pending.take() {
+            if let Some(e) = self.in_flight.iter_mut().find(|e| e.is_none()) {
+                *e = Some((pos, ps));
+            }
         }
     }
 
-    /// Stores `seg` for the record at `pos`; the caller made room.
-    pub(crate) fn insert(&mut self, pos: u64, seg: Segment) {
-        if let Some(e) = self.entries.iter_mut().find(|e| e.is_none()) {
-            *e = Some((pos, seg));
+    /// The pending reservation was dropped: its segment is free again.
+    pub(crate) fn abandon_pending(&mut self) {
+        if let Some(ps) = self.pending.take() {
+            self.put_free(ps);
         }
     }
+
+    /// Whether records readers have not released yet name segments.
+    pub(crate) fn has_in_flight(&self) -> bool {
+        self.in_flight.iter().any(Option::is_some)
+    }
+
+    /// On close: unlinks the free segments now, and leaves the files of
+    /// records readers may still read on disk (they are removed by the last
+    /// participant to leave, or by `cleanup_stale`).
+    pub(crate) fn close(&mut self) {
+        self.pending = None;
+        for f in self.free.iter_mut() {
+            *f = None;
+        }
+        for (_, ps) in self.in_flight.iter_mut().flatten() {
+            ps.seg.disown();
+        }
+    }
+}
+
+/// A reader's cache of overflow mappings, keyed by name part: a record in a
+/// segment it has seen before costs no open, validation, mapping or page
+/// faults. Entries whose writer dropped them (their owner lease is free) go
+/// first when room is needed.
+pub(crate) struct OverflowCache {
+    entries: [Option<(u64, Segment, u64)>; CACHE_SLOTS],
+    tick: u64,
+}
+
+/// Overflow mappings one reader keeps.
+pub(crate) const CACHE_SLOTS: usize = 8;
+
+impl OverflowCache {
+    pub(crate) fn new() -> Self {
+        OverflowCache {
+            entries: std::array::from_fn(|_| None),
+            tick: 0,
+        }
+    }
+
+    /// The payload pointer and length of the record whose descriptor is at
+    /// `payload` (`len_in_ring` bytes, both from a committed ring record).
+    pub(crate) fn open(
+        &mut self,
+        ring: &SegmentName,
+        payload: *const u8,
+        len_in_ring: u64,
+    ) -> Result<(*const u8, usize)> {
+        let d = read_desc(ring, payload, len_in_ring)?;
+        self.tick += 1;
+        let tick = self.tick;
+        if let Some((_, seg, used)) = self.entries.iter_mut().flatten().find(|e| e.0 == d.seq) {
+            *used = tick;
+            return check_len(seg, &d).map(|()| (seg.data_ptr() as *const u8, d.len as usize));
+        }
+        let seg = open(ring, &d)?;
+        let ptr = seg.data_ptr() as *const u8;
+        // Drop mappings of segments the writer retired, then the least
+        // recently used one if still full.
+        for e in self.entries.iter_mut() {
+            if matches!(e, Some((_, s, _)) if !lease::held_by_other(s.fd(), lease::OWNER, 1)) {
+                *e = None;
+            }
+        }
+        let slot = match self.entries.iter().position(Option::is_none) {
+            Some(i) => i,
+            None => self
+                .entries
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, e)| e.as_ref().map_or(0, |e| e.2))
+                .map_or(0, |(i, _)| i),
+        };
+        self.entries[slot] = Some((d.seq, seg, tick));
+        Ok((ptr, d.len as usize))
+    }
+}
+
+fn check_len(seg: &Segment, d: &OverflowDesc) -> Result<()> {
+    if d.len > seg.header().payload_len {
+        return Err(Error::corrupt(
+            *seg.name(),
+            "overflow descriptor length",
+            d.len,
+            "at most the overflow segment's payload length",
+        ));
+    }
+    Ok(())
 }

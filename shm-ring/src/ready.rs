@@ -17,16 +17,24 @@
 //! 3. Await readability of `as_raw_fd()`, call `clear()`, go to 1. After a
 //!    wake with nothing to read, check the peer (for example
 //!    [`BroadcastReader::writer_alive`](crate::BroadcastReader::writer_alive)).
+//!
+//! Every armed wait is bounded: besides notifies, the fd turns readable when
+//! the broadcast writer's lease is dropped (it died), and, for an MPMC
+//! consumer, at least every `orphan_timeout` while the record at the head of
+//! the queue stays reserved, so the consumer's next `try_take` can judge
+//! (and skip) a dead producer's reservation.
 
 use crate::error::{Error, Result};
 use crate::futex;
-use crate::liveness::ProcessId;
+use crate::layout::{rec, MpmcControl, RecordHeader, RECORD_ALIGN};
+use crate::lease;
 use crate::segment::Segment;
 use crate::sync::{AtomicU32, Ordering};
-use crate::wait::EventCount;
+use crate::wait::{EventCount, Waiter};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
+use std::time::Instant;
 
 const IDLE: u32 = 0;
 const ARMED: u32 = 1;
@@ -34,6 +42,16 @@ const STOP: u32 = 2;
 
 /// How long the helper sleeps before looking at the peer and the stop flag.
 const SLICE: Duration = Duration::from_millis(50);
+
+/// What, besides a notify, makes an armed fd readable.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Recheck {
+    /// The broadcast writer's lease is free (it died).
+    WriterLease,
+    /// The MPMC record at head stayed RESERVED for `every`: the consumer
+    /// should look again, to judge its producer.
+    MpmcHead { every: Duration },
+}
 
 struct Shared {
     efd: OwnedFd,
@@ -47,14 +65,17 @@ struct Shared {
     /// 1 while a registration made by `arm` is outstanding (only the helper
     /// undoes it).
     registered: AtomicU32,
-    /// The peer whose death should wake the caller, if any.
-    peer: Option<ProcessId>,
+    /// This endpoint's bit in the eventcount's waiter map.
+    waiter: Waiter,
+    recheck: Recheck,
 }
 
-// SAFETY: the segment is shared memory accessed through atomics only; the
-// eventfd is a plain fd; everything else is atomics.
+// SAFETY: `Shared` holds a `Segment` (a mapping whose pointer is never
+// mutated; the helper only touches the eventcount and, read-only, the MPMC
+// head through atomics), an owned fd, and atomics; none of them is tied to
+// the thread that made it.
 unsafe impl Send for Shared {}
-// SAFETY: as above.
+// SAFETY: shared access goes through atomics and fd syscalls only.
 unsafe impl Sync for Shared {}
 
 impl Shared {
@@ -63,6 +84,30 @@ impl Shared {
         // the validated control structure of this segment's kind, which lies
         // inside the mapping `seg` keeps alive.
         unsafe { &*(self.seg.control_ptr().add(self.ec_offset) as *const EventCount) }
+    }
+
+    /// Whether the MPMC record at head is a reservation (read-only peek).
+    fn head_reserved(&self) -> bool {
+        let ctrl = self.seg.control_ptr() as *const MpmcControl;
+        // SAFETY: `Recheck::MpmcHead` is only used with a validated MPMC
+        // segment, whose control area starts with an `MpmcControl` (zeroed
+        // memory is a valid value: atomics) inside the mapping.
+        let head = unsafe { (*ctrl).head.load(Ordering::Acquire) };
+        let cap = self.seg.header().data_capacity;
+        let off = (head & (cap - 1)) & !(RECORD_ALIGN as u64 - 1);
+        // SAFETY: `off` is 64-aligned and below the data capacity validated
+        // at attach, so a 16-byte header lies inside the data area.
+        let h = unsafe { &*(self.seg.data_ptr().add(off as usize) as *const RecordHeader) };
+        let c = h.commit.load(Ordering::Acquire);
+        c & rec::MASK == rec::RESERVED && c & !rec::MASK == head
+    }
+
+    /// Whether the armed wait should end now, besides a notify.
+    fn recheck_due(&self, armed_at: Instant) -> bool {
+        match self.recheck {
+            Recheck::WriterLease => !lease::held_by_other(self.seg.fd(), lease::OWNER, 1),
+            Recheck::MpmcHead { every } => armed_at.elapsed() >= every && self.head_reserved(),
+        }
     }
 
     fn signal(&self) {
@@ -91,7 +136,12 @@ impl std::fmt::Debug for ReadyFd {
 impl ReadyFd {
     /// Watches the data eventcount at `ec_offset` in the control area of
     /// `seg` (a fresh mapping of the endpoint's segment).
-    pub(crate) fn new(seg: Segment, ec_offset: usize, peer: Option<ProcessId>) -> Result<Self> {
+    pub(crate) fn new(
+        seg: Segment,
+        ec_offset: usize,
+        waiter: Waiter,
+        recheck: Recheck,
+    ) -> Result<Self> {
         // SAFETY: eventfd has no memory preconditions.
         let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if fd < 0 {
@@ -106,7 +156,8 @@ impl ReadyFd {
             state: AtomicU32::new(IDLE),
             key: AtomicU32::new(0),
             registered: AtomicU32::new(0),
-            peer,
+            waiter,
+            recheck,
         });
         let s2 = shared.clone();
         let thread = std::thread::Builder::new()
@@ -114,6 +165,7 @@ impl ReadyFd {
             .spawn(move || helper(&s2))
             .map_err(|source| Error::Io {
                 op: "spawn readiness thread",
+                path: crate::error::SegmentLabel(None),
                 source,
             })?;
         Ok(ReadyFd {
@@ -130,15 +182,16 @@ impl ReadyFd {
     /// Registers interest: the fd turns readable at the next notify of the
     /// ring (or its close, or the watched peer's death). Re-check the ring
     /// after this call and before waiting on the fd. Arming while armed
-    /// does nothing.
+    /// does nothing; two threads arming at once register one waiter.
     pub fn arm(&self) {
         let s = &self.shared;
         if s.state.load(Ordering::Acquire) == ARMED {
             return;
         }
         // Registered here, in the caller's thread, so the caller's re-check
-        // that follows closes the race (see `wait`'s eventcount).
-        let key = s.ec().prepare();
+        // that follows closes the race (see `wait`'s eventcount). The
+        // registration is this endpoint's bit: arming twice sets it twice.
+        let key = s.ec().prepare(s.waiter);
         s.key.store(key, Ordering::Relaxed);
         s.registered.store(1, Ordering::Relaxed);
         s.state.store(ARMED, Ordering::Release);
@@ -180,7 +233,7 @@ fn helper(s: &Shared) {
         match s.state.load(Ordering::Acquire) {
             STOP => {
                 if s.registered.swap(0, Ordering::AcqRel) == 1 {
-                    s.ec().unregister();
+                    s.ec().unregister(s.waiter);
                 }
                 return;
             }
@@ -193,21 +246,23 @@ fn helper(s: &Shared) {
         let key = s.key.load(Ordering::Relaxed);
         let ec = s.ec();
         let mut stop = false;
+        let armed_at = Instant::now();
+        let slice = match s.recheck {
+            Recheck::MpmcHead { every } => SLICE.min(every).max(Duration::from_millis(1)),
+            Recheck::WriterLease => SLICE,
+        };
         while !ec.changed(key) {
-            ec.sleep(key, SLICE);
+            ec.sleep(key, slice);
             if s.state.load(Ordering::Acquire) == STOP {
                 stop = true;
                 break;
             }
-            if ec.changed(key) {
-                break;
-            }
-            if s.peer.is_some_and(|p| !p.is_alive()) {
+            if ec.changed(key) || s.recheck_due(armed_at) {
                 break;
             }
         }
         s.registered.store(0, Ordering::Release);
-        ec.unregister();
+        ec.unregister(s.waiter);
         if stop {
             return;
         }

@@ -79,6 +79,14 @@ macro_rules! atomic_int {
             pub(crate) fn fetch_sub(&self, v: $t, o: Ordering) -> $t {
                 self.0.fetch_sub(v, o)
             }
+            #[inline(always)]
+            pub(crate) fn fetch_or(&self, v: $t, o: Ordering) -> $t {
+                self.0.fetch_or(v, o)
+            }
+            #[inline(always)]
+            pub(crate) fn fetch_and(&self, v: $t, o: Ordering) -> $t {
+                self.0.fetch_and(v, o)
+            }
         }
     };
 }

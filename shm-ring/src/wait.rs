@@ -21,7 +21,8 @@
 
 use crate::error::{Error, Result};
 use crate::futex;
-use crate::sync::{fence, spin_hint, AtomicBool, AtomicU32, Ordering};
+use crate::layout::MAX_SLOTS;
+use crate::sync::{fence, spin_hint, AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -240,12 +241,50 @@ impl Spinner {
     }
 }
 
-/// A futex eventcount: a sequence word to sleep on and a waiter count.
+/// Words of an eventcount's waiter map: two bits per participant slot (one
+/// for a blocking waiter, one for its [`ReadyFd`](crate::ReadyFd)), plus a
+/// word for the ring's owner (the broadcast writer).
+pub(crate) const WAITER_WORDS: usize = (2 * MAX_SLOTS as usize) / 64 + 1;
+/// The owner's word in the map.
+const OWNER_WORD: usize = WAITER_WORDS - 1;
+
+/// One waiter's bit in an eventcount's waiter map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Waiter(usize);
+
+impl Waiter {
+    /// A blocking call of the participant in slot `i` (counted from the
+    /// first slot that waits on this eventcount).
+    pub(crate) const fn blocking(i: usize) -> Self {
+        Waiter(2 * i)
+    }
+    /// The [`ReadyFd`](crate::ReadyFd) helper of the participant in slot `i`.
+    pub(crate) const fn ready(i: usize) -> Self {
+        Waiter(2 * i + 1)
+    }
+    /// The ring's owner (the broadcast writer).
+    pub(crate) const fn owner() -> Self {
+        Waiter(OWNER_WORD * 64)
+    }
+    #[inline]
+    fn word_bit(self) -> (usize, u64) {
+        (self.0 / 64, 1u64 << (self.0 % 64))
+    }
+}
+
+/// A futex eventcount: a sequence word to sleep on, and a map with one bit
+/// per registered waiter.
+///
+/// A map rather than a count, so that it can be repaired: a waiter that
+/// dies while registered leaves its bit set, and whoever takes its slot over
+/// (or evicts it) clears that bit ([`clear_slot`](Self::clear_slot)). A
+/// leaked count would make every later notify a system call, forever.
 #[derive(Debug)]
 #[repr(C)]
 pub(crate) struct EventCount {
     seq: AtomicU32,
-    waiters: AtomicU32,
+    _pad: AtomicU32,
+    map: [AtomicU64; WAITER_WORDS],
 }
 
 impl EventCount {
@@ -253,15 +292,17 @@ impl EventCount {
     pub(crate) fn new() -> Self {
         EventCount {
             seq: AtomicU32::new(0),
-            waiters: AtomicU32::new(0),
+            _pad: AtomicU32::new(0),
+            map: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 
-    /// Registers a waiter; the caller must re-check its condition after this
-    /// and before [`sleep`](Self::sleep).
-    pub(crate) fn prepare(&self) -> u32 {
+    /// Registers waiter `w`; the caller must re-check its condition after
+    /// this and before [`sleep`](Self::sleep).
+    pub(crate) fn prepare(&self, w: Waiter) -> u32 {
         let key = self.seq.load(Ordering::Acquire);
-        self.waiters.fetch_add(1, Ordering::Relaxed);
+        let (i, bit) = w.word_bit();
+        self.map[i].fetch_or(bit, Ordering::Relaxed);
         // SYNC: pairs with the fence in `notify` (Dekker): either the notifier
         // sees our registration, or our re-check sees its publication.
         fence(Ordering::SeqCst);
@@ -277,19 +318,58 @@ impl EventCount {
         futex::wait(&self.seq, key, Some(slice));
     }
 
-    pub(crate) fn unregister(&self) {
-        self.waiters.fetch_sub(1, Ordering::Relaxed);
+    /// Withdraws waiter `w`.
+    pub(crate) fn unregister(&self, w: Waiter) {
+        let (i, bit) = w.word_bit();
+        self.map[i].fetch_and(!bit, Ordering::Relaxed);
     }
 
-    /// Wakes every sleeper if there is one. Call after publishing with Release.
+    /// Clears both bits of slot `i` (relative as in [`Waiter::blocking`]):
+    /// called when the slot is claimed or its owner evicted, so a waiter
+    /// that died registered costs nothing afterwards.
+    pub(crate) fn clear_slot(&self, i: usize) {
+        let (w, bit) = Waiter::blocking(i).word_bit();
+        if w < OWNER_WORD {
+            self.map[w].fetch_and(!(bit | bit << 1), Ordering::Relaxed);
+        }
+    }
+
+    /// Clears the owner's bit (its owner died registered).
+    pub(crate) fn clear_owner(&self) {
+        self.map[OWNER_WORD].store(0, Ordering::Relaxed);
+    }
+
+    /// Whether any waiter among the first `slots` slots (or the owner) is
+    /// registered. Reads one word per 32 slots.
     #[inline]
-    pub(crate) fn notify(&self) {
+    fn anyone(&self, slots: usize) -> bool {
+        let words = (2 * slots).div_ceil(64).min(OWNER_WORD);
+        self.map[OWNER_WORD].load(Ordering::Relaxed) != 0
+            || self.map[..words]
+                .iter()
+                .any(|m| m.load(Ordering::Relaxed) != 0)
+    }
+
+    /// Wakes every sleeper if there is one among the first `slots` slots
+    /// (or the owner). Call after publishing with Release. Returns `true`
+    /// when a waiter bit was set but the wake found nobody asleep: a hint
+    /// (after many in a row) that a waiter died registered, see
+    /// [`repair_waiters`](crate::peer::repair_waiters).
+    #[inline]
+    pub(crate) fn notify(&self, slots: usize) -> bool {
         // SYNC: pairs with the fence in `prepare`.
         fence(Ordering::SeqCst);
-        if self.waiters.load(Ordering::Relaxed) != 0 {
+        if self.anyone(slots) {
             self.seq.fetch_add(1, Ordering::Release);
-            futex::wake(&self.seq, u32::MAX);
+            return futex::wake(&self.seq, u32::MAX) == 0;
         }
+        false
+    }
+
+    /// Whether either bit of slot `i` (relative) is set.
+    pub(crate) fn slot_registered(&self, i: usize) -> bool {
+        let (w, bit) = Waiter::blocking(i).word_bit();
+        w < OWNER_WORD && self.map[w].load(Ordering::Relaxed) & (bit | bit << 1) != 0
     }
 
     /// Wakes every sleeper without moving the sequence (they re-check and
@@ -304,6 +384,17 @@ impl EventCount {
         self.seq.fetch_add(1, Ordering::Release);
         fence(Ordering::SeqCst);
         futex::wake(&self.seq, u32::MAX);
+    }
+
+    /// How many waiters among the first `slots` slots (and the owner) are
+    /// registered.
+    pub(crate) fn registered(&self, slots: usize) -> u32 {
+        let words = (2 * slots).div_ceil(64).min(OWNER_WORD);
+        self.map[..words]
+            .iter()
+            .chain(std::iter::once(&self.map[OWNER_WORD]))
+            .map(|m| m.load(Ordering::Relaxed).count_ones())
+            .sum()
     }
 }
 
@@ -320,6 +411,7 @@ pub(crate) struct Stalled {
 pub(crate) fn block_on<T>(
     spinner: &mut Spinner,
     ec: &EventCount,
+    me: Waiter,
     deadline: &Deadline<'_>,
     check_every: Duration,
     mut poll: impl FnMut() -> Result<Option<T>>,
@@ -362,23 +454,23 @@ pub(crate) fn block_on<T>(
 
     // Park phase.
     loop {
-        let key = ec.prepare();
+        let key = ec.prepare(me);
         match poll() {
             Ok(Some(v)) => {
-                ec.unregister();
+                ec.unregister(me);
                 spinner.record_parked(t0.elapsed());
                 return Ok(v);
             }
             Ok(None) => {}
             Err(e) => {
-                ec.unregister();
+                ec.unregister(me);
                 return Err(e);
             }
         }
         let now = Instant::now();
         let slice = deadline.slice(now, next_check.saturating_duration_since(now));
         ec.sleep(key, slice);
-        ec.unregister();
+        ec.unregister(me);
         if let Some(v) = poll()? {
             spinner.record_parked(t0.elapsed());
             return Ok(v);
@@ -429,6 +521,7 @@ mod tests {
         let r: Result<()> = block_on(
             &mut sp,
             &ec,
+            Waiter::blocking(0),
             &d,
             Duration::from_millis(100),
             || Ok(None),

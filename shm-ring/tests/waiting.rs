@@ -132,8 +132,11 @@ fn closed_mpmc_ring_drains_then_reports_closed() {
     assert!(matches!(c.take(), Err(Error::Closed)));
 }
 
+/// Issue 6 item 2: with a stall timeout, a live reader that holds a guard
+/// is never evicted and its bytes never change; the writer's wait ends with
+/// `Stalled` naming it instead.
 #[test]
-fn a_stalled_live_reader_is_evicted_after_the_stall_timeout() {
+fn a_stalled_live_reader_ends_the_writers_wait_and_keeps_its_bytes() {
     use shoal_shm_ring::PeerOptions;
     let peer = PeerOptions::default()
         .liveness_interval(Duration::from_millis(10))
@@ -143,19 +146,33 @@ fn a_stalled_live_reader_is_evicted_after_the_stall_timeout() {
     let mut slow = BroadcastReader::attach(&w.handle()).unwrap();
     let mut fast = BroadcastReader::attach(&w.handle()).unwrap();
     w.wait_for_readers(2, Wait::no_wait()).unwrap();
-    // Fill the ring; the fast reader keeps up, the slow one never reads.
+    w.send(&[7u8; 1000]).unwrap();
+    let held = slow.recv().unwrap(); // held across everything below
+    assert_eq!(&*fast.recv().unwrap(), &[7u8; 1000][..]);
     let t0 = Instant::now();
-    for i in 0..200u32 {
-        w.send_with(&i.to_le_bytes(), Wait::timeout(Duration::from_secs(5)))
-            .unwrap();
-        let g = fast.recv_with(Wait::no_wait()).unwrap();
-        assert_eq!(&*g, &i.to_le_bytes());
-    }
-    // The writer went on after about one stall timeout, not forever.
+    let mut sent = 0u32;
+    let err = loop {
+        match w.send_with(&[9u8; 1000], Wait::timeout(Duration::from_secs(5))) {
+            Ok(()) => {
+                sent += 1;
+                assert_eq!(&*fast.recv().unwrap(), &[9u8; 1000][..]);
+            }
+            Err(e) => break e,
+        }
+        assert!(sent < 100, "the writer overwrote a held record");
+    };
+    assert!(
+        matches!(err, Error::Stalled { role: "reader", slot: 0, pid, .. } if pid == std::process::id()),
+        "{err:?}"
+    );
     assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
-    assert_eq!(w.active_readers(), 1);
-    assert!(matches!(
-        slow.recv_with(Wait::no_wait()),
-        Err(Error::Evicted)
-    ));
+    assert!(held.iter().all(|&b| b == 7), "bytes changed under a guard");
+    assert_eq!(w.active_readers(), 2);
+    drop(held);
+    // Released: the writer goes on, and the slow reader gets every record.
+    w.send_with(&[9u8; 1000], Wait::timeout(Duration::from_secs(5)))
+        .unwrap();
+    for _ in 0..=sent {
+        assert_eq!(&*slow.recv().unwrap(), &[9u8; 1000][..]);
+    }
 }

@@ -10,8 +10,22 @@ use std::time::{Duration, Instant};
 
 /// Spawns this test binary as a child running `role` with `args`.
 pub fn spawn(role: &str, args: &[String]) -> Peer {
+    spawn_wrapped(&[], role, args)
+}
+
+/// Like [`spawn`], but runs the child under the command `wrapper` (for
+/// example `["unshare", "--pid", "--fork"]`) with the test binary appended.
+pub fn spawn_wrapped(wrapper: &[&str], role: &str, args: &[String]) -> Peer {
     let exe = std::env::current_exe().expect("current_exe");
-    let mut child = Command::new(exe)
+    let mut cmd = match wrapper.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
+    let mut child = cmd
         .args(["--exact", "child_main", "--nocapture", "--test-threads=1"])
         .env("SHOAL_TEST_ROLE", role)
         .env("SHOAL_TEST_ARGS", args.join("\x1f"))

@@ -1,0 +1,147 @@
+//! Records larger than the ring: overflow segments (issue 6 items 5, 8 and
+//! the overflow-cost target).
+
+use shoal_shm_ring::{BroadcastConfig, BroadcastReader, BroadcastWriter, Wait};
+use std::time::Duration;
+
+const SEC: Duration = Duration::from_secs(1);
+
+/// Issue 6 item 8: overflow names are unguessable, so another local user
+/// who pre-creates the names a predictable scheme would use next cannot
+/// make large sends fail.
+#[test]
+fn squatted_predictable_overflow_names_do_not_block_large_sends() {
+    let mut w = BroadcastWriter::create(&BroadcastConfig::new(1 << 14, 1)).unwrap();
+    let mut r = BroadcastReader::attach(&w.handle()).unwrap();
+    w.wait_for_readers(1, Wait::no_wait()).unwrap();
+    let ring = w.handle().name().to_string();
+    // What the old scheme `<ring>.o<seq>` would have used next.
+    let squatted: Vec<String> = (0..4u64)
+        .map(|seq| format!("/dev/shm/{ring}.o{seq:016x}"))
+        .collect();
+    for p in &squatted {
+        std::fs::write(p, b"squatter").unwrap();
+    }
+    for i in 0..4u8 {
+        let big = vec![i; 64 << 10];
+        w.send_with(&big, Wait::timeout(5 * SEC)).unwrap();
+        let g = r.recv_with(Wait::timeout(5 * SEC)).unwrap();
+        assert_eq!(g.len(), big.len());
+        assert!(g.iter().all(|&b| b == i));
+    }
+    for p in &squatted {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+fn overflow_files(ring: &str) -> usize {
+    std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(&format!("{ring}.o")))
+        })
+        .count()
+}
+
+fn pattern(seq: u32, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(31).wrapping_add(seq) as u8)
+        .collect()
+}
+
+/// The overflow-cost item: a stream of 1-2 MiB records through a 1 MiB
+/// ring reuses a bounded set of overflow segments instead of making a file
+/// per record, and every record arrives intact.
+#[test]
+fn a_stream_of_large_records_recycles_a_bounded_set_of_segments() {
+    let mut w = BroadcastWriter::create(&BroadcastConfig::new(1 << 20, 2)).unwrap();
+    let h = w.handle();
+    let ring = h.name().to_string();
+    let mut r = BroadcastReader::attach(&h).unwrap();
+    w.wait_for_readers(1, Wait::no_wait()).unwrap();
+    const N: u32 = 200;
+    let sizes = |i: u32| (1 << 20) + ((i as usize * 7919) % (1 << 20));
+    let reader = std::thread::spawn(move || {
+        for i in 0..N {
+            let g = r.recv_with(Wait::timeout(10 * SEC)).unwrap();
+            assert_eq!(g.len(), sizes(i));
+            assert_eq!(&*g, &pattern(i, sizes(i))[..], "record {i} damaged");
+            assert_eq!(
+                g.as_ptr() as usize % 4096,
+                0,
+                "overflow payloads are page-aligned"
+            );
+        }
+        r
+    });
+    let mut most = 0;
+    for i in 0..N {
+        let p = pattern(i, sizes(i));
+        w.send_with(&p, Wait::timeout(10 * SEC)).unwrap();
+        most = most.max(overflow_files(&ring));
+    }
+    let r = reader.join().unwrap();
+    assert!(most <= 24, "{most} overflow files at once");
+    drop(w);
+    drop(r);
+    assert_eq!(overflow_files(&ring), 0, "files left after everyone left");
+}
+
+/// Issue 6 item 5: records a closing writer leaves unread survive
+/// `cleanup_stale` while a reader drains them, and the last reader out
+/// removes their files.
+#[test]
+fn unread_large_records_survive_the_writer_and_go_with_the_last_reader() {
+    let mut w = BroadcastWriter::create(&BroadcastConfig::new(1 << 14, 1)).unwrap();
+    let h = w.handle();
+    let ring = h.name().to_string();
+    let mut r = BroadcastReader::attach(&h).unwrap();
+    w.wait_for_readers(1, Wait::no_wait()).unwrap();
+    for i in 0..3 {
+        w.send(&pattern(i, 100_000)).unwrap();
+    }
+    drop(w); // waits 200 ms for the reader, then leaves the files to it
+    shoal_shm_ring::cleanup_stale().unwrap();
+    for i in 0..3 {
+        let g = r.recv_with(Wait::timeout(5 * SEC)).unwrap();
+        assert_eq!(&*g, &pattern(i, 100_000)[..]);
+    }
+    assert!(matches!(
+        r.recv_with(Wait::no_wait()),
+        Err(shoal_shm_ring::Error::Closed)
+    ));
+    drop(r);
+    assert_eq!(overflow_files(&ring), 0);
+}
+
+/// Issue 6 items 5 and 12(b): an MPMC producer that sent a large record
+/// and left keeps it for the consumers (through `cleanup_stale` too); a
+/// record nobody took dies with the ring.
+#[test]
+fn mpmc_large_records_outlive_their_producer_but_not_the_ring() {
+    use shoal_shm_ring::{MpmcConfig, MpmcRing};
+    let ring = MpmcRing::create(&MpmcConfig::new(1 << 14, 2, 1)).unwrap();
+    let name = ring.handle().name().to_string();
+    let mut c = ring.consumer().unwrap();
+    {
+        let mut p = ring.producer().unwrap();
+        p.send(&pattern(1, 50_000)).unwrap();
+        p.send(&pattern(2, 50_000)).unwrap();
+    }
+    shoal_shm_ring::cleanup_stale().unwrap();
+    assert_eq!(
+        &*c.take_with(Wait::timeout(5 * SEC)).unwrap(),
+        &pattern(1, 50_000)[..]
+    );
+    assert_eq!(overflow_files(&name), 1, "the untaken record's file");
+    drop(c);
+    drop(ring);
+    assert_eq!(
+        overflow_files(&name),
+        0,
+        "an untaken record outlived its ring"
+    );
+}
