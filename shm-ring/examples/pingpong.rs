@@ -322,7 +322,7 @@ impl Phases {
         if !self.measuring {
             self.done += 1;
             if self.done >= self.warmup
-                || (self.done % 64 == 0 && self.since.elapsed() > WARMUP_CAP)
+                || (self.done.is_multiple_of(64) && self.since.elapsed() > WARMUP_CAP)
             {
                 self.measuring = true;
                 self.since = Instant::now();
@@ -331,7 +331,7 @@ impl Phases {
         }
         self.rtts.push(rtt.as_nanos() as u64);
         let n = self.rtts.len();
-        n < self.iters as usize && !(n % 64 == 0 && self.since.elapsed() > TIME_CAP)
+        n < self.iters as usize && !(n.is_multiple_of(64) && self.since.elapsed() > TIME_CAP)
     }
 }
 
@@ -483,7 +483,7 @@ fn floor_rtts(pin: bool) -> BoxResult<(Vec<u64>, String)> {
             spin_loop();
             spins = spins.wrapping_add(1);
             // SAFETY: getppid has no preconditions.
-            if spins % (1 << 20) == 0 && unsafe { libc::getppid() } as u32 != parent {
+            if spins.is_multiple_of(1 << 20) && unsafe { libc::getppid() } as u32 != parent {
                 // SAFETY: ends the child at once, running no destructor or atexit handler.
                 unsafe { libc::_exit(1) };
             }
@@ -501,7 +501,7 @@ fn floor_rtts(pin: bool) -> BoxResult<(Vec<u64>, String)> {
         while pong.load(Ordering::Acquire) != i {
             spin_loop();
             spins = spins.wrapping_add(1);
-            if spins % (1 << 20) == 0 {
+            if spins.is_multiple_of(1 << 20) {
                 let mut st = 0;
                 // SAFETY: `pid` is our child; WNOHANG makes this a poll.
                 if unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) } != 0 {

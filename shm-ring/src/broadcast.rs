@@ -360,6 +360,8 @@ pub struct BroadcastReader {
     core: ReaderCore<ShmMem<BroadcastControl>>,
     /// Mappings of overflow segments this reader has read from.
     overflow: OverflowCache,
+    /// Set while a `ReadyFd` of this reader exists.
+    ready_taken: std::sync::Arc<crate::sync::AtomicBool>,
 }
 
 impl std::fmt::Debug for BroadcastReader {
@@ -393,6 +395,7 @@ impl BroadcastReader {
         Ok(BroadcastReader {
             core: ReaderCore::join(mem, ProcessId::current(), opts.peer)?,
             overflow: OverflowCache::new(),
+            ready_taken: Default::default(),
         })
     }
 
@@ -400,6 +403,8 @@ impl BroadcastReader {
     /// async runtimes; see [`ReadyFd`](crate::ReadyFd) for the protocol.
     /// It also turns readable when the writer dies (check
     /// [`writer_alive`](Self::writer_alive) after a wake with nothing to read).
+    /// One per reader at a time: a second call while the first lives fails
+    /// with [`Error::InvalidConfig`].
     ///
     /// ```
     /// use shoal_shm_ring::{BroadcastConfig, BroadcastReader, BroadcastWriter, Wait};
@@ -419,11 +424,15 @@ impl BroadcastReader {
     /// ```
     pub fn ready_fd(&self) -> Result<crate::ReadyFd> {
         let seg = Segment::attach(self.core.mem.seg.name(), SegmentKind::Broadcast)?;
+        let t = self.core.token();
         crate::ReadyFd::new(
             seg,
             std::mem::offset_of!(BroadcastControl, data_ec),
-            crate::wait::Waiter::ready(self.core.slot_index()),
+            crate::wait::Waiter::ready(t.index),
             crate::ready::Recheck::WriterLease,
+            crate::ready::slot_own_offset::<BroadcastControl>(t.index),
+            t.gen,
+            self.ready_taken.clone(),
         )
     }
 
@@ -475,13 +484,14 @@ impl BroadcastReader {
                 Ok(v) => v,
                 Err(e) => {
                     // Skip the record we cannot map, rather than wedge on it.
-                    self.core.release(g.next);
+                    self.core.release(g.next, true);
                     return Err(e);
                 }
             };
             return Ok(ReadGuard {
                 reader: self,
                 next: g.next,
+                urgent: true,
                 ptr,
                 len,
             });
@@ -489,6 +499,7 @@ impl BroadcastReader {
         Ok(ReadGuard {
             reader: self,
             next: g.next,
+            urgent: false,
             ptr: payload,
             len: g.len as usize,
         })
@@ -518,6 +529,8 @@ impl Drop for BroadcastReader {
 pub struct ReadGuard<'a> {
     reader: &'a mut BroadcastReader,
     next: u64,
+    /// An overflow record: tell the writer at once when it is released.
+    urgent: bool,
     ptr: *const u8,
     len: usize,
 }
@@ -541,7 +554,7 @@ impl Deref for ReadGuard<'_> {
 
 impl Drop for ReadGuard<'_> {
     fn drop(&mut self) {
-        self.reader.core.release(self.next);
+        self.reader.core.release(self.next, self.urgent);
     }
 }
 

@@ -12,11 +12,17 @@
 //!   reader that moves on never reads stale payload bytes as a header.
 //! - SYNC W(commit)/R(commit): the writer fills header fields and payload,
 //!   then stores `commit = pos | DATA` with Release; a reader Acquire-loads it.
-//! - SYNC W(release)/R(release): a reader moves its cursor with a Release
-//!   CAS when it drops a record; the writer Acquire-loads cursors before
-//!   reusing lines. The CAS compares the generation tag in the cursor word,
-//!   so a reader that lost its slot cannot move the cursor of the slot's
-//!   next owner.
+//! - SYNC W(release)/R(release): a reader moves its published cursor with a
+//!   Release CAS; the writer Acquire-loads cursors before reusing lines. The
+//!   CAS compares the generation tag in the cursor word, so a reader that
+//!   lost its slot cannot move the cursor of the slot's next owner.
+//! - Publishing is lazy while records keep coming: a reader publishes when
+//!   the record it releases is the last one committed (so a reader that
+//!   caught up, and then stops calling, holds nothing back), once it
+//!   released an eighth of the ring since its last publication, right
+//!   after an overflow record (so the writer can recycle its segment), and
+//!   whenever the writer says it waits for space (`want_space`, set until a
+//!   wait succeeds, checked on every release and every empty poll).
 //! - Joining: a reader takes its slot's lease, claims the slot (generation
 //!   and state in one CAS) and marks it PENDING; at its next reservation the
 //!   writer sets the cursor to its own position and marks the slot ACTIVE
@@ -119,13 +125,17 @@ fn evict<M: RingMem<Control = BroadcastControl>>(
         gen: o.gen,
         state: slot::FREE,
     };
+    // The dead owner's waiter bits, as they are before the slot is freed: a
+    // new owner that claims it afterwards changes that word, and the clear
+    // below then leaves its registration alone.
+    let bits = mem.ctrl().data_ec.slot_word(i);
     let ok = mem
         .slot(i)
         .own
         .compare_exchange(w, free.pack(), Ordering::AcqRel, Ordering::Relaxed)
         .is_ok();
     if ok {
-        mem.ctrl().data_ec.clear_slot(i);
+        mem.ctrl().data_ec.clear_slot_if(i, bits);
         log::warn!(
             "shoal broadcast {}: evicted reader slot {i} (pid {}): {why} ({value:#x})",
             mem.label(),
@@ -164,6 +174,7 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
     }
 
     /// Activates readers that joined since the last call.
+    #[inline]
     fn process_joins(&mut self) {
         let j = self.mem.ctrl().status.joins.load(Ordering::Acquire);
         if j == self.joins_seen {
@@ -175,6 +186,7 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
 
     /// Reserves room for a record of up to `max_len` payload bytes
     /// (`max_len <= max_inline()`), waiting for readers to release space.
+    #[inline]
     pub(crate) fn reserve(&mut self, max_len: u64, wait: &Wait<'_>) -> Result<Resv> {
         debug_assert!(max_len <= self.max_inline());
         let cap = self.mem.capacity();
@@ -187,6 +199,15 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
             (self.pos, false)
         };
         self.wait_until_free(start + size + RECORD_ALIGN as u64, wait)?;
+        // Clear the commit word after the record now (the line is free:
+        // checked just above), not at commit: a store that misses in the
+        // cache delays every later store's visibility, and the commit's is
+        // the one the reader waits for. The payload writes in between hide
+        // the miss.
+        self.mem
+            .header(start + size)
+            .commit
+            .store(0, Ordering::Relaxed);
         Ok(Resv {
             start,
             pad,
@@ -197,10 +218,16 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
     /// Blocks until every active reader released everything before
     /// `need - capacity`. A dead reader is evicted; a live one that holds
     /// the wait up past `stall_timeout` ends it with [`Error::Stalled`].
+    #[inline]
     pub(crate) fn wait_until_free(&mut self, need: u64, wait: &Wait<'_>) -> Result<()> {
         if need <= self.limit {
             return Ok(());
         }
+        self.wait_until_free_slow(need, wait)
+    }
+
+    #[inline(never)]
+    fn wait_until_free_slow(&mut self, need: u64, wait: &Wait<'_>) -> Result<()> {
         let cap = self.mem.capacity();
         self.limit = scan_min(&self.mem, self.pos) + cap;
         if need <= self.limit {
@@ -213,6 +240,9 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
         let opts = self.opts;
         let logged = Cell::new(false);
         let floor = need - cap;
+        // Readers publish lazily; ask them for their positions now.
+        let status = &mem.ctrl().status;
+        status.want_space.store(1, Ordering::Relaxed);
         block_on(
             &mut self.spinner,
             &mem.ctrl().space_ec,
@@ -224,25 +254,33 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
                 Ok((need <= *limit).then_some(()))
             },
             |stalled| check_blockers(mem, floor, stalled.waited, &opts, &logged),
-        )
+        )?;
+        // Only once satisfied: a writer that gave up (no_wait, timeout)
+        // still wants the space when it tries again.
+        status.want_space.store(0, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Pointer to the payload of `r`.
+    #[inline]
     pub(crate) fn payload(&self, r: &Resv) -> *mut u8 {
         self.mem.data(r.start + RECORD_HEADER as u64)
     }
 
     /// Publishes `r` with a `len`-byte payload (`len <= r.max_len`) as `state`
     /// (`DATA` or `OVERFLOW`), and wakes sleeping readers.
+    #[inline]
     pub(crate) fn commit(&mut self, r: Resv, len: u64, state: u64) {
         debug_assert!(len <= r.max_len);
         let end = r.start + record_size(len);
         let h = self.mem.header(r.start);
         h.len.store(len as u32, Ordering::Relaxed);
-        h.aux.store(0, Ordering::Relaxed);
-        // Clear the next record's commit word (free: `reserve` checked the
-        // extra line) before publishing this one.
-        self.mem.header(end).commit.store(0, Ordering::Relaxed);
+        // The next record's commit word must read "not written" before this
+        // one is published: `reserve` cleared it for a full-size record; a
+        // shorter one ends earlier, inside the reservation.
+        if end != r.start + record_size(r.max_len) {
+            self.mem.header(end).commit.store(0, Ordering::Relaxed);
+        }
         // SYNC W(commit): pairs with the reader's Acquire load of `commit`.
         h.commit.store(rec::word(r.start, state), Ordering::Release);
         if r.pad {
@@ -435,6 +473,8 @@ struct ReaderState {
     cursor: u64,
     /// The cursor word as this reader last wrote (or was given) it.
     published: u64,
+    /// Publish after releasing this many bytes (an eighth of the ring).
+    publish_every: u64,
     active: bool,
     /// Set when this reader found its slot no longer its own.
     evicted: bool,
@@ -449,12 +489,14 @@ impl<M: RingMem<Control = BroadcastControl>> ReaderCore<M> {
         mem.ctrl().status.joins.fetch_add(1, Ordering::Release);
         // A writer waiting for readers sleeps on the space eventcount.
         mem.ctrl().space_ec.notify(0);
+        let publish_every = mem.capacity() / 8;
         Ok(ReaderCore {
             mem,
             st: ReaderState {
                 token,
                 cursor: 0,
                 published: 0,
+                publish_every,
                 active: false,
                 evicted: false,
             },
@@ -469,12 +511,12 @@ impl<M: RingMem<Control = BroadcastControl>> ReaderCore<M> {
     }
 
     /// The slot and generation this reader claimed.
-    #[cfg(loom)]
     pub(crate) fn token(&self) -> SlotToken {
         self.st.token
     }
 
     /// Looks for the next record without waiting.
+    #[inline]
     pub(crate) fn poll(&mut self) -> Result<Option<Got>> {
         if self.st.evicted {
             return Err(Error::Evicted);
@@ -517,24 +559,19 @@ impl<M: RingMem<Control = BroadcastControl>> ReaderCore<M> {
         )
     }
 
-    /// Releases everything before `next` (the record just read) to the writer.
-    pub(crate) fn release(&mut self, next: u64) {
+    /// Releases everything before `next` (the record just read); tells the
+    /// writer now if `urgent` (an overflow record, whose segment the writer
+    /// recycles), else lazily (see the module documentation).
+    #[inline]
+    pub(crate) fn release(&mut self, next: u64, urgent: bool) {
         let st = &mut self.st;
         st.cursor = next;
-        let s = self.mem.slot(st.token.index);
-        let word = tagged(next, st.token.gen);
-        // SYNC W(release): pairs with the writer's Acquire load of cursors.
-        // A CAS against our last word: it fails if the slot changed hands.
-        match s
-            .cursor
-            .compare_exchange(st.published, word, Ordering::Release, Ordering::Relaxed)
+        if urgent
+            || next - untag(st.published) >= st.publish_every
+            || self.mem.ctrl().status.want_space.load(Ordering::Relaxed) != 0
+            || !committed_at(&self.mem, next)
         {
-            Ok(_) => st.published = word,
-            Err(_) => st.evicted = true,
-        }
-        self.mem.ctrl().space_ec.notify(0);
-        if st.token.owns(s).is_none() {
-            st.evicted = true;
+            st.publish(&self.mem);
         }
     }
 
@@ -547,7 +584,27 @@ impl<M: RingMem<Control = BroadcastControl>> ReaderCore<M> {
 }
 
 impl ReaderState {
+    /// Publishes the cursor to the writer.
+    fn publish<M: RingMem<Control = BroadcastControl>>(&mut self, mem: &M) {
+        let s = mem.slot(self.token.index);
+        let word = tagged(self.cursor, self.token.gen);
+        // SYNC W(release): pairs with the writer's Acquire load of cursors.
+        // A CAS against our last word: it fails if the slot changed hands.
+        match s
+            .cursor
+            .compare_exchange(self.published, word, Ordering::Release, Ordering::Relaxed)
+        {
+            Ok(_) => self.published = word,
+            Err(_) => self.evicted = true,
+        }
+        mem.ctrl().space_ec.notify(0);
+        if self.token.owns(s).is_none() {
+            self.evicted = true;
+        }
+    }
+
     /// One look at the ring at the cursor.
+    #[inline]
     fn poll_ring<M: RingMem<Control = BroadcastControl>>(
         &mut self,
         mem: &M,
@@ -587,10 +644,13 @@ impl ReaderState {
             let c = h.commit.load(Ordering::Acquire);
             if c == 0 || c & !rec::MASK != pos {
                 // Not written yet (cleared, or a word from an earlier lap).
-                // While we wait, ask for the line after the header too: a
-                // record's payload usually continues there, and fetching it now
-                // overlaps its transfer with the header's instead of following it.
-                prefetch(mem.data(pos + RECORD_ALIGN as u64));
+                // (No prefetch of the next line here: pulling a line the
+                // writer is about to write costs the writer an invalidation.)
+                if pos != untag(self.published)
+                    && mem.ctrl().status.want_space.load(Ordering::Relaxed) != 0
+                {
+                    self.publish(mem);
+                }
                 if self.token.owns(s).map(|o| o.state) != Some(slot::ACTIVE) {
                     self.evicted = true;
                     return Err(Error::Evicted);
@@ -620,7 +680,7 @@ impl ReaderState {
                 }
                 rec::PAD => {
                     let next = pos + RECORD_HEADER as u64 + len;
-                    if next % cap != 0 || next - pos > cap {
+                    if !next.is_multiple_of(cap) || next - pos > cap {
                         return Err(Error::corrupt(
                             mem.label(),
                             "pad length",
@@ -643,17 +703,12 @@ impl ReaderState {
     }
 }
 
-/// A read prefetch hint; no effect on memory contents or ordering.
-#[inline(always)]
-fn prefetch(p: *const u8) {
-    #[cfg(all(target_arch = "x86_64", not(loom)))]
-    // SAFETY: prefetch is only a hint: it never faults and never reads
-    // memory architecturally, whatever the address.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch(p.cast::<i8>(), std::arch::x86_64::_MM_HINT_T0)
-    };
-    #[cfg(not(all(target_arch = "x86_64", not(loom))))]
-    let _ = p;
+/// Whether a record (or pad) is committed at `pos`: one load of the line
+/// the reader reads next anyway.
+#[inline]
+fn committed_at<M: RingMem<Control = BroadcastControl>>(mem: &M, pos: u64) -> bool {
+    let c = mem.header(pos).commit.load(Ordering::Relaxed);
+    c != 0 && c & !rec::MASK == pos
 }
 
 fn closed_or_none<M: RingMem<Control = BroadcastControl>>(mem: &M) -> Result<Option<Got>> {
@@ -705,7 +760,7 @@ mod tests {
         let p = r.mem.data(g.pos + RECORD_HEADER as u64);
         // SAFETY: the record is committed and not yet released.
         let v = unsafe { std::slice::from_raw_parts(p, g.len as usize) }.to_vec();
-        r.release(g.next);
+        r.release(g.next, false);
         Some(v)
     }
 

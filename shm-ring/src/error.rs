@@ -231,6 +231,8 @@ impl Error {
     }
 
     /// A corrupt field of segment `segment`.
+    #[cold]
+    #[inline(never)]
     pub(crate) fn corrupt(
         segment: impl Into<SegmentLabel>,
         what: &'static str,

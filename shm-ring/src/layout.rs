@@ -183,7 +183,7 @@ pub(crate) const MAX_POSITION: u64 = 1 << 62;
 /// 64-byte aligned and far from overflowing when sizes are added to it.
 #[inline]
 pub(crate) fn valid_position(p: u64) -> bool {
-    p % RECORD_ALIGN as u64 == 0 && p < MAX_POSITION
+    p.is_multiple_of(RECORD_ALIGN as u64) && p < MAX_POSITION
 }
 
 /// The payload-format tag for `tag` (cut to [`FORMAT_TAG_LEN`] bytes).
@@ -310,6 +310,9 @@ pub(crate) struct StatusLine {
     pub closed: AtomicU32,
     /// Bumped by each joining reader; the writer then activates pending slots.
     pub joins: AtomicU32,
+    /// Nonzero while the writer waits for space: readers then publish
+    /// their cursors at once instead of every eighth of the ring.
+    pub want_space: AtomicU32,
 }
 
 /// Control lines of a broadcast ring, followed by `slots` reader slots.
@@ -336,6 +339,7 @@ impl BroadcastControl {
             status: CachePadded::new(StatusLine {
                 closed: AtomicU32::new(0),
                 joins: AtomicU32::new(0),
+                want_space: AtomicU32::new(0),
             }),
             data_ec: CachePadded::new(EventCount::new()),
             space_ec: CachePadded::new(EventCount::new()),
@@ -428,8 +432,8 @@ const _: () = {
     assert!(std::mem::size_of::<SegmentHeader>() <= HEADER_PAGE);
     assert!(std::mem::size_of::<RecordHeader>() == RECORD_HEADER);
     assert!(std::mem::size_of::<CachePadded<Slot>>() == CACHE_PAD);
-    assert!(std::mem::size_of::<BroadcastControl>() % CACHE_PAD == 0);
-    assert!(std::mem::size_of::<MpmcControl>() % CACHE_PAD == 0);
+    assert!(std::mem::size_of::<BroadcastControl>().is_multiple_of(CACHE_PAD));
+    assert!(std::mem::size_of::<MpmcControl>().is_multiple_of(CACHE_PAD));
 };
 
 #[cfg(all(test, not(loom)))]

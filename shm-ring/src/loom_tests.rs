@@ -45,7 +45,7 @@ fn loom_broadcast_every_record_in_order_with_backpressure_and_wrap() {
                 // SAFETY: committed and unreleased: the writer does not touch it.
                 let b = unsafe { *r.mem.data(g.pos + RECORD_HEADER as u64) };
                 assert_eq!(b, i as u8);
-                r.release(g.next);
+                r.release(g.next, false);
             }
         });
         for (i, &len) in SIZES.iter().enumerate() {
@@ -67,7 +67,7 @@ fn loom_broadcast_close_wakes_a_parked_reader() {
         w.wait_for_readers(1, &Wait::no_wait()).unwrap();
         let reader = loom::thread::spawn(move || {
             let g = r.recv(&Wait::forever()).unwrap();
-            r.release(g.next);
+            r.release(g.next, false);
             assert!(matches!(
                 r.recv(&Wait::forever()),
                 Err(crate::Error::Closed)
@@ -239,7 +239,7 @@ fn loom_racing_joins_and_a_takeover_give_distinct_slots() {
         w.commit(res, 8, rec::DATA);
         for r in &mut rs {
             let g = r.poll().unwrap().expect("an active reader sees the record");
-            r.release(g.next);
+            r.release(g.next, false);
         }
     });
 }
@@ -275,7 +275,7 @@ fn loom_eviction_races_a_takeover() {
         let g = r.poll().unwrap().expect("the new owner was activated");
         // SAFETY: committed and unreleased.
         assert_eq!(unsafe { *r.mem.data(g.pos + RECORD_HEADER as u64) }, 42);
-        r.release(g.next);
+        r.release(g.next, false);
     });
 }
 
@@ -315,5 +315,31 @@ fn loom_tombstone_races_a_late_commit() {
         } else {
             assert_eq!(got, 0, "a tombstoned record was delivered");
         }
+    });
+}
+
+/// Review finding: evicting a dead reader while a new owner takes the slot
+/// over must not clear the new owner's waiter registration.
+#[test]
+fn loom_eviction_keeps_the_new_owners_waiter_bit() {
+    loom::model(|| {
+        let mem = Arc::new(HeapMem::new(BroadcastControl::new(), 1, 256));
+        let mut w = WriterCore::new(mem.clone(), opts());
+        let dead = ReaderCore::join(mem.clone(), me(), opts()).unwrap();
+        w.wait_for_readers(1, &Wait::no_wait()).unwrap();
+        let _ = dead;
+        mem.kill(lease::slot_byte(0));
+        let m = mem.clone();
+        let joiner = loom::thread::spawn(move || {
+            let r = ReaderCore::join(m.clone(), me(), opts()).unwrap();
+            let _key = m.ctrl().data_ec.prepare(crate::wait::Waiter::ready(0));
+            r
+        });
+        w.evict_dead_now().unwrap();
+        let _r = joiner.join().unwrap();
+        assert!(
+            mem.ctrl().data_ec.slot_registered(0),
+            "the new owner's waiter bit was cleared"
+        );
     });
 }

@@ -353,6 +353,8 @@ pub struct MpmcConsumer {
     core: ConsumerCore<ShmMem<MpmcControl>>,
     /// The overflow segment the current guard reads from.
     current_ov: Option<Segment>,
+    /// Set while a `ReadyFd` of this consumer exists.
+    ready_taken: std::sync::Arc<crate::sync::AtomicBool>,
 }
 
 impl std::fmt::Debug for MpmcConsumer {
@@ -380,20 +382,27 @@ impl MpmcConsumer {
         Ok(MpmcConsumer {
             core: ConsumerCore::join(mem, &lay, ProcessId::current(), creator, peer)?,
             current_ov: None,
+            ready_taken: Default::default(),
         })
     }
 
     /// An eventfd that turns readable when this ring may have a record, for
     /// async runtimes; see [`ReadyFd`](crate::ReadyFd) for the protocol.
+    /// One per consumer at a time: a second call while the first lives
+    /// fails with [`Error::InvalidConfig`].
     pub fn ready_fd(&self) -> Result<crate::ReadyFd> {
         let seg = Segment::attach(self.core.mem.seg.name(), SegmentKind::Mpmc)?;
+        let t = self.core.token();
         crate::ReadyFd::new(
             seg,
             std::mem::offset_of!(MpmcControl, data_ec),
-            crate::wait::Waiter::ready(self.core.slot_index()),
+            crate::wait::Waiter::ready(t.index),
             crate::ready::Recheck::MpmcHead {
                 every: self.core.opts.orphan_timeout,
             },
+            crate::ready::slot_own_offset::<MpmcControl>(t.index),
+            t.gen,
+            self.ready_taken.clone(),
         )
     }
 

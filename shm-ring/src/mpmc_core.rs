@@ -161,8 +161,8 @@ impl<M: RingMem<Control = MpmcControl>> ProducerCore<M> {
                 r
             },
             |stalled| {
-                evict_dead(mem, 0..lay.0, |i| mem.ctrl().data_ec.clear_slot(i));
-                check_held_record(mem, stuck, stalled.waited, &opts, &logged)
+                evict_dead(mem, 0..lay.0, &mem.ctrl().data_ec, 0);
+                check_held_record(mem, lay, stuck, stalled.waited, &opts, &logged)
             },
         )
     }
@@ -245,11 +245,14 @@ impl<M: RingMem<Control = MpmcControl>> ProducerCore<M> {
 }
 
 /// Frees the ACTIVE slots in `range` whose lease is free (their process
-/// died) and clears their waiter bits with `clear`.
+/// died) and clears their waiter bits in `ec` (slot `i` is bit pair
+/// `i - first` there), without wiping a new owner's (see
+/// [`EventCount::clear_slot_if`](crate::wait::EventCount::clear_slot_if)).
 fn evict_dead<M: RingMem<Control = MpmcControl>>(
     mem: &M,
     range: std::ops::Range<usize>,
-    clear: impl Fn(usize),
+    ec: &crate::wait::EventCount,
+    first: usize,
 ) {
     for i in range {
         let s = mem.slot(i);
@@ -262,11 +265,12 @@ fn evict_dead<M: RingMem<Control = MpmcControl>>(
             gen: o.gen,
             state: slot::FREE,
         };
+        let bits = ec.slot_word(i - first);
         if s.own
             .compare_exchange(w, free.pack(), Ordering::AcqRel, Ordering::Relaxed)
             .is_ok()
         {
-            clear(i);
+            ec.clear_slot_if(i - first, bits);
             log::info!(
                 "shoal mpmc {}: freed slot {i} of dead pid {}",
                 mem.label(),
@@ -432,8 +436,14 @@ fn unlock<M: RingMem<Control = MpmcControl>>(mem: &M, mine: u32) {
     }
 }
 
-/// After taking the lock from a dead owner: finish the reservation it may
+/// After taking the lock from a dead holder: finish the reservation it may
 /// have half-made (headers written, `tail` not yet moved).
+///
+/// Any header at an absolute position at or past `tail` that carries its own
+/// position was written by the dead holder (nobody else writes there, and
+/// the holder cleared the word after its record first), whatever state
+/// consumers have moved it to since (they may have tombstoned, claimed and
+/// released it already): walk over at most a pad and a record.
 fn recover_reservation<M: RingMem<Control = MpmcControl>>(mem: &M) {
     let cap = mem.capacity();
     let l = &mem.ctrl().lock;
@@ -441,28 +451,32 @@ fn recover_reservation<M: RingMem<Control = MpmcControl>>(mem: &M) {
     if !valid_position(tail) {
         return;
     }
-    let h = mem.header(tail);
-    let c = h.commit.load(Ordering::Acquire);
-    let mut start = tail;
-    if c == rec::word(tail, rec::PAD) {
-        let len = u64::from(h.len.load(Ordering::Relaxed));
-        let next = tail + RECORD_HEADER as u64 + len;
-        if next % cap != 0 || next - tail > cap {
-            return;
+    let mut t = tail;
+    for _ in 0..2 {
+        let h = mem.header(t);
+        let c = h.commit.load(Ordering::Acquire);
+        if c == 0 || c & !rec::MASK != t {
+            break;
         }
-        start = next;
-    } else if c != rec::word(tail, rec::RESERVED) {
-        return;
+        // Pads fill whole lines, so `record_size` spans a pad as well.
+        let span = record_size(u64::from(h.len.load(Ordering::Relaxed)));
+        if span > cap || (t & (cap - 1)) + span > cap {
+            break; // a corrupt length: leave tail where it is
+        }
+        t += span;
     }
-    let hs = mem.header(start);
-    if hs.commit.load(Ordering::Acquire) & !rec::MASK != start {
-        return;
+    // Consumers may already have claimed past what we could read back.
+    let head = mem.ctrl().head.load(Ordering::Acquire);
+    if valid_position(head) && head > t && head - tail <= cap {
+        t = head;
     }
-    let len = u64::from(hs.len.load(Ordering::Relaxed));
-    if record_size(len) > cap / 2 {
-        return;
+    if t != tail {
+        log::warn!(
+            "shoal mpmc {}: finished a dead producer's reservation: tail {tail} -> {t}",
+            mem.label()
+        );
+        l.tail.store(t, Ordering::Relaxed);
     }
-    l.tail.store(start + record_size(len), Ordering::Relaxed);
 }
 
 /// Under the lock: reserve if there is room. `Ok(None)` means wait for space.
@@ -542,8 +556,20 @@ fn advance_reclaim<M: RingMem<Control = MpmcControl>>(
         let h = mem.header(r);
         // SYNC R(release): pairs with the consumer's Release CAS to RELEASED.
         let c = h.commit.load(Ordering::Acquire);
-        if c != rec::word(r, rec::RELEASED) && !release_orphan(mem, r, c, opts, stuck) {
-            break;
+        if c != rec::word(r, rec::RELEASED) {
+            // Remember since when this record holds `reclaim` up (for the
+            // orphan and stall checks).
+            if stuck.get().is_none_or(|s| s.pos != r) {
+                let now = Instant::now();
+                stuck.set(Some(Stuck {
+                    pos: r,
+                    since: now,
+                    checked: now,
+                }));
+            }
+            if !release_orphan(mem, r, c, opts, stuck) {
+                break;
+            }
         }
         let len = u64::from(h.len.load(Ordering::Relaxed));
         let span = record_size(len);
@@ -637,10 +663,14 @@ fn release_orphan<M: RingMem<Control = MpmcControl>>(
     }
 }
 
-/// While a producer waits for space: a live consumer that has held the
-/// record blocking `reclaim` past `stall_timeout` ends the wait.
+/// While a producer waits for space, about the record holding `reclaim`
+/// up: a reservation whose producer died is tombstoned (consumers then skip
+/// it); a live peer (the producer of a reservation, or the consumer holding
+/// a taken record) that has held it past `stall_timeout` ends the wait with
+/// `Stalled`, and is logged past `slow_peer_log`.
 fn check_held_record<M: RingMem<Control = MpmcControl>>(
     mem: &M,
+    lay: (usize, usize),
     stuck: &Cell<Option<Stuck>>,
     waited: Duration,
     opts: &PeerOptions,
@@ -650,6 +680,41 @@ fn check_held_record<M: RingMem<Control = MpmcControl>>(
         return Ok(());
     };
     let held = s.since.elapsed();
+    let h = mem.header(s.pos);
+    let c = h.commit.load(Ordering::Acquire);
+    if c & !rec::MASK != s.pos {
+        return Ok(());
+    }
+    let (role, i) = if c & rec::MASK == rec::RESERVED {
+        let (idx, dead) = owner_dead(mem, h.aux.load(Ordering::Relaxed), lay);
+        if dead {
+            if h.commit
+                .compare_exchange(
+                    c,
+                    rec::word(s.pos, rec::TOMBSTONE),
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+            {
+                log::warn!(
+                    "shoal mpmc {}: record at {} reserved by a dead producer became a tombstone",
+                    mem.label(),
+                    s.pos
+                );
+                mem.ctrl().data_ec.notify_always();
+            }
+            return Ok(());
+        }
+        ("producer", idx)
+    } else if mem.ctrl().head.load(Ordering::Acquire) > s.pos {
+        match holder_of(mem, s.pos) {
+            Some(i) => ("consumer", i),
+            None => return Ok(()),
+        }
+    } else {
+        return Ok(()); // not taken yet: the queue is just full
+    };
     if held
         < opts
             .slow_peer_log
@@ -657,13 +722,10 @@ fn check_held_record<M: RingMem<Control = MpmcControl>>(
     {
         return Ok(());
     }
-    let Some(i) = holder_of(mem, s.pos) else {
-        return Ok(());
-    };
     let pid = slot_owner(mem.slot(i)).pid;
     if opts.stall_timeout.is_some_and(|t| held >= t) {
         return Err(Error::Stalled {
-            role: "consumer",
+            role,
             slot: i as u32,
             pid,
             waited: held.max(waited),
@@ -672,7 +734,7 @@ fn check_held_record<M: RingMem<Control = MpmcControl>>(
     if !logged.get() {
         logged.set(true);
         log::warn!(
-            "shoal mpmc {}: producer waiting {waited:?}: consumer slot {i} (pid {pid}) holds record {} since {held:?}",
+            "shoal mpmc {}: producer waiting {waited:?}: {role} slot {i} (pid {pid}) holds record {} since {held:?}",
             mem.label(),
             s.pos
         );
@@ -737,8 +799,14 @@ impl<M: RingMem<Control = MpmcControl>> ConsumerCore<M> {
     }
 
     /// This consumer's slot.
+    #[cfg(test)]
     pub(crate) fn slot_index(&self) -> usize {
         self.st.token.index
+    }
+
+    /// The slot and generation this consumer claimed.
+    pub(crate) fn token(&self) -> SlotToken {
+        self.st.token
     }
 
     /// Takes the next record if one is ready.
@@ -768,9 +836,7 @@ impl<M: RingMem<Control = MpmcControl>> ConsumerCore<M> {
             },
             |_| {
                 let producers = lay.0..lay.0 + lay.1;
-                evict_dead(mem, producers.clone(), |i| {
-                    mem.ctrl().space_ec.clear_slot(i - lay.0)
-                });
+                evict_dead(mem, producers.clone(), &mem.ctrl().space_ec, lay.0);
                 // Nobody can ever produce again: the creator is dead and no
                 // live producer is attached.
                 let any_producer = producers.clone().any(|i| {
@@ -884,10 +950,12 @@ impl ConsumerState {
                 if ctrl.head.load(Ordering::Acquire) != h_pos {
                     continue;
                 }
-                // Nothing at head. A correct head never passes tail, nor
-                // trails it by more than a ring.
+                // Nothing at head. A correct head trails tail by at most a
+                // ring, and passes it by at most one reservation (made by a
+                // producer that died before moving tail, whose record
+                // consumers skipped).
                 let tail = ctrl.lock.tail.load(Ordering::Acquire);
-                if h_pos > tail || tail - h_pos > cap {
+                if (h_pos > tail && h_pos - tail > cap) || (tail > h_pos && tail - h_pos > cap) {
                     if ctrl.head.load(Ordering::Acquire) != h_pos {
                         continue;
                     }
@@ -915,7 +983,8 @@ impl ConsumerState {
                     let bad = if state == rec::PAD {
                         // Wrap pads reach the end of the ring; shrink pads fill
                         // the unused tail of a reservation: whole lines either way.
-                        (RECORD_HEADER as u64 + len) % RECORD_ALIGN as u64 != 0 || len >= cap
+                        !(RECORD_HEADER as u64 + len).is_multiple_of(RECORD_ALIGN as u64)
+                            || len >= cap
                     } else {
                         record_size(len) > cap / 2
                     };
@@ -1183,5 +1252,155 @@ mod tests {
             ok >= 30 && fails <= 8,
             "short timeouts: ok={ok} fails={fails}"
         );
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+/// Regressions found by the adversarial review of the lease/generation
+/// redesign (issue 6).
+mod review_tests {
+    use super::*;
+    use crate::mem::HeapMem;
+    use std::sync::Arc;
+
+    /// Producer A reserves and stalls (alive: lease held). Consumers are
+    /// stopped at A's record and end with `Stalled`; producer B, whose
+    /// space is held up by the very same peer, never gets `Stalled` (nor a
+    /// slow-peer log): with `Wait::forever` it would hang.
+    #[test]
+    fn a_producer_held_up_by_a_live_reservation_gets_stalled() {
+        let m = Arc::new(HeapMem::new(MpmcControl::new(), 3, 4096));
+        let lay = Layout {
+            consumers: 1,
+            producers: 2,
+        };
+        let o = PeerOptions::default()
+            .orphan_timeout(Duration::from_millis(20))
+            .liveness_interval(Duration::from_millis(10))
+            .slow_peer_log(Duration::from_millis(50))
+            .stall_timeout(Some(Duration::from_millis(200)));
+        let me = ProcessId::current();
+        let mut a = ProducerCore::join(m.clone(), &lay, me, o).unwrap();
+        let mut b = ProducerCore::join(m.clone(), &lay, me, o).unwrap();
+        let mut c = ConsumerCore::join(m.clone(), &lay, me, 0, o).unwrap();
+        let _held = a.reserve(100, &Wait::forever()).unwrap(); // never committed
+        while let Ok(r) = b.reserve(500, &Wait::no_wait()) {
+            b.commit(r, 500, rec::DATA).unwrap();
+        }
+        // The consumer names A after stall_timeout.
+        let ce = c.take(&Wait::timeout(Duration::from_secs(2))).unwrap_err();
+        assert!(
+            matches!(
+                ce,
+                Error::Stalled {
+                    role: "producer",
+                    ..
+                }
+            ),
+            "{ce:?}"
+        );
+        // B is held up by A just as long, but only times out.
+        let t = Instant::now();
+        let be = b
+            .reserve(500, &Wait::timeout(Duration::from_secs(2)))
+            .unwrap_err();
+        assert!(
+            matches!(be, Error::Stalled { .. }),
+            "producer B waited {:?} and got {be:?}, not Stalled naming A",
+            t.elapsed()
+        );
+    }
+
+    /// A producer killed inside `try_reserve` after publishing its RESERVED
+    /// header but before storing `tail` (SIGKILL can land on any
+    /// instruction). Consumers tombstone the record, move `head` past it,
+    /// and then report the segment *corrupt* (head past tail) instead of
+    /// waiting: a dead peer is turned into a fatal-looking error.
+    #[test]
+    fn a_producer_dead_before_its_tail_store_is_not_corruption() {
+        let m = Arc::new(HeapMem::new(MpmcControl::new(), 2, 4096));
+        let lay = Layout {
+            consumers: 1,
+            producers: 1,
+        };
+        let o = PeerOptions::default()
+            .orphan_timeout(Duration::from_millis(20))
+            .liveness_interval(Duration::from_millis(10));
+        let me = ProcessId::current();
+        let p = ProducerCore::join(m.clone(), &lay, me, o).unwrap();
+        let mut c = ConsumerCore::join(m.clone(), &lay, me, 0, o).unwrap();
+        assert!(m.take_lease(crate::lease::OWNER).unwrap()); // the ring's creator lives
+                                                             // The prefix of try_reserve (under the lock), as the producer ran it.
+        let l = &m.ctrl().lock;
+        l.word.store(p.lock_id, Ordering::Relaxed);
+        let start = l.tail.load(Ordering::Relaxed);
+        let end = start + record_size(100);
+        m.header(end).commit.store(0, Ordering::Relaxed);
+        let h = m.header(start);
+        h.len.store(100, Ordering::Relaxed);
+        h.aux.store(p.tag, Ordering::Relaxed);
+        h.commit
+            .store(rec::word(start, rec::RESERVED), Ordering::Release);
+        // ... killed here, before `l.tail.store(end)`.
+        m.kill(crate::lease::slot_byte(p.token.index));
+        let r = c.take(&Wait::timeout(Duration::from_millis(500)));
+        assert!(
+            matches!(r, Err(Error::Timeout)),
+            "consumer got {r:?}; head={} tail={}",
+            m.ctrl().head.load(Ordering::Relaxed),
+            l.tail.load(Ordering::Relaxed)
+        );
+    }
+
+    /// Same death, then a new producer arrives after the consumers skipped
+    /// the tombstone. It takes the lock over, `recover_reservation` sees a
+    /// RELEASED word at `tail` (not RESERVED/PAD) and leaves `tail` behind
+    /// `head`: the new producer's first record is written behind `head`
+    /// and is never delivered.
+    #[test]
+    fn a_producer_dead_before_its_tail_store_loses_no_later_record() {
+        let m = Arc::new(HeapMem::new(MpmcControl::new(), 2, 4096));
+        let lay = Layout {
+            consumers: 1,
+            producers: 1,
+        };
+        let o = PeerOptions::default()
+            .orphan_timeout(Duration::from_millis(20))
+            .liveness_interval(Duration::from_millis(10));
+        let me = ProcessId::current();
+        let p = ProducerCore::join(m.clone(), &lay, me, o).unwrap();
+        let mut c = ConsumerCore::join(m.clone(), &lay, me, 0, o).unwrap();
+        assert!(m.take_lease(crate::lease::OWNER).unwrap());
+        let l = &m.ctrl().lock;
+        l.word.store(p.lock_id, Ordering::Relaxed);
+        let start = l.tail.load(Ordering::Relaxed);
+        let end = start + record_size(100);
+        m.header(end).commit.store(0, Ordering::Relaxed);
+        let h = m.header(start);
+        h.len.store(100, Ordering::Relaxed);
+        h.aux.store(p.tag, Ordering::Relaxed);
+        h.commit
+            .store(rec::word(start, rec::RESERVED), Ordering::Release);
+        m.kill(crate::lease::slot_byte(p.token.index)); // dies before tail
+        drop(p);
+        // Consumers skip the tombstone (then see "corruption", ignored here).
+        let _ = c.take(&Wait::timeout(Duration::from_millis(200)));
+        // A new producer process comes.
+        let mut p2 = ProducerCore::join(m.clone(), &lay, me, o).unwrap();
+        for v in [1u8, 2u8] {
+            let r = p2
+                .reserve(100, &Wait::timeout(Duration::from_secs(1)))
+                .unwrap();
+            // SAFETY: the reservation owns 100 payload bytes.
+            unsafe { *p2.payload(&r) = v };
+            p2.commit(r, 100, rec::DATA).unwrap();
+        }
+        let mut got = vec![];
+        while let Ok(g) = c.take(&Wait::timeout(Duration::from_millis(300))) {
+            // SAFETY: taken and not yet released.
+            got.push(unsafe { *m.data(g.pos + RECORD_HEADER as u64) });
+            c.release(g.pos);
+        }
+        assert_eq!(got, vec![1, 2], "records delivered");
     }
 }

@@ -222,8 +222,9 @@ pub(crate) fn repair_waiters<M: RingMem>(
     owner: bool,
 ) {
     for i in 0..count {
+        let seen = ec.slot_word(i);
         if ec.slot_registered(i) && !slot_alive(mem, first + i) {
-            ec.clear_slot(i);
+            ec.clear_slot_if(i, seen);
         }
     }
     if owner && !mem.lease_held(lease::OWNER) {

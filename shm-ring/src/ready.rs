@@ -27,9 +27,10 @@
 use crate::error::{Error, Result};
 use crate::futex;
 use crate::layout::{rec, MpmcControl, RecordHeader, RECORD_ALIGN};
+use crate::layout::{slot, Own};
 use crate::lease;
 use crate::segment::Segment;
-use crate::sync::{AtomicU32, Ordering};
+use crate::sync::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use crate::wait::{EventCount, Waiter};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
@@ -42,6 +43,14 @@ const STOP: u32 = 2;
 
 /// How long the helper sleeps before looking at the peer and the stop flag.
 const SLICE: Duration = Duration::from_millis(50);
+
+/// Offset, from the control area, of slot `i`'s ownership word in a ring
+/// whose control structure is `C`.
+pub(crate) fn slot_own_offset<C>(i: usize) -> usize {
+    std::mem::size_of::<C>()
+        + i * std::mem::size_of::<crate::pad::CachePadded<crate::layout::Slot>>()
+        + std::mem::offset_of!(crate::layout::Slot, own)
+}
 
 /// What, besides a notify, makes an armed fd readable.
 #[derive(Debug, Clone, Copy)]
@@ -68,6 +77,13 @@ struct Shared {
     /// This endpoint's bit in the eventcount's waiter map.
     waiter: Waiter,
     recheck: Recheck,
+    /// Offset of the endpoint's slot ownership word from the control area,
+    /// and the generation the endpoint owns: the bit is only ever touched
+    /// while the slot is still the endpoint's.
+    own_offset: usize,
+    gen: u32,
+    /// Cleared when this `ReadyFd` is dropped: one per endpoint at a time.
+    taken: Arc<AtomicBool>,
 }
 
 // SAFETY: `Shared` holds a `Segment` (a mapping whose pointer is never
@@ -84,6 +100,24 @@ impl Shared {
         // the validated control structure of this segment's kind, which lies
         // inside the mapping `seg` keeps alive.
         unsafe { &*(self.seg.control_ptr().add(self.ec_offset) as *const EventCount) }
+    }
+
+    /// Whether the endpoint still owns its slot (same generation, in use).
+    fn owns(&self) -> bool {
+        // SAFETY: `own_offset` is the offset of a slot's ownership word
+        // inside the validated control area of this segment (computed from
+        // the slot index the endpoint claimed); the mapping lives as long as
+        // `seg`. Any bit pattern is a valid `AtomicU64`.
+        let own = unsafe { &*(self.seg.control_ptr().add(self.own_offset) as *const AtomicU64) };
+        let o = Own::unpack(own.load(Ordering::Acquire));
+        o.gen == self.gen && o.state != slot::FREE
+    }
+
+    /// Withdraws the registration, if it is still this endpoint's to withdraw.
+    fn unregister(&self) {
+        if self.registered.swap(0, Ordering::AcqRel) == 1 && self.owns() {
+            self.ec().unregister(self.waiter);
+        }
     }
 
     /// Whether the MPMC record at head is a reservation (read-only peek).
@@ -141,7 +175,15 @@ impl ReadyFd {
         ec_offset: usize,
         waiter: Waiter,
         recheck: Recheck,
+        own_offset: usize,
+        gen: u32,
+        taken: Arc<AtomicBool>,
     ) -> Result<Self> {
+        if taken.swap(true, Ordering::AcqRel) {
+            return Err(Error::InvalidConfig(
+                "this endpoint already has a ReadyFd; drop it before making another",
+            ));
+        }
         // SAFETY: eventfd has no memory preconditions.
         let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if fd < 0 {
@@ -158,6 +200,9 @@ impl ReadyFd {
             registered: AtomicU32::new(0),
             waiter,
             recheck,
+            own_offset,
+            gen,
+            taken,
         });
         let s2 = shared.clone();
         let thread = std::thread::Builder::new()
@@ -188,6 +233,11 @@ impl ReadyFd {
         if s.state.load(Ordering::Acquire) == ARMED {
             return;
         }
+        if !s.owns() {
+            // The endpoint lost its slot: its next call says so.
+            s.signal();
+            return;
+        }
         // Registered here, in the caller's thread, so the caller's re-check
         // that follows closes the race (see `wait`'s eventcount). The
         // registration is this endpoint's bit: arming twice sets it twice.
@@ -216,6 +266,7 @@ impl AsRawFd for ReadyFd {
 impl Drop for ReadyFd {
     fn drop(&mut self) {
         let s = &self.shared;
+        s.taken.store(false, Ordering::Release);
         s.state.store(STOP, Ordering::Release);
         futex::wake(&s.state, 1);
         // Wake the helper if it sleeps on the ring (others sleeping there
@@ -232,9 +283,7 @@ fn helper(s: &Shared) {
     loop {
         match s.state.load(Ordering::Acquire) {
             STOP => {
-                if s.registered.swap(0, Ordering::AcqRel) == 1 {
-                    s.ec().unregister(s.waiter);
-                }
+                s.unregister();
                 return;
             }
             IDLE => {
@@ -260,9 +309,14 @@ fn helper(s: &Shared) {
             if ec.changed(key) || s.recheck_due(armed_at) {
                 break;
             }
+            // Our bit may have been cleared under us (a repair or eviction
+            // racing a takeover): a notify may have found nobody. Wake the
+            // caller to look again rather than sleep on, unregistered.
+            if !s.owns() || !ec.is_registered(s.waiter) {
+                break;
+            }
         }
-        s.registered.store(0, Ordering::Release);
-        ec.unregister(s.waiter);
+        s.unregister();
         if stop {
             return;
         }

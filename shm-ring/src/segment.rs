@@ -59,8 +59,10 @@ pub(crate) struct SegmentSpec {
 #[derive(Debug)]
 pub struct Segment {
     name: SegmentName,
-    base: *mut u8,
-    len: usize,
+    /// The shared mapping (memmap2's raw mapping: no references are formed
+    /// over memory peers write; the ring code uses raw pointers and
+    /// atomics). Unmapped when dropped, before `fd` closes.
+    map: memmap2::MmapRaw,
     owner: bool,
     header: HeaderCopy,
     /// Closed after the mapping is gone and the name unlinked (fields drop
@@ -68,14 +70,8 @@ pub struct Segment {
     fd: OwnedFd,
 }
 
-// SAFETY: the mapping is plain shared memory. Every access the crate makes to
-// it goes through atomics or through ring protocols that hand out disjoint
-// regions; the raw pointer itself is never mutated after creation. `OwnedFd`
-// is Send.
-unsafe impl Send for Segment {}
-// SAFETY: as above; `&Segment` only exposes the pointer, the header copy and
-// the descriptor number.
-unsafe impl Sync for Segment {}
+// `Segment` is Send and Sync without an `unsafe impl`: memmap2's `MmapRaw`
+// is (it hands out only raw pointers), and so are the other fields.
 
 const fn page_round(v: u64) -> u64 {
     (v + HEADER_PAGE as u64 - 1) & !(HEADER_PAGE as u64 - 1)
@@ -208,7 +204,7 @@ impl Segment {
             return Err(Error::last_os_on("fchmod", &name));
         }
         reserve(raw, total, &name)?;
-        let base = map(raw, total as usize, &name)?;
+        let map = map(raw, total as usize, &name)?;
         let control_size = page_round(spec.control_size);
         let me = ProcessId::current();
         let header = HeaderCopy {
@@ -234,8 +230,7 @@ impl Segment {
         // From here on, dropping `seg` unmaps and closes.
         let seg = Segment {
             name,
-            base,
-            len: total as usize,
+            map,
             owner: false,
             header,
             fd,
@@ -243,7 +238,7 @@ impl Segment {
         // SAFETY: the mapping is `total >= HEADER_PAGE` bytes, page aligned,
         // and no peer can have it mapped yet (the file is unnamed, or named
         // but without a Ready state, which attachers refuse).
-        unsafe { write_header(seg.base, &header) };
+        unsafe { write_header(seg.base(), &header) };
         take_owner_lease(raw, &name)?;
         Ok(seg)
     }
@@ -305,8 +300,8 @@ impl Segment {
         // forged huge size is refused before anything that large is mapped.
         let head = map(raw, HEADER_PAGE, name)?;
         // SAFETY: `head` maps HEADER_PAGE bytes, which hold the header.
-        let copy = unsafe { read_header(head) };
-        unmap(head, HEADER_PAGE);
+        let copy = unsafe { read_header(head.as_ptr()) };
+        drop(head);
         check(
             &copy,
             size,
@@ -319,11 +314,10 @@ impl Segment {
         // unable to map it.
         let len = usize::try_from(size)
             .map_err(|_| Error::corrupt(*name, "file size", size, "a size this process can map"))?;
-        let base = map(raw, len, name)?;
+        let map = map(raw, len, name)?;
         Ok(Segment {
             name: *name,
-            base,
-            len,
+            map,
             owner: false,
             header: copy,
             fd,
@@ -376,7 +370,7 @@ impl Segment {
 
     /// Marks the segment poisoned: later attaches fail with [`Error::Poisoned`].
     pub fn poison(&self) {
-        let h = self.base as *const SegmentHeader;
+        let h = self.base() as *const SegmentHeader;
         // SAFETY: the mapping is at least HEADER_PAGE bytes and page aligned,
         // so the `state` field lies inside it, aligned. Only a reference to
         // that one atomic is formed (peers access it atomically too); the
@@ -388,13 +382,19 @@ impl Segment {
     /// Start of the control area.
     pub(crate) fn control_ptr(&self) -> *mut u8 {
         // SAFETY: control_offset was validated to lie within the mapping.
-        unsafe { self.base.add(self.header.control_offset as usize) }
+        unsafe { self.base().add(self.header.control_offset as usize) }
+    }
+
+    /// Start of the mapping.
+    #[inline]
+    fn base(&self) -> *mut u8 {
+        self.map.as_mut_ptr()
     }
 
     /// Start of the data area.
     pub(crate) fn data_ptr(&self) -> *mut u8 {
         // SAFETY: data_offset was validated to lie within the mapping.
-        unsafe { self.base.add(self.header.data_offset as usize) }
+        unsafe { self.base().add(self.header.data_offset as usize) }
     }
 }
 
@@ -403,8 +403,7 @@ impl Drop for Segment {
         if self.owner {
             let _ = self.unlink();
         }
-        unmap(self.base, self.len);
-        // `fd` closes after this, dropping our leases: a name never outlives
+        // `map` is unmapped after this, then `fd` closes, dropping our leases: a name never outlives
         // its creator's lease.
     }
 }
@@ -778,7 +777,7 @@ fn check(
             "a size that fits after control_offset",
         );
     };
-    if h.data_offset != data_offset || h.data_offset % HEADER_PAGE as u64 != 0 {
+    if h.data_offset != data_offset || !h.data_offset.is_multiple_of(HEADER_PAGE as u64) {
         return bad(
             "data_offset",
             h.data_offset,
@@ -960,28 +959,16 @@ fn unlink_if_same(path: &PathBuf0, id: (libc::dev_t, libc::ino_t)) -> bool {
     }
 }
 
-fn map(fd: RawFd, len: usize, name: &SegmentName) -> Result<*mut u8> {
-    // SAFETY: a fresh shared mapping of an open file; the kernel picks the
-    // address, so no existing memory is affected.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            fd,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(Error::last_os_on("mmap", name));
-    }
-    Ok(p.cast())
-}
-
-fn unmap(base: *mut u8, len: usize) {
-    // SAFETY: `base..base+len` is a mapping we made and no longer use.
-    unsafe { libc::munmap(base.cast(), len) };
+/// A fresh shared read-write mapping of `len` bytes of the file at `fd`.
+fn map(fd: RawFd, len: usize, name: &SegmentName) -> Result<memmap2::MmapRaw> {
+    memmap2::MmapOptions::new()
+        .len(len)
+        .map_raw(fd)
+        .map_err(|source| Error::Io {
+            op: "mmap",
+            path: SegmentLabel(Some(*name)),
+            source,
+        })
 }
 
 /// What [`cleanup_stale`] did.
@@ -1342,11 +1329,11 @@ mod tests {
         let name = SegmentName::random("segtest").unwrap();
         let seg = Segment::create_named(&spec(SegmentKind::Broadcast), name).unwrap();
         // SAFETY: the mapping holds the header.
-        let h = unsafe { read_header(seg.base) };
+        let h = unsafe { read_header(seg.base()) };
         assert_eq!(&h, seg.header());
         seg.poison();
         // SAFETY: as above.
-        assert_eq!(unsafe { read_header(seg.base) }.state, STATE_POISONED);
+        assert_eq!(unsafe { read_header(seg.base()) }.state, STATE_POISONED);
         assert!(matches!(
             Segment::attach(&name, SegmentKind::Broadcast),
             Err(Error::Poisoned { .. })

@@ -2,14 +2,26 @@
 //! futex eventcount that parks a waiter without any lost wake-up.
 //!
 //! # The eventcount
-//! A waiter reads `seq`, registers in `waiters`, issues a SeqCst fence,
-//! re-checks the ring, and only then sleeps with `FUTEX_WAIT(seq, key)`. A
-//! notifier publishes with a Release store, issues a SeqCst fence and reads
-//! `waiters`; only when someone waits does it bump `seq` and call
-//! `FUTEX_WAKE`, so an uncontended publish makes no system call. The two
-//! fences order the two sides (Dekker): either the notifier sees the waiter
-//! and wakes it, or the waiter's re-check sees the publication. Every sleep is
-//! bounded as well, so even a wake lost to a bug costs one slice, not a hang.
+//! A waiter reads `seq`, sets its bit in the waiter map, issues a full
+//! barrier, re-checks the ring, and only then sleeps with
+//! `FUTEX_WAIT(seq, key)`. A notifier publishes with a Release store, issues
+//! a barrier and reads the map; only when someone waits does it bump `seq`
+//! and call `FUTEX_WAKE`, so an uncontended publish makes no system call.
+//! The two barriers order the two sides (Dekker): either the notifier sees
+//! the waiter and wakes it, or the waiter's re-check sees the publication.
+//! Every sleep is bounded as well, so even a wake lost to a bug costs one
+//! slice, not a hang.
+//!
+//! The barriers are *asymmetric* where the kernel allows it: every process
+//! registers for `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)`, a waiter
+//! about to sleep (the rare, slow side) issues that system call, which runs
+//! a full memory barrier on every CPU currently running a registered
+//! process, and a notifier (the hot side, once per record) then needs only
+//! a compiler barrier instead of an `mfence`. A notifier whose process
+//! could not register keeps the full fence. A waiter that cannot issue the
+//! call marks the eventcount `heavy`, after which notifiers fence again (a
+//! notifier that has not seen the mark yet can cost that waiter one sleep
+//! slice, once). Under loom both sides use `fence(SeqCst)`.
 //!
 //! # The spin window
 //! Parking costs a wake-up (tens of microseconds on a VM whose idle vCPUs
@@ -23,6 +35,7 @@ use crate::error::{Error, Result};
 use crate::futex;
 use crate::layout::MAX_SLOTS;
 use crate::sync::{fence, spin_hint, AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::compiler_fence;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -195,6 +208,8 @@ const MAX_YIELD_EVERY: u32 = 64;
 
 impl Spinner {
     pub(crate) fn new(strategy: WaitStrategy) -> Self {
+        // Every endpoint makes one before it first notifies anybody.
+        asym::register();
         Spinner {
             strategy,
             window: START_WINDOW,
@@ -217,7 +232,7 @@ impl Spinner {
     /// Yields the CPU every `yield_every` batches, learning from how long the
     /// yield took whether anyone else wants this CPU.
     fn maybe_yield(&mut self, batch: u32) {
-        if batch % self.yield_every != 0 {
+        if !batch.is_multiple_of(self.yield_every) {
             return;
         }
         let t = Instant::now();
@@ -241,12 +256,75 @@ impl Spinner {
     }
 }
 
-/// Words of an eventcount's waiter map: two bits per participant slot (one
-/// for a blocking waiter, one for its [`ReadyFd`](crate::ReadyFd)), plus a
-/// word for the ring's owner (the broadcast writer).
-pub(crate) const WAITER_WORDS: usize = (2 * MAX_SLOTS as usize) / 64 + 1;
+/// Asymmetric barriers through `membarrier(2)`; see the module documentation.
+pub(crate) mod asym {
+    #[cfg(not(loom))]
+    mod imp {
+        use std::sync::OnceLock;
+
+        const GLOBAL_EXPEDITED: libc::c_int = 1 << 1;
+        const REGISTER_GLOBAL_EXPEDITED: libc::c_int = 1 << 2;
+
+        static REGISTERED: OnceLock<bool> = OnceLock::new();
+        static REFUSED: OnceLock<()> = OnceLock::new();
+
+        fn membarrier(cmd: libc::c_int) -> bool {
+            // SAFETY: membarrier takes no pointers; an unsupported command or
+            // a refused call returns -1 and changes nothing.
+            unsafe { libc::syscall(libc::SYS_membarrier, cmd, 0, 0) == 0 }
+        }
+
+        /// Registers this process (once) so that waiters' barriers reach it.
+        /// Endpoints call it when they are made, before their first notify.
+        pub(crate) fn register() {
+            REGISTERED.get_or_init(|| membarrier(REGISTER_GLOBAL_EXPEDITED));
+        }
+
+        /// Whether this process's notifiers may use a compiler barrier.
+        #[inline]
+        pub(crate) fn light() -> bool {
+            REGISTERED.get() == Some(&true)
+        }
+
+        /// A full barrier on every CPU running a registered process (and
+        /// here); false if the kernel refuses it.
+        pub(crate) fn barrier_everywhere() -> bool {
+            if REFUSED.get().is_some() {
+                return false;
+            }
+            if membarrier(GLOBAL_EXPEDITED) {
+                return true;
+            }
+            let _ = REFUSED.set(());
+            log::warn!(
+                "shoal: membarrier(GLOBAL_EXPEDITED) unavailable; rings this process waits on fall back to full fences"
+            );
+            false
+        }
+    }
+
+    #[cfg(loom)]
+    mod imp {
+        pub(crate) fn register() {}
+        pub(crate) fn light() -> bool {
+            false
+        }
+        pub(crate) fn barrier_everywhere() -> bool {
+            true
+        }
+    }
+
+    pub(crate) use imp::{barrier_everywhere, light, register};
+}
+
+/// Words of an eventcount's waiter map: a word for the ring's owner (the
+/// broadcast writer), then two bits per participant slot (one for a
+/// blocking waiter, one for its [`ReadyFd`](crate::ReadyFd)). The owner's
+/// word and the first 32 slots share the sequence word's cache line, so a
+/// notify in a ring of up to 32 readers reads one line.
+pub(crate) const WAITER_WORDS: usize = 1 + (2 * MAX_SLOTS as usize) / 64;
 /// The owner's word in the map.
-const OWNER_WORD: usize = WAITER_WORDS - 1;
+const OWNER_WORD: usize = 0;
 
 /// One waiter's bit in an eventcount's waiter map.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -256,11 +334,11 @@ impl Waiter {
     /// A blocking call of the participant in slot `i` (counted from the
     /// first slot that waits on this eventcount).
     pub(crate) const fn blocking(i: usize) -> Self {
-        Waiter(2 * i)
+        Waiter(64 + 2 * i)
     }
     /// The [`ReadyFd`](crate::ReadyFd) helper of the participant in slot `i`.
     pub(crate) const fn ready(i: usize) -> Self {
-        Waiter(2 * i + 1)
+        Waiter(64 + 2 * i + 1)
     }
     /// The ring's owner (the broadcast writer).
     pub(crate) const fn owner() -> Self {
@@ -283,7 +361,9 @@ impl Waiter {
 #[repr(C)]
 pub(crate) struct EventCount {
     seq: AtomicU32,
-    _pad: AtomicU32,
+    /// Nonzero once a waiter could not issue the asymmetric barrier:
+    /// notifiers must use full fences.
+    heavy: AtomicU32,
     map: [AtomicU64; WAITER_WORDS],
 }
 
@@ -292,7 +372,7 @@ impl EventCount {
     pub(crate) fn new() -> Self {
         EventCount {
             seq: AtomicU32::new(0),
-            _pad: AtomicU32::new(0),
+            heavy: AtomicU32::new(0),
             map: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
@@ -303,8 +383,12 @@ impl EventCount {
         let key = self.seq.load(Ordering::Acquire);
         let (i, bit) = w.word_bit();
         self.map[i].fetch_or(bit, Ordering::Relaxed);
-        // SYNC: pairs with the fence in `notify` (Dekker): either the notifier
-        // sees our registration, or our re-check sees its publication.
+        // SYNC: pairs with the barrier in `notify` (Dekker): either the
+        // notifier sees our registration, or our re-check sees its
+        // publication.
+        if !asym::barrier_everywhere() {
+            self.heavy.store(1, Ordering::Relaxed);
+        }
         fence(Ordering::SeqCst);
         key
     }
@@ -329,8 +413,31 @@ impl EventCount {
     /// that died registered costs nothing afterwards.
     pub(crate) fn clear_slot(&self, i: usize) {
         let (w, bit) = Waiter::blocking(i).word_bit();
-        if w < OWNER_WORD {
-            self.map[w].fetch_and(!(bit | bit << 1), Ordering::Relaxed);
+        if let Some(m) = self.map.get(w) {
+            m.fetch_and(!(bit | bit << 1), Ordering::Relaxed);
+        }
+    }
+
+    /// The map word holding slot `i`'s bits (for [`clear_slot_if`]).
+    pub(crate) fn slot_word(&self, i: usize) -> u64 {
+        let (w, _) = Waiter::blocking(i).word_bit();
+        self.map.get(w).map_or(0, |m| m.load(Ordering::Relaxed))
+    }
+
+    /// Clears slot `i`'s bits on behalf of its dead owner, only if the map
+    /// word still reads `seen` (read before the owner was judged dead): if
+    /// the slot changed hands since, its new owner's claim changed the word
+    /// and the clear is skipped, so a new owner's registration is not wiped
+    /// (short of the word returning to exactly `seen`, in which case its
+    /// waiter loses at most one sleep slice).
+    pub(crate) fn clear_slot_if(&self, i: usize, seen: u64) {
+        let (w, bit) = Waiter::blocking(i).word_bit();
+        let both = bit | bit << 1;
+        if let Some(m) = self.map.get(w) {
+            if seen & both != 0 {
+                let _ =
+                    m.compare_exchange(seen, seen & !both, Ordering::Relaxed, Ordering::Relaxed);
+            }
         }
     }
 
@@ -343,11 +450,16 @@ impl EventCount {
     /// registered. Reads one word per 32 slots.
     #[inline]
     fn anyone(&self, slots: usize) -> bool {
-        let words = (2 * slots).div_ceil(64).min(OWNER_WORD);
-        self.map[OWNER_WORD].load(Ordering::Relaxed) != 0
-            || self.map[..words]
-                .iter()
-                .any(|m| m.load(Ordering::Relaxed) != 0)
+        if self.map[OWNER_WORD].load(Ordering::Relaxed) != 0 {
+            return true;
+        }
+        if slots <= 32 {
+            return slots > 0 && self.map[1].load(Ordering::Relaxed) != 0;
+        }
+        let words = (2 * slots).div_ceil(64).min(WAITER_WORDS - 1);
+        self.map[1..=words]
+            .iter()
+            .any(|m| m.load(Ordering::Relaxed) != 0)
     }
 
     /// Wakes every sleeper if there is one among the first `slots` slots
@@ -357,8 +469,13 @@ impl EventCount {
     /// [`repair_waiters`](crate::peer::repair_waiters).
     #[inline]
     pub(crate) fn notify(&self, slots: usize) -> bool {
-        // SYNC: pairs with the fence in `prepare`.
-        fence(Ordering::SeqCst);
+        // SYNC: pairs with the barrier in `prepare`: a compiler barrier when
+        // waiters' membarrier covers this process, else a full fence.
+        if asym::light() && self.heavy.load(Ordering::Relaxed) == 0 {
+            compiler_fence(Ordering::SeqCst);
+        } else {
+            fence(Ordering::SeqCst);
+        }
         if self.anyone(slots) {
             self.seq.fetch_add(1, Ordering::Release);
             return futex::wake(&self.seq, u32::MAX) == 0;
@@ -366,10 +483,18 @@ impl EventCount {
         false
     }
 
+    /// Whether waiter `w` is registered.
+    pub(crate) fn is_registered(&self, w: Waiter) -> bool {
+        let (i, bit) = w.word_bit();
+        self.map[i].load(Ordering::Relaxed) & bit != 0
+    }
+
     /// Whether either bit of slot `i` (relative) is set.
     pub(crate) fn slot_registered(&self, i: usize) -> bool {
         let (w, bit) = Waiter::blocking(i).word_bit();
-        w < OWNER_WORD && self.map[w].load(Ordering::Relaxed) & (bit | bit << 1) != 0
+        self.map
+            .get(w)
+            .is_some_and(|m| m.load(Ordering::Relaxed) & (bit | bit << 1) != 0)
     }
 
     /// Wakes every sleeper without moving the sequence (they re-check and
@@ -389,10 +514,9 @@ impl EventCount {
     /// How many waiters among the first `slots` slots (and the owner) are
     /// registered.
     pub(crate) fn registered(&self, slots: usize) -> u32 {
-        let words = (2 * slots).div_ceil(64).min(OWNER_WORD);
-        self.map[..words]
+        let words = (2 * slots).div_ceil(64).min(WAITER_WORDS - 1);
+        self.map[..=words]
             .iter()
-            .chain(std::iter::once(&self.map[OWNER_WORD]))
             .map(|m| m.load(Ordering::Relaxed).count_ones())
             .sum()
     }
@@ -423,7 +547,12 @@ pub(crate) fn block_on<T>(
     let t0 = Instant::now();
     deadline.check(t0)?;
     let window = spinner.window();
-    let mut next_check = t0 + check_every;
+    // A check interval too large to add means "about never" (a year).
+    let later = |t: Instant| {
+        t.checked_add(check_every)
+            .unwrap_or_else(|| t + Duration::from_secs(365 * 86_400))
+    };
+    let mut next_check = later(t0);
 
     // Spin phase.
     if !window.is_zero() {
@@ -444,7 +573,7 @@ pub(crate) fn block_on<T>(
             deadline.check(now)?;
             if now >= next_check {
                 on_check(Stalled { waited: spun })?;
-                next_check = now + check_every;
+                next_check = later(now);
             }
             if spinner.strategy == WaitStrategy::Adaptive && spun > PURE_SPIN {
                 spinner.maybe_yield(batch);
@@ -479,7 +608,7 @@ pub(crate) fn block_on<T>(
         deadline.check(now)?;
         if now >= next_check {
             on_check(Stalled { waited: now - t0 })?;
-            next_check = now + check_every;
+            next_check = later(now);
         }
     }
 }

@@ -1769,7 +1769,7 @@ fn drain_broadcast(r: &mut BroadcastReader, area: &Area, from: u64, budget: Dura
     while Instant::now() < until && idle < STUCK {
         n += 1;
         idle += 1;
-        let got = if n % 64 == 0 {
+        let got = if n.is_multiple_of(64) {
             r.recv_with(Wait::timeout(SHORT)).map(Some)
         } else {
             r.try_recv()
@@ -1956,7 +1956,7 @@ fn drain_mpmc(c: &mut MpmcConsumer, area: &Area, from: u64, budget: Duration) ->
     while Instant::now() < until && idle < STUCK {
         n += 1;
         idle += 1;
-        let got = if n % 64 == 0 {
+        let got = if n.is_multiple_of(64) {
             c.take_with(Wait::timeout(SHORT)).map(Some)
         } else {
             c.try_take()

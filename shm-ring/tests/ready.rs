@@ -121,3 +121,48 @@ fn mpmc_consumers_get_a_ready_fd_too() {
     ready.clear();
     assert_eq!(&*c.try_take().unwrap().unwrap(), b"job");
 }
+
+/// Review finding: a second `ReadyFd` of one reader shared its waiter bit,
+/// and dropping it silenced the first. One per endpoint at a time now.
+#[test]
+fn a_second_ready_fd_for_one_reader_is_refused_until_the_first_is_dropped() {
+    let (mut w, mut r) = pair();
+    let a = r.ready_fd().unwrap();
+    assert!(matches!(r.ready_fd(), Err(Error::InvalidConfig(_))));
+    a.arm();
+    assert!(r.try_recv().unwrap().is_none());
+    w.send(b"x").unwrap();
+    assert!(readable(&a, Duration::from_secs(3)));
+    drop(a);
+    let b = r.ready_fd().unwrap();
+    b.clear();
+    assert_eq!(&*r.try_recv().unwrap().unwrap(), b"x");
+}
+
+/// Review finding: a `ReadyFd` that outlived its reader could clear the
+/// waiter bit of the slot's next owner, whose armed fd then never fired.
+#[test]
+fn a_stale_ready_fd_does_not_silence_the_slots_next_owner() {
+    let mut w = BroadcastWriter::create(&BroadcastConfig::new(1 << 16, 1)).unwrap();
+    let r1 = BroadcastReader::attach(&w.handle()).unwrap();
+    let old = r1.ready_fd().unwrap();
+    drop(r1);
+    let mut r2 = BroadcastReader::attach(&w.handle()).unwrap();
+    w.wait_for_readers(1, Wait::no_wait()).unwrap();
+    let new = r2.ready_fd().unwrap();
+    new.arm();
+    assert!(r2.try_recv().unwrap().is_none());
+    old.arm(); // its slot is somebody else's now: it must not touch it
+    assert!(
+        readable(&old, Duration::from_secs(3)),
+        "a stale fd wakes its caller"
+    );
+    drop(old);
+    std::thread::sleep(Duration::from_millis(100));
+    w.send(b"x").unwrap();
+    assert!(
+        readable(&new, Duration::from_secs(3)),
+        "the new owner's fd never fired"
+    );
+    assert!(r2.try_recv().unwrap().is_some());
+}

@@ -176,3 +176,43 @@ fn a_stalled_live_reader_ends_the_writers_wait_and_keeps_its_bytes() {
         assert_eq!(&*slow.recv().unwrap(), &[9u8; 1000][..]);
     }
 }
+
+/// Readers publish their position lazily while records keep coming; one
+/// that read everything sent so far and then stops calling must not hold
+/// the writer back, even for records that wrap the ring behind a pad.
+#[test]
+fn a_caught_up_reader_that_stops_calling_does_not_block_the_writer() {
+    let mut w = BroadcastWriter::create(&BroadcastConfig::new(1 << 12, 1)).unwrap();
+    let mut r = BroadcastReader::attach(&w.handle()).unwrap();
+    w.wait_for_readers(1, Wait::no_wait()).unwrap();
+    for round in 0..50u32 {
+        // Sizes that leave the writer just short of the ring's end, so the
+        // next record wraps behind a pad.
+        let size = [700usize, 1500, 1900, 64][round as usize % 4];
+        w.send_with(&vec![round as u8; size], Wait::no_wait())
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        // Read exactly what was sent; never poll an empty ring.
+        let g = r.recv_with(Wait::no_wait()).unwrap();
+        assert_eq!(g.len(), size);
+    }
+}
+
+/// Review finding: a huge `liveness_interval` (the field is public) made a
+/// blocked call panic on `Instant` overflow.
+#[test]
+fn a_huge_liveness_interval_does_not_panic() {
+    use shoal_shm_ring::{PeerOptions, ReaderOptions};
+    let w = BroadcastWriter::create(&BroadcastConfig::new(1 << 16, 1)).unwrap();
+    let opts = ReaderOptions {
+        peer: PeerOptions {
+            liveness_interval: Duration::MAX,
+            ..PeerOptions::default()
+        },
+        expect_format: None,
+    };
+    let mut r = BroadcastReader::attach_with(&w.handle(), &opts).unwrap();
+    assert!(matches!(
+        r.recv_with(Wait::timeout(Duration::from_millis(10))),
+        Err(Error::Timeout)
+    ));
+}
