@@ -10,7 +10,8 @@ pub struct Measurement {
     pub system: String,
     /// shm | in-process | none
     pub transport: String,
-    /// pingpong | broadcast | workqueue | stream | memcpy | futex | idle | wake
+    /// pingpong | broadcast | workqueue | ring | stream | memcpy | futex | idle | wake
+    /// (see the crate documentation for the `-unpinned` and `stream-` variants)
     pub pattern: String,
     /// spin | park | waitset | none
     pub mode: String,
@@ -20,7 +21,8 @@ pub struct Measurement {
     pub readers: u32,
     /// OS processes taking part.
     pub processes: u32,
-    /// latency_one_way_ns | throughput_msgs_per_s | throughput_bytes_per_s | ...
+    /// latency_one_way_ns | throughput_msgs_per_s | throughput_bytes_per_s |
+    /// idle_cpu_percent | idle_wakeups_per_s | wake_latency_ns | ...
     pub metric: String,
     /// The samples (latencies in ns, or one throughput figure per run).
     #[serde(default)]

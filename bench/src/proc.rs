@@ -94,6 +94,25 @@ pub fn thread_cpu() -> Duration {
     Duration::from_micros(us(ru.ru_utime) + us(ru.ru_stime))
 }
 
+/// Context switches (voluntary plus involuntary) of every thread of process
+/// `pid` so far, from `/proc/<pid>/task/*/status`; `None` if the process is
+/// gone or the counts cannot be read.
+pub fn ctxt_switches(pid: i32) -> Option<u64> {
+    let mut total = 0u64;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let status = std::fs::read_to_string(t.ok()?.path().join("status")).ok()?;
+        total += status
+            .lines()
+            .filter_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                matches!(k, "voluntary_ctxt_switches" | "nonvoluntary_ctxt_switches")
+                    .then(|| v.trim().parse::<u64>().ok())?
+            })
+            .sum::<u64>();
+    }
+    Some(total)
+}
+
 /// Parses `--name value` pairs from the command line (after the subcommand).
 pub struct Args(Vec<String>);
 

@@ -2,14 +2,16 @@
 //! `ipc::Service` publish-subscribe service with `[u8]` payloads.
 //!
 //! `iceoryx2 pingpong --size B --mode spin|waitset --iters N [--pin]`
-//! `iceoryx2 broadcast --size B --readers R --ms T`
+//! `iceoryx2 broadcast --size B --readers R --ms T [--pin]`
 //! `iceoryx2 wake --idle-us U --iters N`
 //!
 //! Peers are re-executions of this binary with a role argument. Lossless
 //! settings throughout: `enable_safe_overflow(false)` and
 //! `BackpressureStrategy::RetryUntilDelivered` (the defaults silently
-//! overwrite). Sizes above 64 B write only the first 8 bytes of the loan, as
-//! the shoal cells do, and as iceoryx2's own benchmark does.
+//! overwrite). In ping-pong, sizes above 64 B write only the first 64 bytes
+//! of the loan, as the shoal cells do, and as iceoryx2's own benchmark does;
+//! in broadcast the publisher writes and every subscriber reads every byte,
+//! as in the shoal cell.
 
 use iceoryx2::port::{
     listener::Listener, notifier::Notifier, publisher::Publisher, subscriber::Subscriber,
@@ -284,35 +286,43 @@ fn pong(a: &[String]) {
 }
 
 /// One publisher, `n` subscriber processes polling with a yield when empty
-/// (pure spinning collapses with more processes than cores); per-subscriber
-/// messages (or, for payloads of 4 KiB and more, bytes with the publisher
-/// writing and every subscriber reading every byte) per second.
-fn broadcast(size: usize, n: usize, run: Duration) -> Measurement {
+/// (pure spinning collapses with more processes than cores); the publisher
+/// writes every payload byte and every subscriber reads every byte, as in
+/// the shoal cell; per-subscriber messages (or, for payloads of 4 KiB and
+/// more, bytes) per second. With `pinned` the publisher runs on CPU 0 and
+/// subscriber `k` on CPU `1 + k` (modulo the CPUs).
+fn broadcast(size: usize, n: usize, run: Duration, pinned: bool) -> Measurement {
     let node = node();
     let name = uniq("bcast");
     // Large payloads: every subscriber queue slot is a whole sample in shm.
-    let touch_all = size >= 4096;
-    let queue = if touch_all { 2 } else { 4096 };
+    let big = size >= 4096;
+    let queue = if big { 2 } else { 4096 };
     let svc = pubsub(&node, &name, true, n, queue);
     let p = publisher(&svc, size);
     let kids: Vec<Child> = (0..n)
-        .map(|_| spawn(&["sub".into(), name.clone(), touch_all.to_string()]))
+        .map(|k| {
+            let cpu = if pinned {
+                (1 + k).to_string()
+            } else {
+                "none".into()
+            };
+            spawn(&["sub".into(), name.clone(), "true".into(), cpu])
+        })
         .collect();
+    if pinned {
+        pin(0);
+    }
     wait_until(|| svc.dynamic_config().number_of_subscribers() == n);
     let t0 = Instant::now();
     let mut seq = 0u64;
     while t0.elapsed() < run {
-        for _ in 0..if touch_all { 4 } else { 256 } {
-            if touch_all {
-                send_filled(&p, size, seq);
-            } else {
-                send(&p, size, seq);
-            }
+        for _ in 0..if big { 4 } else { 256 } {
+            send_filled(&p, size, seq);
             seq += 1;
         }
     }
     send(&p, size, TERM);
-    let (metric, scale) = if touch_all {
+    let (metric, scale) = if big {
         ("throughput_bytes_per_s", size as f64)
     } else {
         ("throughput_msgs_per_s", 1.0)
@@ -360,9 +370,7 @@ fn recv_sub(sub: &Sub, touch_all: bool, sink: &mut u64) -> u64 {
         if let Some(s) = sub.receive().expect("receive") {
             let b = s.payload();
             if touch_all {
-                for c in b.chunks_exact(8) {
-                    *sink = sink.wrapping_add(u64::from_le_bytes(c.try_into().unwrap_or([0; 8])));
-                }
+                *sink = sink.wrapping_add(shoal_bench::shape::sum(b));
             }
             return u64::from_le_bytes(b[..8].try_into().unwrap_or([0; 8]));
         }
@@ -371,7 +379,10 @@ fn recv_sub(sub: &Sub, touch_all: bool, sink: &mut u64) -> u64 {
     }
 }
 
-fn sub_child(name: &str, touch_all: bool) {
+fn sub_child(name: &str, touch_all: bool, cpu: Option<usize>) {
+    if let Some(c) = cpu {
+        pin(c);
+    }
     let node = node();
     let svc = pubsub(&node, name, false, 0, 0);
     let sub = svc.subscriber_builder().create().expect("subscriber");
@@ -461,7 +472,13 @@ fn main() {
     let argv: Vec<String> = std::env::args().collect();
     match argv.get(1).map(String::as_str) {
         Some("pong" | "pongw") => return pong(&argv),
-        Some("sub") => return sub_child(&argv[2], argv.get(3).is_some_and(|a| a == "true")),
+        Some("sub") => {
+            return sub_child(
+                &argv[2],
+                argv.get(3).is_some_and(|a| a == "true"),
+                argv.get(4).and_then(|c| c.parse().ok()),
+            )
+        }
         Some("waker") => return wake_child(&argv[2], &argv[3], argv[4].parse().unwrap_or(1)),
         _ => {}
     }
@@ -479,6 +496,7 @@ fn main() {
             size,
             a.get("readers", 1usize),
             Duration::from_millis(a.get("ms", 500u64)),
+            a.has("pin"),
         ),
         "wake" => wake(
             Duration::from_micros(a.get("idle-us", 0u64)),

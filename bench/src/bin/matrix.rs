@@ -35,7 +35,7 @@ fn cells(quick: bool) -> Vec<Cell> {
     let (it, r) = if quick { (4000, 3) } else { (20000, 5) };
     let ms = if quick { 300 } else { 1000 };
     let idle_s = 5;
-    let wake_rounds = if quick { 7 } else { 15 };
+    let wake_rounds = if quick { 5 } else { 15 };
     let mut v = Vec::new();
     for size in [64usize, 4096, 1 << 20, 16 << 20] {
         let iters = if size >= 1 << 20 { it / 4 } else { it };
@@ -49,6 +49,14 @@ fn cells(quick: bool) -> Vec<Cell> {
             ],
         ));
     }
+    // Header and payload in one cache line.
+    v.push(cell(
+        "pingpong 48 B (one line)",
+        r,
+        &[&format!(
+            "shoal pingpong --pin --mode spin --size 48 --iters {it}"
+        )],
+    ));
     v.push(cell(
         "pingpong 64 B blocking (iceoryx2 WaitSet)",
         r,
@@ -58,7 +66,7 @@ fn cells(quick: bool) -> Vec<Cell> {
         )],
     ));
     v.push(cell(
-        "wake after idle",
+        "wake after idle, pinned",
         wake_rounds,
         &[
             "floor futex --idle-us 1000000 --iters 1",
@@ -66,8 +74,29 @@ fn cells(quick: bool) -> Vec<Cell> {
             "iceoryx2 wake --idle-us 1000000 --iters 1",
         ],
     ));
+    v.push(cell(
+        "wake after idle, unpinned",
+        wake_rounds,
+        &[
+            "floor futex --idle-us 1000000 --iters 1 --no-pin",
+            "shoal wake --idle-us 1000000 --iters 1 --no-pin",
+        ],
+    ));
     v.push(cell("wake back-to-back", 1, &["floor futex --iters 20"]));
-    for readers in [1, 3, 7] {
+    // 1->1: writer and reader pinned to different CPUs, floor and peers
+    // alike (the cross-core hand-over the placement label describes); shoal
+    // once more unpinned, where the two often share one CPU.
+    v.push(cell(
+        "broadcast 64 B 1->1 vs ring floor",
+        r,
+        &[
+            &format!("floor ring --size 64 --ms {ms}"),
+            &format!("shoal broadcast --pin --size 64 --readers 1 --ms {ms}"),
+            &format!("iceoryx2 broadcast --pin --size 64 --readers 1 --ms {ms}"),
+            &format!("shoal broadcast --size 64 --readers 1 --ms {ms}"),
+        ],
+    ));
+    for readers in [3, 7] {
         v.push(cell(
             &format!("broadcast 64 B 1->{readers}"),
             r - 1,
@@ -79,11 +108,12 @@ fn cells(quick: bool) -> Vec<Cell> {
     }
     v.push(cell(
         "broadcast 1 MiB 1->1 vs stream floor",
-        r - 1,
+        r,
         &[
-            "floor stream --iters 300",
+            &format!("floor stream --size 1048576 --ms {ms}"),
+            &format!("shoal broadcast --pin --size 1048576 --readers 1 --ms {ms}"),
+            &format!("iceoryx2 broadcast --pin --size 1048576 --readers 1 --ms {ms}"),
             &format!("shoal broadcast --size 1048576 --readers 1 --ms {ms}"),
-            &format!("iceoryx2 broadcast --size 1048576 --readers 1 --ms {ms}"),
         ],
     ));
     for readers in [3, 7] {
@@ -96,6 +126,16 @@ fn cells(quick: bool) -> Vec<Cell> {
             ],
         ));
     }
+    // 1-2 MiB records: through a 2 MiB ring every one takes an overflow
+    // segment (inline limit 1 MiB - 16 B), through a 16 MiB ring none does.
+    v.push(cell(
+        "stream 1-2 MiB 1->1 overflow vs inline",
+        r,
+        &[
+            &format!("shoal stream --pin --min 1048576 --max 2097152 --cap 2097152 --ms {ms}"),
+            &format!("shoal stream --pin --min 1048576 --max 2097152 --cap 16777216 --ms {ms}"),
+        ],
+    ));
     v.push(cell(
         "workqueue 2x2 64 B",
         r - 1,
@@ -105,7 +145,7 @@ fn cells(quick: bool) -> Vec<Cell> {
         ],
     ));
     v.push(cell(
-        "idle reader CPU",
+        "idle reader CPU and wake-ups",
         1,
         &[&format!("shoal idle --ms {}", idle_s * 1000)],
     ));

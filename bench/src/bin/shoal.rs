@@ -1,17 +1,25 @@
 //! shoal's shm-ring measured across processes.
 //!
-//! `shoal pingpong --size B --mode spin|park --iters N`
-//! `shoal broadcast --size B --readers R --ms T [--mode spin|park]`
+//! `shoal pingpong --size B --mode spin|park --iters N [--pin]`
+//! `shoal broadcast --size B --readers R --ms T [--mode spin|park] [--cap B] [--pin]`
+//! `shoal stream --min B --max B --cap B --ms T [--mode spin|park] [--pin]`
 //! `shoal mpmc --size B --ms T`
 //! `shoal idle --ms T`
-//! `shoal wake --idle-us U --iters N`
+//! `shoal wake --idle-us U --iters N [--no-pin]`
+//!
+//! Metrics beyond `BENCH.md`'s list: `idle` also reports
+//! `idle_wakeups_per_s`, the context switches per second of the parked
+//! reader's process (see [`idle`]). Patterns beyond it: `stream-overflow`
+//! and `stream-inline` (see [`stream`]), `broadcast-unpinned` (a 1->1
+//! broadcast left to the scheduler), `wake-idle-unpinned`.
 //!
 //! Prints one JSON [`Measurement`] per line. Peers are forked after the
 //! rings exist; results come back through an anonymous shared mapping.
 #![allow(clippy::disallowed_types)] // plain std atomics on a shared mapping
 
 use shoal_bench::measure::Measurement;
-use shoal_bench::proc::{fork, thread_cpu, Args};
+use shoal_bench::proc::{ctxt_switches, fork, thread_cpu, Args};
+use shoal_bench::shape;
 use shoal_bench::shared::{now_ns, SharedMap};
 use shoal_shm_ring::{
     BroadcastConfig, BroadcastReader, BroadcastWriter, Error, Handle, MpmcConfig, MpmcConsumer,
@@ -126,30 +134,36 @@ fn pingpong(size: usize, mode: &str, iters: u64, pin: bool) -> Result<Measuremen
     Ok(m)
 }
 
+/// One writer, `readers` reader processes; the writer writes every payload
+/// byte, every reader reads every payload byte ([`shape::fill`],
+/// [`shape::sum`], as the ring floor does). Per-reader messages per second
+/// below 4 KiB, bytes per second from 4 KiB up. The ring is
+/// [`shape::broadcast_cap`] unless `cap` says otherwise. With `pin` the
+/// writer runs on CPU 0 and reader `k` on CPU `1 + k` (modulo the CPUs);
+/// a 1->1 run without it reports pattern `broadcast-unpinned`.
 fn broadcast(
     size: usize,
     readers: u32,
     mode: &str,
     run: Duration,
     cap: u64,
+    pin: bool,
 ) -> Result<Measurement, Error> {
     let map = SharedMap::new(1 << 16).expect("mmap");
-    // Default: about two records in flight (plus the ring's slack), at least
-    // 256 KiB: small enough to stay in cache, like the stream floor's buffer.
     let cap = if cap > 0 {
         cap
     } else {
-        ((size as u64 + 64) * 2 + 128)
-            .next_power_of_two()
-            .max(1 << 18)
+        shape::broadcast_cap(size)
     };
     let cfg = BroadcastConfig::new(cap, readers).peer_options(peer(mode));
     let mut w = BroadcastWriter::create(&cfg)?;
     let h = w.handle();
-    let touch_all = size >= 4096;
     let children: Vec<_> = (0..readers as usize)
         .map(|k| {
             fork(|| {
+                if pin {
+                    shoal_bench::proc::pin(1 + k);
+                }
                 let go = || -> Result<(), Error> {
                     let mut r = BroadcastReader::attach_with(&h, &reader_opts(mode))?;
                     let mut n = 0u64;
@@ -159,16 +173,7 @@ fn broadcast(
                         match r.recv_with(Wait::timeout(30 * SEC)) {
                             Ok(g) => {
                                 t0.get_or_insert_with(Instant::now);
-                                if touch_all {
-                                    // Touch every byte, as a consumer would.
-                                    for c in g.chunks_exact(8) {
-                                        sink = sink.wrapping_add(u64::from_le_bytes(
-                                            c.try_into().unwrap_or([0; 8]),
-                                        ));
-                                    }
-                                } else {
-                                    sink = sink.wrapping_add(u64::from(g[0]));
-                                }
+                                sink = sink.wrapping_add(shape::sum(&g));
                                 n += 1;
                             }
                             Err(Error::Closed) => break,
@@ -186,28 +191,35 @@ fn broadcast(
             .expect("fork")
         })
         .collect();
+    if pin {
+        shoal_bench::proc::pin(0);
+    }
     w.wait_for_readers(readers, Wait::timeout(10 * SEC))?;
     let t0 = Instant::now();
     let mut i = 0u64;
     while t0.elapsed() < run {
         for _ in 0..64 {
             let mut r = w.reserve(size)?;
-            if touch_all {
-                r.fill(i as u8);
-            } else {
-                r[..8.min(size)].copy_from_slice(&i.to_le_bytes()[..8.min(size)]);
-            }
+            shape::fill(&mut r, i as u8);
             r.commit(size)?;
             i += 1;
         }
     }
     drop(w);
-    let (metric, scale) = if touch_all {
+    let (metric, scale) = if size >= 4096 {
         ("throughput_bytes_per_s", size as f64)
     } else {
         ("throughput_msgs_per_s", 1.0)
     };
-    let mut m = Measurement::new("shoal", "broadcast", mode, metric)
+    // 1->1 unpinned is its own row: two processes left to the scheduler
+    // often share one CPU, and a parking ring then hands over within one
+    // core's cache, which says nothing about a cross-core hand-over.
+    let pattern = if pin || readers > 1 {
+        "broadcast"
+    } else {
+        "broadcast-unpinned"
+    };
+    let mut m = Measurement::new("shoal", pattern, mode, metric)
         .payload(size as u64)
         .readers(readers)
         .processes(readers + 1);
@@ -219,6 +231,108 @@ fn broadcast(
         }
     }
     Ok(m)
+}
+
+/// Records of varying size (deterministic, [`shape::Sizes`] in `[min, max)`)
+/// from one writer to one reader through a `cap`-byte ring, the writer
+/// writing and the reader reading every byte. Pattern `stream-overflow`
+/// when every record exceeds the ring's inline limit (each goes through an
+/// overflow segment), `stream-inline` when every record fits inline,
+/// `stream-mixed` otherwise; `payload_bytes` is `min`. Reports bytes and
+/// records per second, counted by the reader after `WARMUP` records (the
+/// first ones also create the overflow segments the writer then recycles,
+/// and fault in the ring's pages).
+fn stream(
+    min: usize,
+    max: usize,
+    cap: u64,
+    mode: &str,
+    run: Duration,
+    pin: bool,
+) -> Result<Vec<Measurement>, Error> {
+    const WARMUP: u64 = 8;
+    let map = SharedMap::new(4096).expect("mmap");
+    let cfg = BroadcastConfig::new(cap, 1).peer_options(peer(mode));
+    let mut w = BroadcastWriter::create(&cfg)?;
+    let inline = w.max_inline();
+    let pattern = if min > inline {
+        "stream-overflow"
+    } else if max <= inline + 1 {
+        "stream-inline"
+    } else {
+        "stream-mixed"
+    };
+    let h = w.handle();
+    let (bytes_out, msgs_out) = (map.at::<AtomicU64>(0), map.at::<AtomicU64>(128));
+    let child = fork(|| {
+        if pin {
+            shoal_bench::proc::pin(1);
+        }
+        // Ok(false): a record of the wrong size arrived (lost or reordered).
+        let go = || -> Result<bool, Error> {
+            let mut r = BroadcastReader::attach_with(&h, &reader_opts(mode))?;
+            let mut sizes = shape::Sizes::new(min, max);
+            let (mut n, mut bytes, mut sink) = (0u64, 0u64, 0u64);
+            let mut t0 = None;
+            loop {
+                match r.recv_with(Wait::timeout(30 * SEC)) {
+                    Ok(g) => {
+                        if Some(g.len()) != sizes.next() {
+                            return Ok(false);
+                        }
+                        sink = sink.wrapping_add(shape::sum(&g));
+                        n += 1;
+                        if n == WARMUP {
+                            t0 = Some(Instant::now());
+                        } else if n > WARMUP {
+                            bytes += g.len() as u64;
+                        }
+                    }
+                    Err(Error::Closed) => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            std::hint::black_box(sink);
+            let secs = t0.map_or(0.0, |t| t.elapsed().as_secs_f64());
+            if secs > 0.0 {
+                bytes_out.store((bytes as f64 / secs).to_bits(), Ordering::Release);
+                msgs_out.store(((n - WARMUP) as f64 / secs).to_bits(), Ordering::Release);
+            }
+            Ok(true)
+        };
+        i32::from(!matches!(go(), Ok(true)))
+    })
+    .expect("fork");
+    if pin {
+        shoal_bench::proc::pin(0);
+    }
+    w.wait_for_readers(1, Wait::timeout(10 * SEC))?;
+    let mut sizes = shape::Sizes::new(min, max);
+    let t0 = Instant::now();
+    let mut i = 0u64;
+    while t0.elapsed() < run || i < 2 * WARMUP {
+        let len = sizes.next().unwrap_or(min);
+        let mut r = w.reserve(len)?;
+        shape::fill(&mut r, i as u8);
+        r.commit(len)?;
+        i += 1;
+    }
+    drop(w);
+    let ok = matches!(child.wait(), Ok(0));
+    let row = |metric: &str, v: &AtomicU64| {
+        let mut m = Measurement::new("shoal", pattern, mode, metric).payload(min as u64);
+        let v = f64::from_bits(v.load(Ordering::Acquire));
+        if ok && v > 0.0 {
+            m.samples.push(v);
+        } else {
+            m.error = Some("stream reader failed or saw a wrong record".into());
+        }
+        m
+    };
+    Ok(vec![
+        row("throughput_bytes_per_s", bytes_out),
+        row("throughput_msgs_per_s", msgs_out),
+    ])
 }
 
 fn mpmc(size: usize, run: Duration) -> Result<Measurement, Error> {
@@ -291,50 +405,94 @@ fn mpmc(size: usize, run: Duration) -> Result<Measurement, Error> {
     Ok(m)
 }
 
-/// CPU used by a reader blocked on an idle ring, as % of one core.
-fn idle(run: Duration) -> Result<Measurement, Error> {
+/// A reader blocked on an idle ring for `run`: the CPU it used, as % of one
+/// core (`idle_cpu_percent`, its own CPU time over the whole wait), and how
+/// often its process woke up (`idle_wakeups_per_s`: voluntary plus
+/// involuntary context switches of all its threads, read from
+/// `/proc/<pid>/task/*/status` by this process at the start and the end of
+/// the middle of the wait, divided by the seconds between the two reads;
+/// every wake-up of a parked thread is one switch back out).
+fn idle(run: Duration) -> Result<Vec<Measurement>, Error> {
     let map = SharedMap::new(4096).expect("mmap");
     let w = BroadcastWriter::create(&BroadcastConfig::new(1 << 16, 1))?;
     let h = w.handle();
+    let (cpu_out, done, waiting) = (
+        map.at::<AtomicU64>(0),
+        map.at::<AtomicU64>(128),
+        map.at::<AtomicU64>(256),
+    );
     let child = fork(|| {
         let go = || -> Result<(), Error> {
             let mut r = BroadcastReader::attach(&h)?;
             let c0 = thread_cpu();
             let t0 = Instant::now();
+            waiting.store(1, Ordering::Release);
             let res = r.recv_with(Wait::timeout(run));
             let pct = (thread_cpu() - c0).as_secs_f64() / t0.elapsed().as_secs_f64() * 100.0;
             if !matches!(res, Err(Error::Timeout)) {
                 return Err(Error::Closed);
             }
-            map.at::<AtomicU64>(0)
-                .store(pct.to_bits(), Ordering::Release);
-            map.at::<AtomicU64>(128).store(1, Ordering::Release);
+            cpu_out.store(pct.to_bits(), Ordering::Release);
+            done.store(1, Ordering::Release);
             Ok(())
         };
         i32::from(go().is_err())
     })
     .expect("fork");
-    let ok = matches!(child.wait(), Ok(0));
-    drop(w);
-    let mut m = Measurement::new("shoal", "idle", "park", "idle_cpu_percent").processes(2);
-    if ok && map.at::<AtomicU64>(128).load(Ordering::Acquire) == 1 {
-        m.samples.push(f64::from_bits(
-            map.at::<AtomicU64>(0).load(Ordering::Acquire),
-        ));
+    // The window: from when the reader has surely parked (past its spin
+    // window) to well before its timeout ends the wait.
+    let settle = (run / 10).min(Duration::from_millis(100));
+    let margin = (run / 5).min(Duration::from_millis(200));
+    let t_wait = Instant::now();
+    while waiting.load(Ordering::Acquire) == 0 && t_wait.elapsed() < 10 * SEC {
+        std::thread::sleep(Duration::from_millis(1));
     }
-    Ok(m)
+    std::thread::sleep(settle);
+    let c0 = ctxt_switches(child.pid());
+    let t0 = Instant::now();
+    std::thread::sleep(run.saturating_sub(settle + margin));
+    let c1 = ctxt_switches(child.pid());
+    let secs = t0.elapsed().as_secs_f64();
+    let ok = matches!(child.wait(), Ok(0)) && done.load(Ordering::Acquire) == 1;
+    drop(w);
+    let mut cpu = Measurement::new("shoal", "idle", "park", "idle_cpu_percent").processes(2);
+    let mut wakeups = Measurement::new("shoal", "idle", "park", "idle_wakeups_per_s").processes(2);
+    if ok {
+        cpu.samples
+            .push(f64::from_bits(cpu_out.load(Ordering::Acquire)));
+        match (c0, c1) {
+            (Some(a), Some(b)) if secs > 0.0 => {
+                wakeups.samples.push(b.saturating_sub(a) as f64 / secs)
+            }
+            _ => wakeups.error = Some("cannot read the reader's context switches".into()),
+        }
+    } else {
+        let e = "the idle reader failed".to_string();
+        cpu.error = Some(e.clone());
+        wakeups.error = Some(e);
+    }
+    Ok(vec![cpu, wakeups])
 }
 
 /// Latency from send to the parked reader running, after `idle` of silence.
-fn wake(idle: Duration, iters: u64, liveness: Duration) -> Result<Measurement, Error> {
+/// With `pinned`, writer and reader run on different CPUs (as in the futex
+/// floor cell); without, where the scheduler puts them (pattern
+/// `wake-…-unpinned`).
+fn wake(
+    idle: Duration,
+    iters: u64,
+    liveness: Duration,
+    pinned: bool,
+) -> Result<Measurement, Error> {
     let map = SharedMap::new(4096).expect("mmap");
     let mut w = BroadcastWriter::create(&BroadcastConfig::new(1 << 16, 1))?;
     let h = w.handle();
     let lat = map.at::<AtomicU64>(0);
     lat.store(u64::MAX, Ordering::Release);
-    // Waker and sleeper on different CPUs, as in the futex floor cell.
     let child = fork(|| {
-        shoal_bench::proc::pin(1);
+        if pinned {
+            shoal_bench::proc::pin(1);
+        }
         let go = || -> Result<(), Error> {
             let opts = ReaderOptions {
                 peer: PeerOptions::default().liveness_interval(liveness),
@@ -352,14 +510,17 @@ fn wake(idle: Duration, iters: u64, liveness: Duration) -> Result<Measurement, E
         i32::from(go().is_err())
     })
     .expect("fork");
-    shoal_bench::proc::pin(0);
+    if pinned {
+        shoal_bench::proc::pin(0);
+    }
     w.wait_for_readers(1, Wait::timeout(10 * SEC))?;
     let mode = if idle >= Duration::from_millis(100) {
         "idle"
     } else {
         "back-to-back"
     };
-    let mut m = Measurement::new("shoal", &format!("wake-{mode}"), "park", "wake_latency_ns");
+    let pattern = format!("wake-{mode}{}", if pinned { "" } else { "-unpinned" });
+    let mut m = Measurement::new("shoal", &pattern, "park", "wake_latency_ns");
     for _ in 0..iters {
         std::thread::sleep(idle.max(Duration::from_micros(200)));
         w.send(&now_ns().to_le_bytes())?;
@@ -389,23 +550,48 @@ fn main() {
     let size = a.get("size", 64usize);
     let mode = a.get("mode", "park".to_string());
     let ms = Duration::from_millis(a.get("ms", 500u64));
+    let one = |r: Result<Measurement, Error>| r.map(|m| vec![m]);
     let r = match cmd.as_str() {
-        "pingpong" => pingpong(size, &mode, a.get("iters", 10_000u64), a.has("pin")),
-        "broadcast" => broadcast(size, a.get("readers", 1u32), &mode, ms, a.get("cap", 0u64)),
-        "mpmc" => mpmc(size, ms),
+        "pingpong" => one(pingpong(
+            size,
+            &mode,
+            a.get("iters", 10_000u64),
+            a.has("pin"),
+        )),
+        "broadcast" => one(broadcast(
+            size,
+            a.get("readers", 1u32),
+            &mode,
+            ms,
+            a.get("cap", 0u64),
+            a.has("pin"),
+        )),
+        "stream" => {
+            let min = a.get("min", 1usize << 20);
+            stream(
+                min,
+                a.get("max", 2 * min),
+                a.get("cap", 2u64 << 20),
+                &mode,
+                ms,
+                a.has("pin"),
+            )
+        }
+        "mpmc" => one(mpmc(size, ms)),
         "idle" => idle(ms),
-        "wake" => wake(
+        "wake" => one(wake(
             Duration::from_micros(a.get("idle-us", 0u64)),
             a.get("iters", 5u64),
             Duration::from_millis(a.get("liveness-ms", 50u64)),
-        ),
+            !a.has("no-pin"),
+        )),
         _ => {
-            eprintln!("usage: shoal <pingpong|broadcast|mpmc|idle|wake> [--size B] [--mode spin|park] [--iters N] [--readers R] [--ms T] [--idle-us U]");
+            eprintln!("usage: shoal <pingpong|broadcast|stream|mpmc|idle|wake> [--size B] [--mode spin|park] [--iters N] [--readers R] [--ms T] [--cap B] [--min B --max B] [--idle-us U] [--pin | --no-pin]");
             std::process::exit(2);
         }
     };
     match r {
-        Ok(m) => m.emit(),
+        Ok(ms) => ms.iter().for_each(Measurement::emit),
         Err(e) => {
             let mut m = Measurement::new("shoal", &cmd, &mode, "error");
             m.error = Some(e.to_string());
