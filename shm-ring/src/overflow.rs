@@ -209,8 +209,12 @@ impl PoolSeg {
 
 /// Overflow records one writer may have in flight.
 pub(crate) const OVERFLOW_SLOTS: usize = 16;
-/// Released overflow segments a writer keeps for reuse.
-pub(crate) const FREE_SLOTS: usize = 8;
+/// Released overflow segments a writer keeps for reuse: as many as it can
+/// have in flight, so a writer running ahead of its readers and then
+/// catching its breath keeps its whole working set.
+pub(crate) const FREE_SLOTS: usize = OVERFLOW_SLOTS;
+/// Bytes of free overflow segments a writer keeps beyond the first.
+pub(crate) const FREE_BYTES: u64 = 64 << 20;
 
 impl OverflowPool {
     pub(crate) fn new() -> Self {
@@ -235,6 +239,10 @@ impl OverflowPool {
     }
 
     fn put_free(&mut self, ps: PoolSeg) {
+        let kept: u64 = self.free.iter().flatten().map(PoolSeg::capacity).sum();
+        if kept > 0 && kept + ps.capacity() > FREE_BYTES {
+            return; // dropped: unlinked and unmapped
+        }
         if let Some(slot) = self.free.iter_mut().find(|f| f.is_none()) {
             *slot = Some(ps);
             return;
@@ -343,8 +351,11 @@ pub(crate) struct OverflowCache {
     tick: u64,
 }
 
-/// Overflow mappings one reader keeps.
-pub(crate) const CACHE_SLOTS: usize = 8;
+/// Overflow mappings one reader keeps: as many as a writer can have at once
+/// (in flight and free), so a steady stream never maps a segment twice.
+/// A mapping costs address space and page-table entries only: the pages
+/// are the writer's, shared.
+pub(crate) const CACHE_SLOTS: usize = OVERFLOW_SLOTS + FREE_SLOTS;
 
 impl OverflowCache {
     pub(crate) fn new() -> Self {
