@@ -203,6 +203,7 @@ impl BroadcastWriter {
                 buf,
                 len: max_len as usize,
                 ov: false,
+                committed: false,
             });
         }
         // Room in the overflow table first, then in the ring.
@@ -225,6 +226,7 @@ impl BroadcastWriter {
             buf,
             len: max_len as usize,
             ov: true,
+            committed: false,
         })
     }
 
@@ -287,6 +289,7 @@ pub struct Reservation<'a> {
     len: usize,
     /// Whether the payload lives in the writer's pending overflow segment.
     ov: bool,
+    committed: bool,
 }
 
 impl Reservation<'_> {
@@ -299,6 +302,7 @@ impl Reservation<'_> {
                 limit: self.len as u64,
             });
         }
+        self.committed = true;
         let w = &mut *self.writer;
         if std::mem::replace(&mut self.ov, false) {
             let d = OverflowDesc {
@@ -318,6 +322,9 @@ impl Reservation<'_> {
 
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
+        if !self.committed {
+            self.writer.core.abandon(&self.resv);
+        }
         if self.ov {
             // Not committed: the overflow segment is free again.
             self.writer.overflow.abandon_pending();

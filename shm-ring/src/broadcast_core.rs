@@ -71,12 +71,18 @@ pub(crate) struct WriterCore<M> {
     pos: u64,
     /// The writer may use positions below this (cached `min(cursor) + cap`).
     limit: u64,
+    /// Every line from the end of the last record up to here has a zero
+    /// commit word (cleared ahead in batches, see `reserve`).
+    cleared: u64,
     joins_seen: u32,
     spinner: Spinner,
     pub(crate) opts: PeerOptions,
     /// Notifies that found a waiter bit but nobody asleep.
     futile: u32,
 }
+
+/// How far past a reservation the writer clears commit words in one go.
+const CLEAR_AHEAD: u64 = 64 * RECORD_ALIGN as u64;
 
 /// Cursor below which no active reader holds anything, given writer `pos`.
 /// A reader whose cursor no correct reader could have (ahead of the writer,
@@ -156,6 +162,8 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
             mem,
             pos: 0,
             limit: cap,
+            // A new ring is all zeroes.
+            cleared: cap,
             joins_seen: 0,
             spinner: Spinner::new(opts.wait),
             opts,
@@ -199,15 +207,25 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
             (self.pos, false)
         };
         self.wait_until_free(start + size + RECORD_ALIGN as u64, wait)?;
-        // Clear the commit word after the record now (the line is free:
-        // checked just above), not at commit: a store that misses in the
-        // cache delays every later store's visibility, and the commit's is
-        // the one the reader waits for. The payload writes in between hide
-        // the miss.
-        self.mem
-            .header(start + size)
-            .commit
-            .store(0, Ordering::Relaxed);
+        // The commit word after the record must read "not written" before
+        // the record is published (so a reader moving on never takes stale
+        // bytes for a header). Clear such words ahead, a batch of lines at a
+        // time, as far as readers have released: a store to a line a reader
+        // still caches must wait for its invalidation, and every later store
+        // (the commit the reader waits for among them) waits behind it.
+        // Batched, those round trips overlap and happen once per batch
+        // instead of once per record, and the lines are then already ours
+        // when the records are written.
+        let after = start + size + RECORD_ALIGN as u64;
+        if after > self.cleared {
+            let to = (after + CLEAR_AHEAD).min(self.limit).max(after);
+            let mut p = self.cleared.max(self.pos);
+            while p < to {
+                self.mem.header(p).commit.store(0, Ordering::Relaxed);
+                p += RECORD_ALIGN as u64;
+            }
+            self.cleared = to;
+        }
         Ok(Resv {
             start,
             pad,
@@ -261,6 +279,12 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
         Ok(())
     }
 
+    /// `r` will not be committed: its lines may hold payload bytes, so
+    /// commit words from its start on must be cleared again.
+    pub(crate) fn abandon(&mut self, r: &Resv) {
+        self.cleared = self.cleared.min(r.start);
+    }
+
     /// Pointer to the payload of `r`.
     #[inline]
     pub(crate) fn payload(&self, r: &Resv) -> *mut u8 {
@@ -280,6 +304,9 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
         // shorter one ends earlier, inside the reservation.
         if end != r.start + record_size(r.max_len) {
             self.mem.header(end).commit.store(0, Ordering::Relaxed);
+            // The rest of the reservation may hold payload bytes: clear
+            // again from the line after `end` on.
+            self.cleared = self.cleared.min(end + RECORD_ALIGN as u64);
         }
         // SYNC W(commit): pairs with the reader's Acquire load of `commit`.
         h.commit.store(rec::word(r.start, state), Ordering::Release);
@@ -809,6 +836,59 @@ mod tests {
         assert_eq!(read(&mut r).unwrap(), b"a");
         assert_eq!(read(&mut r).unwrap(), b"b");
         assert!(matches!(r.poll(), Err(Error::Closed)));
+    }
+
+    /// Writes, into every line of `r`, a header that would pass for a
+    /// committed record at that line's position (the worst payload bytes a
+    /// user could leave there).
+    fn forge_headers(w: &WriterCore<Arc<HeapMem<BroadcastControl>>>, r: &Resv) {
+        let mut p = r.start + RECORD_ALIGN as u64;
+        while p < r.start + record_size(r.max_len) + RECORD_ALIGN as u64 {
+            let h = w.mem.header(p);
+            h.len.store(8, Ordering::Relaxed);
+            h.commit.store(rec::word(p, rec::DATA), Ordering::Relaxed);
+            p += RECORD_ALIGN as u64;
+        }
+    }
+
+    /// Commit words are cleared ahead in batches; a short commit or an
+    /// abandoned reservation may leave payload bytes that look like headers
+    /// past the record's end: the reader must never take them for records.
+    #[test]
+    fn payload_left_by_short_or_abandoned_reservations_is_never_a_record() {
+        let m = ring(4096, 1);
+        let mut w = WriterCore::new(m.clone(), PeerOptions::default());
+        let mut r = ReaderCore::join(m.clone(), me(), PeerOptions::default()).unwrap();
+        send(&mut w, b"first");
+        assert_eq!(read(&mut r).unwrap(), b"first");
+        for round in 0..40u64 {
+            // Abandoned: forged headers everywhere, then dropped.
+            let big = w.reserve(1000, &Wait::forever()).unwrap();
+            forge_headers(&w, &big);
+            w.abandon(&big);
+            // A smaller record committed in full inside the dirty span.
+            send(&mut w, &[round as u8; 400]);
+            assert_eq!(read(&mut r).unwrap(), vec![round as u8; 400]);
+            assert!(
+                read(&mut r).is_none(),
+                "round {round}: read past an abandoned one"
+            );
+            // Short: forged headers past what is committed, then a full one.
+            let res = w.reserve(900, &Wait::forever()).unwrap();
+            forge_headers(&w, &res);
+            // SAFETY: the reservation owns 900 payload bytes.
+            unsafe { *w.payload(&res) = round as u8 };
+            w.commit(res, 8, rec::DATA);
+            send(&mut w, &[7; 200]);
+            let got = read(&mut r).expect("the committed record");
+            assert_eq!(got.len(), 8);
+            assert_eq!(got[0], round as u8);
+            assert_eq!(read(&mut r).unwrap(), vec![7; 200]);
+            assert!(
+                read(&mut r).is_none(),
+                "round {round}: read past a short one"
+            );
+        }
     }
 
     #[test]
