@@ -18,10 +18,10 @@ pub fn record_size(payload: usize) -> usize {
 }
 
 /// The ring the `shoal broadcast` cell creates for `payload`-byte records
-/// (unless told otherwise): about two records in flight plus the ring's
-/// slack, at least 256 KiB, a power of two.
+/// (unless told otherwise): large enough to keep the record inline (a
+/// quarter of the ring), at least 256 KiB, a power of two.
 pub fn broadcast_cap(payload: usize) -> u64 {
-    ((payload as u64 + 64) * 2 + 128)
+    ((payload as u64 + 64) * 4 + 128)
         .next_power_of_two()
         .max(1 << 18)
 }
@@ -29,7 +29,7 @@ pub fn broadcast_cap(payload: usize) -> u64 {
 /// The largest payload shoal keeps inline in a ring of `cap` bytes (larger
 /// ones go through overflow segments).
 pub fn max_inline(cap: u64) -> u64 {
-    cap / 2 - RECORD_HEADER as u64
+    cap / 4 - RECORD_HEADER as u64
 }
 
 /// How a writer of every cell writes a payload: every byte, with `v`.
@@ -104,7 +104,7 @@ mod tests {
     fn broadcast_rings_match_the_cells() {
         assert_eq!(broadcast_cap(64), 1 << 18);
         assert_eq!(broadcast_cap(1 << 20), 4 << 20);
-        assert_eq!(max_inline(2 << 20), (1 << 20) - 16);
+        assert_eq!(max_inline(2 << 20), (512 << 10) - 16);
     }
 
     #[test]

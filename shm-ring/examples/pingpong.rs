@@ -3,7 +3,7 @@
 //! The parent writes to the *ping* ring (one reader: the child), the child
 //! echoes every record into the *pong* ring (one reader: the parent), and the
 //! parent times each round trip with [`Instant`]. Payloads are 64 B, 4 KiB and
-//! 1 MiB; the rings hold 4 MiB, so even 1 MiB stays inline (both sides write
+//! 1 MiB; the rings hold 8 MiB, so even 1 MiB stays inline (both sides write
 //! only its first 8 bytes in place; smaller payloads are written in full by
 //! the parent and copied in full by the child). One-way latency is reported as
 //! RTT / 2, after a warm-up, as percentiles in nanoseconds.
@@ -39,8 +39,8 @@ use std::time::{Duration, Instant};
 
 type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
 
-/// Ring capacity: 4 MiB keeps a 1 MiB payload inline (max inline is 2 MiB - 16).
-const CAPACITY: u64 = 4 << 20;
+/// Ring capacity: 8 MiB keeps a 1 MiB payload inline (max inline is 2 MiB - 16).
+const CAPACITY: u64 = 8 << 20;
 /// Payloads up to this size are written (parent) and copied (child) in full;
 /// larger ones only in their first 8 bytes.
 const FULL_COPY_MAX: usize = 4096;

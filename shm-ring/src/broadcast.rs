@@ -29,7 +29,7 @@ use std::ops::{Deref, DerefMut};
 #[derive(Debug, Clone, Copy)]
 pub struct BroadcastConfig {
     /// Bytes in the data area: a power of two, 4 KiB to 2 GiB. A record
-    /// larger than half of it travels through an overflow segment.
+    /// larger than a quarter of it travels through an overflow segment.
     pub capacity: u64,
     /// Most readers at once (1 to 1024).
     pub readers: u32,
@@ -182,6 +182,7 @@ impl BroadcastWriter {
 
     /// Reserves `max_len` bytes, waiting as long as it takes for readers to
     /// release space (dead readers are evicted, so this cannot hang on one).
+    #[inline]
     pub fn reserve(&mut self, max_len: usize) -> Result<Reservation<'_>> {
         self.reserve_with(max_len, Wait::forever())
     }
@@ -206,6 +207,12 @@ impl BroadcastWriter {
                 committed: false,
             });
         }
+        self.reserve_overflow(max_len, wait)
+    }
+
+    /// The large-record path of [`reserve_with`](Self::reserve_with).
+    #[inline(never)]
+    fn reserve_overflow(&mut self, max_len: u64, wait: Wait<'_>) -> Result<Reservation<'_>> {
         // Room in the overflow table first, then in the ring.
         self.overflow.reclaim(self.core.released_floor());
         while let Some(oldest) = self.overflow.oldest_if_full() {
@@ -231,11 +238,13 @@ impl BroadcastWriter {
     }
 
     /// Copies `bytes` into the ring as one record.
+    #[inline]
     pub fn send(&mut self, bytes: &[u8]) -> Result<()> {
         self.send_with(bytes, Wait::forever())
     }
 
     /// Copies `bytes` into the ring as one record, waiting as `wait` allows.
+    #[inline]
     pub fn send_with(&mut self, bytes: &[u8], wait: Wait<'_>) -> Result<()> {
         let mut r = self.reserve_with(bytes.len(), wait)?;
         r.copy_from_slice(bytes);
@@ -248,11 +257,27 @@ impl BroadcastWriter {
     }
 }
 
+impl BroadcastWriter {
+    /// Publishes the descriptor of the pending overflow segment in `resv`.
+    #[inline(never)]
+    fn commit_overflow(&mut self, resv: Resv, len: u64) {
+        let d = OverflowDesc {
+            seq: self.pending_seq,
+            len,
+        };
+        // SAFETY: the reservation holds DESC_LEN payload bytes.
+        unsafe { d.write(self.core.payload(&resv)) };
+        self.overflow.commit_pending(resv.start);
+        self.core.commit(resv, DESC_LEN, rec::OVERFLOW);
+    }
+}
+
 /// How long a closing writer waits for readers to pass its last overflow
 /// records before leaving their files to `cleanup_stale`.
 const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
 
 impl Drop for BroadcastWriter {
+    #[inline]
     fn drop(&mut self) {
         self.core.close();
         // Overflow records committed before the close may not be read yet.
@@ -294,6 +319,7 @@ pub struct Reservation<'a> {
 
 impl Reservation<'_> {
     /// Publishes the first `len` bytes to every reader.
+    #[inline]
     pub fn commit(mut self, len: usize) -> Result<()> {
         if len > self.len {
             return Err(Error::TooLarge {
@@ -303,24 +329,17 @@ impl Reservation<'_> {
             });
         }
         self.committed = true;
-        let w = &mut *self.writer;
         if std::mem::replace(&mut self.ov, false) {
-            let d = OverflowDesc {
-                seq: w.pending_seq,
-                len: len as u64,
-            };
-            // SAFETY: the reservation holds DESC_LEN payload bytes.
-            unsafe { d.write(w.core.payload(&self.resv)) };
-            w.overflow.commit_pending(self.resv.start);
-            w.core.commit(self.resv, DESC_LEN, rec::OVERFLOW);
+            self.writer.commit_overflow(self.resv, len as u64);
         } else {
-            w.core.commit(self.resv, len as u64, rec::DATA);
+            self.writer.core.commit(self.resv, len as u64, rec::DATA);
         }
         Ok(())
     }
 }
 
 impl Drop for Reservation<'_> {
+    #[inline]
     fn drop(&mut self) {
         if !self.committed {
             self.writer.core.abandon(&self.resv);
@@ -334,6 +353,7 @@ impl Drop for Reservation<'_> {
 
 impl Deref for Reservation<'_> {
     type Target = [u8];
+    #[inline]
     fn deref(&self) -> &[u8] {
         // SAFETY: `buf` points at `len` bytes inside the mapping (the ring's
         // data area, checked free by `reserve`, or a fresh overflow segment)
@@ -346,6 +366,7 @@ impl Deref for Reservation<'_> {
 }
 
 impl DerefMut for Reservation<'_> {
+    #[inline]
     fn deref_mut(&mut self) -> &mut [u8] {
         // SAFETY: as in `deref`; `&mut self` makes the access exclusive.
         unsafe { std::slice::from_raw_parts_mut(self.buf, self.len) }
@@ -461,18 +482,21 @@ impl BroadcastReader {
     }
 
     /// Waits for the next record.
+    #[inline]
     pub fn recv(&mut self) -> Result<ReadGuard<'_>> {
         self.recv_with(Wait::forever())
     }
 
     /// Waits for the next record as `wait` allows; with [`Wait::no_wait`] a
     /// missing record is [`Error::WouldBlock`].
+    #[inline]
     pub fn recv_with(&mut self, wait: Wait<'_>) -> Result<ReadGuard<'_>> {
         let g = self.core.recv(&wait)?;
         self.guard(g)
     }
 
     /// The next record if one is ready, without waiting.
+    #[inline]
     pub fn try_recv(&mut self) -> Result<Option<ReadGuard<'_>>> {
         match self.core.poll()? {
             Some(g) => self.guard(g).map(Some),
@@ -480,28 +504,14 @@ impl BroadcastReader {
         }
     }
 
+    #[inline]
     fn guard(&mut self, g: Got) -> Result<ReadGuard<'_>> {
         let payload = self
             .core
             .mem
             .data(g.pos + crate::layout::RECORD_HEADER as u64);
         if g.state == rec::OVERFLOW {
-            let name = *self.core.mem.seg.name();
-            let (ptr, len) = match self.overflow.open(&name, payload, g.len) {
-                Ok(v) => v,
-                Err(e) => {
-                    // Skip the record we cannot map, rather than wedge on it.
-                    self.core.release(g.next, true);
-                    return Err(e);
-                }
-            };
-            return Ok(ReadGuard {
-                reader: self,
-                next: g.next,
-                urgent: true,
-                ptr,
-                len,
-            });
+            return self.overflow_guard(g, payload);
         }
         Ok(ReadGuard {
             reader: self,
@@ -511,9 +521,31 @@ impl BroadcastReader {
             len: g.len as usize,
         })
     }
+
+    /// The overflow-record path of `guard`.
+    #[inline(never)]
+    fn overflow_guard(&mut self, g: Got, payload: *mut u8) -> Result<ReadGuard<'_>> {
+        let name = *self.core.mem.seg.name();
+        let (ptr, len) = match self.overflow.open(&name, payload, g.len) {
+            Ok(v) => v,
+            Err(e) => {
+                // Skip the record we cannot map, rather than wedge on it.
+                self.core.release(g.next, true);
+                return Err(e);
+            }
+        };
+        Ok(ReadGuard {
+            reader: self,
+            next: g.next,
+            urgent: true,
+            ptr,
+            len,
+        })
+    }
 }
 
 impl Drop for BroadcastReader {
+    #[inline]
     fn drop(&mut self) {
         self.core.leave();
         // The last one out of a finished ring removes what is left of it.
@@ -544,6 +576,7 @@ pub struct ReadGuard<'a> {
 
 impl Deref for ReadGuard<'_> {
     type Target = [u8];
+    #[inline]
     fn deref(&self) -> &[u8] {
         // SAFETY: `ptr..ptr+len` lies inside the mapping (the length was
         // bounds-checked against the data area or the overflow segment when
@@ -560,6 +593,7 @@ impl Deref for ReadGuard<'_> {
 }
 
 impl Drop for ReadGuard<'_> {
+    #[inline]
     fn drop(&mut self) {
         self.reader.core.release(self.next, self.urgent);
     }

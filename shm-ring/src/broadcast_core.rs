@@ -16,13 +16,19 @@
 //!   Release CAS; the writer Acquire-loads cursors before reusing lines. The
 //!   CAS compares the generation tag in the cursor word, so a reader that
 //!   lost its slot cannot move the cursor of the slot's next owner.
-//! - Publishing is lazy while records keep coming: a reader publishes when
-//!   the record it releases is the last one committed (so a reader that
-//!   caught up, and then stops calling, holds nothing back), once it
-//!   released an eighth of the ring since its last publication, right
-//!   after an overflow record (so the writer can recycle its segment), and
-//!   whenever the writer says it waits for space (`want_space`, set until a
-//!   wait succeeds, checked on every release and every empty poll).
+//! - Publishing is lazy: a reader publishes once it released an eighth of
+//!   the ring since its last publication, right after an overflow record
+//!   (so the writer can recycle its segment), and whenever the writer says
+//!   it waits for space (`want_space`, set until a wait succeeds, checked
+//!   on every release and every empty poll; the writer raises it as soon as
+//!   it comes within an eighth of the ring of what it saw released, and
+//!   lowers it when a rescan shows room to spare). A reader thus holds back
+//!   less than an eighth of the ring unpublished, even one that stops
+//!   calling; inline records are at most a quarter of the ring, so a record
+//!   and the pad before it need at most half of it, and laziness alone
+//!   never blocks the writer. A reader that pauses with unread records
+//!   still pending may hold back up to an eighth of the ring it released
+//!   before pausing, on top of the records it has not read.
 //! - Joining: a reader takes its slot's lease, claims the slot (generation
 //!   and state in one CAS) and marks it PENDING; at its next reservation the
 //!   writer sets the cursor to its own position and marks the slot ACTIVE
@@ -171,9 +177,12 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
         }
     }
 
-    /// The largest payload a record in this ring may carry.
+    /// The largest payload a record in this ring may carry: a quarter of
+    /// the ring (less the header). With a wrap pad before it, a record then
+    /// needs at most half the ring, so the eighth of it a reader may hold
+    /// back unpublished never blocks the writer by itself.
     pub(crate) fn max_inline(&self) -> u64 {
-        self.mem.capacity() / 2 - RECORD_HEADER as u64
+        self.mem.capacity() / 4 - RECORD_HEADER as u64
     }
 
     /// Active readers right now.
@@ -218,13 +227,7 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
         // when the records are written.
         let after = start + size + RECORD_ALIGN as u64;
         if after > self.cleared {
-            let to = (after + CLEAR_AHEAD).min(self.limit).max(after);
-            let mut p = self.cleared.max(self.pos);
-            while p < to {
-                self.mem.header(p).commit.store(0, Ordering::Relaxed);
-                p += RECORD_ALIGN as u64;
-            }
-            self.cleared = to;
+            self.clear_ahead(after);
         }
         Ok(Resv {
             start,
@@ -236,9 +239,14 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
     /// Blocks until every active reader released everything before
     /// `need - capacity`. A dead reader is evicted; a live one that holds
     /// the wait up past `stall_timeout` ends it with [`Error::Stalled`].
+    ///
+    /// Readers publish lazily (up to an eighth of the ring late): once the
+    /// writer gets within that eighth of what it last saw released, it
+    /// raises `want_space` so readers publish at every release, and lowers
+    /// it again when a rescan shows room to spare.
     #[inline]
     pub(crate) fn wait_until_free(&mut self, need: u64, wait: &Wait<'_>) -> Result<()> {
-        if need <= self.limit {
+        if need + self.mem.capacity() / 8 <= self.limit {
             return Ok(());
         }
         self.wait_until_free_slow(need, wait)
@@ -247,7 +255,17 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
     #[inline(never)]
     fn wait_until_free_slow(&mut self, need: u64, wait: &Wait<'_>) -> Result<()> {
         let cap = self.mem.capacity();
+        let status = &self.mem.ctrl().status;
         self.limit = scan_min(&self.mem, self.pos) + cap;
+        if need + cap / 8 <= self.limit {
+            if status.want_space.load(Ordering::Relaxed) != 0 {
+                status.want_space.store(0, Ordering::Relaxed);
+            }
+            return Ok(());
+        }
+        if status.want_space.load(Ordering::Relaxed) == 0 {
+            status.want_space.store(1, Ordering::Relaxed);
+        }
         if need <= self.limit {
             return Ok(());
         }
@@ -258,9 +276,9 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
         let opts = self.opts;
         let logged = Cell::new(false);
         let floor = need - cap;
-        // Readers publish lazily; ask them for their positions now.
-        let status = &mem.ctrl().status;
-        status.want_space.store(1, Ordering::Relaxed);
+        // `want_space` stays raised, also when this wait fails: a writer
+        // that gave up (no_wait, timeout) still wants the space when it
+        // tries again. A later rescan with room to spare lowers it.
         block_on(
             &mut self.spinner,
             &mem.ctrl().space_ec,
@@ -272,11 +290,20 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
                 Ok((need <= *limit).then_some(()))
             },
             |stalled| check_blockers(mem, floor, stalled.waited, &opts, &logged),
-        )?;
-        // Only once satisfied: a writer that gave up (no_wait, timeout)
-        // still wants the space when it tries again.
-        status.want_space.store(0, Ordering::Relaxed);
-        Ok(())
+        )
+    }
+
+    /// Clears commit words from the cleared frontier (or the position) up
+    /// to at least `after`, and as far as a batch and released lines allow.
+    #[inline(never)]
+    fn clear_ahead(&mut self, after: u64) {
+        let to = (after + CLEAR_AHEAD).min(self.limit).max(after);
+        let mut p = self.cleared.max(self.pos);
+        while p < to {
+            self.mem.header(p).commit.store(0, Ordering::Relaxed);
+            p += RECORD_ALIGN as u64;
+        }
+        self.cleared = to;
     }
 
     /// `r` will not be committed: its lines may hold payload bytes, so
@@ -596,7 +623,6 @@ impl<M: RingMem<Control = BroadcastControl>> ReaderCore<M> {
         if urgent
             || next - untag(st.published) >= st.publish_every
             || self.mem.ctrl().status.want_space.load(Ordering::Relaxed) != 0
-            || !committed_at(&self.mem, next)
         {
             st.publish(&self.mem);
         }
@@ -728,14 +754,6 @@ impl ReaderState {
             }
         }
     }
-}
-
-/// Whether a record (or pad) is committed at `pos`: one load of the line
-/// the reader reads next anyway.
-#[inline]
-fn committed_at<M: RingMem<Control = BroadcastControl>>(mem: &M, pos: u64) -> bool {
-    let c = mem.header(pos).commit.load(Ordering::Relaxed);
-    c != 0 && c & !rec::MASK == pos
 }
 
 fn closed_or_none<M: RingMem<Control = BroadcastControl>>(mem: &M) -> Result<Option<Got>> {
@@ -901,5 +919,102 @@ mod tests {
         ));
         r1.leave();
         ReaderCore::join(m.clone(), me(), PeerOptions::default()).unwrap();
+    }
+}
+
+/// Regressions from the second adversarial review: lazy publication.
+#[cfg(all(test, not(loom)))]
+mod review2_tests {
+    use super::*;
+    use crate::mem::HeapMem;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    type Mem = Arc<HeapMem<BroadcastControl>>;
+
+    fn ring(cap: u64) -> Mem {
+        Arc::new(HeapMem::new(BroadcastControl::new(), 1, cap))
+    }
+    fn send(w: &mut WriterCore<Mem>, len: u64, wait: &Wait<'_>) -> Result<()> {
+        let r = w.reserve(len, wait)?;
+        w.commit(r, len, rec::DATA);
+        Ok(())
+    }
+    /// Reads one record and drops the "guard" (release), as ReadGuard::drop does.
+    fn read_one(r: &mut ReaderCore<Mem>) -> bool {
+        match r.poll().unwrap() {
+            Some(g) => {
+                r.release(g.next, false);
+                true
+            }
+            None => false,
+        }
+    }
+    fn published(m: &Mem) -> u64 {
+        untag(m.slot(0).cursor.load(Ordering::Relaxed))
+    }
+
+    /// Second review: a reader that released records and then paused
+    /// (records still pending) kept that space from the writer. A writer
+    /// within an eighth of the ring of what it saw released now raises
+    /// `want_space` before it is short, so readers publish every release
+    /// while the ring is nearly full, and the space is there.
+    #[test]
+    fn a_paused_reader_does_not_keep_released_space_from_a_full_ring() {
+        let m = ring(4096);
+        let o = PeerOptions::default().stall_timeout(Some(Duration::from_millis(200)));
+        let mut w = WriterCore::new(m.clone(), o);
+        let mut r = ReaderCore::join(m.clone(), ProcessId::current(), o).unwrap();
+        for _ in 0..31 {
+            send(&mut w, 112, &Wait::no_wait()).unwrap();
+        }
+        for _ in 0..3 {
+            assert!(read_one(&mut r));
+        }
+        // ... the reader pauses here, holding nothing back.
+        assert_eq!(published(&m), 384);
+        send(&mut w, 112, &Wait::no_wait()).unwrap();
+    }
+
+    /// `want_space` is cleared only when a blocked wait *succeeds*. A wait
+    /// that failed (no_wait / timeout / Stalled / cancel) leaves it set, and
+    /// the next slow path that succeeds on its first rescan (line ~233)
+    /// returns before clearing it: from then on every reader publishes
+    /// (CAS + notify) on every release, i.e. lazy publication is off for
+    /// good while the writer never has to park again.
+    #[test]
+    fn want_space_is_lowered_once_the_writer_has_room_again() {
+        for fail_once in [false, true] {
+            let m = ring(4096);
+            let o = PeerOptions::default();
+            let mut w = WriterCore::new(m.clone(), o);
+            let mut r = ReaderCore::join(m.clone(), ProcessId::current(), o).unwrap();
+            send(&mut w, 112, &Wait::forever()).unwrap(); // activates r
+            assert!(read_one(&mut r));
+            if fail_once {
+                // One try_send that finds the ring full.
+                while send(&mut w, 112, &Wait::no_wait()).is_ok() {}
+                while read_one(&mut r) {}
+            }
+            let mut eager = 0;
+            for _ in 0..100 {
+                // Batches of 4 records, then the reader drains them.
+                for _ in 0..4 {
+                    send(&mut w, 112, &Wait::forever()).unwrap();
+                }
+                assert!(read_one(&mut r));
+                // Lazy: the next record is committed, nothing published yet.
+                if published(&m) == r.st.cursor {
+                    eager += 1;
+                }
+                while read_one(&mut r) {}
+            }
+            let flag = m.ctrl().status.want_space.load(Ordering::Relaxed);
+            eprintln!("fail_once={fail_once}: want_space={flag}, eager publications {eager}/100");
+            assert_eq!(
+                eager, 0,
+                "fail_once={fail_once}: want_space={flag} stayed set; every release published"
+            );
+        }
     }
 }

@@ -10,13 +10,18 @@
 //!   is taken exactly once.
 //!
 //! Records are variable-size (64-byte aligned) in a byte ring; records larger
-//! than half the ring travel in an overflow segment. Both directions are
+//! than a quarter of a broadcast ring (half of an MPMC ring) travel in an
+//! overflow segment. Both directions are
 //! zero-copy: writers `reserve` bytes inside the segment and `commit` a
 //! prefix; readers get a guard that derefs to the bytes in place and releases
 //! them on drop. Waiting spins for an adaptive window, then parks on a
-//! shared futex. Dead peers are detected by pid and start time: the writer
-//! evicts dead readers, readers of a dead writer get [`Error::WriterGone`],
-//! and a record a dead producer reserved becomes a tombstone consumers skip.
+//! shared futex. Every participant holds a kernel lease (an OFD lock on its
+//! byte of the segment file) that ends with its process, so dead peers are
+//! detected whatever pid namespace they ran in: the writer evicts dead
+//! readers, readers of a dead writer get [`Error::WriterGone`], and a record
+//! a dead producer reserved becomes a tombstone consumers skip. A *live*
+//! peer that holds others up past its `stall_timeout` makes their waits end
+//! with [`Error::Stalled`] naming it; nothing it may still read is reclaimed.
 //!
 //! ```
 //! use shoal_shm_ring::{BroadcastConfig, BroadcastReader, BroadcastWriter, Handle};
@@ -38,8 +43,9 @@
 //! - `ready`: [`ReadyFd`], an eventfd for async runtimes.
 //! - `wait`: deadlines, cancellation, the adaptive spin window, the eventcount.
 //! - `futex`: shared futex wait and wake.
-//! - `liveness`: pid plus start time.
-//! - `peer`: liveness and waiting options, slot claiming.
+//! - `lease`: proof of life through open-file-description locks.
+//! - `liveness`: pid plus start time (hints for logs and errors).
+//! - `peer`: waiting and stall options; claiming, proving and leaving slots.
 //! - `sync`: the one door to atomics (std, or loom under `cfg(loom)`).
 
 #![warn(missing_docs)]

@@ -343,3 +343,34 @@ fn loom_eviction_keeps_the_new_owners_waiter_bit() {
         );
     });
 }
+
+/// Second review: the usual dead reader died parked (its bit set); a new
+/// owner that parks sets the same bit, the map word returns to what the
+/// evictor read, and the evictor's CAS clears it (ABA). The clear then moves
+/// the sequence, so the new owner's sleep (keyed before) returns at once
+/// and it registers again: no wake-up is lost.
+#[test]
+fn loom_eviction_aba_does_not_lose_a_parked_new_owners_wakeup() {
+    loom::model(|| {
+        let mem = Arc::new(HeapMem::new(BroadcastControl::new(), 1, 256));
+        let mut w = WriterCore::new(mem.clone(), opts());
+        let dead = ReaderCore::join(mem.clone(), me(), opts()).unwrap();
+        w.wait_for_readers(1, &Wait::no_wait()).unwrap();
+        let _ = mem.ctrl().data_ec.prepare(crate::wait::Waiter::blocking(0));
+        let _ = dead;
+        mem.kill(lease::slot_byte(0));
+        let m = mem.clone();
+        let joiner = loom::thread::spawn(move || {
+            let r = ReaderCore::join(m.clone(), me(), opts()).unwrap();
+            let key = m.ctrl().data_ec.prepare(crate::wait::Waiter::blocking(0));
+            (r, key)
+        });
+        w.evict_dead_now().unwrap();
+        let (_r, key) = joiner.join().unwrap();
+        let ec = &mem.ctrl().data_ec;
+        assert!(
+            ec.slot_registered(0) || ec.changed(key),
+            "the new owner's registration was cleared and its sleep would not end"
+        );
+    });
+}

@@ -184,6 +184,32 @@ impl ReadyFd {
                 "this endpoint already has a ReadyFd; drop it before making another",
             ));
         }
+        // Until the `ReadyFd` exists (and its drop resets the flag), a
+        // failure must give the flag back.
+        let r = Self::spawn(
+            seg,
+            ec_offset,
+            waiter,
+            recheck,
+            own_offset,
+            gen,
+            taken.clone(),
+        );
+        if r.is_err() {
+            taken.store(false, Ordering::Release);
+        }
+        r
+    }
+
+    fn spawn(
+        seg: Segment,
+        ec_offset: usize,
+        waiter: Waiter,
+        recheck: Recheck,
+        own_offset: usize,
+        gen: u32,
+        taken: Arc<AtomicBool>,
+    ) -> Result<Self> {
         // SAFETY: eventfd has no memory preconditions.
         let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if fd < 0 {
@@ -266,7 +292,6 @@ impl AsRawFd for ReadyFd {
 impl Drop for ReadyFd {
     fn drop(&mut self) {
         let s = &self.shared;
-        s.taken.store(false, Ordering::Release);
         s.state.store(STOP, Ordering::Release);
         futex::wake(&s.state, 1);
         // Wake the helper if it sleeps on the ring (others sleeping there
@@ -275,6 +300,9 @@ impl Drop for ReadyFd {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        // Only now (the helper withdrew its registration) may another
+        // `ReadyFd` of this endpoint register the same bit.
+        s.taken.store(false, Ordering::Release);
     }
 }
 

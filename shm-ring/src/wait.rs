@@ -153,7 +153,9 @@ impl Deadline<'_> {
     }
     /// Time left, capped at `cap`.
     pub(crate) fn slice(&self, now: Instant, cap: Duration) -> Duration {
-        let mut s = cap;
+        // However long the caller's check interval, no single futex sleep
+        // outlasts this: a wake lost to a race costs at most one slice.
+        let mut s = cap.min(MAX_SLICE);
         if let Some(at) = self.at {
             s = s.min(at.saturating_duration_since(now));
         }
@@ -163,6 +165,9 @@ impl Deadline<'_> {
         s.max(Duration::from_micros(1))
     }
 }
+
+/// The longest single futex sleep.
+const MAX_SLICE: Duration = Duration::from_millis(200);
 
 /// How often a parked waiter with a cancel token looks at it.
 const CANCEL_POLL: Duration = Duration::from_millis(5);
@@ -428,15 +433,21 @@ impl EventCount {
     /// word still reads `seen` (read before the owner was judged dead): if
     /// the slot changed hands since, its new owner's claim changed the word
     /// and the clear is skipped, so a new owner's registration is not wiped
-    /// (short of the word returning to exactly `seen`, in which case its
-    /// waiter loses at most one sleep slice).
+    /// (if the word returned to exactly `seen`, the clear still lands, and
+    /// the sequence bump below sends that waiter round again).
     pub(crate) fn clear_slot_if(&self, i: usize, seen: u64) {
         let (w, bit) = Waiter::blocking(i).word_bit();
         let both = bit | bit << 1;
         if let Some(m) = self.map.get(w) {
-            if seen & both != 0 {
-                let _ =
-                    m.compare_exchange(seen, seen & !both, Ordering::Relaxed, Ordering::Relaxed);
+            if seen & both != 0
+                && m.compare_exchange(seen, seen & !both, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                // If the word came back to `seen` because a new owner
+                // registered the same bit (ABA), the clear wiped it: moving
+                // the sequence makes that waiter's futex wait return at
+                // once (or wakes it), and it registers again.
+                self.notify_always();
             }
         }
     }

@@ -166,3 +166,113 @@ fn a_stale_ready_fd_does_not_silence_the_slots_next_owner() {
     );
     assert!(r2.try_recv().unwrap().is_some());
 }
+
+fn set_nofile(soft: u64) -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into `r`, a valid rlimit.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) };
+    let old = r.rlim_cur;
+    r.rlim_cur = soft;
+    // SAFETY: setrlimit reads `r`, a valid rlimit.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) }, 0);
+    old
+}
+
+/// Second review: a `ReadyFd` that failed to start (EMFILE) left its
+/// endpoint unable to make another.
+#[test]
+fn a_ready_fd_that_failed_to_start_does_not_block_later_ones() {
+    let mut w = BroadcastWriter::create(&BroadcastConfig::new(1 << 16, 1)).unwrap();
+    let r = BroadcastReader::attach(&w.handle()).unwrap();
+    w.wait_for_readers(1, Wait::no_wait()).unwrap();
+    let max_fd = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .max()
+        .unwrap();
+    let old = set_nofile(max_fd + 64);
+    // Exhaust the descriptor table.
+    let mut filler = vec![];
+    loop {
+        // SAFETY: a NUL-terminated path; open keeps no pointer.
+        let fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY) };
+        if fd < 0 {
+            break;
+        }
+        filler.push(fd);
+    }
+    // Free descriptors one by one until the segment attach inside
+    // ready_fd() succeeds and eventfd() is what fails.
+    let mut hit = None;
+    while let Some(fd) = filler.pop() {
+        // SAFETY: closes a descriptor this test opened.
+        unsafe { libc::close(fd) };
+        match r.ready_fd() {
+            Err(e) if e.to_string().contains("eventfd") => {
+                hit = Some(e);
+                break;
+            }
+            Err(_) => continue,
+            Ok(_) => panic!("no fd budget made eventfd fail alone"),
+        }
+    }
+    for fd in filler.drain(..) {
+        // SAFETY: closes a descriptor this test opened.
+        unsafe { libc::close(fd) };
+    }
+    set_nofile(old);
+    let e = hit.expect("eventfd failure reproduced");
+    eprintln!("transient failure: {e}");
+    // Descriptors are available again: a ReadyFd must be obtainable.
+    match r.ready_fd() {
+        Ok(_) => {}
+        Err(e) => panic!("after a transient EMFILE, ready_fd() fails for good: {e:?}"),
+    }
+}
+
+/// Second review: `ReadyFd::drop` cleared `taken` *before* its helper had withdrawn its
+/// registration. A replacement made in that window arms the same waiter
+/// bit, which the old helper then clears (`owns()` is still true: same slot
+/// and generation): the new fd sleeps unregistered and fires only when its
+/// helper's 50 ms slice notices the missing bit.
+#[test]
+fn a_replacement_ready_fd_keeps_its_registration() {
+    let mut w = BroadcastWriter::create(&BroadcastConfig::new(1 << 16, 1)).unwrap();
+    let mut r = BroadcastReader::attach(&w.handle()).unwrap();
+    w.wait_for_readers(1, Wait::no_wait()).unwrap();
+    let mut wiped = 0;
+    let mut worst = std::time::Duration::ZERO;
+    let rounds = 40;
+    for _ in 0..rounds {
+        let old = r.ready_fd().unwrap();
+        old.arm();
+        assert!(r.try_recv().unwrap().is_none());
+        let t = std::thread::spawn(move || drop(old));
+        // Replace it as soon as the endpoint allows.
+        let new = loop {
+            match r.ready_fd() {
+                Ok(f) => break f,
+                Err(Error::InvalidConfig(_)) => std::hint::spin_loop(),
+                Err(e) => panic!("{e}"),
+            }
+        };
+        new.arm();
+        assert!(r.try_recv().unwrap().is_none());
+        t.join().unwrap();
+        if w.registered_waiters() == 0 {
+            wiped += 1;
+        }
+        let t0 = std::time::Instant::now();
+        w.send(b"x").unwrap();
+        assert!(readable(&new, Duration::from_secs(3)));
+        worst = worst.max(t0.elapsed());
+        new.clear();
+        drop(r.try_recv().unwrap().unwrap());
+        drop(new);
+    }
+    eprintln!("registration wiped in {wiped}/{rounds} rounds; worst notify->readable {worst:?}");
+    assert_eq!(wiped, 0, "worst latency {worst:?}");
+}
