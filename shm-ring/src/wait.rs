@@ -117,10 +117,13 @@ impl<'a> Wait<'a> {
     pub fn timeout_value(&self) -> Option<Duration> {
         self.timeout
     }
+    /// The started wait. The clock is read only once the call has to wait
+    /// (its first look found nothing): a call that succeeds at once pays no
+    /// clock read.
     pub(crate) fn start(&self) -> Deadline<'a> {
         Deadline {
-            // A timeout too large to represent is no timeout.
-            at: self.timeout.and_then(|d| Instant::now().checked_add(d)),
+            timeout: self.timeout,
+            at: std::cell::Cell::new(None),
             zero: self.timeout == Some(Duration::ZERO),
             cancel: self.cancel,
         }
@@ -128,14 +131,28 @@ impl<'a> Wait<'a> {
 }
 
 /// A started [`Wait`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Deadline<'a> {
-    at: Option<Instant>,
+    timeout: Option<Duration>,
+    /// The deadline, fixed at the first check (see [`Wait::start`]).
+    at: std::cell::Cell<Option<Instant>>,
     zero: bool,
     cancel: Option<&'a CancelToken>,
 }
 
 impl Deadline<'_> {
+    /// The deadline, fixing it from `now` the first time. A timeout too
+    /// large to represent is no timeout.
+    fn at(&self, now: Instant) -> Option<Instant> {
+        let t = self.timeout?;
+        if let Some(at) = self.at.get() {
+            return Some(at);
+        }
+        let at = now.checked_add(t)?;
+        self.at.set(Some(at));
+        Some(at)
+    }
+
     /// `Err` once the deadline passed or the token fired.
     pub(crate) fn check(&self, now: Instant) -> Result<()> {
         if let Some(c) = self.cancel {
@@ -146,7 +163,7 @@ impl Deadline<'_> {
         if self.zero {
             return Err(Error::WouldBlock);
         }
-        match self.at {
+        match self.at(now) {
             Some(at) if now >= at => Err(Error::Timeout),
             _ => Ok(()),
         }
@@ -156,7 +173,7 @@ impl Deadline<'_> {
         // However long the caller's check interval, no single futex sleep
         // outlasts this: a wake lost to a race costs at most one slice.
         let mut s = cap.min(MAX_SLICE);
-        if let Some(at) = self.at {
+        if let Some(at) = self.at(now) {
             s = s.min(at.saturating_duration_since(now));
         }
         if self.cancel.is_some() {

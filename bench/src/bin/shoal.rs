@@ -80,6 +80,16 @@ fn get_handle(map: &SharedMap, slot: usize) -> Handle {
         .expect("handle")
 }
 
+/// Round trips per latency sample (the floor's `pingpong` uses the same).
+const BATCH: u64 = 32;
+/// Round trips before the first sample.
+const WARMUP_ROUND_TRIPS: u64 = 1024;
+
+/// Round trips a ping-pong run makes: warm-up plus `iters`, whole batches.
+fn round_trips(iters: u64) -> u64 {
+    (iters + WARMUP_ROUND_TRIPS).div_ceil(BATCH) * BATCH
+}
+
 fn pingpong(size: usize, mode: &str, iters: u64, pin: bool) -> Result<Measurement, Error> {
     let map = SharedMap::new(1 << 16).expect("mmap");
     let cfg = BroadcastConfig::new(ring_for(size), 1).peer_options(peer(mode));
@@ -95,7 +105,7 @@ fn pingpong(size: usize, mode: &str, iters: u64, pin: bool) -> Result<Measuremen
             let mut pong = BroadcastWriter::create(&cfg)?;
             put_handle(&map, 0, &pong.handle());
             pong.wait_for_readers(1, Wait::timeout(10 * SEC))?;
-            for _ in 0..iters + 1000 {
+            for _ in 0..round_trips(iters) {
                 let g = rx.recv_with(Wait::timeout(10 * SEC))?;
                 let mut r = pong.reserve(size)?;
                 r[..touch].copy_from_slice(&g[..touch]);
@@ -116,18 +126,24 @@ fn pingpong(size: usize, mode: &str, iters: u64, pin: bool) -> Result<Measuremen
     let mut m =
         Measurement::new("shoal", "pingpong", mode, "latency_one_way_ns").payload(size as u64);
     let mut stamp = [0u8; 64];
-    for i in 0..iters + 1000 {
-        stamp[..8].copy_from_slice(&i.to_le_bytes());
+    let mut i = 0u64;
+    for batch in 0..round_trips(iters) / BATCH {
+        // Timed in batches of round trips, exactly as the floor is: a
+        // clock read per round trip would add its own cost to every sample.
         let t0 = Instant::now();
-        let mut r = ping.reserve(size)?;
-        r[..touch].copy_from_slice(&stamp[..touch]);
-        r.commit(size)?;
-        let g = rx.recv_with(Wait::timeout(10 * SEC))?;
+        for _ in 0..BATCH {
+            stamp[..8].copy_from_slice(&i.to_le_bytes());
+            i += 1;
+            let mut r = ping.reserve(size)?;
+            r[..touch].copy_from_slice(&stamp[..touch]);
+            r.commit(size)?;
+            let g = rx.recv_with(Wait::timeout(10 * SEC))?;
+            debug_assert_eq!(&g[..8.min(touch)], &stamp[..8.min(touch)]);
+            drop(g);
+        }
         let dt = t0.elapsed();
-        debug_assert_eq!(&g[..8.min(touch)], &stamp[..8.min(touch)]);
-        drop(g);
-        if i >= 1000 {
-            m.samples.push(dt.as_nanos() as f64 / 2.0);
+        if batch * BATCH >= WARMUP_ROUND_TRIPS {
+            m.samples.push(dt.as_nanos() as f64 / (2 * BATCH) as f64);
         }
     }
     let _ = child.wait();
