@@ -56,7 +56,7 @@ use crate::peer::{
     FUTILE_REPAIR,
 };
 use crate::sync::Ordering;
-use crate::wait::{block_on, Spinner, Wait, Waiter};
+use crate::wait::{block_on, Checks, Spinner, Wait, Waiter};
 use std::cell::Cell;
 
 /// A reservation inside the ring (process-local bookkeeping).
@@ -284,7 +284,7 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
             &mem.ctrl().space_ec,
             Waiter::owner(),
             &deadline,
-            opts.liveness_interval,
+            Checks::every(opts.liveness_interval),
             || {
                 *limit = scan_min(mem, pos) + cap;
                 Ok((need <= *limit).then_some(()))
@@ -383,7 +383,7 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
             &mem.ctrl().space_ec,
             Waiter::owner(),
             &deadline,
-            self.opts.liveness_interval,
+            Checks::every(self.opts.liveness_interval),
             || {
                 let j = mem.ctrl().status.joins.load(Ordering::Acquire);
                 if j != *joins_seen {
@@ -593,7 +593,12 @@ impl<M: RingMem<Control = BroadcastControl>> ReaderCore<M> {
             &mem.ctrl().data_ec,
             me,
             &deadline,
-            self.opts.liveness_interval,
+            // Only the writer's death can end an idle wait early (besides
+            // a record, which wakes it at once): back off while idle.
+            Checks {
+                every: self.opts.liveness_interval,
+                idle_backoff: true,
+            },
             || match st.poll_ring(mem)? {
                 Some(g) => Ok(Some(g)),
                 None if writer_dead.get() => Err(Error::WriterGone {

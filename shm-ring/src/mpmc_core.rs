@@ -42,7 +42,7 @@ use crate::peer::{
     FUTILE_REPAIR,
 };
 use crate::sync::{spin_hint, Ordering};
-use crate::wait::{block_on, Deadline, Spinner, Wait, Waiter};
+use crate::wait::{block_on, Checks, Deadline, Spinner, Wait, Waiter};
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
@@ -150,7 +150,7 @@ impl<M: RingMem<Control = MpmcControl>> ProducerCore<M> {
             &mem.ctrl().space_ec,
             Waiter::blocking(self.token.index - lay.0),
             &deadline,
-            opts.liveness_interval,
+            Checks::every(opts.liveness_interval),
             || {
                 if mem.ctrl().closed.load(Ordering::Acquire) != 0 {
                     return Err(Error::Closed);
@@ -828,7 +828,7 @@ impl<M: RingMem<Control = MpmcControl>> ConsumerCore<M> {
             &mem.ctrl().data_ec,
             Waiter::blocking(st.token.index),
             &deadline,
-            opts.liveness_interval,
+            Checks::every(opts.liveness_interval),
             || match st.poll_take(mem, lay, &opts)? {
                 Some(g) => Ok(Some(g)),
                 None if gone.get() => Err(Error::WriterGone { pid: creator_pid }),

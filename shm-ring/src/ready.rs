@@ -328,8 +328,14 @@ fn helper(s: &Shared) {
             Recheck::MpmcHead { every } => SLICE.min(every).max(Duration::from_millis(1)),
             Recheck::WriterLease => SLICE,
         };
+        let mut slice = slice;
         while !ec.changed(key) {
             ec.sleep(key, slice);
+            if matches!(s.recheck, Recheck::WriterLease) {
+                // Idle: only the writer's death is left to notice; look less
+                // often (a notify still wakes us at once).
+                slice = (slice * 2).min(crate::wait::IDLE_CHECK_MAX);
+            }
             if s.state.load(Ordering::Acquire) == STOP {
                 stop = true;
                 break;

@@ -184,7 +184,7 @@ impl Deadline<'_> {
 }
 
 /// The longest single futex sleep.
-const MAX_SLICE: Duration = Duration::from_millis(200);
+const MAX_SLICE: Duration = IDLE_CHECK_MAX;
 
 /// How often a parked waiter with a cancel token looks at it.
 const CANCEL_POLL: Duration = Duration::from_millis(5);
@@ -550,6 +550,31 @@ impl EventCount {
     }
 }
 
+/// How often a blocked call runs its periodic check (liveness, stalls),
+/// which also bounds each futex sleep.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Checks {
+    /// The interval (the endpoint's `liveness_interval`).
+    pub every: Duration,
+    /// Double the interval after each check while parked, up to
+    /// [`IDLE_CHECK_MAX`]: for waits that nothing but a peer's death can
+    /// end early (a reader on an idle ring), so idle readers wake rarely.
+    pub idle_backoff: bool,
+}
+
+impl Checks {
+    pub(crate) const fn every(every: Duration) -> Self {
+        Checks {
+            every,
+            idle_backoff: false,
+        }
+    }
+}
+
+/// The longest check interval an idle parked reader backs off to: how late
+/// it may learn, after a long idle spell, that its writer died.
+pub(crate) const IDLE_CHECK_MAX: Duration = Duration::from_secs(1);
+
 /// What [`block_on`] reports to its periodic check.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Stalled {
@@ -565,7 +590,7 @@ pub(crate) fn block_on<T>(
     ec: &EventCount,
     me: Waiter,
     deadline: &Deadline<'_>,
-    check_every: Duration,
+    checks: Checks,
     mut poll: impl FnMut() -> Result<Option<T>>,
     mut on_check: impl FnMut(Stalled) -> Result<()>,
 ) -> Result<T> {
@@ -575,12 +600,13 @@ pub(crate) fn block_on<T>(
     let t0 = Instant::now();
     deadline.check(t0)?;
     let window = spinner.window();
+    let mut check_every = checks.every;
     // A check interval too large to add means "about never" (a year).
-    let later = |t: Instant| {
-        t.checked_add(check_every)
+    let later = |t: Instant, every: Duration| {
+        t.checked_add(every)
             .unwrap_or_else(|| t + Duration::from_secs(365 * 86_400))
     };
-    let mut next_check = later(t0);
+    let mut next_check = later(t0, check_every);
 
     // Spin phase.
     if !window.is_zero() {
@@ -601,7 +627,7 @@ pub(crate) fn block_on<T>(
             deadline.check(now)?;
             if now >= next_check {
                 on_check(Stalled { waited: spun })?;
-                next_check = later(now);
+                next_check = later(now, check_every);
             }
             if spinner.strategy == WaitStrategy::Adaptive && spun > PURE_SPIN {
                 spinner.maybe_yield(batch);
@@ -636,7 +662,12 @@ pub(crate) fn block_on<T>(
         deadline.check(now)?;
         if now >= next_check {
             on_check(Stalled { waited: now - t0 })?;
-            next_check = later(now);
+            if checks.idle_backoff {
+                // Parked and nothing happened: look less often (a wake
+                // still ends the sleep at once).
+                check_every = (check_every * 2).min(IDLE_CHECK_MAX.max(checks.every));
+            }
+            next_check = later(now, check_every);
         }
     }
 }
@@ -680,7 +711,7 @@ mod tests {
             &ec,
             Waiter::blocking(0),
             &d,
-            Duration::from_millis(100),
+            Checks::every(Duration::from_millis(100)),
             || Ok(None),
             |_| Ok(()),
         );
