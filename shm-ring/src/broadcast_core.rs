@@ -227,7 +227,7 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
         // when the records are written.
         let after = start + size + RECORD_ALIGN as u64;
         if after > self.cleared {
-            self.clear_ahead(after);
+            self.clear_ahead(after, size);
         }
         Ok(Resv {
             start,
@@ -293,12 +293,19 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
         )
     }
 
-    /// Clears commit words from the cleared frontier (or the position) up
-    /// to at least `after`, and as far as a batch and released lines allow.
+    /// Clears commit words from the cleared frontier up to at least
+    /// `after`, and as far as a batch and released lines allow. Lines inside
+    /// the reservation (which ends one line before `after`) are skipped:
+    /// they hold its payload, and a short commit or an abandoned
+    /// reservation pulls the frontier back before anything past them is
+    /// trusted.
     #[inline(never)]
-    fn clear_ahead(&mut self, after: u64) {
-        let to = (after + CLEAR_AHEAD).min(self.limit).max(after);
-        let mut p = self.cleared.max(self.pos);
+    fn clear_ahead(&mut self, after: u64, size: u64) {
+        // A batch pays off only if the next records land in it: after a
+        // record as large as the batch, clear just the line it needs.
+        let batch = if size < CLEAR_AHEAD { CLEAR_AHEAD } else { 0 };
+        let to = (after + batch).min(self.limit).max(after);
+        let mut p = self.cleared.max(self.pos).max(after - RECORD_ALIGN as u64);
         while p < to {
             self.mem.header(p).commit.store(0, Ordering::Relaxed);
             p += RECORD_ALIGN as u64;
