@@ -192,12 +192,16 @@ pub(crate) struct OverflowPool {
     free: [Option<PoolSeg>; FREE_SLOTS],
     /// The segment of the reservation in progress.
     pending: Option<PoolSeg>,
+    /// Counts frees, to reuse the most recently freed segment first.
+    frees: u64,
 }
 
 /// One pooled overflow segment: its name part and mapping.
 pub(crate) struct PoolSeg {
     pub seq: u64,
     pub seg: Segment,
+    /// When it was last put on the free list (a pool-local counter).
+    freed: u64,
 }
 
 impl PoolSeg {
@@ -208,7 +212,7 @@ impl PoolSeg {
 }
 
 /// Overflow records one writer may have in flight.
-pub(crate) const OVERFLOW_SLOTS: usize = 16;
+pub(crate) const OVERFLOW_SLOTS: usize = 8;
 /// Released overflow segments a writer keeps for reuse: as many as it can
 /// have in flight, so a writer running ahead of its readers and then
 /// catching its breath keeps its whole working set.
@@ -222,6 +226,7 @@ impl OverflowPool {
             in_flight: std::array::from_fn(|_| None),
             free: std::array::from_fn(|_| None),
             pending: None,
+            frees: 0,
         }
     }
 
@@ -238,7 +243,9 @@ impl OverflowPool {
         }
     }
 
-    fn put_free(&mut self, ps: PoolSeg) {
+    fn put_free(&mut self, mut ps: PoolSeg) {
+        self.frees += 1;
+        ps.freed = self.frees;
         let kept: u64 = self.free.iter().flatten().map(PoolSeg::capacity).sum();
         if kept > 0 && kept + ps.capacity() > FREE_BYTES {
             return; // dropped: unlinked and unmapped
@@ -285,7 +292,12 @@ impl OverflowPool {
             .free
             .iter_mut()
             .filter(|f| f.as_ref().is_some_and(|f| f.capacity() >= max_len))
-            .min_by_key(|f| f.as_ref().map_or(u64::MAX, PoolSeg::capacity))
+            // The smallest that fits, and of those the most recently freed:
+            // its pages are the likeliest to be in the caches still.
+            .min_by_key(|f| {
+                f.as_ref()
+                    .map_or((u64::MAX, 0), |f| (f.capacity(), u64::MAX - f.freed))
+            })
             .and_then(Option::take);
         let ps = match fit {
             Some(ps) => ps,
@@ -298,6 +310,7 @@ impl OverflowPool {
                 PoolSeg {
                     seq,
                     seg: create(ring, seq, class, format)?,
+                    freed: 0,
                 }
             }
         };
