@@ -456,3 +456,19 @@ mod tests {
         assert_ne!(rec::word(0, rec::DATA), 0);
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod offsets {
+    use super::*;
+
+    /// tests/hostile.rs forges these words by byte offset: keep them in step.
+    #[test]
+    fn offsets_the_hostile_tests_forge_at() {
+        assert_eq!(std::mem::size_of::<BroadcastControl>(), 1024);
+        assert_eq!(std::mem::offset_of!(MpmcLockLine, tail), 8);
+        assert_eq!(std::mem::offset_of!(MpmcLockLine, reclaim), 16);
+        assert_eq!(std::mem::offset_of!(MpmcControl, head), 128);
+        assert_eq!(std::mem::offset_of!(Slot, own), 0);
+        assert_eq!(std::mem::offset_of!(Slot, cursor), 24);
+    }
+}

@@ -1403,4 +1403,46 @@ mod review_tests {
         }
         assert_eq!(got, vec![1, 2], "records delivered");
     }
+
+    /// Issue 6 item 9: a producer stopped while holding the reservation
+    /// lock (alive: its lease is held) ends other producers' waits with
+    /// `Stalled { role: "lock holder" }` naming it, instead of freezing them.
+    #[test]
+    fn a_live_producer_stopped_in_the_lock_makes_others_fail_with_stalled() {
+        let m = Arc::new(HeapMem::new(MpmcControl::new(), 3, 4096));
+        let lay = Layout {
+            consumers: 1,
+            producers: 2,
+        };
+        let o = PeerOptions::default()
+            .liveness_interval(Duration::from_millis(10))
+            .stall_timeout(Some(Duration::from_millis(150)));
+        let me = ProcessId::current();
+        let a = ProducerCore::join(m.clone(), &lay, me, o).unwrap();
+        let mut b = ProducerCore::join(m.clone(), &lay, me, o).unwrap();
+        // A took the lock and stopped there.
+        m.ctrl().lock.word.store(a.lock_id, Ordering::Relaxed);
+        let t = Instant::now();
+        let e = b
+            .reserve(100, &Wait::timeout(Duration::from_secs(5)))
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Stalled {
+                    role: "lock holder",
+                    slot: 1,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        // A dies: its lock is taken over and B goes on.
+        m.kill(crate::lease::slot_byte(a.token.index));
+        let r = b
+            .reserve(100, &Wait::timeout(Duration::from_secs(5)))
+            .unwrap();
+        b.commit(r, 100, rec::DATA).unwrap();
+    }
 }

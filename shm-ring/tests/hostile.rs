@@ -54,15 +54,17 @@ const REC_PAD: u64 = 3;
 const REC_OVERFLOW: u64 = 4;
 const REC_TOMBSTONE: u64 = 5;
 const REC_RELEASED: u64 = 6;
-/// `size_of::<BroadcastControl>()`: reader slots follow it.
-const BROADCAST_CONTROL: u64 = 512;
-/// Offsets inside `MpmcControl`: the lock line (`tail` at 16, `reclaim` at
-/// 24), then `head` on the next 128-byte line pair.
-const MPMC_TAIL: u64 = 16;
-const MPMC_RECLAIM: u64 = 24;
+/// `size_of::<BroadcastControl>()`: reader slots follow it. (These offsets
+/// are pinned by the crate's `layout::offsets` unit test.)
+const BROADCAST_CONTROL: u64 = 1024;
+/// Offsets inside `MpmcControl`: the lock line (`tail` at 8, `reclaim` at
+/// 16), then `head` on the next 128-byte line pair.
+const MPMC_TAIL: u64 = 8;
+const MPMC_RECLAIM: u64 = 16;
 const MPMC_HEAD: u64 = 128;
-/// In a `Slot`: `state` u32 at 0, `cursor` u64 at 16.
-const SLOT_CURSOR: u64 = 16;
+/// In a `Slot`: the ownership word at 0 (state in its low byte, generation
+/// in its high half), `cursor` u64 at 24.
+const SLOT_CURSOR: u64 = 24;
 const SLOT_ACTIVE: u64 = 3;
 
 /// One scalar field of `SegmentHeader`.
@@ -2075,6 +2077,38 @@ fn mpmc_forged_positions() {
         poke(&t.file, PAGE + MPMC_RECLAIM, 8, v);
         let _ = p.send_with(&[7; 3000], Wait::timeout(SHORT));
     }
+}
+
+/// Issue 6 item 12(c): impossible shared positions are reported as
+/// `Corrupt` naming the field, not waited on forever as `Timeout`.
+fn mpmc_impossible_positions_are_corrupt() {
+    let (_ring, mut p, mut c, _area, t) = mpmc_ring();
+    let corrupt = |r: Result<(), Error>, field: &str| match r {
+        Err(Error::Corrupt { what, .. }) if what == field => {}
+        other => panic!("{field}: expected Corrupt, got {other:?}"),
+    };
+    let snap = t.snapshot();
+    poke(&t.file, PAGE + MPMC_HEAD, 8, !63);
+    corrupt(c.try_take().map(|_| ()), "head");
+    drop(snap);
+    let snap = t.snapshot();
+    poke(&t.file, PAGE + MPMC_TAIL, 8, 1 << 62);
+    corrupt(p.send_with(b"x", Wait::timeout(SHORT)), "tail");
+    drop(snap);
+    let snap = t.snapshot();
+    let tail = peek_u64(&t.file, PAGE + MPMC_TAIL);
+    poke(&t.file, PAGE + MPMC_RECLAIM, 8, tail + 4096);
+    corrupt(p.send_with(b"x", Wait::timeout(SHORT)), "reclaim");
+    drop(snap);
+}
+
+#[test]
+fn mpmc_impossible_positions_are_reported_corrupt() {
+    isolated(
+        "mpmc_impossible_positions_are_reported_corrupt",
+        Duration::from_secs(20),
+        mpmc_impossible_positions_are_corrupt,
+    );
 }
 
 #[test]

@@ -145,3 +145,41 @@ fn mpmc_large_records_outlive_their_producer_but_not_the_ring() {
         "an untaken record outlived its ring"
     );
 }
+
+/// Issue 6 item 12(a): an MPMC consumer that rejects a corrupt overflow file
+/// releases the record and removes the file (it is its only reader).
+#[test]
+fn a_rejected_mpmc_overflow_file_is_removed() {
+    use shoal_shm_ring::{Error, MpmcConfig, MpmcRing};
+    let ring = MpmcRing::create(&MpmcConfig::new(1 << 14, 1, 1)).unwrap();
+    let name = ring.handle().name().to_string();
+    let mut p = ring.producer().unwrap();
+    let mut c = ring.consumer().unwrap();
+    p.send(&pattern(3, 50_000)).unwrap();
+    let files: Vec<_> = std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{name}.o")))
+        })
+        .collect();
+    assert_eq!(files.len(), 1);
+    // Scribble over its magic.
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&files[0])
+        .unwrap();
+    f.write_all_at(b"NOTSHOAL", 0).unwrap();
+    assert!(matches!(
+        c.take_with(Wait::timeout(5 * SEC)),
+        Err(Error::Corrupt { .. })
+    ));
+    assert_eq!(overflow_files(&name), 0, "the rejected file stayed");
+    // The queue goes on.
+    p.send(b"next").unwrap();
+    assert_eq!(&*c.take_with(Wait::timeout(5 * SEC)).unwrap(), b"next");
+}
