@@ -103,7 +103,8 @@ mod tests {
     #[test]
     fn broadcast_rings_match_the_cells() {
         assert_eq!(broadcast_cap(64), 1 << 18);
-        assert_eq!(broadcast_cap(1 << 20), 4 << 20);
+        assert_eq!(broadcast_cap(1 << 20), 8 << 20);
+        assert!(max_inline(broadcast_cap(1 << 20)) >= 1 << 20);
         assert_eq!(max_inline(2 << 20), (512 << 10) - 16);
     }
 

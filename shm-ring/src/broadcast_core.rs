@@ -80,6 +80,9 @@ pub(crate) struct WriterCore<M> {
     /// Every line from the end of the last record up to here has a zero
     /// commit word (cleared ahead in batches, see `reserve`).
     cleared: u64,
+    /// A reservation was handed out and neither committed nor abandoned
+    /// yet (it may be forgotten, or its caller failed after `reserve`).
+    open: bool,
     joins_seen: u32,
     spinner: Spinner,
     pub(crate) opts: PeerOptions,
@@ -170,6 +173,7 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
             limit: cap,
             // A new ring is all zeroes.
             cleared: cap,
+            open: false,
             joins_seen: 0,
             spinner: Spinner::new(opts.wait),
             opts,
@@ -208,6 +212,11 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
         debug_assert!(max_len <= self.max_inline());
         let cap = self.mem.capacity();
         let size = record_size(max_len);
+        if self.open {
+            // The last reservation was never closed (forgotten, or its
+            // caller failed after reserving): its lines may be dirty.
+            self.cleared = self.cleared.min(self.pos);
+        }
         self.process_joins();
         let off = self.pos & (cap - 1);
         let (start, pad) = if off + size > cap {
@@ -229,6 +238,7 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
         if after > self.cleared {
             self.clear_ahead(after, size);
         }
+        self.open = true;
         Ok(Resv {
             start,
             pad,
@@ -314,9 +324,12 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
     }
 
     /// `r` will not be committed: its lines may hold payload bytes, so
-    /// commit words from its start on must be cleared again.
-    pub(crate) fn abandon(&mut self, r: &Resv) {
-        self.cleared = self.cleared.min(r.start);
+    /// commit words from the writer's position on must be cleared again
+    /// (from the position, not `r.start`: before a wrap pad, `clear_ahead`
+    /// skipped the tail lines in between too).
+    pub(crate) fn abandon(&mut self, _r: &Resv) {
+        self.open = false;
+        self.cleared = self.cleared.min(self.pos);
     }
 
     /// Pointer to the payload of `r`.
@@ -330,6 +343,7 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
     #[inline]
     pub(crate) fn commit(&mut self, r: Resv, len: u64, state: u64) {
         debug_assert!(len <= r.max_len);
+        self.open = false;
         let end = r.start + record_size(len);
         let h = self.mem.header(r.start);
         h.len.store(len as u32, Ordering::Relaxed);
@@ -1030,3 +1044,10 @@ mod review2_tests {
         }
     }
 }
+
+/// Regressions from the third adversarial review: the clear-ahead frontier
+/// against short, abandoned, forgotten and wrapping reservations (unit tests
+/// and proptests with every inner line forged to look like a record).
+#[cfg(all(test, not(loom)))]
+#[path = "clear_ahead_tests.rs"]
+mod clear_ahead_tests;

@@ -6,7 +6,7 @@
 //! (`cargo xtask loom` does exactly that).
 
 use crate::broadcast_core::{ReaderCore, WriterCore};
-use crate::layout::{rec, slot, BroadcastControl, MpmcControl, Own, RECORD_HEADER};
+use crate::layout::{rec, slot, untag, BroadcastControl, MpmcControl, Own, RECORD_HEADER};
 use crate::lease;
 use crate::liveness::ProcessId;
 use crate::mem::{HeapMem, RingMem};
@@ -372,5 +372,52 @@ fn loom_eviction_aba_does_not_lose_a_parked_new_owners_wakeup() {
             ec.slot_registered(0) || ec.changed(key),
             "the new owner's registration was cleared and its sleep would not end"
         );
+    });
+}
+
+fn send_tagged(w: &mut WriterCore<Arc<HeapMem<BroadcastControl>>>, len: u64, tag: u8) {
+    let r = w.reserve(len, &Wait::forever()).unwrap();
+    // SAFETY: the reservation owns `len` payload bytes.
+    unsafe { *w.payload(&r) = tag };
+    w.commit(r, len, rec::DATA);
+}
+
+/// Third review: a model where publication is really lazy (a 1 KiB ring,
+/// 64-byte records), `want_space` is raised while the reader holds
+/// released-but-unpublished space, and the writer waits across a wrap pad.
+#[test]
+fn loom_lazy_publication_want_space_and_a_wrap() {
+    loom::model(|| {
+        let mem = Arc::new(HeapMem::new(BroadcastControl::new(), 1, 1024));
+        let mut w = WriterCore::new(mem.clone(), opts());
+        let mut r = ReaderCore::join(mem.clone(), me(), opts()).unwrap();
+        w.wait_for_readers(1, &Wait::no_wait()).unwrap();
+        for i in 0..13u8 {
+            send_tagged(&mut w, 8, i); // positions 0..832, all on the fast path
+        }
+        let g = r.poll().unwrap().unwrap();
+        r.release(g.next, false);
+        // Lazy: 64 bytes released, nothing published.
+        assert_eq!(untag(mem.slot(0).cursor.load(Ordering::Relaxed)), 0);
+        send_tagged(&mut w, 8, 13); // at 832: within an eighth -> want_space raised
+        assert_eq!(mem.ctrl().status.want_space.load(Ordering::Relaxed), 1);
+        let reader = loom::thread::spawn(move || {
+            let lens = [8u64; 14]
+                .iter()
+                .chain([100u64].iter())
+                .copied()
+                .collect::<Vec<_>>();
+            for (i, &len) in lens.iter().enumerate() {
+                let g = r.recv(&Wait::forever()).unwrap();
+                assert_eq!(g.len, len);
+                // SAFETY: committed and unreleased.
+                let b = unsafe { *r.mem.data(g.pos + RECORD_HEADER as u64) };
+                assert_eq!(b, i as u8 + 1);
+                r.release(g.next, false);
+            }
+        });
+        send_tagged(&mut w, 8, 14); // at 896: need 1024, fits what was published
+        send_tagged(&mut w, 100, 15); // pad 960..1024, record at 1024: waits
+        reader.join().unwrap();
     });
 }

@@ -294,9 +294,10 @@ impl Drop for ReadyFd {
         let s = &self.shared;
         s.state.store(STOP, Ordering::Release);
         futex::wake(&s.state, 1);
-        // Wake the helper if it sleeps on the ring (others sleeping there
-        // wake spuriously, re-check and sleep again).
-        s.ec().wake_sleepers();
+        // Wake the helper if it sleeps on the ring, moving the sequence so
+        // that a helper between its stop check and its sleep does not sleep
+        // (others sleeping there wake spuriously, re-check and sleep again).
+        s.ec().notify_always();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

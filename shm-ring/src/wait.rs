@@ -170,9 +170,14 @@ impl Deadline<'_> {
     }
     /// Time left, capped at `cap`.
     pub(crate) fn slice(&self, now: Instant, cap: Duration) -> Duration {
+        self.slice_max(now, cap, MAX_SLICE)
+    }
+
+    /// [`slice`](Self::slice) with an explicit longest sleep.
+    pub(crate) fn slice_max(&self, now: Instant, cap: Duration, max: Duration) -> Duration {
         // However long the caller's check interval, no single futex sleep
-        // outlasts this: a wake lost to a race costs at most one slice.
-        let mut s = cap.min(MAX_SLICE);
+        // outlasts `max`: a wake lost to a race costs at most one slice.
+        let mut s = cap.min(max);
         if let Some(at) = self.at(now) {
             s = s.min(at.saturating_duration_since(now));
         }
@@ -183,8 +188,8 @@ impl Deadline<'_> {
     }
 }
 
-/// The longest single futex sleep.
-const MAX_SLICE: Duration = IDLE_CHECK_MAX;
+/// The longest single futex sleep, but for idle readers backing off.
+const MAX_SLICE: Duration = Duration::from_millis(200);
 
 /// How often a parked waiter with a cancel token looks at it.
 const CANCEL_POLL: Duration = Duration::from_millis(5);
@@ -525,13 +530,6 @@ impl EventCount {
             .is_some_and(|m| m.load(Ordering::Relaxed) & (bit | bit << 1) != 0)
     }
 
-    /// Wakes every sleeper without moving the sequence (they re-check and
-    /// sleep again unless something changed).
-    #[cfg_attr(loom, allow(dead_code))]
-    pub(crate) fn wake_sleepers(&self) {
-        futex::wake(&self.seq, u32::MAX);
-    }
-
     /// Wakes sleepers unconditionally (close, eviction, cancellation paths).
     pub(crate) fn notify_always(&self) {
         self.seq.fetch_add(1, Ordering::Release);
@@ -651,7 +649,13 @@ pub(crate) fn block_on<T>(
             }
         }
         let now = Instant::now();
-        let slice = deadline.slice(now, next_check.saturating_duration_since(now));
+        // Only waits that back off while idle sleep past MAX_SLICE.
+        let max = if checks.idle_backoff {
+            IDLE_CHECK_MAX
+        } else {
+            MAX_SLICE
+        };
+        let slice = deadline.slice_max(now, next_check.saturating_duration_since(now), max);
         ec.sleep(key, slice);
         ec.unregister(me);
         if let Some(v) = poll()? {
