@@ -10,7 +10,7 @@ use crate::liveness::ProcessId;
 use crate::mem::{RingMem, ShmMem};
 use crate::mpmc_core::{ConsumerCore, Layout, MGot, MResv, ProducerCore};
 use crate::name::{random_u64, Handle};
-use crate::overflow::{self, OverflowDesc, DESC_LEN};
+use crate::overflow::{self, OverflowCache, OverflowDesc, OverflowPool, DESC_LEN, POOLED};
 use crate::peer::PeerOptions;
 use crate::segment::{control_size, Segment, SegmentSpec};
 use crate::wait::Wait;
@@ -157,8 +157,13 @@ fn open(
 /// A producer of an MPMC ring.
 pub struct MpmcProducer {
     core: ProducerCore<ShmMem<MpmcControl>>,
-    /// The overflow segment of the reservation in progress.
+    /// Recycled overflow segments (see `overflow`).
+    pool: OverflowPool,
+    /// The one-shot overflow segment of the reservation in progress (when
+    /// the pool has too many records in flight).
     pending_ov: Option<(u64, Segment)>,
+    /// Name part of the pending pooled segment.
+    pending_seq: u64,
     format: [u8; FORMAT_TAG_LEN],
 }
 
@@ -186,7 +191,9 @@ impl MpmcProducer {
         let format = mem.seg.header().payload_format;
         Ok(MpmcProducer {
             core: ProducerCore::join(mem, &lay, ProcessId::current(), peer)?,
+            pool: OverflowPool::new(),
             pending_ov: None,
+            pending_seq: 0,
             format,
         })
     }
@@ -223,11 +230,41 @@ impl MpmcProducer {
                 ov: false,
             });
         }
-        let seq = random_u64()?;
-        let seg = overflow::create(self.core.mem.seg.name(), seq, max_len, self.format)?;
+        self.reserve_overflow(max_len, wait)
+    }
+
+    /// The large-record path of [`reserve_with`](Self::reserve_with).
+    #[inline(never)]
+    fn reserve_overflow(&mut self, max_len: u64, wait: Wait<'_>) -> Result<MpmcReservation<'_>> {
+        let core = &self.core;
+        self.pool.reclaim_where(|pos| core.record_released(pos));
         let resv = self.core.reserve(DESC_LEN, &wait)?;
-        let buf = seg.data_ptr();
-        self.pending_ov = Some((seq, seg));
+        let ring = *self.core.mem.seg.name();
+        let buf = if self.pool.oldest_if_full().is_none() {
+            // A recycled segment (or a new pooled one).
+            let (buf, seq) = match self.pool.take(&ring, max_len, self.format) {
+                Ok(v) => v,
+                Err(e) => {
+                    self.core.abort(resv);
+                    return Err(e);
+                }
+            };
+            self.pending_seq = seq;
+            buf
+        } else {
+            // Consumers lag: a one-shot segment its consumer unlinks.
+            let seq = random_u64()?;
+            let seg = match overflow::create(&ring, seq, max_len, self.format) {
+                Ok(s) => s,
+                Err(e) => {
+                    self.core.abort(resv);
+                    return Err(e);
+                }
+            };
+            let buf = seg.data_ptr();
+            self.pending_ov = Some((seq, seg));
+            buf
+        };
         Ok(MpmcReservation {
             producer: self,
             resv: Some(resv),
@@ -258,6 +295,14 @@ impl MpmcProducer {
 
 impl Drop for MpmcProducer {
     fn drop(&mut self) {
+        // Segments of released records go with the free ones; those of
+        // records not yet released stay for their consumers, and the
+        // consumer that releases one removes it (our lease on it is gone
+        // then). A release racing this drop can leave one file until the
+        // ring is finished.
+        let core = &self.core;
+        self.pool.reclaim_where(|pos| core.record_released(pos));
+        self.pool.close();
         self.core.leave();
         // The last one out of a ring whose name is gone removes the files
         // of records nobody took.
@@ -293,19 +338,35 @@ impl MpmcReservation<'_> {
         let Some(resv) = self.resv.take() else {
             return Err(Error::Closed);
         };
-        let ov = std::mem::replace(&mut self.ov, false);
-        let pending = ov.then(|| self.producer.pending_ov.take()).flatten();
-        let core = &mut self.producer.core;
-        match pending {
-            None => core.commit(resv, len as u64, rec::DATA),
+        if !std::mem::replace(&mut self.ov, false) {
+            return self.producer.core.commit(resv, len as u64, rec::DATA);
+        }
+        let p = &mut *self.producer;
+        match p.pending_ov.take() {
+            None => {
+                // Pooled: the segment returns to the pool once released.
+                let d = OverflowDesc {
+                    seq: p.pending_seq,
+                    len: len as u64 | POOLED,
+                };
+                // SAFETY: the reservation holds DESC_LEN payload bytes.
+                unsafe { d.write(p.core.payload(&resv)) };
+                let r = p.core.commit(resv, DESC_LEN, rec::OVERFLOW);
+                if r.is_ok() {
+                    p.pool.commit_pending(resv.start);
+                } else {
+                    p.pool.abandon_pending();
+                }
+                r
+            }
             Some((seq, mut seg)) => {
                 let d = OverflowDesc {
                     seq,
                     len: len as u64,
                 };
                 // SAFETY: the reservation holds DESC_LEN payload bytes.
-                unsafe { d.write(core.payload(&resv)) };
-                let r = core.commit(resv, DESC_LEN, rec::OVERFLOW);
+                unsafe { d.write(p.core.payload(&resv)) };
+                let r = p.core.commit(resv, DESC_LEN, rec::OVERFLOW);
                 if r.is_ok() {
                     // The consumer that takes the record unlinks the segment;
                     // on failure it is dropped (unlinked) here.
@@ -323,8 +384,11 @@ impl Drop for MpmcReservation<'_> {
             self.producer.core.abort(r);
         }
         if self.ov {
-            // Not committed: drop (unlink) the overflow segment.
-            self.producer.pending_ov = None;
+            // Not committed: a one-shot segment is dropped (unlinked), a
+            // pooled one goes back to the pool.
+            if self.producer.pending_ov.take().is_none() {
+                self.producer.pool.abandon_pending();
+            }
         }
     }
 }
@@ -351,8 +415,10 @@ impl DerefMut for MpmcReservation<'_> {
 /// A consumer of an MPMC ring.
 pub struct MpmcConsumer {
     core: ConsumerCore<ShmMem<MpmcControl>>,
-    /// The overflow segment the current guard reads from.
+    /// The one-shot overflow segment the current guard reads from.
     current_ov: Option<Segment>,
+    /// Mappings of pooled overflow segments this consumer has read from.
+    cache: OverflowCache,
     /// Set while a `ReadyFd` of this consumer exists.
     ready_taken: std::sync::Arc<crate::sync::AtomicBool>,
 }
@@ -382,6 +448,7 @@ impl MpmcConsumer {
         Ok(MpmcConsumer {
             core: ConsumerCore::join(mem, &lay, ProcessId::current(), creator, peer)?,
             current_ov: None,
+            cache: OverflowCache::new(),
             ready_taken: Default::default(),
         })
     }
@@ -427,6 +494,27 @@ impl MpmcConsumer {
 
     fn guard(&mut self, g: MGot) -> Result<TakeGuard<'_>> {
         let payload = self.core.mem.data(g.pos + RECORD_HEADER as u64);
+        if g.state == rec::OVERFLOW && overflow::is_pooled(payload, g.len) {
+            let name = *self.core.mem.seg.name();
+            let (ptr, len) = match self.cache.open(&name, payload, g.len) {
+                Ok(v) => v,
+                Err(e) => {
+                    // A segment that fails validation was tampered with:
+                    // remove its file with the record (a consumer that has
+                    // it mapped keeps its mapping; others get NotFound).
+                    overflow::discard_record(self.core.mem.seg.name(), payload, g.len);
+                    self.core.release(g.pos);
+                    return Err(e);
+                }
+            };
+            return Ok(TakeGuard {
+                consumer: self,
+                pos: g.pos,
+                ptr,
+                len,
+                pooled: OverflowCache::seq_of(payload, g.len),
+            });
+        }
         if g.state == rec::OVERFLOW {
             let opened = overflow::open_record(self.core.mem.seg.name(), payload, g.len);
             let (mut seg, len) = match opened {
@@ -449,6 +537,7 @@ impl MpmcConsumer {
                 pos: g.pos,
                 ptr,
                 len,
+                pooled: None,
             });
         }
         Ok(TakeGuard {
@@ -456,6 +545,7 @@ impl MpmcConsumer {
             pos: g.pos,
             ptr: payload,
             len: g.len as usize,
+            pooled: None,
         })
     }
 }
@@ -473,6 +563,8 @@ pub struct TakeGuard<'a> {
     pos: u64,
     ptr: *const u8,
     len: usize,
+    /// The pooled overflow segment the record lives in, if any.
+    pooled: Option<u64>,
 }
 
 impl Deref for TakeGuard<'_> {
@@ -495,9 +587,13 @@ impl Deref for TakeGuard<'_> {
 
 impl Drop for TakeGuard<'_> {
     fn drop(&mut self) {
-        // Unmap an overflow record's segment (no-op for inline records).
+        // Unmap a one-shot overflow segment (no-op for other records).
         self.consumer.current_ov = None;
         self.consumer.core.release(self.pos);
+        if let Some(seq) = self.pooled {
+            // Its producer left: nobody else will remove it.
+            self.consumer.cache.release(seq);
+        }
     }
 }
 

@@ -171,6 +171,15 @@ impl<M: RingMem<Control = MpmcControl>> ProducerCore<M> {
         self.mem.data(r.start + RECORD_HEADER as u64)
     }
 
+    /// Whether the overflow record this producer committed at `pos` has
+    /// been released: its commit word moved on from `OVERFLOW` at `pos`
+    /// (to RELEASED, or to a later lap's record). SYNC: Acquire, pairing
+    /// with the consumer's Release CAS to RELEASED, so its reads of the
+    /// segment happened before the segment is reused.
+    pub(crate) fn record_released(&self, pos: u64) -> bool {
+        self.mem.header(pos).commit.load(Ordering::Acquire) != rec::word(pos, rec::OVERFLOW)
+    }
+
     /// Publishes `r` with `len` bytes as `state` (DATA or OVERFLOW).
     pub(crate) fn commit(&mut self, r: MResv, len: u64, state: u64) -> Result<()> {
         debug_assert!(len <= r.max_len);

@@ -5,8 +5,11 @@
 //! A broadcast writer recycles its overflow segments ([`OverflowPool`]) and
 //! readers cache their mappings ([`OverflowCache`]), so a stream of large
 //! records creates, zeroes and maps files only while the pool warms up. An
-//! MPMC producer still makes one segment per large record (the consumer
-//! that takes it unlinks it). Overflow payloads start on a page boundary.
+//! MPMC producer pools its segments the same way, reusing one once the
+//! record naming it was released (its commit word moved on); when its
+//! in-flight table is full (consumers lag), it falls back to a one-shot
+//! segment that the consumer taking it unlinks. Overflow payloads start on
+//! a page boundary.
 
 use crate::error::{Error, Result};
 use crate::layout::{SegmentKind, FORMAT_TAG_LEN, HEADER_PAGE};
@@ -81,7 +84,23 @@ pub(crate) fn open(ring: &SegmentName, d: &OverflowDesc) -> Result<Segment> {
     Ok(seg)
 }
 
-/// Copies the descriptor out of a committed ring record.
+/// Top bit of a descriptor's `len` word: the segment belongs to its
+/// writer's pool (readers keep their mapping and never unlink it); without
+/// it, an MPMC record's segment is one-shot and its consumer unlinks it.
+pub(crate) const POOLED: u64 = 1 << 63;
+
+/// Whether the descriptor at `payload` names a pooled segment.
+pub(crate) fn is_pooled(payload: *const u8, len_in_ring: u64) -> bool {
+    if len_in_ring != DESC_LEN {
+        return false;
+    }
+    // SAFETY: the record holds DESC_LEN payload bytes (checked) inside the
+    // ring's data area.
+    unsafe { OverflowDesc::read(payload) }.len & POOLED != 0
+}
+
+/// Copies the descriptor out of a committed ring record (its `len` without
+/// the [`POOLED`] flag).
 fn read_desc(ring: &SegmentName, payload: *const u8, len_in_ring: u64) -> Result<OverflowDesc> {
     if len_in_ring != DESC_LEN {
         return Err(Error::corrupt(
@@ -93,7 +112,9 @@ fn read_desc(ring: &SegmentName, payload: *const u8, len_in_ring: u64) -> Result
     }
     // SAFETY: the record holds DESC_LEN payload bytes (checked) inside the
     // ring's data area; the copy is taken once (peer-writable bytes).
-    Ok(unsafe { OverflowDesc::read(payload) })
+    let mut d = unsafe { OverflowDesc::read(payload) };
+    d.len &= !POOLED;
+    Ok(d)
 }
 
 /// Maps the overflow segment named by a ring record whose payload (at
@@ -234,8 +255,14 @@ impl OverflowPool {
     /// the free list (dropping, that is unlinking, the smallest free one if
     /// the list is full).
     pub(crate) fn reclaim(&mut self, released: u64) {
+        self.reclaim_where(|pos| pos < released);
+    }
+
+    /// Moves every in-flight segment whose record at `pos` satisfies
+    /// `released(pos)` to the free list.
+    pub(crate) fn reclaim_where(&mut self, released: impl Fn(u64) -> bool) {
         for i in 0..self.in_flight.len() {
-            if matches!(&self.in_flight[i], Some((pos, _)) if *pos < released) {
+            if matches!(&self.in_flight[i], Some((pos, _)) if released(*pos)) {
                 if let Some((_, ps)) = self.in_flight[i].take() {
                     self.put_free(ps);
                 }
@@ -413,6 +440,32 @@ impl OverflowCache {
         };
         self.entries[slot] = Some((d.seq, seg, tick));
         Ok((ptr, d.len as usize))
+    }
+}
+
+impl OverflowCache {
+    /// After the record naming segment `seq` was released: if the writer
+    /// that pooled it is gone (its lease on the segment is free), nobody
+    /// will reuse or remove it; its last reader removes it.
+    pub(crate) fn release(&mut self, seq: u64) {
+        for e in self.entries.iter_mut() {
+            if matches!(e, Some((s, seg, _)) if *s == seq && !lease::held_by_other(seg.fd(), lease::OWNER, 1))
+            {
+                if let Some((_, seg, _)) = e.take() {
+                    let _ = seg.unlink();
+                }
+            }
+        }
+    }
+
+    /// The name part of the descriptor at `payload` (for [`release`](Self::release)).
+    pub(crate) fn seq_of(payload: *const u8, len_in_ring: u64) -> Option<u64> {
+        if len_in_ring != DESC_LEN {
+            return None;
+        }
+        // SAFETY: the record holds DESC_LEN payload bytes (checked) inside
+        // the ring's data area.
+        Some(unsafe { OverflowDesc::read(payload) }.seq)
     }
 }
 

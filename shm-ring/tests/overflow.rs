@@ -183,3 +183,67 @@ fn a_rejected_mpmc_overflow_file_is_removed() {
     p.send(b"next").unwrap();
     assert_eq!(&*c.take_with(Wait::timeout(5 * SEC)).unwrap(), b"next");
 }
+
+/// MPMC producers recycle their overflow segments too: a stream of large
+/// records leaves a bounded set of files, and every record arrives intact.
+#[test]
+fn an_mpmc_stream_of_large_records_recycles_a_bounded_set_of_segments() {
+    use shoal_shm_ring::{MpmcConfig, MpmcRing};
+    let ring = MpmcRing::create(&MpmcConfig::new(1 << 16, 1, 1)).unwrap();
+    let name = ring.handle().name().to_string();
+    let mut p = ring.producer().unwrap();
+    let mut c = ring.consumer().unwrap();
+    const N: u32 = 300;
+    let size = |i: u32| 40_000 + (i as usize * 7919) % 200_000;
+    let consumer = std::thread::spawn(move || {
+        for i in 0..N {
+            let g = c.take_with(Wait::timeout(10 * SEC)).unwrap();
+            assert_eq!(&*g, &pattern(i, size(i))[..], "record {i} damaged");
+        }
+        c
+    });
+    let t0 = std::time::Instant::now();
+    let mut most = 0;
+    for i in 0..N {
+        p.send_with(&pattern(i, size(i)), Wait::timeout(10 * SEC))
+            .unwrap();
+        most = most.max(overflow_files(&name));
+    }
+    let c = consumer.join().unwrap();
+    eprintln!(
+        "{N} large MPMC records in {:?}, at most {most} files",
+        t0.elapsed()
+    );
+    assert!(most <= 17, "{most} overflow files at once");
+    drop(p);
+    drop(c);
+    drop(ring);
+    assert_eq!(overflow_files(&name), 0, "files left after everyone left");
+}
+
+/// When consumers lag (the producer's pool has 8 records in flight), large
+/// records go into one-shot segments that their consumer removes.
+#[test]
+fn lagging_mpmc_consumers_get_one_shot_segments_they_remove() {
+    use shoal_shm_ring::{MpmcConfig, MpmcRing};
+    let ring = MpmcRing::create(&MpmcConfig::new(1 << 16, 1, 1)).unwrap();
+    let name = ring.handle().name().to_string();
+    let mut p = ring.producer().unwrap();
+    let mut c = ring.consumer().unwrap();
+    for i in 0..20 {
+        p.send_with(&pattern(i, 50_000), Wait::timeout(5 * SEC))
+            .unwrap();
+    }
+    assert_eq!(overflow_files(&name), 20);
+    for i in 0..20 {
+        let g = c.take_with(Wait::timeout(5 * SEC)).unwrap();
+        assert_eq!(&*g, &pattern(i, 50_000)[..]);
+    }
+    // The 12 one-shot files are gone; the 8 pooled ones wait for reuse.
+    assert_eq!(overflow_files(&name), 8);
+    p.send(&pattern(99, 50_000)).unwrap();
+    assert_eq!(overflow_files(&name), 8, "a pooled segment was reused");
+    assert_eq!(&*c.take().unwrap(), &pattern(99, 50_000)[..]);
+    drop(p);
+    assert_eq!(overflow_files(&name), 0, "the departed producer's files");
+}
