@@ -154,6 +154,61 @@ fn open(
     Ok((ShmMem::new(seg, lay.consumers + lay.producers), lay))
 }
 
+/// Removes overflow files of the ring in `mem` that nobody will read or
+/// reuse: no lease is held on them (their producer is gone: it crashed, or
+/// left) and no unreleased record names them. A crashed producer leaves its
+/// free pooled segments (and a reservation's pending one) behind; this runs
+/// when an endpoint attaches and after a dead peer's slot was freed.
+///
+/// The order matters: files are judged by their lease first, the ring
+/// second. A one-shot file's producer drops its lease only after its record
+/// is committed, so a file seen without a lease is either named by a record
+/// the scan then finds, or by nothing that will ever be committed. If the
+/// scan cannot walk from `reclaim` to `tail` (records move under it), it
+/// removes nothing.
+fn sweep_orphaned_overflow(mem: &ShmMem<MpmcControl>) {
+    use crate::layout::{rec, record_size, valid_position};
+    use crate::sync::Ordering;
+    let ring = *mem.seg.name();
+    let mut candidates = overflow::unleased_files(&ring);
+    if candidates.is_empty() {
+        return;
+    }
+    let cap = mem.capacity();
+    let l = &mem.ctrl().lock;
+    let mut r = l.reclaim.load(Ordering::Acquire);
+    let tail = l.tail.load(Ordering::Acquire);
+    if !valid_position(r) || !valid_position(tail) || r > tail || tail - r > cap {
+        return;
+    }
+    while r < tail {
+        let h = mem.header(r);
+        let c = h.commit.load(Ordering::Acquire);
+        if c & !rec::MASK != r {
+            return; // the ring moved (or is corrupt): judge nothing
+        }
+        let len = u64::from(h.len.load(Ordering::Acquire));
+        let span = record_size(len);
+        if span > cap || r + span > tail {
+            return;
+        }
+        if c & rec::MASK == rec::OVERFLOW {
+            if let Ok((d, _)) = overflow::descriptor(&ring, mem.data(r + RECORD_HEADER as u64), len)
+            {
+                candidates.retain(|&(seq, _)| seq != d.seq);
+            }
+        }
+        r += span;
+    }
+    for (_, name) in candidates {
+        let path = name.path();
+        // SAFETY: NUL-terminated path; unlink keeps no pointer.
+        if unsafe { libc::unlink(path.as_ptr()) } == 0 {
+            log::info!("shoal mpmc {ring}: removed orphaned overflow file {name}");
+        }
+    }
+}
+
 /// A producer of an MPMC ring.
 pub struct MpmcProducer {
     core: ProducerCore<ShmMem<MpmcControl>>,
@@ -189,6 +244,7 @@ impl MpmcProducer {
     ) -> Result<Self> {
         let (mem, lay) = open(handle, expect_format)?;
         let format = mem.seg.header().payload_format;
+        sweep_orphaned_overflow(&mem);
         Ok(MpmcProducer {
             core: ProducerCore::join(mem, &lay, ProcessId::current(), peer)?,
             pool: OverflowPool::new(),
@@ -236,8 +292,17 @@ impl MpmcProducer {
     /// The large-record path of [`reserve_with`](Self::reserve_with).
     #[inline(never)]
     fn reserve_overflow(&mut self, max_len: u64, wait: Wait<'_>) -> Result<MpmcReservation<'_>> {
+        // A reservation that was forgotten (`mem::forget`) leaves its
+        // segment pending: drop it (a one-shot file is unlinked), so no
+        // later record names it.
+        self.pending_ov = None;
+        self.pool.abandon_pending();
+        if self.core.take_dead_freed() {
+            sweep_orphaned_overflow(&self.core.mem);
+        }
         let core = &self.core;
         self.pool.reclaim_where(|pos| core.record_released(pos));
+        let oneshot_seq = random_u64()?;
         let resv = self.core.reserve(DESC_LEN, &wait)?;
         let ring = *self.core.mem.seg.name();
         let buf = if self.pool.oldest_if_full().is_none() {
@@ -253,7 +318,7 @@ impl MpmcProducer {
             buf
         } else {
             // Consumers lag: a one-shot segment its consumer unlinks.
-            let seq = random_u64()?;
+            let seq = oneshot_seq;
             let seg = match overflow::create(&ring, seq, max_len, self.format) {
                 Ok(s) => s,
                 Err(e) => {
@@ -445,6 +510,7 @@ impl MpmcConsumer {
     ) -> Result<Self> {
         let (mem, lay) = open(handle, expect_format)?;
         let creator = mem.seg.header().creator_pid;
+        sweep_orphaned_overflow(&mem);
         Ok(MpmcConsumer {
             core: ConsumerCore::join(mem, &lay, ProcessId::current(), creator, peer)?,
             current_ov: None,
@@ -480,8 +546,11 @@ impl MpmcConsumer {
 
     /// Takes a record, waiting as `wait` allows.
     pub fn take_with(&mut self, wait: Wait<'_>) -> Result<TakeGuard<'_>> {
-        let g = self.core.take(&wait)?;
-        self.guard(g)
+        let g = self.core.take(&wait);
+        if self.core.take_dead_freed() {
+            sweep_orphaned_overflow(&self.core.mem);
+        }
+        self.guard(g?)
     }
 
     /// Takes a record if one is ready.
@@ -494,35 +563,42 @@ impl MpmcConsumer {
 
     fn guard(&mut self, g: MGot) -> Result<TakeGuard<'_>> {
         let payload = self.core.mem.data(g.pos + RECORD_HEADER as u64);
-        if g.state == rec::OVERFLOW && overflow::is_pooled(payload, g.len) {
+        if g.state == rec::OVERFLOW {
             let name = *self.core.mem.seg.name();
-            let (ptr, len) = match self.cache.open(&name, payload, g.len) {
+            let (d, pooled) = match overflow::descriptor(&name, payload, g.len) {
                 Ok(v) => v,
                 Err(e) => {
-                    // A segment that fails validation was tampered with:
-                    // remove its file with the record (a consumer that has
-                    // it mapped keeps its mapping; others get NotFound).
-                    overflow::discard_record(self.core.mem.seg.name(), payload, g.len);
                     self.core.release(g.pos);
                     return Err(e);
                 }
             };
-            return Ok(TakeGuard {
-                consumer: self,
-                pos: g.pos,
-                ptr,
-                len,
-                pooled: OverflowCache::seq_of(payload, g.len),
-            });
-        }
-        if g.state == rec::OVERFLOW {
-            let opened = overflow::open_record(self.core.mem.seg.name(), payload, g.len);
-            let (mut seg, len) = match opened {
-                Ok(v) => v,
+            if pooled {
+                let (ptr, len) = match self.cache.open_desc(&name, &d) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        // Never unlink a pooled segment here: the failure
+                        // may be ours (EMFILE), and its producer recycles
+                        // it. What a departed producer leaves is removed
+                        // with the ring.
+                        self.core.release(g.pos);
+                        return Err(e);
+                    }
+                };
+                return Ok(TakeGuard {
+                    consumer: self,
+                    pos: g.pos,
+                    ptr,
+                    len,
+                    pooled: Some(d.seq),
+                });
+            }
+            let (mut seg, len) = match overflow::open(&name, &d) {
+                Ok(seg) => (seg, d.len as usize),
                 Err(e) => {
                     // We are its only reader: nobody will ever want the file
-                    // a rejected record names; remove it with the record.
-                    overflow::discard_record(self.core.mem.seg.name(), payload, g.len);
+                    // a rejected one-shot record names; remove it with the
+                    // record.
+                    overflow::discard(&name, d.seq);
                     self.core.release(g.pos);
                     return Err(e);
                 }
@@ -589,10 +665,16 @@ impl Drop for TakeGuard<'_> {
     fn drop(&mut self) {
         // Unmap a one-shot overflow segment (no-op for other records).
         self.consumer.current_ov = None;
+        // Whether the producer that pooled the segment is gone, asked
+        // before the release: a live producer may reuse the segment for its
+        // next record as soon as this one is released, and then leave.
+        let gone = self
+            .pooled
+            .filter(|&seq| self.consumer.cache.writer_gone(seq));
         self.consumer.core.release(self.pos);
-        if let Some(seq) = self.pooled {
-            // Its producer left: nobody else will remove it.
-            self.consumer.cache.release(seq);
+        if let Some(seq) = gone {
+            // Nobody will reuse it or remove it: its last reader does.
+            self.consumer.cache.remove(seq);
         }
     }
 }
@@ -600,5 +682,37 @@ impl Drop for TakeGuard<'_> {
 impl std::fmt::Debug for TakeGuard<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TakeGuard").field("len", &self.len).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Review finding: `TakeGuard::drop` asked whether the producer was
+    /// gone *after* releasing the record; a live producer could reuse the
+    /// segment and leave in between, and the late check unlinked a segment
+    /// a newer record named. The drop now asks first; this replays it.
+    #[test]
+    fn a_release_racing_a_reuse_and_exit_keeps_the_reused_segment() {
+        let ring = MpmcRing::create(&MpmcConfig::new(1 << 16, 1, 2)).unwrap();
+        let mut p = ring.producer().unwrap();
+        let mut c1 = ring.consumer().unwrap();
+        let mut c2 = ring.consumer().unwrap();
+        p.send(&[1u8; 40_000]).unwrap();
+        let g = c1.take_with(Wait::no_wait()).unwrap();
+        let (pos, seq) = (g.pos, g.pooled.expect("a pooled record"));
+        std::mem::forget(g);
+        // TakeGuard::drop: the question first (the producer lives) ...
+        let gone = c1.cache.writer_gone(seq);
+        assert!(!gone);
+        c1.current_ov = None;
+        c1.core.release(pos);
+        // ... then the producer reuses the segment and leaves ...
+        p.send(&[2u8; 40_000]).unwrap();
+        drop(p);
+        // ... and the drop, having seen it alive, removes nothing.
+        let g = c2.take_with(Wait::timeout(std::time::Duration::from_secs(2)));
+        assert!(g.unwrap().iter().all(|&b| b == 2), "record 2 lost");
     }
 }

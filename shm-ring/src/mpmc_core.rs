@@ -101,6 +101,8 @@ pub(crate) struct ProducerCore<M> {
     /// The lock holder seen waiting, and since when (across calls too).
     lock_held: Option<(u32, Instant)>,
     futile: u32,
+    /// Set when a wait freed the slot of a dead peer (see `take_dead_freed`).
+    dead_freed: Cell<bool>,
 }
 
 impl<M: RingMem<Control = MpmcControl>> ProducerCore<M> {
@@ -121,11 +123,18 @@ impl<M: RingMem<Control = MpmcControl>> ProducerCore<M> {
             stuck: Cell::new(None),
             lock_held: None,
             futile: 0,
+            dead_freed: Cell::new(false),
         })
     }
 
     pub(crate) fn max_inline(&self) -> u64 {
         self.mem.capacity() / 2 - RECORD_HEADER as u64
+    }
+
+    /// Whether a wait freed a dead peer's slot since the last call (the
+    /// shm layer then sweeps orphaned overflow files).
+    pub(crate) fn take_dead_freed(&self) -> bool {
+        self.dead_freed.replace(false)
     }
 
     /// Consumer waiters registered on the data eventcount.
@@ -145,6 +154,7 @@ impl<M: RingMem<Control = MpmcControl>> ProducerCore<M> {
         let stuck = &self.stuck;
         let held = &mut self.lock_held;
         let logged = Cell::new(false);
+        let dead_freed = &self.dead_freed;
         block_on(
             &mut self.spinner,
             &mem.ctrl().space_ec,
@@ -161,7 +171,9 @@ impl<M: RingMem<Control = MpmcControl>> ProducerCore<M> {
                 r
             },
             |stalled| {
-                evict_dead(mem, 0..lay.0, &mem.ctrl().data_ec, 0);
+                if evict_dead(mem, 0..lay.0, &mem.ctrl().data_ec, 0) {
+                    dead_freed.set(true);
+                }
                 check_held_record(mem, lay, stuck, stalled.waited, &opts, &logged)
             },
         )
@@ -262,7 +274,8 @@ fn evict_dead<M: RingMem<Control = MpmcControl>>(
     range: std::ops::Range<usize>,
     ec: &crate::wait::EventCount,
     first: usize,
-) {
+) -> bool {
+    let mut freed = false;
     for i in range {
         let s = mem.slot(i);
         let w = s.own.load(Ordering::Acquire);
@@ -280,6 +293,7 @@ fn evict_dead<M: RingMem<Control = MpmcControl>>(
             .is_ok()
         {
             ec.clear_slot_if(i - first, bits);
+            freed = true;
             log::info!(
                 "shoal mpmc {}: freed slot {i} of dead pid {}",
                 mem.label(),
@@ -287,6 +301,7 @@ fn evict_dead<M: RingMem<Control = MpmcControl>>(
             );
         }
     }
+    freed
 }
 
 /// Whether the lock holder named by `word` is alive: its slot still has
@@ -763,6 +778,8 @@ pub(crate) struct MGot {
 pub(crate) struct ConsumerCore<M> {
     pub(crate) mem: M,
     st: ConsumerState,
+    /// Set when a wait freed the slot of a dead peer.
+    dead_freed: Cell<bool>,
     /// The ring creator's pid (for the `WriterGone` error only).
     creator_pid: u32,
     lay: (usize, usize),
@@ -801,6 +818,7 @@ impl<M: RingMem<Control = MpmcControl>> ConsumerCore<M> {
                 logged: false,
             },
             creator_pid,
+            dead_freed: Cell::new(false),
             lay: (lay.consumers, lay.producers),
             spinner: Spinner::new(opts.wait),
             opts,
@@ -811,6 +829,11 @@ impl<M: RingMem<Control = MpmcControl>> ConsumerCore<M> {
     #[cfg(test)]
     pub(crate) fn slot_index(&self) -> usize {
         self.st.token.index
+    }
+
+    /// Whether a wait freed a dead peer's slot since the last call.
+    pub(crate) fn take_dead_freed(&self) -> bool {
+        self.dead_freed.replace(false)
     }
 
     /// The slot and generation this consumer claimed.
@@ -832,6 +855,7 @@ impl<M: RingMem<Control = MpmcControl>> ConsumerCore<M> {
         let st = &mut self.st;
         let gone = Cell::new(false);
         let creator_pid = self.creator_pid;
+        let dead_freed = &self.dead_freed;
         block_on(
             &mut self.spinner,
             &mem.ctrl().data_ec,
@@ -845,7 +869,9 @@ impl<M: RingMem<Control = MpmcControl>> ConsumerCore<M> {
             },
             |_| {
                 let producers = lay.0..lay.0 + lay.1;
-                evict_dead(mem, producers.clone(), &mem.ctrl().space_ec, lay.0);
+                if evict_dead(mem, producers.clone(), &mem.ctrl().space_ec, lay.0) {
+                    dead_freed.set(true);
+                }
                 // Nobody can ever produce again: the creator is dead and no
                 // live producer is attached.
                 let any_producer = producers.clone().any(|i| {

@@ -89,14 +89,27 @@ pub(crate) fn open(ring: &SegmentName, d: &OverflowDesc) -> Result<Segment> {
 /// it, an MPMC record's segment is one-shot and its consumer unlinks it.
 pub(crate) const POOLED: u64 = 1 << 63;
 
-/// Whether the descriptor at `payload` names a pooled segment.
-pub(crate) fn is_pooled(payload: *const u8, len_in_ring: u64) -> bool {
+/// The descriptor of a committed ring record, copied once (its `len`
+/// without the [`POOLED`] flag), and whether it names a pooled segment.
+pub(crate) fn descriptor(
+    ring: &SegmentName,
+    payload: *const u8,
+    len_in_ring: u64,
+) -> Result<(OverflowDesc, bool)> {
     if len_in_ring != DESC_LEN {
-        return false;
+        return Err(Error::corrupt(
+            *ring,
+            "overflow descriptor length in the ring",
+            len_in_ring,
+            "16",
+        ));
     }
     // SAFETY: the record holds DESC_LEN payload bytes (checked) inside the
-    // ring's data area.
-    unsafe { OverflowDesc::read(payload) }.len & POOLED != 0
+    // ring's data area; the copy is taken once (peer-writable bytes).
+    let mut d = unsafe { OverflowDesc::read(payload) };
+    let pooled = d.len & POOLED != 0;
+    d.len &= !POOLED;
+    Ok((d, pooled))
 }
 
 /// Copies the descriptor out of a committed ring record (its `len` without
@@ -115,19 +128,6 @@ fn read_desc(ring: &SegmentName, payload: *const u8, len_in_ring: u64) -> Result
     let mut d = unsafe { OverflowDesc::read(payload) };
     d.len &= !POOLED;
     Ok(d)
-}
-
-/// Maps the overflow segment named by a ring record whose payload (at
-/// `payload`, `len_in_ring` bytes, both taken from a committed record) is a
-/// descriptor. Returns the segment and the payload length it carries.
-pub(crate) fn open_record(
-    ring: &SegmentName,
-    payload: *const u8,
-    len_in_ring: u64,
-) -> Result<(Segment, usize)> {
-    let d = read_desc(ring, payload, len_in_ring)?;
-    let seg = open(ring, &d)?;
-    Ok((seg, d.len as usize))
 }
 
 /// Whether the ring mapped as `seg` still has a name in /dev/shm.
@@ -159,6 +159,53 @@ pub(crate) fn last_out(seg: &Segment, done: bool) {
     remove_all(seg.name());
 }
 
+/// The overflow files of `ring` (name part and name) on which nobody holds
+/// a lease. Not a hot path (reads the directory).
+pub(crate) fn unleased_files(ring: &SegmentName) -> Vec<(u64, SegmentName)> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir(crate::name::SHM_DIR) else {
+        return out;
+    };
+    let prefix_len = ring.as_bytes().len() + 2;
+    for entry in dir.flatten() {
+        let fname = entry.file_name();
+        let b = fname.as_encoded_bytes();
+        if b.len() != prefix_len + 16
+            || !b.starts_with(ring.as_bytes())
+            || &b[prefix_len - 2..prefix_len] != b".o"
+        {
+            continue;
+        }
+        let Some(seq) = std::str::from_utf8(&b[prefix_len..])
+            .ok()
+            .and_then(|h| u64::from_str_radix(h, 16).ok())
+        else {
+            continue;
+        };
+        let Ok(name) = SegmentName::from_bytes(b) else {
+            continue;
+        };
+        let path = name.path();
+        // SAFETY: NUL-terminated path; open keeps no pointer.
+        let fd = unsafe {
+            libc::open(
+                path.as_ptr(),
+                libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            continue;
+        }
+        let held = lease::any_held(fd);
+        // SAFETY: closes the descriptor opened just above.
+        unsafe { libc::close(fd) };
+        if !held {
+            out.push((seq, name));
+        }
+    }
+    out
+}
+
 /// Removes every `<ring>.o*` file (best effort; not a hot path).
 pub(crate) fn remove_all(ring: &SegmentName) {
     let Ok(dir) = std::fs::read_dir(crate::name::SHM_DIR) else {
@@ -182,15 +229,10 @@ pub(crate) fn remove_all(ring: &SegmentName) {
     }
 }
 
-/// Removes the file named by a rejected overflow record (the MPMC
-/// consumer that took it is its only reader). Best effort.
-pub(crate) fn discard_record(ring: &SegmentName, payload: *const u8, len_in_ring: u64) {
-    if len_in_ring != DESC_LEN {
-        return;
-    }
-    // SAFETY: the record holds DESC_LEN payload bytes (checked) inside the ring.
-    let d = unsafe { OverflowDesc::read(payload) };
-    if let Ok(name) = ring.overflow(d.seq) {
+/// Removes overflow file `seq` of `ring`, named by a rejected one-shot
+/// record (the MPMC consumer that took it is its only reader). Best effort.
+pub(crate) fn discard(ring: &SegmentName, seq: u64) {
+    if let Ok(name) = ring.overflow(seq) {
         let path = name.path();
         // SAFETY: NUL-terminated path; unlink does not keep the pointer.
         unsafe { libc::unlink(path.as_ptr()) };
@@ -414,6 +456,16 @@ impl OverflowCache {
         len_in_ring: u64,
     ) -> Result<(*const u8, usize)> {
         let d = read_desc(ring, payload, len_in_ring)?;
+        self.open_desc(ring, &d)
+    }
+
+    /// [`open`](Self::open) for a descriptor already copied out.
+    pub(crate) fn open_desc(
+        &mut self,
+        ring: &SegmentName,
+        d: &OverflowDesc,
+    ) -> Result<(*const u8, usize)> {
+        let d = *d;
         self.tick += 1;
         let tick = self.tick;
         if let Some((_, seg, used)) = self.entries.iter_mut().flatten().find(|e| e.0 == d.seq) {
@@ -444,28 +496,27 @@ impl OverflowCache {
 }
 
 impl OverflowCache {
-    /// After the record naming segment `seq` was released: if the writer
-    /// that pooled it is gone (its lease on the segment is free), nobody
-    /// will reuse or remove it; its last reader removes it.
-    pub(crate) fn release(&mut self, seq: u64) {
+    /// Whether the writer that pooled segment `seq` is gone (its lease on
+    /// the segment is free): then nobody will reuse it, and no later record
+    /// can name it. Ask *before* releasing the record: once released, a
+    /// live writer may reuse the segment and leave.
+    pub(crate) fn writer_gone(&self, seq: u64) -> bool {
+        self.entries
+            .iter()
+            .flatten()
+            .any(|(s, seg, _)| *s == seq && !lease::held_by_other(seg.fd(), lease::OWNER, 1))
+    }
+
+    /// Forgets and unlinks segment `seq` (its writer is gone and its last
+    /// record was released).
+    pub(crate) fn remove(&mut self, seq: u64) {
         for e in self.entries.iter_mut() {
-            if matches!(e, Some((s, seg, _)) if *s == seq && !lease::held_by_other(seg.fd(), lease::OWNER, 1))
-            {
+            if matches!(e, Some((s, _, _)) if *s == seq) {
                 if let Some((_, seg, _)) = e.take() {
                     let _ = seg.unlink();
                 }
             }
         }
-    }
-
-    /// The name part of the descriptor at `payload` (for [`release`](Self::release)).
-    pub(crate) fn seq_of(payload: *const u8, len_in_ring: u64) -> Option<u64> {
-        if len_in_ring != DESC_LEN {
-            return None;
-        }
-        // SAFETY: the record holds DESC_LEN payload bytes (checked) inside
-        // the ring's data area.
-        Some(unsafe { OverflowDesc::read(payload) }.seq)
     }
 }
 
