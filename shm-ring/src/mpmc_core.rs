@@ -1346,13 +1346,12 @@ mod review_tests {
         );
     }
 
-    /// A producer killed inside `try_reserve` after publishing its RESERVED
-    /// header but before storing `tail` (SIGKILL can land on any
-    /// instruction). Consumers tombstone the record, move `head` past it,
-    /// and then report the segment *corrupt* (head past tail) instead of
-    /// waiting: a dead peer is turned into a fatal-looking error.
-    #[test]
-    fn a_producer_dead_before_its_tail_store_is_not_corruption() {
+    type Mem = Arc<HeapMem<MpmcControl>>;
+
+    /// A ring whose only producer ran `try_reserve` (under the lock) up to
+    /// publishing its RESERVED header and died before storing `tail`; its
+    /// creator lives. Returns the ring, its layout, options and a consumer.
+    fn producer_dead_before_its_tail_store() -> (Mem, Layout, PeerOptions, ConsumerCore<Mem>) {
         let m = Arc::new(HeapMem::new(MpmcControl::new(), 2, 4096));
         let lay = Layout {
             consumers: 1,
@@ -1363,14 +1362,14 @@ mod review_tests {
             .liveness_interval(Duration::from_millis(10));
         let me = ProcessId::current();
         let p = ProducerCore::join(m.clone(), &lay, me, o).unwrap();
-        let mut c = ConsumerCore::join(m.clone(), &lay, me, 0, o).unwrap();
-        assert!(m.take_lease(crate::lease::OWNER).unwrap()); // the ring's creator lives
-                                                             // The prefix of try_reserve (under the lock), as the producer ran it.
+        let c = ConsumerCore::join(m.clone(), &lay, me, 0, o).unwrap();
+        assert!(m.take_lease(crate::lease::OWNER).unwrap());
         let l = &m.ctrl().lock;
         l.word.store(p.lock_id, Ordering::Relaxed);
         let start = l.tail.load(Ordering::Relaxed);
-        let end = start + record_size(100);
-        m.header(end).commit.store(0, Ordering::Relaxed);
+        m.header(start + record_size(100))
+            .commit
+            .store(0, Ordering::Relaxed);
         let h = m.header(start);
         h.len.store(100, Ordering::Relaxed);
         h.aux.store(p.tag, Ordering::Relaxed);
@@ -1378,6 +1377,18 @@ mod review_tests {
             .store(rec::word(start, rec::RESERVED), Ordering::Release);
         // ... killed here, before `l.tail.store(end)`.
         m.kill(crate::lease::slot_byte(p.token.index));
+        (m, lay, o, c)
+    }
+
+    /// A producer killed inside `try_reserve` after publishing its RESERVED
+    /// header but before storing `tail` (SIGKILL can land on any
+    /// instruction). Consumers tombstone the record, move `head` past it,
+    /// and then report the segment *corrupt* (head past tail) instead of
+    /// waiting: a dead peer is turned into a fatal-looking error.
+    #[test]
+    fn a_producer_dead_before_its_tail_store_is_not_corruption() {
+        let (m, _lay, _o, mut c) = producer_dead_before_its_tail_store();
+        let l = &m.ctrl().lock;
         let r = c.take(&Wait::timeout(Duration::from_millis(500)));
         assert!(
             matches!(r, Err(Error::Timeout)),
@@ -1394,30 +1405,8 @@ mod review_tests {
     /// and is never delivered.
     #[test]
     fn a_producer_dead_before_its_tail_store_loses_no_later_record() {
-        let m = Arc::new(HeapMem::new(MpmcControl::new(), 2, 4096));
-        let lay = Layout {
-            consumers: 1,
-            producers: 1,
-        };
-        let o = PeerOptions::default()
-            .orphan_timeout(Duration::from_millis(20))
-            .liveness_interval(Duration::from_millis(10));
+        let (m, lay, o, mut c) = producer_dead_before_its_tail_store();
         let me = ProcessId::current();
-        let p = ProducerCore::join(m.clone(), &lay, me, o).unwrap();
-        let mut c = ConsumerCore::join(m.clone(), &lay, me, 0, o).unwrap();
-        assert!(m.take_lease(crate::lease::OWNER).unwrap());
-        let l = &m.ctrl().lock;
-        l.word.store(p.lock_id, Ordering::Relaxed);
-        let start = l.tail.load(Ordering::Relaxed);
-        let end = start + record_size(100);
-        m.header(end).commit.store(0, Ordering::Relaxed);
-        let h = m.header(start);
-        h.len.store(100, Ordering::Relaxed);
-        h.aux.store(p.tag, Ordering::Relaxed);
-        h.commit
-            .store(rec::word(start, rec::RESERVED), Ordering::Release);
-        m.kill(crate::lease::slot_byte(p.token.index)); // dies before tail
-        drop(p);
         // Consumers skip the tombstone (then see "corruption", ignored here).
         let _ = c.take(&Wait::timeout(Duration::from_millis(200)));
         // A new producer process comes.

@@ -115,19 +115,7 @@ pub(crate) fn descriptor(
 /// Copies the descriptor out of a committed ring record (its `len` without
 /// the [`POOLED`] flag).
 fn read_desc(ring: &SegmentName, payload: *const u8, len_in_ring: u64) -> Result<OverflowDesc> {
-    if len_in_ring != DESC_LEN {
-        return Err(Error::corrupt(
-            *ring,
-            "overflow descriptor length in the ring",
-            len_in_ring,
-            "16",
-        ));
-    }
-    // SAFETY: the record holds DESC_LEN payload bytes (checked) inside the
-    // ring's data area; the copy is taken once (peer-writable bytes).
-    let mut d = unsafe { OverflowDesc::read(payload) };
-    d.len &= !POOLED;
-    Ok(d)
+    descriptor(ring, payload, len_in_ring).map(|(d, _)| d)
 }
 
 /// Whether the ring mapped as `seg` still has a name in /dev/shm.

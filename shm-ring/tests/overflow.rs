@@ -1,6 +1,9 @@
 //! Records larger than the ring: overflow segments (issue 6 items 5, 8 and
 //! the overflow-cost target).
 
+mod common;
+
+use common::{overflow_files, pattern};
 use shoal_shm_ring::{BroadcastConfig, BroadcastReader, BroadcastWriter, Wait};
 use std::time::Duration;
 
@@ -32,24 +35,6 @@ fn squatted_predictable_overflow_names_do_not_block_large_sends() {
     for p in &squatted {
         let _ = std::fs::remove_file(p);
     }
-}
-
-fn overflow_files(ring: &str) -> usize {
-    std::fs::read_dir("/dev/shm")
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| n.starts_with(&format!("{ring}.o")))
-        })
-        .count()
-}
-
-fn pattern(seq: u32, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u32).wrapping_mul(31).wrapping_add(seq) as u8)
-        .collect()
 }
 
 /// The overflow-cost item: a stream of 1-2 MiB records through a 1 MiB

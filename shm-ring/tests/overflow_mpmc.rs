@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{say, spawn};
+use common::{overflow_files, pattern, say, spawn};
 use shoal_shm_ring::{
     cleanup_stale, Handle, MpmcConfig, MpmcConsumer, MpmcProducer, MpmcRing, PeerOptions, Wait,
 };
@@ -19,24 +19,6 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn overflow_files(ring: &str) -> usize {
-    std::fs::read_dir("/dev/shm")
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| n.starts_with(&format!("{ring}.o")))
-        })
-        .count()
-}
-
-fn pattern(seq: u32, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u32).wrapping_mul(31).wrapping_add(seq) as u8)
-        .collect()
 }
 
 #[test]

@@ -156,3 +156,23 @@ pub fn size_of_record(seq: u64) -> usize {
         _ => 8 + (h as usize % 56),
     }
 }
+
+/// How many overflow files of ring `ring` exist in /dev/shm.
+pub fn overflow_files(ring: &str) -> usize {
+    std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(&format!("{ring}.o")))
+        })
+        .count()
+}
+
+/// A payload of `len` bytes that differs for every `seq`.
+pub fn pattern(seq: u32, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(31).wrapping_add(seq) as u8)
+        .collect()
+}
