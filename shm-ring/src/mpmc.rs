@@ -716,3 +716,127 @@ mod tests {
         assert!(g.unwrap().iter().all(|&b| b == 2), "record 2 lost");
     }
 }
+
+/// Probes from the review of the orphan sweep: what a live participant
+/// still needs survives it.
+#[cfg(test)]
+mod sweep_tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn files(ring: &crate::name::SegmentName) -> Vec<String> {
+        let pre = format!("{}.o", ring.as_str());
+        let mut v: Vec<String> = std::fs::read_dir("/dev/shm")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .filter(|n| n.starts_with(&pre))
+            .collect();
+        v.sort();
+        v
+    }
+    fn pat(seq: u32, len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u32).wrapping_mul(31).wrapping_add(seq) as u8)
+            .collect()
+    }
+    const T: Duration = Duration::from_secs(3);
+
+    #[test]
+    fn sweep_live_pooled_free_segments_survive_same_process_sweep() {
+        let ring = MpmcRing::create(&MpmcConfig::new(1 << 16, 2, 2)).unwrap();
+        let name = *ring.handle().name();
+        let mut p = ring.producer().unwrap();
+        let mut c = ring.consumer().unwrap();
+        for (i, n) in [40_000usize, 100_000, 300_000].into_iter().enumerate() {
+            p.send(&pat(i as u32, n)).unwrap();
+            drop(c.take_with(Wait::timeout(T)).unwrap());
+        }
+        // Reclaim them to the free list (and one in flight).
+        p.send(&pat(9, 40_000)).unwrap();
+        drop(c.take_with(Wait::timeout(T)).unwrap());
+        let before = files(&name);
+        assert!(before.len() >= 3, "{before:?}");
+        sweep_orphaned_overflow(&p.core.mem);
+        let _c2 = ring.consumer().unwrap(); // attach sweep too
+        assert_eq!(files(&name), before, "a live producer's pool was swept");
+        for (i, n) in [300_000usize, 100_000, 40_000].into_iter().enumerate() {
+            p.send(&pat(50 + i as u32, n)).unwrap();
+            let g = c.take_with(Wait::timeout(T)).unwrap();
+            assert!(*g == pat(50 + i as u32, n)[..]);
+        }
+    }
+
+    #[test]
+    fn sweep_departed_producers_in_flight_and_one_shot_records_survive_sweep() {
+        let ring = MpmcRing::create(&MpmcConfig::new(1 << 16, 2, 2)).unwrap();
+        let name = *ring.handle().name();
+        let mut p = ring.producer().unwrap();
+        for i in 0..10u32 {
+            p.send(&pat(i, 40_000)).unwrap(); // 8 pooled, 2 one-shot
+        }
+        drop(p);
+        assert_eq!(files(&name).len(), 10);
+        let mut c = ring.consumer().unwrap(); // sweeps
+        sweep_orphaned_overflow(&c.core.mem);
+        assert_eq!(files(&name).len(), 10, "needed files swept");
+        for i in 0..10u32 {
+            let g = c.take_with(Wait::timeout(T)).unwrap();
+            assert!(*g == pat(i, 40_000)[..], "record {i}");
+        }
+    }
+
+    #[test]
+    fn sweep_claimed_but_not_yet_opened_record_survives_sweep() {
+        let ring = MpmcRing::create(&MpmcConfig::new(1 << 16, 2, 2)).unwrap();
+        let mut p = ring.producer().unwrap();
+        for i in 0..9u32 {
+            p.send(&pat(i, 40_000)).unwrap(); // 8 pooled, 1 one-shot
+        }
+        drop(p);
+        let mut c = ring.consumer().unwrap();
+        for i in 0..9u32 {
+            let g = c.core.take(&Wait::timeout(T)).unwrap();
+            sweep_orphaned_overflow(&c.core.mem);
+            let g = c.guard(g).unwrap();
+            assert!(*g == pat(i, 40_000)[..], "record {i}");
+        }
+    }
+
+    /// Wrap pads in [reclaim, tail): the sweep must keep what records name
+    /// and still remove a true orphan.
+    #[test]
+    fn sweep_wrap_pads_in_range() {
+        let ring = MpmcRing::create(&MpmcConfig::new(4096, 2, 2)).unwrap();
+        let name = *ring.handle().name();
+        let mut p = ring.producer().unwrap();
+        let mut c = ring.consumer().unwrap();
+        // Move tail near the end with inline records, released.
+        for _ in 0..3 {
+            p.send(&[7u8; 1000]).unwrap();
+            drop(c.take_with(Wait::timeout(T)).unwrap());
+        }
+        // 3 * 1024 = 3072; a 1000-byte record now wraps (pad at 3072).
+        p.send(&[8u8; 1000]).unwrap();
+        p.send(&pat(1, 40_000)).unwrap();
+        // An orphan: a file nobody leases and no record names.
+        let mut orphan = overflow::create(&name, 0xdead_beef, 5000, [0; 32]).unwrap();
+        orphan.disown();
+        drop(orphan);
+        let l = &c.core.mem.ctrl().lock;
+        eprintln!(
+            "reclaim {} tail {}",
+            l.reclaim.load(crate::sync::Ordering::Relaxed),
+            l.tail.load(crate::sync::Ordering::Relaxed)
+        );
+        assert_eq!(files(&name).len(), 2);
+        sweep_orphaned_overflow(&c.core.mem);
+        let left = files(&name);
+        let g = c.take_with(Wait::timeout(T)).unwrap();
+        assert_eq!(&*g, &[8u8; 1000][..]);
+        drop(g);
+        let g = c.take_with(Wait::timeout(T)).unwrap();
+        assert!(*g == pat(1, 40_000)[..]);
+        assert_eq!(left.len(), 1, "orphan not swept: {left:?}");
+    }
+}
