@@ -5,6 +5,7 @@
 //! ```text
 //! cargo build --release -p shoal-shm-ring --example microloop
 //! valgrind --tool=callgrind target/release/examples/microloop 100000   # in-process
+//! valgrind --tool=callgrind target/release/examples/microloop 100000 --echo  # ping-pong work
 //! target/release/examples/microloop 20000000 --cross 64              # 1 reader process
 //! ```
 use shoal_shm_ring::{BroadcastConfig, BroadcastReader, BroadcastWriter, Wait, WaitStrategy};
@@ -20,6 +21,32 @@ fn main() -> Result<(), shoal_shm_ring::Error> {
         .and_then(|s| s.parse::<usize>().ok());
     let peer = shoal_shm_ring::PeerOptions::default().wait_strategy(WaitStrategy::Spin);
     let mut w = BroadcastWriter::create(&BroadcastConfig::new(1 << 20, 2).peer_options(peer))?;
+    if args.iter().any(|a| a == "--echo") {
+        // One thread plays both sides of a ping-pong over two rings: the
+        // instructions of one round trip (two hops), without any waiting.
+        let mut pong = BroadcastWriter::create(&BroadcastConfig::new(1 << 16, 2))?;
+        let mut ping = BroadcastWriter::create(&BroadcastConfig::new(1 << 16, 2))?;
+        let mut rx_ping = BroadcastReader::attach(&ping.handle())?;
+        let mut rx_pong = BroadcastReader::attach(&pong.handle())?;
+        ping.wait_for_readers(1, Wait::no_wait())?;
+        pong.wait_for_readers(1, Wait::no_wait())?;
+        let stamp = [7u8; 64];
+        let mut sum = 0u64;
+        for _ in 0..n {
+            let mut r = ping.reserve(48)?;
+            r.copy_from_slice(&stamp[..48]);
+            r.commit(48)?;
+            let g = rx_ping.recv_with(Wait::timeout(std::time::Duration::from_secs(1)))?;
+            let mut r = pong.reserve(48)?;
+            r.copy_from_slice(&g[..48]);
+            r.commit(48)?;
+            drop(g);
+            let g = rx_pong.recv_with(Wait::timeout(std::time::Duration::from_secs(1)))?;
+            sum += u64::from(g[0]);
+        }
+        println!("{n} echo round trips, checksum {sum}");
+        return Ok(());
+    }
     let Some(size) = cross else {
         let mut r = BroadcastReader::attach(&w.handle())?;
         w.wait_for_readers(1, Wait::no_wait())?;
