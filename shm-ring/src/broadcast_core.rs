@@ -600,7 +600,18 @@ impl<M: RingMem<Control = BroadcastControl>> ReaderCore<M> {
     }
 
     /// Waits for the next record.
+    #[inline]
     pub(crate) fn recv(&mut self, wait: &Wait<'_>) -> Result<Got> {
+        if !self.st.evicted {
+            if let Some(g) = self.st.poll_data(&self.mem) {
+                return Ok(g);
+            }
+        }
+        self.recv_wait(wait)
+    }
+
+    #[inline(never)]
+    fn recv_wait(&mut self, wait: &Wait<'_>) -> Result<Got> {
         if self.st.evicted {
             return Err(Error::Evicted);
         }
@@ -685,6 +696,45 @@ impl ReaderState {
     /// One look at the ring at the cursor.
     #[inline]
     fn poll_ring<M: RingMem<Control = BroadcastControl>>(
+        &mut self,
+        mem: &M,
+    ) -> Result<Option<Got>> {
+        match self.poll_data(mem) {
+            Some(g) => Ok(Some(g)),
+            None => self.poll_ring_slow(mem),
+        }
+    }
+
+    /// The common case alone: an active reader with a (well-sized) data
+    /// record at its cursor. `None` means "look closer" (`poll_ring_slow`).
+    #[inline(always)]
+    fn poll_data<M: RingMem<Control = BroadcastControl>>(&self, mem: &M) -> Option<Got> {
+        if !self.active {
+            return None;
+        }
+        let pos = self.cursor;
+        let h = mem.header(pos);
+        // SYNC R(commit): pairs with the writer's Release store of `commit`.
+        if h.commit.load(Ordering::Acquire) != rec::word(pos, rec::DATA) {
+            return None;
+        }
+        let len = u64::from(h.len.load(Ordering::Relaxed));
+        let size = record_size(len);
+        let cap = mem.capacity();
+        // A real writer never lets a record cross the end of the ring; a
+        // forged length goes the slow way, which reports it.
+        (size <= cap / 2 && (pos & (cap - 1)) + size <= cap).then_some(Got {
+            pos,
+            len,
+            next: pos + size,
+            state: rec::DATA,
+        })
+    }
+
+    /// Everything but a data record at the cursor of an active reader:
+    /// activation, pads, overflow records, an empty ring, corruption.
+    #[inline(never)]
+    fn poll_ring_slow<M: RingMem<Control = BroadcastControl>>(
         &mut self,
         mem: &M,
     ) -> Result<Option<Got>> {

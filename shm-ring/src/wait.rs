@@ -583,7 +583,26 @@ pub(crate) struct Stalled {
 /// Waits until `poll` yields a value: spin for the adaptive window, then park
 /// on `ec` in bounded slices. Every `check_every`, `on_check` runs (liveness
 /// checks, slow-peer logs); it may end the wait with an error.
+#[inline]
 pub(crate) fn block_on<T>(
+    spinner: &mut Spinner,
+    ec: &EventCount,
+    me: Waiter,
+    deadline: &Deadline<'_>,
+    checks: Checks,
+    mut poll: impl FnMut() -> Result<Option<T>>,
+    on_check: impl FnMut(Stalled) -> Result<()>,
+) -> Result<T> {
+    // The common case, kept small enough to inline: it is there already.
+    if let Some(v) = poll()? {
+        return Ok(v);
+    }
+    wait_for(spinner, ec, me, deadline, checks, poll, on_check)
+}
+
+/// The waiting part of [`block_on`]: spin, then park.
+#[inline(never)]
+fn wait_for<T>(
     spinner: &mut Spinner,
     ec: &EventCount,
     me: Waiter,
@@ -592,9 +611,6 @@ pub(crate) fn block_on<T>(
     mut poll: impl FnMut() -> Result<Option<T>>,
     mut on_check: impl FnMut(Stalled) -> Result<()>,
 ) -> Result<T> {
-    if let Some(v) = poll()? {
-        return Ok(v);
-    }
     let t0 = Instant::now();
     deadline.check(t0)?;
     let window = spinner.window();
