@@ -193,6 +193,7 @@ impl BroadcastWriter {
     /// memory (or inside an overflow segment, for records larger than
     /// [`max_inline`](Self::max_inline)); [`Reservation::commit`] publishes a
     /// prefix of them. Dropping it uncommitted publishes nothing.
+    #[inline]
     pub fn reserve_with(&mut self, max_len: usize, wait: Wait<'_>) -> Result<Reservation<'_>> {
         let max_len = max_len as u64;
         if max_len <= self.core.max_inline() {
