@@ -87,6 +87,24 @@ impl SegmentName {
         Self::from_bytes(&buf[..n])
     }
 
+    /// The inverse of [`overflow`](Self::overflow): the ring and the number
+    /// of an overflow segment's name `<ring>.o<16 hex digits>`.
+    pub(crate) fn overflow_parts(&self) -> Option<(SegmentName, u64)> {
+        const SUFFIX: usize = 2 + 16;
+        let b = self.as_bytes();
+        let cut = b.len().checked_sub(SUFFIX)?;
+        let (ring, tail) = b.split_at(cut);
+        let hex = tail.strip_prefix(b".o")?;
+        if !hex
+            .iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+        {
+            return None;
+        }
+        let seq = u64::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+        Some((SegmentName::from_bytes(ring).ok()?, seq))
+    }
+
     /// The name as bytes.
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes[..self.len as usize]

@@ -16,6 +16,7 @@ use crate::layout::{SegmentKind, FORMAT_TAG_LEN, HEADER_PAGE};
 use crate::lease;
 use crate::name::{random_u64, SegmentName};
 use crate::segment::{Segment, SegmentSpec};
+use std::os::fd::AsRawFd;
 
 /// The ring record that stands for an overflow segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,70 +151,33 @@ pub(crate) fn last_out(seg: &Segment, done: bool) {
 /// The overflow files of `ring` (name part and name) on which nobody holds
 /// a lease. Not a hot path (reads the directory).
 pub(crate) fn unleased_files(ring: &SegmentName) -> Vec<(u64, SegmentName)> {
-    let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir(crate::name::SHM_DIR) else {
-        return out;
-    };
-    let prefix_len = ring.as_bytes().len() + 2;
-    for entry in dir.flatten() {
-        let fname = entry.file_name();
-        let b = fname.as_encoded_bytes();
-        if b.len() != prefix_len + 16
-            || !b.starts_with(ring.as_bytes())
-            || &b[prefix_len - 2..prefix_len] != b".o"
-        {
-            continue;
-        }
-        let Some(seq) = std::str::from_utf8(&b[prefix_len..])
-            .ok()
-            .and_then(|h| u64::from_str_radix(h, 16).ok())
-        else {
-            continue;
-        };
-        let Ok(name) = SegmentName::from_bytes(b) else {
-            continue;
-        };
-        let path = name.path();
-        // SAFETY: NUL-terminated path; open keeps no pointer.
-        let fd = unsafe {
-            libc::open(
-                path.as_ptr(),
-                libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            continue;
-        }
-        let held = lease::any_held(fd);
-        // SAFETY: closes the descriptor opened just above.
-        unsafe { libc::close(fd) };
-        if !held {
-            out.push((seq, name));
-        }
-    }
-    out
+    overflow_files_of(ring)
+        .filter(|(_, name)| {
+            crate::segment::open_shm(name, libc::O_RDONLY)
+                .is_ok_and(|fd| !lease::any_held(fd.as_raw_fd()))
+        })
+        .collect()
+}
+
+/// The overflow files of `ring` in /dev/shm: name part and name.
+fn overflow_files_of(ring: &SegmentName) -> impl Iterator<Item = (u64, SegmentName)> + '_ {
+    std::fs::read_dir(crate::name::SHM_DIR)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(move |entry| {
+            let name = SegmentName::from_bytes(entry.file_name().as_encoded_bytes()).ok()?;
+            let (of, seq) = name.overflow_parts()?;
+            (of == *ring).then_some((seq, name))
+        })
 }
 
 /// Removes every `<ring>.o*` file (best effort; not a hot path).
 pub(crate) fn remove_all(ring: &SegmentName) {
-    let Ok(dir) = std::fs::read_dir(crate::name::SHM_DIR) else {
-        return;
-    };
-    let mut prefix = [0u8; crate::name::NAME_MAX + 2];
-    let n = ring.as_bytes().len();
-    prefix[..n].copy_from_slice(ring.as_bytes());
-    prefix[n..n + 2].copy_from_slice(b".o");
-    let prefix = &prefix[..n + 2];
-    for entry in dir.flatten() {
-        let fname = entry.file_name();
-        let b = fname.as_encoded_bytes();
-        if b.starts_with(prefix) {
-            if let Ok(name) = SegmentName::from_bytes(b) {
-                let path = name.path();
-                // SAFETY: NUL-terminated path; unlink does not keep it.
-                unsafe { libc::unlink(path.as_ptr()) };
-            }
-        }
+    for (_, name) in overflow_files_of(ring) {
+        let path = name.path();
+        // SAFETY: NUL-terminated path; unlink does not keep it.
+        unsafe { libc::unlink(path.as_ptr()) };
     }
 }
 

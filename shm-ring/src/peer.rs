@@ -182,7 +182,11 @@ pub(crate) fn claim_slot<M: RingMem>(
 pub(crate) fn leave_slot<M: RingMem>(mem: &M, t: SlotToken, on_leave: impl Fn(usize)) {
     let s = mem.slot(t.index);
     let mut w = s.own.load(Ordering::Acquire);
-    while let Some(o) = Some(Own::unpack(w)).filter(|o| o.gen == t.gen && o.state != slot::FREE) {
+    loop {
+        let o = Own::unpack(w);
+        if o.gen != t.gen || o.state == slot::FREE {
+            break; // already freed, or evicted and taken over
+        }
         let free = Own {
             gen: o.gen,
             state: slot::FREE,
@@ -201,7 +205,7 @@ pub(crate) fn leave_slot<M: RingMem>(mem: &M, t: SlotToken, on_leave: impl Fn(us
     mem.drop_lease(lease::slot_byte(t.index));
 }
 
-/// Whether the owner of slot `i`, seen as `o`, is alive: its lease is held.
+/// Whether the owner of slot `i` is alive: its lease is held.
 /// (A claimer holds the lease before it changes the word, so a held lease
 /// with a stale word only delays a judgement; it never kills a live owner.)
 pub(crate) fn slot_alive<M: RingMem>(mem: &M, i: usize) -> bool {

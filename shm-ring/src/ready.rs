@@ -186,63 +186,46 @@ impl ReadyFd {
         }
         // Until the `ReadyFd` exists (and its drop resets the flag), a
         // failure must give the flag back.
-        let r = Self::spawn(
-            seg,
-            ec_offset,
-            waiter,
-            recheck,
-            own_offset,
-            gen,
-            taken.clone(),
-        );
+        let give_back = taken.clone();
+        let r = (move || -> Result<Self> {
+            // SAFETY: eventfd has no memory preconditions.
+            let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+            if fd < 0 {
+                return Err(Error::last_os("eventfd"));
+            }
+            // SAFETY: `fd` is a fresh descriptor we own.
+            let efd = unsafe { OwnedFd::from_raw_fd(fd) };
+            let shared = Arc::new(Shared {
+                efd,
+                seg,
+                ec_offset,
+                state: AtomicU32::new(IDLE),
+                key: AtomicU32::new(0),
+                registered: AtomicU32::new(0),
+                waiter,
+                recheck,
+                own_offset,
+                gen,
+                taken,
+            });
+            let s2 = shared.clone();
+            let thread = std::thread::Builder::new()
+                .name("shoal-ready".into())
+                .spawn(move || helper(&s2))
+                .map_err(|source| Error::Io {
+                    op: "spawn readiness thread",
+                    path: crate::error::SegmentLabel(None),
+                    source,
+                })?;
+            Ok(ReadyFd {
+                shared,
+                thread: Some(thread),
+            })
+        })();
         if r.is_err() {
-            taken.store(false, Ordering::Release);
+            give_back.store(false, Ordering::Release);
         }
         r
-    }
-
-    fn spawn(
-        seg: Segment,
-        ec_offset: usize,
-        waiter: Waiter,
-        recheck: Recheck,
-        own_offset: usize,
-        gen: u32,
-        taken: Arc<AtomicBool>,
-    ) -> Result<Self> {
-        // SAFETY: eventfd has no memory preconditions.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(Error::last_os("eventfd"));
-        }
-        // SAFETY: `fd` is a fresh descriptor we own.
-        let efd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let shared = Arc::new(Shared {
-            efd,
-            seg,
-            ec_offset,
-            state: AtomicU32::new(IDLE),
-            key: AtomicU32::new(0),
-            registered: AtomicU32::new(0),
-            waiter,
-            recheck,
-            own_offset,
-            gen,
-            taken,
-        });
-        let s2 = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("shoal-ready".into())
-            .spawn(move || helper(&s2))
-            .map_err(|source| Error::Io {
-                op: "spawn readiness thread",
-                path: crate::error::SegmentLabel(None),
-                source,
-            })?;
-        Ok(ReadyFd {
-            shared,
-            thread: Some(thread),
-        })
     }
 
     /// The eventfd to register with an event loop (readable = look again).

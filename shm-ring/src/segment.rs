@@ -253,19 +253,7 @@ impl Segment {
     /// Opens its own file description of the file (two attaches in one
     /// process hold independent leases) and does not take the owner lease.
     pub fn attach(name: &SegmentName, kind: SegmentKind) -> Result<Segment> {
-        let path = name.path();
-        // SAFETY: `path` is NUL-terminated; open does not keep the pointer.
-        let fd = unsafe {
-            libc::open(
-                path.as_ptr(),
-                libc::O_RDWR | libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK,
-            )
-        };
-        if fd < 0 {
-            return Err(open_error(name, &path, io::Error::last_os_error()));
-        }
-        // SAFETY: `fd` was just returned by open and is owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let fd = open_shm(name, libc::O_RDWR).map_err(|e| open_error(name, &name.path(), e))?;
         Self::attach_fd(fd, name, kind)
     }
 
@@ -1067,20 +1055,7 @@ const PEEK_LEN: usize = 96;
 impl Candidate {
     /// Opens `name` if it is a regular file owned by `our_uid`.
     fn open(name: &SegmentName, our_uid: u32) -> Option<Candidate> {
-        let path = name.path();
-        // SAFETY: NUL-terminated path; open does not keep the pointer.
-        // O_NONBLOCK: a FIFO planted under a shoal name must not block us.
-        let fd = unsafe {
-            libc::open(
-                path.as_ptr(),
-                libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK,
-            )
-        };
-        if fd < 0 {
-            return None;
-        }
-        // SAFETY: `fd` was just returned by open and is owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let fd = open_shm(name, libc::O_RDONLY).ok()?;
         let st = fstat(fd.as_raw_fd(), name).ok()?;
         if st.st_uid != our_uid || st.st_mode & libc::S_IFMT != libc::S_IFREG {
             return None;
@@ -1159,36 +1134,34 @@ fn pread_full(fd: RawFd, buf: &mut [u8]) -> bool {
 
 /// The ring an overflow record's name `<ring>.o<16 hex digits>` belongs to.
 fn overflow_ring(name: &SegmentName) -> Option<SegmentName> {
-    const SUFFIX: usize = 2 + 16;
-    let b = name.as_bytes();
-    let cut = b.len().checked_sub(SUFFIX)?;
-    let (ring, tail) = b.split_at(cut);
-    if !tail.starts_with(b".o")
-        || !tail[2..]
-            .iter()
-            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
-    {
-        return None;
+    name.overflow_parts().map(|(ring, _)| ring)
+}
+
+/// Opens `/dev/shm/<name>` with `flags` (plus close-on-exec), never
+/// following a symlink and never blocking on a FIFO planted under the name.
+pub(crate) fn open_shm(name: &SegmentName, flags: libc::c_int) -> io::Result<OwnedFd> {
+    let path = name.path();
+    // SAFETY: `path` is NUL-terminated; open does not keep the pointer.
+    let fd = unsafe {
+        libc::open(
+            path.as_ptr(),
+            flags | libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
     }
-    SegmentName::from_bytes(ring).ok()
+    // SAFETY: `fd` was just returned by open and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Whether the ring `ring` exists and somebody holds a lease on it. In
 /// doubt (it exists but cannot be judged), in use.
 fn ring_in_use(ring: &SegmentName, our_uid: u32) -> bool {
-    let path = ring.path();
-    // SAFETY: NUL-terminated path; open does not keep the pointer.
-    let fd = unsafe {
-        libc::open(
-            path.as_ptr(),
-            libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK,
-        )
+    let fd = match open_shm(ring, libc::O_RDONLY) {
+        Ok(fd) => fd,
+        Err(e) => return e.raw_os_error() != Some(libc::ENOENT),
     };
-    if fd < 0 {
-        return io::Error::last_os_error().raw_os_error() != Some(libc::ENOENT);
-    }
-    // SAFETY: `fd` was just returned by open and is owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     match fstat(fd.as_raw_fd(), ring) {
         Ok(st) if st.st_mode & libc::S_IFMT != libc::S_IFREG => false, // not a ring
         Ok(st) if st.st_uid != our_uid => true,
