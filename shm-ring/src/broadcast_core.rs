@@ -705,8 +705,8 @@ impl ReaderState {
         }
     }
 
-    /// The common case alone: an active reader with a (well-sized) data
-    /// record at its cursor. `None` means "look closer" (`poll_ring_slow`).
+    /// The common case alone: an active reader with a data record at its
+    /// cursor whose length fits in half the ring (the slow path's bound). `None` means "look closer" (`poll_ring_slow`).
     #[inline(always)]
     fn poll_data<M: RingMem<Control = BroadcastControl>>(&self, mem: &M) -> Option<Got> {
         if !self.active {
@@ -722,7 +722,8 @@ impl ReaderState {
         let size = record_size(len);
         let cap = mem.capacity();
         // A real writer never lets a record cross the end of the ring; a
-        // forged length goes the slow way, which reports it.
+        // forged length goes the slow way, which reports it as corrupt
+        // unless a writer rewrote it in between.
         (size <= cap / 2 && (pos & (cap - 1)) + size <= cap).then_some(Got {
             pos,
             len,
