@@ -32,6 +32,7 @@ fn main() -> Result<(), shoal_shm_ring::Error> {
         pong.wait_for_readers(1, Wait::no_wait())?;
         let stamp = [7u8; 64];
         let mut sum = 0u64;
+        let t0 = Instant::now();
         for _ in 0..n {
             let mut r = ping.reserve(48)?;
             r.copy_from_slice(&stamp[..48]);
@@ -44,13 +45,17 @@ fn main() -> Result<(), shoal_shm_ring::Error> {
             let g = rx_pong.recv_with(Wait::timeout(std::time::Duration::from_secs(1)))?;
             sum += u64::from(g[0]);
         }
-        println!("{n} echo round trips, checksum {sum}");
+        println!(
+            "{n} echo round trips, checksum {sum}: {:.1} ns per round trip (in process)",
+            t0.elapsed().as_nanos() as f64 / n as f64
+        );
         return Ok(());
     }
     let Some(size) = cross else {
         let mut r = BroadcastReader::attach(&w.handle())?;
         w.wait_for_readers(1, Wait::no_wait())?;
         let mut sum = 0u64;
+        let t0 = Instant::now();
         for i in 0..n {
             let mut res = w.reserve(64)?;
             res[0] = i as u8;
@@ -59,7 +64,10 @@ fn main() -> Result<(), shoal_shm_ring::Error> {
                 sum += u64::from(g[0]);
             }
         }
-        println!("{n} rounds, checksum {sum}");
+        println!(
+            "{n} rounds, checksum {sum}: {:.1} ns per round (in process)",
+            t0.elapsed().as_nanos() as f64 / n as f64
+        );
         return Ok(());
     };
     let handle = w.handle();

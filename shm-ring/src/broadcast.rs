@@ -193,27 +193,45 @@ impl BroadcastWriter {
     /// memory (or inside an overflow segment, for records larger than
     /// [`max_inline`](Self::max_inline)); [`Reservation::commit`] publishes a
     /// prefix of them. Dropping it uncommitted publishes nothing.
-    #[inline]
+    #[inline(always)]
     pub fn reserve_with(&mut self, max_len: usize, wait: Wait<'_>) -> Result<Reservation<'_>> {
-        let max_len = max_len as u64;
+        // The common case inline; the rest returns the parts of the
+        // reservation (not the reservation itself), so both paths meet in
+        // registers instead of in a stack copy.
+        let p = match self.core.try_reserve(max_len as u64) {
+            Some(resv) => Reserved {
+                buf: self.core.payload(&resv),
+                resv,
+                ov: false,
+            },
+            None => self.reserve_slow(max_len as u64, wait)?,
+        };
+        Ok(Reservation {
+            writer: self,
+            resv: p.resv,
+            buf: p.buf,
+            len: max_len,
+            ov: p.ov,
+            committed: false,
+        })
+    }
+
+    /// [`reserve_with`](Self::reserve_with) past its common case.
+    #[inline(never)]
+    fn reserve_slow(&mut self, max_len: u64, wait: Wait<'_>) -> Result<Reserved> {
         if max_len <= self.core.max_inline() {
             let resv = self.core.reserve(max_len, &wait)?;
-            let buf = self.core.payload(&resv);
-            return Ok(Reservation {
-                writer: self,
+            return Ok(Reserved {
+                buf: self.core.payload(&resv),
                 resv,
-                buf,
-                len: max_len as usize,
                 ov: false,
-                committed: false,
             });
         }
         self.reserve_overflow(max_len, wait)
     }
 
     /// The large-record path of [`reserve_with`](Self::reserve_with).
-    #[inline(never)]
-    fn reserve_overflow(&mut self, max_len: u64, wait: Wait<'_>) -> Result<Reservation<'_>> {
+    fn reserve_overflow(&mut self, max_len: u64, wait: Wait<'_>) -> Result<Reserved> {
         // Room in the overflow table first, then in the ring.
         self.overflow.reclaim(self.core.released_floor());
         while let Some(oldest) = self.overflow.oldest_if_full() {
@@ -228,13 +246,10 @@ impl BroadcastWriter {
             .overflow
             .take(self.core.mem.seg.name(), max_len, self.format)?;
         self.pending_seq = seq;
-        Ok(Reservation {
-            writer: self,
+        Ok(Reserved {
             resv,
             buf,
-            len: max_len as usize,
             ov: true,
-            committed: false,
         })
     }
 
@@ -307,6 +322,13 @@ impl Drop for BroadcastWriter {
     }
 }
 
+/// What a reservation is made of, without the writer it borrows.
+struct Reserved {
+    resv: Resv,
+    buf: *mut u8,
+    ov: bool,
+}
+
 /// Space reserved in a ring, writable in place. Derefs to the reserved bytes.
 pub struct Reservation<'a> {
     writer: &'a mut BroadcastWriter,
@@ -320,7 +342,7 @@ pub struct Reservation<'a> {
 
 impl Reservation<'_> {
     /// Publishes the first `len` bytes to every reader.
-    #[inline]
+    #[inline(always)]
     pub fn commit(mut self, len: usize) -> Result<()> {
         if len > self.len {
             return Err(Error::TooLarge {
@@ -490,42 +512,87 @@ impl BroadcastReader {
 
     /// Waits for the next record as `wait` allows; with [`Wait::no_wait`] a
     /// missing record is [`Error::WouldBlock`].
-    #[inline]
+    #[inline(always)]
     pub fn recv_with(&mut self, wait: Wait<'_>) -> Result<ReadGuard<'_>> {
-        let g = self.core.recv(&wait)?;
-        self.guard(g)
+        // As in `BroadcastWriter::reserve_with`: the slow path returns the
+        // guard's parts, so both paths meet in registers.
+        let p = match self.core.poll_data() {
+            Some(g) => self.data_parts(g),
+            None => self.recv_slow(wait)?,
+        };
+        Ok(self.guard_from(p))
+    }
+
+    /// `recv_with` past its common case (a data record ready).
+    #[inline(never)]
+    fn recv_slow(&mut self, wait: Wait<'_>) -> Result<GuardParts> {
+        let g = self.core.recv_wait(&wait)?;
+        self.parts(g)
     }
 
     /// The next record if one is ready, without waiting.
-    #[inline]
+    #[inline(always)]
     pub fn try_recv(&mut self) -> Result<Option<ReadGuard<'_>>> {
+        let p = match self.core.poll_data() {
+            Some(g) => self.data_parts(g),
+            None => match self.try_recv_slow()? {
+                Some(p) => p,
+                None => return Ok(None),
+            },
+        };
+        Ok(Some(self.guard_from(p)))
+    }
+
+    /// `try_recv` past its common case.
+    #[inline(never)]
+    fn try_recv_slow(&mut self) -> Result<Option<GuardParts>> {
         match self.core.poll()? {
-            Some(g) => self.guard(g).map(Some),
+            Some(g) => self.parts(g).map(Some),
             None => Ok(None),
         }
     }
 
-    #[inline]
-    fn guard(&mut self, g: Got) -> Result<ReadGuard<'_>> {
-        let payload = self
-            .core
-            .mem
-            .data(g.pos + crate::layout::RECORD_HEADER as u64);
+    /// The guard parts of record `g`: its payload in the ring, or in its
+    /// overflow segment.
+    fn parts(&mut self, g: Got) -> Result<GuardParts> {
         if g.state == rec::OVERFLOW {
-            return self.overflow_guard(g, payload);
+            let payload = self
+                .core
+                .mem
+                .data(g.pos + crate::layout::RECORD_HEADER as u64);
+            return self.overflow_parts(g, payload);
         }
-        Ok(ReadGuard {
-            reader: self,
+        Ok(self.data_parts(g))
+    }
+
+    /// The guard parts of a data record (its payload inside the ring).
+    #[inline(always)]
+    fn data_parts(&self, g: Got) -> GuardParts {
+        GuardParts {
             next: g.next,
             urgent: false,
-            ptr: payload,
+            ptr: self
+                .core
+                .mem
+                .data(g.pos + crate::layout::RECORD_HEADER as u64),
             len: g.len as usize,
-        })
+        }
+    }
+
+    #[inline(always)]
+    fn guard_from(&mut self, p: GuardParts) -> ReadGuard<'_> {
+        ReadGuard {
+            reader: self,
+            next: p.next,
+            urgent: p.urgent,
+            ptr: p.ptr,
+            len: p.len,
+        }
     }
 
     /// The overflow-record path of `guard`.
     #[inline(never)]
-    fn overflow_guard(&mut self, g: Got, payload: *mut u8) -> Result<ReadGuard<'_>> {
+    fn overflow_parts(&mut self, g: Got, payload: *mut u8) -> Result<GuardParts> {
         let name = *self.core.mem.seg.name();
         let (ptr, len) = match self.overflow.open(&name, payload, g.len) {
             Ok(v) => v,
@@ -535,14 +602,21 @@ impl BroadcastReader {
                 return Err(e);
             }
         };
-        Ok(ReadGuard {
-            reader: self,
+        Ok(GuardParts {
             next: g.next,
             urgent: true,
             ptr,
             len,
         })
     }
+}
+
+/// What a read guard is made of, without the reader it borrows.
+struct GuardParts {
+    next: u64,
+    urgent: bool,
+    ptr: *const u8,
+    len: usize,
 }
 
 impl Drop for BroadcastReader {

@@ -80,6 +80,10 @@ pub(crate) struct WriterCore<M> {
     /// Every line from the end of the last record up to here has a zero
     /// commit word (cleared ahead in batches, see `reserve`).
     cleared: u64,
+    /// `min(limit - capacity / 8, cleared)`: a record that does not wrap
+    /// and ends, with the line after it, at or below this needs no other
+    /// check than the join count (`reserve`'s fast path).
+    fast_limit: u64,
     /// A reservation was handed out and neither committed nor abandoned
     /// yet (it may be forgotten, or its caller failed after `reserve`).
     open: bool,
@@ -173,6 +177,7 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
             limit: cap,
             // A new ring is all zeroes.
             cleared: cap,
+            fast_limit: cap - cap / 8,
             open: false,
             joins_seen: 0,
             spinner: Spinner::new(opts.wait),
@@ -207,9 +212,61 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
 
     /// Reserves room for a record of up to `max_len` payload bytes
     /// (`max_len <= max_inline()`), waiting for readers to release space.
+    ///
+    /// The common case (no open reservation, no join, no wrap, room and
+    /// cleared lines known to be there) is a handful of instructions; the
+    /// rest is `reserve_slow`.
     #[inline]
     pub(crate) fn reserve(&mut self, max_len: u64, wait: &Wait<'_>) -> Result<Resv> {
         debug_assert!(max_len <= self.max_inline());
+        if let Some(r) = self.try_reserve(max_len) {
+            return Ok(r);
+        }
+        self.reserve_slow(max_len, wait)
+    }
+
+    /// `reserve`'s common case: an inline record (`max_len <=
+    /// max_inline()`, checked here) with no open reservation, no join, no
+    /// wrap, and room and cleared lines known to be there. `None` means
+    /// "call `reserve`" (or the overflow path).
+    #[inline(always)]
+    pub(crate) fn try_reserve(&mut self, max_len: u64) -> Option<Resv> {
+        let cap = self.mem.capacity();
+        let size = record_size(max_len);
+        let start = self.pos;
+        if max_len <= self.max_inline()
+            && !self.open
+            && (start & (cap - 1)) + size <= cap
+            && start + size + RECORD_ALIGN as u64 <= self.fast_limit
+            && self.mem.ctrl().status.joins.load(Ordering::Acquire) == self.joins_seen
+        {
+            self.open = true;
+            return Some(Resv {
+                start,
+                pad: false,
+                max_len,
+            });
+        }
+        None
+    }
+
+    /// Recomputes `fast_limit` after `limit` or `cleared` changed.
+    #[inline]
+    fn refresh_fast_limit(&mut self) {
+        let cap = self.mem.capacity();
+        self.fast_limit = self.limit.saturating_sub(cap / 8).min(self.cleared);
+    }
+
+    /// Everything `reserve`'s fast path leaves out.
+    #[inline(never)]
+    fn reserve_slow(&mut self, max_len: u64, wait: &Wait<'_>) -> Result<Resv> {
+        let r = self.reserve_checked(max_len, wait);
+        self.refresh_fast_limit();
+        r
+    }
+
+    /// The whole of `reserve`, every check made.
+    fn reserve_checked(&mut self, max_len: u64, wait: &Wait<'_>) -> Result<Resv> {
         let cap = self.mem.capacity();
         let size = record_size(max_len);
         if self.open {
@@ -330,6 +387,7 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
     pub(crate) fn abandon(&mut self, _r: &Resv) {
         self.open = false;
         self.cleared = self.cleared.min(self.pos);
+        self.refresh_fast_limit();
     }
 
     /// Pointer to the payload of `r`.
@@ -340,9 +398,26 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
 
     /// Publishes `r` with a `len`-byte payload (`len <= r.max_len`) as `state`
     /// (`DATA` or `OVERFLOW`), and wakes sleeping readers.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn commit(&mut self, r: Resv, len: u64, state: u64) {
         debug_assert!(len <= r.max_len);
+        let end = r.start + record_size(len);
+        if r.pad || end != r.start + record_size(r.max_len) {
+            return self.commit_unusual(r, len, state);
+        }
+        self.open = false;
+        let h = self.mem.header(r.start);
+        h.len.store(len as u32, Ordering::Relaxed);
+        // SYNC W(commit): pairs with the reader's Acquire load of `commit`.
+        h.commit.store(rec::word(r.start, state), Ordering::Release);
+        self.pos = end;
+        self.notify_readers();
+    }
+
+    /// `commit` of a record that a pad precedes, or that is shorter (in
+    /// lines) than its reservation.
+    #[inline(never)]
+    fn commit_unusual(&mut self, r: Resv, len: u64, state: u64) {
         self.open = false;
         let end = r.start + record_size(len);
         let h = self.mem.header(r.start);
@@ -355,6 +430,7 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
             // The rest of the reservation may hold payload bytes: clear
             // again from the line after `end` on.
             self.cleared = self.cleared.min(end + RECORD_ALIGN as u64);
+            self.fast_limit = self.fast_limit.min(self.cleared);
         }
         // SYNC W(commit): pairs with the reader's Acquire load of `commit`.
         h.commit.store(rec::word(r.start, state), Ordering::Release);
@@ -370,13 +446,28 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
                 .store(rec::word(self.pos, rec::PAD), Ordering::Release);
         }
         self.pos = end;
+        self.notify_readers();
+    }
+
+    /// Wakes sleeping readers after a commit (a barrier and a look at the
+    /// waiter map when nobody sleeps).
+    #[inline(always)]
+    fn notify_readers(&mut self) {
         let n = self.mem.nslots();
         if self.mem.ctrl().data_ec.notify(n) {
-            self.futile += 1;
-            if self.futile >= FUTILE_REPAIR {
-                self.futile = 0;
-                repair_waiters(&self.mem, &self.mem.ctrl().data_ec, 0, n, false);
-            }
+            self.note_futile_wake();
+        }
+    }
+
+    /// Counts a wake that found a waiter bit but nobody asleep; a run of
+    /// them repairs the waiter map (a waiter died registered).
+    #[inline(never)]
+    fn note_futile_wake(&mut self) {
+        self.futile += 1;
+        if self.futile >= FUTILE_REPAIR {
+            self.futile = 0;
+            let n = self.mem.nslots();
+            repair_waiters(&self.mem, &self.mem.ctrl().data_ec, 0, n, false);
         }
     }
 
@@ -385,6 +476,7 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
     pub(crate) fn rescan_floor(&mut self) -> u64 {
         let cap = self.mem.capacity();
         self.limit = scan_min(&self.mem, self.pos) + cap;
+        self.refresh_fast_limit();
         self.limit - cap
     }
 
@@ -599,19 +691,30 @@ impl<M: RingMem<Control = BroadcastControl>> ReaderCore<M> {
         self.st.poll_ring(&self.mem)
     }
 
-    /// Waits for the next record.
-    #[inline]
+    /// A data record at the cursor, if that is what is there (the common
+    /// case of `recv`, inline; `None` means "ask `recv_wait`").
+    #[inline(always)]
+    pub(crate) fn poll_data(&self) -> Option<Got> {
+        if self.st.evicted {
+            return None;
+        }
+        self.st.poll_data(&self.mem)
+    }
+
+    /// Waits for the next record (the loom models' entry point; the
+    /// public reader calls `poll_data` and `recv_wait` itself).
+    #[cfg(loom)]
     pub(crate) fn recv(&mut self, wait: &Wait<'_>) -> Result<Got> {
-        if !self.st.evicted {
-            if let Some(g) = self.st.poll_data(&self.mem) {
-                return Ok(g);
-            }
+        if let Some(g) = self.poll_data() {
+            return Ok(g);
         }
         self.recv_wait(wait)
     }
 
+    /// `recv` past a data record ready at the cursor: everything else
+    /// there, or waiting for it.
     #[inline(never)]
-    fn recv_wait(&mut self, wait: &Wait<'_>) -> Result<Got> {
+    pub(crate) fn recv_wait(&mut self, wait: &Wait<'_>) -> Result<Got> {
         if self.st.evicted {
             return Err(Error::Evicted);
         }
@@ -653,7 +756,7 @@ impl<M: RingMem<Control = BroadcastControl>> ReaderCore<M> {
     /// Releases everything before `next` (the record just read); tells the
     /// writer now if `urgent` (an overflow record, whose segment the writer
     /// recycles), else lazily (see the module documentation).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn release(&mut self, next: u64, urgent: bool) {
         let st = &mut self.st;
         st.cursor = next;

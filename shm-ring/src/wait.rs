@@ -286,13 +286,19 @@ impl Spinner {
 /// Asymmetric barriers through `membarrier(2)`; see the module documentation.
 pub(crate) mod asym {
     #[cfg(not(loom))]
+    // A process-local flag in a static (loom atomics cannot be); the loom
+    // build has its own `imp` below.
+    #[allow(clippy::disallowed_types)]
     mod imp {
+        use std::sync::atomic::{AtomicBool, Ordering};
         use std::sync::OnceLock;
 
         const GLOBAL_EXPEDITED: libc::c_int = 1 << 1;
         const REGISTER_GLOBAL_EXPEDITED: libc::c_int = 1 << 2;
 
         static REGISTERED: OnceLock<bool> = OnceLock::new();
+        /// `REGISTERED` is `Some(true)`, in one byte every notify can read.
+        static LIGHT: AtomicBool = AtomicBool::new(false);
         static REFUSED: OnceLock<()> = OnceLock::new();
 
         fn membarrier(cmd: libc::c_int) -> bool {
@@ -304,13 +310,17 @@ pub(crate) mod asym {
         /// Registers this process (once) so that waiters' barriers reach it.
         /// Endpoints call it when they are made, before their first notify.
         pub(crate) fn register() {
-            REGISTERED.get_or_init(|| membarrier(REGISTER_GLOBAL_EXPEDITED));
+            if *REGISTERED.get_or_init(|| membarrier(REGISTER_GLOBAL_EXPEDITED)) {
+                LIGHT.store(true, Ordering::Relaxed);
+            }
         }
 
         /// Whether this process's notifiers may use a compiler barrier.
-        #[inline]
+        /// (Relaxed is enough: the flag only ever goes from false to true,
+        /// and a notifier that still reads false pays a full fence.)
+        #[inline(always)]
         pub(crate) fn light() -> bool {
-            REGISTERED.get() == Some(&true)
+            LIGHT.load(Ordering::Relaxed)
         }
 
         /// A full barrier on every CPU running a registered process (and
@@ -481,7 +491,7 @@ impl EventCount {
 
     /// Whether any waiter among the first `slots` slots (or the owner) is
     /// registered. Reads one word per 32 slots.
-    #[inline]
+    #[inline(always)]
     fn anyone(&self, slots: usize) -> bool {
         if self.map[OWNER_WORD].load(Ordering::Relaxed) != 0 {
             return true;
@@ -500,7 +510,7 @@ impl EventCount {
     /// when a waiter bit was set but the wake found nobody asleep: a hint
     /// (after many in a row) that a waiter died registered, see
     /// [`repair_waiters`](crate::peer::repair_waiters).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn notify(&self, slots: usize) -> bool {
         // SYNC: pairs with the barrier in `prepare`: a compiler barrier when
         // waiters' membarrier covers this process, else a full fence.
@@ -510,10 +520,16 @@ impl EventCount {
             fence(Ordering::SeqCst);
         }
         if self.anyone(slots) {
-            self.seq.fetch_add(1, Ordering::Release);
-            return futex::wake(&self.seq, u32::MAX) == 0;
+            return self.wake_all();
         }
         false
+    }
+
+    /// The waking part of `notify`: somebody's bit is set.
+    #[inline(never)]
+    fn wake_all(&self) -> bool {
+        self.seq.fetch_add(1, Ordering::Release);
+        futex::wake(&self.seq, u32::MAX) == 0
     }
 
     /// Whether waiter `w` is registered.
