@@ -526,8 +526,16 @@ impl BroadcastReader {
     /// `recv_with` past its common case (a data record ready).
     #[inline(never)]
     fn recv_slow(&mut self, wait: Wait<'_>) -> Result<GuardParts> {
-        let g = self.core.recv_wait(&wait)?;
-        self.parts(g)
+        loop {
+            self.core.recv_wait(&wait)?;
+            // A record is at the cursor now (nobody else moves it).
+            if let Some(g) = self.core.poll_data() {
+                return Ok(self.data_parts(g));
+            }
+            if let Some(g) = self.core.poll()? {
+                return self.parts(g);
+            }
+        }
     }
 
     /// The next record if one is ready, without waiting.

@@ -705,16 +705,23 @@ impl<M: RingMem<Control = BroadcastControl>> ReaderCore<M> {
     /// public reader calls `poll_data` and `recv_wait` itself).
     #[cfg(loom)]
     pub(crate) fn recv(&mut self, wait: &Wait<'_>) -> Result<Got> {
-        if let Some(g) = self.poll_data() {
-            return Ok(g);
+        loop {
+            if let Some(g) = self.poll_data() {
+                return Ok(g);
+            }
+            self.recv_wait(wait)?;
+            if let Some(g) = self.poll()? {
+                return Ok(g);
+            }
         }
-        self.recv_wait(wait)
     }
 
-    /// `recv` past a data record ready at the cursor: everything else
-    /// there, or waiting for it.
+    /// Waits until a record (of any kind) is at the cursor; `poll` then
+    /// returns it. (The wait says only "ready": a record passed back up
+    /// through the wait loop's layers of `Result` costs the caller copies
+    /// on the path where latency counts.)
     #[inline(never)]
-    pub(crate) fn recv_wait(&mut self, wait: &Wait<'_>) -> Result<Got> {
+    pub(crate) fn recv_wait(&mut self, wait: &Wait<'_>) -> Result<()> {
         if self.st.evicted {
             return Err(Error::Evicted);
         }
@@ -735,7 +742,7 @@ impl<M: RingMem<Control = BroadcastControl>> ReaderCore<M> {
                 idle_backoff: true,
             },
             || match st.poll_ring(mem)? {
-                Some(g) => Ok(Some(g)),
+                Some(_) => Ok(Some(())),
                 None if writer_dead.get() => Err(Error::WriterGone {
                     pid: mem.ctrl().writer.pid.load(Ordering::Relaxed),
                 }),
