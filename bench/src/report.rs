@@ -291,21 +291,44 @@ fn slow(name: String, r: &Row, measured: String, ok: bool) -> Target {
 /// judged in any placement.
 pub fn targets(rows: &[Row]) -> String {
     let mut t: Vec<Target> = Vec::new();
-    let pp = |size: u64, mode: &str, sys: &str| {
+    let pp_in = |pattern: &str, size: u64, mode: &str, sys: &str| {
         find(rows, |r| {
-            r.system == sys && r.pattern == "pingpong" && r.payload_bytes == size && r.mode == mode
+            r.system == sys && r.pattern == pattern && r.payload_bytes == size && r.mode == mode
         })
     };
-    if let Some(r) = pp(64, "spin", "shoal") {
-        if let (Some(p), Some(f)) = (r.p50, floor_mid(r)) {
+    let pp = |size: u64, mode: &str, sys: &str| pp_in("pingpong", size, mode, sys);
+    // A ping-pong latency target, on the usual ring (64 KiB) and on a 4 KiB
+    // one, each beside the plain ring of that size measured in its cell.
+    let latency = |t: &mut Vec<Target>, size: u64, what: &str, near: f64, far: Option<f64>| {
+        for (pattern, ring, plain) in [
+            ("pingpong", "64 KiB", "ringpong-64k"),
+            ("pingpong-4k", "4 KiB", "ringpong-4k"),
+        ] {
+            let Some(r) = pp_in(pattern, size, "spin", "shoal") else {
+                continue;
+            };
+            let (Some(p), Some(f)) = (r.p50, floor_mid(r)) else {
+                continue;
+            };
+            let plain = pp_in(plain, size, "spin", "floor")
+                .and_then(|q| q.p50)
+                .map(|q| format!("; a plain ring of that size: {q:.0} ns = {:.2}x", q / f))
+                .unwrap_or_default();
+            let bounds = match far {
+                Some(b) => format!("<= {near}x the cache-line floor around it in the near mode, <= {b}x in the far mode"),
+                None => format!("<= {near}x the cache-line floor around it in the near mode"),
+            };
             t.push(by_mode(
-                "64 B ping-pong, spin, pinned: <= 2x the cache-line floor around it in the near mode, <= 1.5x in the far mode".into(),
+                format!("{what}, spin, pinned, {ring} ring: {bounds}"),
                 r,
-                format!("{p:.0} ns = {:.2}x floor {f:.0} ns", p / f),
-                Some(p <= 2.0 * f),
-                Some(p <= 1.5 * f),
+                format!("{p:.0} ns = {:.2}x floor {f:.0} ns{plain}", p / f),
+                Some(p <= near * f),
+                far.map(|b| p <= b * f),
             ));
         }
+    };
+    latency(&mut t, 64, "64 B ping-pong", 2.0, Some(1.5));
+    if let Some(r) = pp(64, "spin", "shoal") {
         if let Some(i) = pp(64, "spin", "iceoryx2") {
             if let (Some(p), Some(ip)) = (r.p50, i.p50) {
                 t.push(within(
@@ -347,17 +370,13 @@ pub fn targets(rows: &[Row]) -> String {
             }
         }
     }
-    if let Some(r) = pp(48, "spin", "shoal") {
-        if let (Some(p), Some(f)) = (r.p50, floor_mid(r)) {
-            t.push(by_mode(
-                "48 B ping-pong (header and payload in one line), spin, pinned: <= 1.5x the cache-line floor around it in the near mode".into(),
-                r,
-                format!("{p:.0} ns = {:.2}x floor {f:.0} ns", p / f),
-                Some(p <= 1.5 * f),
-                None,
-            ));
-        }
-    }
+    latency(
+        &mut t,
+        48,
+        "48 B ping-pong (header and payload in one line)",
+        1.5,
+        None,
+    );
     for (suffix, how) in [("", "pinned"), ("-unpinned", "unpinned")] {
         let wake = find(rows, |r| {
             r.system == "shoal" && r.pattern == format!("wake-idle{suffix}")
@@ -557,6 +576,35 @@ mod tests {
         // 48 B: judged near only.
         let far48 = targets(&[row("shoal", "pingpong", 48, lat, 200.0, 150.0)]);
         assert!(line(&far48, "48 B ping-pong").contains("far: no target in this mode) | - |"));
+    }
+
+    #[test]
+    fn pingpong_targets_are_judged_per_ring_beside_the_plain_ring() {
+        let lat = "latency_one_way_ns";
+        let md = targets(&[
+            row("shoal", "pingpong", 48, lat, 80.0, 50.0),
+            row("shoal", "pingpong-4k", 48, lat, 70.0, 50.0),
+            row("floor", "ringpong-64k", 48, lat, 78.0, 50.0),
+            row("floor", "ringpong-4k", 48, lat, 52.0, 50.0),
+        ]);
+        let big = line(
+            &md,
+            "48 B ping-pong (header and payload in one line), spin, pinned, 64 KiB ring",
+        );
+        assert!(
+            big.contains("a plain ring of that size: 78 ns = 1.56x"),
+            "{big}"
+        );
+        assert!(big.ends_with("(near) | MISSED |"), "{big}");
+        let small = line(
+            &md,
+            "48 B ping-pong (header and payload in one line), spin, pinned, 4 KiB ring",
+        );
+        assert!(
+            small.contains("a plain ring of that size: 52 ns = 1.04x"),
+            "{small}"
+        );
+        assert!(small.ends_with("(near) | met |"), "{small}");
     }
 
     #[test]

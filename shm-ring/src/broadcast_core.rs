@@ -87,6 +87,11 @@ pub(crate) struct WriterCore<M> {
     /// A reservation was handed out and neither committed nor abandoned
     /// yet (it may be forgotten, or its caller failed after `reserve`).
     open: bool,
+    /// After a large record, the commit word of the line where the next
+    /// record of the same size would end was cleared early (`guess_ahead`);
+    /// this is that line's position, `NO_GUESS` when there is none or it
+    /// may have been dirtied since.
+    guessed: u64,
     joins_seen: u32,
     spinner: Spinner,
     pub(crate) opts: PeerOptions,
@@ -96,6 +101,9 @@ pub(crate) struct WriterCore<M> {
 
 /// How far past a reservation the writer clears commit words in one go.
 const CLEAR_AHEAD: u64 = 64 * RECORD_ALIGN as u64;
+
+/// `WriterCore::guessed` when no line was cleared early.
+const NO_GUESS: u64 = u64::MAX;
 
 /// Cursor below which no active reader holds anything, given writer `pos`.
 /// A reader whose cursor no correct reader could have (ahead of the writer,
@@ -178,6 +186,7 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
             // A new ring is all zeroes.
             cleared: cap,
             fast_limit: cap - cap / 8,
+            guessed: NO_GUESS,
             open: false,
             joins_seen: 0,
             spinner: Spinner::new(opts.wait),
@@ -273,6 +282,7 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
             // The last reservation was never closed (forgotten, or its
             // caller failed after reserving): its lines may be dirty.
             self.cleared = self.cleared.min(self.pos);
+            self.guessed = NO_GUESS;
         }
         self.process_joins();
         let off = self.pos & (cap - 1);
@@ -369,15 +379,60 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
     #[inline(never)]
     fn clear_ahead(&mut self, after: u64, size: u64) {
         // A batch pays off only if the next records land in it: after a
-        // record as large as the batch, clear just the line it needs.
+        // record as large as the batch, clear just the line it needs,
+        // unless the last commit cleared it already (`guess_ahead`).
         let batch = if size < CLEAR_AHEAD { CLEAR_AHEAD } else { 0 };
         let to = (after + batch).min(self.limit).max(after);
         let mut p = self.cleared.max(self.pos).max(after - RECORD_ALIGN as u64);
+        if batch == 0 && p == after - RECORD_ALIGN as u64 && p == self.guessed {
+            p = to;
+        }
         while p < to {
             self.mem.header(p).commit.store(0, Ordering::Relaxed);
             p += RECORD_ALIGN as u64;
         }
         self.cleared = to;
+    }
+
+    /// After committing a large record ending at `end`: readies, off the
+    /// next record's path, the lines a next record of the same `size` needs
+    /// (its first payload line, and the commit word after it), so that
+    /// `reserve` finds the line after it clear and the user's first payload
+    /// store finds its line owned. For large records `clear_ahead` clears
+    /// one line, just before the payload is written; that store waits for
+    /// the line to come back from the reader's cache, and the commit behind
+    /// it. Here the wait overlaps the reader's work instead.
+    ///
+    /// Only lines every reader released (below `limit`) and past `end` are
+    /// touched: writing zeroes there is invisible (a zero commit word reads
+    /// "not written", and payload lines of unreserved space hold nothing).
+    #[inline(never)]
+    fn guess_ahead(&mut self, end: u64, size: u64) {
+        self.guessed = NO_GUESS;
+        let cap = self.mem.capacity();
+        let line = RECORD_ALIGN as u64;
+        let after = end + size;
+        if (end & (cap - 1)) + size > cap {
+            return;
+        }
+        if after + line > self.limit {
+            // Readers publish lazily: look at what they released (the
+            // reader is busy with the record just committed meanwhile).
+            self.limit = scan_min(&self.mem, self.pos) + cap;
+            self.refresh_fast_limit();
+            if after + line > self.limit {
+                return;
+            }
+        }
+        // The first payload line (its first word: any store takes the line).
+        self.mem
+            .header(end + line)
+            .commit
+            .store(0, Ordering::Relaxed);
+        if after >= self.cleared.max(end) {
+            self.mem.header(after).commit.store(0, Ordering::Relaxed);
+            self.guessed = after;
+        }
     }
 
     /// `r` will not be committed: its lines may hold payload bytes, so
@@ -387,6 +442,7 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
     pub(crate) fn abandon(&mut self, _r: &Resv) {
         self.open = false;
         self.cleared = self.cleared.min(self.pos);
+        self.guessed = NO_GUESS;
         self.refresh_fast_limit();
     }
 
@@ -412,6 +468,9 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
         h.commit.store(rec::word(r.start, state), Ordering::Release);
         self.pos = end;
         self.notify_readers();
+        if end - r.start >= CLEAR_AHEAD {
+            self.guess_ahead(end, end - r.start);
+        }
     }
 
     /// `commit` of a record that a pad precedes, or that is shorter (in
@@ -431,6 +490,7 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
             // again from the line after `end` on.
             self.cleared = self.cleared.min(end + RECORD_ALIGN as u64);
             self.fast_limit = self.fast_limit.min(self.cleared);
+            self.guessed = NO_GUESS;
         }
         // SYNC W(commit): pairs with the reader's Acquire load of `commit`.
         h.commit.store(rec::word(r.start, state), Ordering::Release);

@@ -104,6 +104,70 @@ fn reservation_neither_committed_nor_abandoned_leaves_dirty_lines_marked_cleared
     assert_eq!(read(&mut r), None, "forged header at 128 read as a record");
 }
 
+/// The line a large commit clears early for a next record of the same size
+/// (`guess_ahead`) must not be trusted once a reservation that covered it
+/// ends without a full commit: a short commit, an abandon, or neither
+/// (forgotten). Here the guessed line holds a forged header for its own
+/// position in this lap, and the next record ends exactly there.
+#[test]
+fn a_guessed_clear_line_dirtied_by_a_reservation_is_cleared_again() {
+    const BIG: u64 = 8192 - RECORD_HEADER as u64;
+    const HALF: u64 = 4096 - RECORD_HEADER as u64;
+    for how in ["short", "abandon", "forget"] {
+        let m = ring(1 << 16, 1);
+        let mut w = WriterCore::new(m.clone(), PeerOptions::default());
+        let mut r = ReaderCore::join(m.clone(), me(), PeerOptions::default()).unwrap();
+        send(&mut w, 8); // activates the reader
+        assert_eq!(read(&mut r), Some((0, 8)));
+        // More than a lap of large records, so that lines hold stale words
+        // and clearing matters; stop where two more fit before the end.
+        let cap = 1u64 << 16;
+        let mut pos;
+        let mut sent = 0;
+        loop {
+            send(&mut w, BIG);
+            let (p, len) = read(&mut r).unwrap();
+            assert_eq!(len, BIG, "{how}");
+            pos = p + record_size(BIG);
+            sent += 1;
+            if sent > 10 && (pos & (cap - 1)) + 2 * record_size(BIG) + 64 <= cap {
+                break;
+            }
+        }
+        // The commit just made guessed the line `pos + 8192`.
+        let guessed = pos + record_size(BIG);
+        let res = w.reserve(BIG, &Wait::no_wait()).unwrap();
+        assert_eq!(res.start, pos, "{how}");
+        // A reservation covering the guessed line forges a header there.
+        forge_inside(
+            &w,
+            &Resv {
+                max_len: BIG + 256,
+                ..res
+            },
+            0,
+        );
+        match how {
+            "short" => {
+                w.commit(res, HALF, rec::DATA);
+                assert_eq!(read(&mut r), Some((pos, HALF)), "{how}");
+                pos += record_size(HALF);
+            }
+            "abandon" => w.abandon(&res),
+            _ => {} // forgotten
+        }
+        // A record ending right at the guessed line.
+        let len = guessed - pos - RECORD_HEADER as u64;
+        send(&mut w, len);
+        assert_eq!(read(&mut r), Some((pos, len)), "{how}");
+        assert_eq!(
+            read(&mut r),
+            None,
+            "{how}: the forged header at the guessed line was read as a record"
+        );
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Act {
     Full,
@@ -147,6 +211,21 @@ fn step(max: u64) -> impl Strategy<Value = Step> {
             drain,
             join,
         })
+}
+
+/// Mostly records of 4 KiB and more, often the same size in a row (the
+/// case `guess_ahead` guesses right), with the same actions as `step`.
+fn big_step(max: u64) -> impl Strategy<Value = Step> {
+    (
+        prop_oneof![
+            Just(4096u64 - 16),
+            Just(8192 - 16),
+            4080u64..=max,
+            8u64..=64
+        ],
+        step(max),
+    )
+        .prop_map(|(len, s)| Step { len, ..s })
 }
 
 struct Rd {
@@ -260,6 +339,13 @@ proptest! {
     #[test]
     fn readers_see_exactly_the_committed_records_16k(steps in prop::collection::vec(step(16384 / 4 - 16), 1..200)) {
         run(16384, &steps)?;
+    }
+
+    /// Large records (4 KiB and up) take the other clearing path: one line
+    /// per record, cleared early by the commit before (`guess_ahead`).
+    #[test]
+    fn readers_see_exactly_the_committed_records_64k_large(steps in prop::collection::vec(big_step(65536 / 4 - 16), 1..150)) {
+        run(65536, &steps)?;
     }
 }
 

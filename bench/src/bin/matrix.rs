@@ -39,23 +39,33 @@ fn cells(quick: bool) -> Vec<Cell> {
     let mut v = Vec::new();
     for size in [64usize, 4096, 1 << 20, 16 << 20] {
         let iters = if size >= 1 << 20 { it / 4 } else { it };
-        v.push(cell(
-            &format!("pingpong {size} B"),
-            r,
-            &[
-                &format!("shoal pingpong --pin --mode spin --size {size} --iters {iters}"),
-                &format!("iceoryx2 pingpong --pin --mode spin --size {size} --iters {iters}"),
-                &format!("shoal pingpong --pin --mode park --size {size} --iters {iters}"),
-            ],
-        ));
+        let mut e = vec![
+            format!("shoal pingpong --pin --mode spin --size {size} --iters {iters}"),
+            format!("iceoryx2 pingpong --pin --mode spin --size {size} --iters {iters}"),
+            format!("shoal pingpong --pin --mode park --size {size} --iters {iters}"),
+        ];
+        if size == 64 {
+            // The same through the smallest ring, and a plain ring doing
+            // only the hand-over at both ring sizes (see floor's ringpong).
+            e.extend([
+                format!("shoal pingpong --pin --mode spin --size 64 --iters {it} --cap 4096"),
+                format!("floor ringpong --size 64 --iters {it} --cap 65536"),
+                format!("floor ringpong --size 64 --iters {it} --cap 4096"),
+            ]);
+        }
+        let e: Vec<&str> = e.iter().map(String::as_str).collect();
+        v.push(cell(&format!("pingpong {size} B"), r, &e));
     }
     // Header and payload in one cache line.
     v.push(cell(
         "pingpong 48 B (one line)",
         r,
-        &[&format!(
-            "shoal pingpong --pin --mode spin --size 48 --iters {it}"
-        )],
+        &[
+            &format!("shoal pingpong --pin --mode spin --size 48 --iters {it}"),
+            &format!("shoal pingpong --pin --mode spin --size 48 --iters {it} --cap 4096"),
+            &format!("floor ringpong --size 48 --iters {it} --cap 65536"),
+            &format!("floor ringpong --size 48 --iters {it} --cap 4096"),
+        ],
     ));
     v.push(cell(
         "pingpong 64 B blocking (iceoryx2 WaitSet)",

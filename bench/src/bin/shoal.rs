@@ -1,6 +1,6 @@
 //! shoal's shm-ring measured across processes.
 //!
-//! `shoal pingpong --size B --mode spin|park --iters N [--pin]`
+//! `shoal pingpong --size B --mode spin|park --iters N [--pin] [--cap B]`
 //! `shoal broadcast --size B --readers R --ms T [--mode spin|park] [--cap B] [--pin]`
 //! `shoal stream --min B --max B --cap B --ms T [--mode spin|park] [--pin]`
 //! `shoal mpmc --size B --ms T`
@@ -11,7 +11,9 @@
 //! `idle_wakeups_per_s`, the context switches per second of the parked
 //! reader's process (see [`idle`]). Patterns beyond it: `stream-overflow`
 //! and `stream-inline` (see [`stream`]), `broadcast-unpinned` (a 1->1
-//! broadcast left to the scheduler), `wake-idle-unpinned`.
+//! broadcast left to the scheduler), `wake-idle-unpinned`, and
+//! `pingpong-<K>k`: a ping-pong through rings of K KiB given by `--cap`
+//! instead of the usual [`ring_for`] (at least 64 KiB).
 //!
 //! Prints one JSON [`Measurement`] per line. Peers are forked after the
 //! rings exist; results come back through an anonymous shared mapping.
@@ -90,9 +92,22 @@ fn round_trips(iters: u64) -> u64 {
     (iters + WARMUP_ROUND_TRIPS).div_ceil(BATCH) * BATCH
 }
 
-fn pingpong(size: usize, mode: &str, iters: u64, pin: bool) -> Result<Measurement, Error> {
+fn pingpong(
+    size: usize,
+    mode: &str,
+    iters: u64,
+    pin: bool,
+    cap: u64,
+) -> Result<Measurement, Error> {
     let map = SharedMap::new(1 << 16).expect("mmap");
-    let cfg = BroadcastConfig::new(ring_for(size), 1).peer_options(peer(mode));
+    // A ring other than the cell's usual one is named in the pattern.
+    let pattern = if cap == 0 {
+        "pingpong".to_string()
+    } else {
+        format!("pingpong-{}k", cap / 1024)
+    };
+    let cap = if cap == 0 { ring_for(size) } else { cap };
+    let cfg = BroadcastConfig::new(cap, 1).peer_options(peer(mode));
     let mut ping = BroadcastWriter::create(&cfg)?;
     let ping_h = ping.handle();
     let touch = size.min(64);
@@ -124,7 +139,7 @@ fn pingpong(size: usize, mode: &str, iters: u64, pin: bool) -> Result<Measuremen
     let mut rx = BroadcastReader::attach_with(&get_handle(&map, 0), &reader_opts(mode))?;
     ping.wait_for_readers(1, Wait::timeout(10 * SEC))?;
     let mut m =
-        Measurement::new("shoal", "pingpong", mode, "latency_one_way_ns").payload(size as u64);
+        Measurement::new("shoal", &pattern, mode, "latency_one_way_ns").payload(size as u64);
     let mut stamp = [0u8; 64];
     let mut i = 0u64;
     for batch in 0..round_trips(iters) / BATCH {
@@ -573,6 +588,7 @@ fn main() {
             &mode,
             a.get("iters", 10_000u64),
             a.has("pin"),
+            a.get("cap", 0u64),
         )),
         "broadcast" => one(broadcast(
             size,
