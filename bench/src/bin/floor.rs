@@ -412,38 +412,53 @@ const RINGPONG_CLEAR: u64 = 64;
 /// Records are `record_size(size)` bytes (shoal's 16-byte header, then the
 /// payload, 64-byte aligned). The writer copies the payload in, stores the
 /// length, then the commit word (Release, the record's sequence number + 1,
-/// so a word from an earlier lap never matches); every 64 records it first
-/// clears the commit words of the next 64 (shoal's batched clear-ahead,
-/// which on this VM takes the invalidation of lines the reader still caches
-/// off each record's path: without it the plain ring is 5-15 ns slower).
+/// so a word from an earlier lap never matches); every 64 lines it first
+/// clears the first word of each of the next 64 lines (shoal's batched
+/// clear-ahead, which on this VM takes the invalidation of lines the reader
+/// still caches off each record's path: without it the plain ring is 5-15
+/// ns slower).
 /// The reader spins (`spin_loop`) on the commit word of the record it
 /// needs, then copies the payload out. There is no flow control: in a
 /// ping-pong the peer has always consumed a record long before its line
 /// comes round again. Both rings live in one shared anonymous mapping; the
 /// two processes are pinned to CPUs 0 and 1, like every latency cell.
 ///
-/// What it shows on this VM: at 4 KiB the ring costs about what the bare
-/// cache-line ping-pong costs; at 64 KiB, 25-30 ns more per hop (near
-/// mode): the lines of a larger ring come back through the L2 and the
-/// prefetchers instead of staying in L1.
+/// What it shows on this VM (48 B payloads, header and payload in one
+/// line): at 4 KiB the ring costs about what the bare cache-line ping-pong
+/// costs; at 64 KiB, 25-30 ns more per hop (near mode): the lines of a
+/// larger ring come back through the L2 instead of staying in L1. With two
+/// lines per record (64 B payloads) this plain ring is slower than shoal's,
+/// so the matrix shows it beside the 48 B cell only.
 fn ringpong(iters: u64, size: usize, cap: usize) -> Measurement {
     let record = shape::record_size(size);
     let map = SharedMap::new(2 * cap + 4096).expect("mmap");
     let base = map.as_ptr() as usize;
     let (ring_a, ring_b) = (base + 4096, base + 4096 + cap);
     let nrec = (cap / record) as u64;
-    let clear = RINGPONG_CLEAR.min(nrec.saturating_sub(2));
+    // Lines cleared in one go: 64, or what leaves two records alone.
+    let clear = (RINGPONG_CLEAR as usize).min((cap - 2 * record) / 64);
     let word = |ring: usize, seq: u64, off: usize| -> &AtomicU64 {
         let at = ring + ((seq % nrec) as usize) * record + off;
         // SAFETY: `at` is 8-byte aligned inside the mapping (records are
-        // 64-byte aligned, `off` is 0 or 8, `seq % nrec` < records per
-        // ring), which lives as long as `map`, i.e. this whole function.
+        // 64-byte aligned, `off` is a multiple of 8 inside the record,
+        // `seq % nrec` < records per ring), which lives as long as `map`,
+        // i.e. this whole function.
         unsafe { &*(at as *const AtomicU64) }
     };
     let put = |ring: usize, seq: u64, src: &[u8]| {
-        if clear > 0 && seq.is_multiple_of(clear) {
-            for k in 1..=clear {
-                word(ring, seq + k, 0).store(0, Ordering::Relaxed);
+        // Every `clear` lines, clear the first word of each of the next
+        // `clear` lines (commit words and payload lines alike, as shoal's
+        // writer does), starting with the next record.
+        let first = (seq as usize * record) / 64;
+        let last = ((seq as usize + 1) * record - 1) / 64;
+        if clear > 0 && (first..=last).any(|l| l.is_multiple_of(clear)) {
+            let base = (seq as usize + 1) * record;
+            for k in 0..clear {
+                let at = ring + (base + k * 64) % cap;
+                // SAFETY: a 64-byte aligned line inside ring `ring` of the
+                // mapping; no record there is committed and unread (see
+                // `clear`).
+                unsafe { (*(at as *const AtomicU64)).store(0, Ordering::Relaxed) };
             }
         }
         let at = ring + ((seq % nrec) as usize) * record;

@@ -45,18 +45,17 @@ fn cells(quick: bool) -> Vec<Cell> {
             format!("shoal pingpong --pin --mode park --size {size} --iters {iters}"),
         ];
         if size == 64 {
-            // The same through the smallest ring, and a plain ring doing
-            // only the hand-over at both ring sizes (see floor's ringpong).
-            e.extend([
-                format!("shoal pingpong --pin --mode spin --size 64 --iters {it} --cap 4096"),
-                format!("floor ringpong --size 64 --iters {it} --cap 65536"),
-                format!("floor ringpong --size 64 --iters {it} --cap 4096"),
-            ]);
+            // The same through the smallest ring.
+            e.push(format!(
+                "shoal pingpong --pin --mode spin --size 64 --iters {it} --cap 4096"
+            ));
         }
         let e: Vec<&str> = e.iter().map(String::as_str).collect();
         v.push(cell(&format!("pingpong {size} B"), r, &e));
     }
-    // Header and payload in one cache line.
+    // Header and payload in one cache line, through the usual ring and the
+    // smallest, each beside a plain ring of that size doing only the
+    // hand-over (see floor's ringpong).
     v.push(cell(
         "pingpong 48 B (one line)",
         r,
