@@ -526,8 +526,12 @@ impl BroadcastReader {
     /// `recv_with` past its common case (a data record ready).
     #[inline(never)]
     fn recv_slow(&mut self, wait: Wait<'_>) -> Result<GuardParts> {
+        // One deadline for the whole call, however often the loop runs (it
+        // runs again only if the record the wait saw is gone, which a
+        // correct writer cannot make happen).
+        let deadline = wait.start();
         loop {
-            self.core.recv_wait(&wait)?;
+            self.core.recv_wait(&deadline)?;
             // A record is at the cursor now (nobody else moves it).
             if let Some(g) = self.core.poll_data() {
                 return Ok(self.data_parts(g));

@@ -56,7 +56,7 @@ use crate::peer::{
     FUTILE_REPAIR,
 };
 use crate::sync::Ordering;
-use crate::wait::{block_on, Checks, Spinner, Wait, Waiter};
+use crate::wait::{block_on, Checks, Deadline, Spinner, Wait, Waiter};
 use std::cell::Cell;
 
 /// A reservation inside the ring (process-local bookkeeping).
@@ -80,9 +80,10 @@ pub(crate) struct WriterCore<M> {
     /// Every line from the end of the last record up to here has a zero
     /// commit word (cleared ahead in batches, see `reserve`).
     cleared: u64,
-    /// `min(limit - capacity / 8, cleared)`: a record that does not wrap
-    /// and ends, with the line after it, at or below this needs no other
-    /// check than the join count (`reserve`'s fast path).
+    /// `min(limit - capacity / 8, cleared)`, or less: a record that does
+    /// not wrap and ends, with the line after it, at or below this has its
+    /// room and its cleared line (`reserve`'s fast path, which also checks
+    /// the length, the join count and that no reservation is open).
     fast_limit: u64,
     /// A reservation was handed out and neither committed nor abandoned
     /// yet (it may be forgotten, or its caller failed after `reserve`).
@@ -240,11 +241,13 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
     /// "call `reserve`" (or the overflow path).
     #[inline(always)]
     pub(crate) fn try_reserve(&mut self, max_len: u64) -> Option<Resv> {
+        if max_len > self.max_inline() {
+            return None;
+        }
         let cap = self.mem.capacity();
         let size = record_size(max_len);
         let start = self.pos;
-        if max_len <= self.max_inline()
-            && !self.open
+        if !self.open
             && (start & (cap - 1)) + size <= cap
             && start + size + RECORD_ALIGN as u64 <= self.fast_limit
             && self.mem.ctrl().status.joins.load(Ordering::Acquire) == self.joins_seen
@@ -259,7 +262,10 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
         None
     }
 
-    /// Recomputes `fast_limit` after `limit` or `cleared` changed.
+    /// Recomputes `fast_limit` from `limit` and `cleared`. Called where
+    /// `cleared` drops and where the reservation paths move `limit`; a
+    /// `limit` raised elsewhere (the overflow path's waits) leaves
+    /// `fast_limit` lower than it could be, which only costs slow paths.
     #[inline]
     fn refresh_fast_limit(&mut self) {
         let cap = self.mem.capacity();
@@ -396,7 +402,7 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
 
     /// After committing a large record ending at `end`: readies, off the
     /// next record's path, the lines a next record of the same `size` needs
-    /// (its first payload line, and the commit word after it), so that
+    /// (its second line, and the commit word after it), so that
     /// `reserve` finds the line after it clear and the user's first payload
     /// store finds its line owned. For large records `clear_ahead` clears
     /// one line, just before the payload is written; that store waits for
@@ -420,11 +426,19 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
             // reader is busy with the record just committed meanwhile).
             self.limit = scan_min(&self.mem, self.pos) + cap;
             self.refresh_fast_limit();
+            let status = &self.mem.ctrl().status;
+            if after + line + cap / 8 <= self.limit
+                && status.want_space.load(Ordering::Relaxed) != 0
+            {
+                // Room to spare, as `wait_until_free_slow` would lower it.
+                status.want_space.store(0, Ordering::Relaxed);
+            }
             if after + line > self.limit {
                 return;
             }
         }
-        // The first payload line (its first word: any store takes the line).
+        // The next record's second line (its first payload line but for
+        // the 48 bytes that share the header's; any store takes the line).
         self.mem
             .header(end + line)
             .commit
@@ -765,11 +779,12 @@ impl<M: RingMem<Control = BroadcastControl>> ReaderCore<M> {
     /// public reader calls `poll_data` and `recv_wait` itself).
     #[cfg(loom)]
     pub(crate) fn recv(&mut self, wait: &Wait<'_>) -> Result<Got> {
+        let deadline = wait.start();
         loop {
             if let Some(g) = self.poll_data() {
                 return Ok(g);
             }
-            self.recv_wait(wait)?;
+            self.recv_wait(&deadline)?;
             if let Some(g) = self.poll()? {
                 return Ok(g);
             }
@@ -781,11 +796,10 @@ impl<M: RingMem<Control = BroadcastControl>> ReaderCore<M> {
     /// through the wait loop's layers of `Result` costs the caller copies
     /// on the path where latency counts.)
     #[inline(never)]
-    pub(crate) fn recv_wait(&mut self, wait: &Wait<'_>) -> Result<()> {
+    pub(crate) fn recv_wait(&mut self, deadline: &Deadline<'_>) -> Result<()> {
         if self.st.evicted {
             return Err(Error::Evicted);
         }
-        let deadline = wait.start();
         let writer_dead = Cell::new(false);
         let me = Waiter::blocking(self.st.token.index);
         let mem = &self.mem;
@@ -794,7 +808,7 @@ impl<M: RingMem<Control = BroadcastControl>> ReaderCore<M> {
             &mut self.spinner,
             &mem.ctrl().data_ec,
             me,
-            &deadline,
+            deadline,
             // Only the writer's death can end an idle wait early (besides
             // a record, which wakes it at once): back off while idle.
             Checks {
@@ -1263,6 +1277,38 @@ mod review2_tests {
                 "fail_once={fail_once}: want_space={flag} stayed set; every release published"
             );
         }
+    }
+
+    /// Review 7: after a large commit, `guess_ahead` may rescan the readers
+    /// and find room, so the next reservations never reach the slow path
+    /// that lowers `want_space`; it must lower it itself, or every release
+    /// publishes (CAS + notify) for good.
+    #[test]
+    fn want_space_is_lowered_when_a_large_commit_rescans() {
+        const BIG: u64 = 8192 - RECORD_HEADER as u64;
+        let m = ring(32768);
+        let o = PeerOptions::default();
+        let mut w = WriterCore::new(m.clone(), o);
+        let mut r = ReaderCore::join(m.clone(), ProcessId::current(), o).unwrap();
+        send(&mut w, 112, &Wait::forever()).unwrap(); // activates r
+        assert!(read_one(&mut r));
+        // Large records, each read at once: the writer never waits.
+        for _ in 0..8 {
+            send(&mut w, BIG, &Wait::forever()).unwrap();
+            assert!(read_one(&mut r));
+        }
+        // Left raised, as a wait that failed (no_wait, timeout) leaves it.
+        let want = &m.ctrl().status.want_space;
+        want.store(1, Ordering::Relaxed);
+        for _ in 0..8 {
+            send(&mut w, BIG, &Wait::forever()).unwrap();
+            assert!(read_one(&mut r));
+        }
+        assert_eq!(
+            want.load(Ordering::Relaxed),
+            0,
+            "want_space stayed raised though the writer always had room"
+        );
     }
 }
 

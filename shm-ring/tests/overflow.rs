@@ -37,6 +37,21 @@ fn squatted_predictable_overflow_names_do_not_block_large_sends() {
     }
 }
 
+/// Review 7: a length no segment can hold is `TooLarge`, never an integer
+/// overflow on the way (the inline fast path sized the record before it
+/// checked the length).
+#[test]
+fn an_impossible_length_is_too_large() {
+    let mut w = BroadcastWriter::create(&BroadcastConfig::new(1 << 14, 1)).unwrap();
+    for len in [usize::MAX, usize::MAX - 63, usize::MAX / 2] {
+        match w.reserve_with(len, Wait::no_wait()) {
+            Err(shoal_shm_ring::Error::TooLarge { .. }) => {}
+            Err(e) => panic!("{len}: {e}"),
+            Ok(_) => panic!("{len}: reserved"),
+        }
+    }
+}
+
 /// The overflow-cost item: a stream of 1-2 MiB records through a 1 MiB
 /// ring reuses a bounded set of overflow segments instead of making a file
 /// per record, and every record arrives intact.
