@@ -193,6 +193,17 @@ fn same_mode(a: &Row, b: &Row) -> bool {
     a.placement == b.placement && a.placement != "mixed"
 }
 
+/// Why a cell in this placement is reported but not judged, if it is: the
+/// issue's targets are set for the near and the far mode; SMT siblings
+/// (one physical core, a 21-27 ns floor) are a third mode they do not cover.
+fn unjudged(placement: &str) -> Option<&'static str> {
+    match placement {
+        "mixed" => Some("not judged"),
+        "sibling" => Some("SMT siblings: no target in this mode"),
+        _ => None,
+    }
+}
+
 /// One line of the targets table.
 struct Target {
     name: String,
@@ -205,6 +216,13 @@ struct Target {
 /// the same, unmixed placement.
 fn across(name: String, a: &Row, b: &Row, measured: String, ok: bool) -> Target {
     let at = placed(a, b);
+    if let (true, Some(why)) = (same_mode(a, b), unjudged(&a.placement)) {
+        return Target {
+            name,
+            measured: format!("{measured} ({at}: {why})"),
+            verdict: None,
+        };
+    }
     if same_mode(a, b) {
         Target {
             name,
@@ -246,6 +264,7 @@ fn by_mode(
                 ""
             },
         ),
+        "sibling" => (None, ": SMT siblings, no target in this mode"),
         _ => (None, ": not judged"),
     };
     Target {
@@ -259,10 +278,10 @@ fn by_mode(
 /// the near or the far mode, which it names; in a mixed cell the rounds of
 /// the two figures may have run in different modes, so it is not judged.
 fn within(name: String, r: &Row, measured: String, ok: bool) -> Target {
-    if r.placement == "mixed" {
+    if let Some(why) = unjudged(&r.placement) {
         return Target {
             name,
-            measured: format!("{measured} (mixed: not judged)"),
+            measured: format!("{measured} ({}: {why})", r.placement),
             verdict: None,
         };
     }
@@ -282,11 +301,12 @@ fn slow(name: String, r: &Row, measured: String, ok: bool) -> Target {
 
 /// The targets of the benchmark issue, checked against this run's rows.
 ///
-/// Every line names the placement (near, far, mixed) of the cell it was
-/// judged on. A target is judged only in a cell measured wholly in the near
-/// or wholly in the far mode (across cells: both in the same one), with the
-/// bound of that mode where the bounds differ; a mixed cell is reported,
-/// not judged. Exception: wake latencies and idle CPU, figures of tens of
+/// Every line names the placement (near, far, sibling, mixed) of the cell
+/// it was judged on. A target is judged only in a cell measured wholly in
+/// the near or wholly in the far mode (across cells: both in the same one),
+/// with the bound of that mode where the bounds differ; a mixed cell, and
+/// one where the two vCPUs were SMT siblings of one core, is reported, not
+/// judged. Exception: wake latencies and idle CPU, figures of tens of
 /// microseconds and more that the cache-line mode does not move, are
 /// judged in any placement.
 pub fn targets(rows: &[Row]) -> String {
@@ -573,6 +593,10 @@ mod tests {
         mixed.placement = "mixed".into();
         let m = targets(&[mixed]);
         assert!(line(&m, "64 B ping-pong, spin, pinned").ends_with("(mixed: not judged) | - |"));
+        // SMT siblings (a 21 ns floor): reported, not judged.
+        let sib = targets(&[row("shoal", "pingpong", 64, lat, 62.0, 21.0)]);
+        assert!(line(&sib, "64 B ping-pong, spin, pinned")
+            .ends_with("(sibling: SMT siblings, no target in this mode) | - |"));
         // 48 B: judged near only.
         let far48 = targets(&[row("shoal", "pingpong", 48, lat, 200.0, 150.0)]);
         assert!(line(&far48, "48 B ping-pong").contains("far: no target in this mode) | - |"));

@@ -3,7 +3,10 @@
 //! right before and after every cell, and writes `results.json`,
 //! `results.csv`, `results.md` (and the SVG plots) into `--out DIR`.
 //!
-//! `matrix [--quick] [--out DIR] [--only SUBSTRING]`
+//! `matrix [--quick] [--out DIR] [--only SUBSTRING]`, or
+//! `matrix --render DIR`: rewrite DIR's `results.md`, `results.csv` and
+//! plots from its `results.json`, placements recomputed from the floors
+//! recorded around each cell (after a change to the report).
 
 use shoal_bench::measure::{Measurement, Row};
 use shoal_bench::proc::{cores, Args};
@@ -242,8 +245,68 @@ fn git_rev() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// Writes `results.json`, `results.csv`, `results.md` and the plots of
+/// `rows` into `out`; returns the markdown.
+fn write_outputs(rows: &[Row], title: &str, out: &Path) -> String {
+    let md = format!(
+        "{}\n{}",
+        report::markdown(rows, title),
+        report::targets(rows)
+    );
+    let json = serde_json::to_string_pretty(rows).unwrap_or_default();
+    let writes = [
+        ("results.json", json),
+        ("results.csv", report::csv(rows)),
+        ("results.md", md.clone()),
+    ];
+    for (name, body) in writes {
+        if let Err(e) = std::fs::write(out.join(name), body) {
+            eprintln!("matrix: cannot write {name}: {e}");
+        }
+    }
+    match shoal_bench::plot::write_plots(rows, out) {
+        Ok(paths) => {
+            for p in paths {
+                eprintln!("matrix: plot {}", p.display());
+            }
+        }
+        Err(e) => eprintln!("matrix: plots failed: {e}"),
+    }
+    md
+}
+
+/// `--render DIR`: the outputs of a recorded run, rewritten by this build's
+/// report (placements recomputed from each row's floors).
+fn render(dir: &Path) -> Result<(), String> {
+    let json = std::fs::read_to_string(dir.join("results.json"))
+        .map_err(|e| format!("{}: {e}", dir.join("results.json").display()))?;
+    let mut rows: Vec<Row> = serde_json::from_str(&json).map_err(|e| e.to_string())?;
+    for r in &mut rows {
+        if let Some([a, b]) = r.floor_ns {
+            r.placement = shoal_bench::measure::placement(a, b).into();
+        }
+    }
+    let md = std::fs::read_to_string(dir.join("results.md")).unwrap_or_default();
+    let title = md
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("# "))
+        .unwrap_or("shoal bench matrix")
+        .to_string();
+    println!("{}", write_outputs(&rows, &title, dir));
+    Ok(())
+}
+
 fn main() {
     let a = Args::from_env(1);
+    if a.has("render") {
+        let dir = PathBuf::from(a.get("render", String::new()));
+        if let Err(e) = render(&dir) {
+            eprintln!("matrix: --render {}: {e}", dir.display());
+            std::process::exit(1);
+        }
+        return;
+    }
     let quick = a.has("quick");
     let out = PathBuf::from(a.get("out", "target/bench-matrix".to_string()));
     let only = a.get("only", String::new());
@@ -305,30 +368,7 @@ fn main() {
         if quick { "quick" } else { "full" },
         t_all.elapsed().as_secs_f64()
     );
-    let md = format!(
-        "{}\n{}",
-        report::markdown(&rows, &title),
-        report::targets(&rows)
-    );
-    let json = serde_json::to_string_pretty(&rows).unwrap_or_default();
-    let writes = [
-        ("results.json", json),
-        ("results.csv", report::csv(&rows)),
-        ("results.md", md.clone()),
-    ];
-    for (name, body) in writes {
-        if let Err(e) = std::fs::write(out.join(name), body) {
-            eprintln!("matrix: cannot write {name}: {e}");
-        }
-    }
-    match shoal_bench::plot::write_plots(&rows, &out) {
-        Ok(paths) => {
-            for p in paths {
-                eprintln!("matrix: plot {}", p.display());
-            }
-        }
-        Err(e) => eprintln!("matrix: plots failed: {e}"),
-    }
+    let md = write_outputs(&rows, &title, &out);
     println!("{md}");
     eprintln!("matrix: wrote {}", out.display());
 }
