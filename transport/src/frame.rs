@@ -1,0 +1,385 @@
+//! Received messages and typed zero-copy access to them.
+//!
+//! rkyv 0.8 finds an archive's root at the *end* of its bytes and checks
+//! alignment against absolute addresses, so an archive must be handed over
+//! at its exact length, starting 16-byte aligned ([`ARCHIVE_ALIGN`]).
+//! Shared-memory payloads are (ring records are 64-byte aligned and carry
+//! a 16-byte header); network bytes arrive at any address, so
+//! [`Frame::from_bytes`] copies them into an [`AlignedBuf`] only when they
+//! are misaligned. rkyv's `unaligned` feature is never enabled: it changes
+//! the archive format for the whole dependency graph.
+
+use crate::error::{Error, Result};
+use rkyv::api::high::{HighSerializer, HighValidator};
+use rkyv::bytecheck::CheckBytes;
+use rkyv::rancor;
+use rkyv::ser::allocator::ArenaHandle;
+use rkyv::ser::writer::Buffer;
+use rkyv::util::AlignedVec;
+use std::ops::Deref;
+
+/// The alignment an archive must start at.
+pub const ARCHIVE_ALIGN: usize = 16;
+
+/// An owned buffer whose bytes start [`ARCHIVE_ALIGN`]-aligned.
+///
+/// ```
+/// use shoal_transport::AlignedBuf;
+/// let b = AlignedBuf::copy_from(b"hello");
+/// assert_eq!(&*b, b"hello");
+/// assert_eq!(b.as_ptr() as usize % 16, 0);
+/// ```
+#[derive(Clone, Default)]
+pub struct AlignedBuf(AlignedVec<ARCHIVE_ALIGN>);
+
+impl AlignedBuf {
+    /// An empty buffer that can take `n` bytes without reallocating.
+    pub fn with_capacity(n: usize) -> Self {
+        AlignedBuf(AlignedVec::with_capacity(n))
+    }
+
+    /// A copy of `bytes`.
+    pub fn copy_from(bytes: &[u8]) -> Self {
+        let mut v = AlignedVec::with_capacity(bytes.len());
+        v.extend_from_slice(bytes);
+        AlignedBuf(v)
+    }
+
+    /// Appends `bytes`.
+    pub fn extend_from_slice(&mut self, bytes: &[u8]) {
+        self.0.extend_from_slice(bytes);
+    }
+
+    /// Bytes it can hold before it reallocates.
+    pub fn capacity(&self) -> usize {
+        self.0.capacity()
+    }
+
+    /// The bytes, writable.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        self.0.as_mut_slice()
+    }
+
+    /// Sets the length to `n` (at most the capacity), the new bytes zero.
+    pub fn resize_zeroed(&mut self, n: usize) {
+        self.0.resize(n, 0);
+    }
+}
+
+impl Deref for AlignedBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.0.as_slice()
+    }
+}
+
+impl std::fmt::Debug for AlignedBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlignedBuf")
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+/// Where a frame's bytes live.
+#[derive(Debug)]
+enum Bytes<'a> {
+    /// Borrowed, already [`ARCHIVE_ALIGN`]-aligned (a ring payload).
+    Slice(&'a [u8]),
+    /// Owned (a network buffer, or a copy of misaligned bytes).
+    Owned(AlignedBuf, std::ops::Range<usize>),
+}
+
+/// A received message: it owns its bytes (or borrows them for `'a`, from a
+/// ring guard or a caller's buffer), derefs to `[u8]`, and reads an rkyv
+/// archive in place.
+///
+/// ```
+/// use shoal_transport::{archive_into, AlignedBuf, Frame};
+/// #[derive(rkyv::Archive, rkyv::Serialize)]
+/// struct Order { id: u64, qty: u32 }
+///
+/// let mut buf = AlignedBuf::with_capacity(256);
+/// buf.resize_zeroed(256);
+/// let n = archive_into(&Order { id: 7, qty: 3 }, buf.as_mut_slice())?.in_place().unwrap();
+/// let frame = Frame::from_bytes(&buf[..n]);
+/// let order = frame.archived::<Order>()?;
+/// assert_eq!((order.id.to_native(), order.qty.to_native()), (7, 3));
+/// # Ok::<(), shoal_transport::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Frame<'a> {
+    bytes: Bytes<'a>,
+}
+
+impl<'a> Frame<'a> {
+    /// A frame over `bytes`, borrowed when they start
+    /// [`ARCHIVE_ALIGN`]-aligned, copied into an [`AlignedBuf`] otherwise.
+    pub fn from_bytes(bytes: &'a [u8]) -> Self {
+        if (bytes.as_ptr() as usize).is_multiple_of(ARCHIVE_ALIGN) {
+            Frame {
+                bytes: Bytes::Slice(bytes),
+            }
+        } else {
+            Frame::owned(AlignedBuf::copy_from(bytes))
+        }
+    }
+
+    /// Whether the frame borrows its bytes (no copy was made).
+    pub fn is_borrowed(&self) -> bool {
+        matches!(self.bytes, Bytes::Slice(_))
+    }
+
+    /// The archived `T` in this frame, validated (bytecheck) first: safe on
+    /// bytes from any peer. Costs a walk over the archive; see
+    /// [`archived_unchecked`](Self::archived_unchecked) for trusted bytes.
+    pub fn archived<T>(&self) -> Result<&T::Archived>
+    where
+        T: rkyv::Archive,
+        T::Archived: for<'b> CheckBytes<HighValidator<'b, rancor::Error>>,
+    {
+        rkyv::access::<T::Archived, rancor::Error>(self).map_err(|e| Error::InvalidArchive {
+            type_name: std::any::type_name::<T>(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// The archived `T` in this frame, without validation.
+    ///
+    /// # Safety
+    /// The bytes must be a valid archive of `T`, serialized by a build with
+    /// the same rkyv format, and nobody may write them while the returned
+    /// reference lives: for example a ring payload written by a trusted
+    /// same-uid process. Anything else is undefined behaviour.
+    pub unsafe fn archived_unchecked<T: rkyv::Archive>(&self) -> &T::Archived {
+        // SAFETY: the caller guarantees the bytes are a valid archive of
+        // `T` that nobody writes while the reference lives; the frame's
+        // bytes start ARCHIVE_ALIGN-aligned (both constructors see to it).
+        unsafe { rkyv::access_unchecked::<T::Archived>(self) }
+    }
+}
+
+impl Frame<'static> {
+    /// A frame owning `buf`.
+    pub fn owned(buf: AlignedBuf) -> Self {
+        let n = buf.len();
+        Frame {
+            bytes: Bytes::Owned(buf, 0..n),
+        }
+    }
+
+    /// A frame owning the part `range` of `buf`, which must start
+    /// [`ARCHIVE_ALIGN`]-aligned within it (a payload after a header);
+    /// misaligned, it is copied once into a buffer of its own.
+    pub fn owned_range(buf: AlignedBuf, range: std::ops::Range<usize>) -> Result<Self> {
+        if range.start > range.end || range.end > buf.len() {
+            return Err(Error::Corrupt {
+                what: "frame range end",
+                found: range.end as u64,
+                expected: "a range inside the buffer",
+            });
+        }
+        if range.start.is_multiple_of(ARCHIVE_ALIGN) {
+            Ok(Frame {
+                bytes: Bytes::Owned(buf, range),
+            })
+        } else {
+            Ok(Frame::owned(AlignedBuf::copy_from(&buf[range])))
+        }
+    }
+}
+
+impl Deref for Frame<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match &self.bytes {
+            Bytes::Slice(s) => s,
+            Bytes::Owned(b, r) => &b[r.clone()],
+        }
+    }
+}
+
+/// What [`archive_into`] did.
+#[derive(Debug)]
+pub enum Archived {
+    /// The archive is the first `n` bytes of the buffer given.
+    InPlace(usize),
+    /// It did not fit; here it is in a buffer of its own.
+    Spilled(AlignedBuf),
+}
+
+impl Archived {
+    /// The length of an archive made in place, `None` if it spilled.
+    pub fn in_place(&self) -> Option<usize> {
+        match self {
+            Archived::InPlace(n) => Some(*n),
+            Archived::Spilled(_) => None,
+        }
+    }
+}
+
+/// Values [`archive_into`] can serialize: anything rkyv's high-level
+/// serializer takes (`#[derive(rkyv::Archive, rkyv::Serialize)]`).
+pub trait Archivable:
+    for<'a, 'b> rkyv::Serialize<HighSerializer<Buffer<'b>, ArenaHandle<'a>, rancor::Error>>
+    + for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>
+{
+}
+
+impl<T> Archivable for T where
+    T: for<'a, 'b> rkyv::Serialize<HighSerializer<Buffer<'b>, ArenaHandle<'a>, rancor::Error>>
+        + for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>
+{
+}
+
+/// Serializes `value` straight into `buf` (memory the transport owns, such
+/// as a ring reservation), which must start [`ARCHIVE_ALIGN`]-aligned.
+/// Returns [`Archived::InPlace`] with the archive's length, or, when it
+/// does not fit, [`Archived::Spilled`] with the archive in a buffer of its
+/// own (the caller sends that instead).
+pub fn archive_into<T: Archivable>(value: &T, buf: &mut [u8]) -> Result<Archived> {
+    if !(buf.as_ptr() as usize).is_multiple_of(ARCHIVE_ALIGN) {
+        return Err(Error::Serialize {
+            type_name: std::any::type_name::<T>(),
+            reason: "the target buffer does not start 16-byte aligned".into(),
+        });
+    }
+    if let Ok(w) = rkyv::api::high::to_bytes_in::<_, rancor::Error>(value, Buffer::from(buf)) {
+        return Ok(Archived::InPlace(w.len()));
+    }
+    // Too small, or the value cannot be serialized at all: serializing
+    // into a growable buffer tells which.
+    match rkyv::to_bytes::<rancor::Error>(value) {
+        Ok(v) => Ok(Archived::Spilled(AlignedBuf(v))),
+        Err(e) => Err(Error::Serialize {
+            type_name: std::any::type_name::<T>(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(rkyv::Archive, rkyv::Serialize, Debug, PartialEq)]
+    struct Order {
+        id: u64,
+        qty: u32,
+        tag: String,
+        legs: Vec<u16>,
+    }
+
+    fn order() -> Order {
+        Order {
+            id: 42,
+            qty: 7,
+            tag: "limit".into(),
+            legs: vec![1, 2, 3],
+        }
+    }
+
+    fn zeroed(n: usize) -> AlignedBuf {
+        let mut b = AlignedBuf::with_capacity(n);
+        b.resize_zeroed(n);
+        b
+    }
+
+    #[test]
+    fn an_archive_made_in_place_reads_back_without_a_copy() {
+        let mut buf = zeroed(512);
+        let n = archive_into(&order(), buf.as_mut_slice())
+            .unwrap()
+            .in_place()
+            .unwrap();
+        let f = Frame::from_bytes(&buf[..n]);
+        assert!(f.is_borrowed());
+        let Ok(a) = f.archived::<Order>() else {
+            panic!("invalid archive")
+        };
+        assert_eq!(
+            (a.id.to_native(), a.qty.to_native(), a.tag.as_str()),
+            (42, 7, "limit")
+        );
+        assert_eq!(
+            a.legs.iter().map(|x| x.to_native()).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+        // SAFETY: just serialized by this process, not written since.
+        let u = unsafe { f.archived_unchecked::<Order>() };
+        assert_eq!(u.id, 42);
+    }
+
+    #[test]
+    fn too_small_a_buffer_spills_and_a_misaligned_one_is_refused() {
+        let mut buf = zeroed(64);
+        let big = Order {
+            legs: vec![9; 100],
+            ..order()
+        };
+        match archive_into(&big, &mut buf.as_mut_slice()[..16]).unwrap() {
+            Archived::Spilled(b) => {
+                let f = Frame::owned(b);
+                assert_eq!(f.archived::<Order>().map(|a| a.legs.len()).ok(), Some(100))
+            }
+            Archived::InPlace(n) => panic!("{n} bytes in 16"),
+        }
+        let e = archive_into(&big, &mut buf.as_mut_slice()[1..]).unwrap_err();
+        assert!(e.to_string().contains("aligned"), "{e}");
+    }
+
+    #[test]
+    fn misaligned_network_bytes_are_copied_once_and_read() {
+        let mut buf = zeroed(512);
+        let n = archive_into(&order(), buf.as_mut_slice())
+            .unwrap()
+            .in_place()
+            .unwrap();
+        // The same archive at every offset mod 16 of a bigger buffer.
+        for off in 0..16 {
+            let mut net = zeroed(n + 32);
+            net.as_mut_slice()[off..off + n].copy_from_slice(&buf[..n]);
+            let f = Frame::from_bytes(&net[off..off + n]);
+            assert_eq!(f.is_borrowed(), off == 0);
+            let a = f.archived::<Order>().map(|a| a.id.to_native());
+            assert_eq!(a.ok(), Some(42), "offset {off}");
+            let g = Frame::owned_range(net.clone(), off..off + n).unwrap();
+            let q = g.archived::<Order>().map(|a| a.qty.to_native());
+            assert_eq!(q.ok(), Some(7), "offset {off}");
+        }
+        assert!(Frame::owned_range(zeroed(8), 4..16).is_err());
+    }
+
+    #[test]
+    fn corrupt_archives_are_errors_not_panics() {
+        let mut buf = zeroed(512);
+        let n = archive_into(&order(), buf.as_mut_slice())
+            .unwrap()
+            .in_place()
+            .unwrap();
+        let good = buf[..n].to_vec();
+        // Every single-byte corruption: validated access never panics, and
+        // whatever it accepts is still within the buffer.
+        for i in 0..n {
+            for v in [0u8, 0xff, 0x80] {
+                let mut b = AlignedBuf::copy_from(&good);
+                b.as_mut_slice()[i] = v;
+                let f = Frame::owned(b);
+                if let Ok(a) = f.archived::<Order>() {
+                    let _ = (a.tag.len(), a.legs.len());
+                }
+            }
+        }
+        for len in 0..n {
+            let f = Frame::owned(AlignedBuf::copy_from(&good[..len]));
+            if let Ok(a) = f.archived::<Order>() {
+                let _ = (a.tag.len(), a.legs.len());
+            }
+        }
+        let f = Frame::owned(AlignedBuf::copy_from(&[0xffu8; 40]));
+        match f.archived::<Order>() {
+            Err(e) => assert!(e.to_string().contains("Order"), "{e}"),
+            Ok(_) => panic!("0xff bytes validated as an Order"),
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! shoal's transport layer: the wire underneath `shoal-channel` and
+//! `shoal-collectives`, chosen by an address URL (DESIGN.md, "transport").
+//!
+//! This crate is being built up in parts (issue 7). What is here:
+//!
+//! - [`address`]: the URLs a user names a wire with (`shm://NAME`,
+//!   `nng+ipc:///PATH`, `nng+tcp://HOST:PORT`, `quic://HOST:PORT?pin=HEX`),
+//!   parsed and checked against the backends this build has.
+//! - [`frame`]: a received message ([`Frame`]) that owns or borrows its
+//!   bytes, derefs to `[u8]`, and gives typed zero-copy access to an rkyv
+//!   archive in it ([`Frame::archived`], validated); [`AlignedBuf`], the
+//!   16-byte-aligned buffer network bytes are copied into only when they
+//!   arrive misaligned; [`archive_into`], serializing straight into
+//!   memory the transport owns.
+//! - [`envelope`]: the 16-byte header every message carries on a wire
+//!   (kind, topic, correlation id) and the sans-IO decoder of
+//!   length-prefixed streams, which enforces the size limit before it
+//!   allocates anything.
+//! - [`error`]: the crate's one error type.
+//!
+//! The async patterns (publish/subscribe, push/pull, request/reply) and
+//! the shm, nng and QUIC backends build on these.
+
+pub mod address;
+pub mod envelope;
+pub mod error;
+pub mod frame;
+
+pub use address::{Address, Backend};
+pub use envelope::{Decoder, Header, Kind, HEADER_LEN};
+pub use error::{Error, Result};
+pub use frame::{archive_into, AlignedBuf, Frame, ARCHIVE_ALIGN};
