@@ -542,6 +542,40 @@ impl BroadcastReader {
         }
     }
 
+    /// The next record's bytes if one is ready, without taking it: the
+    /// next [`try_recv`](Self::try_recv) returns the same record. Errors as
+    /// `try_recv` does (`Closed` once the writer closed and everything was
+    /// read, `Evicted`, `Corrupt`). For event loops that decide whether to
+    /// wait, or whether a record is theirs, before borrowing the reader for
+    /// a guard.
+    ///
+    /// ```
+    /// use shoal_shm_ring::{BroadcastConfig, BroadcastReader, BroadcastWriter, Wait};
+    /// let mut w = BroadcastWriter::create(&BroadcastConfig::new(1 << 16, 1))?;
+    /// let mut r = BroadcastReader::attach(&w.handle())?;
+    /// w.wait_for_readers(1, Wait::no_wait())?;
+    /// assert!(r.peek()?.is_none());
+    /// w.send(b"x")?;
+    /// assert_eq!(r.peek()?, Some(&b"x"[..]));
+    /// assert_eq!(&*r.try_recv()?.unwrap(), b"x");
+    /// # Ok::<(), shoal_shm_ring::Error>(())
+    /// ```
+    pub fn peek(&mut self) -> Result<Option<&[u8]>> {
+        let p = match self.core.poll_data() {
+            Some(g) => self.data_parts(g),
+            None => match self.try_recv_slow()? {
+                Some(p) => p,
+                None => return Ok(None),
+            },
+        };
+        // SAFETY: as for `ReadGuard`'s deref: `p` describes a committed,
+        // unreleased record inside a mapping this reader owns (the ring's,
+        // or a cached overflow segment's), bounds-checked when it was read;
+        // the returned slice borrows the reader mutably, so the cursor
+        // cannot move (and the record cannot be released) while it lives.
+        Ok(Some(unsafe { std::slice::from_raw_parts(p.ptr, p.len) }))
+    }
+
     /// The next record if one is ready, without waiting.
     #[inline(always)]
     pub fn try_recv(&mut self) -> Result<Option<ReadGuard<'_>>> {

@@ -338,6 +338,24 @@ impl Segment {
         self.fd.as_raw_fd()
     }
 
+    /// Whether the segment's creator (a broadcast writer, an MPMC ring's
+    /// creator) still holds it: its lease is held through another open
+    /// file description than this value's. The kernel drops the lease when
+    /// the creator's process dies, whatever pid namespace it is in.
+    ///
+    /// ```
+    /// use shoal_shm_ring::{BroadcastConfig, BroadcastWriter, Segment, SegmentKind};
+    /// let w = BroadcastWriter::create(&BroadcastConfig::new(1 << 16, 1))?;
+    /// let seg = Segment::attach(w.handle().name(), SegmentKind::Broadcast)?;
+    /// assert!(seg.creator_alive());
+    /// drop(w);
+    /// assert!(!seg.creator_alive());
+    /// # Ok::<(), shoal_shm_ring::Error>(())
+    /// ```
+    pub fn creator_alive(&self) -> bool {
+        crate::lease::held_by_other(self.fd(), crate::lease::OWNER, 1)
+    }
+
     /// The creator's identity as written in the header.
     pub fn creator(&self) -> ProcessId {
         ProcessId {

@@ -43,10 +43,13 @@ impl Backend {
         }
     }
 
-    /// Whether this build has the backend. (Only the address layer exists
-    /// so far: no backend is compiled in yet.)
+    /// Whether this build has the backend.
     pub fn available(self) -> bool {
-        false
+        match self {
+            Backend::Shm => cfg!(feature = "shm"),
+            // Not written yet: no feature brings them so far.
+            Backend::Nng | Backend::Quic => false,
+        }
     }
 }
 

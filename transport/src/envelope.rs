@@ -198,11 +198,13 @@ impl Decoded {
         &self.body[..self.header.topic_len as usize]
     }
 
-    /// The payload as a frame (it starts 16-byte aligned: no copy).
+    /// The payload as a frame carrying the topic (the payload starts
+    /// 16-byte aligned: it is not copied).
     pub fn into_frame(self) -> Result<Frame<'static>> {
         let start = self.header.payload_offset();
         let end = self.body.len();
-        Frame::owned_range(self.body, start..end)
+        let topic = AlignedBuf::copy_from(self.topic());
+        Ok(Frame::owned_range(self.body, start..end)?.with_topic(&topic))
     }
 }
 

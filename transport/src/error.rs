@@ -50,6 +50,48 @@ pub enum Error {
         /// What the validator reported.
         reason: String,
     },
+    /// Another live endpoint is bound at the address.
+    #[error("{address} is in use by a live endpoint")]
+    AddrInUse {
+        /// The address.
+        address: String,
+    },
+    /// Nobody is bound at the address (yet, or any more).
+    #[error("nothing is bound at {address}")]
+    NotBound {
+        /// The address.
+        address: String,
+    },
+    /// The operation did not complete in time.
+    #[error("{what} timed out after {after:?}")]
+    Timeout {
+        /// What timed out.
+        what: &'static str,
+        /// How long it waited.
+        after: std::time::Duration,
+    },
+    /// The peer closed cleanly and everything it sent was received.
+    #[error("closed by the peer")]
+    Closed,
+    /// The peer died or went away without closing.
+    #[error("peer at {address} is gone")]
+    PeerGone {
+        /// Its address.
+        address: String,
+    },
+    /// The shared-memory ring reported an error.
+    #[cfg(feature = "shm")]
+    #[error(transparent)]
+    Ring(#[from] shoal_shm_ring::Error),
+    /// An I/O error, with what was being done.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
     /// Serializing a value failed.
     #[error("cannot serialize {type_name}: {reason}")]
     Serialize {

@@ -84,10 +84,19 @@ impl std::fmt::Debug for AlignedBuf {
 /// Where a frame's bytes live.
 #[derive(Debug)]
 enum Bytes<'a> {
-    /// Borrowed, already [`ARCHIVE_ALIGN`]-aligned (a ring payload).
+    /// Borrowed, already [`ARCHIVE_ALIGN`]-aligned.
     Slice(&'a [u8]),
     /// Owned (a network buffer, or a copy of misaligned bytes).
     Owned(AlignedBuf, std::ops::Range<usize>),
+    /// A record still in a shared-memory ring: released when the frame
+    /// drops. The range is the payload (after the envelope), the topic
+    /// range the topic.
+    #[cfg(feature = "shm")]
+    Ring(
+        shoal_shm_ring::ReadGuard<'a>,
+        std::ops::Range<usize>,
+        std::ops::Range<usize>,
+    ),
 }
 
 /// A received message: it owns its bytes (or borrows them for `'a`, from a
@@ -110,6 +119,8 @@ enum Bytes<'a> {
 #[derive(Debug)]
 pub struct Frame<'a> {
     bytes: Bytes<'a>,
+    /// The topic, when the frame came in an envelope that had one.
+    topic: Option<AlignedBuf>,
 }
 
 impl<'a> Frame<'a> {
@@ -119,15 +130,62 @@ impl<'a> Frame<'a> {
         if (bytes.as_ptr() as usize).is_multiple_of(ARCHIVE_ALIGN) {
             Frame {
                 bytes: Bytes::Slice(bytes),
+                topic: None,
             }
         } else {
             Frame::owned(AlignedBuf::copy_from(bytes))
         }
     }
 
-    /// Whether the frame borrows its bytes (no copy was made).
+    /// A frame over the payload `payload` of a ring record whose envelope
+    /// put the topic at `topic`; the record is released when the frame
+    /// drops. A payload that does not start [`ARCHIVE_ALIGN`]-aligned
+    /// (a ring never makes one) is copied out and the record released.
+    #[cfg(feature = "shm")]
+    pub(crate) fn ring(
+        guard: shoal_shm_ring::ReadGuard<'a>,
+        topic: std::ops::Range<usize>,
+        payload: std::ops::Range<usize>,
+    ) -> Self {
+        if (guard[payload.clone()].as_ptr() as usize).is_multiple_of(ARCHIVE_ALIGN) {
+            Frame {
+                bytes: Bytes::Ring(guard, topic, payload),
+                topic: None,
+            }
+        } else {
+            let mut f = Frame::owned(AlignedBuf::copy_from(&guard[payload]));
+            f.topic = Some(AlignedBuf::copy_from(&guard[topic]));
+            f
+        }
+    }
+
+    /// Whether the frame borrows its bytes (no copy was made): from a
+    /// caller's buffer or a ring.
     pub fn is_borrowed(&self) -> bool {
-        matches!(self.bytes, Bytes::Slice(_))
+        match self.bytes {
+            Bytes::Slice(_) => true,
+            Bytes::Owned(..) => false,
+            #[cfg(feature = "shm")]
+            Bytes::Ring(..) => true,
+        }
+    }
+
+    /// The topic the message was sent with (empty when none).
+    pub fn topic(&self) -> &[u8] {
+        match (&self.bytes, &self.topic) {
+            #[cfg(feature = "shm")]
+            (Bytes::Ring(g, t, _), _) => &g[t.clone()],
+            (_, Some(t)) => t,
+            _ => &[],
+        }
+    }
+
+    /// Sets the topic of a frame made from bytes that came with one.
+    pub(crate) fn with_topic(mut self, topic: &[u8]) -> Self {
+        if !topic.is_empty() {
+            self.topic = Some(AlignedBuf::copy_from(topic));
+        }
+        self
     }
 
     /// The archived `T` in this frame, validated (bytecheck) first: safe on
@@ -165,6 +223,7 @@ impl Frame<'static> {
         let n = buf.len();
         Frame {
             bytes: Bytes::Owned(buf, 0..n),
+            topic: None,
         }
     }
 
@@ -182,6 +241,7 @@ impl Frame<'static> {
         if range.start.is_multiple_of(ARCHIVE_ALIGN) {
             Ok(Frame {
                 bytes: Bytes::Owned(buf, range),
+                topic: None,
             })
         } else {
             Ok(Frame::owned(AlignedBuf::copy_from(&buf[range])))
@@ -195,6 +255,8 @@ impl Deref for Frame<'_> {
         match &self.bytes {
             Bytes::Slice(s) => s,
             Bytes::Owned(b, r) => &b[r.clone()],
+            #[cfg(feature = "shm")]
+            Bytes::Ring(g, _, r) => &g[r.clone()],
         }
     }
 }

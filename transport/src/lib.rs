@@ -16,17 +16,27 @@
 //!   (kind, topic, correlation id) and the sans-IO decoder of
 //!   length-prefixed streams, which enforces the size limit before it
 //!   allocates anything.
+//! - [`options`]: what every endpoint can be told (sizes, timeouts).
+//! - [`shm`] (feature `shm`, on by default): publish/subscribe over a
+//!   shared-memory broadcast ring, awaited through tokio.
 //! - [`error`]: the crate's one error type.
 //!
-//! The async patterns (publish/subscribe, push/pull, request/reply) and
-//! the shm, nng and QUIC backends build on these.
+//! Still to come (issue 7): push/pull and request/reply, the trait the
+//! conformance suite is generic over, blocking wrappers, and the nng and
+//! QUIC backends.
 
 pub mod address;
 pub mod envelope;
 pub mod error;
 pub mod frame;
+pub mod options;
+#[cfg(feature = "shm")]
+pub mod shm;
 
 pub use address::{Address, Backend};
 pub use envelope::{Decoder, Header, Kind, HEADER_LEN};
 pub use error::{Error, Result};
-pub use frame::{archive_into, AlignedBuf, Frame, ARCHIVE_ALIGN};
+pub use frame::{archive_into, AlignedBuf, Archivable, Archived, Frame, ARCHIVE_ALIGN};
+pub use options::Options;
+#[cfg(feature = "shm")]
+pub use shm::{ShmPublisher, ShmSubscriber};

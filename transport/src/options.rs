@@ -1,0 +1,67 @@
+//! What every endpoint can be told, whatever its wire.
+
+use std::time::Duration;
+
+/// Endpoint options. The defaults suit a few processes exchanging messages
+/// of up to a few MiB.
+///
+/// ```
+/// use shoal_transport::Options;
+/// let o = Options::default().capacity(4 << 20).max_message(1 << 20);
+/// assert_eq!(o.max_message, 1 << 20);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Ring bytes (shm) or buffer bytes per peer (network). Default 1 MiB.
+    pub capacity: u64,
+    /// Most subscribers (or pullers) at once. Default 16.
+    pub max_peers: u32,
+    /// Largest payload accepted, sent or received, checked before anything
+    /// is allocated for it. Default 64 MiB.
+    pub max_message: usize,
+    /// How long a send may wait for room (a slow receiver); `None` waits
+    /// as long as the receivers live. Default `None`.
+    pub send_timeout: Option<Duration>,
+    /// How long connecting waits for the address to be bound. Default 10 s.
+    pub connect_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            capacity: 1 << 20,
+            max_peers: 16,
+            max_message: 64 << 20,
+            send_timeout: None,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Options {
+    /// Sets [`capacity`](Self::capacity).
+    pub fn capacity(mut self, bytes: u64) -> Self {
+        self.capacity = bytes;
+        self
+    }
+    /// Sets [`max_peers`](Self::max_peers).
+    pub fn max_peers(mut self, n: u32) -> Self {
+        self.max_peers = n;
+        self
+    }
+    /// Sets [`max_message`](Self::max_message).
+    pub fn max_message(mut self, bytes: usize) -> Self {
+        self.max_message = bytes;
+        self
+    }
+    /// Sets [`send_timeout`](Self::send_timeout).
+    pub fn send_timeout(mut self, t: Option<Duration>) -> Self {
+        self.send_timeout = t;
+        self
+    }
+    /// Sets [`connect_timeout`](Self::connect_timeout).
+    pub fn connect_timeout(mut self, t: Duration) -> Self {
+        self.connect_timeout = t;
+        self
+    }
+}

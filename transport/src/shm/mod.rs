@@ -1,0 +1,19 @@
+//! The shared-memory backend: `shm://NAME` on one host, through
+//! shoal-shm-ring.
+//!
+//! - [`names`]: the name files that map `shm://NAME` to a ring's random
+//!   segment name, so unrelated processes meet by a name they chose.
+//! - [`pubsub`]: publish/subscribe over a broadcast ring: every subscriber
+//!   gets every message (backpressure: the publisher waits for the slowest
+//!   live subscriber; a dead one is evicted), topics are filtered at the
+//!   subscriber, payloads are read in place.
+//!
+//! Receiving awaits the ring through its [`ReadyFd`](shoal_shm_ring::ReadyFd)
+//! registered with tokio (`AsyncFd`): no timer polling, no thread blocked.
+//! A send that finds the ring full waits in tokio's blocking pool, where the
+//! ring's own wait evicts dead subscribers and reports live ones that stall.
+
+pub mod names;
+pub mod pubsub;
+
+pub use pubsub::{ShmPublisher, ShmSubscriber};

@@ -1,0 +1,443 @@
+//! Publish/subscribe over a broadcast ring.
+//!
+//! Each message is one ring record: the 16-byte [envelope](crate::envelope)
+//! header, the topic padded to 16, then the payload, which therefore starts
+//! 16-byte aligned (ring payloads do) and is read in place.
+
+use super::names::{self, Binding};
+use crate::address::Address;
+use crate::envelope::{Header, Kind, HEADER_LEN};
+use crate::error::{Error, Result};
+use crate::frame::{archive_into, Archivable, Archived, Frame};
+use crate::options::Options;
+use shoal_shm_ring::{
+    BroadcastConfig, BroadcastReader, BroadcastWriter, ReadyFd, SegmentKind, Wait,
+};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::unix::AsyncFd;
+use tokio::task::JoinHandle;
+
+/// The payload-format tag of the rings (the envelope version; checked by
+/// subscribers so a mismatched build fails naming both sides).
+const FORMAT: &[u8] = b"shoal-env1";
+
+fn pad16(n: usize) -> usize {
+    n.div_ceil(16) * 16
+}
+
+fn shm_name(address: &Address) -> Result<&str> {
+    match address {
+        Address::Shm { name } => Ok(name),
+        other => Err(Error::BadAddress {
+            address: other.to_string(),
+            why: "the shm backend takes shm:// addresses".into(),
+        }),
+    }
+}
+
+/// Writes the envelope header and topic at the start of `buf`; returns the
+/// payload's offset.
+fn put_envelope(buf: &mut [u8], topic: &[u8], payload_len: usize) -> Result<usize> {
+    let h = Header::new(Kind::Message, topic, payload_len, 0)?;
+    buf[..HEADER_LEN].copy_from_slice(&h.encode());
+    let off = HEADER_LEN + pad16(topic.len());
+    buf[HEADER_LEN..HEADER_LEN + topic.len()].copy_from_slice(topic);
+    buf[HEADER_LEN + topic.len()..off].fill(0);
+    Ok(off)
+}
+
+/// The publishing end: binds `shm://NAME` and creates its ring.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use shoal_transport::{Address, Options, ShmPublisher, ShmSubscriber};
+/// let addr: Address = format!("shm://doc-pub-{}", std::process::id()).parse()?;
+/// let mut publisher = ShmPublisher::bind(&addr, &Options::default())?;
+/// let mut subscriber = ShmSubscriber::connect(&addr, &Options::default()).await?;
+/// publisher.wait_for_subscribers(1, std::time::Duration::from_secs(5)).await?;
+/// publisher.send(b"prices", b"42").await?;
+/// let msg = subscriber.recv().await?;
+/// assert_eq!((msg.topic(), &*msg), (&b"prices"[..], &b"42"[..]));
+/// # Ok::<(), shoal_transport::Error>(())
+/// # }).unwrap();
+/// ```
+pub struct ShmPublisher {
+    writer: Arc<Mutex<BroadcastWriter>>,
+    /// A wait for room still running in the blocking pool (a send whose
+    /// future was dropped while it waited): the next send joins it first.
+    pending: Option<JoinHandle<Result<()>>>,
+    /// Payload bytes to reserve for a typed send (grows to fit).
+    archive_hint: usize,
+    max_message: usize,
+    send_timeout: Option<Duration>,
+    address: String,
+    _binding: Binding,
+}
+
+impl std::fmt::Debug for ShmPublisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShmPublisher")
+            .field("address", &self.address)
+            .finish()
+    }
+}
+
+impl ShmPublisher {
+    /// Creates a ring of `opts.capacity` bytes for up to `opts.max_peers`
+    /// subscribers and binds it to `address` (`shm://NAME`).
+    pub fn bind(address: &Address, opts: &Options) -> Result<Self> {
+        let name = shm_name(address)?;
+        let cfg = BroadcastConfig::new(opts.capacity, opts.max_peers).payload_format(FORMAT);
+        let writer = BroadcastWriter::create(&cfg)?;
+        let binding = Binding::bind(
+            name,
+            &writer.handle(),
+            SegmentKind::Broadcast,
+            &address.to_string(),
+        )?;
+        Ok(ShmPublisher {
+            writer: Arc::new(Mutex::new(writer)),
+            pending: None,
+            archive_hint: 256,
+            max_message: opts.max_message,
+            send_timeout: opts.send_timeout,
+            address: address.to_string(),
+            _binding: binding,
+        })
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, BroadcastWriter>> {
+        // A panic while holding the lock (in this crate's code: none is
+        // possible between lock and unlock) would poison it; the writer is
+        // still consistent (a reservation dropped uncommitted is abandoned).
+        Ok(self.writer.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Subscribers receiving now.
+    pub fn subscribers(&self) -> Result<u32> {
+        Ok(self.lock()?.active_readers())
+    }
+
+    /// Waits until at least `n` subscribers receive (every message sent
+    /// afterwards reaches them), for at most `timeout`.
+    pub async fn wait_for_subscribers(&mut self, n: u32, timeout: Duration) -> Result<u32> {
+        let t0 = Instant::now();
+        loop {
+            {
+                let mut w = self.lock()?;
+                match w.wait_for_readers(n, Wait::no_wait()) {
+                    Ok(k) => return Ok(k),
+                    Err(shoal_shm_ring::Error::WouldBlock) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if t0.elapsed() >= timeout {
+                return Err(Error::Timeout {
+                    what: "waiting for subscribers",
+                    after: timeout,
+                });
+            }
+            // Joins are rare and not on a message path: a short sleep.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    fn check_size(&self, payload_len: usize) -> Result<()> {
+        if payload_len > self.max_message {
+            return Err(Error::TooLarge {
+                what: "payload",
+                got: payload_len as u64,
+                limit: self.max_message as u64,
+            });
+        }
+        Ok(())
+    }
+
+    /// Waits (in the blocking pool) until a record of `len` bytes fits, or
+    /// the send timeout passes; joins an earlier wait first.
+    async fn wait_room(&mut self, len: usize) -> Result<()> {
+        if let Some(h) = self.pending.as_mut() {
+            let r = h.await;
+            self.pending = None;
+            // The earlier wait's outcome belonged to a send that was
+            // cancelled; only a failure of the join itself matters here.
+            r.map_err(|e| Error::Io {
+                what: "waiting for room in the ring".into(),
+                source: std::io::Error::other(e),
+            })?
+            .ok();
+        }
+        let w = self.writer.clone();
+        let wait_for = self.send_timeout;
+        let h = tokio::task::spawn_blocking(move || -> Result<()> {
+            let mut w = w.lock().unwrap_or_else(|p| p.into_inner());
+            let wait = match wait_for {
+                Some(t) => Wait::timeout(t),
+                None => Wait::forever(),
+            };
+            // Reserve and drop: the room stays (only this writer uses it).
+            let r = w.reserve_with(len, wait).map(drop);
+            match r {
+                Ok(()) => Ok(()),
+                Err(shoal_shm_ring::Error::Timeout) => Err(Error::Timeout {
+                    what: "send (waiting for subscribers to make room)",
+                    after: wait_for.unwrap_or_default(),
+                }),
+                Err(e) => Err(e.into()),
+            }
+        });
+        self.pending = Some(h);
+        let r = match self.pending.as_mut() {
+            Some(h) => h.await,
+            None => return Ok(()),
+        };
+        self.pending = None;
+        r.map_err(|e| Error::Io {
+            what: "waiting for room in the ring".into(),
+            source: std::io::Error::other(e),
+        })?
+    }
+
+    /// Sends `payload` under `topic` to every subscriber, waiting while the
+    /// slowest live one has no room for it (see
+    /// [`Options::send_timeout`]). Cancel-safe: a send dropped before it
+    /// returns sent nothing.
+    pub async fn send(&mut self, topic: &[u8], payload: &[u8]) -> Result<()> {
+        self.check_size(payload.len())?;
+        let len = HEADER_LEN + pad16(topic.len()) + payload.len();
+        loop {
+            {
+                let mut w = self.lock()?;
+                let res = w.reserve_with(len, Wait::no_wait());
+                match res {
+                    Ok(mut r) => {
+                        let off = put_envelope(&mut r, topic, payload.len())?;
+                        r[off..off + payload.len()].copy_from_slice(payload);
+                        r.commit(len)?;
+                        return Ok(());
+                    }
+                    Err(shoal_shm_ring::Error::WouldBlock) => {}
+                    Err(e) => return Err(e.into()),
+                };
+            }
+            self.wait_room(len).await?;
+        }
+    }
+
+    /// Sends `value` as an rkyv archive under `topic`, serialized straight
+    /// into the ring (one copy end to end: the serialization itself); a
+    /// value larger than expected is serialized aside and copied in.
+    pub async fn send_value<T: Archivable>(&mut self, topic: &[u8], value: &T) -> Result<()> {
+        let off = HEADER_LEN + pad16(topic.len());
+        loop {
+            let want = off + self.archive_hint;
+            let max_message = self.max_message;
+            // The inner `let` is needed: as a block's tail, the match's
+            // reservation would outlive the lock guard it borrows.
+            #[allow(clippy::let_and_return)]
+            let spilled = {
+                let mut w = self.lock()?;
+                let res = w.reserve_with(want, Wait::no_wait());
+                let spilled = match res {
+                    Ok(mut r) => match archive_into(value, &mut r[off..])? {
+                        Archived::InPlace(n) => {
+                            if n > max_message {
+                                return Err(Error::TooLarge {
+                                    what: "payload",
+                                    got: n as u64,
+                                    limit: max_message as u64,
+                                });
+                            }
+                            put_envelope(&mut r, topic, n)?;
+                            r.commit(off + n)?;
+                            return Ok(());
+                        }
+                        // Dropped uncommitted: abandoned.
+                        Archived::Spilled(buf) => Some(buf),
+                    },
+                    Err(shoal_shm_ring::Error::WouldBlock) => None,
+                    Err(e) => return Err(e.into()),
+                };
+                spilled
+            };
+            match spilled {
+                Some(buf) => {
+                    self.archive_hint = buf.len().next_power_of_two();
+                    return self.send(topic, &buf).await;
+                }
+                None => self.wait_room(want).await?,
+            }
+        }
+    }
+}
+
+/// The subscribing end: attaches to the ring bound at `shm://NAME`.
+pub struct ShmSubscriber {
+    reader: BroadcastReader,
+    ready: AsyncFd<ReadyFd>,
+    prefixes: Vec<Vec<u8>>,
+    max_message: usize,
+    address: String,
+}
+
+impl std::fmt::Debug for ShmSubscriber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShmSubscriber")
+            .field("address", &self.address)
+            .finish()
+    }
+}
+
+impl ShmSubscriber {
+    /// Attaches to the publisher bound at `address`, waiting up to
+    /// `opts.connect_timeout` for it to bind. Receives every message sent
+    /// from the moment the publisher sees it join (see
+    /// [`ShmPublisher::wait_for_subscribers`]).
+    pub async fn connect(address: &Address, opts: &Options) -> Result<Self> {
+        let name = shm_name(address)?;
+        let t0 = Instant::now();
+        let reader = loop {
+            if let Some(h) = names::lookup(name)? {
+                match BroadcastReader::attach(&h) {
+                    Ok(r) if r.writer_alive() => break r,
+                    // A stale binding, or the ring vanished between the
+                    // lookup and the attach: wait for a live one.
+                    Ok(_)
+                    | Err(shoal_shm_ring::Error::NotFound { .. })
+                    | Err(shoal_shm_ring::Error::WriterGone { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if t0.elapsed() >= opts.connect_timeout {
+                return Err(Error::NotBound {
+                    address: address.to_string(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        let format = reader.payload_format();
+        if format.as_bytes() != FORMAT {
+            return Err(Error::Corrupt {
+                what: "ring payload format",
+                found: 0,
+                expected: "shoal-env1 (this build's envelope)",
+            });
+        }
+        let fd = reader.ready_fd()?;
+        // SAFETY: a ReadyFd owns its eventfd (an OwnedFd) for its whole
+        // life and always returns that descriptor from as_raw_fd; the
+        // AsyncFd owns the ReadyFd, so the fd stays open and the same until
+        // the AsyncFd drops.
+        let ready = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+            .map_err(|e| Error::Io {
+            what: "registering the ring's ReadyFd with tokio".into(),
+            source: e.into(),
+        })?;
+        Ok(ShmSubscriber {
+            reader,
+            ready,
+            prefixes: Vec::new(),
+            max_message: opts.max_message,
+            address: address.to_string(),
+        })
+    }
+
+    /// Receives only messages whose topic starts with `prefix` (call again
+    /// for more prefixes; with none, everything is received).
+    pub fn subscribe(&mut self, prefix: &[u8]) {
+        self.prefixes.push(prefix.to_vec());
+    }
+}
+
+/// Whether `topic` passes `prefixes` (none: everything passes).
+fn wanted(prefixes: &[Vec<u8>], topic: &[u8]) -> bool {
+    prefixes.is_empty() || prefixes.iter().any(|p| topic.starts_with(p))
+}
+
+/// The topic and payload ranges of ring record `rec` (bytes from a
+/// same-uid peer: every field of the envelope bounds-checked).
+fn parse(
+    max_message: usize,
+    rec: &[u8],
+) -> Result<(std::ops::Range<usize>, std::ops::Range<usize>)> {
+    let head: &[u8; HEADER_LEN] = rec
+        .get(..HEADER_LEN)
+        .and_then(|h| h.try_into().ok())
+        .ok_or(Error::Corrupt {
+            what: "ring record length",
+            found: rec.len() as u64,
+            expected: "at least the 16-byte envelope",
+        })?;
+    let max_body = u32::try_from(max_message.saturating_add(2048)).unwrap_or(u32::MAX);
+    let h = Header::decode(head, max_body)?;
+    if h.kind != Kind::Message || HEADER_LEN + h.body_len as usize != rec.len() {
+        return Err(Error::Corrupt {
+            what: "envelope body length",
+            found: h.body_len as u64,
+            expected: "the record's length less the envelope",
+        });
+    }
+    let topic = HEADER_LEN..HEADER_LEN + h.topic_len as usize;
+    let payload = HEADER_LEN + h.payload_offset()..rec.len();
+    if payload.len() > max_message {
+        return Err(Error::TooLarge {
+            what: "payload",
+            got: payload.len() as u64,
+            limit: max_message as u64,
+        });
+    }
+    Ok((topic, payload))
+}
+
+impl ShmSubscriber {
+    /// Waits for the next message whose topic is subscribed. The payload
+    /// stays in shared memory until the frame drops. Cancel-safe: dropped
+    /// before it returns, it took nothing. A malformed record is skipped
+    /// with its error returned (the next call goes on after it).
+    pub async fn recv(&mut self) -> Result<Frame<'_>> {
+        loop {
+            // A record there? Peek: the guard is taken only once it is ours.
+            let (max, prefixes) = (self.max_message, &self.prefixes);
+            let verdict = self
+                .reader
+                .peek()?
+                .map(|rec| parse(max, rec).map(|(t, p)| (wanted(prefixes, &rec[t.clone()]), t, p)));
+            match verdict {
+                Some(Ok((true, topic, payload))) => {
+                    let g = self.reader.try_recv()?.ok_or(Error::Closed)?;
+                    return Ok(Frame::ring(g, topic, payload));
+                }
+                Some(Ok((false, ..))) => {
+                    drop(self.reader.try_recv()?);
+                }
+                Some(Err(e)) => {
+                    drop(self.reader.try_recv()?);
+                    return Err(e);
+                }
+                None => self.wait().await?,
+            }
+        }
+    }
+
+    /// Waits until the ring may have a record (or the publisher closed or
+    /// died, which the next look reports).
+    async fn wait(&mut self) -> Result<()> {
+        self.ready.get_ref().arm();
+        if self.reader.peek()?.is_some() {
+            return Ok(());
+        }
+        let mut guard = self.ready.readable().await.map_err(|source| Error::Io {
+            what: "awaiting the ring's ReadyFd".into(),
+            source,
+        })?;
+        guard.get_inner().clear();
+        guard.clear_ready();
+        if self.reader.peek()?.is_none() && !self.reader.writer_alive() {
+            return Err(Error::PeerGone {
+                address: self.address.clone(),
+            });
+        }
+        Ok(())
+    }
+}
