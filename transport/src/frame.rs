@@ -249,14 +249,26 @@ impl Frame<'static> {
     }
 }
 
+/// An empty slice whose address is [`ARCHIVE_ALIGN`]-aligned (an empty
+/// buffer's dangling pointer need not be, and rkyv checks the address even
+/// of an empty archive).
+#[repr(align(16))]
+struct AlignedEmpty([u8; 16]);
+static EMPTY: AlignedEmpty = AlignedEmpty([0; 16]);
+
 impl Deref for Frame<'_> {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        match &self.bytes {
+        let b: &[u8] = match &self.bytes {
             Bytes::Slice(s) => s,
             Bytes::Owned(b, r) => &b[r.clone()],
             #[cfg(feature = "shm")]
             Bytes::Ring(g, _, r) => &g[r.clone()],
+        };
+        if b.is_empty() {
+            &EMPTY.0[..0]
+        } else {
+            b
         }
     }
 }
@@ -410,6 +422,21 @@ mod tests {
             assert_eq!(q.ok(), Some(7), "offset {off}");
         }
         assert!(Frame::owned_range(zeroed(8), 4..16).is_err());
+    }
+
+    /// Found by the envelope_decoder fuzz target: an empty payload came
+    /// back at an empty buffer's dangling (unaligned) address.
+    #[test]
+    fn empty_frames_are_aligned_too() {
+        for f in [
+            Frame::owned(AlignedBuf::default()),
+            Frame::from_bytes(&[]),
+            Frame::owned_range(AlignedBuf::default(), 0..0).unwrap(),
+        ] {
+            assert!(f.is_empty());
+            assert!((f.as_ptr() as usize).is_multiple_of(ARCHIVE_ALIGN));
+            assert!(f.archived::<()>().is_ok());
+        }
     }
 
     #[test]
