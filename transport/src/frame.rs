@@ -97,6 +97,14 @@ enum Bytes<'a> {
         std::ops::Range<usize>,
         std::ops::Range<usize>,
     ),
+    /// A record taken from a shared-memory work queue (MPMC ring):
+    /// released when the frame drops. Ranges as for `Ring`.
+    #[cfg(feature = "shm")]
+    Taken(
+        shoal_shm_ring::TakeGuard<'a>,
+        std::ops::Range<usize>,
+        std::ops::Range<usize>,
+    ),
 }
 
 /// A received message: it owns its bytes (or borrows them for `'a`, from a
@@ -159,6 +167,26 @@ impl<'a> Frame<'a> {
         }
     }
 
+    /// A frame over the payload of a record taken from a work queue; as
+    /// [`ring`](Self::ring).
+    #[cfg(feature = "shm")]
+    pub(crate) fn taken(
+        guard: shoal_shm_ring::TakeGuard<'a>,
+        topic: std::ops::Range<usize>,
+        payload: std::ops::Range<usize>,
+    ) -> Self {
+        if (guard[payload.clone()].as_ptr() as usize).is_multiple_of(ARCHIVE_ALIGN) {
+            Frame {
+                bytes: Bytes::Taken(guard, topic, payload),
+                topic: None,
+            }
+        } else {
+            let mut f = Frame::owned(AlignedBuf::copy_from(&guard[payload]));
+            f.topic = Some(AlignedBuf::copy_from(&guard[topic]));
+            f
+        }
+    }
+
     /// Whether the frame borrows its bytes (no copy was made): from a
     /// caller's buffer or a ring.
     pub fn is_borrowed(&self) -> bool {
@@ -166,7 +194,7 @@ impl<'a> Frame<'a> {
             Bytes::Slice(_) => true,
             Bytes::Owned(..) => false,
             #[cfg(feature = "shm")]
-            Bytes::Ring(..) => true,
+            Bytes::Ring(..) | Bytes::Taken(..) => true,
         }
     }
 
@@ -175,6 +203,8 @@ impl<'a> Frame<'a> {
         match (&self.bytes, &self.topic) {
             #[cfg(feature = "shm")]
             (Bytes::Ring(g, t, _), _) => &g[t.clone()],
+            #[cfg(feature = "shm")]
+            (Bytes::Taken(g, t, _), _) => &g[t.clone()],
             (_, Some(t)) => t,
             _ => &[],
         }
@@ -264,6 +294,8 @@ impl Deref for Frame<'_> {
             Bytes::Owned(b, r) => &b[r.clone()],
             #[cfg(feature = "shm")]
             Bytes::Ring(g, _, r) => &g[r.clone()],
+            #[cfg(feature = "shm")]
+            Bytes::Taken(g, _, r) => &g[r.clone()],
         };
         if b.is_empty() {
             &EMPTY.0[..0]

@@ -18,10 +18,11 @@
 //!   allocates anything.
 //! - [`options`]: what every endpoint can be told (sizes, timeouts).
 //! - [`shm`] (feature `shm`, on by default): publish/subscribe over a
-//!   shared-memory broadcast ring, awaited through tokio.
+//!   shared-memory broadcast ring and push/pull over an MPMC ring, awaited
+//!   through tokio.
 //! - [`error`]: the crate's one error type.
 //!
-//! Still to come (issue 7): push/pull and request/reply, the trait the
+//! Still to come (issue 7): request/reply, the trait the
 //! conformance suite is generic over, blocking wrappers, and the nng and
 //! QUIC backends.
 
@@ -39,4 +40,4 @@ pub use error::{Error, Result};
 pub use frame::{archive_into, AlignedBuf, Archivable, Archived, Frame, ARCHIVE_ALIGN};
 pub use options::Options;
 #[cfg(feature = "shm")]
-pub use shm::{ShmPublisher, ShmSubscriber};
+pub use shm::{ShmPublisher, ShmPuller, ShmPusher, ShmSubscriber};

@@ -7,6 +7,8 @@
 //!   gets every message (backpressure: the publisher waits for the slowest
 //!   live subscriber; a dead one is evicted), topics are filtered at the
 //!   subscriber, payloads are read in place.
+//! - [`pushpull`]: push/pull over an MPMC ring: each message to exactly one
+//!   puller.
 //!
 //! Receiving awaits the ring through its [`ReadyFd`](shoal_shm_ring::ReadyFd)
 //! registered with tokio (`AsyncFd`): no timer polling, no thread blocked.
@@ -15,5 +17,7 @@
 
 pub mod names;
 pub mod pubsub;
+pub mod pushpull;
 
 pub use pubsub::{ShmPublisher, ShmSubscriber};
+pub use pushpull::{ShmPuller, ShmPusher};

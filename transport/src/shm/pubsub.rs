@@ -20,13 +20,13 @@ use tokio::task::JoinHandle;
 
 /// The payload-format tag of the rings (the envelope version; checked by
 /// subscribers so a mismatched build fails naming both sides).
-const FORMAT: &[u8] = b"shoal-env1";
+pub(super) const FORMAT: &[u8] = b"shoal-env1";
 
-fn pad16(n: usize) -> usize {
+pub(super) fn pad16(n: usize) -> usize {
     n.div_ceil(16) * 16
 }
 
-fn shm_name(address: &Address) -> Result<&str> {
+pub(super) fn shm_name(address: &Address) -> Result<&str> {
     match address {
         Address::Shm { name } => Ok(name),
         other => Err(Error::BadAddress {
@@ -38,7 +38,7 @@ fn shm_name(address: &Address) -> Result<&str> {
 
 /// Writes the envelope header and topic at the start of `buf`; returns the
 /// payload's offset.
-fn put_envelope(buf: &mut [u8], topic: &[u8], payload_len: usize) -> Result<usize> {
+pub(super) fn put_envelope(buf: &mut [u8], topic: &[u8], payload_len: usize) -> Result<usize> {
     let h = Header::new(Kind::Message, topic, payload_len, 0)?;
     buf[..HEADER_LEN].copy_from_slice(&h.encode());
     let off = HEADER_LEN + pad16(topic.len());
@@ -357,7 +357,7 @@ fn wanted(prefixes: &[Vec<u8>], topic: &[u8]) -> bool {
 
 /// The topic and payload ranges of ring record `rec` (bytes from a
 /// same-uid peer: every field of the envelope bounds-checked).
-fn parse(
+pub(super) fn parse(
     max_message: usize,
     rec: &[u8],
 ) -> Result<(std::ops::Range<usize>, std::ops::Range<usize>)> {

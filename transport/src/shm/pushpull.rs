@@ -1,0 +1,274 @@
+//! Push/pull over a shared-memory work queue (an MPMC ring): each message
+//! goes to exactly one puller. The first puller binds `shm://NAME` (it
+//! creates the ring); more pullers and any number of pushers connect.
+//!
+//! Records carry the same envelope as publish/subscribe (kind, topic,
+//! payload 16-byte aligned), so a payload is read in place.
+
+use super::names::{self, Binding};
+use super::pubsub::{pad16, parse, put_envelope, shm_name, FORMAT};
+use crate::address::Address;
+use crate::envelope::HEADER_LEN;
+use crate::error::{Error, Result};
+use crate::frame::Frame;
+use crate::options::Options;
+use shoal_shm_ring::{
+    Handle, MpmcConfig, MpmcConsumer, MpmcProducer, MpmcRing, PeerOptions, ReadyFd, SegmentKind,
+    Wait, FORMAT_TAG_LEN,
+};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::unix::AsyncFd;
+use tokio::task::JoinHandle;
+
+fn format_tag() -> [u8; FORMAT_TAG_LEN] {
+    let mut t = [0u8; FORMAT_TAG_LEN];
+    t[..FORMAT.len()].copy_from_slice(FORMAT);
+    t
+}
+
+/// The ring bound at `address`, waiting up to `timeout` for a binding
+/// whose creator lives.
+async fn lookup_live(address: &Address, timeout: Duration) -> Result<Handle> {
+    let name = shm_name(address)?;
+    let t0 = Instant::now();
+    loop {
+        if let Some(h) = names::lookup(name)? {
+            if shoal_shm_ring::Segment::attach(h.name(), SegmentKind::Mpmc)
+                .map(|s| s.creator_alive())
+                .unwrap_or(false)
+            {
+                return Ok(h);
+            }
+        }
+        if t0.elapsed() >= timeout {
+            return Err(Error::NotBound {
+                address: address.to_string(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The pushing end: connects to the queue a puller bound.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use shoal_transport::{Address, Options, ShmPuller, ShmPusher};
+/// let addr: Address = format!("shm://doc-push-{}", std::process::id()).parse()?;
+/// let mut puller = ShmPuller::bind(&addr, &Options::default())?;
+/// let mut pusher = ShmPusher::connect(&addr, &Options::default()).await?;
+/// pusher.send(b"job 1").await?;
+/// assert_eq!(&*puller.recv().await?, b"job 1");
+/// # Ok::<(), shoal_transport::Error>(())
+/// # }).unwrap();
+/// ```
+pub struct ShmPusher {
+    producer: Arc<Mutex<MpmcProducer>>,
+    pending: Option<JoinHandle<Result<()>>>,
+    max_message: usize,
+    send_timeout: Option<Duration>,
+}
+
+impl std::fmt::Debug for ShmPusher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShmPusher").finish_non_exhaustive()
+    }
+}
+
+impl ShmPusher {
+    /// Attaches as a producer to the queue bound at `address`, waiting up
+    /// to `opts.connect_timeout` for it.
+    pub async fn connect(address: &Address, opts: &Options) -> Result<Self> {
+        let h = lookup_live(address, opts.connect_timeout).await?;
+        let producer = MpmcProducer::attach_with(&h, PeerOptions::default(), Some(format_tag()))?;
+        Ok(ShmPusher {
+            producer: Arc::new(Mutex::new(producer)),
+            pending: None,
+            max_message: opts.max_message,
+            send_timeout: opts.send_timeout,
+        })
+    }
+
+    /// Queues `payload` for exactly one puller, waiting while the queue is
+    /// full (see [`Options::send_timeout`]). Cancel-safe: a send dropped
+    /// before it returns queued nothing.
+    pub async fn send(&mut self, payload: &[u8]) -> Result<()> {
+        if payload.len() > self.max_message {
+            return Err(Error::TooLarge {
+                what: "payload",
+                got: payload.len() as u64,
+                limit: self.max_message as u64,
+            });
+        }
+        let len = HEADER_LEN + pad16(0) + payload.len();
+        loop {
+            if let Some(h) = self.pending.take() {
+                // A wait left by a cancelled send: its outcome is moot.
+                let _ = h.await;
+            }
+            {
+                let mut p = self.producer.lock().unwrap_or_else(|e| e.into_inner());
+                let res = p.reserve_with(len, Wait::no_wait());
+                match res {
+                    Ok(mut r) => {
+                        let off = put_envelope(&mut r, &[], payload.len())?;
+                        r[off..off + payload.len()].copy_from_slice(payload);
+                        r.commit(len)?;
+                        return Ok(());
+                    }
+                    Err(shoal_shm_ring::Error::WouldBlock) => {}
+                    Err(e) => return Err(e.into()),
+                };
+            }
+            let p = self.producer.clone();
+            let wait_for = self.send_timeout;
+            self.pending = Some(tokio::task::spawn_blocking(move || -> Result<()> {
+                let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
+                let wait = wait_for.map_or(Wait::forever(), Wait::timeout);
+                let r = p.reserve_with(len, wait).map(drop);
+                match r {
+                    Ok(()) => Ok(()),
+                    Err(shoal_shm_ring::Error::Timeout) => Err(Error::Timeout {
+                        what: "push (waiting for room in the queue)",
+                        after: wait_for.unwrap_or_default(),
+                    }),
+                    Err(e) => Err(e.into()),
+                }
+            }));
+            let joined = match self.pending.as_mut() {
+                Some(h) => h.await,
+                None => continue,
+            };
+            self.pending = None;
+            joined.map_err(|e| Error::Io {
+                what: "waiting for room in the queue".into(),
+                source: std::io::Error::other(e),
+            })??;
+        }
+    }
+}
+
+/// `&mut ShmPuller` as a raw pointer that a `Send` future may hold across
+/// an await (see [`ShmPuller::recv`]).
+struct SelfPtr(*mut ShmPuller);
+
+// SAFETY: a `SelfPtr` only ever points to the `ShmPuller` whose `&mut` the
+// `recv` future holding it has borrowed for its whole life; moving that
+// future to another thread moves the exclusive borrow with it, and
+// `ShmPuller` itself is `Send`.
+unsafe impl Send for SelfPtr {}
+
+/// The pulling end: each message is taken by exactly one puller.
+pub struct ShmPuller {
+    consumer: MpmcConsumer,
+    ready: AsyncFd<ReadyFd>,
+    max_message: usize,
+    /// The ring, kept by the puller that bound it (its creator).
+    _ring: Option<MpmcRing>,
+    _binding: Option<Binding>,
+}
+
+impl std::fmt::Debug for ShmPuller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShmPuller").finish_non_exhaustive()
+    }
+}
+
+impl ShmPuller {
+    fn with(
+        consumer: MpmcConsumer,
+        opts: &Options,
+        ring: Option<MpmcRing>,
+        binding: Option<Binding>,
+    ) -> Result<Self> {
+        let fd = consumer.ready_fd()?;
+        // SAFETY: a ReadyFd owns its eventfd for its whole life and always
+        // returns that descriptor from as_raw_fd; the AsyncFd owns the
+        // ReadyFd, so the fd stays open and the same until it drops.
+        let ready = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+            .map_err(|e| Error::Io {
+            what: "registering the queue's ReadyFd with tokio".into(),
+            source: e.into(),
+        })?;
+        Ok(ShmPuller {
+            consumer,
+            ready,
+            max_message: opts.max_message,
+            _ring: ring,
+            _binding: binding,
+        })
+    }
+
+    /// Creates a queue of `opts.capacity` bytes (up to `opts.max_peers`
+    /// pushers and as many pullers), binds it to `address`, and pulls from
+    /// it.
+    pub fn bind(address: &Address, opts: &Options) -> Result<Self> {
+        let name = shm_name(address)?;
+        let cfg =
+            MpmcConfig::new(opts.capacity, opts.max_peers, opts.max_peers).payload_format(FORMAT);
+        let ring = MpmcRing::create(&cfg)?;
+        let binding = Binding::bind(
+            name,
+            &ring.handle(),
+            SegmentKind::Mpmc,
+            &address.to_string(),
+        )?;
+        let consumer =
+            MpmcConsumer::attach_with(&ring.handle(), PeerOptions::default(), Some(format_tag()))?;
+        Self::with(consumer, opts, Some(ring), Some(binding))
+    }
+
+    /// Pulls from the queue bound at `address`, beside its other pullers.
+    pub async fn connect(address: &Address, opts: &Options) -> Result<Self> {
+        let h = lookup_live(address, opts.connect_timeout).await?;
+        let consumer = MpmcConsumer::attach_with(&h, PeerOptions::default(), Some(format_tag()))?;
+        Self::with(consumer, opts, None, None)
+    }
+
+    /// Takes the next message if one is there: its envelope checked, or
+    /// the record released and the error returned.
+    fn take_now(&mut self) -> Result<Option<Frame<'_>>> {
+        let max = self.max_message;
+        let Some(g) = self.consumer.try_take()? else {
+            return Ok(None);
+        };
+        let (topic, payload) = parse(max, &g)?;
+        Ok(Some(Frame::taken(g, topic, payload)))
+    }
+
+    /// Waits for the next message and takes it (no other puller gets it).
+    /// Cancel-safe: dropped before it returns, it took nothing. A
+    /// malformed record is released and its error returned.
+    pub async fn recv(&mut self) -> Result<Frame<'_>> {
+        // The borrow checker cannot see that a frame borrowed from `self`
+        // and returned on one path is dead on the other (NLL "problem case
+        // 3"), so each use below reborrows `self` afresh from this pointer;
+        // `self` itself is not touched again.
+        let this = SelfPtr(self);
+        loop {
+            // SAFETY: `this` comes from the `&mut self` this call holds for
+            // its whole length, and no other reference to `*this` is live:
+            // the previous reborrow either was returned (ending the loop)
+            // or ended with its statement.
+            if let Some(f) = unsafe { &mut *this.0 }.take_now()? {
+                return Ok(f);
+            }
+            // SAFETY: as above.
+            unsafe { &mut *this.0 }.ready.get_ref().arm();
+            // SAFETY: as above.
+            if let Some(f) = unsafe { &mut *this.0 }.take_now()? {
+                return Ok(f);
+            }
+            // SAFETY: as above; the reborrow lives until the readiness
+            // guard is dropped at the end of this iteration.
+            let me = unsafe { &mut *this.0 };
+            let mut guard = me.ready.readable().await.map_err(|source| Error::Io {
+                what: "awaiting the queue's ReadyFd".into(),
+                source,
+            })?;
+            guard.get_inner().clear();
+            guard.clear_ready();
+        }
+    }
+}

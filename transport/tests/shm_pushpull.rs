@@ -1,0 +1,165 @@
+//! Push/pull over shared memory (issue 7): each message to exactly one
+//! puller, every size, backpressure, cancellation, another process.
+#![cfg(feature = "shm")]
+
+use shoal_transport::{Address, Error, Options, ShmPuller, ShmPusher};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+const SEC: Duration = Duration::from_secs(1);
+
+fn addr(tag: &str) -> Address {
+    format!("shm://tq-{tag}-{}", std::process::id())
+        .parse()
+        .unwrap()
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn every_message_goes_to_exactly_one_puller() {
+    rt().block_on(async {
+        let a = addr("once");
+        let o = Options::default().capacity(1 << 16);
+        let mut p1 = ShmPuller::bind(&a, &o).unwrap();
+        let mut p2 = ShmPuller::connect(&a, &o).await.unwrap();
+        const N: u32 = 2000;
+        let pushers: Vec<_> = (0..2u32)
+            .map(|k| {
+                let a = a.clone();
+                let o = o.clone();
+                tokio::spawn(async move {
+                    let mut s = ShmPusher::connect(&a, &o).await.unwrap();
+                    for i in 0..N {
+                        s.send(&(k * N + i).to_le_bytes()).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        let pull = |mut p: ShmPuller| async move {
+            let mut got = Vec::new();
+            while let Ok(Ok(f)) = tokio::time::timeout(SEC / 2, p.recv()).await {
+                got.push(u32::from_le_bytes(f[..4].try_into().unwrap()));
+            }
+            (p, got)
+        };
+        let (h1, h2) = (tokio::spawn(pull(p1)), tokio::spawn(pull(p2)));
+        for p in pushers {
+            p.await.unwrap();
+        }
+        let ((q1, g1), (q2, g2)) = (h1.await.unwrap(), h2.await.unwrap());
+        (p1, p2) = (q1, q2);
+        let all: BTreeSet<u32> = g1.iter().chain(&g2).copied().collect();
+        assert_eq!(
+            g1.len() + g2.len(),
+            (2 * N) as usize,
+            "duplicates or losses"
+        );
+        assert_eq!(all, (0..2 * N).collect::<BTreeSet<_>>());
+        // Each pusher's messages arrive in its order at each puller.
+        for g in [&g1, &g2] {
+            for k in 0..2 {
+                let mine: Vec<u32> = g.iter().copied().filter(|v| v / N == k).collect();
+                assert!(mine.windows(2).all(|w| w[0] < w[1]), "pusher {k} reordered");
+            }
+        }
+        drop((p1, p2));
+    });
+}
+
+#[test]
+fn messages_of_every_size_arrive_whole_and_aligned() {
+    rt().block_on(async {
+        let a = addr("sizes");
+        let o = Options::default();
+        let mut pull = ShmPuller::bind(&a, &o).unwrap();
+        let mut push = ShmPusher::connect(&a, &o).await.unwrap();
+        for (i, n) in [0usize, 1, 33, 4096, 200_000, 3 << 20]
+            .into_iter()
+            .enumerate()
+        {
+            let m: Vec<u8> = (0..n).map(|k| (k * 7 + i) as u8).collect();
+            push.send(&m).await.unwrap();
+            let f = tokio::time::timeout(5 * SEC, pull.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(&*f, &m[..], "size {n}");
+            assert_eq!(f.as_ptr() as usize % 16, 0, "size {n}");
+        }
+    });
+}
+
+#[test]
+fn a_cancelled_recv_takes_nothing_and_a_full_queue_times_out() {
+    rt().block_on(async {
+        let a = addr("cancel");
+        let o = Options::default()
+            .capacity(1 << 14)
+            .send_timeout(Some(Duration::from_millis(200)));
+        let mut pull = ShmPuller::bind(&a, &o).unwrap();
+        let mut push = ShmPusher::connect(&a, &o).await.unwrap();
+        // Nothing there: the recv is cancelled by the timeout.
+        assert!(tokio::time::timeout(Duration::from_millis(50), pull.recv())
+            .await
+            .is_err());
+        let mut sent = 0u32;
+        let e = loop {
+            match push.send(&sent.to_le_bytes().repeat(100)).await {
+                Ok(()) => sent += 1,
+                Err(e) => break e,
+            }
+            assert!(sent < 100, "a 16 KiB queue took 40 KiB");
+        };
+        assert!(matches!(e, Error::Timeout { .. }), "{e}");
+        for i in 0..sent {
+            let f = pull.recv().await.unwrap();
+            assert_eq!(&f[..4], &i.to_le_bytes());
+        }
+        push.send(b"room again").await.unwrap();
+        assert_eq!(&*pull.recv().await.unwrap(), b"room again");
+    });
+}
+
+/// A pusher in another process.
+#[test]
+fn a_pusher_in_another_process() {
+    if let Ok(name) = std::env::var("SHOAL_TQ_PUSH") {
+        rt().block_on(async {
+            let a: Address = format!("shm://{name}").parse().unwrap();
+            let mut s = ShmPusher::connect(&a, &Options::default()).await.unwrap();
+            for i in 0..1000u32 {
+                s.send(&i.to_le_bytes().repeat((i % 50) as usize + 1))
+                    .await
+                    .unwrap();
+            }
+        });
+        return;
+    }
+    rt().block_on(async {
+        let a = addr("xproc");
+        let Address::Shm { name } = &a else {
+            unreachable!()
+        };
+        let mut pull = ShmPuller::bind(&a, &Options::default()).unwrap();
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "a_pusher_in_another_process", "--nocapture"])
+            .env("SHOAL_TQ_PUSH", name)
+            .spawn()
+            .unwrap();
+        for i in 0..1000u32 {
+            let f = tokio::time::timeout(10 * SEC, pull.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(&*f, &i.to_le_bytes().repeat((i % 50) as usize + 1)[..]);
+        }
+        assert!(child.wait().unwrap().success());
+    });
+}
