@@ -219,7 +219,12 @@ impl<'a> Frame<'a> {
     }
 
     /// The archived `T` in this frame, validated (bytecheck) first: safe on
-    /// bytes from any peer. Costs a walk over the archive; see
+    /// any bytes that do not change after the check, such as a network
+    /// frame, whatever its sender put in it. A frame still in shared memory
+    /// is validated the same way, but a *malicious* process of the same
+    /// user that writes the segment after the check is outside what any
+    /// check can cover (see shoal-shm-ring's "Guards stay put"). Costs a
+    /// walk over the archive; see
     /// [`archived_unchecked`](Self::archived_unchecked) for trusted bytes.
     pub fn archived<T>(&self) -> Result<&T::Archived>
     where
@@ -238,11 +243,16 @@ impl<'a> Frame<'a> {
     /// The bytes must be a valid archive of `T`, serialized by a build with
     /// the same rkyv format, and nobody may write them while the returned
     /// reference lives: for example a ring payload written by a trusted
-    /// same-uid process. Anything else is undefined behaviour.
+    /// same-uid process. `T::Archived` must not need an alignment above
+    /// [`ARCHIVE_ALIGN`] (the frame guarantees 16 bytes, no more). Anything
+    /// else is undefined behaviour.
     pub unsafe fn archived_unchecked<T: rkyv::Archive>(&self) -> &T::Archived {
         // SAFETY: the caller guarantees the bytes are a valid archive of
-        // `T` that nobody writes while the reference lives; the frame's
-        // bytes start ARCHIVE_ALIGN-aligned (both constructors see to it).
+        // `T` that nobody writes while the reference lives, and that
+        // `T::Archived` needs at most ARCHIVE_ALIGN; every constructor of a
+        // frame makes its bytes start ARCHIVE_ALIGN-aligned (copying them
+        // when they are not), and an empty frame derefs to an aligned
+        // empty slice.
         unsafe { rkyv::access_unchecked::<T::Archived>(self) }
     }
 }

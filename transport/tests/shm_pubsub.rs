@@ -59,10 +59,7 @@ fn every_subscriber_gets_every_message_in_order_at_every_size() {
         s2 = r2.await.unwrap();
         drop(p);
         for s in [&mut s1, &mut s2] {
-            assert!(matches!(
-                s.recv().await,
-                Err(Error::Ring(shoal_shm_ring::Error::Closed))
-            ));
+            assert!(matches!(s.recv().await, Err(Error::Closed)));
         }
     });
 }
@@ -242,12 +239,12 @@ fn a_subscriber_in_another_process_sees_everything_then_its_publisher_die() {
     // The dead publisher's name file stays behind: cleanup removes it (and
     // leaves live names alone), and the name is free again either way.
     let live = ShmPublisher::bind(&addr("live"), &Options::default()).unwrap();
-    let path = format!("/dev/shm/shoal-n-{name}");
+    let path = format!("/dev/shm/shoalname.{name}");
     assert!(std::path::Path::new(&path).exists());
     assert!(shoal_transport::shm::names::cleanup_stale().unwrap() >= 1);
     assert!(!std::path::Path::new(&path).exists());
     assert!(
-        std::path::Path::new(&format!("/dev/shm/shoal-n-t-live-{}", std::process::id())).exists()
+        std::path::Path::new(&format!("/dev/shm/shoalname.t-live-{}", std::process::id())).exists()
     );
     drop(live);
     rt().block_on(async {
@@ -304,4 +301,110 @@ fn publisher_child_entry() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         std::process::abort();
     });
+}
+
+/// Review 8 (C1): a send cancelled while it waits for room left the
+/// writer's lock to a blocking-pool wait, and the next call blocked the
+/// runtime thread on that lock. On a current-thread runtime whose
+/// subscriber needs that thread to drain, that froze everything until the
+/// old wait gave up. The next call now joins the old wait first.
+#[test]
+fn a_cancelled_send_does_not_freeze_the_runtime() {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let a = addr("cancelled");
+            let o = Options::default().capacity(1 << 14);
+            let mut p = ShmPublisher::bind(&a, &o).unwrap();
+            let mut s = ShmSubscriber::connect(&a, &o).await.unwrap();
+            p.wait_for_subscribers(1, 5 * SEC).await.unwrap();
+            let mut sent = 0u32;
+            // Fill the ring; the send that finds it full is cancelled.
+            loop {
+                let r = tokio::time::timeout(Duration::from_millis(50), p.send(b"", &[1u8; 1000]));
+                match r.await {
+                    Ok(r) => {
+                        r.unwrap();
+                        sent += 1;
+                    }
+                    Err(_) => break,
+                }
+            }
+            let t0 = std::time::Instant::now();
+            // The subscriber drains on this same thread while the next
+            // send waits: both must finish promptly.
+            let drain = async {
+                for _ in 0..=sent {
+                    s.recv().await.unwrap();
+                }
+            };
+            let send = async {
+                p.send(b"", b"after").await.unwrap();
+            };
+            tokio::time::timeout(5 * SEC, async { tokio::join!(drain, send) })
+                .await
+                .expect("the runtime froze");
+            assert!(t0.elapsed() < 2 * SEC, "took {:?}", t0.elapsed());
+        });
+}
+
+/// Review 8 (C8, C4): what sits at a name file's path is trusted only if
+/// it is a regular 0600 file of ours: a planted FIFO neither hangs a
+/// connect nor a bind, a file with other permissions is refused, and the
+/// ring cleanup of shoal-shm-ring leaves live name files alone.
+#[test]
+fn planted_name_files_are_refused_and_ring_cleanup_spares_live_names() {
+    rt().block_on(async {
+        let o = Options::default().connect_timeout(Duration::from_millis(100));
+        let fifo = addr("fifo");
+        let Address::Shm { name } = &fifo else {
+            unreachable!()
+        };
+        let path = format!("/dev/shm/shoalname.{name}");
+        let c = std::ffi::CString::new(path.clone()).unwrap();
+        // SAFETY: a NUL-terminated path; mkfifo creates a FIFO there.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let t0 = std::time::Instant::now();
+        assert!(ShmSubscriber::connect(&fifo, &o).await.is_err());
+        assert!(ShmPublisher::bind(&fifo, &o).is_err());
+        assert!(t0.elapsed() < 2 * SEC);
+        std::fs::remove_file(&path).unwrap();
+
+        let open = addr("mode");
+        let Address::Shm { name } = &open else {
+            unreachable!()
+        };
+        let path = format!("/dev/shm/shoalname.{name}");
+        std::fs::write(&path, b"shm://shoal-bc-0000000000000000").unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
+        let e = ShmPublisher::bind(&open, &o).unwrap_err();
+        assert!(e.to_string().contains("0600"), "{e}");
+        std::fs::remove_file(&path).unwrap();
+
+        let live = addr("spared");
+        let _p = ShmPublisher::bind(&live, &o).unwrap();
+        shoal_shm_ring::cleanup_stale().unwrap();
+        assert!(ShmSubscriber::connect(&live, &o).await.is_ok());
+    });
+}
+
+/// A name file a binder left half-written (garbage) is taken over.
+#[test]
+fn a_garbage_name_file_of_ours_is_taken_over() {
+    let a = addr("garbage");
+    let Address::Shm { name } = &a else {
+        unreachable!()
+    };
+    let path = format!("/dev/shm/shoalname.{name}");
+    std::fs::write(&path, b"not a handle").unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let p = ShmPublisher::bind(&a, &Options::default()).unwrap();
+    assert!(std::fs::read_to_string(&path)
+        .unwrap()
+        .starts_with("shm://shoal-bc-"));
+    drop(p);
+    assert!(!std::path::Path::new(&path).exists());
 }

@@ -10,9 +10,7 @@ use crate::envelope::{Header, Kind, HEADER_LEN};
 use crate::error::{Error, Result};
 use crate::frame::{archive_into, Archivable, Archived, Frame};
 use crate::options::Options;
-use shoal_shm_ring::{
-    BroadcastConfig, BroadcastReader, BroadcastWriter, ReadyFd, SegmentKind, Wait,
-};
+use shoal_shm_ring::{BroadcastConfig, BroadcastReader, BroadcastWriter, ReadyFd, Wait};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
@@ -21,6 +19,9 @@ use tokio::task::JoinHandle;
 /// The payload-format tag of the rings (the envelope version; checked by
 /// subscribers so a mismatched build fails naming both sides).
 pub(super) const FORMAT: &[u8] = b"shoal-env1";
+
+/// The smallest payload room a typed send reserves.
+const MIN_HINT: usize = 256;
 
 pub(super) fn pad16(n: usize) -> usize {
     n.div_ceil(16) * 16
@@ -63,6 +64,9 @@ pub(super) fn put_envelope(buf: &mut [u8], topic: &[u8], payload_len: usize) -> 
 /// # }).unwrap();
 /// ```
 pub struct ShmPublisher {
+    /// Declared first, so it is dropped first: the name goes before the
+    /// ring, and never names a ring that already looks dead.
+    _binding: Binding,
     writer: Arc<Mutex<BroadcastWriter>>,
     /// A wait for room still running in the blocking pool (a send whose
     /// future was dropped while it waited): the next send joins it first.
@@ -72,7 +76,6 @@ pub struct ShmPublisher {
     max_message: usize,
     send_timeout: Option<Duration>,
     address: String,
-    _binding: Binding,
 }
 
 impl std::fmt::Debug for ShmPublisher {
@@ -90,20 +93,15 @@ impl ShmPublisher {
         let name = shm_name(address)?;
         let cfg = BroadcastConfig::new(opts.capacity, opts.max_peers).payload_format(FORMAT);
         let writer = BroadcastWriter::create(&cfg)?;
-        let binding = Binding::bind(
-            name,
-            &writer.handle(),
-            SegmentKind::Broadcast,
-            &address.to_string(),
-        )?;
+        let binding = Binding::bind(name, &writer.handle(), &address.to_string())?;
         Ok(ShmPublisher {
+            _binding: binding,
             writer: Arc::new(Mutex::new(writer)),
             pending: None,
-            archive_hint: 256,
+            archive_hint: MIN_HINT,
             max_message: opts.max_message,
             send_timeout: opts.send_timeout,
             address: address.to_string(),
-            _binding: binding,
         })
     }
 
@@ -114,14 +112,32 @@ impl ShmPublisher {
         Ok(self.writer.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
+    /// Finishes a wait for room left running by a send that was cancelled
+    /// (its outcome belonged to that send), so that no later call blocks
+    /// on the writer's lock while that wait holds it.
+    async fn join_pending(&mut self) -> Result<()> {
+        if let Some(h) = self.pending.as_mut() {
+            let r = h.await;
+            self.pending = None;
+            r.map_err(|e| Error::Io {
+                what: "waiting for room in the ring".into(),
+                source: std::io::Error::other(e),
+            })?
+            .ok();
+        }
+        Ok(())
+    }
+
     /// Subscribers receiving now.
-    pub fn subscribers(&self) -> Result<u32> {
+    pub async fn subscribers(&mut self) -> Result<u32> {
+        self.join_pending().await?;
         Ok(self.lock()?.active_readers())
     }
 
     /// Waits until at least `n` subscribers receive (every message sent
     /// afterwards reaches them), for at most `timeout`.
     pub async fn wait_for_subscribers(&mut self, n: u32, timeout: Duration) -> Result<u32> {
+        self.join_pending().await?;
         let t0 = Instant::now();
         loop {
             {
@@ -157,17 +173,7 @@ impl ShmPublisher {
     /// Waits (in the blocking pool) until a record of `len` bytes fits, or
     /// the send timeout passes; joins an earlier wait first.
     async fn wait_room(&mut self, len: usize) -> Result<()> {
-        if let Some(h) = self.pending.as_mut() {
-            let r = h.await;
-            self.pending = None;
-            // The earlier wait's outcome belonged to a send that was
-            // cancelled; only a failure of the join itself matters here.
-            r.map_err(|e| Error::Io {
-                what: "waiting for room in the ring".into(),
-                source: std::io::Error::other(e),
-            })?
-            .ok();
-        }
+        self.join_pending().await?;
         let w = self.writer.clone();
         let wait_for = self.send_timeout;
         let h = tokio::task::spawn_blocking(move || -> Result<()> {
@@ -205,6 +211,9 @@ impl ShmPublisher {
     /// returns sent nothing.
     pub async fn send(&mut self, topic: &[u8], payload: &[u8]) -> Result<()> {
         self.check_size(payload.len())?;
+        // The topic's limit, before any wait.
+        Header::new(Kind::Message, topic, payload.len(), 0)?;
+        self.join_pending().await?;
         let len = HEADER_LEN + pad16(topic.len()) + payload.len();
         loop {
             {
@@ -229,6 +238,8 @@ impl ShmPublisher {
     /// into the ring (one copy end to end: the serialization itself); a
     /// value larger than expected is serialized aside and copied in.
     pub async fn send_value<T: Archivable>(&mut self, topic: &[u8], value: &T) -> Result<()> {
+        Header::new(Kind::Message, topic, 0, 0)?;
+        self.join_pending().await?;
         let off = HEADER_LEN + pad16(topic.len());
         loop {
             let want = off + self.archive_hint;
@@ -251,22 +262,37 @@ impl ShmPublisher {
                             }
                             put_envelope(&mut r, topic, n)?;
                             r.commit(off + n)?;
-                            return Ok(());
+                            Err(n)
                         }
                         // Dropped uncommitted: abandoned.
-                        Archived::Spilled(buf) => Some(buf),
+                        Archived::Spilled(buf) => Ok(Some(buf)),
                     },
-                    Err(shoal_shm_ring::Error::WouldBlock) => None,
+                    Err(shoal_shm_ring::Error::WouldBlock) => Ok(None),
                     Err(e) => return Err(e.into()),
                 };
                 spilled
             };
             match spilled {
-                Some(buf) => {
-                    self.archive_hint = buf.len().next_power_of_two();
-                    return self.send(topic, &buf).await;
+                // Sent in place (`Err` only to leave the lock's scope).
+                Err(n) => {
+                    // Far less than reserved: reserve less next time.
+                    if n * 4 < self.archive_hint {
+                        self.archive_hint = (self.archive_hint / 2).max(MIN_HINT);
+                    }
+                    return Ok(());
                 }
-                None => self.wait_room(want).await?,
+                Ok(Some(buf)) => {
+                    self.send(topic, &buf).await?;
+                    // Sent: reserve enough next time, but never more than
+                    // fits inline (a larger value goes out of line anyway).
+                    let inline = self.lock()?.max_inline().saturating_sub(off);
+                    self.archive_hint = buf
+                        .len()
+                        .next_power_of_two()
+                        .clamp(MIN_HINT, inline.max(MIN_HINT));
+                    return Ok(());
+                }
+                Ok(None) => self.wait_room(want).await?,
             }
         }
     }
@@ -390,29 +416,71 @@ pub(super) fn parse(
     Ok((topic, payload))
 }
 
+/// The ring's end-of-stream errors in this crate's terms.
+fn ring_err(address: &str) -> impl Fn(shoal_shm_ring::Error) -> Error + '_ {
+    move |e| match e {
+        shoal_shm_ring::Error::Closed => Error::Closed,
+        shoal_shm_ring::Error::WriterGone { .. } => Error::PeerGone {
+            address: address.to_string(),
+        },
+        e => Error::Ring(e),
+    }
+}
+
 impl ShmSubscriber {
+    /// The next record's bytes, if any, without taking it.
+    fn peek(&mut self) -> Result<Option<&[u8]>> {
+        let address = &self.address;
+        self.reader.peek().map_err(ring_err(address))
+    }
+
     /// Waits for the next message whose topic is subscribed. The payload
     /// stays in shared memory until the frame drops. Cancel-safe: dropped
-    /// before it returns, it took nothing. A malformed record is skipped
-    /// with its error returned (the next call goes on after it).
+    /// before it returns, it took nothing.
+    ///
+    /// Errors: [`Error::Closed`] once the publisher closed and everything
+    /// was received; [`Error::PeerGone`] when it died (after everything it
+    /// committed was received); a record with a malformed envelope is
+    /// skipped and its error returned (the next call goes on after it); a
+    /// malformed ring record (`Error::Ring` with `Corrupt`) stays where it
+    /// is, and every call reports it: the ring cannot be trusted further.
     pub async fn recv(&mut self) -> Result<Frame<'_>> {
+        let mut skipped = 0u32;
         loop {
             // A record there? Peek: the guard is taken only once it is ours.
             let (max, prefixes) = (self.max_message, &self.prefixes);
-            let verdict = self
-                .reader
-                .peek()?
-                .map(|rec| parse(max, rec).map(|(t, p)| (wanted(prefixes, &rec[t.clone()]), t, p)));
+            let peeked = self.reader.peek().map_err(ring_err(&self.address))?;
+            let verdict = peeked.map(|rec| {
+                let len = rec.len();
+                parse(max, rec).map(|(t, p)| (wanted(prefixes, &rec[t.clone()]), t, p, len))
+            });
+            let address = &self.address;
             match verdict {
-                Some(Ok((true, topic, payload))) => {
-                    let g = self.reader.try_recv()?.ok_or(Error::Closed)?;
+                Some(Ok((true, topic, payload, len))) => {
+                    let g = self.reader.try_recv().map_err(ring_err(address))?;
+                    let g = g.ok_or(Error::Closed)?;
+                    // A same-uid process rewriting the record between the
+                    // look and the take: refuse rather than slice out of it.
+                    if g.len() != len {
+                        return Err(Error::Corrupt {
+                            what: "ring record length (changed under the reader)",
+                            found: g.len() as u64,
+                            expected: "the length it had a moment before",
+                        });
+                    }
                     return Ok(Frame::ring(g, topic, payload));
                 }
                 Some(Ok((false, ..))) => {
-                    drop(self.reader.try_recv()?);
+                    drop(self.reader.try_recv().map_err(ring_err(address))?);
+                    skipped += 1;
+                    if skipped.is_multiple_of(64) {
+                        // Only unwanted topics so far: let other tasks (and
+                        // a timeout around this call) run.
+                        tokio::task::yield_now().await;
+                    }
                 }
                 Some(Err(e)) => {
-                    drop(self.reader.try_recv()?);
+                    drop(self.reader.try_recv().map_err(ring_err(address))?);
                     return Err(e);
                 }
                 None => self.wait().await?,
@@ -424,7 +492,7 @@ impl ShmSubscriber {
     /// died, which the next look reports).
     async fn wait(&mut self) -> Result<()> {
         self.ready.get_ref().arm();
-        if self.reader.peek()?.is_some() {
+        if self.peek()?.is_some() {
             return Ok(());
         }
         let mut guard = self.ready.readable().await.map_err(|source| Error::Io {
@@ -433,7 +501,10 @@ impl ShmSubscriber {
         })?;
         guard.get_inner().clear();
         guard.clear_ready();
-        if self.reader.peek()?.is_none() && !self.reader.writer_alive() {
+        // Liveness first, then a look: a record committed just before the
+        // publisher died (or closed) is still delivered.
+        let alive = self.reader.writer_alive();
+        if self.peek()?.is_none() && !alive {
             return Err(Error::PeerGone {
                 address: self.address.clone(),
             });

@@ -103,9 +103,11 @@ impl ShmPusher {
         }
         let len = HEADER_LEN + pad16(0) + payload.len();
         loop {
-            if let Some(h) = self.pending.take() {
-                // A wait left by a cancelled send: its outcome is moot.
+            if let Some(h) = self.pending.as_mut() {
+                // A wait left by a cancelled send (its outcome is moot):
+                // joined before the lock it may hold is taken.
                 let _ = h.await;
+                self.pending = None;
             }
             {
                 let mut p = self.producer.lock().unwrap_or_else(|e| e.into_inner());
@@ -161,12 +163,14 @@ unsafe impl Send for SelfPtr {}
 
 /// The pulling end: each message is taken by exactly one puller.
 pub struct ShmPuller {
+    /// Declared first, so it is dropped first: the name goes before the
+    /// ring it names.
+    _binding: Option<Binding>,
     consumer: MpmcConsumer,
     ready: AsyncFd<ReadyFd>,
     max_message: usize,
     /// The ring, kept by the puller that bound it (its creator).
     _ring: Option<MpmcRing>,
-    _binding: Option<Binding>,
 }
 
 impl std::fmt::Debug for ShmPuller {
@@ -192,11 +196,11 @@ impl ShmPuller {
             source: e.into(),
         })?;
         Ok(ShmPuller {
+            _binding: binding,
             consumer,
             ready,
             max_message: opts.max_message,
             _ring: ring,
-            _binding: binding,
         })
     }
 
@@ -208,12 +212,7 @@ impl ShmPuller {
         let cfg =
             MpmcConfig::new(opts.capacity, opts.max_peers, opts.max_peers).payload_format(FORMAT);
         let ring = MpmcRing::create(&cfg)?;
-        let binding = Binding::bind(
-            name,
-            &ring.handle(),
-            SegmentKind::Mpmc,
-            &address.to_string(),
-        )?;
+        let binding = Binding::bind(name, &ring.handle(), &address.to_string())?;
         let consumer =
             MpmcConsumer::attach_with(&ring.handle(), PeerOptions::default(), Some(format_tag()))?;
         Self::with(consumer, opts, Some(ring), Some(binding))
@@ -230,7 +229,11 @@ impl ShmPuller {
     /// the record released and the error returned.
     fn take_now(&mut self) -> Result<Option<Frame<'_>>> {
         let max = self.max_message;
-        let Some(g) = self.consumer.try_take()? else {
+        let taken = self.consumer.try_take().map_err(|e| match e {
+            shoal_shm_ring::Error::Closed => Error::Closed,
+            e => Error::Ring(e),
+        })?;
+        let Some(g) = taken else {
             return Ok(None);
         };
         let (topic, payload) = parse(max, &g)?;
