@@ -545,7 +545,9 @@ impl BroadcastReader {
     /// The next record's bytes if one is ready, without taking it: the
     /// next [`try_recv`](Self::try_recv) returns the same record. Errors as
     /// `try_recv` does (`Closed` once the writer closed and everything was
-    /// read, `Evicted`, `Corrupt`). For event loops that decide whether to
+    /// read, `Evicted`, `Corrupt`); like `try_recv`, it releases an
+    /// overflow record whose segment cannot be mapped (the error says so)
+    /// rather than wedge on it. For event loops that decide whether to
     /// wait, or whether a record is theirs, before borrowing the reader for
     /// a guard.
     ///

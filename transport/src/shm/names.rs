@@ -136,7 +136,9 @@ pub fn lookup(name: &str) -> Result<Option<Handle>> {
 }
 
 /// Removes name files whose ring is gone or held by nobody alive (left by
-/// binders that died), and ours that hold no handle; returns how many.
+/// binders that died), ours that hold no handle, and temporary files of
+/// ours older than a minute (a binder died while binding); returns how
+/// many.
 /// Name files of live rings, and files that are not ours, stay. (Rings
 /// themselves: `shoal_shm_ring::cleanup_stale`.)
 pub fn cleanup_stale() -> Result<usize> {
@@ -144,7 +146,24 @@ pub fn cleanup_stale() -> Result<usize> {
     let mut removed = 0;
     for e in dir.flatten() {
         let file = e.file_name();
-        if !file.to_str().is_some_and(|f| f.starts_with(PREFIX)) {
+        let Some(f) = file.to_str() else { continue };
+        if f.starts_with('.') && f[1..].starts_with(PREFIX) {
+            // A binder's temporary file: left only by one that died while
+            // binding (a live one removes it within the call).
+            let old_ours = e.metadata().is_ok_and(|m| {
+                m.uid() == euid()
+                    && m.file_type().is_file()
+                    && m.modified()
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .is_some_and(|age| age > std::time::Duration::from_secs(60))
+            });
+            if old_ours && std::fs::remove_file(e.path()).is_ok() {
+                removed += 1;
+            }
+            continue;
+        }
+        if !f.starts_with(PREFIX) {
             continue;
         }
         let p = e.path();
