@@ -18,11 +18,11 @@
 //!   allocates anything.
 //! - [`options`]: what every endpoint can be told (sizes, timeouts).
 //! - [`shm`] (feature `shm`, on by default): publish/subscribe over a
-//!   shared-memory broadcast ring and push/pull over an MPMC ring, awaited
-//!   through tokio.
+//!   shared-memory broadcast ring, push/pull over an MPMC ring, and
+//!   request/reply over a pair of them, awaited through tokio.
 //! - [`error`]: the crate's one error type.
 //!
-//! Still to come (issue 7): request/reply, the trait the
+//! Still to come (issue 7): the trait the
 //! conformance suite is generic over, blocking wrappers, and the nng and
 //! QUIC backends.
 
@@ -40,4 +40,6 @@ pub use error::{Error, Result};
 pub use frame::{archive_into, AlignedBuf, Archivable, Archived, Frame, ARCHIVE_ALIGN};
 pub use options::Options;
 #[cfg(feature = "shm")]
-pub use shm::{ShmPublisher, ShmPuller, ShmPusher, ShmSubscriber};
+pub use shm::{
+    Replies, Request, ShmPublisher, ShmPuller, ShmPusher, ShmReplier, ShmRequester, ShmSubscriber,
+};

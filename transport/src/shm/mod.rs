@@ -9,6 +9,8 @@
 //!   subscriber, payloads are read in place.
 //! - [`pushpull`]: push/pull over an MPMC ring: each message to exactly one
 //!   puller.
+//! - [`reqrep`]: request/reply: requests through the replier's work queue,
+//!   replies through each requester's own, matched by correlation id.
 //!
 //! Receiving awaits the ring through its [`ReadyFd`](shoal_shm_ring::ReadyFd)
 //! registered with tokio (`AsyncFd`): no timer polling, no thread blocked.
@@ -18,6 +20,8 @@
 pub mod names;
 pub mod pubsub;
 pub mod pushpull;
+pub mod reqrep;
 
 pub use pubsub::{ShmPublisher, ShmSubscriber};
 pub use pushpull::{ShmPuller, ShmPusher};
+pub use reqrep::{Replies, Request, ShmReplier, ShmRequester};

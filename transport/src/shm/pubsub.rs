@@ -40,7 +40,18 @@ pub(super) fn shm_name(address: &Address) -> Result<&str> {
 /// Writes the envelope header and topic at the start of `buf`; returns the
 /// payload's offset.
 pub(super) fn put_envelope(buf: &mut [u8], topic: &[u8], payload_len: usize) -> Result<usize> {
-    let h = Header::new(Kind::Message, topic, payload_len, 0)?;
+    put_envelope_as(buf, Kind::Message, topic, payload_len, 0)
+}
+
+/// [`put_envelope`] of a message of `kind` with correlation `id`.
+pub(super) fn put_envelope_as(
+    buf: &mut [u8],
+    kind: Kind,
+    topic: &[u8],
+    payload_len: usize,
+    id: u64,
+) -> Result<usize> {
+    let h = Header::new(kind, topic, payload_len, id)?;
     buf[..HEADER_LEN].copy_from_slice(&h.encode());
     let off = HEADER_LEN + pad16(topic.len());
     buf[HEADER_LEN..HEADER_LEN + topic.len()].copy_from_slice(topic);
@@ -387,6 +398,15 @@ pub(super) fn parse(
     max_message: usize,
     rec: &[u8],
 ) -> Result<(std::ops::Range<usize>, std::ops::Range<usize>)> {
+    parse_as(max_message, rec, Kind::Message).map(|(_, t, p)| (t, p))
+}
+
+/// [`parse`] of a record that must be of `kind`; also returns its header.
+pub(super) fn parse_as(
+    max_message: usize,
+    rec: &[u8],
+    kind: Kind,
+) -> Result<(Header, std::ops::Range<usize>, std::ops::Range<usize>)> {
     let head: &[u8; HEADER_LEN] = rec
         .get(..HEADER_LEN)
         .and_then(|h| h.try_into().ok())
@@ -397,7 +417,14 @@ pub(super) fn parse(
         })?;
     let max_body = u32::try_from(max_message.saturating_add(2048)).unwrap_or(u32::MAX);
     let h = Header::decode(head, max_body)?;
-    if h.kind != Kind::Message || HEADER_LEN + h.body_len as usize != rec.len() {
+    if h.kind != kind {
+        return Err(Error::Corrupt {
+            what: "envelope kind",
+            found: h.kind as u64,
+            expected: "the kind this endpoint receives",
+        });
+    }
+    if HEADER_LEN + h.body_len as usize != rec.len() {
         return Err(Error::Corrupt {
             what: "envelope body length",
             found: h.body_len as u64,
@@ -413,7 +440,7 @@ pub(super) fn parse(
             limit: max_message as u64,
         });
     }
-    Ok((topic, payload))
+    Ok((h, topic, payload))
 }
 
 /// The ring's end-of-stream errors in this crate's terms.

@@ -6,9 +6,10 @@
 //! payload 16-byte aligned), so a payload is read in place.
 
 use super::names::{self, Binding};
-use super::pubsub::{pad16, parse, put_envelope, shm_name, FORMAT};
+use super::pubsub::{pad16, parse_as, put_envelope_as, shm_name, FORMAT};
 use crate::address::Address;
 use crate::envelope::HEADER_LEN;
+use crate::envelope::{Header, Kind};
 use crate::error::{Error, Result};
 use crate::frame::Frame;
 use crate::options::Options;
@@ -94,6 +95,31 @@ impl ShmPusher {
     /// full (see [`Options::send_timeout`]). Cancel-safe: a send dropped
     /// before it returns queued nothing.
     pub async fn send(&mut self, payload: &[u8]) -> Result<()> {
+        self.send_as(Kind::Message, &[], 0, payload).await
+    }
+
+    /// Attaches as a producer to the queue `handle` names (a requester's
+    /// reply queue).
+    pub(crate) fn attach(handle: &Handle, opts: &Options) -> Result<Self> {
+        let producer =
+            MpmcProducer::attach_with(handle, PeerOptions::default(), Some(format_tag()))?;
+        Ok(ShmPusher {
+            producer: Arc::new(Mutex::new(producer)),
+            pending: None,
+            max_message: opts.max_message,
+            send_timeout: opts.send_timeout,
+        })
+    }
+
+    /// [`send`](Self::send) of a message of `kind`, `topic` and `id`.
+    pub(crate) async fn send_as(
+        &mut self,
+        kind: Kind,
+        topic: &[u8],
+        id: u64,
+        payload: &[u8],
+    ) -> Result<()> {
+        Header::new(kind, topic, payload.len(), id)?;
         if payload.len() > self.max_message {
             return Err(Error::TooLarge {
                 what: "payload",
@@ -101,7 +127,7 @@ impl ShmPusher {
                 limit: self.max_message as u64,
             });
         }
-        let len = HEADER_LEN + pad16(0) + payload.len();
+        let len = HEADER_LEN + pad16(topic.len()) + payload.len();
         loop {
             if let Some(h) = self.pending.as_mut() {
                 // A wait left by a cancelled send (its outcome is moot):
@@ -114,7 +140,7 @@ impl ShmPusher {
                 let res = p.reserve_with(len, Wait::no_wait());
                 match res {
                     Ok(mut r) => {
-                        let off = put_envelope(&mut r, &[], payload.len())?;
+                        let off = put_envelope_as(&mut r, kind, topic, payload.len(), id)?;
                         r[off..off + payload.len()].copy_from_slice(payload);
                         r.commit(len)?;
                         return Ok(());
@@ -180,7 +206,7 @@ impl std::fmt::Debug for ShmPuller {
 }
 
 impl ShmPuller {
-    fn with(
+    pub(crate) fn with(
         consumer: MpmcConsumer,
         opts: &Options,
         ring: Option<MpmcRing>,
@@ -227,7 +253,7 @@ impl ShmPuller {
 
     /// Takes the next message if one is there: its envelope checked, or
     /// the record released and the error returned.
-    fn take_now(&mut self) -> Result<Option<Frame<'_>>> {
+    fn take_now(&mut self, kind: Kind) -> Result<Option<(Header, Frame<'_>)>> {
         let max = self.max_message;
         let taken = self.consumer.try_take().map_err(|e| match e {
             shoal_shm_ring::Error::Closed => Error::Closed,
@@ -236,14 +262,19 @@ impl ShmPuller {
         let Some(g) = taken else {
             return Ok(None);
         };
-        let (topic, payload) = parse(max, &g)?;
-        Ok(Some(Frame::taken(g, topic, payload)))
+        let (h, topic, payload) = parse_as(max, &g, kind)?;
+        Ok(Some((h, Frame::taken(g, topic, payload))))
     }
 
     /// Waits for the next message and takes it (no other puller gets it).
     /// Cancel-safe: dropped before it returns, it took nothing. A
     /// malformed record is released and its error returned.
     pub async fn recv(&mut self) -> Result<Frame<'_>> {
+        Ok(self.recv_as(Kind::Message).await?.1)
+    }
+
+    /// [`recv`](Self::recv) of a message of `kind`, with its header.
+    pub(crate) async fn recv_as(&mut self, kind: Kind) -> Result<(Header, Frame<'_>)> {
         // The borrow checker cannot see that a frame borrowed from `self`
         // and returned on one path is dead on the other (NLL "problem case
         // 3"), so each use below reborrows `self` afresh from this pointer;
@@ -254,13 +285,13 @@ impl ShmPuller {
             // its whole length, and no other reference to `*this` is live:
             // the previous reborrow either was returned (ending the loop)
             // or ended with its statement.
-            if let Some(f) = unsafe { &mut *this.0 }.take_now()? {
+            if let Some(f) = unsafe { &mut *this.0 }.take_now(kind)? {
                 return Ok(f);
             }
             // SAFETY: as above.
             unsafe { &mut *this.0 }.ready.get_ref().arm();
             // SAFETY: as above.
-            if let Some(f) = unsafe { &mut *this.0 }.take_now()? {
+            if let Some(f) = unsafe { &mut *this.0 }.take_now(kind)? {
                 return Ok(f);
             }
             // SAFETY: as above; the reborrow lives until the readiness

@@ -1,0 +1,219 @@
+//! Request/reply over shared-memory work queues: many requesters, one
+//! replier (or several, each request served once), replies routed to the
+//! requester that asked.
+//!
+//! The replier binds `shm://NAME`: a work queue of requests. Each requester
+//! makes a reply queue of its own (unnamed) and sends requests carrying its
+//! handle (in the envelope's topic) and a correlation id; the replier sends
+//! the reply to that queue with the same id. A requester whose request was
+//! cancelled drops the late reply when it comes.
+
+use super::pushpull::{ShmPuller, ShmPusher};
+use crate::address::Address;
+use crate::envelope::Kind;
+use crate::error::{Error, Result};
+use crate::frame::Frame;
+use crate::options::Options;
+use shoal_shm_ring::{Handle, MpmcConfig, MpmcConsumer, MpmcRing, PeerOptions};
+use std::collections::HashMap;
+use std::ops::Deref;
+
+/// Reply queues a replier keeps attached at most.
+const MAX_REPLY_QUEUES: usize = 64;
+
+/// The asking end.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use shoal_transport::{Address, Options, ShmReplier, ShmRequester};
+/// let addr: Address = format!("shm://doc-rpc-{}", std::process::id()).parse()?;
+/// let mut server = ShmReplier::bind(&addr, &Options::default())?;
+/// let mut client = ShmRequester::connect(&addr, &Options::default()).await?;
+/// let serve = async {
+///     let (req, replies) = server.recv().await?;
+///     let answer = [&req[..], b" world"].concat();
+///     replies.reply(&req, &answer).await
+/// };
+/// let (answer, served) = tokio::join!(client.request(b"hello"), serve);
+/// served?;
+/// assert_eq!(&*answer?, b"hello world");
+/// # Ok::<(), shoal_transport::Error>(())
+/// # }).unwrap();
+/// ```
+pub struct ShmRequester {
+    requests: ShmPusher,
+    replies: ShmPuller,
+    reply_to: String,
+    next_id: u64,
+}
+
+impl std::fmt::Debug for ShmRequester {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShmRequester")
+            .field("reply_to", &self.reply_to)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ShmRequester {
+    /// Connects to the replier bound at `address` (waiting up to
+    /// `opts.connect_timeout`) and makes this requester's reply queue
+    /// (`opts.capacity` bytes, up to `opts.max_peers` repliers).
+    pub async fn connect(address: &Address, opts: &Options) -> Result<Self> {
+        let requests = ShmPusher::connect(address, opts).await?;
+        let cfg =
+            MpmcConfig::new(opts.capacity, opts.max_peers, 1).payload_format(super::pubsub::FORMAT);
+        let ring = MpmcRing::create(&cfg)?;
+        let consumer = MpmcConsumer::attach_with(&ring.handle(), PeerOptions::default(), None)?;
+        let reply_to = ring.handle().to_string();
+        let replies = ShmPuller::with(consumer, opts, Some(ring), None)?;
+        Ok(ShmRequester {
+            requests,
+            replies,
+            reply_to,
+            next_id: 1,
+        })
+    }
+
+    /// Sends `payload` and waits for its reply. Cancel-safe in the sense
+    /// that matters: a request cancelled after it was sent may still be
+    /// served; its late reply is recognised by its id and dropped.
+    pub async fn request(&mut self, payload: &[u8]) -> Result<Frame<'_>> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.requests
+            .send_as(Kind::Request, self.reply_to.as_bytes(), id, payload)
+            .await?;
+        let this = SelfPtr(&mut self.replies);
+        loop {
+            // SAFETY: `this` points to `self.replies`, which this call
+            // borrows mutably for its whole length; each reborrow either
+            // is returned (ending the loop) or ends with its statement
+            // (see ShmPuller::recv for why the borrow checker needs this).
+            let (h, f) = unsafe { &mut *this.0 }.recv_as(Kind::Reply).await?;
+            if h.id == id {
+                return Ok(f);
+            }
+            // A late reply to a cancelled request: dropped (released).
+        }
+    }
+}
+
+/// `&mut ShmPuller` as a raw pointer a `Send` future may hold.
+struct SelfPtr(*mut ShmPuller);
+
+// SAFETY: it only ever points to the `ShmPuller` whose `&mut` the future
+// holding it has borrowed for its whole life; moving that future moves the
+// exclusive borrow with it, and `ShmPuller` is `Send`.
+unsafe impl Send for SelfPtr {}
+
+/// A request a replier received: derefs to its payload; answer it with
+/// [`Replies::reply`].
+#[derive(Debug)]
+pub struct Request<'a> {
+    frame: Frame<'a>,
+    id: u64,
+    reply_to: Handle,
+}
+
+impl<'a> Deref for Request<'a> {
+    type Target = Frame<'a>;
+    fn deref(&self) -> &Frame<'a> {
+        &self.frame
+    }
+}
+
+impl Request<'_> {
+    /// The requester's correlation id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+/// The reply side of a replier: the requesters' reply queues, attached on
+/// first use (at most 64 kept).
+#[derive(Debug)]
+pub struct Replies {
+    queues: HashMap<Handle, ShmPusher>,
+    opts: Options,
+}
+
+impl Replies {
+    /// Sends `payload` as the reply to `req`.
+    pub async fn reply(&mut self, req: &Request<'_>, payload: &[u8]) -> Result<()> {
+        self.reply_to(req.reply_to, req.id, payload).await
+    }
+
+    /// Sends `payload` as the reply with id `id` to the requester whose
+    /// reply queue is `to` (for replies sent after the request was dropped).
+    pub async fn reply_to(&mut self, to: Handle, id: u64, payload: &[u8]) -> Result<()> {
+        if !self.queues.contains_key(&to) {
+            if self.queues.len() >= MAX_REPLY_QUEUES {
+                self.queues.clear();
+            }
+            let p = ShmPusher::attach(&to, &self.opts).map_err(|e| match e {
+                Error::Ring(shoal_shm_ring::Error::NotFound { .. }) => Error::PeerGone {
+                    address: to.to_string(),
+                },
+                e => e,
+            })?;
+            self.queues.insert(to, p);
+        }
+        let Some(q) = self.queues.get_mut(&to) else {
+            return Err(Error::PeerGone {
+                address: to.to_string(),
+            });
+        };
+        let r = q.send_as(Kind::Reply, &[], id, payload).await;
+        if r.is_err() {
+            // The requester may be gone: attach afresh next time.
+            self.queues.remove(&to);
+        }
+        r
+    }
+}
+
+/// The answering end: binds `shm://NAME` and receives requests.
+#[derive(Debug)]
+pub struct ShmReplier {
+    requests: ShmPuller,
+    replies: Replies,
+}
+
+impl ShmReplier {
+    /// Binds `address` with a request queue of `opts.capacity` bytes for up
+    /// to `opts.max_peers` requesters.
+    pub fn bind(address: &Address, opts: &Options) -> Result<Self> {
+        Ok(ShmReplier {
+            requests: ShmPuller::bind(address, opts)?,
+            replies: Replies {
+                queues: HashMap::new(),
+                opts: opts.clone(),
+            },
+        })
+    }
+
+    /// Waits for the next request; returns it with the reply side, so the
+    /// reply can be written while the request's bytes are still read in
+    /// place. A request naming no valid reply queue is dropped with an
+    /// error.
+    pub async fn recv(&mut self) -> Result<(Request<'_>, &mut Replies)> {
+        let (h, frame) = self.requests.recv_as(Kind::Request).await?;
+        let reply_to = std::str::from_utf8(frame.topic())
+            .ok()
+            .and_then(|t| t.parse::<Handle>().ok())
+            .ok_or(Error::Corrupt {
+                what: "request reply-to",
+                found: frame.topic().len() as u64,
+                expected: "the requester's reply queue handle",
+            })?;
+        Ok((
+            Request {
+                frame,
+                id: h.id,
+                reply_to,
+            },
+            &mut self.replies,
+        ))
+    }
+}

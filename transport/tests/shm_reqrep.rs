@@ -1,0 +1,138 @@
+//! Request/reply over shared memory (issue 7): replies routed to the right
+//! requester, late replies of cancelled requests dropped, a gone requester
+//! does not stop the replier, a requester in another process.
+#![cfg(feature = "shm")]
+
+use shoal_transport::{Address, Options, ShmReplier, ShmRequester};
+use std::time::Duration;
+
+const SEC: Duration = Duration::from_secs(1);
+
+fn addr(tag: &str) -> Address {
+    format!("shm://tr-{tag}-{}", std::process::id())
+        .parse()
+        .unwrap()
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Serves `n` requests: the reply is the request with "!" appended.
+async fn serve(server: &mut ShmReplier, n: usize) {
+    for _ in 0..n {
+        let (req, replies) = server.recv().await.unwrap();
+        let answer = [&req[..], b"!"].concat();
+        replies.reply(&req, &answer).await.unwrap();
+    }
+}
+
+#[test]
+fn each_requester_gets_its_own_replies() {
+    rt().block_on(async {
+        let a = addr("route");
+        let o = Options::default();
+        let mut server = ShmReplier::bind(&a, &o).unwrap();
+        let clients: Vec<_> = (0..3u32)
+            .map(|k| {
+                let (a, o) = (a.clone(), o.clone());
+                tokio::spawn(async move {
+                    let mut c = ShmRequester::connect(&a, &o).await.unwrap();
+                    for i in 0..300u32 {
+                        let q = format!("client {k} request {i}");
+                        let r = tokio::time::timeout(5 * SEC, c.request(q.as_bytes()))
+                            .await
+                            .unwrap()
+                            .unwrap();
+                        assert_eq!(&*r, format!("{q}!").as_bytes());
+                    }
+                })
+            })
+            .collect();
+        serve(&mut server, 900).await;
+        for c in clients {
+            c.await.unwrap();
+        }
+    });
+}
+
+#[test]
+fn a_late_reply_to_a_cancelled_request_is_dropped() {
+    rt().block_on(async {
+        let a = addr("late");
+        let o = Options::default();
+        let mut server = ShmReplier::bind(&a, &o).unwrap();
+        let mut c = ShmRequester::connect(&a, &o).await.unwrap();
+        // Cancelled before anybody serves it.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(30), c.request(b"first"))
+                .await
+                .is_err()
+        );
+        let (r, _) = tokio::join!(c.request(b"second"), serve(&mut server, 2));
+        assert_eq!(&*r.unwrap(), b"second!");
+    });
+}
+
+#[test]
+fn a_gone_requester_does_not_stop_the_replier() {
+    rt().block_on(async {
+        let a = addr("gone");
+        let o = Options::default();
+        let mut server = ShmReplier::bind(&a, &o).unwrap();
+        {
+            let mut c = ShmRequester::connect(&a, &o).await.unwrap();
+            let _ = tokio::time::timeout(Duration::from_millis(30), c.request(b"orphan")).await;
+        }
+        let (req, replies) = server.recv().await.unwrap();
+        assert_eq!(&req[..], b"orphan");
+        assert!(replies.reply(&req, b"nobody listens").await.is_err());
+        drop(req);
+        let mut c = ShmRequester::connect(&a, &o).await.unwrap();
+        let (r, _) = tokio::join!(c.request(b"next"), serve(&mut server, 1));
+        assert_eq!(&*r.unwrap(), b"next!");
+    });
+}
+
+/// A requester in another process.
+#[test]
+fn a_requester_in_another_process() {
+    if let Ok(name) = std::env::var("SHOAL_TR_REQ") {
+        rt().block_on(async {
+            let a: Address = format!("shm://{name}").parse().unwrap();
+            let mut c = ShmRequester::connect(&a, &Options::default())
+                .await
+                .unwrap();
+            for i in 0..500u32 {
+                let q = i.to_le_bytes().repeat(1 + i as usize % 40);
+                let r = tokio::time::timeout(5 * SEC, c.request(&q))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(&r[..q.len()], &q[..]);
+                assert_eq!(&r[q.len()..], b"!");
+            }
+        });
+        return;
+    }
+    rt().block_on(async {
+        let a = addr("xproc");
+        let Address::Shm { name } = &a else {
+            unreachable!()
+        };
+        let mut server = ShmReplier::bind(&a, &Options::default()).unwrap();
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "a_requester_in_another_process", "--nocapture"])
+            .env("SHOAL_TR_REQ", name)
+            .spawn()
+            .unwrap();
+        tokio::time::timeout(20 * SEC, serve(&mut server, 500))
+            .await
+            .unwrap();
+        assert!(child.wait().unwrap().success());
+    });
+}
