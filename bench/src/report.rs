@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 pub fn fmt_value(metric: &str, v: Option<f64>) -> String {
     let Some(v) = v else { return "-".into() };
     match metric {
-        "latency_one_way_ns" | "wake_latency_ns" => {
+        "latency_one_way_ns" | "wake_latency_ns" | "latency_round_trip_ns" => {
             if v >= 1e6 {
                 format!("{:.2} ms", v / 1e6)
             } else if v >= 1e4 {
@@ -22,6 +22,7 @@ pub fn fmt_value(metric: &str, v: Option<f64>) -> String {
         "throughput_bytes_per_s" => format!("{:.2} GB/s", v / 1e9),
         "idle_cpu_percent" => format!("{v:.3} %"),
         "idle_wakeups_per_s" => format!("{v:.1} /s"),
+        "typed_receive_overhead_ns" => format!("{v:.1} ns"),
         _ => format!("{v:.3}"),
     }
 }
@@ -436,6 +437,27 @@ pub fn targets(rows: &[Row]) -> String {
                 r,
                 format!("{i:.3} %"),
                 i < 0.5,
+            ));
+        }
+    }
+    if let Some(r) = find(rows, |r| r.system == "shoal" && r.pattern == "rpc") {
+        if let Some(p) = r.p50 {
+            t.push(slow(
+                "shm request/reply round trip (async API, 64 B): < 1 us".into(),
+                r,
+                format!("{:.2} us", p / 1000.0),
+                p < 1000.0,
+            ));
+        }
+    }
+    if let Some(r) = find(rows, |r| r.system == "shoal" && r.pattern == "rpc-typed") {
+        if let Some(p) = r.p50 {
+            t.push(slow(
+                "typed (rkyv, validated) receive of a small struct: adds < 20 ns over raw bytes"
+                    .into(),
+                r,
+                format!("{p:.1} ns"),
+                p < 20.0,
             ));
         }
     }

@@ -69,6 +69,16 @@ fn cells(quick: bool) -> Vec<Cell> {
             &format!("floor ringpong --size 48 --iters {it} --cap 4096"),
         ],
     ));
+    // The transport layer (issue 7): request/reply over shm, and what a
+    // typed (rkyv) receive adds over raw bytes.
+    v.push(cell(
+        "transport shm request/reply",
+        r,
+        &[
+            &format!("transport rpc --pin --size 64 --iters {}", it / 4),
+            &format!("transport typed --iters {}", it / 4),
+        ],
+    ));
     v.push(cell(
         "pingpong 64 B blocking (iceoryx2 WaitSet)",
         r,

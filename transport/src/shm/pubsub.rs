@@ -315,6 +315,7 @@ pub struct ShmSubscriber {
     ready: AsyncFd<ReadyFd>,
     prefixes: Vec<Vec<u8>>,
     max_message: usize,
+    spin: Duration,
     address: String,
 }
 
@@ -376,6 +377,7 @@ impl ShmSubscriber {
             ready,
             prefixes: Vec::new(),
             max_message: opts.max_message,
+            spin: opts.spin,
             address: address.to_string(),
         })
     }
@@ -473,6 +475,9 @@ impl ShmSubscriber {
     /// is, and every call reports it: the ring cannot be trusted further.
     pub async fn recv(&mut self) -> Result<Frame<'_>> {
         let mut skipped = 0u32;
+        // Poll a little before parking (see Options::spin).
+        let mut spin_from: Option<Instant> = None;
+        let mut polls = 0u32;
         loop {
             // A record there? Peek: the guard is taken only once it is ours.
             let (max, prefixes) = (self.max_message, &self.prefixes);
@@ -510,7 +515,18 @@ impl ShmSubscriber {
                     drop(self.reader.try_recv().map_err(ring_err(address))?);
                     return Err(e);
                 }
-                None => self.wait().await?,
+                None => {
+                    let t0 = *spin_from.get_or_insert_with(Instant::now);
+                    polls += 1;
+                    let spun_out = self.spin.is_zero()
+                        || (polls.is_multiple_of(64) && t0.elapsed() >= self.spin);
+                    if !spun_out {
+                        std::hint::spin_loop();
+                        continue;
+                    }
+                    self.wait().await?;
+                    spin_from = None;
+                }
             }
         }
     }

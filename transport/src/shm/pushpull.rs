@@ -195,6 +195,7 @@ pub struct ShmPuller {
     consumer: MpmcConsumer,
     ready: AsyncFd<ReadyFd>,
     max_message: usize,
+    spin: Duration,
     /// The ring, kept by the puller that bound it (its creator).
     _ring: Option<MpmcRing>,
 }
@@ -226,6 +227,7 @@ impl ShmPuller {
             consumer,
             ready,
             max_message: opts.max_message,
+            spin: opts.spin,
             _ring: ring,
         })
     }
@@ -280,6 +282,25 @@ impl ShmPuller {
         // 3"), so each use below reborrows `self` afresh from this pointer;
         // `self` itself is not touched again.
         let this = SelfPtr(self);
+        // SAFETY: as in the loop below.
+        let spin = unsafe { &*this.0 }.spin;
+        if !spin.is_zero() {
+            // Poll a little first: a busy peer answers in well under the
+            // cost of a wake-up through the runtime.
+            let t0 = Instant::now();
+            let mut polls = 0u32;
+            loop {
+                // SAFETY: as in the loop below.
+                if let Some(f) = unsafe { &mut *this.0 }.take_now(kind)? {
+                    return Ok(f);
+                }
+                std::hint::spin_loop();
+                polls += 1;
+                if polls.is_multiple_of(64) && t0.elapsed() >= spin {
+                    break;
+                }
+            }
+        }
         loop {
             // SAFETY: `this` comes from the `&mut self` this call holds for
             // its whole length, and no other reference to `*this` is live:
