@@ -6,6 +6,7 @@
 //! | `nng+ipc:///PATH` | `nng` | an absolute path of a Unix socket |
 //! | `nng+tcp://HOST:PORT` | `nng` | a host name, IPv4 literal or `[IPv6]` literal, and a port |
 //! | `quic://HOST:PORT?pin=HEX` | `quic` | host and port; `pin` is the SHA-256 of the server's certificate, 64 hex digits (required to connect, not to listen) |
+//! | `inproc://NAME` | in-process (always built) | a name, as for `shm://`, within one process |
 //!
 //! Parsing checks the syntax only; [`Address::check_available`] says
 //! whether this build has the backend the address needs, with an error
@@ -31,6 +32,9 @@ pub enum Backend {
     Nng,
     /// QUIC (quinn, TLS 1.3 with a pinned certificate).
     Quic,
+    /// Within one process (tokio channels): the reference the conformance
+    /// suite runs beside the real wires.
+    InProc,
 }
 
 impl Backend {
@@ -40,6 +44,7 @@ impl Backend {
             Backend::Shm => "shm",
             Backend::Nng => "nng",
             Backend::Quic => "quic",
+            Backend::InProc => "inproc",
         }
     }
 
@@ -47,6 +52,7 @@ impl Backend {
     pub fn available(self) -> bool {
         match self {
             Backend::Shm => cfg!(feature = "shm"),
+            Backend::InProc => true,
             // Not written yet: no feature brings them so far.
             Backend::Nng | Backend::Quic => false,
         }
@@ -92,6 +98,11 @@ pub enum Address {
         /// The name.
         name: String,
     },
+    /// `inproc://NAME`.
+    InProc {
+        /// The name.
+        name: String,
+    },
     /// `nng+ipc:///PATH`.
     NngIpc {
         /// The socket path (absolute).
@@ -120,6 +131,7 @@ impl Address {
     pub fn backend(&self) -> Backend {
         match self {
             Address::Shm { .. } => Backend::Shm,
+            Address::InProc { .. } => Backend::InProc,
             Address::NngIpc { .. } | Address::NngTcp { .. } => Backend::Nng,
             Address::Quic { .. } => Backend::Quic,
         }
@@ -241,7 +253,7 @@ impl FromStr for Address {
             .split_once("://")
             .ok_or_else(|| bad(s, "expected SCHEME://..."))?;
         match scheme {
-            "shm" => {
+            "shm" | "inproc" => {
                 if rest.is_empty() || rest.len() > MAX_SHM_NAME {
                     return Err(bad(
                         s,
@@ -258,8 +270,11 @@ impl FromStr for Address {
                         "a shm name has letters, digits, '.', '_' and '-' only, and does not start with '.'",
                     ));
                 }
-                Ok(Address::Shm {
-                    name: rest.to_string(),
+                let name = rest.to_string();
+                Ok(if scheme == "shm" {
+                    Address::Shm { name }
+                } else {
+                    Address::InProc { name }
                 })
             }
             "nng+ipc" => {
@@ -311,7 +326,7 @@ impl FromStr for Address {
             }
             other => Err(bad(
                 s,
-                format!("unknown scheme {other:?} (shm, nng+ipc, nng+tcp, quic)"),
+                format!("unknown scheme {other:?} (shm, nng+ipc, nng+tcp, quic, inproc)"),
             )),
         }
     }
@@ -321,6 +336,7 @@ impl fmt::Display for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Address::Shm { name } => write!(f, "shm://{name}"),
+            Address::InProc { name } => write!(f, "inproc://{name}"),
             Address::NngIpc { path } => write!(f, "nng+ipc://{}", path.display()),
             Address::NngTcp { host, port } => write!(f, "nng+tcp://{host}:{port}"),
             Address::Quic { host, port, pin } => {
@@ -433,7 +449,7 @@ mod tests {
 
         #[test]
         fn url_shaped_strings_round_trip(
-            scheme in proptest::sample::select(vec!["shm", "nng+ipc", "nng+tcp", "quic"]),
+            scheme in proptest::sample::select(vec!["shm", "nng+ipc", "nng+tcp", "quic", "inproc"]),
             rest in "[a-z0-9:/\\[\\]._?=-]{0,40}",
         ) {
             let s = format!("{scheme}://{rest}");

@@ -17,20 +17,26 @@
 //!   length-prefixed streams, which enforces the size limit before it
 //!   allocates anything.
 //! - [`options`]: what every endpoint can be told (sizes, timeouts).
+//! - [`pattern`]: the three patterns as traits ([`Wire`] and one per
+//!   endpoint), which every backend implements and the conformance suite
+//!   is generic over.
+//! - [`inproc`]: the in-process backend (`inproc://NAME`), the suite's
+//!   reference.
 //! - [`shm`] (feature `shm`, on by default): publish/subscribe over a
 //!   shared-memory broadcast ring, push/pull over an MPMC ring, and
 //!   request/reply over a pair of them, awaited through tokio.
 //! - [`error`]: the crate's one error type.
 //!
-//! Still to come (issue 7): the trait the
-//! conformance suite is generic over, blocking wrappers, and the nng and
-//! QUIC backends.
+//! Still to come (issue 7): blocking wrappers, and the nng and QUIC
+//! backends.
 
 pub mod address;
 pub mod envelope;
 pub mod error;
 pub mod frame;
+pub mod inproc;
 pub mod options;
+pub mod pattern;
 #[cfg(feature = "shm")]
 pub mod shm;
 
@@ -38,8 +44,11 @@ pub use address::{Address, Backend};
 pub use envelope::{Decoder, Header, Kind, HEADER_LEN};
 pub use error::{Error, Result};
 pub use frame::{archive_into, AlignedBuf, Archivable, Archived, Frame, ARCHIVE_ALIGN};
+pub use inproc::InProc;
 pub use options::Options;
+pub use pattern::{Publisher, Puller, Pusher, Replier, Requester, Subscriber, Wire};
 #[cfg(feature = "shm")]
 pub use shm::{
-    Replies, Request, ShmPublisher, ShmPuller, ShmPusher, ShmReplier, ShmRequester, ShmSubscriber,
+    Replies, Request, Shm, ShmPublisher, ShmPuller, ShmPusher, ShmReplier, ShmRequester,
+    ShmSubscriber,
 };

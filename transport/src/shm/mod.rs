@@ -21,7 +21,33 @@ pub mod names;
 pub mod pubsub;
 pub mod pushpull;
 pub mod reqrep;
+pub mod wire;
 
 pub use pubsub::{ShmPublisher, ShmSubscriber};
 pub use pushpull::{ShmPuller, ShmPusher};
 pub use reqrep::{Replies, Request, ShmReplier, ShmRequester};
+pub use wire::Shm;
+
+#[cfg(test)]
+mod send_check {
+    fn is_send<T: Send>(_: &T) {}
+
+    /// The futures of every shm endpoint's operations are `Send`, so they
+    /// run inside `tokio::spawn`.
+    #[allow(dead_code)]
+    async fn futures_are_send(
+        p: &mut super::ShmPublisher,
+        s: &mut super::ShmSubscriber,
+        push: &mut super::ShmPusher,
+        pull: &mut super::ShmPuller,
+        rq: &mut super::ShmRequester,
+        rp: &mut super::ShmReplier,
+    ) {
+        is_send(&p.send(b"", b""));
+        is_send(&s.recv());
+        is_send(&push.send(b""));
+        is_send(&pull.recv());
+        is_send(&rq.request(b""));
+        is_send(&rp.recv());
+    }
+}

@@ -128,6 +128,11 @@ impl Request<'_> {
     pub fn id(&self) -> u64 {
         self.id
     }
+
+    /// The requester's reply queue (for [`Replies::reply_to`]).
+    pub fn reply_to(&self) -> Handle {
+        self.reply_to
+    }
 }
 
 /// The reply side of a replier: the requesters' reply queues, attached on
@@ -191,6 +196,11 @@ impl ShmReplier {
                 opts: opts.clone(),
             },
         })
+    }
+
+    /// The reply side alone (for replies sent after the request dropped).
+    pub fn replies(&mut self) -> &mut Replies {
+        &mut self.replies
     }
 
     /// Waits for the next request; returns it with the reply side, so the

@@ -1,0 +1,117 @@
+//! The three patterns as traits every backend implements. The conformance
+//! suite (`tests/conformance.rs`) is generic over [`Wire`], so backends
+//! cannot drift apart; code above this crate can be too.
+//!
+//! Each method's future is `Send` (it runs inside `tokio::spawn`), and each
+//! is cancel-safe: dropped before it completes, a send sent nothing and a
+//! receive took nothing (a request may still be served; its late reply is
+//! dropped).
+
+use crate::address::Address;
+use crate::error::Result;
+use crate::frame::Frame;
+use crate::options::Options;
+use std::future::Future;
+use std::time::Duration;
+
+/// One wire: how to make each pattern's endpoints on it.
+pub trait Wire: Send + Sync + 'static {
+    /// Publishing end.
+    type Publisher: Publisher;
+    /// Subscribing end.
+    type Subscriber: Subscriber;
+    /// Pushing end.
+    type Pusher: Pusher;
+    /// Pulling end.
+    type Puller: Puller;
+    /// Asking end.
+    type Requester: Requester;
+    /// Answering end.
+    type Replier: Replier;
+
+    /// Binds a publisher at `address`.
+    fn bind_publisher(
+        address: &Address,
+        opts: &Options,
+    ) -> impl Future<Output = Result<Self::Publisher>> + Send;
+    /// Connects a subscriber to the publisher at `address`.
+    fn connect_subscriber(
+        address: &Address,
+        opts: &Options,
+    ) -> impl Future<Output = Result<Self::Subscriber>> + Send;
+    /// Binds a puller (and the queue) at `address`.
+    fn bind_puller(
+        address: &Address,
+        opts: &Options,
+    ) -> impl Future<Output = Result<Self::Puller>> + Send;
+    /// Connects another puller to the queue at `address`.
+    fn connect_puller(
+        address: &Address,
+        opts: &Options,
+    ) -> impl Future<Output = Result<Self::Puller>> + Send;
+    /// Connects a pusher to the queue at `address`.
+    fn connect_pusher(
+        address: &Address,
+        opts: &Options,
+    ) -> impl Future<Output = Result<Self::Pusher>> + Send;
+    /// Binds a replier at `address`.
+    fn bind_replier(
+        address: &Address,
+        opts: &Options,
+    ) -> impl Future<Output = Result<Self::Replier>> + Send;
+    /// Connects a requester to the replier at `address`.
+    fn connect_requester(
+        address: &Address,
+        opts: &Options,
+    ) -> impl Future<Output = Result<Self::Requester>> + Send;
+}
+
+/// Sends every message to every subscriber, waiting for the slowest
+/// (nothing is dropped).
+pub trait Publisher: Send {
+    /// Sends `payload` under `topic`.
+    fn send(&mut self, topic: &[u8], payload: &[u8]) -> impl Future<Output = Result<()>> + Send;
+    /// Waits until at least `n` subscribers receive.
+    fn wait_for_subscribers(
+        &mut self,
+        n: u32,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<u32>> + Send;
+}
+
+/// Receives every message a publisher sends under a subscribed topic.
+pub trait Subscriber: Send {
+    /// Receives only topics starting with `prefix` (several: any of them;
+    /// none: everything).
+    fn subscribe(&mut self, prefix: &[u8]);
+    /// The next message; `Error::Closed` once the publisher closed and
+    /// everything was received.
+    fn recv(&mut self) -> impl Future<Output = Result<Frame<'_>>> + Send;
+}
+
+/// Queues messages, each for exactly one puller.
+pub trait Pusher: Send {
+    /// Queues `payload`.
+    fn send(&mut self, payload: &[u8]) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// Takes messages from a queue (no other puller gets them).
+pub trait Puller: Send {
+    /// The next message.
+    fn recv(&mut self) -> impl Future<Output = Result<Frame<'_>>> + Send;
+}
+
+/// Asks and waits for the answer.
+pub trait Requester: Send {
+    /// Sends `payload` and waits for its reply.
+    fn request(&mut self, payload: &[u8]) -> impl Future<Output = Result<Frame<'_>>> + Send;
+}
+
+/// Answers requests, each reply going to its asker.
+pub trait Replier: Send {
+    /// Receives one request and replies with what `answer` makes of its
+    /// bytes.
+    fn serve_one<F>(&mut self, answer: F) -> impl Future<Output = Result<()>> + Send
+    where
+        F: FnOnce(&[u8]) -> Vec<u8> + Send;
+}

@@ -1,0 +1,229 @@
+//! One conformance suite, generic over the `Wire` trait, run against every
+//! backend this build has and the in-process reference (issue 7): the same
+//! behaviour from every wire, so they cannot drift apart.
+
+use shoal_transport::{
+    Address, Error, InProc, Options, Publisher, Puller, Pusher, Replier, Requester, Subscriber,
+    Wire,
+};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+const SEC: Duration = Duration::from_secs(1);
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Payload `i` of `n` bytes.
+fn payload(i: usize, n: usize) -> Vec<u8> {
+    (0..n).map(|k| (k * 131 + i * 7) as u8).collect()
+}
+
+/// Sizes from 0 B to 64 MiB.
+const SIZES: [usize; 9] = [0, 1, 15, 16, 100, 4096, 100_000, 3 << 20, 64 << 20];
+
+async fn pubsub<W: Wire>(a: Address) {
+    let o = Options::default().max_message(64 << 20);
+    let mut p = W::bind_publisher(&a, &o).await.unwrap();
+    let mut all = W::connect_subscriber(&a, &o).await.unwrap();
+    let mut some = W::connect_subscriber(&a, &o).await.unwrap();
+    some.subscribe(b"x.");
+    p.wait_for_subscribers(2, 5 * SEC).await.unwrap();
+    let reader = |mut s: W::Subscriber, want: Vec<(Vec<u8>, Vec<u8>)>| async move {
+        for (i, (t, m)) in want.iter().enumerate() {
+            let f = tokio::time::timeout(20 * SEC, s.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(f.topic(), &t[..], "message {i}");
+            assert_eq!(&*f, &m[..], "message {i}");
+        }
+        s
+    };
+    let msgs: Vec<(Vec<u8>, Vec<u8>)> = SIZES
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            let t = if i % 2 == 0 {
+                b"x.even".to_vec()
+            } else {
+                b"odd".to_vec()
+            };
+            (t, payload(i, n))
+        })
+        .collect();
+    let evens: Vec<_> = msgs
+        .iter()
+        .filter(|(t, _)| t.starts_with(b"x."))
+        .cloned()
+        .collect();
+    let h1 = tokio::spawn(reader(all, msgs.clone()));
+    let h2 = tokio::spawn(reader(some, evens));
+    for (t, m) in &msgs {
+        p.send(t, m).await.unwrap();
+    }
+    all = h1.await.unwrap();
+    some = h2.await.unwrap();
+    // Oversized: refused before anything is sent.
+    let e = p.send(b"", &vec![0u8; (64 << 20) + 1]).await.unwrap_err();
+    assert!(matches!(e, Error::TooLarge { .. }), "{e}");
+    // Close: subscribers get Closed after everything sent.
+    p.send(b"x.last", b"bye").await.unwrap();
+    drop(p);
+    for s in [&mut all, &mut some] {
+        assert_eq!(&*s.recv().await.unwrap(), b"bye");
+        assert!(matches!(s.recv().await, Err(Error::Closed)));
+    }
+}
+
+async fn backpressure_and_cancellation<W: Wire>(a: Address) {
+    let o = Options::default()
+        .capacity(1 << 14)
+        .send_timeout(Some(Duration::from_millis(200)));
+    let mut p = W::bind_publisher(&a, &o).await.unwrap();
+    let mut s = W::connect_subscriber(&a, &o).await.unwrap();
+    p.wait_for_subscribers(1, 5 * SEC).await.unwrap();
+    // A receive cancelled by its timeout takes nothing.
+    assert!(tokio::time::timeout(Duration::from_millis(30), s.recv())
+        .await
+        .is_err());
+    // An unread subscriber holds the publisher back; the send times out.
+    let mut sent = 0u32;
+    let e = loop {
+        match p.send(b"", &sent.to_le_bytes().repeat(256)).await {
+            Ok(()) => sent += 1,
+            Err(e) => break e,
+        }
+        assert!(sent < 10_000, "nothing held the publisher back");
+    };
+    assert!(matches!(e, Error::Timeout { .. }), "{e}");
+    // Nothing was dropped.
+    for i in 0..sent {
+        assert_eq!(&s.recv().await.unwrap()[..4], &i.to_le_bytes());
+    }
+}
+
+async fn pushpull<W: Wire>(a: Address) {
+    let o = Options::default().capacity(1 << 16);
+    let mut q1 = W::bind_puller(&a, &o).await.unwrap();
+    let mut q2 = W::connect_puller(&a, &o).await.unwrap();
+    let mut push = W::connect_pusher(&a, &o).await.unwrap();
+    const N: u32 = 1000;
+    let pull = |mut q: W::Puller| async move {
+        let mut got = Vec::new();
+        while let Ok(Ok(f)) = tokio::time::timeout(SEC / 2, q.recv()).await {
+            got.push(u32::from_le_bytes(f[..4].try_into().unwrap()));
+        }
+        (q, got)
+    };
+    let (h1, h2) = (tokio::spawn(pull(q1)), tokio::spawn(pull(q2)));
+    for i in 0..N {
+        push.send(&i.to_le_bytes()).await.unwrap();
+    }
+    let ((r1, g1), (r2, g2)) = (h1.await.unwrap(), h2.await.unwrap());
+    (q1, q2) = (r1, r2);
+    assert_eq!(g1.len() + g2.len(), N as usize, "lost or duplicated");
+    let all: BTreeSet<u32> = g1.iter().chain(&g2).copied().collect();
+    assert_eq!(all, (0..N).collect());
+    for g in [&g1, &g2] {
+        assert!(g.windows(2).all(|w| w[0] < w[1]), "reordered");
+    }
+    // Every size, whole.
+    for (i, &n) in SIZES[..8].iter().enumerate() {
+        push.send(&payload(i, n)).await.unwrap();
+        let f = tokio::time::timeout(10 * SEC, q1.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&*f, &payload(i, n)[..], "size {n}");
+    }
+    drop(q2);
+}
+
+async fn reqrep<W: Wire>(a: Address) {
+    let o = Options::default();
+    let mut server = W::bind_replier(&a, &o).await.unwrap();
+    let clients: Vec<_> = (0..2u32)
+        .map(|k| {
+            let (a, o) = (a.clone(), o.clone());
+            tokio::spawn(async move {
+                let mut c = W::connect_requester(&a, &o).await.unwrap();
+                for i in 0..200u32 {
+                    let q = format!("{k}:{i}");
+                    let r = tokio::time::timeout(5 * SEC, c.request(q.as_bytes()))
+                        .await
+                        .unwrap()
+                        .unwrap();
+                    assert_eq!(&*r, format!("{q}!").as_bytes());
+                }
+            })
+        })
+        .collect();
+    for _ in 0..400 {
+        server.serve_one(|q| [q, b"!"].concat()).await.unwrap();
+    }
+    for c in clients {
+        c.await.unwrap();
+    }
+}
+
+async fn unbound<W: Wire>(a: Address) {
+    let o = Options::default().connect_timeout(Duration::from_millis(50));
+    assert!(matches!(
+        W::connect_subscriber(&a, &o).await,
+        Err(Error::NotBound { .. })
+    ));
+    let _p = W::bind_publisher(&a, &o).await.unwrap();
+    assert!(matches!(
+        W::bind_publisher(&a, &o).await,
+        Err(Error::AddrInUse { .. })
+    ));
+}
+
+macro_rules! suite {
+    ($module:ident, $wire:ty, $scheme:literal) => {
+        mod $module {
+            use super::*;
+
+            fn addr(tag: &str) -> Address {
+                format!("{}://c-{tag}-{}", $scheme, std::process::id())
+                    .parse()
+                    .unwrap()
+            }
+
+            #[test]
+            fn publish_subscribe() {
+                rt().block_on(pubsub::<$wire>(addr("pubsub")));
+            }
+
+            #[test]
+            fn backpressure_and_cancellation() {
+                rt().block_on(super::backpressure_and_cancellation::<$wire>(addr("bp")));
+            }
+
+            #[test]
+            fn push_pull() {
+                rt().block_on(pushpull::<$wire>(addr("pushpull")));
+            }
+
+            #[test]
+            fn request_reply() {
+                rt().block_on(reqrep::<$wire>(addr("reqrep")));
+            }
+
+            #[test]
+            fn unbound_and_taken_names() {
+                rt().block_on(unbound::<$wire>(addr("names")));
+            }
+        }
+    };
+}
+
+suite!(inproc, InProc, "inproc");
+#[cfg(feature = "shm")]
+suite!(shm, shoal_transport::Shm, "shm");
