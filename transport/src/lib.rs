@@ -22,18 +22,22 @@
 //!   is generic over.
 //! - [`inproc`]: the in-process backend (`inproc://NAME`), the suite's
 //!   reference.
+//! - [`blocking`]: any endpoint driven from a plain thread.
+//! - [`handler`]: a subscriber driven by a closure on a background task,
+//!   with a stop handle and an exit callback.
 //! - [`shm`] (feature `shm`, on by default): publish/subscribe over a
 //!   shared-memory broadcast ring, push/pull over an MPMC ring, and
 //!   request/reply over a pair of them, awaited through tokio.
 //! - [`error`]: the crate's one error type.
 //!
-//! Still to come (issue 7): blocking wrappers, and the nng and QUIC
-//! backends.
+//! Still to come (issue 7): the nng and QUIC backends.
 
 pub mod address;
+pub mod blocking;
 pub mod envelope;
 pub mod error;
 pub mod frame;
+pub mod handler;
 pub mod inproc;
 pub mod options;
 pub mod pattern;

@@ -1,0 +1,138 @@
+//! Blocking wrappers, for code on plain threads: an endpoint of any wire
+//! with a single-threaded tokio runtime of its own that each call drives.
+//!
+//! Do not call these from inside an async runtime (tokio panics when a
+//! runtime is blocked on from within one); use the endpoints directly
+//! there.
+
+use crate::error::{Error, Result};
+use crate::frame::Frame;
+use crate::pattern::{Publisher, Puller, Pusher, Replier, Requester, Subscriber};
+use std::future::Future;
+use std::time::Duration;
+
+/// An endpoint driven from a plain thread.
+///
+/// ```
+/// use shoal_transport::{blocking::Blocking, Address, InProc, Options, Wire};
+/// let a: Address = "inproc://doc-blocking".parse()?;
+/// let o = Options::default();
+/// let mut q = Blocking::new(InProc::bind_puller(&a, &o))?;
+/// let mut p = Blocking::new(InProc::connect_pusher(&a, &o))?;
+/// p.push(b"job")?;
+/// assert_eq!(&*q.pull_timeout(std::time::Duration::from_secs(1))?, b"job");
+/// # Ok::<(), shoal_transport::Error>(())
+/// ```
+pub struct Blocking<T> {
+    rt: tokio::runtime::Runtime,
+    inner: T,
+}
+
+impl<T> std::fmt::Debug for Blocking<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Blocking").finish_non_exhaustive()
+    }
+}
+
+impl<T> Blocking<T> {
+    /// Makes the endpoint `make` builds (for example
+    /// `Shm::connect_subscriber(&addr, &opts)`) inside this wrapper's
+    /// runtime, where its waits are registered.
+    pub fn new(make: impl Future<Output = Result<T>>) -> Result<Self> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|source| Error::Io {
+                what: "starting the blocking wrapper's runtime".into(),
+                source,
+            })?;
+        let inner = rt.block_on(make)?;
+        Ok(Blocking { rt, inner })
+    }
+
+    /// The endpoint itself.
+    pub fn get_mut(&mut self) -> &mut T {
+        &mut self.inner
+    }
+
+    /// Runs `f` on the endpoint, giving up after `timeout`.
+    fn within<'a, R, F>(
+        rt: &tokio::runtime::Runtime,
+        timeout: Option<Duration>,
+        what: &'static str,
+        f: F,
+    ) -> Result<R>
+    where
+        F: Future<Output = Result<R>> + 'a,
+    {
+        match timeout {
+            None => rt.block_on(f),
+            Some(t) => rt
+                .block_on(async { tokio::time::timeout(t, f).await })
+                .map_err(|_| Error::Timeout { what, after: t })?,
+        }
+    }
+}
+
+impl<T: Publisher> Blocking<T> {
+    /// [`Publisher::send`], blocking.
+    pub fn publish(&mut self, topic: &[u8], payload: &[u8]) -> Result<()> {
+        self.rt.block_on(self.inner.send(topic, payload))
+    }
+    /// [`Publisher::wait_for_subscribers`], blocking.
+    pub fn wait_for_subscribers(&mut self, n: u32, timeout: Duration) -> Result<u32> {
+        self.rt
+            .block_on(self.inner.wait_for_subscribers(n, timeout))
+    }
+}
+
+impl<T: Subscriber> Blocking<T> {
+    /// [`Subscriber::subscribe`].
+    pub fn subscribe(&mut self, prefix: &[u8]) {
+        self.inner.subscribe(prefix)
+    }
+    /// [`Subscriber::recv`], blocking.
+    pub fn receive(&mut self) -> Result<Frame<'_>> {
+        self.rt.block_on(self.inner.recv())
+    }
+    /// [`Subscriber::recv`], blocking at most `timeout`.
+    pub fn receive_timeout(&mut self, timeout: Duration) -> Result<Frame<'_>> {
+        Self::within(&self.rt, Some(timeout), "receive", self.inner.recv())
+    }
+}
+
+impl<T: Pusher> Blocking<T> {
+    /// [`Pusher::send`], blocking.
+    pub fn push(&mut self, payload: &[u8]) -> Result<()> {
+        self.rt.block_on(self.inner.send(payload))
+    }
+}
+
+impl<T: Puller> Blocking<T> {
+    /// [`Puller::recv`], blocking.
+    pub fn pull(&mut self) -> Result<Frame<'_>> {
+        self.rt.block_on(self.inner.recv())
+    }
+    /// [`Puller::recv`], blocking at most `timeout`.
+    pub fn pull_timeout(&mut self, timeout: Duration) -> Result<Frame<'_>> {
+        Self::within(&self.rt, Some(timeout), "pull", self.inner.recv())
+    }
+}
+
+impl<T: Requester> Blocking<T> {
+    /// [`Requester::request`], blocking at most `timeout` (`None`: as long
+    /// as the replier lives).
+    pub fn request(&mut self, payload: &[u8], timeout: Option<Duration>) -> Result<Frame<'_>> {
+        Self::within(&self.rt, timeout, "request", self.inner.request(payload))
+    }
+}
+
+impl<T: Replier> Blocking<T> {
+    /// [`Replier::serve_one`], blocking.
+    pub fn serve_one<F>(&mut self, answer: F) -> Result<()>
+    where
+        F: FnOnce(&[u8]) -> Vec<u8> + Send,
+    {
+        self.rt.block_on(self.inner.serve_one(answer))
+    }
+}
