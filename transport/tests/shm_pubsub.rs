@@ -408,3 +408,63 @@ fn a_garbage_name_file_of_ours_is_taken_over() {
     drop(p);
     assert!(!std::path::Path::new(&path).exists());
 }
+
+/// Issue 7 item 7: a subscriber whose publisher died (another process,
+/// aborting) reports PeerGone once, then reconnects by itself to the
+/// publisher that binds the name next.
+#[test]
+fn a_subscriber_reconnects_to_the_next_publisher() {
+    if let Ok(name) = std::env::var("SHOAL_T_PUB2") {
+        rt().block_on(async {
+            let a: Address = format!("shm://{name}").parse().unwrap();
+            let mut p = ShmPublisher::bind(&a, &Options::default()).unwrap();
+            p.wait_for_subscribers(1, 10 * SEC).await.unwrap();
+            for i in 0..10u8 {
+                p.send(b"", &[i]).await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            std::process::abort();
+        });
+        return;
+    }
+    rt().block_on(async {
+        let a = addr("reconnect");
+        let Address::Shm { name } = &a else {
+            unreachable!()
+        };
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "a_subscriber_reconnects_to_the_next_publisher",
+                "--nocapture",
+            ])
+            .env("SHOAL_T_PUB2", name)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut s = ShmSubscriber::connect(&a, &Options::default())
+            .await
+            .unwrap();
+        for i in 0..10u8 {
+            assert_eq!(&*s.recv().await.unwrap(), &[i]);
+        }
+        let e = tokio::time::timeout(10 * SEC, s.recv())
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(matches!(e, Error::PeerGone { .. }), "{e}");
+        let _ = child.wait();
+        // The next receive waits for a new publisher and gets its message.
+        let next = tokio::spawn(async move {
+            let f = tokio::time::timeout(10 * SEC, s.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            f.to_vec()
+        });
+        let mut p = ShmPublisher::bind(&a, &Options::default()).unwrap();
+        p.wait_for_subscribers(1, 10 * SEC).await.unwrap();
+        p.send(b"", b"again").await.unwrap();
+        assert_eq!(next.await.unwrap(), b"again");
+    });
+}

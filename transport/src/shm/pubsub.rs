@@ -317,6 +317,12 @@ pub struct ShmSubscriber {
     max_message: usize,
     spin: Duration,
     address: String,
+    /// To reconnect with.
+    parsed: Address,
+    opts: Options,
+    /// The publisher died (reported once as `PeerGone`): the next receive
+    /// reconnects to whoever binds the name next.
+    gone: bool,
 }
 
 impl std::fmt::Debug for ShmSubscriber {
@@ -379,7 +385,22 @@ impl ShmSubscriber {
             max_message: opts.max_message,
             spin: opts.spin,
             address: address.to_string(),
+            parsed: address.clone(),
+            opts: opts.clone(),
+            gone: false,
         })
+    }
+
+    /// After a dead publisher: attaches to the ring bound at the address
+    /// now (waiting up to `connect_timeout` for one), keeping the topic
+    /// subscriptions. Messages the dead publisher sent after its last one
+    /// received here are lost with it.
+    async fn reconnect(&mut self) -> Result<()> {
+        let fresh = ShmSubscriber::connect(&self.parsed, &self.opts).await?;
+        self.reader = fresh.reader;
+        self.ready = fresh.ready;
+        self.gone = false;
+        Ok(())
     }
 
     /// Receives only messages whose topic starts with `prefix` (call again
@@ -469,11 +490,17 @@ impl ShmSubscriber {
     ///
     /// Errors: [`Error::Closed`] once the publisher closed and everything
     /// was received; [`Error::PeerGone`] when it died (after everything it
-    /// committed was received); a record with a malformed envelope is
+    /// committed was received), once: the next call reconnects to the
+    /// publisher that binds the name next (waiting up to
+    /// `connect_timeout`, else [`Error::NotBound`], and trying again on the
+    /// call after); a record with a malformed envelope is
     /// skipped and its error returned (the next call goes on after it); a
     /// malformed ring record (`Error::Ring` with `Corrupt`) stays where it
     /// is, and every call reports it: the ring cannot be trusted further.
     pub async fn recv(&mut self) -> Result<Frame<'_>> {
+        if self.gone {
+            self.reconnect().await?;
+        }
         let mut skipped = 0u32;
         // Poll a little before parking (see Options::spin).
         let mut spin_from: Option<Instant> = None;
@@ -548,6 +575,7 @@ impl ShmSubscriber {
         // publisher died (or closed) is still delivered.
         let alive = self.reader.writer_alive();
         if self.peek()?.is_none() && !alive {
+            self.gone = true;
             return Err(Error::PeerGone {
                 address: self.address.clone(),
             });
