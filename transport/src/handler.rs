@@ -6,8 +6,10 @@ use crate::pattern::Subscriber;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// Stops a [`spawn_handler`] task and waits for it.
+/// Stops a [`spawn_handler`] task and waits for it. Dropping it instead
+/// detaches the task: it runs until its subscription ends.
 #[derive(Debug)]
+#[must_use = "dropping the handle detaches the task; keep it to stop the task"]
 pub struct HandlerTask {
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
@@ -31,7 +33,8 @@ impl HandlerTask {
 }
 
 /// Runs `handler` on every message `sub` receives, on a tokio task, until
-/// [`HandlerTask::stop`] or the subscription ends; then calls `on_exit`
+/// [`HandlerTask::stop`] or the subscription ends (dropping the
+/// [`HandlerTask`] detaches the task, it does not stop it); then calls `on_exit`
 /// with how it ended: `Ok(())` when stopped or closed cleanly, the error
 /// otherwise (a dead publisher, a corrupt record). Must be called inside a
 /// tokio runtime.
@@ -60,6 +63,8 @@ where
 {
     let (stop, mut stopped) = watch::channel(false);
     let task = tokio::spawn(async move {
+        // Set once the handle is dropped: nobody can stop the task then.
+        let mut detached = false;
         let end = loop {
             tokio::select! {
                 // Receiving is cancel-safe: a stop takes nothing.
@@ -68,8 +73,10 @@ where
                     Err(Error::Closed) => break Ok(()),
                     Err(e) => break Err(e),
                 },
-                c = stopped.changed() => {
-                    if c.is_err() || *stopped.borrow() {
+                c = stopped.changed(), if !detached => {
+                    if c.is_err() {
+                        detached = true;
+                    } else if *stopped.borrow() {
                         break Ok(());
                     }
                 }

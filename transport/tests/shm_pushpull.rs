@@ -163,3 +163,67 @@ fn a_pusher_in_another_process() {
         assert!(child.wait().unwrap().success());
     });
 }
+
+/// Review 9 (D1): waiting for room in a full queue used to reserve and drop
+/// (in an MPMC ring that leaves a tombstone, not room), so a pusher facing
+/// a slow puller could spin through dead records and outlive its timeout.
+/// Now the send itself waits: large records through a small queue and a
+/// slow puller all arrive, in order, in bounded time.
+#[test]
+fn a_full_queue_and_a_slow_puller_lose_nothing_and_leave_no_dead_records() {
+    rt().block_on(async {
+        let a = addr("slow");
+        let o = Options::default().capacity(1 << 14);
+        let mut pull = ShmPuller::bind(&a, &o).unwrap();
+        let mut push = ShmPusher::connect(&a, &o).await.unwrap();
+        let puller = tokio::spawn(async move {
+            for i in 0..60u32 {
+                let (head, len) = {
+                    let f = tokio::time::timeout(5 * SEC, pull.recv())
+                        .await
+                        .unwrap()
+                        .unwrap();
+                    (f[..4].to_vec(), f.len())
+                };
+                assert_eq!(head, i.to_le_bytes(), "record {i}");
+                assert_eq!(len, 3000);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        });
+        let t0 = std::time::Instant::now();
+        for i in 0..60u32 {
+            let mut m = vec![0u8; 3000];
+            m[..4].copy_from_slice(&i.to_le_bytes());
+            push.send(&m).await.unwrap();
+        }
+        puller.await.unwrap();
+        assert!(t0.elapsed() < 10 * SEC, "took {:?}", t0.elapsed());
+    });
+}
+
+/// Review 9 (D4): a send cancelled while it waits for room goes on in the
+/// blocking pool; dropping the pusher makes it give up, so the runtime
+/// shuts down promptly instead of waiting for a puller that never comes.
+#[test]
+fn dropping_a_pusher_ends_its_background_wait() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = rt();
+        let a = addr("shutdown");
+        let o = Options::default().capacity(1 << 14);
+        rt.block_on(async {
+            let _pull = ShmPuller::bind(&a, &o).unwrap();
+            let mut push = ShmPusher::connect(&a, &o).await.unwrap();
+            // Fill the queue, then a send that waits and is cancelled.
+            while tokio::time::timeout(Duration::from_millis(20), push.send(&[0u8; 2000]))
+                .await
+                .is_ok()
+            {}
+            drop(push);
+        });
+        drop(rt);
+        tx.send(()).unwrap();
+    });
+    rx.recv_timeout(5 * SEC)
+        .expect("the runtime did not shut down: a background send kept waiting");
+}

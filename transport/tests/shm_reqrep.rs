@@ -90,7 +90,8 @@ fn a_gone_requester_does_not_stop_the_replier() {
         }
         let (req, replies) = server.recv().await.unwrap();
         assert_eq!(&req[..], b"orphan");
-        assert!(replies.reply(&req, b"nobody listens").await.is_err());
+        let e = replies.reply(&req, b"nobody listens").await.unwrap_err();
+        assert!(matches!(e, shoal_transport::Error::PeerGone { .. }), "{e}");
         drop(req);
         let mut c = ShmRequester::connect(&a, &o).await.unwrap();
         let (r, _) = tokio::join!(c.request(b"next"), serve(&mut server, 1));
@@ -134,5 +135,59 @@ fn a_requester_in_another_process() {
             .await
             .unwrap();
         assert!(child.wait().unwrap().success());
+    });
+}
+
+/// Review 9 (D2): a requester whose replier dies while it waits gets
+/// PeerGone, not an endless wait.
+#[test]
+fn a_requester_learns_that_its_replier_is_gone() {
+    rt().block_on(async {
+        let a = addr("dead-replier");
+        let o = Options::default();
+        let server = ShmReplier::bind(&a, &o).unwrap();
+        let mut c = ShmRequester::connect(&a, &o).await.unwrap();
+        let killer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            drop(server);
+        });
+        let e = tokio::time::timeout(5 * SEC, c.request(b"anyone?"))
+            .await
+            .expect("the requester waited on")
+            .unwrap_err();
+        assert!(matches!(e, shoal_transport::Error::PeerGone { .. }), "{e}");
+        killer.await.unwrap();
+    });
+}
+
+/// Review 9 (D3): a requester that stops reading its replies no longer
+/// stalls the replier for everybody: its reply times out (1 s by default)
+/// and the next requester is served.
+#[test]
+fn a_requester_that_stops_reading_does_not_stall_the_replier() {
+    rt().block_on(async {
+        let a = addr("deaf");
+        let o = Options::default().capacity(1 << 14);
+        let mut server = ShmReplier::bind(&a, &o).unwrap();
+        let mut deaf = ShmRequester::connect(&a, &o).await.unwrap();
+        // Requests whose replies it stops waiting for: they fill its queue.
+        for _ in 0..6 {
+            let _ =
+                tokio::time::timeout(Duration::from_millis(50), deaf.request(&[1u8; 1000])).await;
+        }
+        let mut timeouts = 0;
+        // Serve until no request came for a while.
+        while let Ok(r) = tokio::time::timeout(Duration::from_millis(300), server.recv()).await {
+            let (req, replies) = r.unwrap();
+            if let Err(e) = replies.reply(&req, &[2u8; 5000]).await {
+                assert!(matches!(e, shoal_transport::Error::Timeout { .. }), "{e}");
+                timeouts += 1;
+            }
+        }
+        assert!(timeouts >= 1, "the deaf requester's queue never filled");
+        let mut c = ShmRequester::connect(&a, &o).await.unwrap();
+        let (r, _) = tokio::join!(c.request(b"me"), serve(&mut server, 1));
+        assert_eq!(&*r.unwrap(), b"me!");
+        drop(deaf);
     });
 }

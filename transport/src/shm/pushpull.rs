@@ -66,6 +66,11 @@ async fn lookup_live(address: &Address, timeout: Duration) -> Result<Handle> {
 /// ```
 pub struct ShmPusher {
     producer: Arc<Mutex<MpmcProducer>>,
+    /// The queue's segment, for its creator's liveness.
+    ring: shoal_shm_ring::Segment,
+    /// Set when this pusher drops: a send waiting in the blocking pool
+    /// gives up.
+    dropped: Arc<std::sync::atomic::AtomicBool>,
     pending: Option<JoinHandle<Result<()>>>,
     max_message: usize,
     send_timeout: Option<Duration>,
@@ -82,18 +87,14 @@ impl ShmPusher {
     /// to `opts.connect_timeout` for it.
     pub async fn connect(address: &Address, opts: &Options) -> Result<Self> {
         let h = lookup_live(address, opts.connect_timeout).await?;
-        let producer = MpmcProducer::attach_with(&h, PeerOptions::default(), Some(format_tag()))?;
-        Ok(ShmPusher {
-            producer: Arc::new(Mutex::new(producer)),
-            pending: None,
-            max_message: opts.max_message,
-            send_timeout: opts.send_timeout,
-        })
+        Self::attach(&h, opts)
     }
 
     /// Queues `payload` for exactly one puller, waiting while the queue is
-    /// full (see [`Options::send_timeout`]). Cancel-safe: a send dropped
-    /// before it returns queued nothing.
+    /// full (see [`Options::send_timeout`], which bounds the whole wait).
+    /// Cancelled before the queue was found full, it queued nothing; once
+    /// waiting for room, the send goes on in the background and completes
+    /// (or times out) on its own, before this pusher's next send.
     pub async fn send(&mut self, payload: &[u8]) -> Result<()> {
         self.send_as(Kind::Message, &[], 0, payload).await
     }
@@ -103,8 +104,11 @@ impl ShmPusher {
     pub(crate) fn attach(handle: &Handle, opts: &Options) -> Result<Self> {
         let producer =
             MpmcProducer::attach_with(handle, PeerOptions::default(), Some(format_tag()))?;
+        let ring = shoal_shm_ring::Segment::attach(handle.name(), SegmentKind::Mpmc)?;
         Ok(ShmPusher {
             producer: Arc::new(Mutex::new(producer)),
+            ring,
+            dropped: Arc::default(),
             pending: None,
             max_message: opts.max_message,
             send_timeout: opts.send_timeout,
@@ -127,55 +131,101 @@ impl ShmPusher {
                 limit: self.max_message as u64,
             });
         }
+        self.join_pending().await;
         let len = HEADER_LEN + pad16(topic.len()) + payload.len();
-        loop {
-            if let Some(h) = self.pending.as_mut() {
-                // A wait left by a cancelled send (its outcome is moot):
-                // joined before the lock it may hold is taken.
-                let _ = h.await;
-                self.pending = None;
-            }
-            {
-                let mut p = self.producer.lock().unwrap_or_else(|e| e.into_inner());
-                let res = p.reserve_with(len, Wait::no_wait());
+        {
+            let mut p = self.producer.lock().unwrap_or_else(|e| e.into_inner());
+            let res = p.reserve_with(len, Wait::no_wait());
+            match res {
+                Ok(mut r) => {
+                    let off = put_envelope_as(&mut r, kind, topic, payload.len(), id)?;
+                    r[off..off + payload.len()].copy_from_slice(payload);
+                    r.commit(len)?;
+                    return Ok(());
+                }
+                Err(shoal_shm_ring::Error::WouldBlock) => {}
+                Err(e) => return Err(e.into()),
+            };
+        }
+        // The queue is full: the whole send moves to the blocking pool,
+        // where the ring's own wait takes the room as it comes (a
+        // reservation dropped in an MPMC ring is a tombstone, not room
+        // given back, so waiting and sending cannot be separated). The
+        // wait runs in slices, so it ends soon after this pusher is
+        // dropped; `send_timeout` bounds it as a whole.
+        let p = self.producer.clone();
+        let dropped = self.dropped.clone();
+        let deadline = self.send_timeout.map(|t| Instant::now() + t);
+        let wait_for = self.send_timeout;
+        let (topic, payload) = (topic.to_vec(), payload.to_vec());
+        self.pending = Some(tokio::task::spawn_blocking(move || -> Result<()> {
+            let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
+            loop {
+                if dropped.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Err(Error::Closed);
+                }
+                let slice = match deadline {
+                    Some(d) => d.saturating_duration_since(Instant::now()).min(WAIT_SLICE),
+                    None => WAIT_SLICE,
+                };
+                let res = p.reserve_with(len, Wait::timeout(slice));
                 match res {
                     Ok(mut r) => {
-                        let off = put_envelope_as(&mut r, kind, topic, payload.len(), id)?;
-                        r[off..off + payload.len()].copy_from_slice(payload);
+                        let off = put_envelope_as(&mut r, kind, &topic, payload.len(), id)?;
+                        r[off..off + payload.len()].copy_from_slice(&payload);
                         r.commit(len)?;
                         return Ok(());
                     }
-                    Err(shoal_shm_ring::Error::WouldBlock) => {}
+                    Err(shoal_shm_ring::Error::Timeout) => {
+                        if deadline.is_some_and(|d| Instant::now() >= d) {
+                            return Err(Error::Timeout {
+                                what: "push (waiting for room in the queue)",
+                                after: wait_for.unwrap_or_default(),
+                            });
+                        }
+                    }
                     Err(e) => return Err(e.into()),
                 };
             }
-            let p = self.producer.clone();
-            let wait_for = self.send_timeout;
-            self.pending = Some(tokio::task::spawn_blocking(move || -> Result<()> {
-                let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
-                let wait = wait_for.map_or(Wait::forever(), Wait::timeout);
-                let r = p.reserve_with(len, wait).map(drop);
-                match r {
-                    Ok(()) => Ok(()),
-                    Err(shoal_shm_ring::Error::Timeout) => Err(Error::Timeout {
-                        what: "push (waiting for room in the queue)",
-                        after: wait_for.unwrap_or_default(),
-                    }),
-                    Err(e) => Err(e.into()),
-                }
-            }));
-            let joined = match self.pending.as_mut() {
-                Some(h) => h.await,
-                None => continue,
-            };
+        }));
+        let joined = match self.pending.as_mut() {
+            Some(h) => h.await,
+            None => return Ok(()),
+        };
+        self.pending = None;
+        joined.map_err(|e| Error::Io {
+            what: "waiting for room in the queue".into(),
+            source: std::io::Error::other(e),
+        })?
+    }
+
+    /// Finishes a send left waiting by a cancelled call (so sends from this
+    /// pusher stay in order, and no later call blocks on the lock it holds).
+    async fn join_pending(&mut self) {
+        if let Some(h) = self.pending.as_mut() {
+            // Its outcome belonged to the cancelled call.
+            let _ = h.await;
             self.pending = None;
-            joined.map_err(|e| Error::Io {
-                what: "waiting for room in the queue".into(),
-                source: std::io::Error::other(e),
-            })??;
         }
     }
+
+    /// Whether the queue's creator (the puller that bound it, or the
+    /// requester whose reply queue it is) still lives.
+    pub(crate) fn peer_alive(&self) -> bool {
+        self.ring.creator_alive()
+    }
 }
+
+impl Drop for ShmPusher {
+    fn drop(&mut self) {
+        // A send still waiting in the blocking pool gives up within a slice.
+        self.dropped
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Longest single wait of a send for room (see `ShmPusher::send_as`).
+const WAIT_SLICE: Duration = Duration::from_millis(100);
 
 /// `&mut ShmPuller` as a raw pointer that a `Send` future may hold across
 /// an await (see [`ShmPuller::recv`]).
@@ -213,6 +263,12 @@ impl ShmPuller {
         ring: Option<MpmcRing>,
         binding: Option<Binding>,
     ) -> Result<Self> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::Io {
+                what: "a shm puller or replier is made inside a tokio runtime (its waits are registered there)".into(),
+                source: std::io::Error::other("no tokio runtime"),
+            });
+        }
         let fd = consumer.ready_fd()?;
         // SAFETY: a ReadyFd owns its eventfd for its whole life and always
         // returns that descriptor from as_raw_fd; the AsyncFd owns the

@@ -45,6 +45,7 @@ pub struct ShmRequester {
     replies: ShmPuller,
     reply_to: String,
     next_id: u64,
+    address: String,
 }
 
 impl std::fmt::Debug for ShmRequester {
@@ -72,40 +73,69 @@ impl ShmRequester {
             replies,
             reply_to,
             next_id: 1,
+            address: address.to_string(),
         })
     }
 
-    /// Sends `payload` and waits for its reply. Cancel-safe in the sense
-    /// that matters: a request cancelled after it was sent may still be
-    /// served; its late reply is recognised by its id and dropped.
+    /// Sends `payload` and waits for its reply; [`Error::PeerGone`] if the
+    /// replier dies first (checked every 50 ms while waiting). Cancel-safe
+    /// in the sense that matters: a request cancelled after it was sent may
+    /// still be served; its late reply is recognised by its id and dropped.
     pub async fn request(&mut self, payload: &[u8]) -> Result<Frame<'_>> {
         let id = self.next_id;
         self.next_id += 1;
         self.requests
             .send_as(Kind::Request, self.reply_to.as_bytes(), id, payload)
             .await?;
-        let this = SelfPtr(&mut self.replies);
+        let this = SelfPtr(self);
         loop {
-            // SAFETY: `this` points to `self.replies`, which this call
-            // borrows mutably for its whole length; each reborrow either
-            // is returned (ending the loop) or ends with its statement
-            // (see ShmPuller::recv for why the borrow checker needs this).
-            let (h, f) = unsafe { &mut *this.0 }.recv_as(Kind::Reply).await?;
-            if h.id == id {
-                return Ok(f);
+            // SAFETY: `this` comes from the `&mut self` this call holds for
+            // its whole length, and `self` is not used again: each
+            // reborrow below either is returned (ending the loop) or ends
+            // with its statement (see ShmPuller::recv for why the borrow
+            // checker needs this).
+            let got = tokio::time::timeout(
+                REPLIER_CHECK,
+                unsafe { &mut *this.0 }.replies.recv_as(Kind::Reply),
+            )
+            .await;
+            match got {
+                Ok(r) => {
+                    let (h, f) = r?;
+                    if h.id == id {
+                        return Ok(f);
+                    }
+                    // A late reply to a cancelled request: dropped.
+                }
+                // SAFETY: as above (the timed-out receive was dropped).
+                Err(_) if !unsafe { &*this.0 }.requests.peer_alive() => {
+                    // SAFETY: as above.
+                    let me = unsafe { &*this.0 };
+                    return Err(Error::PeerGone {
+                        address: me.address.clone(),
+                    });
+                }
+                Err(_) => {}
             }
-            // A late reply to a cancelled request: dropped (released).
         }
     }
 }
 
-/// `&mut ShmPuller` as a raw pointer a `Send` future may hold.
-struct SelfPtr(*mut ShmPuller);
+/// How often a waiting requester checks that its replier lives.
+const REPLIER_CHECK: std::time::Duration = std::time::Duration::from_millis(50);
 
-// SAFETY: it only ever points to the `ShmPuller` whose `&mut` the future
-// holding it has borrowed for its whole life; moving that future moves the
-// exclusive borrow with it, and `ShmPuller` is `Send`.
-unsafe impl Send for SelfPtr {}
+/// How long a reply waits for room in a requester's full reply queue
+/// (one that stopped reading) when `Options::send_timeout` sets no bound:
+/// the replier then drops that reply and serves the others.
+const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `&mut T` as a raw pointer a `Send` future may hold (see `request`).
+struct SelfPtr<T>(*mut T);
+
+// SAFETY: it only ever points to the value whose `&mut` the future holding
+// it has borrowed for its whole life; moving that future moves the
+// exclusive borrow with it, and the value itself is `Send`.
+unsafe impl<T: Send> Send for SelfPtr<T> {}
 
 /// A request a replier received: derefs to its payload; answer it with
 /// [`Replies::reply`].
@@ -144,7 +174,10 @@ pub struct Replies {
 }
 
 impl Replies {
-    /// Sends `payload` as the reply to `req`.
+    /// Sends `payload` as the reply to `req`. A requester whose reply
+    /// queue stays full (it stopped reading) for `Options::send_timeout`
+    /// (1 s when unset) gets no reply: [`Error::Timeout`], and the replier
+    /// goes on with the others.
     pub async fn reply(&mut self, req: &Request<'_>, payload: &[u8]) -> Result<()> {
         self.reply_to(req.reply_to, req.id, payload).await
     }
@@ -193,7 +226,9 @@ impl ShmReplier {
             requests: ShmPuller::bind(address, opts)?,
             replies: Replies {
                 queues: HashMap::new(),
-                opts: opts.clone(),
+                opts: opts
+                    .clone()
+                    .send_timeout(Some(opts.send_timeout.unwrap_or(REPLY_TIMEOUT))),
             },
         })
     }
