@@ -3,9 +3,12 @@
 //! cannot drift apart; code above this crate can be too.
 //!
 //! Each method's future is `Send` (it runs inside `tokio::spawn`), and each
-//! is cancel-safe: dropped before it completes, a send sent nothing and a
-//! receive took nothing (a request may still be served; its late reply is
-//! dropped).
+//! is cancel-safe: dropped before it completes, a receive took nothing, and
+//! a send sent nothing unless it was already waiting for room in a full
+//! work queue (shm push/pull: waiting for room and taking it are one step
+//! in an MPMC ring), in which case it completes in the background before
+//! the endpoint's next send. A request may still be served after it was
+//! cancelled; its late reply is dropped.
 
 use crate::address::Address;
 use crate::error::Result;
