@@ -227,3 +227,53 @@ fn dropping_a_pusher_ends_its_background_wait() {
     rx.recv_timeout(5 * SEC)
         .expect("the runtime did not shut down: a background send kept waiting");
 }
+
+/// Issue 7 item 7: a pusher whose puller died (another process, aborting)
+/// moves to the puller that binds the name next, by itself.
+#[test]
+fn a_pusher_moves_to_the_next_puller() {
+    if let Ok(name) = std::env::var("SHOAL_TQ_PULL") {
+        rt().block_on(async {
+            let a: Address = format!("shm://{name}").parse().unwrap();
+            let mut q = ShmPuller::bind(&a, &Options::default()).unwrap();
+            for i in 0..5u8 {
+                let f = tokio::time::timeout(10 * SEC, q.recv())
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(&*f, &[i]);
+            }
+            std::process::abort();
+        });
+        return;
+    }
+    rt().block_on(async {
+        let a = addr("moves");
+        let Address::Shm { name } = &a else {
+            unreachable!()
+        };
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "a_pusher_moves_to_the_next_puller",
+                "--nocapture",
+            ])
+            .env("SHOAL_TQ_PULL", name)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut push = ShmPusher::connect(&a, &Options::default()).await.unwrap();
+        for i in 0..5u8 {
+            push.send(&[i]).await.unwrap();
+        }
+        let _ = child.wait();
+        let mut q = ShmPuller::bind(&a, &Options::default()).unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        push.send(b"after").await.unwrap();
+        let f = tokio::time::timeout(5 * SEC, q.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&*f, b"after");
+    });
+}

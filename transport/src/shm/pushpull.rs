@@ -74,7 +74,16 @@ pub struct ShmPusher {
     pending: Option<JoinHandle<Result<()>>>,
     max_message: usize,
     send_timeout: Option<Duration>,
+    /// The address connected to (none for a requester's reply queue), to
+    /// reconnect with when the queue's puller is gone.
+    reconnect: Option<(Address, Options)>,
+    /// When the queue's creator was last seen alive.
+    checked: Instant,
 }
+
+/// How often a pusher checks that its queue's puller lives (a queue whose
+/// puller died is read by nobody: the pusher moves to the next binding).
+const PULLER_CHECK: Duration = Duration::from_millis(10);
 
 impl std::fmt::Debug for ShmPusher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -87,7 +96,32 @@ impl ShmPusher {
     /// to `opts.connect_timeout` for it.
     pub async fn connect(address: &Address, opts: &Options) -> Result<Self> {
         let h = lookup_live(address, opts.connect_timeout).await?;
-        Self::attach(&h, opts)
+        let mut p = Self::attach(&h, opts)?;
+        p.reconnect = Some((address.clone(), opts.clone()));
+        Ok(p)
+    }
+
+    /// Checks, at most every 10 ms, that the queue's puller lives; if it
+    /// died, moves to the queue bound at the address now (waiting up to
+    /// `connect_timeout`). Records it had queued for the dead puller and
+    /// nobody took are lost with it.
+    async fn ensure_puller(&mut self) -> Result<()> {
+        if self.checked.elapsed() < PULLER_CHECK {
+            return Ok(());
+        }
+        if self.peer_alive() {
+            self.checked = Instant::now();
+            return Ok(());
+        }
+        let Some((address, opts)) = self.reconnect.clone() else {
+            return Err(Error::PeerGone {
+                address: "a requester's reply queue".into(),
+            });
+        };
+        self.join_pending().await;
+        let fresh = ShmPusher::connect(&address, &opts).await?;
+        *self = fresh;
+        Ok(())
     }
 
     /// Queues `payload` for exactly one puller, waiting while the queue is
@@ -112,6 +146,8 @@ impl ShmPusher {
             pending: None,
             max_message: opts.max_message,
             send_timeout: opts.send_timeout,
+            reconnect: None,
+            checked: Instant::now(),
         })
     }
 
@@ -132,6 +168,7 @@ impl ShmPusher {
             });
         }
         self.join_pending().await;
+        self.ensure_puller().await?;
         let len = HEADER_LEN + pad16(topic.len()) + payload.len();
         {
             let mut p = self.producer.lock().unwrap_or_else(|e| e.into_inner());
@@ -155,6 +192,7 @@ impl ShmPusher {
         // dropped; `send_timeout` bounds it as a whole.
         let p = self.producer.clone();
         let dropped = self.dropped.clone();
+        let ring_name = *self.ring.name();
         let deadline = self.send_timeout.map(|t| Instant::now() + t);
         let wait_for = self.send_timeout;
         let (topic, payload) = (topic.to_vec(), payload.to_vec());
@@ -177,6 +215,15 @@ impl ShmPusher {
                         return Ok(());
                     }
                     Err(shoal_shm_ring::Error::Timeout) => {
+                        // Nobody takes from a queue whose puller died.
+                        let alive = shoal_shm_ring::Segment::attach(&ring_name, SegmentKind::Mpmc)
+                            .map(|s| s.creator_alive())
+                            .unwrap_or(false);
+                        if !alive {
+                            return Err(Error::PeerGone {
+                                address: ring_name.as_str().to_string(),
+                            });
+                        }
                         if deadline.is_some_and(|d| Instant::now() >= d) {
                             return Err(Error::Timeout {
                                 what: "push (waiting for room in the queue)",
