@@ -380,6 +380,18 @@ impl ShmPuller {
 
     /// [`recv`](Self::recv) of a message of `kind`, with its header.
     pub(crate) async fn recv_as(&mut self, kind: Kind) -> Result<(Header, Frame<'_>)> {
+        self.recv_watching(kind, None::<(Duration, fn() -> bool)>)
+            .await
+    }
+
+    /// [`recv_as`](Self::recv_as) that, once parked, asks `watch.1` every
+    /// `watch.0` whether the peer it waits for lives, and ends with
+    /// `PeerGone` when not. (The spin phase creates no timer.)
+    pub(crate) async fn recv_watching(
+        &mut self,
+        kind: Kind,
+        watch: Option<(Duration, impl Fn() -> bool + Send)>,
+    ) -> Result<(Header, Frame<'_>)> {
         // The borrow checker cannot see that a frame borrowed from `self`
         // and returned on one path is dead on the other (NLL "problem case
         // 3"), so each use below reborrows `self` afresh from this pointer;
@@ -421,7 +433,21 @@ impl ShmPuller {
             // SAFETY: as above; the reborrow lives until the readiness
             // guard is dropped at the end of this iteration.
             let me = unsafe { &mut *this.0 };
-            let mut guard = me.ready.readable().await.map_err(|source| Error::Io {
+            let ready = match &watch {
+                None => me.ready.readable().await,
+                Some((every, alive)) => {
+                    match tokio::time::timeout(*every, me.ready.readable()).await {
+                        Ok(r) => r,
+                        Err(_) if !alive() => {
+                            return Err(Error::PeerGone {
+                                address: "the peer this queue waits for".into(),
+                            })
+                        }
+                        Err(_) => continue,
+                    }
+                }
+            };
+            let mut guard = ready.map_err(|source| Error::Io {
                 what: "awaiting the queue's ReadyFd".into(),
                 source,
             })?;

@@ -91,32 +91,26 @@ impl ShmRequester {
         loop {
             // SAFETY: `this` comes from the `&mut self` this call holds for
             // its whole length, and `self` is not used again: each
-            // reborrow below either is returned (ending the loop) or ends
-            // with its statement (see ShmPuller::recv for why the borrow
-            // checker needs this).
-            let got = tokio::time::timeout(
-                REPLIER_CHECK,
-                unsafe { &mut *this.0 }.replies.recv_as(Kind::Reply),
-            )
-            .await;
-            match got {
-                Ok(r) => {
-                    let (h, f) = r?;
-                    if h.id == id {
-                        return Ok(f);
-                    }
-                    // A late reply to a cancelled request: dropped.
-                }
-                // SAFETY: as above (the timed-out receive was dropped).
-                Err(_) if !unsafe { &*this.0 }.requests.peer_alive() => {
-                    // SAFETY: as above.
-                    let me = unsafe { &*this.0 };
-                    return Err(Error::PeerGone {
-                        address: me.address.clone(),
-                    });
-                }
-                Err(_) => {}
+            // iteration's reborrow either is returned with the frame
+            // (ending the loop) or ends with the iteration (see
+            // ShmPuller::recv for why the borrow checker needs this).
+            let me = unsafe { &mut *this.0 };
+            let requests = &me.requests;
+            let address = &me.address;
+            let got = me
+                .replies
+                .recv_watching(Kind::Reply, Some((REPLIER_CHECK, || requests.peer_alive())))
+                .await;
+            let (h, f) = got.map_err(|e| match e {
+                Error::PeerGone { .. } => Error::PeerGone {
+                    address: address.clone(),
+                },
+                e => e,
+            })?;
+            if h.id == id {
+                return Ok(f);
             }
+            // A late reply to a cancelled request: dropped.
         }
     }
 }
