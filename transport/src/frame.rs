@@ -129,6 +129,40 @@ pub struct Frame<'a> {
     bytes: Bytes<'a>,
     /// The topic, when the frame came in an envelope that had one.
     topic: Option<AlignedBuf>,
+    /// Who sent it, when the wire says.
+    peer: Option<PeerId>,
+}
+
+/// Who sent a message: the publisher, pusher or requester, as an id the
+/// sending endpoint chose at random when it was made (stable for its life,
+/// new after a restart). Lets a receiver account messages to their sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId(pub u64);
+
+impl std::fmt::Display for PeerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl PeerId {
+    /// A fresh id: process id, time and a process-wide counter, hashed
+    /// with a randomly keyed hasher.
+    pub fn random() -> PeerId {
+        use std::hash::{BuildHasher, Hasher};
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.write_u64(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        );
+        // 0 is kept for "no sender id" on the wire.
+        PeerId(h.finish().max(1))
+    }
 }
 
 impl<'a> Frame<'a> {
@@ -139,6 +173,7 @@ impl<'a> Frame<'a> {
             Frame {
                 bytes: Bytes::Slice(bytes),
                 topic: None,
+                peer: None,
             }
         } else {
             Frame::owned(AlignedBuf::copy_from(bytes))
@@ -159,6 +194,7 @@ impl<'a> Frame<'a> {
             Frame {
                 bytes: Bytes::Ring(guard, topic, payload),
                 topic: None,
+                peer: None,
             }
         } else {
             let mut f = Frame::owned(AlignedBuf::copy_from(&guard[payload]));
@@ -179,6 +215,7 @@ impl<'a> Frame<'a> {
             Frame {
                 bytes: Bytes::Taken(guard, topic, payload),
                 topic: None,
+                peer: None,
             }
         } else {
             let mut f = Frame::owned(AlignedBuf::copy_from(&guard[payload]));
@@ -216,6 +253,17 @@ impl<'a> Frame<'a> {
             self.topic = Some(AlignedBuf::copy_from(topic));
         }
         self
+    }
+
+    /// Sets the sender (0 on the wire: unknown).
+    pub(crate) fn with_peer(mut self, id: u64) -> Self {
+        self.peer = (id != 0).then_some(PeerId(id));
+        self
+    }
+
+    /// Who sent the message, when the wire says (see [`PeerId`]).
+    pub fn peer(&self) -> Option<PeerId> {
+        self.peer
     }
 
     /// The archived `T` in this frame, validated (bytecheck) first: safe on
@@ -264,6 +312,7 @@ impl Frame<'static> {
         Frame {
             bytes: Bytes::Owned(buf, 0..n),
             topic: None,
+            peer: None,
         }
     }
 
@@ -282,6 +331,7 @@ impl Frame<'static> {
             Ok(Frame {
                 bytes: Bytes::Owned(buf, range),
                 topic: None,
+                peer: None,
             })
         } else {
             Ok(Frame::owned(AlignedBuf::copy_from(&buf[range])))

@@ -10,7 +10,7 @@
 
 use crate::address::Address;
 use crate::error::{Error, Result};
-use crate::frame::{AlignedBuf, Frame};
+use crate::frame::{AlignedBuf, Frame, PeerId};
 use crate::options::Options;
 use crate::pattern::{Publisher, Puller, Pusher, Replier, Requester, Subscriber, Wire};
 use std::collections::HashMap;
@@ -26,14 +26,18 @@ fn depth(opts: &Options) -> usize {
 struct Msg {
     topic: Vec<u8>,
     payload: AlignedBuf,
+    peer: u64,
 }
 
 type Subscribers = Arc<Mutex<Vec<mpsc::Sender<Arc<Msg>>>>>;
+/// A queued message and its sender's id.
+type Item = (u64, AlignedBuf);
 type Queue = (
-    mpsc::Sender<AlignedBuf>,
-    Arc<tokio::sync::Mutex<mpsc::Receiver<AlignedBuf>>>,
+    mpsc::Sender<Item>,
+    Arc<tokio::sync::Mutex<mpsc::Receiver<Item>>>,
 );
-type Requests = mpsc::Sender<(AlignedBuf, oneshot::Sender<AlignedBuf>)>;
+type Request = (Item, oneshot::Sender<AlignedBuf>);
+type Requests = mpsc::Sender<Request>;
 
 /// What is bound under a name.
 enum Bound {
@@ -125,6 +129,7 @@ pub struct InProc;
 /// Publishing end.
 pub struct InProcPublisher {
     name: String,
+    peer: u64,
     subs: Subscribers,
     max_message: usize,
     send_timeout: Option<Duration>,
@@ -138,7 +143,8 @@ pub struct InProcSubscriber {
 
 /// Pushing end.
 pub struct InProcPusher {
-    tx: mpsc::Sender<AlignedBuf>,
+    tx: mpsc::Sender<Item>,
+    peer: u64,
     max_message: usize,
     send_timeout: Option<Duration>,
 }
@@ -146,19 +152,20 @@ pub struct InProcPusher {
 /// Pulling end.
 pub struct InProcPuller {
     name: Option<String>,
-    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<AlignedBuf>>>,
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Item>>>,
 }
 
 /// Asking end.
 pub struct InProcRequester {
     tx: Requests,
+    peer: u64,
     max_message: usize,
 }
 
 /// Answering end.
 pub struct InProcReplier {
     name: String,
-    rx: mpsc::Receiver<(AlignedBuf, oneshot::Sender<AlignedBuf>)>,
+    rx: mpsc::Receiver<Request>,
 }
 
 impl Drop for InProcPublisher {
@@ -192,6 +199,7 @@ impl Wire for InProc {
         let name = bind(address, Bound::Publisher(subs.clone(), depth(opts)))?;
         Ok(InProcPublisher {
             name,
+            peer: PeerId::random().0,
             subs,
             max_message: opts.max_message,
             send_timeout: opts.send_timeout,
@@ -239,6 +247,7 @@ impl Wire for InProc {
         .await?;
         Ok(InProcPusher {
             tx,
+            peer: PeerId::random().0,
             max_message: opts.max_message,
             send_timeout: opts.send_timeout,
         })
@@ -258,6 +267,7 @@ impl Wire for InProc {
         .await?;
         Ok(InProcRequester {
             tx,
+            peer: PeerId::random().0,
             max_message: opts.max_message,
         })
     }
@@ -270,6 +280,7 @@ impl Publisher for InProcPublisher {
         let msg = Arc::new(Msg {
             topic: topic.to_vec(),
             payload: AlignedBuf::copy_from(payload),
+            peer: self.peer,
         });
         // Room in every live subscriber's channel first (so a cancelled
         // send sent nothing), then the message to each.
@@ -320,7 +331,9 @@ impl Subscriber for InProcSubscriber {
         loop {
             let m = self.rx.recv().await.ok_or(Error::Closed)?;
             if self.prefixes.is_empty() || self.prefixes.iter().any(|p| m.topic.starts_with(p)) {
-                return Ok(Frame::owned(m.payload.clone()).with_topic(&m.topic));
+                return Ok(Frame::owned(m.payload.clone())
+                    .with_topic(&m.topic)
+                    .with_peer(m.peer));
             }
         }
     }
@@ -336,15 +349,15 @@ impl Pusher for InProcPusher {
         )
         .await?
         .map_err(|_| Error::Closed)?;
-        permit.send(AlignedBuf::copy_from(payload));
+        permit.send((self.peer, AlignedBuf::copy_from(payload)));
         Ok(())
     }
 }
 
 impl Puller for InProcPuller {
     async fn recv(&mut self) -> Result<Frame<'_>> {
-        let b = self.rx.lock().await.recv().await.ok_or(Error::Closed)?;
-        Ok(Frame::owned(b))
+        let (peer, b) = self.rx.lock().await.recv().await.ok_or(Error::Closed)?;
+        Ok(Frame::owned(b).with_peer(peer))
     }
 }
 
@@ -353,7 +366,7 @@ impl Requester for InProcRequester {
         check_size(self.max_message, payload.len())?;
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send((AlignedBuf::copy_from(payload), tx))
+            .send(((self.peer, AlignedBuf::copy_from(payload)), tx))
             .await
             .map_err(|_| Error::Closed)?;
         let b = rx.await.map_err(|_| Error::Closed)?;
@@ -366,7 +379,7 @@ impl Replier for InProcReplier {
     where
         F: FnOnce(&[u8]) -> Vec<u8> + Send,
     {
-        let (req, tx) = self.rx.recv().await.ok_or(Error::Closed)?;
+        let ((_, req), tx) = self.rx.recv().await.ok_or(Error::Closed)?;
         let reply = answer(&req);
         // A requester that stopped waiting: its reply has nowhere to go.
         let _ = tx.send(AlignedBuf::copy_from(&reply));

@@ -47,7 +47,7 @@ pub mod shm;
 pub use address::{Address, Backend};
 pub use envelope::{Decoder, Header, Kind, HEADER_LEN};
 pub use error::{Error, Result};
-pub use frame::{archive_into, AlignedBuf, Archivable, Archived, Frame, ARCHIVE_ALIGN};
+pub use frame::{archive_into, AlignedBuf, Archivable, Archived, Frame, PeerId, ARCHIVE_ALIGN};
 pub use inproc::InProc;
 pub use options::Options;
 pub use pattern::{Publisher, Puller, Pusher, Replier, Requester, Subscriber, Wire};

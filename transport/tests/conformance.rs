@@ -35,6 +35,7 @@ async fn pubsub<W: Wire>(a: Address) {
     some.subscribe(b"x.");
     p.wait_for_subscribers(2, 5 * SEC).await.unwrap();
     let reader = |mut s: W::Subscriber, want: Vec<(Vec<u8>, Vec<u8>)>| async move {
+        let mut peers = BTreeSet::new();
         for (i, (t, m)) in want.iter().enumerate() {
             let f = tokio::time::timeout(20 * SEC, s.recv())
                 .await
@@ -42,7 +43,10 @@ async fn pubsub<W: Wire>(a: Address) {
                 .unwrap();
             assert_eq!(f.topic(), &t[..], "message {i}");
             assert_eq!(&*f, &m[..], "message {i}");
+            peers.insert(f.peer().expect("every frame names its sender"));
         }
+        // One publisher: one sender id.
+        assert_eq!(peers.len(), 1);
         s
     };
     let msgs: Vec<(Vec<u8>, Vec<u8>)> = SIZES
@@ -114,24 +118,37 @@ async fn pushpull<W: Wire>(a: Address) {
     let mut q2 = W::connect_puller(&a, &o).await.unwrap();
     let mut push = W::connect_pusher(&a, &o).await.unwrap();
     const N: u32 = 1000;
+    let mut push2 = W::connect_pusher(&a, &o).await.unwrap();
     let pull = |mut q: W::Puller| async move {
         let mut got = Vec::new();
         while let Ok(Ok(f)) = tokio::time::timeout(SEC / 2, q.recv()).await {
-            got.push(u32::from_le_bytes(f[..4].try_into().unwrap()));
+            let v = u32::from_le_bytes(f[..4].try_into().unwrap());
+            got.push((v, f.peer().expect("every frame names its sender")));
         }
         (q, got)
     };
     let (h1, h2) = (tokio::spawn(pull(q1)), tokio::spawn(pull(q2)));
     for i in 0..N {
-        push.send(&i.to_le_bytes()).await.unwrap();
+        // Even numbers from one pusher, odd from the other.
+        let p = if i % 2 == 0 { &mut push } else { &mut push2 };
+        p.send(&i.to_le_bytes()).await.unwrap();
     }
     let ((r1, g1), (r2, g2)) = (h1.await.unwrap(), h2.await.unwrap());
+    // Each pusher is one sender id, and the two differ.
+    let by_parity: BTreeSet<(u32, shoal_transport::PeerId)> =
+        g1.iter().chain(&g2).map(|&(v, p)| (v % 2, p)).collect();
+    assert_eq!(by_parity.len(), 2, "{by_parity:?}");
+    let g1: Vec<u32> = g1.into_iter().map(|(v, _)| v).collect();
+    let g2: Vec<u32> = g2.into_iter().map(|(v, _)| v).collect();
     (q1, q2) = (r1, r2);
     assert_eq!(g1.len() + g2.len(), N as usize, "lost or duplicated");
     let all: BTreeSet<u32> = g1.iter().chain(&g2).copied().collect();
     assert_eq!(all, (0..N).collect());
     for g in [&g1, &g2] {
-        assert!(g.windows(2).all(|w| w[0] < w[1]), "reordered");
+        for parity in 0..2 {
+            let mine: Vec<u32> = g.iter().copied().filter(|v| v % 2 == parity).collect();
+            assert!(mine.windows(2).all(|w| w[0] < w[1]), "reordered");
+        }
     }
     // Every size, whole.
     for (i, &n) in SIZES[..8].iter().enumerate() {

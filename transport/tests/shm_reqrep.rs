@@ -191,3 +191,35 @@ fn a_requester_that_stops_reading_does_not_stall_the_replier() {
         drop(deaf);
     });
 }
+
+/// Issue 7 item 8: a replier sees which requester sent each request.
+#[test]
+fn requests_name_their_requester() {
+    rt().block_on(async {
+        let a = addr("peers");
+        let o = Options::default();
+        let mut server = ShmReplier::bind(&a, &o).unwrap();
+        let mut c1 = ShmRequester::connect(&a, &o).await.unwrap();
+        let mut c2 = ShmRequester::connect(&a, &o).await.unwrap();
+        let mut seen = std::collections::BTreeMap::new();
+        let serve = async {
+            for _ in 0..4 {
+                let (req, replies) = server.recv().await.unwrap();
+                seen.entry(req[0])
+                    .or_insert_with(Vec::new)
+                    .push(req.peer().unwrap());
+                replies.reply(&req, b"ok").await.unwrap();
+            }
+        };
+        let ask = async {
+            for _ in 0..2 {
+                c1.request(&[1]).await.unwrap();
+                c2.request(&[2]).await.unwrap();
+            }
+        };
+        tokio::join!(serve, ask);
+        let (p1, p2) = (&seen[&1], &seen[&2]);
+        assert!(p1.iter().all(|p| *p == p1[0]) && p2.iter().all(|p| *p == p2[0]));
+        assert_ne!(p1[0], p2[0]);
+    });
+}

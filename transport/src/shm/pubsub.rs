@@ -37,13 +37,9 @@ pub(super) fn shm_name(address: &Address) -> Result<&str> {
     }
 }
 
-/// Writes the envelope header and topic at the start of `buf`; returns the
-/// payload's offset.
-pub(super) fn put_envelope(buf: &mut [u8], topic: &[u8], payload_len: usize) -> Result<usize> {
-    put_envelope_as(buf, Kind::Message, topic, payload_len, 0)
-}
-
-/// [`put_envelope`] of a message of `kind` with correlation `id`.
+/// Writes the envelope header (a message of `kind` with correlation or
+/// sender `id`) and topic at the start of `buf`; returns the payload's
+/// offset.
 pub(super) fn put_envelope_as(
     buf: &mut [u8],
     kind: Kind,
@@ -84,6 +80,8 @@ pub struct ShmPublisher {
     pending: Option<JoinHandle<Result<()>>>,
     /// Payload bytes to reserve for a typed send (grows to fit).
     archive_hint: usize,
+    /// This publisher's id, in every message's envelope (`Frame::peer`).
+    peer: u64,
     max_message: usize,
     send_timeout: Option<Duration>,
     address: String,
@@ -110,6 +108,7 @@ impl ShmPublisher {
             writer: Arc::new(Mutex::new(writer)),
             pending: None,
             archive_hint: MIN_HINT,
+            peer: crate::frame::PeerId::random().0,
             max_message: opts.max_message,
             send_timeout: opts.send_timeout,
             address: address.to_string(),
@@ -221,6 +220,7 @@ impl ShmPublisher {
     /// [`Options::send_timeout`]). Cancel-safe: a send dropped before it
     /// returns sent nothing.
     pub async fn send(&mut self, topic: &[u8], payload: &[u8]) -> Result<()> {
+        let peer = self.peer;
         self.check_size(payload.len())?;
         // The topic's limit, before any wait.
         Header::new(Kind::Message, topic, payload.len(), 0)?;
@@ -232,7 +232,8 @@ impl ShmPublisher {
                 let res = w.reserve_with(len, Wait::no_wait());
                 match res {
                     Ok(mut r) => {
-                        let off = put_envelope(&mut r, topic, payload.len())?;
+                        let off =
+                            put_envelope_as(&mut r, Kind::Message, topic, payload.len(), peer)?;
                         r[off..off + payload.len()].copy_from_slice(payload);
                         r.commit(len)?;
                         return Ok(());
@@ -249,6 +250,7 @@ impl ShmPublisher {
     /// into the ring (one copy end to end: the serialization itself); a
     /// value larger than expected is serialized aside and copied in.
     pub async fn send_value<T: Archivable>(&mut self, topic: &[u8], value: &T) -> Result<()> {
+        let peer = self.peer;
         Header::new(Kind::Message, topic, 0, 0)?;
         self.join_pending().await?;
         let off = HEADER_LEN + pad16(topic.len());
@@ -271,7 +273,7 @@ impl ShmPublisher {
                                     limit: max_message as u64,
                                 });
                             }
-                            put_envelope(&mut r, topic, n)?;
+                            put_envelope_as(&mut r, Kind::Message, topic, n, peer)?;
                             r.commit(off + n)?;
                             Err(n)
                         }
@@ -415,16 +417,9 @@ fn wanted(prefixes: &[Vec<u8>], topic: &[u8]) -> bool {
     prefixes.is_empty() || prefixes.iter().any(|p| topic.starts_with(p))
 }
 
-/// The topic and payload ranges of ring record `rec` (bytes from a
-/// same-uid peer: every field of the envelope bounds-checked).
-pub(super) fn parse(
-    max_message: usize,
-    rec: &[u8],
-) -> Result<(std::ops::Range<usize>, std::ops::Range<usize>)> {
-    parse_as(max_message, rec, Kind::Message).map(|(_, t, p)| (t, p))
-}
-
-/// [`parse`] of a record that must be of `kind`; also returns its header.
+/// The header, topic and payload ranges of ring record `rec`, which must
+/// be of `kind` (bytes from a same-uid peer: every field of the envelope
+/// bounds-checked).
 pub(super) fn parse_as(
     max_message: usize,
     rec: &[u8],
@@ -511,11 +506,12 @@ impl ShmSubscriber {
             let peeked = self.reader.peek().map_err(ring_err(&self.address))?;
             let verdict = peeked.map(|rec| {
                 let len = rec.len();
-                parse(max, rec).map(|(t, p)| (wanted(prefixes, &rec[t.clone()]), t, p, len))
+                parse_as(max, rec, Kind::Message)
+                    .map(|(h, t, p)| (wanted(prefixes, &rec[t.clone()]), t, p, len, h.id))
             });
             let address = &self.address;
             match verdict {
-                Some(Ok((true, topic, payload, len))) => {
+                Some(Ok((true, topic, payload, len, peer))) => {
                     let g = self.reader.try_recv().map_err(ring_err(address))?;
                     let g = g.ok_or(Error::Closed)?;
                     // A same-uid process rewriting the record between the
@@ -527,7 +523,7 @@ impl ShmSubscriber {
                             expected: "the length it had a moment before",
                         });
                     }
-                    return Ok(Frame::ring(g, topic, payload));
+                    return Ok(Frame::ring(g, topic, payload).with_peer(peer));
                 }
                 Some(Ok((false, ..))) => {
                     drop(self.reader.try_recv().map_err(ring_err(address))?);

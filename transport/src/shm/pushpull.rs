@@ -79,6 +79,8 @@ pub struct ShmPusher {
     reconnect: Option<(Address, Options)>,
     /// When the queue's creator was last seen alive ([`coarse_ms`]).
     checked: u64,
+    /// This pusher's id, in every message's envelope (`Frame::peer`).
+    peer: u64,
 }
 
 /// Milliseconds of a coarse monotonic clock (a few nanoseconds to read,
@@ -145,7 +147,8 @@ impl ShmPusher {
     /// waiting for room, the send goes on in the background and completes
     /// (or times out) on its own, before this pusher's next send.
     pub async fn send(&mut self, payload: &[u8]) -> Result<()> {
-        self.send_as(Kind::Message, &[], 0, payload).await
+        let peer = self.peer;
+        self.send_as(Kind::Message, &[], peer, payload).await
     }
 
     /// Attaches as a producer to the queue `handle` names (a requester's
@@ -163,6 +166,7 @@ impl ShmPusher {
             send_timeout: opts.send_timeout,
             reconnect: None,
             checked: coarse_ms(),
+            peer: crate::frame::PeerId::random().0,
         })
     }
 
@@ -390,7 +394,8 @@ impl ShmPuller {
     /// Cancel-safe: dropped before it returns, it took nothing. A
     /// malformed record is released and its error returned.
     pub async fn recv(&mut self) -> Result<Frame<'_>> {
-        Ok(self.recv_as(Kind::Message).await?.1)
+        let (h, f) = self.recv_as(Kind::Message).await?;
+        Ok(f.with_peer(h.id))
     }
 
     /// [`recv`](Self::recv) of a message of `kind`, with its header.

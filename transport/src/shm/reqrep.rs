@@ -246,9 +246,17 @@ impl ShmReplier {
                 found: frame.topic().len() as u64,
                 expected: "the requester's reply queue handle",
             })?;
+        // The requester's identity: its reply queue's name, hashed.
+        let peer = reply_to
+            .name()
+            .as_bytes()
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+            });
         Ok((
             Request {
-                frame,
+                frame: frame.with_peer(peer),
                 id: h.id,
                 reply_to,
             },
