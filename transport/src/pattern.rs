@@ -6,8 +6,10 @@
 //! is cancel-safe: dropped before it completes, a receive took nothing, and
 //! a send sent nothing unless it was already waiting for room in a full
 //! work queue (shm push/pull: waiting for room and taking it are one step
-//! in an MPMC ring), in which case it completes in the background before
-//! the endpoint's next send. A request may still be served after it was
+//! in an MPMC ring), in which case it goes on in the background and ends
+//! (sent, timed out, or given up because the queue's puller moved or the
+//! pusher was dropped) before the endpoint's next send; that outcome is
+//! reported to nobody. A request may still be served after it was
 //! cancelled; its late reply is dropped.
 
 use crate::address::Address;

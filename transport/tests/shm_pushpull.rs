@@ -277,3 +277,29 @@ fn a_pusher_moves_to_the_next_puller() {
         assert_eq!(&*f, b"after");
     });
 }
+
+/// Review 10 (D2): when the puller that bound the queue goes, pullers that
+/// joined it keep receiving what pushers send, until the name is bound to
+/// another queue.
+#[test]
+fn joined_pullers_outlive_the_binding_puller() {
+    rt().block_on(async {
+        let a = addr("joined");
+        let o = Options::default();
+        let binder = ShmPuller::bind(&a, &o).unwrap();
+        let mut joined = ShmPuller::connect(&a, &o).await.unwrap();
+        let mut push = ShmPusher::connect(&a, &o).await.unwrap();
+        drop(binder);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        for i in 0..10u8 {
+            push.send(&[i]).await.unwrap();
+        }
+        for i in 0..10u8 {
+            let f = tokio::time::timeout(5 * SEC, joined.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(&*f, &[i]);
+        }
+    });
+}

@@ -344,7 +344,14 @@ impl ShmSubscriber {
         let name = shm_name(address)?;
         let t0 = Instant::now();
         let reader = loop {
-            if let Some(h) = names::lookup(name)? {
+            // A binding whose ring's writer is dead is stale: wait for the
+            // next (attaching to it could even fail for want of a slot).
+            let live = names::lookup(name)?.filter(|h| {
+                shoal_shm_ring::Segment::attach(h.name(), shoal_shm_ring::SegmentKind::Broadcast)
+                    .map(|s| s.creator_alive())
+                    .unwrap_or(false)
+            });
+            if let Some(h) = live {
                 match BroadcastReader::attach(&h) {
                     Ok(r) if r.writer_alive() => break r,
                     // A stale binding, or the ring vanished between the

@@ -67,7 +67,7 @@ async fn lookup_live(address: &Address, timeout: Duration) -> Result<Handle> {
 pub struct ShmPusher {
     producer: Arc<Mutex<MpmcProducer>>,
     /// The queue's segment, for its creator's liveness.
-    ring: shoal_shm_ring::Segment,
+    ring: Arc<shoal_shm_ring::Segment>,
     /// Set when this pusher drops: a send waiting in the blocking pool
     /// gives up.
     dropped: Arc<std::sync::atomic::AtomicBool>,
@@ -91,8 +91,8 @@ fn coarse_ms() -> u64 {
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime writes one timespec to the pointer given; the
-    // clock id is a constant the kernel knows (on failure `t` stays zero,
-    // which only makes the next check come early).
+    // clock id is a constant the kernel knows. On failure `t` stays zero,
+    // which `ShmPusher::ensure_puller` takes as "check now".
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut t) };
     t.tv_sec as u64 * 1000 + t.tv_nsec as u64 / 1_000_000
 }
@@ -123,11 +123,12 @@ impl ShmPusher {
     /// nobody took are lost with it.
     async fn ensure_puller(&mut self) -> Result<()> {
         let now = coarse_ms();
-        if now.saturating_sub(self.checked) < PULLER_CHECK.as_millis() as u64 {
+        // (A clock that failed reads 0: then every send checks.)
+        if now != 0 && now.saturating_sub(self.checked) < PULLER_CHECK.as_millis() as u64 {
             return Ok(());
         }
+        self.checked = now;
         if self.peer_alive() {
-            self.checked = now;
             return Ok(());
         }
         let Some((address, opts)) = self.reconnect.clone() else {
@@ -135,9 +136,14 @@ impl ShmPusher {
                 address: "a requester's reply queue".into(),
             });
         };
-        self.join_pending().await;
-        let fresh = ShmPusher::connect(&address, &opts).await?;
-        *self = fresh;
+        // The binding puller died. Move only once the name is bound to
+        // another live queue: until then pullers that joined this queue
+        // (ShmPuller::connect) may still be draining it.
+        if let Some(h) = rebound(&address, self.ring.name())? {
+            self.join_pending().await;
+            *self = ShmPusher::attach(&h, &opts)?;
+            self.reconnect = Some((address, opts));
+        }
         Ok(())
     }
 
@@ -156,7 +162,10 @@ impl ShmPusher {
     pub(crate) fn attach(handle: &Handle, opts: &Options) -> Result<Self> {
         let producer =
             MpmcProducer::attach_with(handle, PeerOptions::default(), Some(format_tag()))?;
-        let ring = shoal_shm_ring::Segment::attach(handle.name(), SegmentKind::Mpmc)?;
+        let ring = Arc::new(shoal_shm_ring::Segment::attach(
+            handle.name(),
+            SegmentKind::Mpmc,
+        )?);
         Ok(ShmPusher {
             producer: Arc::new(Mutex::new(producer)),
             ring,
@@ -211,7 +220,8 @@ impl ShmPusher {
         // dropped; `send_timeout` bounds it as a whole.
         let p = self.producer.clone();
         let dropped = self.dropped.clone();
-        let ring_name = *self.ring.name();
+        let ring = self.ring.clone();
+        let rebind = self.reconnect.as_ref().map(|(a, _)| a.clone());
         let deadline = self.send_timeout.map(|t| Instant::now() + t);
         let wait_for = self.send_timeout;
         let (topic, payload) = (topic.to_vec(), payload.to_vec());
@@ -233,15 +243,23 @@ impl ShmPusher {
                         r.commit(len)?;
                         return Ok(());
                     }
-                    Err(shoal_shm_ring::Error::Timeout) => {
-                        // Nobody takes from a queue whose puller died.
-                        let alive = shoal_shm_ring::Segment::attach(&ring_name, SegmentKind::Mpmc)
-                            .map(|s| s.creator_alive())
-                            .unwrap_or(false);
-                        if !alive {
-                            return Err(Error::PeerGone {
-                                address: ring_name.as_str().to_string(),
-                            });
+                    // (A zero slice, when the deadline has passed, is a
+                    // `WouldBlock`.)
+                    Err(shoal_shm_ring::Error::Timeout | shoal_shm_ring::Error::WouldBlock) => {
+                        // A queue whose binding puller died and whose name
+                        // is bound elsewhere now is read by fewer and fewer:
+                        // give up, so the next send moves on. (A requester's
+                        // reply queue: give up when its requester died.)
+                        if !ring.creator_alive() {
+                            let moved = match &rebind {
+                                Some(a) => matches!(rebound(a, ring.name()), Ok(Some(_))),
+                                None => true,
+                            };
+                            if moved {
+                                return Err(Error::PeerGone {
+                                    address: ring.name().as_str().to_string(),
+                                });
+                            }
                         }
                         if deadline.is_some_and(|d| Instant::now() >= d) {
                             return Err(Error::Timeout {
@@ -288,6 +306,17 @@ impl Drop for ShmPusher {
         self.dropped
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
+}
+
+/// The live queue bound at `address` now, if it is another than `current`.
+fn rebound(address: &Address, current: &shoal_shm_ring::SegmentName) -> Result<Option<Handle>> {
+    let name = shm_name(address)?;
+    Ok(names::lookup(name)?.filter(|h| {
+        h.name() != current
+            && shoal_shm_ring::Segment::attach(h.name(), SegmentKind::Mpmc)
+                .map(|s| s.creator_alive())
+                .unwrap_or(false)
+    }))
 }
 
 /// Longest single wait of a send for room (see `ShmPusher::send_as`).
@@ -459,9 +488,16 @@ impl ShmPuller {
                     match tokio::time::timeout(*every, me.ready.readable()).await {
                         Ok(r) => r,
                         Err(_) if !alive() => {
+                            // Liveness first, then one more look: what the
+                            // peer sent before it died is still delivered.
+                            // SAFETY: as above (`me`'s last use was the
+                            // timed-out wait, dropped by now).
+                            if let Some(f) = unsafe { &mut *this.0 }.take_now(kind)? {
+                                return Ok(f);
+                            }
                             return Err(Error::PeerGone {
                                 address: "the peer this queue waits for".into(),
-                            })
+                            });
                         }
                         Err(_) => continue,
                     }
