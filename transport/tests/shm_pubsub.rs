@@ -468,3 +468,32 @@ fn a_subscriber_reconnects_to_the_next_publisher() {
         assert_eq!(next.await.unwrap(), b"again");
     });
 }
+
+/// Review 10: a send cancelled while it waits for room leaves that wait in
+/// the blocking pool; dropping the publisher cancels it, so the runtime
+/// shuts down promptly (it used to wait out the stall timeout).
+#[test]
+fn dropping_a_publisher_ends_its_background_wait() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = rt();
+        let a = addr("pubdrop");
+        let o = Options::default().capacity(1 << 14);
+        rt.block_on(async {
+            let mut p = ShmPublisher::bind(&a, &o).unwrap();
+            let _s = ShmSubscriber::connect(&a, &o).await.unwrap();
+            p.wait_for_subscribers(1, 5 * SEC).await.unwrap();
+            // Fill the ring (the subscriber never reads), then a send
+            // that waits and is cancelled.
+            while tokio::time::timeout(Duration::from_millis(20), p.send(b"", &[0u8; 2000]))
+                .await
+                .is_ok()
+            {}
+            drop(p);
+        });
+        drop(rt);
+        tx.send(()).unwrap();
+    });
+    rx.recv_timeout(3 * SEC)
+        .expect("the runtime did not shut down: a background wait kept waiting");
+}

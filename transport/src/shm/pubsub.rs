@@ -78,6 +78,9 @@ pub struct ShmPublisher {
     /// A wait for room still running in the blocking pool (a send whose
     /// future was dropped while it waited): the next send joins it first.
     pending: Option<JoinHandle<Result<()>>>,
+    /// Cancels a wait for room left in the blocking pool when this
+    /// publisher drops.
+    cancel: Arc<shoal_shm_ring::CancelToken>,
     /// Payload bytes to reserve for a typed send (grows to fit).
     archive_hint: usize,
     /// This publisher's id, in every message's envelope (`Frame::peer`).
@@ -95,6 +98,13 @@ impl std::fmt::Debug for ShmPublisher {
     }
 }
 
+impl Drop for ShmPublisher {
+    fn drop(&mut self) {
+        // A wait for room left running by a cancelled send gives up.
+        self.cancel.cancel();
+    }
+}
+
 impl ShmPublisher {
     /// Creates a ring of `opts.capacity` bytes for up to `opts.max_peers`
     /// subscribers and binds it to `address` (`shm://NAME`).
@@ -107,6 +117,7 @@ impl ShmPublisher {
             _binding: binding,
             writer: Arc::new(Mutex::new(writer)),
             pending: None,
+            cancel: Arc::new(shoal_shm_ring::CancelToken::new()),
             archive_hint: MIN_HINT,
             peer: crate::frame::PeerId::random().0,
             max_message: opts.max_message,
@@ -186,6 +197,7 @@ impl ShmPublisher {
         self.join_pending().await?;
         let w = self.writer.clone();
         let wait_for = self.send_timeout;
+        let cancel = self.cancel.clone();
         let h = tokio::task::spawn_blocking(move || -> Result<()> {
             let mut w = w.lock().unwrap_or_else(|p| p.into_inner());
             let wait = match wait_for {
@@ -193,9 +205,11 @@ impl ShmPublisher {
                 None => Wait::forever(),
             };
             // Reserve and drop: the room stays (only this writer uses it).
-            let r = w.reserve_with(len, wait).map(drop);
+            // Cancelled when the publisher drops.
+            let r = w.reserve_with(len, wait.with_cancel(&cancel)).map(drop);
             match r {
                 Ok(()) => Ok(()),
+                Err(shoal_shm_ring::Error::Cancelled) => Err(Error::Closed),
                 Err(shoal_shm_ring::Error::Timeout) => Err(Error::Timeout {
                     what: "send (waiting for subscribers to make room)",
                     after: wait_for.unwrap_or_default(),

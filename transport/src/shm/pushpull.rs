@@ -14,8 +14,8 @@ use crate::error::{Error, Result};
 use crate::frame::Frame;
 use crate::options::Options;
 use shoal_shm_ring::{
-    Handle, MpmcConfig, MpmcConsumer, MpmcProducer, MpmcRing, PeerOptions, ReadyFd, SegmentKind,
-    Wait, FORMAT_TAG_LEN,
+    CancelToken, Handle, MpmcConfig, MpmcConsumer, MpmcProducer, MpmcRing, PeerOptions, ReadyFd,
+    SegmentKind, Wait, FORMAT_TAG_LEN,
 };
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -68,9 +68,9 @@ pub struct ShmPusher {
     producer: Arc<Mutex<MpmcProducer>>,
     /// The queue's segment, for its creator's liveness.
     ring: Arc<shoal_shm_ring::Segment>,
-    /// Set when this pusher drops: a send waiting in the blocking pool
-    /// gives up.
-    dropped: Arc<std::sync::atomic::AtomicBool>,
+    /// Cancels the send waiting in the blocking pool, if any (when this
+    /// pusher drops, or its queue's puller moved).
+    cancel: Arc<CancelToken>,
     pending: Option<JoinHandle<Result<()>>>,
     max_message: usize,
     send_timeout: Option<Duration>,
@@ -169,7 +169,7 @@ impl ShmPusher {
         Ok(ShmPusher {
             producer: Arc::new(Mutex::new(producer)),
             ring,
-            dropped: Arc::default(),
+            cancel: Arc::new(CancelToken::new()),
             pending: None,
             max_message: opts.max_message,
             send_timeout: opts.send_timeout,
@@ -215,72 +215,71 @@ impl ShmPusher {
         // The queue is full: the whole send moves to the blocking pool,
         // where the ring's own wait takes the room as it comes (a
         // reservation dropped in an MPMC ring is a tombstone, not room
-        // given back, so waiting and sending cannot be separated). The
-        // wait runs in slices, so it ends soon after this pusher is
-        // dropped; `send_timeout` bounds it as a whole.
+        // given back, so waiting and sending cannot be separated). It is
+        // one wait, so the ring's stall detection holds (a live puller
+        // holding a record past its stall_timeout ends it with Stalled),
+        // and it can be cancelled: when this pusher drops, or when the
+        // queue's binding puller died and the name is bound elsewhere.
         let p = self.producer.clone();
-        let dropped = self.dropped.clone();
-        let ring = self.ring.clone();
-        let rebind = self.reconnect.as_ref().map(|(a, _)| a.clone());
-        let deadline = self.send_timeout.map(|t| Instant::now() + t);
+        let cancel = Arc::new(CancelToken::new());
+        self.cancel = cancel.clone();
         let wait_for = self.send_timeout;
         let (topic, payload) = (topic.to_vec(), payload.to_vec());
         self.pending = Some(tokio::task::spawn_blocking(move || -> Result<()> {
             let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
-            loop {
-                if dropped.load(std::sync::atomic::Ordering::Relaxed) {
-                    return Err(Error::Closed);
+            let wait = match wait_for {
+                Some(t) => Wait::timeout(t),
+                None => Wait::forever(),
+            };
+            let res = p.reserve_with(len, wait.with_cancel(&cancel));
+            match res {
+                Ok(mut r) => {
+                    let off = put_envelope_as(&mut r, kind, &topic, payload.len(), id)?;
+                    r[off..off + payload.len()].copy_from_slice(&payload);
+                    r.commit(len)?;
+                    Ok(())
                 }
-                let slice = match deadline {
-                    Some(d) => d.saturating_duration_since(Instant::now()).min(WAIT_SLICE),
-                    None => WAIT_SLICE,
-                };
-                let res = p.reserve_with(len, Wait::timeout(slice));
-                match res {
-                    Ok(mut r) => {
-                        let off = put_envelope_as(&mut r, kind, &topic, payload.len(), id)?;
-                        r[off..off + payload.len()].copy_from_slice(&payload);
-                        r.commit(len)?;
-                        return Ok(());
-                    }
-                    // (A zero slice, when the deadline has passed, is a
-                    // `WouldBlock`.)
-                    Err(shoal_shm_ring::Error::Timeout | shoal_shm_ring::Error::WouldBlock) => {
-                        // A queue whose binding puller died and whose name
-                        // is bound elsewhere now is read by fewer and fewer:
-                        // give up, so the next send moves on. (A requester's
-                        // reply queue: give up when its requester died.)
-                        if !ring.creator_alive() {
-                            let moved = match &rebind {
-                                Some(a) => matches!(rebound(a, ring.name()), Ok(Some(_))),
-                                None => true,
-                            };
-                            if moved {
-                                return Err(Error::PeerGone {
-                                    address: ring.name().as_str().to_string(),
-                                });
-                            }
-                        }
-                        if deadline.is_some_and(|d| Instant::now() >= d) {
-                            return Err(Error::Timeout {
-                                what: "push (waiting for room in the queue)",
-                                after: wait_for.unwrap_or_default(),
-                            });
-                        }
-                    }
-                    Err(e) => return Err(e.into()),
-                };
+                Err(shoal_shm_ring::Error::Timeout | shoal_shm_ring::Error::WouldBlock) => {
+                    Err(Error::Timeout {
+                        what: "push (waiting for room in the queue)",
+                        after: wait_for.unwrap_or_default(),
+                    })
+                }
+                Err(shoal_shm_ring::Error::Cancelled) => Err(Error::PeerGone {
+                    address: "the queue's puller (it moved, or this pusher was dropped)".into(),
+                }),
+                Err(e) => Err(e.into()),
             }
         }));
-        let joined = match self.pending.as_mut() {
-            Some(h) => h.await,
-            None => return Ok(()),
-        };
-        self.pending = None;
-        joined.map_err(|e| Error::Io {
-            what: "waiting for room in the queue".into(),
-            source: std::io::Error::other(e),
-        })?
+        loop {
+            let Some(h) = self.pending.as_mut() else {
+                return Ok(());
+            };
+            tokio::select! {
+                joined = h => {
+                    self.pending = None;
+                    return joined.map_err(|e| Error::Io {
+                        what: "waiting for room in the queue".into(),
+                        source: std::io::Error::other(e),
+                    })?;
+                }
+                _ = tokio::time::sleep(PULLER_WATCH) => {
+                    // A queue whose binding puller died and whose name is
+                    // bound elsewhere is read by fewer and fewer: give up,
+                    // so the next send moves on. (A requester's reply
+                    // queue: give up when its requester died.)
+                    if !self.ring.creator_alive() {
+                        let moved = match &self.reconnect {
+                            Some((a, _)) => matches!(rebound(a, self.ring.name()), Ok(Some(_))),
+                            None => true,
+                        };
+                        if moved {
+                            self.cancel.cancel();
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Finishes a send left waiting by a cancelled call (so sends from this
@@ -302,9 +301,9 @@ impl ShmPusher {
 
 impl Drop for ShmPusher {
     fn drop(&mut self) {
-        // A send still waiting in the blocking pool gives up within a slice.
-        self.dropped
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        // A send still waiting in the blocking pool gives up (its wait
+        // looks at the token every few milliseconds).
+        self.cancel.cancel();
     }
 }
 
@@ -319,8 +318,9 @@ fn rebound(address: &Address, current: &shoal_shm_ring::SegmentName) -> Result<O
     }))
 }
 
-/// Longest single wait of a send for room (see `ShmPusher::send_as`).
-const WAIT_SLICE: Duration = Duration::from_millis(100);
+/// How often a send waiting for room checks whether its queue's puller
+/// moved (see `ShmPusher::send_as`).
+const PULLER_WATCH: Duration = Duration::from_millis(100);
 
 /// `&mut ShmPuller` as a raw pointer that a `Send` future may hold across
 /// an await (see [`ShmPuller::recv`]).
