@@ -190,17 +190,7 @@ impl<'a> Frame<'a> {
         topic: std::ops::Range<usize>,
         payload: std::ops::Range<usize>,
     ) -> Self {
-        if (guard[payload.clone()].as_ptr() as usize).is_multiple_of(ARCHIVE_ALIGN) {
-            Frame {
-                bytes: Bytes::Ring(guard, topic, payload),
-                topic: None,
-                peer: None,
-            }
-        } else {
-            let mut f = Frame::owned(AlignedBuf::copy_from(&guard[payload]));
-            f.topic = Some(AlignedBuf::copy_from(&guard[topic]));
-            f
-        }
+        Self::in_place(guard, topic, payload, Bytes::Ring)
     }
 
     /// A frame over the payload of a record taken from a work queue; as
@@ -211,9 +201,21 @@ impl<'a> Frame<'a> {
         topic: std::ops::Range<usize>,
         payload: std::ops::Range<usize>,
     ) -> Self {
+        Self::in_place(guard, topic, payload, Bytes::Taken)
+    }
+
+    /// [`ring`](Self::ring) and [`taken`](Self::taken): the guard kept
+    /// (wrapped by `keep`) when the payload is aligned, else a copy.
+    #[cfg(feature = "shm")]
+    fn in_place<G: Deref<Target = [u8]>>(
+        guard: G,
+        topic: std::ops::Range<usize>,
+        payload: std::ops::Range<usize>,
+        keep: impl FnOnce(G, std::ops::Range<usize>, std::ops::Range<usize>) -> Bytes<'a>,
+    ) -> Self {
         if (guard[payload.clone()].as_ptr() as usize).is_multiple_of(ARCHIVE_ALIGN) {
             Frame {
-                bytes: Bytes::Taken(guard, topic, payload),
+                bytes: keep(guard, topic, payload),
                 topic: None,
                 peer: None,
             }

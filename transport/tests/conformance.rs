@@ -9,15 +9,9 @@ use shoal_transport::{
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-const SEC: Duration = Duration::from_secs(1);
+mod common;
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
+use common::{rt, SEC};
 
 /// Payload `i` of `n` bytes.
 fn payload(i: usize, n: usize) -> Vec<u8> {

@@ -5,9 +5,10 @@ use shoal_transport::blocking::Blocking;
 use shoal_transport::handler::spawn_handler;
 use shoal_transport::{Address, Error, InProc, Options, Publisher, Wire};
 use std::sync::mpsc;
-use std::time::Duration;
 
-const SEC: Duration = Duration::from_secs(1);
+mod common;
+
+use common::SEC;
 
 fn blocking_threads<W: Wire>(a: Address) {
     let o = Options::default();

@@ -2,24 +2,16 @@
 //! puller, every size, backpressure, cancellation, another process.
 #![cfg(feature = "shm")]
 
+mod common;
+
+use common::{rt, SEC};
+
 use shoal_transport::{Address, Error, Options, ShmPuller, ShmPusher};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-const SEC: Duration = Duration::from_secs(1);
-
 fn addr(tag: &str) -> Address {
-    format!("shm://tq-{tag}-{}", std::process::id())
-        .parse()
-        .unwrap()
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
+    common::shm_addr("tq", tag)
 }
 
 #[test]

@@ -3,23 +3,15 @@
 //! does not stop the replier, a requester in another process.
 #![cfg(feature = "shm")]
 
+mod common;
+
+use common::{rt, SEC};
+
 use shoal_transport::{Address, Options, ShmReplier, ShmRequester};
 use std::time::Duration;
 
-const SEC: Duration = Duration::from_secs(1);
-
 fn addr(tag: &str) -> Address {
-    format!("shm://tr-{tag}-{}", std::process::id())
-        .parse()
-        .unwrap()
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
+    common::shm_addr("tr", tag)
 }
 
 /// Serves `n` requests: the reply is the request with "!" appended.
