@@ -332,9 +332,8 @@ pub struct ShmSubscriber {
     prefixes: Vec<Vec<u8>>,
     max_message: usize,
     spin: Duration,
-    address: String,
-    /// To reconnect with.
-    parsed: Address,
+    /// Where it connected (errors name it; reconnects use it).
+    address: Address,
     opts: Options,
     /// The publisher died (reported once as `PeerGone`): the next receive
     /// reconnects to whoever binds the name next.
@@ -407,8 +406,7 @@ impl ShmSubscriber {
             prefixes: Vec::new(),
             max_message: opts.max_message,
             spin: opts.spin,
-            address: address.to_string(),
-            parsed: address.clone(),
+            address: address.clone(),
             opts: opts.clone(),
             gone: false,
         })
@@ -419,7 +417,7 @@ impl ShmSubscriber {
     /// subscriptions. Messages the dead publisher sent after its last one
     /// received here are lost with it.
     async fn reconnect(&mut self) -> Result<()> {
-        let fresh = ShmSubscriber::connect(&self.parsed, &self.opts).await?;
+        let fresh = ShmSubscriber::connect(&self.address, &self.opts).await?;
         self.reader = fresh.reader;
         self.ready = fresh.ready;
         self.gone = false;
@@ -483,7 +481,7 @@ pub(super) fn parse_as(
 }
 
 /// The ring's end-of-stream errors in this crate's terms.
-fn ring_err(address: &str) -> impl Fn(shoal_shm_ring::Error) -> Error + '_ {
+fn ring_err(address: &Address) -> impl Fn(shoal_shm_ring::Error) -> Error + '_ {
     move |e| match e {
         shoal_shm_ring::Error::Closed => Error::Closed,
         shoal_shm_ring::Error::WriterGone { .. } => Error::PeerGone {
@@ -594,7 +592,7 @@ impl ShmSubscriber {
         if self.peek()?.is_none() && !alive {
             self.gone = true;
             return Err(Error::PeerGone {
-                address: self.address.clone(),
+                address: self.address.to_string(),
             });
         }
         Ok(())
