@@ -270,6 +270,55 @@ fn a_pusher_moves_to_the_next_puller() {
     });
 }
 
+/// Review 11: a send cancelled while waiting for room in a full queue goes
+/// on in the background; when the queue's puller dies and the name is bound
+/// again, that wait gives up, so the pusher's next send moves on instead of
+/// hanging behind it.
+#[test]
+fn a_cancelled_wait_for_room_does_not_hold_the_pusher_when_the_puller_moves() {
+    if let Ok(name) = std::env::var("SHOAL_TQ_FULL") {
+        rt().block_on(async {
+            let a: Address = format!("shm://{name}").parse().unwrap();
+            let _q = ShmPuller::bind(&a, &Options::default().capacity(1 << 14)).unwrap();
+            std::thread::sleep(Duration::from_millis(500));
+            std::process::abort();
+        });
+    }
+    rt().block_on(async {
+        let a = addr("fullmove");
+        let Address::Shm { name } = &a else {
+            unreachable!()
+        };
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "a_cancelled_wait_for_room_does_not_hold_the_pusher_when_the_puller_moves",
+                "--nocapture",
+            ])
+            .env("SHOAL_TQ_FULL", name)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut push = ShmPusher::connect(&a, &Options::default()).await.unwrap();
+        // Fill the queue; the last send waits for room and is cancelled.
+        while tokio::time::timeout(Duration::from_millis(20), push.send(&[0u8; 2000]))
+            .await
+            .is_ok()
+        {}
+        let _ = child.wait();
+        let mut q = ShmPuller::bind(&a, &Options::default()).unwrap();
+        tokio::time::timeout(5 * SEC, push.send(b"after"))
+            .await
+            .expect("the next send hung behind the cancelled wait")
+            .unwrap();
+        let f = tokio::time::timeout(5 * SEC, q.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&*f, b"after");
+    });
+}
+
 /// Review 10 (D2): when the puller that bound the queue goes, pullers that
 /// joined it keep receiving what pushers send, until the name is bound to
 /// another queue.

@@ -141,7 +141,10 @@ impl ShmPusher {
         // (ShmPuller::connect) may still be draining it.
         if let Some(h) = rebound(&address, self.ring.name())? {
             self.join_pending().await;
+            let peer = self.peer;
             *self = ShmPusher::attach(&h, &opts)?;
+            // The same pusher, moved: it keeps its id.
+            self.peer = peer;
             self.reconnect = Some((address, opts));
         }
         Ok(())
@@ -150,8 +153,9 @@ impl ShmPusher {
     /// Queues `payload` for exactly one puller, waiting while the queue is
     /// full (see [`Options::send_timeout`], which bounds the whole wait).
     /// Cancelled before the queue was found full, it queued nothing; once
-    /// waiting for room, the send goes on in the background and completes
-    /// (or times out) on its own, before this pusher's next send.
+    /// waiting for room, the send goes on in the background and ends
+    /// (queued, timed out, or given up because the queue's puller moved)
+    /// before this pusher's next send goes out.
     pub async fn send(&mut self, payload: &[u8]) -> Result<()> {
         let peer = self.peer;
         self.send_as(Kind::Message, &[], peer, payload).await
@@ -224,6 +228,7 @@ impl ShmPusher {
         let cancel = Arc::new(CancelToken::new());
         self.cancel = cancel.clone();
         let wait_for = self.send_timeout;
+        let ring_name = self.ring.name().as_str().to_string();
         let (topic, payload) = (topic.to_vec(), payload.to_vec());
         self.pending = Some(tokio::task::spawn_blocking(move || -> Result<()> {
             let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
@@ -245,29 +250,32 @@ impl ShmPusher {
                         after: wait_for.unwrap_or_default(),
                     })
                 }
-                Err(shoal_shm_ring::Error::Cancelled) => Err(Error::PeerGone {
-                    address: "the queue's puller (it moved, or this pusher was dropped)".into(),
-                }),
+                Err(shoal_shm_ring::Error::Cancelled) => {
+                    Err(Error::PeerGone { address: ring_name })
+                }
                 Err(e) => Err(e.into()),
             }
         }));
+        self.await_pending().await.unwrap_or(Ok(()))
+    }
+
+    /// Awaits the send waiting in the blocking pool, if any, and returns
+    /// its outcome. Meanwhile, every [`PULLER_WATCH`], it checks that the
+    /// queue is still read: a queue whose binding puller died and whose
+    /// name is bound elsewhere (or a reply queue whose requester died)
+    /// cancels the wait, which then ends with `PeerGone`.
+    async fn await_pending(&mut self) -> Option<Result<()>> {
         loop {
-            let Some(h) = self.pending.as_mut() else {
-                return Ok(());
-            };
+            let h = self.pending.as_mut()?;
             tokio::select! {
                 joined = h => {
                     self.pending = None;
-                    return joined.map_err(|e| Error::Io {
+                    return Some(joined.map_err(|e| Error::Io {
                         what: "waiting for room in the queue".into(),
                         source: std::io::Error::other(e),
-                    })?;
+                    }).and_then(|r| r));
                 }
                 _ = tokio::time::sleep(PULLER_WATCH) => {
-                    // A queue whose binding puller died and whose name is
-                    // bound elsewhere is read by fewer and fewer: give up,
-                    // so the next send moves on. (A requester's reply
-                    // queue: give up when its requester died.)
                     if !self.ring.creator_alive() {
                         let moved = match &self.reconnect {
                             Some((a, _)) => matches!(rebound(a, self.ring.name()), Ok(Some(_))),
@@ -283,13 +291,11 @@ impl ShmPusher {
     }
 
     /// Finishes a send left waiting by a cancelled call (so sends from this
-    /// pusher stay in order, and no later call blocks on the lock it holds).
+    /// pusher stay in order, and no later call blocks on the lock it holds),
+    /// with the same watch on the queue's puller as the call had.
     async fn join_pending(&mut self) {
-        if let Some(h) = self.pending.as_mut() {
-            // Its outcome belonged to the cancelled call.
-            let _ = h.await;
-            self.pending = None;
-        }
+        // Its outcome belonged to the cancelled call.
+        let _ = self.await_pending().await;
     }
 
     /// Whether the queue's creator (the puller that bound it, or the

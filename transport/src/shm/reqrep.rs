@@ -246,14 +246,16 @@ impl ShmReplier {
                 found: frame.topic().len() as u64,
                 expected: "the requester's reply queue handle",
             })?;
-        // The requester's identity: its reply queue's name, hashed.
+        // The requester's identity: its reply queue's name, hashed (never
+        // 0, which stands for "no sender id").
         let peer = reply_to
             .name()
             .as_bytes()
             .iter()
             .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
                 (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-            });
+            })
+            .max(1);
         Ok((
             Request {
                 frame: frame.with_peer(peer),
