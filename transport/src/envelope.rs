@@ -69,7 +69,7 @@ pub struct Header {
 }
 
 /// `n` rounded up to a multiple of 16.
-fn pad16(n: usize) -> usize {
+pub(crate) fn pad16(n: usize) -> usize {
     n.div_ceil(16) * 16
 }
 

@@ -79,6 +79,14 @@ pub enum Error {
         /// Its address.
         address: String,
     },
+    /// This subscriber was dropped by its publisher (its connection broke
+    /// while the publisher went on), so messages sent meanwhile are lost
+    /// to it. The next receive subscribes again, from the newest message.
+    #[error("evicted by the publisher at {address}: messages sent meanwhile were lost to this subscriber")]
+    Evicted {
+        /// The publisher's address.
+        address: String,
+    },
     /// The shared-memory ring reported an error.
     #[cfg(feature = "shm")]
     #[error(transparent)]

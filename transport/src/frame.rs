@@ -81,6 +81,23 @@ impl std::fmt::Debug for AlignedBuf {
     }
 }
 
+/// A received network buffer that several frames may share: read-only
+/// once received.
+#[derive(Clone)]
+pub(crate) struct SharedBytes(pub std::sync::Arc<dyn AsRef<[u8]> + Send + Sync>);
+
+impl SharedBytes {
+    fn bytes(&self) -> &[u8] {
+        (*self.0).as_ref()
+    }
+}
+
+impl std::fmt::Debug for SharedBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SharedBytes({} bytes)", self.bytes().len())
+    }
+}
+
 /// Where a frame's bytes live.
 #[derive(Debug)]
 enum Bytes<'a> {
@@ -88,6 +105,9 @@ enum Bytes<'a> {
     Slice(&'a [u8]),
     /// Owned (a network buffer, or a copy of misaligned bytes).
     Owned(AlignedBuf, std::ops::Range<usize>),
+    /// Part of a network buffer shared with the other frames that came in
+    /// it (a batch). Ranges: topic, payload.
+    Shared(SharedBytes, std::ops::Range<usize>, std::ops::Range<usize>),
     /// A record still in a shared-memory ring: released when the frame
     /// drops. The range is the payload (after the envelope), the topic
     /// range the topic.
@@ -226,11 +246,12 @@ impl<'a> Frame<'a> {
         }
     }
 
-    /// Whether the frame borrows its bytes (no copy was made): from a
-    /// caller's buffer or a ring.
+    /// Whether the frame reads its bytes where they arrived (no copy was
+    /// made): in a caller's buffer, a ring, or the network buffer they
+    /// were received in.
     pub fn is_borrowed(&self) -> bool {
         match self.bytes {
-            Bytes::Slice(_) => true,
+            Bytes::Slice(_) | Bytes::Shared(..) => true,
             Bytes::Owned(..) => false,
             #[cfg(feature = "shm")]
             Bytes::Ring(..) | Bytes::Taken(..) => true,
@@ -242,6 +263,7 @@ impl<'a> Frame<'a> {
         match (&self.bytes, &self.topic) {
             #[cfg(feature = "shm")]
             (Bytes::Ring(g, t, _), _) => &g[t.clone()],
+            (Bytes::Shared(b, t, _), _) => &b.bytes()[t.clone()],
             #[cfg(feature = "shm")]
             (Bytes::Taken(g, t, _), _) => &g[t.clone()],
             (_, Some(t)) => t,
@@ -341,6 +363,39 @@ impl Frame<'static> {
     }
 }
 
+impl Frame<'static> {
+    /// A frame over part of a shared network buffer: `topic` and
+    /// `payload` are ranges of it, checked here (a peer chose them). The
+    /// payload stays in place when it starts [`ARCHIVE_ALIGN`]-aligned in
+    /// memory, and is copied once into a buffer of its own otherwise.
+    pub(crate) fn shared(
+        buf: SharedBytes,
+        topic: std::ops::Range<usize>,
+        payload: std::ops::Range<usize>,
+    ) -> Result<Self> {
+        let bytes = buf.bytes();
+        let inside = |r: &std::ops::Range<usize>| r.start <= r.end && r.end <= bytes.len();
+        if !inside(&topic) || !inside(&payload) {
+            return Err(Error::Corrupt {
+                what: "frame range end",
+                found: payload.end.max(topic.end) as u64,
+                expected: "a range inside the received buffer",
+            });
+        }
+        if (bytes[payload.clone()].as_ptr() as usize).is_multiple_of(ARCHIVE_ALIGN) {
+            Ok(Frame {
+                bytes: Bytes::Shared(buf, topic, payload),
+                topic: None,
+                peer: None,
+            })
+        } else {
+            let mut f = Frame::owned(AlignedBuf::copy_from(&bytes[payload]));
+            f.topic = Some(AlignedBuf::copy_from(&bytes[topic]));
+            Ok(f)
+        }
+    }
+}
+
 /// An empty slice whose address is [`ARCHIVE_ALIGN`]-aligned (an empty
 /// buffer's dangling pointer need not be, and rkyv checks the address even
 /// of an empty archive).
@@ -354,6 +409,7 @@ impl Deref for Frame<'_> {
         let b: &[u8] = match &self.bytes {
             Bytes::Slice(s) => s,
             Bytes::Owned(b, r) => &b[r.clone()],
+            Bytes::Shared(b, _, r) => &b.bytes()[r.clone()],
             #[cfg(feature = "shm")]
             Bytes::Ring(g, _, r) => &g[r.clone()],
             #[cfg(feature = "shm")]

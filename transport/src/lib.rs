@@ -28,9 +28,12 @@
 //! - [`shm`] (feature `shm`, on by default): publish/subscribe over a
 //!   shared-memory broadcast ring, push/pull over an MPMC ring, and
 //!   request/reply over a pair of them, awaited through tokio.
+//! - [`nng`] (feature `nng`, off by default: its C build needs cmake):
+//!   `nng+ipc://` and `nng+tcp://`, with flow-controlled publish/subscribe
+//!   and a work queue that loses nothing with a dead puller.
 //! - [`error`]: the crate's one error type.
 //!
-//! Still to come (issue 7): the nng and QUIC backends.
+//! Still to come (issue 7): the QUIC backend.
 
 pub mod address;
 pub mod blocking;
@@ -39,6 +42,8 @@ pub mod error;
 pub mod frame;
 pub mod handler;
 pub mod inproc;
+#[cfg(feature = "nng")]
+pub mod nng;
 pub mod options;
 pub mod pattern;
 #[cfg(feature = "shm")]
@@ -49,6 +54,8 @@ pub use envelope::{Decoder, Header, Kind, HEADER_LEN};
 pub use error::{Error, Result};
 pub use frame::{archive_into, AlignedBuf, Archivable, Archived, Frame, PeerId, ARCHIVE_ALIGN};
 pub use inproc::InProc;
+#[cfg(feature = "nng")]
+pub use nng::{Nng, NngPublisher, NngPuller, NngPusher, NngReplier, NngRequester, NngSubscriber};
 pub use options::Options;
 pub use pattern::{Publisher, Puller, Pusher, Replier, Requester, Subscriber, Wire};
 #[cfg(feature = "shm")]

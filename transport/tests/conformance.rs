@@ -196,15 +196,21 @@ async fn unbound<W: Wire>(a: Address) {
     ));
 }
 
+/// `SCHEME://c-TAG-PID`.
+fn named(scheme: &str, tag: &str) -> Address {
+    format!("{scheme}://c-{tag}-{}", std::process::id())
+        .parse()
+        .unwrap()
+}
+
 macro_rules! suite {
-    ($module:ident, $wire:ty, $scheme:literal) => {
+    ($module:ident, $wire:ty, $addr:expr) => {
         mod $module {
             use super::*;
 
             fn addr(tag: &str) -> Address {
-                format!("{}://c-{tag}-{}", $scheme, std::process::id())
-                    .parse()
-                    .unwrap()
+                let f: fn(&str) -> Address = $addr;
+                f(tag)
             }
 
             #[test]
@@ -235,6 +241,12 @@ macro_rules! suite {
     };
 }
 
-suite!(inproc, InProc, "inproc");
+suite!(inproc, InProc, |t| named("inproc", t));
 #[cfg(feature = "shm")]
-suite!(shm, shoal_transport::Shm, "shm");
+suite!(shm, shoal_transport::Shm, |t| named("shm", t));
+#[cfg(feature = "nng")]
+suite!(nng_ipc, shoal_transport::Nng, common::ipc_addr);
+#[cfg(feature = "nng")]
+suite!(nng_tcp, shoal_transport::Nng, |_| common::tcp_addr(
+    "nng+tcp"
+));

@@ -3,6 +3,8 @@
 //! - `test`: everything CI runs after fmt and clippy: the whole test suite
 //!   (with cargo-nextest when installed), the loom models, and a build of the
 //!   fuzz target.
+//! - `provision`: install the system tools the optional backends need
+//!   (cmake for nng) when missing; `test` and `bench-matrix` do it first.
 //! - `loom`: only the loom models.
 //! - `fuzz-build`: only build the fuzz target (stable toolchain).
 //! - `bench-matrix [--quick] [--out DIR] [--only NAME]`: provision what the
@@ -38,16 +40,63 @@ fn has_nextest() -> bool {
         .unwrap_or(false)
 }
 
+/// The optional backends the tests and benchmarks build in (their
+/// system tools are provisioned by [`provision`]).
+const FEATURES: &str = "shoal-transport/nng";
+
+/// Installs what the optional backends' builds need and a fresh machine
+/// lacks: cmake for nng's vendored C build (`pip install cmake`, about two
+/// seconds).
+fn provision() -> Result<(), String> {
+    let has = |tool: &str| {
+        Command::new(tool)
+            .arg("--version")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    if has("cmake") {
+        return Ok(());
+    }
+    let python = if has("python3") { "python3" } else { "python" };
+    run(
+        "provision cmake (for nng's vendored build)",
+        Command::new(python).args(["-m", "pip", "install", "--quiet", "cmake"]),
+    )?;
+    if has("cmake") {
+        Ok(())
+    } else {
+        Err(
+            "cmake was installed with pip but is not on PATH: add pip's script directory to PATH"
+                .into(),
+        )
+    }
+}
+
 fn tests() -> Result<(), String> {
+    provision()?;
     if has_nextest() {
         run(
             "tests (nextest)",
-            cargo().args(["nextest", "run", "--workspace", "--no-fail-fast"]),
+            cargo().args([
+                "nextest",
+                "run",
+                "--workspace",
+                "--features",
+                FEATURES,
+                "--no-fail-fast",
+            ]),
         )?;
         // nextest does not run doctests.
-        run("doctests", cargo().args(["test", "--workspace", "--doc"]))
+        run(
+            "doctests",
+            cargo().args(["test", "--workspace", "--features", FEATURES, "--doc"]),
+        )
     } else {
-        run("tests", cargo().args(["test", "--workspace"]))
+        run(
+            "tests",
+            cargo().args(["test", "--workspace", "--features", FEATURES]),
+        )
     }
 }
 
@@ -71,6 +120,7 @@ fn fuzz_build() -> Result<(), String> {
 }
 
 fn bench_matrix(args: &[String]) -> Result<(), String> {
+    provision()?;
     run(
         "build harnesses",
         cargo().args(["build", "--release", "-p", "shoal-bench", "--bins"]),
@@ -86,6 +136,7 @@ fn main() -> ExitCode {
     let task = std::env::args().nth(1).unwrap_or_default();
     let r = match task.as_str() {
         "test" => tests().and_then(|_| loom()).and_then(|_| fuzz_build()),
+        "provision" => provision(),
         "loom" => loom(),
         "fuzz-build" => fuzz_build(),
         "bench-matrix" => {
@@ -93,7 +144,7 @@ fn main() -> ExitCode {
             bench_matrix(&rest)
         }
         _ => {
-            eprintln!("usage: cargo xtask <test | loom | fuzz-build | bench-matrix [--quick] [--out DIR]>");
+            eprintln!("usage: cargo xtask <test | provision | loom | fuzz-build | bench-matrix [--quick] [--out DIR]>");
             return ExitCode::from(2);
         }
     };

@@ -22,3 +22,24 @@ pub fn shm_addr(prefix: &str, tag: &str) -> Address {
         .parse()
         .unwrap()
 }
+
+/// `nng+ipc:///tmp/shoal-test-TAG-PID.sock`: a path of this test
+/// process's own.
+pub fn ipc_addr(tag: &str) -> Address {
+    format!(
+        "nng+ipc:///tmp/shoal-test-{tag}-{}.sock",
+        std::process::id()
+    )
+    .parse()
+    .unwrap()
+}
+
+/// `SCHEME://127.0.0.1:PORT` with a port free a moment ago.
+pub fn tcp_addr(scheme: &str) -> Address {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("{scheme}://127.0.0.1:{port}").parse().unwrap()
+}

@@ -1,0 +1,645 @@
+//! Publish/subscribe over nng, with flow control: every subscriber gets
+//! every message, in order, and a publisher whose slowest subscriber is
+//! behind by `capacity` bytes waits (nng's own PUB drops silently when a
+//! subscriber is slow, so this backend does not use it).
+//!
+//! The publisher listens with a REP socket and keeps what it sent in a
+//! buffer of `capacity` bytes. Each subscriber, a REQ socket, registers
+//! (`Hello`), then asks for what follows the last message it has (`Poll`
+//! with its cursor). The publisher answers at once with a batch of what is
+//! buffered past the cursor, or holds the question until something is
+//! sent (one hold lasts at most [`HOLD`], then an empty batch answers it,
+//! which doubles as a heartbeat). A message leaves the buffer once every
+//! registered subscriber's cursor is past it, so nothing a subscriber has
+//! not acknowledged is lost: an answer lost with a broken connection is
+//! asked for again (a poll is idempotent, and nng redials and resends by
+//! itself).
+//!
+//! A subscriber whose connection closes (its process died) is evicted, so
+//! it no longer holds the publisher back; if it was in fact alive and
+//! redials, its next receive returns [`Error::Evicted`] and then goes on
+//! from the publisher's newest message. A subscriber that is alive but does
+//! not read holds the publisher back until the publisher's send timeout.
+//! A subscriber whose publisher restarted registers with the new one by
+//! itself (messages sent before that are not received).
+//!
+//! Topics are filtered at the subscriber. Frames point into the batch
+//! they arrived in (zero-copy when its payloads are 16-byte aligned in
+//! memory, as nng's bodies are).
+
+use super::proto::{locate, put_envelope, Control, Op, CONTROL_LEN};
+use super::sock::{ctx_recv, ctx_send, lock, message, Body, Sock};
+use crate::address::Address;
+use crate::envelope::Kind;
+use crate::error::{Error, Result};
+use crate::frame::{Frame, PeerId, SharedBytes};
+use crate::options::Options;
+use nng::{Context, Message, Pipe, Protocol};
+use std::collections::{HashMap, VecDeque};
+use std::ops::Range;
+use std::pin::pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, Notify};
+
+/// Longest a publisher holds a poll before answering it empty.
+pub const HOLD: Duration = Duration::from_secs(1);
+/// Most bytes of messages in one answer (a larger single message goes
+/// alone).
+const BATCH_BYTES: usize = 256 * 1024;
+/// How long a dropped publisher keeps serving subscribers that have not
+/// received everything yet.
+pub const LINGER: Duration = Duration::from_secs(5);
+
+struct SubEntry {
+    /// The next sequence number it wants (it has everything before).
+    next: u64,
+    /// The connection its last question came on.
+    pipe: Option<Pipe>,
+}
+
+#[derive(Default)]
+struct PubState {
+    /// Sequence number of the next message sent.
+    next_seq: u64,
+    /// Envelopes of messages `next_seq - buf.len() .. next_seq`.
+    buf: VecDeque<Arc<Vec<u8>>>,
+    buf_bytes: usize,
+    subs: HashMap<u64, SubEntry>,
+    closed: bool,
+}
+
+impl PubState {
+    fn first_seq(&self) -> u64 {
+        self.next_seq - self.buf.len() as u64
+    }
+
+    /// Drops what every subscriber has.
+    fn trim(&mut self) {
+        let keep_from = self
+            .subs
+            .values()
+            .map(|s| s.next)
+            .min()
+            .unwrap_or(self.next_seq);
+        while self.first_seq() < keep_from {
+            match self.buf.pop_front() {
+                Some(e) => self.buf_bytes -= e.len(),
+                None => break,
+            }
+        }
+    }
+}
+
+struct PubShared {
+    sock: Sock,
+    id: u64,
+    capacity: usize,
+    max_message: usize,
+    state: Mutex<PubState>,
+    /// A message was sent, or the publisher closed.
+    data: Notify,
+    /// Room was made, or the subscribers changed.
+    room: Notify,
+}
+
+impl PubShared {
+    /// Evicts subscribers whose connection closed; under the state lock.
+    fn evict_gone(&self, st: &mut PubState) {
+        let gone = self.sock.pipes.take_removed();
+        if gone.is_empty() {
+            return;
+        }
+        st.subs.retain(|id, s| {
+            let dead = s.pipe.is_some_and(|p| gone.contains(&p));
+            if dead {
+                tracing::info!(
+                    subscriber = %PeerId(*id),
+                    address = %self.sock.address,
+                    "nng publisher: subscriber's connection closed; evicted"
+                );
+            }
+            !dead
+        });
+        st.trim();
+    }
+
+    /// The answer to one question from a subscriber.
+    async fn answer(&self, req: &mut Message) -> Result<Message> {
+        let ctl = Control::decode(req.as_slice())?;
+        let pipe = req.pipe();
+        let reply = |op, a, b, c| message(&Control::new(op, a, b, c).encode());
+        match ctl.op {
+            Op::Hello => {
+                let next = {
+                    let mut st = lock(&self.state);
+                    self.evict_gone(&mut st);
+                    let next = st.next_seq;
+                    let e = st.subs.entry(ctl.a).or_insert(SubEntry { next, pipe });
+                    e.pipe = pipe;
+                    e.next
+                };
+                self.room.notify_waiters();
+                Ok(reply(Op::Welcome, self.id, next, 0))
+            }
+            Op::Poll => self.poll(ctl, pipe).await,
+            op => Err(Error::Corrupt {
+                what: "nng op sent to a publisher",
+                found: op as u64,
+                expected: "1 (hello) or 3 (poll)",
+            }),
+        }
+    }
+
+    async fn poll(&self, ctl: Control, pipe: Option<Pipe>) -> Result<Message> {
+        let reply = |op, a, b, c| message(&Control::new(op, a, b, c).encode());
+        if ctl.c != 0 && ctl.c != self.id {
+            return Ok(reply(Op::Unknown, self.id, 0, 0));
+        }
+        let deadline = Instant::now() + HOLD;
+        let mut acked = false;
+        loop {
+            let mut data = pin!(self.data.notified());
+            data.as_mut().enable();
+            let (from, batch) = {
+                let mut st = lock(&self.state);
+                let next_seq = st.next_seq;
+                let Some(s) = st.subs.get_mut(&ctl.a) else {
+                    return Ok(reply(Op::Unknown, self.id, 0, 0));
+                };
+                s.pipe = pipe;
+                if !acked {
+                    acked = true;
+                    if ctl.b > next_seq {
+                        return Err(Error::Corrupt {
+                            what: "subscriber cursor",
+                            found: ctl.b,
+                            expected: "no further than what was sent",
+                        });
+                    }
+                    if ctl.b > s.next {
+                        s.next = ctl.b;
+                        st.trim();
+                        self.room.notify_waiters();
+                    }
+                }
+                let Some(s) = st.subs.get(&ctl.a) else {
+                    return Ok(reply(Op::Unknown, self.id, 0, 0));
+                };
+                let from = s.next;
+                if from < st.next_seq {
+                    let skip = (from - st.first_seq()) as usize;
+                    let mut bytes = 0;
+                    let batch: Vec<Arc<Vec<u8>>> = st
+                        .buf
+                        .iter()
+                        .skip(skip)
+                        .take_while(|e| {
+                            let first = bytes == 0;
+                            bytes += e.len();
+                            first || bytes <= BATCH_BYTES
+                        })
+                        .cloned()
+                        .collect();
+                    (from, batch)
+                } else if st.closed {
+                    st.subs.remove(&ctl.a);
+                    self.room.notify_waiters();
+                    return Ok(reply(Op::Closed, self.id, 0, 0));
+                } else {
+                    (from, Vec::new())
+                }
+            };
+            if !batch.is_empty() {
+                // Built outside the lock: a large message is copied while
+                // the publisher goes on.
+                let len = CONTROL_LEN + batch.iter().map(|e| e.len()).sum::<usize>();
+                let mut m = Message::with_capacity(len);
+                m.push_back(&Control::new(Op::Batch, self.id, from, batch.len() as u64).encode());
+                for e in &batch {
+                    m.push_back(e);
+                }
+                return Ok(m);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || tokio::time::timeout(left, data).await.is_err() {
+                return Ok(reply(Op::Batch, self.id, from, 0));
+            }
+        }
+    }
+}
+
+/// Serves subscribers' questions on one context until the socket closes.
+async fn serve(shared: Arc<PubShared>, ctx: Context) {
+    let address = shared.sock.address.clone();
+    loop {
+        let mut req = match ctx_recv(&ctx, &address).await {
+            Ok(m) => m,
+            Err(Error::Closed) => return,
+            Err(e) => {
+                tracing::debug!(%address, error = %e, "nng publisher: receive failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        match shared.answer(&mut req).await {
+            Ok(reply) => {
+                let _ = ctx_send(&ctx, reply, &address).await;
+            }
+            Err(e) => {
+                tracing::warn!(%address, error = %e, "nng publisher: bad message from a subscriber; dropping its connection");
+                if let Some(p) = req.pipe() {
+                    p.close();
+                }
+            }
+        }
+    }
+}
+
+/// Publishing end over nng.
+pub struct NngPublisher {
+    shared: Arc<PubShared>,
+    send_timeout: Option<Duration>,
+    rt: tokio::runtime::Handle,
+}
+
+impl std::fmt::Debug for NngPublisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NngPublisher")
+            .field("address", &self.shared.sock.address)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NngPublisher {
+    /// Binds a publisher at `address` (inside a tokio runtime: it serves
+    /// subscribers on tasks of its own).
+    pub fn bind(address: &Address, opts: &Options) -> Result<NngPublisher> {
+        let rt = tokio::runtime::Handle::try_current().map_err(|_| Error::Io {
+            what: "binding an nng publisher".into(),
+            source: std::io::Error::other("must be called inside a tokio runtime"),
+        })?;
+        let sock = Sock::listen(Protocol::Rep0, address, 1024)?;
+        let shared = Arc::new(PubShared {
+            sock,
+            id: PeerId::random().0,
+            capacity: opts.capacity as usize,
+            max_message: opts.max_message,
+            state: Mutex::new(PubState::default()),
+            data: Notify::new(),
+            room: Notify::new(),
+        });
+        // One context per subscriber that may be waiting, and one spare.
+        for _ in 0..=opts.max_peers {
+            let ctx = Context::new(&shared.sock.socket).map_err(|e| Error::Io {
+                what: "opening an nng context".into(),
+                source: std::io::Error::other(e),
+            })?;
+            rt.spawn(serve(shared.clone(), ctx));
+        }
+        Ok(NngPublisher {
+            shared,
+            send_timeout: opts.send_timeout,
+            rt,
+        })
+    }
+
+    /// The address bound (with the port chosen when it asked for port 0).
+    pub fn address(&self) -> Address {
+        self.shared.sock.bound_address()
+    }
+
+    /// Sends `payload` under `topic` to every subscriber, waiting while the
+    /// slowest is `capacity` bytes behind (up to the send timeout).
+    pub async fn send(&mut self, topic: &[u8], payload: &[u8]) -> Result<()> {
+        let s = &self.shared;
+        if payload.len() > s.max_message {
+            return Err(Error::TooLarge {
+                what: "payload",
+                got: payload.len() as u64,
+                limit: s.max_message as u64,
+            });
+        }
+        let mut env = Vec::with_capacity(super::proto::envelope_len(topic, payload.len()));
+        put_envelope(&mut env, Kind::Message, topic, payload, s.id)?;
+        let env = Arc::new(env);
+        let deadline = self.send_timeout.map(|t| Instant::now() + t);
+        loop {
+            let mut room = pin!(s.room.notified());
+            room.as_mut().enable();
+            let mut changed = pin!(s.sock.pipes.changed.notified());
+            changed.as_mut().enable();
+            {
+                let mut st = lock(&s.state);
+                s.evict_gone(&mut st);
+                if st.buf.is_empty() || st.buf_bytes + env.len() <= s.capacity {
+                    st.buf_bytes += env.len();
+                    st.buf.push_back(env);
+                    st.next_seq += 1;
+                    st.trim();
+                    drop(st);
+                    s.data.notify_waiters();
+                    return Ok(());
+                }
+            }
+            let wait = async {
+                tokio::select! {
+                    _ = room => {}
+                    _ = changed => {}
+                }
+            };
+            match deadline {
+                None => wait.await,
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if tokio::time::timeout(left, wait).await.is_err() {
+                        return Err(Error::Timeout {
+                            what: "send (waiting for slow subscribers)",
+                            after: self.send_timeout.unwrap_or_default(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits until at least `n` subscribers are registered.
+    pub async fn wait_for_subscribers(&mut self, n: u32, timeout: Duration) -> Result<u32> {
+        let s = &self.shared;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut room = pin!(s.room.notified());
+            room.as_mut().enable();
+            let k = {
+                let mut st = lock(&s.state);
+                s.evict_gone(&mut st);
+                st.subs.len() as u32
+            };
+            if k >= n {
+                return Ok(k);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::Timeout {
+                    what: "waiting for subscribers",
+                    after: timeout,
+                });
+            }
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(100)), room).await;
+        }
+    }
+}
+
+impl Drop for NngPublisher {
+    /// Closes: subscribers get what was sent, then [`Error::Closed`]. The
+    /// socket stays open in the background until every subscriber has
+    /// everything and hung up, or [`LINGER`] passed (binding the address
+    /// again fails with [`Error::AddrInUse`] meanwhile).
+    fn drop(&mut self) {
+        let s = self.shared.clone();
+        lock(&s.state).closed = true;
+        s.data.notify_waiters();
+        self.rt.spawn(async move {
+            let deadline = Instant::now() + LINGER;
+            loop {
+                let mut room = pin!(s.room.notified());
+                room.as_mut().enable();
+                let mut changed = pin!(s.sock.pipes.changed.notified());
+                changed.as_mut().enable();
+                let left = {
+                    let mut st = lock(&s.state);
+                    s.evict_gone(&mut st);
+                    st.subs.len()
+                };
+                // Done once every subscriber was told, and hung up (so
+                // the last answer was not cut off by closing the socket).
+                let done = left == 0 && s.sock.pipes.count() == 0;
+                let rest = deadline.saturating_duration_since(Instant::now());
+                if done || rest.is_zero() {
+                    break;
+                }
+                let wait = async {
+                    tokio::select! {
+                        _ = room => {}
+                        _ = changed => {}
+                    }
+                };
+                let _ = tokio::time::timeout(rest.min(Duration::from_millis(100)), wait).await;
+            }
+            s.sock.socket.close();
+        });
+    }
+}
+
+/// What the subscriber's poller hands over: a batch (the message it came
+/// in, and topic and payload ranges of each message in it), or why it
+/// stopped or skipped.
+type Delivery = Result<(SharedBytes, Vec<(Range<usize>, Range<usize>)>, u64)>;
+
+/// Batches a subscriber holds received and not yet returned, beyond the
+/// one being returned from.
+const AHEAD: usize = 2;
+
+/// Subscribing end over nng.
+///
+/// A task of its own keeps asking the publisher for what follows, and
+/// holds up to a few batches ahead of the caller (so the publisher's
+/// buffer is freed once messages reach this process, whether or not the
+/// caller is receiving at that moment).
+pub struct NngSubscriber {
+    rx: mpsc::Receiver<Delivery>,
+    pending: VecDeque<(SharedBytes, Range<usize>, Range<usize>, u64)>,
+    prefixes: Vec<Vec<u8>>,
+    address: Address,
+    poller: tokio::task::JoinHandle<()>,
+    closed: bool,
+}
+
+impl std::fmt::Debug for NngSubscriber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NngSubscriber")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for NngSubscriber {
+    fn drop(&mut self) {
+        self.poller.abort();
+    }
+}
+
+/// The subscriber's side of the protocol, run by its poller task.
+struct Poller {
+    sock: Sock,
+    ctx: Context,
+    id: u64,
+    /// The publisher it is registered with (0: none yet).
+    publisher: u64,
+    registered: bool,
+    next: u64,
+    max_message: usize,
+    gone_after: Duration,
+}
+
+impl Poller {
+    async fn ask(&mut self, ctl: Control) -> Result<Message> {
+        super::sock::ask(&self.sock, &self.ctx, &ctl.encode(), self.gone_after).await
+    }
+
+    async fn hello(&mut self) -> Result<()> {
+        let r = self.ask(Control::new(Op::Hello, self.id, 0, 0)).await?;
+        let c = Control::decode(r.as_slice())?;
+        if c.op != Op::Welcome {
+            return Err(Error::Corrupt {
+                what: "answer to hello",
+                found: c.op as u64,
+                expected: "2 (welcome)",
+            });
+        }
+        self.publisher = c.a;
+        self.next = c.b;
+        self.registered = true;
+        Ok(())
+    }
+
+    /// One question and its answer: a batch (possibly empty), or why not.
+    async fn poll(&mut self) -> Delivery {
+        if !self.registered {
+            self.hello().await?;
+        }
+        let r = self
+            .ask(Control::new(Op::Poll, self.id, self.next, self.publisher))
+            .await?;
+        let c = Control::decode(r.as_slice())?;
+        match c.op {
+            Op::Batch if c.a == self.publisher => {
+                if c.b != self.next {
+                    return Err(Error::Corrupt {
+                        what: "batch start",
+                        found: c.b,
+                        expected: "the subscriber's cursor",
+                    });
+                }
+                let found = locate(r.as_slice(), c.c, Kind::Message, self.max_message)?;
+                self.next += c.c;
+                let ranges = found.into_iter().map(|e| (e.topic, e.payload)).collect();
+                Ok((SharedBytes(Arc::new(Body(r))), ranges, self.publisher))
+            }
+            Op::Unknown => {
+                self.registered = false;
+                if c.a == self.publisher {
+                    return Err(Error::Evicted {
+                        address: self.sock.address.to_string(),
+                    });
+                }
+                tracing::info!(address = %self.sock.address, "nng subscriber: publisher restarted; subscribing again");
+                Ok((
+                    SharedBytes(Arc::new(Vec::<u8>::new())),
+                    Vec::new(),
+                    self.publisher,
+                ))
+            }
+            Op::Closed if c.a == self.publisher => Err(Error::Closed),
+            op => Err(Error::Corrupt {
+                what: "answer to poll",
+                found: op as u64,
+                expected: "a batch, unknown or closed from the publisher polled",
+            }),
+        }
+    }
+
+    /// Polls until the publisher closes, the subscriber is dropped, or
+    /// the publisher sends something malformed.
+    async fn run(mut self, tx: mpsc::Sender<Delivery>) {
+        loop {
+            let d = self.poll().await;
+            let end = matches!(
+                d,
+                Err(Error::Closed | Error::Corrupt { .. } | Error::TooLarge { .. })
+            );
+            let pause = matches!(d, Err(Error::Io { .. }));
+            let empty = matches!(&d, Ok((_, r, _)) if r.is_empty());
+            if !empty && tx.send(d).await.is_err() {
+                return;
+            }
+            if end {
+                return;
+            }
+            if pause {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+impl NngSubscriber {
+    /// Connects to the publisher at `address` and registers with it (so it
+    /// receives everything sent from now on).
+    pub async fn connect(address: &Address, opts: &Options) -> Result<NngSubscriber> {
+        let sock = Sock::dial(
+            Protocol::Req0,
+            address,
+            opts.max_message,
+            opts.connect_timeout,
+        )
+        .await?;
+        super::sock::resend_after(&sock, Some(5 * HOLD))?;
+        let ctx = super::sock::context(&sock)?;
+        let mut p = Poller {
+            sock,
+            ctx,
+            id: PeerId::random().0,
+            publisher: 0,
+            registered: false,
+            next: 0,
+            max_message: opts.max_message,
+            gone_after: opts.connect_timeout,
+        };
+        p.hello().await?;
+        let (tx, rx) = mpsc::channel(AHEAD);
+        Ok(NngSubscriber {
+            rx,
+            pending: VecDeque::new(),
+            prefixes: Vec::new(),
+            address: address.clone(),
+            poller: tokio::spawn(p.run(tx)),
+            closed: false,
+        })
+    }
+
+    /// Receives only topics starting with `prefix` (several: any of them;
+    /// none: everything).
+    pub fn subscribe(&mut self, prefix: &[u8]) {
+        self.prefixes.push(prefix.to_vec());
+    }
+
+    /// The next message under a subscribed topic; [`Error::Closed`] once
+    /// the publisher closed and everything was received. Other errors
+    /// ([`Error::Evicted`], [`Error::PeerGone`]) are reported once each;
+    /// receiving again goes on.
+    pub async fn recv(&mut self) -> Result<Frame<'static>> {
+        loop {
+            while let Some((body, topic, payload, peer)) = self.pending.pop_front() {
+                let t = &(*body.0).as_ref()[topic.clone()];
+                if self.prefixes.is_empty() || self.prefixes.iter().any(|p| t.starts_with(p)) {
+                    return Ok(Frame::shared(body, topic, payload)?.with_peer(peer));
+                }
+            }
+            if self.closed {
+                return Err(Error::Closed);
+            }
+            match self.rx.recv().await {
+                Some(Ok((body, ranges, peer))) => {
+                    for (t, p) in ranges {
+                        self.pending.push_back((body.clone(), t, p, peer));
+                    }
+                }
+                Some(Err(Error::Closed)) | None => {
+                    self.closed = true;
+                }
+                Some(Err(e)) => return Err(e),
+            }
+        }
+    }
+}

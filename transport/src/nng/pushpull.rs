@@ -1,0 +1,505 @@
+//! Push/pull over nng: a work queue held by the process that bound it,
+//! each message taken by exactly one puller.
+//!
+//! The binding puller listens with a REP socket and keeps the queue
+//! (`capacity` bytes). A pusher (REQ) asks it to queue one message
+//! (`Push`); the queue answers `Queued` once there is room, or `Full` after
+//! holding the question for at most [`HOLD`](super::pubsub::HOLD), and the
+//! pusher asks again until its send timeout. Pushes carry a per-pusher
+//! sequence number, so one asked again over a new connection is queued
+//! once. The binding puller takes from the queue directly; other pullers
+//! (REQ) ask for one message at a time (`Pull`) and acknowledge each as
+//! soon as it arrives (`Ack`, sent in the background). An item sent and
+//! not acknowledged within [`LEASE`] (its answer went to a receive that
+//! was cancelled meanwhile) goes back to the head of the queue, as do the
+//! unacknowledged items of a puller whose connection closes (its process
+//! died): a message is lost only with the queue's own process. An
+//! acknowledgement lost with a connection that breaks can make a message
+//! delivered twice.
+//!
+//! nng's own PUSH/PULL is not used: a second puller could not reach the
+//! queue through the one address, and a message sitting in a dead
+//! puller's connection would be lost.
+
+use super::proto::{locate, Control, Op, CONTROL_LEN};
+use super::pubsub::HOLD;
+use super::sock::{ask, context, ctx_recv, ctx_send, lock, message, resend_after, Body, Sock};
+use crate::address::Address;
+use crate::envelope::Kind;
+use crate::error::{Error, Result};
+use crate::frame::{Frame, PeerId, SharedBytes};
+use crate::options::Options;
+use nng::{Context, Message, Pipe, Protocol};
+use std::collections::{HashMap, VecDeque};
+use std::ops::Range;
+use std::pin::pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// How long an item sent to a remote puller may go unacknowledged before
+/// it is queued again.
+pub const LEASE: Duration = Duration::from_secs(3);
+
+/// Pushers whose last sequence number the queue remembers (to queue a
+/// push asked again only once); beyond, the oldest are forgotten.
+const MAX_PUSHERS: usize = 4096;
+
+/// A queued message: the push it came in, and where its parts lie.
+#[derive(Clone)]
+struct Item {
+    body: SharedBytes,
+    envelope: Range<usize>,
+    topic: Range<usize>,
+    payload: Range<usize>,
+    peer: u64,
+}
+
+impl Item {
+    fn len(&self) -> usize {
+        self.envelope.len()
+    }
+    fn frame(self) -> Result<Frame<'static>> {
+        Ok(Frame::shared(self.body, self.topic, self.payload)?.with_peer(self.peer))
+    }
+}
+
+#[derive(Default)]
+struct QState {
+    items: VecDeque<Item>,
+    bytes: usize,
+    /// Last sequence number queued per pusher, and when.
+    pushed: HashMap<u64, (u64, Instant)>,
+    /// Items sent to remote pullers and not yet acknowledged: token ->
+    /// (item, the puller's connection, when sent).
+    lent: HashMap<u64, (Item, Option<Pipe>, Instant)>,
+    next_token: u64,
+}
+
+struct QShared {
+    sock: Sock,
+    capacity: usize,
+    max_message: usize,
+    state: Mutex<QState>,
+    /// Something was queued.
+    data: Notify,
+    /// Something was taken.
+    room: Notify,
+}
+
+impl QShared {
+    /// Puts back what was sent to remote pullers and not acknowledged in
+    /// time, or whose connection closed.
+    fn reclaim(&self, st: &mut QState) {
+        let gone = self.sock.pipes.take_removed();
+        let now = Instant::now();
+        let back: Vec<u64> = st
+            .lent
+            .iter()
+            .filter(|(_, (_, p, at))| {
+                p.is_some_and(|p| gone.contains(&p)) || now.duration_since(*at) >= LEASE
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for token in back {
+            if let Some((item, _, _)) = st.lent.remove(&token) {
+                tracing::info!(address = %self.sock.address, token, "nng queue: a message sent to a puller was not acknowledged (its receive was cancelled, or it died); queued again");
+                st.bytes += item.len();
+                st.items.push_front(item);
+                self.data.notify_waiters();
+            }
+        }
+    }
+
+    fn take(&self, st: &mut QState) -> Option<Item> {
+        let item = st.items.pop_front()?;
+        st.bytes -= item.len();
+        self.room.notify_waiters();
+        Some(item)
+    }
+
+    async fn answer(&self, req: Message) -> Result<Message> {
+        let ctl = Control::decode(req.as_slice())?;
+        match ctl.op {
+            Op::Push => self.push(ctl, req).await,
+            Op::Pull => {
+                let mut req = req;
+                let pipe = req.pipe();
+                self.pull(ctl, pipe).await
+            }
+            Op::Ack => {
+                lock(&self.state).lent.remove(&ctl.b);
+                Ok(message(&Control::new(Op::Empty, 0, 0, 0).encode()))
+            }
+            op => Err(Error::Corrupt {
+                what: "nng op sent to a queue",
+                found: op as u64,
+                expected: "7 (push), 10 (pull) or 15 (ack)",
+            }),
+        }
+    }
+
+    async fn push(&self, ctl: Control, req: Message) -> Result<Message> {
+        let reply = |op| message(&Control::new(op, 0, 0, 0).encode());
+        let found = locate(req.as_slice(), 1, Kind::Message, self.max_message)?;
+        let Some(e) = found.into_iter().next() else {
+            return Err(Error::Corrupt {
+                what: "push envelopes",
+                found: 0,
+                expected: "1",
+            });
+        };
+        let item = Item {
+            envelope: CONTROL_LEN..req.len(),
+            topic: e.topic,
+            payload: e.payload,
+            peer: e.header.id,
+            body: SharedBytes(Arc::new(Body(req))),
+        };
+        let hold = Duration::from_millis(ctl.b).min(HOLD);
+        let deadline = Instant::now() + hold;
+        loop {
+            let mut room = pin!(self.room.notified());
+            room.as_mut().enable();
+            {
+                let mut st = lock(&self.state);
+                self.reclaim(&mut st);
+                if st.pushed.get(&ctl.a).is_some_and(|&(seq, _)| seq >= ctl.c) {
+                    return Ok(reply(Op::Queued));
+                }
+                if st.items.is_empty() || st.bytes + item.len() <= self.capacity {
+                    st.bytes += item.len();
+                    st.items.push_back(item);
+                    if st.pushed.len() >= MAX_PUSHERS && !st.pushed.contains_key(&ctl.a) {
+                        if let Some(oldest) = st
+                            .pushed
+                            .iter()
+                            .min_by_key(|(_, (_, t))| *t)
+                            .map(|(k, _)| *k)
+                        {
+                            st.pushed.remove(&oldest);
+                        }
+                    }
+                    st.pushed.insert(ctl.a, (ctl.c, Instant::now()));
+                    drop(st);
+                    self.data.notify_waiters();
+                    return Ok(reply(Op::Queued));
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || tokio::time::timeout(left, room).await.is_err() {
+                return Ok(reply(Op::Full));
+            }
+        }
+    }
+
+    async fn pull(&self, ctl: Control, pipe: Option<Pipe>) -> Result<Message> {
+        let hold = Duration::from_millis(ctl.c).min(HOLD);
+        let deadline = Instant::now() + hold;
+        loop {
+            let mut data = pin!(self.data.notified());
+            data.as_mut().enable();
+            {
+                let mut st = lock(&self.state);
+                self.reclaim(&mut st);
+                if let Some(item) = self.take(&mut st) {
+                    st.next_token += 1;
+                    let token = st.next_token;
+                    let env = &(*item.body.0).as_ref()[item.envelope.clone()];
+                    let mut m = Message::with_capacity(CONTROL_LEN + env.len());
+                    m.push_back(&Control::new(Op::Item, token, 0, 0).encode());
+                    m.push_back(env);
+                    st.lent.insert(token, (item, pipe, Instant::now()));
+                    return Ok(m);
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || tokio::time::timeout(left, data).await.is_err() {
+                return Ok(message(&Control::new(Op::Empty, 0, 0, 0).encode()));
+            }
+        }
+    }
+}
+
+/// Serves pushers and pullers on one context until the socket closes.
+async fn serve(shared: Arc<QShared>, ctx: Context) {
+    let address = shared.sock.address.clone();
+    loop {
+        let mut req = match ctx_recv(&ctx, &address).await {
+            Ok(m) => m,
+            Err(Error::Closed) => return,
+            Err(e) => {
+                tracing::debug!(%address, error = %e, "nng queue: receive failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let pipe = req.pipe();
+        match shared.answer(req).await {
+            Ok(reply) => {
+                let _ = ctx_send(&ctx, reply, &address).await;
+            }
+            Err(e) => {
+                tracing::warn!(%address, error = %e, "nng queue: bad message from a peer; dropping its connection");
+                if let Some(p) = pipe {
+                    p.close();
+                }
+            }
+        }
+    }
+}
+
+enum Side {
+    /// The binder: holds the queue.
+    Queue(Arc<QShared>),
+    /// Another puller: asks the binder.
+    Remote {
+        sock: Arc<Sock>,
+        ctx: Context,
+        id: u64,
+        max_message: usize,
+        gone_after: Duration,
+    },
+}
+
+/// Pulling end over nng.
+pub struct NngPuller {
+    side: Side,
+}
+
+impl std::fmt::Debug for NngPuller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (kind, address) = match &self.side {
+            Side::Queue(q) => ("queue", &q.sock.address),
+            Side::Remote { sock, .. } => ("remote", &sock.address),
+        };
+        f.debug_struct("NngPuller")
+            .field("side", &kind)
+            .field("address", address)
+            .finish()
+    }
+}
+
+impl Drop for NngPuller {
+    fn drop(&mut self) {
+        if let Side::Queue(q) = &self.side {
+            q.sock.socket.close();
+        }
+    }
+}
+
+impl NngPuller {
+    /// Binds the queue at `address` (inside a tokio runtime: it serves
+    /// pushers and pullers on tasks of its own).
+    pub fn bind(address: &Address, opts: &Options) -> Result<NngPuller> {
+        let rt = tokio::runtime::Handle::try_current().map_err(|_| Error::Io {
+            what: "binding an nng puller".into(),
+            source: std::io::Error::other("must be called inside a tokio runtime"),
+        })?;
+        let sock = Sock::listen(Protocol::Rep0, address, opts.max_message)?;
+        let shared = Arc::new(QShared {
+            sock,
+            capacity: opts.capacity as usize,
+            max_message: opts.max_message,
+            state: Mutex::new(QState::default()),
+            data: Notify::new(),
+            room: Notify::new(),
+        });
+        // Pushers and pullers waiting at once, and one spare.
+        for _ in 0..=2 * opts.max_peers {
+            rt.spawn(serve(shared.clone(), context(&shared.sock)?));
+        }
+        Ok(NngPuller {
+            side: Side::Queue(shared),
+        })
+    }
+
+    /// Connects another puller to the queue at `address`.
+    pub async fn connect(address: &Address, opts: &Options) -> Result<NngPuller> {
+        let sock = Sock::dial(
+            Protocol::Req0,
+            address,
+            opts.max_message,
+            opts.connect_timeout,
+        )
+        .await?;
+        resend_after(&sock, Some(5 * HOLD))?;
+        let ctx = context(&sock)?;
+        Ok(NngPuller {
+            side: Side::Remote {
+                sock: Arc::new(sock),
+                ctx,
+                id: PeerId::random().0,
+                max_message: opts.max_message,
+                gone_after: opts.connect_timeout,
+            },
+        })
+    }
+
+    /// The address bound, for the binding puller (with the port chosen
+    /// when it asked for port 0); the address connected to otherwise.
+    pub fn address(&self) -> Address {
+        match &self.side {
+            Side::Queue(q) => q.sock.bound_address(),
+            Side::Remote { sock, .. } => sock.address.clone(),
+        }
+    }
+
+    /// The next message.
+    pub async fn recv(&mut self) -> Result<Frame<'static>> {
+        match &mut self.side {
+            Side::Queue(q) => loop {
+                let mut data = pin!(q.data.notified());
+                data.as_mut().enable();
+                {
+                    let mut st = lock(&q.state);
+                    q.reclaim(&mut st);
+                    if let Some(item) = q.take(&mut st) {
+                        return item.frame();
+                    }
+                }
+                // Woken by a push, or soon after to take back what a
+                // remote puller left unacknowledged past its lease.
+                let _ = tokio::time::timeout(LEASE / 4, data).await;
+            },
+            Side::Remote {
+                sock,
+                ctx,
+                id,
+                max_message,
+                gone_after,
+            } => loop {
+                let q = Control::new(Op::Pull, *id, 0, HOLD.as_millis() as u64);
+                let r = ask(sock, ctx, &q.encode(), *gone_after).await?;
+                let c = Control::decode(r.as_slice())?;
+                match c.op {
+                    Op::Empty => continue,
+                    Op::Item => {
+                        let found = locate(r.as_slice(), 1, Kind::Message, *max_message)?;
+                        acknowledge(sock.clone(), *id, c.a, *gone_after);
+                        let body = SharedBytes(Arc::new(Body(r)));
+                        let e = &found[0];
+                        return Ok(Frame::shared(body, e.topic.clone(), e.payload.clone())?
+                            .with_peer(e.header.id));
+                    }
+                    op => {
+                        return Err(Error::Corrupt {
+                            what: "answer to pull",
+                            found: op as u64,
+                            expected: "11 (item) or 12 (empty)",
+                        })
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// Tells the queue, in the background, that item `token` arrived (on a
+/// context of its own, so the next pull does not wait for it).
+fn acknowledge(sock: Arc<Sock>, id: u64, token: u64, gone_after: Duration) {
+    tokio::spawn(async move {
+        let sent = async {
+            let ctx = context(&sock)?;
+            ask(
+                &sock,
+                &ctx,
+                &Control::new(Op::Ack, id, token, 0).encode(),
+                gone_after,
+            )
+            .await
+        };
+        if let Err(e) = sent.await {
+            tracing::debug!(address = %sock.address, token, error = %e, "nng puller: acknowledgement not delivered; the queue will send the item again after its lease");
+        }
+    });
+}
+
+/// Pushing end over nng.
+pub struct NngPusher {
+    sock: Sock,
+    ctx: Context,
+    id: u64,
+    seq: u64,
+    max_message: usize,
+    send_timeout: Option<Duration>,
+    gone_after: Duration,
+}
+
+impl std::fmt::Debug for NngPusher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NngPusher")
+            .field("address", &self.sock.address)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NngPusher {
+    /// Connects a pusher to the queue at `address`.
+    pub async fn connect(address: &Address, opts: &Options) -> Result<NngPusher> {
+        let sock = Sock::dial(
+            Protocol::Req0,
+            address,
+            opts.max_message,
+            opts.connect_timeout,
+        )
+        .await?;
+        resend_after(&sock, Some(5 * HOLD))?;
+        let ctx = context(&sock)?;
+        Ok(NngPusher {
+            sock,
+            ctx,
+            id: PeerId::random().0,
+            seq: 0,
+            max_message: opts.max_message,
+            send_timeout: opts.send_timeout,
+            gone_after: opts.connect_timeout,
+        })
+    }
+
+    /// Queues `payload`, waiting for room up to the send timeout. Cancelled,
+    /// the message may still have been queued if the queue had just taken
+    /// it.
+    pub async fn send(&mut self, payload: &[u8]) -> Result<()> {
+        if payload.len() > self.max_message {
+            return Err(Error::TooLarge {
+                what: "payload",
+                got: payload.len() as u64,
+                limit: self.max_message as u64,
+            });
+        }
+        self.seq += 1;
+        let mut q =
+            Vec::with_capacity(CONTROL_LEN + super::proto::envelope_len(b"", payload.len()));
+        q.extend_from_slice(&[0; CONTROL_LEN]);
+        super::proto::put_envelope(&mut q, Kind::Message, b"", payload, self.id)?;
+        let deadline = self.send_timeout.map(|t| Instant::now() + t);
+        loop {
+            let hold = match deadline {
+                None => HOLD,
+                Some(d) => d.saturating_duration_since(Instant::now()).min(HOLD),
+            };
+            q[..CONTROL_LEN].copy_from_slice(
+                &Control::new(Op::Push, self.id, hold.as_millis() as u64, self.seq).encode(),
+            );
+            let r = ask(&self.sock, &self.ctx, &q, self.gone_after).await?;
+            match Control::decode(r.as_slice())?.op {
+                Op::Queued => return Ok(()),
+                Op::Full if deadline.is_some_and(|d| Instant::now() >= d) => {
+                    return Err(Error::Timeout {
+                        what: "push (waiting for room)",
+                        after: self.send_timeout.unwrap_or_default(),
+                    })
+                }
+                Op::Full => continue,
+                op => {
+                    return Err(Error::Corrupt {
+                        what: "answer to push",
+                        found: op as u64,
+                        expected: "8 (queued) or 9 (full)",
+                    })
+                }
+            }
+        }
+    }
+}

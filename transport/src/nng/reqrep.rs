@@ -1,0 +1,180 @@
+//! Request/reply over nng's REQ/REP: nng routes each reply to its asker.
+//! A request is one envelope under an `Ask` block carrying the asker's id
+//! (so the replier knows who asked); the reply one under `Answer`.
+//!
+//! nng asks again by itself when a connection breaks while a request is
+//! outstanding, so a request can reach a replier twice (at least once, not
+//! exactly once) when the connection breaks after it arrived; it never
+//! asks again on a timer (which would run slow requests twice).
+
+use super::proto::{locate, put_envelope, Control, Op, CONTROL_LEN};
+use super::sock::{ask, context, ctx_recv, ctx_send, message, resend_after, Body, Sock};
+use crate::address::Address;
+use crate::envelope::Kind;
+use crate::error::{Error, Result};
+use crate::frame::{Frame, PeerId, SharedBytes};
+use crate::options::Options;
+use nng::{Context, Protocol};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `payload` as one envelope of `kind` under an `op` block.
+fn wrap(op: Op, kind: Kind, id: u64, payload: &[u8]) -> Result<Vec<u8>> {
+    let mut m = Vec::with_capacity(CONTROL_LEN + super::proto::envelope_len(b"", payload.len()));
+    m.extend_from_slice(&Control::new(op, id, 0, 0).encode());
+    put_envelope(&mut m, kind, b"", payload, id)?;
+    Ok(m)
+}
+
+/// The one envelope of kind `kind` under an `op` block in `msg`, as a
+/// frame naming its sender.
+fn unwrap(msg: nng::Message, op: Op, kind: Kind, max: usize) -> Result<Frame<'static>> {
+    let (body, topic, payload, peer) = locate_one(msg, op, kind, max)?;
+    Ok(Frame::shared(body, topic, payload)?.with_peer(peer))
+}
+
+/// Where the one envelope of `unwrap` lies (all `Send`, unlike a frame).
+type Located = (
+    SharedBytes,
+    std::ops::Range<usize>,
+    std::ops::Range<usize>,
+    u64,
+);
+
+fn locate_one(msg: nng::Message, op: Op, kind: Kind, max: usize) -> Result<Located> {
+    let c = Control::decode(msg.as_slice())?;
+    if c.op != op {
+        return Err(Error::Corrupt {
+            what: "nng op",
+            found: c.op as u64,
+            expected: "13 (ask) to a replier, 14 (answer) to a requester",
+        });
+    }
+    let found = locate(msg.as_slice(), 1, kind, max)?;
+    let e = found[0].clone();
+    let body = SharedBytes(Arc::new(Body(msg)));
+    Ok((body, e.topic, e.payload, e.header.id))
+}
+
+fn check(max: usize, n: usize) -> Result<()> {
+    if n > max {
+        return Err(Error::TooLarge {
+            what: "payload",
+            got: n as u64,
+            limit: max as u64,
+        });
+    }
+    Ok(())
+}
+
+/// Asking end over nng.
+pub struct NngRequester {
+    sock: Sock,
+    ctx: Context,
+    id: u64,
+    max_message: usize,
+    gone_after: Duration,
+}
+
+impl std::fmt::Debug for NngRequester {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NngRequester")
+            .field("address", &self.sock.address)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NngRequester {
+    /// Connects to the replier at `address`.
+    pub async fn connect(address: &Address, opts: &Options) -> Result<NngRequester> {
+        let sock = Sock::dial(
+            Protocol::Req0,
+            address,
+            opts.max_message,
+            opts.connect_timeout,
+        )
+        .await?;
+        resend_after(&sock, None)?;
+        let ctx = context(&sock)?;
+        Ok(NngRequester {
+            sock,
+            ctx,
+            id: PeerId::random().0,
+            max_message: opts.max_message,
+            gone_after: opts.connect_timeout,
+        })
+    }
+
+    /// Sends `payload` and waits for the reply; [`Error::PeerGone`] when
+    /// the replier's connection is gone for the connect timeout.
+    pub async fn request(&mut self, payload: &[u8]) -> Result<Frame<'static>> {
+        check(self.max_message, payload.len())?;
+        let q = wrap(Op::Ask, Kind::Request, self.id, payload)?;
+        let r = ask(&self.sock, &self.ctx, &q, self.gone_after).await?;
+        unwrap(r, Op::Answer, Kind::Reply, self.max_message)
+    }
+}
+
+/// Answering end over nng.
+pub struct NngReplier {
+    sock: Sock,
+    ctx: Context,
+    id: u64,
+    max_message: usize,
+}
+
+impl std::fmt::Debug for NngReplier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NngReplier")
+            .field("address", &self.sock.address)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NngReplier {
+    /// Binds a replier at `address`.
+    pub fn bind(address: &Address, opts: &Options) -> Result<NngReplier> {
+        let sock = Sock::listen(Protocol::Rep0, address, opts.max_message)?;
+        let ctx = context(&sock)?;
+        Ok(NngReplier {
+            sock,
+            ctx,
+            id: PeerId::random().0,
+            max_message: opts.max_message,
+        })
+    }
+
+    /// The address bound (with the port chosen when it asked for port 0).
+    pub fn address(&self) -> Address {
+        self.sock.bound_address()
+    }
+
+    /// Receives one request and replies with what `answer` makes of it
+    /// (the frame names the requester). A request that is not well formed
+    /// is dropped with its connection, logged, and the next one served.
+    pub async fn serve_one<F>(&mut self, answer: F) -> Result<()>
+    where
+        F: FnOnce(&Frame<'static>) -> Vec<u8> + Send,
+    {
+        let req = loop {
+            let mut m = ctx_recv(&self.ctx, &self.sock.address).await?;
+            let pipe = m.pipe();
+            match locate_one(m, Op::Ask, Kind::Request, self.max_message) {
+                Ok(f) => break f,
+                Err(e) => {
+                    tracing::warn!(address = %self.sock.address, error = %e, "nng replier: bad request; dropping its connection");
+                    if let Some(p) = pipe {
+                        p.close();
+                    }
+                }
+            }
+        };
+        let reply = {
+            let (body, topic, payload, peer) = req;
+            answer(&Frame::shared(body, topic, payload)?.with_peer(peer))
+        };
+        check(self.max_message, reply.len())?;
+        let r = wrap(Op::Answer, Kind::Reply, self.id, &reply)?;
+        ctx_send(&self.ctx, message(&r), &self.sock.address).await
+    }
+}

@@ -1,0 +1,329 @@
+//! nng sockets as this backend uses them: opened with the size limit set
+//! before any peer can send, dialed with a deadline, their pipes (peer
+//! connections) watched, and their asynchronous operations awaited from
+//! tokio.
+//!
+//! Each operation runs on an nng `Aio` of its own whose completion
+//! callback (on an nng thread) hands the result to a tokio one-shot
+//! channel: nothing polls, no tokio thread blocks. Dropping the awaiting
+//! future cancels the operation and waits for its callback to return: a
+//! receive cancelled that way took nothing
+//! the caller will see; a send may have been handed to nng just before
+//! (then it is delivered), which the protocols above tolerate by
+//! resending idempotently.
+
+use crate::address::{Address, Host};
+use crate::error::{Error, Result};
+use nng::options::Options as _;
+use nng::{Aio, AioResult, Context, Message, Pipe, PipeEvent, Protocol, Socket};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{oneshot, Notify};
+
+/// Room for control blocks and envelope headers above the largest payload.
+pub(crate) const OVERHEAD: usize = 64 * 1024;
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The nng URL of an `nng+…` address.
+pub(crate) fn url(address: &Address) -> Result<String> {
+    match address {
+        Address::NngIpc { path } => Ok(format!("ipc://{}", path.display())),
+        Address::NngTcp { host, port } => Ok(match host {
+            Host::V6(ip) => format!("tcp://[{ip}]:{port}"),
+            h => format!("tcp://{h}:{port}"),
+        }),
+        other => Err(Error::BadAddress {
+            address: other.to_string(),
+            why: "the nng backend takes nng+ipc:// and nng+tcp:// addresses".into(),
+        }),
+    }
+}
+
+fn io(what: impl Into<String>, e: nng::Error) -> Error {
+    Error::Io {
+        what: what.into(),
+        source: std::io::Error::other(e),
+    }
+}
+
+/// The pipes (peer connections) of a socket, kept by nng's pipe
+/// notifications.
+#[derive(Default)]
+pub(crate) struct Pipes {
+    live: Mutex<HashSet<Pipe>>,
+    /// Pipes removed since the owner last looked.
+    removed: Mutex<Vec<Pipe>>,
+    /// Notified on every change.
+    pub changed: Notify,
+}
+
+impl Pipes {
+    pub fn count(&self) -> usize {
+        lock(&self.live).len()
+    }
+    /// The pipes removed since the last call.
+    pub fn take_removed(&self) -> Vec<Pipe> {
+        std::mem::take(&mut *lock(&self.removed))
+    }
+}
+
+/// A socket and its pipes.
+pub(crate) struct Sock {
+    pub socket: Socket,
+    pub pipes: Arc<Pipes>,
+    pub address: Address,
+    /// The listener, when this socket listens (for the bound address).
+    listener: Option<nng::Listener>,
+}
+
+impl Drop for Sock {
+    fn drop(&mut self) {
+        self.socket.close();
+    }
+}
+
+impl Sock {
+    /// A socket of `protocol` refusing messages above `max_message`
+    /// payload bytes (nng drops a peer whose length prefix says more,
+    /// before allocating).
+    fn open(protocol: Protocol, address: &Address, max_message: usize) -> Result<Sock> {
+        let socket = Socket::new(protocol).map_err(|e| io("opening an nng socket", e))?;
+        socket
+            .set_opt::<nng::options::RecvMaxSize>(max_message.saturating_add(OVERHEAD))
+            .map_err(|e| io("setting the nng receive limit", e))?;
+        let pipes = Arc::new(Pipes::default());
+        let p = Arc::downgrade(&pipes);
+        socket
+            .pipe_notify(move |pipe, ev| {
+                let Some(p) = p.upgrade() else { return };
+                match ev {
+                    PipeEvent::AddPost => {
+                        lock(&p.live).insert(pipe);
+                    }
+                    PipeEvent::RemovePost => {
+                        lock(&p.live).remove(&pipe);
+                        lock(&p.removed).push(pipe);
+                    }
+                    _ => return,
+                }
+                p.changed.notify_waiters();
+            })
+            .map_err(|e| io("watching nng pipes", e))?;
+        Ok(Sock {
+            socket,
+            pipes,
+            address: address.clone(),
+            listener: None,
+        })
+    }
+
+    /// A socket listening at `address`.
+    pub fn listen(protocol: Protocol, address: &Address, max_message: usize) -> Result<Sock> {
+        let mut s = Sock::open(protocol, address, max_message)?;
+        let url = url(address)?;
+        let l = nng::Listener::new(&s.socket, &url).map_err(|e| match e {
+            nng::Error::AddressInUse => Error::AddrInUse {
+                address: address.to_string(),
+            },
+            e => io(format!("listening at {address}"), e),
+        })?;
+        s.listener = Some(l);
+        Ok(s)
+    }
+
+    /// A socket dialing `address`, once a connection stands; nng redials
+    /// by itself whenever it breaks. [`Error::NotBound`] when none stood
+    /// within `timeout`.
+    pub async fn dial(
+        protocol: Protocol,
+        address: &Address,
+        max_message: usize,
+        timeout: Duration,
+    ) -> Result<Sock> {
+        let s = Sock::open(protocol, address, max_message)?;
+        for (opt, t) in [(0, 10u64), (1, 200)] {
+            let d = Some(Duration::from_millis(t));
+            let r = if opt == 0 {
+                s.socket.set_opt::<nng::options::ReconnectMinTime>(d)
+            } else {
+                s.socket.set_opt::<nng::options::ReconnectMaxTime>(d)
+            };
+            r.map_err(|e| io("setting the nng redial times", e))?;
+        }
+        s.socket
+            .dial_async(&url(address)?)
+            .map_err(|e| io(format!("dialing {address}"), e))?;
+        if !s.wait_connected(timeout).await {
+            return Err(Error::NotBound {
+                address: address.to_string(),
+            });
+        }
+        Ok(s)
+    }
+
+    /// Waits up to `timeout` for at least one pipe; whether there is one.
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let changed = self.pipes.changed.notified();
+            if self.pipes.count() > 0 {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            // A short slice too, so a notification between the count and
+            // the wait cannot be missed for long.
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), changed).await;
+        }
+    }
+
+    /// The address this socket listens at, with the port nng chose when
+    /// the address asked for port 0.
+    pub fn bound_address(&self) -> Address {
+        match (&self.address, &self.listener) {
+            (Address::NngTcp { host, port: 0 }, Some(l)) => {
+                match l.get_opt::<nng::options::LocalAddr>() {
+                    Ok(nng::SocketAddr::Inet(a)) => Address::NngTcp {
+                        host: host.clone(),
+                        port: a.port(),
+                    },
+                    Ok(nng::SocketAddr::Inet6(a)) => Address::NngTcp {
+                        host: host.clone(),
+                        port: a.port(),
+                    },
+                    _ => self.address.clone(),
+                }
+            }
+            _ => self.address.clone(),
+        }
+    }
+}
+
+/// Runs one asynchronous nng operation started by `start` on a fresh
+/// `Aio` and awaits its result.
+async fn run(start: impl FnOnce(&Aio) -> std::result::Result<(), nng::Error>) -> Result<AioResult> {
+    let (tx, rx) = oneshot::channel();
+    let tx = Mutex::new(Some(tx));
+    let aio = Aio::new(move |_, res| {
+        if let Some(tx) = lock(&tx).take() {
+            let _ = tx.send(res);
+        }
+    })
+    .map_err(|e| io("allocating an nng aio", e))?;
+    let aio = Quiesced(aio);
+    start(&aio.0).map_err(|e| io("starting an nng operation", e))?;
+    rx.await.map_err(|_| Error::Closed)
+}
+
+/// An `Aio` that, when dropped, cancels its operation and waits for its
+/// callback to have returned before letting go of it.
+///
+/// The callback holds a reference to the `Aio` while it runs; were ours
+/// dropped first, the callback's would be the last, and dropping it inside
+/// the callback stops the `Aio` from its own callback thread, which waits
+/// for that very callback: a deadlock (seen when a future was dropped just
+/// as its operation completed). `nng_aio_wait` returns only once the
+/// callback, and its reference, are gone.
+struct Quiesced(Aio);
+
+impl Drop for Quiesced {
+    fn drop(&mut self) {
+        self.0.cancel();
+        self.0.wait();
+    }
+}
+
+/// Maps an nng operation's failure.
+fn failed(e: nng::Error, address: &Address) -> Error {
+    match e {
+        nng::Error::Closed => Error::Closed,
+        nng::Error::TimedOut => Error::Timeout {
+            what: "nng operation",
+            after: Duration::ZERO,
+        },
+        e => io(format!("nng operation at {address}"), e),
+    }
+}
+
+/// Receives on `ctx`.
+pub(crate) async fn ctx_recv(ctx: &Context, address: &Address) -> Result<Message> {
+    match run(|aio| ctx.recv(aio)).await? {
+        AioResult::Recv(Ok(m)) => Ok(m),
+        AioResult::Recv(Err(e)) => Err(failed(e, address)),
+        _ => Err(Error::Closed),
+    }
+}
+
+/// Sends `msg` on `ctx`.
+pub(crate) async fn ctx_send(ctx: &Context, msg: Message, address: &Address) -> Result<()> {
+    match run(|aio| ctx.send(aio, msg).map_err(|(_, e)| e)).await? {
+        AioResult::Send(Ok(())) => Ok(()),
+        AioResult::Send(Err((_, e))) => Err(failed(e, address)),
+        _ => Err(Error::Closed),
+    }
+}
+
+/// A message holding `bytes`.
+pub(crate) fn message(bytes: &[u8]) -> Message {
+    let mut m = Message::with_capacity(bytes.len());
+    m.push_back(bytes);
+    m
+}
+
+/// A received message's bytes, shared by the frames that point into it.
+pub(crate) struct Body(pub Message);
+
+impl AsRef<[u8]> for Body {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_slice()
+    }
+}
+
+/// Sets how long a REQ socket waits for an answer before it asks again
+/// (`None`: never; nng still asks again when a connection breaks).
+pub(crate) fn resend_after(sock: &Sock, t: Option<Duration>) -> Result<()> {
+    sock.socket
+        .set_opt::<nng::options::protocol::reqrep::ResendTime>(t)
+        .map_err(|e| io("setting the nng resend time", e))
+}
+
+/// A context of `sock` (independent request state on a shared socket).
+pub(crate) fn context(sock: &Sock) -> Result<Context> {
+    Context::new(&sock.socket).map_err(|e| io("opening an nng context", e))
+}
+
+/// Sends the question `req` on the REQ context `ctx` and waits for its
+/// answer as long as the socket has a connection, or regains one within
+/// `gone_after`; [`Error::PeerGone`] otherwise.
+pub(crate) async fn ask(
+    sock: &Sock,
+    ctx: &Context,
+    req: &[u8],
+    gone_after: Duration,
+) -> Result<Message> {
+    let exchange = async {
+        ctx_send(ctx, message(req), &sock.address).await?;
+        ctx_recv(ctx, &sock.address).await
+    };
+    let mut exchange = std::pin::pin!(exchange);
+    let mut lost_since: Option<Instant> = None;
+    loop {
+        let slice = gone_after.min(Duration::from_millis(250));
+        if let Ok(r) = tokio::time::timeout(slice, exchange.as_mut()).await {
+            return r;
+        }
+        if sock.pipes.count() > 0 {
+            lost_since = None;
+        } else if lost_since.get_or_insert_with(Instant::now).elapsed() >= gone_after {
+            return Err(Error::PeerGone {
+                address: sock.address.to_string(),
+            });
+        }
+    }
+}
