@@ -54,8 +54,7 @@ impl Backend {
             Backend::Shm => cfg!(feature = "shm"),
             Backend::InProc => true,
             Backend::Nng => cfg!(feature = "nng"),
-            // Not written yet: no feature brings it so far.
-            Backend::Quic => false,
+            Backend::Quic => cfg!(feature = "quic"),
         }
     }
 }
@@ -426,11 +425,13 @@ mod tests {
 
     #[test]
     fn a_missing_backend_names_its_feature() {
-        let e = ok("quic://[::1]:1")
-            .check_available()
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("`quic` feature"), "{e}");
+        let quic = ok("quic://[::1]:1").check_available();
+        if cfg!(feature = "quic") {
+            assert!(quic.is_ok());
+        } else {
+            let e = quic.unwrap_err().to_string();
+            assert!(e.contains("`quic` feature"), "{e}");
+        }
         let nng = ok("nng+ipc:///x").check_available();
         if cfg!(feature = "nng") {
             assert!(nng.is_ok());

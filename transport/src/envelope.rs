@@ -198,6 +198,11 @@ impl Decoded {
         &self.body[..self.header.topic_len as usize]
     }
 
+    /// The payload bytes.
+    pub fn payload(&self) -> &[u8] {
+        &self.body[self.header.payload_offset()..]
+    }
+
     /// The payload as a frame carrying the topic (the payload starts
     /// 16-byte aligned: it is not copied).
     pub fn into_frame(self) -> Result<Frame<'static>> {

@@ -151,7 +151,10 @@ pub struct InProcPusher {
 
 /// Pulling end.
 pub struct InProcPuller {
+    /// The name, when this puller bound it (and unbinds it on drop).
     name: Option<String>,
+    /// The queue's name.
+    queue: String,
     rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Item>>>,
 }
 
@@ -225,6 +228,7 @@ impl Wire for InProc {
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         let name = bind(address, Bound::Queue((tx, rx.clone())))?;
         Ok(InProcPuller {
+            queue: name.clone(),
             name: Some(name),
             rx,
         })
@@ -236,7 +240,11 @@ impl Wire for InProc {
             _ => None,
         })
         .await?;
-        Ok(InProcPuller { name: None, rx })
+        Ok(InProcPuller {
+            name: None,
+            queue: self::name(address)?,
+            rx,
+        })
     }
 
     async fn connect_pusher(address: &Address, opts: &Options) -> Result<InProcPusher> {
@@ -274,6 +282,11 @@ impl Wire for InProc {
 }
 
 impl Publisher for InProcPublisher {
+    fn address(&self) -> Address {
+        Address::InProc {
+            name: self.name.clone(),
+        }
+    }
     async fn send(&mut self, topic: &[u8], payload: &[u8]) -> Result<()> {
         check_size(self.max_message, payload.len())?;
         crate::envelope::Header::new(crate::envelope::Kind::Message, topic, payload.len(), 0)?;
@@ -355,6 +368,11 @@ impl Pusher for InProcPusher {
 }
 
 impl Puller for InProcPuller {
+    fn address(&self) -> Address {
+        Address::InProc {
+            name: self.queue.clone(),
+        }
+    }
     async fn recv(&mut self) -> Result<Frame<'_>> {
         let (peer, b) = self.rx.lock().await.recv().await.ok_or(Error::Closed)?;
         Ok(Frame::owned(b).with_peer(peer))
@@ -375,6 +393,11 @@ impl Requester for InProcRequester {
 }
 
 impl Replier for InProcReplier {
+    fn address(&self) -> Address {
+        Address::InProc {
+            name: self.name.clone(),
+        }
+    }
     async fn serve_one<F>(&mut self, answer: F) -> Result<()>
     where
         F: FnOnce(&[u8]) -> Vec<u8> + Send,

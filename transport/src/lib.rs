@@ -31,9 +31,9 @@
 //! - [`nng`] (feature `nng`, off by default: its C build needs cmake):
 //!   `nng+ipc://` and `nng+tcp://`, with flow-controlled publish/subscribe
 //!   and a work queue that loses nothing with a dead puller.
+//! - [`quic`] (feature `quic`, off by default): `quic://HOST:PORT?pin=HEX`
+//!   over quinn, TLS 1.3 with the server's certificate pinned.
 //! - [`error`]: the crate's one error type.
-//!
-//! Still to come (issue 7): the QUIC backend.
 
 pub mod address;
 pub mod blocking;
@@ -46,6 +46,8 @@ pub mod inproc;
 pub mod nng;
 pub mod options;
 pub mod pattern;
+#[cfg(feature = "quic")]
+pub mod quic;
 #[cfg(feature = "shm")]
 pub mod shm;
 
@@ -58,6 +60,10 @@ pub use inproc::InProc;
 pub use nng::{Nng, NngPublisher, NngPuller, NngPusher, NngReplier, NngRequester, NngSubscriber};
 pub use options::Options;
 pub use pattern::{Publisher, Puller, Pusher, Replier, Requester, Subscriber, Wire};
+#[cfg(feature = "quic")]
+pub use quic::{
+    Quic, QuicPublisher, QuicPuller, QuicPusher, QuicReplier, QuicRequester, QuicSubscriber,
+};
 #[cfg(feature = "shm")]
 pub use shm::{
     Replies, Request, Shm, ShmPublisher, ShmPuller, ShmPusher, ShmReplier, ShmRequester,

@@ -74,6 +74,10 @@ pub trait Wire: Send + Sync + 'static {
 /// Sends every message to every subscriber, waiting for the slowest
 /// (nothing is dropped).
 pub trait Publisher: Send {
+    /// The address subscribers connect to: the one bound, with what
+    /// binding settled (the port chosen for port 0; QUIC's certificate
+    /// pin).
+    fn address(&self) -> Address;
     /// Sends `payload` under `topic`.
     fn send(&mut self, topic: &[u8], payload: &[u8]) -> impl Future<Output = Result<()>> + Send;
     /// Waits until at least `n` subscribers receive.
@@ -102,6 +106,9 @@ pub trait Pusher: Send {
 
 /// Takes messages from a queue (no other puller gets them).
 pub trait Puller: Send {
+    /// The queue's address, for pushers and other pullers (as
+    /// [`Publisher::address`]).
+    fn address(&self) -> Address;
     /// The next message.
     fn recv(&mut self) -> impl Future<Output = Result<Frame<'_>>> + Send;
 }
@@ -114,6 +121,8 @@ pub trait Requester: Send {
 
 /// Answers requests, each reply going to its asker.
 pub trait Replier: Send {
+    /// The address requesters connect to (as [`Publisher::address`]).
+    fn address(&self) -> Address;
     /// Receives one request and replies with what `answer` makes of its
     /// bytes.
     fn serve_one<F>(&mut self, answer: F) -> impl Future<Output = Result<()>> + Send

@@ -42,7 +42,7 @@ fn has_nextest() -> bool {
 
 /// The optional backends the tests and benchmarks build in (their
 /// system tools are provisioned by [`provision`]).
-const FEATURES: &str = "shoal-transport/nng";
+const FEATURES: &str = "shoal-transport/nng,shoal-transport/quic";
 
 /// Installs what the optional backends' builds need and a fresh machine
 /// lacks: cmake for nng's vendored C build (`pip install cmake`, about two

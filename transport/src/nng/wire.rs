@@ -44,6 +44,9 @@ impl Wire for Nng {
 }
 
 impl Publisher for NngPublisher {
+    fn address(&self) -> Address {
+        NngPublisher::address(self)
+    }
     async fn send(&mut self, topic: &[u8], payload: &[u8]) -> Result<()> {
         NngPublisher::send(self, topic, payload).await
     }
@@ -68,6 +71,9 @@ impl Pusher for NngPusher {
 }
 
 impl Puller for NngPuller {
+    fn address(&self) -> Address {
+        NngPuller::address(self)
+    }
     async fn recv(&mut self) -> Result<Frame<'_>> {
         NngPuller::recv(self).await
     }
@@ -80,6 +86,9 @@ impl Requester for NngRequester {
 }
 
 impl Replier for NngReplier {
+    fn address(&self) -> Address {
+        NngReplier::address(self)
+    }
     async fn serve_one<F>(&mut self, answer: F) -> Result<()>
     where
         F: FnOnce(&[u8]) -> Vec<u8> + Send,

@@ -87,7 +87,7 @@ pub struct ShmPublisher {
     peer: u64,
     max_message: usize,
     send_timeout: Option<Duration>,
-    address: String,
+    address: Address,
 }
 
 impl std::fmt::Debug for ShmPublisher {
@@ -106,6 +106,11 @@ impl Drop for ShmPublisher {
 }
 
 impl ShmPublisher {
+    /// The address bound.
+    pub fn address(&self) -> Address {
+        self.address.clone()
+    }
+
     /// Creates a ring of `opts.capacity` bytes for up to `opts.max_peers`
     /// subscribers and binds it to `address` (`shm://NAME`).
     pub fn bind(address: &Address, opts: &Options) -> Result<Self> {
@@ -122,7 +127,7 @@ impl ShmPublisher {
             peer: crate::frame::PeerId::random().0,
             max_message: opts.max_message,
             send_timeout: opts.send_timeout,
-            address: address.to_string(),
+            address: address.clone(),
         })
     }
 

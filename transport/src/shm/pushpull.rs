@@ -349,6 +349,9 @@ pub struct ShmPuller {
     spin: Duration,
     /// The ring, kept by the puller that bound it (its creator).
     _ring: Option<MpmcRing>,
+    /// The address bound or connected to (none for a requester's private
+    /// reply queue).
+    address: Option<Address>,
 }
 
 impl std::fmt::Debug for ShmPuller {
@@ -386,6 +389,7 @@ impl ShmPuller {
             max_message: opts.max_message,
             spin: opts.spin,
             _ring: ring,
+            address: None,
         })
     }
 
@@ -400,14 +404,23 @@ impl ShmPuller {
         let binding = Binding::bind(name, &ring.handle(), &address.to_string())?;
         let consumer =
             MpmcConsumer::attach_with(&ring.handle(), PeerOptions::default(), Some(format_tag()))?;
-        Self::with(consumer, opts, Some(ring), Some(binding))
+        let mut p = Self::with(consumer, opts, Some(ring), Some(binding))?;
+        p.address = Some(address.clone());
+        Ok(p)
     }
 
     /// Pulls from the queue bound at `address`, beside its other pullers.
     pub async fn connect(address: &Address, opts: &Options) -> Result<Self> {
         let h = lookup_live(address, opts.connect_timeout).await?;
         let consumer = MpmcConsumer::attach_with(&h, PeerOptions::default(), Some(format_tag()))?;
-        Self::with(consumer, opts, None, None)
+        let mut p = Self::with(consumer, opts, None, None)?;
+        p.address = Some(address.clone());
+        Ok(p)
+    }
+
+    /// The address this puller bound or connected to.
+    pub fn address(&self) -> Option<&Address> {
+        self.address.as_ref()
     }
 
     /// Takes the next message if one is there: its envelope checked, or

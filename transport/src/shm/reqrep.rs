@@ -213,6 +213,11 @@ pub struct ShmReplier {
 }
 
 impl ShmReplier {
+    /// The address bound.
+    pub fn address(&self) -> Option<&Address> {
+        self.requests.address()
+    }
+
     /// Binds `address` with a request queue of `opts.capacity` bytes for up
     /// to `opts.max_peers` requesters.
     pub fn bind(address: &Address, opts: &Options) -> Result<Self> {

@@ -44,6 +44,9 @@ impl Wire for Shm {
 }
 
 impl Publisher for ShmPublisher {
+    fn address(&self) -> Address {
+        ShmPublisher::address(self)
+    }
     async fn send(&mut self, topic: &[u8], payload: &[u8]) -> Result<()> {
         ShmPublisher::send(self, topic, payload).await
     }
@@ -68,6 +71,13 @@ impl Pusher for ShmPusher {
 }
 
 impl Puller for ShmPuller {
+    fn address(&self) -> Address {
+        // Every puller made through `Wire` was bound or connected to an
+        // address; only a requester's private reply queue has none.
+        self.address().cloned().unwrap_or_else(|| Address::Shm {
+            name: String::new(),
+        })
+    }
     async fn recv(&mut self) -> Result<Frame<'_>> {
         ShmPuller::recv(self).await
     }
@@ -80,6 +90,11 @@ impl Requester for ShmRequester {
 }
 
 impl Replier for ShmReplier {
+    fn address(&self) -> Address {
+        self.address().cloned().unwrap_or_else(|| Address::Shm {
+            name: String::new(),
+        })
+    }
     async fn serve_one<F>(&mut self, answer: F) -> Result<()>
     where
         F: FnOnce(&[u8]) -> Vec<u8> + Send,

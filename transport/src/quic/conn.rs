@@ -1,0 +1,376 @@
+//! QUIC endpoints and streams as the patterns use them: binding with a
+//! fresh pinned identity, connecting with a deadline and a pin, limits on
+//! what a peer may open, and envelopes read from and written to streams.
+
+use super::tls::{client_config, Identity};
+use crate::address::{Address, Host};
+use crate::envelope::{encode_into, Decoded, Decoder, Header, Kind};
+use crate::error::{Error, Result};
+use crate::options::Options;
+use quinn::{Connection, ConnectionError, Endpoint, ReadError, RecvStream, SendStream, VarInt};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Streams a peer may have open at once on one connection.
+pub const MAX_STREAMS: u32 = 16;
+/// A connection with no traffic for this long is dead (keep-alives flow
+/// every [`KEEP_ALIVE`] while both ends live).
+pub const IDLE: Duration = Duration::from_secs(5);
+/// Keep-alive interval.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(1);
+/// Longest a peer may take to send the envelope that opens a stream.
+pub const FIRST_ENVELOPE: Duration = Duration::from_secs(10);
+/// Application close code of a clean close.
+pub const CLOSED: u32 = 0;
+
+pub(crate) fn io(what: impl Into<String>, e: impl std::fmt::Display) -> Error {
+    Error::Io {
+        what: what.into(),
+        source: std::io::Error::other(e.to_string()),
+    }
+}
+
+fn parts(address: &Address) -> Result<(&Host, u16, Option<[u8; 32]>)> {
+    match address {
+        Address::Quic { host, port, pin } => Ok((host, *port, *pin)),
+        other => Err(Error::BadAddress {
+            address: other.to_string(),
+            why: "the QUIC backend takes quic:// addresses".into(),
+        }),
+    }
+}
+
+/// The socket address of `host:port` (a name is looked up).
+async fn resolve(address: &Address, host: &Host, port: u16) -> Result<SocketAddr> {
+    match host {
+        Host::V4(ip) => Ok(SocketAddr::new(IpAddr::V4(*ip), port)),
+        Host::V6(ip) => Ok(SocketAddr::new(IpAddr::V6(*ip), port)),
+        Host::Name(n) => tokio::net::lookup_host((n.as_str(), port))
+            .await
+            .map_err(|e| io(format!("looking up {n}"), e))?
+            .next()
+            .ok_or_else(|| Error::BadAddress {
+                address: address.to_string(),
+                why: format!("{n} has no address"),
+            }),
+    }
+}
+
+fn transport(opts: &Options) -> Arc<quinn::TransportConfig> {
+    let window = VarInt::from_u64(opts.capacity.clamp(64 << 10, 1 << 30)).unwrap_or(VarInt::MAX);
+    let mut t = quinn::TransportConfig::default();
+    t.max_idle_timeout(quinn::IdleTimeout::try_from(IDLE).ok())
+        .keep_alive_interval(Some(KEEP_ALIVE))
+        .stream_receive_window(window)
+        .receive_window(
+            VarInt::from_u64(window.into_inner().saturating_mul(4)).unwrap_or(VarInt::MAX),
+        )
+        .max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS))
+        .max_concurrent_uni_streams(VarInt::from_u32(2));
+    Arc::new(t)
+}
+
+/// A bound endpoint: its identity's pin is in [`address`](Self::address).
+pub(crate) struct Bound {
+    pub endpoint: Endpoint,
+    pub address: Address,
+}
+
+/// Binds a server endpoint at `address` with a fresh self-signed
+/// certificate; the address returned carries the bound port and the pin.
+pub(crate) async fn bind(address: &Address, opts: &Options) -> Result<Bound> {
+    let (host, port, pin) = parts(address)?;
+    if pin.is_some() {
+        return Err(Error::BadAddress {
+            address: address.to_string(),
+            why: "a binding address takes no pin: the endpoint makes its own certificate, \
+                  and its address() gives the pin to connect with"
+                .into(),
+        });
+    }
+    let sa = resolve(address, host, port).await?;
+    let id = Identity::generate()?;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(id.server_config()?)
+        .map_err(|e| io("QUIC server configuration", e))?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    cfg.transport_config(transport(opts));
+    let endpoint = Endpoint::server(cfg, sa).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            Error::AddrInUse {
+                address: address.to_string(),
+            }
+        } else {
+            io(format!("binding {address}"), e)
+        }
+    })?;
+    let local = endpoint
+        .local_addr()
+        .map_err(|e| io("reading the bound address", e))?;
+    Ok(Bound {
+        endpoint,
+        address: Address::Quic {
+            host: host.clone(),
+            port: local.port(),
+            pin: Some(id.pin()),
+        },
+    })
+}
+
+/// Takes an incoming connection: refused when `live` connections are
+/// already up, dropped when its handshake does not finish in time.
+pub(crate) async fn accept(
+    incoming: quinn::Incoming,
+    live: usize,
+    max: usize,
+) -> Option<Connection> {
+    if live >= max {
+        tracing::warn!(remote = %incoming.remote_address(), live, "QUIC: too many connections; refusing one");
+        incoming.refuse();
+        return None;
+    }
+    match tokio::time::timeout(FIRST_ENVELOPE, incoming).await {
+        Ok(Ok(c)) => Some(c),
+        Ok(Err(e)) => {
+            tracing::info!(error = %e, "QUIC: handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::info!("QUIC: handshake too slow; dropped");
+            None
+        }
+    }
+}
+
+/// A client connection and the endpoint under it.
+pub(crate) struct Client {
+    /// Held for the connection's life.
+    pub _endpoint: Endpoint,
+    pub conn: Connection,
+    pub address: Address,
+}
+
+/// Connects to `address`, whose pin names the server certificate to
+/// trust; retries until `connect_timeout` ([`Error::NotBound`]). A server
+/// whose certificate does not match the pin is refused at once.
+pub(crate) async fn connect(address: &Address, opts: &Options) -> Result<Client> {
+    let (host, port, pin) = parts(address)?;
+    let Some(pin) = pin else {
+        return Err(Error::BadAddress {
+            address: address.to_string(),
+            why: "connecting needs the server's certificate pin: quic://HOST:PORT?pin=SHA256HEX \
+                  (the binding endpoint's address() has it)"
+                .into(),
+        });
+    };
+    let sa = resolve(address, host, port).await?;
+    let local: SocketAddr = match sa {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let endpoint = Endpoint::client(local).map_err(|e| io("opening a QUIC client endpoint", e))?;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(client_config(pin)?)
+        .map_err(|e| io("QUIC client configuration", e))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+    cfg.transport_config(transport(opts));
+    let deadline = Instant::now() + opts.connect_timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Error::NotBound {
+                address: address.to_string(),
+            });
+        }
+        let attempt = endpoint
+            .connect_with(cfg.clone(), sa, "shoal")
+            .map_err(|e| io(format!("connecting to {address}"), e))?;
+        match tokio::time::timeout(left, attempt).await {
+            Ok(Ok(conn)) => {
+                return Ok(Client {
+                    _endpoint: endpoint,
+                    conn,
+                    address: address.clone(),
+                })
+            }
+            Ok(Err(ConnectionError::TransportError(e)))
+                if e.code.to_string().contains("crypto")
+                    || e.to_string().contains("certificate") =>
+            {
+                return Err(Error::Io {
+                    what: format!(
+                        "connecting to {address}: the server's certificate does not match the pin"
+                    ),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::PermissionDenied,
+                        e.to_string(),
+                    ),
+                })
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(%address, error = %e, "QUIC: connect attempt failed; retrying");
+                tokio::time::sleep(Duration::from_millis(20).min(left)).await;
+            }
+            Err(_) => {
+                return Err(Error::NotBound {
+                    address: address.to_string(),
+                })
+            }
+        }
+    }
+}
+
+/// What a broken connection means to the caller.
+pub(crate) fn lost(e: &ConnectionError, address: &Address) -> Error {
+    match e {
+        ConnectionError::ApplicationClosed(c) if c.error_code == VarInt::from_u32(CLOSED) => {
+            Error::Closed
+        }
+        ConnectionError::LocallyClosed => Error::Closed,
+        _ => Error::PeerGone {
+            address: address.to_string(),
+        },
+    }
+}
+
+fn read_err(e: ReadError, address: &Address) -> Error {
+    match e {
+        ReadError::ConnectionLost(c) => lost(&c, address),
+        ReadError::Reset(_) | ReadError::ClosedStream => Error::PeerGone {
+            address: address.to_string(),
+        },
+        e => io(format!("reading from {address}"), e),
+    }
+}
+
+pub(crate) fn write_err(e: quinn::WriteError, address: &Address) -> Error {
+    match e {
+        quinn::WriteError::ConnectionLost(c) => lost(&c, address),
+        quinn::WriteError::Stopped(_) | quinn::WriteError::ClosedStream => Error::PeerGone {
+            address: address.to_string(),
+        },
+        e => io(format!("writing to {address}"), e),
+    }
+}
+
+/// Envelopes read from a stream, whatever its chunks; the size limit is
+/// enforced by the decoder before it allocates.
+pub(crate) struct Reader {
+    pub recv: RecvStream,
+    dec: Decoder,
+    rest: bytes::Bytes,
+}
+
+impl Reader {
+    pub fn new(recv: RecvStream, max_message: usize) -> Reader {
+        let max_body = u32::try_from(max_message.saturating_add(crate::envelope::MAX_TOPIC + 16))
+            .unwrap_or(u32::MAX);
+        Reader {
+            recv,
+            dec: Decoder::new(max_body),
+            rest: bytes::Bytes::new(),
+        }
+    }
+
+    /// The next envelope; `None` when the stream ended cleanly between
+    /// two. Cancel-safe: a cancelled call loses nothing.
+    pub async fn next(&mut self, address: &Address) -> Result<Option<Decoded>> {
+        loop {
+            while !self.rest.is_empty() {
+                let (used, m) = self.dec.feed(&self.rest)?;
+                let _ = self.rest.split_to(used);
+                if let Some(m) = m {
+                    return Ok(Some(m));
+                }
+            }
+            match self.recv.read_chunk(usize::MAX, true).await {
+                Ok(Some(c)) => self.rest = c.bytes,
+                Ok(None) if self.dec.buffered() == 0 => return Ok(None),
+                Ok(None) => {
+                    return Err(Error::Corrupt {
+                        what: "stream end inside an envelope (bytes held)",
+                        found: self.dec.buffered() as u64,
+                        expected: "0 (a stream ends between envelopes)",
+                    })
+                }
+                Err(e) => return Err(read_err(e, address)),
+            }
+        }
+    }
+
+    /// The next envelope, which must come within `within` and be of
+    /// `kind`; the end of the stream is an error here.
+    pub async fn expect(
+        &mut self,
+        kind: Kind,
+        within: Duration,
+        address: &Address,
+    ) -> Result<Decoded> {
+        let d = tokio::time::timeout(within, self.next(address))
+            .await
+            .map_err(|_| Error::Timeout {
+                what: "waiting for a peer's envelope",
+                after: within,
+            })??
+            .ok_or(Error::Corrupt {
+                what: "stream end",
+                found: 0,
+                expected: "an envelope before the end",
+            })?;
+        if d.header.kind != kind {
+            return Err(Error::Corrupt {
+                what: "envelope kind",
+                found: d.header.kind as u64,
+                expected: "the kind this exchange carries",
+            });
+        }
+        Ok(d)
+    }
+}
+
+/// Writes one envelope to `send`.
+pub(crate) async fn write(
+    send: &mut SendStream,
+    kind: Kind,
+    topic: &[u8],
+    payload: &[u8],
+    id: u64,
+    address: &Address,
+) -> Result<()> {
+    let h = Header::new(kind, topic, payload.len(), id)?;
+    let mut buf =
+        Vec::with_capacity(crate::envelope::HEADER_LEN + topic.len() + 16 + payload.len());
+    encode_into(&h, topic, payload, &mut buf);
+    send.write_all(&buf)
+        .await
+        .map_err(|e| write_err(e, address))
+}
+
+/// A stream's sending half that is reset, not finished, if dropped before
+/// [`done`](Self::done): a cancelled exchange leaves the peer a reset
+/// stream, never a complete message it might act on.
+pub(crate) struct Outgoing {
+    pub send: SendStream,
+    finished: bool,
+}
+
+impl Outgoing {
+    pub fn new(send: SendStream) -> Outgoing {
+        Outgoing {
+            send,
+            finished: false,
+        }
+    }
+    /// Finishes the stream cleanly.
+    pub fn done(mut self) {
+        self.finished = true;
+        let _ = self.send.finish();
+    }
+}
+
+impl Drop for Outgoing {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = self.send.reset(VarInt::from_u32(1));
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! Request/reply over QUIC: each request is one bidirectional stream, so
+//! its reply needs no routing: it goes back on the stream it came on.
+//! The replier takes requests from all its connections through one queue;
+//! a request whose asker gave up (its stream was reset) gets nowhere with
+//! its reply, and that is all. A requester whose connection broke connects
+//! again on its next request.
+
+use super::conn::{self, Bound, Client, Outgoing, Reader, FIRST_ENVELOPE};
+use crate::address::Address;
+use crate::envelope::{Decoded, Kind};
+use crate::error::{Error, Result};
+use crate::frame::{Frame, PeerId};
+use crate::options::Options;
+use quinn::{Connection, VarInt};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Asking end over QUIC.
+pub struct QuicRequester {
+    client: Client,
+    id: u64,
+    opts: Options,
+}
+
+impl std::fmt::Debug for QuicRequester {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuicRequester")
+            .field("address", &self.client.address)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for QuicRequester {
+    fn drop(&mut self) {
+        self.client
+            .conn
+            .close(VarInt::from_u32(conn::CLOSED), b"requester dropped");
+    }
+}
+
+impl QuicRequester {
+    /// Connects to the replier at `address` (with its pin).
+    pub async fn connect(address: &Address, opts: &Options) -> Result<QuicRequester> {
+        Ok(QuicRequester {
+            client: conn::connect(address, opts).await?,
+            id: PeerId::random().0,
+            opts: opts.clone(),
+        })
+    }
+
+    /// Sends `payload` and waits for the reply; [`Error::PeerGone`] when
+    /// the connection breaks (the replier died, or went silent for the
+    /// idle timeout).
+    pub async fn request(&mut self, payload: &[u8]) -> Result<Frame<'static>> {
+        if payload.len() > self.opts.max_message {
+            return Err(Error::TooLarge {
+                what: "payload",
+                got: payload.len() as u64,
+                limit: self.opts.max_message as u64,
+            });
+        }
+        if self.client.conn.close_reason().is_some() {
+            let a = self.client.address.clone();
+            self.client = conn::connect(&a, &self.opts)
+                .await
+                .map_err(|_| Error::PeerGone {
+                    address: a.to_string(),
+                })?;
+        }
+        let a = self.client.address.clone();
+        let (send, recv) = self
+            .client
+            .conn
+            .open_bi()
+            .await
+            .map_err(|e| conn::lost(&e, &a))?;
+        let mut send = Outgoing::new(send);
+        conn::write(&mut send.send, Kind::Request, b"", payload, self.id, &a).await?;
+        send.done();
+        let mut reader = Reader::new(recv, self.opts.max_message);
+        let d = reader.expect(Kind::Reply, Duration::MAX, &a).await?;
+        let peer = d.header.id;
+        Ok(d.into_frame()?.with_peer(peer))
+    }
+}
+
+type Incoming = (Decoded, quinn::SendStream);
+
+/// Answering end over QUIC.
+pub struct QuicReplier {
+    rx: mpsc::Receiver<Incoming>,
+    address: Address,
+    id: u64,
+    max_message: usize,
+    acceptor: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for QuicReplier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuicReplier")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for QuicReplier {
+    fn drop(&mut self) {
+        self.acceptor.abort();
+    }
+}
+
+/// Reads requests from one connection into the replier's queue.
+async fn connection(conn: Connection, tx: mpsc::Sender<Incoming>, address: Address, max: usize) {
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        let (tx, address) = (tx.clone(), address.clone());
+        let remote = conn.remote_address();
+        tokio::spawn(async move {
+            let mut reader = Reader::new(recv, max);
+            match reader.expect(Kind::Request, FIRST_ENVELOPE, &address).await {
+                Ok(d) => {
+                    let _ = tx.send((d, send)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(%address, %remote, error = %e, "QUIC replier: bad request; stream dropped");
+                }
+            }
+        });
+    }
+}
+
+impl QuicReplier {
+    /// Binds a replier at `address` (`quic://HOST:PORT`, no pin).
+    pub async fn bind(address: &Address, opts: &Options) -> Result<QuicReplier> {
+        let Bound { endpoint, address } = conn::bind(address, opts).await?;
+        let (tx, rx) = mpsc::channel(conn::MAX_STREAMS as usize);
+        let (a, max, max_conns) = (
+            address.clone(),
+            opts.max_message,
+            4 * opts.max_peers as usize,
+        );
+        let live = Arc::new(AtomicUsize::new(0));
+        let acceptor = tokio::spawn(async move {
+            while let Some(incoming) = endpoint.accept().await {
+                let (tx, a, live) = (tx.clone(), a.clone(), live.clone());
+                tokio::spawn(async move {
+                    let n = live.load(Ordering::Relaxed);
+                    if let Some(c) = conn::accept(incoming, n, max_conns).await {
+                        live.fetch_add(1, Ordering::Relaxed);
+                        connection(c, tx, a, max).await;
+                        live.fetch_sub(1, Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        Ok(QuicReplier {
+            rx,
+            address,
+            id: PeerId::random().0,
+            max_message: opts.max_message,
+            acceptor,
+        })
+    }
+
+    /// The address to connect to: the bound port and the certificate pin.
+    pub fn address(&self) -> Address {
+        self.address.clone()
+    }
+
+    /// Receives one request and replies with what `answer` makes of it
+    /// (the frame names the requester).
+    pub async fn serve_one<F>(&mut self, answer: F) -> Result<()>
+    where
+        F: FnOnce(&Frame<'static>) -> Vec<u8> + Send,
+    {
+        let (d, send) = self.rx.recv().await.ok_or(Error::Closed)?;
+        let peer = d.header.id;
+        let reply = answer(&d.into_frame()?.with_peer(peer));
+        if reply.len() > self.max_message {
+            return Err(Error::TooLarge {
+                what: "reply",
+                got: reply.len() as u64,
+                limit: self.max_message as u64,
+            });
+        }
+        let mut send = Outgoing::new(send);
+        // An asker that gave up: its reply has nowhere to go.
+        if conn::write(
+            &mut send.send,
+            Kind::Reply,
+            b"",
+            &reply,
+            self.id,
+            &self.address,
+        )
+        .await
+        .is_ok()
+        {
+            send.done();
+        }
+        Ok(())
+    }
+}

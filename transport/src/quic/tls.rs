@@ -1,0 +1,148 @@
+//! TLS for the QUIC backend: TLS 1.3 only, rustls on the `ring` provider.
+//! A binding endpoint makes a self-signed certificate (rcgen); clients
+//! trust exactly the certificate whose SHA-256 the address pins
+//! (`quic://HOST:PORT?pin=HEX`), and still check that the server holds its
+//! key: [`Pinned`] compares the fingerprint, then verifies the handshake
+//! signature like any verifier.
+
+use crate::error::{Error, Result};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use std::sync::Arc;
+
+/// The ALPN protocol of shoal over QUIC.
+pub const ALPN: &[u8] = b"shoal/1";
+
+fn tls_err(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Io {
+        what: format!("QUIC TLS: {what}"),
+        source: std::io::Error::other(e.to_string()),
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// SHA-256 of `der`.
+pub fn fingerprint(der: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, der);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// A server identity: a fresh self-signed certificate and its key.
+pub(crate) struct Identity {
+    pub cert: CertificateDer<'static>,
+    key: PrivatePkcs8KeyDer<'static>,
+}
+
+impl Identity {
+    /// A new self-signed certificate (ECDSA P-256) for `shoal`.
+    pub fn generate() -> Result<Identity> {
+        let ck = rcgen::generate_simple_self_signed(vec!["shoal".to_string()])
+            .map_err(|e| tls_err("generating a certificate", e))?;
+        Ok(Identity {
+            cert: ck.cert.der().clone(),
+            key: PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()),
+        })
+    }
+
+    /// Its certificate's fingerprint: the pin clients need.
+    pub fn pin(&self) -> [u8; 32] {
+        fingerprint(&self.cert)
+    }
+
+    /// A rustls server configuration presenting this identity.
+    pub fn server_config(&self) -> Result<rustls::ServerConfig> {
+        let mut c = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| tls_err("server protocol versions", e))?
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![self.cert.clone()],
+                PrivateKeyDer::Pkcs8(self.key.clone_key()),
+            )
+            .map_err(|e| tls_err("server certificate", e))?;
+        c.alpn_protocols = vec![ALPN.to_vec()];
+        Ok(c)
+    }
+}
+
+/// Trusts exactly the server certificate with SHA-256 `pin`, and checks
+/// the handshake signatures with it.
+#[derive(Debug)]
+pub struct Pinned {
+    pin: [u8; 32],
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl Pinned {
+    /// A verifier for the certificate whose SHA-256 is `pin`.
+    pub fn new(pin: [u8; 32]) -> Pinned {
+        Pinned {
+            pin,
+            algorithms: provider().signature_verification_algorithms,
+        }
+    }
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        // The pin is public (it travels in addresses): a plain comparison.
+        if fingerprint(end_entity) == self.pin {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        // TLS 1.3 only: a TLS 1.2 handshake never gets this far.
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls13RequiredForQuic,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// A rustls client configuration trusting only the certificate `pin`.
+pub(crate) fn client_config(pin: [u8; 32]) -> Result<rustls::ClientConfig> {
+    let mut c = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| tls_err("client protocol versions", e))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Pinned::new(pin)))
+        .with_no_client_auth();
+    c.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(c)
+}
