@@ -10,7 +10,7 @@
 //! PUSH loses what sat in a dead puller's connection:
 //!
 //! - [`proto`]: the messages those protocols exchange, parsed sans-IO.
-//! - [`sock`]: sockets, dialing with a deadline, pipe (connection)
+//! - `sock`: sockets, dialing with a deadline, pipe (connection)
 //!   watching, and nng's asynchronous operations awaited from tokio.
 //! - [`pubsub`]: publish/subscribe with flow control (subscribers poll
 //!   with a cursor; the publisher holds what the slowest has not taken).

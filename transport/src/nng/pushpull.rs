@@ -4,7 +4,7 @@
 //! The binding puller listens with a REP socket and keeps the queue
 //! (`capacity` bytes). A pusher (REQ) asks it to queue one message
 //! (`Push`); the queue answers `Queued` once there is room, or `Full` after
-//! holding the question for at most [`HOLD`](super::pubsub::HOLD), and the
+//! holding the question for at most [`HOLD`], and the
 //! pusher asks again until its send timeout. Pushes carry a per-pusher
 //! sequence number, so one asked again over a new connection is queued
 //! once. The binding puller takes from the queue directly; other pullers
