@@ -311,11 +311,8 @@ impl Reader {
                 what: "waiting for a peer's envelope",
                 after: within,
             })??
-            .ok_or(Error::Corrupt {
-                what: "stream end",
-                found: 0,
-                expected: "an envelope before the end",
-            })?;
+            // The peer ended the stream without the envelope: it closed.
+            .ok_or(Error::Closed)?;
         if d.header.kind != kind {
             return Err(Error::Corrupt {
                 what: "envelope kind",

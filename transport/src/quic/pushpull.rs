@@ -174,6 +174,7 @@ impl QShared {
 enum Side {
     Queue {
         shared: Arc<QShared>,
+        endpoint: quinn::Endpoint,
         acceptor: tokio::task::JoinHandle<()>,
         address: Address,
     },
@@ -199,7 +200,13 @@ impl std::fmt::Debug for QuicPuller {
 impl Drop for QuicPuller {
     fn drop(&mut self) {
         match &self.side {
-            Side::Queue { acceptor, .. } => acceptor.abort(),
+            Side::Queue {
+                acceptor, endpoint, ..
+            } => {
+                acceptor.abort();
+                // Pushers and pullers learn at once that the queue is gone.
+                endpoint.close(VarInt::from_u32(conn::CLOSED), b"queue closed");
+            }
             Side::Remote { client, .. } => client
                 .conn
                 .close(VarInt::from_u32(conn::CLOSED), b"puller dropped"),
@@ -220,9 +227,9 @@ impl QuicPuller {
             max_conns: 4 * opts.max_peers as usize,
             address: address.clone(),
         });
-        let s = shared.clone();
+        let (s, ep) = (shared.clone(), endpoint.clone());
         let acceptor = tokio::spawn(async move {
-            while let Some(incoming) = endpoint.accept().await {
+            while let Some(incoming) = ep.accept().await {
                 let live = lock(&s.state).conns;
                 let s = s.clone();
                 tokio::spawn(async move {
@@ -235,6 +242,7 @@ impl QuicPuller {
         Ok(QuicPuller {
             side: Side::Queue {
                 shared,
+                endpoint,
                 acceptor,
                 address,
             },

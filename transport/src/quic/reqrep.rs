@@ -91,6 +91,7 @@ type Incoming = (Decoded, quinn::SendStream);
 /// Answering end over QUIC.
 pub struct QuicReplier {
     rx: mpsc::Receiver<Incoming>,
+    endpoint: quinn::Endpoint,
     address: Address,
     id: u64,
     max_message: usize,
@@ -108,6 +109,9 @@ impl std::fmt::Debug for QuicReplier {
 impl Drop for QuicReplier {
     fn drop(&mut self) {
         self.acceptor.abort();
+        // Requesters learn at once that nobody will answer.
+        self.endpoint
+            .close(VarInt::from_u32(conn::CLOSED), b"replier closed");
     }
 }
 
@@ -119,8 +123,12 @@ async fn connection(conn: Connection, tx: mpsc::Sender<Incoming>, address: Addre
         tokio::spawn(async move {
             let mut reader = Reader::new(recv, max);
             match reader.expect(Kind::Request, FIRST_ENVELOPE, &address).await {
+                // A replier that is gone resets the stream (the asker
+                // gets PeerGone at once, not a clean end).
                 Ok(d) => {
-                    let _ = tx.send((d, send)).await;
+                    if let Err(mpsc::error::SendError((_, send))) = tx.send((d, send)).await {
+                        drop(Outgoing::new(send));
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(%address, %remote, error = %e, "QUIC replier: bad request; stream dropped");
@@ -141,8 +149,9 @@ impl QuicReplier {
             4 * opts.max_peers as usize,
         );
         let live = Arc::new(AtomicUsize::new(0));
+        let ep = endpoint.clone();
         let acceptor = tokio::spawn(async move {
-            while let Some(incoming) = endpoint.accept().await {
+            while let Some(incoming) = ep.accept().await {
                 let (tx, a, live) = (tx.clone(), a.clone(), live.clone());
                 tokio::spawn(async move {
                     let n = live.load(Ordering::Relaxed);
@@ -156,6 +165,7 @@ impl QuicReplier {
         });
         Ok(QuicReplier {
             rx,
+            endpoint,
             address,
             id: PeerId::random().0,
             max_message: opts.max_message,
