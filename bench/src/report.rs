@@ -81,6 +81,8 @@ fn peer_of<'a>(r: &Row, rows: &'a [Row]) -> Option<&'a Row> {
         p.system != "shoal"
             && p.system != "floor"
             && p.pattern == r.pattern
+            // Request/reply runs over several wires: a peer of its own each.
+            && (r.pattern != "rpc" || p.transport == r.transport)
             && p.payload_bytes == r.payload_bytes
             && p.readers == r.readers
             && p.metric == r.metric
@@ -115,9 +117,12 @@ pub fn markdown(rows: &[Row], title: &str) -> String {
     let _ = writeln!(s, "# {title}\n");
     let _ = writeln!(
         s,
-        "| system | pattern | mode | payload | readers | procs | metric | placement | p50 | p99 | floor around | vs floor | vs peer |"
+        "| system | transport | pattern | mode | payload | readers | procs | metric | placement | p50 | p99 | floor around | vs floor | vs peer |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        s,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
     for r in rows {
         let floor = r
             .floor_ns
@@ -152,8 +157,9 @@ pub fn markdown(rows: &[Row], title: &str) -> String {
         };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.system,
+            r.transport,
             r.pattern,
             r.mode,
             size(r.payload_bytes),
@@ -440,7 +446,9 @@ pub fn targets(rows: &[Row]) -> String {
             ));
         }
     }
-    if let Some(r) = find(rows, |r| r.system == "shoal" && r.pattern == "rpc") {
+    if let Some(r) = find(rows, |r| {
+        r.system == "shoal" && r.pattern == "rpc" && r.transport == "shm"
+    }) {
         if let Some(p) = r.p50 {
             t.push(slow(
                 "shm request/reply round trip (async API, 64 B): < 1 us".into(),

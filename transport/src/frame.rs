@@ -107,6 +107,7 @@ enum Bytes<'a> {
     Owned(AlignedBuf, std::ops::Range<usize>),
     /// Part of a network buffer shared with the other frames that came in
     /// it (a batch). Ranges: topic, payload.
+    #[cfg_attr(not(feature = "nng"), allow(dead_code))]
     Shared(SharedBytes, std::ops::Range<usize>, std::ops::Range<usize>),
     /// A record still in a shared-memory ring: released when the frame
     /// drops. The range is the payload (after the envelope), the topic
@@ -368,6 +369,7 @@ impl Frame<'static> {
     /// `payload` are ranges of it, checked here (a peer chose them). The
     /// payload stays in place when it starts [`ARCHIVE_ALIGN`]-aligned in
     /// memory, and is copied once into a buffer of its own otherwise.
+    #[cfg_attr(not(feature = "nng"), allow(dead_code))]
     pub(crate) fn shared(
         buf: SharedBytes,
         topic: std::ops::Range<usize>,

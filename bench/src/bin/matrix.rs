@@ -79,6 +79,22 @@ fn cells(quick: bool) -> Vec<Cell> {
             &format!("transport typed --iters {}", it / 4),
         ],
     ));
+    // The network wires (issue 7), beside their raw libraries in the same
+    // run: shoal's nng request/reply against raw nng REQ/REP, shoal's QUIC
+    // request/reply (a stream per request) against raw quinn (one stream,
+    // no framing), all on loopback.
+    v.push(cell(
+        "transport network request/reply 64 B",
+        r,
+        &[
+            &format!("transport rpc --wire nng-tcp --size 64 --iters {}", it / 8),
+            &format!("transport nng-raw --size 64 --iters {}", it / 8),
+            &format!("transport rpc --wire nng-ipc --size 64 --iters {}", it / 8),
+            &format!("transport nng-raw --ipc --size 64 --iters {}", it / 8),
+            &format!("transport rpc --wire quic --size 64 --iters {}", it / 8),
+            &format!("transport quinn-raw --size 64 --iters {}", it / 8),
+        ],
+    ));
     v.push(cell(
         "pingpong 64 B blocking (iceoryx2 WaitSet)",
         r,

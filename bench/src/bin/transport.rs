@@ -6,6 +6,20 @@
 //! `latency_round_trip_ns` (beyond BENCH.md's list: one request and its
 //! reply, end to end through the async API).
 //!
+//! `transport rpc --wire nng-tcp|nng-ipc|quic --size B --iters N`: the
+//! same over a network backend, through the generic `Wire` API (the
+//! replier process binds port 0 and tells the requester its address, with
+//! the QUIC pin). Metric `latency_round_trip_ns`, transport the wire.
+//!
+//! `transport nng-raw --size B --iters N [--ipc]`: the peer: raw nng
+//! REQ/REP (the NNG the nng backend is built on, blocking calls, no
+//! envelope), transport `tcp` or `ipc`.
+//!
+//! `transport quinn-raw --size B --iters N`: the peer: raw quinn, one
+//! bidirectional stream, the requester writes B bytes and reads B back
+//! (the floor of request/reply over QUIC: no framing, no stream per
+//! request), same TLS (ring, TLS 1.3).
+//!
 //! `transport typed --iters N`: what reading a small struct as a validated
 //! rkyv archive adds over taking the raw bytes of the same frame, in
 //! process (metric `typed_receive_overhead_ns`, one sample per batch of
@@ -15,7 +29,12 @@
 
 use shoal_bench::measure::Measurement;
 use shoal_bench::proc::{fork, Args};
-use shoal_transport::{Address, AlignedBuf, Frame, Options, ShmReplier, ShmRequester};
+use shoal_transport::{
+    Address, AlignedBuf, Frame, Nng, Options, Quic, Replier, Requester, ShmReplier, ShmRequester,
+    Wire,
+};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
 /// Round trips per sample.
@@ -95,6 +114,307 @@ fn rpc(size: usize, iters: u64, pin: bool) -> Measurement {
     m
 }
 
+/// Times `$total` round trips of `$one` (an expression giving
+/// `Result<(), String>`, awaited inside) in batches of [`BATCH`], after
+/// [`WARMUP`], into `$m`.
+macro_rules! timed {
+    ($m:expr, $total:expr, $one:expr) => {{
+        let mut done = 0;
+        'all: while done < $total {
+            let t0 = Instant::now();
+            for _ in 0..BATCH {
+                let r: Result<(), String> = $one;
+                if let Err(e) = r {
+                    $m.error = Some(e);
+                    break 'all;
+                }
+            }
+            done += BATCH;
+            if done > WARMUP {
+                $m.samples
+                    .push(t0.elapsed().as_nanos() as f64 / BATCH as f64);
+            }
+        }
+    }};
+}
+
+/// The replier's process: binds `bind` on wire `W`, tells the parent its
+/// address through `tell`, echoes `total` requests.
+fn serve<W: Wire>(bind: Address, total: u64, mut tell: UnixStream) -> i32 {
+    rt().block_on(async move {
+        let o = Options::default();
+        let mut r = match W::bind_replier(&bind, &o).await {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = writeln!(tell, "error {e}");
+                return 1;
+            }
+        };
+        let _ = writeln!(tell, "{}", r.address());
+        for i in 0..total {
+            if let Err(e) = r.serve_one(|q| q.to_vec()).await {
+                eprintln!("transport: server: request {i} of {total}: {e}");
+                return 1;
+            }
+        }
+        // Kept serving (the runtime keeps the wire's tasks running) until
+        // the parent is done: it writes a byte (this process holds the
+        // parent's end too, so no end of file would come).
+        if tell.set_nonblocking(true).is_ok() {
+            if let Ok(mut t) = tokio::net::UnixStream::from_std(tell) {
+                let _ = tokio::io::AsyncReadExt::read(&mut t, &mut [0u8; 1]).await;
+            }
+        }
+        0
+    })
+}
+
+/// The address line a child process wrote, or its error.
+fn told(from: &UnixStream) -> Result<String, String> {
+    let mut line = String::new();
+    BufReader::new(from)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    let line = line.trim().to_string();
+    match line.strip_prefix("error ") {
+        Some(e) => Err(e.to_string()),
+        None if line.is_empty() => Err("the server process said nothing".into()),
+        None => Ok(line),
+    }
+}
+
+/// Request/reply over a network wire of shoal's.
+fn rpc_net(wire: &str, size: usize, iters: u64) -> Measurement {
+    let total = (iters + WARMUP).div_ceil(BATCH) * BATCH;
+    let bind: Address = match wire {
+        "nng-ipc" => format!("nng+ipc:///tmp/shoal-bench-{}.sock", std::process::id()),
+        "nng-tcp" => "nng+tcp://127.0.0.1:0".into(),
+        _ => "quic://127.0.0.1:0".into(),
+    }
+    .parse()
+    .expect("address");
+    let mut m = Measurement::new("shoal", "rpc", "park", "latency_round_trip_ns")
+        .payload(size as u64)
+        .transport(wire);
+    let (tell, hear) = UnixStream::pair().expect("socketpair");
+    let w = wire.to_string();
+    let child = fork(move || match w.as_str() {
+        "quic" => serve::<Quic>(bind, total, tell),
+        _ => serve::<Nng>(bind, total, tell),
+    })
+    .expect("fork");
+    let addr = match told(&hear).and_then(|a| a.parse::<Address>().map_err(|e| e.to_string())) {
+        Ok(a) => a,
+        Err(e) => {
+            m.error = Some(e);
+            let _ = child.wait();
+            return m;
+        }
+    };
+    async fn client<W: Wire>(m: &mut Measurement, addr: &Address, size: usize, total: u64) {
+        let mut c = match W::connect_requester(addr, &Options::default()).await {
+            Ok(c) => c,
+            Err(e) => {
+                m.error = Some(e.to_string());
+                return;
+            }
+        };
+        let q = vec![7u8; size];
+        timed!(
+            m,
+            total,
+            c.request(&q)
+                .await
+                .map(|r| debug_assert_eq!(r.len(), q.len()))
+                .map_err(|e| e.to_string())
+        );
+    }
+    rt().block_on(async {
+        match wire {
+            "quic" => client::<Quic>(&mut m, &addr, size, total).await,
+            _ => client::<Nng>(&mut m, &addr, size, total).await,
+        }
+    });
+    let _ = (&hear).write_all(b".");
+    match child.wait() {
+        Ok(0) => {}
+        Ok(c) if m.error.is_none() => m.error = Some(format!("server exited with {c}")),
+        Err(e) if m.error.is_none() => m.error = Some(e),
+        _ => {}
+    }
+    m
+}
+
+/// Raw nng REQ/REP: the peer.
+fn nng_raw(size: usize, iters: u64, ipc: bool) -> Measurement {
+    let total = (iters + WARMUP).div_ceil(BATCH) * BATCH;
+    let url = if ipc {
+        format!("ipc:///tmp/shoal-bench-raw-{}.sock", std::process::id())
+    } else {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or(0);
+        format!("tcp://127.0.0.1:{port}")
+    };
+    let mut m = Measurement::new("nng", "rpc", "park", "latency_round_trip_ns")
+        .payload(size as u64)
+        .transport(if ipc { "nng-ipc" } else { "nng-tcp" });
+    let (mut tell, hear) = UnixStream::pair().expect("socketpair");
+    let u = url.clone();
+    let child = fork(move || {
+        let Ok(s) = nng::Socket::new(nng::Protocol::Rep0) else {
+            return 1;
+        };
+        if s.listen(&u).is_err() {
+            let _ = writeln!(tell, "error cannot listen at {u}");
+            return 1;
+        }
+        let _ = writeln!(tell, "{u}");
+        for _ in 0..total {
+            let Ok(q) = s.recv() else { return 1 };
+            if s.send(q).is_err() {
+                return 1;
+            }
+        }
+        0
+    })
+    .expect("fork");
+    if let Err(e) = told(&hear) {
+        m.error = Some(e);
+        let _ = child.wait();
+        return m;
+    }
+    rt().block_on(async {
+        let s = match nng::Socket::new(nng::Protocol::Req0) {
+            Ok(s) => s,
+            Err(e) => {
+                m.error = Some(e.to_string());
+                return;
+            }
+        };
+        if let Err(e) = s.dial(&url) {
+            m.error = Some(e.to_string());
+            return;
+        }
+        let q = vec![7u8; size];
+        timed!(
+            m,
+            total,
+            s.send(&q[..])
+                .map_err(|(_, e)| e.to_string())
+                .and_then(|_| s.recv().map_err(|e| e.to_string()))
+                .map(|r| debug_assert_eq!(r.len(), q.len()))
+        );
+    });
+    let _ = child.wait();
+    m
+}
+
+/// Raw quinn, one stream: the peer.
+fn quinn_raw(size: usize, iters: u64) -> Measurement {
+    use shoal_transport::quic::tls::{client_config, Identity};
+    use std::sync::Arc;
+    let total = (iters + WARMUP).div_ceil(BATCH) * BATCH;
+    let mut m = Measurement::new("quinn", "rpc", "park", "latency_round_trip_ns")
+        .payload(size as u64)
+        .transport("quic");
+    let (mut tell, hear) = UnixStream::pair().expect("socketpair");
+    let child = fork(move || {
+        rt().block_on(async move {
+            let served = async {
+                let id = Identity::generate().map_err(|e| e.to_string())?;
+                let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(
+                    id.server_config().map_err(|e| e.to_string())?,
+                )
+                .map_err(|e| e.to_string())?;
+                let cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+                let ep = quinn::Endpoint::server(cfg, "127.0.0.1:0".parse().expect("addr"))
+                    .map_err(|e| e.to_string())?;
+                let port = ep.local_addr().map_err(|e| e.to_string())?.port();
+                let hex: String = id.pin().iter().map(|b| format!("{b:02x}")).collect();
+                let _ = writeln!(tell, "{port} {hex}");
+                let conn = ep
+                    .accept()
+                    .await
+                    .ok_or("no connection")?
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+                let mut buf = vec![0u8; size];
+                for _ in 0..total {
+                    recv.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+                    send.write_all(&buf).await.map_err(|e| e.to_string())?;
+                }
+                let _ = send.finish();
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_secs(2), conn.closed()).await;
+                Ok::<(), String>(())
+            };
+            match served.await {
+                Ok(()) => 0,
+                Err(e) => {
+                    let _ = writeln!(tell, "error {e}");
+                    1
+                }
+            }
+        })
+    })
+    .expect("fork");
+    let (port, pin) = match told(&hear).and_then(|l| {
+        let (p, h) = l.split_once(' ').ok_or("bad line")?;
+        let port: u16 = p.parse().map_err(|_| "bad port")?;
+        let a: Address = format!("quic://127.0.0.1:{port}?pin={h}")
+            .parse()
+            .map_err(|e: shoal_transport::Error| e.to_string())?;
+        match a {
+            Address::Quic { pin: Some(pin), .. } => Ok((port, pin)),
+            _ => Err("no pin".to_string()),
+        }
+    }) {
+        Ok(x) => x,
+        Err(e) => {
+            m.error = Some(e);
+            let _ = child.wait();
+            return m;
+        }
+    };
+    rt().block_on(async {
+        let r = async {
+            let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(
+                client_config(pin).map_err(|e| e.to_string())?,
+            )
+            .map_err(|e| e.to_string())?;
+            let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr"))
+                .map_err(|e| e.to_string())?;
+            ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+            let conn = ep
+                .connect(([127, 0, 0, 1], port).into(), "shoal")
+                .map_err(|e| e.to_string())?
+                .await
+                .map_err(|e| e.to_string())?;
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+            let q = vec![7u8; size];
+            let mut back = vec![0u8; size];
+            timed!(m, total, {
+                match send.write_all(&q).await {
+                    Ok(()) => recv.read_exact(&mut back).await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            });
+            conn.close(0u32.into(), b"done");
+            // Let the close reach the server (it waits for it).
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), ep.wait_idle()).await;
+            Ok::<(), String>(())
+        };
+        if let Err(e) = r.await {
+            m.error = Some(e);
+        }
+    });
+    let _ = child.wait();
+    m
+}
+
 #[derive(rkyv::Archive, rkyv::Serialize)]
 struct Small {
     id: u64,
@@ -151,14 +471,29 @@ fn main() {
     let cmd = std::env::args().nth(1).unwrap_or_default();
     let a = Args::from_env(2);
     let m = match cmd.as_str() {
-        "rpc" => rpc(
+        "rpc" => match a.get("wire", "shm".to_string()).as_str() {
+            "shm" => rpc(
+                a.get("size", 64usize),
+                a.get("iters", 4000u64),
+                a.has("pin"),
+            ),
+            w @ ("nng-tcp" | "nng-ipc" | "quic") => {
+                rpc_net(w, a.get("size", 64usize), a.get("iters", 4000u64))
+            }
+            w => {
+                eprintln!("unknown wire {w}: shm, nng-tcp, nng-ipc or quic");
+                std::process::exit(2);
+            }
+        },
+        "nng-raw" => nng_raw(
             a.get("size", 64usize),
             a.get("iters", 4000u64),
-            a.has("pin"),
+            a.has("ipc"),
         ),
+        "quinn-raw" => quinn_raw(a.get("size", 64usize), a.get("iters", 4000u64)),
         "typed" => typed(a.get("iters", 2000u64)),
         _ => {
-            eprintln!("usage: transport <rpc --size B --iters N [--pin] | typed --iters N>");
+            eprintln!("usage: transport <rpc [--wire shm|nng-tcp|nng-ipc|quic] --size B --iters N [--pin] | nng-raw --size B --iters N [--ipc] | quinn-raw --size B --iters N | typed --iters N>");
             std::process::exit(2);
         }
     };

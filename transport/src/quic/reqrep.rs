@@ -88,10 +88,15 @@ impl QuicRequester {
 
 type Incoming = (Decoded, quinn::SendStream);
 
+/// How long a dropped replier waits for its last replies to be read.
+pub const LINGER: Duration = Duration::from_secs(1);
+
 /// Answering end over QUIC.
 pub struct QuicReplier {
     rx: mpsc::Receiver<Incoming>,
     endpoint: quinn::Endpoint,
+    /// One clone per reply not yet read by its asker.
+    in_flight: Arc<()>,
     address: Address,
     id: u64,
     max_message: usize,
@@ -107,11 +112,28 @@ impl std::fmt::Debug for QuicReplier {
 }
 
 impl Drop for QuicReplier {
+    /// Stops taking requests; closes the connections once the replies
+    /// sent were read (up to [`LINGER`]), so requesters then learn at once
+    /// that nobody will answer.
     fn drop(&mut self) {
         self.acceptor.abort();
-        // Requesters learn at once that nobody will answer.
-        self.endpoint
-            .close(VarInt::from_u32(conn::CLOSED), b"replier closed");
+        self.rx.close();
+        let (endpoint, in_flight) = (self.endpoint.clone(), self.in_flight.clone());
+        let close = async move {
+            let deadline = tokio::time::Instant::now() + LINGER;
+            while Arc::strong_count(&in_flight) > 1 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            endpoint.close(VarInt::from_u32(conn::CLOSED), b"replier closed");
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(close);
+            }
+            Err(_) => self
+                .endpoint
+                .close(VarInt::from_u32(conn::CLOSED), b"replier closed"),
+        }
     }
 }
 
@@ -166,6 +188,7 @@ impl QuicReplier {
         Ok(QuicReplier {
             rx,
             endpoint,
+            in_flight: Arc::new(()),
             address,
             id: PeerId::random().0,
             max_message: opts.max_message,

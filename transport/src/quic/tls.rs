@@ -34,10 +34,27 @@ pub fn fingerprint(der: &[u8]) -> [u8; 32] {
     out
 }
 
-/// A server identity: a fresh self-signed certificate and its key.
-pub(crate) struct Identity {
-    pub cert: CertificateDer<'static>,
+/// A server identity: a self-signed certificate and its key.
+///
+/// ```
+/// use shoal_transport::quic::tls::{fingerprint, Identity};
+/// let id = Identity::generate()?;
+/// assert_eq!(id.pin(), fingerprint(id.cert()));
+/// let _tls = id.server_config()?; // for a quinn server of your own
+/// # Ok::<(), shoal_transport::Error>(())
+/// ```
+pub struct Identity {
+    cert: CertificateDer<'static>,
     key: PrivatePkcs8KeyDer<'static>,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("Identity")
+            .field("pin", &self.pin())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Identity {
@@ -49,6 +66,11 @@ impl Identity {
             cert: ck.cert.der().clone(),
             key: PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()),
         })
+    }
+
+    /// The certificate (DER).
+    pub fn cert(&self) -> &CertificateDer<'static> {
+        &self.cert
     }
 
     /// Its certificate's fingerprint: the pin clients need.
@@ -135,8 +157,9 @@ impl ServerCertVerifier for Pinned {
     }
 }
 
-/// A rustls client configuration trusting only the certificate `pin`.
-pub(crate) fn client_config(pin: [u8; 32]) -> Result<rustls::ClientConfig> {
+/// A rustls client configuration trusting only the certificate `pin`
+/// (TLS 1.3, ALPN [`ALPN`]).
+pub fn client_config(pin: [u8; 32]) -> Result<rustls::ClientConfig> {
     let mut c = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| tls_err("client protocol versions", e))?
