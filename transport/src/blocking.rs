@@ -1,5 +1,7 @@
 //! Blocking wrappers, for code on plain threads: an endpoint of any wire
-//! with a single-threaded tokio runtime of its own that each call drives.
+//! with a tokio runtime of its own, one worker thread, so the wire's
+//! background work (a network endpoint's serving tasks, QUIC's
+//! keep-alives) goes on between calls.
 //!
 //! Do not call these from inside an async runtime (tokio panics when a
 //! runtime is blocked on from within one); use the endpoints directly
@@ -24,8 +26,10 @@ use std::time::Duration;
 /// # Ok::<(), shoal_transport::Error>(())
 /// ```
 pub struct Blocking<T> {
-    rt: tokio::runtime::Runtime,
+    /// Declared first, so dropped first: its drop may spawn work (a
+    /// publisher's linger) on the runtime, which must still run.
     inner: T,
+    rt: tokio::runtime::Runtime,
 }
 
 impl<T> std::fmt::Debug for Blocking<T> {
@@ -39,7 +43,8 @@ impl<T> Blocking<T> {
     /// `Shm::connect_subscriber(&addr, &opts)`) inside this wrapper's
     /// runtime, where its waits are registered.
     pub fn new(make: impl Future<Output = Result<T>>) -> Result<Self> {
-        let rt = tokio::runtime::Builder::new_current_thread()
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
             .enable_all()
             .build()
             .map_err(|source| Error::Io {
@@ -47,7 +52,7 @@ impl<T> Blocking<T> {
                 source,
             })?;
         let inner = rt.block_on(make)?;
-        Ok(Blocking { rt, inner })
+        Ok(Blocking { inner, rt })
     }
 
     /// The endpoint itself.

@@ -24,6 +24,11 @@ pub struct Options {
     pub send_timeout: Option<Duration>,
     /// How long connecting waits for the address to be bound. Default 10 s.
     pub connect_timeout: Duration,
+    /// Network wires: how long a live peer that does not read (a
+    /// subscriber, a puller or requester not taking what was sent to it)
+    /// may hold this endpoint back before it is dropped, so the others go
+    /// on. Default 10 s.
+    pub stall_timeout: Duration,
     /// How long a receive polls (shared memory) before it parks and lets
     /// the runtime wait for a wake-up. A wake-up through the runtime costs
     /// tens of microseconds; polling catches a reply or the next request of
@@ -40,6 +45,7 @@ impl Default for Options {
             max_message: 64 << 20,
             send_timeout: None,
             connect_timeout: Duration::from_secs(10),
+            stall_timeout: Duration::from_secs(10),
             spin: Duration::from_micros(50),
         }
     }
@@ -69,6 +75,11 @@ impl Options {
     /// Sets [`connect_timeout`](Self::connect_timeout).
     pub fn connect_timeout(mut self, t: Duration) -> Self {
         self.connect_timeout = t;
+        self
+    }
+    /// Sets [`stall_timeout`](Self::stall_timeout).
+    pub fn stall_timeout(mut self, t: Duration) -> Self {
+        self.stall_timeout = t;
         self
     }
     /// Sets [`spin`](Self::spin).

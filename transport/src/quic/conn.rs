@@ -23,6 +23,10 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(1);
 pub const FIRST_ENVELOPE: Duration = Duration::from_secs(10);
 /// Application close code of a clean close.
 pub const CLOSED: u32 = 0;
+/// Application close code of a peer dropped for holding the others back.
+pub const EVICTED: u32 = 2;
+/// Application close code of a peer dropped for sending malformed data.
+pub const BAD_DATA: u32 = 3;
 
 pub(crate) fn io(what: impl Into<String>, e: impl std::fmt::Display) -> Error {
     Error::Io {
@@ -117,20 +121,37 @@ pub(crate) async fn bind(address: &Address, opts: &Options) -> Result<Bound> {
     })
 }
 
-/// Takes an incoming connection: refused when `live` connections are
-/// already up, dropped when its handshake does not finish in time.
+/// Counts a binder's connections, handshakes in progress included.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Slots(Arc<std::sync::atomic::AtomicUsize>);
+
+/// One counted connection; uncounted when dropped.
+pub(crate) struct Slot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// Takes an incoming connection: refused when `max` are already counted
+/// in `slots` (handshakes in progress included), dropped when its
+/// handshake does not finish in time. The slot is held until the
+/// returned [`Slot`] drops.
 pub(crate) async fn accept(
     incoming: quinn::Incoming,
-    live: usize,
+    slots: &Slots,
     max: usize,
-) -> Option<Connection> {
-    if live >= max {
-        tracing::warn!(remote = %incoming.remote_address(), live, "QUIC: too many connections; refusing one");
+) -> Option<(Connection, Slot)> {
+    let n = slots.0.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    let slot = Slot(slots.0.clone());
+    if n >= max {
+        tracing::warn!(remote = %incoming.remote_address(), live = n, "QUIC: too many connections; refusing one");
         incoming.refuse();
         return None;
     }
     match tokio::time::timeout(FIRST_ENVELOPE, incoming).await {
-        Ok(Ok(c)) => Some(c),
+        Ok(Ok(c)) => Some((c, slot)),
         Ok(Err(e)) => {
             tracing::info!(error = %e, "QUIC: handshake failed");
             None
@@ -224,6 +245,11 @@ pub(crate) fn lost(e: &ConnectionError, address: &Address) -> Error {
     match e {
         ConnectionError::ApplicationClosed(c) if c.error_code == VarInt::from_u32(CLOSED) => {
             Error::Closed
+        }
+        ConnectionError::ApplicationClosed(c) if c.error_code == VarInt::from_u32(EVICTED) => {
+            Error::Evicted {
+                address: address.to_string(),
+            }
         }
         ConnectionError::LocallyClosed => Error::Closed,
         _ => Error::PeerGone {

@@ -8,17 +8,20 @@
 //! read, so the slowest subscriber holds the publisher back once its
 //! stream window (`capacity` bytes) and queue are full: nothing is
 //! dropped. A subscriber whose connection breaks (its process died, or
-//! its host went silent for the idle timeout) is dropped from the set.
+//! its host went silent for the idle timeout) is dropped from the set, and
+//! so is a live one that holds a send back for longer than the stall
+//! timeout (its connection is closed; it learns with [`Error::Evicted`]).
 //!
 //! A subscriber is registered when `connect` returns: the publisher opens
 //! its stream with a greeting once it has added the subscriber, and
 //! `connect` waits for that greeting. Dropping the publisher finishes
 //! every stream: subscribers read what was sent, then get
-//! [`Error::Closed`]. A subscriber whose publisher vanished connects again
-//! on its next receive (to a restarted publisher at the same address, if
-//! its certificate still matches the pin; a restarted publisher makes a
-//! new certificate unless given the old identity, so in practice this
-//! reconnects across broken connections, not across restarts).
+//! [`Error::Closed`]. A subscriber whose connection broke or was closed by
+//! the publisher connects again and reports it once ([`Error::Evicted`]:
+//! what was sent meanwhile is lost to it); when it cannot, the receive
+//! returns [`Error::PeerGone`] and the next one tries again. A restarted
+//! publisher makes a new certificate, so its subscribers' pins no longer
+//! match: across restarts they must be given the new address.
 
 use super::conn::{self, Bound, Client, Reader, FIRST_ENVELOPE};
 use crate::address::Address;
@@ -44,10 +47,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 struct Sub {
     tx: mpsc::Sender<Arc<Vec<u8>>>,
+    conn: Connection,
+}
+
+#[derive(Default)]
+struct Subs {
+    list: Vec<Sub>,
+    /// The publisher was dropped: writers joining late finish at once.
+    closed: bool,
 }
 
 struct PubShared {
-    subs: Mutex<Vec<Sub>>,
+    subs: Mutex<Subs>,
     joined: Notify,
     id: u64,
     max_peers: usize,
@@ -59,6 +70,7 @@ pub struct QuicPublisher {
     address: Address,
     max_message: usize,
     send_timeout: Option<Duration>,
+    stall_timeout: Duration,
     acceptor: tokio::task::JoinHandle<()>,
 }
 
@@ -75,7 +87,9 @@ impl Drop for QuicPublisher {
         self.acceptor.abort();
         // Dropping the senders ends every writer, which finishes its
         // stream after what is queued.
-        lock(&self.shared.subs).clear();
+        let mut subs = lock(&self.shared.subs);
+        subs.closed = true;
+        subs.list.clear();
     }
 }
 
@@ -90,7 +104,17 @@ async fn writer(shared: Arc<PubShared>, conn: Connection, address: Address, capa
         }
     };
     let (tx, mut rx) = mpsc::channel::<Arc<Vec<u8>>>(QUEUE.min(capacity.max(1)));
-    lock(&shared.subs).push(Sub { tx });
+    {
+        let mut subs = lock(&shared.subs);
+        if subs.closed {
+            let _ = send.finish();
+            return;
+        }
+        subs.list.push(Sub {
+            tx,
+            conn: conn.clone(),
+        });
+    }
     // The greeting: the subscriber is in the set from here on.
     if conn::write(&mut send, Kind::Reply, b"", b"", shared.id, &address)
         .await
@@ -117,18 +141,18 @@ impl QuicPublisher {
     pub async fn bind(address: &Address, opts: &Options) -> Result<QuicPublisher> {
         let Bound { endpoint, address } = conn::bind(address, opts).await?;
         let shared = Arc::new(PubShared {
-            subs: Mutex::new(Vec::new()),
+            subs: Mutex::new(Subs::default()),
             joined: Notify::new(),
             id: PeerId::random().0,
             max_peers: opts.max_peers as usize,
         });
         let (s, a, cap) = (shared.clone(), address.clone(), opts.capacity as usize);
+        let slots = conn::Slots::default();
         let acceptor = tokio::spawn(async move {
             while let Some(incoming) = endpoint.accept().await {
-                let live = lock(&s.subs).iter().filter(|x| !x.tx.is_closed()).count();
-                let (s, a) = (s.clone(), a.clone());
+                let (s, a, slots) = (s.clone(), a.clone(), slots.clone());
                 tokio::spawn(async move {
-                    if let Some(c) = conn::accept(incoming, live, s.max_peers).await {
+                    if let Some((c, _slot)) = conn::accept(incoming, &slots, s.max_peers).await {
                         writer(s, c, a, cap).await;
                     }
                 });
@@ -139,6 +163,7 @@ impl QuicPublisher {
             address,
             max_message: opts.max_message,
             send_timeout: opts.send_timeout,
+            stall_timeout: opts.stall_timeout,
             acceptor,
         })
     }
@@ -163,32 +188,46 @@ impl QuicPublisher {
             Vec::with_capacity(crate::envelope::HEADER_LEN + topic.len() + 16 + payload.len());
         encode_into(&h, topic, payload, &mut env);
         let env = Arc::new(env);
-        let subs: Vec<mpsc::Sender<Arc<Vec<u8>>>> = lock(&self.shared.subs)
+        let subs: Vec<(mpsc::Sender<Arc<Vec<u8>>>, Connection)> = lock(&self.shared.subs)
+            .list
             .iter()
-            .map(|s| s.tx.clone())
+            .map(|s| (s.tx.clone(), s.conn.clone()))
             .collect();
         let deadline = self.send_timeout.map(|t| Instant::now() + t);
         let mut permits = Vec::with_capacity(subs.len());
-        for tx in &subs {
-            let room = tx.reserve();
-            let p = match deadline {
-                None => room.await,
-                Some(d) => tokio::time::timeout(d.saturating_duration_since(Instant::now()), room)
-                    .await
-                    .map_err(|_| Error::Timeout {
+        for (tx, conn) in &subs {
+            // Each subscriber gets up to the stall timeout (within the
+            // send's own deadline) to make room.
+            let stall = Instant::now() + self.stall_timeout;
+            let until = deadline.map_or(stall, |d| d.min(stall));
+            match tokio::time::timeout(
+                until.saturating_duration_since(Instant::now()),
+                tx.reserve(),
+            )
+            .await
+            {
+                Ok(Ok(p)) => permits.push(p),
+                // Gone: no room to wait for.
+                Ok(Err(_)) => {}
+                Err(_) if deadline.is_some_and(|d| d <= stall) => {
+                    return Err(Error::Timeout {
                         what: "send (waiting for slow subscribers)",
                         after: self.send_timeout.unwrap_or_default(),
-                    })?,
-            };
-            // A subscriber that is gone has no room to wait for.
-            if let Ok(p) = p {
-                permits.push(p);
+                    })
+                }
+                Err(_) => {
+                    tracing::warn!(address = %self.address, remote = %conn.remote_address(), stall = ?self.stall_timeout, "QUIC publisher: a subscriber held sends back past the stall timeout; dropped");
+                    conn.close(VarInt::from_u32(conn::EVICTED), b"stalled");
+                    lock(&self.shared.subs)
+                        .list
+                        .retain(|s| !s.tx.same_channel(tx));
+                }
             }
         }
         for p in permits {
             p.send(env.clone());
         }
-        lock(&self.shared.subs).retain(|s| !s.tx.is_closed());
+        lock(&self.shared.subs).list.retain(|s| !s.tx.is_closed());
         Ok(())
     }
 
@@ -200,8 +239,8 @@ impl QuicPublisher {
             joined.as_mut().enable();
             let k = {
                 let mut subs = lock(&self.shared.subs);
-                subs.retain(|s| !s.tx.is_closed());
-                subs.len() as u32
+                subs.list.retain(|s| !s.tx.is_closed());
+                subs.list.len() as u32
             };
             if k >= n {
                 return Ok(k);
@@ -226,6 +265,8 @@ pub struct QuicSubscriber {
     prefixes: Vec<Vec<u8>>,
     opts: Options,
     closed: bool,
+    /// The connection was dropped for bad data: connect again first.
+    broken: bool,
 }
 
 impl std::fmt::Debug for QuicSubscriber {
@@ -271,6 +312,7 @@ impl QuicSubscriber {
             prefixes: Vec::new(),
             opts: opts.clone(),
             closed: false,
+            broken: false,
         })
     }
 
@@ -290,9 +332,14 @@ impl QuicSubscriber {
                 return Err(Error::Closed);
             }
             let address = self.client.address.clone();
+            if self.broken {
+                self.rejoin(&address).await?;
+                self.broken = false;
+            }
             match self.reader.next(&address).await {
                 Ok(Some(d)) => {
                     if d.header.kind != Kind::Message {
+                        self.drop_connection();
                         return Err(Error::Corrupt {
                             what: "envelope kind from a publisher",
                             found: d.header.kind as u64,
@@ -309,18 +356,42 @@ impl QuicSubscriber {
                 Ok(None) | Err(Error::Closed) => {
                     self.closed = true;
                 }
-                Err(Error::PeerGone { .. }) => {
-                    let (client, reader, publisher) =
-                        join(&address, &self.opts)
-                            .await
-                            .map_err(|_| Error::PeerGone {
-                                address: address.to_string(),
-                            })?;
-                    tracing::info!(%address, "QUIC subscriber: connected again");
-                    (self.client, self.reader, self.publisher) = (client, reader, publisher);
+                Err(Error::PeerGone { .. } | Error::Evicted { .. }) => {
+                    // Connected again, but what was sent meanwhile is lost
+                    // to this subscriber: said once, not silently.
+                    self.rejoin(&address).await?;
+                    return Err(Error::Evicted {
+                        address: address.to_string(),
+                    });
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    // Malformed or oversized data: the stream cannot be
+                    // resynchronised; the next receive connects again.
+                    self.drop_connection();
+                    return Err(e);
+                }
             }
         }
+    }
+
+    /// Closes the connection after bad data from the publisher.
+    fn drop_connection(&mut self) {
+        self.client
+            .conn
+            .close(VarInt::from_u32(conn::BAD_DATA), b"bad data");
+        self.broken = true;
+    }
+
+    /// Connects again; [`Error::PeerGone`] when that fails.
+    async fn rejoin(&mut self, address: &Address) -> Result<()> {
+        let (client, reader, publisher) =
+            join(address, &self.opts)
+                .await
+                .map_err(|_| Error::PeerGone {
+                    address: address.to_string(),
+                })?;
+        tracing::info!(%address, "QUIC subscriber: connected again");
+        (self.client, self.reader, self.publisher) = (client, reader, publisher);
+        Ok(())
     }
 }

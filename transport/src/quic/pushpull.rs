@@ -34,7 +34,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 struct QState {
     items: VecDeque<Decoded>,
     bytes: usize,
-    conns: usize,
 }
 
 struct QShared {
@@ -44,6 +43,7 @@ struct QShared {
     capacity: usize,
     max_message: usize,
     max_conns: usize,
+    stall: Duration,
     address: Address,
 }
 
@@ -129,12 +129,17 @@ impl QShared {
                 };
                 let mut env = Vec::with_capacity(16 + item.payload().len());
                 encode_into(&item.header, item.topic(), item.payload(), &mut env);
+                // A puller that does not take the item, or does not say it
+                // did, within the stall timeout loses it to the others.
                 let acked = async {
-                    send.send
-                        .write_all(&env)
+                    tokio::time::timeout(self.stall, send.send.write_all(&env))
                         .await
+                        .map_err(|_| Error::Timeout {
+                            what: "sending a pulled message",
+                            after: self.stall,
+                        })?
                         .map_err(|e| conn::write_err(e, a))?;
-                    reader.expect(Kind::Reply, Duration::MAX, a).await
+                    reader.expect(Kind::Reply, self.stall, a).await
                 };
                 match acked.await {
                     Ok(_) => {
@@ -157,7 +162,6 @@ impl QShared {
     }
 
     async fn connection(self: Arc<Self>, conn: Connection) {
-        lock(&self.state).conns += 1;
         while let Ok((send, recv)) = conn.accept_bi().await {
             let me = self.clone();
             let remote = conn.remote_address();
@@ -167,7 +171,6 @@ impl QShared {
                 }
             });
         }
-        lock(&self.state).conns -= 1;
     }
 }
 
@@ -225,15 +228,16 @@ impl QuicPuller {
             capacity: opts.capacity as usize,
             max_message: opts.max_message,
             max_conns: 4 * opts.max_peers as usize,
+            stall: opts.stall_timeout,
             address: address.clone(),
         });
         let (s, ep) = (shared.clone(), endpoint.clone());
+        let slots = conn::Slots::default();
         let acceptor = tokio::spawn(async move {
             while let Some(incoming) = ep.accept().await {
-                let live = lock(&s.state).conns;
-                let s = s.clone();
+                let (s, slots) = (s.clone(), slots.clone());
                 tokio::spawn(async move {
-                    if let Some(c) = conn::accept(incoming, live, s.max_conns).await {
+                    if let Some((c, _slot)) = conn::accept(incoming, &slots, s.max_conns).await {
                         s.connection(c).await;
                     }
                 });

@@ -12,7 +12,6 @@ use crate::error::{Error, Result};
 use crate::frame::{Frame, PeerId};
 use crate::options::Options;
 use quinn::{Connection, VarInt};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -97,6 +96,7 @@ pub struct QuicReplier {
     endpoint: quinn::Endpoint,
     /// One clone per reply not yet read by its asker.
     in_flight: Arc<()>,
+    stall: Duration,
     address: Address,
     id: u64,
     max_message: usize,
@@ -170,17 +170,14 @@ impl QuicReplier {
             opts.max_message,
             4 * opts.max_peers as usize,
         );
-        let live = Arc::new(AtomicUsize::new(0));
         let ep = endpoint.clone();
+        let slots = conn::Slots::default();
         let acceptor = tokio::spawn(async move {
             while let Some(incoming) = ep.accept().await {
-                let (tx, a, live) = (tx.clone(), a.clone(), live.clone());
+                let (tx, a, slots) = (tx.clone(), a.clone(), slots.clone());
                 tokio::spawn(async move {
-                    let n = live.load(Ordering::Relaxed);
-                    if let Some(c) = conn::accept(incoming, n, max_conns).await {
-                        live.fetch_add(1, Ordering::Relaxed);
+                    if let Some((c, _slot)) = conn::accept(incoming, &slots, max_conns).await {
                         connection(c, tx, a, max).await;
-                        live.fetch_sub(1, Ordering::Relaxed);
                     }
                 });
             }
@@ -189,6 +186,7 @@ impl QuicReplier {
             rx,
             endpoint,
             in_flight: Arc::new(()),
+            stall: opts.stall_timeout,
             address,
             id: PeerId::random().0,
             max_message: opts.max_message,
@@ -217,21 +215,30 @@ impl QuicReplier {
                 limit: self.max_message as u64,
             });
         }
-        let mut send = Outgoing::new(send);
-        // An asker that gave up: its reply has nowhere to go.
-        if conn::write(
-            &mut send.send,
-            Kind::Reply,
-            b"",
-            &reply,
-            self.id,
-            &self.address,
-        )
-        .await
-        .is_ok()
-        {
-            send.done();
-        }
+        // Written in the background, so a requester that does not read a
+        // large reply holds up nobody else; it has the stall timeout to
+        // take it. Until it has read it, the replier's drop waits for it
+        // (up to LINGER) before closing the connections.
+        let mut env = Vec::with_capacity(crate::envelope::HEADER_LEN + reply.len());
+        let h = crate::envelope::Header::new(Kind::Reply, b"", reply.len(), self.id)?;
+        crate::envelope::encode_into(&h, b"", &reply, &mut env);
+        let (token, stall, address) = (self.in_flight.clone(), self.stall, self.address.clone());
+        tokio::spawn(async move {
+            let mut send = Outgoing::new(send);
+            match tokio::time::timeout(stall, send.send.write_all(&env)).await {
+                Ok(Ok(())) => {
+                    let stopped = send.send.stopped();
+                    send.done();
+                    let _ = tokio::time::timeout(LINGER, stopped).await;
+                }
+                // An asker that gave up: its reply has nowhere to go.
+                Ok(Err(_)) => {}
+                Err(_) => {
+                    tracing::warn!(%address, "QUIC replier: a requester did not read its reply within the stall timeout; stream reset");
+                }
+            }
+            drop(token);
+        });
         Ok(())
     }
 }

@@ -1,0 +1,67 @@
+//! QUIC peers that misbehave while alive (issue 7): a subscriber that
+//! stops reading is dropped after the stall timeout while the others go
+//! on, and learns it (no silent loss).
+#![cfg(feature = "quic")]
+
+mod common;
+
+use common::{rt, SEC};
+use shoal_transport::{Error, Options, QuicPublisher, QuicSubscriber};
+use std::time::Duration;
+
+#[test]
+fn a_subscriber_that_stops_reading_is_dropped_and_the_others_go_on() {
+    rt().block_on(async {
+        let o = Options::default()
+            .capacity(64 << 10)
+            .stall_timeout(Duration::from_millis(500));
+        let mut p = QuicPublisher::bind(&"quic://127.0.0.1:0".parse().unwrap(), &o)
+            .await
+            .unwrap();
+        let a = p.address();
+        let mut live = QuicSubscriber::connect(&a, &o).await.unwrap();
+        let mut stalled = QuicSubscriber::connect(&a, &o).await.unwrap();
+        p.wait_for_subscribers(2, 5 * SEC).await.unwrap();
+        const N: u32 = 2000;
+        let reader = tokio::spawn(async move {
+            for i in 0..N {
+                let f = tokio::time::timeout(10 * SEC, live.recv())
+                    .await
+                    .expect("the live subscriber keeps receiving")
+                    .unwrap();
+                assert_eq!(&f[..4], &i.to_le_bytes(), "in order, nothing lost");
+            }
+        });
+        // 2 MiB: far more than the stalled subscriber's window and queue.
+        for i in 0..N {
+            let m = [i.to_le_bytes().as_slice(), &[0u8; 1020]].concat();
+            tokio::time::timeout(10 * SEC, p.send(b"", &m))
+                .await
+                .expect(
+                    "the stalled subscriber holds the publisher back only for the stall timeout",
+                )
+                .unwrap();
+        }
+        reader.await.unwrap();
+        // The stalled one reads what reached it, in order, then learns it
+        // was dropped.
+        let mut next = 0u32;
+        let e = loop {
+            match tokio::time::timeout(10 * SEC, stalled.recv())
+                .await
+                .unwrap()
+            {
+                Ok(f) => {
+                    assert_eq!(&f[..4], &next.to_le_bytes());
+                    next += 1;
+                }
+                Err(e) => break e,
+            }
+        };
+        assert!(next < N, "it was dropped before the end");
+        assert!(
+            matches!(e, Error::Evicted { .. } | Error::PeerGone { .. }),
+            "{e}"
+        );
+    });
+}
