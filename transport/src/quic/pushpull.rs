@@ -94,6 +94,8 @@ impl QShared {
     /// Serves one stream a peer opened: a push or a pull.
     async fn stream(self: Arc<Self>, send: SendStream, recv: RecvStream) -> Result<()> {
         let a = &self.address;
+        // Reset, not finished, on every way out but a clean answer.
+        let mut send = Outgoing::new(send);
         let mut reader = Reader::new(recv, self.max_message);
         let first = tokio::time::timeout(FIRST_ENVELOPE, reader.next(a))
             .await
@@ -102,7 +104,6 @@ impl QShared {
                 after: FIRST_ENVELOPE,
             })??;
         let Some(first) = first else { return Ok(()) };
-        let mut send = Outgoing::new(send);
         match first.header.kind {
             Kind::Message => {
                 if self.push(first, &send.send).await {

@@ -153,7 +153,8 @@ async fn connection(conn: Connection, tx: mpsc::Sender<Incoming>, address: Addre
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(%address, %remote, error = %e, "QUIC replier: bad request; stream dropped");
+                    tracing::warn!(%address, %remote, error = %e, "QUIC replier: bad request; stream reset");
+                    drop(Outgoing::new(send));
                 }
             }
         });

@@ -1,0 +1,228 @@
+//! Hostile peers against QUIC listeners (issue 7, item 6): garbage
+//! datagrams, a 4 GiB length prefix, random bytes, a truncated envelope,
+//! streams and connections that send nothing, a requester that never
+//! reads its replies. Each is dropped or refused, nothing panics, memory
+//! stays bounded, and a well-behaved requester keeps at least half its
+//! rate while they run.
+#![cfg(feature = "quic")]
+
+mod common;
+
+use common::{rt, SEC};
+use shoal_transport::quic::tls::client_config;
+use shoal_transport::{Address, Options, QuicReplier, QuicRequester};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn parts(a: &Address) -> (SocketAddr, [u8; 32]) {
+    match a {
+        Address::Quic {
+            port,
+            pin: Some(pin),
+            ..
+        } => (([127, 0, 0, 1], *port).into(), *pin),
+        other => panic!("not a bound QUIC address: {other}"),
+    }
+}
+
+/// A raw QUIC connection to `a` with the right pin: a peer that speaks
+/// QUIC and TLS correctly and then misbehaves.
+async fn raw(a: &Address) -> quinn::Connection {
+    let (sa, pin) = parts(a);
+    let crypto =
+        quinn::crypto::rustls::QuicClientConfig::try_from(client_config(pin).unwrap()).unwrap();
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    ep.connect(sa, "shoal").unwrap().await.unwrap()
+}
+
+/// Round trips a well-behaved requester makes in `window`.
+async fn rate(c: &mut QuicRequester, window: Duration) -> f64 {
+    let t0 = Instant::now();
+    let mut n = 0u64;
+    while t0.elapsed() < window {
+        let r = tokio::time::timeout(5 * SEC, c.request(b"ping"))
+            .await
+            .expect("a well-behaved request is answered")
+            .unwrap();
+        assert_eq!(&*r, b"ping");
+        n += 1;
+    }
+    n as f64 / t0.elapsed().as_secs_f64()
+}
+
+/// Resident memory of this process, bytes.
+fn rss() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = s
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+/// Hostile streams on one connection, over and over until `stop`.
+async fn hostile_streams(conn: quinn::Connection, stop: Arc<AtomicBool>) -> u64 {
+    let mut refused = 0u64;
+    let mut k = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        k += 1;
+        let Ok((mut send, mut recv)) = conn.open_bi().await else {
+            break;
+        };
+        let bytes: Vec<u8> = match k % 4 {
+            // A 4 GiB body length, kind Request.
+            0 => {
+                let mut h = vec![0u8; 16];
+                h[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
+                h[4] = 2;
+                h
+            }
+            // Random bytes.
+            1 => (0..200u64).map(|i| (i * 2654435761 + k) as u8).collect(),
+            // A truncated envelope: a header promising 100 bytes, 10 sent.
+            2 => {
+                let mut h = vec![0u8; 26];
+                h[0..4].copy_from_slice(&100u32.to_le_bytes());
+                h[4] = 2;
+                h
+            }
+            // A valid header of the wrong kind (a credit with a body).
+            _ => {
+                let mut h = vec![0u8; 32];
+                h[0..4].copy_from_slice(&16u32.to_le_bytes());
+                h[4] = 4;
+                h
+            }
+        };
+        let _ = send.write_all(&bytes).await;
+        let _ = send.finish();
+        // The listener answers with a reset (or nothing), never a reply.
+        let mut buf = [0u8; 64];
+        match tokio::time::timeout(2 * SEC, recv.read(&mut buf)).await {
+            Ok(Ok(Some(n))) if n > 0 => panic!("a hostile stream was answered"),
+            _ => refused += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    refused
+}
+
+#[test]
+fn hostile_peers_do_not_stop_a_replier_serving_others() {
+    rt().block_on(async {
+        let o = Options::default()
+            .max_message(1 << 20)
+            .stall_timeout(Duration::from_millis(500));
+        let mut r = QuicReplier::bind(&"quic://127.0.0.1:0".parse().unwrap(), &o)
+            .await
+            .unwrap();
+        let a = r.address();
+        tokio::spawn(async move {
+            loop {
+                // Large replies for the requester that never reads them;
+                // small ones for the rest.
+                let ok = r
+                    .serve_one(|q| {
+                        if &q[..] == b"big" {
+                            vec![7u8; 900 << 10]
+                        } else {
+                            q.to_vec()
+                        }
+                    })
+                    .await;
+                if ok.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut good = QuicRequester::connect(&a, &o).await.unwrap();
+        let base = rate(&mut good, SEC).await;
+        let rss0 = rss();
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut attacks = Vec::new();
+        // Garbage datagrams at the listener's port.
+        {
+            let (sa, _) = parts(&a);
+            let stop = stop.clone();
+            attacks.push(tokio::spawn(async move {
+                let u = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                let mut k = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    k += 1;
+                    let d: Vec<u8> = (0..1200u64).map(|i| (i * 31 + k) as u8).collect();
+                    let _ = u.send_to(&d, sa).await;
+                    // Hostile, not a flood: a volumetric attack on the
+                    // CPU is not something an endpoint can answer.
+                    if k % 8 == 0 {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+                0
+            }));
+        }
+        // Hostile streams on two connections.
+        for _ in 0..2 {
+            let conn = raw(&a).await;
+            attacks.push(tokio::spawn(hostile_streams(conn, stop.clone())));
+        }
+        // Slowloris: connections and streams that send nothing.
+        let mut idle = Vec::new();
+        for _ in 0..4 {
+            let conn = raw(&a).await;
+            let s = conn.open_bi().await.ok();
+            idle.push((conn, s));
+        }
+        // A requester that asks for large replies and never reads them.
+        {
+            let conn = raw(&a).await;
+            let stop = stop.clone();
+            attacks.push(tokio::spawn(async move {
+                let mut held = Vec::new();
+                while !stop.load(Ordering::Relaxed) && held.len() < 8 {
+                    let Ok((mut send, recv)) = conn.open_bi().await else {
+                        break;
+                    };
+                    let mut h = vec![0u8; 16];
+                    h[0..4].copy_from_slice(&16u32.to_le_bytes());
+                    h[4] = 2;
+                    h.extend_from_slice(b"big");
+                    h.resize(32, 0);
+                    let _ = send.write_all(&h).await;
+                    let _ = send.finish();
+                    held.push(recv);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                while !stop.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                held.len() as u64
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let under = rate(&mut good, 2 * SEC).await;
+        stop.store(true, Ordering::Relaxed);
+        let mut refused = 0;
+        for t in attacks {
+            refused += t.await.unwrap();
+        }
+        println!(
+            "well-behaved requester: {base:.0}/s alone, {under:.0}/s under attack ({:.2}x); \
+             {refused} hostile streams refused; RSS {} -> {} MiB",
+            under / base,
+            rss0 >> 20,
+            rss() >> 20
+        );
+        assert!(
+            under >= 0.5 * base,
+            "{under:.0}/s under attack vs {base:.0}/s alone"
+        );
+        assert!(refused > 0);
+        assert!(rss() < rss0 + (256 << 20), "memory grew without bound");
+        drop(idle);
+    });
+}
