@@ -158,7 +158,7 @@ fn hostile_peers_do_not_stop_a_replier_serving_others() {
                     let _ = u.send_to(&d, sa).await;
                     // Hostile, not a flood: a volumetric attack on the
                     // CPU is not something an endpoint can answer.
-                    if k % 8 == 0 {
+                    if k.is_multiple_of(8) {
                         tokio::time::sleep(Duration::from_millis(1)).await;
                     }
                 }
