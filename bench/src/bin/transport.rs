@@ -18,7 +18,9 @@
 //! `transport quinn-raw --size B --iters N`: the peer: raw quinn, one
 //! bidirectional stream, the requester writes B bytes and reads B back
 //! (the floor of request/reply over QUIC: no framing, no stream per
-//! request), same TLS (ring, TLS 1.3).
+//! request), same TLS (ring, TLS 1.3). With `--stream-per-request`: a
+//! bidirectional stream per request, as shoal's QUIC request/reply does
+//! (mode `stream-per-request`).
 //!
 //! `transport typed --iters N`: what reading a small struct as a validated
 //! rkyv archive adds over taking the raw bytes of the same frame, in
@@ -312,13 +314,22 @@ fn nng_raw(size: usize, iters: u64, ipc: bool) -> Measurement {
 }
 
 /// Raw quinn, one stream: the peer.
-fn quinn_raw(size: usize, iters: u64) -> Measurement {
+fn quinn_raw(size: usize, iters: u64, per_request: bool) -> Measurement {
     use shoal_transport::quic::tls::{client_config, Identity};
     use std::sync::Arc;
     let total = (iters + WARMUP).div_ceil(BATCH) * BATCH;
-    let mut m = Measurement::new("quinn", "rpc", "park", "latency_round_trip_ns")
-        .payload(size as u64)
-        .transport("quic");
+    let mut m = Measurement::new(
+        "quinn",
+        "rpc",
+        if per_request {
+            "stream-per-request"
+        } else {
+            "park"
+        },
+        "latency_round_trip_ns",
+    )
+    .payload(size as u64)
+    .transport("quic");
     let (mut tell, hear) = UnixStream::pair().expect("socketpair");
     let child = fork(move || {
         rt().block_on(async move {
@@ -340,13 +351,23 @@ fn quinn_raw(size: usize, iters: u64) -> Measurement {
                     .ok_or("no connection")?
                     .await
                     .map_err(|e| e.to_string())?;
-                let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
                 let mut buf = vec![0u8; size];
-                for _ in 0..total {
-                    recv.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
-                    send.write_all(&buf).await.map_err(|e| e.to_string())?;
+                if per_request {
+                    for _ in 0..total {
+                        let (mut send, mut recv) =
+                            conn.accept_bi().await.map_err(|e| e.to_string())?;
+                        recv.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+                        send.write_all(&buf).await.map_err(|e| e.to_string())?;
+                        let _ = send.finish();
+                    }
+                } else {
+                    let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+                    for _ in 0..total {
+                        recv.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+                        send.write_all(&buf).await.map_err(|e| e.to_string())?;
+                    }
+                    let _ = send.finish();
                 }
-                let _ = send.finish();
                 let _ =
                     tokio::time::timeout(std::time::Duration::from_secs(2), conn.closed()).await;
                 Ok::<(), String>(())
@@ -393,15 +414,30 @@ fn quinn_raw(size: usize, iters: u64) -> Measurement {
                 .map_err(|e| e.to_string())?
                 .await
                 .map_err(|e| e.to_string())?;
-            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
             let q = vec![7u8; size];
             let mut back = vec![0u8; size];
-            timed!(m, total, {
-                match send.write_all(&q).await {
-                    Ok(()) => recv.read_exact(&mut back).await.map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                }
-            });
+            if per_request {
+                timed!(m, total, {
+                    match conn.open_bi().await {
+                        Ok((mut send, mut recv)) => match send.write_all(&q).await {
+                            Ok(()) => {
+                                let _ = send.finish();
+                                recv.read_exact(&mut back).await.map_err(|e| e.to_string())
+                            }
+                            Err(e) => Err(e.to_string()),
+                        },
+                        Err(e) => Err(e.to_string()),
+                    }
+                });
+            } else {
+                let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+                timed!(m, total, {
+                    match send.write_all(&q).await {
+                        Ok(()) => recv.read_exact(&mut back).await.map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    }
+                });
+            }
             conn.close(0u32.into(), b"done");
             // Let the close reach the server (it waits for it).
             let _ = tokio::time::timeout(std::time::Duration::from_secs(1), ep.wait_idle()).await;
@@ -490,7 +526,11 @@ fn main() {
             a.get("iters", 4000u64),
             a.has("ipc"),
         ),
-        "quinn-raw" => quinn_raw(a.get("size", 64usize), a.get("iters", 4000u64)),
+        "quinn-raw" => quinn_raw(
+            a.get("size", 64usize),
+            a.get("iters", 4000u64),
+            a.has("stream-per-request"),
+        ),
         "typed" => typed(a.get("iters", 2000u64)),
         _ => {
             eprintln!("usage: transport <rpc [--wire shm|nng-tcp|nng-ipc|quic] --size B --iters N [--pin] | nng-raw --size B --iters N [--ipc] | quinn-raw --size B --iters N | typed --iters N>");

@@ -350,6 +350,34 @@ impl Reader {
     }
 }
 
+impl Reader {
+    /// Reads the end of the stream, which must follow at once: a stream
+    /// dropped before its end is read makes quinn ask the peer to stop
+    /// sending (one more packet each way per exchange).
+    pub async fn end(&mut self, within: Duration, address: &Address) -> Result<()> {
+        if !self.rest.is_empty() || self.dec.buffered() != 0 {
+            return Err(Error::Corrupt {
+                what: "bytes after the exchange's last envelope",
+                found: (self.rest.len() + self.dec.buffered()) as u64,
+                expected: "0",
+            });
+        }
+        match tokio::time::timeout(within, self.recv.read_chunk(usize::MAX, true)).await {
+            Ok(Ok(None)) => Ok(()),
+            Ok(Ok(Some(c))) => Err(Error::Corrupt {
+                what: "bytes after the exchange's last envelope",
+                found: c.bytes.len() as u64,
+                expected: "0",
+            }),
+            Ok(Err(e)) => Err(read_err(e, address)),
+            Err(_) => Err(Error::Timeout {
+                what: "waiting for a peer to end its stream",
+                after: within,
+            }),
+        }
+    }
+}
+
 /// Writes one envelope to `send`.
 pub(crate) async fn write(
     send: &mut SendStream,

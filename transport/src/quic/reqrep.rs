@@ -80,6 +80,7 @@ impl QuicRequester {
         send.done();
         let mut reader = Reader::new(recv, self.opts.max_message);
         let d = reader.expect(Kind::Reply, Duration::MAX, &a).await?;
+        reader.end(FIRST_ENVELOPE, &a).await?;
         let peer = d.header.id;
         Ok(d.into_frame()?.with_peer(peer))
     }
@@ -144,7 +145,14 @@ async fn connection(conn: Connection, tx: mpsc::Sender<Incoming>, address: Addre
         let remote = conn.remote_address();
         tokio::spawn(async move {
             let mut reader = Reader::new(recv, max);
-            match reader.expect(Kind::Request, FIRST_ENVELOPE, &address).await {
+            let request = async {
+                let d = reader
+                    .expect(Kind::Request, FIRST_ENVELOPE, &address)
+                    .await?;
+                reader.end(FIRST_ENVELOPE, &address).await?;
+                Ok::<_, Error>(d)
+            };
+            match request.await {
                 // A replier that is gone resets the stream (the asker
                 // gets PeerGone at once, not a clean end).
                 Ok(d) => {
