@@ -82,7 +82,7 @@ fn cells(quick: bool) -> Vec<Cell> {
     // The network wires (issue 7), beside their raw libraries in the same
     // run: shoal's nng request/reply against raw nng REQ/REP, shoal's QUIC
     // request/reply (a stream per request) against raw quinn (one stream,
-    // no framing), all on loopback.
+    // no framing; and a stream per request, no framing), all on loopback.
     v.push(cell(
         "transport network request/reply 64 B",
         r,
@@ -93,6 +93,10 @@ fn cells(quick: bool) -> Vec<Cell> {
             &format!("transport nng-raw --ipc --size 64 --iters {}", it / 8),
             &format!("transport rpc --wire quic --size 64 --iters {}", it / 8),
             &format!("transport quinn-raw --size 64 --iters {}", it / 8),
+            &format!(
+                "transport quinn-raw --stream-per-request --size 64 --iters {}",
+                it / 8
+            ),
         ],
     ));
     v.push(cell(
