@@ -28,10 +28,10 @@
 //! - [`shm`] (feature `shm`, on by default): publish/subscribe over a
 //!   shared-memory broadcast ring, push/pull over an MPMC ring, and
 //!   request/reply over a pair of them, awaited through tokio.
-//! - [`nng`] (feature `nng`, off by default: its C build needs cmake):
+//! - `nng` (feature `nng`, off by default: its C build needs cmake):
 //!   `nng+ipc://` and `nng+tcp://`, with flow-controlled publish/subscribe
 //!   and a work queue that loses nothing with a dead puller.
-//! - [`quic`] (feature `quic`, off by default): `quic://HOST:PORT?pin=HEX`
+//! - `quic` (feature `quic`, off by default): `quic://HOST:PORT?pin=HEX`
 //!   over quinn, TLS 1.3 with the server's certificate pinned.
 //! - [`error`]: the crate's one error type.
 

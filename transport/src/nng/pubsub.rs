@@ -23,12 +23,19 @@
 //! A subscriber whose publisher restarted registers with the new one by
 //! itself (messages sent before that are not received).
 //!
+//! A connection that asks more at once than a subscriber does, registers
+//! a second subscriber, or leaves an answer untaken for
+//! [`REPLY_WAIT`](super::reqrep::REPLY_WAIT) is dropped (hostile peers;
+//! `sock::InProgress`).
+//!
 //! Topics are filtered at the subscriber. Frames point into the batch
 //! they arrived in (zero-copy when its payloads are 16-byte aligned in
 //! memory, as nng's bodies are).
 
 use super::proto::{locate, put_envelope, Control, Op, CONTROL_LEN};
-use super::sock::{ctx_recv, ctx_send, lock, message, Body, Sock};
+use super::sock::{
+    admit, answer_within, close_pipe, ctx_recv, lock, message, Body, InProgress, Sock,
+};
 use crate::address::Address;
 use crate::envelope::Kind;
 use crate::error::{Error, Result};
@@ -47,6 +54,10 @@ pub const HOLD: Duration = Duration::from_secs(1);
 /// Most bytes of messages in one answer (a larger single message goes
 /// alone).
 const BATCH_BYTES: usize = 256 * 1024;
+/// Questions one connection may have in progress at a publisher: a
+/// subscriber asks one at a time; more is a peer that does not wait for
+/// answers, and its connection is dropped.
+const MAX_ASKING: usize = 4;
 /// How long a dropped publisher keeps serving subscribers that have not
 /// received everything yet.
 pub const LINGER: Duration = Duration::from_secs(5);
@@ -93,6 +104,8 @@ impl PubState {
 
 struct PubShared {
     sock: Sock,
+    /// Questions in progress per connection (at most [`MAX_ASKING`]).
+    busy: Arc<InProgress>,
     id: u64,
     capacity: usize,
     max_message: usize,
@@ -134,6 +147,22 @@ impl PubShared {
                 let next = {
                     let mut st = lock(&self.state);
                     self.evict_gone(&mut st);
+                    // A subscriber has a connection of its own: a second
+                    // id registered on one connection is a peer filling
+                    // the table (found by tests/nng_hostile.rs: one
+                    // connection registered a subscriber per hello, each
+                    // holding the publisher back, the table growing
+                    // without bound).
+                    if pipe.is_some()
+                        && !st.subs.contains_key(&ctl.a)
+                        && st.subs.values().any(|s| s.pipe == pipe)
+                    {
+                        return Err(Error::Corrupt {
+                            what: "subscribers registered on one connection",
+                            found: 2,
+                            expected: "1",
+                        });
+                    }
                     let next = st.next_seq;
                     let e = st.subs.entry(ctl.a).or_insert(SubEntry { next, pipe });
                     e.pipe = pipe;
@@ -242,14 +271,16 @@ async fn serve(shared: Arc<PubShared>, ctx: Context) {
                 continue;
             }
         };
+        let Some(_ticket) = admit(&shared.busy, &mut req, &address, "publisher") else {
+            continue;
+        };
+        let pipe = req.pipe();
         match shared.answer(&mut req).await {
-            Ok(reply) => {
-                let _ = ctx_send(&ctx, reply, &address).await;
-            }
+            Ok(reply) => answer_within(&ctx, reply, pipe, &address, "publisher").await,
             Err(e) => {
                 tracing::warn!(%address, error = %e, "nng publisher: bad message from a subscriber; dropping its connection");
                 if let Some(p) = req.pipe() {
-                    p.close();
+                    close_pipe(p);
                 }
             }
         }
@@ -282,6 +313,7 @@ impl NngPublisher {
         let sock = Sock::listen(Protocol::Rep0, address, 1024)?;
         let shared = Arc::new(PubShared {
             sock,
+            busy: InProgress::new(MAX_ASKING),
             id: PeerId::random().0,
             capacity: opts.capacity as usize,
             max_message: opts.max_message,
@@ -312,6 +344,14 @@ impl NngPublisher {
     /// Sends `payload` under `topic` to every subscriber, waiting while the
     /// slowest is `capacity` bytes behind (up to the send timeout).
     pub async fn send(&mut self, topic: &[u8], payload: &[u8]) -> Result<()> {
+        // A send that finds room completes without waiting for anything:
+        // a loop of them never gave the runtime back, starving this
+        // publisher's own serving tasks (and, with no worker left to run
+        // the timers, every timeout) until the buffer filled, and for ever
+        // with no subscriber registered (found by tests/nng_hostile.rs: a
+        // test hung with one worker spinning here). Take part in tokio's
+        // cooperative budget, so such a loop yields now and then.
+        tokio::task::coop::consume_budget().await;
         let s = &self.shared;
         if payload.len() > s.max_message {
             return Err(Error::TooLarge {

@@ -17,13 +17,20 @@
 //! acknowledgement lost with a connection that breaks can make a message
 //! delivered twice.
 //!
+//! A connection that asks more at once than a pusher or puller does, or
+//! leaves an answer untaken for [`REPLY_WAIT`](super::reqrep::REPLY_WAIT),
+//! is dropped (hostile peers; `sock::InProgress`).
+//!
 //! nng's own PUSH/PULL is not used: a second puller could not reach the
 //! queue through the one address, and a message sitting in a dead
 //! puller's connection would be lost.
 
 use super::proto::{locate, Control, Op, CONTROL_LEN};
 use super::pubsub::HOLD;
-use super::sock::{ask, context, ctx_recv, ctx_send, lock, message, resend_after, Body, Sock};
+use super::sock::{
+    admit, answer_within, ask, close_pipe, context, ctx_recv, lock, message, resend_after, Body,
+    InProgress, Sock,
+};
 use crate::address::Address;
 use crate::envelope::Kind;
 use crate::error::{Error, Result};
@@ -40,6 +47,12 @@ use tokio::sync::Notify;
 /// How long an item sent to a remote puller may go unacknowledged before
 /// it is queued again.
 pub const LEASE: Duration = Duration::from_secs(3);
+
+/// Questions one connection may have in progress at the queue: a pusher
+/// or puller asks one at a time, a puller's acknowledgements (answered at
+/// once) may overlap it; more is a peer that does not wait for answers,
+/// and its connection is dropped.
+const MAX_ASKING: usize = 8;
 
 /// Pushers whose last sequence number the queue remembers (to queue a
 /// push asked again only once); beyond, the oldest are forgotten.
@@ -78,6 +91,8 @@ struct QState {
 
 struct QShared {
     sock: Sock,
+    /// Questions in progress per connection (at most [`MAX_ASKING`]).
+    busy: Arc<InProgress>,
     capacity: usize,
     max_message: usize,
     state: Mutex<QState>,
@@ -234,15 +249,16 @@ async fn serve(shared: Arc<QShared>, ctx: Context) {
                 continue;
             }
         };
+        let Some(_ticket) = admit(&shared.busy, &mut req, &address, "queue") else {
+            continue;
+        };
         let pipe = req.pipe();
         match shared.answer(req).await {
-            Ok(reply) => {
-                let _ = ctx_send(&ctx, reply, &address).await;
-            }
+            Ok(reply) => answer_within(&ctx, reply, pipe, &address, "queue").await,
             Err(e) => {
                 tracing::warn!(%address, error = %e, "nng queue: bad message from a peer; dropping its connection");
                 if let Some(p) = pipe {
-                    p.close();
+                    close_pipe(p);
                 }
             }
         }
@@ -299,6 +315,7 @@ impl NngPuller {
         let sock = Sock::listen(Protocol::Rep0, address, opts.max_message)?;
         let shared = Arc::new(QShared {
             sock,
+            busy: InProgress::new(MAX_ASKING),
             capacity: opts.capacity as usize,
             max_message: opts.max_message,
             state: Mutex::new(QState::default()),

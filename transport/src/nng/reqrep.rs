@@ -2,20 +2,24 @@
 //! A request is one envelope under an `Ask` block carrying the asker's id
 //! (so the replier knows who asked); the reply one under `Answer`.
 //!
-//! nng asks again by itself when a connection breaks while a request is
-//! outstanding, so a request can reach a replier twice (at least once, not
-//! exactly once) when the connection breaks after it arrived; it never
-//! asks again on a timer (which would run slow requests twice).
+//! A request whose connection breaks while it is outstanding is asked
+//! again once a connection stands (`sock::ask`), so a request can reach a
+//! replier twice (at least once, not exactly once) when the connection
+//! breaks after it arrived; it is never asked again on a timer (which
+//! would run slow requests twice).
 
 use super::proto::{locate, put_envelope, Control, Op, CONTROL_LEN};
-use super::sock::{ask, context, ctx_recv, ctx_send, message, resend_after, Body, Sock};
+use super::sock::{
+    ask, close_pipe, context, ctx_recv, ctx_send, lock, message, resend_after, Body, Sock,
+};
 use crate::address::Address;
 use crate::envelope::Kind;
 use crate::error::{Error, Result};
 use crate::frame::{Frame, PeerId, SharedBytes};
 use crate::options::Options;
 use nng::{Context, Protocol};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// `payload` as one envelope of `kind` under an `op` block.
@@ -115,12 +119,32 @@ impl NngRequester {
     }
 }
 
+/// How long an answer may wait for its connection to take it (the peer
+/// has not read the answers before) before that connection is closed.
+pub const REPLY_WAIT: Duration = Duration::from_secs(10);
+/// Answers that may wait at once for one connection; a request from a
+/// connection with that many is dropped with the connection.
+const MAX_WAITING: usize = 8;
+/// How long `serve_one` waits for its answer to be taken before leaving
+/// it to the background (taken at once, it completes in microseconds;
+/// each wait this long is time nobody else is served).
+const QUICK: Duration = Duration::from_millis(2);
+
 /// Answering end over nng.
+///
+/// An answer goes out at once unless its connection still holds an
+/// earlier answer its peer has not read; then it waits in the background
+/// (at most [`REPLY_WAIT`], at most a few per connection) while the
+/// replier goes on serving others on a fresh nng context. (Found by
+/// tests/nng_hostile.rs: one requester that asked without reading blocked
+/// the replier's only context, so nobody else was served.)
 pub struct NngReplier {
     sock: Sock,
     ctx: Context,
     id: u64,
     max_message: usize,
+    /// Answers waiting in the background, per connection.
+    waiting: Arc<Mutex<HashMap<nng::Pipe, usize>>>,
 }
 
 impl std::fmt::Debug for NngReplier {
@@ -141,6 +165,7 @@ impl NngReplier {
             ctx,
             id: PeerId::random().0,
             max_message: opts.max_message,
+            waiting: Arc::default(),
         })
     }
 
@@ -156,15 +181,22 @@ impl NngReplier {
     where
         F: FnOnce(&Frame<'static>) -> Vec<u8> + Send,
     {
-        let req = loop {
+        let (req, pipe) = loop {
             let mut m = ctx_recv(&self.ctx, &self.sock.address).await?;
             let pipe = m.pipe();
+            if let Some(p) = pipe {
+                if lock(&self.waiting).get(&p).copied().unwrap_or(0) >= MAX_WAITING {
+                    tracing::warn!(address = %self.sock.address, "nng replier: a requester asks without reading the answers; dropping its connection");
+                    close_pipe(p);
+                    continue;
+                }
+            }
             match locate_one(m, Op::Ask, Kind::Request, self.max_message) {
-                Ok(f) => break f,
+                Ok(f) => break (f, pipe),
                 Err(e) => {
                     tracing::warn!(address = %self.sock.address, error = %e, "nng replier: bad request; dropping its connection");
                     if let Some(p) = pipe {
-                        p.close();
+                        close_pipe(p);
                     }
                 }
             }
@@ -175,6 +207,42 @@ impl NngReplier {
         };
         check(self.max_message, reply.len())?;
         let r = wrap(Op::Answer, Kind::Reply, self.id, &reply)?;
-        ctx_send(&self.ctx, message(&r), &self.sock.address).await
+        let (ctx, address) = (self.ctx.clone(), self.sock.address.clone());
+        let mut send = Box::pin(async move { ctx_send(&ctx, message(&r), &address).await });
+        // Behind an answer already waiting for its connection, this one
+        // waits too: no time is spent trying.
+        let behind = pipe.is_some_and(|p| lock(&self.waiting).contains_key(&p));
+        if !behind {
+            if let Ok(r) = tokio::time::timeout(QUICK, send.as_mut()).await {
+                return r;
+            }
+        }
+        // The connection has not taken an earlier answer yet: this one
+        // waits in the background, and the next request comes on a
+        // fresh context (a context answers one request at a time).
+        self.ctx = context(&self.sock)?;
+        let Some(pipe) = pipe else {
+            tokio::spawn(send);
+            return Ok(());
+        };
+        *lock(&self.waiting).entry(pipe).or_insert(0) += 1;
+        let waiting = self.waiting.clone();
+        let address = self.sock.address.clone();
+        tokio::spawn(async move {
+            let taken = tokio::time::timeout(REPLY_WAIT, send).await.is_ok();
+            let mut w = lock(&waiting);
+            if let Some(n) = w.get_mut(&pipe) {
+                *n -= 1;
+                if *n == 0 {
+                    w.remove(&pipe);
+                }
+            }
+            drop(w);
+            if !taken {
+                tracing::warn!(%address, "nng replier: a requester did not take its answer in time; dropping its connection");
+                close_pipe(pipe);
+            }
+        });
+        Ok(())
     }
 }

@@ -50,6 +50,21 @@ fn io(what: impl Into<String>, e: nng::Error) -> Error {
     }
 }
 
+/// Closes the connection `pipe`; one that is already gone is no error.
+///
+/// `nng::Pipe::close` panics when nng answers that the pipe is gone
+/// (NNG_ENOENT), which is what a peer that sent a bad message and hung up
+/// at once leaves (found by tests/nng_hostile.rs: such peers killed the
+/// tasks serving a queue's contexts, one per bad message, and made a
+/// replier's `serve_one` panic). nng's own `nng_pipe_close` is called
+/// instead (through the crate's `ffi-module`), its answer ignored.
+pub(crate) fn close_pipe(pipe: Pipe) {
+    // SAFETY: `nng_pipe_close` takes a pipe handle by value and only looks
+    // its id up in nng's table: an id that is gone (or was never valid)
+    // gets NNG_ENOENT and touches nothing.
+    let _ = unsafe { nng::ffi::nng_pipe_close(pipe.nng_pipe()) };
+}
+
 /// The pipes (peer connections) of a socket, kept by nng's pipe
 /// notifications.
 #[derive(Default)]
@@ -188,14 +203,16 @@ impl Sock {
     pub fn bound_address(&self) -> Address {
         match (&self.address, &self.listener) {
             (Address::NngTcp { host, port: 0 }, Some(l)) => {
+                // The nng crate (1.0.1) copies `sa_port` without
+                // converting it from network byte order.
                 match l.get_opt::<nng::options::LocalAddr>() {
                     Ok(nng::SocketAddr::Inet(a)) => Address::NngTcp {
                         host: host.clone(),
-                        port: a.port(),
+                        port: u16::from_be(a.port()),
                     },
                     Ok(nng::SocketAddr::Inet6(a)) => Address::NngTcp {
                         host: host.clone(),
-                        port: a.port(),
+                        port: u16::from_be(a.port()),
                     },
                     _ => self.address.clone(),
                 }
@@ -246,6 +263,11 @@ fn failed(e: nng::Error, address: &Address) -> Error {
         nng::Error::TimedOut => Error::Timeout {
             what: "nng operation",
             after: Duration::ZERO,
+        },
+        // Only a REQ socket without a resend time reports this: the
+        // connection its question went on broke (see `ask`).
+        nng::Error::ConnectionReset => Error::PeerGone {
+            address: address.to_string(),
         },
         e => io(format!("nng operation at {address}"), e),
     }
@@ -307,23 +329,141 @@ pub(crate) async fn ask(
     req: &[u8],
     gone_after: Duration,
 ) -> Result<Message> {
-    let exchange = async {
-        ctx_send(ctx, message(req), &sock.address).await?;
-        ctx_recv(ctx, &sock.address).await
+    let gone = || Error::PeerGone {
+        address: sock.address.to_string(),
     };
-    let mut exchange = std::pin::pin!(exchange);
-    let mut lost_since: Option<Instant> = None;
-    loop {
-        let slice = gone_after.min(Duration::from_millis(250));
-        if let Ok(r) = tokio::time::timeout(slice, exchange.as_mut()).await {
-            return r;
+    'ask: loop {
+        let exchange = async {
+            ctx_send(ctx, message(req), &sock.address).await?;
+            ctx_recv(ctx, &sock.address).await
+        };
+        let mut exchange = std::pin::pin!(exchange);
+        let mut lost_since: Option<Instant> = None;
+        loop {
+            let slice = gone_after.min(Duration::from_millis(250));
+            match tokio::time::timeout(slice, exchange.as_mut()).await {
+                // The connection the question went on broke. nng asks
+                // again by itself only on a socket with a resend time; on
+                // one without (the requester's) it ends the receive with
+                // ECONNRESET (found by tests/nng_process.rs: a request to a
+                // killed replier ended at once with an I/O error, not
+                // PeerGone). Ask again once a connection stands, as the
+                // sockets with a resend time do; PeerGone when none does
+                // within `gone_after`.
+                Ok(Err(Error::PeerGone { .. })) => {
+                    if sock.wait_connected(gone_after).await {
+                        continue 'ask;
+                    }
+                    return Err(gone());
+                }
+                Ok(r) => return r,
+                Err(_) => {}
+            }
+            if sock.pipes.count() > 0 {
+                lost_since = None;
+            } else if lost_since.get_or_insert_with(Instant::now).elapsed() >= gone_after {
+                return Err(gone());
+            }
         }
-        if sock.pipes.count() > 0 {
-            lost_since = None;
-        } else if lost_since.get_or_insert_with(Instant::now).elapsed() >= gone_after {
-            return Err(Error::PeerGone {
-                address: sock.address.to_string(),
-            });
+    }
+}
+
+/// Questions in progress per connection at a listener that serves many
+/// nng contexts, so that one connection cannot hold them all.
+///
+/// A peer of this backend asks one question at a time per endpoint (a
+/// puller's acknowledgements aside, answered at once), but a raw REQ
+/// peer can send many without waiting, and each took a context while it
+/// was held (found by tests/nng_hostile.rs: one connection that sent 40
+/// pulls at once held every context of a queue, and its pushers waited).
+pub(crate) struct InProgress {
+    map: Mutex<std::collections::HashMap<Pipe, usize>>,
+    max: usize,
+}
+
+impl InProgress {
+    /// At most `max` questions in progress per connection.
+    pub fn new(max: usize) -> Arc<InProgress> {
+        Arc::new(InProgress {
+            map: Mutex::default(),
+            max,
+        })
+    }
+
+    /// Counts a question from `pipe` until the returned ticket drops;
+    /// `None` (counting nothing) when `pipe` already has `max`.
+    pub fn enter(self: &Arc<Self>, pipe: Pipe) -> Option<Ticket> {
+        let mut m = lock(&self.map);
+        let n = m.entry(pipe).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(Ticket {
+            owner: self.clone(),
+            pipe,
+        })
+    }
+}
+
+/// One question counted by [`InProgress::enter`].
+pub(crate) struct Ticket {
+    owner: Arc<InProgress>,
+    pipe: Pipe,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut m = lock(&self.owner.map);
+        if let Some(n) = m.get_mut(&self.pipe) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.pipe);
+            }
+        }
+    }
+}
+
+/// Counts the question `req` at `busy`: its ticket, or `None` after
+/// dropping its connection when that connection asks more at once than
+/// a peer of this backend does (`what` names the listener in the log).
+pub(crate) fn admit(
+    busy: &Arc<InProgress>,
+    req: &mut Message,
+    address: &Address,
+    what: &str,
+) -> Option<Option<Ticket>> {
+    let Some(pipe) = req.pipe() else {
+        return Some(None);
+    };
+    match busy.enter(pipe) {
+        Some(t) => Some(Some(t)),
+        None => {
+            tracing::warn!(%address, "nng {what}: a peer asks more at once than a shoal endpoint does; dropping its connection");
+            close_pipe(pipe);
+            None
+        }
+    }
+}
+
+/// Sends the answer `reply` on `ctx`, waiting at most `REPLY_WAIT` for
+/// the connection `pipe` to take it (its peer may have stopped reading);
+/// then that connection is closed, and the context is free again.
+pub(crate) async fn answer_within(
+    ctx: &Context,
+    reply: Message,
+    pipe: Option<Pipe>,
+    address: &Address,
+    what: &str,
+) {
+    let wait = super::reqrep::REPLY_WAIT;
+    if tokio::time::timeout(wait, ctx_send(ctx, reply, address))
+        .await
+        .is_err()
+    {
+        tracing::warn!(%address, "nng {what}: a peer did not take its answer in {wait:?}; dropping its connection");
+        if let Some(p) = pipe {
+            close_pipe(p);
         }
     }
 }

@@ -43,3 +43,7 @@ pub fn tcp_addr(scheme: &str) -> Address {
         .port();
     format!("{scheme}://127.0.0.1:{port}").parse().unwrap()
 }
+
+pub mod netns;
+pub mod proc;
+pub mod sp;
