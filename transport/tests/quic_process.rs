@@ -77,7 +77,14 @@ fn quic_process_child() {
                         .map(|s| s.parse().unwrap())
                         .collect();
                     while got.union(&took).count() < N as usize {
-                        let f = q.recv().await.unwrap();
+                        let Ok(f) = tokio::time::timeout(8 * SEC, q.recv()).await else {
+                            let missing: Vec<u64> = (0..N)
+                                .filter(|n| !got.contains(n) && !took.contains(n))
+                                .collect();
+                            say(format!("stuck: missing {missing:?}"));
+                            continue;
+                        };
+                        let f = f.unwrap();
                         assert_eq!(&*f, &payload(number(&f))[..]);
                         got.insert(number(&f));
                     }
@@ -92,13 +99,25 @@ fn quic_process_child() {
                     say("pushed");
                 }
                 "puller" => {
-                    // Takes and reports each message; killed part way.
+                    // Takes and reports 50 messages, then sits with a pull
+                    // cancelled half way (the queue may have sent it an
+                    // item it never acknowledged) until it is killed. (A
+                    // message it acknowledged is printed before the next
+                    // pull, so a kill cannot hide one from the parent.)
                     let mut q = QuicPuller::connect(&a, &o).await.unwrap();
-                    loop {
+                    for _ in 0..50 {
                         let f = q.recv().await.unwrap();
                         assert_eq!(&*f, &payload(number(&f))[..]);
                         say(format!("took {}", number(&f)));
                     }
+                    if let Ok(r) = tokio::time::timeout(Duration::from_micros(300), q.recv()).await
+                    {
+                        // Not cancelled after all: it took one more.
+                        let f = r.unwrap();
+                        say(format!("took {}", number(&f)));
+                    }
+                    say("idle");
+                    std::future::pending::<()>().await;
                 }
                 "replier" => {
                     let mut r = QuicReplier::bind(&a, &o).await.unwrap();
@@ -175,17 +194,19 @@ async fn pushpull(server: Place<'_>, client: Place<'_>, bind: &Address) {
         let line = puller.expect("took ", 20 * SEC).await;
         took.insert(line["took ".len()..].trim().parse::<u64>().unwrap());
     }
-    puller.kill();
-    // Whatever it said it took is accounted; the queue takes the rest.
-    while let Some(line) = puller.next(Duration::from_millis(10)).await {
+    loop {
+        let line = puller.expect("", 20 * SEC).await;
         if let Some(n) = line.strip_prefix("took ") {
-            took.insert(n.trim().parse().unwrap());
+            took.insert(n.trim().parse::<u64>().unwrap());
+        } else if line.starts_with("idle") {
+            break;
         }
     }
+    puller.kill();
     let took_list: Vec<String> = took.iter().map(|n| n.to_string()).collect();
     q.tell(&took_list.join(","));
     pusher.expect("pushed", 20 * SEC).await;
-    let line = q.expect("got ", 20 * SEC).await;
+    let line = q.expect("got ", 30 * SEC).await;
     let got: BTreeSet<u64> = line["got ".len()..]
         .trim()
         .split(',')

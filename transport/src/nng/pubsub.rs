@@ -67,6 +67,9 @@ struct SubEntry {
     next: u64,
     /// The connection its last question came on.
     pipe: Option<Pipe>,
+    /// Most bytes of messages in one answer to it (below its receive
+    /// limit, which nng enforces by dropping the connection).
+    batch: usize,
 }
 
 #[derive(Default)]
@@ -119,12 +122,9 @@ struct PubShared {
 impl PubShared {
     /// Evicts subscribers whose connection closed; under the state lock.
     fn evict_gone(&self, st: &mut PubState) {
-        let gone = self.sock.pipes.take_removed();
-        if gone.is_empty() {
-            return;
-        }
+        let before = st.subs.len();
         st.subs.retain(|id, s| {
-            let dead = s.pipe.is_some_and(|p| gone.contains(&p));
+            let dead = s.pipe.is_some_and(|p| self.sock.pipes.is_dead(p));
             if dead {
                 tracing::info!(
                     subscriber = %PeerId(*id),
@@ -134,7 +134,33 @@ impl PubShared {
             }
             !dead
         });
+        if st.subs.len() != before {
+            st.trim();
+        }
+    }
+
+    /// Evicts the subscribers holding the oldest buffered message (the
+    /// ones a send has waited for past the stall timeout) and drops their
+    /// connections; their next poll learns it ([`Error::Evicted`]).
+    fn evict_stalled(&self, st: &mut PubState) {
+        let first = st.first_seq();
+        let mut dropped = Vec::new();
+        st.subs.retain(|id, s| {
+            let stalled = s.next <= first;
+            if stalled {
+                tracing::warn!(
+                    subscriber = %PeerId(*id),
+                    address = %self.sock.address,
+                    "nng publisher: a subscriber held sends back past the stall timeout; evicted"
+                );
+                dropped.extend(s.pipe);
+            }
+            !stalled
+        });
         st.trim();
+        for p in dropped {
+            close_pipe(p);
+        }
     }
 
     /// The answer to one question from a subscriber.
@@ -164,9 +190,24 @@ impl PubShared {
                         });
                     }
                     let next = st.next_seq;
-                    let e = st.subs.entry(ctl.a).or_insert(SubEntry { next, pipe });
-                    e.pipe = pipe;
-                    e.next
+                    // Answers fit the subscriber's limit (0 from an older
+                    // peer: the default).
+                    let batch = match ctl.b {
+                        0 => BATCH_BYTES,
+                        b => (b as usize).clamp(CONTROL_LEN + 64, BATCH_BYTES),
+                    };
+                    // A hello from a connection already closed registers
+                    // nobody (it would hold the publisher back forever).
+                    if pipe.is_some_and(|p| self.sock.pipes.is_dead(p)) {
+                        next
+                    } else {
+                        let e = st
+                            .subs
+                            .entry(ctl.a)
+                            .or_insert(SubEntry { next, pipe, batch });
+                        e.pipe = pipe;
+                        e.next
+                    }
                 };
                 self.room.notify_waiters();
                 Ok(reply(Op::Welcome, self.id, next, 0))
@@ -215,7 +256,7 @@ impl PubShared {
                 let Some(s) = st.subs.get(&ctl.a) else {
                     return Ok(reply(Op::Unknown, self.id, 0, 0));
                 };
-                let from = s.next;
+                let (from, limit) = (s.next, s.batch);
                 if from < st.next_seq {
                     let skip = (from - st.first_seq()) as usize;
                     let mut bytes = 0;
@@ -226,7 +267,7 @@ impl PubShared {
                         .take_while(|e| {
                             let first = bytes == 0;
                             bytes += e.len();
-                            first || bytes <= BATCH_BYTES
+                            first || bytes + CONTROL_LEN <= limit
                         })
                         .cloned()
                         .collect();
@@ -291,6 +332,7 @@ async fn serve(shared: Arc<PubShared>, ctx: Context) {
 pub struct NngPublisher {
     shared: Arc<PubShared>,
     send_timeout: Option<Duration>,
+    stall_timeout: Duration,
     rt: tokio::runtime::Handle,
 }
 
@@ -332,6 +374,7 @@ impl NngPublisher {
         Ok(NngPublisher {
             shared,
             send_timeout: opts.send_timeout,
+            stall_timeout: opts.stall_timeout,
             rt,
         })
     }
@@ -364,6 +407,7 @@ impl NngPublisher {
         put_envelope(&mut env, Kind::Message, topic, payload, s.id)?;
         let env = Arc::new(env);
         let deadline = self.send_timeout.map(|t| Instant::now() + t);
+        let mut stall = Instant::now() + self.stall_timeout;
         loop {
             let mut room = pin!(s.room.notified());
             room.as_mut().enable();
@@ -388,17 +432,20 @@ impl NngPublisher {
                     _ = changed => {}
                 }
             };
-            match deadline {
-                None => wait.await,
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if tokio::time::timeout(left, wait).await.is_err() {
-                        return Err(Error::Timeout {
-                            what: "send (waiting for slow subscribers)",
-                            after: self.send_timeout.unwrap_or_default(),
-                        });
-                    }
+            // Whichever comes first: the send's own deadline (an error),
+            // or the stall timeout (the laggards are dropped, the send
+            // goes on).
+            let until = deadline.map_or(stall, |d| d.min(stall));
+            let left = until.saturating_duration_since(Instant::now());
+            if tokio::time::timeout(left, wait).await.is_err() {
+                if deadline.is_some_and(|d| d <= stall) {
+                    return Err(Error::Timeout {
+                        what: "send (waiting for slow subscribers)",
+                        after: self.send_timeout.unwrap_or_default(),
+                    });
                 }
+                s.evict_stalled(&mut lock(&s.state));
+                stall = Instant::now() + self.stall_timeout;
             }
         }
     }
@@ -528,7 +575,10 @@ impl Poller {
     }
 
     async fn hello(&mut self) -> Result<()> {
-        let r = self.ask(Control::new(Op::Hello, self.id, 0, 0)).await?;
+        // Tells the publisher how large an answer may be: below this
+        // socket's receive limit.
+        let batch = self.max_message.saturating_add(super::sock::OVERHEAD / 2) as u64;
+        let r = self.ask(Control::new(Op::Hello, self.id, batch, 0)).await?;
         let c = Control::decode(r.as_slice())?;
         if c.op != Op::Welcome {
             return Err(Error::Corrupt {
@@ -624,7 +674,9 @@ impl NngSubscriber {
             opts.connect_timeout,
         )
         .await?;
-        super::sock::resend_after(&sock, Some(5 * HOLD))?;
+        // No resend timer: a large batch on a slow link must not be asked
+        // for twice; `ask` asks again when the connection breaks.
+        super::sock::resend_after(&sock, None)?;
         let ctx = super::sock::context(&sock)?;
         let mut p = Poller {
             sock,

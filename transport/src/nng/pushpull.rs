@@ -77,6 +77,19 @@ impl Item {
     }
 }
 
+/// An item sent to a remote puller and not yet acknowledged.
+struct Lent {
+    item: Item,
+    /// The puller it went to (only it may acknowledge it).
+    puller: u64,
+    /// The puller's connection.
+    pipe: Option<Pipe>,
+    /// When its answer was handed to the connection (the lease runs from
+    /// there, so a large item on a slow link is not taken back while it
+    /// is still being sent).
+    since: Instant,
+}
+
 #[derive(Default)]
 struct QState {
     items: VecDeque<Item>,
@@ -85,7 +98,7 @@ struct QState {
     pushed: HashMap<u64, (u64, Instant)>,
     /// Items sent to remote pullers and not yet acknowledged: token ->
     /// (item, the puller's connection, when sent).
-    lent: HashMap<u64, (Item, Option<Pipe>, Instant)>,
+    lent: HashMap<u64, Lent>,
     next_token: u64,
 }
 
@@ -106,18 +119,18 @@ impl QShared {
     /// Puts back what was sent to remote pullers and not acknowledged in
     /// time, or whose connection closed.
     fn reclaim(&self, st: &mut QState) {
-        let gone = self.sock.pipes.take_removed();
         let now = Instant::now();
         let back: Vec<u64> = st
             .lent
             .iter()
-            .filter(|(_, (_, p, at))| {
-                p.is_some_and(|p| gone.contains(&p)) || now.duration_since(*at) >= LEASE
+            .filter(|(_, l)| {
+                l.pipe.is_some_and(|p| self.sock.pipes.is_dead(p))
+                    || now.duration_since(l.since) >= LEASE
             })
             .map(|(k, _)| *k)
             .collect();
         for token in back {
-            if let Some((item, _, _)) = st.lent.remove(&token) {
+            if let Some(Lent { item, .. }) = st.lent.remove(&token) {
                 tracing::info!(address = %self.sock.address, token, "nng queue: a message sent to a puller was not acknowledged (its receive was cancelled, or it died); queued again");
                 st.bytes += item.len();
                 st.items.push_front(item);
@@ -143,7 +156,11 @@ impl QShared {
                 self.pull(ctl, pipe).await
             }
             Op::Ack => {
-                lock(&self.state).lent.remove(&ctl.b);
+                // Only the puller the item went to can acknowledge it.
+                let mut st = lock(&self.state);
+                if st.lent.get(&ctl.b).is_some_and(|l| l.puller == ctl.a) {
+                    st.lent.remove(&ctl.b);
+                }
                 Ok(message(&Control::new(Op::Empty, 0, 0, 0).encode()))
             }
             op => Err(Error::Corrupt {
@@ -224,7 +241,15 @@ impl QShared {
                     let mut m = Message::with_capacity(CONTROL_LEN + env.len());
                     m.push_back(&Control::new(Op::Item, token, 0, 0).encode());
                     m.push_back(env);
-                    st.lent.insert(token, (item, pipe, Instant::now()));
+                    st.lent.insert(
+                        token,
+                        Lent {
+                            item,
+                            puller: ctl.a,
+                            pipe,
+                            since: Instant::now(),
+                        },
+                    );
                     return Ok(m);
                 }
             }
@@ -254,7 +279,19 @@ async fn serve(shared: Arc<QShared>, ctx: Context) {
         };
         let pipe = req.pipe();
         match shared.answer(req).await {
-            Ok(reply) => answer_within(&ctx, reply, pipe, &address, "queue").await,
+            Ok(reply) => {
+                let item = Control::decode(reply.as_slice())
+                    .ok()
+                    .filter(|c| c.op == Op::Item)
+                    .map(|c| c.a);
+                answer_within(&ctx, reply, pipe, &address, "queue").await;
+                // The lease of an item runs from when its answer left.
+                if let Some(token) = item {
+                    if let Some(l) = lock(&shared.state).lent.get_mut(&token) {
+                        l.since = Instant::now();
+                    }
+                }
+            }
             Err(e) => {
                 tracing::warn!(%address, error = %e, "nng queue: bad message from a peer; dropping its connection");
                 if let Some(p) = pipe {
@@ -340,7 +377,9 @@ impl NngPuller {
             opts.connect_timeout,
         )
         .await?;
-        resend_after(&sock, Some(5 * HOLD))?;
+        // No resend timer (a large item on a slow link must not be asked
+        // for twice); `ask` asks again when the connection breaks.
+        resend_after(&sock, None)?;
         let ctx = context(&sock)?;
         Ok(NngPuller {
             side: Side::Remote {
@@ -461,7 +500,9 @@ impl NngPusher {
             opts.connect_timeout,
         )
         .await?;
-        resend_after(&sock, Some(5 * HOLD))?;
+        // No resend timer (a large item on a slow link must not be asked
+        // for twice); `ask` asks again when the connection breaks.
+        resend_after(&sock, None)?;
         let ctx = context(&sock)?;
         Ok(NngPusher {
             sock,
@@ -499,7 +540,26 @@ impl NngPusher {
             q[..CONTROL_LEN].copy_from_slice(
                 &Control::new(Op::Push, self.id, hold.as_millis() as u64, self.seq).encode(),
             );
-            let r = ask(&self.sock, &self.ctx, &q, self.gone_after).await?;
+            // The queue answers within the hold it was given; one that
+            // does not within the connect timeout beyond is stalled.
+            let within = hold + self.gone_after;
+            let r =
+                match tokio::time::timeout(within, ask(&self.sock, &self.ctx, &q, self.gone_after))
+                    .await
+                {
+                    Ok(r) => r?,
+                    Err(_) if deadline.is_some_and(|d| Instant::now() >= d) => {
+                        return Err(Error::Timeout {
+                            what: "push (waiting for the queue)",
+                            after: self.send_timeout.unwrap_or_default(),
+                        })
+                    }
+                    Err(_) => {
+                        return Err(Error::PeerGone {
+                            address: self.sock.address.to_string(),
+                        })
+                    }
+                };
             match Control::decode(r.as_slice())?.op {
                 Op::Queued => return Ok(()),
                 Op::Full if deadline.is_some_and(|d| Instant::now() >= d) => {

@@ -70,19 +70,26 @@ pub(crate) fn close_pipe(pipe: Pipe) {
 #[derive(Default)]
 pub(crate) struct Pipes {
     live: Mutex<HashSet<Pipe>>,
-    /// Pipes removed since the owner last looked.
-    removed: Mutex<Vec<Pipe>>,
+    /// Pipes that were removed, newest last, at most [`DEAD_KEPT`] (nng
+    /// does not reuse a pipe id soon).
+    dead: Mutex<(HashSet<Pipe>, std::collections::VecDeque<Pipe>)>,
     /// Notified on every change.
     pub changed: Notify,
 }
+
+/// Removed pipes remembered, to tell a message from a connection that
+/// is already gone.
+const DEAD_KEPT: usize = 4096;
 
 impl Pipes {
     pub fn count(&self) -> usize {
         lock(&self.live).len()
     }
-    /// The pipes removed since the last call.
-    pub fn take_removed(&self) -> Vec<Pipe> {
-        std::mem::take(&mut *lock(&self.removed))
+    /// Whether `pipe` was removed (its connection closed). Checked
+    /// against every entry kept for a connection, so a registration that
+    /// raced with its connection's close is not kept forever.
+    pub fn is_dead(&self, pipe: Pipe) -> bool {
+        lock(&self.dead).0.contains(&pipe)
     }
 }
 
@@ -121,7 +128,15 @@ impl Sock {
                     }
                     PipeEvent::RemovePost => {
                         lock(&p.live).remove(&pipe);
-                        lock(&p.removed).push(pipe);
+                        let mut d = lock(&p.dead);
+                        if d.0.insert(pipe) {
+                            d.1.push_back(pipe);
+                        }
+                        while d.1.len() > DEAD_KEPT {
+                            if let Some(old) = d.1.pop_front() {
+                                d.0.remove(&old);
+                            }
+                        }
                     }
                     _ => return,
                 }

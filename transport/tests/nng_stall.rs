@@ -1,0 +1,61 @@
+//! An nng subscriber that stops reading while alive (issue 7, item 6): the
+//! publisher drops it after the stall timeout and goes on for the others;
+//! it learns it ([`Error::Evicted`]), in order up to there, and nothing
+//! the others get is lost.
+#![cfg(feature = "nng")]
+
+mod common;
+
+use common::{rt, SEC};
+use shoal_transport::{Error, NngPublisher, NngSubscriber, Options};
+use std::time::Duration;
+
+#[test]
+fn a_subscriber_that_stops_reading_is_evicted_and_the_others_go_on() {
+    rt().block_on(async {
+        let o = Options::default()
+            .capacity(16 << 10)
+            .stall_timeout(Duration::from_millis(300));
+        let mut p = NngPublisher::bind(&common::ipc_addr("stall"), &o).unwrap();
+        let a = p.address();
+        let mut live = NngSubscriber::connect(&a, &o).await.unwrap();
+        let mut stalled = NngSubscriber::connect(&a, &o).await.unwrap();
+        p.wait_for_subscribers(2, 5 * SEC).await.unwrap();
+        const N: u32 = 3000;
+        let reader = tokio::spawn(async move {
+            for i in 0..N {
+                let f = tokio::time::timeout(10 * SEC, live.recv())
+                    .await
+                    .expect("the live subscriber keeps receiving")
+                    .unwrap();
+                assert_eq!(&f[..4], &i.to_le_bytes(), "in order, nothing lost");
+            }
+        });
+        // 3 MiB through a 16 KiB buffer: the stalled subscriber would hold
+        // it back for good.
+        for i in 0..N {
+            let m = [i.to_le_bytes().as_slice(), &[0u8; 1020]].concat();
+            tokio::time::timeout(10 * SEC, p.send(b"", &m))
+                .await
+                .expect("a stalled subscriber holds sends back only for the stall timeout")
+                .unwrap();
+        }
+        reader.await.unwrap();
+        assert_eq!(p.wait_for_subscribers(1, SEC).await.unwrap(), 1);
+        let mut next = 0u32;
+        let e = loop {
+            match tokio::time::timeout(10 * SEC, stalled.recv())
+                .await
+                .unwrap()
+            {
+                Ok(f) => {
+                    assert_eq!(&f[..4], &next.to_le_bytes());
+                    next += 1;
+                }
+                Err(e) => break e,
+            }
+        };
+        assert!(next < N, "it was dropped before the end");
+        assert!(matches!(e, Error::Evicted { .. }), "{e}");
+    });
+}
