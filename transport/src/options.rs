@@ -35,6 +35,13 @@ pub struct Options {
     /// a busy peer in well under one, at the price of holding the runtime
     /// thread while it polls. Default 50 µs; zero parks at once.
     pub spin: Duration,
+    /// QUIC: the certificate and key a binding endpoint presents. `None`
+    /// (the default) makes a fresh one per bind, so a restarted server has
+    /// a new pin; give it the identity it had (see
+    /// [`Identity::load`](crate::quic::tls::Identity::load)) and its
+    /// clients connect again by themselves.
+    #[cfg(feature = "quic")]
+    pub identity: Option<std::sync::Arc<crate::quic::tls::Identity>>,
 }
 
 impl Default for Options {
@@ -47,6 +54,8 @@ impl Default for Options {
             connect_timeout: Duration::from_secs(10),
             stall_timeout: Duration::from_secs(10),
             spin: Duration::from_micros(50),
+            #[cfg(feature = "quic")]
+            identity: None,
         }
     }
 }
@@ -80,6 +89,12 @@ impl Options {
     /// Sets [`stall_timeout`](Self::stall_timeout).
     pub fn stall_timeout(mut self, t: Duration) -> Self {
         self.stall_timeout = t;
+        self
+    }
+    /// Sets [`identity`](Self::identity).
+    #[cfg(feature = "quic")]
+    pub fn identity(mut self, id: std::sync::Arc<crate::quic::tls::Identity>) -> Self {
+        self.identity = Some(id);
         self
     }
     /// Sets [`spin`](Self::spin).

@@ -10,6 +10,7 @@ mod common;
 use common::netns::Pair;
 use common::proc::{self, say, var, Child};
 use common::{rt, SEC};
+use shoal_transport::quic::tls::Identity;
 use shoal_transport::{
     Address, Error, Options, QuicPublisher, QuicPuller, QuicPusher, QuicReplier, QuicRequester,
     QuicSubscriber,
@@ -136,6 +137,29 @@ fn quic_process_child() {
                         assert!(f.iter().eq(q.iter().rev()), "reply {i}");
                     }
                     say("done");
+                }
+                "pub-id" => {
+                    // Binds with the identity the parent saved, and
+                    // publishes a numbered message every 5 ms until killed.
+                    let id = Identity::load(std::path::Path::new(&var("SHOAL_IDENTITY"))).unwrap();
+                    let o = o.clone().identity(std::sync::Arc::new(id));
+                    let mut p = QuicPublisher::bind(&a, &o).await.unwrap();
+                    say(format!("bound {}", p.address()));
+                    p.wait_for_subscribers(1, 10 * SEC).await.unwrap();
+                    for i in 0u64.. {
+                        p.send(b"t", &i.to_le_bytes()).await.unwrap();
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+                "queue-id" => {
+                    let id = Identity::load(std::path::Path::new(&var("SHOAL_IDENTITY"))).unwrap();
+                    let o = o.clone().identity(std::sync::Arc::new(id));
+                    let mut q = QuicPuller::bind(&a, &o).await.unwrap();
+                    say(format!("bound {}", q.address()));
+                    loop {
+                        let f = q.recv().await.unwrap();
+                        say(format!("got {}", number(&f)));
+                    }
                 }
                 r => panic!("unknown role {r}"),
             }
@@ -297,5 +321,106 @@ fn pushpull_across_two_hosts() {
 fn reqrep_across_two_hosts() {
     across("qrr", async |pair, bind| {
         reqrep(Place::Side(pair, 0), Place::Side(pair, 1), &bind).await
+    });
+}
+
+/// A saved identity and a fixed port, so a restarted server is the same
+/// server to its clients (same address, same pin).
+fn restartable(tag: &str) -> (Address, std::path::PathBuf) {
+    let path = std::env::temp_dir().join(format!("shoal-test-id-{tag}-{}", std::process::id()));
+    Identity::generate().unwrap().save(&path).unwrap();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    (format!("quic://127.0.0.1:{port}").parse().unwrap(), path)
+}
+
+fn spawn_with_identity(role: &str, a: &Address, id: &std::path::Path) -> Child {
+    let env = [
+        ("SHOAL_ADDR", a.to_string()),
+        ("SHOAL_IDENTITY", id.display().to_string()),
+    ];
+    proc::spawn(CHILD, role, &env)
+}
+
+/// A publisher killed with SIGKILL and restarted with its identity: the
+/// same subscriber, not rebuilt, reports the break once and then receives
+/// the new publisher's messages.
+#[test]
+fn a_subscriber_follows_a_publisher_restarted_with_its_identity() {
+    rt().block_on(async {
+        let (bind, id) = restartable("pub");
+        let mut p = spawn_with_identity("pub-id", &bind, &id);
+        let a = bound(&mut p).await;
+        let o = Options::default().connect_timeout(5 * SEC);
+        let mut s = QuicSubscriber::connect(&a, &o).await.unwrap();
+        for _ in 0..3 {
+            tokio::time::timeout(5 * SEC, s.recv())
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        p.kill();
+        let mut p2 = spawn_with_identity("pub-id", &bind, &id);
+        assert_eq!(bound(&mut p2).await, a, "same address, same pin");
+        let mut errors = Vec::new();
+        let mut after = 0;
+        while after < 3 {
+            match tokio::time::timeout(20 * SEC, s.recv())
+                .await
+                .expect("the subscriber follows the restarted publisher")
+            {
+                Ok(_) if !errors.is_empty() => after += 1,
+                Ok(_) => {}
+                Err(e) => {
+                    assert!(
+                        matches!(e, Error::Evicted { .. } | Error::PeerGone { .. }),
+                        "{e}"
+                    );
+                    errors.push(e.to_string());
+                    assert!(errors.len() < 10, "{errors:?}");
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&id);
+    });
+}
+
+/// A queue killed and restarted with its identity: the same pusher, not
+/// rebuilt, sends to the new queue.
+#[test]
+fn a_pusher_follows_a_queue_restarted_with_its_identity() {
+    rt().block_on(async {
+        let (bind, id) = restartable("queue");
+        let mut q = spawn_with_identity("queue-id", &bind, &id);
+        let a = bound(&mut q).await;
+        let o = Options::default().connect_timeout(5 * SEC);
+        let mut p = QuicPusher::connect(&a, &o).await.unwrap();
+        for i in 0..5u64 {
+            p.send(&payload(i)).await.unwrap();
+        }
+        q.expect("got 4", 10 * SEC).await;
+        q.kill();
+        let mut q2 = spawn_with_identity("queue-id", &bind, &id);
+        assert_eq!(bound(&mut q2).await, a);
+        // Sends while it was away may fail (typed); later ones arrive.
+        let mut sent = 0;
+        for i in 100..200u64 {
+            match tokio::time::timeout(20 * SEC, p.send(&payload(i)))
+                .await
+                .unwrap()
+            {
+                Ok(()) => sent += 1,
+                Err(e) => assert!(matches!(e, Error::PeerGone { .. } | Error::Closed), "{e}"),
+            }
+            if sent >= 5 {
+                break;
+            }
+        }
+        assert!(sent >= 5, "the pusher never reached the restarted queue");
+        q2.expect("got 1", 10 * SEC).await;
+        let _ = std::fs::remove_file(&id);
     });
 }

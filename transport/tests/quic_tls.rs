@@ -141,3 +141,30 @@ fn a_dead_replier_is_a_typed_error_not_a_hang() {
         server.await.unwrap();
     });
 }
+
+#[test]
+fn an_identity_saved_and_loaded_keeps_its_pin_and_bad_files_are_refused() {
+    use shoal_transport::quic::tls::Identity;
+    let dir = std::env::temp_dir();
+    let path = dir.join(format!("shoal-id-test-{}", std::process::id()));
+    let id = Identity::generate().unwrap();
+    id.save(&path).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the key is readable by its owner only");
+    assert_eq!(Identity::load(&path).unwrap().pin(), id.pin());
+    let good = std::fs::read(&path).unwrap();
+    // Truncated anywhere, a byte flipped in the key, trailing bytes: refused.
+    for n in [0, 5, 30, good.len() / 2, good.len() - 1] {
+        std::fs::write(&path, &good[..n]).unwrap();
+        assert!(Identity::load(&path).is_err(), "truncated to {n}");
+    }
+    let mut flipped = good.clone();
+    let last = flipped.len() - 10;
+    flipped[last] ^= 0xff;
+    std::fs::write(&path, &flipped).unwrap();
+    assert!(Identity::load(&path).is_err(), "a damaged key");
+    std::fs::write(&path, [good.as_slice(), b"x"].concat()).unwrap();
+    assert!(Identity::load(&path).is_err(), "trailing bytes");
+    let _ = std::fs::remove_file(&path);
+}

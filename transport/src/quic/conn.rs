@@ -94,7 +94,14 @@ pub(crate) async fn bind(address: &Address, opts: &Options) -> Result<Bound> {
         });
     }
     let sa = resolve(address, host, port).await?;
-    let id = Identity::generate()?;
+    let fresh;
+    let id = match &opts.identity {
+        Some(id) => &**id,
+        None => {
+            fresh = Identity::generate()?;
+            &fresh
+        }
+    };
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(id.server_config()?)
         .map_err(|e| io("QUIC server configuration", e))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));

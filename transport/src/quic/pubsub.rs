@@ -19,9 +19,11 @@
 //! [`Error::Closed`]. A subscriber whose connection broke or was closed by
 //! the publisher connects again and reports it once ([`Error::Evicted`]:
 //! what was sent meanwhile is lost to it); when it cannot, the receive
-//! returns [`Error::PeerGone`] and the next one tries again. A restarted
-//! publisher makes a new certificate, so its subscribers' pins no longer
-//! match: across restarts they must be given the new address.
+//! returns [`Error::PeerGone`] and the next one tries again. A publisher
+//! restarted with the identity it had (`Options::identity`, saved with
+//! `Identity::save`) keeps its pin, and its subscribers follow it that way;
+//! one that makes a fresh certificate has a new pin, which its old
+//! subscribers refuse.
 
 use super::conn::{self, Bound, Client, Reader, FIRST_ENVELOPE};
 use crate::address::Address;

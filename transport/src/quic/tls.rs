@@ -12,6 +12,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use std::sync::Arc;
 
+/// First bytes of a saved identity.
+const IDENTITY_MAGIC: &[u8] = b"shoal-quic-identity-1\n";
+
 /// The ALPN protocol of shoal over QUIC.
 pub const ALPN: &[u8] = b"shoal/1";
 
@@ -71,6 +74,71 @@ impl Identity {
     /// The certificate (DER).
     pub fn cert(&self) -> &CertificateDer<'static> {
         &self.cert
+    }
+
+    /// An identity from a certificate and its PKCS#8 private key (DER),
+    /// checked to go together: a restarted server given the identity it
+    /// had keeps its pin, so its clients connect again by themselves.
+    pub fn from_der(cert: Vec<u8>, key_pkcs8: Vec<u8>) -> Result<Identity> {
+        let id = Identity {
+            cert: CertificateDer::from(cert),
+            key: PrivatePkcs8KeyDer::from(key_pkcs8),
+        };
+        id.server_config()?;
+        Ok(id)
+    }
+
+    /// Writes this identity (certificate and private key) to `path`,
+    /// readable by its owner only.
+    pub fn save(&self, path: &std::path::Path) -> Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let io = |e: std::io::Error| Error::Io {
+            what: format!("writing the QUIC identity {}", path.display()),
+            source: e,
+        };
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(io)?;
+        let key = self.key.secret_pkcs8_der();
+        let mut out = Vec::with_capacity(16 + self.cert.len() + key.len());
+        out.extend_from_slice(IDENTITY_MAGIC);
+        out.extend_from_slice(&(self.cert.len() as u32).to_le_bytes());
+        out.extend_from_slice(&self.cert);
+        out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        out.extend_from_slice(key);
+        f.write_all(&out).map_err(io)
+    }
+
+    /// Reads an identity [`save`](Self::save) wrote (checked: lengths,
+    /// and that the key is the certificate's).
+    pub fn load(path: &std::path::Path) -> Result<Identity> {
+        let bytes = std::fs::read(path).map_err(|e| Error::Io {
+            what: format!("reading the QUIC identity {}", path.display()),
+            source: e,
+        })?;
+        let bad = |what: &'static str| Error::Corrupt {
+            what,
+            found: bytes.len() as u64,
+            expected: "a file Identity::save wrote",
+        };
+        let rest = bytes
+            .strip_prefix(IDENTITY_MAGIC)
+            .ok_or(bad("QUIC identity file header"))?;
+        let take = |r: &[u8]| -> Option<(Vec<u8>, usize)> {
+            let n = u32::from_le_bytes(r.get(..4)?.try_into().ok()?) as usize;
+            Some((r.get(4..4 + n)?.to_vec(), 4 + n))
+        };
+        let (cert, used) = take(rest).ok_or(bad("QUIC identity certificate length"))?;
+        let (key, used2) = take(&rest[used..]).ok_or(bad("QUIC identity key length"))?;
+        if used + used2 != rest.len() {
+            return Err(bad("QUIC identity file length"));
+        }
+        Identity::from_der(cert, key)
     }
 
     /// Its certificate's fingerprint: the pin clients need.
