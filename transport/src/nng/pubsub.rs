@@ -29,8 +29,9 @@
 //! `sock::InProgress`).
 //!
 //! Topics are filtered at the subscriber. Frames point into the batch
-//! they arrived in (zero-copy when its payloads are 16-byte aligned in
-//! memory, as nng's bodies are).
+//! they arrived in when its payloads are 16-byte aligned in memory, and
+//! are copied once otherwise (nng's REQ/REP take a 4-byte request id off
+//! the front of each body, so its payloads usually need that copy).
 
 use super::proto::{locate, put_envelope, Control, Op, CONTROL_LEN};
 use super::sock::{
