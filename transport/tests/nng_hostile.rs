@@ -87,7 +87,7 @@ enum Attack {
     /// waits for the rest), costs a connection.
     Truncated,
     /// (d) connect and send nothing: nng drops it after its 10 s
-    /// handshake timeout (`a_silent_peer_is_dropped_...`).
+    /// handshake timeout (`silent_peers_are_dropped_...`).
     Silent,
     /// Well-framed messages with bodies that are wrong: dropped.
     BadBodies,
@@ -436,6 +436,7 @@ async fn serve(target: Target) -> Served {
         .max_message(MAX)
         .capacity(256 << 10)
         .send_timeout(Some(SEC / 2))
+        .stall_timeout(3 * SEC)
         .connect_timeout(5 * SEC);
     let tasks = match target {
         Target::Publisher => {
@@ -703,7 +704,7 @@ fn a_subscriber_that_stops_reading_holds_the_publisher_back_until_it_goes() {
 /// completes the handshake and then sends nothing looks like an idle
 /// client, and is kept (printed, not asserted).
 #[test]
-fn a_silent_peer_is_dropped_after_the_handshake_timeout() {
+fn silent_peers_are_dropped_before_and_after_the_handshake() {
     rt().block_on(async {
         let s = serve(Target::Replier).await;
         let addr = s.addr;
@@ -711,18 +712,23 @@ fn a_silent_peer_is_dropped_after_the_handshake_timeout() {
             let mut silent = Sp::raw(addr).unwrap();
             let mut idle = Sp::req(addr).unwrap();
             let t0 = Instant::now();
+            // Handshaken, then silent: dropped after the stall timeout (3 s
+            // here) by the listener's idle reaper.
+            let idle_dropped = idle.closed_within(8 * SEC);
+            let idle_after = t0.elapsed();
+            // Never handshaken: dropped by nng's own handshake timeout.
             let dropped = silent.closed_within(15 * SEC);
             let after = t0.elapsed();
-            let idle_open = !idle.closed_within(Duration::from_millis(10));
-            (dropped, after, idle_open)
+            (dropped, after, idle_dropped, idle_after)
         });
-        let (dropped, after, idle_open) = tokio::time::timeout(20 * SEC, t)
+        let (dropped, after, idle_dropped, idle_after) = tokio::time::timeout(20 * SEC, t)
             .await
             .expect("hung")
             .unwrap();
-        println!("silent peer dropped: {dropped} after {after:?}; idle handshaken peer still open: {idle_open}");
+        println!("silent peer dropped: {dropped} after {after:?}; idle handshaken peer dropped: {idle_dropped} after {idle_after:?}");
         assert!(dropped, "a peer that sent nothing was kept 15 s");
         assert!(after < 12 * SEC);
+        assert!(idle_dropped, "a handshaken peer that sent nothing was kept 8 s");
         assert!(rate(&s).await > 0.0);
     });
 }

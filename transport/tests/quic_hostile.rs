@@ -226,3 +226,36 @@ fn hostile_peers_do_not_stop_a_replier_serving_others() {
         drop(idle);
     });
 }
+
+/// A peer that connects and opens nothing is closed after the stall
+/// timeout; a well-behaved requester that was idle as long is closed the
+/// same way and simply connects again on its next request.
+#[test]
+fn idle_connections_are_closed_and_clients_come_back() {
+    rt().block_on(async {
+        let o = Options::default().stall_timeout(Duration::from_millis(400));
+        let mut r = QuicReplier::bind(&"quic://127.0.0.1:0".parse().unwrap(), &o)
+            .await
+            .unwrap();
+        let a = r.address();
+        tokio::spawn(async move { while r.serve_one(|q| q.to_vec()).await.is_ok() {} });
+        let slow = raw(&a).await;
+        let mut good = QuicRequester::connect(&a, &o).await.unwrap();
+        assert_eq!(&*good.request(b"1").await.unwrap(), b"1");
+        let t0 = Instant::now();
+        let why = tokio::time::timeout(5 * SEC, slow.closed())
+            .await
+            .expect("an idle connection is closed");
+        println!("idle peer closed after {:?}: {why}", t0.elapsed());
+        assert!(t0.elapsed() >= Duration::from_millis(300));
+        // The requester was idle as long: closed too, and back on its own.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        for i in 0..3u8 {
+            let r = tokio::time::timeout(5 * SEC, good.request(&[i]))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(&*r, &[i]);
+        }
+    });
+}

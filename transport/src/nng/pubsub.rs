@@ -313,6 +313,9 @@ async fn serve(shared: Arc<PubShared>, ctx: Context) {
                 continue;
             }
         };
+        if let Some(p) = req.pipe() {
+            shared.sock.pipes.touch(p);
+        }
         let Some(_ticket) = admit(&shared.busy, &mut req, &address, "publisher") else {
             continue;
         };
@@ -354,6 +357,7 @@ impl NngPublisher {
             source: std::io::Error::other("must be called inside a tokio runtime"),
         })?;
         let sock = Sock::listen(Protocol::Rep0, address, 1024)?;
+        super::sock::reap_idle(&sock.pipes, opts.stall_timeout, address);
         let shared = Arc::new(PubShared {
             sock,
             busy: InProgress::new(MAX_ASKING),

@@ -274,6 +274,9 @@ async fn serve(shared: Arc<QShared>, ctx: Context) {
                 continue;
             }
         };
+        if let Some(p) = req.pipe() {
+            shared.sock.pipes.touch(p);
+        }
         let Some(_ticket) = admit(&shared.busy, &mut req, &address, "queue") else {
             continue;
         };
@@ -350,6 +353,7 @@ impl NngPuller {
             source: std::io::Error::other("must be called inside a tokio runtime"),
         })?;
         let sock = Sock::listen(Protocol::Rep0, address, opts.max_message)?;
+        super::sock::reap_idle(&sock.pipes, opts.stall_timeout, address);
         let shared = Arc::new(QShared {
             sock,
             busy: InProgress::new(MAX_ASKING),

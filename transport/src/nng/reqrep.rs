@@ -159,6 +159,7 @@ impl NngReplier {
     /// Binds a replier at `address`.
     pub fn bind(address: &Address, opts: &Options) -> Result<NngReplier> {
         let sock = Sock::listen(Protocol::Rep0, address, opts.max_message)?;
+        super::sock::reap_idle(&sock.pipes, opts.stall_timeout, address);
         let ctx = context(&sock)?;
         Ok(NngReplier {
             sock,
@@ -183,6 +184,9 @@ impl NngReplier {
     {
         let (req, pipe) = loop {
             let mut m = ctx_recv(&self.ctx, &self.sock.address).await?;
+            if let Some(p) = m.pipe() {
+                self.sock.pipes.touch(p);
+            }
             let pipe = m.pipe();
             if let Some(p) = pipe {
                 if lock(&self.waiting).get(&p).copied().unwrap_or(0) >= MAX_WAITING {

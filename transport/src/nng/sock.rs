@@ -69,7 +69,9 @@ pub(crate) fn close_pipe(pipe: Pipe) {
 /// notifications.
 #[derive(Default)]
 pub(crate) struct Pipes {
-    live: Mutex<HashSet<Pipe>>,
+    /// Connected pipes, and when each last brought a message (or
+    /// connected).
+    live: Mutex<std::collections::HashMap<Pipe, Instant>>,
     /// Pipes that were removed, newest last, at most [`DEAD_KEPT`] (nng
     /// does not reuse a pipe id soon).
     dead: Mutex<(HashSet<Pipe>, std::collections::VecDeque<Pipe>)>,
@@ -91,6 +93,43 @@ impl Pipes {
     pub fn is_dead(&self, pipe: Pipe) -> bool {
         lock(&self.dead).0.contains(&pipe)
     }
+    /// Notes that `pipe` brought a message.
+    pub fn touch(&self, pipe: Pipe) {
+        if let Some(t) = lock(&self.live).get_mut(&pipe) {
+            *t = Instant::now();
+        }
+    }
+}
+
+/// Closes, every `idle / 4`, the connections of `pipes` that brought no
+/// message for `idle` (a peer that connects and sends nothing, or stops);
+/// ends when the socket is gone. A well-behaved client so closed while
+/// idle redials by itself (nng), at the cost of one reconnection.
+pub(crate) fn reap_idle(pipes: &Arc<Pipes>, idle: Duration, address: &Address) {
+    let (pipes, address) = (Arc::downgrade(pipes), address.clone());
+    // Never below a few holds: a well-behaved subscriber's question may
+    // wait HOLD for its answer before it asks again.
+    let idle = idle.max(3 * super::pubsub::HOLD);
+    let every = (idle / 4).max(Duration::from_millis(10));
+    // Outside a runtime (a replier bound on a plain thread) there is none.
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    rt.spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let Some(p) = pipes.upgrade() else { return };
+            let stale: Vec<Pipe> = lock(&p.live)
+                .iter()
+                .filter(|(_, t)| t.elapsed() >= idle)
+                .map(|(p, _)| *p)
+                .collect();
+            for pipe in stale {
+                tracing::info!(%address, ?idle, "nng: a peer sent nothing for the stall timeout; dropping its connection");
+                close_pipe(pipe);
+            }
+        }
+    });
 }
 
 /// A socket and its pipes.
@@ -124,7 +163,7 @@ impl Sock {
                 let Some(p) = p.upgrade() else { return };
                 match ev {
                     PipeEvent::AddPost => {
-                        lock(&p.live).insert(pipe);
+                        lock(&p.live).insert(pipe, Instant::now());
                     }
                     PipeEvent::RemovePost => {
                         lock(&p.live).remove(&pipe);

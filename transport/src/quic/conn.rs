@@ -27,6 +27,45 @@ pub const CLOSED: u32 = 0;
 pub const EVICTED: u32 = 2;
 /// Application close code of a peer dropped for sending malformed data.
 pub const BAD_DATA: u32 = 3;
+/// Application close code of a connection closed for opening no stream
+/// for the stall timeout (a client reconnects on its next use).
+pub const IDLE_CLOSE: u32 = 4;
+
+/// Whether `conn` was closed by its server for being idle
+/// ([`IDLE_CLOSE`]).
+pub(crate) fn closed_idle(conn: &Connection) -> bool {
+    matches!(conn.close_reason(), Some(ConnectionError::ApplicationClosed(c)) if c.error_code == VarInt::from_u32(IDLE_CLOSE))
+}
+
+/// Accepts the streams a client opens on `conn` until it ends, each
+/// served on a task of its own; a connection with no stream open that
+/// opens none for `idle` (a peer that connects and sends nothing) is
+/// closed ([`IDLE_CLOSE`]).
+pub(crate) async fn streams<F, Fut>(conn: Connection, idle: Duration, address: &Address, serve: F)
+where
+    F: Fn(SendStream, RecvStream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let open = Arc::new(());
+    loop {
+        match tokio::time::timeout(idle, conn.accept_bi()).await {
+            Ok(Ok((send, recv))) => {
+                let (token, work) = (open.clone(), serve(send, recv));
+                tokio::spawn(async move {
+                    work.await;
+                    drop(token);
+                });
+            }
+            Ok(Err(_)) => return,
+            Err(_) if Arc::strong_count(&open) == 1 => {
+                tracing::info!(%address, remote = %conn.remote_address(), ?idle, "QUIC: a peer opened nothing for the stall timeout; connection closed");
+                conn.close(VarInt::from_u32(IDLE_CLOSE), b"idle");
+                return;
+            }
+            Err(_) => {}
+        }
+    }
+}
 
 pub(crate) fn io(what: impl Into<String>, e: impl std::fmt::Display) -> Error {
     Error::Io {

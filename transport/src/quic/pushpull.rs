@@ -163,15 +163,17 @@ impl QShared {
     }
 
     async fn connection(self: Arc<Self>, conn: Connection) {
-        while let Ok((send, recv)) = conn.accept_bi().await {
+        let remote = conn.remote_address();
+        let address = self.address.clone();
+        conn::streams(conn, self.stall, &address, |send, recv| {
             let me = self.clone();
-            let remote = conn.remote_address();
-            tokio::spawn(async move {
+            async move {
                 if let Err(e) = me.clone().stream(send, recv).await {
                     tracing::warn!(address = %me.address, %remote, error = %e, "QUIC queue: bad stream from a peer; dropped");
                 }
-            });
-        }
+            }
+        })
+        .await;
     }
 }
 
@@ -285,24 +287,38 @@ impl QuicPuller {
                 data.await;
             },
             Side::Remote { client, opts } => {
-                reconnect_if_lost(client, opts).await?;
-                let a = client.address.clone();
-                let (send, recv) = client
-                    .conn
-                    .open_bi()
-                    .await
-                    .map_err(|e| conn::lost(&e, &a))?;
-                let mut send = Outgoing::new(send);
-                conn::write(&mut send.send, Kind::Request, b"", b"", 0, &a).await?;
-                let mut reader = Reader::new(recv, opts.max_message);
-                let d = reader.expect(Kind::Message, Duration::MAX, &a).await?;
-                conn::write(&mut send.send, Kind::Reply, b"", b"", 0, &a).await?;
-                send.done();
-                let peer = d.header.id;
-                Ok(d.into_frame()?.with_peer(peer))
+                // Twice at most, as a push (a connection closed as idle).
+                for attempt in 0..2 {
+                    reconnect_if_lost(client, opts).await?;
+                    match pull(client, opts).await {
+                        Err(_) if attempt == 0 && conn::closed_idle(&client.conn) => continue,
+                        r => return r,
+                    }
+                }
+                Err(Error::PeerGone {
+                    address: client.address.to_string(),
+                })
             }
         }
     }
+}
+
+/// One pull from a remote queue: ask, take the item, acknowledge it.
+async fn pull(client: &mut Client, opts: &Options) -> Result<Frame<'static>> {
+    let a = client.address.clone();
+    let (send, recv) = client
+        .conn
+        .open_bi()
+        .await
+        .map_err(|e| conn::lost(&e, &a))?;
+    let mut send = Outgoing::new(send);
+    conn::write(&mut send.send, Kind::Request, b"", b"", 0, &a).await?;
+    let mut reader = Reader::new(recv, opts.max_message);
+    let d = reader.expect(Kind::Message, Duration::MAX, &a).await?;
+    conn::write(&mut send.send, Kind::Reply, b"", b"", 0, &a).await?;
+    send.done();
+    let peer = d.header.id;
+    Ok(d.into_frame()?.with_peer(peer))
 }
 
 /// Connects `client` again if its connection broke.
@@ -362,20 +378,31 @@ impl QuicPusher {
             });
         }
         Header::new(Kind::Message, b"", payload.len(), self.id)?;
-        reconnect_if_lost(&mut self.client, &self.opts).await?;
-        let a = self.client.address.clone();
         let exchange = async {
-            let (send, recv) = self
-                .client
-                .conn
-                .open_bi()
-                .await
-                .map_err(|e| conn::lost(&e, &a))?;
-            let mut send = Outgoing::new(send);
-            conn::write(&mut send.send, Kind::Message, b"", payload, self.id, &a).await?;
-            let mut reader = Reader::new(recv, 1024);
-            reader.expect(Kind::Reply, Duration::MAX, &a).await?;
-            send.done();
+            // Twice at most: a connection the queue closed as idle just as
+            // this push began is made again, and the push asked again.
+            for attempt in 0..2 {
+                reconnect_if_lost(&mut self.client, &self.opts).await?;
+                let a = self.client.address.clone();
+                let once = async {
+                    let (send, recv) = self
+                        .client
+                        .conn
+                        .open_bi()
+                        .await
+                        .map_err(|e| conn::lost(&e, &a))?;
+                    let mut send = Outgoing::new(send);
+                    conn::write(&mut send.send, Kind::Message, b"", payload, self.id, &a).await?;
+                    let mut reader = Reader::new(recv, 1024);
+                    reader.expect(Kind::Reply, Duration::MAX, &a).await?;
+                    send.done();
+                    Ok(())
+                };
+                match once.await {
+                    Err(_) if attempt == 0 && conn::closed_idle(&self.client.conn) => continue,
+                    r => return r,
+                }
+            }
             Ok(())
         };
         match self.opts.send_timeout {

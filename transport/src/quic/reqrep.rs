@@ -60,14 +60,29 @@ impl QuicRequester {
                 limit: self.opts.max_message as u64,
             });
         }
-        if self.client.conn.close_reason().is_some() {
-            let a = self.client.address.clone();
-            self.client = conn::connect(&a, &self.opts)
-                .await
-                .map_err(|_| Error::PeerGone {
-                    address: a.to_string(),
-                })?;
+        // Twice at most: a connection the replier closed as idle just as
+        // this request began is made again, and the request asked again
+        // (the replier had no stream open, so it never saw the first).
+        for attempt in 0..2 {
+            if self.client.conn.close_reason().is_some() {
+                let a = self.client.address.clone();
+                self.client = conn::connect(&a, &self.opts)
+                    .await
+                    .map_err(|_| Error::PeerGone {
+                        address: a.to_string(),
+                    })?;
+            }
+            match self.ask(payload).await {
+                Err(_) if attempt == 0 && conn::closed_idle(&self.client.conn) => continue,
+                r => return r,
+            }
         }
+        Err(Error::PeerGone {
+            address: self.client.address.to_string(),
+        })
+    }
+
+    async fn ask(&mut self, payload: &[u8]) -> Result<Frame<'static>> {
         let a = self.client.address.clone();
         let (send, recv) = self
             .client
@@ -139,11 +154,18 @@ impl Drop for QuicReplier {
 }
 
 /// Reads requests from one connection into the replier's queue.
-async fn connection(conn: Connection, tx: mpsc::Sender<Incoming>, address: Address, max: usize) {
-    while let Ok((send, recv)) = conn.accept_bi().await {
+async fn connection(
+    conn: Connection,
+    tx: mpsc::Sender<Incoming>,
+    address: Address,
+    max: usize,
+    idle: Duration,
+) {
+    let remote = conn.remote_address();
+    let a = address.clone();
+    conn::streams(conn, idle, &a, |send, recv| {
         let (tx, address) = (tx.clone(), address.clone());
-        let remote = conn.remote_address();
-        tokio::spawn(async move {
+        async move {
             let mut reader = Reader::new(recv, max);
             let request = async {
                 let d = reader
@@ -165,8 +187,9 @@ async fn connection(conn: Connection, tx: mpsc::Sender<Incoming>, address: Addre
                     drop(Outgoing::new(send));
                 }
             }
-        });
-    }
+        }
+    })
+    .await;
 }
 
 impl QuicReplier {
@@ -174,10 +197,11 @@ impl QuicReplier {
     pub async fn bind(address: &Address, opts: &Options) -> Result<QuicReplier> {
         let Bound { endpoint, address } = conn::bind(address, opts).await?;
         let (tx, rx) = mpsc::channel(conn::MAX_STREAMS as usize);
-        let (a, max, max_conns) = (
+        let (a, max, max_conns, stall) = (
             address.clone(),
             opts.max_message,
             4 * opts.max_peers as usize,
+            opts.stall_timeout,
         );
         let ep = endpoint.clone();
         let slots = conn::Slots::default();
@@ -186,7 +210,7 @@ impl QuicReplier {
                 let (tx, a, slots) = (tx.clone(), a.clone(), slots.clone());
                 tokio::spawn(async move {
                     if let Some((c, _slot)) = conn::accept(incoming, &slots, max_conns).await {
-                        connection(c, tx, a, max).await;
+                        connection(c, tx, a, max, stall).await;
                     }
                 });
             }
