@@ -25,9 +25,15 @@ use std::time::Duration;
 /// assert_eq!(&*q.pull_timeout(std::time::Duration::from_secs(1))?, b"job");
 /// # Ok::<(), shoal_transport::Error>(())
 /// ```
+///
+/// Dropping a `Blocking` drops the runtime with it, which cancels the
+/// background work of its endpoint: a network publisher's linger (its
+/// subscribers may miss the last messages and see `PeerGone` rather than
+/// `Closed`) and replies still being written. Receive the last answers, or
+/// let subscribers confirm, before dropping one. Do not drop it inside an
+/// async runtime (tokio refuses to drop a runtime there).
 pub struct Blocking<T> {
-    /// Declared first, so dropped first: its drop may spawn work (a
-    /// publisher's linger) on the runtime, which must still run.
+    /// Declared first, so dropped first, while the runtime still exists.
     inner: T,
     rt: tokio::runtime::Runtime,
 }

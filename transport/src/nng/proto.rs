@@ -59,8 +59,8 @@ pub(crate) enum Op {
     Queued = 8,
     /// Queue -> pusher: no room within the wait asked for (not queued).
     Full = 9,
-    /// Puller -> queue: puller `a` asks for the next item, waiting at
-    /// most `c` ms.
+    /// Puller -> queue: puller `a`, which last received the item with
+    /// token `b` (0: none), asks for the next, waiting at most `c` ms.
     Pull = 10,
     /// Queue -> puller: the one envelope that follows, token `a`.
     Item = 11,

@@ -8,20 +8,28 @@
 //! (`Hello`), then asks for what follows the last message it has (`Poll`
 //! with its cursor). The publisher answers at once with a batch of what is
 //! buffered past the cursor, or holds the question until something is
-//! sent (one hold lasts at most [`HOLD`], then an empty batch answers it,
-//! which doubles as a heartbeat). A message leaves the buffer once every
-//! registered subscriber's cursor is past it, so nothing a subscriber has
-//! not acknowledged is lost: an answer lost with a broken connection is
-//! asked for again (a poll is idempotent, and nng redials and resends by
-//! itself).
+//! sent (one hold lasts at most [`HOLD`], then an empty batch answers
+//! it). A message leaves the buffer once every registered subscriber's
+//! cursor is past it, so nothing a subscriber has not acknowledged is
+//! lost: an answer lost with a broken connection is asked for again (a
+//! poll is idempotent; nng redials, and the subscriber asks again once a
+//! connection stands).
 //!
 //! A subscriber whose connection closes (its process died) is evicted, so
 //! it no longer holds the publisher back; if it was in fact alive and
 //! redials, its next receive returns [`Error::Evicted`] and then goes on
 //! from the publisher's newest message. A subscriber that is alive but does
-//! not read holds the publisher back until the publisher's send timeout.
-//! A subscriber whose publisher restarted registers with the new one by
-//! itself (messages sent before that are not received).
+//! not read holds the publisher back until its cursor has not moved for
+//! the stall timeout; then it is evicted the same way (a slow one that
+//! keeps reading is waited for). A subscriber whose publisher restarted
+//! registers with the new one by itself, and reports the break once
+//! (`Evicted`, or the `PeerGone` it already gave while the publisher was
+//! away): what was sent meanwhile is not received.
+//!
+//! Not detected: a publisher whose host vanishes without closing the TCP
+//! connection (power loss, partition) leaves its subscribers waiting until
+//! the kernel gives the connection up; QUIC's idle timeout covers that
+//! case on the other wire.
 //!
 //! A connection that asks more at once than a subscriber does, registers
 //! a second subscriber, or leaves an answer untaken for
@@ -71,6 +79,8 @@ struct SubEntry {
     /// Most bytes of messages in one answer to it (below its receive
     /// limit, which nng enforces by dropping the connection).
     batch: usize,
+    /// When its cursor last moved (or it registered).
+    progress: Instant,
 }
 
 #[derive(Default)]
@@ -140,14 +150,15 @@ impl PubShared {
         }
     }
 
-    /// Evicts the subscribers holding the oldest buffered message (the
-    /// ones a send has waited for past the stall timeout) and drops their
-    /// connections; their next poll learns it ([`Error::Evicted`]).
-    fn evict_stalled(&self, st: &mut PubState) {
+    /// Evicts the subscribers holding the oldest buffered message whose
+    /// cursor has not moved for `stall` (slow but reading is not stalled)
+    /// and drops their connections; their next poll learns it
+    /// ([`Error::Evicted`]).
+    fn evict_stalled(&self, st: &mut PubState, stall: Duration) {
         let first = st.first_seq();
         let mut dropped = Vec::new();
         st.subs.retain(|id, s| {
-            let stalled = s.next <= first;
+            let stalled = s.next <= first && s.progress.elapsed() >= stall;
             if stalled {
                 tracing::warn!(
                     subscriber = %PeerId(*id),
@@ -202,10 +213,12 @@ impl PubShared {
                     if pipe.is_some_and(|p| self.sock.pipes.is_dead(p)) {
                         next
                     } else {
-                        let e = st
-                            .subs
-                            .entry(ctl.a)
-                            .or_insert(SubEntry { next, pipe, batch });
+                        let e = st.subs.entry(ctl.a).or_insert(SubEntry {
+                            next,
+                            pipe,
+                            batch,
+                            progress: Instant::now(),
+                        });
                         e.pipe = pipe;
                         e.next
                     }
@@ -250,6 +263,7 @@ impl PubShared {
                     }
                     if ctl.b > s.next {
                         s.next = ctl.b;
+                        s.progress = Instant::now();
                         st.trim();
                         self.room.notify_waiters();
                     }
@@ -357,7 +371,6 @@ impl NngPublisher {
             source: std::io::Error::other("must be called inside a tokio runtime"),
         })?;
         let sock = Sock::listen(Protocol::Rep0, address, 1024)?;
-        super::sock::reap_idle(&sock.pipes, opts.stall_timeout, address);
         let shared = Arc::new(PubShared {
             sock,
             busy: InProgress::new(MAX_ASKING),
@@ -368,6 +381,15 @@ impl NngPublisher {
             data: Notify::new(),
             room: Notify::new(),
         });
+        // Connections that bring nothing are dropped; a registered
+        // subscriber's is not (one that stops reading is evicted when it
+        // holds a send back, not for pausing while there is room).
+        let weak = Arc::downgrade(&shared);
+        let keep = move |p| {
+            weak.upgrade()
+                .is_some_and(|s| lock(&s.state).subs.values().any(|e| e.pipe == Some(p)))
+        };
+        super::sock::reap_idle(&shared.sock.pipes, opts.stall_timeout, address, keep);
         // One context per subscriber that may be waiting, and one spare.
         for _ in 0..=opts.max_peers {
             let ctx = Context::new(&shared.sock.socket).map_err(|e| Error::Io {
@@ -449,7 +471,7 @@ impl NngPublisher {
                         after: self.send_timeout.unwrap_or_default(),
                     });
                 }
-                s.evict_stalled(&mut lock(&s.state));
+                s.evict_stalled(&mut lock(&s.state), self.stall_timeout);
                 stall = Instant::now() + self.stall_timeout;
             }
         }
@@ -572,6 +594,8 @@ struct Poller {
     next: u64,
     max_message: usize,
     gone_after: Duration,
+    /// An error was reported since the last batch delivered.
+    reported: bool,
 }
 
 impl Poller {
@@ -629,6 +653,15 @@ impl Poller {
                     });
                 }
                 tracing::info!(address = %self.sock.address, "nng subscriber: publisher restarted; subscribing again");
+                // What the old publisher sent after the last batch is
+                // lost to this subscriber: said once, unless a break was
+                // already reported since (PeerGone while it was away).
+                if !self.reported {
+                    self.reported = true;
+                    return Err(Error::Evicted {
+                        address: self.sock.address.to_string(),
+                    });
+                }
                 Ok((
                     SharedBytes(Arc::new(Vec::<u8>::new())),
                     Vec::new(),
@@ -649,6 +682,11 @@ impl Poller {
     async fn run(mut self, tx: mpsc::Sender<Delivery>) {
         loop {
             let d = self.poll().await;
+            match &d {
+                Ok((_, r, _)) if !r.is_empty() => self.reported = false,
+                Err(_) => self.reported = true,
+                _ => {}
+            }
             let end = matches!(
                 d,
                 Err(Error::Closed | Error::Corrupt { .. } | Error::TooLarge { .. })
@@ -692,6 +730,7 @@ impl NngSubscriber {
             next: 0,
             max_message: opts.max_message,
             gone_after: opts.connect_timeout,
+            reported: false,
         };
         p.hello().await?;
         let (tx, rx) = mpsc::channel(AHEAD);

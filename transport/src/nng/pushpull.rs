@@ -9,13 +9,16 @@
 //! sequence number, so one asked again over a new connection is queued
 //! once. The binding puller takes from the queue directly; other pullers
 //! (REQ) ask for one message at a time (`Pull`) and acknowledge each as
-//! soon as it arrives (`Ack`, sent in the background). An item sent and
-//! not acknowledged within [`LEASE`] (its answer went to a receive that
-//! was cancelled meanwhile) goes back to the head of the queue, as do the
-//! unacknowledged items of a puller whose connection closes (its process
-//! died): a message is lost only with the queue's own process. An
-//! acknowledgement lost with a connection that breaks can make a message
-//! delivered twice.
+//! soon as it arrives (`Ack`, sent in the background, and again in the
+//! next `Pull`). A puller asks one question at a time, so its next `Pull`
+//! also tells the queue that any other item sent to it never arrived (its
+//! receive was cancelled): those go back to the head of the queue, as do
+//! the unacknowledged items of a puller whose connection closes (its
+//! process died) and, last resort, items unacknowledged for [`LEASE`]
+//! after their answer left (a puller that cancelled its receive and never
+//! asked again). A message is lost only with the queue's own process; one
+//! can be delivered twice only when its acknowledgement is held up past
+//! the lease (a link stalled that long).
 //!
 //! A connection that asks more at once than a pusher or puller does, or
 //! leaves an answer untaken for [`REPLY_WAIT`](super::reqrep::REPLY_WAIT),
@@ -44,8 +47,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
-/// How long an item sent to a remote puller may go unacknowledged before
-/// it is queued again.
+/// How long an item sent to a remote puller may go unacknowledged (and
+/// its puller ask nothing) before it is queued again. A puller's next
+/// question settles its items sooner; this covers one that cancelled its
+/// receive and asked nothing since. It runs from when the answer was
+/// handed to the connection (nng completes that once the message is in
+/// the kernel's socket buffer), and the puller acknowledges on arrival.
 pub const LEASE: Duration = Duration::from_secs(3);
 
 /// Questions one connection may have in progress at the queue: a pusher
@@ -228,6 +235,27 @@ impl QShared {
     async fn pull(&self, ctl: Control, pipe: Option<Pipe>) -> Result<Message> {
         let hold = Duration::from_millis(ctl.c).min(HOLD);
         let deadline = Instant::now() + hold;
+        {
+            // The puller has item `b` (0: none yet); any other item sent
+            // to it never arrived (one question at a time): back to the
+            // head of the queue.
+            let mut st = lock(&self.state);
+            let mine: Vec<u64> = st
+                .lent
+                .iter()
+                .filter(|(_, l)| l.puller == ctl.a)
+                .map(|(t, _)| *t)
+                .collect();
+            for token in mine {
+                if let Some(l) = st.lent.remove(&token) {
+                    if token != ctl.b {
+                        st.bytes += l.item.len();
+                        st.items.push_front(l.item);
+                        self.data.notify_waiters();
+                    }
+                }
+            }
+        }
         loop {
             let mut data = pin!(self.data.notified());
             data.as_mut().enable();
@@ -313,6 +341,9 @@ enum Side {
         sock: Arc<Sock>,
         ctx: Context,
         id: u64,
+        /// The token of the last item received (0: none), acknowledged
+        /// again in the next pull.
+        last: u64,
         max_message: usize,
         gone_after: Duration,
     },
@@ -353,7 +384,10 @@ impl NngPuller {
             source: std::io::Error::other("must be called inside a tokio runtime"),
         })?;
         let sock = Sock::listen(Protocol::Rep0, address, opts.max_message)?;
-        super::sock::reap_idle(&sock.pipes, opts.stall_timeout, address);
+        // Connections that bring nothing are dropped (every question to a
+        // queue is taken at once, so a live client's connection is never
+        // silent for long while it asks; an idle pusher redials).
+        super::sock::reap_idle(&sock.pipes, opts.stall_timeout, address, |_| false);
         let shared = Arc::new(QShared {
             sock,
             busy: InProgress::new(MAX_ASKING),
@@ -390,6 +424,7 @@ impl NngPuller {
                 sock: Arc::new(sock),
                 ctx,
                 id: PeerId::random().0,
+                last: 0,
                 max_message: opts.max_message,
                 gone_after: opts.connect_timeout,
             },
@@ -426,10 +461,11 @@ impl NngPuller {
                 sock,
                 ctx,
                 id,
+                last,
                 max_message,
                 gone_after,
             } => loop {
-                let q = Control::new(Op::Pull, *id, 0, HOLD.as_millis() as u64);
+                let q = Control::new(Op::Pull, *id, *last, HOLD.as_millis() as u64);
                 let r = ask(sock, ctx, &q.encode(), *gone_after).await?;
                 let c = Control::decode(r.as_slice())?;
                 match c.op {
@@ -437,6 +473,7 @@ impl NngPuller {
                     Op::Item => {
                         let found = locate(r.as_slice(), 1, Kind::Message, *max_message)?;
                         acknowledge(sock.clone(), *id, c.a, *gone_after);
+                        *last = c.a;
                         let body = SharedBytes(Arc::new(Body(r)));
                         let e = &found[0];
                         return Ok(Frame::shared(body, e.topic.clone(), e.payload.clone())?

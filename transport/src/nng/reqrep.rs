@@ -159,7 +159,10 @@ impl NngReplier {
     /// Binds a replier at `address`.
     pub fn bind(address: &Address, opts: &Options) -> Result<NngReplier> {
         let sock = Sock::listen(Protocol::Rep0, address, opts.max_message)?;
-        super::sock::reap_idle(&sock.pipes, opts.stall_timeout, address);
+        // No idle reaping here: requests wait in nng until `serve_one`
+        // takes them, so a requester's connection can be silent to us
+        // while it waits for a slow replier; dropping it would run its
+        // request twice.
         let ctx = context(&sock)?;
         Ok(NngReplier {
             sock,

@@ -105,7 +105,12 @@ impl Pipes {
 /// message for `idle` (a peer that connects and sends nothing, or stops);
 /// ends when the socket is gone. A well-behaved client so closed while
 /// idle redials by itself (nng), at the cost of one reconnection.
-pub(crate) fn reap_idle(pipes: &Arc<Pipes>, idle: Duration, address: &Address) {
+pub(crate) fn reap_idle(
+    pipes: &Arc<Pipes>,
+    idle: Duration,
+    address: &Address,
+    keep: impl Fn(Pipe) -> bool + Send + 'static,
+) {
     let (pipes, address) = (Arc::downgrade(pipes), address.clone());
     // Never below a few holds: a well-behaved subscriber's question may
     // wait HOLD for its answer before it asks again.
@@ -123,6 +128,7 @@ pub(crate) fn reap_idle(pipes: &Arc<Pipes>, idle: Duration, address: &Address) {
                 .iter()
                 .filter(|(_, t)| t.elapsed() >= idle)
                 .map(|(p, _)| *p)
+                .filter(|p| !keep(*p))
                 .collect();
             for pipe in stale {
                 tracing::info!(%address, ?idle, "nng: a peer sent nothing for the stall timeout; dropping its connection");
@@ -163,11 +169,17 @@ impl Sock {
                 let Some(p) = p.upgrade() else { return };
                 match ev {
                     PipeEvent::AddPost => {
-                        lock(&p.live).insert(pipe, Instant::now());
+                        // nng can report a pipe's removal before its
+                        // addition (it starts the pipe first): one already
+                        // dead is not added.
+                        let dead = lock(&p.dead);
+                        if !dead.0.contains(&pipe) {
+                            lock(&p.live).insert(pipe, Instant::now());
+                        }
                     }
                     PipeEvent::RemovePost => {
-                        lock(&p.live).remove(&pipe);
                         let mut d = lock(&p.dead);
+                        lock(&p.live).remove(&pipe);
                         if d.0.insert(pipe) {
                             d.1.push_back(pipe);
                         }
@@ -386,6 +398,10 @@ pub(crate) async fn ask(
     let gone = || Error::PeerGone {
         address: sock.address.to_string(),
     };
+    // A question whose connection breaks each time it is asked (a peer
+    // that refuses it by hanging up: over its size limit, another
+    // protocol version) is not asked for ever.
+    let mut resets = 0;
     'ask: loop {
         let exchange = async {
             ctx_send(ctx, message(req), &sock.address).await?;
@@ -405,7 +421,8 @@ pub(crate) async fn ask(
                 // sockets with a resend time do; PeerGone when none does
                 // within `gone_after`.
                 Ok(Err(Error::PeerGone { .. })) => {
-                    if sock.wait_connected(gone_after).await {
+                    resets += 1;
+                    if resets <= 3 && sock.wait_connected(gone_after).await {
                         continue 'ask;
                     }
                     return Err(gone());

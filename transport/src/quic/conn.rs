@@ -38,23 +38,22 @@ pub(crate) fn closed_idle(conn: &Connection) -> bool {
 }
 
 /// Accepts the streams a client opens on `conn` until it ends, each
-/// served on a task of its own; a connection with no stream open that
-/// opens none for `idle` (a peer that connects and sends nothing) is
-/// closed ([`IDLE_CLOSE`]).
+/// served on a task of its own; a connection with no stream in progress
+/// that opens none for `idle` (a peer that connects and sends nothing) is
+/// closed ([`IDLE_CLOSE`]). A stream is in progress while the token
+/// `serve` is given lives: whoever answers it holds the token until the
+/// answer is written (a request waiting for a slow replier keeps its
+/// connection).
 pub(crate) async fn streams<F, Fut>(conn: Connection, idle: Duration, address: &Address, serve: F)
 where
-    F: Fn(SendStream, RecvStream) -> Fut,
+    F: Fn(SendStream, RecvStream, Arc<()>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let open = Arc::new(());
     loop {
         match tokio::time::timeout(idle, conn.accept_bi()).await {
             Ok(Ok((send, recv))) => {
-                let (token, work) = (open.clone(), serve(send, recv));
-                tokio::spawn(async move {
-                    work.await;
-                    drop(token);
-                });
+                tokio::spawn(serve(send, recv, open.clone()));
             }
             Ok(Err(_)) => return,
             Err(_) if Arc::strong_count(&open) == 1 => {

@@ -185,6 +185,9 @@ impl QuicPublisher {
                 limit: self.max_message as u64,
             });
         }
+        // A send that finds room awaits nothing; a loop of them (with no
+        // subscriber, say) would never give the runtime back.
+        tokio::task::coop::consume_budget().await;
         let h = Header::new(Kind::Message, topic, payload.len(), self.shared.id)?;
         let mut env =
             Vec::with_capacity(crate::envelope::HEADER_LEN + topic.len() + 16 + payload.len());

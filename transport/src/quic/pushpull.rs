@@ -165,9 +165,10 @@ impl QShared {
     async fn connection(self: Arc<Self>, conn: Connection) {
         let remote = conn.remote_address();
         let address = self.address.clone();
-        conn::streams(conn, self.stall, &address, |send, recv| {
+        conn::streams(conn, self.stall, &address, |send, recv, token| {
             let me = self.clone();
             async move {
+                let _in_progress = token;
                 if let Err(e) = me.clone().stream(send, recv).await {
                     tracing::warn!(address = %me.address, %remote, error = %e, "QUIC queue: bad stream from a peer; dropped");
                 }

@@ -101,7 +101,9 @@ impl QuicRequester {
     }
 }
 
-type Incoming = (Decoded, quinn::SendStream);
+/// A request, the stream to answer on, and its connection's in-progress
+/// token (held until the answer is written).
+type Incoming = (Decoded, quinn::SendStream, Arc<()>);
 
 /// How long a dropped replier waits for its last replies to be read.
 pub const LINGER: Duration = Duration::from_secs(1);
@@ -163,7 +165,7 @@ async fn connection(
 ) {
     let remote = conn.remote_address();
     let a = address.clone();
-    conn::streams(conn, idle, &a, |send, recv| {
+    conn::streams(conn, idle, &a, |send, recv, token| {
         let (tx, address) = (tx.clone(), address.clone());
         async move {
             let mut reader = Reader::new(recv, max);
@@ -178,7 +180,9 @@ async fn connection(
                 // A replier that is gone resets the stream (the asker
                 // gets PeerGone at once, not a clean end).
                 Ok(d) => {
-                    if let Err(mpsc::error::SendError((_, send))) = tx.send((d, send)).await {
+                    if let Err(mpsc::error::SendError((_, send, _))) =
+                        tx.send((d, send, token)).await
+                    {
                         drop(Outgoing::new(send));
                     }
                 }
@@ -238,7 +242,10 @@ impl QuicReplier {
     where
         F: FnOnce(&Frame<'static>) -> Vec<u8> + Send,
     {
-        let (d, send) = self.rx.recv().await.ok_or(Error::Closed)?;
+        let (d, send, conn_token) = self.rx.recv().await.ok_or(Error::Closed)?;
+        // From here every way out resets the stream unless the reply is
+        // written: the asker learns at once (PeerGone), never waits.
+        let send = Outgoing::new(send);
         let peer = d.header.id;
         let reply = answer(&d.into_frame()?.with_peer(peer));
         if reply.len() > self.max_message {
@@ -257,7 +264,8 @@ impl QuicReplier {
         crate::envelope::encode_into(&h, b"", &reply, &mut env);
         let (token, stall, address) = (self.in_flight.clone(), self.stall, self.address.clone());
         tokio::spawn(async move {
-            let mut send = Outgoing::new(send);
+            let _in_progress = conn_token;
+            let mut send = send;
             match tokio::time::timeout(stall, send.send.write_all(&env)).await {
                 Ok(Ok(())) => {
                     let stopped = send.send.stopped();

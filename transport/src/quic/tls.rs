@@ -89,7 +89,9 @@ impl Identity {
     }
 
     /// Writes this identity (certificate and private key) to `path`,
-    /// readable by its owner only.
+    /// readable by its owner only: written to a new file beside it (mode
+    /// 0600, never following a link), synced, then renamed over `path`, so
+    /// a crash leaves the old file or the new one, never a damaged one.
     pub fn save(&self, path: &std::path::Path) -> Result<()> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
@@ -97,12 +99,16 @@ impl Identity {
             what: format!("writing the QUIC identity {}", path.display()),
             source: e,
         };
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(format!(".tmp-{}", std::process::id()));
+        let tmp = std::path::PathBuf::from(tmp);
+        let _ = std::fs::remove_file(&tmp);
         let mut f = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
-            .open(path)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
             .map_err(io)?;
         let key = self.key.secret_pkcs8_der();
         let mut out = Vec::with_capacity(16 + self.cert.len() + key.len());
@@ -111,7 +117,13 @@ impl Identity {
         out.extend_from_slice(&self.cert);
         out.extend_from_slice(&(key.len() as u32).to_le_bytes());
         out.extend_from_slice(key);
-        f.write_all(&out).map_err(io)
+        let written = f.write_all(&out).and_then(|_| f.sync_all());
+        drop(f);
+        if let Err(e) = written.and_then(|_| std::fs::rename(&tmp, path)) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io(e));
+        }
+        Ok(())
     }
 
     /// Reads an identity [`save`](Self::save) wrote (checked: lengths,
