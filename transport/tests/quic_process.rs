@@ -91,6 +91,9 @@ fn quic_process_child() {
                     }
                     let got: Vec<String> = got.iter().map(|n| n.to_string()).collect();
                     say(format!("got {}", got.join(",")));
+                    // Bound until the parent is done (the last push's
+                    // acknowledgement must reach the pusher first).
+                    let _ = tokio::task::spawn_blocking(proc::hear).await;
                 }
                 "pusher" => {
                     let mut p = QuicPusher::connect(&a, &o).await.unwrap();
@@ -239,6 +242,8 @@ async fn pushpull(server: Place<'_>, client: Place<'_>, bind: &Address) {
         .collect();
     let all: BTreeSet<u64> = got.union(&took).copied().collect();
     assert_eq!(all, (0..N).collect(), "a message was lost");
+    pusher.wait_success(5 * SEC).await;
+    q.tell("exit");
     q.wait_success(5 * SEC).await;
 }
 

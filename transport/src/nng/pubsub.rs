@@ -600,7 +600,14 @@ struct Poller {
 
 impl Poller {
     async fn ask(&mut self, ctl: Control) -> Result<Message> {
-        super::sock::ask(&self.sock, &self.ctx, &ctl.encode(), self.gone_after).await
+        super::sock::ask_held(
+            &self.sock,
+            &self.ctx,
+            &ctl.encode(),
+            self.gone_after,
+            super::sock::transfer_allowance(self.max_message),
+        )
+        .await
     }
 
     async fn hello(&mut self) -> Result<()> {

@@ -466,7 +466,9 @@ impl NngPuller {
                 gone_after,
             } => loop {
                 let q = Control::new(Op::Pull, *id, *last, HOLD.as_millis() as u64);
-                let r = ask(sock, ctx, &q.encode(), *gone_after).await?;
+                let allowance = super::sock::transfer_allowance(*max_message);
+                let r =
+                    super::sock::ask_held(sock, ctx, &q.encode(), *gone_after, allowance).await?;
                 let c = Control::decode(r.as_slice())?;
                 match c.op {
                     Op::Empty => continue,

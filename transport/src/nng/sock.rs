@@ -93,6 +93,13 @@ impl Pipes {
     pub fn is_dead(&self, pipe: Pipe) -> bool {
         lock(&self.dead).0.contains(&pipe)
     }
+    /// Closes every connection (a client's socket: nng redials).
+    pub fn close_all(&self) {
+        let all: Vec<Pipe> = lock(&self.live).keys().copied().collect();
+        for p in all {
+            close_pipe(p);
+        }
+    }
     /// Notes that `pipe` brought a message.
     pub fn touch(&self, pipe: Pipe) {
         if let Some(t) = lock(&self.live).get_mut(&pipe) {
@@ -371,6 +378,37 @@ impl AsRef<[u8]> for Body {
     fn as_ref(&self) -> &[u8] {
         self.0.as_slice()
     }
+}
+
+/// Asks like [`ask`], for a question the peer answers within `HOLD` (a
+/// poll or a pull), allowing `answer` on top for the answer itself to
+/// arrive (a large one on a slow link): a peer that does not answer in
+/// that time is taken for gone (its host vanished without closing the
+/// connection, or it stalled); the connection is closed, so nng redials,
+/// and the caller gets [`Error::PeerGone`].
+pub(crate) async fn ask_held(
+    sock: &Sock,
+    ctx: &Context,
+    req: &[u8],
+    gone_after: Duration,
+    answer: Duration,
+) -> Result<Message> {
+    let within = super::pubsub::HOLD + gone_after + answer;
+    match tokio::time::timeout(within, ask(sock, ctx, req, gone_after)).await {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::warn!(address = %sock.address, ?within, "nng: the peer did not answer; its connection is dropped");
+            sock.pipes.close_all();
+            Err(Error::PeerGone {
+                address: sock.address.to_string(),
+            })
+        }
+    }
+}
+
+/// Time for an answer of up to `max` bytes to arrive at 4 MiB/s.
+pub(crate) fn transfer_allowance(max: usize) -> Duration {
+    Duration::from_millis((max as u64) / (4 << 10))
 }
 
 /// Sets how long a REQ socket waits for an answer before it asks again
