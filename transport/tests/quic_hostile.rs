@@ -259,3 +259,29 @@ fn idle_connections_are_closed_and_clients_come_back() {
         }
     });
 }
+
+/// With more than half its connection slots taken, a listener makes new
+/// clients prove their address (QUIC Retry) before they get a slot;
+/// well-behaved clients still connect.
+#[test]
+fn clients_still_connect_when_slots_are_scarce() {
+    rt().block_on(async {
+        // max_peers 2: 8 connection slots at a replier, retry from 4.
+        let o = Options::default().max_peers(2);
+        let mut r = QuicReplier::bind(&"quic://127.0.0.1:0".parse().unwrap(), &o)
+            .await
+            .unwrap();
+        let a = r.address();
+        tokio::spawn(async move { while r.serve_one(|q| q.to_vec()).await.is_ok() {} });
+        let mut held = Vec::new();
+        for _ in 0..6 {
+            held.push(raw(&a).await);
+        }
+        let mut c = tokio::time::timeout(5 * SEC, QuicRequester::connect(&a, &o))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&*c.request(b"hi").await.unwrap(), b"hi");
+        drop(held);
+    });
+}

@@ -188,6 +188,16 @@ pub(crate) async fn accept(
     slots: &Slots,
     max: usize,
 ) -> Option<(Connection, Slot)> {
+    // Once half the slots are taken, a client must first prove it owns
+    // its address (a QUIC Retry: one more round trip), so spoofed Initial
+    // packets cannot hold slots through their handshake timeout.
+    if slots.0.load(std::sync::atomic::Ordering::Acquire) >= max / 2
+        && !incoming.remote_address_validated()
+        && incoming.may_retry()
+    {
+        let _ = incoming.retry();
+        return None;
+    }
     let n = slots.0.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     let slot = Slot(slots.0.clone());
     if n >= max {
