@@ -98,10 +98,17 @@ impl Drop for QuicPublisher {
 /// Feeds one subscriber's stream until the publisher closes or the
 /// subscriber goes.
 async fn writer(shared: Arc<PubShared>, conn: Connection, address: Address, capacity: usize) {
-    let mut send = match conn.open_uni().await {
-        Ok(s) => s,
-        Err(e) => {
+    // A client that grants no stream (or takes no greeting) in time is
+    // not a subscriber: its connection, and its slot, go.
+    let mut send = match tokio::time::timeout(FIRST_ENVELOPE, conn.open_uni()).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
             tracing::info!(%address, error = %e, "QUIC publisher: cannot open a subscriber's stream");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%address, remote = %conn.remote_address(), "QUIC publisher: a client granted no stream in time; dropped");
+            conn.close(VarInt::from_u32(conn::EVICTED), b"no stream");
             return;
         }
     };
@@ -118,10 +125,12 @@ async fn writer(shared: Arc<PubShared>, conn: Connection, address: Address, capa
         });
     }
     // The greeting: the subscriber is in the set from here on.
-    if conn::write(&mut send, Kind::Reply, b"", b"", shared.id, &address)
-        .await
-        .is_err()
-    {
+    let greeting = conn::write(&mut send, Kind::Reply, b"", b"", shared.id, &address);
+    if !matches!(
+        tokio::time::timeout(FIRST_ENVELOPE, greeting).await,
+        Ok(Ok(()))
+    ) {
+        conn.close(VarInt::from_u32(conn::EVICTED), b"no greeting");
         return;
     }
     shared.joined.notify_waiters();
