@@ -65,3 +65,42 @@ fn a_subscriber_that_stops_reading_is_dropped_and_the_others_go_on() {
         );
     });
 }
+
+/// A subscriber that reads slowly but steadily holds the publisher back
+/// (backpressure) and is never dropped for it.
+#[test]
+fn a_slow_but_reading_subscriber_is_waited_for() {
+    rt().block_on(async {
+        let o = Options::default()
+            .capacity(64 << 10)
+            .stall_timeout(Duration::from_millis(300));
+        let mut p = QuicPublisher::bind(&"quic://127.0.0.1:0".parse().unwrap(), &o)
+            .await
+            .unwrap();
+        let a = p.address();
+        let mut slow = QuicSubscriber::connect(&a, &o).await.unwrap();
+        p.wait_for_subscribers(1, 5 * SEC).await.unwrap();
+        const N: u32 = 400;
+        let reader = tokio::spawn(async move {
+            for i in 0..N {
+                {
+                    let f = tokio::time::timeout(10 * SEC, slow.recv())
+                        .await
+                        .unwrap()
+                        .unwrap();
+                    assert_eq!(&f[..4], &i.to_le_bytes(), "in order, nothing lost");
+                }
+                if i % 10 == 0 {
+                    // 100 ms per 10 messages of 8 KiB: far slower than the
+                    // publisher, never still for the stall timeout.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        });
+        for i in 0..N {
+            let m = [i.to_le_bytes().as_slice(), &[0u8; 8188]].concat();
+            p.send(b"", &m).await.unwrap();
+        }
+        reader.await.unwrap();
+    });
+}

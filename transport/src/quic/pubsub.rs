@@ -50,6 +50,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 struct Sub {
     tx: mpsc::Sender<Arc<Vec<u8>>>,
     conn: Connection,
+    /// When its writer last got a message onto its stream (or it joined).
+    progress: Arc<Mutex<Instant>>,
 }
 
 #[derive(Default)]
@@ -113,6 +115,7 @@ async fn writer(shared: Arc<PubShared>, conn: Connection, address: Address, capa
         }
     };
     let (tx, mut rx) = mpsc::channel::<Arc<Vec<u8>>>(QUEUE.min(capacity.max(1)));
+    let progress = Arc::new(Mutex::new(Instant::now()));
     {
         let mut subs = lock(&shared.subs);
         if subs.closed {
@@ -122,6 +125,7 @@ async fn writer(shared: Arc<PubShared>, conn: Connection, address: Address, capa
         subs.list.push(Sub {
             tx,
             conn: conn.clone(),
+            progress: progress.clone(),
         });
     }
     // The greeting: the subscriber is in the set from here on.
@@ -139,6 +143,7 @@ async fn writer(shared: Arc<PubShared>, conn: Connection, address: Address, capa
             tracing::info!(%address, remote = %conn.remote_address(), error = %e, "QUIC publisher: subscriber gone; dropped");
             return;
         }
+        *lock(&progress) = Instant::now();
     }
     // Closed: finish, and give the subscriber time to read the rest.
     let _ = send.finish();
@@ -202,39 +207,45 @@ impl QuicPublisher {
             Vec::with_capacity(crate::envelope::HEADER_LEN + topic.len() + 16 + payload.len());
         encode_into(&h, topic, payload, &mut env);
         let env = Arc::new(env);
-        let subs: Vec<(mpsc::Sender<Arc<Vec<u8>>>, Connection)> = lock(&self.shared.subs)
+        type Entry = (mpsc::Sender<Arc<Vec<u8>>>, Connection, Arc<Mutex<Instant>>);
+        let subs: Vec<Entry> = lock(&self.shared.subs)
             .list
             .iter()
-            .map(|s| (s.tx.clone(), s.conn.clone()))
+            .map(|s| (s.tx.clone(), s.conn.clone(), s.progress.clone()))
             .collect();
         let deadline = self.send_timeout.map(|t| Instant::now() + t);
+        // One stall deadline for the whole send (N stalled subscribers
+        // cost one stall timeout, not N), moved on for a subscriber whose
+        // stream is still taking messages (slow but reading is waited for).
+        let send_stall = Instant::now() + self.stall_timeout;
         let mut permits = Vec::with_capacity(subs.len());
-        for (tx, conn) in &subs {
-            // Each subscriber gets up to the stall timeout (within the
-            // send's own deadline) to make room.
-            let stall = Instant::now() + self.stall_timeout;
-            let until = deadline.map_or(stall, |d| d.min(stall));
-            match tokio::time::timeout(
-                until.saturating_duration_since(Instant::now()),
-                tx.reserve(),
-            )
-            .await
-            {
-                Ok(Ok(p)) => permits.push(p),
-                // Gone: no room to wait for.
-                Ok(Err(_)) => {}
-                Err(_) if deadline.is_some_and(|d| d <= stall) => {
-                    return Err(Error::Timeout {
-                        what: "send (waiting for slow subscribers)",
-                        after: self.send_timeout.unwrap_or_default(),
-                    })
-                }
-                Err(_) => {
-                    tracing::warn!(address = %self.address, remote = %conn.remote_address(), stall = ?self.stall_timeout, "QUIC publisher: a subscriber held sends back past the stall timeout; dropped");
-                    conn.close(VarInt::from_u32(conn::EVICTED), b"stalled");
-                    lock(&self.shared.subs)
-                        .list
-                        .retain(|s| !s.tx.same_channel(tx));
+        for (tx, conn, progress) in &subs {
+            loop {
+                let stall = send_stall.max(*lock(progress) + self.stall_timeout);
+                let until = deadline.map_or(stall, |d| d.min(stall));
+                let left = until.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(left, tx.reserve()).await {
+                    Ok(Ok(p)) => {
+                        permits.push(p);
+                        break;
+                    }
+                    // Gone: no room to wait for.
+                    Ok(Err(_)) => break,
+                    Err(_) if deadline.is_some_and(|d| d <= stall) => {
+                        return Err(Error::Timeout {
+                            what: "send (waiting for slow subscribers)",
+                            after: self.send_timeout.unwrap_or_default(),
+                        })
+                    }
+                    Err(_) if lock(progress).elapsed() < self.stall_timeout => continue,
+                    Err(_) => {
+                        tracing::warn!(address = %self.address, remote = %conn.remote_address(), stall = ?self.stall_timeout, "QUIC publisher: a subscriber held sends back past the stall timeout; dropped");
+                        conn.close(VarInt::from_u32(conn::EVICTED), b"stalled");
+                        lock(&self.shared.subs)
+                            .list
+                            .retain(|s| !s.tx.same_channel(tx));
+                        break;
+                    }
                 }
             }
         }
