@@ -42,9 +42,7 @@
 //! the front of each body, so its payloads usually need that copy).
 
 use super::proto::{locate, put_envelope, Control, Op, CONTROL_LEN};
-use super::sock::{
-    admit, answer_within, close_pipe, ctx_recv, lock, message, Body, InProgress, Sock,
-};
+use super::sock::{close_pipe, lock, message, Body, InProgress, Sock};
 use crate::address::Address;
 use crate::envelope::Kind;
 use crate::error::{Error, Result};
@@ -176,9 +174,8 @@ impl PubShared {
     }
 
     /// The answer to one question from a subscriber.
-    async fn answer(&self, req: &mut Message) -> Result<Message> {
+    async fn answer(&self, req: Message, pipe: Option<Pipe>) -> Result<Message> {
         let ctl = Control::decode(req.as_slice())?;
-        let pipe = req.pipe();
         let reply = |op, a, b, c| message(&Control::new(op, a, b, c).encode());
         match ctl.op {
             Op::Hello => {
@@ -314,35 +311,16 @@ impl PubShared {
     }
 }
 
-/// Serves subscribers' questions on one context until the socket closes.
-async fn serve(shared: Arc<PubShared>, ctx: Context) {
-    let address = shared.sock.address.clone();
-    loop {
-        let mut req = match ctx_recv(&ctx, &address).await {
-            Ok(m) => m,
-            Err(Error::Closed) => return,
-            Err(e) => {
-                tracing::debug!(%address, error = %e, "nng publisher: receive failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        if let Some(p) = req.pipe() {
-            shared.sock.pipes.touch(p);
-        }
-        let Some(_ticket) = admit(&shared.busy, &mut req, &address, "publisher") else {
-            continue;
-        };
-        let pipe = req.pipe();
-        match shared.answer(&mut req).await {
-            Ok(reply) => answer_within(&ctx, reply, pipe, &address, "publisher").await,
-            Err(e) => {
-                tracing::warn!(%address, error = %e, "nng publisher: bad message from a subscriber; dropping its connection");
-                if let Some(p) = req.pipe() {
-                    close_pipe(p);
-                }
-            }
-        }
+impl super::sock::Service for PubShared {
+    const WHAT: &'static str = "publisher";
+    fn sock(&self) -> &Sock {
+        &self.sock
+    }
+    fn busy(&self) -> &Arc<InProgress> {
+        &self.busy
+    }
+    async fn answer(&self, req: Message, pipe: Option<Pipe>) -> Result<Message> {
+        PubShared::answer(self, req, pipe).await
     }
 }
 
@@ -396,7 +374,7 @@ impl NngPublisher {
                 what: "opening an nng context".into(),
                 source: std::io::Error::other(e),
             })?;
-            rt.spawn(serve(shared.clone(), ctx));
+            rt.spawn(super::sock::serve(shared.clone(), ctx));
         }
         Ok(NngPublisher {
             shared,
@@ -717,17 +695,7 @@ impl NngSubscriber {
     /// Connects to the publisher at `address` and registers with it (so it
     /// receives everything sent from now on).
     pub async fn connect(address: &Address, opts: &Options) -> Result<NngSubscriber> {
-        let sock = Sock::dial(
-            Protocol::Req0,
-            address,
-            opts.max_message,
-            opts.connect_timeout,
-        )
-        .await?;
-        // No resend timer: a large batch on a slow link must not be asked
-        // for twice; `ask` asks again when the connection breaks.
-        super::sock::resend_after(&sock, None)?;
-        let ctx = super::sock::context(&sock)?;
+        let (sock, ctx) = super::sock::dial_req(address, opts).await?;
         let mut p = Poller {
             sock,
             ctx,

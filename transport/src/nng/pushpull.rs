@@ -30,10 +30,7 @@
 
 use super::proto::{locate, Control, Op, CONTROL_LEN};
 use super::pubsub::HOLD;
-use super::sock::{
-    admit, answer_within, ask, close_pipe, context, ctx_recv, lock, message, resend_after, Body,
-    InProgress, Sock,
-};
+use super::sock::{ask, context, lock, message, Body, InProgress, Sock};
 use crate::address::Address;
 use crate::envelope::Kind;
 use crate::error::{Error, Result};
@@ -153,15 +150,11 @@ impl QShared {
         Some(item)
     }
 
-    async fn answer(&self, req: Message) -> Result<Message> {
+    async fn answer(&self, req: Message, pipe: Option<Pipe>) -> Result<Message> {
         let ctl = Control::decode(req.as_slice())?;
         match ctl.op {
             Op::Push => self.push(ctl, req).await,
-            Op::Pull => {
-                let mut req = req;
-                let pipe = req.pipe();
-                self.pull(ctl, pipe).await
-            }
+            Op::Pull => self.pull(ctl, pipe).await,
             Op::Ack => {
                 // Only the puller the item went to can acknowledge it.
                 let mut st = lock(&self.state);
@@ -289,45 +282,22 @@ impl QShared {
     }
 }
 
-/// Serves pushers and pullers on one context until the socket closes.
-async fn serve(shared: Arc<QShared>, ctx: Context) {
-    let address = shared.sock.address.clone();
-    loop {
-        let mut req = match ctx_recv(&ctx, &address).await {
-            Ok(m) => m,
-            Err(Error::Closed) => return,
-            Err(e) => {
-                tracing::debug!(%address, error = %e, "nng queue: receive failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        if let Some(p) = req.pipe() {
-            shared.sock.pipes.touch(p);
-        }
-        let Some(_ticket) = admit(&shared.busy, &mut req, &address, "queue") else {
-            continue;
-        };
-        let pipe = req.pipe();
-        match shared.answer(req).await {
-            Ok(reply) => {
-                let item = Control::decode(reply.as_slice())
-                    .ok()
-                    .filter(|c| c.op == Op::Item)
-                    .map(|c| c.a);
-                answer_within(&ctx, reply, pipe, &address, "queue").await;
-                // The lease of an item runs from when its answer left.
-                if let Some(token) = item {
-                    if let Some(l) = lock(&shared.state).lent.get_mut(&token) {
-                        l.since = Instant::now();
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::warn!(%address, error = %e, "nng queue: bad message from a peer; dropping its connection");
-                if let Some(p) = pipe {
-                    close_pipe(p);
-                }
+impl super::sock::Service for QShared {
+    const WHAT: &'static str = "queue";
+    fn sock(&self) -> &Sock {
+        &self.sock
+    }
+    fn busy(&self) -> &Arc<InProgress> {
+        &self.busy
+    }
+    async fn answer(&self, req: Message, pipe: Option<Pipe>) -> Result<Message> {
+        QShared::answer(self, req, pipe).await
+    }
+    /// The lease of an item runs from when its answer left.
+    fn answered(&self, sent: &Control) {
+        if sent.op == Op::Item {
+            if let Some(l) = lock(&self.state).lent.get_mut(&sent.a) {
+                l.since = Instant::now();
             }
         }
     }
@@ -399,7 +369,7 @@ impl NngPuller {
         });
         // Pushers and pullers waiting at once, and one spare.
         for _ in 0..=2 * opts.max_peers {
-            rt.spawn(serve(shared.clone(), context(&shared.sock)?));
+            rt.spawn(super::sock::serve(shared.clone(), context(&shared.sock)?));
         }
         Ok(NngPuller {
             side: Side::Queue(shared),
@@ -408,17 +378,7 @@ impl NngPuller {
 
     /// Connects another puller to the queue at `address`.
     pub async fn connect(address: &Address, opts: &Options) -> Result<NngPuller> {
-        let sock = Sock::dial(
-            Protocol::Req0,
-            address,
-            opts.max_message,
-            opts.connect_timeout,
-        )
-        .await?;
-        // No resend timer (a large item on a slow link must not be asked
-        // for twice); `ask` asks again when the connection breaks.
-        resend_after(&sock, None)?;
-        let ctx = context(&sock)?;
+        let (sock, ctx) = super::sock::dial_req(address, opts).await?;
         Ok(NngPuller {
             side: Side::Remote {
                 sock: Arc::new(sock),
@@ -536,17 +496,7 @@ impl std::fmt::Debug for NngPusher {
 impl NngPusher {
     /// Connects a pusher to the queue at `address`.
     pub async fn connect(address: &Address, opts: &Options) -> Result<NngPusher> {
-        let sock = Sock::dial(
-            Protocol::Req0,
-            address,
-            opts.max_message,
-            opts.connect_timeout,
-        )
-        .await?;
-        // No resend timer (a large item on a slow link must not be asked
-        // for twice); `ask` asks again when the connection breaks.
-        resend_after(&sock, None)?;
-        let ctx = context(&sock)?;
+        let (sock, ctx) = super::sock::dial_req(address, opts).await?;
         Ok(NngPusher {
             sock,
             ctx,

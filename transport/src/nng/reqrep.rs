@@ -9,9 +9,7 @@
 //! would run slow requests twice).
 
 use super::proto::{locate, put_envelope, Control, Op, CONTROL_LEN};
-use super::sock::{
-    ask, close_pipe, context, ctx_recv, ctx_send, lock, message, resend_after, Body, Sock,
-};
+use super::sock::{ask, close_pipe, context, ctx_recv, ctx_send, lock, message, Body, Sock};
 use crate::address::Address;
 use crate::envelope::Kind;
 use crate::error::{Error, Result};
@@ -91,15 +89,7 @@ impl std::fmt::Debug for NngRequester {
 impl NngRequester {
     /// Connects to the replier at `address`.
     pub async fn connect(address: &Address, opts: &Options) -> Result<NngRequester> {
-        let sock = Sock::dial(
-            Protocol::Req0,
-            address,
-            opts.max_message,
-            opts.connect_timeout,
-        )
-        .await?;
-        resend_after(&sock, None)?;
-        let ctx = context(&sock)?;
+        let (sock, ctx) = super::sock::dial_req(address, opts).await?;
         Ok(NngRequester {
             sock,
             ctx,

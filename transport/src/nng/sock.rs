@@ -411,6 +411,26 @@ pub(crate) fn transfer_allowance(max: usize) -> Duration {
     Duration::from_millis((max as u64) / (4 << 10))
 }
 
+/// A REQ socket dialing `address` (as [`Sock::dial`]) and a context on it:
+/// every asking end of this backend. No resend timer: a large answer on a
+/// slow link must not be asked for twice; [`ask`] asks again when the
+/// connection breaks.
+pub(crate) async fn dial_req(
+    address: &Address,
+    opts: &crate::options::Options,
+) -> Result<(Sock, Context)> {
+    let sock = Sock::dial(
+        Protocol::Req0,
+        address,
+        opts.max_message,
+        opts.connect_timeout,
+    )
+    .await?;
+    resend_after(&sock, None)?;
+    let ctx = context(&sock)?;
+    Ok((sock, ctx))
+}
+
 /// Sets how long a REQ socket waits for an answer before it asks again
 /// (`None`: never; nng still asks again when a connection breaks).
 pub(crate) fn resend_after(sock: &Sock, t: Option<Duration>) -> Result<()> {
@@ -573,6 +593,67 @@ pub(crate) async fn answer_within(
         tracing::warn!(%address, "nng {what}: a peer did not take its answer in {wait:?}; dropping its connection");
         if let Some(p) = pipe {
             close_pipe(p);
+        }
+    }
+}
+
+/// A listener's side of one of this backend's protocols (the publisher's,
+/// the queue's), served on nng contexts by [`serve`].
+pub(crate) trait Service: Send + Sync + 'static {
+    /// What the listener is, in logs.
+    const WHAT: &'static str;
+    /// Its socket.
+    fn sock(&self) -> &Sock;
+    /// Its questions in progress, per connection.
+    fn busy(&self) -> &Arc<InProgress>;
+    /// The answer to `req`, which came on `pipe`; an error drops that
+    /// connection (a peer that sent something malformed).
+    fn answer(
+        &self,
+        req: Message,
+        pipe: Option<Pipe>,
+    ) -> impl std::future::Future<Output = Result<Message>> + Send;
+    /// Told once an answer (its control block `sent`) left.
+    fn answered(&self, _sent: &super::proto::Control) {}
+}
+
+/// Serves `svc`'s questions on one context until the socket closes: each
+/// connection's activity noted, its questions in progress bounded, each
+/// answer sent within `REPLY_WAIT`, and a peer that sent something
+/// malformed dropped with the reason logged.
+pub(crate) async fn serve<S: Service>(svc: Arc<S>, ctx: Context) {
+    let (what, address) = (S::WHAT, svc.sock().address.clone());
+    loop {
+        let mut req = match ctx_recv(&ctx, &address).await {
+            Ok(m) => m,
+            Err(Error::Closed) => return,
+            Err(e) => {
+                tracing::debug!(%address, error = %e, "nng {what}: receive failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let pipe = req.pipe();
+        if let Some(p) = pipe {
+            svc.sock().pipes.touch(p);
+        }
+        let Some(_ticket) = admit(svc.busy(), &mut req, &address, what) else {
+            continue;
+        };
+        match svc.answer(req, pipe).await {
+            Ok(reply) => {
+                let sent = super::proto::Control::decode(reply.as_slice()).ok();
+                answer_within(&ctx, reply, pipe, &address, what).await;
+                if let Some(c) = sent {
+                    svc.answered(&c);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%address, error = %e, "nng {what}: bad message from a peer; dropping its connection");
+                if let Some(p) = pipe {
+                    close_pipe(p);
+                }
+            }
         }
     }
 }

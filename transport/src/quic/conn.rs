@@ -295,6 +295,19 @@ pub(crate) async fn connect(address: &Address, opts: &Options) -> Result<Client>
     }
 }
 
+/// Connects `client` again if its connection broke (or was closed as
+/// idle); [`Error::PeerGone`] when that fails.
+pub(crate) async fn reconnect_if_lost(client: &mut Client, opts: &Options) -> Result<()> {
+    if client.conn.close_reason().is_some() {
+        let a = client.address.clone();
+        *client = connect(&a, opts).await.map_err(|_| Error::PeerGone {
+            address: a.to_string(),
+        })?;
+        tracing::info!(address = %a, "QUIC: connected again");
+    }
+    Ok(())
+}
+
 /// What a broken connection means to the caller.
 pub(crate) fn lost(e: &ConnectionError, address: &Address) -> Error {
     match e {

@@ -290,7 +290,7 @@ impl QuicPuller {
             Side::Remote { client, opts } => {
                 // Twice at most, as a push (a connection closed as idle).
                 for attempt in 0..2 {
-                    reconnect_if_lost(client, opts).await?;
+                    conn::reconnect_if_lost(client, opts).await?;
                     match pull(client, opts).await {
                         Err(_) if attempt == 0 && conn::closed_idle(&client.conn) => continue,
                         r => return r,
@@ -320,18 +320,6 @@ async fn pull(client: &mut Client, opts: &Options) -> Result<Frame<'static>> {
     send.done();
     let peer = d.header.id;
     Ok(d.into_frame()?.with_peer(peer))
-}
-
-/// Connects `client` again if its connection broke.
-async fn reconnect_if_lost(client: &mut Client, opts: &Options) -> Result<()> {
-    if client.conn.close_reason().is_some() {
-        let a = client.address.clone();
-        *client = conn::connect(&a, opts).await.map_err(|_| Error::PeerGone {
-            address: a.to_string(),
-        })?;
-        tracing::info!(address = %a, "QUIC: connected again");
-    }
-    Ok(())
 }
 
 /// Pushing end over QUIC.
@@ -383,7 +371,7 @@ impl QuicPusher {
             // Twice at most: a connection the queue closed as idle just as
             // this push began is made again, and the push asked again.
             for attempt in 0..2 {
-                reconnect_if_lost(&mut self.client, &self.opts).await?;
+                conn::reconnect_if_lost(&mut self.client, &self.opts).await?;
                 let a = self.client.address.clone();
                 let once = async {
                     let (send, recv) = self

@@ -64,14 +64,7 @@ impl QuicRequester {
         // this request began is made again, and the request asked again
         // (the replier had no stream open, so it never saw the first).
         for attempt in 0..2 {
-            if self.client.conn.close_reason().is_some() {
-                let a = self.client.address.clone();
-                self.client = conn::connect(&a, &self.opts)
-                    .await
-                    .map_err(|_| Error::PeerGone {
-                        address: a.to_string(),
-                    })?;
-            }
+            conn::reconnect_if_lost(&mut self.client, &self.opts).await?;
             match self.ask(payload).await {
                 Err(_) if attempt == 0 && conn::closed_idle(&self.client.conn) => continue,
                 r => return r,
