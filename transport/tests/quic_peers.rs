@@ -104,3 +104,38 @@ fn a_slow_but_reading_subscriber_is_waited_for() {
         reader.await.unwrap();
     });
 }
+
+/// A send timeout shorter than the stall timeout does not keep a stalled
+/// subscriber for ever: sends time out until it has been still for the
+/// stall timeout, then it is dropped and sends go through again.
+#[test]
+fn a_short_send_timeout_still_lets_a_stalled_subscriber_go() {
+    rt().block_on(async {
+        let o = Options::default()
+            .capacity(64 << 10)
+            .send_timeout(Some(Duration::from_millis(100)))
+            .stall_timeout(Duration::from_millis(400));
+        let mut p = QuicPublisher::bind(&"quic://127.0.0.1:0".parse().unwrap(), &o)
+            .await
+            .unwrap();
+        let a = p.address();
+        let _stalled = QuicSubscriber::connect(&a, &o).await.unwrap();
+        p.wait_for_subscribers(1, 5 * SEC).await.unwrap();
+        let t0 = std::time::Instant::now();
+        let mut timeouts = 0;
+        let mut ok_after = 0;
+        while ok_after < 200 {
+            assert!(
+                t0.elapsed() < 10 * SEC,
+                "the stalled subscriber was never dropped"
+            );
+            match p.send(b"", &[0u8; 4096]).await {
+                Ok(()) if timeouts > 0 => ok_after += 1,
+                Ok(()) => {}
+                Err(Error::Timeout { .. }) => timeouts += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(timeouts > 0, "the subscriber did hold sends back first");
+    });
+}

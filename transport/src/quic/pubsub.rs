@@ -139,11 +139,15 @@ async fn writer(shared: Arc<PubShared>, conn: Connection, address: Address, capa
     }
     shared.joined.notify_waiters();
     while let Some(env) = rx.recv().await {
-        if let Err(e) = send.write_all(&env).await {
-            tracing::info!(%address, remote = %conn.remote_address(), error = %e, "QUIC publisher: subscriber gone; dropped");
-            return;
+        // In pieces, progress noted after each: a large message to a
+        // subscriber on a slow link takes long, but it is reading.
+        for piece in env.chunks(64 << 10) {
+            if let Err(e) = send.write_all(piece).await {
+                tracing::info!(%address, remote = %conn.remote_address(), error = %e, "QUIC publisher: subscriber gone; dropped");
+                return;
+            }
+            *lock(&progress) = Instant::now();
         }
-        *lock(&progress) = Instant::now();
     }
     // Closed: finish, and give the subscriber time to read the rest.
     let _ = send.finish();
@@ -214,14 +218,15 @@ impl QuicPublisher {
             .map(|s| (s.tx.clone(), s.conn.clone(), s.progress.clone()))
             .collect();
         let deadline = self.send_timeout.map(|t| Instant::now() + t);
-        // One stall deadline for the whole send (N stalled subscribers
-        // cost one stall timeout, not N), moved on for a subscriber whose
-        // stream is still taking messages (slow but reading is waited for).
-        let send_stall = Instant::now() + self.stall_timeout;
+        // A subscriber is stalled when its stream has taken nothing for
+        // the stall timeout (slow but reading is waited for); N stalled
+        // subscribers are found after one stall timeout, not N. Stall
+        // eviction comes before the send's own deadline, so a send timeout
+        // shorter than the stall timeout cannot keep a stalled subscriber.
         let mut permits = Vec::with_capacity(subs.len());
         for (tx, conn, progress) in &subs {
             loop {
-                let stall = send_stall.max(*lock(progress) + self.stall_timeout);
+                let stall = *lock(progress) + self.stall_timeout;
                 let until = deadline.map_or(stall, |d| d.min(stall));
                 let left = until.saturating_duration_since(Instant::now());
                 match tokio::time::timeout(left, tx.reserve()).await {
@@ -231,14 +236,7 @@ impl QuicPublisher {
                     }
                     // Gone: no room to wait for.
                     Ok(Err(_)) => break,
-                    Err(_) if deadline.is_some_and(|d| d <= stall) => {
-                        return Err(Error::Timeout {
-                            what: "send (waiting for slow subscribers)",
-                            after: self.send_timeout.unwrap_or_default(),
-                        })
-                    }
-                    Err(_) if lock(progress).elapsed() < self.stall_timeout => continue,
-                    Err(_) => {
+                    Err(_) if lock(progress).elapsed() >= self.stall_timeout => {
                         tracing::warn!(address = %self.address, remote = %conn.remote_address(), stall = ?self.stall_timeout, "QUIC publisher: a subscriber held sends back past the stall timeout; dropped");
                         conn.close(VarInt::from_u32(conn::EVICTED), b"stalled");
                         lock(&self.shared.subs)
@@ -246,6 +244,13 @@ impl QuicPublisher {
                             .retain(|s| !s.tx.same_channel(tx));
                         break;
                     }
+                    Err(_) if deadline.is_some_and(|d| Instant::now() >= d) => {
+                        return Err(Error::Timeout {
+                            what: "send (waiting for slow subscribers)",
+                            after: self.send_timeout.unwrap_or_default(),
+                        })
+                    }
+                    Err(_) => continue,
                 }
             }
         }
