@@ -59,3 +59,35 @@ fn a_subscriber_that_stops_reading_is_evicted_and_the_others_go_on() {
         assert!(matches!(e, Error::Evicted { .. }), "{e}");
     });
 }
+
+/// A send timeout shorter than the stall timeout does not keep a stalled
+/// subscriber for ever: sends time out until its cursor has been still
+/// for the stall timeout, then it is dropped and sends go through again.
+#[test]
+fn a_short_send_timeout_still_lets_a_stalled_subscriber_go() {
+    rt().block_on(async {
+        let o = Options::default()
+            .capacity(16 << 10)
+            .send_timeout(Some(Duration::from_millis(100)))
+            .stall_timeout(Duration::from_millis(400));
+        let mut p = NngPublisher::bind(&common::ipc_addr("short"), &o).unwrap();
+        let a = p.address();
+        let _stalled = NngSubscriber::connect(&a, &o).await.unwrap();
+        p.wait_for_subscribers(1, 5 * SEC).await.unwrap();
+        let t0 = std::time::Instant::now();
+        let (mut timeouts, mut ok_after) = (0, 0);
+        while ok_after < 200 {
+            assert!(
+                t0.elapsed() < 10 * SEC,
+                "the stalled subscriber was never dropped"
+            );
+            match p.send(b"", &[0u8; 1024]).await {
+                Ok(()) if timeouts > 0 => ok_after += 1,
+                Ok(()) => {}
+                Err(Error::Timeout { .. }) => timeouts += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(timeouts > 0, "the subscriber did hold sends back first");
+    });
+}

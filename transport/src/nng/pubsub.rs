@@ -413,6 +413,7 @@ impl NngPublisher {
         let env = Arc::new(env);
         let deadline = self.send_timeout.map(|t| Instant::now() + t);
         let mut stall = Instant::now() + self.stall_timeout;
+        let mut last_look = false;
         loop {
             let mut room = pin!(s.room.notified());
             room.as_mut().enable();
@@ -431,25 +432,28 @@ impl NngPublisher {
                     return Ok(());
                 }
             }
+            if last_look {
+                return Err(Error::Timeout {
+                    what: "send (waiting for slow subscribers)",
+                    after: self.send_timeout.unwrap_or_default(),
+                });
+            }
             let wait = async {
                 tokio::select! {
                     _ = room => {}
                     _ = changed => {}
                 }
             };
-            // Whichever comes first: the send's own deadline (an error),
-            // or the stall timeout (the laggards are dropped, the send
-            // goes on).
+            // Whichever comes first: the send's own deadline, or the stall
+            // timeout. Either way the subscribers whose cursor has not
+            // moved for the stall timeout are dropped first (so a send
+            // timeout shorter than the stall timeout cannot keep one), then
+            // the send looks for room once more, and at its deadline ends.
             let until = deadline.map_or(stall, |d| d.min(stall));
             let left = until.saturating_duration_since(Instant::now());
             if tokio::time::timeout(left, wait).await.is_err() {
-                if deadline.is_some_and(|d| d <= stall) {
-                    return Err(Error::Timeout {
-                        what: "send (waiting for slow subscribers)",
-                        after: self.send_timeout.unwrap_or_default(),
-                    });
-                }
                 s.evict_stalled(&mut lock(&s.state), self.stall_timeout);
+                last_look = deadline.is_some_and(|d| Instant::now() >= d);
                 stall = Instant::now() + self.stall_timeout;
             }
         }
