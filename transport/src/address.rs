@@ -3,10 +3,16 @@
 //! | URL | backend | place |
 //! |---|---|---|
 //! | `shm://NAME` | `shm` (shared memory on this host) | a name of letters, digits, `.`, `_`, `-` |
-//! | `nng+ipc:///PATH` | `nng` | an absolute path of a Unix socket |
-//! | `nng+tcp://HOST:PORT` | `nng` | a host name, IPv4 literal or `[IPv6]` literal, and a port |
+//! | `nng+ipc:///PATH[?native]` | `nng` | an absolute path of a Unix socket |
+//! | `nng+tcp://HOST:PORT[?native]` | `nng` | a host name, IPv4 literal or `[IPv6]` literal, and a port |
 //! | `quic://HOST:PORT?pin=HEX` | `quic` | host and port; `pin` is the SHA-256 of the server's certificate, 64 hex digits (required to connect, not to listen) |
 //! | `inproc://NAME` | in-process (always built) | a name, as for `shm://`, within one process |
+//!
+//! `?native` on an nng address speaks nng's own protocols (PUB/SUB,
+//! PUSH/PULL, REQ/REP with plain message bodies) so that nng peers shoal
+//! did not write (pynng, nngcat, C programs) can be the other end, with
+//! nng's semantics instead of shoal's: see [`crate::nng`] for what that
+//! gives up.
 //!
 //! Parsing checks the syntax only; [`Address::check_available`] says
 //! whether this build has the backend the address needs, with an error
@@ -103,17 +109,21 @@ pub enum Address {
         /// The name.
         name: String,
     },
-    /// `nng+ipc:///PATH`.
+    /// `nng+ipc:///PATH[?native]`.
     NngIpc {
         /// The socket path (absolute).
         path: PathBuf,
+        /// `?native`: nng's own protocols, for foreign nng peers.
+        native: bool,
     },
-    /// `nng+tcp://HOST:PORT`.
+    /// `nng+tcp://HOST:PORT[?native]`.
     NngTcp {
         /// The host.
         host: Host,
         /// The port (0 when listening: any free port).
         port: u16,
+        /// `?native`: nng's own protocols, for foreign nng peers.
+        native: bool,
     },
     /// `quic://HOST:PORT[?pin=HEX]`.
     Quic {
@@ -135,6 +145,15 @@ impl Address {
             Address::NngIpc { .. } | Address::NngTcp { .. } => Backend::Nng,
             Address::Quic { .. } => Backend::Quic,
         }
+    }
+
+    /// Whether this is an nng address with `?native`: nng's own
+    /// protocols on the wire, so foreign nng peers can be the other end.
+    pub fn is_native(&self) -> bool {
+        matches!(
+            self,
+            Address::NngIpc { native: true, .. } | Address::NngTcp { native: true, .. }
+        )
     }
 
     /// `Ok` if this build has the backend the address needs, else
@@ -245,6 +264,19 @@ fn parse_pin(address: &str, hex: &str) -> Result<[u8; 32]> {
     Ok(out)
 }
 
+/// An nng address's place and whether it ends in `?native` (the only
+/// query an nng address takes; a socket path cannot hold a `?`).
+fn nng_query<'a>(address: &str, rest: &'a str) -> Result<(&'a str, bool)> {
+    match rest.split_once('?') {
+        None => Ok((rest, false)),
+        Some((place, "native")) => Ok((place, true)),
+        Some((_, q)) => Err(bad(
+            address,
+            format!("unknown query part {q:?} (nng takes only ?native)"),
+        )),
+    }
+}
+
 impl FromStr for Address {
     type Err = Error;
 
@@ -278,6 +310,7 @@ impl FromStr for Address {
                 })
             }
             "nng+ipc" => {
+                let (rest, native) = nng_query(s, rest)?;
                 if !rest.starts_with('/') {
                     return Err(bad(s, "nng+ipc takes an absolute path: nng+ipc:///PATH"));
                 }
@@ -289,14 +322,16 @@ impl FromStr for Address {
                 }
                 Ok(Address::NngIpc {
                     path: PathBuf::from(rest),
+                    native,
                 })
             }
             "nng+tcp" => {
+                let (rest, native) = nng_query(s, rest)?;
                 if rest.contains(['/', '?', '#']) {
-                    return Err(bad(s, "nng+tcp takes HOST:PORT only"));
+                    return Err(bad(s, "nng+tcp takes HOST:PORT[?native] only"));
                 }
                 let (host, port) = host_port(s, rest)?;
-                Ok(Address::NngTcp { host, port })
+                Ok(Address::NngTcp { host, port, native })
             }
             "quic" => {
                 let (hp, query) = match rest.split_once('?') {
@@ -337,8 +372,20 @@ impl fmt::Display for Address {
         match self {
             Address::Shm { name } => write!(f, "shm://{name}"),
             Address::InProc { name } => write!(f, "inproc://{name}"),
-            Address::NngIpc { path } => write!(f, "nng+ipc://{}", path.display()),
-            Address::NngTcp { host, port } => write!(f, "nng+tcp://{host}:{port}"),
+            Address::NngIpc { path, native } => {
+                write!(f, "nng+ipc://{}", path.display())?;
+                if *native {
+                    f.write_str("?native")?;
+                }
+                Ok(())
+            }
+            Address::NngTcp { host, port, native } => {
+                write!(f, "nng+tcp://{host}:{port}")?;
+                if *native {
+                    f.write_str("?native")?;
+                }
+                Ok(())
+            }
             Address::Quic { host, port, pin } => {
                 write!(f, "quic://{host}:{port}")?;
                 if let Some(p) = pin {
@@ -377,6 +424,8 @@ mod tests {
             "nng+tcp://127.0.0.1:5555".to_string(),
             "nng+tcp://[::1]:0".to_string(),
             "nng+tcp://node-7.example.org:65535".to_string(),
+            "nng+tcp://127.0.0.1:5555?native".to_string(),
+            "nng+ipc:///tmp/shoal.sock?native".to_string(),
             "quic://[fe80::1]:4433".to_string(),
             format!("quic://10.0.0.2:4433?pin={pin}"),
         ] {
@@ -415,7 +464,11 @@ mod tests {
         assert!(err("nng+tcp://300.1.1.1:5").contains("not an IPv4"));
         assert!(err("nng+tcp://-bad.org:5").contains("not a host name"));
         assert!(err("nng+tcp://a..b:5").contains("not a host name"));
-        assert!(err("nng+tcp://a:5/path").contains("HOST:PORT only"));
+        assert!(err("nng+tcp://a:5/path").contains("HOST:PORT[?native] only"));
+        assert!(err("nng+tcp://a:5?raw").contains("only ?native"));
+        assert!(err("nng+ipc:///a?b").contains("only ?native"));
+        assert!(ok("nng+ipc:///a?native").is_native());
+        assert!(!ok("nng+ipc:///a").is_native());
         assert!(err("quic://a:5?pin=abc").contains("64 hex digits"));
         assert!(err(&format!("quic://a:5?pin={}", "zz".repeat(32))).contains("hex digits only"));
         assert!(err("quic://a:5?cert=x").contains("unknown query part"));

@@ -57,7 +57,7 @@ fn run(body: impl std::future::Future<Output = ()>) {
 
 /// Removes an ipc address's socket file (a killed binder leaves it).
 fn remove_ipc(a: &Address) {
-    if let Address::NngIpc { path } = a {
+    if let Address::NngIpc { path, .. } = a {
         let _ = std::fs::remove_file(path);
     }
 }

@@ -4,7 +4,9 @@
 //!   (with cargo-nextest when installed), the loom models, and a build of the
 //!   fuzz target.
 //! - `provision`: install the system tools the optional backends need
-//!   (cmake for nng) when missing; `test` and `bench-matrix` do it first.
+//!   (cmake for nng) when missing, and the foreign nng peers the interop
+//!   tests talk to (pynng from PyPI, nngcat from Debian's nng-utils);
+//!   `test` and `bench-matrix` do what they need of it first.
 //! - `loom`: only the loom models.
 //! - `fuzz-build`: only build the fuzz target (stable toolchain).
 //! - `bench-matrix [--quick] [--out DIR] [--only NAME]`: provision what the
@@ -73,8 +75,46 @@ fn provision() -> Result<(), String> {
     }
 }
 
+/// Installs, when missing, the nng peers nobody here wrote that
+/// `transport/tests/nng_interop.rs` talks to: pynng (pip, a wheel that
+/// bundles its own NNG) and nngcat (Debian's nng-utils). Not being able to
+/// (no root, no registry) is reported, not fatal: the tests then install
+/// or skip by themselves and say why.
+fn provision_interop() {
+    let ok = |program: &str, args: &[&str]| {
+        Command::new(program)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !ok("python3", &["-c", "import pynng"]) {
+        let _ = run(
+            "provision pynng (nng interop tests)",
+            Command::new("python3").args(["-m", "pip", "install", "--quiet", "pynng"]),
+        );
+    }
+    if !ok("nngcat", &["--version"]) {
+        let install = || {
+            run(
+                "provision nngcat (nng interop tests)",
+                Command::new("apt-get").args(["install", "-y", "-q", "nng-utils"]),
+            )
+        };
+        if install().is_err() {
+            let _ = run(
+                "apt-get update",
+                Command::new("apt-get").args(["update", "-q"]),
+            );
+            let _ = install();
+        }
+    }
+}
+
 fn tests() -> Result<(), String> {
     provision()?;
+    provision_interop();
     if has_nextest() {
         run(
             "tests (nextest)",
@@ -136,7 +176,7 @@ fn main() -> ExitCode {
     let task = std::env::args().nth(1).unwrap_or_default();
     let r = match task.as_str() {
         "test" => tests().and_then(|_| loom()).and_then(|_| fuzz_build()),
-        "provision" => provision(),
+        "provision" => provision().map(|()| provision_interop()),
         "loom" => loom(),
         "fuzz-build" => fuzz_build(),
         "bench-matrix" => {

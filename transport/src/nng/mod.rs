@@ -9,6 +9,14 @@
 //! nng's PUB drops messages silently when a subscriber is slow and its
 //! PUSH loses what sat in a dead puller's connection:
 //!
+//! Addresses ending in `?native` speak nng's own protocols instead, with
+//! plain bodies, so peers shoal did not write (pynng, nngcat, libnng
+//! programs) can be the other end, with nng's semantics ([`native`] says
+//! what that gives up). The endpoint types are the same either way
+//! ([`endpoint`]).
+//!
+//! - [`endpoint`]: the endpoints a user holds, each one of the two kinds.
+//! - [`native`]: nng's own PUB/SUB and PUSH/PULL.
 //! - [`proto`]: the messages those protocols exchange, parsed sans-IO.
 //! - `sock`: sockets, dialing with a deadline, pipe (connection)
 //!   watching, and nng's asynchronous operations awaited from tokio.
@@ -19,6 +27,8 @@
 //! - [`reqrep`]: request/reply, replies routed by nng.
 //! - [`wire`]: all of it as a [`Wire`](crate::Wire).
 
+pub mod endpoint;
+pub mod native;
 pub mod proto;
 pub mod pubsub;
 pub mod pushpull;
@@ -26,8 +36,10 @@ pub mod reqrep;
 pub(crate) mod sock;
 pub mod wire;
 
-pub use pubsub::{NngPublisher, NngSubscriber};
-pub use pushpull::{NngPuller, NngPusher};
+pub use endpoint::{NngPublisher, NngPuller, NngPusher, NngSubscriber};
+pub use native::{NativePublisher, NativePuller, NativePusher, NativeSubscriber};
+pub use pubsub::{FlowPublisher, FlowSubscriber};
+pub use pushpull::{QueuePuller, QueuePusher};
 pub use reqrep::{NngReplier, NngRequester};
 pub use wire::Nng;
 

@@ -325,25 +325,25 @@ impl super::sock::Service for PubShared {
 }
 
 /// Publishing end over nng.
-pub struct NngPublisher {
+pub struct FlowPublisher {
     shared: Arc<PubShared>,
     send_timeout: Option<Duration>,
     stall_timeout: Duration,
     rt: tokio::runtime::Handle,
 }
 
-impl std::fmt::Debug for NngPublisher {
+impl std::fmt::Debug for FlowPublisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NngPublisher")
+        f.debug_struct("FlowPublisher")
             .field("address", &self.shared.sock.address)
             .finish_non_exhaustive()
     }
 }
 
-impl NngPublisher {
+impl FlowPublisher {
     /// Binds a publisher at `address` (inside a tokio runtime: it serves
     /// subscribers on tasks of its own).
-    pub fn bind(address: &Address, opts: &Options) -> Result<NngPublisher> {
+    pub fn bind(address: &Address, opts: &Options) -> Result<FlowPublisher> {
         let rt = tokio::runtime::Handle::try_current().map_err(|_| Error::Io {
             what: "binding an nng publisher".into(),
             source: std::io::Error::other("must be called inside a tokio runtime"),
@@ -376,7 +376,7 @@ impl NngPublisher {
             })?;
             rt.spawn(super::sock::serve(shared.clone(), ctx));
         }
-        Ok(NngPublisher {
+        Ok(FlowPublisher {
             shared,
             send_timeout: opts.send_timeout,
             stall_timeout: opts.stall_timeout,
@@ -486,7 +486,7 @@ impl NngPublisher {
     }
 }
 
-impl Drop for NngPublisher {
+impl Drop for FlowPublisher {
     /// Closes: subscribers get what was sent, then [`Error::Closed`]. The
     /// socket stays open in the background until every subscriber has
     /// everything and hung up, or [`LINGER`] passed (binding the address
@@ -542,7 +542,7 @@ const AHEAD: usize = 2;
 /// holds up to a few batches ahead of the caller (so the publisher's
 /// buffer is freed once messages reach this process, whether or not the
 /// caller is receiving at that moment).
-pub struct NngSubscriber {
+pub struct FlowSubscriber {
     rx: mpsc::Receiver<Delivery>,
     pending: VecDeque<(SharedBytes, Range<usize>, Range<usize>, u64)>,
     prefixes: Vec<Vec<u8>>,
@@ -551,15 +551,15 @@ pub struct NngSubscriber {
     closed: bool,
 }
 
-impl std::fmt::Debug for NngSubscriber {
+impl std::fmt::Debug for FlowSubscriber {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NngSubscriber")
+        f.debug_struct("FlowSubscriber")
             .field("address", &self.address)
             .finish_non_exhaustive()
     }
 }
 
-impl Drop for NngSubscriber {
+impl Drop for FlowSubscriber {
     fn drop(&mut self) {
         self.poller.abort();
     }
@@ -695,10 +695,10 @@ impl Poller {
     }
 }
 
-impl NngSubscriber {
+impl FlowSubscriber {
     /// Connects to the publisher at `address` and registers with it (so it
     /// receives everything sent from now on).
-    pub async fn connect(address: &Address, opts: &Options) -> Result<NngSubscriber> {
+    pub async fn connect(address: &Address, opts: &Options) -> Result<FlowSubscriber> {
         let (sock, ctx) = super::sock::dial_req(address, opts).await?;
         let mut p = Poller {
             sock,
@@ -713,7 +713,7 @@ impl NngSubscriber {
         };
         p.hello().await?;
         let (tx, rx) = mpsc::channel(AHEAD);
-        Ok(NngSubscriber {
+        Ok(FlowSubscriber {
             rx,
             pending: VecDeque::new(),
             prefixes: Vec::new(),

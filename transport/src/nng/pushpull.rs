@@ -320,24 +320,24 @@ enum Side {
 }
 
 /// Pulling end over nng.
-pub struct NngPuller {
+pub struct QueuePuller {
     side: Side,
 }
 
-impl std::fmt::Debug for NngPuller {
+impl std::fmt::Debug for QueuePuller {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (kind, address) = match &self.side {
             Side::Queue(q) => ("queue", &q.sock.address),
             Side::Remote { sock, .. } => ("remote", &sock.address),
         };
-        f.debug_struct("NngPuller")
+        f.debug_struct("QueuePuller")
             .field("side", &kind)
             .field("address", address)
             .finish()
     }
 }
 
-impl Drop for NngPuller {
+impl Drop for QueuePuller {
     fn drop(&mut self) {
         if let Side::Queue(q) = &self.side {
             q.sock.socket.close();
@@ -345,10 +345,10 @@ impl Drop for NngPuller {
     }
 }
 
-impl NngPuller {
+impl QueuePuller {
     /// Binds the queue at `address` (inside a tokio runtime: it serves
     /// pushers and pullers on tasks of its own).
-    pub fn bind(address: &Address, opts: &Options) -> Result<NngPuller> {
+    pub fn bind(address: &Address, opts: &Options) -> Result<QueuePuller> {
         let rt = tokio::runtime::Handle::try_current().map_err(|_| Error::Io {
             what: "binding an nng puller".into(),
             source: std::io::Error::other("must be called inside a tokio runtime"),
@@ -371,15 +371,15 @@ impl NngPuller {
         for _ in 0..=2 * opts.max_peers {
             rt.spawn(super::sock::serve(shared.clone(), context(&shared.sock)?));
         }
-        Ok(NngPuller {
+        Ok(QueuePuller {
             side: Side::Queue(shared),
         })
     }
 
     /// Connects another puller to the queue at `address`.
-    pub async fn connect(address: &Address, opts: &Options) -> Result<NngPuller> {
+    pub async fn connect(address: &Address, opts: &Options) -> Result<QueuePuller> {
         let (sock, ctx) = super::sock::dial_req(address, opts).await?;
-        Ok(NngPuller {
+        Ok(QueuePuller {
             side: Side::Remote {
                 sock: Arc::new(sock),
                 ctx,
@@ -475,7 +475,7 @@ fn acknowledge(sock: Arc<Sock>, id: u64, token: u64, gone_after: Duration) {
 }
 
 /// Pushing end over nng.
-pub struct NngPusher {
+pub struct QueuePusher {
     sock: Sock,
     ctx: Context,
     id: u64,
@@ -485,19 +485,19 @@ pub struct NngPusher {
     gone_after: Duration,
 }
 
-impl std::fmt::Debug for NngPusher {
+impl std::fmt::Debug for QueuePusher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NngPusher")
+        f.debug_struct("QueuePusher")
             .field("address", &self.sock.address)
             .finish_non_exhaustive()
     }
 }
 
-impl NngPusher {
+impl QueuePusher {
     /// Connects a pusher to the queue at `address`.
-    pub async fn connect(address: &Address, opts: &Options) -> Result<NngPusher> {
+    pub async fn connect(address: &Address, opts: &Options) -> Result<QueuePusher> {
         let (sock, ctx) = super::sock::dial_req(address, opts).await?;
-        Ok(NngPusher {
+        Ok(QueuePusher {
             sock,
             ctx,
             id: PeerId::random().0,

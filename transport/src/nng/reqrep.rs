@@ -1,6 +1,9 @@
 //! Request/reply over nng's REQ/REP: nng routes each reply to its asker.
 //! A request is one envelope under an `Ask` block carrying the asker's id
-//! (so the replier knows who asked); the reply one under `Answer`.
+//! (so the replier knows who asked); the reply one under `Answer`. With a
+//! `?native` address both are plain bodies, so foreign nng REQ and REP
+//! sockets can be the other end; a request's peer is then the nng
+//! connection it came on.
 //!
 //! A request whose connection breaks while it is outstanding is asked
 //! again once a connection stands (`sock::ask`), so a request can reach a
@@ -9,7 +12,9 @@
 //! would run slow requests twice).
 
 use super::proto::{locate, put_envelope, Control, Op, CONTROL_LEN};
-use super::sock::{ask, close_pipe, context, ctx_recv, ctx_send, lock, message, Body, Sock};
+use super::sock::{
+    ask, close_pipe, context, ctx_recv, ctx_send, lock, message, pipe_id, Body, Sock,
+};
 use crate::address::Address;
 use crate::envelope::Kind;
 use crate::error::{Error, Result};
@@ -58,6 +63,14 @@ fn locate_one(msg: nng::Message, op: Op, kind: Kind, max: usize) -> Result<Locat
     Ok((body, e.topic, e.payload, e.header.id))
 }
 
+/// A plain body (`?native`) where it lies, its peer the connection.
+fn locate_plain(mut msg: nng::Message, max: usize) -> Result<Located> {
+    check(max, msg.len())?;
+    let peer = pipe_id(msg.pipe());
+    let len = msg.len();
+    Ok((SharedBytes(Arc::new(Body(msg))), 0..0, 0..len, peer))
+}
+
 fn check(max: usize, n: usize) -> Result<()> {
     if n > max {
         return Err(Error::TooLarge {
@@ -76,6 +89,8 @@ pub struct NngRequester {
     id: u64,
     max_message: usize,
     gone_after: Duration,
+    /// `?native`: plain bodies.
+    native: bool,
 }
 
 impl std::fmt::Debug for NngRequester {
@@ -96,6 +111,7 @@ impl NngRequester {
             id: PeerId::random().0,
             max_message: opts.max_message,
             gone_after: opts.connect_timeout,
+            native: address.is_native(),
         })
     }
 
@@ -103,6 +119,11 @@ impl NngRequester {
     /// the replier's connection is gone for the connect timeout.
     pub async fn request(&mut self, payload: &[u8]) -> Result<Frame<'static>> {
         check(self.max_message, payload.len())?;
+        if self.native {
+            let r = ask(&self.sock, &self.ctx, payload, self.gone_after).await?;
+            let (body, topic, payload, peer) = locate_plain(r, self.max_message)?;
+            return Ok(Frame::shared(body, topic, payload)?.with_peer(peer));
+        }
         let q = wrap(Op::Ask, Kind::Request, self.id, payload)?;
         let r = ask(&self.sock, &self.ctx, &q, self.gone_after).await?;
         unwrap(r, Op::Answer, Kind::Reply, self.max_message)
@@ -135,6 +156,8 @@ pub struct NngReplier {
     max_message: usize,
     /// Answers waiting in the background, per connection.
     waiting: Arc<Mutex<HashMap<nng::Pipe, usize>>>,
+    /// `?native`: plain bodies.
+    native: bool,
 }
 
 impl std::fmt::Debug for NngReplier {
@@ -160,6 +183,7 @@ impl NngReplier {
             id: PeerId::random().0,
             max_message: opts.max_message,
             waiting: Arc::default(),
+            native: address.is_native(),
         })
     }
 
@@ -188,7 +212,12 @@ impl NngReplier {
                     continue;
                 }
             }
-            match locate_one(m, Op::Ask, Kind::Request, self.max_message) {
+            let located = if self.native {
+                locate_plain(m, self.max_message)
+            } else {
+                locate_one(m, Op::Ask, Kind::Request, self.max_message)
+            };
+            match located {
                 Ok(f) => break (f, pipe),
                 Err(e) => {
                     tracing::warn!(address = %self.sock.address, error = %e, "nng replier: bad request; dropping its connection");
@@ -203,7 +232,11 @@ impl NngReplier {
             answer(&Frame::shared(body, topic, payload)?.with_peer(peer))
         };
         check(self.max_message, reply.len())?;
-        let r = wrap(Op::Answer, Kind::Reply, self.id, &reply)?;
+        let r = if self.native {
+            reply
+        } else {
+            wrap(Op::Answer, Kind::Reply, self.id, &reply)?
+        };
         let (ctx, address) = (self.ctx.clone(), self.sock.address.clone());
         let mut send = Box::pin(async move { ctx_send(&ctx, message(&r), &address).await });
         // Behind an answer already waiting for its connection, this one

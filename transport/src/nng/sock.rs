@@ -31,8 +31,8 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The nng URL of an `nng+…` address.
 pub(crate) fn url(address: &Address) -> Result<String> {
     match address {
-        Address::NngIpc { path } => Ok(format!("ipc://{}", path.display())),
-        Address::NngTcp { host, port } => Ok(match host {
+        Address::NngIpc { path, .. } => Ok(format!("ipc://{}", path.display())),
+        Address::NngTcp { host, port, .. } => Ok(match host {
             Host::V6(ip) => format!("tcp://[{ip}]:{port}"),
             h => format!("tcp://{h}:{port}"),
         }),
@@ -63,6 +63,16 @@ pub(crate) fn close_pipe(pipe: Pipe) {
     // its id up in nng's table: an id that is gone (or was never valid)
     // gets NNG_ENOENT and touches nothing.
     let _ = unsafe { nng::ffi::nng_pipe_close(pipe.nng_pipe()) };
+}
+
+/// The id nng gave the connection `pipe` (positive while it lives; 0 for
+/// none), which frames carry as their peer on `?native` addresses.
+pub(crate) fn pipe_id(pipe: Option<Pipe>) -> u64 {
+    let Some(pipe) = pipe else { return 0 };
+    // SAFETY: `nng_pipe_id` reads the id field of the handle passed by
+    // value; it dereferences nothing and accepts any handle.
+    let id = unsafe { nng::ffi::nng_pipe_id(pipe.nng_pipe()) };
+    u64::try_from(id).unwrap_or(0)
 }
 
 /// The pipes (peer connections) of a socket, kept by nng's pipe
@@ -275,17 +285,26 @@ impl Sock {
     /// the address asked for port 0.
     pub fn bound_address(&self) -> Address {
         match (&self.address, &self.listener) {
-            (Address::NngTcp { host, port: 0 }, Some(l)) => {
+            (
+                Address::NngTcp {
+                    host,
+                    port: 0,
+                    native,
+                },
+                Some(l),
+            ) => {
                 // The nng crate (1.0.1) copies `sa_port` without
                 // converting it from network byte order.
                 match l.get_opt::<nng::options::LocalAddr>() {
                     Ok(nng::SocketAddr::Inet(a)) => Address::NngTcp {
                         host: host.clone(),
                         port: u16::from_be(a.port()),
+                        native: *native,
                     },
                     Ok(nng::SocketAddr::Inet6(a)) => Address::NngTcp {
                         host: host.clone(),
                         port: u16::from_be(a.port()),
+                        native: *native,
                     },
                     _ => self.address.clone(),
                 }
@@ -360,6 +379,25 @@ pub(crate) async fn ctx_send(ctx: &Context, msg: Message, address: &Address) -> 
     match run(|aio| ctx.send(aio, msg).map_err(|(_, e)| e)).await? {
         AioResult::Send(Ok(())) => Ok(()),
         AioResult::Send(Err((_, e))) => Err(failed(e, address)),
+        _ => Err(Error::Closed),
+    }
+}
+
+/// Receives on the socket itself (protocols without contexts: PULL, and
+/// SUB, whose subscriptions are the socket's).
+pub(crate) async fn sock_recv(sock: &Sock) -> Result<Message> {
+    match run(|aio| sock.socket.recv_async(aio)).await? {
+        AioResult::Recv(Ok(m)) => Ok(m),
+        AioResult::Recv(Err(e)) => Err(failed(e, &sock.address)),
+        _ => Err(Error::Closed),
+    }
+}
+
+/// Sends `msg` on the socket itself (PUB, PUSH).
+pub(crate) async fn sock_send(sock: &Sock, msg: Message) -> Result<()> {
+    match run(|aio| sock.socket.send_async(aio, msg).map_err(|(_, e)| e)).await? {
+        AioResult::Send(Ok(())) => Ok(()),
+        AioResult::Send(Err((_, e))) => Err(failed(e, &sock.address)),
         _ => Err(Error::Closed),
     }
 }
