@@ -117,6 +117,12 @@ impl<T: Pusher> Blocking<T> {
     pub fn push(&mut self, payload: &[u8]) -> Result<()> {
         self.rt.block_on(self.inner.send(payload))
     }
+    /// [`Pusher::flush`], blocking. Call it before dropping a pusher whose
+    /// messages may still be on their way (nng): dropping this wrapper
+    /// drops its runtime, and the pusher's shipping with it.
+    pub fn flush(&mut self) -> Result<()> {
+        self.rt.block_on(self.inner.flush())
+    }
 }
 
 impl<T: Puller> Blocking<T> {

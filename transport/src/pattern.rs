@@ -100,8 +100,16 @@ pub trait Subscriber: Send {
 
 /// Queues messages, each for exactly one puller.
 pub trait Pusher: Send {
-    /// Queues `payload`.
+    /// Queues `payload`. On some wires (nng) the message may still be on
+    /// its way when this returns: see [`flush`](Self::flush).
     fn send(&mut self, payload: &[u8]) -> impl Future<Output = Result<()>> + Send;
+    /// Waits until the queue holds everything sent so far (or it was
+    /// taken), so that only the queue's own death can lose it. Wires whose
+    /// `send` returns only once the queue holds the message have nothing
+    /// to wait for (the default).
+    fn flush(&mut self) -> impl Future<Output = Result<()>> + Send {
+        async { Ok(()) }
+    }
 }
 
 /// Takes messages from a queue (no other puller gets them).

@@ -130,6 +130,9 @@ async fn pushpull<W: Wire>(a: Address) {
         let p = if i % 2 == 0 { &mut push } else { &mut push2 };
         p.send(&i.to_le_bytes()).await.unwrap();
     }
+    // Everything sent is in the queue (or taken) once flushed.
+    push.flush().await.unwrap();
+    push2.flush().await.unwrap();
     let ((r1, g1), (r2, g2)) = (h1.await.unwrap(), h2.await.unwrap());
     // Each pusher is one sender id, and the two differ.
     let by_parity: BTreeSet<(u32, shoal_transport::PeerId)> =

@@ -167,7 +167,7 @@ fn bad_bodies(target: Target) -> Vec<(&'static str, Vec<u8>)> {
         }),
         ("a bad version", {
             let mut c = control(op::HELLO, 1, 0, 0);
-            c[4] = 2;
+            c[4] = 1;
             c
         }),
         ("op 0", control(0, 1, 0, 0)),
@@ -177,25 +177,30 @@ fn bad_bodies(target: Target) -> Vec<(&'static str, Vec<u8>)> {
             c[6] = 1;
             c
         }),
+        ("padding bytes set", {
+            let mut c = control(op::HELLO, 1, 0, 0);
+            c[40] = 1;
+            c
+        }),
     ];
     let envelope_lies = |good: &Vec<u8>, kind_wrong: Kind| -> Vec<(&'static str, Vec<u8>)> {
-        let ctl = good[..32].to_vec();
+        let ctl = good[..44].to_vec();
         vec![
             ("no envelope", ctl.clone()),
             ("an envelope cut short", good[..good.len() - 8].to_vec()),
             ("a body length past the end", {
                 let mut m = good.clone();
-                m[32..36].copy_from_slice(&4096u32.to_le_bytes());
+                m[44..48].copy_from_slice(&4096u32.to_le_bytes());
                 m
             }),
             ("a body length of 4 GiB - 16", {
                 let mut m = good.clone();
-                m[32..36].copy_from_slice(&0xffff_fff0u32.to_le_bytes());
+                m[44..48].copy_from_slice(&0xffff_fff0u32.to_le_bytes());
                 m
             }),
             ("two envelopes where one goes", {
                 let mut m = good.clone();
-                m.extend_from_slice(&good[32..]);
+                m.extend_from_slice(&good[44..]);
                 m
             }),
             (

@@ -203,6 +203,7 @@ async fn pusher_child() {
             tokio::time::sleep(Duration::from_micros(delay)).await;
         }
     }
+    p.flush().await.unwrap();
     say(format!("pushed {n}"));
 }
 
@@ -818,4 +819,39 @@ fn reqrep_processes_and_a_killed_replier_tcp() {
     run(reqrep_processes_and_a_killed_replier(common::tcp_addr(
         "nng+tcp",
     )));
+}
+
+/// A pusher's sends return once in its window; a queue that is gone is
+/// reported by `flush` (and by the sends after it), within the connect
+/// timeout, and nothing waits for ever.
+#[test]
+fn a_pusher_whose_queue_is_gone_says_so_at_flush() {
+    run(async {
+        let a = common::tcp_addr("nng+tcp");
+        let o = Options::default()
+            .connect_timeout(SEC)
+            .stall_timeout(2 * SEC);
+        let mut q = NngPuller::bind(&a, &o).unwrap();
+        let mut p = NngPusher::connect(&a, &o).await.unwrap();
+        p.send(b"one").await.unwrap();
+        p.flush().await.unwrap();
+        assert_eq!(&q.recv().await.unwrap()[..], b"one");
+        drop(q);
+        p.send(b"two").await.unwrap();
+        let t0 = std::time::Instant::now();
+        let e = tokio::time::timeout(10 * SEC, p.flush())
+            .await
+            .expect("flush waited for ever")
+            .unwrap_err();
+        assert!(matches!(e, Error::PeerGone { .. }), "{e}");
+        assert!(t0.elapsed() < 5 * SEC, "{:?}", t0.elapsed());
+        // The window is kept: a queue bound again gets what was left.
+        let mut q = NngPuller::bind(&a, &o).unwrap();
+        let f = tokio::time::timeout(10 * SEC, q.recv())
+            .await
+            .expect("the kept message never came")
+            .unwrap();
+        assert_eq!(&f[..], b"two");
+        p.flush().await.unwrap();
+    });
 }

@@ -27,6 +27,10 @@
 //! process (metric `typed_receive_overhead_ns`, one sample per batch of
 //! 1024 reads; pattern `rpc-typed`, processes 1).
 //!
+//! `transport oneway --wire nng-tcp|nng-ipc|quic [--pub] --size B --ms T`,
+//! `transport oneway-raw --peer nng|nng-ipc|quinn|tcp --size B --ms T`:
+//! one-way throughput (see the `oneway` module).
+//!
 //! Prints one JSON [`Measurement`] per line.
 
 use shoal_bench::measure::Measurement;
@@ -38,6 +42,9 @@ use shoal_transport::{
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
+
+#[path = "transport/oneway.rs"]
+mod oneway;
 
 /// Round trips per sample.
 const BATCH: u64 = 32;
@@ -532,8 +539,27 @@ fn main() {
             a.has("stream-per-request"),
         ),
         "typed" => typed(a.get("iters", 2000u64)),
+        "oneway" => oneway::shoal(
+            &a.get("wire", "nng-tcp".to_string()),
+            if a.has("pub") { "pub" } else { "push" },
+            a.get("size", 64usize),
+            a.get("ms", 1000u64),
+        ),
+        "oneway-raw" => {
+            let (size, ms) = (a.get("size", 64usize), a.get("ms", 1000u64));
+            match a.get("peer", "nng".to_string()).as_str() {
+                "nng" => oneway::nng_raw(size, ms, false),
+                "nng-ipc" => oneway::nng_raw(size, ms, true),
+                "quinn" => oneway::quinn_raw(size, ms),
+                "tcp" => oneway::tcp_raw(size, ms),
+                p => {
+                    eprintln!("unknown peer {p}: nng, nng-ipc, quinn or tcp");
+                    std::process::exit(2);
+                }
+            }
+        }
         _ => {
-            eprintln!("usage: transport <rpc [--wire shm|nng-tcp|nng-ipc|quic] --size B --iters N [--pin] | nng-raw --size B --iters N [--ipc] | quinn-raw --size B --iters N | typed --iters N>");
+            eprintln!("usage: transport <rpc [--wire shm|nng-tcp|nng-ipc|quic] --size B --iters N [--pin] | nng-raw --size B --iters N [--ipc] | quinn-raw --size B --iters N | typed --iters N | oneway --wire W [--pub] --size B --ms T | oneway-raw --peer nng|nng-ipc|quinn|tcp --size B --ms T>");
             std::process::exit(2);
         }
     };

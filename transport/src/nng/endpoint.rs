@@ -128,11 +128,22 @@ impl NngPusher {
         }))
     }
 
-    /// Sends `payload` to one puller.
+    /// Sends `payload` to one puller (see [`QueuePusher::send`]: it may
+    /// still be on its way when this returns).
     pub async fn send(&mut self, payload: &[u8]) -> Result<()> {
         match &mut self.0 {
             PushKind::Queue(p) => p.send(payload).await,
             PushKind::Native(p) => p.send(payload).await,
+        }
+    }
+
+    /// Waits until the queue has taken everything sent
+    /// ([`QueuePusher::flush`]); a native pusher has nothing to wait for
+    /// (nng's PUSH acknowledges nothing).
+    pub async fn flush(&mut self) -> Result<()> {
+        match &mut self.0 {
+            PushKind::Queue(p) => p.flush().await,
+            PushKind::Native(_) => Ok(()),
         }
     }
 }

@@ -28,11 +28,12 @@
 //! queue through the one address, and a message sitting in a dead
 //! puller's connection would be lost.
 
-use super::proto::{locate, Control, Op, CONTROL_LEN};
+use super::proto::{locate, push_b, push_b_parts, Control, Op, CONTROL_LEN};
 use super::pubsub::HOLD;
 use super::sock::{ask, context, lock, message, Body, InProgress, Sock};
 use crate::address::Address;
 use crate::envelope::Kind;
+use crate::envelope::HEADER_LEN;
 use crate::error::{Error, Result};
 use crate::frame::{Frame, PeerId, SharedBytes};
 use crate::options::Options;
@@ -172,23 +173,40 @@ impl QShared {
     }
 
     async fn push(&self, ctl: Control, req: Message) -> Result<Message> {
-        let reply = |op| message(&Control::new(op, 0, 0, 0).encode());
-        let found = locate(req.as_slice(), 1, Kind::Message, self.max_message)?;
-        let Some(e) = found.into_iter().next() else {
+        let (hold_ms, count) = push_b_parts(ctl.b);
+        let found = locate(req.as_slice(), count, Kind::Message, self.max_message)?;
+        let (pusher, first) = (ctl.a, ctl.c);
+        if first == 0 || first.checked_add(count).is_none() {
             return Err(Error::Corrupt {
-                what: "push envelopes",
-                found: 0,
-                expected: "1",
+                what: "push sequence number",
+                found: first,
+                expected: "1 or more, with room for the batch",
             });
-        };
-        let item = Item {
-            envelope: CONTROL_LEN..req.len(),
-            topic: e.topic,
-            payload: e.payload,
-            peer: e.header.id,
-            body: SharedBytes(Arc::new(Body(req))),
-        };
-        let hold = Duration::from_millis(ctl.b).min(HOLD);
+        }
+        let body = SharedBytes(Arc::new(Body(req)));
+        // Envelope `i` ends where the next begins (the last at the end).
+        let ends: Vec<usize> = found
+            .iter()
+            .skip(1)
+            .map(|e| e.topic.start - HEADER_LEN)
+            .chain(std::iter::once((*body.0).as_ref().len()))
+            .collect();
+        let mut items = found
+            .into_iter()
+            .zip(ends)
+            .enumerate()
+            .map(|(i, (e, end))| {
+                let item = Item {
+                    envelope: e.topic.start - HEADER_LEN..end,
+                    topic: e.topic,
+                    payload: e.payload,
+                    peer: e.header.id,
+                    body: body.clone(),
+                };
+                (first + i as u64, item)
+            });
+        let mut next = items.next();
+        let hold = Duration::from_millis(hold_ms).min(HOLD);
         let deadline = Instant::now() + hold;
         loop {
             let mut room = pin!(self.room.notified());
@@ -196,33 +214,54 @@ impl QShared {
             {
                 let mut st = lock(&self.state);
                 self.reclaim(&mut st);
-                if st.pushed.get(&ctl.a).is_some_and(|&(seq, _)| seq >= ctl.c) {
-                    return Ok(reply(Op::Queued));
-                }
-                if st.items.is_empty() || st.bytes + item.len() <= self.capacity {
+                let mut last = st.pushed.get(&pusher).map_or(0, |&(seq, _)| seq);
+                let had = last;
+                // Queue, in order, what was not queued before and fits.
+                while let Some((seq, item)) = next.take() {
+                    if seq <= last {
+                        next = items.next();
+                        continue;
+                    }
+                    if !(st.items.is_empty() || st.bytes + item.len() <= self.capacity) {
+                        next = Some((seq, item));
+                        break;
+                    }
                     st.bytes += item.len();
                     st.items.push_back(item);
-                    if st.pushed.len() >= MAX_PUSHERS && !st.pushed.contains_key(&ctl.a) {
-                        if let Some(oldest) = st
-                            .pushed
-                            .iter()
-                            .min_by_key(|(_, (_, t))| *t)
-                            .map(|(k, _)| *k)
-                        {
-                            st.pushed.remove(&oldest);
-                        }
+                    last = seq;
+                    next = items.next();
+                }
+                if last != had || next.is_none() {
+                    if last != had {
+                        self.remember(&mut st, pusher, last);
+                        drop(st);
+                        self.data.notify_waiters();
                     }
-                    st.pushed.insert(ctl.a, (ctl.c, Instant::now()));
-                    drop(st);
-                    self.data.notify_waiters();
-                    return Ok(reply(Op::Queued));
+                    return Ok(message(&Control::new(Op::Queued, last, 0, 0).encode()));
                 }
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() || tokio::time::timeout(left, room).await.is_err() {
-                return Ok(reply(Op::Full));
+                return Ok(message(&Control::new(Op::Full, 0, 0, 0).encode()));
             }
         }
+    }
+
+    /// Notes that pusher `pusher` has everything up to `seq` queued,
+    /// forgetting the pusher heard from longest ago when too many are
+    /// remembered.
+    fn remember(&self, st: &mut QState, pusher: u64, seq: u64) {
+        if st.pushed.len() >= MAX_PUSHERS && !st.pushed.contains_key(&pusher) {
+            if let Some(oldest) = st
+                .pushed
+                .iter()
+                .min_by_key(|(_, (_, t))| *t)
+                .map(|(k, _)| *k)
+            {
+                st.pushed.remove(&oldest);
+            }
+        }
+        st.pushed.insert(pusher, (seq, Instant::now()));
     }
 
     async fn pull(&self, ctl: Control, pipe: Option<Pipe>) -> Result<Message> {
@@ -474,43 +513,110 @@ fn acknowledge(sock: Arc<Sock>, id: u64, token: u64, gone_after: Duration) {
     });
 }
 
-/// Pushing end over nng.
-pub struct QueuePusher {
-    sock: Sock,
-    ctx: Context,
-    id: u64,
+/// Bytes of envelopes one push carries at most (at least one envelope,
+/// and never more than the pusher's `max_message`).
+const BATCH_BYTES: usize = 4 << 20;
+/// Envelopes one push carries at most.
+const BATCH_COUNT: usize = 4096;
+
+/// What a pusher has sent and the queue has not yet taken.
+#[derive(Default)]
+struct Window {
+    /// (sequence number, the push of that message alone: a control block
+    /// and its envelope), oldest first. A batch of one is asked as it is;
+    /// a larger batch is the envelopes copied after one control block.
+    pending: VecDeque<(u64, Arc<Vec<u8>>)>,
+    bytes: usize,
+    /// The last sequence number given out.
     seq: u64,
+    /// What went wrong since the pusher last looked, reported once.
+    failed: Option<Error>,
+    /// The pusher was dropped: ship what is left, then end.
+    closed: bool,
+}
+
+struct PushShared {
+    window: Mutex<Window>,
+    /// Something was added, or the pusher was dropped.
+    added: Notify,
+    /// The queue took something (room in the window), or shipping failed.
+    moved: Notify,
+}
+
+/// Pushing end over nng.
+///
+/// [`send`](Self::send) puts the message in the pusher's window (at most
+/// `capacity` bytes, or one message) and returns; a task of the pusher's
+/// ships the window to the queue in batches, one push question at a time,
+/// each acknowledged (`Queued`) up to the last message the queue took, and
+/// asks again with the rest until all are taken. Sequence numbers make a
+/// batch asked again after a broken connection queue once. So a loop of
+/// sends runs at the wire's pace, not one round trip per message, and
+/// messages leave in the order sent. [`flush`](Self::flush) waits until
+/// the queue has taken everything sent. A failure to ship (the queue gone
+/// for the connect timeout) is reported by the next `send` or `flush`;
+/// the window is kept and shipped when the queue is back. A dropped pusher
+/// goes on shipping its window for up to the stall timeout (inside the
+/// runtime it was made in).
+pub struct QueuePusher {
+    shared: Arc<PushShared>,
+    address: Address,
+    id: u64,
     max_message: usize,
+    window: usize,
     send_timeout: Option<Duration>,
-    gone_after: Duration,
 }
 
 impl std::fmt::Debug for QueuePusher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("QueuePusher")
-            .field("address", &self.sock.address)
+            .field("address", &self.address)
             .finish_non_exhaustive()
     }
 }
 
+impl Drop for QueuePusher {
+    fn drop(&mut self) {
+        lock(&self.shared.window).closed = true;
+        self.shared.added.notify_one();
+    }
+}
+
 impl QueuePusher {
-    /// Connects a pusher to the queue at `address`.
+    /// Connects a pusher to the queue at `address` (inside a tokio runtime:
+    /// it ships on a task of its own).
     pub async fn connect(address: &Address, opts: &Options) -> Result<QueuePusher> {
         let (sock, ctx) = super::sock::dial_req(address, opts).await?;
-        Ok(QueuePusher {
+        let shared = Arc::new(PushShared {
+            window: Mutex::default(),
+            added: Notify::new(),
+            moved: Notify::new(),
+        });
+        let id = PeerId::random().0;
+        let shipper = Shipper {
+            shared: shared.clone(),
             sock,
             ctx,
-            id: PeerId::random().0,
-            seq: 0,
-            max_message: opts.max_message,
-            send_timeout: opts.send_timeout,
+            id,
+            batch: BATCH_BYTES.min(opts.max_message),
             gone_after: opts.connect_timeout,
+            linger: opts.stall_timeout,
+        };
+        tokio::spawn(shipper.run());
+        Ok(QueuePusher {
+            shared,
+            address: address.clone(),
+            id,
+            max_message: opts.max_message,
+            window: (opts.capacity as usize).max(1),
+            send_timeout: opts.send_timeout,
         })
     }
 
-    /// Queues `payload`, waiting for room up to the send timeout. Cancelled,
-    /// the message may still have been queued if the queue had just taken
-    /// it.
+    /// Puts `payload` in the window, waiting for room up to the send
+    /// timeout; a failure to ship since the last look is returned instead
+    /// (once; the window is kept). Cancelled while waiting, nothing was
+    /// put in.
     pub async fn send(&mut self, payload: &[u8]) -> Result<()> {
         if payload.len() > self.max_message {
             return Err(Error::TooLarge {
@@ -519,55 +625,201 @@ impl QueuePusher {
                 limit: self.max_message as u64,
             });
         }
-        self.seq += 1;
-        let mut q =
+        let mut env =
             Vec::with_capacity(CONTROL_LEN + super::proto::envelope_len(b"", payload.len()));
-        q.extend_from_slice(&[0; CONTROL_LEN]);
-        super::proto::put_envelope(&mut q, Kind::Message, b"", payload, self.id)?;
+        env.resize(CONTROL_LEN, 0);
+        super::proto::put_envelope(&mut env, Kind::Message, b"", payload, self.id)?;
         let deadline = self.send_timeout.map(|t| Instant::now() + t);
         loop {
-            let hold = match deadline {
-                None => HOLD,
-                Some(d) => d.saturating_duration_since(Instant::now()).min(HOLD),
-            };
-            q[..CONTROL_LEN].copy_from_slice(
-                &Control::new(Op::Push, self.id, hold.as_millis() as u64, self.seq).encode(),
-            );
-            // The queue answers within the hold it was given; one that
-            // does not within the connect timeout beyond is stalled.
-            let within = hold + self.gone_after;
-            let r =
-                match tokio::time::timeout(within, ask(&self.sock, &self.ctx, &q, self.gone_after))
-                    .await
-                {
-                    Ok(r) => r?,
-                    Err(_) if deadline.is_some_and(|d| Instant::now() >= d) => {
-                        return Err(Error::Timeout {
-                            what: "push (waiting for the queue)",
-                            after: self.send_timeout.unwrap_or_default(),
-                        })
-                    }
-                    Err(_) => {
-                        return Err(Error::PeerGone {
-                            address: self.sock.address.to_string(),
-                        })
-                    }
-                };
-            match Control::decode(r.as_slice())?.op {
-                Op::Queued => return Ok(()),
-                Op::Full if deadline.is_some_and(|d| Instant::now() >= d) => {
+            let mut moved = pin!(self.shared.moved.notified());
+            moved.as_mut().enable();
+            {
+                let mut w = lock(&self.shared.window);
+                if let Some(e) = w.failed.take() {
+                    return Err(e);
+                }
+                let len = env.len() - CONTROL_LEN;
+                if w.pending.is_empty() || w.bytes + len <= self.window {
+                    w.seq += 1;
+                    let seq = w.seq;
+                    let b = push_b(HOLD.as_millis() as u64, 1);
+                    env[..CONTROL_LEN]
+                        .copy_from_slice(&Control::new(Op::Push, self.id, b, seq).encode());
+                    w.bytes += len;
+                    w.pending.push_back((seq, Arc::new(env)));
+                    drop(w);
+                    self.shared.added.notify_one();
+                    return Ok(());
+                }
+            }
+            self.wait(
+                moved,
+                deadline,
+                "push (waiting for the queue to take the window)",
+            )
+            .await?;
+        }
+    }
+
+    /// Waits until the queue has taken everything sent (up to the send
+    /// timeout); a failure to ship is returned instead.
+    pub async fn flush(&mut self) -> Result<()> {
+        let deadline = self.send_timeout.map(|t| Instant::now() + t);
+        loop {
+            let mut moved = pin!(self.shared.moved.notified());
+            moved.as_mut().enable();
+            {
+                let mut w = lock(&self.shared.window);
+                if let Some(e) = w.failed.take() {
+                    return Err(e);
+                }
+                if w.pending.is_empty() {
+                    return Ok(());
+                }
+            }
+            self.wait(moved, deadline, "flush (waiting for the queue)")
+                .await?;
+        }
+    }
+
+    async fn wait(
+        &self,
+        moved: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
+        deadline: Option<Instant>,
+        what: &'static str,
+    ) -> Result<()> {
+        match deadline {
+            None => {
+                moved.await;
+                Ok(())
+            }
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() || tokio::time::timeout(left, moved).await.is_err() {
                     return Err(Error::Timeout {
-                        what: "push (waiting for room)",
+                        what,
                         after: self.send_timeout.unwrap_or_default(),
+                    });
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The task that ships a pusher's window.
+struct Shipper {
+    shared: Arc<PushShared>,
+    sock: Sock,
+    ctx: Context,
+    id: u64,
+    /// Envelope bytes per push at most (0 after a failed push: one
+    /// envelope, in case the batch was over the queue's size limit).
+    batch: usize,
+    gone_after: Duration,
+    linger: Duration,
+}
+
+impl Shipper {
+    /// The next push question: a prefix of the window; `None` when the
+    /// window is empty and the pusher dropped.
+    async fn next(&self, limit: usize) -> Option<Arc<Vec<u8>>> {
+        loop {
+            let added = self.shared.added.notified();
+            {
+                let w = lock(&self.shared.window);
+                if let Some((first, one)) = w.pending.front() {
+                    let (first, one) = (*first, one.clone());
+                    let fits = |n: usize, next: usize| n + next - CONTROL_LEN <= limit;
+                    if w.pending.len() == 1 || !fits(one.len(), w.pending[1].1.len()) {
+                        return Some(one);
+                    }
+                    let mut q = vec![0u8; CONTROL_LEN];
+                    let mut count = 0;
+                    for (_, push) in w.pending.iter().take(BATCH_COUNT) {
+                        if count > 0 && !fits(q.len(), push.len()) {
+                            break;
+                        }
+                        q.extend_from_slice(&push[CONTROL_LEN..]);
+                        count += 1;
+                    }
+                    let b = push_b(HOLD.as_millis() as u64, count);
+                    q[..CONTROL_LEN]
+                        .copy_from_slice(&Control::new(Op::Push, self.id, b, first).encode());
+                    return Some(Arc::new(q));
+                }
+                if w.closed {
+                    return None;
+                }
+            }
+            added.await;
+        }
+    }
+
+    fn failed(&self, e: Error) {
+        lock(&self.shared.window).failed = Some(e);
+        self.shared.moved.notify_waiters();
+    }
+
+    async fn run(mut self) {
+        let full = self.batch;
+        let mut closed_at: Option<Instant> = None;
+        while let Some(q) = self.next(self.batch).await {
+            if lock(&self.shared.window).closed {
+                let since = *closed_at.get_or_insert_with(Instant::now);
+                if since.elapsed() >= self.linger {
+                    let w = lock(&self.shared.window);
+                    tracing::warn!(address = %self.sock.address, left = w.pending.len(), "nng pusher: dropped with messages the queue did not take within the stall timeout; they are lost");
+                    return;
+                }
+            }
+            // The queue answers within the hold it was given; one that does
+            // not within the connect timeout (and the batch's transfer)
+            // beyond is stalled.
+            let within = HOLD + self.gone_after + super::sock::transfer_allowance(q.len());
+            let r =
+                tokio::time::timeout(within, ask(&self.sock, &self.ctx, &q, self.gone_after)).await;
+            let answer = match r {
+                Ok(Ok(m)) => Control::decode(m.as_slice()),
+                Ok(Err(e)) => Err(e),
+                Err(_) => {
+                    // Stalled: a fresh connection may do better.
+                    self.sock.pipes.close_all();
+                    Err(Error::PeerGone {
+                        address: self.sock.address.to_string(),
                     })
                 }
-                Op::Full => continue,
-                op => {
-                    return Err(Error::Corrupt {
-                        what: "answer to push",
-                        found: op as u64,
-                        expected: "8 (queued) or 9 (full)",
-                    })
+            };
+            match answer {
+                Ok(Control {
+                    op: Op::Queued,
+                    a: last,
+                    ..
+                }) => {
+                    self.batch = full;
+                    let mut w = lock(&self.shared.window);
+                    while w.pending.front().is_some_and(|(seq, _)| *seq <= last) {
+                        if let Some((_, push)) = w.pending.pop_front() {
+                            w.bytes -= push.len() - CONTROL_LEN;
+                        }
+                    }
+                    drop(w);
+                    self.shared.moved.notify_waiters();
+                }
+                Ok(Control { op: Op::Full, .. }) => {}
+                Ok(c) => self.failed(Error::Corrupt {
+                    what: "answer to push",
+                    found: c.op as u64,
+                    expected: "8 (queued) or 9 (full)",
+                }),
+                Err(e) => {
+                    tracing::debug!(address = %self.sock.address, error = %e, "nng pusher: push failed; asking again");
+                    self.batch = 0;
+                    self.failed(e);
+                    // Not in a tight loop while the queue is away.
+                    if !self.sock.wait_connected(self.gone_after).await {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
                 }
             }
         }

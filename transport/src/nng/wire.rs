@@ -68,6 +68,9 @@ impl Pusher for NngPusher {
     async fn send(&mut self, payload: &[u8]) -> Result<()> {
         NngPusher::send(self, payload).await
     }
+    async fn flush(&mut self) -> Result<()> {
+        NngPusher::flush(self).await
+    }
 }
 
 impl Puller for NngPuller {

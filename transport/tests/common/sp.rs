@@ -141,11 +141,11 @@ pub mod op {
     pub const ACK: u8 = 15;
 }
 
-/// The nng backend's 32-byte control block.
+/// The nng backend's 44-byte control block (version 2).
 pub fn control(op: u8, a: u64, b: u64, c: u64) -> Vec<u8> {
-    let mut out = vec![0u8; 32];
+    let mut out = vec![0u8; 44];
     out[0..4].copy_from_slice(b"SHNG");
-    out[4] = 1;
+    out[4] = 2;
     out[5] = op;
     out[8..16].copy_from_slice(&a.to_le_bytes());
     out[16..24].copy_from_slice(&b.to_le_bytes());
@@ -170,7 +170,7 @@ pub fn with_envelope(
 
 /// Parses a control block's op and words (`None`: not one).
 pub fn parse_control(m: &[u8]) -> Option<(u8, u64, u64, u64)> {
-    if m.len() < 32 || &m[0..4] != b"SHNG" {
+    if m.len() < 44 || &m[0..4] != b"SHNG" {
         return None;
     }
     let w = |i: usize| u64::from_le_bytes(m[i..i + 8].try_into().unwrap());
