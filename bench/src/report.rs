@@ -81,8 +81,9 @@ fn peer_of<'a>(r: &Row, rows: &'a [Row]) -> Option<&'a Row> {
         p.system != "shoal"
             && p.system != "floor"
             && p.pattern == r.pattern
-            // Request/reply runs over several wires: a peer of its own each.
-            && (r.pattern != "rpc" || p.transport == r.transport)
+            // The network patterns run over several wires: a peer of
+            // their own each.
+            && (!matches!(r.pattern.as_str(), "rpc" | "oneway") || p.transport == r.transport)
             && p.payload_bytes == r.payload_bytes
             && p.readers == r.readers
             && p.metric == r.metric

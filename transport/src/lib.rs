@@ -33,6 +33,8 @@
 //!   and a work queue that loses nothing with a dead puller.
 //! - `quic` (feature `quic`, off by default): `quic://HOST:PORT?pin=HEX`
 //!   over quinn, TLS 1.3 with the server's certificate pinned.
+//! - `window` (with `nng` or `quic`): a pusher's window of messages sent
+//!   and not yet taken, shipped in acknowledged batches.
 //! - [`error`]: the crate's one error type.
 
 pub mod address;
@@ -50,6 +52,8 @@ pub mod pattern;
 pub mod quic;
 #[cfg(feature = "shm")]
 pub mod shm;
+#[cfg(any(feature = "nng", feature = "quic"))]
+pub(crate) mod window;
 
 pub use address::{Address, Backend};
 pub use envelope::{Decoder, Header, Kind, HEADER_LEN};

@@ -100,6 +100,9 @@ fn quic_process_child() {
                     for i in 0..N {
                         p.send(&payload(i)).await.unwrap();
                     }
+                    // Sends return once in the pusher's window: the
+                    // process must not end before the queue has them.
+                    p.flush().await.unwrap();
                     say("pushed");
                 }
                 "puller" => {

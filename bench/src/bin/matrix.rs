@@ -79,26 +79,50 @@ fn cells(quick: bool) -> Vec<Cell> {
             &format!("transport typed --iters {}", it / 4),
         ],
     ));
-    // The network wires (issue 7), beside their raw libraries in the same
-    // run: shoal's nng request/reply against raw nng REQ/REP, shoal's QUIC
-    // request/reply (a stream per request) against raw quinn (one stream,
-    // no framing; and a stream per request, no framing), all on loopback.
-    v.push(cell(
-        "transport network request/reply 64 B",
-        r,
-        &[
-            &format!("transport rpc --wire nng-tcp --size 64 --iters {}", it / 8),
-            &format!("transport nng-raw --size 64 --iters {}", it / 8),
-            &format!("transport rpc --wire nng-ipc --size 64 --iters {}", it / 8),
-            &format!("transport nng-raw --ipc --size 64 --iters {}", it / 8),
-            &format!("transport rpc --wire quic --size 64 --iters {}", it / 8),
-            &format!("transport quinn-raw --size 64 --iters {}", it / 8),
-            &format!(
-                "transport quinn-raw --stream-per-request --size 64 --iters {}",
-                it / 8
-            ),
-        ],
-    ));
+    // The network wires (issue 7), beside the raw libraries under them in
+    // the same run, and plain tokio TCP as the reference under all: round
+    // trips (shoal's request/reply against raw nng REQ/REP, raw quinn with
+    // one stream and with a stream per request) and one-way throughput
+    // (shoal's push/pull and pub/sub against raw nng PUSH/PULL and one raw
+    // quinn stream), at 64 B, 4 KiB and 1 MiB, all on loopback.
+    for size in [64usize, 4096, 1 << 20] {
+        let n = if size >= 1 << 20 { it / 40 } else { it / 8 };
+        let rr: Vec<String> = [
+            "rpc --wire nng-tcp",
+            "nng-raw",
+            "rpc --wire nng-ipc",
+            "nng-raw --ipc",
+            "rpc --wire quic",
+            "quinn-raw",
+            "quinn-raw --stream-per-request",
+            "tcp-raw",
+        ]
+        .iter()
+        .map(|e| format!("transport {e} --size {size} --iters {n}"))
+        .collect();
+        let rr: Vec<&str> = rr.iter().map(String::as_str).collect();
+        v.push(cell(
+            &format!("transport network request/reply {size} B"),
+            r,
+            &rr,
+        ));
+        let ow: Vec<String> = [
+            "oneway --wire nng-tcp",
+            "oneway-raw --peer nng",
+            "oneway --wire nng-ipc",
+            "oneway-raw --peer nng-ipc",
+            "oneway --wire quic",
+            "oneway-raw --peer quinn",
+            "oneway-raw --peer tcp",
+            "oneway --wire nng-tcp --pub",
+            "oneway --wire quic --pub",
+        ]
+        .iter()
+        .map(|e| format!("transport {e} --size {size} --ms {ms}"))
+        .collect();
+        let ow: Vec<&str> = ow.iter().map(String::as_str).collect();
+        v.push(cell(&format!("transport network one-way {size} B"), r, &ow));
+    }
     v.push(cell(
         "pingpong 64 B blocking (iceoryx2 WaitSet)",
         r,

@@ -22,6 +22,9 @@
 //! bidirectional stream per request, as shoal's QUIC request/reply does
 //! (mode `stream-per-request`).
 //!
+//! `transport tcp-raw --size B --iters N`: the reference: plain tokio TCP,
+//! one connection, B bytes each way (transport `tcp`).
+//!
 //! `transport typed --iters N`: what reading a small struct as a validated
 //! rkyv archive adds over taking the raw bytes of the same frame, in
 //! process (metric `typed_receive_overhead_ns`, one sample per batch of
@@ -123,11 +126,23 @@ fn rpc(size: usize, iters: u64, pin: bool) -> Measurement {
     m
 }
 
+/// Round trips before the first sample over a network wire: a quarter of
+/// those measured, at least one batch, at most [`WARMUP`] (a 1 MiB round
+/// trip takes a millisecond).
+fn warmup(iters: u64) -> u64 {
+    (iters / 4).clamp(BATCH, WARMUP)
+}
+
+/// Round trips in all for `iters` measured over a network wire.
+fn total_of(iters: u64) -> u64 {
+    (iters + warmup(iters)).div_ceil(BATCH) * BATCH
+}
+
 /// Times `$total` round trips of `$one` (an expression giving
 /// `Result<(), String>`, awaited inside) in batches of [`BATCH`], after
-/// [`WARMUP`], into `$m`.
+/// `$warm`, into `$m`.
 macro_rules! timed {
-    ($m:expr, $total:expr, $one:expr) => {{
+    ($m:expr, $total:expr, $warm:expr, $one:expr) => {{
         let mut done = 0;
         'all: while done < $total {
             let t0 = Instant::now();
@@ -139,7 +154,7 @@ macro_rules! timed {
                 }
             }
             done += BATCH;
-            if done > WARMUP {
+            if done > $warm {
                 $m.samples
                     .push(t0.elapsed().as_nanos() as f64 / BATCH as f64);
             }
@@ -194,7 +209,8 @@ fn told(from: &UnixStream) -> Result<String, String> {
 
 /// Request/reply over a network wire of shoal's.
 fn rpc_net(wire: &str, size: usize, iters: u64) -> Measurement {
-    let total = (iters + WARMUP).div_ceil(BATCH) * BATCH;
+    let total = total_of(iters);
+    let warm = warmup(iters);
     let bind: Address = match wire {
         "nng-ipc" => format!("nng+ipc:///tmp/shoal-bench-{}.sock", std::process::id()),
         "nng-tcp" => "nng+tcp://127.0.0.1:0".into(),
@@ -220,7 +236,13 @@ fn rpc_net(wire: &str, size: usize, iters: u64) -> Measurement {
             return m;
         }
     };
-    async fn client<W: Wire>(m: &mut Measurement, addr: &Address, size: usize, total: u64) {
+    async fn client<W: Wire>(
+        m: &mut Measurement,
+        addr: &Address,
+        size: usize,
+        total: u64,
+        warm: u64,
+    ) {
         let mut c = match W::connect_requester(addr, &Options::default()).await {
             Ok(c) => c,
             Err(e) => {
@@ -232,6 +254,7 @@ fn rpc_net(wire: &str, size: usize, iters: u64) -> Measurement {
         timed!(
             m,
             total,
+            warm,
             c.request(&q)
                 .await
                 .map(|r| debug_assert_eq!(r.len(), q.len()))
@@ -240,8 +263,8 @@ fn rpc_net(wire: &str, size: usize, iters: u64) -> Measurement {
     }
     rt().block_on(async {
         match wire {
-            "quic" => client::<Quic>(&mut m, &addr, size, total).await,
-            _ => client::<Nng>(&mut m, &addr, size, total).await,
+            "quic" => client::<Quic>(&mut m, &addr, size, total, warm).await,
+            _ => client::<Nng>(&mut m, &addr, size, total, warm).await,
         }
     });
     let _ = (&hear).write_all(b".");
@@ -256,7 +279,9 @@ fn rpc_net(wire: &str, size: usize, iters: u64) -> Measurement {
 
 /// Raw nng REQ/REP: the peer.
 fn nng_raw(size: usize, iters: u64, ipc: bool) -> Measurement {
-    let total = (iters + WARMUP).div_ceil(BATCH) * BATCH;
+    use nng::options::Options as _;
+    let total = total_of(iters);
+    let warm = warmup(iters);
     let url = if ipc {
         format!("ipc:///tmp/shoal-bench-raw-{}.sock", std::process::id())
     } else {
@@ -275,14 +300,23 @@ fn nng_raw(size: usize, iters: u64, ipc: bool) -> Measurement {
         let Ok(s) = nng::Socket::new(nng::Protocol::Rep0) else {
             return 1;
         };
+        // nng refuses messages over 1 MiB by default.
+        let _ = s.set_opt::<nng::options::RecvMaxSize>(size + 4096);
         if s.listen(&u).is_err() {
             let _ = writeln!(tell, "error cannot listen at {u}");
             return 1;
         }
         let _ = writeln!(tell, "{u}");
         for _ in 0..total {
-            let Ok(q) = s.recv() else { return 1 };
-            if s.send(q).is_err() {
+            let q = match s.recv() {
+                Ok(q) => q,
+                Err(e) => {
+                    eprintln!("nng-raw replier: receive: {e}");
+                    return 1;
+                }
+            };
+            if let Err((_, e)) = s.send(q) {
+                eprintln!("nng-raw replier: send: {e}");
                 return 1;
             }
         }
@@ -302,6 +336,9 @@ fn nng_raw(size: usize, iters: u64, ipc: bool) -> Measurement {
                 return;
             }
         };
+        let _ = s.set_opt::<nng::options::RecvMaxSize>(size + 4096);
+        // A lost exchange is an error in the report, not a hung matrix.
+        let _ = s.set_opt::<nng::options::RecvTimeout>(Some(std::time::Duration::from_secs(10)));
         if let Err(e) = s.dial(&url) {
             m.error = Some(e.to_string());
             return;
@@ -310,6 +347,7 @@ fn nng_raw(size: usize, iters: u64, ipc: bool) -> Measurement {
         timed!(
             m,
             total,
+            warm,
             s.send(&q[..])
                 .map_err(|(_, e)| e.to_string())
                 .and_then(|_| s.recv().map_err(|e| e.to_string()))
@@ -324,7 +362,8 @@ fn nng_raw(size: usize, iters: u64, ipc: bool) -> Measurement {
 fn quinn_raw(size: usize, iters: u64, per_request: bool) -> Measurement {
     use shoal_transport::quic::tls::{client_config, Identity};
     use std::sync::Arc;
-    let total = (iters + WARMUP).div_ceil(BATCH) * BATCH;
+    let total = total_of(iters);
+    let warm = warmup(iters);
     let mut m = Measurement::new(
         "quinn",
         "rpc",
@@ -424,7 +463,7 @@ fn quinn_raw(size: usize, iters: u64, per_request: bool) -> Measurement {
             let q = vec![7u8; size];
             let mut back = vec![0u8; size];
             if per_request {
-                timed!(m, total, {
+                timed!(m, total, warm, {
                     match conn.open_bi().await {
                         Ok((mut send, mut recv)) => match send.write_all(&q).await {
                             Ok(()) => {
@@ -438,7 +477,7 @@ fn quinn_raw(size: usize, iters: u64, per_request: bool) -> Measurement {
                 });
             } else {
                 let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-                timed!(m, total, {
+                timed!(m, total, warm, {
                     match send.write_all(&q).await {
                         Ok(()) => recv.read_exact(&mut back).await.map_err(|e| e.to_string()),
                         Err(e) => Err(e.to_string()),
@@ -455,6 +494,59 @@ fn quinn_raw(size: usize, iters: u64, per_request: bool) -> Measurement {
         }
     });
     let _ = child.wait();
+    m
+}
+
+/// Plain TCP (tokio, `TCP_NODELAY`): the reference under every network
+/// wire. The child echoes fixed-size messages with blocking calls; this
+/// process writes one and reads it back.
+fn tcp_raw(size: usize, iters: u64) -> Measurement {
+    use std::io::Read;
+    let (total, warm) = (total_of(iters), warmup(iters));
+    let mut m = Measurement::new("tokio-tcp", "rpc", "park", "latency_round_trip_ns")
+        .payload(size as u64)
+        .transport("tcp");
+    let r = (|| {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        let port = l.local_addr().map_err(|e| e.to_string())?.port();
+        let child = fork(move || {
+            let Ok((mut s, _)) = l.accept() else { return 1 };
+            let _ = s.set_nodelay(true);
+            let mut buf = vec![0u8; size];
+            for _ in 0..total {
+                if s.read_exact(&mut buf).is_err() || s.write_all(&buf).is_err() {
+                    return 1;
+                }
+            }
+            0
+        })
+        .map_err(|e| e.to_string())?;
+        rt().block_on(async {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .map_err(|e| e.to_string())?;
+            s.set_nodelay(true).map_err(|e| e.to_string())?;
+            let q = vec![7u8; size];
+            let mut back = vec![0u8; size];
+            timed!(m, total, warm, {
+                match s.write_all(&q).await {
+                    Ok(()) => s
+                        .read_exact(&mut back)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            });
+            Ok::<(), String>(())
+        })?;
+        let _ = child.wait();
+        Ok::<(), String>(())
+    })();
+    if let Err(e) = r {
+        m.error.get_or_insert(e);
+    }
     m
 }
 
@@ -539,6 +631,7 @@ fn main() {
             a.has("stream-per-request"),
         ),
         "typed" => typed(a.get("iters", 2000u64)),
+        "tcp-raw" => tcp_raw(a.get("size", 64usize), a.get("iters", 4000u64)),
         "oneway" => oneway::shoal(
             &a.get("wire", "nng-tcp".to_string()),
             if a.has("pub") { "pub" } else { "push" },
@@ -559,7 +652,7 @@ fn main() {
             }
         }
         _ => {
-            eprintln!("usage: transport <rpc [--wire shm|nng-tcp|nng-ipc|quic] --size B --iters N [--pin] | nng-raw --size B --iters N [--ipc] | quinn-raw --size B --iters N | typed --iters N | oneway --wire W [--pub] --size B --ms T | oneway-raw --peer nng|nng-ipc|quinn|tcp --size B --ms T>");
+            eprintln!("usage: transport <rpc [--wire shm|nng-tcp|nng-ipc|quic] --size B --iters N [--pin] | nng-raw --size B --iters N [--ipc] | quinn-raw --size B --iters N | tcp-raw --size B --iters N | typed --iters N | oneway --wire W [--pub] --size B --ms T | oneway-raw --peer nng|nng-ipc|quinn|tcp --size B --ms T>");
             std::process::exit(2);
         }
     };

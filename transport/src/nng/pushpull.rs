@@ -37,6 +37,7 @@ use crate::envelope::HEADER_LEN;
 use crate::error::{Error, Result};
 use crate::frame::{Frame, PeerId, SharedBytes};
 use crate::options::Options;
+use crate::window::{Entry, PushWindow};
 use nng::{Context, Message, Pipe, Protocol};
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
@@ -353,6 +354,8 @@ enum Side {
         /// The token of the last item received (0: none), acknowledged
         /// again in the next pull.
         last: u64,
+        /// Acknowledgements on their way.
+        acks: Arc<Mutex<Acks>>,
         max_message: usize,
         gone_after: Duration,
     },
@@ -424,6 +427,7 @@ impl QueuePuller {
                 ctx,
                 id: PeerId::random().0,
                 last: 0,
+                acks: Arc::default(),
                 max_message: opts.max_message,
                 gone_after: opts.connect_timeout,
             },
@@ -461,6 +465,7 @@ impl QueuePuller {
                 ctx,
                 id,
                 last,
+                acks,
                 max_message,
                 gone_after,
             } => loop {
@@ -473,7 +478,7 @@ impl QueuePuller {
                     Op::Empty => continue,
                     Op::Item => {
                         let found = locate(r.as_slice(), 1, Kind::Message, *max_message)?;
-                        acknowledge(sock.clone(), *id, c.a, *gone_after);
+                        acknowledge(sock.clone(), *id, c.a, *gone_after, acks.clone());
                         *last = c.a;
                         let body = SharedBytes(Arc::new(Body(r)));
                         let e = &found[0];
@@ -493,54 +498,58 @@ impl QueuePuller {
     }
 }
 
+/// The background acknowledgements of one remote puller.
+#[derive(Default)]
+struct Acks {
+    /// One is on its way.
+    busy: bool,
+    /// The token of the newest item received.
+    latest: u64,
+}
+
 /// Tells the queue, in the background, that item `token` arrived (on a
 /// context of its own, so the next pull does not wait for it).
-fn acknowledge(sock: Arc<Sock>, id: u64, token: u64, gone_after: Duration) {
+///
+/// At most one acknowledgement is on its way per puller: each pull
+/// settles the item before it (it carries that item's token), so only
+/// the newest item needs one, and that is what the one on its way sends
+/// next. (Each used to go on its own context: a puller taking a burst
+/// had a dozen questions in progress, and the queue dropped it as a peer
+/// that asks more at once than shoal's endpoints do, handing the items it
+/// had received to others a second time.)
+fn acknowledge(sock: Arc<Sock>, id: u64, token: u64, gone_after: Duration, acks: Arc<Mutex<Acks>>) {
+    {
+        let mut a = lock(&acks);
+        a.latest = token;
+        if a.busy {
+            return;
+        }
+        a.busy = true;
+    }
     tokio::spawn(async move {
-        let sent = async {
-            let ctx = context(&sock)?;
-            ask(
-                &sock,
-                &ctx,
-                &Control::new(Op::Ack, id, token, 0).encode(),
-                gone_after,
-            )
-            .await
-        };
-        if let Err(e) = sent.await {
-            tracing::debug!(address = %sock.address, token, error = %e, "nng puller: acknowledgement not delivered; the queue will send the item again after its lease");
+        let mut token = token;
+        loop {
+            let sent = async {
+                let ctx = context(&sock)?;
+                ask(
+                    &sock,
+                    &ctx,
+                    &Control::new(Op::Ack, id, token, 0).encode(),
+                    gone_after,
+                )
+                .await
+            };
+            if let Err(e) = sent.await {
+                tracing::debug!(address = %sock.address, token, error = %e, "nng puller: acknowledgement not delivered; the next pull settles the item, or its lease ends");
+            }
+            let mut a = lock(&acks);
+            if a.latest == token {
+                a.busy = false;
+                return;
+            }
+            token = a.latest;
         }
     });
-}
-
-/// Bytes of envelopes one push carries at most (at least one envelope,
-/// and never more than the pusher's `max_message`).
-const BATCH_BYTES: usize = 4 << 20;
-/// Envelopes one push carries at most.
-const BATCH_COUNT: usize = 4096;
-
-/// What a pusher has sent and the queue has not yet taken.
-#[derive(Default)]
-struct Window {
-    /// (sequence number, the push of that message alone: a control block
-    /// and its envelope), oldest first. A batch of one is asked as it is;
-    /// a larger batch is the envelopes copied after one control block.
-    pending: VecDeque<(u64, Arc<Vec<u8>>)>,
-    bytes: usize,
-    /// The last sequence number given out.
-    seq: u64,
-    /// What went wrong since the pusher last looked, reported once.
-    failed: Option<Error>,
-    /// The pusher was dropped: ship what is left, then end.
-    closed: bool,
-}
-
-struct PushShared {
-    window: Mutex<Window>,
-    /// Something was added, or the pusher was dropped.
-    added: Notify,
-    /// The queue took something (room in the window), or shipping failed.
-    moved: Notify,
 }
 
 /// Pushing end over nng.
@@ -559,11 +568,10 @@ struct PushShared {
 /// goes on shipping its window for up to the stall timeout (inside the
 /// runtime it was made in).
 pub struct QueuePusher {
-    shared: Arc<PushShared>,
+    window: Arc<PushWindow>,
     address: Address,
     id: u64,
     max_message: usize,
-    window: usize,
     send_timeout: Option<Duration>,
 }
 
@@ -577,8 +585,7 @@ impl std::fmt::Debug for QueuePusher {
 
 impl Drop for QueuePusher {
     fn drop(&mut self) {
-        lock(&self.shared.window).closed = true;
-        self.shared.added.notify_one();
+        self.window.close();
     }
 }
 
@@ -587,14 +594,10 @@ impl QueuePusher {
     /// it ships on a task of its own).
     pub async fn connect(address: &Address, opts: &Options) -> Result<QueuePusher> {
         let (sock, ctx) = super::sock::dial_req(address, opts).await?;
-        let shared = Arc::new(PushShared {
-            window: Mutex::default(),
-            added: Notify::new(),
-            moved: Notify::new(),
-        });
+        let window = PushWindow::new(opts.capacity as usize);
         let id = PeerId::random().0;
         let shipper = Shipper {
-            shared: shared.clone(),
+            window: window.clone(),
             sock,
             ctx,
             id,
@@ -604,11 +607,10 @@ impl QueuePusher {
         };
         tokio::spawn(shipper.run());
         Ok(QueuePusher {
-            shared,
+            window,
             address: address.clone(),
             id,
             max_message: opts.max_message,
-            window: (opts.capacity as usize).max(1),
             send_timeout: opts.send_timeout,
         })
     }
@@ -625,91 +627,57 @@ impl QueuePusher {
                 limit: self.max_message as u64,
             });
         }
-        let mut env =
+        // The push of this message alone: its own control block (a batch
+        // of one is asked as it is), then its envelope.
+        let mut push =
             Vec::with_capacity(CONTROL_LEN + super::proto::envelope_len(b"", payload.len()));
-        env.resize(CONTROL_LEN, 0);
-        super::proto::put_envelope(&mut env, Kind::Message, b"", payload, self.id)?;
-        let deadline = self.send_timeout.map(|t| Instant::now() + t);
-        loop {
-            let mut moved = pin!(self.shared.moved.notified());
-            moved.as_mut().enable();
-            {
-                let mut w = lock(&self.shared.window);
-                if let Some(e) = w.failed.take() {
-                    return Err(e);
-                }
-                let len = env.len() - CONTROL_LEN;
-                if w.pending.is_empty() || w.bytes + len <= self.window {
-                    w.seq += 1;
-                    let seq = w.seq;
-                    let b = push_b(HOLD.as_millis() as u64, 1);
-                    env[..CONTROL_LEN]
-                        .copy_from_slice(&Control::new(Op::Push, self.id, b, seq).encode());
-                    w.bytes += len;
-                    w.pending.push_back((seq, Arc::new(env)));
-                    drop(w);
-                    self.shared.added.notify_one();
-                    return Ok(());
-                }
-            }
-            self.wait(
-                moved,
-                deadline,
-                "push (waiting for the queue to take the window)",
-            )
-            .await?;
-        }
+        push.resize(CONTROL_LEN, 0);
+        super::proto::put_envelope(&mut push, Kind::Message, b"", payload, self.id)?;
+        let id = self.id;
+        let stamp = move |push: &mut Vec<u8>, seq: u64| {
+            let b = push_b(HOLD.as_millis() as u64, 1);
+            push[..CONTROL_LEN].copy_from_slice(&Control::new(Op::Push, id, b, seq).encode());
+        };
+        let len = push.len() - CONTROL_LEN;
+        self.window.put(push, len, stamp, self.send_timeout).await
     }
 
     /// Waits until the queue has taken everything sent (up to the send
     /// timeout); a failure to ship is returned instead.
     pub async fn flush(&mut self) -> Result<()> {
-        let deadline = self.send_timeout.map(|t| Instant::now() + t);
-        loop {
-            let mut moved = pin!(self.shared.moved.notified());
-            moved.as_mut().enable();
-            {
-                let mut w = lock(&self.shared.window);
-                if let Some(e) = w.failed.take() {
-                    return Err(e);
-                }
-                if w.pending.is_empty() {
-                    return Ok(());
-                }
-            }
-            self.wait(moved, deadline, "flush (waiting for the queue)")
-                .await?;
-        }
+        self.window.flush(self.send_timeout).await
     }
+}
 
-    async fn wait(
-        &self,
-        moved: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
-        deadline: Option<Instant>,
-        what: &'static str,
-    ) -> Result<()> {
-        match deadline {
-            None => {
-                moved.await;
-                Ok(())
-            }
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                if left.is_zero() || tokio::time::timeout(left, moved).await.is_err() {
-                    return Err(Error::Timeout {
-                        what,
-                        after: self.send_timeout.unwrap_or_default(),
-                    });
-                }
-                Ok(())
-            }
+/// Bytes of envelopes one push carries at most (at least one envelope,
+/// and never more than the pusher's `max_message`).
+const BATCH_BYTES: usize = 4 << 20;
+/// Envelopes one push carries at most.
+const BATCH_COUNT: usize = 4096;
+
+/// One push question: the window's entries it carries.
+struct Batch(Vec<Entry>);
+
+impl Batch {
+    /// The question's bytes, in parts: a batch of one is its entry as it
+    /// is, control block and all; a larger one gets a control block of its
+    /// own before their envelopes.
+    fn parts<'a>(&'a self, control: &'a [u8; CONTROL_LEN]) -> Vec<&'a [u8]> {
+        if self.0.len() == 1 {
+            return vec![&self.0[0].1[..]];
         }
+        std::iter::once(&control[..])
+            .chain(self.0.iter().map(|e| &e.1[CONTROL_LEN..]))
+            .collect()
+    }
+    fn bytes(&self) -> usize {
+        self.0.iter().map(|e| e.1.len() - CONTROL_LEN).sum()
     }
 }
 
 /// The task that ships a pusher's window.
 struct Shipper {
-    shared: Arc<PushShared>,
+    window: Arc<PushWindow>,
     sock: Sock,
     ctx: Context,
     id: u64,
@@ -721,65 +689,28 @@ struct Shipper {
 }
 
 impl Shipper {
-    /// The next push question: a prefix of the window; `None` when the
-    /// window is empty and the pusher dropped.
-    async fn next(&self, limit: usize) -> Option<Arc<Vec<u8>>> {
-        loop {
-            let added = self.shared.added.notified();
-            {
-                let w = lock(&self.shared.window);
-                if let Some((first, one)) = w.pending.front() {
-                    let (first, one) = (*first, one.clone());
-                    let fits = |n: usize, next: usize| n + next - CONTROL_LEN <= limit;
-                    if w.pending.len() == 1 || !fits(one.len(), w.pending[1].1.len()) {
-                        return Some(one);
-                    }
-                    let mut q = vec![0u8; CONTROL_LEN];
-                    let mut count = 0;
-                    for (_, push) in w.pending.iter().take(BATCH_COUNT) {
-                        if count > 0 && !fits(q.len(), push.len()) {
-                            break;
-                        }
-                        q.extend_from_slice(&push[CONTROL_LEN..]);
-                        count += 1;
-                    }
-                    let b = push_b(HOLD.as_millis() as u64, count);
-                    q[..CONTROL_LEN]
-                        .copy_from_slice(&Control::new(Op::Push, self.id, b, first).encode());
-                    return Some(Arc::new(q));
-                }
-                if w.closed {
-                    return None;
-                }
-            }
-            added.await;
-        }
-    }
-
-    fn failed(&self, e: Error) {
-        lock(&self.shared.window).failed = Some(e);
-        self.shared.moved.notify_waiters();
-    }
-
     async fn run(mut self) {
         let full = self.batch;
         let mut closed_at: Option<Instant> = None;
-        while let Some(q) = self.next(self.batch).await {
-            if lock(&self.shared.window).closed {
+        let size = |e: &Entry| e.1.len() - CONTROL_LEN;
+        while let Some(batch) = self.window.batch(BATCH_COUNT, self.batch, size).await {
+            let batch = Batch(batch);
+            if self.window.is_closed() {
                 let since = *closed_at.get_or_insert_with(Instant::now);
                 if since.elapsed() >= self.linger {
-                    let w = lock(&self.shared.window);
-                    tracing::warn!(address = %self.sock.address, left = w.pending.len(), "nng pusher: dropped with messages the queue did not take within the stall timeout; they are lost");
+                    tracing::warn!(address = %self.sock.address, left = self.window.pending(), "nng pusher: dropped with messages the queue did not take within the stall timeout; they are lost");
                     return;
                 }
             }
+            let b = push_b(HOLD.as_millis() as u64, batch.0.len());
+            let control = Control::new(Op::Push, self.id, b, batch.0[0].0).encode();
             // The queue answers within the hold it was given; one that does
             // not within the connect timeout (and the batch's transfer)
             // beyond is stalled.
-            let within = HOLD + self.gone_after + super::sock::transfer_allowance(q.len());
-            let r =
-                tokio::time::timeout(within, ask(&self.sock, &self.ctx, &q, self.gone_after)).await;
-            let answer = match r {
+            let within = HOLD + self.gone_after + super::sock::transfer_allowance(batch.bytes());
+            let parts = batch.parts(&control);
+            let asked = super::sock::ask_parts(&self.sock, &self.ctx, &parts, self.gone_after);
+            let answer = match tokio::time::timeout(within, asked).await {
                 Ok(Ok(m)) => Control::decode(m.as_slice()),
                 Ok(Err(e)) => Err(e),
                 Err(_) => {
@@ -797,17 +728,10 @@ impl Shipper {
                     ..
                 }) => {
                     self.batch = full;
-                    let mut w = lock(&self.shared.window);
-                    while w.pending.front().is_some_and(|(seq, _)| *seq <= last) {
-                        if let Some((_, push)) = w.pending.pop_front() {
-                            w.bytes -= push.len() - CONTROL_LEN;
-                        }
-                    }
-                    drop(w);
-                    self.shared.moved.notify_waiters();
+                    self.window.taken(last);
                 }
                 Ok(Control { op: Op::Full, .. }) => {}
-                Ok(c) => self.failed(Error::Corrupt {
+                Ok(c) => self.window.failed(Error::Corrupt {
                     what: "answer to push",
                     found: c.op as u64,
                     expected: "8 (queued) or 9 (full)",
@@ -815,7 +739,7 @@ impl Shipper {
                 Err(e) => {
                     tracing::debug!(address = %self.sock.address, error = %e, "nng pusher: push failed; asking again");
                     self.batch = 0;
-                    self.failed(e);
+                    self.window.failed(e);
                     // Not in a tight loop while the queue is away.
                     if !self.sock.wait_connected(self.gone_after).await {
                         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -11,26 +11,47 @@
 //! breaks after it arrived; it is never asked again on a timer (which
 //! would run slow requests twice).
 
-use super::proto::{locate, put_envelope, Control, Op, CONTROL_LEN};
+use super::proto::{locate, Control, Op, CONTROL_LEN};
 use super::sock::{
-    ask, close_pipe, context, ctx_recv, ctx_send, lock, message, pipe_id, Body, Sock,
+    ask, ask_parts, close_pipe, context, ctx_recv, ctx_send, lock, pipe_id, Body, Sock,
 };
 use crate::address::Address;
 use crate::envelope::Kind;
+use crate::envelope::{pad16, Header, HEADER_LEN};
 use crate::error::{Error, Result};
 use crate::frame::{Frame, PeerId, SharedBytes};
 use crate::options::Options;
+use nng::Message;
 use nng::{Context, Protocol};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// `payload` as one envelope of `kind` under an `op` block.
-fn wrap(op: Op, kind: Kind, id: u64, payload: &[u8]) -> Result<Vec<u8>> {
-    let mut m = Vec::with_capacity(CONTROL_LEN + super::proto::envelope_len(b"", payload.len()));
-    m.extend_from_slice(&Control::new(op, id, 0, 0).encode());
-    put_envelope(&mut m, kind, b"", payload, id)?;
-    Ok(m)
+/// Zero bytes to pad a payload with.
+const ZEROS: [u8; 16] = [0; 16];
+
+/// The parts of `payload` as one envelope of `kind` under an `op` block:
+/// the block and envelope header, then (borrowed) the payload and its
+/// padding. The caller copies them once, into the nng message itself.
+fn wrap(
+    op: Op,
+    kind: Kind,
+    id: u64,
+    len: usize,
+) -> Result<([u8; CONTROL_LEN + HEADER_LEN], usize)> {
+    let mut pre = [0u8; CONTROL_LEN + HEADER_LEN];
+    pre[..CONTROL_LEN].copy_from_slice(&Control::new(op, id, 0, 0).encode());
+    pre[CONTROL_LEN..].copy_from_slice(&Header::new(kind, b"", len, id)?.encode());
+    Ok((pre, pad16(len) - len))
+}
+
+/// An nng message of `parts`, copied once.
+fn gather(parts: &[&[u8]]) -> Message {
+    let mut m = Message::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for p in parts {
+        m.push_back(p);
+    }
+    m
 }
 
 /// The one envelope of kind `kind` under an `op` block in `msg`, as a
@@ -124,8 +145,9 @@ impl NngRequester {
             let (body, topic, payload, peer) = locate_plain(r, self.max_message)?;
             return Ok(Frame::shared(body, topic, payload)?.with_peer(peer));
         }
-        let q = wrap(Op::Ask, Kind::Request, self.id, payload)?;
-        let r = ask(&self.sock, &self.ctx, &q, self.gone_after).await?;
+        let (pre, pad) = wrap(Op::Ask, Kind::Request, self.id, payload.len())?;
+        let parts: [&[u8]; 3] = [&pre, payload, &ZEROS[..pad]];
+        let r = ask_parts(&self.sock, &self.ctx, &parts, self.gone_after).await?;
         unwrap(r, Op::Answer, Kind::Reply, self.max_message)
     }
 }
@@ -233,12 +255,13 @@ impl NngReplier {
         };
         check(self.max_message, reply.len())?;
         let r = if self.native {
-            reply
+            gather(&[&reply])
         } else {
-            wrap(Op::Answer, Kind::Reply, self.id, &reply)?
+            let (pre, pad) = wrap(Op::Answer, Kind::Reply, self.id, reply.len())?;
+            gather(&[&pre, &reply, &ZEROS[..pad]])
         };
         let (ctx, address) = (self.ctx.clone(), self.sock.address.clone());
-        let mut send = Box::pin(async move { ctx_send(&ctx, message(&r), &address).await });
+        let mut send = Box::pin(async move { ctx_send(&ctx, r, &address).await });
         // Behind an answer already waiting for its connection, this one
         // waits too: no time is spent trying.
         let behind = pipe.is_some_and(|p| lock(&self.waiting).contains_key(&p));

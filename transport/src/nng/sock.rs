@@ -491,6 +491,17 @@ pub(crate) async fn ask(
     req: &[u8],
     gone_after: Duration,
 ) -> Result<Message> {
+    ask_parts(sock, ctx, &[req], gone_after).await
+}
+
+/// [`ask`] with the question in parts, copied once into each message
+/// asked (a batch of pushes need not be gathered into one buffer first).
+pub(crate) async fn ask_parts(
+    sock: &Sock,
+    ctx: &Context,
+    parts: &[&[u8]],
+    gone_after: Duration,
+) -> Result<Message> {
     let gone = || Error::PeerGone {
         address: sock.address.to_string(),
     };
@@ -500,7 +511,11 @@ pub(crate) async fn ask(
     let mut resets = 0;
     'ask: loop {
         let exchange = async {
-            ctx_send(ctx, message(req), &sock.address).await?;
+            let mut m = Message::with_capacity(parts.iter().map(|p| p.len()).sum());
+            for p in parts {
+                m.push_back(p);
+            }
+            ctx_send(ctx, m, &sock.address).await?;
             ctx_recv(ctx, &sock.address).await
         };
         let mut exchange = std::pin::pin!(exchange);

@@ -19,6 +19,7 @@ use crate::envelope::{encode_into, Decoded, Header, Kind};
 use crate::error::{Error, Result};
 use crate::frame::{Frame, PeerId};
 use crate::options::Options;
+use crate::window::{Entry, PushWindow};
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use std::collections::VecDeque;
 use std::pin::pin;
@@ -69,18 +70,21 @@ impl QShared {
         Some(d)
     }
 
-    /// Queues `d` once there is room, unless `send` is stopped first (the
-    /// pusher gave up); whether it was queued.
-    async fn push(&self, d: Decoded, send: &SendStream) -> bool {
+    /// Queues `batch` (of `bytes` payload bytes) once there is room for
+    /// all of it (or the queue is empty), unless `send` is stopped first
+    /// (the pusher gave up); whether it was queued.
+    async fn push(&self, batch: Vec<Decoded>, bytes: usize, send: &SendStream) -> bool {
         let mut stopped = pin!(send.stopped());
         loop {
             let mut room = pin!(self.room.notified());
             room.as_mut().enable();
             {
-                let st = lock(&self.state);
-                if st.items.is_empty() || st.bytes + d.payload().len() <= self.capacity {
+                let mut st = lock(&self.state);
+                if st.items.is_empty() || st.bytes + bytes <= self.capacity {
+                    st.bytes += bytes;
+                    st.items.extend(batch);
                     drop(st);
-                    self.put(d, false);
+                    self.data.notify_waiters();
                     return true;
                 }
             }
@@ -106,7 +110,41 @@ impl QShared {
         let Some(first) = first else { return Ok(()) };
         match first.header.kind {
             Kind::Message => {
-                if self.push(first, &send.send).await {
+                // A batch: envelopes up to the end of the stream, read
+                // whole (within the first envelope's time, and no more
+                // than BATCH_BYTES, or one message) before any is queued,
+                // so a stream the pusher abandons queues nothing.
+                let limit = BATCH_BYTES.max(self.max_message);
+                let mut batch = vec![first];
+                let mut bytes = batch[0].payload().len();
+                let rest = async {
+                    while let Some(d) = reader.next(a).await? {
+                        if d.header.kind != Kind::Message {
+                            return Err(Error::Corrupt {
+                                what: "envelope kind in a push batch",
+                                found: d.header.kind as u64,
+                                expected: "1 (push)",
+                            });
+                        }
+                        bytes += d.payload().len();
+                        if bytes > limit {
+                            return Err(Error::TooLarge {
+                                what: "push batch",
+                                got: bytes as u64,
+                                limit: limit as u64,
+                            });
+                        }
+                        batch.push(d);
+                    }
+                    Ok(())
+                };
+                tokio::time::timeout(FIRST_ENVELOPE, rest)
+                    .await
+                    .map_err(|_| Error::Timeout {
+                        what: "the rest of a push batch",
+                        after: FIRST_ENVELOPE,
+                    })??;
+                if self.push(batch, bytes, &send.send).await {
                     conn::write(&mut send.send, Kind::Reply, b"", b"", 0, a).await?;
                     send.done();
                 }
@@ -322,9 +360,27 @@ async fn pull(client: &mut Client, opts: &Options) -> Result<Frame<'static>> {
     Ok(d.into_frame()?.with_peer(peer))
 }
 
+/// Payload bytes one push stream carries at most (at least one message).
+const BATCH_BYTES: usize = 4 << 20;
+/// Messages one push stream carries at most.
+const BATCH_COUNT: usize = 4096;
+
 /// Pushing end over QUIC.
+///
+/// [`send`](Self::send) puts the message in the pusher's window (at most
+/// `capacity` bytes, or one message) and returns; a task of the pusher's
+/// ships the window to the queue in batches, a stream each: the messages,
+/// then the stream's end, then the queue's answer once it has queued them
+/// all. A batch whose stream breaks before the answer is sent again, so a
+/// message can be queued twice only when the answer is lost after the
+/// queue took it. [`flush`](Self::flush) waits until the queue has taken
+/// everything sent; a failure to ship (the queue gone) is reported by the
+/// next `send` or `flush`, and the window is kept for a queue that comes
+/// back. A dropped pusher goes on shipping its window for up to the stall
+/// timeout.
 pub struct QuicPusher {
-    client: Client,
+    window: Arc<PushWindow>,
+    address: Address,
     id: u64,
     opts: Options,
 }
@@ -332,32 +388,36 @@ pub struct QuicPusher {
 impl std::fmt::Debug for QuicPusher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("QuicPusher")
-            .field("address", &self.client.address)
+            .field("address", &self.address)
             .finish_non_exhaustive()
     }
 }
 
 impl Drop for QuicPusher {
     fn drop(&mut self) {
-        self.client
-            .conn
-            .close(VarInt::from_u32(conn::CLOSED), b"pusher dropped");
+        self.window.close();
     }
 }
 
 impl QuicPusher {
-    /// Connects a pusher to the queue at `address` (with its pin).
+    /// Connects a pusher to the queue at `address` (with its pin; inside a
+    /// tokio runtime: it ships on a task of its own).
     pub async fn connect(address: &Address, opts: &Options) -> Result<QuicPusher> {
+        let client = conn::connect(address, opts).await?;
+        let window = PushWindow::new(opts.capacity as usize);
+        tokio::spawn(ship(window.clone(), client, opts.clone()));
         Ok(QuicPusher {
-            client: conn::connect(address, opts).await?,
+            window,
+            address: address.clone(),
             id: PeerId::random().0,
             opts: opts.clone(),
         })
     }
 
-    /// Queues `payload`, waiting for room up to the send timeout. Cancelled
-    /// or timed out, the message was not queued (unless the queue took it
-    /// in the very moment before).
+    /// Puts `payload` in the window, waiting for room up to the send
+    /// timeout; a failure to ship since the last look is returned instead
+    /// (once; the window is kept). Cancelled while waiting, nothing was
+    /// put in.
     pub async fn send(&mut self, payload: &[u8]) -> Result<()> {
         if payload.len() > self.opts.max_message {
             return Err(Error::TooLarge {
@@ -366,42 +426,94 @@ impl QuicPusher {
                 limit: self.opts.max_message as u64,
             });
         }
-        Header::new(Kind::Message, b"", payload.len(), self.id)?;
-        let exchange = async {
-            // Twice at most: a connection the queue closed as idle just as
-            // this push began is made again, and the push asked again.
-            for attempt in 0..2 {
-                conn::reconnect_if_lost(&mut self.client, &self.opts).await?;
-                let a = self.client.address.clone();
-                let once = async {
-                    let (send, recv) = self
-                        .client
-                        .conn
-                        .open_bi()
-                        .await
-                        .map_err(|e| conn::lost(&e, &a))?;
-                    let mut send = Outgoing::new(send);
-                    conn::write(&mut send.send, Kind::Message, b"", payload, self.id, &a).await?;
-                    let mut reader = Reader::new(recv, 1024);
-                    reader.expect(Kind::Reply, Duration::MAX, &a).await?;
-                    send.done();
-                    Ok(())
-                };
-                match once.await {
-                    Err(_) if attempt == 0 && conn::closed_idle(&self.client.conn) => continue,
-                    r => return r,
-                }
+        let h = Header::new(Kind::Message, b"", payload.len(), self.id)?;
+        let mut env = Vec::with_capacity(crate::envelope::HEADER_LEN + payload.len());
+        encode_into(&h, b"", payload, &mut env);
+        self.window
+            .put(env, payload.len(), |_, _| {}, self.opts.send_timeout)
+            .await
+    }
+
+    /// Waits until the queue has taken everything sent (up to the send
+    /// timeout); a failure to ship is returned instead.
+    pub async fn flush(&mut self) -> Result<()> {
+        self.window.flush(self.opts.send_timeout).await
+    }
+}
+
+/// Ships `window` to the queue `client` is connected to, until the window
+/// is empty and its pusher gone (or gone for the stall timeout).
+async fn ship(window: Arc<PushWindow>, mut client: Client, opts: Options) {
+    let limit = BATCH_BYTES.min(opts.max_message);
+    let mut closed_at: Option<std::time::Instant> = None;
+    let mut pause = Duration::from_millis(10);
+    while let Some(batch) = window.batch(BATCH_COUNT, limit, |e| e.1.len()).await {
+        if window.is_closed() {
+            let since = *closed_at.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() >= opts.stall_timeout {
+                tracing::warn!(address = %client.address, left = window.pending(), "QUIC pusher: dropped with messages the queue did not take within the stall timeout; they are lost");
+                break;
             }
-            Ok(())
-        };
-        match self.opts.send_timeout {
-            None => exchange.await,
-            Some(t) => tokio::time::timeout(t, exchange)
-                .await
-                .map_err(|_| Error::Timeout {
-                    what: "push (waiting for room)",
-                    after: t,
-                })?,
+        }
+        let last = batch[batch.len() - 1].0;
+        // Twice at most: a connection the queue closed as idle just as
+        // this batch began is made again, and the batch sent again.
+        let mut r = Ok(());
+        for attempt in 0..2 {
+            r = async {
+                conn::reconnect_if_lost(&mut client, &opts).await?;
+                push_batch(&client, &batch).await
+            }
+            .await;
+            match &r {
+                Err(_) if attempt == 0 && conn::closed_idle(&client.conn) => continue,
+                _ => break,
+            }
+        }
+        match r {
+            Ok(()) => {
+                pause = Duration::from_millis(10);
+                window.taken(last);
+            }
+            Err(e) => {
+                tracing::debug!(address = %client.address, error = %e, "QUIC pusher: batch not queued; sending it again");
+                window.failed(e);
+                // Not in a tight loop while the queue is away.
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
         }
     }
+    client
+        .conn
+        .close(VarInt::from_u32(conn::CLOSED), b"pusher dropped");
+}
+
+/// A window entry's bytes, shared with quinn.
+struct Shared(Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for Shared {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// One batch on a stream of its own: the envelopes, the end, the answer.
+async fn push_batch(client: &Client, batch: &[Entry]) -> Result<()> {
+    let a = &client.address;
+    let (send, recv) = client.conn.open_bi().await.map_err(|e| conn::lost(&e, a))?;
+    let mut send = Outgoing::new(send);
+    // Handed to quinn as they are (shared, not copied again).
+    let chunks: Vec<bytes::Bytes> = batch
+        .iter()
+        .map(|(_, env)| bytes::Bytes::from_owner(Shared(env.clone())))
+        .collect();
+    send.send
+        .write_all_chunks(&mut { chunks })
+        .await
+        .map_err(|e| conn::write_err(e, a))?;
+    send.done();
+    let mut reader = Reader::new(recv, 1024);
+    reader.expect(Kind::Reply, Duration::MAX, a).await?;
+    reader.end(FIRST_ENVELOPE, a).await
 }

@@ -68,6 +68,9 @@ impl Pusher for QuicPusher {
     async fn send(&mut self, payload: &[u8]) -> Result<()> {
         QuicPusher::send(self, payload).await
     }
+    async fn flush(&mut self) -> Result<()> {
+        QuicPusher::flush(self).await
+    }
 }
 
 impl Puller for QuicPuller {
