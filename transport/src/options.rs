@@ -14,7 +14,11 @@ use std::time::Duration;
 pub struct Options {
     /// Ring bytes (shm) or buffer bytes per peer (network). Default 1 MiB.
     pub capacity: u64,
-    /// Most subscribers (or pullers) at once. Default 16.
+    /// Most subscribers (or pullers) at once. Default 16. Network
+    /// listeners take at most this many connections at once for a
+    /// publisher (twice as many over nng, whose subscribers redial), and
+    /// four times as many for a queue or a replier (pushers, pullers and
+    /// requesters); more are closed at once.
     pub max_peers: u32,
     /// Largest payload accepted, sent or received, checked before anything
     /// is allocated for it. Default 64 MiB.
@@ -61,6 +65,12 @@ impl Default for Options {
 }
 
 impl Options {
+    /// Connections a queue or replier listener takes at once.
+    #[cfg_attr(not(any(feature = "nng", feature = "quic")), allow(dead_code))]
+    pub(crate) fn listener_conns(&self) -> usize {
+        4 * self.max_peers as usize
+    }
+
     /// Sets [`capacity`](Self::capacity).
     pub fn capacity(mut self, bytes: u64) -> Self {
         self.capacity = bytes;

@@ -864,3 +864,59 @@ fn clients_refuse_listeners_that_lie() {
         assert_eq!(PANICS.load(Ordering::SeqCst), 0);
     });
 }
+
+/// A listener takes at most `4 × max_peers` connections (a replier here):
+/// connections past that are closed at once, the ones it has keep being
+/// served, and a closed one's place is free again.
+#[test]
+fn a_listener_takes_no_more_connections_than_its_limit() {
+    let a = common::tcp_addr("nng+tcp");
+    rt().block_on(async {
+        let o = Options::default().max_peers(1);
+        let mut r = NngReplier::bind(&a, &o).unwrap();
+        let a = r.address();
+        let server = tokio::spawn(async move {
+            loop {
+                if r.serve_one(|q| q.to_vec()).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let addr = sp::socket_addr(&a);
+        let (mut kept, refused) = tokio::task::spawn_blocking(move || {
+            let mut kept = Vec::new();
+            for _ in 0..4 {
+                kept.push(Sp::req(addr).unwrap());
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let mut extra = Sp::raw(addr).unwrap();
+            let _ = std::io::Write::write_all(&mut extra.s, &sp::handshake(sp::REQ0));
+            (kept, extra.closed_within(Duration::from_secs(3)))
+        })
+        .await
+        .unwrap();
+        assert!(refused, "a fifth connection was taken");
+        // The four it has are served.
+        let good = with_envelope(control(op::ASK, 7, 0, 0), Kind::Request, b"x", 7);
+        let kept = tokio::task::spawn_blocking(move || {
+            for (i, c) in kept.iter_mut().enumerate() {
+                c.request(i as u32, &good).unwrap();
+                let answer = c.recv(1 << 16, Duration::from_secs(5)).unwrap();
+                assert!(sp::parse_control(&answer[4..]).is_some(), "connection {i}");
+            }
+            kept
+        })
+        .await
+        .unwrap();
+        // One closed makes room for one more.
+        drop(kept.into_iter().next());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut c = NngRequester::connect(&a, &o).await.unwrap();
+        let f = tokio::time::timeout(5 * SEC, c.request(b"again"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&f[..], b"again");
+        server.abort();
+    });
+}

@@ -150,7 +150,12 @@ impl std::fmt::Debug for NativePublisher {
 impl NativePublisher {
     /// Binds an nng PUB socket at `address`.
     pub fn bind(address: &Address, opts: &Options) -> Result<NativePublisher> {
-        let sock = Sock::listen(Protocol::Pub0, address, opts.max_message)?;
+        let sock = Sock::listen(
+            Protocol::Pub0,
+            address,
+            opts.max_message,
+            opts.listener_conns(),
+        )?;
         depth(&sock, Queue::Send);
         Ok(NativePublisher {
             sock,
@@ -373,7 +378,12 @@ impl std::fmt::Debug for NativePuller {
 impl NativePuller {
     /// Binds an nng PULL socket at `address`.
     pub fn bind(address: &Address, opts: &Options) -> Result<NativePuller> {
-        let sock = Sock::listen(Protocol::Pull0, address, opts.max_message)?;
+        let sock = Sock::listen(
+            Protocol::Pull0,
+            address,
+            opts.max_message,
+            opts.listener_conns(),
+        )?;
         depth(&sock, Queue::Recv);
         Ok(NativePuller {
             sock,

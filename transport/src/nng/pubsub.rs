@@ -348,7 +348,7 @@ impl FlowPublisher {
             what: "binding an nng publisher".into(),
             source: std::io::Error::other("must be called inside a tokio runtime"),
         })?;
-        let sock = Sock::listen(Protocol::Rep0, address, 1024)?;
+        let sock = Sock::listen(Protocol::Rep0, address, 1024, 2 * opts.max_peers as usize)?;
         let shared = Arc::new(PubShared {
             sock,
             busy: InProgress::new(MAX_ASKING),

@@ -395,7 +395,12 @@ impl QueuePuller {
             what: "binding an nng puller".into(),
             source: std::io::Error::other("must be called inside a tokio runtime"),
         })?;
-        let sock = Sock::listen(Protocol::Rep0, address, opts.max_message)?;
+        let sock = Sock::listen(
+            Protocol::Rep0,
+            address,
+            opts.max_message,
+            opts.listener_conns(),
+        )?;
         // Connections that bring nothing are dropped (every question to a
         // queue is taken at once, so a live client's connection is never
         // silent for long while it asks; an idle pusher redials).

@@ -174,17 +174,33 @@ impl Sock {
     /// A socket of `protocol` refusing messages above `max_message`
     /// payload bytes (nng drops a peer whose length prefix says more,
     /// before allocating).
-    fn open(protocol: Protocol, address: &Address, max_message: usize) -> Result<Sock> {
+    fn open(
+        protocol: Protocol,
+        address: &Address,
+        max_message: usize,
+        max_conns: Option<usize>,
+    ) -> Result<Sock> {
         let socket = Socket::new(protocol).map_err(|e| io("opening an nng socket", e))?;
         socket
             .set_opt::<nng::options::RecvMaxSize>(max_message.saturating_add(OVERHEAD))
             .map_err(|e| io("setting the nng receive limit", e))?;
         let pipes = Arc::new(Pipes::default());
         let p = Arc::downgrade(&pipes);
+        let at = address.clone();
         socket
             .pipe_notify(move |pipe, ev| {
                 let Some(p) = p.upgrade() else { return };
                 match ev {
+                    // A listener takes at most `max_conns` connections: one
+                    // more is closed before it can send anything (peers
+                    // that open connections without end).
+                    PipeEvent::AddPre => {
+                        if max_conns.is_some_and(|m| lock(&p.live).len() >= m) {
+                            tracing::warn!(address = %at, "nng: connection refused, the listener has its most");
+                            close_pipe(pipe);
+                        }
+                        return;
+                    }
                     PipeEvent::AddPost => {
                         // nng can report a pipe's removal before its
                         // addition (it starts the pipe first): one already
@@ -219,9 +235,15 @@ impl Sock {
         })
     }
 
-    /// A socket listening at `address`.
-    pub fn listen(protocol: Protocol, address: &Address, max_message: usize) -> Result<Sock> {
-        let mut s = Sock::open(protocol, address, max_message)?;
+    /// A socket listening at `address`, taking at most `max_conns`
+    /// connections at once.
+    pub fn listen(
+        protocol: Protocol,
+        address: &Address,
+        max_message: usize,
+        max_conns: usize,
+    ) -> Result<Sock> {
+        let mut s = Sock::open(protocol, address, max_message, Some(max_conns.max(1)))?;
         let url = url(address)?;
         let l = nng::Listener::new(&s.socket, &url).map_err(|e| match e {
             nng::Error::AddressInUse => Error::AddrInUse {
@@ -242,7 +264,7 @@ impl Sock {
         max_message: usize,
         timeout: Duration,
     ) -> Result<Sock> {
-        let s = Sock::open(protocol, address, max_message)?;
+        let s = Sock::open(protocol, address, max_message, None)?;
         for (opt, t) in [(0, 10u64), (1, 200)] {
             let d = Some(Duration::from_millis(t));
             let r = if opt == 0 {

@@ -269,7 +269,7 @@ impl QuicPuller {
             room: Notify::new(),
             capacity: opts.capacity as usize,
             max_message: opts.max_message,
-            max_conns: 4 * opts.max_peers as usize,
+            max_conns: opts.listener_conns(),
             stall: opts.stall_timeout,
             address: address.clone(),
         });

@@ -197,7 +197,7 @@ impl QuicReplier {
         let (a, max, max_conns, stall) = (
             address.clone(),
             opts.max_message,
-            4 * opts.max_peers as usize,
+            opts.listener_conns(),
             opts.stall_timeout,
         );
         let ep = endpoint.clone();
