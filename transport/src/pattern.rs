@@ -106,7 +106,8 @@ pub trait Pusher: Send {
     /// Waits until the queue holds everything sent so far (or it was
     /// taken), so that only the queue's own death can lose it. Wires whose
     /// `send` returns only once the queue holds the message have nothing
-    /// to wait for (the default).
+    /// to wait for (the default); so has nng's own PUSH on a `?native`
+    /// address, which acknowledges nothing (see `nng::native`).
     fn flush(&mut self) -> impl Future<Output = Result<()>> + Send {
         async { Ok(()) }
     }

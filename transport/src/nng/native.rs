@@ -9,16 +9,21 @@
 //!   waits: a subscriber whose queue (and the publisher's queue for it) is
 //!   full loses messages, silently, as with nng itself. This is documented
 //!   rather than hidden: a native publisher cannot know what a foreign
-//!   subscriber got. The queues are made deep (see [`QUEUE`]) so a reader
-//!   that keeps up loses nothing.
+//!   subscriber got. The queues are made deep (`capacity / 1 KiB`
+//!   messages, 16 to 8192; see [`depth_for`]) so a reader that keeps up
+//!   loses nothing; a subscriber holds at most that many messages of up
+//!   to `max_message` bytes each.
 //! - **Topics are the body's prefix**, as nng's subscriptions match them:
 //!   a native publisher sends `topic` then `payload` as one body; a native
 //!   subscriber's frame has as its topic the longest subscribed prefix the
 //!   body starts with (empty when subscribed to everything), and the rest
 //!   as its payload.
-//! - **Push/pull is nng's**: a push waits for a puller with room
-//!   (backpressure); what sat in a puller's connection when it died is
-//!   lost. A second native puller cannot join a bound one's queue (PULL
+//! - **Push/pull is nng's**: a push returns once nng holds the message in
+//!   the pusher's send queue (as deep as a subscriber's), which it hands
+//!   to a puller with room; it waits only when that queue is full. What
+//!   sits in that queue, or in a puller's connection, when a process dies
+//!   is lost, and nothing acknowledges delivery: `flush` has nothing to
+//!   wait for. A second native puller cannot join a bound one's queue (PULL
 //!   sockets do not connect to each other): `connect` dials a foreign PUSH
 //!   socket that listens (`nngcat --push --listen`).
 //! - **A frame's peer is the nng connection** it came on (its pipe id),
@@ -26,9 +31,11 @@
 //!
 //! What stays: the size limit is enforced before allocating (nng drops a
 //! peer whose length prefix is over it); every send and receive can be
-//! cancelled and timed out; a client endpoint whose peer is gone (no
-//! connection for the connect timeout) gets [`Error::PeerGone`] instead of
-//! waiting for ever, and nng redials a peer that comes back.
+//! cancelled and timed out; a client endpoint that would wait on a peer
+//! that is gone (no connection for the connect timeout: a subscriber's or
+//! dialing puller's receive, a pusher's send into a full queue) gets
+//! [`Error::PeerGone`] instead of waiting for ever, and nng redials a
+//! peer that comes back.
 
 use super::sock::{message, pipe_id, sock_recv, sock_send, Body, Sock};
 use crate::address::Address;
@@ -42,9 +49,17 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Messages nng may queue per connection at a native publisher, and at a
-/// native subscriber before it reads (nng's largest: 8192).
+/// The deepest queue nng allows (messages).
 pub const QUEUE: i32 = 8192;
+
+/// Messages nng may queue at a native endpoint (per connection at a
+/// publisher; a subscriber's receive queue; a pusher's send queue):
+/// `capacity / 1 KiB`, from 16 to [`QUEUE`].
+pub fn depth_for(opts: &Options) -> i32 {
+    i32::try_from(opts.capacity / 1024)
+        .unwrap_or(QUEUE)
+        .clamp(16, QUEUE)
+}
 
 /// How often a waiting operation looks at whether its peer is still
 /// connected.
@@ -92,13 +107,13 @@ enum Queue {
     Recv,
 }
 
-/// Sets a queue depth to [`QUEUE`]; protocols and nng versions without the
+/// Sets a queue depth to `n`; protocols and nng versions without the
 /// option keep their own (a smaller queue is a performance matter, not an
 /// error).
-fn depth(sock: &Sock, q: Queue) {
+fn depth(sock: &Sock, q: Queue, n: i32) {
     let r = match q {
-        Queue::Send => sock.socket.set_opt::<nng::options::SendBufferSize>(QUEUE),
-        Queue::Recv => sock.socket.set_opt::<nng::options::RecvBufferSize>(QUEUE),
+        Queue::Send => sock.socket.set_opt::<nng::options::SendBufferSize>(n),
+        Queue::Recv => sock.socket.set_opt::<nng::options::RecvBufferSize>(n),
     };
     if let Err(e) = r {
         tracing::debug!(address = %sock.address, error = %e, "nng: queue depth not set");
@@ -156,7 +171,7 @@ impl NativePublisher {
             opts.max_message,
             opts.listener_conns(),
         )?;
-        depth(&sock, Queue::Send);
+        depth(&sock, Queue::Send, depth_for(opts));
         Ok(NativePublisher {
             sock,
             max_message: opts.max_message,
@@ -229,7 +244,7 @@ impl NativeSubscriber {
             opts.connect_timeout,
         )
         .await?;
-        depth(&sock, Queue::Recv);
+        depth(&sock, Queue::Recv, depth_for(opts));
         Ok(NativeSubscriber {
             sock,
             prefixes: Vec::new(),
@@ -332,7 +347,7 @@ impl NativePusher {
             opts.connect_timeout,
         )
         .await?;
-        depth(&sock, Queue::Send);
+        depth(&sock, Queue::Send, depth_for(opts));
         Ok(NativePusher {
             sock,
             max_message: opts.max_message,
@@ -341,9 +356,9 @@ impl NativePusher {
         })
     }
 
-    /// Sends `payload` to one puller, waiting for one with room up to the
-    /// send timeout; [`Error::PeerGone`] when no puller has been connected
-    /// for the connect timeout.
+    /// Hands `payload` to nng's send queue, waiting while it is full up to
+    /// the send timeout; [`Error::PeerGone`] when it stays full and no
+    /// puller has been connected for the connect timeout.
     pub async fn send(&mut self, payload: &[u8]) -> Result<()> {
         check(self.max_message, payload.len())?;
         let deadline = self
@@ -384,7 +399,7 @@ impl NativePuller {
             opts.max_message,
             opts.listener_conns(),
         )?;
-        depth(&sock, Queue::Recv);
+        depth(&sock, Queue::Recv, depth_for(opts));
         Ok(NativePuller {
             sock,
             max_message: opts.max_message,
@@ -401,7 +416,7 @@ impl NativePuller {
             opts.connect_timeout,
         )
         .await?;
-        depth(&sock, Queue::Recv);
+        depth(&sock, Queue::Recv, depth_for(opts));
         Ok(NativePuller {
             sock,
             max_message: opts.max_message,

@@ -16,7 +16,7 @@
 //! | bytes | field |
 //! |---|---|
 //! | 0..4 | magic `SHNG` |
-//! | 4 | version (1) |
+//! | 4 | version (2) |
 //! | 5 | op (`Op`) |
 //! | 6..8 | zero |
 //! | 8..16, 16..24, 24..32 | `a`, `b`, `c`: the op's arguments |
@@ -59,7 +59,8 @@ pub(crate) enum Op {
     /// Publisher -> subscriber: publisher `a` closed and the subscriber
     /// has everything it sent.
     Closed = 6,
-    /// Pusher -> queue: queue the envelopes that follow, from pusher `a`,
+    /// Pusher -> queue: queue the envelopes that follow, from the pusher
+    /// whose key is `a` (a secret of the pusher's, not its public id),
     /// waiting at most `b & 0xffff_ffff` ms for room; their count is
     /// `b >> 32` (0 counts as 1), and the first has sequence number `c`,
     /// the next `c + 1`, and so on.

@@ -35,7 +35,7 @@ use crate::address::Address;
 use crate::envelope::Kind;
 use crate::envelope::HEADER_LEN;
 use crate::error::{Error, Result};
-use crate::frame::{Frame, PeerId, SharedBytes};
+use crate::frame::{AlignedBuf, Frame, PeerId, SharedBytes};
 use crate::options::Options;
 use crate::window::{Entry, PushWindow};
 use nng::{Context, Message, Pipe, Protocol};
@@ -61,8 +61,11 @@ pub const LEASE: Duration = Duration::from_secs(3);
 const MAX_ASKING: usize = 8;
 
 /// Pushers whose last sequence number the queue remembers (to queue a
-/// push asked again only once); beyond, the oldest are forgotten.
+/// push asked again only once).
 const MAX_PUSHERS: usize = 4096;
+/// How long a pusher must have been silent before a new one may take its
+/// place among the [`MAX_PUSHERS`] remembered.
+const FORGET_AFTER: Duration = Duration::from_secs(60);
 
 /// A queued message: the push it came in, and where its parts lie.
 #[derive(Clone)]
@@ -74,9 +77,27 @@ struct Item {
     peer: u64,
 }
 
+/// Bytes an item is charged beyond its envelope: what holding it costs
+/// the queue, so that a flood of empty messages is bounded too.
+const ITEM_OVERHEAD: usize = 128;
+
 impl Item {
     fn len(&self) -> usize {
-        self.envelope.len()
+        self.envelope.len() + ITEM_OVERHEAD
+    }
+    /// The item in a buffer of its own (so it no longer holds the rest of
+    /// the push it came in).
+    fn detached(self) -> Item {
+        let env = &(*self.body.0).as_ref()[self.envelope.clone()];
+        let start = self.envelope.start;
+        let at = |r: Range<usize>| r.start - start..r.end - start;
+        Item {
+            topic: at(self.topic.clone()),
+            payload: at(self.payload.clone()),
+            envelope: 0..env.len(),
+            peer: self.peer,
+            body: SharedBytes(Arc::new(AlignedBuf::copy_from(env))),
+        }
     }
     fn frame(self) -> Result<Frame<'static>> {
         Ok(Frame::shared(self.body, self.topic, self.payload)?.with_peer(self.peer))
@@ -212,30 +233,55 @@ impl QShared {
         loop {
             let mut room = pin!(self.room.notified());
             room.as_mut().enable();
-            {
+            let known = {
                 let mut st = lock(&self.state);
                 self.reclaim(&mut st);
+                self.knows(&mut st, pusher)
+            };
+            if !known {
+                // Too many pushers heard from lately to remember one more:
+                // it waits (it asks again), none is forgotten.
+                tokio::time::sleep(deadline.saturating_duration_since(Instant::now())).await;
+                return Ok(message(&Control::new(Op::Full, 0, 0, 0).encode()));
+            }
+            {
+                let mut st = lock(&self.state);
                 let mut last = st.pushed.get(&pusher).map_or(0, |&(seq, _)| seq);
                 let had = last;
                 // Queue, in order, what was not queued before and fits.
+                let mut taken = Vec::new();
+                let mut skipped = false;
                 while let Some((seq, item)) = next.take() {
                     if seq <= last {
+                        skipped = true;
                         next = items.next();
                         continue;
                     }
-                    if !(st.items.is_empty() || st.bytes + item.len() <= self.capacity) {
+                    let bytes = st.bytes + taken.iter().map(Item::len).sum::<usize>();
+                    if !(st.items.is_empty() && taken.is_empty()
+                        || bytes + item.len() <= self.capacity)
+                    {
                         next = Some((seq, item));
                         break;
                     }
-                    st.bytes += item.len();
-                    st.items.push_back(item);
+                    taken.push(item);
                     last = seq;
                     next = items.next();
                 }
+                // Items share the push's body: only a push taken whole
+                // (its envelopes make up the body) is left in place; the
+                // items of one taken in part are copied out, so a body is
+                // never held for less than it weighs.
+                let whole = !skipped && next.is_none();
+                for item in taken {
+                    let item = if whole { item } else { item.detached() };
+                    st.bytes += item.len();
+                    st.items.push_back(item);
+                }
                 if last != had || next.is_none() {
+                    self.remember(&mut st, pusher, last);
+                    drop(st);
                     if last != had {
-                        self.remember(&mut st, pusher, last);
-                        drop(st);
                         self.data.notify_waiters();
                     }
                     return Ok(message(&Control::new(Op::Queued, last, 0, 0).encode()));
@@ -248,20 +294,33 @@ impl QShared {
         }
     }
 
-    /// Notes that pusher `pusher` has everything up to `seq` queued,
-    /// forgetting the pusher heard from longest ago when too many are
-    /// remembered.
-    fn remember(&self, st: &mut QState, pusher: u64, seq: u64) {
-        if st.pushed.len() >= MAX_PUSHERS && !st.pushed.contains_key(&pusher) {
-            if let Some(oldest) = st
-                .pushed
-                .iter()
-                .min_by_key(|(_, (_, t))| *t)
-                .map(|(k, _)| *k)
-            {
-                st.pushed.remove(&oldest);
-            }
+    /// Whether pusher `pusher` is remembered, or can be: a new one takes
+    /// the place of the one heard from longest ago, when that was more
+    /// than [`FORGET_AFTER`] ago. (Forgetting a pusher whose answer was
+    /// lost would queue its push twice when it asks again; forgetting
+    /// only the long silent keeps a flood of new pusher ids from doing
+    /// that.)
+    fn knows(&self, st: &mut QState, pusher: u64) -> bool {
+        if st.pushed.len() < MAX_PUSHERS || st.pushed.contains_key(&pusher) {
+            return true;
         }
+        let oldest = st
+            .pushed
+            .iter()
+            .min_by_key(|(_, (_, t))| *t)
+            .map(|(k, (_, t))| (*k, t.elapsed()));
+        match oldest {
+            Some((k, age)) if age >= FORGET_AFTER => {
+                st.pushed.remove(&k);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Notes that pusher `pusher` has everything up to `seq` queued, and
+    /// was heard from now.
+    fn remember(&self, st: &mut QState, pusher: u64, seq: u64) {
         st.pushed.insert(pusher, (seq, Instant::now()));
     }
 
@@ -575,7 +634,10 @@ fn acknowledge(sock: Arc<Sock>, id: u64, token: u64, gone_after: Duration, acks:
 pub struct QueuePusher {
     window: Arc<PushWindow>,
     address: Address,
+    /// Its id, in every envelope (the frames' peer).
     id: u64,
+    /// Its key, in every push's control block (see `connect`).
+    key: u64,
     max_message: usize,
     send_timeout: Option<Duration>,
 }
@@ -601,11 +663,15 @@ impl QueuePusher {
         let (sock, ctx) = super::sock::dial_req(address, opts).await?;
         let window = PushWindow::new(opts.capacity as usize);
         let id = PeerId::random().0;
+        // The queue tells pushes apart by a key of their pusher's that,
+        // unlike its id (every frame's peer), no puller sees: knowing it
+        // would let a peer claim the pusher's sequence numbers.
+        let key = PeerId::random().0;
         let shipper = Shipper {
             window: window.clone(),
             sock,
             ctx,
-            id,
+            key,
             batch: BATCH_BYTES.min(opts.max_message),
             gone_after: opts.connect_timeout,
             linger: opts.stall_timeout,
@@ -615,6 +681,7 @@ impl QueuePusher {
             window,
             address: address.clone(),
             id,
+            key,
             max_message: opts.max_message,
             send_timeout: opts.send_timeout,
         })
@@ -638,10 +705,10 @@ impl QueuePusher {
             Vec::with_capacity(CONTROL_LEN + super::proto::envelope_len(b"", payload.len()));
         push.resize(CONTROL_LEN, 0);
         super::proto::put_envelope(&mut push, Kind::Message, b"", payload, self.id)?;
-        let id = self.id;
+        let key = self.key;
         let stamp = move |push: &mut Vec<u8>, seq: u64| {
             let b = push_b(HOLD.as_millis() as u64, 1);
-            push[..CONTROL_LEN].copy_from_slice(&Control::new(Op::Push, id, b, seq).encode());
+            push[..CONTROL_LEN].copy_from_slice(&Control::new(Op::Push, key, b, seq).encode());
         };
         let len = push.len() - CONTROL_LEN;
         self.window.put(push, len, stamp, self.send_timeout).await
@@ -659,6 +726,9 @@ impl QueuePusher {
 const BATCH_BYTES: usize = 4 << 20;
 /// Envelopes one push carries at most.
 const BATCH_COUNT: usize = 4096;
+
+/// The smallest batch limit a success doubles from.
+const MIN_BATCH: usize = 64 << 10;
 
 /// One push question: the window's entries it carries.
 struct Batch(Vec<Entry>);
@@ -685,9 +755,10 @@ struct Shipper {
     window: Arc<PushWindow>,
     sock: Sock,
     ctx: Context,
-    id: u64,
-    /// Envelope bytes per push at most (0 after a failed push: one
-    /// envelope, in case the batch was over the queue's size limit).
+    /// The pusher's key.
+    key: u64,
+    /// Envelope bytes per push at most: a quarter after each failed push
+    /// (down to one message), doubled after each success.
     batch: usize,
     gone_after: Duration,
     linger: Duration,
@@ -708,7 +779,8 @@ impl Shipper {
                 }
             }
             let b = push_b(HOLD.as_millis() as u64, batch.0.len());
-            let control = Control::new(Op::Push, self.id, b, batch.0[0].0).encode();
+            let control = Control::new(Op::Push, self.key, b, batch.0[0].0).encode();
+            let shipped = batch.0[batch.0.len() - 1].0;
             // The queue answers within the hold it was given; one that does
             // not within the connect timeout (and the batch's transfer)
             // beyond is stalled.
@@ -732,18 +804,26 @@ impl Shipper {
                     a: last,
                     ..
                 }) => {
-                    self.batch = full;
-                    self.window.taken(last);
+                    self.batch = (self.batch * 2).clamp(MIN_BATCH, full.max(MIN_BATCH));
+                    // Never past what this push carried (a queue that
+                    // says more is wrong, and must not empty the window).
+                    self.window.taken(last.min(shipped));
                 }
                 Ok(Control { op: Op::Full, .. }) => {}
-                Ok(c) => self.window.failed(Error::Corrupt {
-                    what: "answer to push",
-                    found: c.op as u64,
-                    expected: "8 (queued) or 9 (full)",
-                }),
+                Ok(c) => {
+                    self.window.failed(Error::Corrupt {
+                        what: "answer to push",
+                        found: c.op as u64,
+                        expected: "8 (queued) or 9 (full)",
+                    });
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
                 Err(e) => {
                     tracing::debug!(address = %self.sock.address, error = %e, "nng pusher: push failed; asking again");
-                    self.batch = 0;
+                    // Smaller, in case the batch was over the queue's
+                    // size limit (down to one message); doubled again
+                    // with each success.
+                    self.batch /= 4;
                     self.window.failed(e);
                     // Not in a tight loop while the queue is away.
                     if !self.sock.wait_connected(self.gone_after).await {

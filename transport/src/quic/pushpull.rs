@@ -31,13 +31,56 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Bytes a queued message is charged: its envelope and what holding it
+/// costs, so a flood of empty messages is bounded too.
+fn cost(d: &Decoded) -> usize {
+    crate::envelope::HEADER_LEN + d.header.body_len as usize + 128
+}
+
 #[derive(Default)]
 struct QState {
     items: VecDeque<Decoded>,
     bytes: usize,
 }
 
+/// Bytes of push batches a queue holds before they are queued.
+struct Held<'a> {
+    total: &'a std::sync::atomic::AtomicUsize,
+    mine: usize,
+}
+
+impl<'a> Held<'a> {
+    fn new(total: &'a std::sync::atomic::AtomicUsize) -> Self {
+        Held { total, mine: 0 }
+    }
+    /// Counts `n` more bytes; an error when that takes the total over
+    /// `budget` (then they are not counted).
+    fn add(&mut self, n: usize, budget: usize) -> Result<()> {
+        use std::sync::atomic::Ordering::AcqRel;
+        let before = self.total.fetch_add(n, AcqRel);
+        if before + n > budget {
+            self.total.fetch_sub(n, AcqRel);
+            return Err(Error::TooLarge {
+                what: "push batches the queue holds before queueing them",
+                got: (before + n) as u64,
+                limit: budget as u64,
+            });
+        }
+        self.mine += n;
+        Ok(())
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.total
+            .fetch_sub(self.mine, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 struct QShared {
+    /// Bytes of push batches read and not yet queued (see [`Held`]).
+    held: std::sync::atomic::AtomicUsize,
     state: Mutex<QState>,
     data: Notify,
     room: Notify,
@@ -51,7 +94,7 @@ struct QShared {
 impl QShared {
     fn put(&self, d: Decoded, front: bool) {
         let mut st = lock(&self.state);
-        st.bytes += d.payload().len();
+        st.bytes += cost(&d);
         if front {
             st.items.push_front(d);
         } else {
@@ -64,7 +107,7 @@ impl QShared {
     fn take(&self) -> Option<Decoded> {
         let mut st = lock(&self.state);
         let d = st.items.pop_front()?;
-        st.bytes -= d.payload().len();
+        st.bytes -= cost(&d);
         drop(st);
         self.room.notify_waiters();
         Some(d)
@@ -114,9 +157,15 @@ impl QShared {
                 // whole (within the first envelope's time, and no more
                 // than BATCH_BYTES, or one message) before any is queued,
                 // so a stream the pusher abandons queues nothing.
-                let limit = BATCH_BYTES.max(self.max_message);
+                let limit = BATCH_BYTES.max(self.max_message) + BATCH_COUNT * (16 + 128);
+                // Batches read or waiting for room, over every stream and
+                // connection, hold at most `budget` bytes: past it, a
+                // batch is refused (its pusher sends it again later).
+                let budget = 4 * self.capacity + limit;
+                let mut held = Held::new(&self.held);
+                let mut bytes = cost(&first);
+                held.add(bytes, budget)?;
                 let mut batch = vec![first];
-                let mut bytes = batch[0].payload().len();
                 let rest = async {
                     while let Some(d) = reader.next(a).await? {
                         if d.header.kind != Kind::Message {
@@ -126,7 +175,8 @@ impl QShared {
                                 expected: "1 (push)",
                             });
                         }
-                        bytes += d.payload().len();
+                        bytes += cost(&d);
+                        held.add(cost(&d), budget)?;
                         if bytes > limit {
                             return Err(Error::TooLarge {
                                 what: "push batch",
@@ -264,6 +314,7 @@ impl QuicPuller {
     pub async fn bind(address: &Address, opts: &Options) -> Result<QuicPuller> {
         let Bound { endpoint, address } = conn::bind(address, opts).await?;
         let shared = Arc::new(QShared {
+            held: std::sync::atomic::AtomicUsize::new(0),
             state: Mutex::new(QState::default()),
             data: Notify::new(),
             room: Notify::new(),
@@ -372,8 +423,12 @@ const BATCH_COUNT: usize = 4096;
 /// ships the window to the queue in batches, a stream each: the messages,
 /// then the stream's end, then the queue's answer once it has queued them
 /// all. A batch whose stream breaks before the answer is sent again, so a
-/// message can be queued twice only when the answer is lost after the
-/// queue took it. [`flush`](Self::flush) waits until the queue has taken
+/// message can be queued twice when the answer is lost after the queue
+/// took it, or when the connection is lost on one side only while the
+/// queue still waits for room for the batch (then the copy sent again
+/// may be queued first: this pusher's order holds except across such a
+/// break). The nng queue tells such copies apart by sequence number; this
+/// one does not. [`flush`](Self::flush) waits until the queue has taken
 /// everything sent; a failure to ship (the queue gone) is reported by the
 /// next `send` or `flush`, and the window is kept for a queue that comes
 /// back. A dropped pusher goes on shipping its window for up to the stall
@@ -429,8 +484,9 @@ impl QuicPusher {
         let h = Header::new(Kind::Message, b"", payload.len(), self.id)?;
         let mut env = Vec::with_capacity(crate::envelope::HEADER_LEN + payload.len());
         encode_into(&h, b"", payload, &mut env);
+        let len = env.len();
         self.window
-            .put(env, payload.len(), |_, _| {}, self.opts.send_timeout)
+            .put(env, len, |_, _| {}, self.opts.send_timeout)
             .await
     }
 
@@ -444,13 +500,18 @@ impl QuicPusher {
 /// Ships `window` to the queue `client` is connected to, until the window
 /// is empty and its pusher gone (or gone for the stall timeout).
 async fn ship(window: Arc<PushWindow>, mut client: Client, opts: Options) {
-    let limit = BATCH_BYTES.min(opts.max_message);
+    let full = BATCH_BYTES.min(opts.max_message);
+    let mut limit = full;
     let mut closed_at: Option<std::time::Instant> = None;
     let mut pause = Duration::from_millis(10);
     while let Some(batch) = window.batch(BATCH_COUNT, limit, |e| e.1.len()).await {
+        // A dropped pusher ships for the stall timeout at most, however
+        // long the queue takes to answer.
+        let mut left = Duration::MAX;
         if window.is_closed() {
             let since = *closed_at.get_or_insert_with(std::time::Instant::now);
-            if since.elapsed() >= opts.stall_timeout {
+            left = opts.stall_timeout.saturating_sub(since.elapsed());
+            if left.is_zero() {
                 tracing::warn!(address = %client.address, left = window.pending(), "QUIC pusher: dropped with messages the queue did not take within the stall timeout; they are lost");
                 break;
             }
@@ -460,11 +521,16 @@ async fn ship(window: Arc<PushWindow>, mut client: Client, opts: Options) {
         // this batch began is made again, and the batch sent again.
         let mut r = Ok(());
         for attempt in 0..2 {
-            r = async {
+            let once = async {
                 conn::reconnect_if_lost(&mut client, &opts).await?;
                 push_batch(&client, &batch).await
-            }
-            .await;
+            };
+            r = tokio::time::timeout(left, once)
+                .await
+                .unwrap_or(Err(Error::Timeout {
+                    what: "a dropped pusher's last batch",
+                    after: opts.stall_timeout,
+                }));
             match &r {
                 Err(_) if attempt == 0 && conn::closed_idle(&client.conn) => continue,
                 _ => break,
@@ -473,12 +539,16 @@ async fn ship(window: Arc<PushWindow>, mut client: Client, opts: Options) {
         match r {
             Ok(()) => {
                 pause = Duration::from_millis(10);
+                limit = (limit * 2).clamp(64 << 10, full.max(64 << 10));
                 window.taken(last);
             }
             Err(e) => {
                 tracing::debug!(address = %client.address, error = %e, "QUIC pusher: batch not queued; sending it again");
                 window.failed(e);
-                // Not in a tight loop while the queue is away.
+                // Smaller (a slow link must carry a batch within the
+                // queue's patience), and not in a tight loop while the
+                // queue is away.
+                limit /= 4;
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(1));
             }
@@ -515,5 +585,8 @@ async fn push_batch(client: &Client, batch: &[Entry]) -> Result<()> {
     send.done();
     let mut reader = Reader::new(recv, 1024);
     reader.expect(Kind::Reply, Duration::MAX, a).await?;
-    reader.end(FIRST_ENVELOPE, a).await
+    // Queued: what follows the answer changes nothing (read so that
+    // quinn asks nothing of the queue's stream).
+    let _ = reader.end(FIRST_ENVELOPE, a).await;
+    Ok(())
 }
