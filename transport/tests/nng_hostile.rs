@@ -920,3 +920,94 @@ fn a_listener_takes_no_more_connections_than_its_limit() {
         server.abort();
     });
 }
+
+/// A peer that copies a pusher's id (every frame names it) and pushes
+/// under it with a huge sequence number changes nothing for that pusher:
+/// the queue tells pushers apart by a key no puller sees.
+#[test]
+fn a_peer_claiming_a_pushers_id_cannot_silence_it() {
+    let a = common::tcp_addr("nng+tcp");
+    rt().block_on(async {
+        let o = Options::default();
+        let mut q = NngPuller::bind(&a, &o).unwrap();
+        let a = q.address();
+        let mut p = NngPusher::connect(&a, &o).await.unwrap();
+        p.send(b"first").await.unwrap();
+        let f = tokio::time::timeout(5 * SEC, q.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let id = f.peer().expect("a frame names its pusher").0;
+        let addr = sp::socket_addr(&a);
+        tokio::task::spawn_blocking(move || {
+            let mut c = Sp::req(addr).unwrap();
+            let push = with_envelope(
+                control(op::PUSH, id, 0, u64::MAX - 1),
+                Kind::Message,
+                b"x",
+                id,
+            );
+            c.request(1, &push).unwrap();
+            let _ = c.recv(1 << 16, Duration::from_secs(5));
+        })
+        .await
+        .unwrap();
+        let spoofed = tokio::time::timeout(5 * SEC, q.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&spoofed[..], b"x");
+        for i in 0..100u32 {
+            p.send(&i.to_le_bytes()).await.unwrap();
+        }
+        p.flush().await.unwrap();
+        for i in 0..100u32 {
+            let f = tokio::time::timeout(5 * SEC, q.recv())
+                .await
+                .expect("the pusher was silenced")
+                .unwrap();
+            assert_eq!(&f[..], &i.to_le_bytes());
+        }
+    });
+}
+
+/// Pushes that carry a large envelope the queue already has beside a new
+/// small one: the queue keeps the small one alone, not the large body it
+/// came in (else `capacity` would bound a few bytes per item while every
+/// body stayed held).
+#[test]
+fn a_push_taken_in_part_does_not_hold_its_whole_body() {
+    let a = common::tcp_addr("nng+tcp");
+    rt().block_on(async {
+        let o = Options::default().capacity(64 << 20);
+        let q = NngPuller::bind(&a, &o).unwrap();
+        let addr = sp::socket_addr(&q.address());
+        let before = rss();
+        let grown = tokio::task::spawn_blocking(move || {
+            let mut c = Sp::req(addr).unwrap();
+            let big = vec![7u8; 1 << 20];
+            let key = 0x5eed;
+            // Sequence 1: the big envelope alone, queued.
+            let one = with_envelope(control(op::PUSH, key, 1 << 32, 1), Kind::Message, &big, key);
+            c.request(1, &one).unwrap();
+            c.recv(1 << 16, Duration::from_secs(5)).unwrap();
+            // Then 1..k again, each time with one new small envelope: only
+            // the small one is queued.
+            for k in 2..=40u64 {
+                let mut m = control(op::PUSH, key, 2 << 32, k - 1);
+                let mut envs = with_envelope(Vec::new(), Kind::Message, &big, key);
+                envs.extend(with_envelope(Vec::new(), Kind::Message, b"s", key));
+                m.extend(envs);
+                c.request(k as u32, &m).unwrap();
+                let answer = c.recv(1 << 16, Duration::from_secs(5)).unwrap();
+                let (op, last, _, _) = sp::parse_control(&answer[4..]).unwrap();
+                assert_eq!((op, last), (8, k), "queued through {k}");
+            }
+        });
+        grown.await.unwrap();
+        let grown = rss().saturating_sub(before);
+        // 40 bodies of 1 MiB held would be 40 MiB.
+        assert!(grown < 16 << 20, "memory grew {} MiB", grown >> 20);
+        drop(q);
+    });
+}
