@@ -41,6 +41,11 @@ pub enum Kind {
     Reply = 3,
     /// Flow-control credit: the receiver can take `id` more messages.
     Credit = 4,
+    /// Opens a batch of pushed messages (QUIC): `id` is the pusher's key
+    /// (a secret of its own, not its public id), the payload the first
+    /// message's sequence number (8 bytes, little-endian); the queue
+    /// answers with the last sequence number it holds from that pusher.
+    Batch = 5,
 }
 
 impl Kind {
@@ -50,6 +55,7 @@ impl Kind {
             2 => Kind::Request,
             3 => Kind::Reply,
             4 => Kind::Credit,
+            5 => Kind::Batch,
             _ => return None,
         })
     }

@@ -195,6 +195,55 @@ impl PushWindow {
     }
 }
 
+/// Pushers whose last sequence number a queue remembers (to queue a
+/// batch asked again only once).
+pub(crate) const MAX_PUSHERS: usize = 4096;
+/// How long a pusher must have been silent before a new one may take its
+/// place among the [`MAX_PUSHERS`] remembered.
+pub(crate) const FORGET_AFTER: Duration = Duration::from_secs(60);
+
+/// What a queue remembers of its pushers: by each one's key (a secret of
+/// the pusher's, not its public id), the last sequence number queued and
+/// when it was last heard from.
+#[derive(Default)]
+pub(crate) struct Pushers(std::collections::HashMap<u64, (u64, Instant)>);
+
+impl Pushers {
+    /// Whether pusher `key` is remembered, or can be: a new one takes the
+    /// place of the one heard from longest ago when that was more than
+    /// [`FORGET_AFTER`] ago. (Forgetting a pusher whose answer was lost
+    /// would queue its batch twice when it asks again; forgetting only
+    /// the long silent keeps a flood of new keys from doing that.)
+    pub fn knows(&mut self, key: u64) -> bool {
+        if self.0.len() < MAX_PUSHERS || self.0.contains_key(&key) {
+            return true;
+        }
+        let oldest = self
+            .0
+            .iter()
+            .min_by_key(|(_, (_, t))| *t)
+            .map(|(k, (_, t))| (*k, t.elapsed()));
+        match oldest {
+            Some((k, age)) if age >= FORGET_AFTER => {
+                self.0.remove(&k);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The last sequence number queued for `key` (0: none).
+    pub fn last(&self, key: u64) -> u64 {
+        self.0.get(&key).map_or(0, |&(seq, _)| seq)
+    }
+
+    /// Pusher `key` has everything up to `seq` queued, and was heard from
+    /// now.
+    pub fn remember(&mut self, key: u64, seq: u64) {
+        self.0.insert(key, (seq, Instant::now()));
+    }
+}
+
 /// Waits for `moved`, or until the deadline (then [`Error::Timeout`]
 /// naming `what`).
 async fn wait(

@@ -285,3 +285,52 @@ fn clients_still_connect_when_slots_are_scarce() {
         drop(held);
     });
 }
+
+/// A push batch sent again (its answer lost with a connection) is queued
+/// once: the queue knows each pusher's last sequence number by its key.
+/// Batches are written by hand here, as a pusher writes them.
+#[test]
+fn a_push_batch_sent_again_is_queued_once() {
+    use shoal_transport::envelope::{encode_into, Header, Kind};
+    use shoal_transport::QuicPuller;
+    fn env(kind: Kind, payload: &[u8], id: u64) -> Vec<u8> {
+        let mut v = Vec::new();
+        encode_into(
+            &Header::new(kind, b"", payload.len(), id).unwrap(),
+            b"",
+            payload,
+            &mut v,
+        );
+        v
+    }
+    rt().block_on(async {
+        let bind: Address = "quic://127.0.0.1:0".parse().unwrap();
+        let mut q = QuicPuller::bind(&bind, &Options::default()).await.unwrap();
+        let conn = raw(&q.address()).await;
+        let key = 0xfeed;
+        // (first sequence number, messages): 1-2, 1-2 again, 2-3.
+        let mut answers = Vec::new();
+        for (first, msgs) in [(1u64, ["a", "b"]), (1, ["a", "b"]), (2, ["b", "c"])] {
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            let mut bytes = env(Kind::Batch, &first.to_le_bytes(), key);
+            for m in msgs {
+                bytes.extend(env(Kind::Message, m.as_bytes(), 9));
+            }
+            send.write_all(&bytes).await.unwrap();
+            send.finish().unwrap();
+            let answer = tokio::time::timeout(5 * SEC, recv.read_to_end(1024))
+                .await
+                .unwrap()
+                .unwrap();
+            let mut h = [0u8; 16];
+            h.copy_from_slice(&answer[..16]);
+            answers.push(u64::from_le_bytes(h[8..16].try_into().unwrap()));
+        }
+        assert_eq!(answers, [2, 2, 3], "the last sequence number queued");
+        let mut got = Vec::new();
+        while let Ok(Ok(f)) = tokio::time::timeout(SEC / 2, q.recv()).await {
+            got.push(String::from_utf8(f.to_vec()).unwrap());
+        }
+        assert_eq!(got, ["a", "b", "c"]);
+    });
+}

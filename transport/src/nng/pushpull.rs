@@ -37,7 +37,7 @@ use crate::envelope::HEADER_LEN;
 use crate::error::{Error, Result};
 use crate::frame::{AlignedBuf, Frame, PeerId, SharedBytes};
 use crate::options::Options;
-use crate::window::{Entry, PushWindow};
+use crate::window::{Entry, PushWindow, Pushers};
 use nng::{Context, Message, Pipe, Protocol};
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
@@ -59,13 +59,6 @@ pub const LEASE: Duration = Duration::from_secs(3);
 /// once) may overlap it; more is a peer that does not wait for answers,
 /// and its connection is dropped.
 const MAX_ASKING: usize = 8;
-
-/// Pushers whose last sequence number the queue remembers (to queue a
-/// push asked again only once).
-const MAX_PUSHERS: usize = 4096;
-/// How long a pusher must have been silent before a new one may take its
-/// place among the [`MAX_PUSHERS`] remembered.
-const FORGET_AFTER: Duration = Duration::from_secs(60);
 
 /// A queued message: the push it came in, and where its parts lie.
 #[derive(Clone)]
@@ -122,7 +115,7 @@ struct QState {
     items: VecDeque<Item>,
     bytes: usize,
     /// Last sequence number queued per pusher, and when.
-    pushed: HashMap<u64, (u64, Instant)>,
+    pushed: Pushers,
     /// Items sent to remote pullers and not yet acknowledged: token ->
     /// (item, the puller's connection, when sent).
     lent: HashMap<u64, Lent>,
@@ -236,7 +229,7 @@ impl QShared {
             let known = {
                 let mut st = lock(&self.state);
                 self.reclaim(&mut st);
-                self.knows(&mut st, pusher)
+                st.pushed.knows(pusher)
             };
             if !known {
                 // Too many pushers heard from lately to remember one more:
@@ -246,7 +239,7 @@ impl QShared {
             }
             {
                 let mut st = lock(&self.state);
-                let mut last = st.pushed.get(&pusher).map_or(0, |&(seq, _)| seq);
+                let mut last = st.pushed.last(pusher);
                 let had = last;
                 // Queue, in order, what was not queued before and fits.
                 let mut taken = Vec::new();
@@ -279,7 +272,7 @@ impl QShared {
                     st.items.push_back(item);
                 }
                 if last != had || next.is_none() {
-                    self.remember(&mut st, pusher, last);
+                    st.pushed.remember(pusher, last);
                     drop(st);
                     if last != had {
                         self.data.notify_waiters();
@@ -292,36 +285,6 @@ impl QShared {
                 return Ok(message(&Control::new(Op::Full, 0, 0, 0).encode()));
             }
         }
-    }
-
-    /// Whether pusher `pusher` is remembered, or can be: a new one takes
-    /// the place of the one heard from longest ago, when that was more
-    /// than [`FORGET_AFTER`] ago. (Forgetting a pusher whose answer was
-    /// lost would queue its push twice when it asks again; forgetting
-    /// only the long silent keeps a flood of new pusher ids from doing
-    /// that.)
-    fn knows(&self, st: &mut QState, pusher: u64) -> bool {
-        if st.pushed.len() < MAX_PUSHERS || st.pushed.contains_key(&pusher) {
-            return true;
-        }
-        let oldest = st
-            .pushed
-            .iter()
-            .min_by_key(|(_, (_, t))| *t)
-            .map(|(k, (_, t))| (*k, t.elapsed()));
-        match oldest {
-            Some((k, age)) if age >= FORGET_AFTER => {
-                st.pushed.remove(&k);
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// Notes that pusher `pusher` has everything up to `seq` queued, and
-    /// was heard from now.
-    fn remember(&self, st: &mut QState, pusher: u64, seq: u64) {
-        st.pushed.insert(pusher, (seq, Instant::now()));
     }
 
     async fn pull(&self, ctl: Control, pipe: Option<Pipe>) -> Result<Message> {

@@ -1,9 +1,12 @@
 //! Push/pull over QUIC: a work queue held by the binding puller; every
 //! push and every remote pull is one bidirectional stream.
 //!
-//! - Push: the pusher writes its message; the queue answers once the
-//!   message is queued (it waits for room, unless the pusher gives up
-//!   first: a stream the pusher abandoned is never queued).
+//! - Push: the pusher's window goes out in batches, a stream each: a
+//!   header (the pusher's key and first sequence number), the messages,
+//!   the stream's end; the queue answers once it has queued them all (it
+//!   waits for room, unless the pusher gives up first: a stream the
+//!   pusher abandoned queues nothing), leaving out what it already holds
+//!   from that pusher.
 //! - Remote pull: the puller asks; the queue sends the head item and
 //!   waits for the puller's acknowledgement on the same stream. An item
 //!   whose stream breaks before the acknowledgement (the receive was
@@ -19,7 +22,7 @@ use crate::envelope::{encode_into, Decoded, Header, Kind};
 use crate::error::{Error, Result};
 use crate::frame::{Frame, PeerId};
 use crate::options::Options;
-use crate::window::{Entry, PushWindow};
+use crate::window::{Entry, PushWindow, Pushers};
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use std::collections::VecDeque;
 use std::pin::pin;
@@ -41,6 +44,8 @@ fn cost(d: &Decoded) -> usize {
 struct QState {
     items: VecDeque<Decoded>,
     bytes: usize,
+    /// The last sequence number queued per pusher key.
+    pushed: Pushers,
 }
 
 /// Bytes of push batches a queue holds before they are queued.
@@ -113,27 +118,64 @@ impl QShared {
         Some(d)
     }
 
-    /// Queues `batch` (of `bytes` payload bytes) once there is room for
-    /// all of it (or the queue is empty), unless `send` is stopped first
-    /// (the pusher gave up); whether it was queued.
-    async fn push(&self, batch: Vec<Decoded>, bytes: usize, send: &SendStream) -> bool {
+    /// Queues `batch` once there is room for all of it (or the queue is
+    /// empty), unless `send` is stopped first (the pusher gave up). With
+    /// `seq` = (pusher key, first sequence number), the messages already
+    /// queued from that pusher are left out (a batch sent again after a
+    /// broken connection). The last sequence number queued from the
+    /// pusher (0 without `seq`), or `None` when nothing was.
+    async fn push(
+        &self,
+        mut batch: Vec<Decoded>,
+        seq: Option<(u64, u64)>,
+        send: &SendStream,
+    ) -> Option<u64> {
         let mut stopped = pin!(send.stopped());
         loop {
             let mut room = pin!(self.room.notified());
             room.as_mut().enable();
+            let mut known = true;
             {
                 let mut st = lock(&self.state);
-                if st.items.is_empty() || st.bytes + bytes <= self.capacity {
+                let mut last = 0;
+                if let Some((key, first)) = seq {
+                    known = st.pushed.knows(key);
+                    if known {
+                        let had = st.pushed.last(key);
+                        let skip = had.saturating_add(1).saturating_sub(first);
+                        let skip = usize::try_from(skip).unwrap_or(usize::MAX).min(batch.len());
+                        batch.drain(..skip);
+                        last = had.max(first.saturating_add(skip as u64).saturating_sub(1));
+                        if batch.is_empty() {
+                            st.pushed.remember(key, last);
+                            return Some(last);
+                        }
+                    }
+                }
+                let bytes: usize = batch.iter().map(cost).sum();
+                if known && (st.items.is_empty() || st.bytes + bytes <= self.capacity) {
+                    if let Some((key, _)) = seq {
+                        last += batch.len() as u64;
+                        st.pushed.remember(key, last);
+                    }
                     st.bytes += bytes;
                     st.items.extend(batch);
                     drop(st);
                     self.data.notify_waiters();
-                    return true;
+                    return Some(last);
                 }
             }
+            // A new pusher while too many were heard from lately waits as
+            // one waits for room.
+            let again = if known {
+                None
+            } else {
+                Some(crate::window::FORGET_AFTER / 60)
+            };
             tokio::select! {
                 _ = room => {}
-                _ = &mut stopped => return false,
+                _ = tokio::time::sleep(again.unwrap_or(Duration::MAX)), if again.is_some() => {}
+                _ = &mut stopped => return None,
             }
         }
     }
@@ -150,7 +192,45 @@ impl QShared {
                 what: "a peer's first envelope",
                 after: FIRST_ENVELOPE,
             })??;
-        let Some(first) = first else { return Ok(()) };
+        let Some(mut first) = first else {
+            return Ok(());
+        };
+        // A batch header first: the pusher's key and first sequence number.
+        let mut seq = None;
+        if first.header.kind == Kind::Batch {
+            let n: [u8; 8] = first.payload().try_into().map_err(|_| Error::Corrupt {
+                what: "batch header payload",
+                found: first.payload().len() as u64,
+                expected: "8 bytes (the first sequence number)",
+            })?;
+            let from = u64::from_le_bytes(n);
+            if from == 0 {
+                return Err(Error::Corrupt {
+                    what: "batch first sequence number",
+                    found: 0,
+                    expected: "1 or more",
+                });
+            }
+            seq = Some((first.header.id, from));
+            first = tokio::time::timeout(FIRST_ENVELOPE, reader.next(a))
+                .await
+                .map_err(|_| Error::Timeout {
+                    what: "a batch's first message",
+                    after: FIRST_ENVELOPE,
+                })??
+                .ok_or(Error::Corrupt {
+                    what: "an empty push batch",
+                    found: 0,
+                    expected: "at least one message",
+                })?;
+            if first.header.kind != Kind::Message {
+                return Err(Error::Corrupt {
+                    what: "envelope kind in a push batch",
+                    found: first.header.kind as u64,
+                    expected: "1 (push)",
+                });
+            }
+        }
         match first.header.kind {
             Kind::Message => {
                 // A batch: envelopes up to the end of the stream, read
@@ -194,8 +274,9 @@ impl QShared {
                         what: "the rest of a push batch",
                         after: FIRST_ENVELOPE,
                     })??;
-                if self.push(batch, bytes, &send.send).await {
-                    conn::write(&mut send.send, Kind::Reply, b"", b"", 0, a).await?;
+                let _ = bytes;
+                if let Some(last) = self.push(batch, seq, &send.send).await {
+                    conn::write(&mut send.send, Kind::Reply, b"", b"", last, a).await?;
                     send.done();
                 }
                 Ok(())
@@ -422,13 +503,12 @@ const BATCH_COUNT: usize = 4096;
 /// `capacity` bytes, or one message) and returns; a task of the pusher's
 /// ships the window to the queue in batches, a stream each: the messages,
 /// then the stream's end, then the queue's answer once it has queued them
-/// all. A batch whose stream breaks before the answer is sent again, so a
-/// message can be queued twice when the answer is lost after the queue
-/// took it, or when the connection is lost on one side only while the
-/// queue still waits for room for the batch (then the copy sent again
-/// may be queued first: this pusher's order holds except across such a
-/// break). The nng queue tells such copies apart by sequence number; this
-/// one does not. [`flush`](Self::flush) waits until the queue has taken
+/// all. A batch whose stream breaks before the answer is sent again; each
+/// batch opens with a header naming the pusher's key (a secret of its own)
+/// and its first sequence number, so the queue leaves out what it already
+/// holds from this pusher, and a batch sent again is queued once, in
+/// order (a queue that restarted knows nothing: what the old one took is
+/// gone with it). [`flush`](Self::flush) waits until the queue has taken
 /// everything sent; a failure to ship (the queue gone) is reported by the
 /// next `send` or `flush`, and the window is kept for a queue that comes
 /// back. A dropped pusher goes on shipping its window for up to the stall
@@ -436,6 +516,7 @@ const BATCH_COUNT: usize = 4096;
 pub struct QuicPusher {
     window: Arc<PushWindow>,
     address: Address,
+    /// Its id, in every envelope (the frames' peer).
     id: u64,
     opts: Options,
 }
@@ -460,7 +541,10 @@ impl QuicPusher {
     pub async fn connect(address: &Address, opts: &Options) -> Result<QuicPusher> {
         let client = conn::connect(address, opts).await?;
         let window = PushWindow::new(opts.capacity as usize);
-        tokio::spawn(ship(window.clone(), client, opts.clone()));
+        // The queue tells batches apart by a key of the pusher's that,
+        // unlike its id, no puller sees.
+        let key = PeerId::random().0;
+        tokio::spawn(ship(window.clone(), client, key, opts.clone()));
         Ok(QuicPusher {
             window,
             address: address.clone(),
@@ -499,7 +583,7 @@ impl QuicPusher {
 
 /// Ships `window` to the queue `client` is connected to, until the window
 /// is empty and its pusher gone (or gone for the stall timeout).
-async fn ship(window: Arc<PushWindow>, mut client: Client, opts: Options) {
+async fn ship(window: Arc<PushWindow>, mut client: Client, key: u64, opts: Options) {
     let full = BATCH_BYTES.min(opts.max_message);
     let mut limit = full;
     let mut closed_at: Option<std::time::Instant> = None;
@@ -519,11 +603,11 @@ async fn ship(window: Arc<PushWindow>, mut client: Client, opts: Options) {
         let last = batch[batch.len() - 1].0;
         // Twice at most: a connection the queue closed as idle just as
         // this batch began is made again, and the batch sent again.
-        let mut r = Ok(());
+        let mut r = Ok(0);
         for attempt in 0..2 {
             let once = async {
                 conn::reconnect_if_lost(&mut client, &opts).await?;
-                push_batch(&client, &batch).await
+                push_batch(&client, key, &batch).await
             };
             r = tokio::time::timeout(left, once)
                 .await
@@ -537,10 +621,11 @@ async fn ship(window: Arc<PushWindow>, mut client: Client, opts: Options) {
             }
         }
         match r {
-            Ok(()) => {
+            Ok(queued) => {
                 pause = Duration::from_millis(10);
                 limit = (limit * 2).clamp(64 << 10, full.max(64 << 10));
-                window.taken(last);
+                // Never past what this batch carried.
+                window.taken(queued.min(last));
             }
             Err(e) => {
                 tracing::debug!(address = %client.address, error = %e, "QUIC pusher: batch not queued; sending it again");
@@ -568,11 +653,21 @@ impl AsRef<[u8]> for Shared {
     }
 }
 
-/// One batch on a stream of its own: the envelopes, the end, the answer.
-async fn push_batch(client: &Client, batch: &[Entry]) -> Result<()> {
+/// One batch on a stream of its own: its header, the envelopes, the end,
+/// the answer (the last sequence number the queue holds from this pusher).
+async fn push_batch(client: &Client, key: u64, batch: &[Entry]) -> Result<u64> {
     let a = &client.address;
     let (send, recv) = client.conn.open_bi().await.map_err(|e| conn::lost(&e, a))?;
     let mut send = Outgoing::new(send);
+    conn::write(
+        &mut send.send,
+        Kind::Batch,
+        b"",
+        &batch[0].0.to_le_bytes(),
+        key,
+        a,
+    )
+    .await?;
     // Handed to quinn as they are (shared, not copied again).
     let chunks: Vec<bytes::Bytes> = batch
         .iter()
@@ -584,9 +679,9 @@ async fn push_batch(client: &Client, batch: &[Entry]) -> Result<()> {
         .map_err(|e| conn::write_err(e, a))?;
     send.done();
     let mut reader = Reader::new(recv, 1024);
-    reader.expect(Kind::Reply, Duration::MAX, a).await?;
+    let answer = reader.expect(Kind::Reply, Duration::MAX, a).await?;
     // Queued: what follows the answer changes nothing (read so that
     // quinn asks nothing of the queue's stream).
     let _ = reader.end(FIRST_ENVELOPE, a).await;
-    Ok(())
+    Ok(answer.header.id)
 }
