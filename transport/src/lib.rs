@@ -46,6 +46,8 @@ pub mod handler;
 pub mod inproc;
 #[cfg(feature = "nng")]
 pub mod nng;
+#[cfg_attr(not(feature = "nng"), allow(dead_code))]
+pub(crate) mod nng_proto;
 pub mod options;
 pub mod pattern;
 #[cfg(feature = "quic")]
@@ -54,6 +56,35 @@ pub mod quic;
 pub mod shm;
 #[cfg(any(feature = "nng", feature = "quic"))]
 pub(crate) mod window;
+
+/// Entry points for the fuzz targets (`fuzz/`): not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Parses `data` as the nng backend's peers would: its first byte the
+    /// envelope count asked for, the rest a message (control block, then
+    /// envelopes). Must never panic; what it accepts lies inside the bytes.
+    pub fn nng_message(data: &[u8]) {
+        use crate::envelope::Kind;
+        use crate::nng_proto::{locate, push_b_parts, Control};
+        let Some((&count, msg)) = data.split_first() else {
+            return;
+        };
+        if let Ok(c) = Control::decode(msg) {
+            let (hold, n) = push_b_parts(c.b);
+            assert!(hold <= u64::from(u32::MAX) && n >= 1);
+        }
+        for kind in [Kind::Message, Kind::Request, Kind::Reply] {
+            if let Ok(found) = locate(msg, u64::from(count), kind, 1 << 16) {
+                assert_eq!(found.len(), usize::from(count));
+                for e in found {
+                    assert!(e.topic.start <= e.topic.end && e.topic.end <= msg.len());
+                    assert!(e.payload.start <= e.payload.end && e.payload.end <= msg.len());
+                    assert!(e.payload.len() <= 1 << 16);
+                }
+            }
+        }
+    }
+}
 
 pub use address::{Address, Backend};
 pub use envelope::{Decoder, Header, Kind, HEADER_LEN};

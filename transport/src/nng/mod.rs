@@ -17,7 +17,8 @@
 //!
 //! - [`endpoint`]: the endpoints a user holds, each one of the two kinds.
 //! - [`native`]: nng's own PUB/SUB and PUSH/PULL.
-//! - [`proto`]: the messages those protocols exchange, parsed sans-IO.
+//! - `proto` (`nng_proto.rs`, built without the feature too, for its fuzz
+//!   target): the messages those protocols exchange, parsed sans-IO.
 //! - `sock`: sockets, dialing with a deadline, pipe (connection)
 //!   watching, and nng's asynchronous operations awaited from tokio.
 //! - [`pubsub`]: publish/subscribe with flow control (subscribers poll
@@ -29,7 +30,7 @@
 
 pub mod endpoint;
 pub mod native;
-pub mod proto;
+pub(crate) use crate::nng_proto as proto;
 pub mod pubsub;
 pub mod pushpull;
 pub mod reqrep;
