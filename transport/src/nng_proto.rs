@@ -242,6 +242,15 @@ pub(crate) fn locate(
     kind: Kind,
     max_payload: usize,
 ) -> Result<Vec<Located>> {
+    // (Found by the nng_message fuzz target: a message shorter than the
+    // control block made the trailing-bytes check below underflow.)
+    if msg.len() < CONTROL_LEN {
+        return Err(Error::Corrupt {
+            what: "nng message length",
+            found: msg.len() as u64,
+            expected: "at least the 44-byte control block",
+        });
+    }
     // Each envelope takes at least 16 bytes: a count larger than the
     // message could hold is refused before anything is allocated for it.
     let room = (msg.len().saturating_sub(CONTROL_LEN) / HEADER_LEN) as u64;
@@ -301,7 +310,7 @@ pub(crate) fn locate(
     if at != msg.len() {
         return Err(Error::Corrupt {
             what: "bytes after the last envelope",
-            found: (msg.len() - at) as u64,
+            found: msg.len().abs_diff(at) as u64,
             expected: "0",
         });
     }
@@ -343,6 +352,16 @@ mod tests {
                     .map(|(t, p)| envelope_len(t, p.len()))
                     .sum::<usize>()
         );
+    }
+
+    #[test]
+    fn a_message_shorter_than_its_control_block_is_refused() {
+        for n in 0..CONTROL_LEN {
+            assert!(
+                locate(&vec![0u8; n], 0, Kind::Message, 1 << 16).is_err(),
+                "{n}"
+            );
+        }
     }
 
     #[test]
