@@ -139,3 +139,38 @@ fn a_short_send_timeout_still_lets_a_stalled_subscriber_go() {
         assert!(timeouts > 0, "the subscriber did hold sends back first");
     });
 }
+
+/// What a publisher holds for a subscriber that does not read is bounded
+/// by `capacity` in bytes, not by a count of messages: large messages to
+/// a stalled subscriber hold sends back after about `capacity` (and what
+/// the subscriber's stream window takes), not after dozens of them.
+#[test]
+fn a_stalled_subscriber_holds_no_more_than_capacity() {
+    rt().block_on(async {
+        let o = Options::default()
+            .capacity(4 << 20)
+            .send_timeout(Some(Duration::from_millis(500)))
+            .stall_timeout(60 * SEC);
+        let mut p = QuicPublisher::bind(&"quic://127.0.0.1:0".parse().unwrap(), &o)
+            .await
+            .unwrap();
+        let a = p.address();
+        let _s = QuicSubscriber::connect(&a, &o).await.unwrap();
+        p.wait_for_subscribers(1, 10 * SEC).await.unwrap();
+        let big = vec![1u8; 1 << 20];
+        let mut sent = 0;
+        let e = loop {
+            match p.send(b"", &big).await {
+                Ok(()) => sent += 1,
+                Err(e) => break e,
+            }
+            assert!(sent < 64, "nothing held the publisher back");
+        };
+        assert!(matches!(e, Error::Timeout { .. }), "{e}");
+        // 4 MiB of room, a message being written, and the stream's window.
+        assert!(
+            sent <= 12,
+            "{sent} messages of 1 MiB held for one subscriber"
+        );
+    });
+}

@@ -35,10 +35,11 @@ use quinn::{Connection, VarInt};
 use std::pin::pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 
-/// Messages queued per subscriber beyond what its stream holds.
-const QUEUE: usize = 64;
+/// A message queued for one subscriber, holding its share of that
+/// subscriber's room until written.
+type Queued = (Arc<Vec<u8>>, OwnedSemaphorePermit);
 /// How long a finished stream's connection is kept for its subscriber to
 /// read the rest after the publisher is dropped.
 pub const LINGER: Duration = Duration::from_secs(5);
@@ -48,7 +49,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 struct Sub {
-    tx: mpsc::Sender<Arc<Vec<u8>>>,
+    tx: mpsc::UnboundedSender<Queued>,
+    /// Bytes it may have queued beyond what its stream holds: `capacity`
+    /// (or one message). Messages are shared between subscribers, so the
+    /// publisher holds at most the slowest one's `capacity` (and one
+    /// message) whatever their sizes.
+    room: Arc<Semaphore>,
     conn: Connection,
     /// When its writer last got a message onto its stream (or it joined).
     progress: Arc<Mutex<Instant>>,
@@ -73,6 +79,7 @@ pub struct QuicPublisher {
     shared: Arc<PubShared>,
     address: Address,
     max_message: usize,
+    capacity: usize,
     send_timeout: Option<Duration>,
     stall_timeout: Duration,
     acceptor: tokio::task::JoinHandle<()>,
@@ -97,6 +104,20 @@ impl Drop for QuicPublisher {
     }
 }
 
+/// Closes a subscriber's room when its writer ends.
+struct Closes(Arc<Semaphore>);
+
+impl Drop for Closes {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// Permits (bytes) of a subscriber's room for `capacity`.
+fn room_of(capacity: usize) -> usize {
+    capacity.clamp(1, u32::MAX as usize)
+}
+
 /// Feeds one subscriber's stream until the publisher closes or the
 /// subscriber goes.
 async fn writer(shared: Arc<PubShared>, conn: Connection, address: Address, capacity: usize) {
@@ -114,7 +135,10 @@ async fn writer(shared: Arc<PubShared>, conn: Connection, address: Address, capa
             return;
         }
     };
-    let (tx, mut rx) = mpsc::channel::<Arc<Vec<u8>>>(QUEUE.min(capacity.max(1)));
+    let (tx, mut rx) = mpsc::unbounded_channel::<Queued>();
+    let room = Arc::new(Semaphore::new(room_of(capacity)));
+    // However this writer ends, a send waiting for its room stops waiting.
+    let _closes = Closes(room.clone());
     let progress = Arc::new(Mutex::new(Instant::now()));
     {
         let mut subs = lock(&shared.subs);
@@ -124,6 +148,7 @@ async fn writer(shared: Arc<PubShared>, conn: Connection, address: Address, capa
         }
         subs.list.push(Sub {
             tx,
+            room,
             conn: conn.clone(),
             progress: progress.clone(),
         });
@@ -138,7 +163,7 @@ async fn writer(shared: Arc<PubShared>, conn: Connection, address: Address, capa
         return;
     }
     shared.joined.notify_waiters();
-    while let Some(env) = rx.recv().await {
+    while let Some((env, _room)) = rx.recv().await {
         // In pieces, progress noted after each: a large message to a
         // subscriber on a slow link takes long, but it is reading.
         for piece in env.chunks(64 << 10) {
@@ -182,6 +207,7 @@ impl QuicPublisher {
             shared,
             address,
             max_message: opts.max_message,
+            capacity: opts.capacity as usize,
             send_timeout: opts.send_timeout,
             stall_timeout: opts.stall_timeout,
             acceptor,
@@ -211,12 +237,27 @@ impl QuicPublisher {
             Vec::with_capacity(crate::envelope::HEADER_LEN + topic.len() + 16 + payload.len());
         encode_into(&h, topic, payload, &mut env);
         let env = Arc::new(env);
-        type Entry = (mpsc::Sender<Arc<Vec<u8>>>, Connection, Arc<Mutex<Instant>>);
+        type Entry = (
+            mpsc::UnboundedSender<Queued>,
+            Arc<Semaphore>,
+            Connection,
+            Arc<Mutex<Instant>>,
+        );
         let subs: Vec<Entry> = lock(&self.shared.subs)
             .list
             .iter()
-            .map(|s| (s.tx.clone(), s.conn.clone(), s.progress.clone()))
+            .map(|s| {
+                (
+                    s.tx.clone(),
+                    s.room.clone(),
+                    s.conn.clone(),
+                    s.progress.clone(),
+                )
+            })
             .collect();
+        // Its share of a subscriber's room: its bytes, or all the room for
+        // one larger than that.
+        let need = env.len().clamp(1, room_of(self.capacity)) as u32;
         let deadline = self.send_timeout.map(|t| Instant::now() + t);
         // A subscriber is stalled when its stream has taken nothing for
         // the stall timeout (slow but reading is waited for); N stalled
@@ -224,17 +265,17 @@ impl QuicPublisher {
         // eviction comes before the send's own deadline, so a send timeout
         // shorter than the stall timeout cannot keep a stalled subscriber.
         let mut permits = Vec::with_capacity(subs.len());
-        for (tx, conn, progress) in &subs {
+        for (tx, room, conn, progress) in &subs {
             loop {
                 let stall = *lock(progress) + self.stall_timeout;
                 let until = deadline.map_or(stall, |d| d.min(stall));
                 let left = until.saturating_duration_since(Instant::now());
-                match tokio::time::timeout(left, tx.reserve()).await {
+                match tokio::time::timeout(left, room.clone().acquire_many_owned(need)).await {
                     Ok(Ok(p)) => {
-                        permits.push(p);
+                        permits.push((tx.clone(), p));
                         break;
                     }
-                    // Gone: no room to wait for.
+                    // Gone (its writer ended): no room to wait for.
                     Ok(Err(_)) => break,
                     Err(_) if lock(progress).elapsed() >= self.stall_timeout => {
                         tracing::warn!(address = %self.address, remote = %conn.remote_address(), stall = ?self.stall_timeout, "QUIC publisher: a subscriber held sends back past the stall timeout; dropped");
@@ -254,8 +295,8 @@ impl QuicPublisher {
                 }
             }
         }
-        for p in permits {
-            p.send(env.clone());
+        for (tx, p) in permits {
+            let _ = tx.send((env.clone(), p));
         }
         lock(&self.shared.subs).list.retain(|s| !s.tx.is_closed());
         Ok(())
