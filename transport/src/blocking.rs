@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::frame::Frame;
 use crate::pattern::{Publisher, Puller, Pusher, Replier, Requester, Subscriber};
 use std::future::Future;
+use std::mem::ManuallyDrop;
 use std::time::Duration;
 
 /// An endpoint driven from a plain thread.
@@ -26,16 +27,43 @@ use std::time::Duration;
 /// # Ok::<(), shoal_transport::Error>(())
 /// ```
 ///
-/// Dropping a `Blocking` drops the runtime with it, which cancels the
-/// background work of its endpoint: a network publisher's linger (its
-/// subscribers may miss the last messages and see `PeerGone` rather than
-/// `Closed`) and replies still being written. Receive the last answers, or
-/// let subscribers confirm, before dropping one. Do not drop it inside an
-/// async runtime (tokio refuses to drop a runtime there).
+/// Dropping a `Blocking` drops its endpoint, then lets the endpoint's
+/// background work end for up to [`LINGER`] before the runtime goes: a
+/// network pusher's window still being shipped, a publisher's linger
+/// (its subscribers get the last messages and `Closed`), replies still
+/// being written. Whatever is still running then is cancelled; `flush` a
+/// pusher first to know its messages arrived. Do not drop it inside an
+/// async runtime (tokio refuses to drop a runtime there; it then does not
+/// linger either).
 pub struct Blocking<T> {
-    /// Declared first, so dropped first, while the runtime still exists.
-    inner: T,
+    /// Dropped first, in `Drop`, while the runtime still exists.
+    inner: ManuallyDrop<T>,
     rt: tokio::runtime::Runtime,
+}
+
+/// Longest a dropped [`Blocking`] waits for its endpoint's background work.
+pub const LINGER: Duration = Duration::from_secs(10);
+
+impl<T> Drop for Blocking<T> {
+    fn drop(&mut self) {
+        let in_runtime = tokio::runtime::Handle::try_current().is_ok();
+        {
+            let _in = self.rt.enter();
+            // SAFETY: `inner` is dropped here, once: this is the wrapper's
+            // own drop, and nothing reads `inner` after it.
+            unsafe { ManuallyDrop::drop(&mut self.inner) };
+        }
+        if in_runtime {
+            return;
+        }
+        self.rt.block_on(async {
+            let tasks = tokio::runtime::Handle::current().metrics();
+            let end = std::time::Instant::now() + LINGER;
+            while tasks.num_alive_tasks() > 0 && std::time::Instant::now() < end {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+    }
 }
 
 impl<T> std::fmt::Debug for Blocking<T> {
@@ -57,7 +85,7 @@ impl<T> Blocking<T> {
                 what: "starting the blocking wrapper's runtime".into(),
                 source,
             })?;
-        let inner = rt.block_on(make)?;
+        let inner = ManuallyDrop::new(rt.block_on(make)?);
         Ok(Blocking { inner, rt })
     }
 

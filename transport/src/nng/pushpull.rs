@@ -206,7 +206,7 @@ impl QShared {
             .map(|e| e.topic.start - HEADER_LEN)
             .chain(std::iter::once((*body.0).as_ref().len()))
             .collect();
-        let mut items = found
+        let items: Vec<(u64, Item)> = found
             .into_iter()
             .zip(ends)
             .enumerate()
@@ -219,8 +219,9 @@ impl QShared {
                     body: body.clone(),
                 };
                 (first + i as u64, item)
-            });
-        let mut next = items.next();
+            })
+            .collect();
+        let mut items = Some(items);
         let hold = Duration::from_millis(hold_ms).min(HOLD);
         let deadline = Instant::now() + hold;
         loop {
@@ -239,39 +240,49 @@ impl QShared {
             }
             {
                 let mut st = lock(&self.state);
-                let mut last = st.pushed.last(pusher);
-                let had = last;
-                // Queue, in order, what was not queued before and fits.
-                let mut taken = Vec::new();
-                let mut skipped = false;
-                while let Some((seq, item)) = next.take() {
-                    if seq <= last {
-                        skipped = true;
-                        next = items.next();
-                        continue;
+                let had = st.pushed.last(pusher);
+                let all = items.take().unwrap_or_default();
+                let total = all.len();
+                // What was not queued before (a push asked again).
+                let mut new: Vec<(u64, Item)> =
+                    all.into_iter().filter(|(seq, _)| *seq > had).collect();
+                let skipped = new.len() < total;
+                let charge: usize = new.iter().map(|(_, i)| i.len()).sum();
+                // All of it when it fits (or the queue is empty); a part
+                // only when all of it never could (more than `capacity`);
+                // else it waits for room, and is answered Full after the
+                // hold, so no push is sent again for a part.
+                let fits = |n: usize| st.items.is_empty() || st.bytes + n <= self.capacity;
+                let take = if new.is_empty() || fits(charge) {
+                    new.len()
+                } else if charge > self.capacity {
+                    let mut n = 0;
+                    let mut bytes = 0;
+                    for (_, i) in &new {
+                        if !fits(bytes + i.len()) {
+                            break;
+                        }
+                        bytes += i.len();
+                        n += 1;
                     }
-                    let bytes = st.bytes + taken.iter().map(Item::len).sum::<usize>();
-                    if !(st.items.is_empty() && taken.is_empty()
-                        || bytes + item.len() <= self.capacity)
-                    {
-                        next = Some((seq, item));
-                        break;
-                    }
-                    taken.push(item);
-                    last = seq;
-                    next = items.next();
-                }
-                // Items share the push's body: only a push taken whole
-                // (its envelopes make up the body) is left in place; the
-                // items of one taken in part are copied out, so a body is
-                // never held for less than it weighs.
-                let whole = !skipped && next.is_none();
-                for item in taken {
+                    n
+                } else {
+                    0
+                };
+                let rest = new.split_off(take);
+                // Items share the push's body: only a push taken whole (its
+                // envelopes make up the body) is left in place; the items
+                // of one taken in part are copied out, so a body is never
+                // held for less than it weighs.
+                let whole = !skipped && rest.is_empty();
+                let mut last = had;
+                for (seq, item) in new {
                     let item = if whole { item } else { item.detached() };
                     st.bytes += item.len();
                     st.items.push_back(item);
+                    last = seq;
                 }
-                if last != had || next.is_none() {
+                if last != had || rest.is_empty() {
                     st.pushed.remember(pusher, last);
                     drop(st);
                     if last != had {
@@ -279,6 +290,7 @@ impl QShared {
                     }
                     return Ok(message(&Control::new(Op::Queued, last, 0, 0).encode()));
                 }
+                items = Some(rest);
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() || tokio::time::timeout(left, room).await.is_err() {
