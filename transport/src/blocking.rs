@@ -145,9 +145,9 @@ impl<T: Pusher> Blocking<T> {
     pub fn push(&mut self, payload: &[u8]) -> Result<()> {
         self.rt.block_on(self.inner.send(payload))
     }
-    /// [`Pusher::flush`], blocking. Call it before dropping a pusher whose
-    /// messages may still be on their way (nng): dropping this wrapper
-    /// drops its runtime, and the pusher's shipping with it.
+    /// [`Pusher::flush`], blocking: to know that everything sent arrived
+    /// (dropping the wrapper lets the pusher ship what is left for at most
+    /// [`LINGER`], and says nothing of how that went).
     pub fn flush(&mut self) -> Result<()> {
         self.rt.block_on(self.inner.flush())
     }

@@ -283,9 +283,12 @@ impl QShared {
                     last = seq;
                 }
                 if last != had || rest.is_empty() {
-                    st.pushed.remember(pusher, last);
-                    drop(st);
+                    // A push that brought nothing new leaves the pusher's
+                    // age as it was (else resending old numbers would keep
+                    // a pusher remembered for ever at no cost).
                     if last != had {
+                        st.pushed.remember(pusher, last);
+                        drop(st);
                         self.data.notify_waiters();
                     }
                     return Ok(message(&Control::new(Op::Queued, last, 0, 0).encode()));

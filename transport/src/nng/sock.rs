@@ -85,8 +85,10 @@ pub(crate) struct Pipes {
     /// Pipes that were removed, newest last, at most [`DEAD_KEPT`] (nng
     /// does not reuse a pipe id soon).
     dead: Mutex<(HashSet<Pipe>, std::collections::VecDeque<Pipe>)>,
-    /// Notified on every change.
+    /// Notified on every change, and when the socket closes.
     pub changed: Notify,
+    /// The socket closed (its tasks end).
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// Removed pipes remembered, to tell a message from a connection that
@@ -139,8 +141,17 @@ pub(crate) fn reap_idle(
     };
     rt.spawn(async move {
         loop {
-            tokio::time::sleep(every).await;
             let Some(p) = pipes.upgrade() else { return };
+            // Woken early when the socket closes, so a dropped endpoint
+            // leaves no task sleeping on (a `Blocking` waits for them).
+            let closing = p.changed.notified();
+            if p.closed.load(std::sync::atomic::Ordering::Acquire) {
+                return;
+            }
+            let _ = tokio::time::timeout(every, closing).await;
+            if p.closed.load(std::sync::atomic::Ordering::Acquire) {
+                return;
+            }
             let stale: Vec<Pipe> = lock(&p.live)
                 .iter()
                 .filter(|(_, t)| t.elapsed() >= idle)
@@ -167,6 +178,10 @@ pub(crate) struct Sock {
 impl Drop for Sock {
     fn drop(&mut self) {
         self.socket.close();
+        self.pipes
+            .closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.pipes.changed.notify_waiters();
     }
 }
 

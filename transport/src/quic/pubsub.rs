@@ -51,9 +51,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 struct Sub {
     tx: mpsc::UnboundedSender<Queued>,
     /// Bytes it may have queued beyond what its stream holds: `capacity`
-    /// (or one message). Messages are shared between subscribers, so the
-    /// publisher holds at most the slowest one's `capacity` (and one
-    /// message) whatever their sizes.
+    /// (or one message), each message charged its envelope and
+    /// [`OVERHEAD`]. Messages are shared between subscribers, so the
+    /// publisher holds about the slowest one's `capacity` (and one message)
+    /// whatever their sizes.
     room: Arc<Semaphore>,
     conn: Connection,
     /// When its writer last got a message onto its stream (or it joined).
@@ -104,6 +105,10 @@ impl Drop for QuicPublisher {
     }
 }
 
+/// Bytes a queued message is charged beyond its envelope (its place in
+/// the channel, its permit, its share of the message).
+const OVERHEAD: usize = 128;
+
 /// Closes a subscriber's room when its writer ends.
 struct Closes(Arc<Semaphore>);
 
@@ -120,7 +125,13 @@ fn room_of(capacity: usize) -> usize {
 
 /// Feeds one subscriber's stream until the publisher closes or the
 /// subscriber goes.
-async fn writer(shared: Arc<PubShared>, conn: Connection, address: Address, capacity: usize) {
+async fn writer(
+    shared: Arc<PubShared>,
+    conn: Connection,
+    address: Address,
+    capacity: usize,
+    stall: Duration,
+) {
     // A client that grants no stream (or takes no greeting) in time is
     // not a subscriber: its connection, and its slot, go.
     let mut send = match tokio::time::timeout(FIRST_ENVELOPE, conn.open_uni()).await {
@@ -163,13 +174,34 @@ async fn writer(shared: Arc<PubShared>, conn: Connection, address: Address, capa
         return;
     }
     shared.joined.notify_waiters();
-    while let Some((env, _room)) = rx.recv().await {
+    loop {
+        let (env, _room) = match rx.try_recv() {
+            Ok(m) => m,
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                let Some(m) = rx.recv().await else { break };
+                // It had taken everything: its stall clock starts now, not
+                // when it last wrote (an idle subscriber is not stalled).
+                *lock(&progress) = Instant::now();
+                m
+            }
+        };
         // In pieces, progress noted after each: a large message to a
-        // subscriber on a slow link takes long, but it is reading.
+        // subscriber on a slow link takes long, but it is reading. A piece
+        // it does not take within the stall timeout ends it (also once the
+        // publisher is gone, when no send looks at its clock any more).
         for piece in env.chunks(64 << 10) {
-            if let Err(e) = send.write_all(piece).await {
-                tracing::info!(%address, remote = %conn.remote_address(), error = %e, "QUIC publisher: subscriber gone; dropped");
-                return;
+            match tokio::time::timeout(stall, send.write_all(piece)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::info!(%address, remote = %conn.remote_address(), error = %e, "QUIC publisher: subscriber gone; dropped");
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(%address, remote = %conn.remote_address(), ?stall, "QUIC publisher: a subscriber took nothing for the stall timeout; dropped");
+                    conn.close(VarInt::from_u32(conn::EVICTED), b"stalled");
+                    return;
+                }
             }
             *lock(&progress) = Instant::now();
         }
@@ -192,13 +224,14 @@ impl QuicPublisher {
             max_peers: opts.max_peers as usize,
         });
         let (s, a, cap) = (shared.clone(), address.clone(), opts.capacity as usize);
+        let stall = opts.stall_timeout;
         let slots = conn::Slots::default();
         let acceptor = tokio::spawn(async move {
             while let Some(incoming) = endpoint.accept().await {
                 let (s, a, slots) = (s.clone(), a.clone(), slots.clone());
                 tokio::spawn(async move {
                     if let Some((c, _slot)) = conn::accept(incoming, &slots, s.max_peers).await {
-                        writer(s, c, a, cap).await;
+                        writer(s, c, a, cap, stall).await;
                     }
                 });
             }
@@ -257,7 +290,7 @@ impl QuicPublisher {
             .collect();
         // Its share of a subscriber's room: its bytes, or all the room for
         // one larger than that.
-        let need = env.len().clamp(1, room_of(self.capacity)) as u32;
+        let need = (env.len() + OVERHEAD).clamp(1, room_of(self.capacity)) as u32;
         let deadline = self.send_timeout.map(|t| Instant::now() + t);
         // A subscriber is stalled when its stream has taken nothing for
         // the stall timeout (slow but reading is waited for); N stalled

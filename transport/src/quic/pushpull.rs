@@ -119,62 +119,72 @@ impl QShared {
     }
 
     /// Queues `batch` once there is room for all of it (or the queue is
-    /// empty), unless `send` is stopped first (the pusher gave up). With
-    /// `seq` = (pusher key, first sequence number), the messages already
-    /// queued from that pusher are left out (a batch sent again after a
-    /// broken connection). The last sequence number queued from the
-    /// pusher (0 without `seq`), or `None` when nothing was.
+    /// empty), unless `send` is stopped first (the pusher gave up) or, for
+    /// a pusher the queue cannot remember now, [`FIRST_ENVELOPE`] passes.
+    /// With `seq` = (pusher key, first sequence number), each message
+    /// carries its own number (the first, the first + 1, …) and those the
+    /// queue already holds from that pusher are left out (a batch sent
+    /// again after a broken connection). The last sequence number the
+    /// queue holds from the pusher afterwards (0 without `seq`), or `None`
+    /// when the pusher stopped or could not be remembered.
     async fn push(
         &self,
-        mut batch: Vec<Decoded>,
+        batch: Vec<Decoded>,
         seq: Option<(u64, u64)>,
         send: &SendStream,
     ) -> Option<u64> {
         let mut stopped = pin!(send.stopped());
+        // (its number, the message): numbers stay with their messages
+        // however often what the queue already holds is left out.
+        let first = seq.map_or(0, |(_, f)| f);
+        let mut batch: Vec<(u64, Decoded)> = (first..).zip(batch).collect();
+        let unknown_until = std::time::Instant::now() + FIRST_ENVELOPE;
         loop {
             let mut room = pin!(self.room.notified());
             room.as_mut().enable();
             let mut known = true;
             {
                 let mut st = lock(&self.state);
-                let mut last = 0;
-                if let Some((key, first)) = seq {
+                let mut had = 0;
+                if let Some((key, _)) = seq {
                     known = st.pushed.knows(key);
                     if known {
-                        let had = st.pushed.last(key);
-                        let skip = had.saturating_add(1).saturating_sub(first);
-                        let skip = usize::try_from(skip).unwrap_or(usize::MAX).min(batch.len());
-                        batch.drain(..skip);
-                        last = had.max(first.saturating_add(skip as u64).saturating_sub(1));
+                        had = st.pushed.last(key);
+                        batch.retain(|(n, _)| *n > had);
                         if batch.is_empty() {
-                            st.pushed.remember(key, last);
-                            return Some(last);
+                            // All held already: nothing queued, and the
+                            // pusher's age is left as it was.
+                            return Some(had);
                         }
                     }
                 }
-                let bytes: usize = batch.iter().map(cost).sum();
+                let bytes: usize = batch.iter().map(|(_, d)| cost(d)).sum();
                 if known && (st.items.is_empty() || st.bytes + bytes <= self.capacity) {
+                    let last = batch.last().map_or(had, |(n, _)| *n);
                     if let Some((key, _)) = seq {
-                        last += batch.len() as u64;
                         st.pushed.remember(key, last);
                     }
                     st.bytes += bytes;
-                    st.items.extend(batch);
+                    st.items.extend(batch.into_iter().map(|(_, d)| d));
                     drop(st);
                     self.data.notify_waiters();
-                    return Some(last);
+                    return Some(if seq.is_some() { last } else { 0 });
                 }
             }
+            if !known && std::time::Instant::now() >= unknown_until {
+                tracing::warn!(address = %self.address, "QUIC queue: too many pushers heard from lately to take a new one; its batch is refused");
+                return None;
+            }
             // A new pusher while too many were heard from lately waits as
-            // one waits for room.
+            // one waits for room, looking again every second.
             let again = if known {
-                None
+                Duration::MAX
             } else {
-                Some(crate::window::FORGET_AFTER / 60)
+                Duration::from_secs(1)
             };
             tokio::select! {
                 _ = room => {}
-                _ = tokio::time::sleep(again.unwrap_or(Duration::MAX)), if again.is_some() => {}
+                _ = tokio::time::sleep(again) => {}
                 _ = &mut stopped => return None,
             }
         }
@@ -204,11 +214,12 @@ impl QShared {
                 expected: "8 bytes (the first sequence number)",
             })?;
             let from = u64::from_le_bytes(n);
-            if from == 0 {
+            // Room for a whole batch above it, so numbers never wrap.
+            if from == 0 || from.checked_add(BATCH_COUNT as u64 * 16).is_none() {
                 return Err(Error::Corrupt {
                     what: "batch first sequence number",
-                    found: 0,
-                    expected: "1 or more",
+                    found: from,
+                    expected: "1 or more, with room for a batch above it",
                 });
             }
             seq = Some((first.header.id, from));
