@@ -334,3 +334,74 @@ fn a_push_batch_sent_again_is_queued_once() {
         assert_eq!(got, ["a", "b", "c"]);
     });
 }
+
+/// A batch sent again that has to wait for room after the queue left out
+/// what it held: it keeps each message's own number however often it
+/// wakes, so what is queued and what the queue answers agree (a batch
+/// that trimmed itself again on each wake-up lost messages).
+#[test]
+fn a_resent_batch_that_waits_for_room_keeps_its_numbers() {
+    use shoal_transport::envelope::{encode_into, Header, Kind};
+    use shoal_transport::QuicPuller;
+    fn env(kind: Kind, payload: &[u8], id: u64) -> Vec<u8> {
+        let mut v = Vec::new();
+        encode_into(
+            &Header::new(kind, b"", payload.len(), id).unwrap(),
+            b"",
+            payload,
+            &mut v,
+        );
+        v
+    }
+    async fn batch(conn: &quinn::Connection, key: u64, first: u64, msgs: &[&str]) -> u64 {
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        let mut bytes = env(Kind::Batch, &first.to_le_bytes(), key);
+        for m in msgs {
+            bytes.extend(env(Kind::Message, m.as_bytes(), 9));
+        }
+        send.write_all(&bytes).await.unwrap();
+        send.finish().unwrap();
+        let answer = recv.read_to_end(1024).await.unwrap();
+        u64::from_le_bytes(answer[8..16].try_into().unwrap())
+    }
+    rt().block_on(async {
+        let bind: Address = "quic://127.0.0.1:0".parse().unwrap();
+        // Room for about one message: the queue takes a batch when empty.
+        let o = Options::default().capacity(300);
+        let mut q = QuicPuller::bind(&bind, &o).await.unwrap();
+        let conn = raw(&q.address()).await;
+        assert_eq!(batch(&conn, 7, 1, &["m1", "m2"]).await, 2);
+        // 1 and 2 again, 3 and 4 new: it must wait for room.
+        let c = conn.clone();
+        let resent = tokio::spawn(async move { batch(&c, 7, 1, &["m1", "m2", "m3", "m4"]).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!resent.is_finished(), "it found room in a full queue");
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            let f = tokio::time::timeout(5 * SEC, q.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            got.push(String::from_utf8(f.to_vec()).unwrap());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(got, ["m1", "m2", "m3", "m4"]);
+        assert_eq!(
+            tokio::time::timeout(5 * SEC, resent)
+                .await
+                .unwrap()
+                .unwrap(),
+            4
+        );
+        assert_eq!(batch(&conn, 7, 3, &["m3", "m4", "m5"]).await, 5);
+        let f = tokio::time::timeout(5 * SEC, q.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&f[..], b"m5");
+        assert!(
+            tokio::time::timeout(SEC / 2, q.recv()).await.is_err(),
+            "a message came twice"
+        );
+    });
+}
