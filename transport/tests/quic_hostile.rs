@@ -405,3 +405,146 @@ fn a_resent_batch_that_waits_for_room_keeps_its_numbers() {
         );
     });
 }
+
+/// Hostile batch streams at a queue, over and over until `stop`: batch
+/// headers that lie (a short payload, number 0, a number with no room
+/// above it), a header with nothing after it, a pull inside a batch, a
+/// batch that never ends, and many tiny messages under fresh keys.
+async fn hostile_batches(conn: quinn::Connection, stop: Arc<AtomicBool>) -> u64 {
+    use shoal_transport::envelope::{encode_into, Header, Kind};
+    fn env(kind: Kind, payload: &[u8], id: u64) -> Vec<u8> {
+        let mut v = Vec::new();
+        encode_into(
+            &Header::new(kind, b"", payload.len(), id).unwrap(),
+            b"",
+            payload,
+            &mut v,
+        );
+        v
+    }
+    let mut refused = 0u64;
+    let mut k = 0u64;
+    // Streams kept open, never finished (quinn finishes a dropped one).
+    let mut open = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        k += 1;
+        let Ok((mut send, mut recv)) = conn.open_bi().await else {
+            break;
+        };
+        let bytes: Vec<u8> = match k % 6 {
+            0 => env(Kind::Batch, &[1, 2, 3], k),
+            1 => env(Kind::Batch, &0u64.to_le_bytes(), k),
+            2 => env(Kind::Batch, &u64::MAX.to_le_bytes(), k),
+            3 => env(Kind::Batch, &1u64.to_le_bytes(), k),
+            4 => {
+                let mut b = env(Kind::Batch, &1u64.to_le_bytes(), k);
+                b.extend(env(Kind::Message, b"x", 1));
+                b.extend(env(Kind::Request, b"", 1));
+                b
+            }
+            _ => {
+                // A batch that never ends: written, not finished.
+                let mut b = env(Kind::Batch, &1u64.to_le_bytes(), k);
+                b.extend(env(Kind::Message, b"never ends", 1));
+                let _ = send.write_all(&b).await;
+                if open.len() < 4 {
+                    open.push(send);
+                } else {
+                    // Given up half way: the queue takes nothing of it.
+                    let _ = send.reset(0u32.into());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                refused += 1;
+                continue;
+            }
+        };
+        let _ = send.write_all(&bytes).await;
+        let _ = send.finish();
+        let mut buf = [0u8; 64];
+        match tokio::time::timeout(2 * SEC, recv.read(&mut buf)).await {
+            Ok(Ok(Some(n))) if n > 0 => panic!("a hostile batch ({}) was answered", k % 6),
+            _ => refused += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    refused
+}
+
+#[test]
+fn hostile_peers_do_not_stop_a_queue_serving_others() {
+    use shoal_transport::{QuicPuller, QuicPusher};
+    rt().block_on(async {
+        let o = Options::default()
+            .max_message(1 << 20)
+            .stall_timeout(Duration::from_millis(500));
+        let mut q = QuicPuller::bind(&"quic://127.0.0.1:0".parse().unwrap(), &o)
+            .await
+            .unwrap();
+        let a = q.address();
+        let mut p = QuicPusher::connect(&a, &o).await.unwrap();
+        // Messages through the queue per second: one sent, one taken.
+        async fn through(p: &mut QuicPusher, q: &mut QuicPuller, window: Duration) -> f64 {
+            let t0 = Instant::now();
+            let mut n = 0u64;
+            while t0.elapsed() < window {
+                p.send(b"work").await.unwrap();
+                let f = tokio::time::timeout(5 * SEC, q.recv()).await.unwrap().unwrap();
+                assert_eq!(&f[..], b"work", "a hostile message reached the puller");
+                n += 1;
+            }
+            n as f64 / t0.elapsed().as_secs_f64()
+        }
+        let base = through(&mut p, &mut q, SEC).await;
+        let rss0 = rss();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut attacks = Vec::new();
+        for _ in 0..2 {
+            let conn = raw(&a).await;
+            attacks.push(tokio::spawn(hostile_streams(conn, stop.clone())));
+        }
+        for _ in 0..2 {
+            let conn = raw(&a).await;
+            attacks.push(tokio::spawn(hostile_batches(conn, stop.clone())));
+        }
+        // A puller that takes items and never acknowledges them.
+        {
+            let conn = raw(&a).await;
+            let stop = stop.clone();
+            attacks.push(tokio::spawn(async move {
+                use shoal_transport::envelope::{encode_into, Header, Kind};
+                let mut h = Vec::new();
+                encode_into(&Header::new(Kind::Request, b"", 0, 5).unwrap(), b"", b"", &mut h);
+                let mut held = Vec::new();
+                while !stop.load(Ordering::Relaxed) && held.len() < 8 {
+                    let Ok((mut send, recv)) = conn.open_bi().await else {
+                        break;
+                    };
+                    let _ = send.write_all(&h).await;
+                    held.push((send, recv));
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                while !stop.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                held.len() as u64
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let under = through(&mut p, &mut q, 2 * SEC).await;
+        stop.store(true, Ordering::Relaxed);
+        let mut refused = 0;
+        for t in attacks {
+            refused += t.await.unwrap();
+        }
+        println!(
+            "well-behaved pusher and puller: {base:.0}/s alone, {under:.0}/s under attack ({:.2}x); \
+             {refused} hostile streams refused; RSS {} -> {} MiB",
+            under / base,
+            rss0 >> 20,
+            rss() >> 20
+        );
+        assert!(under >= 0.5 * base, "{under:.0}/s under attack vs {base:.0}/s alone");
+        assert!(refused > 0);
+        assert!(rss() < rss0 + (256 << 20), "memory grew without bound");
+    });
+}

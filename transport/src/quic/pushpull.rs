@@ -191,7 +191,12 @@ impl QShared {
     }
 
     /// Serves one stream a peer opened: a push or a pull.
-    async fn stream(self: Arc<Self>, send: SendStream, recv: RecvStream) -> Result<()> {
+    async fn stream(
+        self: Arc<Self>,
+        conn: Connection,
+        send: SendStream,
+        recv: RecvStream,
+    ) -> Result<()> {
         let a = &self.address;
         // Reset, not finished, on every way out but a clean answer.
         let mut send = Outgoing::new(send);
@@ -327,6 +332,15 @@ impl QShared {
                         send.done();
                         Ok(())
                     }
+                    Err(e @ Error::Timeout { .. }) => {
+                        // Alive but not taking what it asked for: it
+                        // would take the next item the same way, holding
+                        // each back a stall timeout. Its connection goes.
+                        tracing::warn!(address = %a, error = %e, "QUIC queue: a puller did not take or acknowledge its item within the stall timeout; queued again and the puller dropped");
+                        self.put(item, true);
+                        conn.close(VarInt::from_u32(conn::EVICTED), b"stalled puller");
+                        Ok(())
+                    }
                     Err(e) => {
                         tracing::info!(address = %a, error = %e, "QUIC queue: a pulled message was not acknowledged; queued again");
                         self.put(item, true);
@@ -345,11 +359,12 @@ impl QShared {
     async fn connection(self: Arc<Self>, conn: Connection) {
         let remote = conn.remote_address();
         let address = self.address.clone();
+        let c = conn.clone();
         conn::streams(conn, self.stall, &address, |send, recv, token| {
-            let me = self.clone();
+            let (me, c) = (self.clone(), c.clone());
             async move {
                 let _in_progress = token;
-                if let Err(e) = me.clone().stream(send, recv).await {
+                if let Err(e) = me.clone().stream(c, send, recv).await {
                     tracing::warn!(address = %me.address, %remote, error = %e, "QUIC queue: bad stream from a peer; dropped");
                 }
             }
