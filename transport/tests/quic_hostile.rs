@@ -9,6 +9,7 @@
 mod common;
 
 use common::{rt, SEC};
+use shoal_transport::envelope::{encode_into, Header, Kind};
 use shoal_transport::quic::tls::client_config;
 use shoal_transport::{Address, Options, QuicReplier, QuicRequester};
 use std::net::SocketAddr;
@@ -36,6 +37,18 @@ async fn raw(a: &Address) -> quinn::Connection {
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
     ep.connect(sa, "shoal").unwrap().await.unwrap()
+}
+
+/// One envelope of `kind`, as a pusher or puller writes it.
+fn env(kind: Kind, payload: &[u8], id: u64) -> Vec<u8> {
+    let mut v = Vec::new();
+    encode_into(
+        &Header::new(kind, b"", payload.len(), id).unwrap(),
+        b"",
+        payload,
+        &mut v,
+    );
+    v
 }
 
 /// Round trips a well-behaved requester makes in `window`.
@@ -291,18 +304,7 @@ fn clients_still_connect_when_slots_are_scarce() {
 /// Batches are written by hand here, as a pusher writes them.
 #[test]
 fn a_push_batch_sent_again_is_queued_once() {
-    use shoal_transport::envelope::{encode_into, Header, Kind};
     use shoal_transport::QuicPuller;
-    fn env(kind: Kind, payload: &[u8], id: u64) -> Vec<u8> {
-        let mut v = Vec::new();
-        encode_into(
-            &Header::new(kind, b"", payload.len(), id).unwrap(),
-            b"",
-            payload,
-            &mut v,
-        );
-        v
-    }
     rt().block_on(async {
         let bind: Address = "quic://127.0.0.1:0".parse().unwrap();
         let mut q = QuicPuller::bind(&bind, &Options::default()).await.unwrap();
@@ -341,18 +343,7 @@ fn a_push_batch_sent_again_is_queued_once() {
 /// that trimmed itself again on each wake-up lost messages).
 #[test]
 fn a_resent_batch_that_waits_for_room_keeps_its_numbers() {
-    use shoal_transport::envelope::{encode_into, Header, Kind};
     use shoal_transport::QuicPuller;
-    fn env(kind: Kind, payload: &[u8], id: u64) -> Vec<u8> {
-        let mut v = Vec::new();
-        encode_into(
-            &Header::new(kind, b"", payload.len(), id).unwrap(),
-            b"",
-            payload,
-            &mut v,
-        );
-        v
-    }
     async fn batch(conn: &quinn::Connection, key: u64, first: u64, msgs: &[&str]) -> u64 {
         let (mut send, mut recv) = conn.open_bi().await.unwrap();
         let mut bytes = env(Kind::Batch, &first.to_le_bytes(), key);
@@ -411,17 +402,6 @@ fn a_resent_batch_that_waits_for_room_keeps_its_numbers() {
 /// above it), a header with nothing after it, a pull inside a batch, a
 /// batch that never ends, and many tiny messages under fresh keys.
 async fn hostile_batches(conn: quinn::Connection, stop: Arc<AtomicBool>) -> u64 {
-    use shoal_transport::envelope::{encode_into, Header, Kind};
-    fn env(kind: Kind, payload: &[u8], id: u64) -> Vec<u8> {
-        let mut v = Vec::new();
-        encode_into(
-            &Header::new(kind, b"", payload.len(), id).unwrap(),
-            b"",
-            payload,
-            &mut v,
-        );
-        v
-    }
     let mut refused = 0u64;
     let mut k = 0u64;
     // Streams kept open, never finished (quinn finishes a dropped one).
@@ -511,9 +491,7 @@ fn hostile_peers_do_not_stop_a_queue_serving_others() {
             let conn = raw(&a).await;
             let stop = stop.clone();
             attacks.push(tokio::spawn(async move {
-                use shoal_transport::envelope::{encode_into, Header, Kind};
-                let mut h = Vec::new();
-                encode_into(&Header::new(Kind::Request, b"", 0, 5).unwrap(), b"", b"", &mut h);
+                            let h = env(Kind::Request, b"", 5);
                 let mut held = Vec::new();
                 while !stop.load(Ordering::Relaxed) && held.len() < 8 {
                     let Ok((mut send, recv)) = conn.open_bi().await else {
