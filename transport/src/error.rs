@@ -112,3 +112,19 @@ pub enum Error {
 
 /// Shorthand for this crate's results.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// `Ok` when a payload of `len` bytes is within `max`, else
+    /// [`Error::TooLarge`] naming both (checked before anything is
+    /// allocated for it).
+    pub(crate) fn check_payload(len: usize, max: usize) -> Result<()> {
+        if len > max {
+            return Err(Error::TooLarge {
+                what: "payload",
+                got: len as u64,
+                limit: max as u64,
+            });
+        }
+        Ok(())
+    }
+}

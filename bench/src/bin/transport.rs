@@ -358,9 +358,32 @@ fn nng_raw(size: usize, iters: u64, ipc: bool) -> Measurement {
     m
 }
 
+/// A raw quinn client connected to `127.0.0.1:port`, pinning `pin` as
+/// shoal's QUIC backend does (same TLS): the raw peers' side of a
+/// connection.
+async fn quinn_connect(
+    pin: [u8; 32],
+    port: u16,
+) -> Result<(quinn::Endpoint, quinn::Connection), String> {
+    use shoal_transport::quic::tls::client_config;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(
+        client_config(pin).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    let mut ep = quinn::Endpoint::client(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .map_err(|e| e.to_string())?;
+    ep.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+    let conn = ep
+        .connect(([127, 0, 0, 1], port).into(), "shoal")
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((ep, conn))
+}
+
 /// Raw quinn, one stream: the peer.
 fn quinn_raw(size: usize, iters: u64, per_request: bool) -> Measurement {
-    use shoal_transport::quic::tls::{client_config, Identity};
+    use shoal_transport::quic::tls::Identity;
     use std::sync::Arc;
     let total = total_of(iters);
     let warm = warmup(iters);
@@ -448,18 +471,7 @@ fn quinn_raw(size: usize, iters: u64, per_request: bool) -> Measurement {
     };
     rt().block_on(async {
         let r = async {
-            let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(
-                client_config(pin).map_err(|e| e.to_string())?,
-            )
-            .map_err(|e| e.to_string())?;
-            let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr"))
-                .map_err(|e| e.to_string())?;
-            ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-            let conn = ep
-                .connect(([127, 0, 0, 1], port).into(), "shoal")
-                .map_err(|e| e.to_string())?
-                .await
-                .map_err(|e| e.to_string())?;
+            let (ep, conn) = quinn_connect(pin, port).await?;
             let q = vec![7u8; size];
             let mut back = vec![0u8; size];
             if per_request {

@@ -137,17 +137,6 @@ fn frame(mut m: Message, topic: usize, max: usize) -> Result<Frame<'static>> {
     Ok(Frame::shared(body, 0..topic, topic..len)?.with_peer(peer))
 }
 
-fn check(max: usize, n: usize) -> Result<()> {
-    if n > max {
-        return Err(Error::TooLarge {
-            what: "payload",
-            got: n as u64,
-            limit: max as u64,
-        });
-    }
-    Ok(())
-}
-
 /// nng PUB, listening.
 pub struct NativePublisher {
     sock: Sock,
@@ -187,7 +176,7 @@ impl NativePublisher {
     /// subscriber whose subscription it matches. Never waits: a subscriber
     /// whose queue is full misses it (nng's PUB).
     pub async fn send(&mut self, topic: &[u8], payload: &[u8]) -> Result<()> {
-        check(self.max_message, topic.len().saturating_add(payload.len()))?;
+        Error::check_payload(topic.len().saturating_add(payload.len()), self.max_message)?;
         let mut m = Message::with_capacity(topic.len() + payload.len());
         m.push_back(topic);
         m.push_back(payload);
@@ -360,7 +349,7 @@ impl NativePusher {
     /// the send timeout; [`Error::PeerGone`] when it stays full and no
     /// puller has been connected for the connect timeout.
     pub async fn send(&mut self, payload: &[u8]) -> Result<()> {
-        check(self.max_message, payload.len())?;
+        Error::check_payload(payload.len(), self.max_message)?;
         let deadline = self
             .send_timeout
             .map(|t| (Instant::now() + t, t, "native push (waiting for a puller)"));

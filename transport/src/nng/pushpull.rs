@@ -670,13 +670,7 @@ impl QueuePusher {
     /// (once; the window is kept). Cancelled while waiting, nothing was
     /// put in.
     pub async fn send(&mut self, payload: &[u8]) -> Result<()> {
-        if payload.len() > self.max_message {
-            return Err(Error::TooLarge {
-                what: "payload",
-                got: payload.len() as u64,
-                limit: self.max_message as u64,
-            });
-        }
+        Error::check_payload(payload.len(), self.max_message)?;
         // The push of this message alone: its own control block (a batch
         // of one is asked as it is), then its envelope.
         let mut push =

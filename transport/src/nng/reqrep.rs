@@ -86,21 +86,10 @@ fn locate_one(msg: nng::Message, op: Op, kind: Kind, max: usize) -> Result<Locat
 
 /// A plain body (`?native`) where it lies, its peer the connection.
 fn locate_plain(mut msg: nng::Message, max: usize) -> Result<Located> {
-    check(max, msg.len())?;
+    Error::check_payload(msg.len(), max)?;
     let peer = pipe_id(msg.pipe());
     let len = msg.len();
     Ok((SharedBytes(Arc::new(Body(msg))), 0..0, 0..len, peer))
-}
-
-fn check(max: usize, n: usize) -> Result<()> {
-    if n > max {
-        return Err(Error::TooLarge {
-            what: "payload",
-            got: n as u64,
-            limit: max as u64,
-        });
-    }
-    Ok(())
 }
 
 /// Asking end over nng.
@@ -139,7 +128,7 @@ impl NngRequester {
     /// Sends `payload` and waits for the reply; [`Error::PeerGone`] when
     /// the replier's connection is gone for the connect timeout.
     pub async fn request(&mut self, payload: &[u8]) -> Result<Frame<'static>> {
-        check(self.max_message, payload.len())?;
+        Error::check_payload(payload.len(), self.max_message)?;
         if self.native {
             let r = ask(&self.sock, &self.ctx, payload, self.gone_after).await?;
             let (body, topic, payload, peer) = locate_plain(r, self.max_message)?;
@@ -258,7 +247,7 @@ impl NngReplier {
             let (body, topic, payload, peer) = req;
             answer(&Frame::shared(body, topic, payload)?.with_peer(peer))
         };
-        check(self.max_message, reply.len())?;
+        Error::check_payload(reply.len(), self.max_message)?;
         let r = if self.native {
             gather(&[&reply])
         } else {

@@ -584,13 +584,7 @@ impl QuicPusher {
     /// (once; the window is kept). Cancelled while waiting, nothing was
     /// put in.
     pub async fn send(&mut self, payload: &[u8]) -> Result<()> {
-        if payload.len() > self.opts.max_message {
-            return Err(Error::TooLarge {
-                what: "payload",
-                got: payload.len() as u64,
-                limit: self.opts.max_message as u64,
-            });
-        }
+        Error::check_payload(payload.len(), self.opts.max_message)?;
         let h = Header::new(Kind::Message, b"", payload.len(), self.id)?;
         let mut env = Vec::with_capacity(crate::envelope::HEADER_LEN + payload.len());
         encode_into(&h, b"", payload, &mut env);

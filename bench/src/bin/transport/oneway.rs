@@ -241,7 +241,7 @@ pub fn nng_raw(size: usize, ms: u64, ipc: bool) -> Measurement {
 /// Raw quinn: the child opens one unidirectional stream and writes the
 /// messages back to back; this process (the server) reads them.
 pub fn quinn_raw(size: usize, ms: u64) -> Measurement {
-    use shoal_transport::quic::tls::{client_config, Identity};
+    use shoal_transport::quic::tls::Identity;
     use std::sync::Arc;
     let mut m = measurement("quinn", "park", size, "quic");
     let r = (|| {
@@ -252,18 +252,7 @@ pub fn quinn_raw(size: usize, ms: u64) -> Measurement {
         let child = fork(move || {
             rt().block_on(async move {
                 let r = async {
-                    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(
-                        client_config(pin).map_err(|e| e.to_string())?,
-                    )
-                    .map_err(|e| e.to_string())?;
-                    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr"))
-                        .map_err(|e| e.to_string())?;
-                    ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-                    let conn = ep
-                        .connect(([127, 0, 0, 1], port).into(), "shoal")
-                        .map_err(|e| e.to_string())?
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    let (_ep, conn) = super::quinn_connect(pin, port).await?;
                     let mut s = conn.open_uni().await.map_err(|e| e.to_string())?;
                     let q = vec![7u8; size];
                     while s.write_all(&q).await.is_ok() {}
