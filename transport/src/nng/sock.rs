@@ -152,12 +152,15 @@ pub(crate) fn reap_idle(
             if p.closed.load(std::sync::atomic::Ordering::Acquire) {
                 return;
             }
-            let stale: Vec<Pipe> = lock(&p.live)
+            // `keep` runs after the lock is let go: it may hold the last
+            // reference to its endpoint, whose drop closes the socket, and
+            // nng's pipe callbacks take this lock while it closes.
+            let idle_pipes: Vec<Pipe> = lock(&p.live)
                 .iter()
                 .filter(|(_, t)| t.elapsed() >= idle)
                 .map(|(p, _)| *p)
-                .filter(|p| !keep(*p))
                 .collect();
+            let stale: Vec<Pipe> = idle_pipes.into_iter().filter(|p| !keep(*p)).collect();
             for pipe in stale {
                 tracing::info!(%address, ?idle, "nng: a peer sent nothing for the stall timeout; dropping its connection");
                 close_pipe(pipe);

@@ -317,32 +317,34 @@ impl QShared {
                 encode_into(&item.header, item.topic(), item.payload(), &mut env);
                 // A puller that does not take the item, or does not say it
                 // did, within the stall timeout loses it to the others.
-                let acked = async {
-                    tokio::time::timeout(self.stall, send.send.write_all(&env))
-                        .await
-                        .map_err(|_| Error::Timeout {
-                            what: "sending a pulled message",
-                            after: self.stall,
-                        })?
-                        .map_err(|e| conn::write_err(e, a))?;
-                    reader.expect(Kind::Reply, self.stall, a).await
+                // Not taking it in time may be a slow link (the item stays
+                // first and goes to the next puller that asks); taking it
+                // and never saying so is a peer that would hold every next
+                // item back the same way, and its connection goes.
+                let written = tokio::time::timeout(self.stall, send.send.write_all(&env)).await;
+                let acked = match written {
+                    Err(_) => Err(Error::Timeout {
+                        what: "sending a pulled message",
+                        after: self.stall,
+                    }),
+                    Ok(Err(e)) => Err(conn::write_err(e, a)),
+                    Ok(Ok(())) => match reader.expect(Kind::Reply, self.stall, a).await {
+                        Err(e @ Error::Timeout { .. }) => {
+                            tracing::warn!(address = %a, error = %e, "QUIC queue: a puller took its item and did not acknowledge it within the stall timeout; queued again and the puller dropped");
+                            self.put(item, true);
+                            conn.close(VarInt::from_u32(conn::EVICTED), b"stalled puller");
+                            return Ok(());
+                        }
+                        r => r.map(|_| ()),
+                    },
                 };
-                match acked.await {
-                    Ok(_) => {
+                match acked {
+                    Ok(()) => {
                         send.done();
                         Ok(())
                     }
-                    Err(e @ Error::Timeout { .. }) => {
-                        // Alive but not taking what it asked for: it
-                        // would take the next item the same way, holding
-                        // each back a stall timeout. Its connection goes.
-                        tracing::warn!(address = %a, error = %e, "QUIC queue: a puller did not take or acknowledge its item within the stall timeout; queued again and the puller dropped");
-                        self.put(item, true);
-                        conn.close(VarInt::from_u32(conn::EVICTED), b"stalled puller");
-                        Ok(())
-                    }
                     Err(e) => {
-                        tracing::info!(address = %a, error = %e, "QUIC queue: a pulled message was not acknowledged; queued again");
+                        tracing::info!(address = %a, error = %e, "QUIC queue: a pulled message was not taken or acknowledged; queued again");
                         self.put(item, true);
                         Ok(())
                     }
