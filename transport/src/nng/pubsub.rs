@@ -48,7 +48,7 @@ use crate::envelope::Kind;
 use crate::error::{Error, Result};
 use crate::frame::{Frame, PeerId, SharedBytes};
 use crate::options::Options;
-use nng::{Context, Message, Pipe, Protocol};
+use nng::{Message, Pipe, Protocol};
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::pin::pin;
@@ -370,10 +370,7 @@ impl FlowPublisher {
         super::sock::reap_idle(&shared.sock.pipes, opts.stall_timeout, address, keep);
         // One context per subscriber that may be waiting, and one spare.
         for _ in 0..=opts.max_peers {
-            let ctx = Context::new(&shared.sock.socket).map_err(|e| Error::Io {
-                what: "opening an nng context".into(),
-                source: std::io::Error::other(e),
-            })?;
+            let ctx = super::sock::context(&shared.sock)?;
             rt.spawn(super::sock::serve(shared.clone(), ctx));
         }
         Ok(FlowPublisher {
@@ -522,7 +519,7 @@ impl Drop for FlowPublisher {
                 };
                 let _ = tokio::time::timeout(rest.min(Duration::from_millis(100)), wait).await;
             }
-            s.sock.socket.close();
+            s.sock.close();
         });
     }
 }
@@ -568,7 +565,7 @@ impl Drop for FlowSubscriber {
 /// The subscriber's side of the protocol, run by its poller task.
 struct Poller {
     sock: Sock,
-    ctx: Context,
+    ctx: super::sock::Ctx,
     id: u64,
     /// The publisher it is registered with (0: none yet).
     publisher: u64,

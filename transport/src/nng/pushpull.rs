@@ -38,7 +38,7 @@ use crate::error::{Error, Result};
 use crate::frame::{AlignedBuf, Frame, PeerId, SharedBytes};
 use crate::options::Options;
 use crate::window::{Entry, PushWindow, Pushers};
-use nng::{Context, Message, Pipe, Protocol};
+use nng::{Message, Pipe, Protocol};
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::pin::pin;
@@ -386,7 +386,7 @@ enum Side {
     /// Another puller: asks the binder.
     Remote {
         sock: Arc<Sock>,
-        ctx: Context,
+        ctx: super::sock::Ctx,
         id: u64,
         /// The token of the last item received (0: none), acknowledged
         /// again in the next pull.
@@ -419,7 +419,7 @@ impl std::fmt::Debug for QueuePuller {
 impl Drop for QueuePuller {
     fn drop(&mut self) {
         if let Side::Queue(q) = &self.side {
-            q.sock.socket.close();
+            q.sock.close();
         }
     }
 }
@@ -726,7 +726,7 @@ impl Batch {
 struct Shipper {
     window: Arc<PushWindow>,
     sock: Sock,
-    ctx: Context,
+    ctx: super::sock::Ctx,
     /// The pusher's key.
     key: u64,
     /// Envelope bytes per push at most: a quarter after each failed push

@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::frame::{Frame, PeerId, SharedBytes};
 use crate::options::Options;
 use nng::Message;
-use nng::{Context, Protocol};
+use nng::Protocol;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -95,7 +95,7 @@ fn locate_plain(mut msg: nng::Message, max: usize) -> Result<Located> {
 /// Asking end over nng.
 pub struct NngRequester {
     sock: Sock,
-    ctx: Context,
+    ctx: super::sock::Ctx,
     id: u64,
     max_message: usize,
     gone_after: Duration,
@@ -162,7 +162,7 @@ const QUICK: Duration = Duration::from_millis(2);
 /// the replier's only context, so nobody else was served.)
 pub struct NngReplier {
     sock: Sock,
-    ctx: Context,
+    ctx: super::sock::Ctx,
     id: u64,
     max_message: usize,
     /// Answers waiting in the background, per connection.

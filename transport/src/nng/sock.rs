@@ -180,7 +180,7 @@ pub(crate) struct Sock {
 
 impl Drop for Sock {
     fn drop(&mut self) {
-        self.socket.close();
+        self.close();
         self.pipes
             .closed
             .store(true, std::sync::atomic::Ordering::Release);
@@ -189,6 +189,13 @@ impl Drop for Sock {
 }
 
 impl Sock {
+    /// Closes the socket (its operations end with [`Error::Closed`]),
+    /// never while an operation on it is being cancelled: see [`GATE`].
+    pub fn close(&self) {
+        let _closing = GATE.write().unwrap_or_else(|e| e.into_inner());
+        self.socket.close();
+    }
+
     /// A socket of `protocol` refusing messages above `max_message`
     /// payload bytes (nng drops a peer whose length prefix says more,
     /// before allocating).
@@ -366,7 +373,10 @@ async fn run(start: impl FnOnce(&Aio) -> std::result::Result<(), nng::Error>) ->
     })
     .map_err(|e| io("allocating an nng aio", e))?;
     let aio = Quiesced(aio);
-    start(&aio.0).map_err(|e| io("starting an nng operation", e))?;
+    {
+        let _starting = GATE.read().unwrap_or_else(|e| e.into_inner());
+        start(&aio.0).map_err(|e| io("starting an nng operation", e))?;
+    }
     rx.await.map_err(|_| Error::Closed)
 }
 
@@ -383,10 +393,32 @@ struct Quiesced(Aio);
 
 impl Drop for Quiesced {
     fn drop(&mut self) {
-        self.0.cancel();
+        {
+            let _cancelling = GATE.read().unwrap_or_else(|e| e.into_inner());
+            self.0.cancel();
+        }
         self.0.wait();
     }
 }
+
+/// Keeps socket closes apart from everything else done on a context:
+/// starting an operation, cancelling one, closing the context.
+///
+/// NNG 1.4 is not safe against a socket closing on one thread while
+/// another works on one of its contexts. It reads an operation's cancel function and its argument (the
+/// protocol's context) under its lock, then calls it after letting go; a
+/// socket closing on another thread meanwhile frees that context, and the
+/// cancel function locks and unlocks freed memory: the process aborts in
+/// `pthread_mutex_unlock` (reproduced by four concurrent runs of a test
+/// whose publisher lingers on a runtime thread while the runtime shuts
+/// down and drops the publisher's serving tasks). A context closing
+/// meanwhile (see [`Ctx`]), or an operation starting on it (the start
+/// releases its hold of the context, the last one once the socket closed,
+/// and closes it), does the same. All three take this lock shared,
+/// [`Sock::close`] takes it exclusively. One lock for the process:
+/// cancels are short and closes rare, and a close need not know which
+/// operations are on its socket.
+static GATE: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
 /// Maps an nng operation's failure.
 fn failed(e: nng::Error, address: &Address) -> Error {
@@ -496,7 +528,7 @@ pub(crate) fn transfer_allowance(max: usize) -> Duration {
 pub(crate) async fn dial_req(
     address: &Address,
     opts: &crate::options::Options,
-) -> Result<(Sock, Context)> {
+) -> Result<(Sock, Ctx)> {
     let sock = Sock::dial(
         Protocol::Req0,
         address,
@@ -518,8 +550,33 @@ pub(crate) fn resend_after(sock: &Sock, t: Option<Duration>) -> Result<()> {
 }
 
 /// A context of `sock` (independent request state on a shared socket).
-pub(crate) fn context(sock: &Sock) -> Result<Context> {
-    Context::new(&sock.socket).map_err(|e| io("opening an nng context", e))
+pub(crate) fn context(sock: &Sock) -> Result<Ctx> {
+    let ctx = Context::new(&sock.socket).map_err(|e| io("opening an nng context", e))?;
+    Ok(Ctx(std::mem::ManuallyDrop::new(ctx)))
+}
+
+/// An nng context that closes through [`GATE`]: NNG 1.4 closing a
+/// context while its socket closes on another thread frees the socket's
+/// lock under the context's close (an abort in `pthread_mutex_unlock`,
+/// reproduced when a runtime shutting down dropped a publisher's serving
+/// tasks while the publisher's linger closed its socket).
+pub(crate) struct Ctx(std::mem::ManuallyDrop<Context>);
+
+impl std::ops::Deref for Ctx {
+    type Target = Context;
+
+    fn deref(&self) -> &Context {
+        &self.0
+    }
+}
+
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        let _closing = GATE.read().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: the context is dropped here once, and `self.0` is not
+        // used again (this is `Ctx`'s own drop).
+        unsafe { std::mem::ManuallyDrop::drop(&mut self.0) };
+    }
 }
 
 /// Sends the question `req` on the REQ context `ctx` and waits for its
@@ -714,7 +771,7 @@ pub(crate) trait Service: Send + Sync + 'static {
 /// connection's activity noted, its questions in progress bounded, each
 /// answer sent within `REPLY_WAIT`, and a peer that sent something
 /// malformed dropped with the reason logged.
-pub(crate) async fn serve<S: Service>(svc: Arc<S>, ctx: Context) {
+pub(crate) async fn serve<S: Service>(svc: Arc<S>, ctx: Ctx) {
     let (what, address) = (S::WHAT, svc.sock().address.clone());
     loop {
         let mut req = match ctx_recv(&ctx, &address).await {
