@@ -180,4 +180,12 @@ impl<T: Replier> Blocking<T> {
     {
         self.rt.block_on(self.inner.serve_one(answer))
     }
+
+    /// [`Replier::serve_one_into`], blocking.
+    pub fn serve_one_into<F>(&mut self, answer: F) -> Result<()>
+    where
+        F: FnOnce(&[u8], &mut crate::reply::Reply<'_>) + Send,
+    {
+        self.rt.block_on(self.inner.serve_one_into(answer))
+    }
 }

@@ -181,12 +181,19 @@ impl Header {
 
 /// Writes the envelope of (`header`, `topic`, `payload`) into `out`.
 pub fn encode_into(header: &Header, topic: &[u8], payload: &[u8], out: &mut Vec<u8>) {
-    debug_assert_eq!(header.topic_len as usize, topic.len());
     debug_assert_eq!(header.payload_len(), payload.len());
+    encode_head_into(header, topic, out);
+    out.extend_from_slice(payload);
+}
+
+/// Writes what comes before the payload in the envelope of (`header`,
+/// `topic`, …) into `out`: the header, the topic and its padding (the
+/// payload follows, written by the caller).
+pub fn encode_head_into(header: &Header, topic: &[u8], out: &mut Vec<u8>) {
+    debug_assert_eq!(header.topic_len as usize, topic.len());
     out.extend_from_slice(&header.encode());
     out.extend_from_slice(topic);
     out.resize(out.len() + pad16(topic.len()) - topic.len(), 0);
-    out.extend_from_slice(payload);
 }
 
 /// A whole message decoded from a stream.

@@ -52,6 +52,7 @@ pub mod options;
 pub mod pattern;
 #[cfg(feature = "quic")]
 pub mod quic;
+pub mod reply;
 #[cfg(feature = "shm")]
 pub mod shm;
 #[cfg(any(feature = "nng", feature = "quic"))]
@@ -99,6 +100,7 @@ pub use pattern::{Publisher, Puller, Pusher, Replier, Requester, Subscriber, Wir
 pub use quic::{
     Quic, QuicPublisher, QuicPuller, QuicPusher, QuicReplier, QuicRequester, QuicSubscriber,
 };
+pub use reply::Reply;
 #[cfg(feature = "shm")]
 pub use shm::{
     Replies, Request, Shm, ShmPublisher, ShmPuller, ShmPusher, ShmReplier, ShmRequester,

@@ -16,6 +16,7 @@ use crate::address::Address;
 use crate::error::Result;
 use crate::frame::Frame;
 use crate::options::Options;
+use crate::reply::Reply;
 use std::future::Future;
 use std::time::Duration;
 
@@ -137,4 +138,19 @@ pub trait Replier: Send {
     fn serve_one<F>(&mut self, answer: F) -> impl Future<Output = Result<()>> + Send
     where
         F: FnOnce(&[u8]) -> Vec<u8> + Send;
+    /// Receives one request and replies with what `answer` writes into a
+    /// [`Reply`]: memory the wire sends from where it can (nng's message,
+    /// QUIC's stream buffer), so the answer is not copied again after it
+    /// was written. Wires without such memory (the default) collect it in
+    /// a `Vec` and reply as [`serve_one`](Self::serve_one).
+    fn serve_one_into<F>(&mut self, answer: F) -> impl Future<Output = Result<()>> + Send
+    where
+        F: FnOnce(&[u8], &mut Reply<'_>) + Send,
+    {
+        self.serve_one(move |req| {
+            let mut buf = Vec::new();
+            answer(req, &mut Reply::new(&mut buf));
+            buf
+        })
+    }
 }

@@ -182,12 +182,67 @@ async fn reqrep<W: Wire>(a: Address) {
             })
         })
         .collect();
-    for _ in 0..400 {
-        server.serve_one(|q| [q, b"!"].concat()).await.unwrap();
+    for i in 0..400 {
+        if i % 2 == 0 {
+            server.serve_one(|q| [q, b"!"].concat()).await.unwrap();
+        } else {
+            server
+                .serve_one_into(|q, out| {
+                    out.extend_from_slice(q);
+                    out.extend_from_slice(b"!");
+                })
+                .await
+                .unwrap();
+        }
     }
     for c in clients {
         c.await.unwrap();
     }
+}
+
+/// Replies written in place (`serve_one_into`) arrive exactly as written:
+/// empty, around the first allocation's size, and large ones written in
+/// many small pieces (the wire's memory grows under the writer) or
+/// reserved first.
+async fn replies_in_place<W: Wire>(a: Address) {
+    let o = Options::default();
+    let mut server = W::bind_replier(&a, &o).await.unwrap();
+    let a = server.address();
+    let sizes = [0usize, 1, 200, 255, 256, 257, 300, 4096, 100_000, 1 << 20];
+    let client = tokio::spawn(async move {
+        let mut c = W::connect_requester(&a, &o).await.unwrap();
+        for (i, &n) in sizes.iter().enumerate() {
+            for reserve in [false, true] {
+                let q = [n.to_le_bytes(), (i as u64).to_le_bytes()].concat();
+                let r = tokio::time::timeout(10 * SEC, c.request(&q))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(r.len(), n, "reply {i} (reserve {reserve})");
+                assert!(
+                    r.iter().enumerate().all(|(k, &b)| b == (k % 251) as u8),
+                    "reply {i} (reserve {reserve}) differs"
+                );
+            }
+        }
+    });
+    for k in 0..2 * sizes.len() {
+        server
+            .serve_one_into(|q, out| {
+                let n = usize::from_le_bytes(q[..8].try_into().unwrap());
+                if k % 2 == 1 {
+                    out.reserve(n);
+                }
+                let bytes: Vec<u8> = (0..n).map(|k| (k % 251) as u8).collect();
+                for piece in bytes.chunks(1000) {
+                    std::io::Write::write_all(out, piece).unwrap();
+                }
+                assert_eq!(out.len(), n);
+            })
+            .await
+            .unwrap();
+    }
+    client.await.unwrap();
 }
 
 /// `a` as a binder takes it: without a QUIC pin (a binder makes its own
@@ -269,6 +324,11 @@ macro_rules! suite {
             #[test]
             fn request_reply() {
                 rt().block_on(reqrep::<$wire>(bindable(&addr("reqrep"))));
+            }
+
+            #[test]
+            fn replies_written_in_place() {
+                rt().block_on(replies_in_place::<$wire>(bindable(&addr("inplace"))));
             }
 
             #[test]

@@ -21,6 +21,7 @@ use crate::envelope::{pad16, Header, HEADER_LEN};
 use crate::error::{Error, Result};
 use crate::frame::{Frame, PeerId, SharedBytes};
 use crate::options::Options;
+use crate::reply::Reply;
 use nng::Message;
 use nng::Protocol;
 use std::collections::HashMap;
@@ -29,29 +30,17 @@ use std::time::Duration;
 
 /// Zero bytes to pad a payload with.
 const ZEROS: [u8; 16] = [0; 16];
+/// The control block and envelope header before a payload.
+const PRE_LEN: usize = CONTROL_LEN + HEADER_LEN;
 
-/// The parts of `payload` as one envelope of `kind` under an `op` block:
-/// the block and envelope header, then (borrowed) the payload and its
-/// padding. The caller copies them once, into the nng message itself.
-fn wrap(
-    op: Op,
-    kind: Kind,
-    id: u64,
-    len: usize,
-) -> Result<([u8; CONTROL_LEN + HEADER_LEN], usize)> {
-    let mut pre = [0u8; CONTROL_LEN + HEADER_LEN];
+/// What goes before a payload of `len` bytes as one envelope of `kind`
+/// under an `op` block (the block and the envelope header), and how many
+/// bytes of padding go after it.
+fn wrap(op: Op, kind: Kind, id: u64, len: usize) -> Result<([u8; PRE_LEN], usize)> {
+    let mut pre = [0u8; PRE_LEN];
     pre[..CONTROL_LEN].copy_from_slice(&Control::new(op, id, 0, 0).encode());
     pre[CONTROL_LEN..].copy_from_slice(&Header::new(kind, b"", len, id)?.encode());
     Ok((pre, pad16(len) - len))
-}
-
-/// An nng message of `parts`, copied once.
-fn gather(parts: &[&[u8]]) -> Message {
-    let mut m = Message::with_capacity(parts.iter().map(|p| p.len()).sum());
-    for p in parts {
-        m.push_back(p);
-    }
-    m
 }
 
 /// The one envelope of kind `kind` under an `op` block in `msg`, as a
@@ -215,6 +204,16 @@ impl NngReplier {
     where
         F: FnOnce(&Frame<'static>) -> Vec<u8> + Send,
     {
+        self.serve_one_into(|req, out| out.extend_from_slice(&answer(req)))
+            .await
+    }
+
+    /// As [`serve_one`](Self::serve_one), `answer` writing the reply
+    /// straight into the nng message that carries it.
+    pub async fn serve_one_into<F>(&mut self, answer: F) -> Result<()>
+    where
+        F: FnOnce(&Frame<'static>, &mut Reply<'_>) + Send,
+    {
         let (req, pipe) = loop {
             let mut m = ctx_recv(&self.ctx, &self.sock.address).await?;
             if let Some(p) = m.pipe() {
@@ -243,17 +242,25 @@ impl NngReplier {
                 }
             }
         };
-        let reply = {
+        // The answer is written after room for the control block and
+        // envelope header, which are filled in once its length is known.
+        let pre_len = if self.native { 0 } else { PRE_LEN };
+        let cap = pre_len + 256;
+        let mut r = Message::with_capacity(cap);
+        r.push_back(&[0u8; PRE_LEN][..pre_len]);
+        let len = {
             let (body, topic, payload, peer) = req;
-            answer(&Frame::shared(body, topic, payload)?.with_peer(peer))
+            let req = Frame::shared(body, topic, payload)?.with_peer(peer);
+            let mut out = Reply::nng(&mut r, cap);
+            answer(&req, &mut out);
+            out.len()
         };
-        Error::check_payload(reply.len(), self.max_message)?;
-        let r = if self.native {
-            gather(&[&reply])
-        } else {
-            let (pre, pad) = wrap(Op::Answer, Kind::Reply, self.id, reply.len())?;
-            gather(&[&pre, &reply, &ZEROS[..pad]])
-        };
+        Error::check_payload(len, self.max_message)?;
+        if !self.native {
+            let (pre, pad) = wrap(Op::Answer, Kind::Reply, self.id, len)?;
+            r.as_mut_slice()[..PRE_LEN].copy_from_slice(&pre);
+            r.push_back(&ZEROS[..pad]);
+        }
         let (ctx, address) = (self.ctx.clone(), self.sock.address.clone());
         let mut send = Box::pin(async move { ctx_send(&ctx, r, &address).await });
         // Behind an answer already waiting for its connection, this one

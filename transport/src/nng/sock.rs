@@ -552,29 +552,35 @@ pub(crate) fn resend_after(sock: &Sock, t: Option<Duration>) -> Result<()> {
 /// A context of `sock` (independent request state on a shared socket).
 pub(crate) fn context(sock: &Sock) -> Result<Ctx> {
     let ctx = Context::new(&sock.socket).map_err(|e| io("opening an nng context", e))?;
-    Ok(Ctx(std::mem::ManuallyDrop::new(ctx)))
+    Ok(Ctx(Arc::new(Gated(std::mem::ManuallyDrop::new(ctx)))))
 }
 
-/// An nng context that closes through [`GATE`]: NNG 1.4 closing a
-/// context while its socket closes on another thread frees the socket's
-/// lock under the context's close (an abort in `pthread_mutex_unlock`,
-/// reproduced when a runtime shutting down dropped a publisher's serving
-/// tasks while the publisher's linger closed its socket).
-pub(crate) struct Ctx(std::mem::ManuallyDrop<Context>);
+/// An nng context that closes through [`GATE`] once its last clone is
+/// dropped: NNG 1.4 closing a context while its socket closes on another
+/// thread frees the socket's lock under the context's close (an abort in
+/// `pthread_mutex_lock`, reproduced when a runtime shutting down dropped a
+/// publisher's serving tasks while the publisher's linger closed its
+/// socket). This backend clones the `Ctx`, never the nng `Context`
+/// behind its `Deref` (whose last clone would close it outside the gate).
+#[derive(Clone)]
+pub(crate) struct Ctx(Arc<Gated>);
+
+/// The one nng `Context` of a [`Ctx`] and its clones.
+struct Gated(std::mem::ManuallyDrop<Context>);
 
 impl std::ops::Deref for Ctx {
     type Target = Context;
 
     fn deref(&self) -> &Context {
-        &self.0
+        &self.0 .0
     }
 }
 
-impl Drop for Ctx {
+impl Drop for Gated {
     fn drop(&mut self) {
         let _closing = GATE.read().unwrap_or_else(|e| e.into_inner());
         // SAFETY: the context is dropped here once, and `self.0` is not
-        // used again (this is `Ctx`'s own drop).
+        // used again (this is `Gated`'s own drop).
         unsafe { std::mem::ManuallyDrop::drop(&mut self.0) };
     }
 }

@@ -456,13 +456,31 @@ pub(crate) async fn write(
     address: &Address,
 ) -> Result<()> {
     let h = Header::new(kind, topic, payload.len(), id)?;
-    let mut buf =
-        Vec::with_capacity(crate::envelope::HEADER_LEN + topic.len() + 16 + payload.len());
-    encode_into(&h, topic, payload, &mut buf);
+    // quinn copies what it is given to write: a large payload goes to it
+    // as it is, after its header, instead of being copied into one buffer
+    // with the header first.
+    let whole = payload.len() <= SEPARATE_PAYLOAD;
+    let mut buf = Vec::with_capacity(
+        crate::envelope::HEADER_LEN + topic.len() + 16 + if whole { payload.len() } else { 0 },
+    );
+    if whole {
+        encode_into(&h, topic, payload, &mut buf);
+    } else {
+        crate::envelope::encode_head_into(&h, topic, &mut buf);
+    }
     send.write_all(&buf)
         .await
-        .map_err(|e| write_err(e, address))
+        .map_err(|e| write_err(e, address))?;
+    if !whole {
+        send.write_all(payload)
+            .await
+            .map_err(|e| write_err(e, address))?;
+    }
+    Ok(())
 }
+
+/// Payloads above this many bytes are written apart from their header.
+const SEPARATE_PAYLOAD: usize = 16 << 10;
 
 /// A stream's sending half that is reset, not finished, if dropped before
 /// [`done`](Self::done): a cancelled exchange leaves the peer a reset

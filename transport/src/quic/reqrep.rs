@@ -7,10 +7,11 @@
 
 use super::conn::{self, Bound, Client, Outgoing, Reader, FIRST_ENVELOPE};
 use crate::address::Address;
-use crate::envelope::{Decoded, Kind};
+use crate::envelope::{Decoded, Kind, HEADER_LEN};
 use crate::error::{Error, Result};
 use crate::frame::{Frame, PeerId};
 use crate::options::Options;
+use crate::reply::Reply;
 use quinn::{Connection, VarInt};
 use std::sync::Arc;
 use std::time::Duration;
@@ -235,31 +236,51 @@ impl QuicReplier {
     where
         F: FnOnce(&Frame<'static>) -> Vec<u8> + Send,
     {
+        self.serve_one_into(|req, out| out.extend_from_slice(&answer(req)))
+            .await
+    }
+
+    /// As [`serve_one`](Self::serve_one), `answer` writing the reply
+    /// straight into the buffer the stream sends (after room for the
+    /// envelope header, filled in once the length is known).
+    pub async fn serve_one_into<F>(&mut self, answer: F) -> Result<()>
+    where
+        F: FnOnce(&Frame<'static>, &mut Reply<'_>) + Send,
+    {
         let (d, send, conn_token) = self.rx.recv().await.ok_or(Error::Closed)?;
         // From here every way out resets the stream unless the reply is
         // written: the asker learns at once (PeerGone), never waits.
         let send = Outgoing::new(send);
         let peer = d.header.id;
-        let reply = answer(&d.into_frame()?.with_peer(peer));
-        if reply.len() > self.max_message {
+        let req = d.into_frame()?.with_peer(peer);
+        let mut env = Vec::with_capacity(HEADER_LEN + 256);
+        env.resize(HEADER_LEN, 0);
+        let len = {
+            let mut out = Reply::new(&mut env);
+            answer(&req, &mut out);
+            out.len()
+        };
+        drop(req);
+        if len > self.max_message {
             return Err(Error::TooLarge {
                 what: "reply",
-                got: reply.len() as u64,
+                got: len as u64,
                 limit: self.max_message as u64,
             });
         }
         // Written in the background, so a requester that does not read a
         // large reply holds up nobody else; it has the stall timeout to
         // take it. Until it has read it, the replier's drop waits for it
-        // (up to LINGER) before closing the connections.
-        let mut env = Vec::with_capacity(crate::envelope::HEADER_LEN + reply.len());
-        let h = crate::envelope::Header::new(Kind::Reply, b"", reply.len(), self.id)?;
-        crate::envelope::encode_into(&h, b"", &reply, &mut env);
+        // (up to LINGER) before closing the connections. The buffer goes
+        // to quinn as it is (no copy).
+        let h = crate::envelope::Header::new(Kind::Reply, b"", len, self.id)?;
+        env[..HEADER_LEN].copy_from_slice(&h.encode());
+        let env = bytes::Bytes::from(env);
         let (token, stall, address) = (self.in_flight.clone(), self.stall, self.address.clone());
         tokio::spawn(async move {
             let _in_progress = conn_token;
             let mut send = send;
-            match tokio::time::timeout(stall, send.send.write_all(&env)).await {
+            match tokio::time::timeout(stall, send.send.write_chunk(env)).await {
                 Ok(Ok(())) => {
                     let stopped = send.send.stopped();
                     send.done();

@@ -6,6 +6,7 @@ use crate::error::Result;
 use crate::frame::Frame;
 use crate::options::Options;
 use crate::pattern::{Publisher, Puller, Pusher, Replier, Requester, Subscriber, Wire};
+use crate::reply::Reply;
 use std::time::Duration;
 
 /// The QUIC wire (`quic://HOST:PORT?pin=HEX`).
@@ -97,5 +98,11 @@ impl Replier for QuicReplier {
         F: FnOnce(&[u8]) -> Vec<u8> + Send,
     {
         QuicReplier::serve_one(self, |req| answer(req)).await
+    }
+    async fn serve_one_into<F>(&mut self, answer: F) -> Result<()>
+    where
+        F: FnOnce(&[u8], &mut Reply<'_>) + Send,
+    {
+        QuicReplier::serve_one_into(self, |req, out| answer(req, out)).await
     }
 }
