@@ -13,7 +13,7 @@
 
 use super::proto::{locate, Control, Op, CONTROL_LEN};
 use super::sock::{
-    ask, ask_parts, close_pipe, context, ctx_recv, ctx_send, lock, pipe_id, Body, Sock,
+    ask, ask_parts, begin, close_pipe, context, ctx_recv, lock, pipe_id, Body, Sock, Started,
 };
 use crate::address::Address;
 use crate::envelope::Kind;
@@ -136,22 +136,36 @@ pub const REPLY_WAIT: Duration = Duration::from_secs(10);
 /// Answers that may wait at once for one connection; a request from a
 /// connection with that many is dropped with the connection.
 const MAX_WAITING: usize = 8;
-/// How long `serve_one` waits for its answer to be taken before leaving
-/// it to the background (taken at once, it completes in microseconds;
-/// each wait this long is time nobody else is served).
+/// How long an answer not yet taken when its context comes round again
+/// is waited for before it is left to the background (taken at once, it
+/// completes in microseconds; each wait this long is time nobody else is
+/// served).
 const QUICK: Duration = Duration::from_millis(2);
+/// How long a dropped replier keeps its socket open for the answers it
+/// handed over that were not taken yet.
+const LINGER: Duration = Duration::from_secs(1);
 
 /// Answering end over nng.
 ///
-/// An answer goes out at once unless its connection still holds an
-/// earlier answer its peer has not read; then it waits in the background
-/// (at most [`REPLY_WAIT`], at most a few per connection) while the
-/// replier goes on serving others on a fresh nng context. (Found by
-/// tests/nng_hostile.rs: one requester that asked without reading blocked
-/// the replier's only context, so nobody else was served.)
+/// An answer is handed to nng and `serve_one` returns without waiting
+/// for it to be taken (one wake-up less per request). Requests are
+/// received on two nng contexts in turn, so an answer's send is still
+/// going on one while the next request is received on the other; when a
+/// context comes round again, its answer was taken long before, unless
+/// its connection still holds an earlier answer its peer has not read.
+/// Then the answer waits in the background (at most [`REPLY_WAIT`], at
+/// most a few per connection) while the replier goes on serving others
+/// on a fresh nng context. (Found by tests/nng_hostile.rs: one requester
+/// that asked without reading blocked the replier's only context, so
+/// nobody else was served.)
 pub struct NngReplier {
-    sock: Sock,
-    ctx: super::sock::Ctx,
+    sock: Arc<Sock>,
+    /// The two contexts requests are received on in turn.
+    ctxs: [super::sock::Ctx; 2],
+    /// Which of them the next request is received on.
+    turn: usize,
+    /// The answer last handed over on each context, until seen taken.
+    sending: [Option<Sending>; 2],
     id: u64,
     max_message: usize,
     /// Answers waiting in the background, per connection.
@@ -181,10 +195,12 @@ impl NngReplier {
         // takes them, so a requester's connection can be silent to us
         // while it waits for a slow replier; dropping it would run its
         // request twice.
-        let ctx = context(&sock)?;
+        let ctxs = [context(&sock)?, context(&sock)?];
         Ok(NngReplier {
-            sock,
-            ctx,
+            sock: Arc::new(sock),
+            ctxs,
+            turn: 0,
+            sending: [None, None],
             id: PeerId::random().0,
             max_message: opts.max_message,
             waiting: Arc::default(),
@@ -214,8 +230,11 @@ impl NngReplier {
     where
         F: FnOnce(&Frame<'static>, &mut Reply<'_>) + Send,
     {
+        let k = self.turn;
+        self.turn ^= 1;
+        self.settle(k).await?;
         let (req, pipe) = loop {
-            let mut m = ctx_recv(&self.ctx, &self.sock.address).await?;
+            let mut m = ctx_recv(&self.ctxs[k], &self.sock.address).await?;
             if let Some(p) = m.pipe() {
                 self.sock.pipes.touch(p);
             }
@@ -261,29 +280,49 @@ impl NngReplier {
             r.as_mut_slice()[..PRE_LEN].copy_from_slice(&pre);
             r.push_back(&ZEROS[..pad]);
         }
-        let (ctx, address) = (self.ctx.clone(), self.sock.address.clone());
-        let mut send = Box::pin(async move { ctx_send(&ctx, r, &address).await });
+        let ctx = &self.ctxs[k];
+        let op = begin(|aio| ctx.send(aio, r).map_err(|(_, e)| e))?;
+        self.sending[k] = Some(Sending { op, pipe });
+        Ok(())
+    }
+
+    /// Makes context `k` free to receive: the answer last handed over on
+    /// it was taken, or is left to wait in the background (its
+    /// connection has not taken an earlier answer yet) while `k` becomes
+    /// a fresh context (a context answers one request at a time).
+    async fn settle(&mut self, k: usize) -> Result<()> {
+        // Kept in place while waited for: a call dropped meanwhile leaves
+        // it going (dropping it would cancel the answer).
+        let Some(s) = self.sending[k].as_mut() else {
+            return Ok(());
+        };
         // Behind an answer already waiting for its connection, this one
-        // waits too: no time is spent trying.
-        let behind = pipe.is_some_and(|p| lock(&self.waiting).contains_key(&p));
-        if !behind {
-            if let Ok(r) = tokio::time::timeout(QUICK, send.as_mut()).await {
-                return r;
-            }
+        // waits too: no time is spent on it.
+        let behind = s.pipe.is_some_and(|p| lock(&self.waiting).contains_key(&p));
+        if s.op.completed().is_some()
+            || (!behind && tokio::time::timeout(QUICK, s.op.wait()).await.is_ok())
+        {
+            self.sending[k] = None;
+            return Ok(());
         }
-        // The connection has not taken an earlier answer yet: this one
-        // waits in the background, and the next request comes on a
-        // fresh context (a context answers one request at a time).
-        self.ctx = context(&self.sock)?;
+        let Some(s) = self.sending[k].take() else {
+            return Ok(());
+        };
+        let ctx = std::mem::replace(&mut self.ctxs[k], context(&self.sock)?);
+        let Sending { op, pipe } = s;
         let Some(pipe) = pipe else {
-            tokio::spawn(send);
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(REPLY_WAIT, op.result()).await;
+                drop(ctx);
+            });
             return Ok(());
         };
         *lock(&self.waiting).entry(pipe).or_insert(0) += 1;
         let waiting = self.waiting.clone();
         let address = self.sock.address.clone();
         tokio::spawn(async move {
-            let taken = tokio::time::timeout(REPLY_WAIT, send).await.is_ok();
+            let taken = tokio::time::timeout(REPLY_WAIT, op.result()).await.is_ok();
+            drop(ctx);
             let mut w = lock(&waiting);
             if let Some(n) = w.get_mut(&pipe) {
                 *n -= 1;
@@ -298,5 +337,38 @@ impl NngReplier {
             }
         });
         Ok(())
+    }
+}
+
+/// An answer handed to nng, and the connection it goes to.
+struct Sending {
+    op: Started,
+    pipe: Option<nng::Pipe>,
+}
+
+impl Drop for NngReplier {
+    /// Closes the socket once the answers handed over were taken (up to
+    /// [`LINGER`], in the background when inside a tokio runtime), so the
+    /// last ones are not cut off.
+    fn drop(&mut self) {
+        let going: Vec<Sending> = self
+            .sending
+            .iter_mut()
+            .filter_map(Option::take)
+            .filter_map(|mut s| s.op.completed().is_none().then_some(s))
+            .collect();
+        if going.is_empty() {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let keep = (self.sock.clone(), self.ctxs.clone());
+        rt.spawn(async move {
+            for s in going {
+                let _ = tokio::time::timeout(LINGER, s.op.result()).await;
+            }
+            drop(keep);
+        });
     }
 }

@@ -364,6 +364,15 @@ impl Sock {
 /// Runs one asynchronous nng operation started by `start` on a fresh
 /// `Aio` and awaits its result.
 async fn run(start: impl FnOnce(&Aio) -> std::result::Result<(), nng::Error>) -> Result<AioResult> {
+    begin(start)?.result().await
+}
+
+/// Starts one asynchronous nng operation by `start` on a fresh `Aio`; its
+/// result is awaited (or looked at) later, so another operation can start
+/// meanwhile. Dropped before its result came, it cancels the operation.
+pub(crate) fn begin(
+    start: impl FnOnce(&Aio) -> std::result::Result<(), nng::Error>,
+) -> Result<Started> {
     let (tx, rx) = oneshot::channel();
     let tx = Mutex::new(Some(tx));
     let aio = Aio::new(move |_, res| {
@@ -377,7 +386,35 @@ async fn run(start: impl FnOnce(&Aio) -> std::result::Result<(), nng::Error>) ->
         let _starting = GATE.read().unwrap_or_else(|e| e.into_inner());
         start(&aio.0).map_err(|e| io("starting an nng operation", e))?;
     }
-    rx.await.map_err(|_| Error::Closed)
+    Ok(Started { rx, _aio: aio })
+}
+
+/// An nng operation in progress (see [`begin`]).
+pub(crate) struct Started {
+    rx: oneshot::Receiver<AioResult>,
+    /// Declared last: dropped after `rx`, it cancels the operation if it
+    /// is still going and waits for its callback.
+    _aio: Quiesced,
+}
+
+impl Started {
+    /// The operation's result, once it completes.
+    pub async fn result(mut self) -> Result<AioResult> {
+        self.wait().await
+    }
+
+    /// Waits for the operation's result (cancel-safe: dropped before it
+    /// came, the operation goes on). Not to be called again once it
+    /// returned.
+    pub async fn wait(&mut self) -> Result<AioResult> {
+        (&mut self.rx).await.map_err(|_| Error::Closed)
+    }
+
+    /// The operation's result if it completed, without waiting (taken:
+    /// not to be waited for afterwards).
+    pub fn completed(&mut self) -> Option<AioResult> {
+        self.rx.try_recv().ok()
+    }
 }
 
 /// An `Aio` that, when dropped, cancels its operation and waits for its
@@ -618,6 +655,10 @@ pub(crate) async fn ask_parts(
             for p in parts {
                 m.push_back(p);
             }
+            // One operation at a time on the context: NNG 1.4's REQ
+            // assumes no receive is pending while its question is (a
+            // receive started beside the send, then both cancelled, made
+            // it free the question twice: SIGSEGV in tests/nng_silent.rs).
             ctx_send(ctx, m, &sock.address).await?;
             ctx_recv(ctx, &sock.address).await
         };
