@@ -63,7 +63,9 @@ impl<'a> Reply<'a> {
     }
 
     /// Makes room for at least `additional` more bytes (a reply of known
-    /// length is then written without growing its memory again).
+    /// length is then written without growing its memory again). Growth
+    /// is amortised as `Vec`'s is: reserving piece by piece does not copy
+    /// the reply again each time.
     pub fn reserve(&mut self, additional: usize) {
         match &mut self.out {
             Out::Vec(v) => v.reserve(additional),
@@ -71,10 +73,14 @@ impl<'a> Reply<'a> {
             Out::Nng(m, cap) => {
                 let want = m.len().saturating_add(additional);
                 if want > *cap {
-                    let mut grown = ::nng::Message::with_capacity(want);
+                    // Doubled at least, and room for the wire's padding
+                    // after the payload (up to 15 bytes), so that adding
+                    // it does not copy the whole reply once more.
+                    let grown_cap = want.max(cap.saturating_mul(2)).saturating_add(15);
+                    let mut grown = ::nng::Message::with_capacity(grown_cap);
                     grown.push_back(m.as_slice());
                     **m = grown;
-                    *cap = want;
+                    *cap = grown_cap;
                 }
             }
         }
@@ -87,7 +93,7 @@ impl<'a> Reply<'a> {
             let (len, cap) = (m.len(), *cap);
             let want = len.saturating_add(bytes.len());
             if want > cap {
-                self.reserve(want.max(cap.saturating_mul(2)) - len);
+                self.reserve(bytes.len());
             }
         }
         match &mut self.out {

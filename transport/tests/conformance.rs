@@ -245,6 +245,55 @@ async fn replies_in_place<W: Wire>(a: Address) {
     client.await.unwrap();
 }
 
+/// A reply over the replier's message limit is refused to the replier,
+/// and its requester learns at once that no answer comes (an error, not a
+/// wait without end); the replier then serves on. Network wires only: the
+/// shm and in-process repliers do not apply `max_message` to replies.
+async fn reply_over_limit<W: Wire>(a: Address) {
+    let o = Options::default()
+        .max_message(1024)
+        .connect_timeout(Duration::from_millis(500));
+    let mut server = W::bind_replier(&a, &o).await.unwrap();
+    let a = server.address();
+    let client = tokio::spawn(async move {
+        let mut c = W::connect_requester(&a, &o).await.unwrap();
+        let big = tokio::time::timeout(10 * SEC, c.request(b"big"))
+            .await
+            .map(|r| r.map(|f| f.len()));
+        assert!(
+            matches!(big, Ok(Err(_))),
+            "an unanswerable request: {big:?}"
+        );
+        let mut c = W::connect_requester(&a, &o).await.unwrap();
+        let r = tokio::time::timeout(10 * SEC, c.request(b"small"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&*r, b"small!");
+    });
+    let served = async {
+        loop {
+            match server
+                .serve_one(|q| {
+                    if q == b"big" {
+                        vec![0; 4096]
+                    } else {
+                        [q, b"!"].concat()
+                    }
+                })
+                .await
+            {
+                Err(Error::TooLarge { .. }) => continue,
+                r => r.unwrap(),
+            }
+        }
+    };
+    tokio::select! {
+        _ = served => {}
+        r = client => r.unwrap(),
+    }
+}
+
 /// `a` as a binder takes it: without a QUIC pin (a binder makes its own
 /// certificate).
 fn bindable(a: &Address) -> Address {
@@ -350,3 +399,32 @@ suite!(nng_tcp, shoal_transport::Nng, |_| common::tcp_addr(
 ));
 #[cfg(feature = "quic")]
 suite!(quic, shoal_transport::Quic, quic_addr);
+
+/// [`reply_over_limit`] on each network wire.
+mod reply_limit {
+    use super::*;
+
+    #[cfg(feature = "nng")]
+    #[test]
+    fn nng_tcp_a_reply_over_the_limit_is_an_error_for_both_ends() {
+        rt().block_on(reply_over_limit::<shoal_transport::Nng>(common::tcp_addr(
+            "nng+tcp",
+        )));
+    }
+
+    #[cfg(feature = "nng")]
+    #[test]
+    fn nng_ipc_a_reply_over_the_limit_is_an_error_for_both_ends() {
+        rt().block_on(reply_over_limit::<shoal_transport::Nng>(common::ipc_addr(
+            "overlimit",
+        )));
+    }
+
+    #[cfg(feature = "quic")]
+    #[test]
+    fn quic_a_reply_over_the_limit_is_an_error_for_both_ends() {
+        rt().block_on(reply_over_limit::<shoal_transport::Quic>(bindable(
+            &quic_addr("overlimit"),
+        )));
+    }
+}

@@ -274,7 +274,14 @@ impl NngReplier {
             answer(&req, &mut out);
             out.len()
         };
-        Error::check_payload(len, self.max_message)?;
+        if let Err(e) = Error::check_payload(len, self.max_message) {
+            // Nothing will answer this request: its connection is dropped,
+            // so its requester learns it at once instead of waiting.
+            if let Some(p) = pipe {
+                close_pipe(p);
+            }
+            return Err(e);
+        }
         if !self.native {
             let (pre, pad) = wrap(Op::Answer, Kind::Reply, self.id, len)?;
             r.as_mut_slice()[..PRE_LEN].copy_from_slice(&pre);
@@ -347,9 +354,12 @@ struct Sending {
 }
 
 impl Drop for NngReplier {
-    /// Closes the socket once the answers handed over were taken (up to
-    /// [`LINGER`], in the background when inside a tokio runtime), so the
-    /// last ones are not cut off.
+    /// Closes the socket once the answers handed over were taken by their
+    /// connections (up to [`LINGER`] in all, in the background when
+    /// inside a tokio runtime; the address stays bound meanwhile).
+    /// Taken is not delivered: a large answer still being written to its
+    /// connection when the replier is dropped is cut off, and its
+    /// requester asks again or learns that the replier is gone.
     fn drop(&mut self) {
         let going: Vec<Sending> = self
             .sending
@@ -365,8 +375,9 @@ impl Drop for NngReplier {
         };
         let keep = (self.sock.clone(), self.ctxs.clone());
         rt.spawn(async move {
+            let deadline = tokio::time::Instant::now() + LINGER;
             for s in going {
-                let _ = tokio::time::timeout(LINGER, s.op.result()).await;
+                let _ = tokio::time::timeout_at(deadline, s.op.result()).await;
             }
             drop(keep);
         });

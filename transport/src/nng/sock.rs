@@ -451,10 +451,12 @@ impl Drop for Quiesced {
 /// down and drops the publisher's serving tasks). A context closing
 /// meanwhile (see [`Ctx`]), or an operation starting on it (the start
 /// releases its hold of the context, the last one once the socket closed,
-/// and closes it), does the same. All three take this lock shared,
-/// [`Sock::close`] takes it exclusively. One lock for the process:
-/// cancels are short and closes rare, and a close need not know which
-/// operations are on its socket.
+/// and closes it), does the same. Those, and opening a context, take
+/// this lock shared, [`Sock::close`] takes it exclusively. One lock for
+/// the process: cancels are short and closes rare, and a close need not
+/// know which operations are on its socket. Nothing done under the shared
+/// lock may take it again (a writer waiting in between would deadlock
+/// both): a start closure must not drop a [`Ctx`].
 static GATE: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
 /// Maps an nng operation's failure.
@@ -588,7 +590,13 @@ pub(crate) fn resend_after(sock: &Sock, t: Option<Duration>) -> Result<()> {
 
 /// A context of `sock` (independent request state on a shared socket).
 pub(crate) fn context(sock: &Sock) -> Result<Ctx> {
-    let ctx = Context::new(&sock.socket).map_err(|e| io("opening an nng context", e))?;
+    // Gated too: NNG 1.4 can leave a context opened while its socket
+    // closes out of the close's list, and the close then waits for it for
+    // ever.
+    let ctx = {
+        let _opening = GATE.read().unwrap_or_else(|e| e.into_inner());
+        Context::new(&sock.socket).map_err(|e| io("opening an nng context", e))?
+    };
     Ok(Ctx(Arc::new(Gated(std::mem::ManuallyDrop::new(ctx)))))
 }
 
