@@ -355,7 +355,7 @@ struct Sending {
 
 impl Drop for NngReplier {
     /// Closes the socket once the answers handed over were taken by their
-    /// connections (up to [`LINGER`] in all, in the background when
+    /// connections (up to a second in all, in the background when
     /// inside a tokio runtime; the address stays bound meanwhile).
     /// Taken is not delivered: a large answer still being written to its
     /// connection when the replier is dropped is cut off, and its
