@@ -56,6 +56,8 @@ pub mod reply;
 #[cfg(feature = "shm")]
 pub mod shm;
 #[cfg(any(feature = "nng", feature = "quic"))]
+pub(crate) mod waiting;
+#[cfg(any(feature = "nng", feature = "quic"))]
 pub(crate) mod window;
 
 /// Entry points for the fuzz targets (`fuzz/`): not an API.

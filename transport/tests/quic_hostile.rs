@@ -111,17 +111,27 @@ async fn hostile_streams(conn: quinn::Connection, stop: Arc<AtomicBool>) -> u64 
                 h
             }
         };
-        let _ = send.write_all(&bytes).await;
-        let _ = send.finish();
-        // The listener answers with a reset (or nothing), never a reply.
-        let mut buf = [0u8; 64];
-        match tokio::time::timeout(2 * SEC, recv.read(&mut buf)).await {
-            Ok(Ok(Some(n))) if n > 0 => panic!("a hostile stream was answered"),
-            _ => refused += 1,
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        refuses(&mut send, &mut recv, &bytes, "a hostile stream").await;
+        refused += 1;
     }
     refused
+}
+
+/// Writes `bytes` on a stream and finishes it; the listener answers with
+/// a reset (or nothing), never a reply.
+async fn refuses(
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    bytes: &[u8],
+    what: &str,
+) {
+    let _ = send.write_all(bytes).await;
+    let _ = send.finish();
+    let mut buf = [0u8; 64];
+    if let Ok(Ok(Some(n))) = tokio::time::timeout(2 * SEC, recv.read(&mut buf)).await {
+        assert!(n == 0, "{what} was answered");
+    }
+    tokio::time::sleep(Duration::from_millis(2)).await;
 }
 
 #[test]
@@ -438,14 +448,9 @@ async fn hostile_batches(conn: quinn::Connection, stop: Arc<AtomicBool>) -> u64 
                 continue;
             }
         };
-        let _ = send.write_all(&bytes).await;
-        let _ = send.finish();
-        let mut buf = [0u8; 64];
-        match tokio::time::timeout(2 * SEC, recv.read(&mut buf)).await {
-            Ok(Ok(Some(n))) if n > 0 => panic!("a hostile batch ({}) was answered", k % 6),
-            _ => refused += 1,
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        let what = format!("a hostile batch ({})", k % 6);
+        refuses(&mut send, &mut recv, &bytes, &what).await;
+        refused += 1;
     }
     refused
 }

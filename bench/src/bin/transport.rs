@@ -288,15 +288,7 @@ fn nng_raw(size: usize, iters: u64, ipc: bool) -> Measurement {
     use nng::options::Options as _;
     let total = total_of(iters);
     let warm = warmup(iters);
-    let url = if ipc {
-        format!("ipc:///tmp/shoal-bench-raw-{}.sock", std::process::id())
-    } else {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .unwrap_or(0);
-        format!("tcp://127.0.0.1:{port}")
-    };
+    let url = nng_raw_url("raw", ipc);
     let mut m = Measurement::new("nng", "rpc", "park", "latency_round_trip_ns")
         .payload(size as u64)
         .transport(if ipc { "nng-ipc" } else { "nng-tcp" });
@@ -364,6 +356,34 @@ fn nng_raw(size: usize, iters: u64, ipc: bool) -> Measurement {
     m
 }
 
+/// A raw quinn server configuration for `id`, with the TLS shoal's QUIC
+/// backend uses: the raw peers' listening side.
+fn quinn_server_config(
+    id: &shoal_transport::quic::tls::Identity,
+) -> Result<quinn::ServerConfig, String> {
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(
+        id.server_config().map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(quinn::ServerConfig::with_crypto(std::sync::Arc::new(
+        crypto,
+    )))
+}
+
+/// The URL a raw nng peer listens at: an ipc path named by `tag` and
+/// this process, or a loopback TCP port free a moment ago.
+fn nng_raw_url(tag: &str, ipc: bool) -> String {
+    if ipc {
+        format!("ipc:///tmp/shoal-bench-{tag}-{}.sock", std::process::id())
+    } else {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or(0);
+        format!("tcp://127.0.0.1:{port}")
+    }
+}
+
 /// A raw quinn client connected to `127.0.0.1:port`, pinning `pin` as
 /// shoal's QUIC backend does (same TLS): the raw peers' side of a
 /// connection.
@@ -390,7 +410,6 @@ async fn quinn_connect(
 /// Raw quinn, one stream: the peer.
 fn quinn_raw(size: usize, iters: u64, per_request: bool) -> Measurement {
     use shoal_transport::quic::tls::Identity;
-    use std::sync::Arc;
     let total = total_of(iters);
     let warm = warmup(iters);
     let mut m = Measurement::new(
@@ -410,11 +429,7 @@ fn quinn_raw(size: usize, iters: u64, per_request: bool) -> Measurement {
         rt().block_on(async move {
             let served = async {
                 let id = Identity::generate().map_err(|e| e.to_string())?;
-                let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(
-                    id.server_config().map_err(|e| e.to_string())?,
-                )
-                .map_err(|e| e.to_string())?;
-                let cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+                let cfg = quinn_server_config(&id)?;
                 let ep = quinn::Endpoint::server(cfg, "127.0.0.1:0".parse().expect("addr"))
                     .map_err(|e| e.to_string())?;
                 let port = ep.local_addr().map_err(|e| e.to_string())?.port();

@@ -42,6 +42,7 @@ use crate::address::Address;
 use crate::error::{Error, Result};
 use crate::frame::{Frame, SharedBytes};
 use crate::options::Options;
+use crate::waiting::until_count;
 use nng::options::Options as _;
 use nng::{Message, Protocol};
 use std::future::Future;
@@ -154,12 +155,7 @@ impl std::fmt::Debug for NativePublisher {
 impl NativePublisher {
     /// Binds an nng PUB socket at `address`.
     pub fn bind(address: &Address, opts: &Options) -> Result<NativePublisher> {
-        let sock = Sock::listen(
-            Protocol::Pub0,
-            address,
-            opts.max_message,
-            opts.listener_conns(),
-        )?;
+        let sock = Sock::listen_with(Protocol::Pub0, address, opts)?;
         depth(&sock, Queue::Send, depth_for(opts));
         Ok(NativePublisher {
             sock,
@@ -185,22 +181,9 @@ impl NativePublisher {
 
     /// Waits until at least `n` subscribers are connected.
     pub async fn wait_for_subscribers(&mut self, n: u32, timeout: Duration) -> Result<u32> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let changed = self.sock.pipes.changed.notified();
-            let k = self.sock.pipes.count() as u32;
-            if k >= n {
-                return Ok(k);
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(Error::Timeout {
-                    what: "waiting for subscribers",
-                    after: timeout,
-                });
-            }
-            let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), changed).await;
-        }
+        let pipes = &self.sock.pipes;
+        let count = || pipes.count() as u32;
+        until_count(&pipes.changed, count, n, timeout, "waiting for subscribers").await
     }
 }
 
@@ -226,13 +209,7 @@ impl std::fmt::Debug for NativeSubscriber {
 impl NativeSubscriber {
     /// Dials the nng PUB socket at `address`.
     pub async fn connect(address: &Address, opts: &Options) -> Result<NativeSubscriber> {
-        let sock = Sock::dial(
-            Protocol::Sub0,
-            address,
-            opts.max_message,
-            opts.connect_timeout,
-        )
-        .await?;
+        let sock = Sock::dial_with(Protocol::Sub0, address, opts).await?;
         depth(&sock, Queue::Recv, depth_for(opts));
         Ok(NativeSubscriber {
             sock,
@@ -329,13 +306,7 @@ impl std::fmt::Debug for NativePusher {
 impl NativePusher {
     /// Dials the nng PULL socket at `address`.
     pub async fn connect(address: &Address, opts: &Options) -> Result<NativePusher> {
-        let sock = Sock::dial(
-            Protocol::Push0,
-            address,
-            opts.max_message,
-            opts.connect_timeout,
-        )
-        .await?;
+        let sock = Sock::dial_with(Protocol::Push0, address, opts).await?;
         depth(&sock, Queue::Send, depth_for(opts));
         Ok(NativePusher {
             sock,
@@ -382,12 +353,7 @@ impl std::fmt::Debug for NativePuller {
 impl NativePuller {
     /// Binds an nng PULL socket at `address`.
     pub fn bind(address: &Address, opts: &Options) -> Result<NativePuller> {
-        let sock = Sock::listen(
-            Protocol::Pull0,
-            address,
-            opts.max_message,
-            opts.listener_conns(),
-        )?;
+        let sock = Sock::listen_with(Protocol::Pull0, address, opts)?;
         depth(&sock, Queue::Recv, depth_for(opts));
         Ok(NativePuller {
             sock,
@@ -398,13 +364,7 @@ impl NativePuller {
 
     /// Dials an nng PUSH socket listening at `address`.
     pub async fn connect(address: &Address, opts: &Options) -> Result<NativePuller> {
-        let sock = Sock::dial(
-            Protocol::Pull0,
-            address,
-            opts.max_message,
-            opts.connect_timeout,
-        )
-        .await?;
+        let sock = Sock::dial_with(Protocol::Pull0, address, opts).await?;
         depth(&sock, Queue::Recv, depth_for(opts));
         Ok(NativePuller {
             sock,

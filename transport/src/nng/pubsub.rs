@@ -48,6 +48,7 @@ use crate::envelope::Kind;
 use crate::error::{Error, Result};
 use crate::frame::{Frame, PeerId, SharedBytes};
 use crate::options::Options;
+use crate::waiting::until_count;
 use nng::{Message, Pipe, Protocol};
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
@@ -459,27 +460,12 @@ impl FlowPublisher {
     /// Waits until at least `n` subscribers are registered.
     pub async fn wait_for_subscribers(&mut self, n: u32, timeout: Duration) -> Result<u32> {
         let s = &self.shared;
-        let deadline = Instant::now() + timeout;
-        loop {
-            let mut room = pin!(s.room.notified());
-            room.as_mut().enable();
-            let k = {
-                let mut st = lock(&s.state);
-                s.evict_gone(&mut st);
-                st.subs.len() as u32
-            };
-            if k >= n {
-                return Ok(k);
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(Error::Timeout {
-                    what: "waiting for subscribers",
-                    after: timeout,
-                });
-            }
-            let _ = tokio::time::timeout(left.min(Duration::from_millis(100)), room).await;
-        }
+        let count = || {
+            let mut st = lock(&s.state);
+            s.evict_gone(&mut st);
+            st.subs.len() as u32
+        };
+        until_count(&s.room, count, n, timeout, "waiting for subscribers").await
     }
 }
 

@@ -432,12 +432,7 @@ impl QueuePuller {
             what: "binding an nng puller".into(),
             source: std::io::Error::other("must be called inside a tokio runtime"),
         })?;
-        let sock = Sock::listen(
-            Protocol::Rep0,
-            address,
-            opts.max_message,
-            opts.listener_conns(),
-        )?;
+        let sock = Sock::listen_with(Protocol::Rep0, address, opts)?;
         // Connections that bring nothing are dropped (every question to a
         // queue is taken at once, so a live client's connection is never
         // silent for long while it asks; an idle pusher redials).

@@ -185,12 +185,7 @@ impl std::fmt::Debug for NngReplier {
 impl NngReplier {
     /// Binds a replier at `address`.
     pub fn bind(address: &Address, opts: &Options) -> Result<NngReplier> {
-        let sock = Sock::listen(
-            Protocol::Rep0,
-            address,
-            opts.max_message,
-            opts.listener_conns(),
-        )?;
+        let sock = Sock::listen_with(Protocol::Rep0, address, opts)?;
         // No idle reaping here: requests wait in nng until `serve_one`
         // takes them, so a requester's connection can be silent to us
         // while it waits for a slow replier; dropping it would run its

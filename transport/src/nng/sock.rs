@@ -14,6 +14,7 @@
 
 use crate::address::{Address, Host};
 use crate::error::{Error, Result};
+use crate::waiting::until_count;
 use nng::options::Options as _;
 use nng::{Aio, AioResult, Context, Message, Pipe, PipeEvent, Protocol, Socket};
 use std::collections::HashSet;
@@ -260,6 +261,26 @@ impl Sock {
         })
     }
 
+    /// [`listen`](Self::listen) with the message limit and connection
+    /// cap `opts` give a listener.
+    pub fn listen_with(
+        protocol: Protocol,
+        address: &Address,
+        opts: &crate::options::Options,
+    ) -> Result<Sock> {
+        Sock::listen(protocol, address, opts.max_message, opts.listener_conns())
+    }
+
+    /// [`dial`](Self::dial) with the message limit and connect timeout of
+    /// `opts`.
+    pub async fn dial_with(
+        protocol: Protocol,
+        address: &Address,
+        opts: &crate::options::Options,
+    ) -> Result<Sock> {
+        Sock::dial(protocol, address, opts.max_message, opts.connect_timeout).await
+    }
+
     /// A socket listening at `address`, taking at most `max_conns`
     /// connections at once.
     pub fn listen(
@@ -312,20 +333,10 @@ impl Sock {
 
     /// Waits up to `timeout` for at least one pipe; whether there is one.
     pub async fn wait_connected(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let changed = self.pipes.changed.notified();
-            if self.pipes.count() > 0 {
-                return true;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            // A short slice too, so a notification between the count and
-            // the wait cannot be missed for long.
-            let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), changed).await;
-        }
+        let count = || self.pipes.count() as u32;
+        until_count(&self.pipes.changed, count, 1, timeout, "connecting")
+            .await
+            .is_ok()
     }
 
     /// The address this socket listens at, with the port nng chose when
@@ -568,13 +579,7 @@ pub(crate) async fn dial_req(
     address: &Address,
     opts: &crate::options::Options,
 ) -> Result<(Sock, Ctx)> {
-    let sock = Sock::dial(
-        Protocol::Req0,
-        address,
-        opts.max_message,
-        opts.connect_timeout,
-    )
-    .await?;
+    let sock = Sock::dial_with(Protocol::Req0, address, opts).await?;
     resend_after(&sock, None)?;
     let ctx = context(&sock)?;
     Ok((sock, ctx))

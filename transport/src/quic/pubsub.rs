@@ -31,8 +31,8 @@ use crate::envelope::{encode_into, Header, Kind};
 use crate::error::{Error, Result};
 use crate::frame::{Frame, PeerId};
 use crate::options::Options;
+use crate::waiting::until_count;
 use quinn::{Connection, VarInt};
-use std::pin::pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
@@ -337,27 +337,13 @@ impl QuicPublisher {
 
     /// Waits until at least `n` subscribers are connected.
     pub async fn wait_for_subscribers(&mut self, n: u32, timeout: Duration) -> Result<u32> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let mut joined = pin!(self.shared.joined.notified());
-            joined.as_mut().enable();
-            let k = {
-                let mut subs = lock(&self.shared.subs);
-                subs.list.retain(|s| !s.tx.is_closed());
-                subs.list.len() as u32
-            };
-            if k >= n {
-                return Ok(k);
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(Error::Timeout {
-                    what: "waiting for subscribers",
-                    after: timeout,
-                });
-            }
-            let _ = tokio::time::timeout(left.min(Duration::from_millis(100)), joined).await;
-        }
+        let shared = &self.shared;
+        let count = || {
+            let mut subs = lock(&shared.subs);
+            subs.list.retain(|s| !s.tx.is_closed());
+            subs.list.len() as u32
+        };
+        until_count(&shared.joined, count, n, timeout, "waiting for subscribers").await
     }
 }
 

@@ -191,15 +191,7 @@ fn via_pubsub<W: Wire>(
 /// Raw nng PUSH/PULL: this process pulls (listening), the child pushes.
 pub fn nng_raw(size: usize, ms: u64, ipc: bool) -> Measurement {
     let mut m = measurement("nng", "park", size, if ipc { "nng-ipc" } else { "nng-tcp" });
-    let url = if ipc {
-        format!("ipc:///tmp/shoal-bench-ow-raw-{}.sock", std::process::id())
-    } else {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .unwrap_or(0);
-        format!("tcp://127.0.0.1:{port}")
-    };
+    let url = super::nng_raw_url("ow-raw", ipc);
     let r = (|| {
         use nng::options::Options as _;
         // Fork before this process starts nng's threads; the child dials
@@ -263,11 +255,7 @@ pub fn quinn_raw(size: usize, ms: u64) -> Measurement {
         })
         .map_err(|e| e.to_string())?;
         rt().block_on(async {
-            let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(
-                id.server_config().map_err(|e| e.to_string())?,
-            )
-            .map_err(|e| e.to_string())?;
-            let cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+            let cfg = super::quinn_server_config(&id)?;
             let ep = quinn::Endpoint::new(
                 quinn::EndpointConfig::default(),
                 Some(cfg),
