@@ -88,14 +88,7 @@ impl<'a> Reply<'a> {
 
     /// Adds `bytes` to the reply.
     pub fn extend_from_slice(&mut self, bytes: &[u8]) {
-        #[cfg(feature = "nng")]
-        if let Out::Nng(m, cap) = &self.out {
-            let (len, cap) = (m.len(), *cap);
-            let want = len.saturating_add(bytes.len());
-            if want > cap {
-                self.reserve(bytes.len());
-            }
-        }
+        self.reserve(bytes.len());
         match &mut self.out {
             Out::Vec(v) => v.extend_from_slice(bytes),
             #[cfg(feature = "nng")]

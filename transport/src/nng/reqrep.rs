@@ -312,19 +312,15 @@ impl NngReplier {
         };
         let ctx = std::mem::replace(&mut self.ctxs[k], context(&self.sock)?);
         let Sending { op, pipe } = s;
-        let Some(pipe) = pipe else {
-            tokio::spawn(async move {
-                let _ = tokio::time::timeout(REPLY_WAIT, op.result()).await;
-                drop(ctx);
-            });
-            return Ok(());
-        };
-        *lock(&self.waiting).entry(pipe).or_insert(0) += 1;
+        if let Some(p) = pipe {
+            *lock(&self.waiting).entry(p).or_insert(0) += 1;
+        }
         let waiting = self.waiting.clone();
         let address = self.sock.address.clone();
         tokio::spawn(async move {
             let taken = tokio::time::timeout(REPLY_WAIT, op.result()).await.is_ok();
             drop(ctx);
+            let Some(pipe) = pipe else { return };
             let mut w = lock(&waiting);
             if let Some(n) = w.get_mut(&pipe) {
                 *n -= 1;
