@@ -69,8 +69,10 @@ pub fn csv(rows: &[Row]) -> String {
     s
 }
 
-/// The peer a shoal row is compared with, if any row of the same cell matches.
-fn peer_of<'a>(r: &Row, rows: &'a [Row]) -> Option<&'a Row> {
+/// The peers a shoal row is compared with: every row of the same cell
+/// that matches, one per system and mode, the one in the matching waiting
+/// mode first.
+fn peers_of<'a>(r: &Row, rows: &'a [Row]) -> Vec<&'a Row> {
     fn peer_mode(m: &str) -> &str {
         match m {
             "park" => "waitset",
@@ -89,11 +91,19 @@ fn peer_of<'a>(r: &Row, rows: &'a [Row]) -> Option<&'a Row> {
             && p.metric == r.metric
             && p.error.is_none()
     };
-    // The peer in the matching waiting mode, else the peer in any mode.
-    rows.iter()
-        .filter(same_cell)
-        .find(|p| p.mode == peer_mode(&r.mode))
-        .or_else(|| rows.iter().find(same_cell))
+    let mut peers: Vec<&Row> = Vec::new();
+    for p in rows.iter().filter(same_cell) {
+        if !peers
+            .iter()
+            .any(|q| q.system == p.system && q.mode == p.mode)
+        {
+            peers.push(p);
+        }
+    }
+    // The peer in the matching waiting mode first (stable: the rest keep
+    // the order they were measured in).
+    peers.sort_by_key(|p| p.mode != peer_mode(&r.mode));
+    peers
 }
 
 /// The floor measured interleaved in the same cell as throughput row `r`
@@ -141,16 +151,27 @@ pub fn markdown(rows: &[Row], title: &str) -> String {
             }
             _ => String::new(),
         };
-        let vs_peer = if r.system == "shoal" {
-            match (peer_of(r, rows), r.p50) {
-                (Some(p), Some(v)) => match p.p50 {
-                    Some(pv) if pv > 0.0 => format!("{:.2}x {}", v / pv, p.system),
-                    _ => String::new(),
-                },
-                _ => String::new(),
+        let vs_peer = match (r.system.as_str(), r.p50) {
+            ("shoal", Some(v)) => {
+                let peers = peers_of(r, rows);
+                // The mode is named when a system is there in several.
+                let named = |p: &Row| {
+                    if peers.iter().filter(|q| q.system == p.system).count() > 1 {
+                        format!("{} {}", p.system, p.mode)
+                    } else {
+                        p.system.clone()
+                    }
+                };
+                peers
+                    .iter()
+                    .filter_map(|p| match p.p50 {
+                        Some(pv) if pv > 0.0 => Some(format!("{:.2}x {}", v / pv, named(p))),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
             }
-        } else {
-            String::new()
+            _ => String::new(),
         };
         let (p50, p99) = match &r.error {
             Some(e) => (format!("error: {e}"), String::new()),
@@ -609,6 +630,35 @@ mod tests {
         md.lines()
             .find(|l| l.starts_with(&format!("| {start}")))
             .unwrap_or_else(|| panic!("no target line {start:?} in\n{md}"))
+    }
+
+    #[test]
+    fn a_shoal_row_is_compared_with_every_peer_of_its_cell() {
+        let lat = "latency_round_trip_ns";
+        let net = |system: &str, mode: &str, p50: f64| {
+            let mut r = row(system, "rpc", 64, lat, p50, 50.0);
+            r.transport = "nng-tcp".into();
+            r.mode = mode.into();
+            r
+        };
+        let mut quic = net("quinn", "park", 50.0);
+        quic.transport = "quic".into();
+        let rows = [
+            net("shoal", "park", 110.0),
+            net("nng", "park", 100.0),
+            net("nng", "aio", 110.0),
+            // Another wire's peer is not this row's.
+            quic,
+        ];
+        let md = markdown(&rows, "t");
+        let shoal = md
+            .lines()
+            .find(|l| l.starts_with("| shoal"))
+            .unwrap_or_default();
+        assert!(
+            shoal.ends_with("| 1.10x nng park, 1.00x nng aio |"),
+            "{shoal}"
+        );
     }
 
     #[test]

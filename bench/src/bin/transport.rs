@@ -11,9 +11,14 @@
 //! replier process binds port 0 and tells the requester its address, with
 //! the QUIC pin). Metric `latency_round_trip_ns`, transport the wire.
 //!
-//! `transport nng-raw --size B --iters N [--ipc]`: the peer: raw nng
+//! `transport nng-raw --size B --iters N [--ipc] [--aio]`: the peer: raw nng
 //! REQ/REP (the NNG the nng backend is built on, blocking calls, no
 //! envelope), transport `tcp` or `ipc`.
+//!
+//! `transport nng-raw --aio ...`: the same raw REQ/REP driven the way an
+//! async program drives NNG: each send and receive an nng aio whose
+//! completion wakes a tokio task, on both sides (mode `aio`; what an async
+//! API over this NNG costs before any protocol of its own).
 //!
 //! `transport quinn-raw --size B --iters N`: the peer: raw quinn, one
 //! bidirectional stream, the requester writes B bytes and reads B back
@@ -283,13 +288,35 @@ fn rpc_net(wire: &str, size: usize, iters: u64) -> Measurement {
     m
 }
 
+/// One nng operation started by `start` on a fresh aio, awaited from
+/// tokio: the aio's callback (on an NNG thread) completes a oneshot
+/// channel, which wakes the task.
+async fn aio_op(
+    start: impl FnOnce(&nng::Aio) -> Result<(), nng::Error>,
+) -> Result<nng::AioResult, String> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let tx = std::sync::Mutex::new(Some(tx));
+    let aio = nng::Aio::new(move |_, r| {
+        if let Some(t) = tx.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = t.send(r);
+        }
+    })
+    .map_err(|e| e.to_string())?;
+    start(&aio).map_err(|e| e.to_string())?;
+    let r = rx.await.map_err(|e| e.to_string());
+    // The callback's own reference to the aio is gone once it returned.
+    aio.wait();
+    r
+}
+
 /// Raw nng REQ/REP: the peer.
-fn nng_raw(size: usize, iters: u64, ipc: bool) -> Measurement {
+fn nng_raw(size: usize, iters: u64, ipc: bool, aio: bool) -> Measurement {
     use nng::options::Options as _;
     let total = total_of(iters);
     let warm = warmup(iters);
     let url = nng_raw_url("raw", ipc);
-    let mut m = Measurement::new("nng", "rpc", "park", "latency_round_trip_ns")
+    let mode = if aio { "aio" } else { "park" };
+    let mut m = Measurement::new("nng", "rpc", mode, "latency_round_trip_ns")
         .payload(size as u64)
         .transport(if ipc { "nng-ipc" } else { "nng-tcp" });
     let (mut tell, hear) = UnixStream::pair().expect("socketpair");
@@ -305,6 +332,27 @@ fn nng_raw(size: usize, iters: u64, ipc: bool) -> Measurement {
             return 1;
         }
         let _ = writeln!(tell, "{u}");
+        if aio {
+            return rt().block_on(async {
+                for _ in 0..total {
+                    let q = match aio_op(|a| s.recv_async(a)).await {
+                        Ok(nng::AioResult::Recv(Ok(q))) => q,
+                        other => {
+                            eprintln!("nng-raw aio replier: receive: {other:?}");
+                            return 1;
+                        }
+                    };
+                    match aio_op(|a| s.send_async(a, q).map_err(|(_, e)| e)).await {
+                        Ok(nng::AioResult::Send(Ok(()))) => {}
+                        other => {
+                            eprintln!("nng-raw aio replier: send: {other:?}");
+                            return 1;
+                        }
+                    }
+                }
+                0
+            });
+        }
         for _ in 0..total {
             let q = match s.recv() {
                 Ok(q) => q,
@@ -342,6 +390,22 @@ fn nng_raw(size: usize, iters: u64, ipc: bool) -> Measurement {
             return;
         }
         let q = vec![7u8; size];
+        if aio {
+            timed!(m, total, warm, {
+                let msg = nng::Message::from(&q[..]);
+                match aio_op(|a| s.send_async(a, msg).map_err(|(_, e)| e)).await {
+                    Ok(nng::AioResult::Send(Ok(()))) => match aio_op(|a| s.recv_async(a)).await {
+                        Ok(nng::AioResult::Recv(Ok(r))) => {
+                            debug_assert_eq!(r.len(), q.len());
+                            Ok(())
+                        }
+                        other => Err(format!("receive: {other:?}")),
+                    },
+                    other => Err(format!("send: {other:?}")),
+                }
+            });
+            return;
+        }
         timed!(
             m,
             total,
@@ -657,6 +721,7 @@ fn main() {
             a.get("size", 64usize),
             a.get("iters", 4000u64),
             a.has("ipc"),
+            a.has("aio"),
         ),
         "quinn-raw" => quinn_raw(
             a.get("size", 64usize),
@@ -685,7 +750,7 @@ fn main() {
             }
         }
         _ => {
-            eprintln!("usage: transport <rpc [--wire shm|nng-tcp|nng-ipc|quic] --size B --iters N [--pin] | nng-raw --size B --iters N [--ipc] | quinn-raw --size B --iters N | tcp-raw --size B --iters N | typed --iters N | oneway --wire W [--pub] --size B --ms T | oneway-raw --peer nng|nng-ipc|quinn|tcp --size B --ms T>");
+            eprintln!("usage: transport <rpc [--wire shm|nng-tcp|nng-ipc|quic] --size B --iters N [--pin] | nng-raw --size B --iters N [--ipc] [--aio] | quinn-raw --size B --iters N | tcp-raw --size B --iters N | typed --iters N | oneway --wire W [--pub] --size B --ms T | oneway-raw --peer nng|nng-ipc|quinn|tcp --size B --ms T>");
             std::process::exit(2);
         }
     };
