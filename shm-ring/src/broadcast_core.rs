@@ -724,7 +724,7 @@ struct ReaderState {
 impl<M: RingMem<Control = BroadcastControl>> ReaderCore<M> {
     /// Claims a reader slot; the writer activates it at its next reservation.
     pub(crate) fn join(mem: M, me: ProcessId, opts: PeerOptions) -> Result<Self> {
-        let token = claim_slot(&mem, 0..mem.nslots(), me, slot::PENDING, 0, |i| {
+        let token = claim_slot(&mem, 0..mem.nslots(), me, slot::PENDING, 0, |i, _| {
             mem.ctrl().data_ec.clear_slot(i)
         })?;
         mem.ctrl().status.joins.fetch_add(1, Ordering::Release);

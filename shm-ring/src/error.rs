@@ -54,6 +54,20 @@ pub enum Error {
     /// The writer closed the ring cleanly and every record has been read.
     #[error("ring closed by its writer")]
     Closed,
+    /// MPMC work accounting: claims are closed, every claimed message was
+    /// sent and every one sent was taken: no message will ever come again.
+    #[error("the work is finished: every claimed message was taken")]
+    Finished,
+    /// MPMC work accounting: claims are closed and every message that can
+    /// still come was taken, but producers that died (or left) owed `lost`
+    /// claimed messages that never will.
+    #[error("the work is over but incomplete: {lost} claimed messages never came (the producer that owed them, last pid {pid}, is gone)")]
+    ProducersLost {
+        /// Claimed messages that will never be sent.
+        lost: u64,
+        /// The pid of the last producer found gone owing.
+        pid: u32,
+    },
     /// This reader was evicted by the writer (it was dead, or stalled longer
     /// than the ring's `stall_timeout`); its position is lost.
     #[error("reader was evicted by the writer")]

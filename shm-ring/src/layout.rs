@@ -12,7 +12,7 @@ use crate::wait::EventCount;
 /// First eight bytes of every segment: `b"SHOALSEG"` little-endian.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHOALSEG");
 /// Layout version; bumped on any incompatible change of this module.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 /// Size of the header page; control lines start here.
 pub const HEADER_PAGE: usize = 4096;
 /// Records start on, and are padded to, this many bytes.
@@ -372,8 +372,64 @@ pub(crate) struct MpmcControl {
     pub data_ec: CachePadded<EventCount>,
     /// Producers sleep here waiting for space.
     pub space_ec: CachePadded<EventCount>,
-    /// Nonzero once closed: consumers drain, then get `Closed`.
+    /// Nonzero once closed: consumers drain, then get `Closed` (or, when
+    /// the work accounting closed it, how the work ended: see [`WorkLine`]).
     pub closed: CachePadded<AtomicU32>,
+    /// Work accounting: claims, their closing, what dead producers owed.
+    pub work: CachePadded<WorkLine>,
+}
+
+/// The MPMC ring's work accounting (see `mpmc_core`, "Work accounting").
+/// What each producer owes (claimed and not yet committed) sits in its
+/// slot's cursor word, as [`owed_word`].
+#[derive(Debug)]
+#[repr(C)]
+pub(crate) struct WorkLine {
+    /// Nonzero once no more may be claimed.
+    pub claims_closed: AtomicU32,
+    /// How the work ended, once it did: [`work::COMPLETE`] or
+    /// [`work::INCOMPLETE`] (0 while it has not).
+    pub outcome: AtomicU32,
+    /// Messages claimed by producers that died or left before committing
+    /// them.
+    pub lost: AtomicU64,
+    /// The pid of the last such producer (for the error only).
+    pub lost_pid: AtomicU32,
+    pub _pad: AtomicU32,
+}
+
+/// Values of [`WorkLine::outcome`].
+pub(crate) mod work {
+    /// Every claimed message was committed (consumers drain, then finish).
+    pub const COMPLETE: u32 = 1;
+    /// Some claimed messages never will be: their producer is gone.
+    pub const INCOMPLETE: u32 = 2;
+}
+
+/// Bits the owed count is shifted by in a producer's cursor word (below
+/// them, the generation tag).
+const OWED_SHIFT: u32 = GEN_TAG_MASK.count_ones();
+
+/// Set in every producer's cursor word: no record position (all below
+/// 2^62) looks like it, so a scan for the consumer holding a record can
+/// never take a producer for it.
+const OWED_MARK: u64 = 1 << 62;
+
+/// Most messages one producer may owe at once.
+pub(crate) const MAX_OWED: u64 = (1 << 40) - 1;
+
+/// A producer's cursor word: it owes `owed` claimed messages, written by
+/// generation `gen`.
+#[inline]
+pub(crate) const fn owed_word(owed: u64, gen: u32) -> u64 {
+    tagged((owed << OWED_SHIFT) | OWED_MARK, gen)
+}
+
+/// The owed count of a producer's cursor word (0 for a slot never
+/// claimed, whose word is 0).
+#[inline]
+pub(crate) const fn owed_of(w: u64) -> u64 {
+    (untag(w) & !OWED_MARK) >> OWED_SHIFT
 }
 
 impl MpmcControl {
@@ -390,6 +446,13 @@ impl MpmcControl {
             data_ec: CachePadded::new(EventCount::new()),
             space_ec: CachePadded::new(EventCount::new()),
             closed: CachePadded::new(AtomicU32::new(0)),
+            work: CachePadded::new(WorkLine {
+                claims_closed: AtomicU32::new(0),
+                outcome: AtomicU32::new(0),
+                lost: AtomicU64::new(0),
+                lost_pid: AtomicU32::new(0),
+                _pad: AtomicU32::new(0),
+            }),
         }
     }
 }
@@ -454,6 +517,19 @@ mod tests {
         assert_eq!(w & rec::MASK, rec::DATA);
         assert_eq!(w & !rec::MASK, 4096);
         assert_ne!(rec::word(0, rec::DATA), 0);
+    }
+
+    #[test]
+    fn owed_words_keep_count_and_generation_apart() {
+        let w = owed_word(MAX_OWED, 0x2b);
+        assert_eq!(owed_of(w), MAX_OWED);
+        assert_eq!(w & GEN_TAG_MASK, 0x2b);
+        assert_eq!(owed_of(owed_word(0, 7)), 0);
+        // Never a consumer's "holds nothing" word, nor a record position.
+        assert_ne!(untag(w), NO_INTENT);
+        assert!(!valid_position(untag(owed_word(0, 0))));
+        assert!(!valid_position(untag(owed_word(1, 0))));
+        assert_eq!(owed_of(0), 0);
     }
 }
 

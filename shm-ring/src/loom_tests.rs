@@ -421,3 +421,75 @@ fn loom_lazy_publication_want_space_and_a_wrap() {
         reader.join().unwrap();
     });
 }
+
+/// Work accounting: a producer's last claimed commit races the close of
+/// claims by another producer. Whichever comes second must finish the work
+/// (a lost finish is a consumer parked for ever: a loom deadlock), and the
+/// consumer takes the message before it is told the work is finished.
+#[test]
+fn loom_mpmc_the_last_commit_racing_the_close_finishes_the_work() {
+    loom::model(|| {
+        let mem = mpmc_mem(1, 2);
+        let lay = Layout {
+            consumers: 1,
+            producers: 2,
+        };
+        let mut c = ConsumerCore::join(mem.clone(), &lay, me(), 0, opts()).unwrap();
+        let mut a = ProducerCore::join(mem.clone(), &lay, me(), opts()).unwrap();
+        let mut b = ProducerCore::join(mem.clone(), &lay, me(), opts()).unwrap();
+        a.claim(1, &Wait::forever()).unwrap();
+        let sender = loom::thread::spawn(move || {
+            let r = a.reserve(8, &Wait::forever()).unwrap();
+            a.commit(r, 8, rec::DATA).unwrap();
+        });
+        let closer = loom::thread::spawn(move || b.close_claims(&Wait::forever()).unwrap());
+        let g = c.take(&Wait::forever()).unwrap();
+        c.release(g.pos);
+        assert!(matches!(
+            c.take(&Wait::forever()),
+            Err(crate::Error::Finished)
+        ));
+        sender.join().unwrap();
+        closer.join().unwrap();
+    });
+}
+
+/// Work accounting: a send that claimed nothing races the close of claims.
+/// Either the send is refused (`Closed`) or the consumer gets its message
+/// before `Finished`: never `Finished` with a message still to come.
+#[test]
+fn loom_mpmc_an_unclaimed_send_racing_the_close_is_never_lost() {
+    loom::model(|| {
+        let mem = mpmc_mem(1, 2);
+        let lay = Layout {
+            consumers: 1,
+            producers: 2,
+        };
+        let mut c = ConsumerCore::join(mem.clone(), &lay, me(), 0, opts()).unwrap();
+        let mut a = ProducerCore::join(mem.clone(), &lay, me(), opts()).unwrap();
+        let mut b = ProducerCore::join(mem.clone(), &lay, me(), opts()).unwrap();
+        let sender = loom::thread::spawn(move || match a.reserve(8, &Wait::forever()) {
+            Ok(r) => {
+                a.commit(r, 8, rec::DATA).unwrap();
+                true
+            }
+            Err(crate::Error::Closed) => false,
+            Err(e) => panic!("{e:?}"),
+        });
+        let closer = loom::thread::spawn(move || b.close_claims(&Wait::forever()).unwrap());
+        let mut got = 0;
+        loop {
+            match c.take(&Wait::forever()) {
+                Ok(g) => {
+                    got += 1;
+                    c.release(g.pos);
+                }
+                Err(crate::Error::Finished) => break,
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+        let sent = sender.join().unwrap();
+        closer.join().unwrap();
+        assert_eq!(got, usize::from(sent));
+    });
+}

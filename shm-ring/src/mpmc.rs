@@ -356,6 +356,55 @@ impl MpmcProducer {
     pub fn close_ring(&self) {
         self.core.close_ring();
     }
+
+    /// Work accounting: promises `n` more messages from this producer.
+    ///
+    /// Consumers learn that the work is over (every claimed message taken,
+    /// then [`Error::Finished`]) only once claims are closed
+    /// ([`close_claims`](Self::close_claims)) and every producer sent what
+    /// it claimed; a producer that dies (or is dropped) owing makes them
+    /// end with [`Error::ProducersLost`] instead of waiting for ever.
+    /// While claims are open, a producer may also send without claiming;
+    /// once they are closed, only what was claimed can be sent. Fails with
+    /// [`Error::Closed`] once claims are closed.
+    ///
+    /// ```
+    /// use shoal_shm_ring::{Error, MpmcConfig, MpmcRing};
+    /// let ring = MpmcRing::create(&MpmcConfig::new(1 << 16, 2, 2))?;
+    /// let (mut p, mut c) = (ring.producer()?, ring.consumer()?);
+    /// p.claim(2)?;
+    /// p.close_claims()?; // no more claims; the two still count
+    /// p.send(b"one")?;
+    /// drop(c.take()?);
+    /// assert!(matches!(c.try_take(), Ok(None))); // one more is owed
+    /// p.send(b"two")?;
+    /// drop(c.take()?);
+    /// assert!(matches!(c.take(), Err(Error::Finished)));
+    /// # Ok::<(), Error>(())
+    /// ```
+    pub fn claim(&mut self, n: u64) -> Result<()> {
+        self.claim_with(n, Wait::forever())
+    }
+
+    /// [`claim`](Self::claim), waiting for the reservation lock as `wait`
+    /// allows.
+    pub fn claim_with(&mut self, n: u64, wait: Wait<'_>) -> Result<()> {
+        self.core.claim(n, &wait)
+    }
+
+    /// Messages this producer claimed and has not sent yet.
+    pub fn owed(&self) -> u64 {
+        self.core.owed()
+    }
+
+    /// Work accounting: closes claims for every producer of the ring. What
+    /// was claimed can still be sent; a send owing nothing fails with
+    /// [`Error::Closed`]. Once every claimed message was sent, consumers
+    /// take what is left and then get [`Error::Finished`] (see
+    /// [`claim`](Self::claim)).
+    pub fn close_claims(&mut self) -> Result<()> {
+        self.core.close_claims(&Wait::forever())
+    }
 }
 
 impl Drop for MpmcProducer {
@@ -540,6 +589,10 @@ impl MpmcConsumer {
     }
 
     /// Waits for a record and takes it.
+    ///
+    /// On a ring whose work is over (see [`MpmcProducer::claim`]) it ends
+    /// with [`Error::Finished`] or [`Error::ProducersLost`] once everything
+    /// left was taken; on a ring closed outright, with [`Error::Closed`].
     pub fn take(&mut self) -> Result<TakeGuard<'_>> {
         self.take_with(Wait::forever())
     }

@@ -28,20 +28,50 @@
 //!   `orphan_timeout` while no live consumer's intent names it was taken by
 //!   a consumer that died: the walking producer releases it (CAS). A record
 //!   a live consumer holds is never released for it.
+//!
+//! # Work accounting
+//! Consumers can learn that no message will ever come again, and whether
+//! some that were promised never will (their producer died):
+//! - A producer *owes* what it claimed and has not committed; the count
+//!   sits in its slot's cursor word ([`owed_word`], tagged with its
+//!   generation; only the owner changes it, by CAS, except to settle a
+//!   dead owner's debt). A claim happens under the reservation lock after
+//!   checking `claims_closed`; `close_claims` sets `claims_closed` under
+//!   the same lock. So once a scanner has seen claims closed, every claim
+//!   that will ever succeed is already in some slot's word.
+//! - A producer that owes nothing may still send while claims are open:
+//!   its reservation, checked under the same lock, is in the ring before
+//!   the close, and consumers drain a closed ring's reservations too
+//!   (they wait for its commit, or its tombstone). Plain senders so pay
+//!   one load under the lock; only claimed messages are counted.
+//! - A commit moves the owed count down after the record is published
+//!   (Release: a scanner that reads the count sees the record). The
+//!   commit that brings it to zero and the close each put a SeqCst fence
+//!   between their write and their look at the other's word: of the two,
+//!   whichever comes second sees the other, and finishes the work.
+//! - The work is finished ([`finish_work`]) when claims are closed and no
+//!   slot owes anything: the ring is closed, so consumers drain what is in
+//!   it and then end with `Finished`. A slot that owes while its lease is
+//!   free (its producer died, or left owing) has its debt moved to `lost`
+//!   by one CAS (a claimer of the slot swaps the word instead: exactly one
+//!   of them settles it); then consumers end with `ProducersLost` instead.
+//!   Whoever makes the work finishable checks at once (the closer, the
+//!   last committer); a consumer waiting on an empty ring also checks at
+//!   every liveness check, which is how a dead producer's debt is found.
 
 use crate::error::{Error, Result};
 use crate::layout::{
-    rec, record_size, slot, tagged, untag, valid_position, MpmcControl, Own, NO_INTENT,
-    RECORD_ALIGN, RECORD_HEADER,
+    owed_of, owed_word, rec, record_size, slot, tagged, untag, valid_position, work, MpmcControl,
+    Own, GEN_TAG_MASK, MAX_OWED, NO_INTENT, RECORD_ALIGN, RECORD_HEADER,
 };
 use crate::lease;
 use crate::liveness::ProcessId;
 use crate::mem::RingMem;
 use crate::peer::{
-    claim_slot, leave_slot, repair_waiters, slot_alive, slot_owner, PeerOptions, SlotToken,
-    FUTILE_REPAIR,
+    claim_slot, leave_slot, repair_waiters, slot_alive, slot_owner, PeerOptions, Previous,
+    SlotToken, FUTILE_REPAIR,
 };
-use crate::sync::{spin_hint, Ordering};
+use crate::sync::{fence, spin_hint, Ordering};
 use crate::wait::{block_on, Checks, Deadline, Spinner, Wait, Waiter};
 use std::cell::Cell;
 use std::time::{Duration, Instant};
@@ -103,14 +133,17 @@ pub(crate) struct ProducerCore<M> {
     futile: u32,
     /// Set when a wait freed the slot of a dead peer (see `take_dead_freed`).
     dead_freed: Cell<bool>,
+    /// Messages claimed and not yet committed (as in the slot's word).
+    owed: Cell<u64>,
 }
 
 impl<M: RingMem<Control = MpmcControl>> ProducerCore<M> {
     pub(crate) fn join(mem: M, lay: &Layout, me: ProcessId, opts: PeerOptions) -> Result<Self> {
         let c = lay.consumers;
         let range = c..c + lay.producers;
-        let token = claim_slot(&mem, range, me, slot::ACTIVE, NO_INTENT, |i| {
-            mem.ctrl().space_ec.clear_slot(i - c)
+        let token = claim_slot(&mem, range, me, slot::ACTIVE, owed_word(0, 0), |i, prev| {
+            mem.ctrl().space_ec.clear_slot(i - c);
+            settle_previous(&mem, i, prev);
         })?;
         Ok(ProducerCore {
             tag: owner_tag(token.index, token.gen),
@@ -124,7 +157,63 @@ impl<M: RingMem<Control = MpmcControl>> ProducerCore<M> {
             lock_held: None,
             futile: 0,
             dead_freed: Cell::new(false),
+            owed: Cell::new(0),
         })
+    }
+
+    /// This producer's slot.
+    #[cfg(test)]
+    pub(crate) fn slot_index(&self) -> usize {
+        self.token.index
+    }
+
+    /// Messages this producer claimed and has not committed.
+    pub(crate) fn owed(&self) -> u64 {
+        self.owed.get()
+    }
+
+    /// Claims `n` more messages (see "Work accounting"): `Closed` once
+    /// claims are closed, `TooLarge` past [`MAX_OWED`] owed at once.
+    pub(crate) fn claim(&mut self, n: u64, wait: &Wait<'_>) -> Result<()> {
+        let now = self.owed.get();
+        let Some(new) = now.checked_add(n).filter(|&v| v <= MAX_OWED) else {
+            return Err(Error::TooLarge {
+                what: "messages claimed and not yet sent",
+                got: now.saturating_add(n),
+                limit: MAX_OWED,
+            });
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        let deadline = wait.start();
+        let (mem, lay, id) = (&self.mem, self.lay, self.lock_id);
+        lock(mem, lay, id, &deadline, &self.opts, &mut self.lock_held)?;
+        let r = if mem.ctrl().work.claims_closed.load(Ordering::Acquire) != 0 {
+            Err(Error::Closed)
+        } else {
+            set_owed(mem, self.token, &self.owed, new)
+        };
+        unlock(mem, id);
+        r
+    }
+
+    /// Closes claims (see "Work accounting"): from now on only what was
+    /// claimed can still be sent; once it all was, consumers drain the
+    /// ring and then end with `Finished`.
+    pub(crate) fn close_claims(&mut self, wait: &Wait<'_>) -> Result<()> {
+        let deadline = wait.start();
+        let (mem, lay, id) = (&self.mem, self.lay, self.lock_id);
+        lock(mem, lay, id, &deadline, &self.opts, &mut self.lock_held)?;
+        // Under the lock, against claims.
+        mem.ctrl().work.claims_closed.store(1, Ordering::Release);
+        unlock(mem, id);
+        // SYNC F(close): SeqCst fence between this store and the scan's
+        // loads, paired with the committer's fence between its decrement
+        // and its load of `claims_closed` (see "Work accounting").
+        fence(Ordering::SeqCst);
+        finish_work(mem, lay);
+        Ok(())
     }
 
     pub(crate) fn max_inline(&self) -> u64 {
@@ -155,6 +244,7 @@ impl<M: RingMem<Control = MpmcControl>> ProducerCore<M> {
         let held = &mut self.lock_held;
         let logged = Cell::new(false);
         let dead_freed = &self.dead_freed;
+        let owed = &self.owed;
         block_on(
             &mut self.spinner,
             &mem.ctrl().space_ec,
@@ -166,6 +256,12 @@ impl<M: RingMem<Control = MpmcControl>> ProducerCore<M> {
                     return Err(Error::Closed);
                 }
                 lock(mem, lay, lock_id, &deadline, &opts, held)?;
+                // Owing nothing, a producer may send only while claims are
+                // open (checked under the lock, as the close is made).
+                if owed.get() == 0 && mem.ctrl().work.claims_closed.load(Ordering::Acquire) != 0 {
+                    unlock(mem, lock_id);
+                    return Err(Error::Closed);
+                }
                 let r = try_reserve(mem, max_len, tag, &opts, stuck);
                 unlock(mem, lock_id);
                 r
@@ -221,11 +317,23 @@ impl<M: RingMem<Control = MpmcControl>> ProducerCore<M> {
             )
             .is_ok();
         self.notify_consumers();
-        if ok {
-            Ok(())
-        } else {
-            Err(Error::Evicted)
+        if !ok {
+            return Err(Error::Evicted);
         }
+        let owed = self.owed.get();
+        if owed > 0 {
+            set_owed(&self.mem, self.token, &self.owed, owed - 1)?;
+            if owed == 1 {
+                // SYNC F(last commit): pairs with F(close): of this
+                // decrement and the close, whichever comes second sees
+                // the other (see "Work accounting").
+                fence(Ordering::SeqCst);
+                if self.mem.ctrl().work.claims_closed.load(Ordering::Relaxed) != 0 {
+                    finish_work(&self.mem, self.lay);
+                }
+            }
+        }
+        Ok(())
     }
 
     fn notify_consumers(&mut self) {
@@ -239,15 +347,10 @@ impl<M: RingMem<Control = MpmcControl>> ProducerCore<M> {
         }
     }
 
-    /// Gives up `r`: it becomes a tombstone consumers skip.
+    /// Gives up `r`: it becomes a tombstone consumers skip (what was
+    /// claimed stays owed).
     pub(crate) fn abort(&mut self, r: MResv) {
-        let h = self.mem.header(r.start);
-        let _ = h.commit.compare_exchange(
-            rec::word(r.start, rec::RESERVED),
-            rec::word(r.start, rec::TOMBSTONE),
-            Ordering::Release,
-            Ordering::Relaxed,
-        );
+        give_up(&self.mem, &r);
         self.notify_consumers();
     }
 
@@ -261,7 +364,139 @@ impl<M: RingMem<Control = MpmcControl>> ProducerCore<M> {
     pub(crate) fn leave(&mut self) {
         let mem = &self.mem;
         let c = self.lay.0;
+        if self.owed.get() > 0 {
+            log::warn!(
+                "shoal mpmc {}: a producer left owing {} claimed messages; they will not come",
+                mem.label(),
+                self.owed.get()
+            );
+        }
         leave_slot(mem, self.token, |i| mem.ctrl().space_ec.clear_slot(i - c));
+        // What it owed is settled by the next check (its lease is gone).
+        finish_work(mem, self.lay);
+    }
+}
+
+/// Makes reservation `r` a tombstone (if it is still RESERVED).
+fn give_up<M: RingMem<Control = MpmcControl>>(mem: &M, r: &MResv) {
+    let h = mem.header(r.start);
+    let _ = h.commit.compare_exchange(
+        rec::word(r.start, rec::RESERVED),
+        rec::word(r.start, rec::TOMBSTONE),
+        Ordering::Release,
+        Ordering::Relaxed,
+    );
+}
+
+/// Moves the owed count of producer slot `token` (mirrored in `owed`) to
+/// `new`, proving the generation: `Evicted` if the word is no longer ours
+/// (our debt was settled as a dead producer's, or the slot claimed since).
+/// Release: a scanner that reads the new count also sees the commit
+/// before it.
+fn set_owed<M: RingMem<Control = MpmcControl>>(
+    mem: &M,
+    token: SlotToken,
+    owed: &Cell<u64>,
+    new: u64,
+) -> Result<()> {
+    let s = mem.slot(token.index);
+    match s.cursor.compare_exchange(
+        owed_word(owed.get(), token.gen),
+        owed_word(new, token.gen),
+        Ordering::AcqRel,
+        Ordering::Relaxed,
+    ) {
+        Ok(_) => {
+            owed.set(new);
+            Ok(())
+        }
+        Err(_) => Err(Error::Evicted),
+    }
+}
+
+/// Counts `owed` messages of producer slot `i` (last owner pid `pid`) as
+/// lost: they will never be committed.
+fn count_lost<M: RingMem<Control = MpmcControl>>(mem: &M, i: usize, pid: u32, owed: u64) {
+    let w = &mem.ctrl().work;
+    w.lost.fetch_add(owed, Ordering::AcqRel);
+    w.lost_pid.store(pid, Ordering::Release);
+    log::warn!(
+        "shoal mpmc {}: producer slot {i} (pid {pid}) is gone owing {owed} claimed messages; they will not come",
+        mem.label()
+    );
+}
+
+/// A producer slot being claimed: what its last owner still owed is lost
+/// (the claim swapped the word, so no scanner settles it too).
+fn settle_previous<M: RingMem<Control = MpmcControl>>(mem: &M, i: usize, prev: Previous) {
+    let owed = owed_of(prev.cursor);
+    if owed > 0 {
+        count_lost(mem, i, prev.pid, owed);
+    }
+}
+
+/// Ends the work if it is over (see "Work accounting"): claims are closed
+/// and no producer slot owes anything once the debts of dead (or departed)
+/// producers are settled as lost. Then the ring is closed, with the
+/// outcome recorded, and everyone woken. True when the work is over
+/// (now or before).
+pub(crate) fn finish_work<M: RingMem<Control = MpmcControl>>(mem: &M, lay: (usize, usize)) -> bool {
+    let ctrl = mem.ctrl();
+    let w = &ctrl.work;
+    if w.claims_closed.load(Ordering::Acquire) == 0 {
+        return false;
+    }
+    if w.outcome.load(Ordering::Acquire) != 0 {
+        return true;
+    }
+    for i in lay.0..lay.0 + lay.1 {
+        let s = mem.slot(i);
+        let cur = s.cursor.load(Ordering::Acquire);
+        let owed = owed_of(cur);
+        if owed == 0 {
+            continue;
+        }
+        if slot_alive(mem, i) {
+            return false; // a live producer (or a claimer) still owes
+        }
+        // Its owner is gone: settle its debt, unless a claimer of the slot
+        // (or another scanner) got there first.
+        let settled = owed_word(0, (cur & GEN_TAG_MASK) as u32);
+        if s.cursor
+            .compare_exchange(cur, settled, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return false; // moved under us: judge again later
+        }
+        count_lost(mem, i, slot_owner(s).pid, owed);
+    }
+    let outcome = if w.lost.load(Ordering::Acquire) > 0 {
+        work::INCOMPLETE
+    } else {
+        work::COMPLETE
+    };
+    let _ = w
+        .outcome
+        .compare_exchange(0, outcome, Ordering::AcqRel, Ordering::Acquire);
+    // SYNC W(close): consumers that see it closed drain, then read the
+    // outcome (Acquire).
+    ctrl.closed.store(1, Ordering::Release);
+    ctrl.data_ec.notify_always();
+    ctrl.space_ec.notify_always();
+    true
+}
+
+/// What a consumer of a closed, drained ring is told: how the work ended
+/// (or just `Closed` when the ring was closed outright).
+fn closed_error<M: RingMem<Control = MpmcControl>>(mem: &M) -> Error {
+    let w = &mem.ctrl().work;
+    match w.outcome.load(Ordering::Acquire) {
+        work::COMPLETE => Error::Finished,
+        work::INCOMPLETE => Error::ProducersLost {
+            lost: w.lost.load(Ordering::Acquire),
+            pid: w.lost_pid.load(Ordering::Acquire),
+        },
+        _ => Error::Closed,
     }
 }
 
@@ -805,9 +1040,14 @@ impl<M: RingMem<Control = MpmcControl>> ConsumerCore<M> {
         creator_pid: u32,
         opts: PeerOptions,
     ) -> Result<Self> {
-        let token = claim_slot(&mem, 0..lay.consumers, me, slot::ACTIVE, NO_INTENT, |i| {
-            mem.ctrl().data_ec.clear_slot(i)
-        })?;
+        let token = claim_slot(
+            &mem,
+            0..lay.consumers,
+            me,
+            slot::ACTIVE,
+            NO_INTENT,
+            |i, _| mem.ctrl().data_ec.clear_slot(i),
+        )?;
         Ok(ConsumerCore {
             mem,
             st: ConsumerState {
@@ -843,7 +1083,18 @@ impl<M: RingMem<Control = MpmcControl>> ConsumerCore<M> {
 
     /// Takes the next record if one is ready.
     pub(crate) fn poll(&mut self) -> Result<Option<MGot>> {
-        self.st.poll_take(&self.mem, self.lay, &self.opts)
+        let r = match self.st.poll_take(&self.mem, self.lay, &self.opts) {
+            // Empty: the work may be over (a finished ring is closed, and
+            // the next look says so).
+            Ok(None) if finish_work(&self.mem, self.lay) => {
+                self.st.poll_take(&self.mem, self.lay, &self.opts)
+            }
+            r => r,
+        };
+        r.map_err(|e| match e {
+            Error::Closed => closed_error(&self.mem),
+            e => e,
+        })
     }
 
     /// Waits for the next record.
@@ -881,9 +1132,16 @@ impl<M: RingMem<Control = MpmcControl>> ConsumerCore<M> {
                 if !any_producer && !mem.lease_held(lease::OWNER) {
                     gone.set(true);
                 }
+                // The work may be over: the last producer that owed
+                // anything died, or its decrement raced the close.
+                finish_work(mem, lay);
                 Ok(())
             },
         )
+        .map_err(|e| match e {
+            Error::Closed => closed_error(mem),
+            e => e,
+        })
     }
 
     /// Releases the record at `pos`.
@@ -1470,3 +1728,7 @@ mod review_tests {
         b.commit(r, 100, rec::DATA).unwrap();
     }
 }
+
+#[cfg(all(test, not(loom)))]
+#[path = "work_tests.rs"]
+mod work_tests;

@@ -134,14 +134,15 @@ impl SlotToken {
 /// claimer that died half-way in CLAIMED): the claim then moves the
 /// generation on by one CAS on the (generation, state) pair. `on_claim`
 /// runs before the slot is published in its new state (to clear a dead
-/// predecessor's waiter bits).
+/// predecessor's waiter bits, or to settle what it owed), with what the
+/// predecessor left in the slot.
 pub(crate) fn claim_slot<M: RingMem>(
     mem: &M,
     range: std::ops::Range<usize>,
     me: ProcessId,
     state: u32,
     cursor: u64,
-    on_claim: impl Fn(usize),
+    on_claim: impl Fn(usize, Previous),
 ) -> Result<SlotToken> {
     let n = range.len() as u32;
     for i in range {
@@ -166,16 +167,32 @@ pub(crate) fn claim_slot<M: RingMem>(
                 Err(now) => w = now,
             }
         };
+        let previous = Previous {
+            pid: s.pid.load(Ordering::Relaxed),
+            // A swap, not a store: a producer slot's word says what its
+            // last owner owed, and whoever moves it out (this claim, or a
+            // consumer settling a dead producer's debt by CAS) does so
+            // exactly once.
+            cursor: s.cursor.swap(tagged(cursor, gen), Ordering::AcqRel),
+        };
         s.pid.store(me.pid, Ordering::Relaxed);
         s.start_time.store(me.start_time, Ordering::Relaxed);
-        s.cursor.store(tagged(cursor, gen), Ordering::Relaxed);
-        on_claim(i);
+        on_claim(i, previous);
         // SYNC W(claim): pairs with Acquire loads of `own` by the writer
         // (activation) and by liveness checks.
         s.own.store(Own { gen, state }.pack(), Ordering::Release);
         return Ok(SlotToken { index: i, gen });
     }
     Err(Error::NoFreeSlot { slots: n })
+}
+
+/// What the previous owner left in a slot being claimed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Previous {
+    /// Its pid (a hint for logs).
+    pub pid: u32,
+    /// Its cursor word.
+    pub cursor: u64,
 }
 
 /// Gives slot `t` back (if it is still ours), then its lease.

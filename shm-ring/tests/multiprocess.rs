@@ -144,6 +144,20 @@ fn child_main() {
             std::mem::forget(r);
             1
         }
+        "mq_claim_send_hang" => {
+            // Claims `claimed`, sends `sent` of them, then hangs owing the rest.
+            let h: Handle = a[0].parse().unwrap();
+            let claimed: u64 = a[1].parse().unwrap();
+            let sent: u64 = a[2].parse().unwrap();
+            let mut p = MpmcProducer::attach_with(&h, fast_peers(), None).unwrap();
+            p.claim(claimed).unwrap();
+            for i in 0..sent {
+                p.send(&i.to_le_bytes()).unwrap();
+            }
+            say("owing");
+            std::thread::sleep(60 * SEC);
+            1
+        }
         "mq_take_hang" => {
             let h: Handle = a[0].parse().unwrap();
             let mut c = MpmcConsumer::attach(&h).unwrap();
@@ -344,6 +358,73 @@ fn producer_killed_between_reserve_and_commit_is_skipped() {
         let g = c.take_with(Wait::timeout(5 * SEC)).unwrap();
         assert_eq!(&*g, &i.to_le_bytes());
     }
+}
+
+/// Work accounting across processes: a producer killed (SIGKILL) while it
+/// owes claimed messages ends a consumer's wait with `ProducersLost`
+/// naming how many, once the rest is taken; never a hang.
+#[test]
+fn producer_killed_owing_claimed_messages_ends_the_work_incomplete() {
+    let ring = MpmcRing::create(&MpmcConfig::new(1 << 14, 2, 1)).unwrap();
+    let h = ring.handle();
+    let mut dying = spawn(
+        "mq_claim_send_hang",
+        &[h.to_string(), "5".into(), "2".into()],
+    );
+    assert_eq!(dying.expect_line(10 * SEC), "owing");
+    let mut p = MpmcProducer::attach_with(&h, fast_peers(), None).unwrap();
+    let mut c = MpmcConsumer::attach_with(&h, fast_peers(), None).unwrap();
+    p.send(b"mine").unwrap();
+    p.close_claims().unwrap();
+    for _ in 0..3 {
+        drop(c.take_with(Wait::timeout(5 * SEC)).unwrap());
+    }
+    // Three more are owed by a live process: the consumer waits.
+    assert!(matches!(
+        c.take_with(Wait::timeout(Duration::from_millis(300))),
+        Err(Error::Timeout)
+    ));
+    dying.kill9();
+    let t0 = Instant::now();
+    match c.take_with(Wait::timeout(5 * SEC)) {
+        Err(Error::ProducersLost { lost: 3, pid }) => assert_ne!(pid, 0),
+        other => panic!("expected ProducersLost of 3, got {other:?}"),
+    }
+    assert!(t0.elapsed() < 2 * SEC, "took {:?}", t0.elapsed());
+}
+
+/// Work accounting across processes: the work finishes when the last
+/// claimed message is taken, with the producers in other processes.
+#[test]
+fn claimed_work_from_other_processes_finishes_after_the_last_message() {
+    let ring = MpmcRing::create(&MpmcConfig::new(1 << 14, 3, 1)).unwrap();
+    let h = ring.handle();
+    let mut ps: Vec<_> = (0..2)
+        .map(|_| {
+            spawn(
+                "mq_claim_send_hang",
+                &[h.to_string(), "4".into(), "4".into()],
+            )
+        })
+        .collect();
+    for p in &mut ps {
+        assert_eq!(p.expect_line(10 * SEC), "owing");
+    }
+    let mut closer = MpmcProducer::attach_with(&h, fast_peers(), None).unwrap();
+    closer.close_claims().unwrap();
+    let mut c = MpmcConsumer::attach_with(&h, fast_peers(), None).unwrap();
+    for _ in 0..8 {
+        drop(c.take_with(Wait::timeout(5 * SEC)).unwrap());
+    }
+    assert!(matches!(
+        c.take_with(Wait::timeout(5 * SEC)),
+        Err(Error::Finished)
+    ));
+    // The producers owe nothing: killing them changes nothing.
+    for p in ps {
+        p.kill9();
+    }
+    assert!(matches!(c.try_take(), Err(Error::Finished)));
 }
 
 #[test]
