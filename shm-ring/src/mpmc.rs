@@ -220,6 +220,8 @@ pub struct MpmcProducer {
     /// Name part of the pending pooled segment.
     pending_seq: u64,
     format: [u8; FORMAT_TAG_LEN],
+    /// Set while a `ReadyFd` of this producer exists.
+    ready_taken: std::sync::Arc<crate::sync::AtomicBool>,
 }
 
 impl std::fmt::Debug for MpmcProducer {
@@ -251,7 +253,30 @@ impl MpmcProducer {
             pending_ov: None,
             pending_seq: 0,
             format,
+            ready_taken: Default::default(),
         })
+    }
+
+    /// An eventfd that turns readable when this ring may have room for
+    /// this producer, for async runtimes: the [`ReadyFd`](crate::ReadyFd)
+    /// protocol with `try`-reservations ([`Wait::no_wait`]) in place of
+    /// `try_recv`. Besides the consumers' releases, it turns readable at
+    /// least every `orphan_timeout` while armed (only a producer's next
+    /// try reclaims what a dead consumer held). One per producer at a
+    /// time.
+    pub fn space_fd(&self) -> Result<crate::ReadyFd> {
+        let seg = Segment::attach(self.core.mem.seg.name(), SegmentKind::Mpmc)?;
+        let t = self.core.token();
+        let consumers = seg.header().slots as usize;
+        crate::ReadyFd::new(
+            seg,
+            std::mem::offset_of!(MpmcControl, space_ec),
+            crate::wait::Waiter::ready(t.index - consumers),
+            crate::ready::Recheck::Every(self.core.opts.orphan_timeout),
+            crate::ready::slot_own_offset::<MpmcControl>(t.index),
+            t.gen,
+            self.ready_taken.clone(),
+        )
     }
 
     /// The largest payload that still travels inside the ring.
@@ -535,6 +560,9 @@ pub struct MpmcConsumer {
     cache: OverflowCache,
     /// Set while a `ReadyFd` of this consumer exists.
     ready_taken: std::sync::Arc<crate::sync::AtomicBool>,
+    /// A record taken by [`try_hold`](MpmcConsumer::try_hold) and not yet
+    /// handed out.
+    held: Option<MGot>,
 }
 
 impl std::fmt::Debug for MpmcConsumer {
@@ -565,6 +593,7 @@ impl MpmcConsumer {
             current_ov: None,
             cache: OverflowCache::new(),
             ready_taken: Default::default(),
+            held: None,
         })
     }
 
@@ -599,6 +628,9 @@ impl MpmcConsumer {
 
     /// Takes a record, waiting as `wait` allows.
     pub fn take_with(&mut self, wait: Wait<'_>) -> Result<TakeGuard<'_>> {
+        if let Some(g) = self.held.take() {
+            return self.guard(g);
+        }
         let g = self.core.take(&wait);
         if self.core.take_dead_freed() {
             sweep_orphaned_overflow(&self.core.mem);
@@ -608,7 +640,47 @@ impl MpmcConsumer {
 
     /// Takes a record if one is ready.
     pub fn try_take(&mut self) -> Result<Option<TakeGuard<'_>>> {
-        match self.core.poll()? {
+        let got = match self.held.take() {
+            Some(g) => Some(g),
+            None => self.core.poll()?,
+        };
+        match got {
+            Some(g) => self.guard(g).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Takes a record if one is ready and keeps it, without borrowing this
+    /// consumer, for the next [`held`](Self::held) (or `take`, `try_take`)
+    /// to hand out. True when one is held (taken now or before).
+    ///
+    /// For async loops, which cannot keep a borrowed guard across the
+    /// iterations that find nothing: hold in the loop, then take the guard
+    /// after it. A held record is taken: dropping the consumer with it
+    /// still held loses it like any record its consumer took and never
+    /// read.
+    ///
+    /// ```
+    /// use shoal_shm_ring::{MpmcConfig, MpmcRing};
+    /// let ring = MpmcRing::create(&MpmcConfig::new(1 << 16, 1, 1))?;
+    /// let (mut p, mut c) = (ring.producer()?, ring.consumer()?);
+    /// assert!(!c.try_hold()?);
+    /// p.send(b"job")?;
+    /// while !c.try_hold()? {}
+    /// assert_eq!(&*c.held()?.expect("held"), b"job");
+    /// # Ok::<(), shoal_shm_ring::Error>(())
+    /// ```
+    pub fn try_hold(&mut self) -> Result<bool> {
+        if self.held.is_none() {
+            self.held = self.core.poll()?;
+        }
+        Ok(self.held.is_some())
+    }
+
+    /// The record [`try_hold`](Self::try_hold) kept, as a guard (`None`
+    /// when none is held).
+    pub fn held(&mut self) -> Result<Option<TakeGuard<'_>>> {
+        match self.held.take() {
             Some(g) => self.guard(g).map(Some),
             None => Ok(None),
         }
@@ -681,6 +753,11 @@ impl MpmcConsumer {
 
 impl Drop for MpmcConsumer {
     fn drop(&mut self) {
+        // A held record is released as its guard would be (an overflow
+        // file of its own is removed with it).
+        if let Some(g) = self.held.take() {
+            drop(self.guard(g));
+        }
         self.core.leave();
         overflow::last_out(&self.core.mem.seg, false);
     }

@@ -56,8 +56,12 @@
 //!   by one CAS (a claimer of the slot swaps the word instead: exactly one
 //!   of them settles it); then consumers end with `ProducersLost` instead.
 //!   Whoever makes the work finishable checks at once (the closer, the
-//!   last committer); a consumer waiting on an empty ring also checks at
-//!   every liveness check, which is how a dead producer's debt is found.
+//!   last committer, a producer that leaves or settles a dead slot's debt
+//!   when it claims the slot); a consumer waiting on an empty ring also
+//!   checks at every liveness check (and an armed `ReadyFd` turns readable
+//!   at that pace while claims are closed), which is how a dead producer's
+//!   debt is found. A debt is counted before it leaves its word, so a
+//!   death in between can count it twice: `lost` is an upper bound.
 
 use crate::error::{Error, Result};
 use crate::layout::{
@@ -141,10 +145,17 @@ impl<M: RingMem<Control = MpmcControl>> ProducerCore<M> {
     pub(crate) fn join(mem: M, lay: &Layout, me: ProcessId, opts: PeerOptions) -> Result<Self> {
         let c = lay.consumers;
         let range = c..c + lay.producers;
+        let settled = Cell::new(false);
         let token = claim_slot(&mem, range, me, slot::ACTIVE, owed_word(0, 0), |i, prev| {
             mem.ctrl().space_ec.clear_slot(i - c);
+            settled.set(owed_of(prev.cursor) > 0);
             settle_previous(&mem, i, prev);
         })?;
+        if settled.get() {
+            // The debt it settled may have been the last thing the work
+            // waited for.
+            finish_work(&mem, (lay.consumers, lay.producers), Some(token.index));
+        }
         Ok(ProducerCore {
             tag: owner_tag(token.index, token.gen),
             lock_id: lock_word(token.index - c, token.gen),
@@ -167,6 +178,11 @@ impl<M: RingMem<Control = MpmcControl>> ProducerCore<M> {
         self.token.index
     }
 
+    /// The slot and generation this producer claimed.
+    pub(crate) fn token(&self) -> SlotToken {
+        self.token
+    }
+
     /// Messages this producer claimed and has not committed.
     pub(crate) fn owed(&self) -> u64 {
         self.owed.get()
@@ -174,6 +190,7 @@ impl<M: RingMem<Control = MpmcControl>> ProducerCore<M> {
 
     /// Claims `n` more messages (see "Work accounting"): `Closed` once
     /// claims are closed, `TooLarge` past [`MAX_OWED`] owed at once.
+    /// Claiming nothing always succeeds.
     pub(crate) fn claim(&mut self, n: u64, wait: &Wait<'_>) -> Result<()> {
         let now = self.owed.get();
         let Some(new) = now.checked_add(n).filter(|&v| v <= MAX_OWED) else {
@@ -212,7 +229,7 @@ impl<M: RingMem<Control = MpmcControl>> ProducerCore<M> {
         // loads, paired with the committer's fence between its decrement
         // and its load of `claims_closed` (see "Work accounting").
         fence(Ordering::SeqCst);
-        finish_work(mem, lay);
+        finish_work(mem, lay, Some(self.token.index));
         Ok(())
     }
 
@@ -322,14 +339,24 @@ impl<M: RingMem<Control = MpmcControl>> ProducerCore<M> {
         }
         let owed = self.owed.get();
         if owed > 0 {
-            set_owed(&self.mem, self.token, &self.owed, owed - 1)?;
+            if set_owed(&self.mem, self.token, &self.owed, owed - 1).is_err() {
+                // The record is published; our debt was settled as a dead
+                // producer's (we looked dead, or the word was overwritten).
+                // Nothing to undo: the send succeeded.
+                log::warn!(
+                    "shoal mpmc {}: this producer's claims were settled as a dead producer's; it owes nothing now",
+                    self.mem.label()
+                );
+                self.owed.set(0);
+                return Ok(());
+            }
             if owed == 1 {
                 // SYNC F(last commit): pairs with F(close): of this
                 // decrement and the close, whichever comes second sees
                 // the other (see "Work accounting").
                 fence(Ordering::SeqCst);
                 if self.mem.ctrl().work.claims_closed.load(Ordering::Relaxed) != 0 {
-                    finish_work(&self.mem, self.lay);
+                    finish_work(&self.mem, self.lay, Some(self.token.index));
                 }
             }
         }
@@ -372,8 +399,9 @@ impl<M: RingMem<Control = MpmcControl>> ProducerCore<M> {
             );
         }
         leave_slot(mem, self.token, |i| mem.ctrl().space_ec.clear_slot(i - c));
-        // What it owed is settled by the next check (its lease is gone).
-        finish_work(mem, self.lay);
+        // What it owed is settled now (its lease is gone) or by the next
+        // check.
+        finish_work(mem, self.lay, None);
     }
 }
 
@@ -415,10 +443,21 @@ fn set_owed<M: RingMem<Control = MpmcControl>>(
 }
 
 /// Counts `owed` messages of producer slot `i` (last owner pid `pid`) as
-/// lost: they will never be committed.
+/// lost: they will never be committed. Saturating, and a count above
+/// [`MAX_OWED`] (a corrupt word) counts as that: garbage cannot wrap
+/// `lost` back to zero.
 fn count_lost<M: RingMem<Control = MpmcControl>>(mem: &M, i: usize, pid: u32, owed: u64) {
     let w = &mem.ctrl().work;
-    w.lost.fetch_add(owed, Ordering::AcqRel);
+    let owed = owed.min(MAX_OWED);
+    let mut l = w.lost.load(Ordering::Acquire);
+    while let Err(now) = w.lost.compare_exchange(
+        l,
+        l.saturating_add(owed),
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    ) {
+        l = now;
+    }
     w.lost_pid.store(pid, Ordering::Release);
     log::warn!(
         "shoal mpmc {}: producer slot {i} (pid {pid}) is gone owing {owed} claimed messages; they will not come",
@@ -426,8 +465,10 @@ fn count_lost<M: RingMem<Control = MpmcControl>>(mem: &M, i: usize, pid: u32, ow
     );
 }
 
-/// A producer slot being claimed: what its last owner still owed is lost
-/// (the claim swapped the word, so no scanner settles it too).
+/// A producer slot being claimed (its lease held by the claimer, so no
+/// scanner settles it meanwhile): what its last owner still owed is lost.
+/// Called before the claim overwrites the word, so the debt is counted
+/// before it leaves the word (see [`settle_dead`]).
 fn settle_previous<M: RingMem<Control = MpmcControl>>(mem: &M, i: usize, prev: Previous) {
     let owed = owed_of(prev.cursor);
     if owed > 0 {
@@ -439,50 +480,73 @@ fn settle_previous<M: RingMem<Control = MpmcControl>>(mem: &M, i: usize, prev: P
 /// and no producer slot owes anything once the debts of dead (or departed)
 /// producers are settled as lost. Then the ring is closed, with the
 /// outcome recorded, and everyone woken. True when the work is over
-/// (now or before).
-pub(crate) fn finish_work<M: RingMem<Control = MpmcControl>>(mem: &M, lay: (usize, usize)) -> bool {
+/// (now or before). `me` is the caller's own producer slot, if it is a
+/// producer: alive whatever its lease looks like from its own descriptor
+/// (a process does not see its own OFD lock as held).
+pub(crate) fn finish_work<M: RingMem<Control = MpmcControl>>(
+    mem: &M,
+    lay: (usize, usize),
+    me: Option<usize>,
+) -> bool {
     let ctrl = mem.ctrl();
     let w = &ctrl.work;
     if w.claims_closed.load(Ordering::Acquire) == 0 {
         return false;
     }
-    if w.outcome.load(Ordering::Acquire) != 0 {
-        return true;
+    if w.outcome.load(Ordering::Acquire) == 0 {
+        for i in lay.0..lay.0 + lay.1 {
+            let s = mem.slot(i);
+            if owed_of(s.cursor.load(Ordering::Acquire)) == 0 {
+                continue;
+            }
+            if me == Some(i) || !settle_dead(mem, i) {
+                return false; // a live producer (or a claimer) still owes
+            }
+        }
+        let outcome = if w.lost.load(Ordering::Acquire) > 0 {
+            work::INCOMPLETE
+        } else {
+            work::COMPLETE
+        };
+        let _ = w
+            .outcome
+            .compare_exchange(0, outcome, Ordering::AcqRel, Ordering::Acquire);
     }
-    for i in lay.0..lay.0 + lay.1 {
-        let s = mem.slot(i);
-        let cur = s.cursor.load(Ordering::Acquire);
-        let owed = owed_of(cur);
-        if owed == 0 {
-            continue;
-        }
-        if slot_alive(mem, i) {
-            return false; // a live producer (or a claimer) still owes
-        }
-        // Its owner is gone: settle its debt, unless a claimer of the slot
-        // (or another scanner) got there first.
-        let settled = owed_word(0, (cur & GEN_TAG_MASK) as u32);
-        if s.cursor
-            .compare_exchange(cur, settled, Ordering::AcqRel, Ordering::Relaxed)
-            .is_err()
-        {
-            return false; // moved under us: judge again later
-        }
+    // Also when the outcome was already set: its setter may have died
+    // before closing (both steps are idempotent).
+    if ctrl.closed.load(Ordering::Acquire) == 0 {
+        // SYNC W(close): consumers that see it closed drain, then read the
+        // outcome (Acquire).
+        ctrl.closed.store(1, Ordering::Release);
+        ctrl.data_ec.notify_always();
+        ctrl.space_ec.notify_always();
+    }
+    true
+}
+
+/// Settles what producer slot `i` owes, if its owner is gone: counts it
+/// as lost and zeroes the word. True when the slot owes nothing now.
+///
+/// Under the slot's lease: taking it proves nobody else owns or is
+/// claiming the slot (a claimer takes the lease first), so the word cannot
+/// change under the count, however often the slot's generation (of which
+/// the word keeps only 6 bits) moved on since it was read. The count
+/// comes before the zeroing, so a finisher never sees the debt in neither
+/// place (a death in between counts it twice: `lost` is an upper bound).
+fn settle_dead<M: RingMem<Control = MpmcControl>>(mem: &M, i: usize) -> bool {
+    let byte = lease::slot_byte(i);
+    if !matches!(mem.take_lease(byte), Ok(true)) {
+        return false; // its owner (or a claimer) lives
+    }
+    let s = mem.slot(i);
+    let cur = s.cursor.load(Ordering::Acquire);
+    let owed = owed_of(cur);
+    if owed > 0 {
         count_lost(mem, i, slot_owner(s).pid, owed);
+        s.cursor
+            .store(owed_word(0, (cur & GEN_TAG_MASK) as u32), Ordering::Release);
     }
-    let outcome = if w.lost.load(Ordering::Acquire) > 0 {
-        work::INCOMPLETE
-    } else {
-        work::COMPLETE
-    };
-    let _ = w
-        .outcome
-        .compare_exchange(0, outcome, Ordering::AcqRel, Ordering::Acquire);
-    // SYNC W(close): consumers that see it closed drain, then read the
-    // outcome (Acquire).
-    ctrl.closed.store(1, Ordering::Release);
-    ctrl.data_ec.notify_always();
-    ctrl.space_ec.notify_always();
+    mem.drop_lease(byte);
     true
 }
 
@@ -849,7 +913,8 @@ fn advance_reclaim<M: RingMem<Control = MpmcControl>>(
 
 /// The consumer slot (if any, alive) whose intent names the record at `r`.
 fn holder_of<M: RingMem<Control = MpmcControl>>(mem: &M, r: u64) -> Option<usize> {
-    // Producer slots hold NO_INTENT, so scanning every slot is harmless.
+    // Producer slots hold owed words (bit 62 set, never a position), so
+    // scanning every slot is harmless.
     (0..mem.nslots()).find(|&i| {
         let s = mem.slot(i);
         let o = Own::unpack(s.own.load(Ordering::Acquire));
@@ -1086,7 +1151,7 @@ impl<M: RingMem<Control = MpmcControl>> ConsumerCore<M> {
         let r = match self.st.poll_take(&self.mem, self.lay, &self.opts) {
             // Empty: the work may be over (a finished ring is closed, and
             // the next look says so).
-            Ok(None) if finish_work(&self.mem, self.lay) => {
+            Ok(None) if finish_work(&self.mem, self.lay, None) => {
                 self.st.poll_take(&self.mem, self.lay, &self.opts)
             }
             r => r,
@@ -1134,7 +1199,7 @@ impl<M: RingMem<Control = MpmcControl>> ConsumerCore<M> {
                 }
                 // The work may be over: the last producer that owed
                 // anything died, or its decrement raced the close.
-                finish_work(mem, lay);
+                finish_work(mem, lay, None);
                 Ok(())
             },
         )

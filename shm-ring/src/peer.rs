@@ -133,9 +133,9 @@ impl SlotToken {
 /// the slot, whatever its ownership word says (a dead owner's ACTIVE, a
 /// claimer that died half-way in CLAIMED): the claim then moves the
 /// generation on by one CAS on the (generation, state) pair. `on_claim`
-/// runs before the slot is published in its new state (to clear a dead
-/// predecessor's waiter bits, or to settle what it owed), with what the
-/// predecessor left in the slot.
+/// runs before the slot's words are reset and published in the new state
+/// (to clear a dead predecessor's waiter bits, or to settle what it owed),
+/// with what the predecessor left in the slot.
 pub(crate) fn claim_slot<M: RingMem>(
     mem: &M,
     range: std::ops::Range<usize>,
@@ -167,17 +167,18 @@ pub(crate) fn claim_slot<M: RingMem>(
                 Err(now) => w = now,
             }
         };
+        // What the last owner left, seen before anything is overwritten (a
+        // producer slot's word says what its last owner owed: `on_claim`
+        // counts it before the word is reset; the lease keeps scanners
+        // from settling it meanwhile).
         let previous = Previous {
             pid: s.pid.load(Ordering::Relaxed),
-            // A swap, not a store: a producer slot's word says what its
-            // last owner owed, and whoever moves it out (this claim, or a
-            // consumer settling a dead producer's debt by CAS) does so
-            // exactly once.
-            cursor: s.cursor.swap(tagged(cursor, gen), Ordering::AcqRel),
+            cursor: s.cursor.load(Ordering::Acquire),
         };
+        on_claim(i, previous);
         s.pid.store(me.pid, Ordering::Relaxed);
         s.start_time.store(me.start_time, Ordering::Relaxed);
-        on_claim(i, previous);
+        s.cursor.store(tagged(cursor, gen), Ordering::Release);
         // SYNC W(claim): pairs with Acquire loads of `own` by the writer
         // (activation) and by liveness checks.
         s.own.store(Own { gen, state }.pack(), Ordering::Release);

@@ -60,6 +60,9 @@ pub(crate) enum Recheck {
     /// The MPMC record at head stayed RESERVED for `every`: the consumer
     /// should look again, to judge its producer.
     MpmcHead { every: Duration },
+    /// Every `every` at least (an MPMC producer waiting for space: only a
+    /// producer's next try reclaims the records of dead consumers).
+    Every(Duration),
 }
 
 struct Shared {
@@ -137,10 +140,26 @@ impl Shared {
     }
 
     /// Whether the armed wait should end now, besides a notify.
+    /// Whether an MPMC ring's claims are closed and its work not yet over:
+    /// only a consumer's look can find that an owing producer died (no
+    /// notify comes), so the consumer must look again.
+    fn work_pending(&self) -> bool {
+        let ctrl = self.seg.control_ptr() as *const MpmcControl;
+        // SAFETY: `Recheck::MpmcHead` is only used with a validated MPMC
+        // segment, whose control area starts with an `MpmcControl` (zeroed
+        // memory is a valid value: atomics) inside the mapping this
+        // Shared holds.
+        let w = unsafe { &(*ctrl).work };
+        w.claims_closed.load(Ordering::Acquire) != 0 && w.outcome.load(Ordering::Acquire) == 0
+    }
+
     fn recheck_due(&self, armed_at: Instant) -> bool {
         match self.recheck {
             Recheck::WriterLease => !lease::held_by_other(self.seg.fd(), lease::OWNER, 1),
-            Recheck::MpmcHead { every } => armed_at.elapsed() >= every && self.head_reserved(),
+            Recheck::MpmcHead { every } => {
+                armed_at.elapsed() >= every && (self.head_reserved() || self.work_pending())
+            }
+            Recheck::Every(every) => armed_at.elapsed() >= every,
         }
     }
 
@@ -309,7 +328,9 @@ fn helper(s: &Shared) {
         let mut stop = false;
         let armed_at = Instant::now();
         let slice = match s.recheck {
-            Recheck::MpmcHead { every } => SLICE.min(every).max(Duration::from_millis(1)),
+            Recheck::MpmcHead { every } | Recheck::Every(every) => {
+                SLICE.min(every).max(Duration::from_millis(1))
+            }
             Recheck::WriterLease => SLICE,
         };
         let mut slice = slice;

@@ -310,3 +310,82 @@ proptest! {
         }
     }
 }
+
+/// Review: a finisher that died between recording the outcome and closing
+/// the ring must not leave consumers waiting: the next look closes it.
+#[test]
+fn an_outcome_recorded_without_the_close_is_closed_by_the_next_look() {
+    let m = ring();
+    let mut c = consumer(&m);
+    let w = &m.ctrl().work;
+    w.claims_closed.store(1, Ordering::Release);
+    w.outcome.store(work::COMPLETE, Ordering::Release);
+    assert!(matches!(take(&mut c), Err(Error::Finished)));
+}
+
+/// Review: garbage in a free producer slot's word (a hostile or corrupt
+/// peer) is counted as at most MAX_OWED lost, saturating: no panic, no
+/// wrap back to "nothing lost".
+#[test]
+fn garbage_debts_saturate_instead_of_wrapping() {
+    let m = ring();
+    let mut c = consumer(&m);
+    let mut p = producer(&m);
+    for i in LAY.consumers..LAY.consumers + 2 {
+        if i != p.slot_index() {
+            m.slot(i).cursor.store(u64::MAX, Ordering::Release);
+        }
+    }
+    m.ctrl().work.lost.store(u64::MAX - 3, Ordering::Release);
+    p.close_claims(&Wait::forever()).unwrap();
+    match take(&mut c) {
+        Err(Error::ProducersLost { lost, .. }) => assert_eq!(lost, u64::MAX),
+        other => panic!("expected ProducersLost, got {other:?}"),
+    }
+}
+
+/// Review: a producer whose debt was settled as a dead producer's (its
+/// word overwritten) still gets Ok for a record it published: the send
+/// happened, and nothing is undone.
+#[test]
+fn a_published_record_is_ok_even_if_the_debt_was_settled_meanwhile() {
+    let m = ring();
+    let (mut p, mut c) = (producer(&m), consumer(&m));
+    p.claim(3, &Wait::forever()).unwrap();
+    let r = p.reserve(8, &Wait::forever()).unwrap();
+    m.slot(p.slot_index())
+        .cursor
+        .store(crate::layout::owed_word(0, 0), Ordering::Release);
+    assert!(p.commit(r, 8, rec::DATA).is_ok());
+    assert_eq!(p.owed(), 0);
+    assert!(take(&mut c).unwrap());
+}
+
+/// A producer that claims and closes in one process owes what it claimed;
+/// its own slot must not look dead to it (a process does not see its own
+/// lease as held from its own descriptor; on heap memory, as a marker that
+/// `finish_work` skips the caller's slot).
+#[test]
+fn the_closer_that_owes_is_not_taken_for_dead() {
+    let m = ring();
+    let (mut p, mut c) = (producer(&m), consumer(&m));
+    p.claim(2, &Wait::forever()).unwrap();
+    // As a real segment would show it to the producer itself.
+    m.kill(crate::lease::slot_byte(p.slot_index()));
+    assert!(!finish_work(
+        &m,
+        (LAY.consumers, LAY.producers),
+        Some(p.slot_index())
+    ));
+    assert_eq!(m.ctrl().work.lost.load(Ordering::Acquire), 0);
+    // Back to alive, as it is.
+    assert!(m
+        .take_lease(crate::lease::slot_byte(p.slot_index()))
+        .unwrap());
+    p.close_claims(&Wait::forever()).unwrap();
+    send(&mut p).unwrap();
+    send(&mut p).unwrap();
+    assert!(take(&mut c).unwrap());
+    assert!(take(&mut c).unwrap());
+    assert!(matches!(take(&mut c), Err(Error::Finished)));
+}

@@ -393,6 +393,43 @@ fn producer_killed_owing_claimed_messages_ends_the_work_incomplete() {
     assert!(t0.elapsed() < 2 * SEC, "took {:?}", t0.elapsed());
 }
 
+/// The same death seen by an async consumer: its armed ReadyFd turns
+/// readable (no notify comes from a dead producer), and its next look
+/// ends the work.
+#[test]
+fn an_armed_ready_fd_wakes_when_an_owing_producer_dies() {
+    let ring = MpmcRing::create(&MpmcConfig::new(1 << 14, 2, 1)).unwrap();
+    let h = ring.handle();
+    let mut dying = spawn(
+        "mq_claim_send_hang",
+        &[h.to_string(), "2".into(), "0".into()],
+    );
+    assert_eq!(dying.expect_line(10 * SEC), "owing");
+    let mut closer = MpmcProducer::attach_with(&h, fast_peers(), None).unwrap();
+    closer.close_claims().unwrap();
+    let mut c = MpmcConsumer::attach_with(&h, fast_peers(), None).unwrap();
+    let fd = c.ready_fd().unwrap();
+    assert!(matches!(c.try_take(), Ok(None)));
+    fd.arm();
+    assert!(matches!(c.try_take(), Ok(None)));
+    dying.kill9();
+    let t0 = Instant::now();
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    let n = unsafe { libc::poll(&mut p, 1, 5000) };
+    assert_eq!(n, 1, "the ready fd never turned readable");
+    assert!(t0.elapsed() < 2 * SEC);
+    fd.clear();
+    assert!(matches!(
+        c.try_take(),
+        Err(Error::ProducersLost { lost: 2, .. })
+    ));
+}
+
 /// Work accounting across processes: the work finishes when the last
 /// claimed message is taken, with the producers in other processes.
 #[test]

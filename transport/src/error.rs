@@ -117,6 +117,7 @@ impl Error {
     /// `Ok` when a payload of `len` bytes is within `max`, else
     /// [`Error::TooLarge`] naming both (checked before anything is
     /// allocated for it).
+    #[cfg_attr(not(any(feature = "nng", feature = "quic")), allow(dead_code))]
     pub(crate) fn check_payload(len: usize, max: usize) -> Result<()> {
         if len > max {
             return Err(Error::TooLarge {

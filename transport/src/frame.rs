@@ -450,6 +450,34 @@ impl Archived {
     }
 }
 
+/// The rkyv format this build writes and reads, for payload-format tags
+/// (rings) so that builds whose archives differ refuse each other by name
+/// instead of misreading each other: rkyv's version, byte order, the
+/// alignment of its primitives (1 with rkyv's `unaligned` feature) and its
+/// pointer width, e.g. `rkyv0.8 le a4 p32`.
+///
+/// ```
+/// let f = shoal_transport::frame::archive_format();
+/// assert!(f.starts_with("rkyv0.8 "));
+/// assert!(f.len() <= 20);
+/// ```
+pub fn archive_format() -> &'static str {
+    static FORMAT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    FORMAT.get_or_init(|| {
+        let one = rkyv::to_bytes::<rancor::Error>(&1u32).map(|b| b.first().copied());
+        let order = match one {
+            Ok(Some(1)) => "le",
+            Ok(Some(_)) => "be",
+            _ => "??",
+        };
+        format!(
+            "rkyv0.8 {order} a{} p{}",
+            std::mem::align_of::<rkyv::primitive::ArchivedU32>(),
+            8 * std::mem::size_of::<rkyv::primitive::ArchivedUsize>()
+        )
+    })
+}
+
 /// Values [`archive_into`] can serialize: anything rkyv's high-level
 /// serializer takes (`#[derive(rkyv::Archive, rkyv::Serialize)]`).
 pub trait Archivable:

@@ -16,9 +16,14 @@ use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
 use tokio::task::JoinHandle;
 
-/// The payload-format tag of the rings (the envelope version; checked by
-/// subscribers so a mismatched build fails naming both sides).
-pub(super) const FORMAT: &[u8] = b"shoal-env1";
+/// The payload-format tag of the rings: the envelope version and the rkyv
+/// format ([`archive_format`](crate::frame::archive_format)), checked on
+/// attach so a mismatched build fails naming both sides.
+pub(super) fn format() -> &'static [u8] {
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| format!("shoal-env1 {}", crate::frame::archive_format()))
+        .as_bytes()
+}
 
 /// The smallest payload room a typed send reserves.
 const MIN_HINT: usize = 256;
@@ -115,7 +120,7 @@ impl ShmPublisher {
     /// subscribers and binds it to `address` (`shm://NAME`).
     pub fn bind(address: &Address, opts: &Options) -> Result<Self> {
         let name = shm_name(address)?;
-        let cfg = BroadcastConfig::new(opts.capacity, opts.max_peers).payload_format(FORMAT);
+        let cfg = BroadcastConfig::new(opts.capacity, opts.max_peers).payload_format(format());
         let writer = BroadcastWriter::create(&cfg)?;
         let binding = Binding::bind(name, &writer.handle(), &address.to_string())?;
         Ok(ShmPublisher {
@@ -387,13 +392,12 @@ impl ShmSubscriber {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         };
-        let format = reader.payload_format();
-        if format.as_bytes() != FORMAT {
-            return Err(Error::Corrupt {
-                what: "ring payload format",
-                found: 0,
-                expected: "shoal-env1 (this build's envelope)",
-            });
+        let theirs = reader.payload_format();
+        if theirs.as_bytes() != format() {
+            return Err(Error::Ring(shoal_shm_ring::Error::FormatMismatch {
+                ours: String::from_utf8_lossy(format()).into_owned(),
+                theirs,
+            }));
         }
         let fd = reader.ready_fd()?;
         // SAFETY: a ReadyFd owns its eventfd (an OwnedFd) for its whole

@@ -6,7 +6,7 @@
 //! payload 16-byte aligned), so a payload is read in place.
 
 use super::names::{self, Binding};
-use super::pubsub::{pad16, parse_as, put_envelope_as, shm_name, FORMAT};
+use super::pubsub::{format, pad16, parse_as, put_envelope_as, shm_name};
 use crate::address::Address;
 use crate::envelope::HEADER_LEN;
 use crate::envelope::{Header, Kind};
@@ -24,7 +24,8 @@ use tokio::task::JoinHandle;
 
 fn format_tag() -> [u8; FORMAT_TAG_LEN] {
     let mut t = [0u8; FORMAT_TAG_LEN];
-    t[..FORMAT.len()].copy_from_slice(FORMAT);
+    let f = format();
+    t[..f.len()].copy_from_slice(f);
     t
 }
 
@@ -399,7 +400,7 @@ impl ShmPuller {
     pub fn bind(address: &Address, opts: &Options) -> Result<Self> {
         let name = shm_name(address)?;
         let cfg =
-            MpmcConfig::new(opts.capacity, opts.max_peers, opts.max_peers).payload_format(FORMAT);
+            MpmcConfig::new(opts.capacity, opts.max_peers, opts.max_peers).payload_format(format());
         let ring = MpmcRing::create(&cfg)?;
         let binding = Binding::bind(name, &ring.handle(), &address.to_string())?;
         let consumer =

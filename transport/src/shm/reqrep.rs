@@ -62,8 +62,8 @@ impl ShmRequester {
     /// (`opts.capacity` bytes, up to `opts.max_peers` repliers).
     pub async fn connect(address: &Address, opts: &Options) -> Result<Self> {
         let requests = ShmPusher::connect(address, opts).await?;
-        let cfg =
-            MpmcConfig::new(opts.capacity, opts.max_peers, 1).payload_format(super::pubsub::FORMAT);
+        let cfg = MpmcConfig::new(opts.capacity, opts.max_peers, 1)
+            .payload_format(super::pubsub::format());
         let ring = MpmcRing::create(&cfg)?;
         let consumer = MpmcConsumer::attach_with(&ring.handle(), PeerOptions::default(), None)?;
         let reply_to = ring.handle().to_string();

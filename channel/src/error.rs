@@ -1,0 +1,94 @@
+//! The crate's error: variants a caller can act on.
+
+use std::time::Duration;
+
+/// What can go wrong in `shoal-channel`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A wait ran out of time; nothing was sent or taken.
+    #[error("{what}: timed out after {after:?}")]
+    Timeout {
+        /// What was waited for.
+        what: &'static str,
+        /// How long.
+        after: Duration,
+    },
+    /// The queue is closed to this call: a producer that claimed nothing
+    /// sends after the close, or claims after it.
+    #[error("the queue is closed: nothing more may be claimed, and this producer owes nothing")]
+    Closed,
+    /// The work ended without some claimed messages: producers that owed
+    /// them died (or were dropped) before sending them. Every message that
+    /// was sent has been taken.
+    #[error("the work ended incomplete: {lost} claimed messages will never come (the producer that owed them is gone; last pid {pid})")]
+    ProducersLost {
+        /// Claimed messages that will never come.
+        lost: u64,
+        /// The pid of the last producer found gone owing.
+        pid: u32,
+    },
+    /// A handle's text or bytes could not be read.
+    #[error("bad channel handle: {0}")]
+    BadHandle(String),
+    /// A handle (or a segment) made by a build that cannot talk to this
+    /// one: another channel protocol, ring layout or rkyv format.
+    #[error("incompatible channel: this build is {ours}, the other side {theirs}")]
+    Incompatible {
+        /// This build's format.
+        ours: String,
+        /// The other side's.
+        theirs: String,
+    },
+    /// A handle names a channel of another kind than the one attached.
+    #[error("the handle names a {found}, not a {expected}")]
+    WrongKind {
+        /// What was asked for.
+        expected: &'static str,
+        /// What the handle names.
+        found: &'static str,
+    },
+    /// The channel's shared memory is gone (its creator dropped it, or
+    /// died and it was cleaned up).
+    #[error("the channel {name} no longer exists")]
+    Vanished {
+        /// Its segment's name.
+        name: String,
+    },
+    /// A value could not be serialized or read as the type asked for.
+    #[error(transparent)]
+    Archive(shoal_transport::Error),
+    /// An operating-system call failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The shared-memory ring failed (see the ring's error).
+    #[error(transparent)]
+    Ring(shoal_shm_ring::Error),
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<shoal_shm_ring::Error> for Error {
+    fn from(e: shoal_shm_ring::Error) -> Self {
+        use shoal_shm_ring::Error as R;
+        match e {
+            R::ProducersLost { lost, pid } => Error::ProducersLost { lost, pid },
+            R::FormatMismatch { ours, theirs } => Error::Incompatible { ours, theirs },
+            R::VersionMismatch { .. } | R::AbiMismatch { .. } => Error::Incompatible {
+                ours: crate::handle::format().to_string(),
+                theirs: e.to_string(),
+            },
+            R::NotFound { name } => Error::Vanished {
+                name: name.to_string(),
+            },
+            e => Error::Ring(e),
+        }
+    }
+}

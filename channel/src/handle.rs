@@ -1,0 +1,173 @@
+//! Handles: what another process needs to attach to a channel, as text
+//! (for environment variables, command lines, files) and as rkyv bytes
+//! (to send over a channel), with the format of the build that made it so
+//! incompatible builds refuse each other by name.
+
+use crate::error::{Error, Result};
+use std::fmt;
+use std::str::FromStr;
+
+/// The version of the channel protocols; part of [`format`].
+const PROTOCOL: u32 = 1;
+
+/// This build's channel format: the channel protocol version, the ring
+/// layout's ABI fingerprint and the rkyv format. Two builds share a
+/// channel only when their formats are equal.
+///
+/// ```
+/// let f = shoal_channel::handle::format();
+/// assert!(f.starts_with("ch1.ring-"));
+/// assert!(!f.contains(' '));
+/// ```
+pub fn format() -> &'static str {
+    static FORMAT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    FORMAT.get_or_init(|| {
+        format!(
+            "ch{PROTOCOL}.ring-{:016x}.{}",
+            shoal_shm_ring::ABI_FINGERPRINT,
+            shoal_transport::frame::archive_format().replace(' ', "-")
+        )
+    })
+}
+
+/// The payload-format tag of a channel's rings (what the ring header
+/// carries, at most 32 bytes): the channel kind and the rkyv format.
+pub(crate) fn ring_tag(kind: Kind) -> String {
+    format!(
+        "shoal-{}{PROTOCOL} {}",
+        kind.short(),
+        shoal_transport::frame::archive_format()
+    )
+}
+
+/// The kinds of channel a handle can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub enum Kind {
+    /// A [`WorkQueue`](crate::WorkQueue).
+    WorkQueue,
+}
+
+impl Kind {
+    /// Its name in a handle's text.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::WorkQueue => "workqueue",
+        }
+    }
+    fn short(self) -> &'static str {
+        match self {
+            Kind::WorkQueue => "wq",
+        }
+    }
+}
+
+/// What another process needs to attach to a channel: its kind, where its
+/// shared memory is, and the format of the build that made it.
+///
+/// Text form: `KIND@LOCATION?fmt=FORMAT`, for example
+/// `workqueue@shm://shoal-mq-3f2a…?fmt=ch1.ring-…`.
+///
+/// ```
+/// use shoal_channel::{Handle, QueueOptions, WorkQueue};
+/// let q = WorkQueue::create(&QueueOptions::default())?;
+/// let text = q.handle().to_string();
+/// let back: Handle = text.parse()?;
+/// assert_eq!(&back, q.handle());
+/// let bytes = back.to_bytes()?;
+/// assert_eq!(Handle::from_bytes(&bytes)?, back);
+/// # Ok::<(), shoal_channel::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Handle {
+    kind: Kind,
+    /// The ring's handle text (`shm://NAME`).
+    local: String,
+    /// The format of the build that made the channel (see [`format`]).
+    format: String,
+}
+
+impl Handle {
+    pub(crate) fn new(kind: Kind, local: String) -> Handle {
+        Handle {
+            kind,
+            local,
+            format: format().to_string(),
+        }
+    }
+
+    /// The kind of channel it names.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// The ring it names, after checking that it is a `kind` made by a
+    /// build this one can talk to.
+    pub(crate) fn ring(&self, kind: Kind) -> Result<shoal_shm_ring::Handle> {
+        if self.format != format() {
+            return Err(Error::Incompatible {
+                ours: format().to_string(),
+                theirs: self.format.clone(),
+            });
+        }
+        if self.kind != kind {
+            return Err(Error::WrongKind {
+                expected: kind.name(),
+                found: self.kind.name(),
+            });
+        }
+        self.local
+            .parse()
+            .map_err(|e| Error::BadHandle(format!("ring handle {:?}: {e}", self.local)))
+    }
+
+    /// The handle as rkyv bytes.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        rkyv::to_bytes::<rkyv::rancor::Error>(self)
+            .map(|b| b.to_vec())
+            .map_err(|e| Error::BadHandle(format!("serializing: {e}")))
+    }
+
+    /// Reads a handle from rkyv bytes (validated; any alignment).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Handle> {
+        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
+        aligned.extend_from_slice(bytes);
+        rkyv::from_bytes::<Handle, rkyv::rancor::Error>(&aligned)
+            .map_err(|e| Error::BadHandle(format!("not a channel handle: {e}")))
+    }
+}
+
+impl fmt::Display for Handle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}?fmt={}", self.kind.name(), self.local, self.format)
+    }
+}
+
+impl FromStr for Handle {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Handle> {
+        let bad = |why: &str| Error::BadHandle(format!("{s:?}: {why}"));
+        let (kind, rest) = s
+            .trim()
+            .split_once('@')
+            .ok_or_else(|| bad("expected KIND@LOCATION?fmt=FORMAT"))?;
+        let kind = match kind {
+            "workqueue" => Kind::WorkQueue,
+            _ => return Err(bad("unknown channel kind")),
+        };
+        let (local, format) = rest
+            .split_once("?fmt=")
+            .ok_or_else(|| bad("no ?fmt= (the format of the build that made it)"))?;
+        if !local.starts_with("shm://") || local.len() <= "shm://".len() {
+            return Err(bad("the location must be shm://NAME"));
+        }
+        if format.is_empty() || format.contains(char::is_whitespace) {
+            return Err(bad("empty or malformed format"));
+        }
+        Ok(Handle {
+            kind,
+            local: local.to_string(),
+            format: format.to_string(),
+        })
+    }
+}

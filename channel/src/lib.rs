@@ -1,0 +1,48 @@
+//! # shoal-channel
+//!
+//! The semantics users ask for, with one API whether the peers are threads,
+//! processes on one host, or (with the `nng` or `quic` feature) processes
+//! on other hosts:
+//!
+//! - a [`WorkQueue`]: many producers, many consumers, each message taken
+//!   once, and termination without guessing: producers
+//!   [`claim`](Producer::claim) what they will send, someone
+//!   [`close`](Producer::close)s the queue, and [`take`](Consumer::take)
+//!   returns `None` exactly when every claimed message was taken and
+//!   nothing more can come. A producer that dies owing messages ends the
+//!   consumers' wait with [`Error::ProducersLost`], never a hang.
+//!
+//! ```
+//! use shoal_channel::{QueueOptions, WorkQueue};
+//! let queue = WorkQueue::create(&QueueOptions::default())?;
+//! // The handle's text travels to other processes, which attach with it.
+//! let handle = queue.handle().to_string();
+//! let mut producer = queue.producer()?;
+//! let mut consumer = shoal_channel::Consumer::attach(&handle.parse()?)?;
+//! producer.claim(2)?;
+//! producer.close()?; // no more claims: two messages, then the end
+//! producer.put(b"job 1")?;
+//! producer.put(b"job 2")?;
+//! let mut got = Vec::new();
+//! while let Some(job) = consumer.take()? {
+//!     got.push(job.to_vec());
+//! }
+//! assert_eq!(got, [b"job 1".to_vec(), b"job 2".to_vec()]);
+//! # Ok::<(), shoal_channel::Error>(())
+//! ```
+//!
+//! ## Map of the crate
+//! - [`error`]: the crate's one error type.
+//! - [`handle`]: the serializable handle other processes attach with (text
+//!   and rkyv), and the build fingerprint it carries.
+//! - [`workqueue`]: the work queue, its producers and consumers.
+
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod handle;
+pub mod workqueue;
+
+pub use error::{Error, Result};
+pub use handle::{Handle, Kind};
+pub use workqueue::{Consumer, Producer, QueueOptions, Taken, TryPutError, TryTake, WorkQueue};

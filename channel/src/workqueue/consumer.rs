@@ -1,0 +1,231 @@
+//! A work queue's consumer, and what it takes.
+
+use super::{expected_tag, QueueOptions};
+use crate::error::{Error, Result};
+use crate::handle::{Handle, Kind};
+use rkyv::api::high::HighValidator;
+use rkyv::bytecheck::CheckBytes;
+use shoal_shm_ring::{Error as RingError, MpmcConsumer, ReadyFd, TakeGuard, Wait};
+use std::ops::Deref;
+use std::time::{Duration, Instant};
+use tokio::io::unix::AsyncFd;
+
+/// A consumer of a [`WorkQueue`](crate::WorkQueue), in any process.
+///
+/// [`take`](Self::take) returns `None` exactly when the work is over:
+/// the queue was closed, every claimed message was put, and every message
+/// put was taken (by some consumer).
+///
+/// ```
+/// use shoal_channel::{QueueOptions, TryTake, WorkQueue};
+/// let q = WorkQueue::create(&QueueOptions::default())?;
+/// let (mut p, mut c) = (q.producer()?, q.consumer()?);
+/// assert!(matches!(c.try_take()?, TryTake::Empty));
+/// p.put(b"a")?;
+/// p.close()?;
+/// assert!(matches!(c.try_take()?, TryTake::Taken(t) if &*t == b"a"));
+/// assert!(matches!(c.try_take()?, TryTake::Finished));
+/// assert!(c.take()?.is_none());
+/// # Ok::<(), shoal_channel::Error>(())
+/// ```
+pub struct Consumer {
+    ring: MpmcConsumer,
+    /// Awaited by `take_async` while the queue is empty (made on first use).
+    ready: Option<AsyncFd<ReadyFd>>,
+    take_timeout: Option<Duration>,
+    liveness: Duration,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("ring", &self.ring)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A message taken from the queue, in place in shared memory; the room it
+/// holds goes back to the producers when it is dropped.
+pub struct Taken<'a> {
+    guard: TakeGuard<'a>,
+}
+
+impl std::fmt::Debug for Taken<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Taken").field("len", &self.len()).finish()
+    }
+}
+
+impl Deref for Taken<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.guard
+    }
+}
+
+impl Taken<'_> {
+    /// The message as an archived `T` (see
+    /// [`Producer::put_value`](crate::Producer::put_value)), validated
+    /// first (bytecheck), read in place without copying: the message
+    /// starts 16-byte aligned in the queue's memory.
+    ///
+    /// Validation covers any bytes a correct or buggy peer wrote; like any
+    /// reader of shared memory, it cannot cover a hostile process of the
+    /// same user that rewrites the message after the check.
+    pub fn archived<T>(&self) -> Result<&T::Archived>
+    where
+        T: rkyv::Archive,
+        T::Archived: for<'b> CheckBytes<HighValidator<'b, rkyv::rancor::Error>>,
+    {
+        rkyv::access::<T::Archived, rkyv::rancor::Error>(self).map_err(|e| {
+            Error::Archive(shoal_transport::Error::InvalidArchive {
+                type_name: std::any::type_name::<T>(),
+                reason: e.to_string(),
+            })
+        })
+    }
+
+    /// The message as an archived `T`, without validation.
+    ///
+    /// # Safety
+    /// The bytes must be a valid archive of `T` written by a trusted build
+    /// with this build's rkyv format (the queue's format tag checks the
+    /// format, not the type), and `T::Archived` must need at most 16-byte
+    /// alignment.
+    pub unsafe fn archived_unchecked<T: rkyv::Archive>(&self) -> &T::Archived {
+        // SAFETY: the caller vouches for the bytes and the alignment the
+        // type needs; the message starts 16-byte aligned (after the ring's
+        // 16-byte record header, or at the start of an overflow segment),
+        // and the guard keeps it in place while the reference lives.
+        unsafe { rkyv::access_unchecked::<T::Archived>(self) }
+    }
+}
+
+/// What [`Consumer::try_take`] found.
+#[derive(Debug)]
+pub enum TryTake<'a> {
+    /// A message.
+    Taken(Taken<'a>),
+    /// Nothing now; more may come.
+    Empty,
+    /// The work is over: nothing will ever come again.
+    Finished,
+}
+
+/// A ring error on a take, as the caller should see it: the end of the
+/// work is `Ok(None)`.
+fn take_end(e: RingError, waited: Option<Duration>) -> Result<()> {
+    match e {
+        RingError::Finished => Ok(()),
+        RingError::Timeout => Err(Error::Timeout {
+            what: "a message from the work queue",
+            after: waited.unwrap_or_default(),
+        }),
+        e => Err(e.into()),
+    }
+}
+
+impl Consumer {
+    /// Attaches to the queue `handle` names, with default options.
+    pub fn attach(handle: &Handle) -> Result<Consumer> {
+        Consumer::attach_with(handle, &QueueOptions::default())
+    }
+
+    /// Attaches with `opts` (its timeouts and peer options; the sizes are
+    /// the queue's).
+    pub fn attach_with(handle: &Handle, opts: &QueueOptions) -> Result<Consumer> {
+        let ring = handle.ring(Kind::WorkQueue)?;
+        let ring = MpmcConsumer::attach_with(&ring, opts.peer, Some(expected_tag()))?;
+        Ok(Consumer {
+            ring,
+            ready: None,
+            take_timeout: opts.take_timeout,
+            liveness: opts.peer.liveness_interval,
+        })
+    }
+
+    /// Takes the next message, waiting for one (up to the take timeout);
+    /// `None` once the work is over.
+    pub fn take(&mut self) -> Result<Option<Taken<'_>>> {
+        let wait = match self.take_timeout {
+            Some(t) => Wait::timeout(t),
+            None => Wait::forever(),
+        };
+        match self.ring.take_with(wait) {
+            Ok(guard) => Ok(Some(Taken { guard })),
+            Err(e) => take_end(e, self.take_timeout).map(|()| None),
+        }
+    }
+
+    /// Takes the next message if there is one now.
+    pub fn try_take(&mut self) -> Result<TryTake<'_>> {
+        match self.ring.try_take() {
+            Ok(Some(guard)) => Ok(TryTake::Taken(Taken { guard })),
+            Ok(None) => Ok(TryTake::Empty),
+            Err(e) => take_end(e, None).map(|()| TryTake::Finished),
+        }
+    }
+
+    /// Takes the next message, awaiting one without blocking the thread
+    /// (up to the take timeout); `None` once the work is over.
+    /// Cancel-safe: dropped before it returned, nothing was taken.
+    pub async fn take_async(&mut self) -> Result<Option<Taken<'_>>> {
+        let deadline = self.take_timeout.map(|t| (Instant::now() + t, t));
+        loop {
+            // Held, not borrowed: the loop goes on when nothing is there.
+            match self.ring.try_hold() {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => return take_end(e, None).map(|()| None),
+            }
+            if self.ready.is_none() {
+                let fd = self.ring.ready_fd()?;
+                // SAFETY: a ReadyFd owns its eventfd for its whole life and
+                // always returns that descriptor from as_raw_fd; the
+                // AsyncFd owns the ReadyFd, so the descriptor stays open
+                // and the same until the AsyncFd drops.
+                let fd =
+                    unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+                        .map_err(|source| Error::Io {
+                        what: "registering the queue's readiness fd with tokio",
+                        source: source.into(),
+                    })?;
+                self.ready = Some(fd);
+            }
+            let Some(ready) = &self.ready else { continue };
+            ready.get_ref().arm();
+            match self.ring.try_hold() {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => return take_end(e, None).map(|()| None),
+            }
+            // Bounded: nothing wakes this wait when a producer that owes
+            // messages dies; the next look (every liveness interval)
+            // settles its debt and ends the work.
+            let mut slice = self.liveness.max(Duration::from_millis(1));
+            if let Some((end, total)) = deadline {
+                let left = end.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(Error::Timeout {
+                        what: "a message from the work queue",
+                        after: total,
+                    });
+                }
+                slice = slice.min(left);
+            }
+            if let Ok(r) = tokio::time::timeout(slice, ready.readable()).await {
+                let mut guard = r.map_err(|source| Error::Io {
+                    what: "awaiting the work queue",
+                    source,
+                })?;
+                guard.get_inner().clear();
+                guard.clear_ready();
+            }
+        }
+        // Held just above, with no await since: there is one.
+        match self.ring.held()? {
+            Some(guard) => Ok(Some(Taken { guard })),
+            None => Err(Error::Ring(RingError::WouldBlock)),
+        }
+    }
+}

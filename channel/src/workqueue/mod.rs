@@ -1,0 +1,168 @@
+//! The work queue: many producers, many consumers, each message taken
+//! once, with termination nobody has to guess.
+//!
+//! Messages travel through one MPMC ring in shared memory (records of any
+//! size: small ones in the ring, large ones through overflow segments,
+//! zero-copy both ways). Termination is the ring's work accounting:
+//! producers [`claim`](Producer::claim) what they will send, someone
+//! [`close`](Producer::close)s the queue (no more claims; unclaimed puts
+//! stop), and once every claimed message was put and taken, consumers get
+//! `None`. A producer that dies (or is dropped) owing claimed messages
+//! makes them end with [`Error::ProducersLost`](crate::Error::ProducersLost)
+//! once the rest is taken.
+//!
+//! - [`producer`]: [`Producer`]: claim, close, put (blocking, try, async,
+//!   typed).
+//! - [`consumer`]: [`Consumer`] and what it takes ([`Taken`],
+//!   [`TryTake`]).
+
+pub mod consumer;
+pub mod producer;
+
+pub use consumer::{Consumer, Taken, TryTake};
+pub use producer::{Producer, TryPutError};
+
+use crate::error::Result;
+use crate::handle::{ring_tag, Handle, Kind};
+use shoal_shm_ring::{MpmcConfig, MpmcRing, PeerOptions};
+use std::time::Duration;
+
+/// How to create a work queue, and how its endpoints wait.
+///
+/// ```
+/// use shoal_channel::QueueOptions;
+/// use std::time::Duration;
+/// let o = QueueOptions::default()
+///     .capacity(4 << 20)
+///     .take_timeout(Some(Duration::from_secs(30)));
+/// assert_eq!(o.capacity, 4 << 20);
+/// ```
+#[derive(Debug, Clone)]
+pub struct QueueOptions {
+    /// Bytes of the ring (a power of two, 4 KiB to 2 GiB). Messages larger
+    /// than half of it travel through overflow segments of their own.
+    /// Default 1 MiB.
+    pub capacity: u64,
+    /// Most producers attached at once. Default 64.
+    pub producers: u32,
+    /// Most consumers attached at once. Default 64.
+    pub consumers: u32,
+    /// How long a put waits for room before [`Error::Timeout`]
+    /// (`None`: as long as it takes). Default `None`.
+    ///
+    /// [`Error::Timeout`]: crate::Error::Timeout
+    pub put_timeout: Option<Duration>,
+    /// How long a take waits for a message before [`Error::Timeout`]
+    /// (`None`: until a message comes or the work is over). Default `None`.
+    ///
+    /// [`Error::Timeout`]: crate::Error::Timeout
+    pub take_timeout: Option<Duration>,
+    /// How endpoints judge their peers (liveness checks, stall limits).
+    pub peer: PeerOptions,
+}
+
+impl Default for QueueOptions {
+    fn default() -> Self {
+        QueueOptions {
+            capacity: 1 << 20,
+            producers: 64,
+            consumers: 64,
+            put_timeout: None,
+            take_timeout: None,
+            peer: PeerOptions::default(),
+        }
+    }
+}
+
+impl QueueOptions {
+    /// Sets [`capacity`](Self::capacity).
+    pub fn capacity(mut self, bytes: u64) -> Self {
+        self.capacity = bytes;
+        self
+    }
+    /// Sets [`producers`](Self::producers) and [`consumers`](Self::consumers).
+    pub fn peers(mut self, producers: u32, consumers: u32) -> Self {
+        self.producers = producers;
+        self.consumers = consumers;
+        self
+    }
+    /// Sets [`put_timeout`](Self::put_timeout).
+    pub fn put_timeout(mut self, t: Option<Duration>) -> Self {
+        self.put_timeout = t;
+        self
+    }
+    /// Sets [`take_timeout`](Self::take_timeout).
+    pub fn take_timeout(mut self, t: Option<Duration>) -> Self {
+        self.take_timeout = t;
+        self
+    }
+    /// Sets [`peer`](Self::peer).
+    pub fn peer(mut self, p: PeerOptions) -> Self {
+        self.peer = p;
+        self
+    }
+}
+
+/// A work queue, held by the process that created it: its shared memory
+/// lives while this value does (endpoints already attached keep working
+/// after it is dropped; new ones cannot attach).
+///
+/// ```
+/// use shoal_channel::{QueueOptions, WorkQueue};
+/// let q = WorkQueue::create(&QueueOptions::default())?;
+/// let (mut p, mut c) = (q.producer()?, q.consumer()?);
+/// p.put(b"task")?;
+/// assert_eq!(&*c.take()?.expect("a message"), b"task");
+/// # Ok::<(), shoal_channel::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct WorkQueue {
+    ring: MpmcRing,
+    handle: Handle,
+    opts: QueueOptions,
+}
+
+impl WorkQueue {
+    /// Creates a queue in shared memory.
+    pub fn create(opts: &QueueOptions) -> Result<WorkQueue> {
+        let cfg = MpmcConfig::new(opts.capacity, opts.producers, opts.consumers)
+            .payload_format(ring_tag(Kind::WorkQueue).as_bytes());
+        let ring = MpmcRing::create(&cfg)?;
+        let handle = Handle::new(Kind::WorkQueue, ring.handle().to_string());
+        Ok(WorkQueue {
+            ring,
+            handle,
+            opts: opts.clone(),
+        })
+    }
+
+    /// The handle other processes attach with.
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    /// A producer in this process (with this queue's options).
+    pub fn producer(&self) -> Result<Producer> {
+        Producer::attach_with(&self.handle, &self.opts)
+    }
+
+    /// A consumer in this process (with this queue's options).
+    pub fn consumer(&self) -> Result<Consumer> {
+        Consumer::attach_with(&self.handle, &self.opts)
+    }
+
+    /// The ring's handle (for tests and diagnostics).
+    #[doc(hidden)]
+    pub fn ring_handle(&self) -> shoal_shm_ring::Handle {
+        self.ring.handle()
+    }
+}
+
+/// The payload-format tag a queue's ring must carry.
+pub(crate) fn expected_tag() -> [u8; shoal_shm_ring::FORMAT_TAG_LEN] {
+    let tag = ring_tag(Kind::WorkQueue);
+    let mut t = [0u8; shoal_shm_ring::FORMAT_TAG_LEN];
+    let n = tag.len().min(t.len());
+    t[..n].copy_from_slice(&tag.as_bytes()[..n]);
+    t
+}

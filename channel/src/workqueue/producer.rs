@@ -1,0 +1,255 @@
+//! A work queue's producer: claims, the close, and puts (blocking, try,
+//! async, typed).
+
+use super::{expected_tag, QueueOptions};
+use crate::error::{Error, Result};
+use crate::handle::{Handle, Kind};
+use shoal_shm_ring::{Error as RingError, MpmcProducer, ReadyFd, Wait};
+use shoal_transport::{archive_into, Archivable, Archived};
+use std::time::{Duration, Instant};
+use tokio::io::unix::AsyncFd;
+
+/// The smallest room a typed put reserves for its archive.
+const MIN_HINT: usize = 256;
+
+/// A producer of a [`WorkQueue`](crate::WorkQueue), in any process.
+///
+/// ```
+/// use shoal_channel::{QueueOptions, TryPutError, WorkQueue};
+/// let q = WorkQueue::create(&QueueOptions::default().capacity(4096))?;
+/// let mut p = q.producer()?;
+/// // try_put hands the message back when the queue is full.
+/// let msg = [7u8; 1000];
+/// let mut sent = 0;
+/// loop {
+///     match p.try_put(&msg) {
+///         Ok(()) => sent += 1,
+///         Err(TryPutError::Full(back)) => {
+///             assert_eq!(back.len(), 1000);
+///             break;
+///         }
+///         Err(TryPutError::Failed(e)) => return Err(e),
+///     }
+/// }
+/// assert!(sent >= 1);
+/// # Ok::<(), shoal_channel::Error>(())
+/// ```
+pub struct Producer {
+    ring: MpmcProducer,
+    /// Awaited by `put_async` while the queue is full (made on first use).
+    space: Option<AsyncFd<ReadyFd>>,
+    put_timeout: Option<Duration>,
+    liveness: Duration,
+    /// Room the next typed put reserves (the last archive's size, at least
+    /// [`MIN_HINT`]).
+    hint: usize,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer")
+            .field("ring", &self.ring)
+            .field("owed", &self.ring.owed())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why [`Producer::try_put`] did not put a message.
+#[derive(Debug)]
+pub enum TryPutError<'m> {
+    /// The queue is full: the message, handed back.
+    Full(&'m [u8]),
+    /// Anything else (the queue is closed to this producer, …).
+    Failed(Error),
+}
+
+impl std::fmt::Display for TryPutError<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TryPutError::Full(m) => write!(f, "the queue is full ({} bytes handed back)", m.len()),
+            TryPutError::Failed(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for TryPutError<'_> {}
+
+/// A ring error on a put, as the caller should see it.
+fn put_error(e: RingError, waited: Option<Duration>) -> Error {
+    match e {
+        RingError::Closed => Error::Closed,
+        RingError::Timeout => Error::Timeout {
+            what: "room in the work queue",
+            after: waited.unwrap_or_default(),
+        },
+        e => e.into(),
+    }
+}
+
+impl Producer {
+    /// Attaches to the queue `handle` names, with default options.
+    pub fn attach(handle: &Handle) -> Result<Producer> {
+        Producer::attach_with(handle, &QueueOptions::default())
+    }
+
+    /// Attaches with `opts` (its timeouts and peer options; the sizes are
+    /// the queue's).
+    pub fn attach_with(handle: &Handle, opts: &QueueOptions) -> Result<Producer> {
+        let ring = handle.ring(Kind::WorkQueue)?;
+        let ring = MpmcProducer::attach_with(&ring, opts.peer, Some(expected_tag()))?;
+        Ok(Producer {
+            ring,
+            space: None,
+            put_timeout: opts.put_timeout,
+            liveness: opts.peer.liveness_interval,
+            hint: MIN_HINT,
+        })
+    }
+
+    /// Promises `n` more messages from this producer: consumers will not
+    /// be told the work is over until they were put and taken (or this
+    /// producer is gone, which they are told as
+    /// [`Error::ProducersLost`]). Fails with [`Error::Closed`] once the
+    /// queue is closed.
+    pub fn claim(&mut self, n: u64) -> Result<()> {
+        self.ring.claim(n).map_err(|e| put_error(e, None))
+    }
+
+    /// Closes the queue, for every producer: nothing more may be claimed,
+    /// and a producer that owes nothing can no longer put. What was
+    /// claimed can still be put; once all of it was, and taken, consumers
+    /// get `None`.
+    pub fn close(&mut self) -> Result<()> {
+        self.ring.close_claims().map_err(|e| put_error(e, None))
+    }
+
+    /// Messages this producer claimed and has not put yet.
+    pub fn owed(&self) -> u64 {
+        self.ring.owed()
+    }
+
+    /// Puts `msg`, waiting while the queue is full (up to the put
+    /// timeout). Counts against this producer's claims, if it has any.
+    pub fn put(&mut self, msg: &[u8]) -> Result<()> {
+        let wait = match self.put_timeout {
+            Some(t) => Wait::timeout(t),
+            None => Wait::forever(),
+        };
+        self.ring
+            .send_with(msg, wait)
+            .map_err(|e| put_error(e, self.put_timeout))
+    }
+
+    /// Puts `msg` if there is room now; hands it back when the queue is
+    /// full.
+    pub fn try_put<'m>(&mut self, msg: &'m [u8]) -> std::result::Result<(), TryPutError<'m>> {
+        match self.ring.send_with(msg, Wait::no_wait()) {
+            Ok(()) => Ok(()),
+            Err(RingError::WouldBlock | RingError::Timeout) => Err(TryPutError::Full(msg)),
+            Err(e) => Err(TryPutError::Failed(put_error(e, None))),
+        }
+    }
+
+    /// Puts `msg`, awaiting room without blocking the thread (up to the
+    /// put timeout). Cancel-safe: dropped before it finished, nothing was
+    /// put.
+    pub async fn put_async(&mut self, msg: &[u8]) -> Result<()> {
+        let deadline = self.put_timeout.map(|t| (Instant::now() + t, t));
+        loop {
+            match self.try_put(msg) {
+                Ok(()) => return Ok(()),
+                Err(TryPutError::Failed(e)) => return Err(e),
+                Err(TryPutError::Full(_)) => {}
+            }
+            if self.space.is_none() {
+                let fd = self.ring.space_fd()?;
+                // SAFETY: a ReadyFd owns its eventfd for its whole life and
+                // always returns that descriptor from as_raw_fd; the
+                // AsyncFd owns the ReadyFd, so the descriptor stays open and
+                // the same until the AsyncFd drops.
+                let fd =
+                    unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+                        .map_err(|source| Error::Io {
+                        what: "registering the queue's readiness fd with tokio",
+                        source: source.into(),
+                    })?;
+                self.space = Some(fd);
+            }
+            let Some(space) = &self.space else { continue };
+            space.get_ref().arm();
+            match self.ring.send_with(msg, Wait::no_wait()) {
+                Ok(()) => return Ok(()),
+                Err(RingError::WouldBlock | RingError::Timeout) => {}
+                Err(e) => return Err(put_error(e, None)),
+            }
+            // Bounded: a put owed to a dead consumer's release is found by
+            // the next try (the fd also turns readable every orphan
+            // timeout while armed).
+            let mut slice = self.liveness.max(Duration::from_millis(1));
+            if let Some((end, total)) = deadline {
+                let left = end.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(Error::Timeout {
+                        what: "room in the work queue",
+                        after: total,
+                    });
+                }
+                slice = slice.min(left);
+            }
+            if let Ok(ready) = tokio::time::timeout(slice, space.readable()).await {
+                let mut guard = ready.map_err(|source| Error::Io {
+                    what: "awaiting room in the queue",
+                    source,
+                })?;
+                guard.get_inner().clear();
+                guard.clear_ready();
+            }
+        }
+    }
+
+    /// Puts `value` as an rkyv archive, serialized straight into the
+    /// queue's memory (the serialization is the one copy), waiting while
+    /// the queue is full (up to the put timeout). A consumer reads it in
+    /// place with [`Taken::archived`](crate::Taken::archived).
+    ///
+    /// ```
+    /// use shoal_channel::{QueueOptions, WorkQueue};
+    /// #[derive(rkyv::Archive, rkyv::Serialize)]
+    /// struct Job {
+    ///     id: u64,
+    ///     name: String,
+    /// }
+    /// let q = WorkQueue::create(&QueueOptions::default())?;
+    /// let (mut p, mut c) = (q.producer()?, q.consumer()?);
+    /// p.put_value(&Job { id: 7, name: "resize".into() })?;
+    /// let taken = c.take()?.expect("a job");
+    /// let job = taken.archived::<Job>()?;
+    /// assert_eq!(job.id, 7);
+    /// assert_eq!(job.name.as_str(), "resize");
+    /// # Ok::<(), shoal_channel::Error>(())
+    /// ```
+    pub fn put_value<T: Archivable>(&mut self, value: &T) -> Result<()> {
+        let wait = match self.put_timeout {
+            Some(t) => Wait::timeout(t),
+            None => Wait::forever(),
+        };
+        let timeout = self.put_timeout;
+        let spilled = {
+            let mut r = self
+                .ring
+                .reserve_with(self.hint, wait)
+                .map_err(|e| put_error(e, timeout))?;
+            match archive_into(value, &mut r).map_err(Error::Archive)? {
+                Archived::InPlace(n) => {
+                    self.hint = n.max(MIN_HINT);
+                    return r.commit(n).map_err(|e| put_error(e, None));
+                }
+                // Dropped uncommitted: skipped by consumers (a claim it
+                // would have paid stays owed).
+                Archived::Spilled(buf) => buf,
+            }
+        };
+        self.hint = spilled.len().max(MIN_HINT);
+        self.put(&spilled)
+    }
+}
