@@ -21,9 +21,11 @@ pub enum Error {
     /// The work ended without some claimed messages: producers that owed
     /// them died (or were dropped) before sending them. Every message that
     /// was sent has been taken.
-    #[error("the work ended incomplete: {lost} claimed messages will never come (the producer that owed them is gone; last pid {pid})")]
+    #[error("the work ended incomplete: up to {lost} claimed messages will never come (the producer that owed them is gone; last pid {pid})")]
     ProducersLost {
-        /// Claimed messages that will never come.
+        /// Claimed messages that will never come, at most: a producer
+        /// that died just after putting a message, before counting it,
+        /// has that message counted here although it was delivered.
         lost: u64,
         /// The pid of the last producer found gone owing.
         pid: u32,
@@ -72,6 +74,18 @@ pub enum Error {
     Ring(shoal_shm_ring::Error),
 }
 
+/// An error attaching to the ring `handle` names: a ring that is not
+/// there any more is [`Error::Vanished`] (elsewhere, a missing file is the
+/// ring's error: an overflow segment, say, does not mean the queue is gone).
+pub(crate) fn attach_error(e: shoal_shm_ring::Error) -> Error {
+    match e {
+        shoal_shm_ring::Error::NotFound { name } => Error::Vanished {
+            name: name.to_string(),
+        },
+        e => e.into(),
+    }
+}
+
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -84,9 +98,6 @@ impl From<shoal_shm_ring::Error> for Error {
             R::VersionMismatch { .. } | R::AbiMismatch { .. } => Error::Incompatible {
                 ours: crate::handle::format().to_string(),
                 theirs: e.to_string(),
-            },
-            R::NotFound { name } => Error::Vanished {
-                name: name.to_string(),
             },
             e => Error::Ring(e),
         }

@@ -121,21 +121,56 @@ impl Handle {
             .map_err(|e| Error::BadHandle(format!("ring handle {:?}: {e}", self.local)))
     }
 
-    /// The handle as rkyv bytes.
+    /// The handle as bytes: [`MAGIC`], the format's length (u16, little
+    /// endian) and the format in plain bytes, then the handle as an rkyv
+    /// archive. The format comes first and plain, so a build whose rkyv
+    /// format (or handle layout) differs is told so by name.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        rkyv::to_bytes::<rkyv::rancor::Error>(self)
-            .map(|b| b.to_vec())
-            .map_err(|e| Error::BadHandle(format!("serializing: {e}")))
+        let archive = rkyv::to_bytes::<rkyv::rancor::Error>(self)
+            .map_err(|e| Error::BadHandle(format!("serializing: {e}")))?;
+        let f = self.format.as_bytes();
+        let len = u16::try_from(f.len())
+            .map_err(|_| Error::BadHandle("format longer than 64 KiB".into()))?;
+        let mut out = Vec::with_capacity(MAGIC.len() + 2 + f.len() + archive.len());
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(f);
+        out.extend_from_slice(&archive);
+        Ok(out)
     }
 
-    /// Reads a handle from rkyv bytes (validated; any alignment).
+    /// Reads a handle from [`to_bytes`](Self::to_bytes)'s bytes (any
+    /// alignment; the archive is validated).
     pub fn from_bytes(bytes: &[u8]) -> Result<Handle> {
-        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
-        aligned.extend_from_slice(bytes);
-        rkyv::from_bytes::<Handle, rkyv::rancor::Error>(&aligned)
-            .map_err(|e| Error::BadHandle(format!("not a channel handle: {e}")))
+        let bad = |why: &str| Error::BadHandle(format!("not a channel handle: {why}"));
+        let rest = bytes.strip_prefix(MAGIC).ok_or_else(|| bad("no magic"))?;
+        let (len, rest) = rest
+            .split_first_chunk::<2>()
+            .ok_or_else(|| bad("truncated"))?;
+        let len = usize::from(u16::from_le_bytes(*len));
+        if rest.len() < len {
+            return Err(bad("truncated format"));
+        }
+        let (theirs, archive) = rest.split_at(len);
+        if theirs != format().as_bytes() {
+            return Err(Error::Incompatible {
+                ours: format().to_string(),
+                theirs: String::from_utf8_lossy(theirs).into_owned(),
+            });
+        }
+        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(archive.len());
+        aligned.extend_from_slice(archive);
+        let h = rkyv::from_bytes::<Handle, rkyv::rancor::Error>(&aligned)
+            .map_err(|e| bad(&e.to_string()))?;
+        if h.format.as_bytes() != theirs {
+            return Err(bad("its two formats differ"));
+        }
+        Ok(h)
     }
 }
+
+/// The first bytes of a handle's binary form.
+pub const MAGIC: &[u8; 8] = b"SHOALCH\x01";
 
 impl fmt::Display for Handle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -151,13 +186,21 @@ impl FromStr for Handle {
             .trim()
             .split_once('@')
             .ok_or_else(|| bad("expected KIND@LOCATION?fmt=FORMAT"))?;
-        let kind = match kind {
-            "workqueue" => Kind::WorkQueue,
-            _ => return Err(bad("unknown channel kind")),
-        };
-        let (local, format) = rest
+        let (local, theirs) = rest
             .split_once("?fmt=")
             .ok_or_else(|| bad("no ?fmt= (the format of the build that made it)"))?;
+        let kind = match kind {
+            "workqueue" => Kind::WorkQueue,
+            // A kind this build does not know: from another build?
+            _ if theirs != format() => {
+                return Err(Error::Incompatible {
+                    ours: format().to_string(),
+                    theirs: theirs.to_string(),
+                })
+            }
+            _ => return Err(bad("unknown channel kind")),
+        };
+        let format = theirs;
         if !local.starts_with("shm://") || local.len() <= "shm://".len() {
             return Err(bad("the location must be shm://NAME"));
         }

@@ -250,12 +250,14 @@ fn messages_larger_than_the_ring_travel_whole() {
 fn bad_handles_are_clear_errors() {
     let q = WorkQueue::create(&opts()).unwrap();
     let text = q.handle().to_string();
+    let ours = shoal_channel::handle::format();
     for bad in [
-        "",
-        "workqueue",
-        "nonsense@shm://x?fmt=y",
-        "workqueue@tcp://x?fmt=y",
-        "workqueue@shm://x",
+        String::new(),
+        "workqueue".into(),
+        format!("nonsense@shm://x?fmt={ours}"),
+        "workqueue@tcp://x?fmt=y".into(),
+        "workqueue@shm://x".into(),
+        "workqueue@shm://?fmt=y".into(),
     ] {
         assert!(
             matches!(bad.parse::<Handle>(), Err(Error::BadHandle(_))),
@@ -280,6 +282,31 @@ fn bad_handles_are_clear_errors() {
     assert!(matches!(
         Handle::from_bytes(&[0xff; 64]),
         Err(Error::BadHandle(_))
+    ));
+    // Truncated bytes, another build's bytes, bytes flipped anywhere: an
+    // error or a handle, never a panic.
+    let bytes = q.handle().to_bytes().unwrap();
+    for n in 0..bytes.len() {
+        assert!(Handle::from_bytes(&bytes[..n]).is_err(), "{n} bytes");
+    }
+    let mut other = bytes.clone();
+    other[10..13].copy_from_slice(b"ch9");
+    assert!(matches!(
+        Handle::from_bytes(&other),
+        Err(Error::Incompatible { .. })
+    ));
+    for i in 0..bytes.len() {
+        let mut flipped = bytes.clone();
+        flipped[i] ^= 0x5a;
+        let _ = Handle::from_bytes(&flipped);
+    }
+    // A kind this build does not know, from another build.
+    let newer = text
+        .replacen("workqueue@", "broadcast2@", 1)
+        .replace("?fmt=ch1.", "?fmt=ch2.");
+    assert!(matches!(
+        newer.parse::<Handle>(),
+        Err(Error::Incompatible { .. })
     ));
     // A queue that is gone.
     let h = q.handle().clone();
@@ -389,4 +416,78 @@ proptest! {
         }
         prop_assert_eq!(taken, sent);
     }
+}
+
+/// Review: endpoints attached before the queue was dropped keep working,
+/// their async forms included (their readiness fds reopen the segment
+/// through the endpoint's own descriptor, not its unlinked name).
+#[tokio::test(flavor = "current_thread")]
+async fn async_endpoints_keep_working_after_the_queue_is_dropped() {
+    let q = WorkQueue::create(&opts().capacity(4096)).unwrap();
+    let (mut p, mut c) = (q.producer().unwrap(), q.consumer().unwrap());
+    drop(q);
+    let waited = tokio::time::timeout(Duration::from_millis(100), c.take_async())
+        .await
+        .map(|r| r.map(|m| m.map(|m| m.to_vec())));
+    assert!(waited.is_err(), "waited (no error): {waited:?}");
+    while p.try_put(&[3u8; 1000]).is_ok() {}
+    let (put, taken) = tokio::join!(p.put_async(&[4u8; 1000]), async {
+        let mut n = 0;
+        while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(200), c.take_async())
+            .await
+            .unwrap_or(Ok(None))
+        {
+            n += usize::from(m[0] == 4);
+        }
+        n
+    });
+    put.unwrap();
+    assert_eq!(taken, 1);
+}
+
+/// Review: timeouts of zero and of Duration::MAX are a try and no
+/// timeout, with the usual errors, never a panic.
+#[tokio::test(flavor = "current_thread")]
+async fn zero_and_endless_timeouts_behave() {
+    let zero = opts()
+        .capacity(4096)
+        .take_timeout(Some(Duration::ZERO))
+        .put_timeout(Some(Duration::ZERO));
+    let q = WorkQueue::create(&zero).unwrap();
+    let (mut p, mut c) = (q.producer().unwrap(), q.consumer().unwrap());
+    assert!(matches!(c.take(), Err(Error::Timeout { .. })));
+    assert!(matches!(c.take_async().await, Err(Error::Timeout { .. })));
+    while p.try_put(&[1u8; 1000]).is_ok() {}
+    assert!(matches!(p.put(&[1u8; 1000]), Err(Error::Timeout { .. })));
+    assert!(matches!(
+        p.put_async(&[1u8; 1000]).await,
+        Err(Error::Timeout { .. })
+    ));
+    let endless = opts()
+        .take_timeout(Some(Duration::MAX))
+        .put_timeout(Some(Duration::MAX));
+    let q = WorkQueue::create(&endless).unwrap();
+    let (mut p, mut c) = (q.producer().unwrap(), q.consumer().unwrap());
+    p.put_async(b"x").await.unwrap();
+    assert_eq!(&*c.take_async().await.unwrap().unwrap(), b"x");
+}
+
+/// Review: an async consumer of a queue whose creator and producers are
+/// all gone (claims never closed) is told nobody can produce, as a
+/// blocking one is, instead of waiting for ever.
+#[tokio::test(flavor = "current_thread")]
+async fn an_async_take_learns_that_nobody_can_produce() {
+    let q = WorkQueue::create(&opts()).unwrap();
+    let mut c = q.consumer().unwrap();
+    drop(q);
+    let r = tokio::time::timeout(Duration::from_secs(5), c.take_async())
+        .await
+        .expect("ended within 5 s");
+    assert!(
+        matches!(
+            r,
+            Err(Error::Ring(shoal_shm_ring::Error::WriterGone { .. }))
+        ),
+        "{r:?}"
+    );
 }

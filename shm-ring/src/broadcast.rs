@@ -474,7 +474,7 @@ impl BroadcastReader {
     /// # Ok::<(), shoal_shm_ring::Error>(())
     /// ```
     pub fn ready_fd(&self) -> Result<crate::ReadyFd> {
-        let seg = Segment::attach(self.core.mem.seg.name(), SegmentKind::Broadcast)?;
+        let seg = self.core.mem.seg.reopen(SegmentKind::Broadcast)?;
         let t = self.core.token();
         crate::ReadyFd::new(
             seg,

@@ -265,7 +265,7 @@ impl MpmcProducer {
     /// try reclaims what a dead consumer held). One per producer at a
     /// time.
     pub fn space_fd(&self) -> Result<crate::ReadyFd> {
-        let seg = Segment::attach(self.core.mem.seg.name(), SegmentKind::Mpmc)?;
+        let seg = self.core.mem.seg.reopen(SegmentKind::Mpmc)?;
         let t = self.core.token();
         let consumers = seg.header().slots as usize;
         crate::ReadyFd::new(
@@ -602,7 +602,7 @@ impl MpmcConsumer {
     /// One per consumer at a time: a second call while the first lives
     /// fails with [`Error::InvalidConfig`].
     pub fn ready_fd(&self) -> Result<crate::ReadyFd> {
-        let seg = Segment::attach(self.core.mem.seg.name(), SegmentKind::Mpmc)?;
+        let seg = self.core.mem.seg.reopen(SegmentKind::Mpmc)?;
         let t = self.core.token();
         crate::ReadyFd::new(
             seg,
@@ -675,6 +675,21 @@ impl MpmcConsumer {
             self.held = self.core.poll()?;
         }
         Ok(self.held.is_some())
+    }
+
+    /// What a blocked [`take`](Self::take) checks every liveness interval,
+    /// for callers that wait their own way (an async loop over the
+    /// [`ready_fd`](Self::ready_fd)): frees the slots of dead producers,
+    /// ends the work if it is over (the next `try_take` then says so), and
+    /// fails with [`Error::WriterGone`] when nobody can ever produce again
+    /// (the ring's creator is dead, no live producer is attached, and
+    /// claims are not closed).
+    pub fn check_peers(&mut self) -> Result<()> {
+        let r = self.core.check();
+        if self.core.take_dead_freed() {
+            sweep_orphaned_overflow(&self.core.mem);
+        }
+        r
     }
 
     /// The record [`try_hold`](Self::try_hold) kept, as a guard (`None`

@@ -550,6 +550,32 @@ fn settle_dead<M: RingMem<Control = MpmcControl>>(mem: &M, i: usize) -> bool {
     true
 }
 
+/// A consumer's periodic look at the producers: frees the slots of dead
+/// ones, and ends the work if it is over (the last producer that owed
+/// anything died, or its decrement raced the close). True when a slot was
+/// freed.
+fn check_producers<M: RingMem<Control = MpmcControl>>(mem: &M, lay: (usize, usize)) -> bool {
+    let freed = evict_dead(mem, lay.0..lay.0 + lay.1, &mem.ctrl().space_ec, lay.0);
+    finish_work(mem, lay, None);
+    freed
+}
+
+/// Whether nobody can ever produce again: the ring's creator is dead and
+/// no live producer is attached. Never while claims are closed: then the
+/// work accounting ends the wait, with the outcome (a dead producer's
+/// reservation at head may still need its orphan timeout to be skipped
+/// before the drained ring says so).
+fn producers_gone<M: RingMem<Control = MpmcControl>>(mem: &M, lay: (usize, usize)) -> bool {
+    if mem.ctrl().work.claims_closed.load(Ordering::Acquire) != 0 {
+        return false;
+    }
+    let any_producer = (lay.0..lay.0 + lay.1).any(|i| {
+        Own::unpack(mem.slot(i).own.load(Ordering::Acquire)).state == slot::ACTIVE
+            && slot_alive(mem, i)
+    });
+    !any_producer && !mem.lease_held(lease::OWNER)
+}
+
 /// What a consumer of a closed, drained ring is told: how the work ended
 /// (or just `Closed` when the ring was closed outright).
 fn closed_error<M: RingMem<Control = MpmcControl>>(mem: &M) -> Error {
@@ -667,6 +693,27 @@ fn lock<M: RingMem<Control = MpmcControl>>(
         {
             continue;
         }
+        // The holder is judged before the deadline is: a dead holder is
+        // taken over by a call that does not wait too (`held_since`
+        // outlives calls, so a later try judges it once it was seen for a
+        // liveness interval); else a no-wait producer would find the ring
+        // "full" for ever behind a dead holder.
+        let holder = cur & !LOCK_WAITERS;
+        let since = match *held_since {
+            Some((h, t)) if h == holder => Some(t),
+            _ => {
+                *held_since = Some((holder, Instant::now()));
+                None
+            }
+        };
+        if let Some(since) = since.filter(|t| t.elapsed() >= opts.liveness_interval) {
+            if let Some(r) = judge_lock_holder(mem, lay, mine, holder, since, opts, &mut logged) {
+                if r.is_ok() {
+                    *held_since = None;
+                }
+                return r;
+            }
+        }
         let now = Instant::now();
         deadline.check(now)?;
         crate::futex::wait(
@@ -675,21 +722,29 @@ fn lock<M: RingMem<Control = MpmcControl>>(
             Some(deadline.slice(now, opts.liveness_interval)),
         );
         slept = true;
-        let holder = cur & !LOCK_WAITERS;
-        let since = match *held_since {
-            Some((h, t)) if h == holder => t,
-            _ => {
-                *held_since = Some((holder, Instant::now()));
-                continue;
-            }
-        };
-        let waited = since.elapsed();
-        if waited < opts.liveness_interval {
-            continue;
-        }
+    }
+}
+
+/// The reservation lock has been held by `holder` since `since`, a
+/// liveness interval or more: takes it over if the holder is dead
+/// (`Some(Ok)`: ours now), ends the wait if a live holder stalled past
+/// `stall_timeout` (`Some(Err(Stalled))`), logs a slow one once; `None`:
+/// keep waiting.
+fn judge_lock_holder<M: RingMem<Control = MpmcControl>>(
+    mem: &M,
+    lay: (usize, usize),
+    mine: u32,
+    holder: u32,
+    since: Instant,
+    opts: &PeerOptions,
+    logged: &mut bool,
+) -> Option<Result<()>> {
+    let l = &mem.ctrl().lock;
+    let waited = since.elapsed();
+    {
         let now_word = l.word.load(Ordering::Relaxed);
         if now_word & !LOCK_WAITERS != holder {
-            continue;
+            return None;
         }
         let (idx, alive) = lock_holder(mem, lay, holder);
         if !alive {
@@ -706,11 +761,10 @@ fn lock<M: RingMem<Control = MpmcControl>>(
                     "shoal mpmc {}: took over the reservation lock of a dead producer (slot {idx:?})",
                     mem.label()
                 );
-                *held_since = None;
                 recover_reservation(mem);
-                return Ok(());
+                return Some(Ok(()));
             }
-            continue;
+            return None;
         }
         let (idx, pid) = match idx {
             Some(i) => (i, slot_owner(mem.slot(i)).pid),
@@ -721,21 +775,22 @@ fn lock<M: RingMem<Control = MpmcControl>>(
                 "shoal mpmc {}: producer slot {idx} (pid {pid}) held the reservation lock for {waited:?}",
                 mem.label()
             );
-            return Err(Error::Stalled {
+            return Some(Err(Error::Stalled {
                 role: "lock holder",
                 slot: idx as u32,
                 pid,
                 waited,
-            });
+            }));
         }
-        if waited >= opts.slow_peer_log && !logged {
-            logged = true;
+        if waited >= opts.slow_peer_log && !*logged {
+            *logged = true;
             log::warn!(
                 "shoal mpmc {}: waiting {waited:?} for the reservation lock held by producer slot {idx} (pid {pid})",
                 mem.label()
             );
         }
     }
+    None
 }
 
 /// Releases the lock if this producer holds it (a producer wrongly judged
@@ -1172,7 +1227,7 @@ impl<M: RingMem<Control = MpmcControl>> ConsumerCore<M> {
         let gone = Cell::new(false);
         let creator_pid = self.creator_pid;
         let dead_freed = &self.dead_freed;
-        block_on(
+        let r = block_on(
             &mut self.spinner,
             &mem.ctrl().data_ec,
             Waiter::blocking(st.token.index),
@@ -1184,29 +1239,47 @@ impl<M: RingMem<Control = MpmcControl>> ConsumerCore<M> {
                 None => Ok(None),
             },
             |_| {
-                let producers = lay.0..lay.0 + lay.1;
-                if evict_dead(mem, producers.clone(), &mem.ctrl().space_ec, lay.0) {
+                if check_producers(mem, lay) {
                     dead_freed.set(true);
                 }
-                // Nobody can ever produce again: the creator is dead and no
-                // live producer is attached.
-                let any_producer = producers.clone().any(|i| {
-                    Own::unpack(mem.slot(i).own.load(Ordering::Acquire)).state == slot::ACTIVE
-                        && slot_alive(mem, i)
-                });
-                if !any_producer && !mem.lease_held(lease::OWNER) {
-                    gone.set(true);
-                }
-                // The work may be over: the last producer that owed
-                // anything died, or its decrement raced the close.
-                finish_work(mem, lay, None);
+                gone.set(producers_gone(mem, lay));
                 Ok(())
             },
-        )
-        .map_err(|e| match e {
+        );
+        let r = match r {
+            // A wait too short for a liveness check still ends the work
+            // if it is over (a dead producer's debt, or a finisher that
+            // died before closing).
+            Err(Error::Timeout | Error::WouldBlock) if finish_work(mem, lay, None) => {
+                match st.poll_take(mem, lay, &opts) {
+                    Ok(Some(g)) => Ok(g),
+                    Ok(None) => Err(Error::Timeout),
+                    Err(e) => Err(e),
+                }
+            }
+            r => r,
+        };
+        r.map_err(|e| match e {
             Error::Closed => closed_error(mem),
             e => e,
         })
+    }
+
+    /// The checks a blocked `take` makes every liveness interval, for
+    /// callers that wait their own way (an async loop over a `ReadyFd`):
+    /// frees the slots of dead producers, ends the work if it is over, and
+    /// fails with `WriterGone` when nobody can ever produce again (see
+    /// [`producers_gone`]).
+    pub(crate) fn check(&mut self) -> Result<()> {
+        if check_producers(&self.mem, self.lay) {
+            self.dead_freed.set(true);
+        }
+        if producers_gone(&self.mem, self.lay) {
+            return Err(Error::WriterGone {
+                pid: self.creator_pid,
+            });
+        }
+        Ok(())
     }
 
     /// Releases the record at `pos`.

@@ -257,6 +257,27 @@ impl Segment {
         Self::attach_fd(fd, name, kind)
     }
 
+    /// Attaches again to this segment through a file description of its
+    /// own (independent leases, as [`attach`](Self::attach) gives), even
+    /// once its name was unlinked: the file is reopened through this
+    /// process's descriptor of it (`/proc/self/fd`), and validated again.
+    pub(crate) fn reopen(&self, kind: SegmentKind) -> Result<Segment> {
+        let path = format!("/proc/self/fd/{}\0", self.fd.as_raw_fd());
+        // SAFETY: a NUL-terminated path; open keeps no pointer to it.
+        let raw = unsafe {
+            libc::open(
+                path.as_ptr().cast(),
+                libc::O_RDWR | libc::O_CLOEXEC | libc::O_NONBLOCK,
+            )
+        };
+        if raw < 0 {
+            return Err(Error::last_os_on("reopen", &self.name));
+        }
+        // SAFETY: `raw` is a descriptor this call just opened and owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        Self::attach_fd(fd, &self.name, kind)
+    }
+
     fn attach_fd(fd: OwnedFd, name: &SegmentName, kind: SegmentKind) -> Result<Segment> {
         let raw = fd.as_raw_fd();
         let st = fstat(raw, name)?;

@@ -389,3 +389,55 @@ fn the_closer_that_owes_is_not_taken_for_dead() {
     assert!(take(&mut c).unwrap());
     assert!(matches!(take(&mut c), Err(Error::Finished)));
 }
+
+/// Review: a no-wait reservation behind a dead producer's reservation lock
+/// takes the lock over once the holder was seen for a liveness interval
+/// (before, only a waiting call did, and a try found the ring "full" for
+/// ever).
+#[test]
+fn a_no_wait_reservation_takes_over_a_dead_holders_lock() {
+    let m = ring();
+    let dead = producer(&m);
+    let mut p = producer(&m);
+    m.ctrl().lock.word.store(dead.lock_id, Ordering::Release);
+    kill(&m, dead);
+    assert!(matches!(
+        p.reserve(8, &Wait::no_wait()),
+        Err(Error::WouldBlock)
+    ));
+    std::thread::sleep(opts().liveness_interval * 2);
+    let r = p.reserve(8, &Wait::no_wait()).expect("lock taken over");
+    p.commit(r, 8, rec::DATA).unwrap();
+}
+
+/// Review: a take whose own timeout is shorter than a liveness interval
+/// still ends the work when a dead producer's debt is all that is left.
+#[test]
+fn a_short_take_still_ends_the_work_of_a_dead_producer() {
+    let m = ring();
+    let (mut a, mut b, mut c) = (producer(&m), producer(&m), consumer(&m));
+    a.claim(2, &Wait::forever()).unwrap();
+    b.close_claims(&Wait::forever()).unwrap();
+    kill(&m, a);
+    match c.take(&Wait::timeout(Duration::from_micros(100))) {
+        Err(Error::ProducersLost { lost: 2, .. }) => {}
+        other => panic!("expected ProducersLost, got {other:?}"),
+    }
+}
+
+/// Review: once claims are closed, a consumer whose ring lost its creator
+/// and every producer is told how the work ended, not `WriterGone`.
+#[test]
+fn with_claims_closed_the_outcome_wins_over_writer_gone() {
+    let m = ring();
+    let (mut a, mut c) = (producer(&m), consumer(&m));
+    a.claim(1, &Wait::forever()).unwrap();
+    a.close_claims(&Wait::forever()).unwrap();
+    kill(&m, a);
+    // No creator lease on heap memory: only the outcome can end this.
+    assert!(!producers_gone(&m, (LAY.consumers, LAY.producers)));
+    match c.take(&Wait::timeout(Duration::from_secs(5))) {
+        Err(Error::ProducersLost { lost: 1, .. }) => {}
+        other => panic!("expected ProducersLost, got {other:?}"),
+    }
+}

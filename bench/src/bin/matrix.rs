@@ -213,6 +213,19 @@ fn cells(quick: bool) -> Vec<Cell> {
             &format!("crossbeam mpmc --ms {ms}"),
         ],
     ));
+    // The channel layer (issue 8): WorkQueue throughput across processes,
+    // producers x consumers 1x1, 2x2, 4x4 (4x4 oversubscribes the two
+    // cores: waits must park), beside the raw MPMC ring under it.
+    let wq: Vec<String> = [(1, 1), (2, 2), (4, 4)]
+        .iter()
+        .flat_map(|(p, c)| {
+            let base =
+                format!("channel workqueue --producers {p} --consumers {c} --size 64 --ms {ms}");
+            [base.clone(), format!("{base} --raw")]
+        })
+        .collect();
+    let wq: Vec<&str> = wq.iter().map(String::as_str).collect();
+    v.push(cell("channel workqueue 64 B", r - 1, &wq));
     v.push(cell(
         "idle reader CPU and wake-ups",
         1,

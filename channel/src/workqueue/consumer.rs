@@ -117,7 +117,8 @@ pub enum TryTake<'a> {
 fn take_end(e: RingError, waited: Option<Duration>) -> Result<()> {
     match e {
         RingError::Finished => Ok(()),
-        RingError::Timeout => Err(Error::Timeout {
+        // A zero timeout is a try that found nothing.
+        RingError::Timeout | RingError::WouldBlock => Err(Error::Timeout {
             what: "a message from the work queue",
             after: waited.unwrap_or_default(),
         }),
@@ -135,7 +136,8 @@ impl Consumer {
     /// the queue's).
     pub fn attach_with(handle: &Handle, opts: &QueueOptions) -> Result<Consumer> {
         let ring = handle.ring(Kind::WorkQueue)?;
-        let ring = MpmcConsumer::attach_with(&ring, opts.peer, Some(expected_tag()))?;
+        let ring =
+            super::attach(|| MpmcConsumer::attach_with(&ring, opts.peer, Some(expected_tag())))?;
         Ok(Consumer {
             ring,
             ready: None,
@@ -170,7 +172,10 @@ impl Consumer {
     /// (up to the take timeout); `None` once the work is over.
     /// Cancel-safe: dropped before it returned, nothing was taken.
     pub async fn take_async(&mut self) -> Result<Option<Taken<'_>>> {
-        let deadline = self.take_timeout.map(|t| (Instant::now() + t, t));
+        // A timeout too long to add to the clock is no timeout.
+        let deadline = self
+            .take_timeout
+            .and_then(|t| Some((Instant::now().checked_add(t)?, t)));
         loop {
             // Held, not borrowed: the loop goes on when nothing is there.
             match self.ring.try_hold() {
@@ -213,13 +218,18 @@ impl Consumer {
                 }
                 slice = slice.min(left);
             }
-            if let Ok(r) = tokio::time::timeout(slice, ready.readable()).await {
-                let mut guard = r.map_err(|source| Error::Io {
-                    what: "awaiting the work queue",
-                    source,
-                })?;
-                guard.get_inner().clear();
-                guard.clear_ready();
+            match tokio::time::timeout(slice, ready.readable()).await {
+                Ok(r) => {
+                    let mut guard = r.map_err(|source| Error::Io {
+                        what: "awaiting the work queue",
+                        source,
+                    })?;
+                    guard.get_inner().clear();
+                    guard.clear_ready();
+                }
+                // What a blocked take checks every liveness interval: dead
+                // producers, the end of the work, nobody left to produce.
+                Err(_) => self.ring.check_peers()?,
             }
         }
         // Held just above, with no await since: there is one.

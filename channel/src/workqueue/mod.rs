@@ -158,6 +158,22 @@ impl WorkQueue {
     }
 }
 
+/// Attaches an endpoint with `join`, trying again twice when every slot
+/// looked taken: a consumer settling a dead producer's debt holds that
+/// slot's lease for a moment.
+pub(crate) fn attach<T>(join: impl Fn() -> shoal_shm_ring::Result<T>) -> crate::error::Result<T> {
+    let mut tries = 0;
+    loop {
+        match join() {
+            Err(shoal_shm_ring::Error::NoFreeSlot { .. }) if tries < 2 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            r => return r.map_err(crate::error::attach_error),
+        }
+    }
+}
+
 /// The payload-format tag a queue's ring must carry.
 pub(crate) fn expected_tag() -> [u8; shoal_shm_ring::FORMAT_TAG_LEN] {
     let tag = ring_tag(Kind::WorkQueue);

@@ -78,7 +78,8 @@ impl std::error::Error for TryPutError<'_> {}
 fn put_error(e: RingError, waited: Option<Duration>) -> Error {
     match e {
         RingError::Closed => Error::Closed,
-        RingError::Timeout => Error::Timeout {
+        // A zero timeout is a try that found no room.
+        RingError::Timeout | RingError::WouldBlock => Error::Timeout {
             what: "room in the work queue",
             after: waited.unwrap_or_default(),
         },
@@ -96,7 +97,8 @@ impl Producer {
     /// the queue's).
     pub fn attach_with(handle: &Handle, opts: &QueueOptions) -> Result<Producer> {
         let ring = handle.ring(Kind::WorkQueue)?;
-        let ring = MpmcProducer::attach_with(&ring, opts.peer, Some(expected_tag()))?;
+        let ring =
+            super::attach(|| MpmcProducer::attach_with(&ring, opts.peer, Some(expected_tag())))?;
         Ok(Producer {
             ring,
             space: None,
@@ -154,7 +156,10 @@ impl Producer {
     /// put timeout). Cancel-safe: dropped before it finished, nothing was
     /// put.
     pub async fn put_async(&mut self, msg: &[u8]) -> Result<()> {
-        let deadline = self.put_timeout.map(|t| (Instant::now() + t, t));
+        // A timeout too long to add to the clock is no timeout.
+        let deadline = self
+            .put_timeout
+            .and_then(|t| Some((Instant::now().checked_add(t)?, t)));
         loop {
             match self.try_put(msg) {
                 Ok(()) => return Ok(()),
@@ -241,15 +246,25 @@ impl Producer {
                 .map_err(|e| put_error(e, timeout))?;
             match archive_into(value, &mut r).map_err(Error::Archive)? {
                 Archived::InPlace(n) => {
-                    self.hint = n.max(MIN_HINT);
-                    return r.commit(n).map_err(|e| put_error(e, None));
+                    r.commit(n).map_err(|e| put_error(e, None))?;
+                    self.hint = self.fit_hint(n);
+                    return Ok(());
                 }
                 // Dropped uncommitted: skipped by consumers (a claim it
                 // would have paid stays owed).
                 Archived::Spilled(buf) => buf,
             }
         };
-        self.hint = spilled.len().max(MIN_HINT);
-        self.put(&spilled)
+        self.put(&spilled)?;
+        self.hint = self.fit_hint(spilled.len());
+        Ok(())
+    }
+
+    /// The room the next typed put reserves after an archive of `n`
+    /// bytes: that, within the ring (a larger archive spills and is
+    /// copied in; reserving its size ahead would map an overflow segment
+    /// for every later value, however small).
+    fn fit_hint(&self, n: usize) -> usize {
+        n.clamp(MIN_HINT, self.ring.max_inline().max(MIN_HINT))
     }
 }

@@ -1,0 +1,209 @@
+//! shoal-channel measured across processes.
+//!
+//! `channel workqueue --producers P --consumers C --size B --ms T [--raw]`:
+//! WorkQueue throughput, P producer processes putting B-byte messages as
+//! fast as the queue takes them and C consumer processes taking them, for
+//! T ms; then the producers stop, the queue is closed, and the consumers
+//! drain it and end (`take` returns `None`: the termination path runs in
+//! every cell). Metric `throughput_msgs_per_s` (messages taken), one
+//! sample per 100 ms slice; pattern `workqueue`, mode `park` (waits spin,
+//! then park), `readers` = C, processes P + C.
+//!
+//! With `--raw`: the peer, the raw MPMC ring underneath (shoal-shm-ring)
+//! in the same configuration, closed outright at the end (system
+//! `shm-ring`): what the channel adds over the ring.
+//!
+//! Prints one JSON [`Measurement`] per line.
+
+use shoal_bench::measure::Measurement;
+use shoal_bench::proc::{fork, Args};
+use shoal_bench::shared::SharedMap;
+use shoal_channel::{Consumer, Producer, QueueOptions, WorkQueue};
+use shoal_shm_ring::{MpmcConfig, MpmcConsumer, MpmcProducer, MpmcRing, Wait};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+const SLICE: Duration = Duration::from_millis(100);
+/// Messages a consumer takes between updates of its shared counter.
+const BATCH: u64 = 64;
+const CAPACITY: u64 = 1 << 20;
+
+/// Where each process's counter lives in the shared map (a line pair each).
+fn slot(i: usize) -> usize {
+    128 + i * 128
+}
+
+fn workqueue(p: usize, c: usize, size: usize, run: Duration, raw: bool) -> Measurement {
+    let system = if raw { "shm-ring" } else { "shoal" };
+    let mut m = Measurement::new(system, "workqueue", "park", "throughput_msgs_per_s")
+        .payload(size as u64)
+        .readers(c as u32)
+        .processes((p + c) as u32);
+    let r = (|| -> Result<Vec<f64>, String> {
+        let map = SharedMap::new(4096 + 128 * (p + c)).map_err(|e| e.to_string())?;
+        let stop = map.at::<AtomicU64>(0);
+        let opts = QueueOptions::default()
+            .capacity(CAPACITY)
+            .peers(p as u32 + 1, c as u32);
+        // The queue (or the raw ring) lives in this process.
+        let (queue, ring) = if raw {
+            let cfg = MpmcConfig::new(CAPACITY, p as u32 + 1, c as u32);
+            (
+                None,
+                Some(MpmcRing::create(&cfg).map_err(|e| e.to_string())?),
+            )
+        } else {
+            (
+                Some(WorkQueue::create(&opts).map_err(|e| e.to_string())?),
+                None,
+            )
+        };
+        let mut kids = Vec::new();
+        for k in 0..c {
+            let counter = map.at::<AtomicU64>(slot(k));
+            let (queue, ring) = (&queue, &ring);
+            let opts = &opts;
+            kids.push(
+                fork(move || {
+                    let mut n = 0u64;
+                    let flush = |n: u64| counter.store(n, Ordering::Release);
+                    if let Some(q) = queue {
+                        let Ok(mut c) = Consumer::attach_with(q.handle(), opts) else {
+                            return 1;
+                        };
+                        loop {
+                            match c.take() {
+                                Ok(Some(msg)) => {
+                                    std::hint::black_box(msg.first());
+                                    n += 1;
+                                    if n.is_multiple_of(BATCH) {
+                                        flush(n);
+                                    }
+                                }
+                                Ok(None) => break,
+                                Err(_) => return 1,
+                            }
+                        }
+                    } else if let Some(r) = ring {
+                        let Ok(mut c) = MpmcConsumer::attach(&r.handle()) else {
+                            return 1;
+                        };
+                        loop {
+                            match c.take_with(Wait::timeout(Duration::from_secs(30))) {
+                                Ok(g) => {
+                                    std::hint::black_box(g.first());
+                                    n += 1;
+                                    if n.is_multiple_of(BATCH) {
+                                        flush(n);
+                                    }
+                                }
+                                Err(shoal_shm_ring::Error::Closed) => break,
+                                Err(_) => return 1,
+                            }
+                        }
+                    }
+                    flush(n);
+                    0
+                })
+                .map_err(|e| e.to_string())?,
+            );
+        }
+        let msg = vec![7u8; size];
+        let producers: Vec<_> = (0..p)
+            .map(|_| {
+                let (queue, ring, msg) = (&queue, &ring, &msg);
+                let opts = &opts;
+                fork(move || {
+                    if let Some(q) = queue {
+                        let Ok(mut p) = Producer::attach_with(q.handle(), opts) else {
+                            return 1;
+                        };
+                        while stop.load(Ordering::Relaxed) == 0 {
+                            for _ in 0..64 {
+                                if p.put(msg).is_err() {
+                                    return 1;
+                                }
+                            }
+                        }
+                    } else if let Some(r) = ring {
+                        let Ok(mut p) = MpmcProducer::attach(&r.handle()) else {
+                            return 1;
+                        };
+                        while stop.load(Ordering::Relaxed) == 0 {
+                            for _ in 0..64 {
+                                if p.send(msg).is_err() {
+                                    return 1;
+                                }
+                            }
+                        }
+                    }
+                    0
+                })
+                .map_err(|e| e.to_string())
+            })
+            .collect::<Result<_, _>>()?;
+        let total = || -> u64 {
+            (0..c)
+                .map(|k| map.at::<AtomicU64>(slot(k)).load(Ordering::Acquire))
+                .sum()
+        };
+        let mut samples = Vec::new();
+        // One slice of warm-up, then a sample per slice.
+        std::thread::sleep(SLICE);
+        let end = Instant::now() + run;
+        let (mut t, mut n) = (Instant::now(), total());
+        while Instant::now() < end {
+            std::thread::sleep(SLICE);
+            let (t1, n1) = (Instant::now(), total());
+            samples.push((n1 - n) as f64 / (t1 - t).as_secs_f64());
+            (t, n) = (t1, n1);
+        }
+        stop.store(1, Ordering::Relaxed);
+        let mut failed = 0;
+        for k in producers {
+            failed += i32::from(k.wait() != Ok(0));
+        }
+        // The end: the consumers drain and stop.
+        if let Some(q) = &queue {
+            q.producer()
+                .and_then(|mut p| p.close())
+                .map_err(|e| e.to_string())?;
+        }
+        if let Some(r) = &ring {
+            r.producer().map_err(|e| e.to_string())?.close_ring();
+        }
+        for k in kids {
+            failed += i32::from(k.wait() != Ok(0));
+        }
+        if failed > 0 {
+            return Err(format!("{failed} of {} processes failed", p + c));
+        }
+        Ok(samples)
+    })();
+    match r {
+        Ok(s) => m.samples = s,
+        Err(e) => m.error = Some(e),
+    }
+    m
+}
+
+fn main() {
+    let cmd = std::env::args().nth(1).unwrap_or_default();
+    let a = Args::from_env(2);
+    let m = match cmd.as_str() {
+        "workqueue" => workqueue(
+            a.get("producers", 1usize).max(1),
+            a.get("consumers", 1usize).max(1),
+            a.get("size", 64usize),
+            Duration::from_millis(a.get("ms", 1000u64)),
+            a.has("raw"),
+        ),
+        _ => {
+            eprintln!(
+                "usage: channel workqueue --producers P --consumers C --size B --ms T [--raw]"
+            );
+            std::process::exit(2);
+        }
+    };
+    m.emit();
+}
