@@ -57,6 +57,15 @@ pub enum Error {
         /// Its segment's name.
         name: String,
     },
+    /// A message that does not follow the channel's protocol (written by
+    /// a buggy or hostile peer); it was taken and dropped.
+    #[error("malformed message: {what} ({len} bytes)")]
+    Malformed {
+        /// What is wrong with it.
+        what: &'static str,
+        /// Its length.
+        len: usize,
+    },
     /// A value could not be serialized or read as the type asked for.
     #[error(transparent)]
     Archive(shoal_transport::Error),

@@ -46,6 +46,8 @@ pub(crate) fn ring_tag(kind: Kind) -> String {
 pub enum Kind {
     /// A [`WorkQueue`](crate::WorkQueue).
     WorkQueue,
+    /// A [`Gather`](crate::Gather).
+    Gather,
 }
 
 impl Kind {
@@ -53,11 +55,13 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::WorkQueue => "workqueue",
+            Kind::Gather => "gather",
         }
     }
     fn short(self) -> &'static str {
         match self {
             Kind::WorkQueue => "wq",
+            Kind::Gather => "ga",
         }
     }
 }
@@ -191,6 +195,7 @@ impl FromStr for Handle {
             .ok_or_else(|| bad("no ?fmt= (the format of the build that made it)"))?;
         let kind = match kind {
             "workqueue" => Kind::WorkQueue,
+            "gather" => Kind::Gather,
             // A kind this build does not know: from another build?
             _ if theirs != format() => {
                 return Err(Error::Incompatible {

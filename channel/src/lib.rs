@@ -31,8 +31,12 @@
 //! # Ok::<(), shoal_channel::Error>(())
 //! ```
 //!
+//! - a [`Gather`]: many writers, one reader, each message with its
+//!   [`Sender`] (index, pid, host); the same termination.
+//!
 //! ## Map of the crate
 //! - [`error`]: the crate's one error type.
+//! - [`gather`]: the gather, its writers, and sender identities.
 //! - [`handle`]: the serializable handle other processes attach with (text
 //!   and rkyv), and the build fingerprint it carries.
 //! - [`workqueue`]: the work queue, its producers and consumers.
@@ -40,9 +44,11 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod gather;
 pub mod handle;
 pub mod workqueue;
 
 pub use error::{Error, Result};
+pub use gather::{Gather, GatherWriter, Gathered, Sender, TryGather};
 pub use handle::{Handle, Kind};
 pub use workqueue::{Consumer, Producer, QueueOptions, Taken, TryPutError, TryTake, WorkQueue};

@@ -30,6 +30,8 @@ use tokio::io::unix::AsyncFd;
 /// ```
 pub struct Consumer {
     ring: MpmcConsumer,
+    /// Bytes before every message (a gather's sender header).
+    skip: usize,
     /// Awaited by `take_async` while the queue is empty (made on first use).
     ready: Option<AsyncFd<ReadyFd>>,
     take_timeout: Option<Duration>,
@@ -48,6 +50,8 @@ impl std::fmt::Debug for Consumer {
 /// holds goes back to the producers when it is dropped.
 pub struct Taken<'a> {
     guard: TakeGuard<'a>,
+    /// Bytes of header before the message.
+    skip: usize,
 }
 
 impl std::fmt::Debug for Taken<'_> {
@@ -59,7 +63,28 @@ impl std::fmt::Debug for Taken<'_> {
 impl Deref for Taken<'_> {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        &self.guard
+        // A record shorter than its header was refused when taken.
+        self.guard.get(self.skip..).unwrap_or_default()
+    }
+}
+
+impl<'a> Taken<'a> {
+    /// A taken record with `skip` bytes of header, refused (and released)
+    /// when shorter than that: a peer that wrote it did not speak this
+    /// channel's protocol.
+    fn new(guard: TakeGuard<'a>, skip: usize) -> Result<Taken<'a>> {
+        if guard.len() < skip {
+            return Err(Error::Malformed {
+                what: "a message shorter than its sender header",
+                len: guard.len(),
+            });
+        }
+        Ok(Taken { guard, skip })
+    }
+
+    /// The header before the message (empty but in a gather).
+    pub(crate) fn head(&self) -> &[u8] {
+        self.guard.get(..self.skip).unwrap_or_default()
     }
 }
 
@@ -135,11 +160,24 @@ impl Consumer {
     /// Attaches with `opts` (its timeouts and peer options; the sizes are
     /// the queue's).
     pub fn attach_with(handle: &Handle, opts: &QueueOptions) -> Result<Consumer> {
-        let ring = handle.ring(Kind::WorkQueue)?;
-        let ring =
-            super::attach(|| MpmcConsumer::attach_with(&ring, opts.peer, Some(expected_tag())))?;
+        Consumer::attach_kind(handle, opts, Kind::WorkQueue, 0)
+    }
+
+    /// Attaches to a channel of `kind` built on a work queue's ring, whose
+    /// messages start with `skip` bytes of header.
+    pub(crate) fn attach_kind(
+        handle: &Handle,
+        opts: &QueueOptions,
+        kind: Kind,
+        skip: usize,
+    ) -> Result<Consumer> {
+        let ring = handle.ring(kind)?;
+        let ring = super::attach(|| {
+            MpmcConsumer::attach_with(&ring, opts.peer, Some(expected_tag(kind)))
+        })?;
         Ok(Consumer {
             ring,
+            skip,
             ready: None,
             take_timeout: opts.take_timeout,
             liveness: opts.peer.liveness_interval,
@@ -153,16 +191,18 @@ impl Consumer {
             Some(t) => Wait::timeout(t),
             None => Wait::forever(),
         };
+        let skip = self.skip;
         match self.ring.take_with(wait) {
-            Ok(guard) => Ok(Some(Taken { guard })),
+            Ok(guard) => Taken::new(guard, skip).map(Some),
             Err(e) => take_end(e, self.take_timeout).map(|()| None),
         }
     }
 
     /// Takes the next message if there is one now.
     pub fn try_take(&mut self) -> Result<TryTake<'_>> {
+        let skip = self.skip;
         match self.ring.try_take() {
-            Ok(Some(guard)) => Ok(TryTake::Taken(Taken { guard })),
+            Ok(Some(guard)) => Taken::new(guard, skip).map(TryTake::Taken),
             Ok(None) => Ok(TryTake::Empty),
             Err(e) => take_end(e, None).map(|()| TryTake::Finished),
         }
@@ -233,8 +273,9 @@ impl Consumer {
             }
         }
         // Held just above, with no await since: there is one.
+        let skip = self.skip;
         match self.ring.held()? {
-            Some(guard) => Ok(Some(Taken { guard })),
+            Some(guard) => Taken::new(guard, skip).map(Some),
             None => Err(Error::Ring(RingError::WouldBlock)),
         }
     }

@@ -125,10 +125,15 @@ pub struct WorkQueue {
 impl WorkQueue {
     /// Creates a queue in shared memory.
     pub fn create(opts: &QueueOptions) -> Result<WorkQueue> {
+        WorkQueue::create_kind(opts, Kind::WorkQueue)
+    }
+
+    /// Creates the ring of a channel of `kind` built on a work queue.
+    pub(crate) fn create_kind(opts: &QueueOptions, kind: Kind) -> Result<WorkQueue> {
         let cfg = MpmcConfig::new(opts.capacity, opts.producers, opts.consumers)
-            .payload_format(ring_tag(Kind::WorkQueue).as_bytes());
+            .payload_format(ring_tag(kind).as_bytes());
         let ring = MpmcRing::create(&cfg)?;
-        let handle = Handle::new(Kind::WorkQueue, ring.handle().to_string());
+        let handle = Handle::new(kind, ring.handle().to_string());
         Ok(WorkQueue {
             ring,
             handle,
@@ -174,9 +179,9 @@ pub(crate) fn attach<T>(join: impl Fn() -> shoal_shm_ring::Result<T>) -> crate::
     }
 }
 
-/// The payload-format tag a queue's ring must carry.
-pub(crate) fn expected_tag() -> [u8; shoal_shm_ring::FORMAT_TAG_LEN] {
-    let tag = ring_tag(Kind::WorkQueue);
+/// The payload-format tag the ring of a channel of `kind` must carry.
+pub(crate) fn expected_tag(kind: Kind) -> [u8; shoal_shm_ring::FORMAT_TAG_LEN] {
+    let tag = ring_tag(kind);
     let mut t = [0u8; shoal_shm_ring::FORMAT_TAG_LEN];
     let n = tag.len().min(t.len());
     t[..n].copy_from_slice(&tag.as_bytes()[..n]);

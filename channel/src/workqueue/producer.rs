@@ -43,6 +43,9 @@ pub struct Producer {
     /// Room the next typed put reserves (the last archive's size, at least
     /// [`MIN_HINT`]).
     hint: usize,
+    /// Bytes put before every message (a gather writer's sender header; a
+    /// multiple of 16, so an archive after it stays aligned).
+    head: Vec<u8>,
 }
 
 impl std::fmt::Debug for Producer {
@@ -74,6 +77,24 @@ impl std::fmt::Display for TryPutError<'_> {
 
 impl std::error::Error for TryPutError<'_> {}
 
+/// Sends `head` then `msg` as one record of `ring`, waiting as `wait`
+/// allows.
+fn send_after(
+    ring: &mut MpmcProducer,
+    head: &[u8],
+    msg: &[u8],
+    wait: Wait<'_>,
+) -> std::result::Result<(), RingError> {
+    if head.is_empty() {
+        return ring.send_with(msg, wait);
+    }
+    let h = head.len();
+    let mut r = ring.reserve_with(h + msg.len(), wait)?;
+    r[..h].copy_from_slice(head);
+    r[h..h + msg.len()].copy_from_slice(msg);
+    r.commit(h + msg.len())
+}
+
 /// A ring error on a put, as the caller should see it.
 fn put_error(e: RingError, waited: Option<Duration>) -> Error {
     match e {
@@ -96,16 +117,36 @@ impl Producer {
     /// Attaches with `opts` (its timeouts and peer options; the sizes are
     /// the queue's).
     pub fn attach_with(handle: &Handle, opts: &QueueOptions) -> Result<Producer> {
-        let ring = handle.ring(Kind::WorkQueue)?;
-        let ring =
-            super::attach(|| MpmcProducer::attach_with(&ring, opts.peer, Some(expected_tag())))?;
+        Producer::attach_kind(handle, opts, Kind::WorkQueue, Vec::new())
+    }
+
+    /// Attaches to a channel of `kind` built on a work queue's ring,
+    /// putting `head` before every message.
+    pub(crate) fn attach_kind(
+        handle: &Handle,
+        opts: &QueueOptions,
+        kind: Kind,
+        head: Vec<u8>,
+    ) -> Result<Producer> {
+        debug_assert!(head.len().is_multiple_of(16));
+        let ring = handle.ring(kind)?;
+        let ring = super::attach(|| {
+            MpmcProducer::attach_with(&ring, opts.peer, Some(expected_tag(kind)))
+        })?;
         Ok(Producer {
             ring,
             space: None,
             put_timeout: opts.put_timeout,
             liveness: opts.peer.liveness_interval,
             hint: MIN_HINT,
+            head,
         })
+    }
+
+    /// Sends `msg` (after the head, if any) as one record, waiting as
+    /// `wait` allows.
+    fn send(&mut self, msg: &[u8], wait: Wait<'_>) -> std::result::Result<(), RingError> {
+        send_after(&mut self.ring, &self.head, msg, wait)
     }
 
     /// Promises `n` more messages from this producer: consumers will not
@@ -137,15 +178,14 @@ impl Producer {
             Some(t) => Wait::timeout(t),
             None => Wait::forever(),
         };
-        self.ring
-            .send_with(msg, wait)
-            .map_err(|e| put_error(e, self.put_timeout))
+        let timeout = self.put_timeout;
+        self.send(msg, wait).map_err(|e| put_error(e, timeout))
     }
 
     /// Puts `msg` if there is room now; hands it back when the queue is
     /// full.
     pub fn try_put<'m>(&mut self, msg: &'m [u8]) -> std::result::Result<(), TryPutError<'m>> {
-        match self.ring.send_with(msg, Wait::no_wait()) {
+        match self.send(msg, Wait::no_wait()) {
             Ok(()) => Ok(()),
             Err(RingError::WouldBlock | RingError::Timeout) => Err(TryPutError::Full(msg)),
             Err(e) => Err(TryPutError::Failed(put_error(e, None))),
@@ -182,7 +222,7 @@ impl Producer {
             }
             let Some(space) = &self.space else { continue };
             space.get_ref().arm();
-            match self.ring.send_with(msg, Wait::no_wait()) {
+            match send_after(&mut self.ring, &self.head, msg, Wait::no_wait()) {
                 Ok(()) => return Ok(()),
                 Err(RingError::WouldBlock | RingError::Timeout) => {}
                 Err(e) => return Err(put_error(e, None)),
@@ -239,14 +279,16 @@ impl Producer {
             None => Wait::forever(),
         };
         let timeout = self.put_timeout;
+        let h = self.head.len();
         let spilled = {
             let mut r = self
                 .ring
-                .reserve_with(self.hint, wait)
+                .reserve_with(h + self.hint, wait)
                 .map_err(|e| put_error(e, timeout))?;
-            match archive_into(value, &mut r).map_err(Error::Archive)? {
+            r[..h].copy_from_slice(&self.head);
+            match archive_into(value, &mut r[h..]).map_err(Error::Archive)? {
                 Archived::InPlace(n) => {
-                    r.commit(n).map_err(|e| put_error(e, None))?;
+                    r.commit(h + n).map_err(|e| put_error(e, None))?;
                     self.hint = self.fit_hint(n);
                     return Ok(());
                 }
