@@ -13,6 +13,10 @@
 //! in the same configuration, closed outright at the end (system
 //! `shm-ring`): what the channel adds over the ring.
 //!
+//! `channel typed --iters N`: what reading a small struct taken from a
+//! WorkQueue as a validated rkyv archive adds over its raw bytes, in
+//! place (metric `typed_receive_overhead_ns`).
+//!
 //! Prints one JSON [`Measurement`] per line.
 
 use shoal_bench::measure::Measurement;
@@ -187,6 +191,71 @@ fn workqueue(p: usize, c: usize, size: usize, run: Duration, raw: bool) -> Measu
     m
 }
 
+/// A small struct, as a typed message.
+#[derive(rkyv::Archive, rkyv::Serialize)]
+struct Small {
+    id: u64,
+    price: i64,
+    qty: u32,
+    side: u8,
+}
+
+/// What reading a taken message as a validated archive adds over taking
+/// its raw bytes: one small struct put into a WorkQueue and taken, then
+/// read in place 1024 times each way per sample (metric
+/// `typed_receive_overhead_ns`, pattern `workqueue-typed`, one process).
+fn typed(iters: u64) -> Measurement {
+    const READS: u64 = 1024;
+    let mut m = Measurement::new(
+        "shoal",
+        "workqueue-typed",
+        "none",
+        "typed_receive_overhead_ns",
+    )
+    .processes(1);
+    let r = (|| -> Result<(), String> {
+        let q = WorkQueue::create(&QueueOptions::default()).map_err(|e| e.to_string())?;
+        let (mut p, mut c) = (
+            q.producer().map_err(|e| e.to_string())?,
+            q.consumer().map_err(|e| e.to_string())?,
+        );
+        p.put_value(&Small {
+            id: 1,
+            price: 2,
+            qty: 3,
+            side: 1,
+        })
+        .map_err(|e| e.to_string())?;
+        let taken = c.take().map_err(|e| e.to_string())?.ok_or("no message")?;
+        m.payload_bytes = taken.len() as u64;
+        let mut sink = 0u64;
+        for _ in 0..iters {
+            let t0 = Instant::now();
+            for _ in 0..READS {
+                let t = std::hint::black_box(&taken);
+                sink = sink.wrapping_add(u64::from(t[0]));
+            }
+            let raw = t0.elapsed();
+            let t1 = Instant::now();
+            for _ in 0..READS {
+                let t = std::hint::black_box(&taken);
+                if let Ok(a) = t.archived::<Small>() {
+                    sink = sink.wrapping_add(a.id.to_native());
+                }
+            }
+            let typed = t1.elapsed();
+            m.samples
+                .push((typed.as_nanos() as f64 - raw.as_nanos() as f64).max(0.0) / READS as f64);
+        }
+        std::hint::black_box(sink);
+        Ok(())
+    })();
+    if let Err(e) = r {
+        m.error = Some(e);
+    }
+    m
+}
+
 fn main() {
     let cmd = std::env::args().nth(1).unwrap_or_default();
     let a = Args::from_env(2);
@@ -198,9 +267,10 @@ fn main() {
             Duration::from_millis(a.get("ms", 1000u64)),
             a.has("raw"),
         ),
+        "typed" => typed(a.get("iters", 2000u64)),
         _ => {
             eprintln!(
-                "usage: channel workqueue --producers P --consumers C --size B --ms T [--raw]"
+                "usage: channel workqueue --producers P --consumers C --size B --ms T [--raw] | typed --iters N"
             );
             std::process::exit(2);
         }

@@ -215,7 +215,8 @@ fn cells(quick: bool) -> Vec<Cell> {
     ));
     // The channel layer (issue 8): WorkQueue throughput across processes,
     // producers x consumers 1x1, 2x2, 4x4 (4x4 oversubscribes the two
-    // cores: waits must park), beside the raw MPMC ring under it.
+    // cores: waits must park), beside the raw MPMC ring under it; and what
+    // a typed (rkyv) read of a taken small struct adds over its bytes.
     let wq: Vec<String> = [(1, 1), (2, 2), (4, 4)]
         .iter()
         .flat_map(|(p, c)| {
@@ -223,6 +224,10 @@ fn cells(quick: bool) -> Vec<Cell> {
                 format!("channel workqueue --producers {p} --consumers {c} --size 64 --ms {ms}");
             [base.clone(), format!("{base} --raw")]
         })
+        .collect();
+    let wq: Vec<String> = wq
+        .into_iter()
+        .chain(std::iter::once(format!("channel typed --iters {}", it / 4)))
         .collect();
     let wq: Vec<&str> = wq.iter().map(String::as_str).collect();
     v.push(cell("channel workqueue 64 B", r - 1, &wq));
