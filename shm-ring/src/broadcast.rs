@@ -413,6 +413,8 @@ pub struct BroadcastReader {
     overflow: OverflowCache,
     /// Set while a `ReadyFd` of this reader exists.
     ready_taken: std::sync::Arc<crate::sync::AtomicBool>,
+    /// Its identity in the records it holds (see [`Held`]).
+    id: u64,
 }
 
 impl std::fmt::Debug for BroadcastReader {
@@ -447,6 +449,7 @@ impl BroadcastReader {
             core: ReaderCore::join(mem, ProcessId::current(), opts.peer)?,
             overflow: OverflowCache::new(),
             ready_taken: Default::default(),
+            id: crate::name::random_u64()?,
         })
     }
 
@@ -656,6 +659,153 @@ impl BroadcastReader {
             ptr,
             len,
         })
+    }
+}
+
+impl BroadcastReader {
+    /// Receives the next record and holds it, without borrowing the
+    /// reader: several records can be held at once (up to
+    /// [`MAX_HELD`](crate::MAX_HELD)) while later ones are received. Each
+    /// stays in place until [`release_held`](Self::release_held); the ring
+    /// gets them back in order, whatever order they are released in (the
+    /// writer waits for the oldest). Read one with
+    /// [`held_bytes`](Self::held_bytes).
+    ///
+    /// ```
+    /// use shoal_shm_ring::{BroadcastConfig, BroadcastReader, BroadcastWriter, Wait};
+    /// let mut w = BroadcastWriter::create(&BroadcastConfig::new(1 << 16, 1))?;
+    /// let mut r = BroadcastReader::attach(&w.handle())?;
+    /// w.wait_for_readers(1, Wait::no_wait())?;
+    /// w.send(b"step 1")?;
+    /// w.send(b"step 2")?;
+    /// let one = r.recv_held_with(Wait::forever())?;
+    /// let two = r.recv_held_with(Wait::forever())?;
+    /// assert_eq!(r.held_bytes(&one), Some(&b"step 1"[..]));
+    /// assert_eq!(r.held_bytes(&two), Some(&b"step 2"[..]));
+    /// r.release_held(two)?;
+    /// r.release_held(one)?;
+    /// # Ok::<(), shoal_shm_ring::Error>(())
+    /// ```
+    pub fn recv_held_with(&mut self, wait: Wait<'_>) -> Result<Held> {
+        let deadline = wait.start();
+        loop {
+            if let Some(h) = self.try_recv_held()? {
+                return Ok(h);
+            }
+            self.core.recv_wait(&deadline)?;
+        }
+    }
+
+    /// [`recv_held_with`](Self::recv_held_with) if a record is ready now.
+    pub fn try_recv_held(&mut self) -> Result<Option<Held>> {
+        let Some(g) = self.core.poll()? else {
+            return Ok(None);
+        };
+        let (ptr, len, pinned) = if g.state == rec::OVERFLOW {
+            let payload = self
+                .core
+                .mem
+                .data(g.pos + crate::layout::RECORD_HEADER as u64);
+            let name = *self.core.mem.seg.name();
+            match self.overflow.open_pinned(&name, payload, g.len) {
+                Ok((p, l, seq)) => (p, l, Some(seq)),
+                Err(e) => {
+                    // Skip the record we cannot map, rather than wedge on it.
+                    self.core.release(g.next, true);
+                    return Err(e);
+                }
+            }
+        } else {
+            let p = self.data_parts(g);
+            (p.ptr, p.len, None)
+        };
+        if let Err(e) = self.core.hold(&g, pinned.is_some()) {
+            if let Some(seq) = pinned {
+                self.overflow.unpin(seq);
+            }
+            return Err(e);
+        }
+        Ok(Some(Held {
+            start: g.pos,
+            owner: self.id(),
+            ptr,
+            len,
+            pinned,
+        }))
+    }
+
+    /// The bytes of a record this reader holds (`None` for a record held
+    /// by another reader).
+    pub fn held_bytes<'a>(&'a self, h: &'a Held) -> Option<&'a [u8]> {
+        if h.owner != self.id() || !self.core.is_held(h.start) {
+            return None;
+        }
+        // SAFETY: `h` was handed out by this reader (same id) and the record
+        // at its position is still held (checked), so the writer does not
+        // reuse its bytes: it only reuses what this reader's published
+        // position lets it, which stays at or below the oldest held record;
+        // an overflow record's mapping is pinned in this reader's cache
+        // (never dropped while pinned) and a ring record's is this reader's
+        // own, both living as long as `self`, borrowed for `'a`. What
+        // breaks this: a malicious or buggy same-uid process writing the
+        // segment (see `ReadGuard`).
+        Some(unsafe { std::slice::from_raw_parts(h.ptr, h.len) })
+    }
+
+    /// Gives a held record back. `InvalidConfig` for a record held by
+    /// another reader (nothing happens).
+    pub fn release_held(&mut self, h: Held) -> Result<()> {
+        if h.owner != self.id() || !self.core.release_hold(h.start) {
+            return Err(Error::InvalidConfig(
+                "this record is held by another reader",
+            ));
+        }
+        if let Some(seq) = h.pinned {
+            self.overflow.unpin(seq);
+        }
+        Ok(())
+    }
+
+    /// This reader's identity in the `Held` values it hands out (random,
+    /// drawn when it attached).
+    fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+/// A record a [`BroadcastReader`] received and holds (see
+/// [`BroadcastReader::recv_held_with`]): a ticket, not a borrow; its bytes
+/// are read through the reader, and the ring gets it back when it is
+/// released. Dropped without being released, it stays held until its
+/// reader is dropped.
+#[derive(Debug)]
+pub struct Held {
+    start: u64,
+    owner: u64,
+    ptr: *const u8,
+    len: usize,
+    /// The overflow segment it pins in its reader's cache, if any.
+    pinned: Option<u64>,
+}
+
+// SAFETY: a Held is a ticket (positions and a pointer it never
+// dereferences itself): its bytes are only read through
+// `BroadcastReader::held_bytes`, by the reader that made it, under that
+// reader's borrow.
+unsafe impl Send for Held {}
+// SAFETY: as above: shared references to a Held give no access to its
+// bytes without the reader.
+unsafe impl Sync for Held {}
+
+impl Held {
+    /// The length of the record's bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the record is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 }
 

@@ -711,7 +711,12 @@ pub(crate) struct ReaderCore<M> {
 /// A reader's process-local position.
 struct ReaderState {
     token: SlotToken,
+    /// The next record to read. Everything below it is released, except
+    /// what `holds` keeps.
     cursor: u64,
+    /// Records handed out to be held (see [`ReaderCore::hold`]), oldest
+    /// first: the position published to the writer stops at the oldest.
+    holds: Holds,
     /// The cursor word as this reader last wrote (or was given) it.
     published: u64,
     /// Publish after releasing this many bytes (an eighth of the ring).
@@ -736,6 +741,7 @@ impl<M: RingMem<Control = BroadcastControl>> ReaderCore<M> {
             st: ReaderState {
                 token,
                 cursor: 0,
+                holds: Holds::default(),
                 published: 0,
                 publish_every,
                 active: false,
@@ -834,19 +840,48 @@ impl<M: RingMem<Control = BroadcastControl>> ReaderCore<M> {
         )
     }
 
-    /// Releases everything before `next` (the record just read); tells the
-    /// writer now if `urgent` (an overflow record, whose segment the writer
-    /// recycles), else lazily (see the module documentation).
+    /// Releases everything before `next` (the record just read), but what
+    /// is held; tells the writer now if `urgent` (an overflow record, whose
+    /// segment the writer recycles), else lazily (see the module
+    /// documentation).
     #[inline(always)]
     pub(crate) fn release(&mut self, next: u64, urgent: bool) {
         let st = &mut self.st;
         st.cursor = next;
-        if urgent
-            || next - untag(st.published) >= st.publish_every
-            || self.mem.ctrl().status.want_space.load(Ordering::Relaxed) != 0
-        {
-            st.publish(&self.mem);
-        }
+        st.maybe_publish(&self.mem, urgent);
+    }
+
+    /// Takes record `g` (just read) as held: the cursor moves past it, but
+    /// the position the writer sees stays at or below it until
+    /// [`release_hold`](Self::release_hold). `TooLarge` past [`MAX_HELD`]
+    /// records held at once (nothing taken).
+    pub(crate) fn hold(&mut self, g: &Got, urgent: bool) -> Result<()> {
+        let st = &mut self.st;
+        st.holds.push(Hold {
+            start: g.pos,
+            released: false,
+            urgent,
+        })?;
+        st.cursor = g.next;
+        Ok(())
+    }
+
+    /// Whether the record at `start` is held (and not yet released).
+    pub(crate) fn is_held(&self, start: u64) -> bool {
+        self.st.holds.find(start).is_some()
+    }
+
+    /// Releases the held record at `start`: the position the writer sees
+    /// moves up to the oldest record still held (records go back in order,
+    /// whatever order they are released in). False when no record at
+    /// `start` is held.
+    pub(crate) fn release_hold(&mut self, start: u64) -> bool {
+        let st = &mut self.st;
+        let Some(urgent) = st.holds.release(start) else {
+            return false;
+        };
+        st.maybe_publish(&self.mem, urgent);
+        true
     }
 
     /// Gives the slot back.
@@ -857,11 +892,111 @@ impl<M: RingMem<Control = BroadcastControl>> ReaderCore<M> {
     }
 }
 
+/// Most records a broadcast reader holds at once.
+pub const MAX_HELD: usize = 64;
+
+/// A record a reader holds.
+#[derive(Debug, Clone, Copy, Default)]
+struct Hold {
+    start: u64,
+    released: bool,
+    /// An overflow record (the writer is told at once when it goes back).
+    urgent: bool,
+}
+
+/// The records a reader holds, oldest first, in a fixed ring (no
+/// allocation on the receive path).
+#[derive(Debug)]
+struct Holds {
+    ring: [Hold; MAX_HELD],
+    head: usize,
+    len: usize,
+}
+
+impl Default for Holds {
+    fn default() -> Self {
+        Holds {
+            ring: [Hold::default(); MAX_HELD],
+            head: 0,
+            len: 0,
+        }
+    }
+}
+
+impl Holds {
+    fn at(&self, i: usize) -> usize {
+        (self.head + i) % MAX_HELD
+    }
+
+    fn push(&mut self, h: Hold) -> Result<()> {
+        if self.len == MAX_HELD {
+            return Err(Error::TooLarge {
+                what: "records held at once by one reader",
+                got: MAX_HELD as u64 + 1,
+                limit: MAX_HELD as u64,
+            });
+        }
+        let i = self.at(self.len);
+        self.ring[i] = h;
+        self.len += 1;
+        Ok(())
+    }
+
+    /// Marks the record at `start` released and drops the released ones at
+    /// the front; whether one of those was urgent (`None`: not held).
+    /// The ring index of the record at `start`, if held and not released.
+    fn find(&self, start: u64) -> Option<usize> {
+        (0..self.len)
+            .map(|k| self.at(k))
+            .find(|&i| self.ring[i].start == start && !self.ring[i].released)
+    }
+
+    fn release(&mut self, start: u64) -> Option<bool> {
+        let i = self.find(start)?;
+        self.ring[i].released = true;
+        let mut urgent = false;
+        while self.len > 0 && self.ring[self.head].released {
+            urgent |= self.ring[self.head].urgent;
+            self.head = (self.head + 1) % MAX_HELD;
+            self.len -= 1;
+        }
+        Some(urgent)
+    }
+
+    /// The oldest record held, if any.
+    fn oldest(&self) -> Option<u64> {
+        (self.len > 0).then(|| self.ring[self.head].start)
+    }
+}
+
 impl ReaderState {
-    /// Publishes the cursor to the writer.
+    /// What the writer may reuse below: the cursor, or the oldest record
+    /// still held.
+    #[inline(always)]
+    fn released_to(&self) -> u64 {
+        match self.holds.oldest() {
+            Some(start) => start.min(self.cursor),
+            None => self.cursor,
+        }
+    }
+
+    /// Publishes now if `urgent`, or once an eighth of the ring was
+    /// released since the last time, or when the writer wants space.
+    #[inline(always)]
+    fn maybe_publish<M: RingMem<Control = BroadcastControl>>(&mut self, mem: &M, urgent: bool) {
+        let to = self.released_to();
+        if urgent
+            || to - untag(self.published).min(to) >= self.publish_every
+            || mem.ctrl().status.want_space.load(Ordering::Relaxed) != 0
+        {
+            self.publish(mem);
+        }
+    }
+
+    /// Publishes the released position to the writer.
     fn publish<M: RingMem<Control = BroadcastControl>>(&mut self, mem: &M) {
         let s = mem.slot(self.token.index);
-        let word = tagged(self.cursor, self.token.gen);
+        let word = tagged(self.released_to(), self.token.gen);
         // SYNC W(release): pairs with the writer's Acquire load of cursors.
         // A CAS against our last word: it fails if the slot changed hands.
         match s
@@ -960,7 +1095,7 @@ impl ReaderState {
                 // Not written yet (cleared, or a word from an earlier lap).
                 // (No prefetch of the next line here: pulling a line the
                 // writer is about to write costs the writer an invalidation.)
-                if pos != untag(self.published)
+                if self.released_to() != untag(self.published)
                     && mem.ctrl().status.want_space.load(Ordering::Relaxed) != 0
                 {
                     self.publish(mem);

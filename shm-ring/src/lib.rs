@@ -91,8 +91,10 @@ pub use wait::{CancelToken, Wait, WaitStrategy};
 
 #[cfg(not(loom))]
 pub use broadcast::{
-    BroadcastConfig, BroadcastReader, BroadcastWriter, ReadGuard, ReaderOptions, Reservation,
+    BroadcastConfig, BroadcastReader, BroadcastWriter, Held, ReadGuard, ReaderOptions, Reservation,
 };
+#[cfg(not(loom))]
+pub use broadcast_core::MAX_HELD;
 #[cfg(not(loom))]
 pub use mpmc::{MpmcConfig, MpmcConsumer, MpmcProducer, MpmcReservation, MpmcRing, TakeGuard};
 #[cfg(not(loom))]

@@ -381,7 +381,9 @@ impl OverflowPool {
 /// faults. Entries whose writer dropped them (their owner lease is free) go
 /// first when room is needed.
 pub(crate) struct OverflowCache {
-    entries: [Option<(u64, Segment, u64)>; CACHE_SLOTS],
+    /// (name part, mapping, last use, records held in it: a pinned entry
+    /// is never dropped, so a held record's bytes stay mapped).
+    entries: [Option<(u64, Segment, u64, u32)>; CACHE_SLOTS],
     tick: u64,
 }
 
@@ -411,6 +413,34 @@ impl OverflowCache {
         self.open_desc(ring, &d)
     }
 
+    /// [`open`](Self::open), pinning the mapping until [`unpin`]
+    /// (Self::unpin) with the returned name part: for a record held past
+    /// later opens.
+    pub(crate) fn open_pinned(
+        &mut self,
+        ring: &SegmentName,
+        payload: *const u8,
+        len_in_ring: u64,
+    ) -> Result<(*const u8, usize, u64)> {
+        let d = read_desc(ring, payload, len_in_ring)?;
+        let (ptr, len) = self.open_desc(ring, &d)?;
+        for e in self.entries.iter_mut().flatten() {
+            if e.0 == d.seq {
+                e.3 += 1;
+            }
+        }
+        Ok((ptr, len, d.seq))
+    }
+
+    /// Undoes one [`open_pinned`](Self::open_pinned) of segment `seq`.
+    pub(crate) fn unpin(&mut self, seq: u64) {
+        for e in self.entries.iter_mut().flatten() {
+            if e.0 == seq {
+                e.3 = e.3.saturating_sub(1);
+            }
+        }
+    }
+
     /// [`open`](Self::open) for a descriptor already copied out.
     pub(crate) fn open_desc(
         &mut self,
@@ -420,16 +450,14 @@ impl OverflowCache {
         let d = *d;
         self.tick += 1;
         let tick = self.tick;
-        if let Some((_, seg, used)) = self.entries.iter_mut().flatten().find(|e| e.0 == d.seq) {
+        if let Some((_, seg, used, _)) = self.entries.iter_mut().flatten().find(|e| e.0 == d.seq) {
             *used = tick;
             return check_len(seg, &d).map(|()| (seg.data_ptr() as *const u8, d.len as usize));
         }
-        let seg = open(ring, &d)?;
-        let ptr = seg.data_ptr() as *const u8;
         // Drop mappings of segments the writer retired, then the least
-        // recently used one if still full.
+        // recently used one if still full; never one a held record pins.
         for e in self.entries.iter_mut() {
-            if matches!(e, Some((_, s, _)) if !lease::held_by_other(s.fd(), lease::OWNER, 1)) {
+            if matches!(e, Some((_, s, _, 0)) if !lease::held_by_other(s.fd(), lease::OWNER, 1)) {
                 *e = None;
             }
         }
@@ -439,10 +467,18 @@ impl OverflowCache {
                 .entries
                 .iter()
                 .enumerate()
+                .filter(|(_, e)| matches!(e, Some((_, _, _, 0))))
                 .min_by_key(|(_, e)| e.as_ref().map_or(0, |e| e.2))
-                .map_or(0, |(i, _)| i),
+                .map(|(i, _)| i)
+                .ok_or(Error::TooLarge {
+                    what: "overflow segments pinned by held records",
+                    got: CACHE_SLOTS as u64 + 1,
+                    limit: CACHE_SLOTS as u64,
+                })?,
         };
-        self.entries[slot] = Some((d.seq, seg, tick));
+        let seg = open(ring, &d)?;
+        let ptr = seg.data_ptr() as *const u8;
+        self.entries[slot] = Some((d.seq, seg, tick, 0));
         Ok((ptr, d.len as usize))
     }
 }
@@ -456,15 +492,15 @@ impl OverflowCache {
         self.entries
             .iter()
             .flatten()
-            .any(|(s, seg, _)| *s == seq && !lease::held_by_other(seg.fd(), lease::OWNER, 1))
+            .any(|(s, seg, _, _)| *s == seq && !lease::held_by_other(seg.fd(), lease::OWNER, 1))
     }
 
     /// Forgets and unlinks segment `seq` (its writer is gone and its last
     /// record was released).
     pub(crate) fn remove(&mut self, seq: u64) {
         for e in self.entries.iter_mut() {
-            if matches!(e, Some((s, _, _)) if *s == seq) {
-                if let Some((_, seg, _)) = e.take() {
+            if matches!(e, Some((s, _, _, 0)) if *s == seq) {
+                if let Some((_, seg, _, _)) = e.take() {
                     let _ = seg.unlink();
                 }
             }
