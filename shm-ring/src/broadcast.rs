@@ -682,8 +682,8 @@ impl BroadcastReader {
     /// let two = r.recv_held_with(Wait::forever())?;
     /// assert_eq!(r.held_bytes(&one), Some(&b"step 1"[..]));
     /// assert_eq!(r.held_bytes(&two), Some(&b"step 2"[..]));
-    /// r.release_held(two)?;
-    /// r.release_held(one)?;
+    /// r.release_held(two).expect("ours");
+    /// r.release_held(one).expect("ours");
     /// # Ok::<(), shoal_shm_ring::Error>(())
     /// ```
     pub fn recv_held_with(&mut self, wait: Wait<'_>) -> Result<Held> {
@@ -752,13 +752,12 @@ impl BroadcastReader {
         Some(unsafe { std::slice::from_raw_parts(h.ptr, h.len) })
     }
 
-    /// Gives a held record back. `InvalidConfig` for a record held by
-    /// another reader (nothing happens).
-    pub fn release_held(&mut self, h: Held) -> Result<()> {
+    /// Gives a held record back. A ticket of another reader (or one this
+    /// reader no longer holds) is handed back untouched, so its own
+    /// reader can still release it.
+    pub fn release_held(&mut self, h: Held) -> std::result::Result<(), Held> {
         if h.owner != self.id() || !self.core.release_hold(h.start) {
-            return Err(Error::InvalidConfig(
-                "this record is held by another reader",
-            ));
+            return Err(h);
         }
         if let Some(seq) = h.pinned {
             self.overflow.unpin(seq);
@@ -777,8 +776,9 @@ impl BroadcastReader {
 /// [`BroadcastReader::recv_held_with`]): a ticket, not a borrow; its bytes
 /// are read through the reader, and the ring gets it back when it is
 /// released. Dropped without being released, it stays held until its
-/// reader is dropped.
+/// reader is dropped (and the writer waits for it).
 #[derive(Debug)]
+#[must_use = "a held record stays held (and the writer waits for it) until released"]
 pub struct Held {
     start: u64,
     owner: u64,

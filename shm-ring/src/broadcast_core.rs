@@ -717,6 +717,10 @@ struct ReaderState {
     /// Records handed out to be held (see [`ReaderCore::hold`]), oldest
     /// first: the position published to the writer stops at the oldest.
     holds: Holds,
+    /// An overflow record went back while an older record was held: the
+    /// writer is to be told as soon as the position moves (it recycles
+    /// overflow segments, and may be waiting for one).
+    urgent_pending: bool,
     /// The cursor word as this reader last wrote (or was given) it.
     published: u64,
     /// Publish after releasing this many bytes (an eighth of the ring).
@@ -742,6 +746,7 @@ impl<M: RingMem<Control = BroadcastControl>> ReaderCore<M> {
                 token,
                 cursor: 0,
                 holds: Holds::default(),
+                urgent_pending: false,
                 published: 0,
                 publish_every,
                 active: false,
@@ -859,16 +864,16 @@ impl<M: RingMem<Control = BroadcastControl>> ReaderCore<M> {
         let st = &mut self.st;
         st.holds.push(Hold {
             start: g.pos,
-            released: false,
             urgent,
         })?;
         st.cursor = g.next;
         Ok(())
     }
 
-    /// Whether the record at `start` is held (and not yet released).
+    /// Whether the record at `start` is held (and not yet released), by a
+    /// reader that still owns its slot.
     pub(crate) fn is_held(&self, start: u64) -> bool {
-        self.st.holds.find(start).is_some()
+        !self.st.evicted && self.st.holds.find(start).is_some()
     }
 
     /// Releases the held record at `start`: the position the writer sees
@@ -899,7 +904,6 @@ pub const MAX_HELD: usize = 64;
 #[derive(Debug, Clone, Copy, Default)]
 struct Hold {
     start: u64,
-    released: bool,
     /// An overflow record (the writer is told at once when it goes back).
     urgent: bool,
 }
@@ -944,22 +948,22 @@ impl Holds {
 
     /// Marks the record at `start` released and drops the released ones at
     /// the front; whether one of those was urgent (`None`: not held).
-    /// The ring index of the record at `start`, if held and not released.
+    /// The place (0 = oldest) of the record at `start`, if held.
     fn find(&self, start: u64) -> Option<usize> {
-        (0..self.len)
-            .map(|k| self.at(k))
-            .find(|&i| self.ring[i].start == start && !self.ring[i].released)
+        (0..self.len).find(|&k| self.ring[self.at(k)].start == start)
     }
 
+    /// Forgets the record at `start` (the others keep their order, so
+    /// only what is held counts against [`MAX_HELD`]); whether it was an
+    /// overflow record (`None`: not held).
     fn release(&mut self, start: u64) -> Option<bool> {
-        let i = self.find(start)?;
-        self.ring[i].released = true;
-        let mut urgent = false;
-        while self.len > 0 && self.ring[self.head].released {
-            urgent |= self.ring[self.head].urgent;
-            self.head = (self.head + 1) % MAX_HELD;
-            self.len -= 1;
+        let k = self.find(start)?;
+        let urgent = self.ring[self.at(k)].urgent;
+        for j in k..self.len - 1 {
+            let (to, from) = (self.at(j), self.at(j + 1));
+            self.ring[to] = self.ring[from];
         }
+        self.len -= 1;
         Some(urgent)
     }
 
@@ -980,16 +984,26 @@ impl ReaderState {
         }
     }
 
-    /// Publishes now if `urgent`, or once an eighth of the ring was
-    /// released since the last time, or when the writer wants space.
+    /// Publishes, when the released position moved, now if `urgent` (or
+    /// an urgent release is pending behind a held record), or once an
+    /// eighth of the ring was released since the last time, or when the
+    /// writer wants space. An urgent release that does not move the
+    /// position (an older record is held) waits for the next move.
     #[inline(always)]
     fn maybe_publish<M: RingMem<Control = BroadcastControl>>(&mut self, mem: &M, urgent: bool) {
         let to = self.released_to();
+        let from = untag(self.published).min(to);
+        let urgent = urgent || self.urgent_pending;
+        if to == from {
+            self.urgent_pending = urgent;
+            return;
+        }
         if urgent
-            || to - untag(self.published).min(to) >= self.publish_every
+            || to - from >= self.publish_every
             || mem.ctrl().status.want_space.load(Ordering::Relaxed) != 0
         {
             self.publish(mem);
+            self.urgent_pending = false;
         }
     }
 

@@ -393,6 +393,11 @@ pub(crate) struct OverflowCache {
 /// are the writer's, shared.
 pub(crate) const CACHE_SLOTS: usize = OVERFLOW_SLOTS + FREE_SLOTS;
 
+// Records a broadcast reader holds pin their mappings; they are in flight
+// for the writer, so at most OVERFLOW_SLOTS distinct segments are pinned:
+// a free cache slot always remains.
+const _: () = assert!(CACHE_SLOTS > OVERFLOW_SLOTS);
+
 impl OverflowCache {
     pub(crate) fn new() -> Self {
         OverflowCache {
