@@ -30,6 +30,16 @@ pub enum Error {
         /// The pid of the last producer found gone owing.
         pid: u32,
     },
+    /// Readers a broadcast waited for never came.
+    #[error("{joined} of {expected} readers joined within {after:?}")]
+    ReadersMissing {
+        /// Readers waited for.
+        expected: u32,
+        /// Readers that joined.
+        joined: u32,
+        /// How long the writer waited.
+        after: Duration,
+    },
     /// A handle's text or bytes could not be read.
     #[error("bad channel handle: {0}")]
     BadHandle(String),

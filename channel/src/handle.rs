@@ -48,6 +48,8 @@ pub enum Kind {
     WorkQueue,
     /// A [`Gather`](crate::Gather).
     Gather,
+    /// A [`Broadcast`](crate::Broadcast).
+    Broadcast,
 }
 
 impl Kind {
@@ -56,12 +58,14 @@ impl Kind {
         match self {
             Kind::WorkQueue => "workqueue",
             Kind::Gather => "gather",
+            Kind::Broadcast => "broadcast",
         }
     }
     fn short(self) -> &'static str {
         match self {
             Kind::WorkQueue => "wq",
             Kind::Gather => "ga",
+            Kind::Broadcast => "bc",
         }
     }
 }
@@ -196,6 +200,7 @@ impl FromStr for Handle {
         let kind = match kind {
             "workqueue" => Kind::WorkQueue,
             "gather" => Kind::Gather,
+            "broadcast" => Kind::Broadcast,
             // A kind this build does not know: from another build?
             _ if theirs != format() => {
                 return Err(Error::Incompatible {

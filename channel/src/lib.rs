@@ -31,10 +31,13 @@
 //! # Ok::<(), shoal_channel::Error>(())
 //! ```
 //!
+//! - a [`Broadcast`]: one writer, N readers, every message to every
+//!   reader in order, [`Received`] values held in place (several at once);
 //! - a [`Gather`]: many writers, one reader, each message with its
 //!   [`Sender`] (index, pid, host); the same termination.
 //!
 //! ## Map of the crate
+//! - [`broadcast`]: the broadcast, its receivers and what they receive.
 //! - [`error`]: the crate's one error type.
 //! - [`gather`]: the gather, its writers, and sender identities.
 //! - [`handle`]: the serializable handle other processes attach with (text
@@ -43,11 +46,13 @@
 
 #![warn(missing_docs)]
 
+pub mod broadcast;
 pub mod error;
 pub mod gather;
 pub mod handle;
 pub mod workqueue;
 
+pub use broadcast::{Broadcast, BroadcastOptions, BroadcastReceiver, Received};
 pub use error::{Error, Result};
 pub use gather::{Gather, GatherWriter, Gathered, Sender, TryGather};
 pub use handle::{Handle, Kind};

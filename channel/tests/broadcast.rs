@@ -1,0 +1,162 @@
+//! Broadcast between threads: every reader gets every message in order
+//! with its sequence number, several held at once, typed and large
+//! messages, readiness, releases from other threads, the writer gone.
+
+use shoal_channel::{Broadcast, BroadcastOptions, BroadcastReceiver, Error, Received};
+use std::time::Duration;
+
+fn opts(readers: u32) -> BroadcastOptions {
+    BroadcastOptions::new(readers)
+        .capacity(1 << 16)
+        .recv_timeout(Some(Duration::from_secs(20)))
+        .send_timeout(Some(Duration::from_secs(20)))
+}
+
+fn msg(i: u64) -> Vec<u8> {
+    (0..(i % 300) as usize + 8)
+        .map(|k| (i as usize * 7 + k) as u8)
+        .collect()
+}
+
+#[test]
+fn every_reader_gets_every_message_in_order() {
+    let o = opts(3);
+    let mut b = Broadcast::create(&o).unwrap();
+    let readers: Vec<_> = (0..3u32)
+        .map(|i| {
+            let mut r = BroadcastReceiver::attach_with(b.handle(), i, &o).unwrap();
+            std::thread::spawn(move || {
+                for n in 0..2000u64 {
+                    let m = r.recv().unwrap();
+                    assert_eq!(m.seq(), n);
+                    assert_eq!(&*m, &msg(n)[..]);
+                }
+            })
+        })
+        .collect();
+    b.wait_until_ready(Duration::from_secs(10)).unwrap();
+    for n in 0..2000u64 {
+        assert_eq!(b.send(&msg(n)).unwrap(), n);
+    }
+    for r in readers {
+        r.join().unwrap();
+    }
+}
+
+#[test]
+fn a_reader_holds_several_messages_and_drops_them_in_any_order() {
+    let o = opts(1);
+    let mut b = Broadcast::create(&o).unwrap();
+    let mut r = BroadcastReceiver::attach_with(b.handle(), 0, &o).unwrap();
+    b.wait_until_ready(Duration::from_secs(5)).unwrap();
+    for round in 0..20u64 {
+        for k in 0..10 {
+            b.send(&msg(round * 10 + k)).unwrap();
+        }
+        let mut held: Vec<Received> = (0..10).map(|_| r.recv().unwrap()).collect();
+        for (k, m) in held.iter().enumerate() {
+            assert_eq!(&**m, &msg(round * 10 + k as u64)[..]);
+        }
+        // Newest first, then the rest.
+        held.reverse();
+        drop(held);
+    }
+}
+
+#[test]
+fn messages_dropped_in_other_threads_are_released() {
+    let o = opts(1).capacity(4096);
+    let mut b = Broadcast::create(&o).unwrap();
+    let mut r = BroadcastReceiver::attach_with(b.handle(), 0, &o).unwrap();
+    b.wait_until_ready(Duration::from_secs(5)).unwrap();
+    let writer = std::thread::spawn(move || {
+        for n in 0..500u64 {
+            b.send(&[n as u8; 900]).unwrap();
+        }
+        b
+    });
+    // Each message is handed to a worker thread that drops it later,
+    // while this thread is already waiting in the next receive.
+    let (tx, rx) = std::sync::mpsc::channel::<Received>();
+    let dropper = std::thread::spawn(move || {
+        let mut n = 0u64;
+        for m in rx {
+            assert_eq!(m[0], n as u8);
+            std::thread::sleep(Duration::from_micros(200));
+            drop(m);
+            n += 1;
+        }
+        n
+    });
+    for _ in 0..500 {
+        tx.send(r.recv().unwrap()).unwrap();
+    }
+    drop(tx);
+    assert_eq!(dropper.join().unwrap(), 500);
+    drop(writer.join().unwrap());
+}
+
+#[test]
+fn typed_and_large_messages_are_read_in_place() {
+    #[derive(rkyv::Archive, rkyv::Serialize)]
+    struct Step {
+        n: u64,
+        tokens: Vec<u32>,
+    }
+    let o = opts(1);
+    let mut b = Broadcast::create(&o).unwrap();
+    let mut r = BroadcastReceiver::attach_with(b.handle(), 0, &o).unwrap();
+    b.wait_until_ready(Duration::from_secs(5)).unwrap();
+    b.send_value(&Step {
+        n: 3,
+        tokens: (0..500_000).collect(),
+    })
+    .unwrap();
+    let big: Vec<u8> = (0..(3 << 20)).map(|i| (i % 253) as u8).collect();
+    b.send(&big).unwrap();
+    let s = r.recv().unwrap();
+    assert!((s.as_ptr() as usize).is_multiple_of(16));
+    let step = s.archived::<Step>().unwrap();
+    assert_eq!(step.n, 3);
+    assert_eq!(step.tokens.len(), 500_000);
+    let m = r.recv().unwrap();
+    assert_eq!(m.seq(), 1);
+    assert_eq!(&*m, &big[..]);
+}
+
+#[test]
+fn readiness_names_how_many_readers_never_came() {
+    let o = opts(3);
+    let mut b = Broadcast::create(&o).unwrap();
+    let _r = BroadcastReceiver::attach_with(b.handle(), 0, &o).unwrap();
+    match b.wait_until_ready(Duration::from_millis(200)) {
+        Err(Error::ReadersMissing {
+            expected: 3,
+            joined: 1,
+            ..
+        }) => {}
+        other => panic!("expected ReadersMissing, got {other:?}"),
+    }
+}
+
+#[test]
+fn receives_time_out_and_end_when_the_writer_is_gone() {
+    let o = opts(1).recv_timeout(Some(Duration::from_millis(100)));
+    let mut b = Broadcast::create(&o).unwrap();
+    let mut r = BroadcastReceiver::attach_with(b.handle(), 0, &o).unwrap();
+    b.wait_until_ready(Duration::from_secs(5)).unwrap();
+    assert!(matches!(r.recv(), Err(Error::Timeout { .. })));
+    b.send(b"last").unwrap();
+    drop(b);
+    assert_eq!(&*r.recv().unwrap(), b"last");
+    assert!(r.recv().is_err());
+}
+
+#[test]
+fn a_broadcast_handle_is_refused_by_other_kinds() {
+    let b = Broadcast::create(&opts(1)).unwrap();
+    assert!(matches!(
+        shoal_channel::Consumer::attach(b.handle()),
+        Err(Error::WrongKind { .. })
+    ));
+}
