@@ -272,6 +272,8 @@ pub struct BroadcastReceiver {
     shared: Arc<Shared>,
     index: u32,
     recv_timeout: Option<Duration>,
+    /// Awaited by `recv_async` (made on first use).
+    ready: Option<tokio::io::unix::AsyncFd<shoal_shm_ring::ReadyFd>>,
 }
 
 impl std::fmt::Debug for BroadcastReceiver {
@@ -312,6 +314,7 @@ impl BroadcastReceiver {
             }),
             index,
             recv_timeout: opts.recv_timeout,
+            ready: None,
         })
     }
 
@@ -349,6 +352,81 @@ impl BroadcastReceiver {
                 Ok(held) => return Received::new(self.shared.clone(), held),
                 Err(RingError::Timeout | RingError::WouldBlock) => continue,
                 Err(e) => return Err(ring_error(e, "a broadcast message", timeout)),
+            }
+        }
+    }
+
+    /// The next message, awaited without blocking the thread (up to the
+    /// receive timeout). Cancel-safe: dropped before it returned, nothing
+    /// was received.
+    pub async fn recv_async(&mut self) -> Result<Received> {
+        let timeout = self.recv_timeout;
+        let end = timeout.and_then(|t| std::time::Instant::now().checked_add(t));
+        loop {
+            if let Some(m) = self.try_recv()? {
+                return Ok(m);
+            }
+            if self.ready.is_none() {
+                let fd = lock(&self.shared.reader).ready_fd()?;
+                // SAFETY: a ReadyFd owns its eventfd for its whole life and
+                // always returns that descriptor from as_raw_fd; the
+                // AsyncFd owns the ReadyFd, so the descriptor stays open
+                // and the same until the AsyncFd drops.
+                let fd = unsafe {
+                    tokio::io::unix::AsyncFd::register_with_interest(
+                        fd,
+                        tokio::io::Interest::READABLE,
+                    )
+                }
+                .map_err(|source| Error::Io {
+                    what: "registering the broadcast's readiness fd with tokio",
+                    source: source.into(),
+                })?;
+                self.ready = Some(fd);
+            }
+            let Some(ready) = &self.ready else { continue };
+            ready.get_ref().arm();
+            // Re-checked after arming (a record that came in between is
+            // not missed), without keeping the reader locked.
+            let held = {
+                let mut r = lock(&self.shared.reader);
+                self.shared.drain(&mut r);
+                r.try_recv_held()?
+            };
+            if let Some(h) = held {
+                return Received::new(self.shared.clone(), h);
+            }
+            let mut slice = SLICE;
+            if let Some(end) = end {
+                let left = end.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return Err(Error::Timeout {
+                        what: "a broadcast message",
+                        after: timeout.unwrap_or_default(),
+                    });
+                }
+                slice = slice.min(left);
+            }
+            match tokio::time::timeout(slice, ready.readable()).await {
+                Ok(r) => {
+                    let mut guard = r.map_err(|source| Error::Io {
+                        what: "awaiting the broadcast",
+                        source,
+                    })?;
+                    guard.get_inner().clear();
+                    guard.clear_ready();
+                }
+                Err(_) => {
+                    // Liveness, then one more look: what the writer sent
+                    // before it died is still delivered.
+                    if !lock(&self.shared.reader).writer_alive() {
+                        if let Some(m) = self.try_recv()? {
+                            return Ok(m);
+                        }
+                        let pid = lock(&self.shared.reader).writer_pid();
+                        return Err(RingError::WriterGone { pid }.into());
+                    }
+                }
             }
         }
     }

@@ -160,3 +160,33 @@ fn a_broadcast_handle_is_refused_by_other_kinds() {
         Err(Error::WrongKind { .. })
     ));
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn async_receives_get_everything_then_learn_the_writer_is_gone() {
+    let o = opts(1).capacity(4096);
+    let mut b = Broadcast::create(&o).unwrap();
+    let mut r = BroadcastReceiver::attach_with(b.handle(), 0, &o).unwrap();
+    b.wait_until_ready(Duration::from_secs(5)).unwrap();
+    // Cancelled while waiting: nothing received.
+    let waited = tokio::time::timeout(Duration::from_millis(50), r.recv_async())
+        .await
+        .is_err();
+    assert!(waited);
+    let writer = std::thread::spawn(move || {
+        for n in 0..200u64 {
+            b.send(&[n as u8; 700]).unwrap();
+            if n % 50 == 0 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    });
+    for n in 0..200u64 {
+        let m = r.recv_async().await.unwrap();
+        assert_eq!((m.seq(), m[0]), (n, n as u8));
+    }
+    writer.join().unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(5), r.recv_async())
+        .await
+        .expect("ended within 5 s");
+    assert!(end.is_err(), "{end:?}");
+}

@@ -13,6 +13,11 @@
 //! in the same configuration, closed outright at the end (system
 //! `shm-ring`): what the channel adds over the ring.
 //!
+//! `channel broadcast --readers R --size B --ms T [--raw]`: Broadcast
+//! throughput on one host, R reader processes, the slowest reader's
+//! rate per 100 ms slice (pattern `broadcast`), beside the raw broadcast
+//! ring with `--raw`.
+//!
 //! `channel typed --iters N`: what reading a small struct taken from a
 //! WorkQueue as a validated rkyv archive adds over its raw bytes, in
 //! place (metric `typed_receive_overhead_ns`).
@@ -191,6 +196,119 @@ fn workqueue(p: usize, c: usize, size: usize, run: Duration, raw: bool) -> Measu
     m
 }
 
+/// Broadcast throughput: this process writes `size`-byte messages as fast
+/// as `readers` reader processes take them, for `run`; one sample per
+/// slice, the slowest reader's rate (every reader gets every message).
+/// `raw`: the broadcast ring itself (system `shm-ring`).
+fn broadcast(readers: usize, size: usize, run: Duration, raw: bool) -> Measurement {
+    use shoal_channel::{Broadcast, BroadcastOptions, BroadcastReceiver};
+    use shoal_shm_ring::{BroadcastConfig, BroadcastReader, BroadcastWriter};
+    let system = if raw { "shm-ring" } else { "shoal" };
+    let mut m = Measurement::new(system, "broadcast", "park", "throughput_msgs_per_s")
+        .payload(size as u64)
+        .readers(readers as u32)
+        .processes(readers as u32 + 1);
+    let r = (|| -> Result<Vec<f64>, String> {
+        let map = SharedMap::new(4096 + 128 * readers).map_err(|e| e.to_string())?;
+        let cap = 1u64 << 20;
+        let (mut chan, mut ring) = if raw {
+            let w = BroadcastWriter::create(&BroadcastConfig::new(cap, readers as u32))
+                .map_err(|e| e.to_string())?;
+            (None, Some(w))
+        } else {
+            let b = Broadcast::create(&BroadcastOptions::new(readers as u32).capacity(cap))
+                .map_err(|e| e.to_string())?;
+            (Some(b), None)
+        };
+        let handle = chan.as_ref().map(|b| b.handle().clone());
+        let ring_handle = ring.as_ref().map(|w| w.handle());
+        let mut kids = Vec::new();
+        for k in 0..readers {
+            let counter = map.at::<AtomicU64>(slot(k));
+            let (handle, ring_handle) = (&handle, &ring_handle);
+            kids.push(
+                fork(move || {
+                    let mut n = 0u64;
+                    if let Some(h) = handle {
+                        let Ok(mut r) = BroadcastReceiver::attach(h, k as u32) else {
+                            return 1;
+                        };
+                        while let Ok(msg) = r.recv() {
+                            std::hint::black_box(msg.first());
+                            n += 1;
+                            if n.is_multiple_of(BATCH) {
+                                counter.store(n, Ordering::Release);
+                            }
+                        }
+                    } else if let Some(h) = ring_handle {
+                        let Ok(mut r) = BroadcastReader::attach(h) else {
+                            return 1;
+                        };
+                        while let Ok(g) = r.recv() {
+                            std::hint::black_box(g.first());
+                            n += 1;
+                            if n.is_multiple_of(BATCH) {
+                                counter.store(n, Ordering::Release);
+                            }
+                        }
+                    }
+                    0
+                })
+                .map_err(|e| e.to_string())?,
+            );
+        }
+        let wait = Duration::from_secs(20);
+        if let Some(b) = &mut chan {
+            b.wait_until_ready(wait).map_err(|e| e.to_string())?;
+        }
+        if let Some(w) = &mut ring {
+            w.wait_for_readers(readers as u32, Wait::timeout(wait))
+                .map_err(|e| e.to_string())?;
+        }
+        let msg = vec![7u8; size];
+        let slowest = || -> u64 {
+            (0..readers)
+                .map(|k| map.at::<AtomicU64>(slot(k)).load(Ordering::Acquire))
+                .min()
+                .unwrap_or(0)
+        };
+        let mut samples = Vec::new();
+        let start = Instant::now();
+        let (mut t, mut n) = (start, 0u64);
+        let mut warm = true;
+        while start.elapsed() < run + SLICE {
+            for _ in 0..256 {
+                if let Some(b) = &mut chan {
+                    b.send(&msg).map_err(|e| e.to_string())?;
+                }
+                if let Some(w) = &mut ring {
+                    w.send(&msg).map_err(|e| e.to_string())?;
+                }
+            }
+            if t.elapsed() >= SLICE {
+                let (t1, n1) = (Instant::now(), slowest());
+                if !warm {
+                    samples.push((n1 - n) as f64 / (t1 - t).as_secs_f64());
+                }
+                warm = false;
+                (t, n) = (t1, n1);
+            }
+        }
+        // The end: readers see the writer go.
+        drop(chan);
+        drop(ring);
+        for k in kids {
+            let _ = k.wait();
+        }
+        Ok(samples)
+    })();
+    match r {
+        Ok(s) => m.samples = s,
+        Err(e) => m.error = Some(e),
+    }
+    m
+}
+
 /// A small struct, as a typed message.
 #[derive(rkyv::Archive, rkyv::Serialize)]
 struct Small {
@@ -268,9 +386,15 @@ fn main() {
             a.has("raw"),
         ),
         "typed" => typed(a.get("iters", 2000u64)),
+        "broadcast" => broadcast(
+            a.get("readers", 1usize).max(1),
+            a.get("size", 64usize),
+            Duration::from_millis(a.get("ms", 1000u64)),
+            a.has("raw"),
+        ),
         _ => {
             eprintln!(
-                "usage: channel workqueue --producers P --consumers C --size B --ms T [--raw] | typed --iters N"
+                "usage: channel workqueue --producers P --consumers C --size B --ms T [--raw] | broadcast --readers R --size B --ms T [--raw] | typed --iters N"
             );
             std::process::exit(2);
         }

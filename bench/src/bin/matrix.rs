@@ -231,6 +231,18 @@ fn cells(quick: bool) -> Vec<Cell> {
         .collect();
     let wq: Vec<&str> = wq.iter().map(String::as_str).collect();
     v.push(cell("channel workqueue 64 B", r - 1, &wq));
+    // Broadcast on one host (issue 8): the slowest reader's rate with 1, 3
+    // and 7 reader processes (7 oversubscribes the two cores), 64 B and
+    // 1 MiB, beside the raw broadcast ring in the same run.
+    let bc: Vec<String> = [(1, 64usize), (3, 64), (7, 64), (3, 1 << 20)]
+        .iter()
+        .flat_map(|(readers, size)| {
+            let base = format!("channel broadcast --readers {readers} --size {size} --ms {ms}");
+            [base.clone(), format!("{base} --raw")]
+        })
+        .collect();
+    let bc: Vec<&str> = bc.iter().map(String::as_str).collect();
+    v.push(cell("channel broadcast", r - 1, &bc));
     v.push(cell(
         "idle reader CPU and wake-ups",
         1,
