@@ -3,10 +3,11 @@
 //! worker).
 //!
 //! The writer creates the broadcast with the number of readers it waits
-//! for; readers in any process attach with the handle and an index. Every
-//! message carries a 16-byte header: its sequence number (from 0, in send
-//! order) and the writer's index; the message after it stays 16-byte
-//! aligned, so typed messages are read in place. A reader can hold several
+//! for; readers in any process attach with the handle and an index (a
+//! label for logs and the caller). Every message carries a 16-byte
+//! header, its sequence number (from 0, in send order) and room kept for
+//! the writer's identity; the message after it stays 16-byte aligned, so
+//! typed messages are read in place. A reader can hold several
 //! [`Received`] messages at once (a worker keeps step i's inputs while it
 //! receives step i+1); the ring gets them back in order as they drop.
 //! Messages of any size: small ones in the ring, large ones through
@@ -218,7 +219,7 @@ impl Broadcast {
             match archive_into(value, &mut r[HEAD..]).map_err(Error::Archive)? {
                 Archived::InPlace(n) => {
                     r.commit(HEAD + n)?;
-                    self.hint = n.clamp(MIN_HINT, self.writer.max_inline().max(MIN_HINT));
+                    self.hint = self.fit_hint(n);
                     return Ok(self.sent());
                 }
                 // Dropped uncommitted: nothing is published.
@@ -226,10 +227,17 @@ impl Broadcast {
             }
         };
         let seq = self.send(&spilled)?;
-        self.hint = spilled
-            .len()
-            .clamp(MIN_HINT, self.writer.max_inline().max(MIN_HINT));
+        self.hint = self.fit_hint(spilled.len());
         Ok(seq)
+    }
+
+    /// The room the next typed send reserves after an archive of `n`
+    /// bytes: that, within what the ring carries inline with the header
+    /// (a larger archive spills; reserving its size ahead would take an
+    /// overflow segment for every later value, however small).
+    fn fit_hint(&self, n: usize) -> usize {
+        let inline = self.writer.max_inline().saturating_sub(HEAD).max(MIN_HINT);
+        n.clamp(MIN_HINT, inline)
     }
 
     fn head(&self) -> [u8; HEAD] {
@@ -258,6 +266,28 @@ impl Shared {
         let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
         for h in pending {
             let _ = r.release_held(h);
+        }
+    }
+
+    /// After letting go of the reader: releases what drops queued
+    /// meanwhile, if the reader is free (else its holder does, by this
+    /// same call after it lets go). Every path that queues or unlocks
+    /// calls it, so a queued release never waits for a later receive.
+    fn settle(&self) {
+        loop {
+            let empty = self
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty();
+            if empty {
+                return;
+            }
+            match self.reader.try_lock() {
+                Ok(mut r) => self.drain(&mut r),
+                Err(std::sync::TryLockError::Poisoned(p)) => self.drain(&mut p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => return,
+            }
         }
     }
 }
@@ -325,33 +355,58 @@ impl BroadcastReceiver {
 
     /// The next message, waiting for it (up to the receive timeout).
     /// Held in place until the returned value drops; several can be held
-    /// at once (up to [`MAX_HELD`](shoal_shm_ring::MAX_HELD)).
+    /// at once: up to [`MAX_HELD`](shoal_shm_ring::MAX_HELD) small ones,
+    /// fewer when what is held fills the ring or more than 8 are large
+    /// (then the writer waits for the oldest to drop). A [`Received`]
+    /// keeps this reader attached, even once the receiver is dropped.
+    /// A dead writer ends the wait with
+    /// [`WriterGone`](shoal_shm_ring::Error::WriterGone) once what it sent
+    /// was received.
     pub fn recv(&mut self) -> Result<Received> {
         let timeout = self.recv_timeout;
         let end = timeout.and_then(|t| std::time::Instant::now().checked_add(t));
         loop {
-            let slice = match end {
-                Some(end) => {
-                    let left = end.saturating_duration_since(std::time::Instant::now());
-                    if left.is_zero() {
-                        return Err(Error::Timeout {
-                            what: "a broadcast message",
-                            after: timeout.unwrap_or_default(),
-                        });
-                    }
-                    left.min(SLICE)
-                }
-                None => SLICE,
-            };
+            let left = end.map(|e| e.saturating_duration_since(std::time::Instant::now()));
+            // At least one look, however short the timeout.
+            let slice = left.map_or(SLICE, |l| l.min(SLICE));
             let got = {
                 let mut r = lock(&self.shared.reader);
                 self.shared.drain(&mut r);
-                r.recv_held_with(Wait::timeout(slice))
+                let wait = if slice.is_zero() {
+                    Wait::no_wait()
+                } else {
+                    Wait::timeout(slice)
+                };
+                match r.recv_held_with(wait) {
+                    Ok(h) => Some(Received::new(&self.shared, h, &mut r)),
+                    Err(RingError::Timeout | RingError::WouldBlock) => {
+                        // The writer's death is judged here too: a slice
+                        // may end before the ring's own liveness check.
+                        if !r.writer_alive() {
+                            match r.try_recv_held() {
+                                Ok(Some(h)) => Some(Received::new(&self.shared, h, &mut r)),
+                                Ok(None) => Some(Err(RingError::WriterGone {
+                                    pid: r.writer_pid(),
+                                }
+                                .into())),
+                                Err(e) => Some(Err(e.into())),
+                            }
+                        } else {
+                            None
+                        }
+                    }
+                    Err(e) => Some(Err(ring_error(e, "a broadcast message", timeout))),
+                }
             };
-            match got {
-                Ok(held) => return Received::new(self.shared.clone(), held),
-                Err(RingError::Timeout | RingError::WouldBlock) => continue,
-                Err(e) => return Err(ring_error(e, "a broadcast message", timeout)),
+            self.shared.settle();
+            if let Some(r) = got {
+                return r;
+            }
+            if left.is_some_and(|l| l <= slice) {
+                return Err(Error::Timeout {
+                    what: "a broadcast message",
+                    after: timeout.unwrap_or_default(),
+                });
             }
         }
     }
@@ -388,13 +443,18 @@ impl BroadcastReceiver {
             ready.get_ref().arm();
             // Re-checked after arming (a record that came in between is
             // not missed), without keeping the reader locked.
-            let held = {
+            let got = {
                 let mut r = lock(&self.shared.reader);
                 self.shared.drain(&mut r);
-                r.try_recv_held()?
+                match r.try_recv_held() {
+                    Ok(Some(h)) => Some(Received::new(&self.shared, h, &mut r)),
+                    Ok(None) => None,
+                    Err(e) => Some(Err(e.into())),
+                }
             };
-            if let Some(h) = held {
-                return Received::new(self.shared.clone(), h);
+            self.shared.settle();
+            if let Some(m) = got {
+                return m;
             }
             let mut slice = SLICE;
             if let Some(end) = end {
@@ -433,13 +493,17 @@ impl BroadcastReceiver {
 
     /// The next message if one is there now.
     pub fn try_recv(&mut self) -> Result<Option<Received>> {
-        let held = {
+        let got = {
             let mut r = lock(&self.shared.reader);
             self.shared.drain(&mut r);
-            r.try_recv_held()?
+            match r.try_recv_held() {
+                Ok(Some(h)) => Received::new(&self.shared, h, &mut r).map(Some),
+                Ok(None) => Ok(None),
+                Err(e) => Err(e.into()),
+            }
         };
-        held.map(|h| Received::new(self.shared.clone(), h))
-            .transpose()
+        self.shared.settle();
+        got
     }
 }
 
@@ -472,25 +536,27 @@ impl std::fmt::Debug for Received {
 }
 
 impl Received {
-    fn new(shared: Arc<Shared>, held: Held) -> Result<Received> {
-        let (ptr, len, seq) = {
-            let r = lock(&shared.reader);
-            let bytes = r.held_bytes(&held).unwrap_or_default();
-            let seq = bytes
-                .get(..8)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_le_bytes);
-            (bytes.as_ptr(), bytes.len(), seq)
+    /// The message `held` names, received by `r` (locked by the caller,
+    /// so nothing changes between the receive and this look).
+    fn new(shared: &Arc<Shared>, held: Held, r: &mut RingReader) -> Result<Received> {
+        let Some(bytes) = r.held_bytes(&held) else {
+            // Not held any more: this reader lost its slot.
+            return Err(RingError::Evicted.into());
         };
+        let (ptr, len) = (bytes.as_ptr(), bytes.len());
+        let seq = bytes
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes);
         let Some(seq) = seq.filter(|_| len >= HEAD) else {
-            let _ = lock(&shared.reader).release_held(held);
+            let _ = r.release_held(held);
             return Err(Error::Malformed {
                 what: "a broadcast message shorter than its header",
                 len,
             });
         };
         Ok(Received {
-            shared,
+            shared: shared.clone(),
             held: Some(held),
             ptr,
             len,
@@ -544,12 +610,17 @@ impl Drop for Received {
             Err(std::sync::TryLockError::Poisoned(p)) => {
                 let _ = p.into_inner().release_held(h);
             }
-            Err(std::sync::TryLockError::WouldBlock) => self
-                .shared
-                .pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(h),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                self.shared
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(h);
+                // The reader may have been let go just now.
+                self.shared.settle();
+                return;
+            }
         }
+        self.shared.settle();
     }
 }

@@ -190,3 +190,14 @@ async fn async_receives_get_everything_then_learn_the_writer_is_gone() {
         .expect("ended within 5 s");
     assert!(end.is_err(), "{end:?}");
 }
+
+#[test]
+fn a_zero_receive_timeout_still_looks_once() {
+    let o = opts(1).recv_timeout(Some(Duration::ZERO));
+    let mut b = Broadcast::create(&o).unwrap();
+    let mut r = BroadcastReceiver::attach_with(b.handle(), 0, &o).unwrap();
+    b.wait_until_ready(Duration::from_secs(5)).unwrap();
+    assert!(matches!(r.recv(), Err(Error::Timeout { .. })));
+    b.send(b"ready").unwrap();
+    assert_eq!(&*r.recv().unwrap(), b"ready");
+}

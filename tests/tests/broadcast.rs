@@ -25,6 +25,25 @@ fn msg(i: u64) -> Vec<u8> {
 }
 
 fn run(role: &str, a: &[String]) -> i32 {
+    // writer: creates a broadcast for one reader, says its handle, sends
+    // five messages once the reader came, then hangs.
+    if role == "writer" {
+        let Ok(mut b) = Broadcast::create(&BroadcastOptions::new(1)) else {
+            return 3;
+        };
+        say(&b.handle().to_string());
+        if b.wait_until_ready(20 * SEC).is_err() {
+            return 4;
+        }
+        for n in 0..5 {
+            if b.send(&msg(n)).is_err() {
+                return 5;
+            }
+        }
+        say("sent");
+        std::thread::sleep(60 * SEC);
+        return 1;
+    }
     // reader HANDLE INDEX [STOP_AFTER]: reads N messages (or hangs after
     // STOP_AFTER, holding one).
     if role != "reader" {
@@ -86,4 +105,24 @@ fn three_reader_processes_get_every_message_and_a_killed_one_stops_nothing() {
         assert_eq!(r.expect_line(30 * SEC), "ok");
         assert!(r.wait(20 * SEC).success());
     }
+}
+
+/// A reader with default options (no receive timeout) learns that its
+/// writer was SIGKILLed, after receiving what it sent: never a hang.
+#[test]
+fn a_reader_of_a_killed_writer_gets_writer_gone() {
+    let mut w = spawn("writer", &[]);
+    let h: Handle = w.expect_line(20 * SEC).parse().unwrap();
+    let mut r = BroadcastReceiver::attach(&h, 0).unwrap();
+    assert_eq!(w.expect_line(20 * SEC), "sent");
+    for n in 0..5 {
+        assert_eq!(&*r.recv().unwrap(), &msg(n)[..]);
+    }
+    w.kill9();
+    let t0 = std::time::Instant::now();
+    match r.recv() {
+        Err(shoal_channel::Error::Ring(shoal_shm_ring::Error::WriterGone { .. })) => {}
+        other => panic!("expected WriterGone, got {other:?}"),
+    }
+    assert!(t0.elapsed() < 5 * SEC, "took {:?}", t0.elapsed());
 }
