@@ -258,15 +258,34 @@ struct Shared {
     /// Messages dropped while the reader was busy (a receive in another
     /// thread): released by the reader's next look.
     pending: Mutex<Vec<Held>>,
+    /// How many are in `pending` (looked at without its lock: the common
+    /// case, nothing pending, costs one load).
+    pending_n: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
     /// Releases what drops left pending (with the reader locked).
     fn drain(&self, r: &mut RingReader) {
-        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        use std::sync::atomic::Ordering;
+        if self.pending_n.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let pending = {
+            let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            self.pending_n.store(0, Ordering::Release);
+            std::mem::take(&mut *p)
+        };
         for h in pending {
             let _ = r.release_held(h);
         }
+    }
+
+    /// Queues the release of `h` for the reader's holder.
+    fn queue(&self, h: Held) {
+        let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        p.push(h);
+        self.pending_n
+            .store(p.len(), std::sync::atomic::Ordering::Release);
     }
 
     /// After letting go of the reader: releases what drops queued
@@ -275,12 +294,12 @@ impl Shared {
     /// calls it, so a queued release never waits for a later receive.
     fn settle(&self) {
         loop {
-            let empty = self
-                .pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .is_empty();
-            if empty {
+            // The queuer stores the count, then (here) tries the lock; the
+            // holder unlocks, then (here) loads the count. A SeqCst fence
+            // between each side's write and read: one of them sees the
+            // other, so a queued release is never left behind.
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+            if self.pending_n.load(std::sync::atomic::Ordering::Relaxed) == 0 {
                 return;
             }
             match self.reader.try_lock() {
@@ -341,6 +360,7 @@ impl BroadcastReceiver {
             shared: Arc::new(Shared {
                 reader: Mutex::new(reader),
                 pending: Mutex::new(Vec::new()),
+                pending_n: std::sync::atomic::AtomicUsize::new(0),
             }),
             index,
             recv_timeout: opts.recv_timeout,
@@ -611,11 +631,7 @@ impl Drop for Received {
                 let _ = p.into_inner().release_held(h);
             }
             Err(std::sync::TryLockError::WouldBlock) => {
-                self.shared
-                    .pending
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(h);
+                self.shared.queue(h);
                 // The reader may have been let go just now.
                 self.shared.settle();
                 return;

@@ -6,7 +6,7 @@
 //! T ms; then the producers stop, the queue is closed, and the consumers
 //! drain it and end (`take` returns `None`: the termination path runs in
 //! every cell). Metric `throughput_msgs_per_s` (messages taken), one
-//! sample per 100 ms slice; pattern `workqueue`, mode `park` (waits spin,
+//! sample per 100 ms slice; pattern `channel-workqueue`, mode `park` (waits spin,
 //! then park), `readers` = C, processes P + C.
 //!
 //! With `--raw`: the peer, the raw MPMC ring underneath (shoal-shm-ring)
@@ -15,7 +15,7 @@
 //!
 //! `channel broadcast --readers R --size B --ms T [--raw]`: Broadcast
 //! throughput on one host, R reader processes, the slowest reader's
-//! rate per 100 ms slice (pattern `broadcast`), beside the raw broadcast
+//! rate per 100 ms slice (pattern `channel-broadcast`), beside the raw broadcast
 //! ring with `--raw`.
 //!
 //! `channel typed --iters N`: what reading a small struct taken from a
@@ -44,7 +44,7 @@ fn slot(i: usize) -> usize {
 
 fn workqueue(p: usize, c: usize, size: usize, run: Duration, raw: bool) -> Measurement {
     let system = if raw { "shm-ring" } else { "shoal" };
-    let mut m = Measurement::new(system, "workqueue", "park", "throughput_msgs_per_s")
+    let mut m = Measurement::new(system, "channel-workqueue", "park", "throughput_msgs_per_s")
         .payload(size as u64)
         .readers(c as u32)
         .processes((p + c) as u32);
@@ -204,7 +204,7 @@ fn broadcast(readers: usize, size: usize, run: Duration, raw: bool) -> Measureme
     use shoal_channel::{Broadcast, BroadcastOptions, BroadcastReceiver};
     use shoal_shm_ring::{BroadcastConfig, BroadcastReader, BroadcastWriter};
     let system = if raw { "shm-ring" } else { "shoal" };
-    let mut m = Measurement::new(system, "broadcast", "park", "throughput_msgs_per_s")
+    let mut m = Measurement::new(system, "channel-broadcast", "park", "throughput_msgs_per_s")
         .payload(size as u64)
         .readers(readers as u32)
         .processes(readers as u32 + 1);
