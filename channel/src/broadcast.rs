@@ -322,7 +322,7 @@ pub struct BroadcastReceiver {
     index: u32,
     recv_timeout: Option<Duration>,
     /// Awaited by `recv_async` (made on first use).
-    ready: Option<tokio::io::unix::AsyncFd<shoal_shm_ring::ReadyFd>>,
+    ready: Option<crate::ready::Ready>,
 }
 
 impl std::fmt::Debug for BroadcastReceiver {
@@ -435,29 +435,15 @@ impl BroadcastReceiver {
     /// receive timeout). Cancel-safe: dropped before it returned, nothing
     /// was received.
     pub async fn recv_async(&mut self) -> Result<Received> {
-        let timeout = self.recv_timeout;
-        let end = timeout.and_then(|t| std::time::Instant::now().checked_add(t));
+        const WHAT: &str = "a broadcast message";
+        let deadline = crate::ready::deadline(self.recv_timeout);
         loop {
             if let Some(m) = self.try_recv()? {
                 return Ok(m);
             }
             if self.ready.is_none() {
                 let fd = lock(&self.shared.reader).ready_fd()?;
-                // SAFETY: a ReadyFd owns its eventfd for its whole life and
-                // always returns that descriptor from as_raw_fd; the
-                // AsyncFd owns the ReadyFd, so the descriptor stays open
-                // and the same until the AsyncFd drops.
-                let fd = unsafe {
-                    tokio::io::unix::AsyncFd::register_with_interest(
-                        fd,
-                        tokio::io::Interest::READABLE,
-                    )
-                }
-                .map_err(|source| Error::Io {
-                    what: "registering the broadcast's readiness fd with tokio",
-                    source: source.into(),
-                })?;
-                self.ready = Some(fd);
+                self.ready = Some(crate::ready::register(fd)?);
             }
             let Some(ready) = &self.ready else { continue };
             ready.get_ref().arm();
@@ -476,36 +462,16 @@ impl BroadcastReceiver {
             if let Some(m) = got {
                 return m;
             }
-            let mut slice = SLICE;
-            if let Some(end) = end {
-                let left = end.saturating_duration_since(std::time::Instant::now());
-                if left.is_zero() {
-                    return Err(Error::Timeout {
-                        what: "a broadcast message",
-                        after: timeout.unwrap_or_default(),
-                    });
-                }
-                slice = slice.min(left);
-            }
-            match tokio::time::timeout(slice, ready.readable()).await {
-                Ok(r) => {
-                    let mut guard = r.map_err(|source| Error::Io {
-                        what: "awaiting the broadcast",
-                        source,
-                    })?;
-                    guard.get_inner().clear();
-                    guard.clear_ready();
-                }
-                Err(_) => {
-                    // Liveness, then one more look: what the writer sent
-                    // before it died is still delivered.
-                    if !lock(&self.shared.reader).writer_alive() {
-                        if let Some(m) = self.try_recv()? {
-                            return Ok(m);
-                        }
-                        let pid = lock(&self.shared.reader).writer_pid();
-                        return Err(RingError::WriterGone { pid }.into());
+            let slice = crate::ready::slice(SLICE, deadline, WHAT)?;
+            if !crate::ready::wait(ready, slice, "awaiting the broadcast").await? {
+                // Liveness, then one more look: what the writer sent
+                // before it died is still delivered.
+                if !lock(&self.shared.reader).writer_alive() {
+                    if let Some(m) = self.try_recv()? {
+                        return Ok(m);
                     }
+                    let pid = lock(&self.shared.reader).writer_pid();
+                    return Err(RingError::WriterGone { pid }.into());
                 }
             }
         }
@@ -596,12 +562,7 @@ impl Received {
         T: rkyv::Archive,
         T::Archived: for<'b> CheckBytes<HighValidator<'b, rkyv::rancor::Error>>,
     {
-        rkyv::access::<T::Archived, rkyv::rancor::Error>(self).map_err(|e| {
-            Error::Archive(shoal_transport::Error::InvalidArchive {
-                type_name: std::any::type_name::<T>(),
-                reason: e.to_string(),
-            })
-        })
+        crate::archive::access::<T>(self)
     }
 }
 

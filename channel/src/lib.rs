@@ -37,19 +37,23 @@
 //!   [`Sender`] (index, pid, host); the same termination.
 //!
 //! ## Map of the crate
+//! - `archive`: reading a message as a validated rkyv archive, in place.
 //! - [`broadcast`]: the broadcast, its receivers and what they receive.
 //! - [`error`]: the crate's one error type.
 //! - [`gather`]: the gather, its writers, and sender identities.
 //! - [`handle`]: the serializable handle other processes attach with (text
 //!   and rkyv), and the build fingerprint it carries.
+//! - `ready`: awaiting a ring from tokio (shared by every async form).
 //! - [`workqueue`]: the work queue, its producers and consumers.
 
 #![warn(missing_docs)]
 
+mod archive;
 pub mod broadcast;
 pub mod error;
 pub mod gather;
 pub mod handle;
+mod ready;
 pub mod workqueue;
 
 pub use broadcast::{Broadcast, BroadcastOptions, BroadcastReceiver, Received};

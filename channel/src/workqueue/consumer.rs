@@ -3,12 +3,12 @@
 use super::{expected_tag, QueueOptions};
 use crate::error::{Error, Result};
 use crate::handle::{Handle, Kind};
+use crate::ready::{self, Ready};
 use rkyv::api::high::HighValidator;
 use rkyv::bytecheck::CheckBytes;
-use shoal_shm_ring::{Error as RingError, MpmcConsumer, ReadyFd, TakeGuard, Wait};
+use shoal_shm_ring::{Error as RingError, MpmcConsumer, TakeGuard, Wait};
 use std::ops::Deref;
-use std::time::{Duration, Instant};
-use tokio::io::unix::AsyncFd;
+use std::time::Duration;
 
 /// A consumer of a [`WorkQueue`](crate::WorkQueue), in any process.
 ///
@@ -33,7 +33,7 @@ pub struct Consumer {
     /// Bytes before every message (a gather's sender header).
     skip: usize,
     /// Awaited by `take_async` while the queue is empty (made on first use).
-    ready: Option<AsyncFd<ReadyFd>>,
+    ready: Option<Ready>,
     take_timeout: Option<Duration>,
     liveness: Duration,
 }
@@ -102,12 +102,7 @@ impl Taken<'_> {
         T: rkyv::Archive,
         T::Archived: for<'b> CheckBytes<HighValidator<'b, rkyv::rancor::Error>>,
     {
-        rkyv::access::<T::Archived, rkyv::rancor::Error>(self).map_err(|e| {
-            Error::Archive(shoal_transport::Error::InvalidArchive {
-                type_name: std::any::type_name::<T>(),
-                reason: e.to_string(),
-            })
-        })
+        crate::archive::access::<T>(self)
     }
 
     /// The message as an archived `T`, without validation.
@@ -212,10 +207,8 @@ impl Consumer {
     /// (up to the take timeout); `None` once the work is over.
     /// Cancel-safe: dropped before it returned, nothing was taken.
     pub async fn take_async(&mut self) -> Result<Option<Taken<'_>>> {
-        // A timeout too long to add to the clock is no timeout.
-        let deadline = self
-            .take_timeout
-            .and_then(|t| Some((Instant::now().checked_add(t)?, t)));
+        const WHAT: &str = "a message from the work queue";
+        let deadline = ready::deadline(self.take_timeout);
         loop {
             // Held, not borrowed: the loop goes on when nothing is there.
             match self.ring.try_hold() {
@@ -224,52 +217,21 @@ impl Consumer {
                 Err(e) => return take_end(e, None).map(|()| None),
             }
             if self.ready.is_none() {
-                let fd = self.ring.ready_fd()?;
-                // SAFETY: a ReadyFd owns its eventfd for its whole life and
-                // always returns that descriptor from as_raw_fd; the
-                // AsyncFd owns the ReadyFd, so the descriptor stays open
-                // and the same until the AsyncFd drops.
-                let fd =
-                    unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
-                        .map_err(|source| Error::Io {
-                        what: "registering the queue's readiness fd with tokio",
-                        source: source.into(),
-                    })?;
-                self.ready = Some(fd);
+                self.ready = Some(ready::register(self.ring.ready_fd()?)?);
             }
-            let Some(ready) = &self.ready else { continue };
-            ready.get_ref().arm();
+            let Some(fd) = &self.ready else { continue };
+            fd.get_ref().arm();
             match self.ring.try_hold() {
                 Ok(true) => break,
                 Ok(false) => {}
                 Err(e) => return take_end(e, None).map(|()| None),
             }
             // Bounded: nothing wakes this wait when a producer that owes
-            // messages dies; the next look (every liveness interval)
-            // settles its debt and ends the work.
-            let mut slice = self.liveness.max(Duration::from_millis(1));
-            if let Some((end, total)) = deadline {
-                let left = end.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(Error::Timeout {
-                        what: "a message from the work queue",
-                        after: total,
-                    });
-                }
-                slice = slice.min(left);
-            }
-            match tokio::time::timeout(slice, ready.readable()).await {
-                Ok(r) => {
-                    let mut guard = r.map_err(|source| Error::Io {
-                        what: "awaiting the work queue",
-                        source,
-                    })?;
-                    guard.get_inner().clear();
-                    guard.clear_ready();
-                }
-                // What a blocked take checks every liveness interval: dead
-                // producers, the end of the work, nobody left to produce.
-                Err(_) => self.ring.check_peers()?,
+            // messages dies; the look every liveness interval (what a
+            // blocked take checks) settles its debt and ends the work.
+            let slice = ready::slice(self.liveness, deadline, WHAT)?;
+            if !ready::wait(fd, slice, "awaiting the work queue").await? {
+                self.ring.check_peers()?;
             }
         }
         // Held just above, with no await since: there is one.

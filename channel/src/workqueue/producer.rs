@@ -4,10 +4,10 @@
 use super::{expected_tag, QueueOptions};
 use crate::error::{Error, Result};
 use crate::handle::{Handle, Kind};
-use shoal_shm_ring::{Error as RingError, MpmcProducer, ReadyFd, Wait};
+use crate::ready::{self, Ready};
+use shoal_shm_ring::{Error as RingError, MpmcProducer, Wait};
 use shoal_transport::{archive_into, Archivable, Archived};
-use std::time::{Duration, Instant};
-use tokio::io::unix::AsyncFd;
+use std::time::Duration;
 
 /// The smallest room a typed put reserves for its archive.
 const MIN_HINT: usize = 256;
@@ -37,7 +37,7 @@ const MIN_HINT: usize = 256;
 pub struct Producer {
     ring: MpmcProducer,
     /// Awaited by `put_async` while the queue is full (made on first use).
-    space: Option<AsyncFd<ReadyFd>>,
+    space: Option<Ready>,
     put_timeout: Option<Duration>,
     liveness: Duration,
     /// Room the next typed put reserves (the last archive's size, at least
@@ -196,10 +196,8 @@ impl Producer {
     /// put timeout). Cancel-safe: dropped before it finished, nothing was
     /// put.
     pub async fn put_async(&mut self, msg: &[u8]) -> Result<()> {
-        // A timeout too long to add to the clock is no timeout.
-        let deadline = self
-            .put_timeout
-            .and_then(|t| Some((Instant::now().checked_add(t)?, t)));
+        const WHAT: &str = "room in the work queue";
+        let deadline = ready::deadline(self.put_timeout);
         loop {
             match self.try_put(msg) {
                 Ok(()) => return Ok(()),
@@ -207,18 +205,7 @@ impl Producer {
                 Err(TryPutError::Full(_)) => {}
             }
             if self.space.is_none() {
-                let fd = self.ring.space_fd()?;
-                // SAFETY: a ReadyFd owns its eventfd for its whole life and
-                // always returns that descriptor from as_raw_fd; the
-                // AsyncFd owns the ReadyFd, so the descriptor stays open and
-                // the same until the AsyncFd drops.
-                let fd =
-                    unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
-                        .map_err(|source| Error::Io {
-                        what: "registering the queue's readiness fd with tokio",
-                        source: source.into(),
-                    })?;
-                self.space = Some(fd);
+                self.space = Some(ready::register(self.ring.space_fd()?)?);
             }
             let Some(space) = &self.space else { continue };
             space.get_ref().arm();
@@ -230,25 +217,8 @@ impl Producer {
             // Bounded: a put owed to a dead consumer's release is found by
             // the next try (the fd also turns readable every orphan
             // timeout while armed).
-            let mut slice = self.liveness.max(Duration::from_millis(1));
-            if let Some((end, total)) = deadline {
-                let left = end.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(Error::Timeout {
-                        what: "room in the work queue",
-                        after: total,
-                    });
-                }
-                slice = slice.min(left);
-            }
-            if let Ok(ready) = tokio::time::timeout(slice, space.readable()).await {
-                let mut guard = ready.map_err(|source| Error::Io {
-                    what: "awaiting room in the queue",
-                    source,
-                })?;
-                guard.get_inner().clear();
-                guard.clear_ready();
-            }
+            let slice = ready::slice(self.liveness, deadline, WHAT)?;
+            ready::wait(space, slice, "awaiting room in the queue").await?;
         }
     }
 
