@@ -1135,6 +1135,10 @@ pub(crate) struct ConsumerCore<M> {
     st: ConsumerState,
     /// Set when a wait freed the slot of a dead peer.
     dead_freed: Cell<bool>,
+    /// When `poll` last looked whether the work is over (it does so at
+    /// most once a liveness interval: the look can cost a lease system
+    /// call per producer that still owes).
+    work_looked: Cell<Option<Instant>>,
     /// The ring creator's pid (for the `WriterGone` error only).
     creator_pid: u32,
     lay: (usize, usize),
@@ -1179,6 +1183,7 @@ impl<M: RingMem<Control = MpmcControl>> ConsumerCore<M> {
             },
             creator_pid,
             dead_freed: Cell::new(false),
+            work_looked: Cell::new(None),
             lay: (lay.consumers, lay.producers),
             spinner: Spinner::new(opts.wait),
             opts,
@@ -1206,7 +1211,7 @@ impl<M: RingMem<Control = MpmcControl>> ConsumerCore<M> {
         let r = match self.st.poll_take(&self.mem, self.lay, &self.opts) {
             // Empty: the work may be over (a finished ring is closed, and
             // the next look says so).
-            Ok(None) if finish_work(&self.mem, self.lay, None) => {
+            Ok(None) if self.work_look_due() && finish_work(&self.mem, self.lay, None) => {
                 self.st.poll_take(&self.mem, self.lay, &self.opts)
             }
             r => r,
@@ -1215,6 +1220,25 @@ impl<M: RingMem<Control = MpmcControl>> ConsumerCore<M> {
             Error::Closed => closed_error(&self.mem),
             e => e,
         })
+    }
+
+    /// Whether an empty `poll` should look whether the work is over: only
+    /// once claims are closed (one load otherwise), and then at most once
+    /// a liveness interval. Promptness does not depend on it: the last
+    /// commit and the close finish the work themselves; this look is for
+    /// the debts of dead producers, found at the liveness pace anyway.
+    fn work_look_due(&self) -> bool {
+        if self.mem.ctrl().work.claims_closed.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        let now = Instant::now();
+        match self.work_looked.get() {
+            Some(t) if now.duration_since(t) < self.opts.liveness_interval => false,
+            _ => {
+                self.work_looked.set(Some(now));
+                true
+            }
+        }
     }
 
     /// Waits for the next record.
