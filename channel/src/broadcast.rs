@@ -442,8 +442,9 @@ impl BroadcastReceiver {
                 return Ok(m);
             }
             if self.ready.is_none() {
-                let fd = lock(&self.shared.reader).ready_fd()?;
-                self.ready = Some(crate::ready::register(fd)?);
+                let fd = lock(&self.shared.reader).ready_fd();
+                self.shared.settle();
+                self.ready = Some(crate::ready::register(fd?)?);
             }
             let Some(ready) = &self.ready else { continue };
             ready.get_ref().arm();
@@ -466,11 +467,14 @@ impl BroadcastReceiver {
             if !crate::ready::wait(ready, slice, "awaiting the broadcast").await? {
                 // Liveness, then one more look: what the writer sent
                 // before it died is still delivered.
-                if !lock(&self.shared.reader).writer_alive() {
+                let alive = lock(&self.shared.reader).writer_alive();
+                self.shared.settle();
+                if !alive {
                     if let Some(m) = self.try_recv()? {
                         return Ok(m);
                     }
                     let pid = lock(&self.shared.reader).writer_pid();
+                    self.shared.settle();
                     return Err(RingError::WriterGone { pid }.into());
                 }
             }

@@ -133,7 +133,7 @@ pub(crate) struct ProducerCore<M> {
     /// A record that has blocked `reclaim`.
     stuck: Cell<Option<Stuck>>,
     /// The lock holder seen waiting, and since when (across calls too).
-    lock_held: Option<(u32, Instant)>,
+    lock_held: Option<(u32, Instant, Instant, Instant)>,
     futile: u32,
     /// Set when a wait freed the slot of a dead peer (see `take_dead_freed`).
     dead_freed: Cell<bool>,
@@ -654,7 +654,7 @@ fn lock<M: RingMem<Control = MpmcControl>>(
     mine: u32,
     deadline: &Deadline<'_>,
     opts: &PeerOptions,
-    held_since: &mut Option<(u32, Instant)>,
+    held_since: &mut Option<(u32, Instant, Instant, Instant)>,
 ) -> Result<()> {
     let l = &mem.ctrl().lock;
     let mut spins = 0u32;
@@ -698,16 +698,37 @@ fn lock<M: RingMem<Control = MpmcControl>>(
         // outlives calls, so a later try judges it once it was seen for a
         // liveness interval); else a no-wait producer would find the ring
         // "full" for ever behind a dead holder.
+        // Per holder word: when it was first seen, when the current run
+        // of sightings began, and the last sighting. A sighting continues
+        // the run only if the last one was recent (a waiting call looks at
+        // least once a liveness interval, so twice that is still one
+        // holding): a holder word recurs each time its producer takes the
+        // lock, so an old sighting says nothing about how long this
+        // holding lasts. Death needs no run (the lease says it); a stall
+        // does.
         let holder = cur & !LOCK_WAITERS;
-        let since = match *held_since {
-            Some((h, t)) if h == holder => Some(t),
-            _ => {
-                *held_since = Some((holder, Instant::now()));
-                None
+        let now = Instant::now();
+        let (first, run) = match *held_since {
+            Some((h, first, run, last)) if h == holder => {
+                let run = if now.duration_since(last) <= 2 * opts.liveness_interval {
+                    run
+                } else {
+                    now
+                };
+                (first, run)
             }
+            _ => (now, now),
         };
-        if let Some(since) = since.filter(|t| t.elapsed() >= opts.liveness_interval) {
-            if let Some(r) = judge_lock_holder(mem, lay, mine, holder, since, opts, &mut logged) {
+        *held_since = Some((holder, first, run, now));
+        // Only a call that may wait ends with Stalled; a try only takes a
+        // dead holder's lock over.
+        let judged = if deadline.check(now).is_ok() {
+            *opts
+        } else {
+            opts.stall_timeout(None)
+        };
+        if now.duration_since(first) >= opts.liveness_interval {
+            if let Some(r) = judge_lock_holder(mem, lay, mine, holder, run, &judged, &mut logged) {
                 if r.is_ok() {
                     *held_since = None;
                 }
@@ -728,8 +749,8 @@ fn lock<M: RingMem<Control = MpmcControl>>(
 /// The reservation lock has been held by `holder` since `since`, a
 /// liveness interval or more: takes it over if the holder is dead
 /// (`Some(Ok)`: ours now), ends the wait if a live holder stalled past
-/// `stall_timeout` (`Some(Err(Stalled))`), logs a slow one once; `None`:
-/// keep waiting.
+/// `stall_timeout` (`Some(Err(Stalled))`; the caller passes none for a
+/// call that does not wait), logs a slow one once; `None`: keep waiting.
 fn judge_lock_holder<M: RingMem<Control = MpmcControl>>(
     mem: &M,
     lay: (usize, usize),

@@ -260,21 +260,39 @@ impl Segment {
     /// Attaches again to this segment through a file description of its
     /// own (independent leases, as [`attach`](Self::attach) gives), even
     /// once its name was unlinked: the file is reopened through this
-    /// process's descriptor of it (`/proc/self/fd`), and validated again.
+    /// thread's descriptor of it (`/proc/thread-self/fd`, else
+    /// `/proc/self/fd`), or by its name where `/proc` cannot say (not
+    /// mounted, another pid namespace's); it must be the same file (device
+    /// and inode), and is validated again.
     pub(crate) fn reopen(&self, kind: SegmentKind) -> Result<Segment> {
-        let path = format!("/proc/self/fd/{}\0", self.fd.as_raw_fd());
-        // SAFETY: a NUL-terminated path; open keeps no pointer to it.
-        let raw = unsafe {
-            libc::open(
-                path.as_ptr().cast(),
-                libc::O_RDWR | libc::O_CLOEXEC | libc::O_NONBLOCK,
-            )
-        };
-        if raw < 0 {
-            return Err(Error::last_os_on("reopen", &self.name));
+        let n = self.fd.as_raw_fd();
+        let mut fd = None;
+        for path in [
+            format!("/proc/thread-self/fd/{n}\0"),
+            format!("/proc/self/fd/{n}\0"),
+        ] {
+            // SAFETY: a NUL-terminated path; open keeps no pointer to it.
+            let raw = unsafe {
+                libc::open(
+                    path.as_ptr().cast(),
+                    libc::O_RDWR | libc::O_CLOEXEC | libc::O_NONBLOCK,
+                )
+            };
+            if raw >= 0 {
+                // SAFETY: `raw` is a descriptor this call just opened and owns.
+                fd = Some(unsafe { OwnedFd::from_raw_fd(raw) });
+                break;
+            }
         }
-        // SAFETY: `raw` is a descriptor this call just opened and owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let fd = match fd {
+            Some(fd) => fd,
+            None => open_shm(&self.name, libc::O_RDWR)
+                .map_err(|e| open_error(&self.name, &self.name.path(), e))?,
+        };
+        let (ours, theirs) = (fstat(n, &self.name)?, fstat(fd.as_raw_fd(), &self.name)?);
+        if (ours.st_dev, ours.st_ino) != (theirs.st_dev, theirs.st_ino) {
+            return Err(Error::NotFound { name: self.name });
+        }
         Self::attach_fd(fd, &self.name, kind)
     }
 
