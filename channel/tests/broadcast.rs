@@ -201,3 +201,45 @@ fn a_zero_receive_timeout_still_looks_once() {
     b.send(b"ready").unwrap();
     assert_eq!(&*r.recv().unwrap(), b"ready");
 }
+
+/// A receiver dropped while messages it handed out are still held: they
+/// stay readable (in other threads too); once the last drops, the reader
+/// detaches, and meanwhile their records go back to the ring as they
+/// drop, so the writer is not held up by a receiver that is gone.
+#[test]
+fn messages_outlive_their_receiver_and_the_reader_then_detaches() {
+    let o = opts(1).capacity(4096);
+    let mut b = Broadcast::create(&o).unwrap();
+    let mut r = BroadcastReceiver::attach_with(b.handle(), 0, &o).unwrap();
+    b.wait_until_ready(Duration::from_secs(5)).unwrap();
+    for n in 0..3u64 {
+        b.send(&[n as u8; 1000]).unwrap();
+    }
+    let held: Vec<Received> = (0..3).map(|_| r.recv().unwrap()).collect();
+    drop(r);
+    assert_eq!(b.active_readers(), 1, "held messages keep the reader");
+    // The ring is full of held records: the writer waits...
+    let sent = std::thread::scope(|s| {
+        let w = s.spawn(|| b.send(&[9u8; 1000]));
+        let mut held = held;
+        std::thread::sleep(Duration::from_millis(30));
+        // ... until they drop (one in another thread), in any order.
+        let last = held.pop().unwrap();
+        assert_eq!(&*last, &[2u8; 1000][..]);
+        s.spawn(move || drop(last)).join().unwrap();
+        for (n, m) in held.iter().enumerate() {
+            assert_eq!(&**m, &[n as u8; 1000][..]);
+        }
+        drop(held);
+        w.join().unwrap()
+    });
+    assert!(sent.is_ok(), "{sent:?}");
+    let t = std::time::Instant::now();
+    while b.active_readers() != 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the reader never detached"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}

@@ -697,7 +697,26 @@ impl BroadcastReader {
     }
 
     /// [`recv_held_with`](Self::recv_held_with) if a record is ready now.
+    #[inline]
     pub fn try_recv_held(&mut self) -> Result<Option<Held>> {
+        // The common case inline: a data record, and room to hold it.
+        if let Some(g) = self.core.poll_data() {
+            if self.core.hold(&g, None).is_ok() {
+                let p = self.data_parts(g);
+                return Ok(Some(Held {
+                    start: g.pos,
+                    owner: self.id(),
+                    ptr: p.ptr,
+                    len: p.len,
+                }));
+            }
+        }
+        self.try_recv_held_slow()
+    }
+
+    /// `try_recv_held` past its common case.
+    #[inline(never)]
+    fn try_recv_held_slow(&mut self) -> Result<Option<Held>> {
         let Some(g) = self.core.poll()? else {
             return Ok(None);
         };
@@ -719,7 +738,7 @@ impl BroadcastReader {
             let p = self.data_parts(g);
             (p.ptr, p.len, None)
         };
-        if let Err(e) = self.core.hold(&g, pinned.is_some()) {
+        if let Err(e) = self.core.hold(&g, pinned) {
             if let Some(seq) = pinned {
                 self.overflow.unpin(seq);
             }
@@ -730,12 +749,12 @@ impl BroadcastReader {
             owner: self.id(),
             ptr,
             len,
-            pinned,
         }))
     }
 
     /// The bytes of a record this reader holds (`None` for a record held
     /// by another reader).
+    #[inline]
     pub fn held_bytes<'a>(&'a self, h: &'a Held) -> Option<&'a [u8]> {
         if h.owner != self.id() || !self.core.is_held(h.start) {
             return None;
@@ -755,18 +774,36 @@ impl BroadcastReader {
     /// Gives a held record back. A ticket of another reader (or one this
     /// reader no longer holds) is handed back untouched, so its own
     /// reader can still release it.
+    #[inline]
     pub fn release_held(&mut self, h: Held) -> std::result::Result<(), Held> {
-        if h.owner != self.id() || !self.core.release_hold(h.start) {
+        if h.owner != self.id() || !self.release_position(h.start) {
             return Err(h);
-        }
-        if let Some(seq) = h.pinned {
-            self.overflow.unpin(seq);
         }
         Ok(())
     }
 
+    /// Gives back the record this reader holds at `position` (what
+    /// [`Held::position`] said): the same as [`release_held`] with its
+    /// ticket, for a caller that keeps positions instead of tickets. False
+    /// if this reader holds no record there (nothing changes).
+    ///
+    /// [`release_held`]: Self::release_held
+    #[inline]
+    pub fn release_position(&mut self, position: u64) -> bool {
+        match self.core.release_hold(position) {
+            None => false,
+            Some(pin) => {
+                if let Some(seq) = pin {
+                    self.overflow.unpin(seq);
+                }
+                true
+            }
+        }
+    }
+
     /// This reader's identity in the `Held` values it hands out (random,
     /// drawn when it attached).
+    #[inline(always)]
     fn id(&self) -> u64 {
         self.id
     }
@@ -784,8 +821,6 @@ pub struct Held {
     owner: u64,
     ptr: *const u8,
     len: usize,
-    /// The overflow segment it pins in its reader's cache, if any.
-    pinned: Option<u64>,
 }
 
 // SAFETY: a Held is a ticket (positions and a pointer it never
@@ -806,6 +841,21 @@ impl Held {
     /// Whether the record is empty.
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// The record's position in the ring (for
+    /// [`BroadcastReader::release_position`]).
+    pub fn position(&self) -> u64 {
+        self.start
+    }
+
+    /// Where the record's bytes start. Reading through it is the
+    /// caller's `unsafe` promise that the ticket is still held by the
+    /// reader that made it and that reader is alive (what
+    /// [`BroadcastReader::held_bytes`] checks); the safe way is
+    /// `held_bytes`.
+    pub fn as_ptr(&self) -> *const u8 {
+        self.ptr
     }
 }
 

@@ -18,13 +18,17 @@
 //!   lost its slot cannot move the cursor of the slot's next owner.
 //! - Publishing is lazy: a reader publishes once it released an eighth of
 //!   the ring since its last publication, right after an overflow record
-//!   (so the writer can recycle its segment), and whenever the writer says
-//!   it waits for space (`want_space`, set until a wait succeeds, checked
-//!   on every release and every empty poll; the writer raises it as soon as
-//!   it comes within an eighth of the ring of what it saw released, and
-//!   lowers it when a rescan shows room to spare). A reader thus holds back
-//!   less than an eighth of the ring unpublished, even one that stops
-//!   calling; inline records are at most a quarter of the ring, so a record
+//!   (so the writer can recycle its segment), and, while the writer says
+//!   it waits for space (`want_space`, set until a wait succeeds; the
+//!   writer raises it as soon as it comes within an eighth of the ring of
+//!   what it saw released, and lowers it when a rescan shows room to
+//!   spare), once a 64th of the ring was released, and at every empty
+//!   poll (so before the reader waits). Publishing at every release
+//!   instead cost a reader that is slower than the writer a contended
+//!   line per record, and made it slower still (a third of the rate).
+//!   A reader thus holds back less than an eighth of the ring
+//!   unpublished, even one that stops calling (less than a 64th while the
+//!   writer wants space); inline records are at most a quarter of the ring, so a record
 //!   and the pad before it need at most half of it, and laziness alone
 //!   never blocks the writer. A reader that pauses with unread records
 //!   still pending may hold back up to an eighth of the ring it released
@@ -725,6 +729,8 @@ struct ReaderState {
     published: u64,
     /// Publish after releasing this many bytes (an eighth of the ring).
     publish_every: u64,
+    /// ... or this many (a 64th of the ring) while the writer wants space.
+    publish_soon: u64,
     active: bool,
     /// Set when this reader found its slot no longer its own.
     evicted: bool,
@@ -740,6 +746,7 @@ impl<M: RingMem<Control = BroadcastControl>> ReaderCore<M> {
         // A writer waiting for readers sleeps on the space eventcount.
         mem.ctrl().space_ec.notify(0);
         let publish_every = mem.capacity() / 8;
+        let publish_soon = (mem.capacity() / 64).max(RECORD_ALIGN as u64);
         Ok(ReaderCore {
             mem,
             st: ReaderState {
@@ -749,6 +756,7 @@ impl<M: RingMem<Control = BroadcastControl>> ReaderCore<M> {
                 urgent_pending: false,
                 published: 0,
                 publish_every,
+                publish_soon,
                 active: false,
                 evicted: false,
             },
@@ -858,13 +866,16 @@ impl<M: RingMem<Control = BroadcastControl>> ReaderCore<M> {
 
     /// Takes record `g` (just read) as held: the cursor moves past it, but
     /// the position the writer sees stays at or below it until
-    /// [`release_hold`](Self::release_hold). `TooLarge` past [`MAX_HELD`]
-    /// records held at once (nothing taken).
-    pub(crate) fn hold(&mut self, g: &Got, urgent: bool) -> Result<()> {
+    /// [`release_hold`](Self::release_hold). `pin` names the overflow
+    /// segment it pins, if any (kept for the release; an overflow record
+    /// is urgent: the writer is told at once when it goes back).
+    /// `TooLarge` past [`MAX_HELD`] records held at once (nothing taken).
+    #[inline]
+    pub(crate) fn hold(&mut self, g: &Got, pin: Option<u64>) -> Result<()> {
         let st = &mut self.st;
         st.holds.push(Hold {
             start: g.pos,
-            urgent,
+            pin: pin.unwrap_or(NO_PIN),
         })?;
         st.cursor = g.next;
         Ok(())
@@ -878,15 +889,15 @@ impl<M: RingMem<Control = BroadcastControl>> ReaderCore<M> {
 
     /// Releases the held record at `start`: the position the writer sees
     /// moves up to the oldest record still held (records go back in order,
-    /// whatever order they are released in). False when no record at
-    /// `start` is held.
-    pub(crate) fn release_hold(&mut self, start: u64) -> bool {
+    /// whatever order they are released in). `None` when no record at
+    /// `start` is held, else the overflow segment it pinned, if any.
+    #[inline]
+    pub(crate) fn release_hold(&mut self, start: u64) -> Option<Option<u64>> {
         let st = &mut self.st;
-        let Some(urgent) = st.holds.release(start) else {
-            return false;
-        };
-        st.maybe_publish(&self.mem, urgent);
-        true
+        let pin = st.holds.release(start)?;
+        let pin = (pin != NO_PIN).then_some(pin);
+        st.maybe_publish(&self.mem, pin.is_some());
+        Some(pin)
     }
 
     /// Gives the slot back.
@@ -904,9 +915,14 @@ pub const MAX_HELD: usize = 64;
 #[derive(Debug, Clone, Copy, Default)]
 struct Hold {
     start: u64,
-    /// An overflow record (the writer is told at once when it goes back).
-    urgent: bool,
+    /// The overflow segment it pins ([`NO_PIN`]: a ring record). An
+    /// overflow record is urgent: the writer is told at once when it goes
+    /// back.
+    pin: u64,
 }
+
+/// [`Hold::pin`] of a record in the ring.
+const NO_PIN: u64 = u64::MAX;
 
 /// The records a reader holds, oldest first, in a fixed ring (no
 /// allocation on the receive path).
@@ -928,10 +944,12 @@ impl Default for Holds {
 }
 
 impl Holds {
+    #[inline(always)]
     fn at(&self, i: usize) -> usize {
         (self.head + i) % MAX_HELD
     }
 
+    #[inline]
     fn push(&mut self, h: Hold) -> Result<()> {
         if self.len == MAX_HELD {
             return Err(Error::TooLarge {
@@ -954,17 +972,25 @@ impl Holds {
     }
 
     /// Forgets the record at `start` (the others keep their order, so
-    /// only what is held counts against [`MAX_HELD`]); whether it was an
-    /// overflow record (`None`: not held).
-    fn release(&mut self, start: u64) -> Option<bool> {
+    /// only what is held counts against [`MAX_HELD`]); its pin (`None`:
+    /// not held).
+    #[inline]
+    fn release(&mut self, start: u64) -> Option<u64> {
+        // The common case: the oldest goes back first.
+        if self.len > 0 && self.ring[self.head].start == start {
+            let pin = self.ring[self.head].pin;
+            self.head = self.at(1);
+            self.len -= 1;
+            return Some(pin);
+        }
         let k = self.find(start)?;
-        let urgent = self.ring[self.at(k)].urgent;
+        let pin = self.ring[self.at(k)].pin;
         for j in k..self.len - 1 {
             let (to, from) = (self.at(j), self.at(j + 1));
             self.ring[to] = self.ring[from];
         }
         self.len -= 1;
-        Some(urgent)
+        Some(pin)
     }
 
     /// The oldest record held, if any.
@@ -986,8 +1012,8 @@ impl ReaderState {
 
     /// Publishes, when the released position moved, now if `urgent` (or
     /// an urgent release is pending behind a held record), or once an
-    /// eighth of the ring was released since the last time, or when the
-    /// writer wants space. An urgent release that does not move the
+    /// eighth of the ring was released since the last time, or a 64th
+    /// when the writer wants space. An urgent release that does not move the
     /// position (an older record is held) waits for the next move.
     #[inline(always)]
     fn maybe_publish<M: RingMem<Control = BroadcastControl>>(&mut self, mem: &M, urgent: bool) {
@@ -998,9 +1024,11 @@ impl ReaderState {
             self.urgent_pending = urgent;
             return;
         }
+        let moved = to - from;
         if urgent
-            || to - from >= self.publish_every
-            || mem.ctrl().status.want_space.load(Ordering::Relaxed) != 0
+            || moved >= self.publish_every
+            || (moved >= self.publish_soon
+                && mem.ctrl().status.want_space.load(Ordering::Relaxed) != 0)
         {
             self.publish(mem);
             self.urgent_pending = false;
@@ -1367,8 +1395,9 @@ mod review2_tests {
     /// Second review: a reader that released records and then paused
     /// (records still pending) kept that space from the writer. A writer
     /// within an eighth of the ring of what it saw released now raises
-    /// `want_space` before it is short, so readers publish every release
-    /// while the ring is nearly full, and the space is there.
+    /// `want_space` before it is short, so readers publish every 64th of
+    /// the ring they release (here 64 bytes: every record) while the ring
+    /// is nearly full, and the space is there.
     #[test]
     fn a_paused_reader_does_not_keep_released_space_from_a_full_ring() {
         let m = ring(4096);

@@ -1,0 +1,252 @@
+//! Broadcast: one writer, N readers, every reader gets every message in
+//! order (how an inference server ships each step's inputs to every
+//! worker).
+//!
+//! The writer creates the broadcast with the number of readers it waits
+//! for; readers in any process attach with the handle and an index (a
+//! label for logs and the caller). Every message carries a 16-byte
+//! header, its sequence number (from 0, in send order) and room kept for
+//! the writer's identity; the message after it stays 16-byte aligned, so
+//! typed messages are read in place. A reader can hold several
+//! [`Received`] messages at once (a worker keeps step i's inputs while it
+//! receives step i+1); the ring gets them back in order as they drop.
+//! Messages of any size: small ones in the ring, large ones through
+//! overflow segments. A dead reader never blocks the writer (it is evicted
+//! once its process is gone); a live one that stalls ends the writer's
+//! wait with an error naming it; readers of a dead writer get
+//! [`WriterGone`](shoal_shm_ring::Error::WriterGone).
+//!
+//! Readers on other hosts (through a network publisher) come next.
+
+use crate::error::{Error, Result};
+use crate::handle::{ring_tag, Handle, Kind};
+use shoal_shm_ring::{BroadcastConfig, BroadcastWriter, Error as RingError, PeerOptions, Wait};
+use shoal_transport::{archive_into, Archivable, Archived};
+use std::time::Duration;
+
+mod orphans;
+mod receiver;
+
+pub use receiver::{BroadcastReceiver, Received};
+
+/// Bytes of the header before every message.
+pub(crate) const HEAD: usize = 16;
+/// The smallest room a typed send reserves.
+const MIN_HINT: usize = 256;
+
+/// How to create a broadcast, and how its endpoints wait.
+///
+/// ```
+/// use shoal_channel::BroadcastOptions;
+/// let o = BroadcastOptions::new(4).capacity(8 << 20);
+/// assert_eq!(o.readers, 4);
+/// ```
+#[derive(Debug, Clone)]
+pub struct BroadcastOptions {
+    /// Readers the writer waits for in [`Broadcast::wait_until_ready`]
+    /// (and the most that can attach).
+    pub readers: u32,
+    /// Bytes of the ring (a power of two, 4 KiB to 2 GiB); messages larger
+    /// than a quarter of it travel in overflow segments. Default 4 MiB.
+    pub capacity: u64,
+    /// How long a send waits for room before [`Error::Timeout`] (`None`:
+    /// as long as it takes; a stalled live reader still ends the wait
+    /// after the peer options' stall timeout). Default `None`.
+    pub send_timeout: Option<Duration>,
+    /// How long a receive waits before [`Error::Timeout`]. Default `None`.
+    pub recv_timeout: Option<Duration>,
+    /// How endpoints judge their peers.
+    pub peer: PeerOptions,
+}
+
+impl BroadcastOptions {
+    /// Options for `readers` readers, the rest default.
+    pub fn new(readers: u32) -> Self {
+        BroadcastOptions {
+            readers,
+            capacity: 4 << 20,
+            send_timeout: None,
+            recv_timeout: None,
+            peer: PeerOptions::default(),
+        }
+    }
+    /// Sets [`capacity`](Self::capacity).
+    pub fn capacity(mut self, bytes: u64) -> Self {
+        self.capacity = bytes;
+        self
+    }
+    /// Sets [`send_timeout`](Self::send_timeout).
+    pub fn send_timeout(mut self, t: Option<Duration>) -> Self {
+        self.send_timeout = t;
+        self
+    }
+    /// Sets [`recv_timeout`](Self::recv_timeout).
+    pub fn recv_timeout(mut self, t: Option<Duration>) -> Self {
+        self.recv_timeout = t;
+        self
+    }
+    /// Sets [`peer`](Self::peer).
+    pub fn peer(mut self, p: PeerOptions) -> Self {
+        self.peer = p;
+        self
+    }
+}
+
+fn wait_for(t: Option<Duration>) -> Wait<'static> {
+    match t {
+        Some(t) => Wait::timeout(t),
+        None => Wait::forever(),
+    }
+}
+
+/// A ring error, as the caller should see it (`what` was waited for).
+pub(crate) fn ring_error(e: RingError, what: &'static str, waited: Option<Duration>) -> Error {
+    match e {
+        RingError::Timeout | RingError::WouldBlock => Error::Timeout {
+            what,
+            after: waited.unwrap_or_default(),
+        },
+        e => e.into(),
+    }
+}
+
+/// The writing end of a broadcast, held by the process that created it.
+///
+/// ```
+/// use shoal_channel::{Broadcast, BroadcastOptions, BroadcastReceiver};
+/// use std::time::Duration;
+/// let mut b = Broadcast::create(&BroadcastOptions::new(2))?;
+/// let mut r0 = BroadcastReceiver::attach(b.handle(), 0)?;
+/// let mut r1 = BroadcastReceiver::attach(b.handle(), 1)?;
+/// b.wait_until_ready(Duration::from_secs(5))?;
+/// b.send(b"step 0")?;
+/// b.send(b"step 1")?;
+/// // A reader may hold several messages at once.
+/// let (a, c) = (r0.recv()?, r0.recv()?);
+/// assert_eq!((&*a, a.seq()), (&b"step 0"[..], 0));
+/// assert_eq!((&*c, c.seq()), (&b"step 1"[..], 1));
+/// assert_eq!(&*r1.recv()?, b"step 0");
+/// # Ok::<(), shoal_channel::Error>(())
+/// ```
+pub struct Broadcast {
+    writer: BroadcastWriter,
+    handle: Handle,
+    opts: BroadcastOptions,
+    /// The next message's sequence number.
+    seq: u64,
+    hint: usize,
+}
+
+impl std::fmt::Debug for Broadcast {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broadcast")
+            .field("handle", &self.handle)
+            .field("seq", &self.seq)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Broadcast {
+    /// Creates a broadcast for `opts.readers` readers.
+    pub fn create(opts: &BroadcastOptions) -> Result<Broadcast> {
+        let cfg = BroadcastConfig::new(opts.capacity, opts.readers.max(1))
+            .payload_format(ring_tag(Kind::Broadcast).as_bytes())
+            .peer_options(opts.peer);
+        let writer = BroadcastWriter::create(&cfg)?;
+        let handle = Handle::new(Kind::Broadcast, writer.handle().to_string());
+        Ok(Broadcast {
+            writer,
+            handle,
+            opts: opts.clone(),
+            seq: 0,
+            hint: MIN_HINT,
+        })
+    }
+
+    /// The handle readers attach with.
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    /// Waits until every reader of the options joined (up to `timeout`)
+    /// and makes them active: every message sent afterwards reaches each
+    /// of them. [`Error::ReadersMissing`] says how many never came.
+    pub fn wait_until_ready(&mut self, timeout: Duration) -> Result<()> {
+        let n = self.opts.readers;
+        match self.writer.wait_for_readers(n, Wait::timeout(timeout)) {
+            Ok(_) => Ok(()),
+            Err(RingError::Timeout | RingError::WouldBlock) => Err(Error::ReadersMissing {
+                expected: n,
+                joined: self.writer.active_readers(),
+                after: timeout,
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Readers active now.
+    pub fn active_readers(&self) -> u32 {
+        self.writer.active_readers()
+    }
+
+    /// Sends `msg` to every reader, waiting for room (up to the send
+    /// timeout). Returns its sequence number.
+    pub fn send(&mut self, msg: &[u8]) -> Result<u64> {
+        let head = self.head();
+        let timeout = self.opts.send_timeout;
+        let mut r = self
+            .writer
+            .reserve_with(HEAD + msg.len(), wait_for(timeout))
+            .map_err(|e| ring_error(e, "room in the broadcast", timeout))?;
+        r[..HEAD].copy_from_slice(&head);
+        r[HEAD..HEAD + msg.len()].copy_from_slice(msg);
+        r.commit(HEAD + msg.len())?;
+        Ok(self.sent())
+    }
+
+    /// Sends `value` as an rkyv archive serialized straight into the ring
+    /// (the serialization is the one copy). Returns its sequence number.
+    pub fn send_value<T: Archivable>(&mut self, value: &T) -> Result<u64> {
+        let head = self.head();
+        let timeout = self.opts.send_timeout;
+        let spilled = {
+            let mut r = self
+                .writer
+                .reserve_with(HEAD + self.hint, wait_for(timeout))
+                .map_err(|e| ring_error(e, "room in the broadcast", timeout))?;
+            r[..HEAD].copy_from_slice(&head);
+            match archive_into(value, &mut r[HEAD..]).map_err(Error::Archive)? {
+                Archived::InPlace(n) => {
+                    r.commit(HEAD + n)?;
+                    self.hint = self.fit_hint(n);
+                    return Ok(self.sent());
+                }
+                // Dropped uncommitted: nothing is published.
+                Archived::Spilled(buf) => buf,
+            }
+        };
+        let seq = self.send(&spilled)?;
+        self.hint = self.fit_hint(spilled.len());
+        Ok(seq)
+    }
+
+    /// The room the next typed send reserves after an archive of `n`
+    /// bytes: that, within what the ring carries inline with the header
+    /// (a larger archive spills; reserving its size ahead would take an
+    /// overflow segment for every later value, however small).
+    fn fit_hint(&self, n: usize) -> usize {
+        let inline = self.writer.max_inline().saturating_sub(HEAD).max(MIN_HINT);
+        n.clamp(MIN_HINT, inline)
+    }
+
+    fn head(&self) -> [u8; HEAD] {
+        let mut h = [0u8; HEAD];
+        h[..8].copy_from_slice(&self.seq.to_le_bytes());
+        h
+    }
+
+    fn sent(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq - 1
+    }
+}

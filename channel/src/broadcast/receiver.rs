@@ -1,0 +1,461 @@
+//! A broadcast's reading end, and the messages it hands out.
+//!
+//! Receiving is lock-free and holding costs no reference count: the ring
+//! reader has one owner at a time (the [`BroadcastReceiver`], through
+//! `&mut self`; after it, the orphan reaper), and a [`Received`] only
+//! reads its record's bytes and, when dropped, stores a flag in its
+//! ticket slot. The owner gives flagged records back to the ring at its
+//! next look. The shared part ([`Inner`]) is freed by the owner once no
+//! ticket is out: by the receiver's drop, or by the reaper if messages
+//! were still held then (see [`orphans`](super::orphans)).
+
+use super::{orphans, ring_error, BroadcastOptions, HEAD};
+use crate::error::{Error, Result};
+use crate::handle::{Handle, Kind};
+use rkyv::api::high::HighValidator;
+use rkyv::bytecheck::CheckBytes;
+use shoal_shm_ring::{
+    BroadcastReader as RingReader, Error as RingError, Held, ReaderOptions, Wait, MAX_HELD,
+};
+use std::cell::UnsafeCell;
+use std::mem::ManuallyDrop;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// What the owner of the ring reader shares with the messages it hands
+/// out: the reader (whose mapping their bytes live in) and one flag per
+/// ticket slot. Lives on the heap until [`Core::try_free`].
+struct Inner {
+    /// Touched only by the one [`Core`] that owns this Inner.
+    reader: UnsafeCell<RingReader>,
+    /// Per ticket slot: the [`Received`] there was dropped (its last
+    /// access to this Inner).
+    released: [AtomicBool; MAX_HELD],
+}
+
+/// The owning side: the reader's Inner and the tickets of the messages
+/// out. Owned by a [`BroadcastReceiver`], then by the orphan reaper.
+pub(super) struct Core {
+    inner: NonNull<Inner>,
+    /// The ring position of each slot's record (while its [`Received`]
+    /// is out).
+    tickets: [u64; MAX_HELD],
+    /// Bit k: slot k's ticket is out.
+    out: u64,
+}
+
+// SAFETY: a Core is the one owner of its Inner's reader (Inner is only
+// reached through a Core or, for its flags and the held bytes, through a
+// Received); moving it to another thread moves that ownership whole. A
+// RingReader holds its mapping and plain state, with no thread affinity.
+unsafe impl Send for Core {}
+
+impl Core {
+    fn new(reader: RingReader) -> Core {
+        let inner = Box::new(Inner {
+            reader: UnsafeCell::new(reader),
+            released: std::array::from_fn(|_| AtomicBool::new(false)),
+        });
+        Core {
+            inner: NonNull::from(Box::leak(inner)),
+            tickets: [0; MAX_HELD],
+            out: 0,
+        }
+    }
+
+    fn inner(&self) -> &Inner {
+        // SAFETY: `inner` came from a Box that only `try_free` (which takes
+        // this Core by value) gives back.
+        unsafe { self.inner.as_ref() }
+    }
+
+    /// The ring reader, after giving back what dropped messages released.
+    #[inline]
+    fn reader(&mut self) -> &mut RingReader {
+        self.collect();
+        // SAFETY: the Inner lives (see `inner`) and this Core is the one
+        // path to its reader: Received values never touch it, and `&mut
+        // self` makes this the one use.
+        unsafe { &mut *self.inner().reader.get() }
+    }
+
+    /// Gives back to the ring every record whose [`Received`] dropped.
+    #[inline]
+    pub(super) fn collect(&mut self) {
+        let mut out = self.out;
+        while out != 0 {
+            let k = out.trailing_zeros() as usize;
+            out &= out - 1;
+            // SYNC R(drop): Acquire pairs with the Release store in
+            // `Received::drop`: its reads of the record (and of this
+            // Inner) happen before the ring may reuse the record.
+            if self.inner().released[k].load(Ordering::Acquire) {
+                self.inner().released[k].store(false, Ordering::Relaxed);
+                self.out &= !(1 << k);
+                // SAFETY: as in `reader`.
+                let r = unsafe { &mut *self.inner().reader.get() };
+                r.release_position(self.tickets[k]);
+            }
+        }
+    }
+
+    /// Whether a message it handed out is still held (as of the last
+    /// collect).
+    fn held(&self) -> bool {
+        self.out != 0
+    }
+
+    /// Frees the Inner (the reader detaches), given no message is out:
+    /// no Received refers to it any more (each one's last access was its
+    /// flag's store, which `collect` saw). With messages out, hands the
+    /// Core back.
+    #[must_use = "a Core handed back still owns its reader"]
+    pub(super) fn try_free(mut self) -> Option<Core> {
+        self.collect();
+        if self.out != 0 {
+            return Some(self);
+        }
+        // SAFETY: the pointer came from `Box::leak` in `new`; nothing else
+        // refers to the Inner any more (no ticket out, and the receiver
+        // gave up this Core), and `self` is consumed.
+        drop(unsafe { Box::from_raw(self.inner.as_ptr()) });
+        None
+    }
+
+    /// Hands out the record `held`, received just now.
+    #[inline(always)]
+    fn hand_out(&mut self, held: Held) -> Result<Received> {
+        self.collect();
+        // SAFETY: as in `reader`.
+        let r = unsafe { &mut *self.inner().reader.get() };
+        let (ptr, len) = (held.as_ptr(), held.len());
+        let seq = if len >= HEAD {
+            // SAFETY: `held` was made by this reader just now and is held
+            // (the writer does not reuse it); its bytes are `len` long.
+            let b = unsafe { std::slice::from_raw_parts(ptr, 8) };
+            b.try_into().ok().map(u64::from_le_bytes)
+        } else {
+            None
+        };
+        let Some(seq) = seq else {
+            let _ = r.release_held(held);
+            return Err(Error::Malformed {
+                what: "a broadcast message shorter than its header",
+                len,
+            });
+        };
+        let k = (!self.out).trailing_zeros() as usize;
+        if k >= MAX_HELD {
+            // The ring refuses a hold past MAX_HELD first; kept for a
+            // ring that would not.
+            let _ = r.release_held(held);
+            return Err(RingError::TooLarge {
+                what: "records held at once by one reader",
+                got: MAX_HELD as u64 + 1,
+                limit: MAX_HELD as u64,
+            }
+            .into());
+        }
+        self.tickets[k] = held.position();
+        self.out |= 1 << k;
+        Ok(Received {
+            inner: self.inner,
+            slot: k,
+            ptr,
+            len,
+            seq,
+        })
+    }
+}
+
+/// How long a receive waits in one go before it looks again at the
+/// writer's liveness.
+const SLICE: Duration = Duration::from_millis(50);
+
+/// While messages it handed out are still held, a receive waits first
+/// this long, then twice as long each time up to [`SLICE`], and looks at
+/// their flags in between: one dropped in another thread meanwhile goes
+/// back to the ring soon, even when the writer is waiting for just that
+/// room (which no wake-up would tell this receiver about: a drop is one
+/// store, no system call).
+const FIRST_SLICE: Duration = Duration::from_millis(1);
+
+/// The slices of one receive's wait.
+struct Slices(Duration);
+
+impl Slices {
+    fn new() -> Slices {
+        Slices(FIRST_SLICE)
+    }
+
+    /// The next slice, for a receiver with messages out (`held`) or not.
+    fn next(&mut self, held: bool) -> Duration {
+        if !held {
+            return SLICE;
+        }
+        let s = self.0;
+        self.0 = (s * 2).min(SLICE);
+        s
+    }
+}
+
+/// A reading end of a broadcast, in any process.
+pub struct BroadcastReceiver {
+    /// Taken only by `drop`.
+    core: ManuallyDrop<Core>,
+    index: u32,
+    recv_timeout: Option<Duration>,
+    /// Awaited by `recv_async` (made on first use).
+    ready: Option<crate::ready::Ready>,
+}
+
+impl std::fmt::Debug for BroadcastReceiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BroadcastReceiver")
+            .field("index", &self.index)
+            .field("held", &self.core.out.count_ones())
+            .finish_non_exhaustive()
+    }
+}
+
+impl BroadcastReceiver {
+    /// Attaches to the broadcast `handle` names as reader `index`, with
+    /// default options.
+    pub fn attach(handle: &Handle, index: u32) -> Result<BroadcastReceiver> {
+        BroadcastReceiver::attach_with(handle, index, &BroadcastOptions::new(1))
+    }
+
+    /// Attaches with `opts` (its receive timeout and peer options).
+    pub fn attach_with(
+        handle: &Handle,
+        index: u32,
+        opts: &BroadcastOptions,
+    ) -> Result<BroadcastReceiver> {
+        let ring = handle.ring(Kind::Broadcast)?;
+        let ro = ReaderOptions {
+            peer: opts.peer,
+            expect_format: Some(crate::workqueue::expected_tag(Kind::Broadcast)),
+        };
+        let reader = RingReader::attach_with(&ring, &ro).map_err(crate::error::attach_error)?;
+        Ok(BroadcastReceiver {
+            core: ManuallyDrop::new(Core::new(reader)),
+            index,
+            recv_timeout: opts.recv_timeout,
+            ready: None,
+        })
+    }
+
+    /// The index this reader attached with.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// One look: the next message if one is there now.
+    #[inline]
+    fn look(&mut self) -> Result<Option<Received>> {
+        match self.core.reader().try_recv_held() {
+            Ok(Some(h)) => self.core.hand_out(h).map(Some),
+            Ok(None) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// After a wait found nothing: `Err(WriterGone)` if the writer died
+    /// and everything it sent was received, else `Ok(None)`, or what it
+    /// sent last.
+    fn judge_writer(&mut self) -> Result<Option<Received>> {
+        if self.core.reader().writer_alive() {
+            return Ok(None);
+        }
+        // What the writer sent before it died is still delivered.
+        if let Some(m) = self.look()? {
+            return Ok(Some(m));
+        }
+        let pid = self.core.reader().writer_pid();
+        Err(RingError::WriterGone { pid }.into())
+    }
+
+    /// The next message, waiting for it (up to the receive timeout).
+    ///
+    /// Held in place until the returned value drops; several can be held
+    /// at once: up to [`MAX_HELD`] small ones, fewer when what is held
+    /// fills the ring or more than 8 are large (then the writer waits for
+    /// the oldest to drop). A dropped [`Received`] goes back to the ring
+    /// at this receiver's next call, so drop what you hold before a long
+    /// pause between receives, or the writer may wait for it. A
+    /// [`Received`] keeps this reader attached, even once the receiver is
+    /// dropped. A dead writer ends the wait with
+    /// [`WriterGone`](shoal_shm_ring::Error::WriterGone) once what it sent
+    /// was received.
+    #[inline]
+    pub fn recv(&mut self) -> Result<Received> {
+        // The common case inline: a message is there.
+        match self.core.reader().try_recv_held() {
+            Ok(Some(h)) => self.core.hand_out(h),
+            Ok(None) => self.recv_slow(),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// `recv` once a look found nothing.
+    #[inline(never)]
+    fn recv_slow(&mut self) -> Result<Received> {
+        let timeout = self.recv_timeout;
+        let end = timeout.and_then(|t| std::time::Instant::now().checked_add(t));
+        let mut slices = Slices::new();
+        loop {
+            let left = end.map(|e| e.saturating_duration_since(std::time::Instant::now()));
+            let next = slices.next(self.core.held());
+            // At least one look, however short the timeout.
+            let slice = left.map_or(next, |l| l.min(next));
+            let wait = if slice.is_zero() {
+                Wait::no_wait()
+            } else {
+                Wait::timeout(slice)
+            };
+            match self.core.reader().recv_held_with(wait) {
+                Ok(h) => return self.core.hand_out(h),
+                Err(RingError::Timeout | RingError::WouldBlock) => {
+                    // The writer's death is judged here too: a slice may
+                    // end before the ring's own liveness check.
+                    if let Some(m) = self.judge_writer()? {
+                        return Ok(m);
+                    }
+                }
+                Err(e) => return Err(ring_error(e, "a broadcast message", timeout)),
+            }
+            if left.is_some_and(|l| l <= slice) {
+                return Err(Error::Timeout {
+                    what: "a broadcast message",
+                    after: timeout.unwrap_or_default(),
+                });
+            }
+        }
+    }
+
+    /// The next message, awaited without blocking the thread (up to the
+    /// receive timeout). Cancel-safe: dropped before it returned, nothing
+    /// was received.
+    pub async fn recv_async(&mut self) -> Result<Received> {
+        const WHAT: &str = "a broadcast message";
+        let deadline = crate::ready::deadline(self.recv_timeout);
+        let mut slices = Slices::new();
+        loop {
+            if let Some(m) = self.look()? {
+                return Ok(m);
+            }
+            if self.ready.is_none() {
+                let fd = self.core.reader().ready_fd()?;
+                self.ready = Some(crate::ready::register(fd)?);
+            }
+            let Some(ready) = &self.ready else { continue };
+            ready.get_ref().arm();
+            // Re-checked after arming: a record that came in between is
+            // not missed.
+            if let Some(m) = self.look()? {
+                return Ok(m);
+            }
+            let slice = crate::ready::slice(slices.next(self.core.held()), deadline, WHAT)?;
+            let Some(ready) = &self.ready else { continue };
+            if !crate::ready::wait(ready, slice, "awaiting the broadcast").await? {
+                if let Some(m) = self.judge_writer()? {
+                    return Ok(m);
+                }
+            }
+        }
+    }
+
+    /// The next message if one is there now.
+    #[inline]
+    pub fn try_recv(&mut self) -> Result<Option<Received>> {
+        self.look()
+    }
+}
+
+impl Drop for BroadcastReceiver {
+    fn drop(&mut self) {
+        // SAFETY: `core` is taken here only, once, and not used after.
+        let core = unsafe { ManuallyDrop::take(&mut self.core) };
+        // With messages still out, the reaper owns the reader until they
+        // drop (it gives their records back as they do).
+        if let Some(core) = core.try_free() {
+            orphans::adopt(core);
+        }
+    }
+}
+
+/// A message a reader received: in place in shared memory until dropped,
+/// with its sequence number. Derefs to its bytes.
+pub struct Received {
+    /// The Inner of the Core that handed it out (alive until this value's
+    /// drop stores its flag: see [`Core::try_free`]).
+    inner: NonNull<Inner>,
+    /// Its ticket's slot in the Core.
+    slot: usize,
+    ptr: *const u8,
+    len: usize,
+    seq: u64,
+}
+
+// SAFETY: a Received's bytes are immutable while it lives (the record is
+// held: the writer does not reuse it until the owner sees this value's
+// flag), and its Inner (the mapping's owner) lives until then; it touches
+// nothing else but its slot's flag, an atomic, so any thread may read or
+// drop it.
+unsafe impl Send for Received {}
+// SAFETY: shared references only read the immutable bytes (see above).
+unsafe impl Sync for Received {}
+
+impl std::fmt::Debug for Received {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Received")
+            .field("seq", &self.seq)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl Received {
+    /// Its sequence number: 0 for the writer's first message, one more
+    /// for each after.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The message as a validated archived `T`, in place.
+    pub fn archived<T>(&self) -> Result<&T::Archived>
+    where
+        T: rkyv::Archive,
+        T::Archived: for<'b> CheckBytes<HighValidator<'b, rkyv::rancor::Error>>,
+    {
+        crate::archive::access::<T>(self)
+    }
+}
+
+impl std::ops::Deref for Received {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `ptr..ptr+len` are the held record's bytes (at least
+        // HEAD long, checked when received), in the mapping of the reader
+        // in `inner`, which is not freed (nor the record given back, nor
+        // an overflow record's pinned mapping dropped) before this value's
+        // drop stores its flag. What breaks this: a malicious same-uid
+        // process writing the segment.
+        unsafe { std::slice::from_raw_parts(self.ptr.add(HEAD), self.len - HEAD) }
+    }
+}
+
+impl Drop for Received {
+    #[inline]
+    fn drop(&mut self) {
+        // SAFETY: the Inner lives until the owner sees this flag (see
+        // `Core::try_free`); this store is this value's last access to it (as
+        // in `Arc`'s drop, the owner may free it as soon as the store is
+        // visible; nothing here touches it after).
+        let inner = unsafe { self.inner.as_ref() };
+        // SYNC W(drop): Release: the reads of the record happen before
+        // the owner gives it back to the ring (its Acquire load).
+        inner.released[self.slot].store(true, Ordering::Release);
+    }
+}
