@@ -40,6 +40,37 @@ pub enum Error {
         /// How long the writer waited.
         after: Duration,
     },
+    /// Rpc workers that did not answer a call in time, or died before
+    /// answering: named in `missing`; the others' replies are in
+    /// `replies` (in worker order).
+    #[error("no reply from {} within {after:?}", crate::rpc::describe(missing))]
+    NoReply {
+        /// The workers that did not answer.
+        missing: Vec<crate::rpc::Silent>,
+        /// The replies that came.
+        replies: Vec<crate::rpc::Reply>,
+        /// How long the call waited.
+        after: Duration,
+    },
+    /// An Rpc worker answered with a failure status (see
+    /// [`Reply::ok`](crate::rpc::Reply::ok)).
+    #[error("rpc worker {index} (pid {pid}) failed: {status}")]
+    WorkerFailed {
+        /// Its index.
+        index: u32,
+        /// Its pid.
+        pid: u32,
+        /// What it said.
+        status: String,
+    },
+    /// Rpc workers that never attached (by index).
+    #[error("rpc workers {missing:?} never attached within {after:?}")]
+    WorkersMissing {
+        /// Their indices.
+        missing: Vec<u32>,
+        /// How long the caller waited.
+        after: Duration,
+    },
     /// A handle's text or bytes could not be read.
     #[error("bad channel handle: {0}")]
     BadHandle(String),

@@ -207,6 +207,16 @@ impl Gather {
         }
     }
 
+    /// The next message, waiting up to `timeout` for one (whatever the
+    /// options' take timeout); `None` once the gather is closed and every
+    /// claimed message came.
+    pub fn recv_within(&mut self, timeout: std::time::Duration) -> Result<Option<Gathered<'_>>> {
+        match self.reader.take_within(timeout)? {
+            Some(t) => Gathered::new(t).map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// The next message if there is one now.
     pub fn try_recv(&mut self) -> Result<TryGather<'_>> {
         Ok(match self.reader.try_take()? {
@@ -265,6 +275,21 @@ impl GatherWriter {
     /// timeout).
     pub fn send(&mut self, msg: &[u8]) -> Result<()> {
         self.producer.put(msg)
+    }
+
+    /// Sends `parts` one after the other as one message.
+    pub(crate) fn send_parts(&mut self, parts: &[&[u8]]) -> Result<()> {
+        self.producer.put_parts(parts)
+    }
+
+    /// Sends `extra` (a multiple of 16 bytes) then `value` as an rkyv
+    /// archive, serialized in place.
+    pub(crate) fn send_value_after<T: shoal_transport::Archivable>(
+        &mut self,
+        extra: &[u8],
+        value: &T,
+    ) -> Result<()> {
+        self.producer.put_value_after(extra, value)
     }
 
     /// Sends `msg`, awaiting room without blocking the thread.

@@ -50,6 +50,9 @@ pub enum Kind {
     Gather,
     /// A [`Broadcast`](crate::Broadcast).
     Broadcast,
+    /// An [`Rpc`](crate::Rpc): a broadcast of requests and a gather of
+    /// replies.
+    Rpc,
 }
 
 impl Kind {
@@ -59,6 +62,7 @@ impl Kind {
             Kind::WorkQueue => "workqueue",
             Kind::Gather => "gather",
             Kind::Broadcast => "broadcast",
+            Kind::Rpc => "rpc",
         }
     }
     fn short(self) -> &'static str {
@@ -66,6 +70,7 @@ impl Kind {
             Kind::WorkQueue => "wq",
             Kind::Gather => "ga",
             Kind::Broadcast => "bc",
+            Kind::Rpc => "rp",
         }
     }
 }
@@ -109,9 +114,35 @@ impl Handle {
         self.kind
     }
 
-    /// The ring it names, after checking that it is a `kind` made by a
-    /// build this one can talk to.
-    pub(crate) fn ring(&self, kind: Kind) -> Result<shoal_shm_ring::Handle> {
+    /// An Rpc's handle: its requests' broadcast and its replies' gather
+    /// (their own handles, each `shm://NAME`).
+    pub(crate) fn rpc(requests: &Handle, replies: &Handle) -> Handle {
+        Handle::new(
+            Kind::Rpc,
+            format!("{}{RPC_JOIN}{}", requests.local, replies.local),
+        )
+    }
+
+    /// The two handles an Rpc's handle joins: its requests' broadcast and
+    /// its replies' gather.
+    pub(crate) fn rpc_parts(&self) -> Result<(Handle, Handle)> {
+        self.check(Kind::Rpc)?;
+        let (req, rep) = self.local.split_once(RPC_JOIN).ok_or_else(|| {
+            Error::BadHandle(format!(
+                "an rpc handle without its two rings: {}",
+                self.local
+            ))
+        })?;
+        let part = |kind, local: &str| Handle {
+            kind,
+            local: local.to_string(),
+            format: self.format.clone(),
+        };
+        Ok((part(Kind::Broadcast, req), part(Kind::Gather, rep)))
+    }
+
+    /// Checks that it names a `kind` made by a build this one can talk to.
+    fn check(&self, kind: Kind) -> Result<()> {
         if self.format != format() {
             return Err(Error::Incompatible {
                 ours: format().to_string(),
@@ -124,6 +155,13 @@ impl Handle {
                 found: self.kind.name(),
             });
         }
+        Ok(())
+    }
+
+    /// The ring it names, after checking that it is a `kind` made by a
+    /// build this one can talk to.
+    pub(crate) fn ring(&self, kind: Kind) -> Result<shoal_shm_ring::Handle> {
+        self.check(kind)?;
         self.local
             .parse()
             .map_err(|e| Error::BadHandle(format!("ring handle {:?}: {e}", self.local)))
@@ -177,6 +215,9 @@ impl Handle {
     }
 }
 
+/// What joins the two rings' locations in an Rpc's handle.
+const RPC_JOIN: &str = "+";
+
 /// The first bytes of a handle's binary form.
 pub const MAGIC: &[u8; 8] = b"SHOALCH\x01";
 
@@ -201,6 +242,7 @@ impl FromStr for Handle {
             "workqueue" => Kind::WorkQueue,
             "gather" => Kind::Gather,
             "broadcast" => Kind::Broadcast,
+            "rpc" => Kind::Rpc,
             // A kind this build does not know: from another build?
             _ if theirs != format() => {
                 return Err(Error::Incompatible {
@@ -211,8 +253,17 @@ impl FromStr for Handle {
             _ => return Err(bad("unknown channel kind")),
         };
         let format = theirs;
-        if !local.starts_with("shm://") || local.len() <= "shm://".len() {
-            return Err(bad("the location must be shm://NAME"));
+        let ring_ok = |l: &str| l.starts_with("shm://") && l.len() > "shm://".len();
+        let located = match kind {
+            Kind::Rpc => local
+                .split_once(RPC_JOIN)
+                .is_some_and(|(a, b)| ring_ok(a) && ring_ok(b)),
+            _ => ring_ok(local),
+        };
+        if !located {
+            return Err(bad(
+                "the location must be shm://NAME (an rpc's: shm://NAME+shm://NAME)",
+            ));
         }
         if format.is_empty() || format.contains(char::is_whitespace) {
             return Err(bad("empty or malformed format"));

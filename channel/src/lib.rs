@@ -34,7 +34,11 @@
 //! - a [`Broadcast`]: one writer, N readers, every message to every
 //!   reader in order, [`Received`] values held in place (several at once);
 //! - a [`Gather`]: many writers, one reader, each message with its
-//!   [`Sender`] (index, pid, host); the same termination.
+//!   [`Sender`] (index, pid, host); the same termination;
+//! - an [`Rpc`]: one request to every worker, every worker's [`Reply`]
+//!   (an answer or its failure status) collected in worker order, folded,
+//!   or handed to a handler as they come; a worker that does not answer
+//!   in time, or dies, is named in [`Error::NoReply`].
 //!
 //! ## Map of the crate
 //! - `archive`: reading a message as a validated rkyv archive, in place.
@@ -44,6 +48,7 @@
 //! - [`handle`]: the serializable handle other processes attach with (text
 //!   and rkyv), and the build fingerprint it carries.
 //! - `ready`: awaiting a ring from tokio (shared by every async form).
+//! - [`rpc`]: the Rpc's calling side, its workers, replies and requests.
 //! - [`workqueue`]: the work queue, its producers and consumers.
 
 #![warn(missing_docs)]
@@ -54,10 +59,12 @@ pub mod error;
 pub mod gather;
 pub mod handle;
 mod ready;
+pub mod rpc;
 pub mod workqueue;
 
 pub use broadcast::{Broadcast, BroadcastOptions, BroadcastReceiver, Received};
 pub use error::{Error, Result};
 pub use gather::{Gather, GatherWriter, Gathered, Sender, TryGather};
 pub use handle::{Handle, Kind};
+pub use rpc::{Reply, Request, Rpc, RpcOptions, RpcWorker};
 pub use workqueue::{Consumer, Producer, QueueOptions, Taken, TryPutError, TryTake, WorkQueue};

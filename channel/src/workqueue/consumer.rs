@@ -193,6 +193,16 @@ impl Consumer {
         }
     }
 
+    /// Takes the next message, waiting up to `timeout` for one (whatever
+    /// the options' take timeout); `None` once the work is over.
+    pub fn take_within(&mut self, timeout: Duration) -> Result<Option<Taken<'_>>> {
+        let skip = self.skip;
+        match self.ring.take_with(Wait::timeout(timeout)) {
+            Ok(guard) => Taken::new(guard, skip).map(Some),
+            Err(e) => take_end(e, Some(timeout)).map(|()| None),
+        }
+    }
+
     /// Takes the next message if there is one now.
     pub fn try_take(&mut self) -> Result<TryTake<'_>> {
         let skip = self.skip;

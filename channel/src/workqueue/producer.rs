@@ -96,6 +96,24 @@ fn send_after(
 }
 
 /// A ring error on a put, as the caller should see it.
+/// Sends `head` then each of `parts` as one record, waiting as `wait`
+/// allows.
+fn send_parts(
+    ring: &mut MpmcProducer,
+    head: &[u8],
+    parts: &[&[u8]],
+    wait: Wait<'_>,
+) -> std::result::Result<(), RingError> {
+    let len = head.len() + parts.iter().map(|p| p.len()).sum::<usize>();
+    let mut r = ring.reserve_with(len, wait)?;
+    let mut at = 0;
+    for p in std::iter::once(head).chain(parts.iter().copied()) {
+        r[at..at + p.len()].copy_from_slice(p);
+        at += p.len();
+    }
+    r.commit(len)
+}
+
 fn put_error(e: RingError, waited: Option<Duration>) -> Error {
     match e {
         RingError::Closed => Error::Closed,
@@ -182,6 +200,17 @@ impl Producer {
         self.send(msg, wait).map_err(|e| put_error(e, timeout))
     }
 
+    /// Puts `parts` one after the other as one message (after the head),
+    /// waiting while the queue is full (up to the put timeout).
+    pub(crate) fn put_parts(&mut self, parts: &[&[u8]]) -> Result<()> {
+        let timeout = self.put_timeout;
+        let wait = match timeout {
+            Some(t) => Wait::timeout(t),
+            None => Wait::forever(),
+        };
+        send_parts(&mut self.ring, &self.head, parts, wait).map_err(|e| put_error(e, timeout))
+    }
+
     /// Puts `msg` if there is room now; hands it back when the queue is
     /// full.
     pub fn try_put<'m>(&mut self, msg: &'m [u8]) -> std::result::Result<(), TryPutError<'m>> {
@@ -244,18 +273,27 @@ impl Producer {
     /// # Ok::<(), shoal_channel::Error>(())
     /// ```
     pub fn put_value<T: Archivable>(&mut self, value: &T) -> Result<()> {
+        self.put_value_after(&[], value)
+    }
+
+    /// [`put_value`](Self::put_value) with `extra` (a multiple of 16
+    /// bytes, so the archive stays aligned) between the head and the
+    /// archive.
+    pub(crate) fn put_value_after<T: Archivable>(&mut self, extra: &[u8], value: &T) -> Result<()> {
+        debug_assert!(extra.len().is_multiple_of(16));
         let wait = match self.put_timeout {
             Some(t) => Wait::timeout(t),
             None => Wait::forever(),
         };
         let timeout = self.put_timeout;
-        let h = self.head.len();
+        let h = self.head.len() + extra.len();
         let spilled = {
             let mut r = self
                 .ring
                 .reserve_with(h + self.hint, wait)
                 .map_err(|e| put_error(e, timeout))?;
-            r[..h].copy_from_slice(&self.head);
+            r[..self.head.len()].copy_from_slice(&self.head);
+            r[self.head.len()..h].copy_from_slice(extra);
             match archive_into(value, &mut r[h..]).map_err(Error::Archive)? {
                 Archived::InPlace(n) => {
                     r.commit(h + n).map_err(|e| put_error(e, None))?;
@@ -267,7 +305,7 @@ impl Producer {
                 Archived::Spilled(buf) => buf,
             }
         };
-        self.put(&spilled)?;
+        self.put_parts(&[extra, &spilled])?;
         self.hint = self.fit_hint(spilled.len());
         Ok(())
     }

@@ -1,0 +1,388 @@
+//! The calling side of an Rpc: sends each request to every worker and
+//! collects their replies.
+
+use super::{decode_head, pid_ns, Hello, Payload, Reply, Silent, Status, HEAD};
+use crate::error::{Error, Result};
+use crate::gather::{host_id, Gather, Sender};
+use crate::handle::Handle;
+use crate::{Broadcast, BroadcastOptions, QueueOptions};
+use shoal_shm_ring::{Liveness, PeerOptions, ProcessId};
+use shoal_transport::Archivable;
+use std::time::{Duration, Instant};
+
+/// How to create an Rpc, and how long its calls wait.
+///
+/// ```
+/// use shoal_channel::RpcOptions;
+/// use std::time::Duration;
+/// let o = RpcOptions::new(3).call_timeout(Duration::from_secs(5));
+/// assert_eq!(o.workers, 3);
+/// ```
+#[derive(Debug, Clone)]
+pub struct RpcOptions {
+    /// The workers (indices `0..workers`) every call waits for.
+    pub workers: u32,
+    /// Bytes of the requests' ring (see
+    /// [`BroadcastOptions::capacity`]). Default 4 MiB.
+    pub capacity: u64,
+    /// Bytes of the replies' ring. Default 4 MiB.
+    pub reply_capacity: u64,
+    /// How long a call waits for every reply (and a request, or a
+    /// worker's reply, for room). Default 30 s.
+    pub call_timeout: Duration,
+    /// How endpoints judge their peers.
+    pub peer: PeerOptions,
+}
+
+impl RpcOptions {
+    /// Options for `workers` workers, the rest default.
+    pub fn new(workers: u32) -> Self {
+        RpcOptions {
+            workers,
+            capacity: 4 << 20,
+            reply_capacity: 4 << 20,
+            call_timeout: Duration::from_secs(30),
+            peer: PeerOptions::default(),
+        }
+    }
+    /// Sets [`capacity`](Self::capacity).
+    pub fn capacity(mut self, bytes: u64) -> Self {
+        self.capacity = bytes;
+        self
+    }
+    /// Sets [`reply_capacity`](Self::reply_capacity).
+    pub fn reply_capacity(mut self, bytes: u64) -> Self {
+        self.reply_capacity = bytes;
+        self
+    }
+    /// Sets [`call_timeout`](Self::call_timeout).
+    pub fn call_timeout(mut self, t: Duration) -> Self {
+        self.call_timeout = t;
+        self
+    }
+    /// Sets [`peer`](Self::peer).
+    pub fn peer(mut self, p: PeerOptions) -> Self {
+        self.peer = p;
+        self
+    }
+
+    /// The options of the replies' gather (also what workers attach it
+    /// with).
+    pub(super) fn gather(&self) -> QueueOptions {
+        QueueOptions::default()
+            .capacity(self.reply_capacity)
+            .peers(self.workers.max(1), 1)
+            .put_timeout(Some(self.call_timeout))
+            .peer(self.peer)
+    }
+
+    /// The options of the requests' broadcast.
+    pub(super) fn broadcast(&self) -> BroadcastOptions {
+        BroadcastOptions::new(self.workers.max(1))
+            .capacity(self.capacity)
+            .send_timeout(Some(self.call_timeout))
+            .peer(self.peer)
+    }
+}
+
+/// How long a call waits for replies in one go before it looks at the
+/// liveness of the workers it still waits for.
+const SLICE: Duration = Duration::from_millis(50);
+
+/// What [`Rpc::next`] found.
+enum Next {
+    /// A reply to the call.
+    Reply(Reply),
+    /// Something else, noted or dropped.
+    Other,
+    /// Nothing in time.
+    Nothing,
+}
+
+/// What the caller knows of one worker.
+#[derive(Debug, Clone, Copy, Default)]
+struct Worker {
+    /// From its hello.
+    sender: Option<Sender>,
+    hello: Option<Hello>,
+    /// Found dead (and reported once): not waited for any more.
+    dead: bool,
+}
+
+impl Worker {
+    /// Whether it is known dead now: only when its pid means the same
+    /// here (same host, same pid namespace) and its process is gone.
+    fn died(&self) -> bool {
+        let (Some(s), Some(h)) = (self.sender, self.hello) else {
+            return false;
+        };
+        let here = s.host == host_id() && h.pid_ns != 0 && h.pid_ns == pid_ns();
+        here && ProcessId {
+            pid: s.pid,
+            start_time: h.start_time,
+        }
+        .liveness()
+            == Liveness::Dead
+    }
+
+    fn silent(&self, index: u32, dead: bool) -> Silent {
+        Silent {
+            index,
+            pid: self.sender.map_or(0, |s| s.pid),
+            host: self.sender.map_or(0, |s| s.host),
+            dead,
+        }
+    }
+}
+
+/// The calling side of an Rpc, held by the process that created it.
+///
+/// ```
+/// use shoal_channel::{Rpc, RpcOptions, RpcWorker};
+/// use std::time::Duration;
+/// let mut rpc = Rpc::create(&RpcOptions::new(2))?;
+/// // Each worker (in any process) attaches with the handle and its index.
+/// let workers: Vec<_> = (0..2)
+///     .map(|i| {
+///         let mut w = RpcWorker::attach(rpc.handle(), i)?;
+///         // Answers each request with its bytes and the worker's index.
+///         Ok(std::thread::spawn(move || {
+///             w.serve(|req| Ok([&req[..], b" from ", &[b'0' + i as u8]].concat()))
+///         }))
+///     })
+///     .collect::<shoal_channel::Result<_>>()?;
+/// rpc.wait_until_ready(Duration::from_secs(5))?;
+/// let replies = rpc.call(b"ping")?;
+/// assert_eq!(replies[1].ok()?, b"ping from 1");
+/// drop(rpc); // the workers' serve loops end
+/// for w in workers {
+///     assert_eq!(w.join().expect("worker")?, 1);
+/// }
+/// # Ok::<(), shoal_channel::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Rpc {
+    requests: Broadcast,
+    replies: Gather,
+    handle: Handle,
+    opts: RpcOptions,
+    workers: Vec<Worker>,
+}
+
+impl Rpc {
+    /// Creates an Rpc for `opts.workers` workers.
+    pub fn create(opts: &RpcOptions) -> Result<Rpc> {
+        let requests = Broadcast::create(&opts.broadcast())?;
+        let replies = Gather::create(&opts.gather())?;
+        let handle = Handle::rpc(requests.handle(), replies.handle());
+        Ok(Rpc {
+            requests,
+            replies,
+            handle,
+            workers: vec![Worker::default(); opts.workers as usize],
+            opts: opts.clone(),
+        })
+    }
+
+    /// The handle workers attach with.
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    /// Waits until every worker attached and said hello (up to
+    /// `timeout`): every request sent afterwards reaches each of them.
+    /// [`Error::WorkersMissing`] names those that never came.
+    pub fn wait_until_ready(&mut self, timeout: Duration) -> Result<()> {
+        let end = Instant::now() + timeout;
+        let missing = |w: &[Worker]| -> Vec<u32> {
+            (0..w.len() as u32)
+                .filter(|&i| w[i as usize].sender.is_none())
+                .collect()
+        };
+        match self.requests.wait_until_ready(timeout) {
+            Err(Error::ReadersMissing { .. }) => {
+                // Which ones: those whose hello never came (the hellos
+                // that did come are waiting in the ring).
+                while !matches!(self.next(Instant::now(), u64::MAX)?, Next::Nothing) {}
+                return Err(Error::WorkersMissing {
+                    missing: missing(&self.workers),
+                    after: timeout,
+                });
+            }
+            r => r?,
+        }
+        while !missing(&self.workers).is_empty() {
+            if Instant::now() >= end {
+                return Err(Error::WorkersMissing {
+                    missing: missing(&self.workers),
+                    after: timeout,
+                });
+            }
+            self.next(end, u64::MAX)?;
+        }
+        Ok(())
+    }
+
+    /// The indices of the workers found dead (no longer waited for).
+    pub fn dead_workers(&self) -> Vec<u32> {
+        (0..self.workers.len() as u32)
+            .filter(|&i| self.workers[i as usize].dead)
+            .collect()
+    }
+
+    /// Sends `request` to every worker and returns every reply, in worker
+    /// order: an answer, or the worker's failure status
+    /// ([`Reply::ok`] turns it into an error). Workers that do not answer
+    /// within the call timeout, or die first, end the call with
+    /// [`Error::NoReply`] naming them (with the other replies).
+    pub fn call(&mut self, request: &[u8]) -> Result<Vec<Reply>> {
+        let call = self.requests.send(request)?;
+        self.collect(call, &mut |_| {})
+    }
+
+    /// [`call`](Self::call) with a typed request, serialized straight into
+    /// the requests' ring.
+    pub fn call_value<T: Archivable>(&mut self, request: &T) -> Result<Vec<Reply>> {
+        let call = self.requests.send_value(request)?;
+        self.collect(call, &mut |_| {})
+    }
+
+    /// [`call`](Self::call), handing each reply to `handler` as it comes
+    /// (in the order they come), before returning them all.
+    pub fn call_each(
+        &mut self,
+        request: &[u8],
+        mut handler: impl FnMut(&Reply),
+    ) -> Result<Vec<Reply>> {
+        let call = self.requests.send(request)?;
+        self.collect(call, &mut handler)
+    }
+
+    /// [`call`](Self::call), folding the replies into one value as they
+    /// come (`f(acc, reply)`, in the order they come).
+    pub fn call_fold<A>(
+        &mut self,
+        request: &[u8],
+        init: A,
+        mut f: impl FnMut(A, &Reply) -> A,
+    ) -> Result<A> {
+        let call = self.requests.send(request)?;
+        let mut acc = Some(init);
+        self.collect(call, &mut |r| acc = acc.take().map(|a| f(a, r)))?;
+        acc.ok_or(Error::Closed)
+    }
+
+    /// Collects the replies to `call`.
+    fn collect(&mut self, call: u64, handler: &mut dyn FnMut(&Reply)) -> Result<Vec<Reply>> {
+        let start = Instant::now();
+        let end = start + self.opts.call_timeout;
+        let n = self.workers.len();
+        // Those found dead earlier are not waited for (nor named again).
+        let asked: Vec<bool> = self.workers.iter().map(|w| !w.dead).collect();
+        if !asked.contains(&true) {
+            return Err(Error::NoReply {
+                missing: (0..n as u32)
+                    .map(|i| self.workers[i as usize].silent(i, true))
+                    .collect(),
+                replies: Vec::new(),
+                after: Duration::ZERO,
+            });
+        }
+        let mut got: Vec<Option<Reply>> = vec![None; n];
+        let mut died = vec![false; n];
+        let waiting = |got: &[Option<Reply>], died: &[bool]| {
+            (0..n).any(|i| asked[i] && got[i].is_none() && !died[i])
+        };
+        while waiting(&got, &died) && Instant::now() < end {
+            match self.next(end, call)? {
+                Next::Reply(r) => {
+                    let i = r.worker.index as usize;
+                    // Its first reply (a second one is a buggy worker's).
+                    if asked[i] && got[i].is_none() {
+                        handler(&r);
+                        got[i] = Some(r);
+                    }
+                }
+                Next::Other => {}
+                Next::Nothing => {
+                    // A slice without replies: who died?
+                    for i in 0..n {
+                        if asked[i] && got[i].is_none() && !died[i] && self.workers[i].died() {
+                            died[i] = true;
+                            self.workers[i].dead = true;
+                        }
+                    }
+                }
+            }
+        }
+        let missing: Vec<Silent> = (0..n)
+            .filter(|&i| asked[i] && got[i].is_none())
+            .map(|i| self.workers[i].silent(i as u32, died[i]))
+            .collect();
+        let replies: Vec<Reply> = got.into_iter().flatten().collect();
+        if missing.is_empty() {
+            Ok(replies)
+        } else {
+            Err(Error::NoReply {
+                missing,
+                replies,
+                after: start.elapsed(),
+            })
+        }
+    }
+
+    /// The next message of the replies' gather, waiting up to a slice
+    /// (and not past `end`): a reply to `call` from a worker of this Rpc,
+    /// something else (a hello, noted; a reply to an earlier call or a
+    /// malformed message, dropped), or nothing in time.
+    fn next(&mut self, end: Instant, call: u64) -> Result<Next> {
+        let slice = end.saturating_duration_since(Instant::now()).min(SLICE);
+        let g = match self.replies.recv_within(slice) {
+            Ok(Some(g)) => g,
+            Ok(None) => return Err(Error::Closed),
+            Err(Error::Timeout { .. }) => return Ok(Next::Nothing),
+            Err(e) => return Err(e),
+        };
+        let sender = g.sender();
+        let i = sender.index as usize;
+        let Some((id, status)) = decode_head(&g) else {
+            tracing::warn!(
+                "shoal rpc: a malformed reply from worker {} (pid {}) dropped",
+                sender.index,
+                sender.pid
+            );
+            return Ok(Next::Other);
+        };
+        let Some(worker) = self.workers.get_mut(i) else {
+            tracing::warn!(
+                "shoal rpc: a message from worker {} (pid {}), not one of the {} workers, dropped",
+                sender.index,
+                sender.pid,
+                self.opts.workers
+            );
+            return Ok(Next::Other);
+        };
+        let body = g.get(HEAD..).unwrap_or_default();
+        match status {
+            Status::Hello => {
+                // A worker attached (or came back, in a new process).
+                *worker = Worker {
+                    sender: Some(sender),
+                    hello: Hello::decode(body),
+                    dead: false,
+                };
+                Ok(Next::Other)
+            }
+            // A reply to an earlier call, too late.
+            _ if id != call => Ok(Next::Other),
+            Status::Ok => Ok(Next::Reply(Reply {
+                worker: sender,
+                result: Ok(Payload::copy(body)),
+            })),
+            Status::Failed => Ok(Next::Reply(Reply {
+                worker: sender,
+                result: Err(String::from_utf8_lossy(body).into_owned()),
+            })),
+        }
+    }
+}

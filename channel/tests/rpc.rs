@@ -1,0 +1,199 @@
+//! Rpc between threads: every worker's reply in worker order, failures
+//! passed back, aggregates and handlers, typed calls, a worker that does
+//! not answer named, readiness naming who never came.
+
+use shoal_channel::{Error, Handle, Rpc, RpcOptions, RpcWorker};
+use std::time::{Duration, Instant};
+
+fn opts(workers: u32) -> RpcOptions {
+    RpcOptions::new(workers)
+        .capacity(1 << 16)
+        .reply_capacity(1 << 16)
+        .call_timeout(Duration::from_secs(20))
+}
+
+/// Workers that answer "i:request", and fail requests saying "fail".
+fn spawn_workers(rpc: &Rpc, o: &RpcOptions) -> Vec<std::thread::JoinHandle<u64>> {
+    (0..o.workers)
+        .map(|i| {
+            let mut w = RpcWorker::attach_with(rpc.handle(), i, o).unwrap();
+            std::thread::spawn(move || {
+                w.serve(|req| {
+                    if &req[..] == b"fail" {
+                        return Err(format!("worker {i} refuses"));
+                    }
+                    Ok([format!("{i}:").as_bytes(), &req[..]].concat())
+                })
+                .unwrap()
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn every_worker_answers_in_worker_order_and_failures_come_back() {
+    let o = opts(3);
+    let mut rpc = Rpc::create(&o).unwrap();
+    let workers = spawn_workers(&rpc, &o);
+    rpc.wait_until_ready(Duration::from_secs(10)).unwrap();
+    for n in 0..50u32 {
+        let req = format!("req {n}");
+        let replies = rpc.call(req.as_bytes()).unwrap();
+        assert_eq!(replies.len(), 3);
+        for (i, r) in replies.iter().enumerate() {
+            assert_eq!(r.worker.index, i as u32);
+            assert_eq!(r.ok().unwrap(), format!("{i}:{req}").as_bytes());
+        }
+    }
+    let replies = rpc.call(b"fail").unwrap();
+    for (i, r) in replies.iter().enumerate() {
+        assert_eq!(
+            r.result.as_ref().unwrap_err(),
+            &format!("worker {i} refuses")
+        );
+        match r.ok() {
+            Err(Error::WorkerFailed { index, status, .. }) => {
+                assert_eq!(index, i as u32);
+                assert!(status.contains("refuses"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // An aggregate, and a handler seeing each reply as it comes.
+    let total = rpc
+        .call_fold(b"x", 0usize, |acc, r| acc + r.ok().map_or(0, |b| b.len()))
+        .unwrap();
+    assert_eq!(total, 3 * 3);
+    let mut seen = Vec::new();
+    let all = rpc.call_each(b"y", |r| seen.push(r.worker.index)).unwrap();
+    seen.sort();
+    assert_eq!(seen, [0, 1, 2]);
+    assert_eq!(all.len(), 3);
+    drop(rpc);
+    for w in workers {
+        assert_eq!(w.join().unwrap(), 50 + 3);
+    }
+}
+
+#[test]
+fn typed_requests_and_replies_are_read_in_place() {
+    #[derive(rkyv::Archive, rkyv::Serialize)]
+    struct Load {
+        model: String,
+        shards: u32,
+    }
+    #[derive(rkyv::Archive, rkyv::Serialize)]
+    struct Loaded {
+        worker: u32,
+        bytes: u64,
+    }
+    let o = opts(2);
+    let mut rpc = Rpc::create(&o).unwrap();
+    let workers: Vec<_> = (0..2u32)
+        .map(|i| {
+            let mut w = RpcWorker::attach_with(rpc.handle(), i, &o).unwrap();
+            std::thread::spawn(move || {
+                while let Some(req) = w.next_request().unwrap() {
+                    let load = req.archived::<Load>().unwrap();
+                    let answer = Loaded {
+                        worker: i,
+                        bytes: u64::from(load.shards.to_native()) * load.model.len() as u64,
+                    };
+                    w.reply_value(&req, &answer).unwrap();
+                }
+            })
+        })
+        .collect();
+    rpc.wait_until_ready(Duration::from_secs(10)).unwrap();
+    let replies = rpc
+        .call_value(&Load {
+            model: "tiny".into(),
+            shards: 8,
+        })
+        .unwrap();
+    for (i, r) in replies.iter().enumerate() {
+        let l = r.result.as_ref().unwrap().archived::<Loaded>().unwrap();
+        assert_eq!((l.worker.to_native(), l.bytes.to_native()), (i as u32, 32));
+    }
+    drop(rpc);
+    for w in workers {
+        w.join().unwrap();
+    }
+}
+
+/// A live worker that does not answer in time is named (not dead), the
+/// others' replies come with the error, and the next call still works
+/// (the late reply to the earlier call is dropped).
+#[test]
+fn a_worker_that_does_not_answer_in_time_is_named() {
+    let o = opts(2).call_timeout(Duration::from_millis(300));
+    let mut rpc = Rpc::create(&o).unwrap();
+    let mut fast = RpcWorker::attach_with(rpc.handle(), 0, &o).unwrap();
+    let mut slow = RpcWorker::attach_with(rpc.handle(), 1, &o).unwrap();
+    let f = std::thread::spawn(move || fast.serve(|r| Ok(r.to_vec())).unwrap());
+    let s = std::thread::spawn(move || {
+        let mut first = true;
+        slow.serve(|r| {
+            if std::mem::take(&mut first) {
+                std::thread::sleep(Duration::from_millis(800));
+            }
+            Ok(r.to_vec())
+        })
+        .unwrap()
+    });
+    rpc.wait_until_ready(Duration::from_secs(10)).unwrap();
+    let t = Instant::now();
+    match rpc.call(b"one") {
+        Err(Error::NoReply {
+            missing, replies, ..
+        }) => {
+            assert_eq!(missing.len(), 1);
+            assert_eq!((missing[0].index, missing[0].dead), (1, false));
+            assert_eq!(missing[0].pid, std::process::id());
+            assert_eq!(replies.len(), 1);
+            assert_eq!(replies[0].ok().unwrap(), b"one");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(t.elapsed() < Duration::from_secs(5));
+    // The late answer to "one" is not taken for the answer to "two".
+    std::thread::sleep(Duration::from_millis(700));
+    let replies = rpc.call(b"two").unwrap();
+    assert!(replies.iter().all(|r| r.ok().unwrap() == b"two"));
+    assert!(rpc.dead_workers().is_empty());
+    drop(rpc);
+    assert_eq!(f.join().unwrap(), 2);
+    assert_eq!(s.join().unwrap(), 2);
+}
+
+#[test]
+fn readiness_names_the_workers_that_never_came() {
+    let o = opts(3);
+    let mut rpc = Rpc::create(&o).unwrap();
+    let _w1 = RpcWorker::attach_with(rpc.handle(), 1, &o).unwrap();
+    match rpc.wait_until_ready(Duration::from_millis(300)) {
+        Err(Error::WorkersMissing { missing, .. }) => assert_eq!(missing, [0, 2]),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn rpc_handles_travel_as_text_and_bytes_and_are_refused_by_other_kinds() {
+    let rpc = Rpc::create(&opts(1)).unwrap();
+    let text = rpc.handle().to_string();
+    assert!(text.starts_with("rpc@shm://"), "{text}");
+    let back: Handle = text.parse().unwrap();
+    assert_eq!(&back, rpc.handle());
+    assert_eq!(Handle::from_bytes(&back.to_bytes().unwrap()).unwrap(), back);
+    assert!(matches!(
+        shoal_channel::BroadcastReceiver::attach(&back, 0),
+        Err(Error::WrongKind { .. })
+    ));
+    let q = shoal_channel::WorkQueue::create(&Default::default()).unwrap();
+    assert!(matches!(
+        RpcWorker::attach(q.handle(), 0),
+        Err(Error::WrongKind { .. })
+    ));
+    let bad = text.replace('+', "-");
+    assert!(matches!(bad.parse::<Handle>(), Err(Error::BadHandle(_))));
+}

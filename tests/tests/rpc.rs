@@ -1,0 +1,111 @@
+//! shoal-channel's Rpc across processes: three worker processes answer
+//! every call; one killed with SIGKILL mid-run is named dead by the next
+//! call (well before the call timeout), and the survivors keep answering.
+
+use shoal_channel::{Error, Handle, Rpc, RpcOptions, RpcWorker};
+use shoal_tests::{say, spawn};
+use std::time::{Duration, Instant};
+
+const SEC: Duration = Duration::from_secs(1);
+
+fn opts() -> RpcOptions {
+    let peer = shoal_shm_ring::PeerOptions::default().liveness_interval(Duration::from_millis(10));
+    RpcOptions::new(3)
+        .capacity(1 << 16)
+        .reply_capacity(1 << 16)
+        .call_timeout(30 * SEC)
+        .peer(peer)
+}
+
+fn run(role: &str, a: &[String]) -> i32 {
+    // worker HANDLE INDEX: answers "INDEX:REQUEST" (failing "fail") until
+    // the caller goes.
+    if role != "worker" {
+        return 2;
+    }
+    let (Some(Ok(h)), Some(Ok(index))) = (
+        a.first().map(|v| v.parse::<Handle>()),
+        a.get(1).map(|v| v.parse::<u32>()),
+    ) else {
+        return 2;
+    };
+    let Ok(mut w) = RpcWorker::attach_with(&h, index, &opts()) else {
+        return 3;
+    };
+    say("attached");
+    let served = w.serve(|req| {
+        if &req[..] == b"fail" {
+            return Err(format!("worker {index} says no"));
+        }
+        Ok([format!("{index}:").as_bytes(), &req[..]].concat())
+    });
+    match served {
+        Ok(_) => 0,
+        Err(_) => 4,
+    }
+}
+
+#[test]
+fn child_main() {
+    shoal_tests::child(run);
+}
+
+#[test]
+fn a_killed_worker_is_named_and_the_survivors_keep_answering() {
+    let mut rpc = Rpc::create(&opts()).unwrap();
+    let h = rpc.handle().to_string();
+    let mut workers: Vec<_> = (0..3u32)
+        .map(|i| spawn("worker", &[h.clone(), i.to_string()]))
+        .collect();
+    for w in &mut workers {
+        assert_eq!(w.expect_line(20 * SEC), "attached");
+    }
+    rpc.wait_until_ready(20 * SEC).unwrap();
+    for n in 0..100 {
+        let req = format!("call {n}");
+        let replies = rpc.call(req.as_bytes()).unwrap();
+        for (i, r) in replies.iter().enumerate() {
+            assert_eq!(r.worker.index, i as u32);
+            assert_eq!(r.worker.pid, workers[i].pid());
+            assert_eq!(r.ok().unwrap(), format!("{i}:{req}").as_bytes());
+        }
+    }
+    // A failure status comes back as such.
+    let replies = rpc.call(b"fail").unwrap();
+    assert_eq!(replies[2].result.as_ref().unwrap_err(), "worker 2 says no");
+    // Worker 1 dies.
+    let dead = workers.remove(1);
+    let dead_pid = dead.pid();
+    dead.kill9();
+    let t = Instant::now();
+    match rpc.call(b"after") {
+        Err(Error::NoReply {
+            missing, replies, ..
+        }) => {
+            assert_eq!(missing.len(), 1, "{missing:?}");
+            assert_eq!(
+                (missing[0].index, missing[0].pid, missing[0].dead),
+                (1, dead_pid, true)
+            );
+            let from: Vec<u32> = replies.iter().map(|r| r.worker.index).collect();
+            assert_eq!(from, [0, 2]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        t.elapsed() < 10 * SEC,
+        "the dead worker was waited for {:?}",
+        t.elapsed()
+    );
+    assert_eq!(rpc.dead_workers(), [1]);
+    // Later calls go to the survivors only.
+    for n in 0..20 {
+        let replies = rpc.call(format!("later {n}").as_bytes()).unwrap();
+        let from: Vec<u32> = replies.iter().map(|r| r.worker.index).collect();
+        assert_eq!(from, [0, 2]);
+    }
+    drop(rpc);
+    for w in workers {
+        assert!(w.wait(20 * SEC).success());
+    }
+}
