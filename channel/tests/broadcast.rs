@@ -243,3 +243,19 @@ fn messages_outlive_their_receiver_and_the_reader_then_detaches() {
         std::thread::sleep(Duration::from_millis(1));
     }
 }
+
+/// Receivers and what they hand out move between threads, and an async
+/// receive can be spawned on a multi-threaded runtime.
+#[test]
+fn receivers_and_messages_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>(_: &T) {}
+    send_sync::<BroadcastReceiver>();
+    send_sync::<Received>();
+    fn send_only<T: Send>() {}
+    send_only::<shoal_channel::RpcWorker>();
+    let o = opts(1);
+    let b = Broadcast::create(&o).unwrap();
+    let mut r = BroadcastReceiver::attach_with(b.handle(), 0, &o).unwrap();
+    send(&r.recv_async());
+}

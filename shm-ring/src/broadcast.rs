@@ -785,7 +785,10 @@ impl BroadcastReader {
     /// Gives back the record this reader holds at `position` (what
     /// [`Held::position`] said): the same as [`release_held`] with its
     /// ticket, for a caller that keeps positions instead of tickets. False
-    /// if this reader holds no record there (nothing changes).
+    /// if this reader holds no record there (nothing changes). Positions
+    /// are the ring's, the same for every reader: pass only positions of
+    /// this reader's own tickets (another reader's would release this
+    /// reader's record at that position, and its ticket's bytes with it).
     ///
     /// [`release_held`]: Self::release_held
     #[inline]

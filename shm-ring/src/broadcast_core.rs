@@ -22,13 +22,14 @@
 //!   it waits for space (`want_space`, set until a wait succeeds; the
 //!   writer raises it as soon as it comes within an eighth of the ring of
 //!   what it saw released, and lowers it when a rescan shows room to
-//!   spare), once a 64th of the ring was released, and at every empty
-//!   poll (so before the reader waits). Publishing at every release
-//!   instead cost a reader that is slower than the writer a contended
-//!   line per record, and made it slower still (a third of the rate).
-//!   A reader thus holds back less than an eighth of the ring
-//!   unpublished, even one that stops calling (less than a 64th while the
-//!   writer wants space); inline records are at most a quarter of the ring, so a record
+//!   spare), once a 64th of the ring was released; while the writer is
+//!   blocked (`want_space` then names the position it waits for), as
+//!   soon as the reader released that far; and at every empty poll (so
+//!   before the reader waits). Publishing at every release instead cost a
+//!   reader that is slower than the writer a contended line per record,
+//!   and made it slower still (a third of the rate). A reader thus holds
+//!   back less than an eighth of the ring unpublished, even one that
+//!   stops calling; inline records are at most a quarter of the ring, so a record
 //!   and the pad before it need at most half of it, and laziness alone
 //!   never blocks the writer. A reader that pauses with unread records
 //!   still pending may hold back up to an eighth of the ring it released
@@ -329,8 +330,11 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
     ///
     /// Readers publish lazily (up to an eighth of the ring late): once the
     /// writer gets within that eighth of what it last saw released, it
-    /// raises `want_space` so readers publish at every release, and lowers
-    /// it again when a rescan shows room to spare.
+    /// raises `want_space` ([`WANT_SOON`]) so readers publish every 64th
+    /// of the ring, and lowers it again when a rescan shows room to spare;
+    /// while it is blocked, `want_space` names the position it waits for
+    /// ([`want_floor`]), and each reader publishes as soon as it released
+    /// that far.
     #[inline]
     pub(crate) fn wait_until_free(&mut self, need: u64, wait: &Wait<'_>) -> Result<()> {
         if need + self.mem.capacity() / 8 <= self.limit {
@@ -350,8 +354,8 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
             }
             return Ok(());
         }
-        if status.want_space.load(Ordering::Relaxed) == 0 {
-            status.want_space.store(1, Ordering::Relaxed);
+        if status.want_space.load(Ordering::Relaxed) == WANT_NONE {
+            status.want_space.store(WANT_SOON, Ordering::Relaxed);
         }
         if need <= self.limit {
             return Ok(());
@@ -363,10 +367,16 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
         let opts = self.opts;
         let logged = Cell::new(false);
         let floor = need - cap;
-        // `want_space` stays raised, also when this wait fails: a writer
-        // that gave up (no_wait, timeout) still wants the space when it
-        // tries again. A later rescan with room to spare lowers it.
-        block_on(
+        // Readers that release up to `floor` publish at once (a 64th of
+        // the ring at a time would keep a slow reader's releases from the
+        // writer for as long as it takes to release that much).
+        status
+            .want_space
+            .store(want_floor(floor), Ordering::Relaxed);
+        // `want_space` stays raised afterwards, also when this wait fails:
+        // a writer that gave up (no_wait, timeout) still wants the space
+        // when it tries again. A later rescan with room to spare lowers it.
+        let r = block_on(
             &mut self.spinner,
             &mem.ctrl().space_ec,
             Waiter::owner(),
@@ -377,7 +387,12 @@ impl<M: RingMem<Control = BroadcastControl>> WriterCore<M> {
                 Ok((need <= *limit).then_some(()))
             },
             |stalled| check_blockers(mem, floor, stalled.waited, &opts, &logged),
-        )
+        );
+        mem.ctrl()
+            .status
+            .want_space
+            .store(WANT_SOON, Ordering::Relaxed);
+        r
     }
 
     /// Clears commit words from the cleared frontier up to at least
@@ -908,6 +923,34 @@ impl<M: RingMem<Control = BroadcastControl>> ReaderCore<M> {
     }
 }
 
+/// `want_space`: the writer has room to spare.
+const WANT_NONE: u32 = 0;
+/// `want_space`: the writer came within an eighth of the ring of what it
+/// saw released; readers publish every 64th of the ring they release.
+const WANT_SOON: u32 = 1;
+/// `want_space` bit: the writer is blocked until every reader released up
+/// to a position (see [`want_floor`]); a reader publishes as soon as it
+/// released that far.
+const WANT_FLOOR: u32 = 2;
+/// The line bits of a position, masked out of a floor in `want_space`.
+const LINE_BITS: u32 = RECORD_ALIGN as u32 - 1;
+
+/// `want_space` for a writer blocked until every reader released up to
+/// `floor`: its low 32 bits, rounded down to a line (so a reader may
+/// publish a little early, never late), with [`WANT_FLOOR`].
+fn want_floor(floor: u64) -> u32 {
+    (floor as u32 & !LINE_BITS) | WANT_FLOOR
+}
+
+/// Whether a reader released up to `to` reached the floor in `want`. The
+/// floor keeps only its low 32 bits, compared by wrapping: a reader that
+/// blocks the writer is less than a ring (at most 2 GiB) behind its
+/// floor, and none is a ring ahead of it (the record the writer waits to
+/// write is not committed yet).
+fn reaches(to: u64, want: u32) -> bool {
+    want & WANT_FLOOR != 0 && (to as u32).wrapping_sub(want & !LINE_BITS) < 1 << 31
+}
+
 /// Most records a broadcast reader holds at once.
 pub const MAX_HELD: usize = 64;
 
@@ -1025,11 +1068,13 @@ impl ReaderState {
             return;
         }
         let moved = to - from;
-        if urgent
-            || moved >= self.publish_every
-            || (moved >= self.publish_soon
-                && mem.ctrl().status.want_space.load(Ordering::Relaxed) != 0)
-        {
+        if urgent || moved >= self.publish_every || {
+            let want = mem.ctrl().status.want_space.load(Ordering::Relaxed);
+            // A floor: once, when this release reaches it (a reader that
+            // published past it no longer holds the writer up).
+            want != WANT_NONE
+                && (moved >= self.publish_soon || (reaches(to, want) && !reaches(from, want)))
+        } {
             self.publish(mem);
             self.urgent_pending = false;
         }
@@ -1413,6 +1458,55 @@ mod review2_tests {
         // ... the reader pauses here, holding nothing back.
         assert_eq!(published(&m), 384);
         send(&mut w, 112, &Wait::no_wait()).unwrap();
+    }
+
+    /// Third review: readers that publish only every 64th of the ring
+    /// while the writer wants space kept a slow reader's releases from a
+    /// blocked writer for as long as that reader took to release a 64th
+    /// (with small records and a slow reader, past the stall timeout: a
+    /// false `Stalled`). A blocked writer now names the position it waits
+    /// for, and the release that reaches it is published at once.
+    #[test]
+    fn a_blocked_writer_gets_a_slow_readers_release_at_once() {
+        // 64 KiB: a 64th is 1 KiB, eight 128-byte records.
+        let m = ring(1 << 16);
+        let o = PeerOptions::default().stall_timeout(Some(Duration::from_secs(5)));
+        let mut w = WriterCore::new(m.clone(), o);
+        let mut r = ReaderCore::join(m.clone(), ProcessId::current(), o).unwrap();
+        send(&mut w, 112, &Wait::forever()).unwrap(); // activates r
+        while send(&mut w, 112, &Wait::no_wait()).is_ok() {}
+        let t = std::time::Instant::now();
+        let writer = std::thread::spawn(move || {
+            send(&mut w, 112, &Wait::timeout(Duration::from_secs(5))).map(|()| t.elapsed())
+        });
+        // The writer is blocked (it names its floor) ...
+        while m.ctrl().status.want_space.load(Ordering::Relaxed) & WANT_FLOOR == 0 {
+            std::thread::yield_now();
+        }
+        // ... and this reader releases one record at a time, slowly.
+        let mut released = 0;
+        while !writer.is_finished() && released < 16 {
+            assert!(read_one(&mut r));
+            released += 1;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let took = writer.join().unwrap().unwrap();
+        assert!(
+            released <= 2,
+            "the writer waited for {released} releases ({took:?})"
+        );
+    }
+
+    #[test]
+    fn floors_compare_across_32_bit_wraps() {
+        let f = (5u64 << 32) + (1 << 32) - 128; // just below a wrap
+        let want = want_floor(f);
+        assert!(!reaches(f - 64, want));
+        assert!(reaches(f, want));
+        assert!(reaches(f + 128, want)); // past the wrap
+        assert!(reaches(f + (1 << 30), want));
+        assert!(!reaches(f - (1 << 30), want));
+        assert!(!reaches(f, WANT_SOON));
     }
 
     /// `want_space` is cleared only when a blocked wait *succeeds*. A wait

@@ -18,6 +18,14 @@
 //! rate per 100 ms slice (pattern `channel-broadcast`), beside the raw broadcast
 //! ring with `--raw`.
 //!
+//! `channel broadcast-latency --readers R --size B --iters N [--raw]`:
+//! from a send to every reader having it, one message at a time (metric
+//! `latency_one_way_ns`), beside the raw broadcast ring with `--raw`.
+//!
+//! `channel rpc --workers W --iters N [--raw]`: an Rpc call's round trip
+//! to W worker processes (pattern `channel-rpc`), beside the same fan-out
+//! and fan-in on the raw rings with `--raw`.
+//!
 //! `channel typed --iters N`: what reading a small struct taken from a
 //! WorkQueue as a validated rkyv archive adds over its raw bytes, in
 //! place (metric `typed_receive_overhead_ns`).
@@ -309,6 +317,236 @@ fn broadcast(readers: usize, size: usize, run: Duration, raw: bool) -> Measureme
     m
 }
 
+/// Broadcast latency: this process sends one `size`-byte message at a
+/// time and waits until each of `readers` reader processes took it (a
+/// reader stores the message's number in its slot of a shared map once it
+/// has it); one sample per message: from the send to the last reader's
+/// store, in ns (metric `latency_one_way_ns`: a one-way delivery to every
+/// reader, plus one cache-line hand-over back). `raw`: the broadcast ring
+/// itself.
+fn broadcast_latency(readers: usize, size: usize, iters: u64, raw: bool) -> Measurement {
+    use shoal_channel::{Broadcast, BroadcastOptions, BroadcastReceiver};
+    use shoal_shm_ring::{BroadcastConfig, BroadcastReader, BroadcastWriter};
+    let system = if raw { "shm-ring" } else { "shoal" };
+    let mut m = Measurement::new(system, "channel-broadcast", "park", "latency_one_way_ns")
+        .payload(size as u64)
+        .readers(readers as u32)
+        .processes(readers as u32 + 1);
+    let r = (|| -> Result<Vec<f64>, String> {
+        let map = SharedMap::new(4096 + 128 * readers).map_err(|e| e.to_string())?;
+        let cap = (4u64 << 20).max((size as u64 * 8).next_power_of_two());
+        let (mut chan, mut ring) = if raw {
+            let w = BroadcastWriter::create(&BroadcastConfig::new(cap, readers as u32))
+                .map_err(|e| e.to_string())?;
+            (None, Some(w))
+        } else {
+            let b = Broadcast::create(&BroadcastOptions::new(readers as u32).capacity(cap))
+                .map_err(|e| e.to_string())?;
+            (Some(b), None)
+        };
+        let handle = chan.as_ref().map(|b| b.handle().clone());
+        let ring_handle = ring.as_ref().map(|w| w.handle());
+        let mut kids = Vec::new();
+        for k in 0..readers {
+            let got = map.at::<AtomicU64>(slot(k));
+            let (handle, ring_handle) = (&handle, &ring_handle);
+            kids.push(
+                fork(move || {
+                    if let Some(h) = handle {
+                        let Ok(mut r) = BroadcastReceiver::attach(h, k as u32) else {
+                            return 1;
+                        };
+                        while let Ok(msg) = r.recv() {
+                            got.store(msg.seq() + 1, Ordering::Release);
+                        }
+                    } else if let Some(h) = ring_handle {
+                        let Ok(mut r) = BroadcastReader::attach(h) else {
+                            return 1;
+                        };
+                        let mut n = 0;
+                        while let Ok(g) = r.recv() {
+                            std::hint::black_box(g.first());
+                            n += 1;
+                            got.store(n, Ordering::Release);
+                        }
+                    }
+                    0
+                })
+                .map_err(|e| e.to_string())?,
+            );
+        }
+        let wait = Duration::from_secs(20);
+        if let Some(b) = &mut chan {
+            b.wait_until_ready(wait).map_err(|e| e.to_string())?;
+        }
+        if let Some(w) = &mut ring {
+            w.wait_for_readers(readers as u32, Wait::timeout(wait))
+                .map_err(|e| e.to_string())?;
+        }
+        let msg = vec![7u8; size];
+        let warm = iters / 10 + 1;
+        let mut samples = Vec::with_capacity(iters as usize);
+        for i in 1..=warm + iters {
+            let t = Instant::now();
+            if let Some(b) = &mut chan {
+                b.send(&msg).map_err(|e| e.to_string())?;
+            }
+            if let Some(w) = &mut ring {
+                w.send(&msg).map_err(|e| e.to_string())?;
+            }
+            let mut spins = 0u32;
+            for k in 0..readers {
+                let got = map.at::<AtomicU64>(slot(k));
+                while got.load(Ordering::Acquire) < i {
+                    spins += 1;
+                    // Two cores: let the readers run.
+                    if spins.is_multiple_of(64) {
+                        std::thread::yield_now();
+                    }
+                    if t.elapsed() > wait {
+                        return Err(format!("reader {k} never took message {i}"));
+                    }
+                    std::hint::spin_loop();
+                }
+            }
+            if i > warm {
+                samples.push(t.elapsed().as_nanos() as f64);
+            }
+        }
+        drop(chan);
+        drop(ring);
+        for k in kids {
+            let _ = k.wait();
+        }
+        Ok(samples)
+    })();
+    match r {
+        Ok(s) => m.samples = s,
+        Err(e) => m.error = Some(e),
+    }
+    m
+}
+
+/// Rpc round trip: one small request to `workers` worker processes and
+/// every reply back, one sample per call, in ns (metric
+/// `latency_one_way_ns` of the pattern `channel-rpc`: the whole round
+/// trip). `raw`: the same fan-out and fan-in on the rings under it (a
+/// broadcast ring out, an MPMC ring back), without the Rpc's headers,
+/// hellos and bookkeeping.
+fn rpc(workers: usize, iters: u64, raw: bool) -> Measurement {
+    use shoal_channel::{Rpc, RpcOptions, RpcWorker};
+    use shoal_shm_ring::{BroadcastConfig, BroadcastReader, BroadcastWriter};
+    let system = if raw { "shm-ring" } else { "shoal" };
+    let mut m = Measurement::new(system, "channel-rpc", "park", "latency_one_way_ns")
+        .payload(64)
+        .readers(workers as u32)
+        .processes(workers as u32 + 1);
+    let r = (|| -> Result<Vec<f64>, String> {
+        let cap = 1u64 << 20;
+        let o = RpcOptions::new(workers as u32)
+            .capacity(cap)
+            .reply_capacity(cap);
+        let mut rpc_ = if raw {
+            None
+        } else {
+            Some(Rpc::create(&o).map_err(|e| e.to_string())?)
+        };
+        let (mut out, back) = if raw {
+            (
+                Some(
+                    BroadcastWriter::create(&BroadcastConfig::new(cap, workers as u32))
+                        .map_err(|e| e.to_string())?,
+                ),
+                Some(
+                    MpmcRing::create(&MpmcConfig::new(cap, workers as u32 + 1, 1))
+                        .map_err(|e| e.to_string())?,
+                ),
+            )
+        } else {
+            (None, None)
+        };
+        let handle = rpc_.as_ref().map(|r| r.handle().clone());
+        let out_handle = out.as_ref().map(|w| w.handle());
+        let mut kids = Vec::new();
+        for k in 0..workers {
+            let (handle, out_handle, back, o) = (&handle, &out_handle, &back, &o);
+            kids.push(
+                fork(move || {
+                    if let Some(h) = handle {
+                        let Ok(mut w) = RpcWorker::attach_with(h, k as u32, o) else {
+                            return 1;
+                        };
+                        if w.serve(|req| Ok(req.to_vec())).is_err() {
+                            return 1;
+                        }
+                    } else if let (Some(h), Some(b)) = (out_handle, back) {
+                        let (Ok(mut r), Ok(mut p)) = (
+                            BroadcastReader::attach(h),
+                            MpmcProducer::attach(&b.handle()),
+                        ) else {
+                            return 1;
+                        };
+                        while let Ok(g) = r.recv() {
+                            if p.send(&g).is_err() {
+                                return 1;
+                            }
+                        }
+                    }
+                    0
+                })
+                .map_err(|e| e.to_string())?,
+            );
+        }
+        let wait = Duration::from_secs(20);
+        if let Some(r) = &mut rpc_ {
+            r.wait_until_ready(wait).map_err(|e| e.to_string())?;
+        }
+        if let Some(w) = &mut out {
+            w.wait_for_readers(workers as u32, Wait::timeout(wait))
+                .map_err(|e| e.to_string())?;
+        }
+        let mut back_c = match &back {
+            Some(b) => Some(b.consumer().map_err(|e| e.to_string())?),
+            None => None,
+        };
+        let msg = [7u8; 64];
+        let warm = iters / 10 + 1;
+        let mut samples = Vec::with_capacity(iters as usize);
+        for i in 0..warm + iters {
+            let t = Instant::now();
+            if let Some(r) = &mut rpc_ {
+                let replies = r.call(&msg).map_err(|e| e.to_string())?;
+                if replies.len() != workers {
+                    return Err("replies missing".into());
+                }
+            }
+            if let (Some(w), Some(c)) = (&mut out, &mut back_c) {
+                w.send(&msg).map_err(|e| e.to_string())?;
+                for _ in 0..workers {
+                    let g = c
+                        .take_with(Wait::timeout(wait))
+                        .map_err(|e| e.to_string())?;
+                    std::hint::black_box(g.first());
+                }
+            }
+            if i >= warm {
+                samples.push(t.elapsed().as_nanos() as f64);
+            }
+        }
+        drop(rpc_);
+        drop(out);
+        for k in kids {
+            let _ = k.wait();
+        }
+        Ok(samples)
+    })();
+    match r {
+        Ok(s) => m.samples = s,
+        Err(e) => m.error = Some(e),
+    }
+    m
+}
+
 /// A small struct, as a typed message.
 #[derive(rkyv::Archive, rkyv::Serialize)]
 struct Small {
@@ -392,9 +630,20 @@ fn main() {
             Duration::from_millis(a.get("ms", 1000u64)),
             a.has("raw"),
         ),
+        "broadcast-latency" => broadcast_latency(
+            a.get("readers", 1usize).max(1),
+            a.get("size", 64usize),
+            a.get("iters", 2000u64),
+            a.has("raw"),
+        ),
+        "rpc" => rpc(
+            a.get("workers", 3usize).max(1),
+            a.get("iters", 2000u64),
+            a.has("raw"),
+        ),
         _ => {
             eprintln!(
-                "usage: channel workqueue --producers P --consumers C --size B --ms T [--raw] | broadcast --readers R --size B --ms T [--raw] | typed --iters N"
+                "usage: channel workqueue --producers P --consumers C --size B --ms T [--raw] | broadcast --readers R --size B --ms T [--raw] | broadcast-latency --readers R --size B --iters N [--raw] | rpc --workers W --iters N [--raw] | typed --iters N"
             );
             std::process::exit(2);
         }

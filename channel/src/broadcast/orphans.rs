@@ -17,15 +17,16 @@ use super::receiver::Core;
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// The orphans, and whether a reaper thread is running.
+/// The orphans, and the process whose reaper thread is running (a child
+/// made by `fork` inherits this state, not the thread).
 struct Orphans {
     cores: Vec<Core>,
-    running: bool,
+    running: Option<u32>,
 }
 
 static ORPHANS: Mutex<Orphans> = Mutex::new(Orphans {
     cores: Vec::new(),
-    running: false,
+    running: None,
 });
 
 fn lock() -> std::sync::MutexGuard<'static, Orphans> {
@@ -36,14 +37,15 @@ fn lock() -> std::sync::MutexGuard<'static, Orphans> {
 pub(super) fn adopt(core: Core) {
     let mut o = lock();
     o.cores.push(core);
-    if o.running {
+    let me = std::process::id();
+    if o.running == Some(me) {
         return;
     }
     let spawned = std::thread::Builder::new()
         .name("shoal-broadcast-reaper".into())
         .spawn(reap);
     match spawned {
-        Ok(_) => o.running = true,
+        Ok(_) => o.running = Some(me),
         // Nothing to run it on: the held records stay held (and the
         // reader attached) until the process exits, as if leaked.
         Err(e) => tracing::warn!(
@@ -56,6 +58,17 @@ pub(super) fn adopt(core: Core) {
 /// The reaper thread: looks at every orphan, frees those with nothing
 /// out, and ends when none is left.
 fn reap() {
+    /// Marks the reaper gone if a panic (in a reader's drop, say) ends
+    /// the thread, so the next adoption starts another.
+    struct Gone;
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                lock().running = None;
+            }
+        }
+    }
+    let _gone = Gone;
     let mut pause = Duration::from_millis(1);
     loop {
         std::thread::sleep(pause);
@@ -68,7 +81,7 @@ fn reap() {
             }
         }
         if o.cores.is_empty() {
-            o.running = false;
+            o.running = None;
             return;
         }
         pause = if o.cores.len() < before {

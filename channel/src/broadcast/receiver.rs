@@ -50,6 +50,10 @@ pub(super) struct Core {
 // Received); moving it to another thread moves that ownership whole. A
 // RingReader holds its mapping and plain state, with no thread affinity.
 unsafe impl Send for Core {}
+// SAFETY: through `&Core` only plain fields are read (the `out` mask, for
+// Debug) and the Inner's atomics; everything that touches the reader
+// takes `&mut Core`.
+unsafe impl Sync for Core {}
 
 impl Core {
     fn new(reader: RingReader) -> Core {
@@ -123,10 +127,10 @@ impl Core {
         None
     }
 
-    /// Hands out the record `held`, received just now.
+    /// Hands out the record `held`, received just now (by `reader()`,
+    /// which collected first: `out` is up to date).
     #[inline(always)]
     fn hand_out(&mut self, held: Held) -> Result<Received> {
-        self.collect();
         // SAFETY: as in `reader`.
         let r = unsafe { &mut *self.inner().reader.get() };
         let (ptr, len) = (held.as_ptr(), held.len());
@@ -282,8 +286,11 @@ impl BroadcastReceiver {
     /// at once: up to [`MAX_HELD`] small ones, fewer when what is held
     /// fills the ring or more than 8 are large (then the writer waits for
     /// the oldest to drop). A dropped [`Received`] goes back to the ring
-    /// at this receiver's next call, so drop what you hold before a long
-    /// pause between receives, or the writer may wait for it. A
+    /// at this receiver's next call (a receive, or
+    /// [`release_dropped`](Self::release_dropped)); a receiver that waits
+    /// for something else, long, while messages it handed out are dropped
+    /// in other threads, calls `release_dropped` so the writer does not
+    /// wait for them. A
     /// [`Received`] keeps this reader attached, even once the receiver is
     /// dropped. A dead writer ends the wait with
     /// [`WriterGone`](shoal_shm_ring::Error::WriterGone) once what it sent
@@ -364,6 +371,12 @@ impl BroadcastReceiver {
                 }
             }
         }
+    }
+
+    /// Gives back to the ring, now, every message handed out and dropped
+    /// since this receiver's last call (receives do it themselves).
+    pub fn release_dropped(&mut self) {
+        self.core.collect();
     }
 
     /// The next message if one is there now.
