@@ -71,6 +71,9 @@ pub enum Error {
         /// How long the caller waited.
         after: Duration,
     },
+    /// Options that cannot work together (said why).
+    #[error("bad options: {0}")]
+    BadOptions(String),
     /// A handle's text or bytes could not be read.
     #[error("bad channel handle: {0}")]
     BadHandle(String),
@@ -119,6 +122,10 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A network peer or endpoint failed (a remote reader's or writer's
+    /// connection; see the transport's error).
+    #[error("network: {0}")]
+    Net(shoal_transport::Error),
     /// The shared-memory ring failed (see the ring's error).
     #[error(transparent)]
     Ring(shoal_shm_ring::Error),

@@ -8,7 +8,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// The version of the channel protocols; part of [`format`].
-const PROTOCOL: u32 = 1;
+const PROTOCOL: u32 = 2;
 
 /// This build's channel format: the channel protocol version, the ring
 /// layout's ABI fingerprint and the rkyv format. Two builds share a
@@ -16,7 +16,7 @@ const PROTOCOL: u32 = 1;
 ///
 /// ```
 /// let f = shoal_channel::handle::format();
-/// assert!(f.starts_with("ch1.ring-"));
+/// assert!(f.starts_with("ch2.ring-"));
 /// assert!(!f.contains(' '));
 /// ```
 pub fn format() -> &'static str {
@@ -78,8 +78,10 @@ impl Kind {
 /// What another process needs to attach to a channel: its kind, where its
 /// shared memory is, and the format of the build that made it.
 ///
-/// Text form: `KIND@LOCATION?fmt=FORMAT`, for example
-/// `workqueue@shm://shoal-mq-3f2a…?fmt=ch1.ring-…`.
+/// Text form: `KIND@LOCATION?fmt=FORMAT&host=HEX[&remote=URL]`, for
+/// example `workqueue@shm://shoal-mq-3f2a…?fmt=ch2.ring-…&host=…`; a
+/// channel that takes peers on other hosts adds where they connect
+/// (`&remote=quic://10.0.0.1:4433?pin=…`).
 ///
 /// ```
 /// use shoal_channel::{Handle, QueueOptions, WorkQueue};
@@ -98,6 +100,13 @@ pub struct Handle {
     local: String,
     /// The format of the build that made the channel (see [`format`]).
     format: String,
+    /// The host of the process that made it (see
+    /// [`host_id`](crate::gather::host_id)): readers elsewhere use
+    /// `remote`.
+    host: u64,
+    /// Where peers on other hosts connect (a network address), if the
+    /// channel takes any.
+    remote: Option<String>,
 }
 
 impl Handle {
@@ -106,7 +115,27 @@ impl Handle {
             kind,
             local,
             format: format().to_string(),
+            host: crate::gather::host_id(),
+            remote: None,
         }
+    }
+
+    /// The handle, with `remote` where peers on other hosts connect.
+    pub(crate) fn with_remote(mut self, remote: String) -> Handle {
+        self.remote = Some(remote);
+        self
+    }
+
+    /// Where peers on other hosts connect, if the channel takes any.
+    pub fn remote(&self) -> Option<&str> {
+        self.remote.as_deref()
+    }
+
+    /// Whether the channel was made on another host than this one (then
+    /// its shared memory is not reachable here: peers use
+    /// [`remote`](Self::remote)).
+    pub fn is_elsewhere(&self) -> bool {
+        self.host != crate::gather::host_id()
     }
 
     /// The kind of channel it names.
@@ -137,6 +166,8 @@ impl Handle {
             kind,
             local: local.to_string(),
             format: self.format.clone(),
+            host: self.host,
+            remote: None,
         };
         Ok((part(Kind::Broadcast, req), part(Kind::Gather, rep)))
     }
@@ -223,7 +254,18 @@ pub const MAGIC: &[u8; 8] = b"SHOALCH\x01";
 
 impl fmt::Display for Handle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}@{}?fmt={}", self.kind.name(), self.local, self.format)
+        write!(
+            f,
+            "{}@{}?fmt={}&host={:016x}",
+            self.kind.name(),
+            self.local,
+            self.format,
+            self.host
+        )?;
+        match &self.remote {
+            Some(r) => write!(f, "&remote={r}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -234,25 +276,34 @@ impl FromStr for Handle {
         let (kind, rest) = s
             .trim()
             .split_once('@')
-            .ok_or_else(|| bad("expected KIND@LOCATION?fmt=FORMAT"))?;
-        let (local, theirs) = rest
+            .ok_or_else(|| bad("expected KIND@LOCATION?fmt=FORMAT&host=HEX"))?;
+        let (local, params) = rest
             .split_once("?fmt=")
             .ok_or_else(|| bad("no ?fmt= (the format of the build that made it)"))?;
+        // After the format: `&host=HEX`, then `&remote=URL` (last: a URL
+        // may hold anything).
+        let (params, remote) = match params.split_once("&remote=") {
+            Some((p, r)) if !r.is_empty() => (p, Some(r.to_string())),
+            Some(_) => return Err(bad("an empty &remote=")),
+            None => (params, None),
+        };
+        let (format, host) = match params.split_once("&host=") {
+            Some((f, h)) => (f, Some(h)),
+            None => (params, None),
+        };
+        let other_build = || Error::Incompatible {
+            ours: self::format().to_string(),
+            theirs: format.to_string(),
+        };
         let kind = match kind {
             "workqueue" => Kind::WorkQueue,
             "gather" => Kind::Gather,
             "broadcast" => Kind::Broadcast,
             "rpc" => Kind::Rpc,
             // A kind this build does not know: from another build?
-            _ if theirs != format() => {
-                return Err(Error::Incompatible {
-                    ours: format().to_string(),
-                    theirs: theirs.to_string(),
-                })
-            }
+            _ if format != self::format() => return Err(other_build()),
             _ => return Err(bad("unknown channel kind")),
         };
-        let format = theirs;
         let ring_ok = |l: &str| l.starts_with("shm://") && l.len() > "shm://".len();
         let located = match kind {
             Kind::Rpc => local
@@ -268,10 +319,21 @@ impl FromStr for Handle {
         if format.is_empty() || format.contains(char::is_whitespace) {
             return Err(bad("empty or malformed format"));
         }
+        let Some(host) = host else {
+            // Another build's handle (before hosts were named), or a
+            // broken one.
+            if format != self::format() {
+                return Err(other_build());
+            }
+            return Err(bad("no &host= (the host that made it)"));
+        };
+        let host = u64::from_str_radix(host, 16).map_err(|_| bad("a host that is not hex"))?;
         Ok(Handle {
             kind,
             local: local.to_string(),
             format: format.to_string(),
+            host,
+            remote,
         })
     }
 }

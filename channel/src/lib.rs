@@ -47,6 +47,7 @@
 //! - [`gather`]: the gather, its writers, and sender identities.
 //! - [`handle`]: the serializable handle other processes attach with (text
 //!   and rkyv), and the build fingerprint it carries.
+//! - `net`: the network endpoints of peers on other hosts (nng, QUIC).
 //! - `ready`: awaiting a ring from tokio (shared by every async form).
 //! - [`rpc`]: the Rpc's calling side, its workers, replies and requests.
 //! - [`workqueue`]: the work queue, its producers and consumers.
@@ -58,6 +59,7 @@ pub mod broadcast;
 pub mod error;
 pub mod gather;
 pub mod handle;
+mod net;
 mod ready;
 pub mod rpc;
 pub mod workqueue;

@@ -265,11 +265,11 @@ fn bad_handles_are_clear_errors() {
         );
     }
     // Another build's format.
-    let other = text.replace("?fmt=ch1.", "?fmt=ch9.");
+    let other = text.replace("?fmt=ch2.", "?fmt=ch9.");
     let h: Handle = other.parse().unwrap();
     match Consumer::attach(&h) {
         Err(Error::Incompatible { ours, theirs }) => {
-            assert!(ours.starts_with("ch1."));
+            assert!(ours.starts_with("ch2."));
             assert!(theirs.starts_with("ch9."));
         }
         other => panic!("expected Incompatible, got {other:?}"),
@@ -303,7 +303,7 @@ fn bad_handles_are_clear_errors() {
     // A kind this build does not know, from another build.
     let newer = text
         .replacen("workqueue@", "broadcast2@", 1)
-        .replace("?fmt=ch1.", "?fmt=ch2.");
+        .replace("?fmt=ch2.", "?fmt=ch3.");
     assert!(matches!(
         newer.parse::<Handle>(),
         Err(Error::Incompatible { .. })
@@ -327,7 +327,7 @@ fn a_ring_of_another_kind_or_format_is_refused_by_name() {
     let forged = text.replace(&q.ring_handle().to_string(), &ring.handle().to_string());
     let h: Handle = forged.parse().unwrap();
     match Consumer::attach(&h) {
-        Err(Error::Incompatible { ours, .. }) => assert!(ours.starts_with("shoal-wq1")),
+        Err(Error::Incompatible { ours, .. }) => assert!(ours.starts_with("shoal-wq2")),
         other => panic!("expected Incompatible, got {other:?}"),
     }
 }

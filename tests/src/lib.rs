@@ -20,9 +20,16 @@ const ARGS: &str = "SHOAL_TEST_ARGS";
 /// binary must have a `child_main` test that calls [`child`]).
 pub fn spawn(role: &str, args: &[String]) -> Peer {
     let exe = std::env::current_exe().expect("current_exe");
-    let mut child = Command::new(exe)
-        .args(["--exact", "child_main", "--nocapture", "--test-threads=1"])
-        .env(ROLE, role)
+    let mut cmd = Command::new(exe);
+    cmd.args(["--exact", "child_main", "--nocapture", "--test-threads=1"])
+        .env(ROLE, role);
+    spawn_command(cmd, args)
+}
+
+/// Spawns `cmd` (this test binary, as a role: for example a network
+/// namespace's `self_command`) with `args`, reading its stdout.
+pub fn spawn_command(mut cmd: Command, args: &[String]) -> Peer {
+    let mut child = cmd
         .env(ARGS, args.join("\x1f"))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

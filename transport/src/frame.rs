@@ -253,6 +253,49 @@ impl<'a> Frame<'a> {
         }
     }
 
+    /// The frame, free of what it borrowed: a network buffer (owned or
+    /// shared) moves as it is; bytes in a caller's buffer or a ring are
+    /// copied out (the ring record is released). Topic and sender stay.
+    ///
+    /// ```
+    /// use shoal_transport::Frame;
+    /// let bytes = vec![1u8, 2, 3];
+    /// let f: Frame<'static> = Frame::from_bytes(&bytes).into_static();
+    /// drop(bytes);
+    /// assert_eq!(&*f, &[1, 2, 3]);
+    /// ```
+    pub fn into_static(self) -> Frame<'static> {
+        let Frame { bytes, topic, peer } = self;
+        let (bytes, topic) = match bytes {
+            Bytes::Owned(b, r) => (Bytes::Owned(b, r), topic),
+            Bytes::Shared(b, t, p) => (Bytes::Shared(b, t, p), topic),
+            Bytes::Slice(s) => {
+                let n = s.len();
+                (Bytes::Owned(AlignedBuf::copy_from(s), 0..n), topic)
+            }
+            #[cfg(feature = "shm")]
+            Bytes::Ring(g, t, p) => {
+                let n = p.len();
+                let topic = (!t.is_empty()).then(|| AlignedBuf::copy_from(&g[t]));
+                (Bytes::Owned(AlignedBuf::copy_from(&g[p]), 0..n), topic)
+            }
+            #[cfg(feature = "shm")]
+            Bytes::Taken(g, t, p) => {
+                let n = p.len();
+                let topic = (!t.is_empty()).then(|| AlignedBuf::copy_from(&g[t]));
+                (Bytes::Owned(AlignedBuf::copy_from(&g[p]), 0..n), topic)
+            }
+        };
+        Frame { bytes, topic, peer }
+    }
+
+    /// [`into_static`](Self::into_static), as a value that can move to
+    /// another thread (a frame in a ring cannot: its guard belongs to the
+    /// reader's thread; this one never holds one).
+    pub fn into_owned(self) -> OwnedFrame {
+        OwnedFrame(self.into_static())
+    }
+
     /// Whether the frame reads its bytes where they arrived (no copy was
     /// made): in a caller's buffer, a ring, or the network buffer they
     /// were received in.
@@ -401,6 +444,33 @@ impl Frame<'static> {
             f.topic = Some(AlignedBuf::copy_from(&bytes[topic]));
             Ok(f)
         }
+    }
+}
+
+/// A frame that owns its bytes (or shares a network buffer), made by
+/// [`Frame::into_owned`]; unlike a frame over a ring record, it can move
+/// between threads. Derefs to the [`Frame`].
+#[derive(Debug)]
+pub struct OwnedFrame(Frame<'static>);
+
+// SAFETY: `into_static` makes only `Bytes::Owned` (an AlignedBuf, plain
+// heap bytes) or keeps `Bytes::Shared` (an `Arc<dyn AsRef<[u8]> + Send +
+// Sync>`), both Send; the topic is an AlignedBuf and the peer a u64. The
+// variants that are not Send (a ring's guard) are never in an OwnedFrame.
+// What would break this: a new `Bytes` variant that `into_static` keeps.
+unsafe impl Send for OwnedFrame {}
+
+impl OwnedFrame {
+    /// The frame.
+    pub fn into_inner(self) -> Frame<'static> {
+        self.0
+    }
+}
+
+impl Deref for OwnedFrame {
+    type Target = Frame<'static>;
+    fn deref(&self) -> &Frame<'static> {
+        &self.0
     }
 }
 

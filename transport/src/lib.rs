@@ -92,7 +92,9 @@ pub mod fuzzing {
 pub use address::{Address, Backend};
 pub use envelope::{Decoder, Header, Kind, HEADER_LEN};
 pub use error::{Error, Result};
-pub use frame::{archive_into, AlignedBuf, Archivable, Archived, Frame, PeerId, ARCHIVE_ALIGN};
+pub use frame::{
+    archive_into, AlignedBuf, Archivable, Archived, Frame, OwnedFrame, PeerId, ARCHIVE_ALIGN,
+};
 pub use inproc::InProc;
 #[cfg(feature = "nng")]
 pub use nng::{Nng, NngPublisher, NngPuller, NngPusher, NngReplier, NngRequester, NngSubscriber};

@@ -44,7 +44,8 @@ fn has_nextest() -> bool {
 
 /// The optional backends the tests and benchmarks build in (their
 /// system tools are provisioned by [`provision`]).
-const FEATURES: &str = "shoal-transport/nng,shoal-transport/quic";
+const FEATURES: &str =
+    "shoal-transport/nng,shoal-transport/quic,shoal-channel/nng,shoal-channel/quic,shoal-tests/nng,shoal-tests/quic";
 
 /// Installs what the optional backends' builds need and a fresh machine
 /// lacks: cmake for nng's vendored C build (`pip install cmake`, about two

@@ -243,6 +243,29 @@ fn cells(quick: bool) -> Vec<Cell> {
         .collect();
     let bc: Vec<&str> = bc.iter().map(String::as_str).collect();
     v.push(cell("channel broadcast", r - 1, &bc));
+    // Broadcast latency (a send until every reader has it, one message at
+    // a time; readers park between messages) by readers and size, beside
+    // the raw ring.
+    let lat_iters = if quick { 300 } else { 2000 };
+    let bl: Vec<String> = [(1, 64usize), (3, 64), (7, 64), (1, 1 << 20), (3, 1 << 20)]
+        .iter()
+        .flat_map(|(readers, size)| {
+            let base = format!(
+                "channel broadcast-latency --readers {readers} --size {size} --iters {lat_iters}"
+            );
+            [base.clone(), format!("{base} --raw")]
+        })
+        .collect();
+    let bl: Vec<&str> = bl.iter().map(String::as_str).collect();
+    v.push(cell("channel broadcast latency", r - 1, &bl));
+    // Rpc round trip to 3 worker processes, beside the same fan-out and
+    // fan-in on the raw rings.
+    let rpc = format!("channel rpc --workers 3 --iters {lat_iters}");
+    v.push(cell(
+        "channel rpc 3 workers",
+        r - 1,
+        &[&rpc, &format!("{rpc} --raw")],
+    ));
     v.push(cell(
         "idle reader CPU and wake-ups",
         1,

@@ -20,12 +20,14 @@
 
 use crate::error::{Error, Result};
 use crate::handle::{ring_tag, Handle, Kind};
+use crate::net::{self, NetPublisher};
 use shoal_shm_ring::{BroadcastConfig, BroadcastWriter, Error as RingError, PeerOptions, Wait};
 use shoal_transport::{archive_into, Archivable, Archived};
 use std::time::Duration;
 
 mod orphans;
 mod receiver;
+mod remote;
 
 pub use receiver::{BroadcastReceiver, Received};
 
@@ -57,6 +59,18 @@ pub struct BroadcastOptions {
     pub recv_timeout: Option<Duration>,
     /// How endpoints judge their peers.
     pub peer: PeerOptions,
+    /// How many of the readers are on other hosts (they read through the
+    /// network publisher at [`remote`](Self::remote)). Default 0.
+    pub remote_readers: u32,
+    /// Where the writer binds the publisher its remote readers connect to
+    /// (`nng+tcp://IP:PORT`, `quic://IP:PORT`; port 0: any free one),
+    /// given with an address of an interface the readers reach. Carried
+    /// in the handle, with the port bound and QUIC's certificate pin.
+    /// Default `None`: readers on this host only.
+    pub remote: Option<String>,
+    /// The network endpoints' options (largest message, connect and stall
+    /// timeouts); the send timeout is the broadcast's.
+    pub net: shoal_transport::Options,
 }
 
 impl BroadcastOptions {
@@ -68,7 +82,32 @@ impl BroadcastOptions {
             send_timeout: None,
             recv_timeout: None,
             peer: PeerOptions::default(),
+            remote_readers: 0,
+            remote: None,
+            net: shoal_transport::Options::default(),
         }
+    }
+    /// Sets [`remote_readers`](Self::remote_readers) and where they
+    /// connect ([`remote`](Self::remote)).
+    pub fn remote(mut self, readers: u32, bind: &str) -> Self {
+        self.remote_readers = readers;
+        self.remote = Some(bind.to_string());
+        self
+    }
+    /// Sets [`net`](Self::net).
+    pub fn net(mut self, o: shoal_transport::Options) -> Self {
+        self.net = o;
+        self
+    }
+    /// The readers on this host.
+    fn local_readers(&self) -> u32 {
+        self.readers.saturating_sub(self.remote_readers)
+    }
+    /// The network options of its endpoints.
+    pub(crate) fn net_options(&self) -> shoal_transport::Options {
+        let mut o = self.net.clone().send_timeout(self.send_timeout);
+        o.max_peers = o.max_peers.max(self.remote_readers);
+        o
     }
     /// Sets [`capacity`](Self::capacity).
     pub fn capacity(mut self, bytes: u64) -> Self {
@@ -135,6 +174,8 @@ pub struct Broadcast {
     /// The next message's sequence number.
     seq: u64,
     hint: usize,
+    /// The publisher of the remote readers, if any.
+    net: Option<NetPublisher>,
 }
 
 impl std::fmt::Debug for Broadcast {
@@ -147,19 +188,44 @@ impl std::fmt::Debug for Broadcast {
 }
 
 impl Broadcast {
-    /// Creates a broadcast for `opts.readers` readers.
+    /// Creates a broadcast for `opts.readers` readers, of which
+    /// `opts.remote_readers` on other hosts (then it binds its publisher
+    /// at `opts.remote`).
     pub fn create(opts: &BroadcastOptions) -> Result<Broadcast> {
-        let cfg = BroadcastConfig::new(opts.capacity, opts.readers.max(1))
+        if opts.remote_readers > opts.readers {
+            return Err(Error::BadOptions(format!(
+                "{} remote readers of {} in all",
+                opts.remote_readers, opts.readers
+            )));
+        }
+        let net = match (&opts.remote, opts.remote_readers) {
+            (Some(url), _) => Some(NetPublisher::bind(
+                &net::address(url)?,
+                &opts.net_options(),
+            )?),
+            (None, 0) => None,
+            (None, n) => {
+                return Err(Error::BadOptions(format!(
+                    "{n} remote readers, but no address to publish at (BroadcastOptions::remote)"
+                )))
+            }
+        };
+        let cfg = BroadcastConfig::new(opts.capacity, opts.local_readers().max(1))
             .payload_format(ring_tag(Kind::Broadcast).as_bytes())
             .peer_options(opts.peer);
         let writer = BroadcastWriter::create(&cfg)?;
-        let handle = Handle::new(Kind::Broadcast, writer.handle().to_string());
+        let mut handle = Handle::new(Kind::Broadcast, writer.handle().to_string());
+        let mut net = net;
+        if let Some(p) = &mut net {
+            handle = handle.with_remote(p.address().to_string());
+        }
         Ok(Broadcast {
             writer,
             handle,
             opts: opts.clone(),
             seq: 0,
             hint: MIN_HINT,
+            net,
         })
     }
 
@@ -170,43 +236,96 @@ impl Broadcast {
 
     /// Waits until every reader of the options joined (up to `timeout`)
     /// and makes them active: every message sent afterwards reaches each
-    /// of them. [`Error::ReadersMissing`] says how many never came.
+    /// of them. [`Error::ReadersMissing`] says how many came.
     pub fn wait_until_ready(&mut self, timeout: Duration) -> Result<()> {
-        let n = self.opts.readers;
-        match self.writer.wait_for_readers(n, Wait::timeout(timeout)) {
-            Ok(_) => Ok(()),
-            Err(RingError::Timeout | RingError::WouldBlock) => Err(Error::ReadersMissing {
-                expected: n,
-                joined: self.writer.active_readers(),
-                after: timeout,
-            }),
-            Err(e) => Err(e.into()),
+        let end = std::time::Instant::now() + timeout;
+        let (local, remote) = (self.opts.local_readers(), self.opts.remote_readers);
+        let missing = |joined| Error::ReadersMissing {
+            expected: local + remote,
+            joined,
+            after: timeout,
+        };
+        match self.writer.wait_for_readers(local, Wait::timeout(timeout)) {
+            Ok(_) => {}
+            Err(RingError::Timeout | RingError::WouldBlock) => {
+                let far = self.remote_now();
+                return Err(missing(self.writer.active_readers() + far));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let Some(p) = &mut self.net else {
+            return Ok(());
+        };
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        match p.wait_for_subscribers(remote, left) {
+            Ok(n) if n >= remote => Ok(()),
+            Ok(n) => Err(missing(local + n)),
+            Err(Error::Net(shoal_transport::Error::Timeout { .. })) => {
+                let far = self.remote_now();
+                Err(missing(local + far))
+            }
+            Err(e) => Err(e),
         }
     }
 
-    /// Readers active now.
-    pub fn active_readers(&self) -> u32 {
-        self.writer.active_readers()
+    /// Remote readers connected now.
+    fn remote_now(&mut self) -> u32 {
+        match &mut self.net {
+            Some(p) => p.wait_for_subscribers(0, Duration::ZERO).unwrap_or(0),
+            None => 0,
+        }
+    }
+
+    /// Readers active now (local ones; remote ones once they connected).
+    pub fn active_readers(&mut self) -> u32 {
+        self.writer.active_readers() + self.remote_now()
+    }
+
+    /// Whether local readers take the ring's copy (else only remote
+    /// readers read: nothing goes into the ring).
+    fn has_local(&self) -> bool {
+        self.opts.local_readers() > 0 || self.net.is_none()
     }
 
     /// Sends `msg` to every reader, waiting for room (up to the send
-    /// timeout). Returns its sequence number.
+    /// timeout): local readers first, then remote ones. Returns its
+    /// sequence number. A send that fails reached nobody, except when the
+    /// network failed it: then the local readers have it (its number is
+    /// used) and some remote ones may.
     pub fn send(&mut self, msg: &[u8]) -> Result<u64> {
         let head = self.head();
-        let timeout = self.opts.send_timeout;
-        let mut r = self
-            .writer
-            .reserve_with(HEAD + msg.len(), wait_for(timeout))
-            .map_err(|e| ring_error(e, "room in the broadcast", timeout))?;
-        r[..HEAD].copy_from_slice(&head);
-        r[HEAD..HEAD + msg.len()].copy_from_slice(msg);
-        r.commit(HEAD + msg.len())?;
-        Ok(self.sent())
+        if self.has_local() {
+            let timeout = self.opts.send_timeout;
+            let mut r = self
+                .writer
+                .reserve_with(HEAD + msg.len(), wait_for(timeout))
+                .map_err(|e| ring_error(e, "room in the broadcast", timeout))?;
+            r[..HEAD].copy_from_slice(&head);
+            r[HEAD..HEAD + msg.len()].copy_from_slice(msg);
+            r.commit(HEAD + msg.len())?;
+        }
+        let seq = self.sent();
+        if let Some(p) = &mut self.net {
+            // The header's sequence number travels as the topic.
+            p.publish(&head[..8], msg)?;
+        }
+        Ok(seq)
     }
 
     /// Sends `value` as an rkyv archive serialized straight into the ring
-    /// (the serialization is the one copy). Returns its sequence number.
+    /// (the serialization is the one copy; remote readers are sent it
+    /// from there). Returns its sequence number. A send that fails
+    /// reached no local reader; some remote ones may have it.
     pub fn send_value<T: Archivable>(&mut self, value: &T) -> Result<u64> {
+        if !self.has_local() {
+            let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(value).map_err(|e| {
+                Error::Archive(shoal_transport::Error::Serialize {
+                    type_name: std::any::type_name::<T>(),
+                    reason: e.to_string(),
+                })
+            })?;
+            return self.send(&bytes);
+        }
         let head = self.head();
         let timeout = self.opts.send_timeout;
         let spilled = {
@@ -217,6 +336,11 @@ impl Broadcast {
             r[..HEAD].copy_from_slice(&head);
             match archive_into(value, &mut r[HEAD..]).map_err(Error::Archive)? {
                 Archived::InPlace(n) => {
+                    // Remote readers first, from the ring: a network
+                    // failure leaves the record uncommitted.
+                    if let Some(p) = &mut self.net {
+                        p.publish(&head[..8], &r[HEAD..HEAD + n])?;
+                    }
                     r.commit(HEAD + n)?;
                     self.hint = self.fit_hint(n);
                     return Ok(self.sent());

@@ -164,10 +164,14 @@ impl Core {
         self.tickets[k] = held.position();
         self.out |= 1 << k;
         Ok(Received {
-            inner: self.inner,
-            slot: k,
-            ptr,
-            len,
+            owner: Owner::Ring {
+                inner: self.inner,
+                slot: k,
+            },
+            // SAFETY: `len >= HEAD` (checked above): the message after the
+            // header is inside the record.
+            ptr: unsafe { ptr.add(HEAD) },
+            len: len - HEAD,
             seq,
         })
     }
@@ -204,11 +208,27 @@ impl Slices {
     }
 }
 
-/// A reading end of a broadcast, in any process.
+/// A reading end of a broadcast, in any process: on the writer's host,
+/// through its ring; elsewhere, through its network publisher.
 pub struct BroadcastReceiver {
+    src: Src,
+    index: u32,
+}
+
+/// Where a receiver reads.
+// The ring's reader (the hot path) stays inline; a remote one is small.
+#[allow(clippy::large_enum_variant)]
+enum Src {
+    /// The ring, on the writer's host.
+    Local(Local),
+    /// The network publisher, from another host.
+    Remote(super::remote::Remote),
+}
+
+/// A receiver of the ring.
+struct Local {
     /// Taken only by `drop`.
     core: ManuallyDrop<Core>,
-    index: u32,
     recv_timeout: Option<Duration>,
     /// Awaited by `recv_async` (made on first use).
     ready: Option<crate::ready::Ready>,
@@ -216,10 +236,13 @@ pub struct BroadcastReceiver {
 
 impl std::fmt::Debug for BroadcastReceiver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BroadcastReceiver")
-            .field("index", &self.index)
-            .field("held", &self.core.out.count_ones())
-            .finish_non_exhaustive()
+        let mut d = f.debug_struct("BroadcastReceiver");
+        d.field("index", &self.index);
+        match &self.src {
+            Src::Local(l) => d.field("held", &l.core.out.count_ones()),
+            Src::Remote(_) => d.field("remote", &true),
+        };
+        d.finish_non_exhaustive()
     }
 }
 
@@ -230,12 +253,18 @@ impl BroadcastReceiver {
         BroadcastReceiver::attach_with(handle, index, &BroadcastOptions::new(1))
     }
 
-    /// Attaches with `opts` (its receive timeout and peer options).
+    /// Attaches with `opts` (its receive timeout, peer and network
+    /// options): through the ring on the writer's host, through the
+    /// network from another (see [`Handle::is_elsewhere`]; the writer must
+    /// have taken remote readers).
     pub fn attach_with(
         handle: &Handle,
         index: u32,
         opts: &BroadcastOptions,
     ) -> Result<BroadcastReceiver> {
+        if handle.is_elsewhere() {
+            return BroadcastReceiver::attach_remote(handle, index, opts);
+        }
         let ring = handle.ring(Kind::Broadcast)?;
         let ro = ReaderOptions {
             peer: opts.peer,
@@ -243,10 +272,26 @@ impl BroadcastReceiver {
         };
         let reader = RingReader::attach_with(&ring, &ro).map_err(crate::error::attach_error)?;
         Ok(BroadcastReceiver {
-            core: ManuallyDrop::new(Core::new(reader)),
+            src: Src::Local(Local {
+                core: ManuallyDrop::new(Core::new(reader)),
+                recv_timeout: opts.recv_timeout,
+                ready: None,
+            }),
             index,
-            recv_timeout: opts.recv_timeout,
-            ready: None,
+        })
+    }
+
+    /// Attaches as a remote reader (through the writer's network
+    /// publisher), wherever this process runs: [`Error::BadHandle`] when
+    /// the writer took no remote readers.
+    pub fn attach_remote(
+        handle: &Handle,
+        index: u32,
+        opts: &BroadcastOptions,
+    ) -> Result<BroadcastReceiver> {
+        Ok(BroadcastReceiver {
+            src: Src::Remote(super::remote::Remote::connect(handle, opts)?),
+            index,
         })
     }
 
@@ -255,6 +300,67 @@ impl BroadcastReceiver {
         self.index
     }
 
+    /// Whether it reads through the network.
+    pub fn is_remote(&self) -> bool {
+        matches!(self.src, Src::Remote(_))
+    }
+
+    /// The next message, waiting for it (up to the receive timeout).
+    ///
+    /// Held in place until the returned value drops; several can be held
+    /// at once: up to [`MAX_HELD`] small ones, fewer when what is held
+    /// fills the ring or more than 8 are large (then the writer waits for
+    /// the oldest to drop). A dropped [`Received`] goes back to the ring
+    /// at this receiver's next call (a receive, or
+    /// [`release_dropped`](Self::release_dropped)); a receiver that waits
+    /// for something else, long, while messages it handed out are dropped
+    /// in other threads, calls `release_dropped` so the writer does not
+    /// wait for them. A [`Received`] keeps this reader attached, even
+    /// once the receiver is dropped. A dead writer ends the wait with
+    /// [`WriterGone`](shoal_shm_ring::Error::WriterGone) once what it sent
+    /// was received; a writer that closed (dropped its [`Broadcast`]),
+    /// with the ring's `Closed`. A remote reader holds its messages in
+    /// its own memory (what the network brought), as many as it likes.
+    ///
+    /// [`Broadcast`]: super::Broadcast
+    #[inline]
+    pub fn recv(&mut self) -> Result<Received> {
+        match &mut self.src {
+            Src::Local(l) => l.recv(),
+            Src::Remote(r) => r.recv(),
+        }
+    }
+
+    /// The next message, awaited without blocking the thread (up to the
+    /// receive timeout). Cancel-safe: dropped before it returned, nothing
+    /// was received.
+    pub async fn recv_async(&mut self) -> Result<Received> {
+        match &mut self.src {
+            Src::Local(l) => l.recv_async().await,
+            Src::Remote(r) => r.recv_async().await,
+        }
+    }
+
+    /// The next message if one is there now.
+    #[inline]
+    pub fn try_recv(&mut self) -> Result<Option<Received>> {
+        match &mut self.src {
+            Src::Local(l) => l.look(),
+            Src::Remote(r) => r.try_recv(),
+        }
+    }
+
+    /// Gives back to the ring, now, every message handed out and dropped
+    /// since this receiver's last call (receives do it themselves;
+    /// nothing to do for a remote reader).
+    pub fn release_dropped(&mut self) {
+        if let Src::Local(l) = &mut self.src {
+            l.core.collect();
+        }
+    }
+}
+
+impl Local {
     /// One look: the next message if one is there now.
     #[inline]
     fn look(&mut self) -> Result<Option<Received>> {
@@ -280,23 +386,9 @@ impl BroadcastReceiver {
         Err(RingError::WriterGone { pid }.into())
     }
 
-    /// The next message, waiting for it (up to the receive timeout).
-    ///
-    /// Held in place until the returned value drops; several can be held
-    /// at once: up to [`MAX_HELD`] small ones, fewer when what is held
-    /// fills the ring or more than 8 are large (then the writer waits for
-    /// the oldest to drop). A dropped [`Received`] goes back to the ring
-    /// at this receiver's next call (a receive, or
-    /// [`release_dropped`](Self::release_dropped)); a receiver that waits
-    /// for something else, long, while messages it handed out are dropped
-    /// in other threads, calls `release_dropped` so the writer does not
-    /// wait for them. A
-    /// [`Received`] keeps this reader attached, even once the receiver is
-    /// dropped. A dead writer ends the wait with
-    /// [`WriterGone`](shoal_shm_ring::Error::WriterGone) once what it sent
-    /// was received.
+    /// See [`BroadcastReceiver::recv`].
     #[inline]
-    pub fn recv(&mut self) -> Result<Received> {
+    fn recv(&mut self) -> Result<Received> {
         // The common case inline: a message is there.
         match self.core.reader().try_recv_held() {
             Ok(Some(h)) => self.core.hand_out(h),
@@ -341,10 +433,8 @@ impl BroadcastReceiver {
         }
     }
 
-    /// The next message, awaited without blocking the thread (up to the
-    /// receive timeout). Cancel-safe: dropped before it returned, nothing
-    /// was received.
-    pub async fn recv_async(&mut self) -> Result<Received> {
+    /// See [`BroadcastReceiver::recv_async`].
+    async fn recv_async(&mut self) -> Result<Received> {
         const WHAT: &str = "a broadcast message";
         let deadline = crate::ready::deadline(self.recv_timeout);
         let mut slices = Slices::new();
@@ -372,21 +462,9 @@ impl BroadcastReceiver {
             }
         }
     }
-
-    /// Gives back to the ring, now, every message handed out and dropped
-    /// since this receiver's last call (receives do it themselves).
-    pub fn release_dropped(&mut self) {
-        self.core.collect();
-    }
-
-    /// The next message if one is there now.
-    #[inline]
-    pub fn try_recv(&mut self) -> Result<Option<Received>> {
-        self.look()
-    }
 }
 
-impl Drop for BroadcastReceiver {
+impl Drop for Local {
     fn drop(&mut self) {
         // SAFETY: `core` is taken here only, once, and not used after.
         let core = unsafe { ManuallyDrop::take(&mut self.core) };
@@ -398,24 +476,60 @@ impl Drop for BroadcastReceiver {
     }
 }
 
-/// A message a reader received: in place in shared memory until dropped,
-/// with its sequence number. Derefs to its bytes.
+/// A message a reader received: in place in shared memory until dropped
+/// (a remote reader's: in the buffer the network brought it in), with its
+/// sequence number. Derefs to its bytes.
 pub struct Received {
-    /// The Inner of the Core that handed it out (alive until this value's
-    /// drop stores its flag: see [`Core::try_free`]).
-    inner: NonNull<Inner>,
-    /// Its ticket's slot in the Core.
-    slot: usize,
+    owner: Owner,
+    /// The message's bytes (after the header).
     ptr: *const u8,
     len: usize,
     seq: u64,
 }
 
-// SAFETY: a Received's bytes are immutable while it lives (the record is
-// held: the writer does not reuse it until the owner sees this value's
-// flag), and its Inner (the mapping's owner) lives until then; it touches
-// nothing else but its slot's flag, an atomic, so any thread may read or
-// drop it.
+/// What keeps a [`Received`]'s bytes.
+enum Owner {
+    /// A ring record, held.
+    Ring {
+        /// The Inner of the Core that handed it out (alive until this
+        /// value's drop stores its flag: see [`Core::try_free`]).
+        inner: NonNull<Inner>,
+        /// Its ticket's slot in the Core.
+        slot: usize,
+    },
+    /// A network buffer, owned (its heap bytes do not move with it).
+    Net(#[allow(dead_code)] shoal_transport::OwnedFrame),
+}
+
+impl Received {
+    /// A message a remote reader received: `frame` carries the message,
+    /// its topic the sequence number.
+    pub(super) fn remote(frame: shoal_transport::OwnedFrame) -> Result<Received> {
+        let seq = frame
+            .topic()
+            .try_into()
+            .ok()
+            .map(u64::from_le_bytes)
+            .ok_or(Error::Malformed {
+                what: "a broadcast message whose topic is not its 8-byte sequence number",
+                len: frame.topic().len(),
+            })?;
+        let (ptr, len) = (frame.as_ptr(), frame.len());
+        Ok(Received {
+            owner: Owner::Net(frame),
+            ptr,
+            len,
+            seq,
+        })
+    }
+}
+
+// SAFETY: a Received's bytes are immutable while it lives: a ring
+// record's because it is held (the writer does not reuse it until the
+// owner sees this value's flag) and its Inner (the mapping's owner) lives
+// until then; a network frame's because this value owns it (an
+// OwnedFrame is Send). Dropping touches nothing else but a ring slot's
+// flag, an atomic, so any thread may read or drop it.
 unsafe impl Send for Received {}
 // SAFETY: shared references only read the immutable bytes (see above).
 unsafe impl Sync for Received {}
@@ -449,26 +563,30 @@ impl Received {
 impl std::ops::Deref for Received {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        // SAFETY: `ptr..ptr+len` are the held record's bytes (at least
-        // HEAD long, checked when received), in the mapping of the reader
-        // in `inner`, which is not freed (nor the record given back, nor
-        // an overflow record's pinned mapping dropped) before this value's
-        // drop stores its flag. What breaks this: a malicious same-uid
-        // process writing the segment.
-        unsafe { std::slice::from_raw_parts(self.ptr.add(HEAD), self.len - HEAD) }
+        // SAFETY: `ptr..ptr+len` are the message's bytes: in a held ring
+        // record, in the mapping of the reader in `inner`, which is not
+        // freed (nor the record given back, nor an overflow record's
+        // pinned mapping dropped) before this value's drop stores its
+        // flag; or in the heap buffer of the frame this value owns (moving
+        // the frame does not move them). What breaks this: a malicious
+        // same-uid process writing the segment.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
 }
 
 impl Drop for Received {
     #[inline]
     fn drop(&mut self) {
+        let Owner::Ring { inner, slot } = &self.owner else {
+            return; // a network frame: dropped with this value
+        };
         // SAFETY: the Inner lives until the owner sees this flag (see
-        // `Core::try_free`); this store is this value's last access to it (as
-        // in `Arc`'s drop, the owner may free it as soon as the store is
-        // visible; nothing here touches it after).
-        let inner = unsafe { self.inner.as_ref() };
+        // `Core::try_free`); this store is this value's last access to it
+        // (as in `Arc`'s drop, the owner may free it as soon as the store
+        // is visible; nothing here touches it after).
+        let inner = unsafe { inner.as_ref() };
         // SYNC W(drop): Release: the reads of the record happen before
         // the owner gives it back to the ring (its Acquire load).
-        inner.released[self.slot].store(true, Ordering::Release);
+        inner.released[*slot].store(true, Ordering::Release);
     }
 }

@@ -1,0 +1,137 @@
+//! A Broadcast with local and remote readers on one host: remote readers
+//! attach through the writer's network publisher (loopback here; across
+//! network namespaces in the workspace's `tests/`), and get what the
+//! ring's readers get, in the same order, typed messages in place too.
+
+use shoal_channel::{Broadcast, BroadcastOptions, BroadcastReceiver, Error};
+use std::time::Duration;
+
+const SEC: Duration = Duration::from_secs(1);
+
+fn opts(readers: u32) -> BroadcastOptions {
+    BroadcastOptions::new(readers)
+        .capacity(1 << 16)
+        .recv_timeout(Some(20 * SEC))
+        .send_timeout(Some(20 * SEC))
+}
+
+#[cfg(any(feature = "nng", feature = "quic"))]
+fn mixed(bind: &str) {
+    #[derive(rkyv::Archive, rkyv::Serialize)]
+    struct Step {
+        n: u64,
+        tokens: Vec<u32>,
+    }
+    let o = opts(3).remote(2, bind);
+    let mut b = Broadcast::create(&o).unwrap();
+    let h = b.handle().clone();
+    assert!(h.remote().is_some());
+    // This host's readers would read the ring; these two are made remote.
+    let readers: Vec<BroadcastReceiver> = vec![
+        BroadcastReceiver::attach_with(&h, 0, &o).unwrap(),
+        BroadcastReceiver::attach_remote(&h, 1, &o).unwrap(),
+        BroadcastReceiver::attach_remote(&h, 2, &o).unwrap(),
+    ];
+    assert_eq!(
+        readers.iter().map(|r| r.is_remote()).collect::<Vec<_>>(),
+        [false, true, true]
+    );
+    b.wait_until_ready(10 * SEC).unwrap();
+    let threads: Vec<_> = readers
+        .into_iter()
+        .map(|mut r| {
+            std::thread::spawn(move || {
+                let mut held = Vec::new();
+                for n in 0..200u64 {
+                    let m = r.recv().unwrap();
+                    assert_eq!(m.seq(), n);
+                    if n % 2 == 0 {
+                        assert_eq!(&*m, &vec![n as u8; (n as usize * 97) % 5000][..]);
+                    } else {
+                        let s = m.archived::<Step>().unwrap();
+                        assert_eq!(s.n, n);
+                        assert_eq!(s.tokens.len(), n as usize);
+                    }
+                    // Several held at once, local or remote.
+                    held.push(m);
+                    if held.len() > 5 {
+                        held.remove(0);
+                    }
+                }
+                drop(held);
+                matches!(r.recv(), Err(Error::Ring(shoal_shm_ring::Error::Closed)))
+            })
+        })
+        .collect();
+    for n in 0..200u64 {
+        let seq = if n % 2 == 0 {
+            b.send(&vec![n as u8; (n as usize * 97) % 5000]).unwrap()
+        } else {
+            b.send_value(&Step {
+                n,
+                tokens: (0..n as u32).collect(),
+            })
+            .unwrap()
+        };
+        assert_eq!(seq, n);
+    }
+    drop(b);
+    for t in threads {
+        assert!(
+            t.join().unwrap(),
+            "a reader did not learn the writer closed"
+        );
+    }
+}
+
+#[cfg(feature = "nng")]
+#[test]
+fn local_and_remote_readers_over_nng_get_everything_in_order() {
+    mixed("nng+tcp://127.0.0.1:0");
+}
+
+#[cfg(feature = "quic")]
+#[test]
+fn local_and_remote_readers_over_quic_get_everything_in_order() {
+    mixed("quic://127.0.0.1:0");
+}
+
+#[cfg(feature = "nng")]
+#[test]
+fn remote_readers_that_never_come_are_counted() {
+    let o = opts(2).remote(1, "nng+tcp://127.0.0.1:0");
+    let mut b = Broadcast::create(&o).unwrap();
+    let _local = BroadcastReceiver::attach_with(b.handle(), 0, &o).unwrap();
+    match b.wait_until_ready(Duration::from_millis(300)) {
+        Err(Error::ReadersMissing {
+            expected, joined, ..
+        }) => assert_eq!((expected, joined), (2, 1)),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn remote_readers_need_an_address_and_a_backend() {
+    assert!(matches!(
+        Broadcast::create(&BroadcastOptions::new(2).remote(3, "nng+tcp://127.0.0.1:0")),
+        Err(Error::BadOptions(_))
+    ));
+    let mut o = opts(2);
+    o.remote_readers = 1;
+    assert!(matches!(Broadcast::create(&o), Err(Error::BadOptions(_))));
+    assert!(matches!(
+        Broadcast::create(&opts(2).remote(1, "shm://nope")),
+        Err(Error::Net(_))
+    ));
+    // A writer that took no remote readers refuses them.
+    let b = Broadcast::create(&opts(1)).unwrap();
+    assert!(matches!(
+        BroadcastReceiver::attach_remote(b.handle(), 0, &opts(1)),
+        Err(Error::BadHandle(_))
+    ));
+    #[cfg(not(feature = "quic"))]
+    match Broadcast::create(&opts(2).remote(1, "quic://127.0.0.1:0")) {
+        Err(Error::Net(e)) => assert!(e.to_string().contains("quic"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+}
