@@ -242,6 +242,9 @@ impl Handle {
         if h.format.as_bytes() != theirs {
             return Err(bad("its two formats differ"));
         }
+        if h.remote.as_deref().is_some_and(str::is_empty) {
+            return Err(bad("an empty remote address"));
+        }
         Ok(h)
     }
 }

@@ -125,9 +125,6 @@ type Item = shoal_transport::Result<OwnedFrame>;
 /// A subscriber on a thread of its own, and the queue it fills.
 pub(crate) struct NetFeed {
     rx: tokio::sync::mpsc::Receiver<Item>,
-    /// For receives with a timeout from a plain thread (made on first
-    /// use).
-    rt: Option<tokio::runtime::Runtime>,
 }
 
 impl std::fmt::Debug for NetFeed {
@@ -171,43 +168,24 @@ impl NetFeed {
                 source,
             })?;
         match ready_rx.recv() {
-            Ok(Ok(_)) => Ok(NetFeed { rx, rt: None }),
+            Ok(Ok(_)) => Ok(NetFeed { rx }),
             Ok(Err(e)) => Err(Error::Net(e)),
             Err(_) => Err(Error::Net(shoal_transport::Error::Closed)),
         }
     }
 
     /// The next message, waiting up to `timeout` (`None`: as long as it
-    /// takes); `Ok(None)` when the time ran out. Not from inside an async
-    /// runtime (use [`recv`](Self::recv) there).
+    /// takes); `Ok(None)` when the time ran out. Blocks the thread (no
+    /// runtime needed, none entered: also callable from inside one, where
+    /// it blocks that thread as any blocking call does).
     pub(crate) fn recv_blocking(
         &mut self,
         timeout: Option<Duration>,
     ) -> Result<Option<OwnedFrame>> {
-        let Some(t) = timeout else {
-            return self
-                .rx
-                .blocking_recv()
-                .map_or_else(gone, |i| item(i).map(Some));
-        };
-        if self.rt.is_none() {
-            self.rt = Some(
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_time()
-                    .build()
-                    .map_err(|source| Error::Io {
-                        what: "starting a remote reader's timer",
-                        source,
-                    })?,
-            );
-        }
-        let (Some(rt), rx) = (&self.rt, &mut self.rx) else {
-            return Ok(None);
-        };
-        match rt.block_on(async { tokio::time::timeout(t, rx.recv()).await }) {
-            Err(_) => Ok(None),
-            Ok(None) => gone(),
-            Ok(Some(i)) => item(i).map(Some),
+        match park_on(self.rx.recv(), timeout) {
+            None => Ok(None),
+            Some(None) => gone(),
+            Some(Some(i)) => item(i).map(Some),
         }
     }
 
@@ -237,6 +215,41 @@ fn item(i: Item) -> Result<OwnedFrame> {
         Ok(f) => Ok(f),
         Err(shoal_transport::Error::Closed) => Err(shoal_shm_ring::Error::Closed.into()),
         Err(e) => Err(Error::Net(e)),
+    }
+}
+
+/// Runs `fut` to completion on this thread, parking it between polls, for
+/// up to `timeout`; `None` when the time ran out. For futures that only
+/// need a waker (channel receives), not a runtime's drivers.
+fn park_on<F: std::future::Future>(fut: F, timeout: Option<Duration>) -> Option<F::Output> {
+    use std::task::{Context, Poll, Wake, Waker};
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+        fn wake_by_ref(self: &std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let end = timeout.and_then(|t| std::time::Instant::now().checked_add(t));
+    let waker = Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return Some(v);
+        }
+        match end {
+            None => std::thread::park(),
+            Some(end) => {
+                let left = end.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return None;
+                }
+                std::thread::park_timeout(left);
+            }
+        }
     }
 }
 
@@ -289,7 +302,11 @@ fn feed<W: Wire>(
                 _ = tx.closed() => None,
             };
             let Some(item) = got else { break };
-            let end = item.is_err();
+            // The publisher closing ends the feed; other errors are said
+            // once and receiving goes on (the subscriber connects again:
+            // a writer that is gone for good gives `PeerGone` at each
+            // try, each after the connect timeout).
+            let end = matches!(item, Err(shoal_transport::Error::Closed));
             if tx.send(item).await.is_err() || end {
                 break;
             }

@@ -96,6 +96,27 @@ fn local_and_remote_readers_over_quic_get_everything_in_order() {
     mixed("quic://127.0.0.1:0");
 }
 
+/// All readers counted remote: a reader on this host that attaches to
+/// the ring anyway still gets everything (the ring is written whatever
+/// the count).
+#[cfg(feature = "nng")]
+#[test]
+fn a_local_reader_of_an_all_remote_broadcast_still_reads() {
+    let o = opts(1).remote(1, "nng+tcp://127.0.0.1:0");
+    let mut b = Broadcast::create(&o).unwrap();
+    let mut far = BroadcastReceiver::attach_remote(b.handle(), 0, &o).unwrap();
+    let mut near = BroadcastReceiver::attach_local(b.handle(), 1, &o).unwrap();
+    b.wait_until_ready(10 * SEC).unwrap();
+    b.send(b"one").unwrap();
+    // The local reader was not waited for: it reads from when the writer
+    // saw it, which a send after its attach guarantees.
+    b.send(b"two").unwrap();
+    assert_eq!(&*far.recv().unwrap(), b"one");
+    assert_eq!(&*far.recv().unwrap(), b"two");
+    let first = near.recv().unwrap();
+    assert!(&*first == b"one" || &*first == b"two");
+}
+
 #[cfg(feature = "nng")]
 #[test]
 fn remote_readers_that_never_come_are_counted() {

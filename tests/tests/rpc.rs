@@ -104,6 +104,25 @@ fn a_killed_worker_is_named_and_the_survivors_keep_answering() {
         let from: Vec<u32> = replies.iter().map(|r| r.worker.index).collect();
         assert_eq!(from, [0, 2]);
     }
+    // Worker 1 comes back, in a new process: asked again from the next
+    // call on.
+    let mut back = spawn("worker", &[h.clone(), "1".into()]);
+    assert_eq!(back.expect_line(20 * SEC), "attached");
+    let t = Instant::now();
+    loop {
+        let replies = rpc.call(b"again").unwrap();
+        let from: Vec<u32> = replies.iter().map(|r| r.worker.index).collect();
+        if from == [0, 1, 2] {
+            assert_eq!(replies[1].worker.pid, back.pid());
+            assert_eq!(replies[1].ok().unwrap(), b"1:again");
+            break;
+        }
+        assert_eq!(from, [0, 2]);
+        assert!(t.elapsed() < 10 * SEC, "worker 1 never came back");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(rpc.dead_workers().is_empty());
+    workers.push(back);
     drop(rpc);
     for w in workers {
         assert!(w.wait(20 * SEC).success());

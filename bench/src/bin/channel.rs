@@ -22,6 +22,11 @@
 //! from a send to every reader having it, one message at a time (metric
 //! `latency_one_way_ns`), beside the raw broadcast ring with `--raw`.
 //!
+//! `channel broadcast-net --wire nng-tcp|quic --readers R --size B --ms T
+//! [--raw]`: Broadcast throughput to R remote reader processes through
+//! the writer's network publisher on loopback, the slowest reader's
+//! rate, beside the transport's own publish/subscribe with `--raw`.
+//!
 //! `channel rpc --workers W --iters N [--raw]`: an Rpc call's round trip
 //! to W worker processes (pattern `channel-rpc`), beside the same fan-out
 //! and fan-in on the raw rings with `--raw`.
@@ -547,6 +552,197 @@ fn rpc(workers: usize, iters: u64, raw: bool) -> Measurement {
     m
 }
 
+/// The handle text a parent left in `map` at `at` (length, then bytes),
+/// waited for up to 20 s.
+fn read_text(map: &SharedMap, at: usize) -> Option<String> {
+    let len = map.at::<AtomicU64>(at);
+    let t = Instant::now();
+    while len.load(Ordering::Acquire) == 0 {
+        if t.elapsed() > Duration::from_secs(20) {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let n = len.load(Ordering::Acquire) as usize;
+    // SAFETY: the parent wrote `n` bytes after the length word before
+    // publishing the length (Release; our Acquire load above); the map
+    // is at least that long (checked by the writer).
+    let bytes = unsafe { std::slice::from_raw_parts(map.as_ptr().add(at + 8), n) };
+    String::from_utf8(bytes.to_vec()).ok()
+}
+
+/// Leaves `text` in `map` at `at` for [`read_text`].
+fn write_text(map: &SharedMap, at: usize, text: &str) -> Result<(), String> {
+    if at + 8 + text.len() > map.len() {
+        return Err("handle too long for the shared map".into());
+    }
+    // SAFETY: in bounds (checked); no reader looks before the length is
+    // published below.
+    unsafe {
+        std::ptr::copy_nonoverlapping(text.as_ptr(), map.as_ptr().add(at + 8), text.len());
+    }
+    map.at::<AtomicU64>(at)
+        .store(text.len() as u64, Ordering::Release);
+    Ok(())
+}
+
+/// Broadcast throughput to remote readers: this process writes through a
+/// Broadcast whose readers are all remote (`readers` processes attached
+/// through its network publisher, over `wire` on loopback); one sample
+/// per 100 ms: the slowest reader's rate. `raw`: the transport's own
+/// publish/subscribe under it (system `shoal-transport`). The readers are
+/// forked before any runtime starts; the address reaches them through a
+/// shared map.
+fn broadcast_net(wire: &str, readers: usize, size: usize, run: Duration, raw: bool) -> Measurement {
+    use shoal_channel::{Broadcast, BroadcastOptions, BroadcastReceiver, Handle};
+    use shoal_transport::blocking::Blocking;
+    use shoal_transport::{Address, Nng, Options, Quic, Wire};
+    let system = if raw { "shoal-transport" } else { "shoal" };
+    let bind = match wire {
+        "nng-tcp" => "nng+tcp://127.0.0.1:0",
+        _ => "quic://127.0.0.1:0",
+    };
+    let mut m = Measurement::new(system, "channel-broadcast", "park", "throughput_msgs_per_s")
+        .transport(if wire == "quic" { "quic" } else { "nng-tcp" })
+        .payload(size as u64)
+        .readers(readers as u32)
+        .processes(readers as u32 + 1);
+    const TEXT: usize = 8192;
+    let r = (|| -> Result<Vec<f64>, String> {
+        let map = SharedMap::new(TEXT + 4096 + 128 * readers).map_err(|e| e.to_string())?;
+        let net = Options::default().max_message(size + 4096);
+        let mut kids = Vec::new();
+        for k in 0..readers {
+            let counter = map.at::<AtomicU64>(slot(k));
+            let (map, net) = (&map, &net);
+            kids.push(
+                fork(move || {
+                    let Some(text) = read_text(map, TEXT) else {
+                        return 1;
+                    };
+                    let mut n = 0u64;
+                    if raw {
+                        let Ok(a) = text.parse::<Address>() else {
+                            return 1;
+                        };
+                        macro_rules! drain {
+                            ($w:ty) => {{
+                                let Ok(mut s) = Blocking::new(<$w>::connect_subscriber(&a, net))
+                                else {
+                                    return 1;
+                                };
+                                while let Ok(f) = s.receive() {
+                                    std::hint::black_box(f.first());
+                                    n += 1;
+                                    if n.is_multiple_of(BATCH) {
+                                        counter.store(n, Ordering::Release);
+                                    }
+                                }
+                            }};
+                        }
+                        if wire == "quic" {
+                            drain!(Quic)
+                        } else {
+                            drain!(Nng)
+                        }
+                    } else {
+                        let Ok(h) = text.parse::<Handle>() else {
+                            return 1;
+                        };
+                        let o = BroadcastOptions::new(readers as u32).net(net.clone());
+                        let Ok(mut r) = BroadcastReceiver::attach_remote(&h, k as u32, &o) else {
+                            return 1;
+                        };
+                        while let Ok(msg) = r.recv() {
+                            std::hint::black_box(msg.first());
+                            n += 1;
+                            if n.is_multiple_of(BATCH) {
+                                counter.store(n, Ordering::Release);
+                            }
+                        }
+                    }
+                    0
+                })
+                .map_err(|e| e.to_string())?,
+            );
+        }
+        let wait = Duration::from_secs(20);
+        let msg = vec![7u8; size];
+        let a: Address = bind.parse().map_err(|e| format!("{e}"))?;
+        // One sender, whichever system: `send` sends one message.
+        let mut send: Box<dyn FnMut() -> Result<(), String>> = if raw {
+            macro_rules! publisher {
+                ($w:ty) => {{
+                    let mut p =
+                        Blocking::new(<$w>::bind_publisher(&a, &net)).map_err(|e| e.to_string())?;
+                    write_text(
+                        &map,
+                        TEXT,
+                        &shoal_transport::Publisher::address(p.get_mut()).to_string(),
+                    )?;
+                    let got = p
+                        .wait_for_subscribers(readers as u32, wait)
+                        .map_err(|e| e.to_string())?;
+                    if got < readers as u32 {
+                        return Err(format!("{got} of {readers} subscribers came"));
+                    }
+                    let msg = msg.clone();
+                    Box::new(move || p.publish(b"", &msg).map_err(|e| e.to_string()))
+                }};
+            }
+            if wire == "quic" {
+                publisher!(Quic)
+            } else {
+                publisher!(Nng)
+            }
+        } else {
+            let o = BroadcastOptions::new(readers as u32)
+                .remote(readers as u32, bind)
+                .net(net.clone());
+            let mut b = Broadcast::create(&o).map_err(|e| e.to_string())?;
+            write_text(&map, TEXT, &b.handle().to_string())?;
+            b.wait_until_ready(wait).map_err(|e| e.to_string())?;
+            let msg = msg.clone();
+            Box::new(move || b.send(&msg).map(drop).map_err(|e| e.to_string()))
+        };
+        let slowest = || -> u64 {
+            (0..readers)
+                .map(|k| map.at::<AtomicU64>(slot(k)).load(Ordering::Acquire))
+                .min()
+                .unwrap_or(0)
+        };
+        let mut samples = Vec::new();
+        let start = Instant::now();
+        let (mut t, mut n) = (start, 0u64);
+        let mut warm = true;
+        let per_check = if size >= 1 << 20 { 1 } else { 64 };
+        while start.elapsed() < run + SLICE {
+            for _ in 0..per_check {
+                send()?;
+            }
+            if t.elapsed() >= SLICE {
+                let (t1, n1) = (Instant::now(), slowest());
+                if !warm {
+                    samples.push((n1 - n) as f64 / (t1 - t).as_secs_f64());
+                }
+                warm = false;
+                (t, n) = (t1, n1);
+            }
+        }
+        // The end: readers learn the writer is gone.
+        drop(send);
+        for k in kids {
+            let _ = k.wait();
+        }
+        Ok(samples)
+    })();
+    match r {
+        Ok(s) => m.samples = s,
+        Err(e) => m.error = Some(e),
+    }
+    m
+}
+
 /// A small struct, as a typed message.
 #[derive(rkyv::Archive, rkyv::Serialize)]
 struct Small {
@@ -636,6 +832,13 @@ fn main() {
             a.get("iters", 2000u64),
             a.has("raw"),
         ),
+        "broadcast-net" => broadcast_net(
+            &a.get("wire", "nng-tcp".to_string()),
+            a.get("readers", 1usize).max(1),
+            a.get("size", 64usize),
+            Duration::from_millis(a.get("ms", 1000u64)),
+            a.has("raw"),
+        ),
         "rpc" => rpc(
             a.get("workers", 3usize).max(1),
             a.get("iters", 2000u64),
@@ -643,7 +846,7 @@ fn main() {
         ),
         _ => {
             eprintln!(
-                "usage: channel workqueue --producers P --consumers C --size B --ms T [--raw] | broadcast --readers R --size B --ms T [--raw] | broadcast-latency --readers R --size B --iters N [--raw] | rpc --workers W --iters N [--raw] | typed --iters N"
+                "usage: channel workqueue --producers P --consumers C --size B --ms T [--raw] | broadcast --readers R --size B --ms T [--raw] | broadcast-latency --readers R --size B --iters N [--raw] | broadcast-net --wire nng-tcp|quic --readers R --size B --ms T [--raw] | rpc --workers W --iters N [--raw] | typed --iters N"
             );
             std::process::exit(2);
         }

@@ -258,6 +258,26 @@ fn cells(quick: bool) -> Vec<Cell> {
         .collect();
     let bl: Vec<&str> = bl.iter().map(String::as_str).collect();
     v.push(cell("channel broadcast latency", r - 1, &bl));
+    // Broadcast to readers on other hosts (here: other processes forced
+    // remote, on loopback), over nng+tcp and QUIC, beside the transport's
+    // own publish/subscribe under it.
+    for size in [64usize, 1 << 20] {
+        let bn: Vec<String> = [("nng-tcp", 1), ("nng-tcp", 3), ("quic", 1), ("quic", 3)]
+            .iter()
+            .flat_map(|(wire, readers)| {
+                let base = format!(
+                    "channel broadcast-net --wire {wire} --readers {readers} --size {size} --ms {ms}"
+                );
+                [base.clone(), format!("{base} --raw")]
+            })
+            .collect();
+        let bn: Vec<&str> = bn.iter().map(String::as_str).collect();
+        v.push(cell(
+            &format!("channel broadcast remote {size} B"),
+            r - 1,
+            &bn,
+        ));
+    }
     // Rpc round trip to 3 worker processes, beside the same fan-out and
     // fan-in on the raw rings.
     let rpc = format!("channel rpc --workers 3 --iters {lat_iters}");

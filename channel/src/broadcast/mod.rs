@@ -11,12 +11,22 @@
 //! [`Received`] messages at once (a worker keeps step i's inputs while it
 //! receives step i+1); the ring gets them back in order as they drop.
 //! Messages of any size: small ones in the ring, large ones through
-//! overflow segments. A dead reader never blocks the writer (it is evicted
-//! once its process is gone); a live one that stalls ends the writer's
-//! wait with an error naming it; readers of a dead writer get
+//! overflow segments. A dead local reader never blocks the writer (it is
+//! evicted once its process is gone); a live one that stalls ends the
+//! writer's wait with an error naming it; readers of a dead writer get
 //! [`WriterGone`](shoal_shm_ring::Error::WriterGone).
 //!
-//! Readers on other hosts (through a network publisher) come next.
+//! Readers on other hosts read through a network publisher the writer
+//! binds beside its ring ([`BroadcastOptions::remote`]): the writer sends
+//! once, both kinds receive, in the same order. A remote reader that
+//! stops reading holds the writer back until the publisher drops it (its
+//! network options' stall timeout), as does a dead one until its
+//! connection is found broken.
+//!
+//! With remote readers, the writer drives its publisher from the calling
+//! thread: create, send and drop a [`Broadcast`] from a plain thread (or
+//! `spawn_blocking`), not from inside an async task, where blocking on
+//! the network panics.
 
 use crate::error::{Error, Result};
 use crate::handle::{ring_tag, Handle, Kind};
@@ -281,12 +291,6 @@ impl Broadcast {
         self.writer.active_readers() + self.remote_now()
     }
 
-    /// Whether local readers take the ring's copy (else only remote
-    /// readers read: nothing goes into the ring).
-    fn has_local(&self) -> bool {
-        self.opts.local_readers() > 0 || self.net.is_none()
-    }
-
     /// Sends `msg` to every reader, waiting for room (up to the send
     /// timeout): local readers first, then remote ones. Returns its
     /// sequence number. A send that fails reached nobody, except when the
@@ -294,16 +298,16 @@ impl Broadcast {
     /// used) and some remote ones may.
     pub fn send(&mut self, msg: &[u8]) -> Result<u64> {
         let head = self.head();
-        if self.has_local() {
-            let timeout = self.opts.send_timeout;
-            let mut r = self
-                .writer
-                .reserve_with(HEAD + msg.len(), wait_for(timeout))
-                .map_err(|e| ring_error(e, "room in the broadcast", timeout))?;
-            r[..HEAD].copy_from_slice(&head);
-            r[HEAD..HEAD + msg.len()].copy_from_slice(msg);
-            r.commit(HEAD + msg.len())?;
-        }
+        // Into the ring whether or not local readers were counted: one
+        // that attaches anyway reads (none: nothing waits for it).
+        let timeout = self.opts.send_timeout;
+        let mut r = self
+            .writer
+            .reserve_with(HEAD + msg.len(), wait_for(timeout))
+            .map_err(|e| ring_error(e, "room in the broadcast", timeout))?;
+        r[..HEAD].copy_from_slice(&head);
+        r[HEAD..HEAD + msg.len()].copy_from_slice(msg);
+        r.commit(HEAD + msg.len())?;
         let seq = self.sent();
         if let Some(p) = &mut self.net {
             // The header's sequence number travels as the topic.
@@ -317,15 +321,6 @@ impl Broadcast {
     /// from there). Returns its sequence number. A send that fails
     /// reached no local reader; some remote ones may have it.
     pub fn send_value<T: Archivable>(&mut self, value: &T) -> Result<u64> {
-        if !self.has_local() {
-            let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(value).map_err(|e| {
-                Error::Archive(shoal_transport::Error::Serialize {
-                    type_name: std::any::type_name::<T>(),
-                    reason: e.to_string(),
-                })
-            })?;
-            return self.send(&bytes);
-        }
         let head = self.head();
         let timeout = self.opts.send_timeout;
         let spilled = {
@@ -337,13 +332,21 @@ impl Broadcast {
             match archive_into(value, &mut r[HEAD..]).map_err(Error::Archive)? {
                 Archived::InPlace(n) => {
                     // Remote readers first, from the ring: a network
-                    // failure leaves the record uncommitted.
+                    // failure leaves the record uncommitted (and its
+                    // number unused).
                     if let Some(p) = &mut self.net {
                         p.publish(&head[..8], &r[HEAD..HEAD + n])?;
                     }
-                    r.commit(HEAD + n)?;
+                    // Published: the number is used, whatever the commit
+                    // says (remote readers have it).
+                    let committed = r.commit(HEAD + n);
+                    let seq = self.seq;
+                    if committed.is_ok() || self.net.is_some() {
+                        self.sent();
+                    }
+                    committed?;
                     self.hint = self.fit_hint(n);
-                    return Ok(self.sent());
+                    return Ok(seq);
                 }
                 // Dropped uncommitted: nothing is published.
                 Archived::Spilled(buf) => buf,

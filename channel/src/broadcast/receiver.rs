@@ -254,17 +254,28 @@ impl BroadcastReceiver {
     }
 
     /// Attaches with `opts` (its receive timeout, peer and network
-    /// options): through the ring on the writer's host, through the
-    /// network from another (see [`Handle::is_elsewhere`]; the writer must
-    /// have taken remote readers).
+    /// options): through the network when the writer is on another host
+    /// (see [`Handle::is_elsewhere`]) and takes remote readers, else
+    /// through the ring (processes on hosts with other names may share
+    /// its memory: containers sharing an IPC namespace).
     pub fn attach_with(
         handle: &Handle,
         index: u32,
         opts: &BroadcastOptions,
     ) -> Result<BroadcastReceiver> {
-        if handle.is_elsewhere() {
+        if handle.is_elsewhere() && handle.remote().is_some() {
             return BroadcastReceiver::attach_remote(handle, index, opts);
         }
+        BroadcastReceiver::attach_local(handle, index, opts)
+    }
+
+    /// Attaches through the ring, whatever host the handle names (its
+    /// shared memory must be reachable from here).
+    pub fn attach_local(
+        handle: &Handle,
+        index: u32,
+        opts: &BroadcastOptions,
+    ) -> Result<BroadcastReceiver> {
         let ring = handle.ring(Kind::Broadcast)?;
         let ro = ReaderOptions {
             peer: opts.peer,
@@ -320,7 +331,11 @@ impl BroadcastReceiver {
     /// [`WriterGone`](shoal_shm_ring::Error::WriterGone) once what it sent
     /// was received; a writer that closed (dropped its [`Broadcast`]),
     /// with the ring's `Closed`. A remote reader holds its messages in
-    /// its own memory (what the network brought), as many as it likes.
+    /// its own memory (what the network brought), as many as it likes;
+    /// it learns of a closed writer the same way, of a dead or unreachable
+    /// one as [`Error::Net`] (`PeerGone`, each time its subscriber fails to
+    /// connect again), and of having been evicted as a stalled reader as
+    /// `Net(Evicted)` (what was sent meanwhile is lost to it).
     ///
     /// [`Broadcast`]: super::Broadcast
     #[inline]

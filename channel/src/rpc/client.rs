@@ -170,8 +170,11 @@ pub struct Rpc {
 }
 
 impl Rpc {
-    /// Creates an Rpc for `opts.workers` workers.
+    /// Creates an Rpc for `opts.workers` workers (at least one).
     pub fn create(opts: &RpcOptions) -> Result<Rpc> {
+        if opts.workers == 0 {
+            return Err(Error::BadOptions("an Rpc without workers".into()));
+        }
         let requests = Broadcast::create(&opts.broadcast())?;
         let replies = Gather::create(&opts.gather())?;
         let handle = Handle::rpc(requests.handle(), replies.handle());
@@ -196,14 +199,18 @@ impl Rpc {
         let end = Instant::now() + timeout;
         let missing = |w: &[Worker]| -> Vec<u32> {
             (0..w.len() as u32)
-                .filter(|&i| w[i as usize].sender.is_none())
+                .filter(|&i| w[i as usize].sender.is_none() || w[i as usize].died())
                 .collect()
         };
         match self.requests.wait_until_ready(timeout) {
             Err(Error::ReadersMissing { .. }) => {
                 // Which ones: those whose hello never came (the hellos
                 // that did come are waiting in the ring).
-                while !matches!(self.next(Instant::now(), u64::MAX)?, Next::Nothing) {}
+                for _ in 0..4096 {
+                    if let Next::Nothing = self.next(Instant::now(), u64::MAX)? {
+                        break;
+                    }
+                }
                 return Err(Error::WorkersMissing {
                     missing: missing(&self.workers),
                     after: timeout,
@@ -234,16 +241,19 @@ impl Rpc {
     /// order: an answer, or the worker's failure status
     /// ([`Reply::ok`] turns it into an error). Workers that do not answer
     /// within the call timeout, or die first, end the call with
-    /// [`Error::NoReply`] naming them (with the other replies).
+    /// [`Error::NoReply`] naming them (with the other replies). Workers
+    /// found dead by an earlier call are not asked (nor named) until they
+    /// come back, so a reply's place is not its worker's index: read
+    /// [`Reply::worker`].
     pub fn call(&mut self, request: &[u8]) -> Result<Vec<Reply>> {
-        let call = self.requests.send(request)?;
+        let call = self.send(|r| r.send(request))?;
         self.collect(call, &mut |_| {})
     }
 
     /// [`call`](Self::call) with a typed request, serialized straight into
     /// the requests' ring.
     pub fn call_value<T: Archivable>(&mut self, request: &T) -> Result<Vec<Reply>> {
-        let call = self.requests.send_value(request)?;
+        let call = self.send(|r| r.send_value(request))?;
         self.collect(call, &mut |_| {})
     }
 
@@ -254,7 +264,7 @@ impl Rpc {
         request: &[u8],
         mut handler: impl FnMut(&Reply),
     ) -> Result<Vec<Reply>> {
-        let call = self.requests.send(request)?;
+        let call = self.send(|r| r.send(request))?;
         self.collect(call, &mut handler)
     }
 
@@ -266,10 +276,26 @@ impl Rpc {
         init: A,
         mut f: impl FnMut(A, &Reply) -> A,
     ) -> Result<A> {
-        let call = self.requests.send(request)?;
+        let call = self.send(|r| r.send(request))?;
         let mut acc = Some(init);
         self.collect(call, &mut |r| acc = acc.take().map(|a| f(a, r)))?;
         acc.ok_or(Error::Closed)
+    }
+
+    /// Sends a request with `send`, after noting what came meanwhile
+    /// (hellos of workers that attached, or came back, since the last
+    /// call: they have joined the requests' ring, so they get this one).
+    fn send(&mut self, send: impl FnOnce(&mut Broadcast) -> Result<u64>) -> Result<u64> {
+        if self.workers.is_empty() {
+            return Err(Error::BadOptions("an Rpc without workers".into()));
+        }
+        // Bounded: a flood of messages does not keep the call from going.
+        for _ in 0..4096 {
+            if let Next::Nothing = self.next(Instant::now(), u64::MAX)? {
+                break;
+            }
+        }
+        send(&mut self.requests)
     }
 
     /// Collects the replies to `call`.
@@ -277,7 +303,8 @@ impl Rpc {
         let start = Instant::now();
         let end = start + self.opts.call_timeout;
         let n = self.workers.len();
-        // Those found dead earlier are not waited for (nor named again).
+        // Those found dead earlier are not waited for (nor named again),
+        // unless they came back (a hello, noted before the request went).
         let asked: Vec<bool> = self.workers.iter().map(|w| !w.dead).collect();
         if !asked.contains(&true) {
             return Err(Error::NoReply {
@@ -293,16 +320,19 @@ impl Rpc {
         let waiting = |got: &[Option<Reply>], died: &[bool]| {
             (0..n).any(|i| asked[i] && got[i].is_none() && !died[i])
         };
+        let mut take = |this: &mut Rpc, r: Reply, got: &mut [Option<Reply>]| {
+            let i = r.worker.index as usize;
+            // Its first reply (a second one is a buggy worker's), from the
+            // process that said hello as this worker.
+            let said = this.workers[i].sender.map(|s| (s.pid, s.host));
+            if got[i].is_none() && said.is_none_or(|id| id == (r.worker.pid, r.worker.host)) {
+                handler(&r);
+                got[i] = Some(r);
+            }
+        };
         while waiting(&got, &died) && Instant::now() < end {
             match self.next(end, call)? {
-                Next::Reply(r) => {
-                    let i = r.worker.index as usize;
-                    // Its first reply (a second one is a buggy worker's).
-                    if asked[i] && got[i].is_none() {
-                        handler(&r);
-                        got[i] = Some(r);
-                    }
-                }
+                Next::Reply(r) => take(self, r, &mut got),
                 Next::Other => {}
                 Next::Nothing => {
                     // A slice without replies: who died?
@@ -313,6 +343,15 @@ impl Rpc {
                         }
                     }
                 }
+            }
+        }
+        // What already came (a worker that answered, then exited just
+        // before it was judged dead, is not named for nothing).
+        for _ in 0..4096 {
+            match self.next(Instant::now(), call)? {
+                Next::Reply(r) => take(self, r, &mut got),
+                Next::Other => {}
+                Next::Nothing => break,
             }
         }
         let missing: Vec<Silent> = (0..n)

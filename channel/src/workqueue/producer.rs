@@ -95,7 +95,6 @@ fn send_after(
     r.commit(h + msg.len())
 }
 
-/// A ring error on a put, as the caller should see it.
 /// Sends `head` then each of `parts` as one record, waiting as `wait`
 /// allows.
 fn send_parts(
@@ -114,6 +113,7 @@ fn send_parts(
     r.commit(len)
 }
 
+/// A ring error on a put, as the caller should see it.
 fn put_error(e: RingError, waited: Option<Duration>) -> Error {
     match e {
         RingError::Closed => Error::Closed,
