@@ -608,6 +608,8 @@ fn broadcast_net(wire: &str, readers: usize, size: usize, run: Duration, raw: bo
         .readers(readers as u32)
         .processes(readers as u32 + 1);
     const TEXT: usize = 8192;
+    // Large messages come slowly: count each, or a slice sees none.
+    let batch = if size >= 64 << 10 { 1 } else { BATCH };
     let r = (|| -> Result<Vec<f64>, String> {
         let map = SharedMap::new(TEXT + 4096 + 128 * readers).map_err(|e| e.to_string())?;
         let net = Options::default().max_message(size + 4096);
@@ -634,7 +636,7 @@ fn broadcast_net(wire: &str, readers: usize, size: usize, run: Duration, raw: bo
                                 while let Ok(f) = s.receive() {
                                     std::hint::black_box(f.first());
                                     n += 1;
-                                    if n.is_multiple_of(BATCH) {
+                                    if n.is_multiple_of(batch) {
                                         counter.store(n, Ordering::Release);
                                     }
                                 }
@@ -656,7 +658,7 @@ fn broadcast_net(wire: &str, readers: usize, size: usize, run: Duration, raw: bo
                         while let Ok(msg) = r.recv() {
                             std::hint::black_box(msg.first());
                             n += 1;
-                            if n.is_multiple_of(BATCH) {
+                            if n.is_multiple_of(batch) {
                                 counter.store(n, Ordering::Release);
                             }
                         }
