@@ -259,3 +259,22 @@ fn receivers_and_messages_are_send_and_sync() {
     let mut r = BroadcastReceiver::attach_with(b.handle(), 0, &o).unwrap();
     send(&r.recv_async());
 }
+
+/// A reader learns when the writer counts it in: from then on it gets
+/// every message.
+#[test]
+fn a_reader_waits_until_the_writer_counts_it_in() {
+    let o = opts(1);
+    let mut b = Broadcast::create(&o).unwrap();
+    let mut r = BroadcastReceiver::attach_with(b.handle(), 0, &o).unwrap();
+    assert!(matches!(
+        r.wait_until_active(Duration::from_millis(50)),
+        Err(Error::Timeout { .. })
+    ));
+    std::thread::scope(|s| {
+        s.spawn(|| b.wait_until_ready(Duration::from_secs(10)).unwrap());
+        r.wait_until_active(Duration::from_secs(10)).unwrap();
+    });
+    b.send(b"counted").unwrap();
+    assert_eq!(&*r.recv().unwrap(), b"counted");
+}

@@ -490,6 +490,24 @@ impl BroadcastReader {
         )
     }
 
+    /// Whether the writer made this reader active: it receives every
+    /// record committed from then on. The writer activates the readers
+    /// that joined at its next reservation, and while it waits for
+    /// readers ([`BroadcastWriter::wait_for_readers`]).
+    ///
+    /// ```
+    /// use shoal_shm_ring::{BroadcastConfig, BroadcastReader, BroadcastWriter, Wait};
+    /// let mut w = BroadcastWriter::create(&BroadcastConfig::new(1 << 16, 1))?;
+    /// let r = BroadcastReader::attach(&w.handle())?;
+    /// assert!(!r.is_active());
+    /// w.wait_for_readers(1, Wait::forever())?;
+    /// assert!(r.is_active());
+    /// # Ok::<(), shoal_shm_ring::Error>(())
+    /// ```
+    pub fn is_active(&self) -> bool {
+        self.core.is_active()
+    }
+
     /// Whether the writer still holds the ring: its process runs and it has
     /// not dropped its [`BroadcastWriter`] (its lease is held).
     pub fn writer_alive(&self) -> bool {

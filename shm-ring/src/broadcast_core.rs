@@ -780,6 +780,17 @@ impl<M: RingMem<Control = BroadcastControl>> ReaderCore<M> {
         })
     }
 
+    /// Whether the writer made this reader active (it receives every
+    /// record committed from then on), as its slot says now.
+    pub(crate) fn is_active(&self) -> bool {
+        self.st.active
+            || self
+                .st
+                .token
+                .owns(self.mem.slot(self.st.token.index))
+                .is_some_and(|o| o.state == slot::ACTIVE)
+    }
+
     /// The slot this reader holds.
     pub(crate) fn slot_index(&self) -> usize {
         self.st.token.index

@@ -365,6 +365,43 @@ impl BroadcastReceiver {
         }
     }
 
+    /// Waits (up to `timeout`) until the writer counts this reader in:
+    /// every message sent from then on reaches it. A reader on the
+    /// writer's host is counted in at the writer's next send, or while the
+    /// writer waits in [`wait_until_ready`](super::Broadcast::wait_until_ready);
+    /// a remote reader is counted in once connected (when
+    /// [`attach`](Self::attach) returned). [`Error::Timeout`] if the
+    /// writer did not count it in time; a writer that died, as
+    /// [`WriterGone`](shoal_shm_ring::Error::WriterGone).
+    pub fn wait_until_active(&mut self, timeout: Duration) -> Result<()> {
+        let Src::Local(l) = &mut self.src else {
+            return Ok(());
+        };
+        let end = std::time::Instant::now() + timeout;
+        let mut pause = Duration::from_micros(100);
+        loop {
+            let r = l.core.reader();
+            if r.is_active() {
+                return Ok(());
+            }
+            if !r.writer_alive() {
+                return Err(RingError::WriterGone {
+                    pid: r.writer_pid(),
+                }
+                .into());
+            }
+            let left = end.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(Error::Timeout {
+                    what: "the writer to count this reader in",
+                    after: timeout,
+                });
+            }
+            std::thread::sleep(pause.min(left));
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+    }
+
     /// Gives back to the ring, now, every message handed out and dropped
     /// since this receiver's last call (receives do it themselves;
     /// nothing to do for a remote reader).
