@@ -156,3 +156,33 @@ fn remote_readers_need_an_address_and_a_backend() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A remote reader whose publisher is not a Broadcast's (a peer sending
+/// frames of another protocol): each such message is refused with a
+/// clear error, and what follows is read.
+#[cfg(feature = "nng")]
+#[test]
+fn frames_of_another_protocol_are_refused_by_name() {
+    use shoal_channel::Handle;
+    use shoal_transport::blocking::Blocking;
+    use shoal_transport::{Nng, Options, Wire};
+    let a: shoal_transport::Address = "nng+tcp://127.0.0.1:0".parse().unwrap();
+    let mut p = Blocking::new(Nng::bind_publisher(&a, &Options::default())).unwrap();
+    let at = shoal_transport::Publisher::address(p.get_mut()).to_string();
+    // A real broadcast's handle, its remote address swapped for the
+    // foreign publisher's.
+    let b = Broadcast::create(&opts(1).remote(1, "nng+tcp://127.0.0.1:0")).unwrap();
+    let text = b.handle().to_string();
+    let (head, _) = text.split_once("&remote=").unwrap();
+    let h: Handle = format!("{head}&remote={at}").parse().unwrap();
+    let mut r = BroadcastReceiver::attach_remote(&h, 0, &opts(1)).unwrap();
+    p.wait_for_subscribers(1, 10 * SEC).unwrap();
+    p.publish(b"no sequence number", b"junk").unwrap();
+    p.publish(&7u64.to_le_bytes(), b"fine").unwrap();
+    match r.recv() {
+        Err(Error::Malformed { what, .. }) => assert!(what.contains("sequence"), "{what}"),
+        other => panic!("{other:?}"),
+    }
+    let m = r.recv().unwrap();
+    assert_eq!((m.seq(), &*m), (7, &b"fine"[..]));
+}

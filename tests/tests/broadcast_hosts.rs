@@ -114,6 +114,48 @@ fn run(role: &str, a: &[String]) -> i32 {
                 }
             }
         }
+        // hanging-writer BIND: one remote reader; sends 5, then hangs
+        // (until killed).
+        ("hanging-writer", [bind]) => {
+            let mut o = opts().remote(1, bind);
+            o.readers = 1;
+            let Ok(mut b) = Broadcast::create(&o) else {
+                return 3;
+            };
+            say(&b.handle().to_string());
+            if b.wait_until_ready(30 * SEC).is_err() {
+                return 4;
+            }
+            for i in 0..5 {
+                if b.send(&msg(i)).is_err() {
+                    return 5;
+                }
+            }
+            say("sent");
+            std::thread::sleep(120 * SEC);
+            1
+        }
+        // orphan HANDLE: reads 5, says so, then says what ends its wait.
+        ("orphan", [h]) => {
+            let Ok(h) = h.parse::<Handle>() else { return 2 };
+            let mut o = opts();
+            o.net = o.net.connect_timeout(2 * SEC);
+            let Ok(mut r) = BroadcastReceiver::attach_with(&h, 0, &o) else {
+                return 3;
+            };
+            for i in 0..5 {
+                match r.recv() {
+                    Ok(m) if *m == msg(i)[..] => {}
+                    _ => return 4,
+                }
+            }
+            say("read");
+            match r.recv() {
+                Ok(_) => say("a message from nowhere"),
+                Err(e) => say(&format!("error: {e}")),
+            }
+            0
+        }
         _ => 2,
     }
 }
@@ -170,4 +212,26 @@ fn over_nng_local_and_remote_readers_get_everything_in_order() {
 #[test]
 fn over_quic_local_and_remote_readers_get_everything_in_order() {
     local_and_remote_readers_get_everything_in_order("quic");
+}
+
+/// A remote reader whose writer is killed (SIGKILL, on the other host)
+/// gets an error, not a hang.
+#[cfg(feature = "nng")]
+#[test]
+fn a_remote_reader_of_a_killed_writer_gets_an_error() {
+    let Some(pair) = netns::Pair::create_or_skip("bkill") else {
+        return;
+    };
+    let bind = format!("nng+tcp://{}:0", pair.addr(0));
+    let mut writer = child(&pair, 0, "host-a", "hanging-writer", &[bind]);
+    let handle = writer.expect_line(30 * SEC);
+    let mut reader = child(&pair, 1, "host-b", "orphan", &[handle]);
+    assert_eq!(writer.expect_line(30 * SEC), "sent");
+    assert_eq!(reader.expect_line(30 * SEC), "read");
+    writer.kill9();
+    let t = std::time::Instant::now();
+    let said = reader.expect_line(60 * SEC);
+    assert!(said.starts_with("error: network"), "{said}");
+    assert!(t.elapsed() < 30 * SEC, "{:?}", t.elapsed());
+    assert!(reader.wait(30 * SEC).success());
 }
