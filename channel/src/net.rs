@@ -18,8 +18,13 @@ use std::time::Duration;
 #[cfg(any(feature = "nng", feature = "quic"))]
 use shoal_transport::{blocking::Blocking, Frame, Subscriber, Wire};
 
-/// Messages a subscriber's thread holds for its reader.
-const FEED_DEPTH: usize = 64;
+/// Batches a subscriber's thread holds for its reader.
+const FEED_DEPTH: usize = 4;
+/// Most messages in one batch (what was there at once, handed over with
+/// one wake-up instead of one each).
+const BATCH_MAX: usize = 32;
+/// Most payload bytes in one batch (past the first message).
+const BATCH_BYTES: usize = 4 << 20;
 
 /// An address for remote peers, checked: parsed, a network backend, and
 /// one this build has.
@@ -124,7 +129,9 @@ type Item = shoal_transport::Result<OwnedFrame>;
 
 /// A subscriber on a thread of its own, and the queue it fills.
 pub(crate) struct NetFeed {
-    rx: tokio::sync::mpsc::Receiver<Item>,
+    rx: tokio::sync::mpsc::Receiver<Vec<Item>>,
+    /// The rest of the last batch, oldest first.
+    pending: std::collections::VecDeque<Item>,
 }
 
 impl std::fmt::Debug for NetFeed {
@@ -168,7 +175,10 @@ impl NetFeed {
                 source,
             })?;
         match ready_rx.recv() {
-            Ok(Ok(_)) => Ok(NetFeed { rx }),
+            Ok(Ok(_)) => Ok(NetFeed {
+                rx,
+                pending: Default::default(),
+            }),
             Ok(Err(e)) => Err(Error::Net(e)),
             Err(_) => Err(Error::Net(shoal_transport::Error::Closed)),
         }
@@ -182,18 +192,36 @@ impl NetFeed {
         &mut self,
         timeout: Option<Duration>,
     ) -> Result<Option<OwnedFrame>> {
+        if let Some(i) = self.pending.pop_front() {
+            return item(i).map(Some);
+        }
         match park_on(self.rx.recv(), timeout) {
             None => Ok(None),
             Some(None) => gone(),
-            Some(Some(i)) => item(i).map(Some),
+            Some(Some(batch)) => self.unpack(batch).map(Some),
+        }
+    }
+
+    /// The first of `batch`, the rest kept for the next receives.
+    fn unpack(&mut self, batch: Vec<Item>) -> Result<OwnedFrame> {
+        let mut it = batch.into_iter();
+        let first = it.next();
+        self.pending.extend(it);
+        match first {
+            Some(i) => item(i),
+            // The feed never sends an empty batch.
+            None => gone(),
         }
     }
 
     /// The next message if one is there now.
     pub(crate) fn try_recv(&mut self) -> Result<Option<OwnedFrame>> {
         use tokio::sync::mpsc::error::TryRecvError;
+        if let Some(i) = self.pending.pop_front() {
+            return item(i).map(Some);
+        }
         match self.rx.try_recv() {
-            Ok(i) => item(i).map(Some),
+            Ok(batch) => self.unpack(batch).map(Some),
             Err(TryRecvError::Empty) => Ok(None),
             Err(TryRecvError::Disconnected) => gone(),
         }
@@ -201,8 +229,11 @@ impl NetFeed {
 
     /// The next message, awaited. Cancel-safe.
     pub(crate) async fn recv(&mut self) -> Result<OwnedFrame> {
+        if let Some(i) = self.pending.pop_front() {
+            return item(i);
+        }
         match self.rx.recv().await {
-            Some(i) => item(i),
+            Some(batch) => self.unpack(batch),
             None => gone(),
         }
     }
@@ -215,6 +246,18 @@ fn item(i: Item) -> Result<OwnedFrame> {
         Ok(f) => Ok(f),
         Err(shoal_transport::Error::Closed) => Err(shoal_shm_ring::Error::Closed.into()),
         Err(e) => Err(Error::Net(e)),
+    }
+}
+
+/// `fut`'s output if it is ready at the first poll (a receive that would
+/// wait is dropped: receives are cancel-safe).
+#[cfg(any(feature = "nng", feature = "quic"))]
+fn poll_once<F: std::future::Future>(fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match fut.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
     }
 }
 
@@ -265,7 +308,7 @@ fn gone<T>() -> Result<T> {
 fn feed<W: Wire>(
     addr: Address,
     opts: Options,
-    tx: tokio::sync::mpsc::Sender<Item>,
+    tx: tokio::sync::mpsc::Sender<Vec<Item>>,
     ready: std::sync::mpsc::SyncSender<Item>,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -306,8 +349,20 @@ fn feed<W: Wire>(
             // once and receiving goes on (the subscriber connects again:
             // a writer that is gone for good gives `PeerGone` at each
             // try, each after the connect timeout).
-            let end = matches!(item, Err(shoal_transport::Error::Closed));
-            if tx.send(item).await.is_err() || end {
+            let mut end = matches!(item, Err(shoal_transport::Error::Closed));
+            let mut bytes = 0;
+            let mut batch = vec![item];
+            // What else is there already goes with it (one hand-over).
+            while !end && batch.len() < BATCH_MAX && bytes < BATCH_BYTES {
+                let Some(more) = poll_once(sub.recv()) else {
+                    break;
+                };
+                let more = more.map(Frame::into_owned);
+                bytes += more.as_ref().map_or(0, |f| f.len());
+                end = matches!(more, Err(shoal_transport::Error::Closed));
+                batch.push(more);
+            }
+            if tx.send(batch).await.is_err() || end {
                 break;
             }
         }

@@ -459,6 +459,10 @@ pub struct OwnedFrame(Frame<'static>);
 // variants that are not Send (a ring's guard) are never in an OwnedFrame.
 // What would break this: a new `Bytes` variant that `into_static` keeps.
 unsafe impl Send for OwnedFrame {}
+// SAFETY: as above, the variants an OwnedFrame holds are Sync too (plain
+// heap bytes; an `Arc<dyn AsRef<[u8]> + Send + Sync>`), and `&OwnedFrame`
+// only reads them.
+unsafe impl Sync for OwnedFrame {}
 
 impl OwnedFrame {
     /// The frame.
