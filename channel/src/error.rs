@@ -31,12 +31,19 @@ pub enum Error {
         pid: u32,
     },
     /// Readers a broadcast waited for never came.
-    #[error("{joined} of {expected} readers joined within {after:?}")]
+    #[error(
+        "{joined} of {expected} readers joined within {after:?}{}",
+        named(missing)
+    )]
     ReadersMissing {
         /// Readers waited for.
         expected: u32,
         /// Readers that joined.
         joined: u32,
+        /// The indices of those that never came, when all readers are on
+        /// the writer's host (remote readers are counted, not named: empty
+        /// then).
+        missing: Vec<u32>,
         /// How long the writer waited.
         after: Duration,
     },
@@ -140,6 +147,15 @@ pub(crate) fn attach_error(e: shoal_shm_ring::Error) -> Error {
             name: name.to_string(),
         },
         e => e.into(),
+    }
+}
+
+/// ": missing readers [0, 2]", or nothing.
+fn named(missing: &[u32]) -> String {
+    if missing.is_empty() {
+        String::new()
+    } else {
+        format!(": missing readers {missing:?}")
     }
 }
 

@@ -128,13 +128,21 @@ fn typed_and_large_messages_are_read_in_place() {
 fn readiness_names_how_many_readers_never_came() {
     let o = opts(3);
     let mut b = Broadcast::create(&o).unwrap();
-    let _r = BroadcastReceiver::attach_with(b.handle(), 0, &o).unwrap();
+    let _r = BroadcastReceiver::attach_with(b.handle(), 1, &o).unwrap();
     match b.wait_until_ready(Duration::from_millis(200)) {
-        Err(Error::ReadersMissing {
-            expected: 3,
-            joined: 1,
-            ..
-        }) => {}
+        Err(
+            e @ Error::ReadersMissing {
+                expected: 3,
+                joined: 1,
+                ..
+            },
+        ) => {
+            let Error::ReadersMissing { missing, .. } = &e else {
+                unreachable!()
+            };
+            assert_eq!(missing, &[0, 2]);
+            assert!(e.to_string().contains("missing readers [0, 2]"), "{e}");
+        }
         other => panic!("expected ReadersMissing, got {other:?}"),
     }
 }

@@ -186,3 +186,38 @@ fn frames_of_another_protocol_are_refused_by_name() {
     let m = r.recv().unwrap();
     assert_eq!((m.seq(), &*m), (7, &b"fine"[..]));
 }
+
+/// A remote reader awaited from tokio gets every message, then the close.
+#[cfg(feature = "nng")]
+#[test]
+fn a_remote_reader_awaits_its_messages() {
+    let o = opts(1).remote(1, "nng+tcp://127.0.0.1:0");
+    let mut b = Broadcast::create(&o).unwrap();
+    let mut r = BroadcastReceiver::attach_remote(b.handle(), 0, &o).unwrap();
+    b.wait_until_ready(10 * SEC).unwrap();
+    let reader = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let task = tokio::spawn(async move {
+                for n in 0..100u64 {
+                    let m = r.recv_async().await.unwrap();
+                    assert_eq!((m.seq(), m[0]), (n, n as u8));
+                }
+                matches!(
+                    r.recv_async().await,
+                    Err(Error::Ring(shoal_shm_ring::Error::Closed))
+                )
+            });
+            task.await.unwrap()
+        })
+    });
+    for n in 0..100u64 {
+        b.send(&[n as u8; 100]).unwrap();
+    }
+    drop(b);
+    assert!(reader.join().unwrap(), "the close was not seen");
+}

@@ -156,6 +156,33 @@ impl BroadcastWriter {
         self.core.active_readers()
     }
 
+    /// The readers in the ring now, joined or active: each one's slot,
+    /// the label it gave ([`BroadcastReader::set_tag`]), its pid (a hint:
+    /// in another pid namespace it names another process) and whether it
+    /// is active yet.
+    ///
+    /// ```
+    /// use shoal_shm_ring::{BroadcastConfig, BroadcastReader, BroadcastWriter};
+    /// let w = BroadcastWriter::create(&BroadcastConfig::new(1 << 16, 2))?;
+    /// let r = BroadcastReader::attach(&w.handle())?;
+    /// r.set_tag(7);
+    /// let seen = w.readers();
+    /// assert_eq!(seen.len(), 1);
+    /// assert_eq!(seen[0].tag, Some(7));
+    /// # Ok::<(), shoal_shm_ring::Error>(())
+    /// ```
+    pub fn readers(&self) -> Vec<ReaderSeen> {
+        crate::broadcast_core::readers(&self.core.mem)
+            .into_iter()
+            .map(|(slot, tag, pid, active)| ReaderSeen {
+                slot,
+                tag,
+                pid,
+                active,
+            })
+            .collect()
+    }
+
     /// The largest payload that still travels inside the ring.
     pub fn max_inline(&self) -> usize {
         self.core.max_inline() as usize
@@ -405,6 +432,19 @@ pub struct ReaderOptions {
     pub expect_format: Option<[u8; FORMAT_TAG_LEN]>,
 }
 
+/// A reader a writer sees in its ring (see [`BroadcastWriter::readers`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReaderSeen {
+    /// Its slot.
+    pub slot: u32,
+    /// The label it gave, if any.
+    pub tag: Option<u32>,
+    /// Its pid as it recorded it.
+    pub pid: u32,
+    /// Whether the writer activated it yet.
+    pub active: bool,
+}
+
 /// One reader of a broadcast ring. It receives every record committed after
 /// it joined, in order; dropping it leaves the ring.
 pub struct BroadcastReader {
@@ -488,6 +528,13 @@ impl BroadcastReader {
             t.gen,
             self.ready_taken.clone(),
         )
+    }
+
+    /// Labels this reader with `tag` (a reader's index in its channel):
+    /// the writer's logs about a slow reader name it, and
+    /// [`BroadcastWriter::readers`] lists it.
+    pub fn set_tag(&self, tag: u32) {
+        self.core.set_tag(tag)
     }
 
     /// Whether the writer made this reader active: it receives every

@@ -50,8 +50,8 @@
 
 use crate::error::{Error, Result};
 use crate::layout::{
-    rec, record_size, slot, tagged, untag, valid_position, BroadcastControl, Own, GEN_TAG_MASK,
-    RECORD_ALIGN, RECORD_HEADER,
+    rec, record_size, slot, tagged, untag, valid_position, BroadcastControl, Own, Slot,
+    GEN_TAG_MASK, RECORD_ALIGN, RECORD_HEADER,
 };
 use crate::lease;
 use crate::liveness::ProcessId;
@@ -683,9 +683,10 @@ fn check_blockers<M: RingMem<Control = BroadcastControl>>(
             continue;
         }
         let who = slot_owner(s);
+        let tag = label(s);
         if opts.stall_timeout.is_some_and(|t| waited >= t) {
             log::warn!(
-                "shoal broadcast {}: writer gives up after {:?}: reader slot {i} (pid {}) holds unreleased records",
+                "shoal broadcast {}: writer gives up after {:?}: reader slot {i}{tag} (pid {}) holds unreleased records",
                 mem.label(),
                 waited,
                 who.pid
@@ -700,7 +701,7 @@ fn check_blockers<M: RingMem<Control = BroadcastControl>>(
         if waited >= opts.slow_peer_log && !logged.get() {
             logged.set(true);
             log::warn!(
-                "shoal broadcast {}: writer blocked for {:?} by reader slot {i} (pid {})",
+                "shoal broadcast {}: writer blocked for {:?} by reader slot {i}{tag} (pid {})",
                 mem.label(),
                 waited,
                 who.pid
@@ -708,6 +709,36 @@ fn check_blockers<M: RingMem<Control = BroadcastControl>>(
         }
     }
     Ok(())
+}
+
+/// ", reader N" for a slot whose owner gave its label, else nothing.
+fn label(s: &Slot) -> String {
+    match s.tag.load(Ordering::Relaxed) {
+        0 => String::new(),
+        t => format!(", reader {}", t - 1),
+    }
+}
+
+/// The readers in a broadcast ring now (joined or active): slot, label
+/// (see [`Slot::tag`]), pid, and whether active.
+pub(crate) fn readers<M: RingMem<Control = BroadcastControl>>(
+    mem: &M,
+) -> Vec<(u32, Option<u32>, u32, bool)> {
+    (0..mem.nslots())
+        .filter_map(|i| {
+            let s = mem.slot(i);
+            let state = Own::unpack(s.own.load(Ordering::Acquire)).state;
+            (state == slot::ACTIVE || state == slot::PENDING).then(|| {
+                let tag = s.tag.load(Ordering::Relaxed);
+                (
+                    i as u32,
+                    tag.checked_sub(1),
+                    s.pid.load(Ordering::Relaxed),
+                    state == slot::ACTIVE,
+                )
+            })
+        })
+        .collect()
 }
 
 /// A record a reader got: where it is and what it is.
@@ -778,6 +809,15 @@ impl<M: RingMem<Control = BroadcastControl>> ReaderCore<M> {
             spinner: Spinner::new(opts.wait),
             opts,
         })
+    }
+
+    /// Labels this reader's slot with `tag` (logs name it; the writer
+    /// lists it).
+    pub(crate) fn set_tag(&self, tag: u32) {
+        let s = self.mem.slot(self.st.token.index);
+        if self.st.token.owns(s).is_some() {
+            s.tag.store(tag.saturating_add(1), Ordering::Relaxed);
+        }
     }
 
     /// Whether the writer made this reader active (it receives every

@@ -12,7 +12,7 @@ use crate::wait::EventCount;
 /// First eight bytes of every segment: `b"SHOALSEG"` little-endian.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHOALSEG");
 /// Layout version; bumped on any incompatible change of this module.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 /// Size of the header page; control lines start here.
 pub const HEADER_PAGE: usize = 4096;
 /// Records start on, and are padded to, this many bytes.
@@ -270,7 +270,9 @@ pub(crate) struct Slot {
     /// The owner's pid, for logs only (in another pid namespace it names
     /// another process, or none): liveness is the slot's lease.
     pub pid: AtomicU32,
-    pub _pad: AtomicU32,
+    /// A label its owner chose, plus one (0: none): a broadcast reader's
+    /// index in its channel, for logs and for naming who is missing.
+    pub tag: AtomicU32,
     /// The owner's start time, for logs only.
     pub start_time: AtomicU64,
     /// Broadcast: released-up-to position; MPMC consumer: the record it
@@ -285,7 +287,7 @@ impl Slot {
         Slot {
             own: AtomicU64::new(0),
             pid: AtomicU32::new(0),
-            _pad: AtomicU32::new(0),
+            tag: AtomicU32::new(0),
             start_time: AtomicU64::new(0),
             cursor: AtomicU64::new(0),
         }

@@ -177,6 +177,7 @@ pub(crate) fn claim_slot<M: RingMem>(
         };
         on_claim(i, previous);
         s.pid.store(me.pid, Ordering::Relaxed);
+        s.tag.store(0, Ordering::Relaxed);
         s.start_time.store(me.start_time, Ordering::Relaxed);
         s.cursor.store(tagged(cursor, gen), Ordering::Release);
         // SYNC W(claim): pairs with Acquire loads of `own` by the writer

@@ -246,20 +246,32 @@ impl Broadcast {
 
     /// Waits until every reader of the options joined (up to `timeout`)
     /// and makes them active: every message sent afterwards reaches each
-    /// of them. [`Error::ReadersMissing`] says how many came.
+    /// of them. [`Error::ReadersMissing`] says how many came, and which
+    /// never did when all are on this host.
     pub fn wait_until_ready(&mut self, timeout: Duration) -> Result<()> {
         let end = std::time::Instant::now() + timeout;
         let (local, remote) = (self.opts.local_readers(), self.opts.remote_readers);
-        let missing = |joined| Error::ReadersMissing {
+        // The indices no ring reader gave (only meaningful when every
+        // reader is local: remote ones cannot be told apart).
+        let absent = |w: &BroadcastWriter| -> Vec<u32> {
+            if remote > 0 {
+                return Vec::new();
+            }
+            let seen: Vec<Option<u32>> = w.readers().iter().map(|r| r.tag).collect();
+            (0..local).filter(|i| !seen.contains(&Some(*i))).collect()
+        };
+        let missing = |joined, missing| Error::ReadersMissing {
             expected: local + remote,
             joined,
+            missing,
             after: timeout,
         };
         match self.writer.wait_for_readers(local, Wait::timeout(timeout)) {
             Ok(_) => {}
             Err(RingError::Timeout | RingError::WouldBlock) => {
                 let far = self.remote_now();
-                return Err(missing(self.writer.active_readers() + far));
+                let names = absent(&self.writer);
+                return Err(missing(self.writer.active_readers() + far, names));
             }
             Err(e) => return Err(e.into()),
         }
@@ -269,10 +281,10 @@ impl Broadcast {
         let left = end.saturating_duration_since(std::time::Instant::now());
         match p.wait_for_subscribers(remote, left) {
             Ok(n) if n >= remote => Ok(()),
-            Ok(n) => Err(missing(local + n)),
+            Ok(n) => Err(missing(local + n, Vec::new())),
             Err(Error::Net(shoal_transport::Error::Timeout { .. })) => {
                 let far = self.remote_now();
-                Err(missing(local + far))
+                Err(missing(local + far, Vec::new()))
             }
             Err(e) => Err(e),
         }

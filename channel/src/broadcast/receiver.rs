@@ -282,6 +282,8 @@ impl BroadcastReceiver {
             expect_format: Some(crate::workqueue::expected_tag(Kind::Broadcast)),
         };
         let reader = RingReader::attach_with(&ring, &ro).map_err(crate::error::attach_error)?;
+        // The writer's logs and its readiness name this reader by index.
+        reader.set_tag(index);
         Ok(BroadcastReceiver {
             src: Src::Local(Local {
                 core: ManuallyDrop::new(Core::new(reader)),
