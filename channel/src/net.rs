@@ -22,8 +22,10 @@ use shoal_transport::{blocking::Blocking, Frame, Subscriber, Wire};
 const FEED_DEPTH: usize = 4;
 /// Most messages in one batch (what was there at once, handed over with
 /// one wake-up instead of one each).
+#[cfg(any(feature = "nng", feature = "quic"))]
 const BATCH_MAX: usize = 32;
 /// Most payload bytes in one batch (past the first message).
+#[cfg(any(feature = "nng", feature = "quic"))]
 const BATCH_BYTES: usize = 4 << 20;
 
 /// An address for remote peers, checked: parsed, a network backend, and

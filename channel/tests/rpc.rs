@@ -197,3 +197,39 @@ fn rpc_handles_travel_as_text_and_bytes_and_are_refused_by_other_kinds() {
     let bad = text.replace('+', "-");
     assert!(matches!(bad.parse::<Handle>(), Err(Error::BadHandle(_))));
 }
+
+/// A call awaited from a tokio task: the same replies, and a handler
+/// that sees each as it comes.
+#[test]
+fn calls_can_be_awaited() {
+    let o = opts(2);
+    let mut rpc = Rpc::create(&o).unwrap();
+    let workers = spawn_workers(&rpc, &o);
+    rpc.wait_until_ready(Duration::from_secs(10)).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let rpc = rt.block_on(async move {
+        tokio::spawn(async move {
+            for n in 0..20 {
+                let req = format!("a{n}");
+                let replies = rpc.call_async(req.as_bytes()).await.unwrap();
+                for (i, r) in replies.iter().enumerate() {
+                    assert_eq!(r.ok().unwrap(), format!("{i}:{req}").as_bytes());
+                }
+            }
+            let mut seen = 0;
+            let all = rpc.call_each_async(b"each", |_| seen += 1).await.unwrap();
+            assert_eq!((seen, all.len()), (2, 2));
+            rpc
+        })
+        .await
+        .unwrap()
+    });
+    drop(rpc);
+    for w in workers {
+        assert_eq!(w.join().unwrap(), 21);
+    }
+}

@@ -89,6 +89,151 @@ impl RpcOptions {
 /// liveness of the workers it still waits for.
 const SLICE: Duration = Duration::from_millis(50);
 
+/// What a message of the replies' gather means for a call `call`: a
+/// reply to it, or something else (a hello, noted in `workers`; a reply
+/// to an earlier call or a malformed message, dropped).
+fn note(workers: &mut [Worker], g: &crate::Gathered<'_>, call: u64) -> Next {
+    let sender = g.sender();
+    let Some((id, status)) = decode_head(g) else {
+        tracing::warn!(
+            "shoal rpc: a malformed reply from worker {} (pid {}) dropped",
+            sender.index,
+            sender.pid
+        );
+        return Next::Other;
+    };
+    let n = workers.len();
+    let Some(worker) = workers.get_mut(sender.index as usize) else {
+        tracing::warn!(
+            "shoal rpc: a message from worker {} (pid {}), not one of the {n} workers, dropped",
+            sender.index,
+            sender.pid,
+        );
+        return Next::Other;
+    };
+    let body = g.get(HEAD..).unwrap_or_default();
+    match status {
+        Status::Hello => {
+            // A worker attached (or came back, in a new process).
+            *worker = Worker {
+                sender: Some(sender),
+                hello: Hello::decode(body),
+                dead: false,
+            };
+            Next::Other
+        }
+        // A reply to an earlier call, too late.
+        _ if id != call => Next::Other,
+        Status::Ok => Next::Reply(Reply {
+            worker: sender,
+            result: Ok(Payload::copy(body)),
+        }),
+        Status::Failed => Next::Reply(Reply {
+            worker: sender,
+            result: Err(String::from_utf8_lossy(body).into_owned()),
+        }),
+    }
+}
+
+/// One call's collection of replies.
+struct Collect {
+    call: u64,
+    start: Instant,
+    end: Instant,
+    /// The workers asked (those not found dead before).
+    asked: Vec<bool>,
+    got: Vec<Option<Reply>>,
+    /// Found dead during this call.
+    died: Vec<bool>,
+}
+
+impl Collect {
+    /// A collection for `call`; [`Error::NoReply`] at once when every
+    /// worker was found dead before.
+    fn start(rpc: &Rpc, call: u64) -> Result<Collect> {
+        let start = Instant::now();
+        let n = rpc.workers.len();
+        // Those found dead earlier are not waited for (nor named again),
+        // unless they came back (a hello, noted before the request went).
+        let asked: Vec<bool> = rpc.workers.iter().map(|w| !w.dead).collect();
+        if !asked.contains(&true) {
+            return Err(Error::NoReply {
+                missing: (0..n as u32)
+                    .map(|i| rpc.workers[i as usize].silent(i, true))
+                    .collect(),
+                replies: Vec::new(),
+                after: Duration::ZERO,
+            });
+        }
+        Ok(Collect {
+            call,
+            start,
+            end: start + rpc.opts.call_timeout,
+            asked,
+            got: vec![None; n],
+            died: vec![false; n],
+        })
+    }
+
+    /// Whether a worker asked is still awaited, and there is time.
+    fn waiting(&self) -> bool {
+        let awaited =
+            (0..self.got.len()).any(|i| self.asked[i] && self.got[i].is_none() && !self.died[i]);
+        awaited && Instant::now() < self.end
+    }
+
+    /// Takes what [`Rpc::next`] found.
+    fn on(&mut self, rpc: &mut Rpc, n: Next, handler: &mut dyn FnMut(&Reply)) {
+        match n {
+            Next::Reply(r) => {
+                let i = r.worker.index as usize;
+                // Its first reply (a second one is a buggy worker's), from
+                // the process that said hello as this worker.
+                let said = rpc.workers[i].sender.map(|s| (s.pid, s.host));
+                if self.got[i].is_none()
+                    && said.is_none_or(|id| id == (r.worker.pid, r.worker.host))
+                {
+                    handler(&r);
+                    self.got[i] = Some(r);
+                }
+            }
+            Next::Other => {}
+            Next::Nothing => {
+                // A slice without replies: who died?
+                for i in 0..self.got.len() {
+                    if self.asked[i]
+                        && self.got[i].is_none()
+                        && !self.died[i]
+                        && rpc.workers[i].died()
+                    {
+                        self.died[i] = true;
+                        rpc.workers[i].dead = true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The replies, in worker order, or [`Error::NoReply`] naming who did
+    /// not answer.
+    fn finish(self, rpc: &Rpc) -> Result<Vec<Reply>> {
+        let missing: Vec<Silent> = (0..self.got.len())
+            .filter(|&i| self.asked[i] && self.got[i].is_none())
+            .map(|i| rpc.workers[i].silent(i as u32, self.died[i]))
+            .collect();
+        let replies: Vec<Reply> = self.got.into_iter().flatten().collect();
+        if missing.is_empty() {
+            Ok(replies)
+        } else {
+            Err(Error::NoReply {
+                missing,
+                replies,
+                after: self.start.elapsed(),
+            })
+        }
+    }
+}
+
 /// What [`Rpc::next`] found.
 enum Next {
     /// A reply to the call.
@@ -300,74 +445,75 @@ impl Rpc {
 
     /// Collects the replies to `call`.
     fn collect(&mut self, call: u64, handler: &mut dyn FnMut(&Reply)) -> Result<Vec<Reply>> {
-        let start = Instant::now();
-        let end = start + self.opts.call_timeout;
-        let n = self.workers.len();
-        // Those found dead earlier are not waited for (nor named again),
-        // unless they came back (a hello, noted before the request went).
-        let asked: Vec<bool> = self.workers.iter().map(|w| !w.dead).collect();
-        if !asked.contains(&true) {
-            return Err(Error::NoReply {
-                missing: (0..n as u32)
-                    .map(|i| self.workers[i as usize].silent(i, true))
-                    .collect(),
-                replies: Vec::new(),
-                after: Duration::ZERO,
-            });
+        let mut c = Collect::start(self, call)?;
+        while c.waiting() {
+            let n = self.next(c.end, call)?;
+            c.on(self, n, handler);
         }
-        let mut got: Vec<Option<Reply>> = vec![None; n];
-        let mut died = vec![false; n];
-        let waiting = |got: &[Option<Reply>], died: &[bool]| {
-            (0..n).any(|i| asked[i] && got[i].is_none() && !died[i])
-        };
-        let mut take = |this: &mut Rpc, r: Reply, got: &mut [Option<Reply>]| {
-            let i = r.worker.index as usize;
-            // Its first reply (a second one is a buggy worker's), from the
-            // process that said hello as this worker.
-            let said = this.workers[i].sender.map(|s| (s.pid, s.host));
-            if got[i].is_none() && said.is_none_or(|id| id == (r.worker.pid, r.worker.host)) {
-                handler(&r);
-                got[i] = Some(r);
-            }
-        };
-        while waiting(&got, &died) && Instant::now() < end {
-            match self.next(end, call)? {
-                Next::Reply(r) => take(self, r, &mut got),
-                Next::Other => {}
-                Next::Nothing => {
-                    // A slice without replies: who died?
-                    for i in 0..n {
-                        if asked[i] && got[i].is_none() && !died[i] && self.workers[i].died() {
-                            died[i] = true;
-                            self.workers[i].dead = true;
-                        }
-                    }
-                }
-            }
+        self.last_look(&mut c, handler)?;
+        c.finish(self)
+    }
+
+    /// [`collect`](Self::collect), awaiting the replies.
+    async fn collect_async(
+        &mut self,
+        call: u64,
+        handler: &mut (dyn FnMut(&Reply) + Send),
+    ) -> Result<Vec<Reply>> {
+        let mut c = Collect::start(self, call)?;
+        while c.waiting() {
+            let n = self.next_async(c.end, call).await?;
+            c.on(self, n, handler);
         }
-        // What already came (a worker that answered, then exited just
-        // before it was judged dead, is not named for nothing).
+        self.last_look(&mut c, handler)?;
+        c.finish(self)
+    }
+
+    /// What already came, taken before a call ends (a worker that
+    /// answered, then exited just before it was judged dead, is not named
+    /// for nothing).
+    fn last_look(&mut self, c: &mut Collect, handler: &mut dyn FnMut(&Reply)) -> Result<()> {
         for _ in 0..4096 {
-            match self.next(Instant::now(), call)? {
-                Next::Reply(r) => take(self, r, &mut got),
-                Next::Other => {}
+            match self.next(Instant::now(), c.call)? {
                 Next::Nothing => break,
+                n => c.on(self, n, handler),
             }
         }
-        let missing: Vec<Silent> = (0..n)
-            .filter(|&i| asked[i] && got[i].is_none())
-            .map(|i| self.workers[i].silent(i as u32, died[i]))
-            .collect();
-        let replies: Vec<Reply> = got.into_iter().flatten().collect();
-        if missing.is_empty() {
-            Ok(replies)
-        } else {
-            Err(Error::NoReply {
-                missing,
-                replies,
-                after: start.elapsed(),
-            })
-        }
+        Ok(())
+    }
+
+    /// [`call`](Self::call), awaiting the replies without blocking the
+    /// thread (the request itself is sent as [`Broadcast::send`] does:
+    /// it waits only while the requests' ring is full). Dropped before it
+    /// returned, the request may still reach the workers; their replies
+    /// are then dropped as late by the next call.
+    pub async fn call_async(&mut self, request: &[u8]) -> Result<Vec<Reply>> {
+        let call = self.send(|r| r.send(request))?;
+        self.collect_async(call, &mut |_| {}).await
+    }
+
+    /// [`call_each`](Self::call_each), awaiting the replies: `handler`
+    /// runs on the awaiting task as each reply comes.
+    pub async fn call_each_async(
+        &mut self,
+        request: &[u8],
+        mut handler: impl FnMut(&Reply) + Send,
+    ) -> Result<Vec<Reply>> {
+        let call = self.send(|r| r.send(request))?;
+        self.collect_async(call, &mut handler).await
+    }
+
+    /// [`next`](Self::next), awaited.
+    async fn next_async(&mut self, end: Instant, call: u64) -> Result<Next> {
+        let slice = end.saturating_duration_since(Instant::now()).min(SLICE);
+        let got = tokio::time::timeout(slice, self.replies.recv_async()).await;
+        let g = match got {
+            Err(_) | Ok(Err(Error::Timeout { .. })) => return Ok(Next::Nothing),
+            Ok(Ok(Some(g))) => g,
+            Ok(Ok(None)) => return Err(Error::Closed),
+            Ok(Err(e)) => return Err(e),
+        };
+        Ok(note(&mut self.workers, &g, call))
     }
 
     /// The next message of the replies' gather, waiting up to a slice
@@ -382,46 +528,6 @@ impl Rpc {
             Err(Error::Timeout { .. }) => return Ok(Next::Nothing),
             Err(e) => return Err(e),
         };
-        let sender = g.sender();
-        let i = sender.index as usize;
-        let Some((id, status)) = decode_head(&g) else {
-            tracing::warn!(
-                "shoal rpc: a malformed reply from worker {} (pid {}) dropped",
-                sender.index,
-                sender.pid
-            );
-            return Ok(Next::Other);
-        };
-        let Some(worker) = self.workers.get_mut(i) else {
-            tracing::warn!(
-                "shoal rpc: a message from worker {} (pid {}), not one of the {} workers, dropped",
-                sender.index,
-                sender.pid,
-                self.opts.workers
-            );
-            return Ok(Next::Other);
-        };
-        let body = g.get(HEAD..).unwrap_or_default();
-        match status {
-            Status::Hello => {
-                // A worker attached (or came back, in a new process).
-                *worker = Worker {
-                    sender: Some(sender),
-                    hello: Hello::decode(body),
-                    dead: false,
-                };
-                Ok(Next::Other)
-            }
-            // A reply to an earlier call, too late.
-            _ if id != call => Ok(Next::Other),
-            Status::Ok => Ok(Next::Reply(Reply {
-                worker: sender,
-                result: Ok(Payload::copy(body)),
-            })),
-            Status::Failed => Ok(Next::Reply(Reply {
-                worker: sender,
-                result: Err(String::from_utf8_lossy(body).into_owned()),
-            })),
-        }
+        Ok(note(&mut self.workers, &g, call))
     }
 }
