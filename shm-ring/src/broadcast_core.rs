@@ -1531,7 +1531,12 @@ mod review2_tests {
             send(&mut w, 112, &Wait::timeout(Duration::from_secs(5))).map(|()| t.elapsed())
         });
         // The writer is blocked (it names its floor) ...
+        let t0 = std::time::Instant::now();
         while m.ctrl().status.want_space.load(Ordering::Relaxed) & WANT_FLOOR == 0 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "the writer never blocked"
+            );
             std::thread::yield_now();
         }
         // ... and this reader releases one record at a time, slowly.
