@@ -23,9 +23,14 @@
 //! `latency_one_way_ns`), beside the raw broadcast ring with `--raw`.
 //!
 //! `channel broadcast-net --wire nng-tcp|quic --readers R --size B --ms T
-//! [--raw]`: Broadcast throughput to R remote reader processes through
-//! the writer's network publisher on loopback, the slowest reader's
-//! rate, beside the transport's own publish/subscribe with `--raw`.
+//! [--raw] [--hosts]`: Broadcast throughput to R remote reader processes
+//! through the writer's network publisher, the slowest reader's rate,
+//! beside the transport's own publish/subscribe with `--raw`; on
+//! loopback, or with `--hosts` across two network namespaces joined by a
+//! veth pair (root; transport `nng-tcp-netns` / `quic-netns`).
+//! `channel broadcast-net-latency ... --iters N`: the same, one message
+//! at a time, from its send until every reader has it (metric
+//! `latency_one_way_ns`).
 //!
 //! `channel rpc --workers W --iters N [--raw]`: an Rpc call's round trip
 //! to W worker processes (pattern `channel-rpc`), beside the same fan-out
@@ -552,6 +557,41 @@ fn rpc(workers: usize, iters: u64, raw: bool) -> Measurement {
     m
 }
 
+/// Two network namespaces joined by a veth pair (the transport tests'
+/// helper), for cells across "hosts".
+#[path = "../../../transport/tests/common/netns.rs"]
+#[allow(dead_code)]
+mod netns;
+
+/// What `netns` expects of its sibling module.
+mod proc {
+    #[allow(dead_code)]
+    pub const ROLE: &str = "SHOAL_TEST_ROLE";
+}
+
+/// Moves the calling thread into the network namespace `name` (made by
+/// `ip netns add`); threads it starts afterwards are born there.
+fn enter_netns(name: &str) -> Result<(), String> {
+    let path = std::ffi::CString::new(format!("/run/netns/{name}")).map_err(|e| e.to_string())?;
+    // SAFETY: a NUL-terminated path; open does not keep the pointer.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(format!(
+            "opening {name}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: `fd` is a namespace file just opened; setns only reads it.
+    let r = unsafe { libc::setns(fd, libc::CLONE_NEWNET) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: our own descriptor, closed once.
+    unsafe { libc::close(fd) };
+    if r != 0 {
+        return Err(format!("entering {name}: {err}"));
+    }
+    Ok(())
+}
+
 /// The handle text a parent left in `map` at `at` (length, then bytes),
 /// waited for up to 20 s.
 fn read_text(map: &SharedMap, at: usize) -> Option<String> {
@@ -593,32 +633,68 @@ fn write_text(map: &SharedMap, at: usize, text: &str) -> Result<(), String> {
 /// publish/subscribe under it (system `shoal-transport`). The readers are
 /// forked before any runtime starts; the address reaches them through a
 /// shared map.
-fn broadcast_net(wire: &str, readers: usize, size: usize, run: Duration, raw: bool) -> Measurement {
+fn broadcast_net(
+    wire: &str,
+    readers: usize,
+    size: usize,
+    run: Duration,
+    raw: bool,
+    hosts: bool,
+    latency: Option<u64>,
+) -> Measurement {
     use shoal_channel::{Broadcast, BroadcastOptions, BroadcastReceiver, Handle};
     use shoal_transport::blocking::Blocking;
     use shoal_transport::{Address, Nng, Options, Quic, Wire};
     let system = if raw { "shoal-transport" } else { "shoal" };
-    let bind = match wire {
-        "nng-tcp" => "nng+tcp://127.0.0.1:0",
-        _ => "quic://127.0.0.1:0",
+    let scheme = if wire == "quic" { "quic" } else { "nng+tcp" };
+    let name = format!(
+        "{}{}",
+        if wire == "quic" { "quic" } else { "nng-tcp" },
+        if hosts { "-netns" } else { "" }
+    );
+    let metric = if latency.is_some() {
+        "latency_one_way_ns"
+    } else {
+        "throughput_msgs_per_s"
     };
-    let mut m = Measurement::new(system, "channel-broadcast", "park", "throughput_msgs_per_s")
-        .transport(if wire == "quic" { "quic" } else { "nng-tcp" })
+    let mut m = Measurement::new(system, "channel-broadcast", "park", metric)
+        .transport(&name)
         .payload(size as u64)
         .readers(readers as u32)
         .processes(readers as u32 + 1);
     const TEXT: usize = 8192;
     // Large messages come slowly: count each, or a slice sees none.
-    let batch = if size >= 64 << 10 { 1 } else { BATCH };
+    // Latency: each, as it comes.
+    let batch = if size >= 64 << 10 || latency.is_some() {
+        1
+    } else {
+        BATCH
+    };
     let r = (|| -> Result<Vec<f64>, String> {
+        // Two hosts: the writer in one network namespace, the readers in
+        // the other, joined by a veth pair.
+        let pair = if hosts {
+            Some(netns::Pair::create("bench")?)
+        } else {
+            None
+        };
+        let bind = match &pair {
+            Some(p) => format!("{scheme}://{}:0", p.addr(0)),
+            None => format!("{scheme}://127.0.0.1:0"),
+        };
         let map = SharedMap::new(TEXT + 4096 + 128 * readers).map_err(|e| e.to_string())?;
         let net = Options::default().max_message(size + 4096);
         let mut kids = Vec::new();
         for k in 0..readers {
             let counter = map.at::<AtomicU64>(slot(k));
-            let (map, net) = (&map, &net);
+            let (map, net, pair) = (&map, &net, &pair);
             kids.push(
                 fork(move || {
+                    if let Some(p) = pair {
+                        if enter_netns(p.name(1)).is_err() {
+                            return 1;
+                        }
+                    }
                     let Some(text) = read_text(map, TEXT) else {
                         return 1;
                     };
@@ -668,6 +744,11 @@ fn broadcast_net(wire: &str, readers: usize, size: usize, run: Duration, raw: bo
                 .map_err(|e| e.to_string())?,
             );
         }
+        if let Some(p) = &pair {
+            // Before any thread starts: the runtimes' threads inherit it.
+            enter_netns(p.name(0))?;
+        }
+        let bind = bind.as_str();
         let wait = Duration::from_secs(20);
         let msg = vec![7u8; size];
         let a: Address = bind.parse().map_err(|e| format!("{e}"))?;
@@ -714,6 +795,34 @@ fn broadcast_net(wire: &str, readers: usize, size: usize, run: Duration, raw: bo
                 .unwrap_or(0)
         };
         let mut samples = Vec::new();
+        if let Some(iters) = latency {
+            // One message at a time: from its send until every reader
+            // counted it (through the shared map, a cache line away).
+            let warm = iters / 10 + 1;
+            for i in 1..=warm + iters {
+                let t = Instant::now();
+                send()?;
+                let mut spins = 0u32;
+                while slowest() < i {
+                    spins += 1;
+                    if spins.is_multiple_of(64) {
+                        std::thread::yield_now();
+                    }
+                    if t.elapsed() > wait {
+                        return Err(format!("a reader never took message {i}"));
+                    }
+                    std::hint::spin_loop();
+                }
+                if i > warm {
+                    samples.push(t.elapsed().as_nanos() as f64);
+                }
+            }
+            drop(send);
+            for k in kids {
+                let _ = k.wait();
+            }
+            return Ok(samples);
+        }
         let start = Instant::now();
         let (mut t, mut n) = (start, 0u64);
         let mut warm = true;
@@ -840,6 +949,17 @@ fn main() {
             a.get("size", 64usize),
             Duration::from_millis(a.get("ms", 1000u64)),
             a.has("raw"),
+            a.has("hosts"),
+            None,
+        ),
+        "broadcast-net-latency" => broadcast_net(
+            &a.get("wire", "nng-tcp".to_string()),
+            a.get("readers", 1usize).max(1),
+            a.get("size", 64usize),
+            Duration::ZERO,
+            a.has("raw"),
+            a.has("hosts"),
+            Some(a.get("iters", 1000u64)),
         ),
         "rpc" => rpc(
             a.get("workers", 3usize).max(1),
@@ -848,7 +968,7 @@ fn main() {
         ),
         _ => {
             eprintln!(
-                "usage: channel workqueue --producers P --consumers C --size B --ms T [--raw] | broadcast --readers R --size B --ms T [--raw] | broadcast-latency --readers R --size B --iters N [--raw] | broadcast-net --wire nng-tcp|quic --readers R --size B --ms T [--raw] | rpc --workers W --iters N [--raw] | typed --iters N"
+                "usage: channel workqueue --producers P --consumers C --size B --ms T [--raw] | broadcast --readers R --size B --ms T [--raw] | broadcast-latency --readers R --size B --iters N [--raw] | broadcast-net --wire nng-tcp|quic --readers R --size B --ms T [--raw] [--hosts] | broadcast-net-latency --wire W --readers R --size B --iters N [--raw] [--hosts] | rpc --workers W --iters N [--raw] | typed --iters N"
             );
             std::process::exit(2);
         }

@@ -258,15 +258,16 @@ fn cells(quick: bool) -> Vec<Cell> {
         .collect();
     let bl: Vec<&str> = bl.iter().map(String::as_str).collect();
     v.push(cell("channel broadcast latency", r - 1, &bl));
-    // Broadcast to readers on other hosts (here: other processes forced
-    // remote, on loopback), over nng+tcp and QUIC, beside the transport's
-    // own publish/subscribe under it.
+    // Broadcast to readers on another host (two network namespaces joined
+    // by a veth pair; needs root), over nng+tcp and QUIC, beside the
+    // transport's own publish/subscribe under it: throughput, and latency
+    // (one message at a time until every reader has it).
     for size in [64usize, 1 << 20] {
         let bn: Vec<String> = [("nng-tcp", 1), ("nng-tcp", 3), ("quic", 1), ("quic", 3)]
             .iter()
             .flat_map(|(wire, readers)| {
                 let base = format!(
-                    "channel broadcast-net --wire {wire} --readers {readers} --size {size} --ms {ms}"
+                    "channel broadcast-net --hosts --wire {wire} --readers {readers} --size {size} --ms {ms}"
                 );
                 [base.clone(), format!("{base} --raw")]
             })
@@ -278,6 +279,18 @@ fn cells(quick: bool) -> Vec<Cell> {
             &bn,
         ));
     }
+    let bl: Vec<String> = [("nng-tcp", 1), ("nng-tcp", 3), ("quic", 1), ("quic", 3)]
+        .iter()
+        .flat_map(|(wire, readers)| {
+            let base = format!(
+                "channel broadcast-net-latency --hosts --wire {wire} --readers {readers} --size 64 --iters {}",
+                lat_iters / 2
+            );
+            [base.clone(), format!("{base} --raw")]
+        })
+        .collect();
+    let bl: Vec<&str> = bl.iter().map(String::as_str).collect();
+    v.push(cell("channel broadcast remote latency 64 B", r - 1, &bl));
     // Rpc round trip to 3 worker processes, beside the same fan-out and
     // fan-in on the raw rings.
     let rpc = format!("channel rpc --workers 3 --iters {lat_iters}");
