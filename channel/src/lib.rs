@@ -2,7 +2,8 @@
 //!
 //! The semantics users ask for, with one API whether the peers are threads,
 //! processes on one host, or (with the `nng` or `quic` feature) processes
-//! on other hosts:
+//! on other hosts (so far: a Broadcast's readers; the other kinds' remote
+//! peers come next):
 //!
 //! - a [`WorkQueue`]: many producers, many consumers, each message taken
 //!   once, and termination without guessing: producers
@@ -33,6 +34,8 @@
 //!
 //! - a [`Broadcast`]: one writer, N readers, every message to every
 //!   reader in order, [`Received`] values held in place (several at once);
+//!   readers on other hosts read the same messages, in the same order,
+//!   through a network publisher the writer binds beside its ring;
 //! - a [`Gather`]: many writers, one reader, each message with its
 //!   [`Sender`] (index, pid, host); the same termination;
 //! - an [`Rpc`]: one request to every worker, every worker's [`Reply`]

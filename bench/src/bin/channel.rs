@@ -560,7 +560,8 @@ fn rpc(workers: usize, iters: u64, raw: bool) -> Measurement {
 /// Two network namespaces joined by a veth pair (the transport tests'
 /// helper), for cells across "hosts".
 #[path = "../../../transport/tests/common/netns.rs"]
-#[allow(dead_code)]
+#[allow(dead_code, rustdoc::broken_intra_doc_links)]
+#[doc(hidden)]
 mod netns;
 
 /// What `netns` expects of its sibling module.
