@@ -330,7 +330,12 @@ impl FromStr for Handle {
             }
             return Err(bad("no &host= (the host that made it)"));
         };
-        let host = u64::from_str_radix(host, 16).map_err(|_| bad("a host that is not hex"))?;
+        let host = match u64::from_str_radix(host, 16) {
+            Ok(h) => h,
+            // Another build may put more after its host.
+            Err(_) if format != self::format() => return Err(other_build()),
+            Err(_) => return Err(bad("a host that is not hex")),
+        };
         Ok(Handle {
             kind,
             local: local.to_string(),

@@ -300,6 +300,12 @@ fn bad_handles_are_clear_errors() {
         flipped[i] ^= 0x5a;
         let _ = Handle::from_bytes(&flipped);
     }
+    // Another build with more after its host.
+    let later = format!("{}&port=7", text.replace("?fmt=ch2.", "?fmt=ch3."));
+    assert!(matches!(
+        later.parse::<Handle>(),
+        Err(Error::Incompatible { .. })
+    ));
     // A kind this build does not know, from another build.
     let newer = text
         .replacen("workqueue@", "broadcast2@", 1)
