@@ -6,6 +6,13 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// A wait was cancelled (its [`CancelToken`](crate::CancelToken));
+    /// nothing was sent or received.
+    #[error("{what}: cancelled")]
+    Cancelled {
+        /// What was waited for.
+        what: &'static str,
+    },
     /// A wait ran out of time; nothing was sent or taken.
     #[error("{what}: timed out after {after:?}")]
     Timeout {

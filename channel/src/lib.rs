@@ -72,4 +72,5 @@ pub use error::{Error, Result};
 pub use gather::{Gather, GatherWriter, Gathered, Sender, TryGather};
 pub use handle::{Handle, Kind};
 pub use rpc::{Reply, Request, Rpc, RpcOptions, RpcWorker};
+pub use shoal_shm_ring::CancelToken;
 pub use workqueue::{Consumer, Producer, QueueOptions, Taken, TryPutError, TryTake, WorkQueue};

@@ -286,3 +286,30 @@ fn a_reader_waits_until_the_writer_counts_it_in() {
     b.send(b"counted").unwrap();
     assert_eq!(&*r.recv().unwrap(), b"counted");
 }
+
+/// A receive waiting for a message that never comes ends when its token
+/// is cancelled, and the receiver goes on afterwards.
+#[test]
+fn a_waiting_receive_can_be_cancelled() {
+    let o = opts(1).recv_timeout(None);
+    let mut b = Broadcast::create(&o).unwrap();
+    let mut r = BroadcastReceiver::attach_with(b.handle(), 0, &o).unwrap();
+    b.wait_until_ready(Duration::from_secs(5)).unwrap();
+    let stop = shoal_channel::CancelToken::new();
+    let t = std::time::Instant::now();
+    std::thread::scope(|s| {
+        let stop2 = stop.clone();
+        s.spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            stop2.cancel();
+        });
+        assert!(matches!(
+            r.recv_cancellable(&stop),
+            Err(Error::Cancelled { .. })
+        ));
+    });
+    assert!(t.elapsed() < Duration::from_secs(5));
+    b.send(b"after").unwrap();
+    let fresh = shoal_channel::CancelToken::new();
+    assert_eq!(&*r.recv_cancellable(&fresh).unwrap(), b"after");
+}

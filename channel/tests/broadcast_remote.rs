@@ -221,3 +221,25 @@ fn a_remote_reader_awaits_its_messages() {
     drop(b);
     assert!(reader.join().unwrap(), "the close was not seen");
 }
+
+/// A remote receive waiting for a message that never comes ends when its
+/// token is cancelled.
+#[cfg(feature = "nng")]
+#[test]
+fn a_remote_receive_can_be_cancelled() {
+    let o = opts(1)
+        .remote(1, "nng+tcp://127.0.0.1:0")
+        .recv_timeout(None);
+    let mut b = Broadcast::create(&o).unwrap();
+    let mut r = BroadcastReceiver::attach_remote(b.handle(), 0, &o).unwrap();
+    b.wait_until_ready(10 * SEC).unwrap();
+    let stop = shoal_channel::CancelToken::new();
+    stop.cancel();
+    assert!(matches!(
+        r.recv_cancellable(&stop),
+        Err(Error::Cancelled { .. })
+    ));
+    b.send(b"after").unwrap();
+    let fresh = shoal_channel::CancelToken::new();
+    assert_eq!(&*r.recv_cancellable(&fresh).unwrap(), b"after");
+}

@@ -31,7 +31,9 @@
 use crate::error::{Error, Result};
 use crate::handle::{ring_tag, Handle, Kind};
 use crate::net::{self, NetPublisher};
-use shoal_shm_ring::{BroadcastConfig, BroadcastWriter, Error as RingError, PeerOptions, Wait};
+use shoal_shm_ring::{
+    BroadcastConfig, BroadcastWriter, CancelToken, Error as RingError, PeerOptions, Wait,
+};
 use shoal_transport::{archive_into, Archivable, Archived};
 use std::time::Duration;
 
@@ -155,6 +157,7 @@ pub(crate) fn ring_error(e: RingError, what: &'static str, waited: Option<Durati
             what,
             after: waited.unwrap_or_default(),
         },
+        RingError::Cancelled => Error::Cancelled { what },
         e => e.into(),
     }
 }
@@ -309,13 +312,46 @@ impl Broadcast {
     /// network failed it: then the local readers have it (its number is
     /// used) and some remote ones may.
     pub fn send(&mut self, msg: &[u8]) -> Result<u64> {
+        self.send_waiting(msg, None)
+    }
+
+    /// [`send`](Self::send), also ending its wait for room when `cancel`
+    /// is cancelled ([`Error::Cancelled`]: nothing was sent). Remote
+    /// readers' publication is not cancelled (its wait is bounded by the
+    /// send timeout).
+    ///
+    /// ```
+    /// use shoal_channel::{Broadcast, BroadcastOptions, BroadcastReceiver, CancelToken, Error};
+    /// let mut b = Broadcast::create(&BroadcastOptions::new(1).capacity(4096))?;
+    /// let _r = BroadcastReceiver::attach(b.handle(), 0)?; // never reads
+    /// b.wait_until_ready(std::time::Duration::from_secs(5))?;
+    /// let stop = CancelToken::new();
+    /// stop.cancel();
+    /// // The ring fills; then the next send is cancelled instead of waiting.
+    /// let r = loop {
+    ///     if let Err(e) = b.send_cancellable(&[0; 512], &stop) {
+    ///         break e;
+    ///     }
+    /// };
+    /// assert!(matches!(r, Error::Cancelled { .. }));
+    /// # Ok::<(), shoal_channel::Error>(())
+    /// ```
+    pub fn send_cancellable(&mut self, msg: &[u8], cancel: &CancelToken) -> Result<u64> {
+        self.send_waiting(msg, Some(cancel))
+    }
+
+    fn send_waiting(&mut self, msg: &[u8], cancel: Option<&CancelToken>) -> Result<u64> {
         let head = self.head();
         // Into the ring whether or not local readers were counted: one
         // that attaches anyway reads (none: nothing waits for it).
         let timeout = self.opts.send_timeout;
+        let mut wait = wait_for(timeout);
+        if let Some(c) = cancel {
+            wait = wait.with_cancel(c);
+        }
         let mut r = self
             .writer
-            .reserve_with(HEAD + msg.len(), wait_for(timeout))
+            .reserve_with(HEAD + msg.len(), wait)
             .map_err(|e| ring_error(e, "room in the broadcast", timeout))?;
         r[..HEAD].copy_from_slice(&head);
         r[HEAD..HEAD + msg.len()].copy_from_slice(msg);

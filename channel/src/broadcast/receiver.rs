@@ -15,7 +15,8 @@ use crate::handle::{Handle, Kind};
 use rkyv::api::high::HighValidator;
 use rkyv::bytecheck::CheckBytes;
 use shoal_shm_ring::{
-    BroadcastReader as RingReader, Error as RingError, Held, ReaderOptions, Wait, MAX_HELD,
+    BroadcastReader as RingReader, CancelToken, Error as RingError, Held, ReaderOptions, Wait,
+    MAX_HELD,
 };
 use std::cell::UnsafeCell;
 use std::mem::ManuallyDrop;
@@ -344,7 +345,20 @@ impl BroadcastReceiver {
     pub fn recv(&mut self) -> Result<Received> {
         match &mut self.src {
             Src::Local(l) => l.recv(),
-            Src::Remote(r) => r.recv(),
+            Src::Remote(r) => r.recv(None),
+        }
+    }
+
+    /// [`recv`](Self::recv), also ending its wait when `cancel` is
+    /// cancelled ([`Error::Cancelled`]: nothing was received), within a
+    /// few milliseconds.
+    pub fn recv_cancellable(&mut self, cancel: &CancelToken) -> Result<Received> {
+        match &mut self.src {
+            Src::Local(l) => match l.look()? {
+                Some(m) => Ok(m),
+                None => l.recv_slow(Some(cancel)),
+            },
+            Src::Remote(r) => r.recv(Some(cancel)),
         }
     }
 
@@ -446,14 +460,14 @@ impl Local {
         // The common case inline: a message is there.
         match self.core.reader().try_recv_held() {
             Ok(Some(h)) => self.core.hand_out(h),
-            Ok(None) => self.recv_slow(),
+            Ok(None) => self.recv_slow(None),
             Err(e) => Err(e.into()),
         }
     }
 
     /// `recv` once a look found nothing.
     #[inline(never)]
-    fn recv_slow(&mut self) -> Result<Received> {
+    fn recv_slow(&mut self, cancel: Option<&CancelToken>) -> Result<Received> {
         let timeout = self.recv_timeout;
         let end = timeout.and_then(|t| std::time::Instant::now().checked_add(t));
         let mut slices = Slices::new();
@@ -462,11 +476,14 @@ impl Local {
             let next = slices.next(self.core.held());
             // At least one look, however short the timeout.
             let slice = left.map_or(next, |l| l.min(next));
-            let wait = if slice.is_zero() {
+            let mut wait = if slice.is_zero() {
                 Wait::no_wait()
             } else {
                 Wait::timeout(slice)
             };
+            if let Some(c) = cancel {
+                wait = wait.with_cancel(c);
+            }
             match self.core.reader().recv_held_with(wait) {
                 Ok(h) => return self.core.hand_out(h),
                 Err(RingError::Timeout | RingError::WouldBlock) => {

@@ -7,7 +7,11 @@ use super::{BroadcastOptions, Received};
 use crate::error::{Error, Result};
 use crate::handle::{Handle, Kind};
 use crate::net::{self, NetFeed};
+use shoal_shm_ring::CancelToken;
 use std::time::Duration;
+
+/// How often a cancellable remote receive looks at its token.
+const CANCEL_SLICE: Duration = Duration::from_millis(5);
 
 /// A remote reader: a subscriber to the writer's publisher.
 pub(super) struct Remote {
@@ -33,11 +37,33 @@ impl Remote {
         })
     }
 
-    /// See [`BroadcastReceiver::recv`](super::BroadcastReceiver::recv).
-    pub(super) fn recv(&mut self) -> Result<Received> {
-        match self.feed.recv_blocking(self.recv_timeout)? {
-            Some(f) => Received::remote(f),
-            None => Err(self.timed_out()),
+    /// See [`BroadcastReceiver::recv`](super::BroadcastReceiver::recv)
+    /// (and `recv_cancellable`: `cancel` is looked at every few
+    /// milliseconds).
+    pub(super) fn recv(&mut self, cancel: Option<&CancelToken>) -> Result<Received> {
+        let Some(cancel) = cancel else {
+            return match self.feed.recv_blocking(self.recv_timeout)? {
+                Some(f) => Received::remote(f),
+                None => Err(self.timed_out()),
+            };
+        };
+        let end = self
+            .recv_timeout
+            .and_then(|t| std::time::Instant::now().checked_add(t));
+        loop {
+            if cancel.is_cancelled() {
+                return Err(Error::Cancelled {
+                    what: "a broadcast message (remote)",
+                });
+            }
+            let left = end.map(|e| e.saturating_duration_since(std::time::Instant::now()));
+            let slice = left.map_or(CANCEL_SLICE, |l| l.min(CANCEL_SLICE));
+            if let Some(f) = self.feed.recv_blocking(Some(slice))? {
+                return Received::remote(f);
+            }
+            if left.is_some_and(|l| l <= slice) {
+                return Err(self.timed_out());
+            }
         }
     }
 
