@@ -62,7 +62,7 @@ fn slot(i: usize) -> usize {
 
 fn workqueue(p: usize, c: usize, size: usize, run: Duration, raw: bool) -> Measurement {
     let system = if raw { "shm-ring" } else { "shoal" };
-    let mut m = Measurement::new(system, "channel-workqueue", "park", "throughput_msgs_per_s")
+    let m = Measurement::new(system, "channel-workqueue", "park", "throughput_msgs_per_s")
         .payload(size as u64)
         .readers(c as u32)
         .processes((p + c) as u32);
@@ -207,11 +207,88 @@ fn workqueue(p: usize, c: usize, size: usize, run: Duration, raw: bool) -> Measu
         }
         Ok(samples)
     })();
+    finish(m, r)
+}
+
+/// `m` with the samples of a run, or why it failed.
+fn finish(mut m: Measurement, r: Result<Vec<f64>, String>) -> Measurement {
     match r {
         Ok(s) => m.samples = s,
         Err(e) => m.error = Some(e),
     }
     m
+}
+
+/// The count of the slowest of `readers` reader processes (each keeps
+/// its count in its slot of `map`).
+fn slowest(map: &SharedMap, readers: usize) -> u64 {
+    (0..readers)
+        .map(|k| map.at::<AtomicU64>(slot(k)).load(Ordering::Acquire))
+        .min()
+        .unwrap_or(0)
+}
+
+/// Throughput to the slowest reader: calls `send` (`burst` messages at a
+/// time) for `run` after one slice of warm-up; one sample per slice.
+fn rate_of_slowest(
+    map: &SharedMap,
+    readers: usize,
+    run: Duration,
+    burst: usize,
+    send: &mut dyn FnMut() -> Result<(), String>,
+) -> Result<Vec<f64>, String> {
+    let mut samples = Vec::new();
+    let start = Instant::now();
+    let (mut t, mut n) = (start, 0u64);
+    let mut warm = true;
+    while start.elapsed() < run + SLICE {
+        for _ in 0..burst {
+            send()?;
+        }
+        if t.elapsed() >= SLICE {
+            let (t1, n1) = (Instant::now(), slowest(map, readers));
+            if !warm {
+                samples.push((n1 - n) as f64 / (t1 - t).as_secs_f64());
+            }
+            warm = false;
+            (t, n) = (t1, n1);
+        }
+    }
+    Ok(samples)
+}
+
+/// Latency to every reader: sends one message at a time with `send` and
+/// waits until every reader counted it (through `map`, a cache line
+/// away, yielding now and then: two cores); one sample per message after
+/// a tenth of warm-up, in ns.
+fn latency_to_all(
+    map: &SharedMap,
+    readers: usize,
+    iters: u64,
+    send: &mut dyn FnMut() -> Result<(), String>,
+) -> Result<Vec<f64>, String> {
+    let wait = Duration::from_secs(20);
+    let warm = iters / 10 + 1;
+    let mut samples = Vec::with_capacity(iters as usize);
+    for i in 1..=warm + iters {
+        let t = Instant::now();
+        send()?;
+        let mut spins = 0u32;
+        while slowest(map, readers) < i {
+            spins += 1;
+            if spins.is_multiple_of(64) {
+                std::thread::yield_now();
+            }
+            if t.elapsed() > wait {
+                return Err(format!("a reader never took message {i}"));
+            }
+            std::hint::spin_loop();
+        }
+        if i > warm {
+            samples.push(t.elapsed().as_nanos() as f64);
+        }
+    }
+    Ok(samples)
 }
 
 /// Broadcast throughput: this process writes `size`-byte messages as fast
@@ -222,7 +299,7 @@ fn broadcast(readers: usize, size: usize, run: Duration, raw: bool) -> Measureme
     use shoal_channel::{Broadcast, BroadcastOptions, BroadcastReceiver};
     use shoal_shm_ring::{BroadcastConfig, BroadcastReader, BroadcastWriter};
     let system = if raw { "shm-ring" } else { "shoal" };
-    let mut m = Measurement::new(system, "channel-broadcast", "park", "throughput_msgs_per_s")
+    let m = Measurement::new(system, "channel-broadcast", "park", "throughput_msgs_per_s")
         .payload(size as u64)
         .readers(readers as u32)
         .processes(readers as u32 + 1);
@@ -284,34 +361,15 @@ fn broadcast(readers: usize, size: usize, run: Duration, raw: bool) -> Measureme
                 .map_err(|e| e.to_string())?;
         }
         let msg = vec![7u8; size];
-        let slowest = || -> u64 {
-            (0..readers)
-                .map(|k| map.at::<AtomicU64>(slot(k)).load(Ordering::Acquire))
-                .min()
-                .unwrap_or(0)
-        };
-        let mut samples = Vec::new();
-        let start = Instant::now();
-        let (mut t, mut n) = (start, 0u64);
-        let mut warm = true;
-        while start.elapsed() < run + SLICE {
-            for _ in 0..256 {
-                if let Some(b) = &mut chan {
-                    b.send(&msg).map_err(|e| e.to_string())?;
-                }
-                if let Some(w) = &mut ring {
-                    w.send(&msg).map_err(|e| e.to_string())?;
-                }
+        let samples = rate_of_slowest(&map, readers, run, 256, &mut || {
+            if let Some(b) = &mut chan {
+                b.send(&msg).map_err(|e| e.to_string())?;
             }
-            if t.elapsed() >= SLICE {
-                let (t1, n1) = (Instant::now(), slowest());
-                if !warm {
-                    samples.push((n1 - n) as f64 / (t1 - t).as_secs_f64());
-                }
-                warm = false;
-                (t, n) = (t1, n1);
+            if let Some(w) = &mut ring {
+                w.send(&msg).map_err(|e| e.to_string())?;
             }
-        }
+            Ok(())
+        })?;
         // The end: readers see the writer go.
         drop(chan);
         drop(ring);
@@ -320,11 +378,7 @@ fn broadcast(readers: usize, size: usize, run: Duration, raw: bool) -> Measureme
         }
         Ok(samples)
     })();
-    match r {
-        Ok(s) => m.samples = s,
-        Err(e) => m.error = Some(e),
-    }
-    m
+    finish(m, r)
 }
 
 /// Broadcast latency: this process sends one `size`-byte message at a
@@ -338,7 +392,7 @@ fn broadcast_latency(readers: usize, size: usize, iters: u64, raw: bool) -> Meas
     use shoal_channel::{Broadcast, BroadcastOptions, BroadcastReceiver};
     use shoal_shm_ring::{BroadcastConfig, BroadcastReader, BroadcastWriter};
     let system = if raw { "shm-ring" } else { "shoal" };
-    let mut m = Measurement::new(system, "channel-broadcast", "park", "latency_one_way_ns")
+    let m = Measurement::new(system, "channel-broadcast", "park", "latency_one_way_ns")
         .payload(size as u64)
         .readers(readers as u32)
         .processes(readers as u32 + 1);
@@ -394,35 +448,15 @@ fn broadcast_latency(readers: usize, size: usize, iters: u64, raw: bool) -> Meas
                 .map_err(|e| e.to_string())?;
         }
         let msg = vec![7u8; size];
-        let warm = iters / 10 + 1;
-        let mut samples = Vec::with_capacity(iters as usize);
-        for i in 1..=warm + iters {
-            let t = Instant::now();
+        let samples = latency_to_all(&map, readers, iters, &mut || {
             if let Some(b) = &mut chan {
                 b.send(&msg).map_err(|e| e.to_string())?;
             }
             if let Some(w) = &mut ring {
                 w.send(&msg).map_err(|e| e.to_string())?;
             }
-            let mut spins = 0u32;
-            for k in 0..readers {
-                let got = map.at::<AtomicU64>(slot(k));
-                while got.load(Ordering::Acquire) < i {
-                    spins += 1;
-                    // Two cores: let the readers run.
-                    if spins.is_multiple_of(64) {
-                        std::thread::yield_now();
-                    }
-                    if t.elapsed() > wait {
-                        return Err(format!("reader {k} never took message {i}"));
-                    }
-                    std::hint::spin_loop();
-                }
-            }
-            if i > warm {
-                samples.push(t.elapsed().as_nanos() as f64);
-            }
-        }
+            Ok(())
+        })?;
         drop(chan);
         drop(ring);
         for k in kids {
@@ -430,11 +464,7 @@ fn broadcast_latency(readers: usize, size: usize, iters: u64, raw: bool) -> Meas
         }
         Ok(samples)
     })();
-    match r {
-        Ok(s) => m.samples = s,
-        Err(e) => m.error = Some(e),
-    }
-    m
+    finish(m, r)
 }
 
 /// Rpc round trip: one small request to `workers` worker processes and
@@ -447,7 +477,7 @@ fn rpc(workers: usize, iters: u64, raw: bool) -> Measurement {
     use shoal_channel::{Rpc, RpcOptions, RpcWorker};
     use shoal_shm_ring::{BroadcastConfig, BroadcastReader, BroadcastWriter};
     let system = if raw { "shm-ring" } else { "shoal" };
-    let mut m = Measurement::new(system, "channel-rpc", "park", "latency_one_way_ns")
+    let m = Measurement::new(system, "channel-rpc", "park", "latency_one_way_ns")
         .payload(64)
         .readers(workers as u32)
         .processes(workers as u32 + 1);
@@ -550,11 +580,7 @@ fn rpc(workers: usize, iters: u64, raw: bool) -> Measurement {
         }
         Ok(samples)
     })();
-    match r {
-        Ok(s) => m.samples = s,
-        Err(e) => m.error = Some(e),
-    }
-    m
+    finish(m, r)
 }
 
 /// Two network namespaces joined by a veth pair (the transport tests'
@@ -658,7 +684,7 @@ fn broadcast_net(
     } else {
         "throughput_msgs_per_s"
     };
-    let mut m = Measurement::new(system, "channel-broadcast", "park", metric)
+    let m = Measurement::new(system, "channel-broadcast", "park", metric)
         .transport(&name)
         .payload(size as u64)
         .readers(readers as u32)
@@ -789,58 +815,13 @@ fn broadcast_net(
             let msg = msg.clone();
             Box::new(move || b.send(&msg).map(drop).map_err(|e| e.to_string()))
         };
-        let slowest = || -> u64 {
-            (0..readers)
-                .map(|k| map.at::<AtomicU64>(slot(k)).load(Ordering::Acquire))
-                .min()
-                .unwrap_or(0)
+        let samples = match latency {
+            Some(iters) => latency_to_all(&map, readers, iters, &mut send)?,
+            None => {
+                let burst = if size >= 1 << 20 { 1 } else { 64 };
+                rate_of_slowest(&map, readers, run, burst, &mut send)?
+            }
         };
-        let mut samples = Vec::new();
-        if let Some(iters) = latency {
-            // One message at a time: from its send until every reader
-            // counted it (through the shared map, a cache line away).
-            let warm = iters / 10 + 1;
-            for i in 1..=warm + iters {
-                let t = Instant::now();
-                send()?;
-                let mut spins = 0u32;
-                while slowest() < i {
-                    spins += 1;
-                    if spins.is_multiple_of(64) {
-                        std::thread::yield_now();
-                    }
-                    if t.elapsed() > wait {
-                        return Err(format!("a reader never took message {i}"));
-                    }
-                    std::hint::spin_loop();
-                }
-                if i > warm {
-                    samples.push(t.elapsed().as_nanos() as f64);
-                }
-            }
-            drop(send);
-            for k in kids {
-                let _ = k.wait();
-            }
-            return Ok(samples);
-        }
-        let start = Instant::now();
-        let (mut t, mut n) = (start, 0u64);
-        let mut warm = true;
-        let per_check = if size >= 1 << 20 { 1 } else { 64 };
-        while start.elapsed() < run + SLICE {
-            for _ in 0..per_check {
-                send()?;
-            }
-            if t.elapsed() >= SLICE {
-                let (t1, n1) = (Instant::now(), slowest());
-                if !warm {
-                    samples.push((n1 - n) as f64 / (t1 - t).as_secs_f64());
-                }
-                warm = false;
-                (t, n) = (t1, n1);
-            }
-        }
         // The end: readers learn the writer is gone.
         drop(send);
         for k in kids {
@@ -848,11 +829,7 @@ fn broadcast_net(
         }
         Ok(samples)
     })();
-    match r {
-        Ok(s) => m.samples = s,
-        Err(e) => m.error = Some(e),
-    }
-    m
+    finish(m, r)
 }
 
 /// A small struct, as a typed message.

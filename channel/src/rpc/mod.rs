@@ -104,10 +104,11 @@ impl Hello {
 }
 
 /// This process's pid namespace (the inode of `/proc/self/ns/pid`; 0
-/// when it cannot be read).
+/// when it cannot be read), read once.
 fn pid_ns() -> u64 {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self/ns/pid").map_or(0, |m| m.ino())
+    static NS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *NS.get_or_init(|| std::fs::metadata("/proc/self/ns/pid").map_or(0, |m| m.ino()))
 }
 
 /// One worker's reply to a call.
