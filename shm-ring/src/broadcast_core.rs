@@ -987,10 +987,13 @@ const WANT_FLOOR: u32 = 2;
 const LINE_BITS: u32 = RECORD_ALIGN as u32 - 1;
 
 /// `want_space` for a writer blocked until every reader released up to
-/// `floor`: its low 32 bits, rounded down to a line (so a reader may
-/// publish a little early, never late), with [`WANT_FLOOR`].
+/// `floor`: its low 32 bits, rounded up to a line, with [`WANT_FLOOR`].
+/// Released positions are whole lines, so a position reaches the rounded
+/// floor exactly when it reaches `floor` (rounding down would let a
+/// reader published one line short of an unaligned floor count as past
+/// it, and not publish the release the writer waits for).
 fn want_floor(floor: u64) -> u32 {
-    (floor as u32 & !LINE_BITS) | WANT_FLOOR
+    ((floor as u32).wrapping_add(LINE_BITS) & !LINE_BITS) | WANT_FLOOR
 }
 
 /// Whether a reader released up to `to` reached the floor in `want`. The
@@ -1122,7 +1125,11 @@ impl ReaderState {
         if urgent || moved >= self.publish_every || {
             let want = mem.ctrl().status.want_space.load(Ordering::Relaxed);
             // A floor: once, when this release reaches it (a reader that
-            // published past it no longer holds the writer up).
+            // published past it no longer holds the writer up). Loads are
+            // Relaxed with no fence against the writer's store: a release
+            // that crossed the floor before the reader saw it is published
+            // by the next release or empty poll (the test is against what
+            // was published), so the writer waits at most one more record.
             want != WANT_NONE
                 && (moved >= self.publish_soon || (reaches(to, want) && !reaches(from, want)))
         } {
@@ -1563,6 +1570,11 @@ mod review2_tests {
         assert!(reaches(f + (1 << 30), want));
         assert!(!reaches(f - (1 << 30), want));
         assert!(!reaches(f, WANT_SOON));
+        // An unaligned floor (an overflow segment's wait): the line at it
+        // does not reach it, the next one does.
+        let odd = want_floor(f + 1);
+        assert!(!reaches(f, odd));
+        assert!(reaches(f + 64, odd));
     }
 
     /// `want_space` is cleared only when a blocked wait *succeeds*. A wait
