@@ -136,6 +136,11 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The channel's host failed to do what a remote peer asked (said
+    /// why): a peer on another host gets this where a local one would
+    /// get the error itself.
+    #[error("the channel's host: {0}")]
+    Remote(String),
     /// A network peer or endpoint failed (a remote reader's or writer's
     /// connection; see the transport's error).
     #[error("network: {0}")]

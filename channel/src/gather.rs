@@ -33,6 +33,15 @@ pub struct Sender {
 }
 
 impl Sender {
+    /// This process as writer `index`.
+    fn me(index: u32) -> Sender {
+        Sender {
+            index,
+            pid: std::process::id(),
+            host: host_id(),
+        }
+    }
+
     fn encode(&self) -> [u8; HEAD] {
         let mut h = [0u8; HEAD];
         h[..4].copy_from_slice(&self.index.to_le_bytes());
@@ -173,6 +182,17 @@ impl Gather {
         self.queue.handle()
     }
 
+    /// Whether `writer` joined from another host and is gone since (it
+    /// left, or its bridge heard nothing from it for the lease).
+    pub(crate) fn remote_writer_gone(&self, writer: Sender) -> bool {
+        let peers = self.queue.remote_peers();
+        let last = peers
+            .iter()
+            .rev()
+            .find(|p| Sender::decode(&p.head) == Some(writer));
+        last.is_some_and(|p| p.gone)
+    }
+
     /// No more claims: [`recv`](Self::recv) returns `None` once every
     /// claimed message came (a writer that claimed nothing can no longer
     /// send).
@@ -182,13 +202,7 @@ impl Gather {
                 self.queue.handle(),
                 &self.opts,
                 Kind::Gather,
-                Sender {
-                    index: u32::MAX,
-                    pid: std::process::id(),
-                    host: host_id(),
-                }
-                .encode()
-                .to_vec(),
+                Sender::me(u32::MAX).encode().to_vec(),
             )?);
         }
         match &mut self.closer {
@@ -250,15 +264,31 @@ impl GatherWriter {
         GatherWriter::attach_with(handle, index, &QueueOptions::default())
     }
 
-    /// Attaches with `opts` (timeouts and peer options).
+    /// Attaches with `opts` (timeouts and peer options). A gather made
+    /// on another host that takes remote writers is reached through its
+    /// bridge (see [`attach_remote`](Self::attach_remote)).
     pub fn attach_with(handle: &Handle, index: u32, opts: &QueueOptions) -> Result<GatherWriter> {
-        let me = Sender {
-            index,
-            pid: std::process::id(),
-            host: host_id(),
-        };
+        if handle.is_elsewhere() && handle.remote().is_some() {
+            return GatherWriter::attach_remote(handle, index, opts);
+        }
+        let me = Sender::me(index);
         let producer = Producer::attach_kind(handle, opts, Kind::Gather, me.encode().to_vec())?;
         Ok(GatherWriter { producer, me })
+    }
+
+    /// Attaches through the gather's bridge, over the network, wherever
+    /// this process is (the gather must take remote writers:
+    /// [`QueueOptions::remote`]). Its messages reach the reader with its
+    /// identity as a local writer's do.
+    pub fn attach_remote(handle: &Handle, index: u32, opts: &QueueOptions) -> Result<GatherWriter> {
+        let me = Sender::me(index);
+        let producer = Producer::join_remote(handle, opts, Kind::Gather, me.encode())?;
+        Ok(GatherWriter { producer, me })
+    }
+
+    /// Whether this writer reaches its gather over the network.
+    pub fn is_remote(&self) -> bool {
+        self.producer.is_remote()
     }
 
     /// Who this writer is, as the reader sees it.

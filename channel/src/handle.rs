@@ -145,11 +145,17 @@ impl Handle {
 
     /// An Rpc's handle: its requests' broadcast and its replies' gather
     /// (their own handles, each `shm://NAME`).
+    /// With workers on other hosts, its remote address is both parts'
+    /// (joined by a comma).
     pub(crate) fn rpc(requests: &Handle, replies: &Handle) -> Handle {
-        Handle::new(
+        let h = Handle::new(
             Kind::Rpc,
             format!("{}{RPC_JOIN}{}", requests.local, replies.local),
-        )
+        );
+        match (&requests.remote, &replies.remote) {
+            (Some(a), Some(b)) => h.with_remote(format!("{a}{REMOTE_JOIN}{b}")),
+            _ => h,
+        }
     }
 
     /// The two handles an Rpc's handle joins: its requests' broadcast and
@@ -162,14 +168,30 @@ impl Handle {
                 self.local
             ))
         })?;
-        let part = |kind, local: &str| Handle {
+        let (req_at, rep_at) = match &self.remote {
+            None => (None, None),
+            Some(r) => match r.split_once(REMOTE_JOIN) {
+                Some((a, b)) if !a.is_empty() && !b.is_empty() => {
+                    (Some(a.to_string()), Some(b.to_string()))
+                }
+                _ => {
+                    return Err(Error::BadHandle(format!(
+                        "an rpc handle whose remote address is not two: {r}"
+                    )))
+                }
+            },
+        };
+        let part = |kind, local: &str, remote| Handle {
             kind,
             local: local.to_string(),
             format: self.format.clone(),
             host: self.host,
-            remote: None,
+            remote,
         };
-        Ok((part(Kind::Broadcast, req), part(Kind::Gather, rep)))
+        Ok((
+            part(Kind::Broadcast, req, req_at),
+            part(Kind::Gather, rep, rep_at),
+        ))
     }
 
     /// Checks that it names a `kind` made by a build this one can talk to.
@@ -251,6 +273,9 @@ impl Handle {
 
 /// What joins the two rings' locations in an Rpc's handle.
 const RPC_JOIN: &str = "+";
+/// What joins the two remote addresses in an Rpc's handle (no network
+/// address has a comma).
+const REMOTE_JOIN: char = ',';
 
 /// The first bytes of a handle's binary form.
 pub const MAGIC: &[u8; 8] = b"SHOALCH\x01";

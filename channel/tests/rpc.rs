@@ -233,3 +233,85 @@ fn calls_can_be_awaited() {
         assert_eq!(w.join().unwrap(), 21);
     }
 }
+
+/// Workers reached over the network (loopback) beside a local one: the
+/// same replies in worker order; a remote worker that leaves is named
+/// dead (its bridge counted it gone), not waited for.
+#[cfg(any(feature = "nng", feature = "quic"))]
+fn remote_workers(bind: &str) {
+    let o = opts(3)
+        .remote(2, bind)
+        .lease(Duration::from_millis(800))
+        .call_timeout(Duration::from_secs(20));
+    let mut rpc = Rpc::create(&o).unwrap();
+    assert!(rpc.handle().remote().is_some());
+    let text = rpc.handle().to_string();
+    let back: Handle = text.parse().unwrap();
+    let mut workers = Vec::new();
+    for i in 0..3u32 {
+        let mut w = if i == 0 {
+            RpcWorker::attach_with(&back, i, &o).unwrap()
+        } else {
+            RpcWorker::attach_remote(&back, i, &o).unwrap()
+        };
+        assert_eq!(w.is_remote(), i > 0);
+        workers.push(std::thread::spawn(move || {
+            // Worker 2 answers twice, then leaves.
+            let mut n = 0;
+            while let Some(req) = w.next_request().unwrap() {
+                if &req[..] == b"fail" {
+                    w.fail(&req, &format!("worker {i} refuses")).unwrap();
+                } else {
+                    w.reply(&req, &[format!("{i}:").as_bytes(), &req[..]].concat())
+                        .unwrap();
+                }
+                n += 1;
+                if i == 2 && n == 2 {
+                    return n;
+                }
+            }
+            n
+        }));
+    }
+    rpc.wait_until_ready(Duration::from_secs(20)).unwrap();
+    let replies = rpc.call(b"a").unwrap();
+    for (i, r) in replies.iter().enumerate() {
+        assert_eq!(r.worker.index, i as u32);
+        assert_eq!(r.ok().unwrap(), format!("{i}:a").as_bytes());
+    }
+    let replies = rpc.call(b"fail").unwrap();
+    assert!(replies
+        .iter()
+        .all(|r| matches!(r.ok(), Err(Error::WorkerFailed { .. }))));
+    // Worker 2 is gone: named dead within its lease, the others answer.
+    let started = Instant::now();
+    match rpc.call(b"b") {
+        Err(Error::NoReply {
+            missing, replies, ..
+        }) => {
+            assert_eq!(missing.len(), 1);
+            assert_eq!((missing[0].index, missing[0].dead), (2, true));
+            assert_eq!(replies.len(), 2);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(rpc.dead_workers(), [2]);
+    // Later calls do not wait for it.
+    assert_eq!(rpc.call(b"c").unwrap().len(), 2);
+    drop(rpc);
+    let counts: Vec<u64> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+    assert_eq!(counts, [4, 4, 2]);
+}
+
+#[cfg(feature = "nng")]
+#[test]
+fn remote_workers_over_nng() {
+    remote_workers("nng+tcp://127.0.0.1:0");
+}
+
+#[cfg(feature = "quic")]
+#[test]
+fn remote_workers_over_quic() {
+    remote_workers("quic://127.0.0.1:0");
+}

@@ -32,6 +32,19 @@ pub struct RpcOptions {
     pub call_timeout: Duration,
     /// How endpoints judge their peers.
     pub peer: PeerOptions,
+    /// How many of the workers are on other hosts (they reach the Rpc
+    /// over the network: [`remote`](Self::remote)). Default 0.
+    pub remote_workers: u32,
+    /// Where the caller binds for workers on other hosts
+    /// (`nng+tcp://IP:PORT`, `quic://IP:PORT`): the requests' publisher
+    /// binds there, the replies' bridge on the same host at a port of its
+    /// own.
+    pub remote: Option<String>,
+    /// The network endpoints' options.
+    pub net: shoal_transport::Options,
+    /// How long a remote worker may be silent before it is counted dead
+    /// (see [`QueueOptions::lease`]). Default 2 s.
+    pub lease: Duration,
 }
 
 impl RpcOptions {
@@ -43,7 +56,28 @@ impl RpcOptions {
             reply_capacity: 4 << 20,
             call_timeout: Duration::from_secs(30),
             peer: PeerOptions::default(),
+            remote_workers: 0,
+            remote: None,
+            net: shoal_transport::Options::default(),
+            lease: Duration::from_secs(2),
         }
+    }
+    /// Sets [`remote_workers`](Self::remote_workers) and where they
+    /// connect ([`remote`](Self::remote)).
+    pub fn remote(mut self, workers: u32, bind: &str) -> Self {
+        self.remote_workers = workers;
+        self.remote = Some(bind.to_string());
+        self
+    }
+    /// Sets [`net`](Self::net).
+    pub fn net(mut self, o: shoal_transport::Options) -> Self {
+        self.net = o;
+        self
+    }
+    /// Sets [`lease`](Self::lease).
+    pub fn lease(mut self, t: Duration) -> Self {
+        self.lease = t;
+        self
     }
     /// Sets [`capacity`](Self::capacity).
     pub fn capacity(mut self, bytes: u64) -> Self {
@@ -69,19 +103,62 @@ impl RpcOptions {
     /// The options of the replies' gather (also what workers attach it
     /// with).
     pub(super) fn gather(&self) -> QueueOptions {
-        QueueOptions::default()
+        let mut o = QueueOptions::default()
             .capacity(self.reply_capacity)
             .peers(self.workers.max(1), 1)
             .put_timeout(Some(self.call_timeout))
             .peer(self.peer)
+            .net(self.net.clone())
+            .lease(self.lease);
+        if self.remote_workers > 0 {
+            o.remote = self.remote.as_deref().map(any_port);
+        }
+        o
     }
 
     /// The options of the requests' broadcast.
     pub(super) fn broadcast(&self) -> BroadcastOptions {
-        BroadcastOptions::new(self.workers.max(1))
+        let mut o = BroadcastOptions::new(self.workers.max(1))
             .capacity(self.capacity)
             .send_timeout(Some(self.call_timeout))
             .peer(self.peer)
+            .net(self.net.clone());
+        if let (Some(url), n @ 1..) = (&self.remote, self.remote_workers) {
+            o = o.remote(n, url);
+        }
+        o
+    }
+}
+
+/// `url` on any port (the replies' bridge binds beside the requests'
+/// publisher, which may have taken the port named); an ipc path gets a
+/// suffix of its own. A URL that does not parse is left for the bind to
+/// refuse.
+fn any_port(url: &str) -> String {
+    use shoal_transport::Address;
+    match url.parse::<Address>() {
+        Ok(Address::NngTcp { host, native, .. }) => Address::NngTcp {
+            host,
+            port: 0,
+            native,
+        }
+        .to_string(),
+        Ok(Address::Quic { host, .. }) => Address::Quic {
+            host,
+            port: 0,
+            pin: None,
+        }
+        .to_string(),
+        Ok(Address::NngIpc { path, native }) => {
+            let mut p = path.into_os_string();
+            p.push(".replies");
+            Address::NngIpc {
+                path: p.into(),
+                native,
+            }
+            .to_string()
+        }
+        _ => url.to_string(),
     }
 }
 
@@ -201,11 +278,7 @@ impl Collect {
             Next::Nothing => {
                 // A slice without replies: who died?
                 for i in 0..self.got.len() {
-                    if self.asked[i]
-                        && self.got[i].is_none()
-                        && !self.died[i]
-                        && rpc.workers[i].died()
-                    {
+                    if self.asked[i] && self.got[i].is_none() && !self.died[i] && rpc.gone(i) {
                         self.died[i] = true;
                         rpc.workers[i].dead = true;
                     }
@@ -320,6 +393,12 @@ impl Rpc {
         if opts.workers == 0 {
             return Err(Error::BadOptions("an Rpc without workers".into()));
         }
+        if opts.remote_workers > opts.workers {
+            return Err(Error::BadOptions(format!(
+                "{} remote workers of {} in all",
+                opts.remote_workers, opts.workers
+            )));
+        }
         let requests = Broadcast::create(&opts.broadcast())?;
         let replies = Gather::create(&opts.gather())?;
         let handle = Handle::rpc(requests.handle(), replies.handle());
@@ -373,6 +452,14 @@ impl Rpc {
             self.next(end, u64::MAX)?;
         }
         Ok(())
+    }
+
+    /// Whether worker `i` is known dead now: its process is gone (on this
+    /// host), or its replies' bridge counted it gone (a worker that
+    /// joined over the network and left, or fell silent for the lease).
+    fn gone(&self, i: usize) -> bool {
+        let w = &self.workers[i];
+        w.died() || w.sender.is_some_and(|s| self.replies.remote_writer_gone(s))
     }
 
     /// The indices of the workers found dead (no longer waited for).

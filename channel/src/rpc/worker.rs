@@ -58,14 +58,41 @@ impl RpcWorker {
 
     /// Attaches with `opts` (its call timeout bounds a reply's wait for
     /// room; its peer options are used; the sizes are the Rpc's).
+    /// An Rpc made on another host that takes remote workers is reached
+    /// over the network (see [`attach_remote`](Self::attach_remote)).
     pub fn attach_with(handle: &Handle, index: u32, opts: &RpcOptions) -> Result<RpcWorker> {
+        RpcWorker::join(handle, index, opts, false)
+    }
+
+    /// Attaches over the network, wherever this process is (the Rpc must
+    /// take remote workers: [`RpcOptions::remote`]): requests come from
+    /// the caller's publisher, replies go through its bridge.
+    pub fn attach_remote(handle: &Handle, index: u32, opts: &RpcOptions) -> Result<RpcWorker> {
+        RpcWorker::join(handle, index, opts, true)
+    }
+
+    fn join(handle: &Handle, index: u32, opts: &RpcOptions, remote: bool) -> Result<RpcWorker> {
         let (req, rep) = handle.rpc_parts()?;
         let mut b = opts.broadcast();
         b.recv_timeout = None;
-        let requests = BroadcastReceiver::attach_with(&req, index, &b)?;
-        let mut replies = GatherWriter::attach_with(&rep, index, &opts.gather())?;
+        let (requests, mut replies) = if remote {
+            (
+                BroadcastReceiver::attach_remote(&req, index, &b)?,
+                GatherWriter::attach_remote(&rep, index, &opts.gather())?,
+            )
+        } else {
+            (
+                BroadcastReceiver::attach_with(&req, index, &b)?,
+                GatherWriter::attach_with(&rep, index, &opts.gather())?,
+            )
+        };
         replies.send_parts(&[&encode_head(u64::MAX, Status::Hello), &Hello::me().encode()])?;
         Ok(RpcWorker { requests, replies })
+    }
+
+    /// Whether this worker reaches its Rpc over the network.
+    pub fn is_remote(&self) -> bool {
+        self.requests.is_remote()
     }
 
     /// Its index.

@@ -1,5 +1,7 @@
 //! A work queue's consumer, and what it takes.
 
+use super::remote::Waited;
+use super::wire::Op;
 use super::{expected_tag, QueueOptions};
 use crate::error::{Error, Result};
 use crate::handle::{Handle, Kind};
@@ -29,29 +31,84 @@ use std::time::Duration;
 /// # Ok::<(), shoal_channel::Error>(())
 /// ```
 pub struct Consumer {
+    flavor: Flavor,
+    take_timeout: Option<Duration>,
+}
+
+/// Where a consumer takes from.
+// The local flavour is the hot path: not boxed (the remote one is).
+#[allow(clippy::large_enum_variant)]
+enum Flavor {
+    /// The queue's ring, on this host.
+    Local(Local),
+    /// The queue's bridge, on another host.
+    Remote(Box<super::remote::RemoteEnd>),
+}
+
+/// A consumer on the queue's host.
+struct Local {
     ring: MpmcConsumer,
     /// Bytes before every message (a gather's sender header).
     skip: usize,
     /// Awaited by `take_async` while the queue is empty (made on first use).
     ready: Option<Ready>,
-    take_timeout: Option<Duration>,
     liveness: Duration,
 }
 
 impl std::fmt::Debug for Consumer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Consumer")
-            .field("ring", &self.ring)
-            .finish_non_exhaustive()
+        match &self.flavor {
+            Flavor::Local(l) => f
+                .debug_struct("Consumer")
+                .field("ring", &l.ring)
+                .finish_non_exhaustive(),
+            Flavor::Remote(r) => f.debug_struct("Consumer").field("remote", r).finish(),
+        }
     }
 }
 
-/// A message taken from the queue, in place in shared memory; the room it
-/// holds goes back to the producers when it is dropped.
+/// A message taken from the queue: in place in shared memory (the room it
+/// holds goes back to the producers when it is dropped), or, for a
+/// consumer on another host, in the network buffer it came in.
 pub struct Taken<'a> {
-    guard: TakeGuard<'a>,
+    bytes: Bytes<'a>,
     /// Bytes of header before the message.
     skip: usize,
+}
+
+/// Where a taken message's bytes are.
+enum Bytes<'a> {
+    /// A ring record, held.
+    Ring(TakeGuard<'a>),
+    /// A message that came over the network.
+    Net(NetMessage),
+}
+
+/// A message that came over the network, 16-byte aligned: in the frame
+/// it came in (after `at` bytes of head), or copied out of it when that
+/// was not aligned.
+pub(crate) enum NetMessage {
+    InFrame(shoal_transport::OwnedFrame, usize),
+    Copied(shoal_transport::AlignedBuf),
+}
+
+impl NetMessage {
+    /// The bytes of `frame` after `at` (its length was checked).
+    pub(crate) fn new(frame: shoal_transport::OwnedFrame, at: usize) -> NetMessage {
+        let rest = frame.get(at..).unwrap_or_default();
+        if (rest.as_ptr() as usize).is_multiple_of(16) {
+            NetMessage::InFrame(frame, at)
+        } else {
+            NetMessage::Copied(shoal_transport::AlignedBuf::copy_from(rest))
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            NetMessage::InFrame(f, at) => f.get(*at..).unwrap_or_default(),
+            NetMessage::Copied(b) => b,
+        }
+    }
 }
 
 impl std::fmt::Debug for Taken<'_> {
@@ -63,8 +120,11 @@ impl std::fmt::Debug for Taken<'_> {
 impl Deref for Taken<'_> {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        // A record shorter than its header was refused when taken.
-        self.guard.get(self.skip..).unwrap_or_default()
+        match &self.bytes {
+            // A record shorter than its header was refused when taken.
+            Bytes::Ring(g) => g.get(self.skip..).unwrap_or_default(),
+            Bytes::Net(m) => m.bytes(),
+        }
     }
 }
 
@@ -79,12 +139,27 @@ impl<'a> Taken<'a> {
                 len: guard.len(),
             });
         }
-        Ok(Taken { guard, skip })
+        Ok(Taken {
+            bytes: Bytes::Ring(guard),
+            skip,
+        })
     }
 
-    /// The header before the message (empty but in a gather).
+    /// A message a remote consumer received.
+    fn net(m: NetMessage) -> Taken<'a> {
+        Taken {
+            bytes: Bytes::Net(m),
+            skip: 0,
+        }
+    }
+
+    /// The header before the message (empty but in a gather's reader,
+    /// which is always local).
     pub(crate) fn head(&self) -> &[u8] {
-        self.guard.get(..self.skip).unwrap_or_default()
+        match &self.bytes {
+            Bytes::Ring(g) => g.get(..self.skip).unwrap_or_default(),
+            Bytes::Net(_) => &[],
+        }
     }
 }
 
@@ -92,7 +167,8 @@ impl Taken<'_> {
     /// The message as an archived `T` (see
     /// [`Producer::put_value`](crate::Producer::put_value)), validated
     /// first (bytecheck), read in place without copying: the message
-    /// starts 16-byte aligned in the queue's memory.
+    /// starts 16-byte aligned in the queue's memory (or, taken on another
+    /// host, in its network buffer).
     ///
     /// Validation covers any bytes a correct or buggy peer wrote; like any
     /// reader of shared memory, it cannot cover a hostile process of the
@@ -115,8 +191,9 @@ impl Taken<'_> {
     pub unsafe fn archived_unchecked<T: rkyv::Archive>(&self) -> &T::Archived {
         // SAFETY: the caller vouches for the bytes and the alignment the
         // type needs; the message starts 16-byte aligned (after the ring's
-        // 16-byte record header, or at the start of an overflow segment),
-        // and the guard keeps it in place while the reference lives.
+        // 16-byte record header, at the start of an overflow segment, or
+        // where `NetMessage::new` checked or copied it), and the guard or
+        // the buffer keeps it in place while the reference lives.
         unsafe { rkyv::access_unchecked::<T::Archived>(self) }
     }
 }
@@ -153,9 +230,32 @@ impl Consumer {
     }
 
     /// Attaches with `opts` (its timeouts and peer options; the sizes are
-    /// the queue's).
+    /// the queue's). A queue made on another host that takes remote
+    /// peers is reached through its bridge (see
+    /// [`attach_remote`](Self::attach_remote)).
     pub fn attach_with(handle: &Handle, opts: &QueueOptions) -> Result<Consumer> {
+        if handle.is_elsewhere() && handle.remote().is_some() {
+            return Consumer::attach_remote(handle, opts);
+        }
         Consumer::attach_kind(handle, opts, Kind::WorkQueue, 0)
+    }
+
+    /// Attaches through the queue's bridge, over the network, wherever
+    /// this process is (the queue must take remote peers:
+    /// [`QueueOptions::remote`]). A message handed to a consumer counts
+    /// as taken: one that dies holding it loses it, as a local one does.
+    pub fn attach_remote(handle: &Handle, opts: &QueueOptions) -> Result<Consumer> {
+        let end = super::remote::RemoteEnd::join(
+            handle,
+            Kind::WorkQueue,
+            super::wire::Role::Consumer,
+            [0; 16],
+            opts,
+        )?;
+        Ok(Consumer {
+            flavor: Flavor::Remote(Box::new(end)),
+            take_timeout: opts.take_timeout,
+        })
     }
 
     /// Attaches to a channel of `kind` built on a work queue's ring, whose
@@ -171,54 +271,103 @@ impl Consumer {
             MpmcConsumer::attach_with(&ring, opts.peer, Some(expected_tag(kind)))
         })?;
         Ok(Consumer {
-            ring,
-            skip,
-            ready: None,
+            flavor: Flavor::Local(Local {
+                ring,
+                skip,
+                ready: None,
+                liveness: opts.peer.liveness_interval,
+            }),
             take_timeout: opts.take_timeout,
-            liveness: opts.peer.liveness_interval,
         })
+    }
+
+    /// Whether this consumer reaches its queue over the network.
+    pub fn is_remote(&self) -> bool {
+        matches!(self.flavor, Flavor::Remote(_))
     }
 
     /// Takes the next message, waiting for one (up to the take timeout);
     /// `None` once the work is over.
     pub fn take(&mut self) -> Result<Option<Taken<'_>>> {
-        let wait = match self.take_timeout {
-            Some(t) => Wait::timeout(t),
-            None => Wait::forever(),
-        };
-        let skip = self.skip;
-        match self.ring.take_with(wait) {
-            Ok(guard) => Taken::new(guard, skip).map(Some),
-            Err(e) => take_end(e, self.take_timeout).map(|()| None),
-        }
+        self.take_waiting(self.take_timeout)
     }
 
     /// Takes the next message, waiting up to `timeout` for one (whatever
     /// the options' take timeout); `None` once the work is over.
     pub fn take_within(&mut self, timeout: Duration) -> Result<Option<Taken<'_>>> {
-        let skip = self.skip;
-        match self.ring.take_with(Wait::timeout(timeout)) {
-            Ok(guard) => Taken::new(guard, skip).map(Some),
-            Err(e) => take_end(e, Some(timeout)).map(|()| None),
+        self.take_waiting(Some(timeout))
+    }
+
+    /// Takes the next message, waiting up to `timeout` (`None`: as long
+    /// as it takes).
+    fn take_waiting(&mut self, timeout: Option<Duration>) -> Result<Option<Taken<'_>>> {
+        match &mut self.flavor {
+            Flavor::Local(l) => {
+                let wait = match timeout {
+                    Some(t) => Wait::timeout(t),
+                    None => Wait::forever(),
+                };
+                let skip = l.skip;
+                match l.ring.take_with(wait) {
+                    Ok(guard) => Taken::new(guard, skip).map(Some),
+                    Err(e) => take_end(e, timeout).map(|()| None),
+                }
+            }
+            Flavor::Remote(r) => remote_taken(r.wait_for(Op::Take, &[], timeout)?, timeout),
         }
     }
 
     /// Takes the next message if there is one now.
     pub fn try_take(&mut self) -> Result<TryTake<'_>> {
-        let skip = self.skip;
-        match self.ring.try_take() {
-            Ok(Some(guard)) => Taken::new(guard, skip).map(TryTake::Taken),
-            Ok(None) => Ok(TryTake::Empty),
-            Err(e) => take_end(e, None).map(|()| TryTake::Finished),
+        match &mut self.flavor {
+            Flavor::Local(l) => {
+                let skip = l.skip;
+                match l.ring.try_take() {
+                    Ok(Some(guard)) => Taken::new(guard, skip).map(TryTake::Taken),
+                    Ok(None) => Ok(TryTake::Empty),
+                    Err(e) => take_end(e, None).map(|()| TryTake::Finished),
+                }
+            }
+            Flavor::Remote(r) => Ok(match r.wait_for(Op::Take, &[], Some(Duration::ZERO))? {
+                Waited::Done(f) => TryTake::Taken(Taken::net(super::remote::message(f))),
+                Waited::NotYet => TryTake::Empty,
+                Waited::Finished => TryTake::Finished,
+            }),
         }
     }
 
     /// Takes the next message, awaiting one without blocking the thread
     /// (up to the take timeout); `None` once the work is over.
-    /// Cancel-safe: dropped before it returned, nothing was taken.
+    /// Cancel-safe: dropped before it returned, nothing was taken (a
+    /// remote consumer: unless its request had reached the queue, whose
+    /// message is then lost with the answer).
     pub async fn take_async(&mut self) -> Result<Option<Taken<'_>>> {
+        let timeout = self.take_timeout;
+        match &mut self.flavor {
+            Flavor::Local(l) => l.take_async(timeout).await,
+            Flavor::Remote(r) => {
+                remote_taken(r.wait_for_async(Op::Take, &[], timeout).await?, timeout)
+            }
+        }
+    }
+}
+
+/// A remote take's outcome as `take` gives it.
+fn remote_taken<'a>(w: Waited, timeout: Option<Duration>) -> Result<Option<Taken<'a>>> {
+    match w {
+        Waited::Done(f) => Ok(Some(Taken::net(super::remote::message(f)))),
+        Waited::Finished => Ok(None),
+        Waited::NotYet => Err(Error::Timeout {
+            what: "a message from the work queue (remote)",
+            after: timeout.unwrap_or_default(),
+        }),
+    }
+}
+
+impl Local {
+    async fn take_async(&mut self, timeout: Option<Duration>) -> Result<Option<Taken<'_>>> {
         const WHAT: &str = "a message from the work queue";
-        let deadline = ready::deadline(self.take_timeout);
+        let deadline = ready::deadline(timeout);
         loop {
             // Held, not borrowed: the loop goes on when nothing is there.
             match self.ring.try_hold() {

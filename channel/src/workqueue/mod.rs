@@ -11,13 +11,25 @@
 //! makes them end with [`Error::ProducersLost`](crate::Error::ProducersLost)
 //! once the rest is taken.
 //!
+//! Producers and consumers on other hosts (with the `nng` or `quic`
+//! feature) reach the queue through its bridge, which the creating
+//! process runs when [`QueueOptions::remote`] names where: they do what
+//! local ones do, with the same rules, over request/reply.
+//!
 //! - [`producer`]: [`Producer`]: claim, close, put (blocking, try, async,
 //!   typed).
 //! - [`consumer`]: [`Consumer`] and what it takes ([`Taken`],
 //!   [`TryTake`]).
+//! - `bridge`: the creator's side of remote peers: a door, and a proxy
+//!   endpoint and thread per peer.
+//! - `remote`: a remote peer's side.
+//! - `wire`: the bytes they exchange.
 
+pub(crate) mod bridge;
 pub mod consumer;
 pub mod producer;
+pub(crate) mod remote;
+pub(crate) mod wire;
 
 pub use consumer::{Consumer, Taken, TryTake};
 pub use producer::{Producer, TryPutError};
@@ -59,6 +71,19 @@ pub struct QueueOptions {
     pub take_timeout: Option<Duration>,
     /// How endpoints judge their peers (liveness checks, stall limits).
     pub peer: PeerOptions,
+    /// Where the queue's bridge takes producers and consumers on other
+    /// hosts (`nng+tcp://IP:PORT`, `quic://IP:PORT`, port 0 for any; the
+    /// handle then carries the port bound, and QUIC's pin). `None` (the
+    /// default): peers on this host only.
+    pub remote: Option<String>,
+    /// The network endpoints' options (largest message, connect and stall
+    /// timeouts), for the bridge and remote peers.
+    pub net: shoal_transport::Options,
+    /// How long a remote peer may be silent before the bridge counts it
+    /// gone (its heartbeat comes every quarter of this): a remote
+    /// producer that dies owing claimed messages is known within this.
+    /// Default 2 s.
+    pub lease: Duration,
 }
 
 impl Default for QueueOptions {
@@ -70,6 +95,9 @@ impl Default for QueueOptions {
             put_timeout: None,
             take_timeout: None,
             peer: PeerOptions::default(),
+            remote: None,
+            net: shoal_transport::Options::default(),
+            lease: Duration::from_secs(2),
         }
     }
 }
@@ -101,6 +129,29 @@ impl QueueOptions {
         self.peer = p;
         self
     }
+    /// Sets [`remote`](Self::remote): where peers on other hosts join.
+    pub fn remote(mut self, bind: &str) -> Self {
+        self.remote = Some(bind.to_string());
+        self
+    }
+    /// Sets [`net`](Self::net).
+    pub fn net(mut self, o: shoal_transport::Options) -> Self {
+        self.net = o;
+        self
+    }
+    /// Sets [`lease`](Self::lease).
+    pub fn lease(mut self, t: Duration) -> Self {
+        self.lease = t;
+        self
+    }
+    /// The network options of the bridge and remote peers.
+    pub(crate) fn net_options(&self) -> shoal_transport::Options {
+        let mut o = self.net.clone();
+        o.max_peers = o
+            .max_peers
+            .max(self.producers.saturating_add(self.consumers));
+        o
+    }
 }
 
 /// A work queue, held by the process that created it: its shared memory
@@ -120,6 +171,8 @@ pub struct WorkQueue {
     ring: MpmcRing,
     handle: Handle,
     opts: QueueOptions,
+    /// Remote peers' way in, if the queue takes any.
+    bridge: Option<bridge::Bridge>,
 }
 
 impl WorkQueue {
@@ -133,11 +186,19 @@ impl WorkQueue {
         let cfg = MpmcConfig::new(opts.capacity, opts.producers, opts.consumers)
             .payload_format(ring_tag(kind).as_bytes());
         let ring = MpmcRing::create(&cfg)?;
-        let handle = Handle::new(kind, ring.handle().to_string());
+        let mut handle = Handle::new(kind, ring.handle().to_string());
+        let bridge = match &opts.remote {
+            Some(_) => Some(bridge::Bridge::start(&handle, kind, opts)?),
+            None => None,
+        };
+        if let Some(b) = &bridge {
+            handle = handle.with_remote(b.address().to_string());
+        }
         Ok(WorkQueue {
             ring,
             handle,
             opts: opts.clone(),
+            bridge,
         })
     }
 
@@ -148,12 +209,24 @@ impl WorkQueue {
 
     /// A producer in this process (with this queue's options).
     pub fn producer(&self) -> Result<Producer> {
-        Producer::attach_with(&self.handle, &self.opts)
+        Producer::attach_kind(&self.handle, &self.opts, Kind::WorkQueue, Vec::new())
     }
 
     /// A consumer in this process (with this queue's options).
     pub fn consumer(&self) -> Result<Consumer> {
-        Consumer::attach_with(&self.handle, &self.opts)
+        Consumer::attach_kind(&self.handle, &self.opts, Kind::WorkQueue, 0)
+    }
+
+    /// The remote peers that joined through the bridge so far.
+    pub(crate) fn remote_peers(&self) -> Vec<bridge::PeerInfo> {
+        match &self.bridge {
+            Some(b) => b
+                .roster()
+                .lock()
+                .map(|r| r.clone())
+                .unwrap_or_else(|p| p.into_inner().clone()),
+            None => Vec::new(),
+        }
     }
 
     /// The ring's handle (for tests and diagnostics).

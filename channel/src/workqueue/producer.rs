@@ -1,6 +1,8 @@
 //! A work queue's producer: claims, the close, and puts (blocking, try,
 //! async, typed).
 
+use super::remote::{RemoteEnd, Waited};
+use super::wire::{Op, Role};
 use super::{expected_tag, QueueOptions};
 use crate::error::{Error, Result};
 use crate::handle::{Handle, Kind};
@@ -35,10 +37,25 @@ const MIN_HINT: usize = 256;
 /// # Ok::<(), shoal_channel::Error>(())
 /// ```
 pub struct Producer {
+    flavor: Flavor,
+    put_timeout: Option<Duration>,
+}
+
+/// Where a producer puts.
+// The local flavour is the hot path: not boxed (the remote one is).
+#[allow(clippy::large_enum_variant)]
+enum Flavor {
+    /// Into the queue's ring, on this host.
+    Local(Local),
+    /// Through the queue's bridge, on another host.
+    Remote(Remote),
+}
+
+/// A producer on the queue's host.
+struct Local {
     ring: MpmcProducer,
     /// Awaited by `put_async` while the queue is full (made on first use).
     space: Option<Ready>,
-    put_timeout: Option<Duration>,
     liveness: Duration,
     /// Room the next typed put reserves (the last archive's size, at least
     /// [`MIN_HINT`]).
@@ -48,12 +65,27 @@ pub struct Producer {
     head: Vec<u8>,
 }
 
+/// A producer on another host.
+struct Remote {
+    end: Box<RemoteEnd>,
+    /// Messages claimed and not put (as this side counts them).
+    owed: u64,
+}
+
 impl std::fmt::Debug for Producer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Producer")
-            .field("ring", &self.ring)
-            .field("owed", &self.ring.owed())
-            .finish_non_exhaustive()
+        match &self.flavor {
+            Flavor::Local(l) => f
+                .debug_struct("Producer")
+                .field("ring", &l.ring)
+                .field("owed", &l.ring.owed())
+                .finish_non_exhaustive(),
+            Flavor::Remote(r) => f
+                .debug_struct("Producer")
+                .field("remote", &r.end)
+                .field("owed", &r.owed)
+                .finish(),
+        }
     }
 }
 
@@ -133,9 +165,42 @@ impl Producer {
     }
 
     /// Attaches with `opts` (its timeouts and peer options; the sizes are
-    /// the queue's).
+    /// the queue's). A queue made on another host that takes remote
+    /// peers is reached through its bridge (see
+    /// [`attach_remote`](Self::attach_remote)).
     pub fn attach_with(handle: &Handle, opts: &QueueOptions) -> Result<Producer> {
+        if handle.is_elsewhere() && handle.remote().is_some() {
+            return Producer::attach_remote(handle, opts);
+        }
         Producer::attach_kind(handle, opts, Kind::WorkQueue, Vec::new())
+    }
+
+    /// Attaches through the queue's bridge, over the network, wherever
+    /// this process is (the queue must take remote peers:
+    /// [`QueueOptions::remote`]). A put returns once the message is in
+    /// the queue; a producer that dies, or goes silent for the queue's
+    /// [`lease`](QueueOptions::lease), owing claimed messages makes
+    /// consumers end with [`Error::ProducersLost`].
+    pub fn attach_remote(handle: &Handle, opts: &QueueOptions) -> Result<Producer> {
+        Producer::join_remote(handle, opts, Kind::WorkQueue, [0; 16])
+    }
+
+    /// Joins a channel of `kind` on another host, with `head` before
+    /// every message.
+    pub(crate) fn join_remote(
+        handle: &Handle,
+        opts: &QueueOptions,
+        kind: Kind,
+        head: [u8; 16],
+    ) -> Result<Producer> {
+        let end = RemoteEnd::join(handle, kind, Role::Producer, head, opts)?;
+        Ok(Producer {
+            flavor: Flavor::Remote(Remote {
+                end: Box::new(end),
+                owed: 0,
+            }),
+            put_timeout: opts.put_timeout,
+        })
     }
 
     /// Attaches to a channel of `kind` built on a work queue's ring,
@@ -152,19 +217,20 @@ impl Producer {
             MpmcProducer::attach_with(&ring, opts.peer, Some(expected_tag(kind)))
         })?;
         Ok(Producer {
-            ring,
-            space: None,
+            flavor: Flavor::Local(Local {
+                ring,
+                space: None,
+                liveness: opts.peer.liveness_interval,
+                hint: MIN_HINT,
+                head,
+            }),
             put_timeout: opts.put_timeout,
-            liveness: opts.peer.liveness_interval,
-            hint: MIN_HINT,
-            head,
         })
     }
 
-    /// Sends `msg` (after the head, if any) as one record, waiting as
-    /// `wait` allows.
-    fn send(&mut self, msg: &[u8], wait: Wait<'_>) -> std::result::Result<(), RingError> {
-        send_after(&mut self.ring, &self.head, msg, wait)
+    /// Whether this producer reaches its queue over the network.
+    pub fn is_remote(&self) -> bool {
+        matches!(self.flavor, Flavor::Remote(_))
     }
 
     /// Promises `n` more messages from this producer: consumers will not
@@ -173,7 +239,14 @@ impl Producer {
     /// [`Error::ProducersLost`]). Fails with [`Error::Closed`] once the
     /// queue is closed.
     pub fn claim(&mut self, n: u64) -> Result<()> {
-        self.ring.claim(n).map_err(|e| put_error(e, None))
+        match &mut self.flavor {
+            Flavor::Local(l) => l.ring.claim(n).map_err(|e| put_error(e, None)),
+            Flavor::Remote(r) => {
+                r.end.simple(Op::Claim, &[&n.to_le_bytes()])?;
+                r.owed = r.owed.saturating_add(n);
+                Ok(())
+            }
+        }
     }
 
     /// Closes the queue, for every producer: nothing more may be claimed,
@@ -181,73 +254,92 @@ impl Producer {
     /// claimed can still be put; once all of it was, and taken, consumers
     /// get `None`.
     pub fn close(&mut self) -> Result<()> {
-        self.ring.close_claims().map_err(|e| put_error(e, None))
+        match &mut self.flavor {
+            Flavor::Local(l) => l.ring.close_claims().map_err(|e| put_error(e, None)),
+            Flavor::Remote(r) => r.end.simple(Op::Close, &[]),
+        }
     }
 
     /// Messages this producer claimed and has not put yet.
     pub fn owed(&self) -> u64 {
-        self.ring.owed()
+        match &self.flavor {
+            Flavor::Local(l) => l.ring.owed(),
+            Flavor::Remote(r) => r.owed,
+        }
     }
 
     /// Puts `msg`, waiting while the queue is full (up to the put
     /// timeout). Counts against this producer's claims, if it has any.
     pub fn put(&mut self, msg: &[u8]) -> Result<()> {
-        let wait = match self.put_timeout {
-            Some(t) => Wait::timeout(t),
-            None => Wait::forever(),
-        };
-        let timeout = self.put_timeout;
-        self.send(msg, wait).map_err(|e| put_error(e, timeout))
+        self.put_parts(&[msg])
+    }
+
+    /// Puts `msg`, waiting up to `timeout` for room (whatever the
+    /// options' put timeout).
+    pub(crate) fn put_within(&mut self, msg: &[u8], timeout: Duration) -> Result<()> {
+        self.put_waiting(&[msg], Some(timeout))
     }
 
     /// Puts `parts` one after the other as one message (after the head),
     /// waiting while the queue is full (up to the put timeout).
     pub(crate) fn put_parts(&mut self, parts: &[&[u8]]) -> Result<()> {
-        let timeout = self.put_timeout;
-        let wait = match timeout {
-            Some(t) => Wait::timeout(t),
-            None => Wait::forever(),
-        };
-        send_parts(&mut self.ring, &self.head, parts, wait).map_err(|e| put_error(e, timeout))
+        self.put_waiting(parts, self.put_timeout)
+    }
+
+    /// Puts `parts` as one message, waiting up to `timeout` for room
+    /// (`None`: as long as it takes).
+    fn put_waiting(&mut self, parts: &[&[u8]], timeout: Option<Duration>) -> Result<()> {
+        match &mut self.flavor {
+            Flavor::Local(l) => {
+                let wait = match timeout {
+                    Some(t) => Wait::timeout(t),
+                    None => Wait::forever(),
+                };
+                let r = match parts {
+                    [msg] => send_after(&mut l.ring, &l.head, msg, wait),
+                    _ => send_parts(&mut l.ring, &l.head, parts, wait),
+                };
+                r.map_err(|e| put_error(e, timeout))
+            }
+            Flavor::Remote(r) => {
+                let w = r.end.wait_for(Op::Put, parts, timeout)?;
+                r.put_done(w, timeout)
+            }
+        }
     }
 
     /// Puts `msg` if there is room now; hands it back when the queue is
     /// full.
     pub fn try_put<'m>(&mut self, msg: &'m [u8]) -> std::result::Result<(), TryPutError<'m>> {
-        match self.send(msg, Wait::no_wait()) {
-            Ok(()) => Ok(()),
-            Err(RingError::WouldBlock | RingError::Timeout) => Err(TryPutError::Full(msg)),
-            Err(e) => Err(TryPutError::Failed(put_error(e, None))),
-        }
+        let r = match &mut self.flavor {
+            Flavor::Local(l) => match send_after(&mut l.ring, &l.head, msg, Wait::no_wait()) {
+                Ok(()) => Ok(()),
+                Err(RingError::WouldBlock | RingError::Timeout) => {
+                    return Err(TryPutError::Full(msg))
+                }
+                Err(e) => Err(put_error(e, None)),
+            },
+            Flavor::Remote(r) => match r.end.wait_for(Op::Put, &[msg], Some(Duration::ZERO)) {
+                Ok(Waited::NotYet) => return Err(TryPutError::Full(msg)),
+                Ok(w) => r.put_done(w, None),
+                Err(e) => Err(e),
+            },
+        };
+        r.map_err(TryPutError::Failed)
     }
 
     /// Puts `msg`, awaiting room without blocking the thread (up to the
     /// put timeout). Cancel-safe: dropped before it finished, nothing was
-    /// put.
+    /// put (a remote producer: unless its request had reached the queue,
+    /// where it is then put).
     pub async fn put_async(&mut self, msg: &[u8]) -> Result<()> {
-        const WHAT: &str = "room in the work queue";
-        let deadline = ready::deadline(self.put_timeout);
-        loop {
-            match self.try_put(msg) {
-                Ok(()) => return Ok(()),
-                Err(TryPutError::Failed(e)) => return Err(e),
-                Err(TryPutError::Full(_)) => {}
+        let timeout = self.put_timeout;
+        match &mut self.flavor {
+            Flavor::Local(l) => l.put_async(msg, timeout).await,
+            Flavor::Remote(r) => {
+                let w = r.end.wait_for_async(Op::Put, &[msg], timeout).await?;
+                r.put_done(w, timeout)
             }
-            if self.space.is_none() {
-                self.space = Some(ready::register(self.ring.space_fd()?)?);
-            }
-            let Some(space) = &self.space else { continue };
-            space.get_ref().arm();
-            match send_after(&mut self.ring, &self.head, msg, Wait::no_wait()) {
-                Ok(()) => return Ok(()),
-                Err(RingError::WouldBlock | RingError::Timeout) => {}
-                Err(e) => return Err(put_error(e, None)),
-            }
-            // Bounded: a put owed to a dead consumer's release is found by
-            // the next try (the fd also turns readable every orphan
-            // timeout while armed).
-            let slice = ready::slice(self.liveness, deadline, WHAT)?;
-            ready::wait(space, slice, "awaiting room in the queue").await?;
         }
     }
 
@@ -281,23 +373,35 @@ impl Producer {
     /// archive.
     pub(crate) fn put_value_after<T: Archivable>(&mut self, extra: &[u8], value: &T) -> Result<()> {
         debug_assert!(extra.len().is_multiple_of(16));
-        let wait = match self.put_timeout {
+        let timeout = self.put_timeout;
+        let l = match &mut self.flavor {
+            Flavor::Local(l) => l,
+            Flavor::Remote(_) => {
+                // Serialized here, put as bytes (the head is the bridge's).
+                let mut buf = shoal_transport::AlignedBuf::with_capacity(MIN_HINT);
+                buf.resize_zeroed(MIN_HINT);
+                return match archive_into(value, buf.as_mut_slice()).map_err(Error::Archive)? {
+                    Archived::InPlace(n) => self.put_parts(&[extra, &buf[..n]]),
+                    Archived::Spilled(big) => self.put_parts(&[extra, &big]),
+                };
+            }
+        };
+        let wait = match timeout {
             Some(t) => Wait::timeout(t),
             None => Wait::forever(),
         };
-        let timeout = self.put_timeout;
-        let h = self.head.len() + extra.len();
+        let h = l.head.len() + extra.len();
         let spilled = {
-            let mut r = self
+            let mut r = l
                 .ring
-                .reserve_with(h + self.hint, wait)
+                .reserve_with(h + l.hint, wait)
                 .map_err(|e| put_error(e, timeout))?;
-            r[..self.head.len()].copy_from_slice(&self.head);
-            r[self.head.len()..h].copy_from_slice(extra);
+            r[..l.head.len()].copy_from_slice(&l.head);
+            r[l.head.len()..h].copy_from_slice(extra);
             match archive_into(value, &mut r[h..]).map_err(Error::Archive)? {
                 Archived::InPlace(n) => {
                     r.commit(h + n).map_err(|e| put_error(e, None))?;
-                    self.hint = self.fit_hint(n);
+                    l.hint = l.fit_hint(n);
                     return Ok(());
                 }
                 // Dropped uncommitted: skipped by consumers (a claim it
@@ -305,9 +409,59 @@ impl Producer {
                 Archived::Spilled(buf) => buf,
             }
         };
+        let n = spilled.len();
         self.put_parts(&[extra, &spilled])?;
-        self.hint = self.fit_hint(spilled.len());
+        if let Flavor::Local(l) = &mut self.flavor {
+            l.hint = l.fit_hint(n);
+        }
         Ok(())
+    }
+}
+
+impl Remote {
+    /// A remote put's outcome; counted against the claims when done.
+    fn put_done(&mut self, w: Waited, timeout: Option<Duration>) -> Result<()> {
+        match w {
+            Waited::Done(_) => {
+                self.owed = self.owed.saturating_sub(1);
+                Ok(())
+            }
+            Waited::NotYet => Err(Error::Timeout {
+                what: "room in the work queue (remote)",
+                after: timeout.unwrap_or_default(),
+            }),
+            Waited::Finished => Err(Error::Remote("a put answered as a take".into())),
+        }
+    }
+}
+
+impl Local {
+    /// See [`Producer::put_async`].
+    async fn put_async(&mut self, msg: &[u8], timeout: Option<Duration>) -> Result<()> {
+        const WHAT: &str = "room in the work queue";
+        let deadline = ready::deadline(timeout);
+        loop {
+            match send_after(&mut self.ring, &self.head, msg, Wait::no_wait()) {
+                Ok(()) => return Ok(()),
+                Err(RingError::WouldBlock | RingError::Timeout) => {}
+                Err(e) => return Err(put_error(e, None)),
+            }
+            if self.space.is_none() {
+                self.space = Some(ready::register(self.ring.space_fd()?)?);
+            }
+            let Some(space) = &self.space else { continue };
+            space.get_ref().arm();
+            match send_after(&mut self.ring, &self.head, msg, Wait::no_wait()) {
+                Ok(()) => return Ok(()),
+                Err(RingError::WouldBlock | RingError::Timeout) => {}
+                Err(e) => return Err(put_error(e, None)),
+            }
+            // Bounded: a put owed to a dead consumer's release is found by
+            // the next try (the fd also turns readable every orphan
+            // timeout while armed).
+            let slice = ready::slice(self.liveness, deadline, WHAT)?;
+            ready::wait(space, slice, "awaiting room in the queue").await?;
+        }
     }
 
     /// The room the next typed put reserves after an archive of `n`

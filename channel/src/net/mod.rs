@@ -11,6 +11,8 @@
 //! behind, the queue fills, the thread stops reading, and the publisher's
 //! flow control holds the writer back, as a full ring would.
 
+pub(crate) mod ask;
+
 use crate::error::{Error, Result};
 use shoal_transport::{Address, Backend, Options, OwnedFrame};
 use std::time::Duration;
@@ -41,6 +43,14 @@ pub(crate) fn address(url: &str) -> Result<Address> {
     }
     a.check_available().map_err(Error::Net)?;
     Ok(a)
+}
+
+/// The error for an address whose backend this build lacks.
+pub(crate) fn missing(addr: &Address) -> Error {
+    Error::Net(shoal_transport::Error::BackendMissing {
+        address: addr.to_string(),
+        feature: addr.backend().feature(),
+    })
 }
 
 /// A publisher for a channel's remote readers.
@@ -266,7 +276,10 @@ fn poll_once<F: std::future::Future>(fut: F) -> Option<F::Output> {
 /// Runs `fut` to completion on this thread, parking it between polls, for
 /// up to `timeout`; `None` when the time ran out. For futures that only
 /// need a waker (channel receives), not a runtime's drivers.
-fn park_on<F: std::future::Future>(fut: F, timeout: Option<Duration>) -> Option<F::Output> {
+pub(crate) fn park_on<F: std::future::Future>(
+    fut: F,
+    timeout: Option<Duration>,
+) -> Option<F::Output> {
     use std::task::{Context, Poll, Wake, Waker};
     struct Unpark(std::thread::Thread);
     impl Wake for Unpark {

@@ -1,0 +1,550 @@
+//! The bridge: how producers and consumers on other hosts reach a work
+//! queue (or a gather) that lives in this host's shared memory.
+//!
+//! The process that creates the queue runs the bridge beside it. Its
+//! door (a replier at the address the handle carries) takes joins; for
+//! each peer that joins, the bridge attaches a local endpoint of the
+//! peer's kind to the ring (its proxy) and starts a thread with a
+//! replier of the peer's own, which does what the peer asks (put, claim,
+//! close, take) with the proxy, exactly as a local endpoint would. So the
+//! ring's rules hold for remote peers unchanged: each message is taken
+//! once, claims and the close end the work, and a proxy that leaves
+//! owing claimed messages makes consumers end with `ProducersLost`.
+//!
+//! - **Waits.** A peer's put or take waits on the ring for at most
+//!   [`WAIT_CAP`] (then it is answered "not yet" and asks again while
+//!   its own timeout lasts), so a peer's thread is never stuck in the
+//!   ring, and notices the bridge stopping.
+//! - **Silence.** A peer's heartbeat comes every quarter of the lease; a
+//!   peer not heard from for a whole lease (it died, or its host or the
+//!   network did) is dropped: its proxy leaves, settling what it owed.
+//! - **Twice-delivered requests.** A request carries its asker's
+//!   sequence number; a request repeated by the wire (after a reconnect)
+//!   gets the first answer again, and is not done twice.
+//! - **Hostile peers.** Every request is decoded and checked (see
+//!   [`wire`](super::wire)); a malformed one is answered with a failure
+//!   and changes nothing. Joins beyond the ring's endpoint slots fail.
+
+use super::wire::{self, Op, Role, Status};
+use super::{Consumer, Producer, QueueOptions};
+use crate::error::{Error, Result};
+use crate::handle::{Handle, Kind};
+use crate::net::ask::NetReplier;
+use shoal_transport::{Address, Options, Reply};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The longest a peer's request waits on the ring before it is answered
+/// "not yet".
+pub(crate) const WAIT_CAP: Duration = Duration::from_millis(200);
+/// How often the bridge's threads look whether it stops.
+#[cfg(any(feature = "nng", feature = "quic"))]
+const SLICE: Duration = Duration::from_millis(100);
+/// How long the door waits for a peer's thread to bind its replier.
+const BIND_WAIT: Duration = Duration::from_secs(10);
+
+/// A peer on another host, as the bridge knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PeerInfo {
+    /// Producer (writer) or consumer.
+    pub role: Role,
+    /// Its pid (in its own pid namespace).
+    pub pid: u32,
+    /// Its host (see [`host_id`](crate::gather::host_id)).
+    pub host: u64,
+    /// What it puts before each message (a gather writer's sender).
+    pub head: [u8; 16],
+    /// Whether it left or was dropped.
+    pub gone: bool,
+}
+
+/// The peers that joined, in join order.
+pub(crate) type Roster = Arc<Mutex<Vec<PeerInfo>>>;
+
+/// The bridge of one queue: its door and its peers' threads, stopped
+/// when this value drops.
+pub(crate) struct Bridge {
+    stop: Arc<AtomicBool>,
+    address: Address,
+    roster: Roster,
+    door: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Bridge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bridge")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the door needs to attach proxies and start their threads.
+#[derive(Clone)]
+struct Setup {
+    handle: Handle,
+    kind: Kind,
+    opts: QueueOptions,
+    net: Options,
+    stop: Arc<AtomicBool>,
+    roster: Roster,
+}
+
+impl Bridge {
+    /// Starts the bridge of the queue `handle` names (a channel of
+    /// `kind`), its door bound at `opts.remote`.
+    pub(crate) fn start(handle: &Handle, kind: Kind, opts: &QueueOptions) -> Result<Bridge> {
+        let url = opts
+            .remote
+            .as_deref()
+            .ok_or_else(|| Error::BadOptions("no address for remote peers".into()))?;
+        let bind = crate::net::address(url)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let roster = Roster::default();
+        let setup = Setup {
+            handle: handle.clone(),
+            kind,
+            opts: opts.clone(),
+            net: opts.net_options(),
+            stop: stop.clone(),
+            roster: roster.clone(),
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Address>>(1);
+        let door = std::thread::Builder::new()
+            .name("shoal-bridge-door".into())
+            .spawn(move || door(bind, setup, tx))
+            .map_err(|source| Error::Io {
+                what: "starting a queue's bridge",
+                source,
+            })?;
+        let address = match rx.recv() {
+            Ok(r) => r?,
+            Err(_) => return Err(Error::Net(shoal_transport::Error::Closed)),
+        };
+        Ok(Bridge {
+            stop,
+            address,
+            roster,
+            door: Some(door),
+        })
+    }
+
+    /// Where remote peers join (the port bound, QUIC's pin).
+    pub(crate) fn address(&self) -> &Address {
+        &self.address
+    }
+
+    /// The peers that joined so far.
+    pub(crate) fn roster(&self) -> &Roster {
+        &self.roster
+    }
+}
+
+impl Drop for Bridge {
+    /// Stops the door (waited for: within a slice) and every peer's
+    /// thread (each within a slice and a wait cap; not waited for).
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(d) = self.door.take() {
+            let _ = d.join();
+        }
+    }
+}
+
+/// A current-thread runtime for one of the bridge's threads.
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| Error::Io {
+            what: "starting a bridge thread's runtime",
+            source,
+        })
+}
+
+/// Serves `replier` with `answer` until `stop`, or until `idle` says to
+/// (given how long nobody asked anything); then drops the replier inside
+/// its runtime, so its closing goes out.
+fn serve(
+    rt: &tokio::runtime::Runtime,
+    replier: NetReplier,
+    stop: &AtomicBool,
+    mut answer: impl FnMut(&[u8], &mut Reply<'_>) -> bool + Send,
+    mut idle: impl FnMut(Duration) -> bool,
+) {
+    #[cfg(any(feature = "nng", feature = "quic"))]
+    {
+        let mut replier = replier;
+        let mut heard = std::time::Instant::now();
+        while !stop.load(Ordering::Acquire) {
+            let mut more = true;
+            let served = rt.block_on(async {
+                tokio::time::timeout(SLICE, replier.serve_one(|req, out| more = answer(req, out)))
+                    .await
+            });
+            match served {
+                Ok(Ok(())) => {
+                    heard = std::time::Instant::now();
+                    if !more {
+                        break;
+                    }
+                }
+                Ok(Err(Error::Net(shoal_transport::Error::Closed))) => break,
+                // The wire dropped a bad request (and logged it), or a
+                // reply could not go: the next request is served.
+                Ok(Err(e)) => tracing::debug!(error = %e, "bridge: a request failed"),
+                Err(_) => {
+                    if idle(heard.elapsed()) {
+                        break;
+                    }
+                }
+            }
+        }
+        let _in_rt = rt.enter();
+        drop(replier);
+        drop(_in_rt);
+        rt.block_on(async { tokio::time::sleep(Duration::from_millis(20)).await });
+    }
+    #[cfg(not(any(feature = "nng", feature = "quic")))]
+    {
+        let _ = (rt, stop, &mut answer, &mut idle);
+        match replier {}
+    }
+}
+
+/// The door's thread: binds, says where, then serves joins until the
+/// bridge stops.
+fn door(bind: Address, setup: Setup, ready: std::sync::mpsc::SyncSender<Result<Address>>) {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let replier = match rt.block_on(NetReplier::bind(&bind, &setup.net)) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let address = replier.address();
+    let _ = ready.send(Ok(address.clone()));
+    let mut joined = 0u32;
+    let stop = setup.stop.clone();
+    serve(
+        &rt,
+        replier,
+        &stop,
+        |req, out| {
+            let mut scratch = Vec::new();
+            admit(&setup, &address, &mut joined, req, &mut scratch);
+            out.extend_from_slice(&scratch);
+            true
+        },
+        |_| false,
+    );
+}
+
+/// Writes a reply: its head, then `body`.
+fn reply(out: &mut Vec<u8>, status: Status, a: u32, b: u64, body: &[u8]) {
+    out.clear();
+    out.extend_from_slice(&wire::reply_head(status, a, b));
+    out.extend_from_slice(body);
+}
+
+/// A failure reply saying `why`.
+fn failed(out: &mut Vec<u8>, why: &str) {
+    reply(out, Status::Failed, 0, 0, why.as_bytes());
+}
+
+/// The kind byte a join carries.
+pub(crate) fn kind_byte(kind: Kind) -> u8 {
+    kind as u8 + 1
+}
+
+/// Answers a join: checks it, attaches the peer's proxy, starts its
+/// thread and replies with where that thread answers.
+fn admit(setup: &Setup, door: &Address, joined: &mut u32, req: &[u8], out: &mut Vec<u8>) {
+    let r = match wire::request(req) {
+        Ok(r) => r,
+        Err(why) => return failed(out, why),
+    };
+    match r.op {
+        Op::Join => {}
+        Op::Ping => return reply(out, Status::Ok, 0, 0, b""),
+        _ => return failed(out, "the door takes joins only"),
+    }
+    let j = match wire::join(r.body) {
+        Ok(j) => j,
+        Err(why) => return failed(out, why),
+    };
+    let ours = crate::handle::format();
+    if j.version != wire::VERSION || j.format != ours {
+        return reply(out, Status::Incompatible, 0, 0, ours.as_bytes());
+    }
+    if j.kind != kind_byte(setup.kind) {
+        return reply(out, Status::WrongKind, 0, 0, setup.kind.name().as_bytes());
+    }
+    let s = &setup;
+    let proxy = match (j.role, s.kind) {
+        (Role::Producer, Kind::Gather) => {
+            Producer::attach_kind(&s.handle, &s.opts, Kind::Gather, j.head.to_vec())
+                .map(Proxy::Producer)
+        }
+        (Role::Producer, _) => {
+            Producer::attach_kind(&s.handle, &s.opts, s.kind, Vec::new()).map(Proxy::Producer)
+        }
+        (Role::Consumer, Kind::WorkQueue) => {
+            Consumer::attach_kind(&s.handle, &s.opts, Kind::WorkQueue, 0).map(Proxy::Consumer)
+        }
+        (Role::Consumer, _) => {
+            return failed(out, "a gather's only reader is the process that made it")
+        }
+    };
+    let proxy = match proxy {
+        Ok(p) => p,
+        Err(e) => return failed(out, &e.to_string()),
+    };
+    *joined = joined.wrapping_add(1);
+    let at = peer_address(door, *joined);
+    let info = PeerInfo {
+        role: j.role,
+        pid: j.pid,
+        host: j.host,
+        head: j.head,
+        gone: false,
+    };
+    let k = {
+        let mut r = lock(&s.roster);
+        r.push(info);
+        r.len() - 1
+    };
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Address>>(1);
+    let s2 = setup.clone();
+    let started = std::thread::Builder::new()
+        .name("shoal-bridge-peer".into())
+        .spawn(move || peer(at, s2, proxy, info, k, tx));
+    let answer = match started {
+        Ok(_) => match rx.recv_timeout(BIND_WAIT) {
+            Ok(r) => r,
+            Err(_) => Err(Error::Net(shoal_transport::Error::Closed)),
+        },
+        Err(source) => Err(Error::Io {
+            what: "starting a bridge peer's thread",
+            source,
+        }),
+    };
+    match answer {
+        Ok(a) => {
+            tracing::debug!(role = ?j.role, pid = j.pid, host = format_args!("{:016x}", j.host), at = %a, "bridge: a remote peer joined");
+            reply(out, Status::Ok, 0, 0, a.to_string().as_bytes())
+        }
+        Err(e) => {
+            lock(&s.roster)[k].gone = true;
+            failed(out, &e.to_string())
+        }
+    }
+}
+
+/// The roster, even if a thread panicked holding it (it holds plain
+/// values, always whole).
+fn lock(r: &Roster) -> std::sync::MutexGuard<'_, Vec<PeerInfo>> {
+    r.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Where the `n`th peer's replier binds: the door's host, any port (an
+/// ipc path: the door's, numbered).
+fn peer_address(door: &Address, n: u32) -> Address {
+    match door {
+        Address::NngTcp { host, native, .. } => Address::NngTcp {
+            host: host.clone(),
+            port: 0,
+            native: *native,
+        },
+        Address::Quic { host, .. } => Address::Quic {
+            host: host.clone(),
+            port: 0,
+            pin: None,
+        },
+        Address::NngIpc { path, native } => {
+            let mut p = path.clone().into_os_string();
+            p.push(format!(".{}.{n}", std::process::id()));
+            Address::NngIpc {
+                path: p.into(),
+                native: *native,
+            }
+        }
+        other => other.clone(),
+    }
+}
+
+/// A peer's endpoint on the ring.
+// One per remote peer, moved once into its thread: size does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Proxy {
+    Producer(Producer),
+    Consumer(Consumer),
+}
+
+/// A peer's thread: binds its replier, says where, then does what the
+/// peer asks until it leaves, falls silent for the lease, or the bridge
+/// stops; then its proxy leaves the ring.
+fn peer(
+    at: Address,
+    setup: Setup,
+    proxy: Proxy,
+    info: PeerInfo,
+    k: usize,
+    ready: std::sync::mpsc::SyncSender<Result<Address>>,
+) {
+    let bound = runtime().and_then(|rt| {
+        let r = rt.block_on(NetReplier::bind(&at, &setup.net))?;
+        Ok((rt, r))
+    });
+    let (rt, replier) = match bound {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    if ready.send(Ok(replier.address())).is_err() {
+        return;
+    }
+    let lease = setup.opts.lease;
+    let mut state = Served {
+        proxy,
+        last_seq: 0,
+        last: Vec::new(),
+    };
+    let mut silent = false;
+    serve(
+        &rt,
+        replier,
+        &setup.stop,
+        |req, out| {
+            let more = state.answer(req);
+            out.extend_from_slice(&state.last);
+            more
+        },
+        |quiet| {
+            silent = quiet > lease;
+            silent
+        },
+    );
+    if silent {
+        let owed = match &state.proxy {
+            Proxy::Producer(p) => p.owed(),
+            Proxy::Consumer(_) => 0,
+        };
+        tracing::warn!(
+            role = ?info.role,
+            pid = info.pid,
+            host = format_args!("{:016x}", info.host),
+            owed,
+            "bridge: a remote peer was silent for its lease ({lease:?}); dropping it"
+        );
+    }
+    lock(&setup.roster)[k].gone = true;
+    drop(state);
+}
+
+/// A peer's proxy, and its last answer (for a request the wire repeats).
+struct Served {
+    proxy: Proxy,
+    /// The sequence number of the last request done.
+    last_seq: u64,
+    /// The answer it got (the reply being written, after `answer`).
+    last: Vec<u8>,
+}
+
+impl Served {
+    /// Does what `req` asks and leaves the reply in `last`; false once
+    /// the peer leaves.
+    fn answer(&mut self, req: &[u8]) -> bool {
+        let r = match wire::request(req) {
+            Ok(r) => r,
+            Err(why) => {
+                failed(&mut self.last, why);
+                // Not an answer to remember: the next repeat is judged anew.
+                self.last_seq = 0;
+                return true;
+            }
+        };
+        match r.op {
+            Op::Ping => {
+                reply(&mut self.last, Status::Ok, 0, 0, b"");
+                self.last_seq = 0;
+                return true;
+            }
+            Op::Bye => {
+                reply(&mut self.last, Status::Ok, 0, 0, b"");
+                return false;
+            }
+            _ => {}
+        }
+        if r.seq != 0 && r.seq == self.last_seq {
+            return true; // asked again: the same answer
+        }
+        if r.seq <= self.last_seq {
+            failed(&mut self.last, "a request older than the last one done");
+            self.last_seq = 0;
+            return true;
+        }
+        let wait = Duration::from_millis(u64::from(r.arg)).min(WAIT_CAP);
+        let out = &mut self.last;
+        match (&mut self.proxy, r.op) {
+            (Proxy::Producer(p), Op::Put) => match p.put_within(r.body, wait) {
+                Ok(()) => reply(out, Status::Ok, 0, 0, b""),
+                Err(e) => error_reply(out, e),
+            },
+            (Proxy::Producer(p), Op::Claim) => match p.claim(wire::claim_count(r.body)) {
+                Ok(()) => reply(out, Status::Ok, 0, 0, b""),
+                Err(e) => error_reply(out, e),
+            },
+            (Proxy::Producer(p), Op::Close) => match p.close() {
+                Ok(()) => reply(out, Status::Ok, 0, 0, b""),
+                Err(e) => error_reply(out, e),
+            },
+            (Proxy::Consumer(c), Op::Take) => {
+                let got = if wait.is_zero() {
+                    c.try_take().map(|t| match t {
+                        super::TryTake::Taken(t) => Took::Msg(t),
+                        super::TryTake::Empty => Took::Empty,
+                        super::TryTake::Finished => Took::End,
+                    })
+                } else {
+                    c.take_within(wait).map(|t| t.map_or(Took::End, Took::Msg))
+                };
+                match got {
+                    Ok(Took::Msg(t)) => reply(out, Status::Ok, 0, 0, &t),
+                    Ok(Took::Empty) => reply(out, Status::NotYet, 0, 0, b""),
+                    Ok(Took::End) => reply(out, Status::Finished, 0, 0, b""),
+                    Err(e) => error_reply(out, e),
+                }
+            }
+            _ => failed(out, "an operation this peer's role does not do"),
+        }
+        self.last_seq = r.seq;
+        true
+    }
+}
+
+/// What a take found.
+enum Took<'a> {
+    Msg(super::Taken<'a>),
+    Empty,
+    End,
+}
+
+/// The reply for a failed operation.
+fn error_reply(out: &mut Vec<u8>, e: Error) {
+    match e {
+        Error::Timeout { .. } => reply(out, Status::NotYet, 0, 0, b""),
+        Error::Closed => reply(out, Status::Closed, 0, 0, b""),
+        Error::ProducersLost { lost, pid } => reply(out, Status::Lost, pid, lost, b""),
+        e => failed(out, &e.to_string()),
+    }
+}

@@ -1,0 +1,267 @@
+//! WorkQueue and Gather peers that reach their queue through its bridge
+//! (loopback here; across network namespaces and processes in the
+//! workspace's `tests/`): the same claims, close and termination as
+//! local peers, each message taken once, typed messages read in place,
+//! a producer that leaves owing claimed messages named to consumers.
+
+#![cfg(any(feature = "nng", feature = "quic"))]
+
+use shoal_channel::{
+    Consumer, Error, Gather, GatherWriter, Producer, QueueOptions, TryPutError, TryTake, WorkQueue,
+};
+use std::collections::HashSet;
+use std::time::Duration;
+
+const SEC: Duration = Duration::from_secs(1);
+
+fn opts(bind: &str) -> QueueOptions {
+    QueueOptions::default()
+        .capacity(1 << 16)
+        .remote(bind)
+        .take_timeout(Some(30 * SEC))
+        .put_timeout(Some(30 * SEC))
+}
+
+/// Local and remote producers and consumers on one queue: every message
+/// taken exactly once, and every consumer ends with `None`.
+fn mixed(bind: &str) {
+    let o = opts(bind);
+    let q = WorkQueue::create(&o).unwrap();
+    let h = q.handle().clone();
+    assert!(h.remote().is_some());
+    const EACH: u64 = 300;
+    let producers: Vec<Producer> = vec![
+        q.producer().unwrap(),
+        Producer::attach_remote(&h, &o).unwrap(),
+        Producer::attach_remote(&h, &o).unwrap(),
+    ];
+    assert_eq!(
+        producers.iter().map(|p| p.is_remote()).collect::<Vec<_>>(),
+        [false, true, true]
+    );
+    let consumers: Vec<Consumer> = vec![
+        q.consumer().unwrap(),
+        Consumer::attach_remote(&h, &o).unwrap(),
+        Consumer::attach_remote(&h, &o).unwrap(),
+    ];
+    let mut sending = Vec::new();
+    for (i, mut p) in producers.into_iter().enumerate() {
+        p.claim(EACH).unwrap();
+        sending.push(std::thread::spawn(move || {
+            for n in 0..EACH {
+                // Sizes from empty to past the ring's inline limit.
+                let len = (n as usize * 331) % 40_000;
+                let mut m = vec![(n % 251) as u8; len.max(16)];
+                m[..8].copy_from_slice(&(i as u64).to_le_bytes());
+                m[8..16].copy_from_slice(&n.to_le_bytes());
+                p.put(&m).unwrap();
+            }
+            assert_eq!(p.owed(), 0);
+        }));
+    }
+    let mut closer = q.producer().unwrap();
+    let taking: Vec<_> = consumers
+        .into_iter()
+        .map(|mut c| {
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                while let Some(t) = c.take().unwrap() {
+                    let p = u64::from_le_bytes(t[..8].try_into().unwrap());
+                    let n = u64::from_le_bytes(t[8..16].try_into().unwrap());
+                    assert!(t[16..].iter().all(|&b| b == (n % 251) as u8));
+                    got.push((p, n));
+                }
+                got
+            })
+        })
+        .collect();
+    closer.close().unwrap();
+    for s in sending {
+        s.join().unwrap();
+    }
+    let mut all = HashSet::new();
+    let mut per = Vec::new();
+    for t in taking {
+        let got = t.join().unwrap();
+        per.push(got.len());
+        for m in got {
+            assert!(all.insert(m), "{m:?} taken twice");
+        }
+    }
+    assert_eq!(all.len() as u64, 3 * EACH, "taken per consumer: {per:?}");
+}
+
+/// A remote producer dropped owing claimed messages: consumers (local and
+/// remote) take what was put, then end with `ProducersLost`.
+fn lost(bind: &str) {
+    let o = opts(bind);
+    let q = WorkQueue::create(&o).unwrap();
+    let h = q.handle().clone();
+    let mut p = Producer::attach_remote(&h, &o).unwrap();
+    let mut c = Consumer::attach_remote(&h, &o).unwrap();
+    let mut local = q.consumer().unwrap();
+    p.claim(5).unwrap();
+    p.close().unwrap();
+    p.put(b"one").unwrap();
+    p.put(b"two").unwrap();
+    assert_eq!(p.owed(), 3);
+    drop(p);
+    let mut got = Vec::new();
+    let end = loop {
+        match c.take() {
+            Ok(Some(t)) => got.push(t.to_vec()),
+            Ok(None) => panic!("the work cannot end complete"),
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(end, Error::ProducersLost { lost: 3, .. }), "{end}");
+    assert!(matches!(local.take(), Err(Error::ProducersLost { .. })));
+    assert_eq!(got, [b"one".to_vec(), b"two".to_vec()]);
+}
+
+/// Try forms, typed values, a closed queue and async forms, remote.
+fn forms(bind: &str) {
+    #[derive(rkyv::Archive, rkyv::Serialize)]
+    struct Job {
+        id: u64,
+        name: String,
+    }
+    let o = opts(bind).capacity(4096);
+    let q = WorkQueue::create(&o).unwrap();
+    let h = q.handle().clone();
+    let mut p = Producer::attach_remote(&h, &o).unwrap();
+    let mut c = Consumer::attach_remote(&h, &o).unwrap();
+    assert!(matches!(c.try_take().unwrap(), TryTake::Empty));
+    // Fill the ring: try_put hands the message back.
+    let msg = [9u8; 1000];
+    let mut sent = 0;
+    loop {
+        match p.try_put(&msg) {
+            Ok(()) => sent += 1,
+            Err(TryPutError::Full(back)) => {
+                assert_eq!(back.len(), 1000);
+                break;
+            }
+            Err(TryPutError::Failed(e)) => panic!("{e}"),
+        }
+    }
+    assert!(sent >= 2);
+    for _ in 0..sent {
+        assert_eq!(&*c.take().unwrap().unwrap(), &msg[..]);
+    }
+    // A take that times out says so.
+    match c.take_within(Duration::from_millis(300)) {
+        Err(Error::Timeout { .. }) => {}
+        t => panic!("{t:?}"),
+    }
+    p.put_value(&Job {
+        id: 7,
+        name: "resize".into(),
+    })
+    .unwrap();
+    {
+        let t = c.take().unwrap().unwrap();
+        let job = t.archived::<Job>().unwrap();
+        assert_eq!((job.id.to_native(), job.name.as_str()), (7, "resize"));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        p.put_async(b"async").await.unwrap();
+        assert_eq!(&*c.take_async().await.unwrap().unwrap(), b"async");
+    });
+    // Closed: a producer that owes nothing can no longer put or claim.
+    p.close().unwrap();
+    assert!(matches!(p.put(b"late"), Err(Error::Closed)));
+    assert!(matches!(p.claim(1), Err(Error::Closed)));
+    assert!(c.take().unwrap().is_none());
+    assert!(matches!(c.try_take().unwrap(), TryTake::Finished));
+}
+
+/// Remote gather writers: each message with its sender, then the end.
+fn gather(bind: &str) {
+    let o = opts(bind);
+    let mut g = Gather::create(&o).unwrap();
+    let h = g.handle().clone();
+    let mut writers: Vec<GatherWriter> = (0..3)
+        .map(|i| GatherWriter::attach_remote(&h, i, &o).unwrap())
+        .collect();
+    for w in &mut writers {
+        w.claim(2).unwrap();
+    }
+    g.close().unwrap();
+    for w in &mut writers {
+        let i = w.sender().index;
+        w.send(format!("a{i}").as_bytes()).unwrap();
+        w.send_value(&(i as u64 * 10)).unwrap();
+    }
+    let mut seen = Vec::new();
+    while let Some(m) = g.recv().unwrap() {
+        let s = m.sender();
+        assert_eq!(s.pid, std::process::id());
+        if m.len() == 2 {
+            assert_eq!(&*m, format!("a{}", s.index).as_bytes());
+        } else {
+            let v: &rkyv::Archived<u64> = m.archived::<u64>().unwrap();
+            assert_eq!(v.to_native(), s.index as u64 * 10);
+        }
+        seen.push(s.index);
+    }
+    seen.sort();
+    assert_eq!(seen, [0, 0, 1, 1, 2, 2]);
+    // A gather's reader is its maker: no remote consumers.
+    let c = Consumer::attach_remote(&h, &o);
+    assert!(c.is_err());
+}
+
+/// Handles that do not fit: a queue without remote peers, another build.
+#[test]
+fn remote_attach_needs_a_bridge() {
+    let q = WorkQueue::create(&QueueOptions::default()).unwrap();
+    let e = Producer::attach_remote(q.handle(), &QueueOptions::default()).unwrap_err();
+    assert!(matches!(e, Error::BadHandle(_)), "{e}");
+}
+
+#[cfg(feature = "nng")]
+mod nng {
+    const AT: &str = "nng+tcp://127.0.0.1:0";
+    #[test]
+    fn mixed_peers() {
+        super::mixed(AT);
+    }
+    #[test]
+    fn lost_producer() {
+        super::lost(AT);
+    }
+    #[test]
+    fn forms() {
+        super::forms(AT);
+    }
+    #[test]
+    fn gather() {
+        super::gather(AT);
+    }
+}
+
+#[cfg(feature = "quic")]
+mod quic {
+    const AT: &str = "quic://127.0.0.1:0";
+    #[test]
+    fn mixed_peers() {
+        super::mixed(AT);
+    }
+    #[test]
+    fn lost_producer() {
+        super::lost(AT);
+    }
+    #[test]
+    fn forms() {
+        super::forms(AT);
+    }
+    #[test]
+    fn gather() {
+        super::gather(AT);
+    }
+}
