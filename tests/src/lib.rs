@@ -113,6 +113,22 @@ impl Peer {
         let _ = self.child.wait();
     }
 
+    /// SIGKILL now, then every line it said that was not read yet.
+    pub fn kill9_rest(mut self) -> Vec<String> {
+        // SAFETY: a signal to our own child's pid; no memory is touched.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+        let _ = self.child.wait();
+        let mut said = Vec::new();
+        let mut line = String::new();
+        while matches!(self.out.read_line(&mut line), Ok(n) if n > 0) {
+            if let Some(i) = line.find("@ ") {
+                said.push(line[i + 2..].trim_end().to_string());
+            }
+            line.clear();
+        }
+        said
+    }
+
     /// Its pid.
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -10,6 +10,7 @@
 #![cfg(any(feature = "nng", feature = "quic"))]
 
 #[path = "../../transport/tests/common/netns.rs"]
+#[allow(dead_code)] // the helper's other uses
 mod netns;
 
 /// What `netns` expects of its sibling module: the role variable.
