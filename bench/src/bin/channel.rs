@@ -32,6 +32,12 @@
 //! at a time, from its send until every reader has it (metric
 //! `latency_one_way_ns`).
 //!
+//! `channel workqueue-net --wire nng-tcp|quic --remote producer|consumer
+//! --size B --ms T [--raw] [--hosts]`: WorkQueue throughput with its
+//! producer (or consumer) on another host, reaching the queue through its
+//! bridge, beside the transport's own push/pull between the same hosts
+//! with `--raw` (patterns `channel-workqueue-remote-put` / `-take`).
+//!
 //! `channel rpc --workers W --iters N [--raw]`: an Rpc call's round trip
 //! to W worker processes (pattern `channel-rpc`), beside the same fan-out
 //! and fan-in on the raw rings with `--raw`.
@@ -832,6 +838,233 @@ fn broadcast_net(
     finish(m, r)
 }
 
+/// WorkQueue throughput with one peer on another host: a producer
+/// putting through the queue's bridge to a consumer on the queue's host
+/// (`remote` = "producer"), or a producer on the queue's host feeding a
+/// consumer that takes through the bridge ("consumer"); over `wire`,
+/// across two network namespaces (`hosts`, root) or loopback. One sample
+/// per 100 ms: messages taken. `raw`: the transport's own push/pull
+/// between the same two hosts (system `shoal-transport`; the puller binds
+/// on the consumer's side). Children are forked before any runtime
+/// starts; the address reaches them through a shared map.
+fn workqueue_net(
+    wire: &str,
+    remote: &str,
+    size: usize,
+    run: Duration,
+    raw: bool,
+    hosts: bool,
+) -> Measurement {
+    use shoal_channel::Handle;
+    use shoal_transport::blocking::Blocking;
+    use shoal_transport::{Address, Nng, Options, Quic, Wire};
+    let system = if raw { "shoal-transport" } else { "shoal" };
+    let scheme = if wire == "quic" { "quic" } else { "nng+tcp" };
+    let name = format!(
+        "{}{}",
+        if wire == "quic" { "quic" } else { "nng-tcp" },
+        if hosts { "-netns" } else { "" }
+    );
+    let pattern = if remote == "consumer" {
+        "channel-workqueue-remote-take"
+    } else {
+        "channel-workqueue-remote-put"
+    };
+    let m = Measurement::new(system, pattern, "park", "throughput_msgs_per_s")
+        .transport(&name)
+        .payload(size as u64)
+        .readers(1)
+        .processes(3);
+    const TEXT: usize = 8192;
+    let batch = if size >= 64 << 10 { 1 } else { 16 };
+    let r = (|| -> Result<Vec<f64>, String> {
+        let pair = if hosts {
+            Some(netns::Pair::create("bench")?)
+        } else {
+            None
+        };
+        // The queue's host is side 0; the remote peer is on side 1.
+        let (prod_side, cons_side) = if remote == "consumer" { (0, 1) } else { (1, 0) };
+        let ip = |side: usize| match &pair {
+            Some(p) => p.addr(side).to_string(),
+            None => "127.0.0.1".to_string(),
+        };
+        let map = SharedMap::new(TEXT + 4096 + 256).map_err(|e| e.to_string())?;
+        let stop = map.at::<AtomicU64>(0);
+        let counter = map.at::<AtomicU64>(slot(0));
+        let net = Options::default().max_message(size + 4096);
+        let opts = QueueOptions::default()
+            .capacity(CAPACITY)
+            .net(net.clone())
+            .take_timeout(Some(Duration::from_secs(30)))
+            .put_timeout(Some(Duration::from_secs(30)));
+        let enter = |side: usize| -> bool {
+            match &pair {
+                Some(p) => enter_netns(p.name(side)).is_ok(),
+                None => true,
+            }
+        };
+        let (map, net, opts) = (&map, &net, &opts);
+        let consumer = fork(move || {
+            if !enter(cons_side) {
+                return 1;
+            }
+            let mut n = 0u64;
+            if raw {
+                let Ok(a) = format!("{scheme}://{}:0", ip(cons_side)).parse::<Address>() else {
+                    return 1;
+                };
+                macro_rules! pull {
+                    ($w:ty) => {{
+                        let Ok(mut p) = Blocking::new(<$w>::bind_puller(&a, net)) else {
+                            return 1;
+                        };
+                        let at = shoal_transport::Puller::address(p.get_mut()).to_string();
+                        if write_text(map, TEXT, &at).is_err() {
+                            return 1;
+                        }
+                        loop {
+                            match p.pull_timeout(SLICE) {
+                                Ok(f) => {
+                                    std::hint::black_box(f.first());
+                                    n += 1;
+                                    if n.is_multiple_of(batch) {
+                                        counter.store(n, Ordering::Release);
+                                    }
+                                }
+                                Err(_) if stop.load(Ordering::Acquire) != 0 => break,
+                                Err(_) => {}
+                            }
+                        }
+                    }};
+                }
+                if wire == "quic" {
+                    pull!(Quic)
+                } else {
+                    pull!(Nng)
+                }
+            } else {
+                let Some(h) = read_text(map, TEXT).and_then(|t| t.parse::<Handle>().ok()) else {
+                    return 1;
+                };
+                let c = if cons_side == 1 {
+                    Consumer::attach_remote(&h, opts)
+                } else {
+                    Consumer::attach_with(&h, opts)
+                };
+                let Ok(mut c) = c else { return 1 };
+                loop {
+                    match c.take() {
+                        Ok(Some(msg)) => {
+                            std::hint::black_box(msg.first());
+                            n += 1;
+                            if n.is_multiple_of(batch) {
+                                counter.store(n, Ordering::Release);
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(_) => return 1,
+                    }
+                }
+            }
+            counter.store(n, Ordering::Release);
+            0
+        })
+        .map_err(|e| e.to_string())?;
+        let producer = fork(move || {
+            if !enter(prod_side) {
+                return 1;
+            }
+            let Some(text) = read_text(map, TEXT) else {
+                return 1;
+            };
+            let msg = vec![7u8; size];
+            if raw {
+                let Ok(a) = text.parse::<Address>() else {
+                    return 1;
+                };
+                macro_rules! push {
+                    ($w:ty) => {{
+                        let Ok(mut p) = Blocking::new(<$w>::connect_pusher(&a, net)) else {
+                            return 1;
+                        };
+                        while stop.load(Ordering::Relaxed) == 0 {
+                            if p.push(&msg).is_err() {
+                                return 1;
+                            }
+                        }
+                        let _ = p.flush();
+                    }};
+                }
+                if wire == "quic" {
+                    push!(Quic)
+                } else {
+                    push!(Nng)
+                }
+            } else {
+                let Ok(h) = text.parse::<Handle>() else {
+                    return 1;
+                };
+                let p = if prod_side == 1 {
+                    Producer::attach_remote(&h, opts)
+                } else {
+                    Producer::attach_with(&h, opts)
+                };
+                let Ok(mut p) = p else { return 1 };
+                while stop.load(Ordering::Relaxed) == 0 {
+                    if p.put(&msg).is_err() {
+                        return 1;
+                    }
+                }
+            }
+            0
+        })
+        .map_err(|e| e.to_string())?;
+        // The queue (not the raw cells': the puller is the queue) lives
+        // here, on side 0.
+        if let Some(p) = &pair {
+            enter_netns(p.name(0))?;
+        }
+        let queue = if raw {
+            None
+        } else {
+            let q = WorkQueue::create(&opts.clone().remote(&format!("{scheme}://{}:0", ip(0))))
+                .map_err(|e| e.to_string())?;
+            write_text(map, TEXT, &q.handle().to_string())?;
+            Some(q)
+        };
+        let total = || counter.load(Ordering::Acquire);
+        let mut samples = Vec::new();
+        // Warm-up: the peers connect, then a slice.
+        let t0 = Instant::now();
+        while total() == 0 && t0.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(SLICE);
+        let end = Instant::now() + run;
+        let (mut t, mut n) = (Instant::now(), total());
+        while Instant::now() < end {
+            std::thread::sleep(SLICE);
+            let (t1, n1) = (Instant::now(), total());
+            samples.push((n1 - n) as f64 / (t1 - t).as_secs_f64());
+            (t, n) = (t1, n1);
+        }
+        stop.store(1, Ordering::Release);
+        let mut failed = i32::from(producer.wait() != Ok(0));
+        if let Some(q) = &queue {
+            q.producer()
+                .and_then(|mut p| p.close())
+                .map_err(|e| e.to_string())?;
+        }
+        failed += i32::from(consumer.wait() != Ok(0));
+        if failed > 0 {
+            return Err(format!("{failed} of 2 processes failed"));
+        }
+        Ok(samples)
+    })();
+    finish(m, r)
+}
+
 /// A small struct, as a typed message.
 #[derive(rkyv::Archive, rkyv::Serialize)]
 struct Small {
@@ -939,6 +1172,14 @@ fn main() {
             a.has("hosts"),
             Some(a.get("iters", 1000u64)),
         ),
+        "workqueue-net" => workqueue_net(
+            &a.get("wire", "nng-tcp".to_string()),
+            &a.get("remote", "producer".to_string()),
+            a.get("size", 64usize),
+            Duration::from_millis(a.get("ms", 1000u64)),
+            a.has("raw"),
+            a.has("hosts"),
+        ),
         "rpc" => rpc(
             a.get("workers", 3usize).max(1),
             a.get("iters", 2000u64),
@@ -946,7 +1187,7 @@ fn main() {
         ),
         _ => {
             eprintln!(
-                "usage: channel workqueue --producers P --consumers C --size B --ms T [--raw] | broadcast --readers R --size B --ms T [--raw] | broadcast-latency --readers R --size B --iters N [--raw] | broadcast-net --wire nng-tcp|quic --readers R --size B --ms T [--raw] [--hosts] | broadcast-net-latency --wire W --readers R --size B --iters N [--raw] [--hosts] | rpc --workers W --iters N [--raw] | typed --iters N"
+                "usage: channel workqueue --producers P --consumers C --size B --ms T [--raw] | broadcast --readers R --size B --ms T [--raw] | broadcast-latency --readers R --size B --iters N [--raw] | broadcast-net --wire nng-tcp|quic --readers R --size B --ms T [--raw] [--hosts] | broadcast-net-latency --wire W --readers R --size B --iters N [--raw] [--hosts] | workqueue-net --wire W --remote producer|consumer --size B --ms T [--raw] [--hosts] | rpc --workers W --iters N [--raw] | typed --iters N"
             );
             std::process::exit(2);
         }
