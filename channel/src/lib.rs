@@ -2,8 +2,11 @@
 //!
 //! The semantics users ask for, with one API whether the peers are threads,
 //! processes on one host, or (with the `nng` or `quic` feature) processes
-//! on other hosts (so far: a Broadcast's readers; the other kinds' remote
-//! peers come next):
+//! on other hosts: a channel's creator names where remote peers connect
+//! ([`BroadcastOptions::remote`], [`QueueOptions::remote`],
+//! [`RpcOptions::remote`]), its handle carries that address, and a peer
+//! whose host differs (`SHOAL_HOST`, else the host name) attaches through
+//! the network with the same calls:
 //!
 //! - a [`WorkQueue`]: many producers, many consumers, each message taken
 //!   once, and termination without guessing: producers

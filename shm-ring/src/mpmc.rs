@@ -430,6 +430,13 @@ impl MpmcProducer {
     pub fn close_claims(&mut self) -> Result<()> {
         self.core.close_claims(&Wait::forever())
     }
+
+    /// [`close_claims`](Self::close_claims), waiting as `wait` allows for
+    /// the lock it takes ([`Error::Timeout`] when it did not get it: the
+    /// queue is not closed then).
+    pub fn close_claims_with(&mut self, wait: Wait<'_>) -> Result<()> {
+        self.core.close_claims(&wait)
+    }
 }
 
 impl Drop for MpmcProducer {

@@ -200,6 +200,46 @@ async fn reqrep<W: Wire>(a: Address) {
     }
 }
 
+/// A replier whose `serve_one` is dropped again and again while it waits
+/// (a serving loop that looks at a stop flag between short timeouts)
+/// loses no request: every request is answered once.
+async fn serve_cancelled<W: Wire>(a: Address) {
+    let o = Options::default();
+    let mut server = W::bind_replier(&a, &o).await.unwrap();
+    let a = server.address();
+    let client = tokio::spawn(async move {
+        let mut c = W::connect_requester(&a, &o).await.unwrap();
+        for i in 0..300u32 {
+            let q = i.to_le_bytes();
+            {
+                let r = tokio::time::timeout(10 * SEC, c.request(&q))
+                    .await
+                    .expect("a request lost by a cancelled serve_one")
+                    .unwrap();
+                assert_eq!(&*r, &q);
+            }
+            if i % 7 == 0 {
+                tokio::time::sleep(std::time::Duration::from_micros(300)).await;
+            }
+        }
+    });
+    let mut served = 0;
+    let start = std::time::Instant::now();
+    while served < 300 {
+        assert!(
+            start.elapsed() < 60 * SEC,
+            "{served} of 300 requests served"
+        );
+        // Timeouts short enough to fall mid-receive now and then.
+        let t = std::time::Duration::from_micros(50 + (served as u64 * 37) % 400);
+        if let Ok(r) = tokio::time::timeout(t, server.serve_one(|q| q.to_vec())).await {
+            r.unwrap();
+            served += 1;
+        }
+    }
+    client.await.unwrap();
+}
+
 /// Replies written in place (`serve_one_into`) arrive exactly as written:
 /// empty, around the first allocation's size, and large ones written in
 /// many small pieces (the wire's memory grows under the writer) or
@@ -373,6 +413,11 @@ macro_rules! suite {
             #[test]
             fn request_reply() {
                 rt().block_on(reqrep::<$wire>(bindable(&addr("reqrep"))));
+            }
+
+            #[test]
+            fn a_cancelled_serve_loses_no_request() {
+                rt().block_on(serve_cancelled::<$wire>(bindable(&addr("cancel"))));
             }
 
             #[test]

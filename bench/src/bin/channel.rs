@@ -892,7 +892,7 @@ fn workqueue_net(
         let map = SharedMap::new(TEXT + 4096 + 256).map_err(|e| e.to_string())?;
         let stop = map.at::<AtomicU64>(0);
         let counter = map.at::<AtomicU64>(slot(0));
-        let net = Options::default().max_message(size + 4096);
+        let net = Options::default().max_message((size + 4096).max(2 << 20));
         let opts = QueueOptions::default()
             .capacity(CAPACITY)
             .net(net.clone())
@@ -952,7 +952,13 @@ fn workqueue_net(
                 } else {
                     Consumer::attach_with(&h, opts)
                 };
-                let Ok(mut c) = c else { return 1 };
+                let mut c = match c {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("workqueue-net consumer: {e}");
+                        return 1;
+                    }
+                };
                 loop {
                     match c.take() {
                         Ok(Some(msg)) => {
@@ -963,7 +969,10 @@ fn workqueue_net(
                             }
                         }
                         Ok(None) => break,
-                        Err(_) => return 1,
+                        Err(e) => {
+                            eprintln!("workqueue-net consumer: {e}");
+                            return 1;
+                        }
                     }
                 }
             }
@@ -1010,9 +1019,16 @@ fn workqueue_net(
                 } else {
                     Producer::attach_with(&h, opts)
                 };
-                let Ok(mut p) = p else { return 1 };
+                let mut p = match p {
+                    Ok(p) => p,
+                    Err(e) => {
+                        eprintln!("workqueue-net producer: {e}");
+                        return 1;
+                    }
+                };
                 while stop.load(Ordering::Relaxed) == 0 {
-                    if p.put(&msg).is_err() {
+                    if let Err(e) = p.put(&msg) {
+                        eprintln!("workqueue-net producer: {e}");
                         return 1;
                     }
                 }

@@ -83,19 +83,29 @@ type Done = (NetRequester, Result<OwnedFrame>);
 enum Slot {
     /// Free.
     Idle(NetRequester),
-    /// Asking (a request whose waiter gave up or was dropped still runs
-    /// to its end; the next request waits for it first).
+    /// Asking, for a waiter that was dropped (an async call cancelled):
+    /// the request runs to its end, and the next request first waits for
+    /// it and keeps its reply (see [`NetAsker::stray`]).
     Busy(tokio::task::JoinHandle<Done>),
-    /// Lost with a task that panicked or was cancelled.
+    /// Unusable: a request got no reply within its limit (the host is
+    /// stuck, or the network), or its task failed. Asking again could do
+    /// a request twice, so every later request fails.
     Broken,
+    /// Taken for a task of its own (see [`NetAsker::take_requester`]).
+    Lent,
 }
 
 /// An asking end with a runtime of its own and, once
 /// [`heartbeat`](Self::heartbeat) started it, a heartbeat on a second
 /// connection.
 pub(crate) struct NetAsker {
-    rt: tokio::runtime::Runtime,
+    /// Shut down in the background on drop (dropping a runtime blocks,
+    /// which tokio refuses inside another runtime).
+    rt: Option<tokio::runtime::Runtime>,
     slot: Slot,
+    /// The reply of a request whose waiter was dropped, found by the next
+    /// request.
+    stray: Option<Result<OwnedFrame>>,
     address: Address,
     opts: Options,
     heartbeat: Option<tokio::task::JoinHandle<()>>,
@@ -109,9 +119,21 @@ impl std::fmt::Debug for NetAsker {
     }
 }
 
+/// A runtime that shuts down in the background when dropped.
+struct Rt(Option<tokio::runtime::Runtime>);
+
+impl Drop for Rt {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 impl NetAsker {
     /// Connects to the replier at `addr` (checked by
-    /// [`address`](super::address)).
+    /// [`address`](super::address)). Callable from any thread, inside an
+    /// async runtime or not (it parks the thread while it connects).
     pub(crate) fn connect(addr: &Address, opts: &Options) -> Result<NetAsker> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -122,27 +144,44 @@ impl NetAsker {
                 what: "starting a remote endpoint's runtime",
                 source,
             })?;
+        let mut rt = Rt(Some(rt));
         let (a, o) = (addr.clone(), opts.clone());
-        let connect = rt.spawn(async move { NetRequester::connect(&a, &o).await });
+        let connect = match &rt.0 {
+            Some(r) => r.spawn(async move { NetRequester::connect(&a, &o).await }),
+            None => return Err(broken()),
+        };
         let req = match park_on(connect, None) {
             Some(Ok(r)) => r?,
-            _ => return Err(Error::Net(shoal_transport::Error::Closed)),
+            _ => return Err(broken()),
         };
         Ok(NetAsker {
-            rt,
+            rt: rt.0.take(),
             slot: Slot::Idle(req),
+            stray: None,
             address: addr.clone(),
             opts: opts.clone(),
             heartbeat: None,
         })
     }
 
+    /// Spawns `fut` on this asker's runtime.
+    pub(crate) fn spawn<F>(&self, fut: F) -> Result<tokio::task::JoinHandle<F::Output>>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match &self.rt {
+            Some(rt) => Ok(rt.spawn(fut)),
+            None => Err(broken()),
+        }
+    }
+
     /// Sends `ping` every `every` on a second connection, for as long as
     /// this asker lives (what it gets back is not looked at: the bridge
     /// only needs to hear it).
-    pub(crate) fn heartbeat(&mut self, ping: Vec<u8>, every: Duration) {
+    pub(crate) fn heartbeat(&mut self, ping: Vec<u8>, every: Duration) -> Result<()> {
         let (a, o) = (self.address.clone(), self.opts.clone());
-        self.heartbeat = Some(self.rt.spawn(async move {
+        self.heartbeat = Some(self.spawn(async move {
             let mut req: Option<NetRequester> = None;
             loop {
                 tokio::time::sleep(every).await;
@@ -156,63 +195,109 @@ impl NetAsker {
                     _ => req = None,
                 }
             }
-        }));
+        })?);
+        Ok(())
     }
 
-    /// Starts `payload` on its way, once the request before it ended.
-    fn start(&mut self, payload: Vec<u8>) -> Result<&mut tokio::task::JoinHandle<Done>> {
-        let req = match std::mem::replace(&mut self.slot, Slot::Broken) {
-            Slot::Idle(r) => r,
-            // Every request ends within the bridge's wait cap and the
-            // network's timeouts; a bridge alive but stuck for longer
-            // than the stall timeout loses this asker.
-            Slot::Busy(h) => match park_on(h, Some(self.opts.stall_timeout)) {
-                Some(Ok((r, _))) => r,
-                _ => return Err(broken()),
-            },
-            Slot::Broken => return Err(broken()),
-        };
-        let h = self.rt.spawn(async move {
-            let mut req = req;
-            let r = req.request(&payload).await;
-            (req, r)
-        });
-        self.slot = Slot::Busy(h);
-        match &mut self.slot {
-            Slot::Busy(h) => Ok(h),
-            _ => Err(broken()),
+    /// The requester, for a task of its own (once the request on its way
+    /// ended); this asker asks nothing more itself.
+    pub(crate) fn take_requester(&mut self) -> Result<NetRequester> {
+        self.settle()?;
+        match std::mem::replace(&mut self.slot, Slot::Lent) {
+            Slot::Idle(r) => Ok(r),
+            other => {
+                self.slot = other;
+                Err(broken())
+            }
         }
     }
 
-    /// Asks `payload` and waits (parking the thread) up to `limit` for the
-    /// reply; a request whose reply did not come in time goes on, and
-    /// the next waits for it.
-    pub(crate) fn ask(&mut self, payload: Vec<u8>, limit: Duration) -> Result<OwnedFrame> {
+    /// The reply of a request whose waiter was dropped, once the next
+    /// request (or this call) found it.
+    pub(crate) fn stray(&mut self) -> Option<Result<OwnedFrame>> {
+        if matches!(self.slot, Slot::Busy(_)) && self.settle().is_err() {
+            return None;
+        }
+        self.stray.take()
+    }
+
+    /// Waits for a request left on its way (up to the stall timeout) and
+    /// keeps its reply in `stray`.
+    fn settle(&mut self) -> Result<()> {
+        if let Slot::Busy(h) = &mut self.slot {
+            match park_on(h, Some(self.opts.stall_timeout)) {
+                Some(Ok((r, got))) => {
+                    self.slot = Slot::Idle(r);
+                    self.stray = Some(got);
+                }
+                Some(Err(_)) | None => self.slot = Slot::Broken,
+            }
+        }
+        match self.slot {
+            Slot::Broken | Slot::Lent => Err(broken()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Starts `payload` on its way, once the request before it ended.
+    fn start(&mut self, payload: Vec<u8>) -> Result<tokio::task::JoinHandle<Done>> {
+        self.settle()?;
+        let Slot::Idle(req) = std::mem::replace(&mut self.slot, Slot::Broken) else {
+            return Err(broken());
+        };
+        self.spawn(async move {
+            let mut req = req;
+            let r = req.request(&payload).await;
+            (req, r)
+        })
+    }
+
+    /// Starts `payload` on its way without waiting: its reply is the next
+    /// [`stray`](Self::stray) (a request asked ahead, such as the next
+    /// batch of a busy queue).
+    pub(crate) fn ask_ahead(&mut self, payload: Vec<u8>) -> Result<()> {
         let h = self.start(payload)?;
-        match park_on(h, Some(limit)) {
-            None => Err(Error::Timeout {
-                what: "a reply from the channel's host",
-                after: limit,
-            }),
+        self.slot = Slot::Busy(h);
+        Ok(())
+    }
+
+    /// Asks `payload` and waits (parking the thread) up to `limit` for the
+    /// reply. A reply that does not come in time leaves this asker
+    /// broken: asking again could do the request twice.
+    pub(crate) fn ask(&mut self, payload: Vec<u8>, limit: Duration) -> Result<OwnedFrame> {
+        let mut h = self.start(payload)?;
+        match park_on(&mut h, Some(limit)) {
+            None => {
+                h.abort();
+                Err(stuck(limit))
+            }
             Some(done) => self.finish(done),
         }
     }
 
     /// [`ask`](Self::ask), awaited (without a runtime of the caller's: the
-    /// request runs on this asker's own).
+    /// request runs on this asker's own). Dropped before the reply came,
+    /// the request goes on, and its reply is kept for
+    /// [`stray`](Self::stray).
     pub(crate) async fn ask_async(
         &mut self,
         payload: Vec<u8>,
         limit: Duration,
     ) -> Result<OwnedFrame> {
         let h = self.start(payload)?;
-        match tokio::time::timeout(limit, h).await {
-            Err(_) => Err(Error::Timeout {
-                what: "a reply from the channel's host",
-                after: limit,
-            }),
-            Ok(done) => self.finish(done),
-        }
+        self.slot = Slot::Busy(h);
+        let Slot::Busy(h) = &mut self.slot else {
+            return Err(broken());
+        };
+        let done = match tokio::time::timeout(limit, &mut *h).await {
+            Err(_) => {
+                h.abort();
+                self.slot = Slot::Broken;
+                return Err(stuck(limit));
+            }
+            Ok(done) => done,
+        };
+        self.finish(done)
     }
 
     /// The requester back in its slot, and the reply.
@@ -238,11 +323,19 @@ impl Drop for NetAsker {
         if let Some(h) = self.heartbeat.take() {
             h.abort();
         }
+        drop(Rt(self.rt.take()));
     }
 }
 
 fn broken() -> Error {
-    Error::Net(shoal_transport::Error::Closed)
+    Error::Remote("this endpoint's connection to the channel's host is unusable (a request got no reply in time)".into())
+}
+
+fn stuck(limit: Duration) -> Error {
+    Error::Timeout {
+        what: "a reply from the channel's host (this endpoint is unusable now)",
+        after: limit,
+    }
 }
 
 /// A replier over whichever wire the address names.

@@ -105,7 +105,10 @@ impl RpcOptions {
     pub(super) fn gather(&self) -> QueueOptions {
         let mut o = QueueOptions::default()
             .capacity(self.reply_capacity)
-            .peers(self.workers.max(1), 1)
+            // Twice the workers: a worker that restarts joins while its
+            // old self still holds a slot (a remote one's, until its
+            // lease ends).
+            .peers(self.workers.max(1).saturating_mul(2), 1)
             .put_timeout(Some(self.call_timeout))
             .peer(self.peer)
             .net(self.net.clone())
@@ -392,6 +395,12 @@ impl Rpc {
     pub fn create(opts: &RpcOptions) -> Result<Rpc> {
         if opts.workers == 0 {
             return Err(Error::BadOptions("an Rpc without workers".into()));
+        }
+        if opts.remote.as_deref().is_some_and(|r| r.contains(',')) {
+            return Err(Error::BadOptions(
+                "a remote address with a comma (an Rpc's handle joins its two addresses with one)"
+                    .into(),
+            ));
         }
         if opts.remote_workers > opts.workers {
             return Err(Error::BadOptions(format!(

@@ -42,7 +42,11 @@ pub(crate) const WAIT_CAP: Duration = Duration::from_millis(200);
 #[cfg(any(feature = "nng", feature = "quic"))]
 const SLICE: Duration = Duration::from_millis(100);
 /// How long the door waits for a peer's thread to bind its replier.
-const BIND_WAIT: Duration = Duration::from_secs(10);
+const BIND_WAIT: Duration = Duration::from_secs(5);
+/// Most peers the roster remembers (those gone are forgotten first).
+const ROSTER_MAX: usize = 1024;
+/// Most messages, and bytes past the first, one take hands a peer.
+const TAKE_MAX: (u32, usize) = (1024, 4 << 20);
 
 /// A peer on another host, as the bridge knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,10 +204,21 @@ fn serve(
                 }
             }
         }
+        // Dropped inside its runtime, the replier closes in the
+        // background once its last replies went (up to a second): the
+        // runtime runs until then, or a peer's last answer (its goodbye's)
+        // would die with it.
         let _in_rt = rt.enter();
         drop(replier);
         drop(_in_rt);
-        rt.block_on(async { tokio::time::sleep(Duration::from_millis(20)).await });
+        rt.block_on(async {
+            let tasks = tokio::runtime::Handle::current().metrics();
+            let end = std::time::Instant::now() + Duration::from_millis(1500);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            while tasks.num_alive_tasks() > 0 && std::time::Instant::now() < end {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
     }
     #[cfg(not(any(feature = "nng", feature = "quic")))]
     {
@@ -309,6 +324,7 @@ fn admit(setup: &Setup, door: &Address, joined: &mut u32, req: &[u8], out: &mut 
     };
     *joined = joined.wrapping_add(1);
     let at = peer_address(door, *joined);
+    let token = shoal_transport::PeerId::random().0;
     let info = PeerInfo {
         role: j.role,
         pid: j.pid,
@@ -316,16 +332,21 @@ fn admit(setup: &Setup, door: &Address, joined: &mut u32, req: &[u8], out: &mut 
         head: j.head,
         gone: false,
     };
-    let k = {
+    {
         let mut r = lock(&s.roster);
+        // Bounded: the oldest of those gone make room.
+        if r.len() >= ROSTER_MAX {
+            if let Some(i) = r.iter().position(|p| p.gone) {
+                r.remove(i);
+            }
+        }
         r.push(info);
-        r.len() - 1
-    };
+    }
     let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Address>>(1);
     let s2 = setup.clone();
     let started = std::thread::Builder::new()
         .name("shoal-bridge-peer".into())
-        .spawn(move || peer(at, s2, proxy, info, k, tx));
+        .spawn(move || peer(at, s2, proxy, info, token, tx));
     let answer = match started {
         Ok(_) => match rx.recv_timeout(BIND_WAIT) {
             Ok(r) => r,
@@ -339,12 +360,27 @@ fn admit(setup: &Setup, door: &Address, joined: &mut u32, req: &[u8], out: &mut 
     match answer {
         Ok(a) => {
             tracing::debug!(role = ?j.role, pid = j.pid, host = format_args!("{:016x}", j.host), at = %a, "bridge: a remote peer joined");
-            reply(out, Status::Ok, 0, 0, a.to_string().as_bytes())
+            reply(out, Status::Ok, 0, 0, &wire::joined(token, &a.to_string()))
         }
         Err(e) => {
-            lock(&s.roster)[k].gone = true;
+            mark_gone(&s.roster, &info);
             failed(out, &e.to_string())
         }
+    }
+}
+
+/// Marks the roster's latest entry for `info` gone (entries move as old
+/// ones are dropped: found by identity, not place).
+fn mark_gone(roster: &Roster, info: &PeerInfo) {
+    let mut r = lock(roster);
+    if let Some(p) = r.iter_mut().rev().find(|p| {
+        !p.gone
+            && p.role == info.role
+            && p.pid == info.pid
+            && p.host == info.host
+            && p.head == info.head
+    }) {
+        p.gone = true;
     }
 }
 
@@ -396,7 +432,7 @@ fn peer(
     setup: Setup,
     proxy: Proxy,
     info: PeerInfo,
-    k: usize,
+    token: u64,
     ready: std::sync::mpsc::SyncSender<Result<Address>>,
 ) {
     let bound = runtime().and_then(|rt| {
@@ -416,19 +452,21 @@ fn peer(
     let lease = setup.opts.lease;
     let mut state = Served {
         proxy,
+        token,
         last_seq: 0,
         last: Vec::new(),
+        chunk: setup
+            .net
+            .max_message
+            .saturating_sub(wire::REQUEST_HEAD + 64)
+            .max(4096),
     };
     let mut silent = false;
     serve(
         &rt,
         replier,
         &setup.stop,
-        |req, out| {
-            let more = state.answer(req);
-            out.extend_from_slice(&state.last);
-            more
-        },
+        |req, out| state.answer(req, out),
         |quiet| {
             silent = quiet > lease;
             silent
@@ -447,83 +485,126 @@ fn peer(
             "bridge: a remote peer was silent for its lease ({lease:?}); dropping it"
         );
     }
-    lock(&setup.roster)[k].gone = true;
+    mark_gone(&setup.roster, &info);
     drop(state);
 }
 
 /// A peer's proxy, and its last answer (for a request the wire repeats).
 struct Served {
     proxy: Proxy,
-    /// The sequence number of the last request done.
+    /// The session's token: a request without it changes nothing.
+    token: u64,
+    /// The sequence number of the last request done (never lowered).
     last_seq: u64,
-    /// The answer it got (the reply being written, after `answer`).
+    /// The reply it got (its head and whole body).
     last: Vec<u8>,
+    /// Most body bytes one reply carries (a longer one comes in parts).
+    chunk: usize,
 }
 
 impl Served {
-    /// Does what `req` asks and leaves the reply in `last`; false once
-    /// the peer leaves.
-    fn answer(&mut self, req: &[u8]) -> bool {
+    /// Does what `req` asks and writes the reply to `out`; false once the
+    /// peer leaves.
+    fn answer(&mut self, req: &[u8], out: &mut Reply<'_>) -> bool {
+        let mut scratch = Vec::new();
+        let more = self.answer_into(req, &mut scratch);
+        match scratch.is_empty() {
+            // The reply is `last` (or its first part).
+            true => self.send_last(0, out),
+            false => out.extend_from_slice(&scratch),
+        }
+        more
+    }
+
+    /// `last`'s body from `offset` on, as much as one reply carries,
+    /// after its head (with the whole body's length).
+    fn send_last(&self, offset: usize, out: &mut Reply<'_>) {
+        let (h, body) = self.last.split_at(wire::HEAD.min(self.last.len()));
+        let Some(rest) = body.get(offset..) else {
+            let mut f = Vec::new();
+            failed(&mut f, "a part past the reply's end");
+            return out.extend_from_slice(&f);
+        };
+        let part = &rest[..rest.len().min(self.chunk)];
+        let mut head = [0u8; wire::HEAD];
+        head.copy_from_slice(h);
+        // The whole body's length, for a reply that comes in parts.
+        head[8..16].copy_from_slice(&(body.len() as u64).to_le_bytes());
+        if offset == 0 && body.len() <= self.chunk {
+            return out.extend_from_slice(&self.last);
+        }
+        out.extend_from_slice(&head);
+        out.extend_from_slice(part);
+    }
+
+    /// Does what `req` asks: a reply to remember goes to `last` (and
+    /// `scratch` stays empty), a passing one to `scratch`.
+    fn answer_into(&mut self, req: &[u8], scratch: &mut Vec<u8>) -> bool {
         let r = match wire::request(req) {
             Ok(r) => r,
             Err(why) => {
-                failed(&mut self.last, why);
-                // Not an answer to remember: the next repeat is judged anew.
-                self.last_seq = 0;
+                failed(scratch, why);
                 return true;
             }
         };
+        if r.token != self.token {
+            reply(scratch, Status::NotYours, 0, 0, b"");
+            return true;
+        }
         match r.op {
             Op::Ping => {
-                reply(&mut self.last, Status::Ok, 0, 0, b"");
-                self.last_seq = 0;
+                reply(scratch, Status::Ok, 0, 0, b"");
                 return true;
             }
             Op::Bye => {
-                reply(&mut self.last, Status::Ok, 0, 0, b"");
+                reply(scratch, Status::Ok, 0, 0, b"");
                 return false;
+            }
+            Op::More => {
+                if r.seq == self.last_seq && self.last.len() >= wire::HEAD {
+                    let mut part = Vec::new();
+                    let offset = usize::try_from(wire::body_u64(r.body)).unwrap_or(usize::MAX);
+                    let mut out_part = Reply::new(&mut part);
+                    self.send_last(offset, &mut out_part);
+                    *scratch = part;
+                } else {
+                    failed(scratch, "a part of a reply that is not the last one");
+                }
+                return true;
             }
             _ => {}
         }
-        if r.seq != 0 && r.seq == self.last_seq {
+        if r.seq == self.last_seq && !self.last.is_empty() {
             return true; // asked again: the same answer
         }
-        if r.seq <= self.last_seq {
-            failed(&mut self.last, "a request older than the last one done");
-            self.last_seq = 0;
+        if r.seq < self.last_seq {
+            failed(scratch, "a request older than the last one done");
             return true;
+        }
+        if self.last.capacity() > 8 << 20 {
+            self.last = Vec::new();
         }
         let wait = Duration::from_millis(u64::from(r.arg)).min(WAIT_CAP);
         let out = &mut self.last;
         match (&mut self.proxy, r.op) {
-            (Proxy::Producer(p), Op::Put) => match p.put_within(r.body, wait) {
+            (Proxy::Producer(p), Op::Put) => put_all(p, r.body, wait, out),
+            (Proxy::Producer(p), Op::Claim) => match p.claim_within(wire::body_u64(r.body), wait) {
                 Ok(()) => reply(out, Status::Ok, 0, 0, b""),
-                Err(e) => error_reply(out, e),
+                Err(e) => error_reply(out, e, 0),
             },
-            (Proxy::Producer(p), Op::Claim) => match p.claim(wire::claim_count(r.body)) {
+            (Proxy::Producer(p), Op::Close) => match p.close_within(wait) {
                 Ok(()) => reply(out, Status::Ok, 0, 0, b""),
-                Err(e) => error_reply(out, e),
-            },
-            (Proxy::Producer(p), Op::Close) => match p.close() {
-                Ok(()) => reply(out, Status::Ok, 0, 0, b""),
-                Err(e) => error_reply(out, e),
+                Err(e) => error_reply(out, e, 0),
             },
             (Proxy::Consumer(c), Op::Take) => {
-                let got = if wait.is_zero() {
-                    c.try_take().map(|t| match t {
-                        super::TryTake::Taken(t) => Took::Msg(t),
-                        super::TryTake::Empty => Took::Empty,
-                        super::TryTake::Finished => Took::End,
-                    })
-                } else {
-                    c.take_within(wait).map(|t| t.map_or(Took::End, Took::Msg))
-                };
-                match got {
-                    Ok(Took::Msg(t)) => reply(out, Status::Ok, 0, 0, &t),
-                    Ok(Took::Empty) => reply(out, Status::NotYet, 0, 0, b""),
-                    Ok(Took::End) => reply(out, Status::Finished, 0, 0, b""),
-                    Err(e) => error_reply(out, e),
-                }
+                let (count, bytes) = wire::take_limits(r.body);
+                take_some(
+                    c,
+                    wait,
+                    count.clamp(1, TAKE_MAX.0),
+                    (bytes as usize).min(TAKE_MAX.1),
+                    out,
+                )
             }
             _ => failed(out, "an operation this peer's role does not do"),
         }
@@ -532,19 +613,88 @@ impl Served {
     }
 }
 
-/// What a take found.
-enum Took<'a> {
-    Msg(super::Taken<'a>),
-    Empty,
-    End,
+/// Puts each message of a put's body, waiting for room up to `wait` in
+/// all; replies how many were put (and why the rest were not).
+fn put_all(p: &mut Producer, body: &[u8], wait: Duration, out: &mut Vec<u8>) {
+    let end = std::time::Instant::now() + wait;
+    let mut done = 0u32;
+    for m in wire::puts(body) {
+        // Checked whole when the request was read.
+        let Some(m) = m else { break };
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        if let Err(e) = p.put_within(m, left) {
+            return error_reply(out, e, done);
+        }
+        done += 1;
+    }
+    reply(out, Status::Ok, done, 0, b"")
 }
 
-/// The reply for a failed operation.
-fn error_reply(out: &mut Vec<u8>, e: Error) {
+/// Takes one message into the reply `out` (true), waiting up to `wait`;
+/// or makes `out` say why there is none (false).
+fn take_first(c: &mut Consumer, wait: Duration, out: &mut Vec<u8>) -> bool {
+    let first = if wait.is_zero() {
+        match c.try_take() {
+            Ok(super::TryTake::Taken(t)) => Ok(Some(t)),
+            Ok(super::TryTake::Empty) => {
+                reply(out, Status::NotYet, 0, 0, b"");
+                return false;
+            }
+            Ok(super::TryTake::Finished) => Ok(None),
+            Err(e) => Err(e),
+        }
+    } else {
+        c.take_within(wait)
+    };
+    match first {
+        Ok(Some(t)) => {
+            wire::push_taken(out, &t);
+            true
+        }
+        Ok(None) => {
+            reply(out, Status::Finished, 0, 0, b"");
+            false
+        }
+        // A wait that ran out is "not yet" (see `error_reply`).
+        Err(e) => {
+            error_reply(out, e, 0);
+            false
+        }
+    }
+}
+
+/// Takes a message, waiting up to `wait`, then whatever more is there at
+/// once (up to `count` messages and `bytes` past the first); replies
+/// with them, or why none.
+fn take_some(c: &mut Consumer, wait: Duration, count: u32, bytes: usize, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(&wire::reply_head(Status::Ok, 0, 0));
+    let mut n = 0u32;
+    if !take_first(c, wait, out) {
+        return;
+    }
+    n += 1;
+    let first_len = out.len();
+    while n < count && out.len() - first_len < bytes {
+        // What comes after the first is taken only if there now; an error
+        // or the end is left for the next take to find (both stay).
+        match c.try_take() {
+            Ok(super::TryTake::Taken(t)) => {
+                wire::push_taken(out, &t);
+                n += 1;
+            }
+            _ => break,
+        }
+    }
+    out[4..8].copy_from_slice(&n.to_le_bytes());
+}
+
+/// The reply for a failed operation, after `done` messages were put.
+fn error_reply(out: &mut Vec<u8>, e: Error, done: u32) {
     match e {
-        Error::Timeout { .. } => reply(out, Status::NotYet, 0, 0, b""),
-        Error::Closed => reply(out, Status::Closed, 0, 0, b""),
+        Error::Timeout { .. } => reply(out, Status::NotYet, done, 0, b""),
+        Error::Closed => reply(out, Status::Closed, done, 0, b""),
         Error::ProducersLost { lost, pid } => reply(out, Status::Lost, pid, lost, b""),
-        e => failed(out, &e.to_string()),
+        e => reply(out, Status::Failed, done, 0, e.to_string().as_bytes()),
     }
 }

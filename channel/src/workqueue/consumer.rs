@@ -1,7 +1,6 @@
 //! A work queue's consumer, and what it takes.
 
-use super::remote::Waited;
-use super::wire::Op;
+use super::remote::{NetMessage, RemoteTake, Took};
 use super::{expected_tag, QueueOptions};
 use crate::error::{Error, Result};
 use crate::handle::{Handle, Kind};
@@ -42,7 +41,7 @@ enum Flavor {
     /// The queue's ring, on this host.
     Local(Local),
     /// The queue's bridge, on another host.
-    Remote(Box<super::remote::RemoteEnd>),
+    Remote(Box<RemoteTake>),
 }
 
 /// A consumer on the queue's host.
@@ -82,33 +81,6 @@ enum Bytes<'a> {
     Ring(TakeGuard<'a>),
     /// A message that came over the network.
     Net(NetMessage),
-}
-
-/// A message that came over the network, 16-byte aligned: in the frame
-/// it came in (after `at` bytes of head), or copied out of it when that
-/// was not aligned.
-pub(crate) enum NetMessage {
-    InFrame(shoal_transport::OwnedFrame, usize),
-    Copied(shoal_transport::AlignedBuf),
-}
-
-impl NetMessage {
-    /// The bytes of `frame` after `at` (its length was checked).
-    pub(crate) fn new(frame: shoal_transport::OwnedFrame, at: usize) -> NetMessage {
-        let rest = frame.get(at..).unwrap_or_default();
-        if (rest.as_ptr() as usize).is_multiple_of(16) {
-            NetMessage::InFrame(frame, at)
-        } else {
-            NetMessage::Copied(shoal_transport::AlignedBuf::copy_from(rest))
-        }
-    }
-
-    fn bytes(&self) -> &[u8] {
-        match self {
-            NetMessage::InFrame(f, at) => f.get(*at..).unwrap_or_default(),
-            NetMessage::Copied(b) => b,
-        }
-    }
 }
 
 impl std::fmt::Debug for Taken<'_> {
@@ -192,7 +164,7 @@ impl Taken<'_> {
         // SAFETY: the caller vouches for the bytes and the alignment the
         // type needs; the message starts 16-byte aligned (after the ring's
         // 16-byte record header, at the start of an overflow segment, or
-        // where `NetMessage::new` checked or copied it), and the guard or
+        // where `RemoteTake::unpack` checked or copied it), and the guard or
         // the buffer keeps it in place while the reference lives.
         unsafe { rkyv::access_unchecked::<T::Archived>(self) }
     }
@@ -245,13 +217,7 @@ impl Consumer {
     /// [`QueueOptions::remote`]). A message handed to a consumer counts
     /// as taken: one that dies holding it loses it, as a local one does.
     pub fn attach_remote(handle: &Handle, opts: &QueueOptions) -> Result<Consumer> {
-        let end = super::remote::RemoteEnd::join(
-            handle,
-            Kind::WorkQueue,
-            super::wire::Role::Consumer,
-            [0; 16],
-            opts,
-        )?;
+        let end = RemoteTake::join(handle, opts)?;
         Ok(Consumer {
             flavor: Flavor::Remote(Box::new(end)),
             take_timeout: opts.take_timeout,
@@ -313,7 +279,7 @@ impl Consumer {
                     Err(e) => take_end(e, timeout).map(|()| None),
                 }
             }
-            Flavor::Remote(r) => remote_taken(r.wait_for(Op::Take, &[], timeout)?, timeout),
+            Flavor::Remote(r) => remote_taken(r.take(timeout)?, timeout),
         }
     }
 
@@ -328,10 +294,10 @@ impl Consumer {
                     Err(e) => take_end(e, None).map(|()| TryTake::Finished),
                 }
             }
-            Flavor::Remote(r) => Ok(match r.wait_for(Op::Take, &[], Some(Duration::ZERO))? {
-                Waited::Done(f) => TryTake::Taken(Taken::net(super::remote::message(f))),
-                Waited::NotYet => TryTake::Empty,
-                Waited::Finished => TryTake::Finished,
+            Flavor::Remote(r) => Ok(match r.take(Some(Duration::ZERO))? {
+                Took::Msg(m) => TryTake::Taken(Taken::net(m)),
+                Took::Empty => TryTake::Empty,
+                Took::Finished => TryTake::Finished,
             }),
         }
     }
@@ -345,19 +311,17 @@ impl Consumer {
         let timeout = self.take_timeout;
         match &mut self.flavor {
             Flavor::Local(l) => l.take_async(timeout).await,
-            Flavor::Remote(r) => {
-                remote_taken(r.wait_for_async(Op::Take, &[], timeout).await?, timeout)
-            }
+            Flavor::Remote(r) => remote_taken(r.take_async(timeout).await?, timeout),
         }
     }
 }
 
 /// A remote take's outcome as `take` gives it.
-fn remote_taken<'a>(w: Waited, timeout: Option<Duration>) -> Result<Option<Taken<'a>>> {
+fn remote_taken<'a>(w: Took, timeout: Option<Duration>) -> Result<Option<Taken<'a>>> {
     match w {
-        Waited::Done(f) => Ok(Some(Taken::net(super::remote::message(f)))),
-        Waited::Finished => Ok(None),
-        Waited::NotYet => Err(Error::Timeout {
+        Took::Msg(m) => Ok(Some(Taken::net(m))),
+        Took::Finished => Ok(None),
+        Took::Empty => Err(Error::Timeout {
             what: "a message from the work queue (remote)",
             after: timeout.unwrap_or_default(),
         }),

@@ -84,6 +84,14 @@ pub struct QueueOptions {
     /// producer that dies owing claimed messages is known within this.
     /// Default 2 s.
     pub lease: Duration,
+    /// How many messages a remote consumer takes at once, at most (what
+    /// is there: it never waits for more than one). More makes a busy
+    /// queue cheaper to drain over the network; 1 hands each message to
+    /// whichever consumer asks next (for long tasks). Default 64.
+    pub prefetch: u32,
+    /// How many bytes past the first message a remote consumer takes at
+    /// once, at most. Default 1 MiB.
+    pub prefetch_bytes: usize,
 }
 
 impl Default for QueueOptions {
@@ -98,6 +106,8 @@ impl Default for QueueOptions {
             remote: None,
             net: shoal_transport::Options::default(),
             lease: Duration::from_secs(2),
+            prefetch: 64,
+            prefetch_bytes: 1 << 20,
         }
     }
 }
@@ -144,6 +154,11 @@ impl QueueOptions {
         self.lease = t;
         self
     }
+    /// Sets [`prefetch`](Self::prefetch).
+    pub fn prefetch(mut self, messages: u32) -> Self {
+        self.prefetch = messages;
+        self
+    }
     /// The network options of the bridge and remote peers.
     pub(crate) fn net_options(&self) -> shoal_transport::Options {
         let mut o = self.net.clone();
@@ -155,8 +170,9 @@ impl QueueOptions {
 }
 
 /// A work queue, held by the process that created it: its shared memory
-/// lives while this value does (endpoints already attached keep working
-/// after it is dropped; new ones cannot attach).
+/// lives while this value does (endpoints on this host already attached
+/// keep working after it is dropped; new ones cannot attach). Its bridge
+/// to other hosts, if any, stops with it: remote endpoints then fail.
 ///
 /// ```
 /// use shoal_channel::{QueueOptions, WorkQueue};

@@ -1,8 +1,8 @@
 //! A work queue's producer: claims, the close, and puts (blocking, try,
 //! async, typed).
 
-use super::remote::{RemoteEnd, Waited};
-use super::wire::{Op, Role};
+use super::remote::RemotePut;
+use super::wire::Op;
 use super::{expected_tag, QueueOptions};
 use crate::error::{Error, Result};
 use crate::handle::{Handle, Kind};
@@ -67,7 +67,7 @@ struct Local {
 
 /// A producer on another host.
 struct Remote {
-    end: Box<RemoteEnd>,
+    end: Box<RemotePut>,
     /// Messages claimed and not put (as this side counts them).
     owed: u64,
 }
@@ -193,7 +193,7 @@ impl Producer {
         kind: Kind,
         head: [u8; 16],
     ) -> Result<Producer> {
-        let end = RemoteEnd::join(handle, kind, Role::Producer, head, opts)?;
+        let end = RemotePut::join(handle, kind, head, opts)?;
         Ok(Producer {
             flavor: Flavor::Remote(Remote {
                 end: Box::new(end),
@@ -242,7 +242,8 @@ impl Producer {
         match &mut self.flavor {
             Flavor::Local(l) => l.ring.claim(n).map_err(|e| put_error(e, None)),
             Flavor::Remote(r) => {
-                r.end.simple(Op::Claim, &[&n.to_le_bytes()])?;
+                r.end
+                    .control(Op::Claim, &[&n.to_le_bytes()], self.put_timeout)?;
                 r.owed = r.owed.saturating_add(n);
                 Ok(())
             }
@@ -256,7 +257,7 @@ impl Producer {
     pub fn close(&mut self) -> Result<()> {
         match &mut self.flavor {
             Flavor::Local(l) => l.ring.close_claims().map_err(|e| put_error(e, None)),
-            Flavor::Remote(r) => r.end.simple(Op::Close, &[]),
+            Flavor::Remote(r) => r.end.control(Op::Close, &[], self.put_timeout),
         }
     }
 
@@ -270,6 +271,15 @@ impl Producer {
 
     /// Puts `msg`, waiting while the queue is full (up to the put
     /// timeout). Counts against this producer's claims, if it has any.
+    ///
+    /// On another host than the queue, the message is handed to this
+    /// producer's pump, which ships what accumulates while a batch is on
+    /// its way as the next batch (up to 1 MiB): `put` waits only while
+    /// that buffer is full, and [`flush`](Self::flush) waits until every
+    /// message put is in the queue. A batch the queue refuses (closed)
+    /// is reported by the next call. A producer that dies before its
+    /// messages landed is reported to consumers through its claims
+    /// ([`Error::ProducersLost`]), as a local one is.
     pub fn put(&mut self, msg: &[u8]) -> Result<()> {
         self.put_parts(&[msg])
     }
@@ -301,10 +311,50 @@ impl Producer {
                 };
                 r.map_err(|e| put_error(e, timeout))
             }
-            Flavor::Remote(r) => {
-                let w = r.end.wait_for(Op::Put, parts, timeout)?;
-                r.put_done(w, timeout)
-            }
+            Flavor::Remote(r) => match r.end.put(parts, timeout)? {
+                true => {
+                    r.owed = r.owed.saturating_sub(1);
+                    Ok(())
+                }
+                false => Err(Error::Timeout {
+                    what: "room in a remote producer's buffer",
+                    after: timeout.unwrap_or_default(),
+                }),
+            },
+        }
+    }
+
+    /// Claims `n`, waiting up to `wait` for the queue's lock (a local
+    /// producer's: the bridge's).
+    pub(crate) fn claim_within(&mut self, n: u64, wait: Duration) -> Result<()> {
+        match &mut self.flavor {
+            Flavor::Local(l) => l
+                .ring
+                .claim_with(n, Wait::timeout(wait))
+                .map_err(|e| put_error(e, Some(wait))),
+            Flavor::Remote(_) => self.claim(n),
+        }
+    }
+
+    /// Closes, waiting up to `wait` for the queue's lock.
+    pub(crate) fn close_within(&mut self, wait: Duration) -> Result<()> {
+        match &mut self.flavor {
+            Flavor::Local(l) => l
+                .ring
+                .close_claims_with(Wait::timeout(wait))
+                .map_err(|e| put_error(e, Some(wait))),
+            Flavor::Remote(_) => self.close(),
+        }
+    }
+
+    /// Waits until every message put is in the queue (up to the put
+    /// timeout): at once on this host, where a put returns once it is; a
+    /// producer on another host ships its puts in the background, and
+    /// reports here (or at its next call) a batch that failed.
+    pub fn flush(&mut self) -> Result<()> {
+        match &mut self.flavor {
+            Flavor::Local(_) => Ok(()),
+            Flavor::Remote(r) => r.end.flush(self.put_timeout),
         }
     }
 
@@ -319,9 +369,12 @@ impl Producer {
                 }
                 Err(e) => Err(put_error(e, None)),
             },
-            Flavor::Remote(r) => match r.end.wait_for(Op::Put, &[msg], Some(Duration::ZERO)) {
-                Ok(Waited::NotYet) => return Err(TryPutError::Full(msg)),
-                Ok(w) => r.put_done(w, None),
+            Flavor::Remote(r) => match r.end.put(&[msg], Some(Duration::ZERO)) {
+                Ok(false) => return Err(TryPutError::Full(msg)),
+                Ok(true) => {
+                    r.owed = r.owed.saturating_sub(1);
+                    Ok(())
+                }
                 Err(e) => Err(e),
             },
         };
@@ -336,10 +389,16 @@ impl Producer {
         let timeout = self.put_timeout;
         match &mut self.flavor {
             Flavor::Local(l) => l.put_async(msg, timeout).await,
-            Flavor::Remote(r) => {
-                let w = r.end.wait_for_async(Op::Put, &[msg], timeout).await?;
-                r.put_done(w, timeout)
-            }
+            Flavor::Remote(r) => match r.end.put_async(&[msg], timeout).await? {
+                true => {
+                    r.owed = r.owed.saturating_sub(1);
+                    Ok(())
+                }
+                false => Err(Error::Timeout {
+                    what: "room in a remote producer's buffer",
+                    after: timeout.unwrap_or_default(),
+                }),
+            },
         }
     }
 
@@ -415,23 +474,6 @@ impl Producer {
             l.hint = l.fit_hint(n);
         }
         Ok(())
-    }
-}
-
-impl Remote {
-    /// A remote put's outcome; counted against the claims when done.
-    fn put_done(&mut self, w: Waited, timeout: Option<Duration>) -> Result<()> {
-        match w {
-            Waited::Done(_) => {
-                self.owed = self.owed.saturating_sub(1);
-                Ok(())
-            }
-            Waited::NotYet => Err(Error::Timeout {
-                what: "room in the work queue (remote)",
-                after: timeout.unwrap_or_default(),
-            }),
-            Waited::Finished => Err(Error::Remote("a put answered as a take".into())),
-        }
     }
 }
 

@@ -2,24 +2,37 @@
 //! hosts: the bytes of each request and reply, and nothing else (no I/O:
 //! the bridge and the remote endpoints drive it over request/reply).
 //!
-//! Every request starts with a 16-byte head: the operation (1 byte, 3
-//! zero), an argument (u32, little endian: a wait in milliseconds) and
-//! a sequence number (u64: the asker's count of its requests, so a
-//! request the wire delivers twice, after a reconnect, is answered from
-//! the first answer and not done twice). Every reply starts with a
-//! 16-byte head too: a status (1 byte, 3 zero), then two numbers whose
-//! meaning depends on it. What follows either head is the body: the
-//! message of a put or a take (16-byte aligned where the head is, so an
-//! archive in it can be read in place), a claim's count, a join's
-//! identity, a failure's text.
+//! Every request starts with a 24-byte head: the operation (1 byte, 3
+//! zero), an argument (u32, little endian: a wait in milliseconds), a
+//! sequence number (u64: the asker's count of its requests, so a request
+//! the wire delivers twice, after a reconnect, is answered from the first
+//! answer and not done twice) and the session's token (u64: what the
+//! join answered; a request without it changes nothing). Every reply
+//! starts with a 16-byte head: a status (1 byte, 3 zero), then two
+//! numbers whose meaning depends on it. What follows either head is the
+//! body:
+//!
+//! - a put's: messages, each its length (u32) then its bytes;
+//! - a take's: the most messages and bytes it takes (u32 each); its
+//!   reply's: messages, each its length (u32), 12 zero bytes, its bytes
+//!   and zeros to a multiple of 16 (so each starts 16-byte aligned where
+//!   the body does, and an archive in it is read in place). A reply
+//!   longer than the network carries comes in parts: the reply's second
+//!   number is the whole body's length, and `More` asks for the rest;
+//! - a claim's count (u64), a `More`'s offset (u64), a join's identity,
+//!   a join reply's token (u64) and address, a failure's text.
 //!
 //! Everything read here comes from a peer that may be buggy or hostile:
 //! decoding checks every length and value and says what was wrong.
 
 /// Version of this protocol; a join from another is refused.
 pub(crate) const VERSION: u32 = 1;
-/// Bytes of a request's or a reply's head.
+/// Bytes of a request's head.
+pub(crate) const REQUEST_HEAD: usize = 24;
+/// Bytes of a reply's head.
 pub(crate) const HEAD: usize = 16;
+/// Bytes before each message of a take's reply.
+pub(crate) const RECORD_HEAD: usize = 16;
 /// Bytes of a join's body before the asker's format.
 const JOIN_FIXED: usize = 40;
 
@@ -41,6 +54,8 @@ pub(crate) enum Op {
     Ping = 6,
     /// The asker leaves: its endpoint is dropped now, not at its lease.
     Bye = 7,
+    /// The rest of the last reply, from the body's offset (u64) on.
+    More = 8,
 }
 
 impl Op {
@@ -53,6 +68,7 @@ impl Op {
             5 => Op::Take,
             6 => Op::Ping,
             7 => Op::Bye,
+            8 => Op::More,
             _ => return None,
         })
     }
@@ -64,44 +80,151 @@ pub(crate) struct Request<'a> {
     pub op: Op,
     pub arg: u32,
     pub seq: u64,
+    pub token: u64,
     pub body: &'a [u8],
 }
 
 /// A request's head.
-pub(crate) fn request_head(op: Op, arg: u32, seq: u64) -> [u8; HEAD] {
-    let mut h = [0u8; HEAD];
+pub(crate) fn request_head(op: Op, arg: u32, seq: u64, token: u64) -> [u8; REQUEST_HEAD] {
+    let mut h = [0u8; REQUEST_HEAD];
     h[0] = op as u8;
     h[4..8].copy_from_slice(&arg.to_le_bytes());
     h[8..16].copy_from_slice(&seq.to_le_bytes());
+    h[16..24].copy_from_slice(&token.to_le_bytes());
     h
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    if let Some(s) = b.get(at..at + 8) {
+        w.copy_from_slice(s);
+    }
+    u64::from_le_bytes(w)
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    let mut w = [0u8; 4];
+    if let Some(s) = b.get(at..at + 4) {
+        w.copy_from_slice(s);
+    }
+    u32::from_le_bytes(w)
 }
 
 /// Reads a request; says what is wrong with one that is not well formed.
 pub(crate) fn request(bytes: &[u8]) -> Result<Request<'_>, &'static str> {
     let (h, body) = bytes
-        .split_first_chunk::<HEAD>()
+        .split_first_chunk::<REQUEST_HEAD>()
         .ok_or("a request shorter than its head")?;
     let op = Op::from_byte(h[0]).ok_or("an unknown operation")?;
     if h[1..4] != [0, 0, 0] {
         return Err("nonzero reserved bytes in a request's head");
     }
-    let arg = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
-    let seq = u64::from_le_bytes([h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15]]);
     let fits = match op {
-        Op::Put => true,
-        Op::Claim => body.len() == 8,
+        Op::Put => puts(body).all(|m| m.is_some()),
+        Op::Claim | Op::More | Op::Take => body.len() == 8,
         Op::Join => body.len() >= JOIN_FIXED,
-        Op::Close | Op::Take | Op::Ping | Op::Bye => body.is_empty(),
+        Op::Close | Op::Ping | Op::Bye => body.is_empty(),
     };
     if !fits {
         return Err("a request body of the wrong length for its operation");
     }
-    Ok(Request { op, arg, seq, body })
+    Ok(Request {
+        op,
+        arg: u32_at(h, 4),
+        seq: u64_at(h, 8),
+        token: u64_at(h, 16),
+        body,
+    })
 }
 
-/// A claim's count, from its body (checked by [`request`]).
-pub(crate) fn claim_count(body: &[u8]) -> u64 {
-    body.try_into().map(u64::from_le_bytes).unwrap_or(0)
+/// A claim's count or a `More`'s offset, from its body (checked by
+/// [`request`]).
+pub(crate) fn body_u64(body: &[u8]) -> u64 {
+    u64_at(body, 0)
+}
+
+/// A take's limits: the most messages, and the most bytes past the
+/// first message.
+pub(crate) fn take_body(count: u32, bytes: u32) -> [u8; 8] {
+    let mut b = [0u8; 8];
+    b[..4].copy_from_slice(&count.to_le_bytes());
+    b[4..].copy_from_slice(&bytes.to_le_bytes());
+    b
+}
+
+/// A take's limits, from its body (checked by [`request`]).
+pub(crate) fn take_limits(body: &[u8]) -> (u32, u32) {
+    (u32_at(body, 0), u32_at(body, 4))
+}
+
+/// Appends `msg` to a put's body.
+pub(crate) fn push_put(body: &mut Vec<u8>, msg: &[&[u8]]) -> Result<(), &'static str> {
+    let n: usize = msg.iter().map(|p| p.len()).sum();
+    let len = u32::try_from(n).map_err(|_| "a message of 4 GiB or more")?;
+    body.extend_from_slice(&len.to_le_bytes());
+    for p in msg {
+        body.extend_from_slice(p);
+    }
+    Ok(())
+}
+
+/// The messages of a put's body, in order (`None` where the body is cut
+/// short: then the request is refused whole).
+pub(crate) fn puts(body: &[u8]) -> impl Iterator<Item = Option<&[u8]>> {
+    let mut rest = Some(body);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        if r.is_empty() {
+            rest = None;
+            return None;
+        }
+        let Some((len, after)) = r.split_first_chunk::<4>() else {
+            rest = None;
+            return Some(None);
+        };
+        let len = u32::from_le_bytes(*len) as usize;
+        match (after.get(..len), after.get(len..)) {
+            (Some(m), Some(more)) => {
+                rest = Some(more);
+                Some(Some(m))
+            }
+            _ => {
+                rest = None;
+                Some(None)
+            }
+        }
+    })
+}
+
+/// Appends `msg` to a take reply's body (16-byte aligned records).
+pub(crate) fn push_taken(body: &mut Vec<u8>, msg: &[u8]) {
+    let len = msg.len() as u32;
+    body.extend_from_slice(&len.to_le_bytes());
+    body.extend_from_slice(&[0u8; RECORD_HEAD - 4]);
+    body.extend_from_slice(msg);
+    let pad = msg.len().next_multiple_of(16) - msg.len();
+    body.extend_from_slice(&[0u8; 16][..pad]);
+}
+
+/// Where each message of a take reply's body is (offset and length),
+/// or what is wrong with the body.
+pub(crate) fn taken(body: &[u8]) -> Result<Vec<(usize, usize)>, &'static str> {
+    let mut at = 0;
+    let mut out = Vec::new();
+    while at < body.len() {
+        let len = u32_at(body, at) as usize;
+        if body.len() - at < RECORD_HEAD {
+            return Err("a taken message's head cut short");
+        }
+        let start = at + RECORD_HEAD;
+        start
+            .checked_add(len)
+            .filter(|&e| e <= body.len())
+            .ok_or("a taken message longer than the reply")?;
+        out.push((start, len));
+        at = start + len.next_multiple_of(16);
+    }
+    Ok(out)
 }
 
 /// Which end a joining peer is.
@@ -171,6 +294,23 @@ pub(crate) fn join(body: &[u8]) -> Result<Join<'_>, &'static str> {
     })
 }
 
+/// The body of a join's reply: the session's token, then where its
+/// replier is (text).
+pub(crate) fn joined(token: u64, address: &str) -> Vec<u8> {
+    let mut b = token.to_le_bytes().to_vec();
+    b.extend_from_slice(address.as_bytes());
+    b
+}
+
+/// A join reply's token and address.
+pub(crate) fn read_joined(body: &[u8]) -> Result<(u64, &str), &'static str> {
+    let (t, a) = body
+        .split_first_chunk::<8>()
+        .ok_or("a join reply without its token")?;
+    let a = std::str::from_utf8(a).map_err(|_| "a join reply whose address is not text")?;
+    Ok((u64::from_le_bytes(*t), a))
+}
+
 /// How a request went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Status {
@@ -192,6 +332,8 @@ pub(crate) enum Status {
     Incompatible = 6,
     /// A join for another kind of channel: the body names the queue's.
     WrongKind = 7,
+    /// A request without this session's token: nothing was done.
+    NotYours = 8,
 }
 
 impl Status {
@@ -205,6 +347,7 @@ impl Status {
             5 => Status::Failed,
             6 => Status::Incompatible,
             7 => Status::WrongKind,
+            8 => Status::NotYours,
             _ => return None,
         })
     }
@@ -249,17 +392,29 @@ pub(crate) fn reply(bytes: &[u8]) -> Result<Reply<'_>, &'static str> {
 mod tests {
     use super::*;
 
+    fn req(op: Op, arg: u32, seq: u64, body: &[u8]) -> Vec<u8> {
+        let mut b = request_head(op, arg, seq, 0xdead).to_vec();
+        b.extend_from_slice(body);
+        b
+    }
+
     #[test]
     fn requests_round_trip() {
-        let mut put = request_head(Op::Put, 250, 7).to_vec();
-        put.extend_from_slice(b"job");
+        let mut body = Vec::new();
+        push_put(&mut body, &[b"jo", b"b"]).unwrap();
+        push_put(&mut body, &[b""]).unwrap();
+        push_put(&mut body, &[b"second"]).unwrap();
+        let put = req(Op::Put, 250, 7, &body);
         let r = request(&put).unwrap();
-        assert_eq!((r.op, r.arg, r.seq, r.body), (Op::Put, 250, 7, &b"job"[..]));
+        assert_eq!((r.op, r.arg, r.seq, r.token), (Op::Put, 250, 7, 0xdead));
+        let got: Vec<&[u8]> = puts(r.body).map(Option::unwrap).collect();
+        assert_eq!(got, [&b"job"[..], b"", b"second"]);
 
-        let mut claim = request_head(Op::Claim, 0, 8).to_vec();
-        claim.extend_from_slice(&5u64.to_le_bytes());
+        let claim = req(Op::Claim, 0, 8, &5u64.to_le_bytes());
         let r = request(&claim).unwrap();
-        assert_eq!((r.op, claim_count(r.body)), (Op::Claim, 5));
+        assert_eq!((r.op, body_u64(r.body)), (Op::Claim, 5));
+        let take = req(Op::Take, 10, 9, &take_body(16, 1 << 20));
+        assert_eq!(take_limits(request(&take).unwrap().body), (16, 1 << 20));
 
         let j = Join {
             version: VERSION,
@@ -270,10 +425,30 @@ mod tests {
             head: [3; 16],
             format: "ch2.test",
         };
-        let mut b = request_head(Op::Join, 0, 1).to_vec();
-        b.extend_from_slice(&j.encode());
+        let b = req(Op::Join, 0, 1, &j.encode());
         let r = request(&b).unwrap();
         assert_eq!(join(r.body).unwrap(), j);
+        let body = joined(77, "quic://[::1]:5?pin=00");
+        assert_eq!(read_joined(&body).unwrap(), (77, "quic://[::1]:5?pin=00"));
+    }
+
+    #[test]
+    fn taken_messages_are_aligned_and_read_back() {
+        let mut body = Vec::new();
+        for m in [&b"a"[..], b"", &[7u8; 33]] {
+            push_taken(&mut body, m);
+        }
+        let at = taken(&body).unwrap();
+        assert_eq!(at.iter().map(|a| a.1).collect::<Vec<_>>(), [1, 0, 33]);
+        assert!(at.iter().all(|a| a.0 % 16 == 0));
+        assert_eq!(&body[at[2].0..at[2].0 + 33], &[7u8; 33]);
+        // Cut short anywhere: refused, never a panic.
+        for n in 1..body.len() {
+            let _ = taken(&body[..n]);
+        }
+        // The first message whole, the second's head cut short.
+        assert!(taken(&body[..40]).is_err());
+        assert!(taken(&body[..16]).is_err());
     }
 
     #[test]
@@ -290,26 +465,27 @@ mod tests {
     #[test]
     fn hostile_requests_are_refused_by_name() {
         assert!(request(b"").is_err());
-        assert!(request(&[2; 15]).is_err());
-        let mut h = request_head(Op::Take, 0, 1);
+        assert!(request(&[2; REQUEST_HEAD - 1]).is_err());
+        let mut h = request_head(Op::Close, 0, 1, 0);
         assert!(request(&h).is_ok());
         h[0] = 0;
         assert_eq!(request(&h).unwrap_err(), "an unknown operation");
         h[0] = 200;
         assert!(request(&h).is_err());
-        let mut h = request_head(Op::Take, 0, 1);
+        let mut h = request_head(Op::Close, 0, 1, 0);
         h[2] = 1;
         assert!(request(&h).is_err());
-        // A take with a body, a claim without its count, a short join.
-        let mut t = request_head(Op::Take, 0, 1).to_vec();
-        t.push(0);
-        assert!(request(&t).is_err());
-        let mut c = request_head(Op::Claim, 0, 1).to_vec();
-        c.extend_from_slice(&[1, 2, 3]);
-        assert!(request(&c).is_err());
-        let mut j = request_head(Op::Join, 0, 1).to_vec();
-        j.extend_from_slice(&[0; JOIN_FIXED - 1]);
-        assert!(request(&j).is_err());
+        // A close with a body, a claim without its count, a short join, a
+        // put whose message runs past the body.
+        assert!(request(&req(Op::Close, 0, 1, &[0])).is_err());
+        assert!(request(&req(Op::Claim, 0, 1, &[1, 2, 3])).is_err());
+        assert!(request(&req(Op::Take, 0, 1, &[])).is_err());
+        assert!(request(&req(Op::Join, 0, 1, &[0; JOIN_FIXED - 1])).is_err());
+        let mut body = Vec::new();
+        push_put(&mut body, &[b"abcdef"]).unwrap();
+        assert!(request(&req(Op::Put, 0, 1, &body[..body.len() - 1])).is_err());
+        assert!(request(&req(Op::Put, 0, 1, &[1, 0, 0])).is_err());
+        assert!(request(&req(Op::Put, 0, 1, &u32::MAX.to_le_bytes())).is_err());
         // A join with an unknown role, or a format that is not UTF-8.
         let mut body = [0u8; JOIN_FIXED + 2];
         body[4] = 9;
@@ -317,31 +493,38 @@ mod tests {
         body[4] = 1;
         body[JOIN_FIXED] = 0xff;
         assert!(join(&body).is_err());
+        assert!(read_joined(&[1, 2]).is_err());
     }
 
     #[test]
     fn hostile_replies_are_refused() {
         assert!(reply(&[0; 15]).is_err());
         let mut h = reply_head(Status::Ok, 0, 0);
-        h[0] = 8;
+        h[0] = 9;
         assert!(reply(&h).is_err());
         let mut h = reply_head(Status::Ok, 0, 0);
         h[3] = 1;
         assert!(reply(&h).is_err());
+        // A record claiming more than there is.
+        let mut body = (1000u32).to_le_bytes().to_vec();
+        body.extend_from_slice(&[0; 30]);
+        assert!(taken(&body).is_err());
     }
 
     proptest::proptest! {
         #[test]
-        fn any_bytes_decode_or_fail_cleanly(b in proptest::collection::vec(proptest::num::u8::ANY, 0..80)) {
+        fn any_bytes_decode_or_fail_cleanly(b in proptest::collection::vec(proptest::num::u8::ANY, 0..120)) {
             if let Ok(r) = request(&b) {
-                if r.op == Op::Join {
-                    let _ = join(r.body);
-                }
-                if r.op == Op::Claim {
-                    let _ = claim_count(r.body);
+                match r.op {
+                    Op::Join => { let _ = join(r.body); }
+                    Op::Put => { let _ = puts(r.body).count(); }
+                    _ => { let _ = body_u64(r.body); let _ = take_limits(r.body); }
                 }
             }
-            let _ = reply(&b);
+            if let Ok(r) = reply(&b) {
+                let _ = taken(r.body);
+                let _ = read_joined(r.body);
+            }
         }
     }
 }

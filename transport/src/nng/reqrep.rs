@@ -12,9 +12,7 @@
 //! would run slow requests twice).
 
 use super::proto::{locate, Control, Op, CONTROL_LEN};
-use super::sock::{
-    ask, ask_parts, begin, close_pipe, context, ctx_recv, lock, pipe_id, Body, Sock, Started,
-};
+use super::sock::{ask, ask_parts, begin, close_pipe, context, lock, pipe_id, Body, Sock, Started};
 use crate::address::Address;
 use crate::envelope::Kind;
 use crate::envelope::{pad16, Header, HEADER_LEN};
@@ -172,6 +170,10 @@ pub struct NngReplier {
     waiting: Arc<Mutex<HashMap<nng::Pipe, usize>>>,
     /// `?native`: plain bodies.
     native: bool,
+    /// A receive started by a `serve_one` that was dropped before it
+    /// completed (and its context): the next call waits for it, so a
+    /// request nng handed over meanwhile is not lost with the future.
+    receiving: Option<(usize, super::sock::Started)>,
 }
 
 impl std::fmt::Debug for NngReplier {
@@ -200,6 +202,7 @@ impl NngReplier {
             max_message: opts.max_message,
             waiting: Arc::default(),
             native: address.is_native(),
+            receiving: None,
         })
     }
 
@@ -225,11 +228,34 @@ impl NngReplier {
     where
         F: FnOnce(&Frame<'static>, &mut Reply<'_>) + Send,
     {
-        let k = self.turn;
-        self.turn ^= 1;
-        self.settle(k).await?;
+        let k = match &self.receiving {
+            Some((k, _)) => *k,
+            None => {
+                let k = self.turn;
+                self.turn ^= 1;
+                self.settle(k).await?;
+                k
+            }
+        };
         let (req, pipe) = loop {
-            let mut m = ctx_recv(&self.ctxs[k], &self.sock.address).await?;
+            // Cancel-safe: the receive is kept while it is awaited, and
+            // taken only once it completed.
+            if self.receiving.is_none() {
+                let ctx = &self.ctxs[k];
+                self.receiving = Some((k, begin(|aio| ctx.recv(aio))?));
+            }
+            let got = match &mut self.receiving {
+                Some((_, r)) => r.wait().await,
+                None => Err(Error::Closed),
+            };
+            self.receiving = None;
+            let mut m = match got? {
+                nng::AioResult::Recv(Ok(m)) => m,
+                nng::AioResult::Recv(Err(e)) => {
+                    return Err(super::sock::failed(e, &self.sock.address))
+                }
+                _ => return Err(Error::Closed),
+            };
             if let Some(p) = m.pipe() {
                 self.sock.pipes.touch(p);
             }

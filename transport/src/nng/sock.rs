@@ -471,7 +471,7 @@ impl Drop for Quiesced {
 static GATE: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
 /// Maps an nng operation's failure.
-fn failed(e: nng::Error, address: &Address) -> Error {
+pub(crate) fn failed(e: nng::Error, address: &Address) -> Error {
     match e {
         nng::Error::Closed => Error::Closed,
         nng::Error::TimedOut => Error::Timeout {
