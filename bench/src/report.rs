@@ -85,8 +85,14 @@ fn peers_of<'a>(r: &Row, rows: &'a [Row]) -> Vec<&'a Row> {
             && p.pattern == r.pattern
             // The network patterns, and the channels' remote cells, run
             // over several wires: a peer of their own each.
-            && (!matches!(r.pattern.as_str(), "rpc" | "oneway" | "channel-broadcast")
-                || p.transport == r.transport)
+            && (!matches!(
+                r.pattern.as_str(),
+                "rpc"
+                    | "oneway"
+                    | "channel-broadcast"
+                    | "channel-workqueue-remote-put"
+                    | "channel-workqueue-remote-take"
+            ) || p.transport == r.transport)
             && p.payload_bytes == r.payload_bytes
             && p.readers == r.readers
             && p.metric == r.metric

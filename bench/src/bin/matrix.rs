@@ -291,6 +291,23 @@ fn cells(quick: bool) -> Vec<Cell> {
         .collect();
     let bl: Vec<&str> = bl.iter().map(String::as_str).collect();
     v.push(cell("channel broadcast remote latency 64 B", r - 1, &bl));
+    // WorkQueue with its producer, or its consumer, on another host
+    // (reaching the queue through its bridge), over nng+tcp and QUIC
+    // across two network namespaces, beside the transport's own push/pull
+    // between the same hosts.
+    let wn: Vec<String> = ["nng-tcp", "quic"]
+        .iter()
+        .flat_map(|wire| {
+            ["producer", "consumer"].into_iter().flat_map(move |remote| {
+                let base = format!(
+                    "channel workqueue-net --hosts --wire {wire} --remote {remote} --size 64 --ms {ms}"
+                );
+                [base.clone(), format!("{base} --raw")]
+            })
+        })
+        .collect();
+    let wn: Vec<&str> = wn.iter().map(String::as_str).collect();
+    v.push(cell("channel workqueue remote 64 B", r - 1, &wn));
     // Rpc round trip to 3 worker processes, beside the same fan-out and
     // fan-in on the raw rings.
     let rpc = format!("channel rpc --workers 3 --iters {lat_iters}");
