@@ -259,6 +259,34 @@ fn in_async_and_large(bind: &str) {
     assert!(matches!(p.put(&big), Err(Error::Net(_))));
 }
 
+/// A remote consumer whose network takes smaller messages than the
+/// queue's host's, prefetching: replies are cut to its size (the join
+/// settles on the smaller), nothing is lost.
+fn mismatched_limits(bind: &str) {
+    let q = WorkQueue::create(&opts(bind)).unwrap();
+    let small = opts(bind)
+        .net(shoal_transport::Options::default().max_message(16 << 10))
+        .prefetch(64);
+    let mut c = Consumer::attach_remote(q.handle(), &small).unwrap();
+    let mut p = q.producer().unwrap();
+    let msgs: Vec<Vec<u8>> = (0..100u32)
+        .map(|i| vec![i as u8; if i == 50 { 100_000 } else { 2000 }])
+        .collect();
+    p.claim(100).unwrap();
+    p.close().unwrap();
+    let taking = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        while let Some(t) = c.take().unwrap() {
+            got.push(t.to_vec());
+        }
+        got
+    });
+    for m in &msgs {
+        p.put(m).unwrap();
+    }
+    assert_eq!(taking.join().unwrap(), msgs);
+}
+
 /// Handles that do not fit: a queue without remote peers, another build.
 #[test]
 fn remote_attach_needs_a_bridge() {
@@ -290,6 +318,10 @@ mod nng {
     fn in_async_and_large() {
         super::in_async_and_large(AT);
     }
+    #[test]
+    fn mismatched_limits() {
+        super::mismatched_limits(AT);
+    }
 }
 
 #[cfg(feature = "quic")]
@@ -315,4 +347,69 @@ mod quic {
     fn in_async_and_large() {
         super::in_async_and_large(AT);
     }
+    #[test]
+    fn mismatched_limits() {
+        super::mismatched_limits(AT);
+    }
+}
+
+/// A hostile peer at the bridge (nng): garbage, a join from another
+/// build or for another kind, and requests on a session without its
+/// token are each answered with a failure, change nothing, and the queue
+/// goes on serving its real peers.
+#[cfg(feature = "nng")]
+#[test]
+fn hostile_requests_at_the_bridge_change_nothing() {
+    use shoal_transport::{Address, NngRequester, Options};
+    let o = opts("nng+tcp://127.0.0.1:0");
+    let q = WorkQueue::create(&o).unwrap();
+    let h = q.handle().clone();
+    let door: Address = h.remote().unwrap().parse().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // The status byte of each reply.
+    let statuses: Vec<u8> = rt.block_on(async {
+        let mut r = NngRequester::connect(&door, &Options::default())
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        // Garbage, a short head, an unknown operation.
+        for req in [vec![0xffu8; 100], vec![1, 2, 3], {
+            let mut v = vec![0u8; 24];
+            v[0] = 99;
+            v
+        }] {
+            out.push(r.request(&req).await.unwrap()[0]);
+        }
+        // A join whose fixed part is there, from another build (a format
+        // of its own) and for another kind.
+        let mut join = vec![1u8, 0, 0, 0, 0, 0, 0, 0];
+        join.extend_from_slice(&[0; 16]);
+        let body = |kind: u8, format: &str| {
+            let mut b = 1u32.to_le_bytes().to_vec();
+            b.extend_from_slice(&[1, kind, 0, 0]);
+            b.extend_from_slice(&[0; 40]);
+            b.extend_from_slice(format.as_bytes());
+            b
+        };
+        let mut other_build = join.clone();
+        other_build.extend_from_slice(&body(1, "ch9.another-build"));
+        out.push(r.request(&other_build).await.unwrap()[0]);
+        let mut other_kind = join.clone();
+        other_kind.extend_from_slice(&body(3, shoal_channel::handle::format()));
+        out.push(r.request(&other_kind).await.unwrap()[0]);
+        out
+    });
+    // Failed (5) three times, Incompatible (6), WrongKind (7).
+    assert_eq!(statuses, [5, 5, 5, 6, 7]);
+    // The queue serves its real peers as before.
+    let mut p = Producer::attach_remote(&h, &o).unwrap();
+    let mut c = Consumer::attach_remote(&h, &o).unwrap();
+    p.claim(1).unwrap();
+    p.close().unwrap();
+    p.put(b"still here").unwrap();
+    assert_eq!(&*c.take().unwrap().unwrap(), b"still here");
+    assert!(c.take().unwrap().is_none());
 }

@@ -35,8 +35,9 @@
 //! `channel workqueue-net --wire nng-tcp|quic --remote producer|consumer
 //! --size B --ms T [--raw] [--hosts]`: WorkQueue throughput with its
 //! producer (or consumer) on another host, reaching the queue through its
-//! bridge, beside the transport's own push/pull between the same hosts
-//! with `--raw` (patterns `channel-workqueue-remote-put` / `-take`).
+//! bridge (a remote consumer prefetching 64), beside the transport's own
+//! push/pull between the same hosts with `--raw` (patterns
+//! `channel-workqueue-remote-put` / `-take`).
 //!
 //! `channel rpc --workers W --iters N [--raw]`: an Rpc call's round trip
 //! to W worker processes (pattern `channel-rpc`), beside the same fan-out
@@ -893,9 +894,12 @@ fn workqueue_net(
         let stop = map.at::<AtomicU64>(0);
         let counter = map.at::<AtomicU64>(slot(0));
         let net = Options::default().max_message((size + 4096).max(2 << 20));
+        // Remote consumers take up to 64 messages at once (the default,
+        // 1, costs a round trip per message).
         let opts = QueueOptions::default()
             .capacity(CAPACITY)
             .net(net.clone())
+            .prefetch(64)
             .take_timeout(Some(Duration::from_secs(30)))
             .put_timeout(Some(Duration::from_secs(30)));
         let enter = |side: usize| -> bool {

@@ -221,6 +221,35 @@ impl NetAsker {
         self.stray.take()
     }
 
+    /// [`stray`](Self::stray), awaited (the thread is not blocked while
+    /// the request left on its way ends).
+    pub(crate) async fn stray_async(&mut self) -> Option<Result<OwnedFrame>> {
+        let stall = self.opts.stall_timeout;
+        let done = match &mut self.slot {
+            Slot::Busy(h) => Some(tokio::time::timeout(stall, &mut *h).await),
+            _ => None,
+        };
+        match done {
+            Some(Ok(Ok((r, got)))) => {
+                self.slot = Slot::Idle(r);
+                self.stray = Some(got);
+            }
+            Some(_) => {
+                if let Slot::Busy(h) = &self.slot {
+                    h.abort();
+                }
+                self.slot = Slot::Broken;
+            }
+            None => {}
+        }
+        self.stray.take()
+    }
+
+    /// Whether a request is on its way that nobody waits for.
+    pub(crate) fn is_busy(&self) -> bool {
+        matches!(self.slot, Slot::Busy(_))
+    }
+
     /// Waits for a request left on its way (up to the stall timeout) and
     /// keeps its reply in `stray`.
     fn settle(&mut self) -> Result<()> {

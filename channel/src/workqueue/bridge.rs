@@ -166,14 +166,25 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         })
 }
 
+/// What a request was, to the loop serving it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Heard {
+    /// From the peer served (with its token): it lives.
+    Peer,
+    /// From someone else, or not well formed: changes nothing.
+    Stranger,
+    /// The peer's goodbye: serving ends.
+    Bye,
+}
+
 /// Serves `replier` with `answer` until `stop`, or until `idle` says to
-/// (given how long nobody asked anything); then drops the replier inside
-/// its runtime, so its closing goes out.
+/// (given how long the peer was not heard from); then drops the replier
+/// inside its runtime, so its closing goes out.
 fn serve(
     rt: &tokio::runtime::Runtime,
     replier: NetReplier,
     stop: &AtomicBool,
-    mut answer: impl FnMut(&[u8], &mut Reply<'_>) -> bool + Send,
+    mut answer: impl FnMut(&[u8], &mut Reply<'_>) -> Heard + Send,
     mut idle: impl FnMut(Duration) -> bool,
 ) {
     #[cfg(any(feature = "nng", feature = "quic"))]
@@ -181,22 +192,26 @@ fn serve(
         let mut replier = replier;
         let mut heard = std::time::Instant::now();
         while !stop.load(Ordering::Acquire) {
-            let mut more = true;
+            let mut what = Heard::Stranger;
             let served = rt.block_on(async {
-                tokio::time::timeout(SLICE, replier.serve_one(|req, out| more = answer(req, out)))
+                tokio::time::timeout(SLICE, replier.serve_one(|req, out| what = answer(req, out)))
                     .await
             });
             match served {
-                Ok(Ok(())) => {
-                    heard = std::time::Instant::now();
-                    if !more {
+                Ok(Ok(())) if what == Heard::Bye => break,
+                Ok(Ok(())) if what == Heard::Peer => heard = std::time::Instant::now(),
+                Ok(Err(Error::Net(shoal_transport::Error::Closed))) => break,
+                // A stranger's request, or one the wire dropped (and
+                // logged), or a reply that could not go: the next request
+                // is served, and the peer's silence still counts.
+                Ok(r) => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "bridge: a request failed");
+                    }
+                    if idle(heard.elapsed()) {
                         break;
                     }
                 }
-                Ok(Err(Error::Net(shoal_transport::Error::Closed))) => break,
-                // The wire dropped a bad request (and logged it), or a
-                // reply could not go: the next request is served.
-                Ok(Err(e)) => tracing::debug!(error = %e, "bridge: a request failed"),
                 Err(_) => {
                     if idle(heard.elapsed()) {
                         break;
@@ -256,7 +271,7 @@ fn door(bind: Address, setup: Setup, ready: std::sync::mpsc::SyncSender<Result<A
             let mut scratch = Vec::new();
             admit(&setup, &address, &mut joined, req, &mut scratch);
             out.extend_from_slice(&scratch);
-            true
+            Heard::Peer
         },
         |_| false,
     );
@@ -325,6 +340,10 @@ fn admit(setup: &Setup, door: &Address, joined: &mut u32, req: &[u8], out: &mut 
     *joined = joined.wrapping_add(1);
     let at = peer_address(door, *joined);
     let token = shoal_transport::PeerId::random().0;
+    // What both sides take: the smaller of the two largest messages.
+    let max_message = usize::try_from(j.max_message)
+        .unwrap_or(usize::MAX)
+        .clamp(4096, s.net.max_message.max(4096));
     let info = PeerInfo {
         role: j.role,
         pid: j.pid,
@@ -346,7 +365,7 @@ fn admit(setup: &Setup, door: &Address, joined: &mut u32, req: &[u8], out: &mut 
     let s2 = setup.clone();
     let started = std::thread::Builder::new()
         .name("shoal-bridge-peer".into())
-        .spawn(move || peer(at, s2, proxy, info, token, tx));
+        .spawn(move || peer(at, s2, proxy, info, (token, max_message), tx));
     let answer = match started {
         Ok(_) => match rx.recv_timeout(BIND_WAIT) {
             Ok(r) => r,
@@ -360,7 +379,8 @@ fn admit(setup: &Setup, door: &Address, joined: &mut u32, req: &[u8], out: &mut 
     match answer {
         Ok(a) => {
             tracing::debug!(role = ?j.role, pid = j.pid, host = format_args!("{:016x}", j.host), at = %a, "bridge: a remote peer joined");
-            reply(out, Status::Ok, 0, 0, &wire::joined(token, &a.to_string()))
+            let body = wire::joined(token, max_message as u64, &a.to_string());
+            reply(out, Status::Ok, 0, 0, &body)
         }
         Err(e) => {
             mark_gone(&s.roster, &info);
@@ -432,7 +452,7 @@ fn peer(
     setup: Setup,
     proxy: Proxy,
     info: PeerInfo,
-    token: u64,
+    (token, max_message): (u64, usize),
     ready: std::sync::mpsc::SyncSender<Result<Address>>,
 ) {
     let bound = runtime().and_then(|rt| {
@@ -455,11 +475,8 @@ fn peer(
         token,
         last_seq: 0,
         last: Vec::new(),
-        chunk: setup
-            .net
-            .max_message
-            .saturating_sub(wire::REQUEST_HEAD + 64)
-            .max(4096),
+        // Replies within the session's largest message.
+        chunk: max_message.saturating_sub(wire::REQUEST_HEAD + 64).max(64),
     };
     let mut silent = false;
     serve(
@@ -503,17 +520,17 @@ struct Served {
 }
 
 impl Served {
-    /// Does what `req` asks and writes the reply to `out`; false once the
-    /// peer leaves.
-    fn answer(&mut self, req: &[u8], out: &mut Reply<'_>) -> bool {
+    /// Does what `req` asks and writes the reply to `out`; says who
+    /// asked.
+    fn answer(&mut self, req: &[u8], out: &mut Reply<'_>) -> Heard {
         let mut scratch = Vec::new();
-        let more = self.answer_into(req, &mut scratch);
+        let heard = self.answer_into(req, &mut scratch);
         match scratch.is_empty() {
             // The reply is `last` (or its first part).
             true => self.send_last(0, out),
             false => out.extend_from_slice(&scratch),
         }
-        more
+        heard
     }
 
     /// `last`'s body from `offset` on, as much as one reply carries,
@@ -539,26 +556,26 @@ impl Served {
 
     /// Does what `req` asks: a reply to remember goes to `last` (and
     /// `scratch` stays empty), a passing one to `scratch`.
-    fn answer_into(&mut self, req: &[u8], scratch: &mut Vec<u8>) -> bool {
+    fn answer_into(&mut self, req: &[u8], scratch: &mut Vec<u8>) -> Heard {
         let r = match wire::request(req) {
             Ok(r) => r,
             Err(why) => {
                 failed(scratch, why);
-                return true;
+                return Heard::Stranger;
             }
         };
         if r.token != self.token {
             reply(scratch, Status::NotYours, 0, 0, b"");
-            return true;
+            return Heard::Stranger;
         }
         match r.op {
             Op::Ping => {
                 reply(scratch, Status::Ok, 0, 0, b"");
-                return true;
+                return Heard::Peer;
             }
             Op::Bye => {
                 reply(scratch, Status::Ok, 0, 0, b"");
-                return false;
+                return Heard::Bye;
             }
             Op::More => {
                 if r.seq == self.last_seq && self.last.len() >= wire::HEAD {
@@ -570,16 +587,16 @@ impl Served {
                 } else {
                     failed(scratch, "a part of a reply that is not the last one");
                 }
-                return true;
+                return Heard::Peer;
             }
             _ => {}
         }
         if r.seq == self.last_seq && !self.last.is_empty() {
-            return true; // asked again: the same answer
+            return Heard::Peer; // asked again: the same answer
         }
         if r.seq < self.last_seq {
             failed(scratch, "a request older than the last one done");
-            return true;
+            return Heard::Peer;
         }
         if self.last.capacity() > 8 << 20 {
             self.last = Vec::new();
@@ -609,7 +626,7 @@ impl Served {
             _ => failed(out, "an operation this peer's role does not do"),
         }
         self.last_seq = r.seq;
-        true
+        Heard::Peer
     }
 }
 

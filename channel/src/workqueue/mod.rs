@@ -85,9 +85,14 @@ pub struct QueueOptions {
     /// Default 2 s.
     pub lease: Duration,
     /// How many messages a remote consumer takes at once, at most (what
-    /// is there: it never waits for more than one). More makes a busy
-    /// queue cheaper to drain over the network; 1 hands each message to
-    /// whichever consumer asks next (for long tasks). Default 64.
+    /// is there: it never waits for more than one), and, when a batch
+    /// came full, asks for ahead. Default 1: each message goes to
+    /// whichever consumer asks next, and nothing is taken for a consumer
+    /// that does not hand it out. More makes a busy queue much cheaper
+    /// to drain over the network (64: tens of times the messages per
+    /// second), at a price: messages taken for a consumer and not handed
+    /// out when it is dropped or dies (up to twice this many) are lost,
+    /// counted as taken (a warning names how many on a drop).
     pub prefetch: u32,
     /// How many bytes past the first message a remote consumer takes at
     /// once, at most. Default 1 MiB.
@@ -106,7 +111,7 @@ impl Default for QueueOptions {
             remote: None,
             net: shoal_transport::Options::default(),
             lease: Duration::from_secs(2),
-            prefetch: 64,
+            prefetch: 1,
             prefetch_bytes: 1 << 20,
         }
     }

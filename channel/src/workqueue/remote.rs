@@ -80,6 +80,7 @@ impl Session {
             pid: std::process::id(),
             host: crate::gather::host_id(),
             head,
+            max_message: net.max_message as u64,
             format: crate::handle::format(),
         };
         let mut req = wire::request_head(Op::Join, 0, 1, 0).to_vec();
@@ -90,8 +91,12 @@ impl Session {
         if r.status != Status::Ok {
             return Err(status_error(&r, Duration::ZERO));
         }
-        let (token, at) =
+        let (token, max_message, at) =
             wire::read_joined(r.body).map_err(|what| malformed(what, r.body.len()))?;
+        // The session's: the smaller of both sides' (the bridge's answer).
+        let max_message = usize::try_from(max_message)
+            .unwrap_or(usize::MAX)
+            .min(net.max_message);
         let mut asker = NetAsker::connect(&crate::net::address(at)?, &net)?;
         asker.heartbeat(
             wire::request_head(Op::Ping, 0, 0, token).to_vec(),
@@ -101,7 +106,7 @@ impl Session {
             asker,
             token,
             seq: 0,
-            max_message: net.max_message,
+            max_message,
         })
     }
 
@@ -117,10 +122,11 @@ impl Session {
     /// Says goodbye (without waiting for a request left on its way), so
     /// the bridge drops the proxy now, not at the lease.
     fn bye(&mut self) {
-        let bye = wire::request_head(Op::Bye, 0, 0, self.token).to_vec();
-        if self.asker.stray().is_none() {
-            let _ = self.asker.ask(bye, Duration::from_secs(1));
+        if self.asker.is_busy() {
+            return; // the bridge notices the silence
         }
+        let bye = wire::request_head(Op::Bye, 0, 0, self.token).to_vec();
+        let _ = self.asker.ask(bye, Duration::from_secs(1));
     }
 }
 
@@ -256,87 +262,100 @@ impl RemoteTake {
                 return Ok(Took::Msg(m));
             }
             // A batch asked ahead comes first.
-            if let Some(stray) = self.s.asker.stray() {
-                if let Some(t) = self.unpack(stray?)? {
-                    return Ok(t);
+            let got = match self.s.asker.stray() {
+                Some(stray) => stray?,
+                None => {
+                    let (req, limit) = self.take_request(left(end));
+                    self.s.asker.ask(req, limit)?
                 }
-                if !self.ready.is_empty() {
+            };
+            let got = match self.read(got)? {
+                Read::Whole(b) => b,
+                Read::Part(first, total) => self.rest(&first, total)?,
+                Read::Took(t) => return Ok(t),
+                Read::Nothing => {
+                    if end.is_some_and(|e| Instant::now() >= e) {
+                        return Ok(Took::Empty);
+                    }
                     continue;
                 }
-            }
-            let left = left(end);
-            let body = wire::take_body(self.prefetch.0, self.prefetch.1);
-            let (req, limit) = self.s.request(Op::Take, left, &[&body]);
-            let got = self.s.asker.ask(req, limit)?;
-            match self.unpack(got)? {
-                Some(t) => return Ok(t),
-                None if !self.ready.is_empty() => continue,
-                None if end.is_none_or(|e| Instant::now() < e) => continue,
-                None => return Ok(Took::Empty),
-            }
+            };
+            self.unpack(got)?;
         }
     }
 
-    /// [`take`](Self::take), awaited. Dropped while its request is on its
-    /// way, what that request took is kept for the next take.
+    /// [`take`](Self::take), awaited (the thread is never blocked).
+    /// Dropped while its request is on its way, what that request took is
+    /// kept for the next take.
     pub(crate) async fn take_async(&mut self, timeout: Option<Duration>) -> Result<Took> {
         let end = timeout.and_then(|t| Instant::now().checked_add(t));
         loop {
             if let Some(m) = self.ready.pop_front() {
                 return Ok(Took::Msg(m));
             }
-            if let Some(stray) = self.s.asker.stray() {
-                if let Some(t) = self.unpack(stray?)? {
-                    return Ok(t);
+            let got = match self.s.asker.stray_async().await {
+                Some(stray) => stray?,
+                None => {
+                    let (req, limit) = self.take_request(left(end));
+                    self.s.asker.ask_async(req, limit).await?
                 }
-                if !self.ready.is_empty() {
+            };
+            let got = match self.read(got)? {
+                Read::Whole(b) => b,
+                Read::Part(first, total) => self.rest_async(&first, total).await?,
+                Read::Took(t) => return Ok(t),
+                Read::Nothing => {
+                    if end.is_some_and(|e| Instant::now() >= e) {
+                        return Ok(Took::Empty);
+                    }
                     continue;
                 }
-            }
-            let left = left(end);
-            let body = wire::take_body(self.prefetch.0, self.prefetch.1);
-            let (req, limit) = self.s.request(Op::Take, left, &[&body]);
-            let got = self.s.asker.ask_async(req, limit).await?;
-            match self.unpack(got)? {
-                Some(t) => return Ok(t),
-                None if !self.ready.is_empty() => continue,
-                None if end.is_none_or(|e| Instant::now() < e) => continue,
-                None => return Ok(Took::Empty),
-            }
+            };
+            self.unpack(got)?;
         }
     }
 
-    /// Reads a take's reply: its messages go to `ready` (then `None`: the
-    /// caller hands out the first); the end of the work is
-    /// `Some(Finished)`; nothing within the wait is `None` with nothing
-    /// ready.
-    fn unpack(&mut self, got: OwnedFrame) -> Result<Option<Took>> {
-        let (status, total, have) = {
+    /// A take request waiting up to `wait`, and how long its reply may
+    /// take.
+    fn take_request(&mut self, wait: Duration) -> (Vec<u8>, Duration) {
+        let body = wire::take_body(self.prefetch.0, self.prefetch.1);
+        self.s.request(Op::Take, wait, &[&body])
+    }
+
+    /// What a take's reply says: messages (whole, or the first part of a
+    /// reply in parts), the end, or nothing within the wait.
+    fn read(&self, got: OwnedFrame) -> Result<Read> {
+        let (total, have) = {
             let r = decode(&got)?;
             match r.status {
                 Status::Ok => {}
-                Status::NotYet => return Ok(None),
-                Status::Finished => return Ok(Some(Took::Finished)),
+                Status::NotYet => return Ok(Read::Nothing),
+                Status::Finished => return Ok(Read::Took(Took::Finished)),
                 _ => return Err(status_error(&r, Duration::ZERO)),
             }
-            (r.status, r.b as usize, r.body.len())
+            (r.b as usize, r.body.len())
         };
-        debug_assert_eq!(status, Status::Ok);
-        let batch = if total > have {
-            Batch::Copied(self.rest(&got, total)?)
-        } else if (got.as_ptr() as usize + wire::HEAD).is_multiple_of(16) {
-            Batch::Frame(got)
-        } else {
-            Batch::Copied(AlignedBuf::copy_from(
-                got.get(wire::HEAD..).unwrap_or_default(),
-            ))
-        };
+        if total > have {
+            return Ok(Read::Part(got, total));
+        }
+        Ok(Read::Whole(
+            if (got.as_ptr() as usize + wire::HEAD).is_multiple_of(16) {
+                Batch::Frame(got)
+            } else {
+                Batch::Copied(AlignedBuf::copy_from(
+                    got.get(wire::HEAD..).unwrap_or_default(),
+                ))
+            },
+        ))
+    }
+
+    /// Hands a batch's messages to `ready`; when it came full, asks for
+    /// the next one ahead (what is there, no wait), to come while these
+    /// are handed out.
+    fn unpack(&mut self, batch: Batch) -> Result<()> {
         let at = wire::taken(batch.bytes()).map_err(|what| malformed(what, batch.bytes().len()))?;
-        // A full batch: the queue is busy. The next one is asked for now
-        // (what is there, no wait), and comes while these are handed out.
-        if at.len() >= self.prefetch.0 as usize {
-            let body = wire::take_body(self.prefetch.0, self.prefetch.1);
-            let (req, _) = self.s.request(Op::Take, Duration::ZERO, &[&body]);
+        if self.prefetch.0 > 1 && at.len() >= self.prefetch.0 as usize {
+            let (req, _) = self.take_request(Duration::ZERO);
             self.s.asker.ask_ahead(req)?;
         }
         let batch = Arc::new(batch);
@@ -346,36 +365,89 @@ impl RemoteTake {
                 start,
                 len,
             }));
-        Ok(None)
+        Ok(())
+    }
+
+    /// The request for the part of the last reply from `have` on (the
+    /// same sequence number: a part of the reply it asked for).
+    fn more_request(&mut self, have: usize, total: usize) -> (Vec<u8>, Duration) {
+        self.s.seq -= 1;
+        let offset = (have as u64).to_le_bytes();
+        let (req, limit) = self.s.request(Op::More, Duration::ZERO, &[&offset]);
+        (req, limit + transfer(total))
+    }
+
+    /// Checks a part of a reply and appends it; false when done.
+    fn add_part(all: &mut AlignedBuf, got: &OwnedFrame, total: usize) -> Result<()> {
+        let r = decode(got)?;
+        if r.status != Status::Ok || r.body.is_empty() || r.b as usize != total {
+            return Err(status_error(&r, Duration::ZERO));
+        }
+        let take = r.body.len().min(total - all.len());
+        all.extend_from_slice(&r.body[..take]);
+        Ok(())
     }
 
     /// A reply longer than the network carries, assembled: its first
     /// part (`first`), then the rest asked for part by part.
-    fn rest(&mut self, first: &OwnedFrame, total: usize) -> Result<AlignedBuf> {
+    fn rest(&mut self, first: &OwnedFrame, total: usize) -> Result<Batch> {
+        let mut all = self.first_part(first, total)?;
+        while all.len() < total {
+            let (req, limit) = self.more_request(all.len(), total);
+            let got = self.s.asker.ask(req, limit)?;
+            Self::add_part(&mut all, &got, total)?;
+        }
+        Ok(Batch::Copied(all))
+    }
+
+    /// [`rest`](Self::rest), awaited.
+    async fn rest_async(&mut self, first: &OwnedFrame, total: usize) -> Result<Batch> {
+        let mut all = self.first_part(first, total)?;
+        while all.len() < total {
+            let (req, limit) = self.more_request(all.len(), total);
+            let got = self.s.asker.ask_async(req, limit).await?;
+            Self::add_part(&mut all, &got, total)?;
+        }
+        Ok(Batch::Copied(all))
+    }
+
+    /// The buffer a reply in parts is assembled in, with its first part.
+    fn first_part(&self, first: &OwnedFrame, total: usize) -> Result<AlignedBuf> {
         if total > self.s.max_message.saturating_mul(64) {
             return Err(malformed("a reply longer than 64 network messages", total));
         }
         let mut all = AlignedBuf::with_capacity(total);
-        all.extend_from_slice(first.get(wire::HEAD..).unwrap_or_default());
-        while all.len() < total {
-            let offset = (all.len() as u64).to_le_bytes();
-            // The same sequence number: a part of the reply it asked for.
-            self.s.seq -= 1;
-            let (req, limit) = self.s.request(Op::More, Duration::ZERO, &[&offset]);
-            let got = self.s.asker.ask(req, limit + transfer(total))?;
-            let r = decode(&got)?;
-            if r.status != Status::Ok || r.body.is_empty() || r.b as usize != total {
-                return Err(status_error(&r, Duration::ZERO));
-            }
-            let take = r.body.len().min(total - all.len());
-            all.extend_from_slice(&r.body[..take]);
-        }
+        let body = first.get(wire::HEAD..).unwrap_or_default();
+        all.extend_from_slice(&body[..body.len().min(total)]);
         Ok(all)
     }
 }
 
+/// A take's reply, read.
+enum Read {
+    /// Its messages, whole.
+    Whole(Batch),
+    /// The first part of a reply in parts, and the whole body's length.
+    Part(OwnedFrame, usize),
+    /// The end of the work (no messages).
+    Took(Took),
+    /// Nothing within the wait.
+    Nothing,
+}
+
 impl Drop for RemoteTake {
+    /// Says goodbye (unless a batch asked ahead is on its way: then the
+    /// bridge notices the silence). What was taken for this consumer and
+    /// not handed out is lost: a warning says how much.
     fn drop(&mut self) {
+        let (ready, ahead) = (self.ready.len(), self.s.asker.is_busy());
+        if ready > 0 || ahead {
+            tracing::warn!(
+                ready,
+                ahead,
+                "a remote consumer dropped with messages taken for it and not handed out (its prefetch): they are lost"
+            );
+        }
         self.s.bye();
     }
 }
@@ -393,11 +465,13 @@ pub(crate) struct RemotePut {
     /// Holds the runtime the pump and the heartbeat run on.
     asker: NetAsker,
     pump: Option<tokio::task::JoinHandle<()>>,
-    /// The network's largest message (a put larger is refused at once).
+    /// The session's largest message (a put larger is refused at once).
     max_message: usize,
     /// Most bytes of a batch: [`BATCH_BYTES`], within the largest
     /// message.
     batch: usize,
+    /// How long the drop waits for the buffer to land (the put timeout).
+    put_timeout: Option<Duration>,
 }
 
 impl std::fmt::Debug for RemotePut {
@@ -411,7 +485,8 @@ impl std::fmt::Debug for RemotePut {
 /// What a producer and its pump share.
 struct Shared {
     m: Mutex<Outbox>,
-    /// Signalled (std) when the pump finished a batch or a control.
+    /// Signalled (std) when the pump took the buffer, or finished a batch
+    /// or a control.
     done: Condvar,
     /// Wakes the pump.
     wake: tokio::sync::Notify,
@@ -422,22 +497,68 @@ struct Shared {
 /// The buffer and the pump's state.
 #[derive(Default)]
 struct Outbox {
-    /// Messages put and not shipped yet (a put body).
+    /// Messages put and not shipped yet (a put body), and how many.
     buf: Vec<u8>,
+    count: u64,
     /// A batch or a control on its way.
     busy: bool,
     /// The first failure since the last call that reported one.
     failed: Option<Error>,
+    /// Messages put that will never land (their batch failed).
+    lost: u64,
     /// A control request for the pump (claim, close, bye), and its reply.
     control: Option<Vec<u8>>,
     answer: Option<Result<OwnedFrame>>,
     /// The producer is gone: the pump ends.
     stop: bool,
+    /// The pump ended: a request got no reply in time (asking again
+    /// could do it twice), or the producer is gone.
+    broken: bool,
+}
+
+impl Outbox {
+    /// The failure to report now, if any: the first one not reported
+    /// yet, else that the pump is broken.
+    fn failure(&mut self) -> Option<Error> {
+        if let Some(e) = self.failed.take() {
+            return Some(e);
+        }
+        self.broken.then(|| {
+            Error::Remote(
+                "this producer's connection to the queue's host is unusable (a request got no reply in time)"
+                    .into(),
+            )
+        })
+    }
 }
 
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, Outbox> {
         self.m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits on `done` (at most `wait`).
+    fn wait<'a>(
+        &self,
+        o: std::sync::MutexGuard<'a, Outbox>,
+        wait: Duration,
+    ) -> std::sync::MutexGuard<'a, Outbox> {
+        self.done
+            .wait_timeout(o, wait)
+            .map(|(g, _)| g)
+            .unwrap_or_else(|p| p.into_inner().0)
+    }
+}
+
+/// What is left of a wait until `end` (a second at a time when there is
+/// none); `None` once it passed.
+fn slice_until(end: Option<Instant>) -> Option<Duration> {
+    match end {
+        None => Some(Duration::from_secs(1)),
+        Some(e) => {
+            let l = e.saturating_duration_since(Instant::now());
+            (!l.is_zero()).then_some(l.min(Duration::from_secs(1)))
+        }
     }
 }
 
@@ -465,6 +586,7 @@ impl RemotePut {
             pump: Some(pump),
             max_message: s.max_message,
             batch: BATCH_BYTES.min(s.max_message.saturating_sub(wire::REQUEST_HEAD)),
+            put_timeout: opts.put_timeout,
         })
     }
 
@@ -481,6 +603,21 @@ impl RemotePut {
         Ok(n)
     }
 
+    /// Appends `parts` to the buffer if there is room (true), or says why
+    /// not.
+    fn try_push(&self, o: &mut Outbox, parts: &[&[u8]], n: usize) -> Result<bool> {
+        if let Some(e) = o.failure() {
+            return Err(e);
+        }
+        if o.buf.is_empty() || o.buf.len() + n <= self.batch {
+            wire::push_put(&mut o.buf, parts).map_err(|what| malformed(what, n))?;
+            o.count += 1;
+            self.shared.wake.notify_one();
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
     /// Hands `parts` (one message) to the pump, waiting up to `timeout`
     /// while its buffer is full (`None`: as long as it takes; zero: not
     /// at all: `Ok(false)`).
@@ -489,31 +626,13 @@ impl RemotePut {
         let end = timeout.and_then(|t| Instant::now().checked_add(t));
         let mut o = self.shared.lock();
         loop {
-            if let Some(e) = o.failed.take() {
-                return Err(e);
-            }
-            if o.buf.is_empty() || o.buf.len() + n <= self.batch {
-                push(&mut o.buf, parts)?;
-                drop(o);
-                self.shared.wake.notify_one();
+            if self.try_push(&mut o, parts, n)? {
                 return Ok(true);
             }
-            let wait = match end {
-                None => Duration::from_secs(1),
-                Some(e) => {
-                    let l = e.saturating_duration_since(Instant::now());
-                    if l.is_zero() {
-                        return Ok(false);
-                    }
-                    l
-                }
+            let Some(wait) = slice_until(end) else {
+                return Ok(false);
             };
-            o = self
-                .shared
-                .done
-                .wait_timeout(o, wait)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
+            o = self.shared.wait(o, wait);
         }
     }
 
@@ -527,17 +646,8 @@ impl RemotePut {
         let end = timeout.and_then(|t| tokio::time::Instant::now().checked_add(t));
         loop {
             let room = self.shared.room.notified();
-            {
-                let mut o = self.shared.lock();
-                if let Some(e) = o.failed.take() {
-                    return Err(e);
-                }
-                if o.buf.is_empty() || o.buf.len() + n <= self.batch {
-                    push(&mut o.buf, parts)?;
-                    drop(o);
-                    self.shared.wake.notify_one();
-                    return Ok(true);
-                }
+            if self.try_push(&mut self.shared.lock(), parts, n)? {
+                return Ok(true);
             }
             match end {
                 None => room.await,
@@ -556,91 +666,111 @@ impl RemotePut {
         let end = timeout.and_then(|t| Instant::now().checked_add(t));
         let mut o = self.shared.lock();
         loop {
-            if let Some(e) = o.failed.take() {
+            if let Some(e) = o.failure() {
                 return Err(e);
             }
             if o.buf.is_empty() && !o.busy {
                 return Ok(());
             }
-            let wait = match end {
-                None => Duration::from_secs(1),
-                Some(e) => {
-                    let l = e.saturating_duration_since(Instant::now());
-                    if l.is_zero() {
-                        return Err(Error::Timeout {
-                            what: "a remote producer's messages reaching the queue",
-                            after: timeout.unwrap_or_default(),
-                        });
-                    }
-                    l
-                }
+            let Some(wait) = slice_until(end) else {
+                return Err(Error::Timeout {
+                    what: "a remote producer's messages reaching the queue",
+                    after: timeout.unwrap_or_default(),
+                });
             };
-            o = self
-                .shared
-                .done
-                .wait_timeout(o, wait)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
+            o = self.shared.wait(o, wait);
         }
     }
 
     /// Flushes, then asks `op` (claim, close) with `body` and expects it
-    /// done (asked again while the bridge answers "not yet").
+    /// done (asked again while the bridge answers "not yet"), all within
+    /// `timeout`.
     pub(crate) fn control(
         &mut self,
         op: Op,
         body: &[&[u8]],
         timeout: Option<Duration>,
     ) -> Result<()> {
+        let end = timeout.and_then(|t| Instant::now().checked_add(t));
         self.flush(timeout)?;
         let body: Vec<u8> = body.concat();
         loop {
-            let got = self.ask_pump(op, &body, None)?;
+            let got = self.ask_pump(op, &body, end)?;
             let r = decode(&got)?;
             match r.status {
                 Status::Ok => return Ok(()),
-                Status::NotYet => continue,
-                _ => return Err(status_error(&r, Duration::ZERO)),
+                Status::NotYet if end.is_none_or(|e| Instant::now() < e) => continue,
+                _ => return Err(status_error(&r, timeout.unwrap_or_default())),
             }
         }
     }
 
-    /// Has the pump ask `op` once, and waits for its reply (up to
-    /// `limit`: then the request goes on, its reply unread).
-    fn ask_pump(&mut self, op: Op, body: &[u8], limit: Option<Duration>) -> Result<OwnedFrame> {
-        let end = limit.and_then(|l| Instant::now().checked_add(l));
+    /// Has the pump ask `op` once, and waits for its reply (until `end`:
+    /// then the request goes on, its reply unread).
+    fn ask_pump(&mut self, op: Op, body: &[u8], end: Option<Instant>) -> Result<OwnedFrame> {
         let mut o = self.shared.lock();
+        if let Some(e) = o.failure() {
+            return Err(e);
+        }
         // The request's head is the pump's to write (it numbers them).
         let mut req = vec![op as u8];
         req.extend_from_slice(body);
         o.control = Some(req);
         o.answer = None;
-        drop(o);
         self.shared.wake.notify_one();
-        let mut o = self.shared.lock();
         loop {
             if let Some(a) = o.answer.take() {
                 return a;
             }
-            if o.stop || end.is_some_and(|e| Instant::now() >= e) {
-                return Err(Error::Closed);
+            if let Some(e) = o.failure() {
+                return Err(e);
             }
-            o = self
-                .shared
-                .done
-                .wait_timeout(o, Duration::from_millis(100))
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
+            let Some(wait) = slice_until(end) else {
+                return Err(Error::Timeout {
+                    what: "the queue's host answering a remote producer",
+                    after: Duration::ZERO,
+                });
+            };
+            o = self.shared.wait(o, wait.min(Duration::from_millis(100)));
         }
     }
 }
 
 impl Drop for RemotePut {
-    /// Flushes (up to 10 s), says goodbye, and stops the pump.
+    /// Waits for the buffer to land (up to the put timeout, as a put
+    /// waits for room), says goodbye, and stops the pump. Messages that
+    /// could not land are counted in a warning (claimed ones reach
+    /// consumers as `ProducersLost`).
     fn drop(&mut self) {
-        if self.flush(Some(SLACK)).is_ok() {
-            let _ = self.ask_pump(Op::Bye, &[], Some(Duration::from_secs(1)));
+        let end = self.put_timeout.and_then(|t| Instant::now().checked_add(t));
+        loop {
+            let left = end.map(|e| e.saturating_duration_since(Instant::now()));
+            match self.flush(left) {
+                Ok(()) => break,
+                // A batch that failed was reported here; the rest goes on
+                // (unless the pump is broken).
+                Err(_) if !self.shared.lock().broken && left.is_none_or(|l| !l.is_zero()) => {
+                    continue
+                }
+                Err(_) => break,
+            }
         }
+        let (lost, unsent) = {
+            let o = self.shared.lock();
+            (o.lost, o.count)
+        };
+        if lost + unsent > 0 {
+            tracing::warn!(
+                lost,
+                unsent,
+                "a remote producer dropped with messages put that never reached the queue"
+            );
+        }
+        let _ = self.ask_pump(
+            Op::Bye,
+            &[],
+            Instant::now().checked_add(Duration::from_secs(1)),
+        );
         self.shared.lock().stop = true;
         self.shared.wake.notify_one();
         if let Some(p) = self.pump.take() {
@@ -649,13 +779,9 @@ impl Drop for RemotePut {
     }
 }
 
-/// Appends one message to a put body.
-fn push(buf: &mut Vec<u8>, parts: &[&[u8]]) -> Result<()> {
-    wire::push_put(buf, parts).map_err(|what| malformed(what, 0))
-}
-
 /// The pump: ships the buffer in batches, and the producer's control
-/// requests, one request at a time, until the producer is gone.
+/// requests, one request at a time, until the producer is gone or a
+/// request gets no reply in time.
 async fn pump(shared: Arc<Shared>, mut req: NetRequester, token: u64) {
     let mut seq = 0u64;
     loop {
@@ -672,12 +798,16 @@ async fn pump(shared: Arc<Shared>, mut req: NetRequester, token: u64) {
                 }
                 if !o.buf.is_empty() {
                     o.busy = true;
-                    break Job::Puts(std::mem::take(&mut o.buf));
+                    let n = std::mem::take(&mut o.count);
+                    break Job::Puts(std::mem::take(&mut o.buf), n);
                 }
             }
             wake.await;
         };
-        match job {
+        // The buffer is free again: puts waiting for room go on.
+        shared.done.notify_all();
+        shared.room.notify_waiters();
+        let broken = match job {
             Job::Control(c) => {
                 let (op, body) = match c
                     .split_first()
@@ -686,30 +816,59 @@ async fn pump(shared: Arc<Shared>, mut req: NetRequester, token: u64) {
                     Some(v) => v,
                     None => (Op::Ping, &[][..]),
                 };
-                let ask = encode(op, Duration::ZERO, &mut seq, token, &[body]);
-                let got = req.request(&ask).await;
+                let ask = encode(op, super::bridge::WAIT_CAP, &mut seq, token, &[body]);
+                let limit = super::bridge::WAIT_CAP + SLACK;
+                let got = tokio::time::timeout(limit, req.request(&ask)).await;
                 let mut o = shared.lock();
-                o.answer = Some(got);
                 o.busy = false;
-            }
-            Job::Puts(batch) => {
-                let failed = ship(&mut req, &mut seq, token, batch).await;
-                let mut o = shared.lock();
-                if o.failed.is_none() {
-                    o.failed = failed;
+                match got {
+                    Ok(a) => {
+                        o.answer = Some(a);
+                        false
+                    }
+                    Err(_) => true,
                 }
-                o.busy = false;
             }
+            Job::Puts(batch, n) => {
+                let shipped = ship(&mut req, &mut seq, token, batch).await;
+                let mut o = shared.lock();
+                o.busy = false;
+                match shipped {
+                    Shipped::All => false,
+                    Shipped::Failed(e, landed) => {
+                        o.lost += n.saturating_sub(landed);
+                        if o.failed.is_none() {
+                            o.failed = Some(e);
+                        }
+                        false
+                    }
+                    Shipped::Stuck(landed) => {
+                        o.lost += n.saturating_sub(landed);
+                        true
+                    }
+                }
+            }
+        };
+        if broken {
+            let mut o = shared.lock();
+            o.broken = true;
+            o.lost += o.count;
+            o.count = 0;
+            o.buf.clear();
         }
         shared.done.notify_all();
         shared.room.notify_waiters();
+        if broken {
+            return;
+        }
     }
 }
 
 /// What the pump does next.
 enum Job {
     Control(Vec<u8>),
-    Puts(Vec<u8>),
+    /// A put body, and how many messages it holds.
+    Puts(Vec<u8>, u64),
 }
 
 fn op_of(b: u8) -> Option<Op> {
@@ -718,24 +877,39 @@ fn op_of(b: u8) -> Option<Op> {
         .find(|o| *o as u8 == b)
 }
 
+/// How shipping a batch ended.
+enum Shipped {
+    /// Every message is in the queue.
+    All,
+    /// Refused (or the network failed) after this many landed; the rest
+    /// are dropped (they would fail the same).
+    Failed(Error, u64),
+    /// A request got no reply in time, after this many landed: whether
+    /// it was done is unknown, so nothing more is asked.
+    Stuck(u64),
+}
+
 /// Ships one batch of puts until all are in the queue (asking again for
-/// the rest while the queue is full); the failure that stopped it, if
-/// any (the messages after it are dropped: they would fail the same).
-async fn ship(req: &mut NetRequester, seq: &mut u64, token: u64, batch: Vec<u8>) -> Option<Error> {
+/// the rest while the queue is full).
+async fn ship(req: &mut NetRequester, seq: &mut u64, token: u64, batch: Vec<u8>) -> Shipped {
     let mut rest: &[u8] = &batch;
+    let mut landed = 0u64;
     loop {
         let ask = encode(Op::Put, super::bridge::WAIT_CAP, seq, token, &[rest]);
-        let got = match req.request(&ask).await {
-            Ok(g) => g,
-            Err(e) => return Some(e),
+        let limit = super::bridge::WAIT_CAP + SLACK + transfer(rest.len());
+        let got = match tokio::time::timeout(limit, req.request(&ask)).await {
+            Err(_) => return Shipped::Stuck(landed),
+            Ok(Err(e)) => return Shipped::Failed(e, landed),
+            Ok(Ok(g)) => g,
         };
         let r = match decode(&got) {
             Ok(r) => r,
-            Err(e) => return Some(e),
+            Err(e) => return Shipped::Failed(e, landed),
         };
         let done = r.a as usize;
+        landed += done as u64;
         match r.status {
-            Status::Ok => return None,
+            Status::Ok => return Shipped::All,
             Status::NotYet => {
                 // Past the messages done.
                 let mut at = 0;
@@ -744,10 +918,10 @@ async fn ship(req: &mut NetRequester, seq: &mut u64, token: u64, batch: Vec<u8>)
                 }
                 rest = rest.get(at..).unwrap_or_default();
                 if rest.is_empty() {
-                    return None;
+                    return Shipped::All;
                 }
             }
-            _ => return Some(status_error(&r, Duration::ZERO)),
+            _ => return Shipped::Failed(status_error(&r, Duration::ZERO), landed),
         }
     }
 }

@@ -34,7 +34,7 @@ pub(crate) const HEAD: usize = 16;
 /// Bytes before each message of a take's reply.
 pub(crate) const RECORD_HEAD: usize = 16;
 /// Bytes of a join's body before the asker's format.
-const JOIN_FIXED: usize = 40;
+const JOIN_FIXED: usize = 48;
 
 /// What a request asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -249,6 +249,9 @@ pub(crate) struct Join<'a> {
     /// Bytes put before each of its messages (a gather writer's sender
     /// header; zeros otherwise, and then unused).
     pub head: [u8; 16],
+    /// The largest network message the asker takes (its replies are cut
+    /// to fit).
+    pub max_message: u64,
     /// The asker's channel format ([`crate::handle::format`]).
     pub format: &'a str,
 }
@@ -265,6 +268,7 @@ impl Join<'_> {
         b.extend_from_slice(&[0; 4]);
         b.extend_from_slice(&self.host.to_le_bytes());
         b.extend_from_slice(&self.head);
+        b.extend_from_slice(&self.max_message.to_le_bytes());
         b.extend_from_slice(self.format.as_bytes());
         b
     }
@@ -290,25 +294,28 @@ pub(crate) fn join(body: &[u8]) -> Result<Join<'_>, &'static str> {
         pid: u32::from_le_bytes([f[8], f[9], f[10], f[11]]),
         host: u64::from_le_bytes([f[16], f[17], f[18], f[19], f[20], f[21], f[22], f[23]]),
         head,
+        max_message: u64_at(f, 40),
         format,
     })
 }
 
-/// The body of a join's reply: the session's token, then where its
+/// The body of a join's reply: the session's token, the largest network
+/// message the session uses (the smaller of both sides'), then where its
 /// replier is (text).
-pub(crate) fn joined(token: u64, address: &str) -> Vec<u8> {
+pub(crate) fn joined(token: u64, max_message: u64, address: &str) -> Vec<u8> {
     let mut b = token.to_le_bytes().to_vec();
+    b.extend_from_slice(&max_message.to_le_bytes());
     b.extend_from_slice(address.as_bytes());
     b
 }
 
-/// A join reply's token and address.
-pub(crate) fn read_joined(body: &[u8]) -> Result<(u64, &str), &'static str> {
-    let (t, a) = body
-        .split_first_chunk::<8>()
+/// A join reply's token, largest message and address.
+pub(crate) fn read_joined(body: &[u8]) -> Result<(u64, u64, &str), &'static str> {
+    let (f, a) = body
+        .split_first_chunk::<16>()
         .ok_or("a join reply without its token")?;
     let a = std::str::from_utf8(a).map_err(|_| "a join reply whose address is not text")?;
-    Ok((u64::from_le_bytes(*t), a))
+    Ok((u64_at(f, 0), u64_at(f, 8), a))
 }
 
 /// How a request went.
@@ -423,13 +430,17 @@ mod tests {
             pid: 42,
             host: 0xfeed,
             head: [3; 16],
+            max_message: 1 << 20,
             format: "ch2.test",
         };
         let b = req(Op::Join, 0, 1, &j.encode());
         let r = request(&b).unwrap();
         assert_eq!(join(r.body).unwrap(), j);
-        let body = joined(77, "quic://[::1]:5?pin=00");
-        assert_eq!(read_joined(&body).unwrap(), (77, "quic://[::1]:5?pin=00"));
+        let body = joined(77, 4096, "quic://[::1]:5?pin=00");
+        assert_eq!(
+            read_joined(&body).unwrap(),
+            (77, 4096, "quic://[::1]:5?pin=00")
+        );
     }
 
     #[test]
