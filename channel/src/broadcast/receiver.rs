@@ -568,8 +568,9 @@ enum Owner {
         /// Its ticket's slot in the Core.
         slot: usize,
     },
-    /// A network buffer, owned (its heap bytes do not move with it).
-    Net(#[allow(dead_code)] shoal_transport::OwnedFrame),
+    /// A network buffer, owned (its heap bytes do not move with it);
+    /// boxed, so a Received stays a few words (every receive moves one).
+    Net(#[allow(dead_code)] Box<shoal_transport::OwnedFrame>),
 }
 
 impl Received {
@@ -587,7 +588,7 @@ impl Received {
             })?;
         let (ptr, len) = (frame.as_ptr(), frame.len());
         Ok(Received {
-            owner: Owner::Net(frame),
+            owner: Owner::Net(Box::new(frame)),
             ptr,
             len,
             seq,
