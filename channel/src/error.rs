@@ -47,9 +47,8 @@ pub enum Error {
         expected: u32,
         /// Readers that joined.
         joined: u32,
-        /// The indices of those that never came, when all readers are on
-        /// the writer's host (remote readers are counted, not named: empty
-        /// then).
+        /// The indices of those that never came (a remote reader is
+        /// known by the hello it says once subscribed).
         missing: Vec<u32>,
         /// How long the writer waited.
         after: Duration,

@@ -170,7 +170,9 @@ impl Handle {
         })?;
         let (req_at, rep_at) = match &self.remote {
             None => (None, None),
-            Some(r) => match r.split_once(REMOTE_JOIN) {
+            // The replies' address is the last (the requests' carries
+            // its readers' door after its own comma).
+            Some(r) => match r.rsplit_once(REMOTE_JOIN) {
                 Some((a, b)) if !a.is_empty() && !b.is_empty() => {
                     (Some(a.to_string()), Some(b.to_string()))
                 }

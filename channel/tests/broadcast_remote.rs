@@ -243,3 +243,42 @@ fn a_remote_receive_can_be_cancelled() {
     let fresh = shoal_channel::CancelToken::new();
     assert_eq!(&*r.recv_cancellable(&fresh).unwrap(), b"after");
 }
+
+/// Readiness names the readers that never came, remote ones too (each
+/// remote reader says who it is once subscribed); the writer lists the
+/// remote readers that came.
+#[cfg(any(feature = "nng", feature = "quic"))]
+fn names_missing_remote_readers(bind: &str) {
+    let o = opts(3).remote(2, bind);
+    let mut b = Broadcast::create(&o).unwrap();
+    let h = b.handle().clone();
+    let _r0 = BroadcastReceiver::attach_with(&h, 0, &o).unwrap();
+    let _r1 = BroadcastReceiver::attach_remote(&h, 1, &o).unwrap();
+    match b.wait_until_ready(Duration::from_millis(800)) {
+        Err(Error::ReadersMissing {
+            expected,
+            joined,
+            missing,
+            ..
+        }) => {
+            assert_eq!((expected, joined), (3, 2));
+            assert_eq!(missing, [2]);
+        }
+        other => panic!("{other:?}"),
+    }
+    let far = b.remote_readers();
+    assert_eq!(far.len(), 1);
+    assert_eq!((far[0].index, far[0].pid), (1, std::process::id()));
+}
+
+#[cfg(feature = "nng")]
+#[test]
+fn nng_readiness_names_missing_remote_readers() {
+    names_missing_remote_readers("nng+tcp://127.0.0.1:0");
+}
+
+#[cfg(feature = "quic")]
+#[test]
+fn quic_readiness_names_missing_remote_readers() {
+    names_missing_remote_readers("quic://127.0.0.1:0");
+}

@@ -37,9 +37,12 @@ use shoal_shm_ring::{
 use shoal_transport::{archive_into, Archivable, Archived};
 use std::time::Duration;
 
+mod hellos;
 mod orphans;
 mod receiver;
 mod remote;
+
+pub use hellos::RemoteReader;
 
 pub use receiver::{BroadcastReceiver, Received};
 
@@ -189,6 +192,8 @@ pub struct Broadcast {
     hint: usize,
     /// The publisher of the remote readers, if any.
     net: Option<NetPublisher>,
+    /// Where remote readers say who they are (beside the publisher).
+    hellos: Option<hellos::Hellos>,
 }
 
 impl std::fmt::Debug for Broadcast {
@@ -229,8 +234,13 @@ impl Broadcast {
         let writer = BroadcastWriter::create(&cfg)?;
         let mut handle = Handle::new(Kind::Broadcast, writer.handle().to_string());
         let mut net = net;
+        let mut hellos = None;
         if let Some(p) = &mut net {
-            handle = handle.with_remote(p.address().to_string());
+            // The publisher's address, then (after a comma) the door.
+            let at = p.address();
+            let h = hellos::Hellos::start(&net::any_port(&at, ".hellos"), &opts.net_options())?;
+            handle = handle.with_remote(format!("{at},{}", h.address()));
+            hellos = Some(h);
         }
         Ok(Broadcast {
             writer,
@@ -239,6 +249,7 @@ impl Broadcast {
             seq: 0,
             hint: MIN_HINT,
             net,
+            hellos,
         })
     }
 
@@ -254,14 +265,14 @@ impl Broadcast {
     pub fn wait_until_ready(&mut self, timeout: Duration) -> Result<()> {
         let end = std::time::Instant::now() + timeout;
         let (local, remote) = (self.opts.local_readers(), self.opts.remote_readers);
-        // The indices no ring reader gave (only meaningful when every
-        // reader is local: remote ones cannot be told apart).
-        let absent = |w: &BroadcastWriter| -> Vec<u32> {
-            if remote > 0 {
-                return Vec::new();
-            }
+        // The indices no reader gave: neither a ring reader's slot nor a
+        // remote reader's hello.
+        let all = self.opts.readers;
+        let absent = |w: &BroadcastWriter, far: &[RemoteReader]| -> Vec<u32> {
             let seen: Vec<Option<u32>> = w.readers().iter().map(|r| r.tag).collect();
-            (0..local).filter(|i| !seen.contains(&Some(*i))).collect()
+            (0..all)
+                .filter(|i| !seen.contains(&Some(*i)) && !far.iter().any(|r| r.index == *i))
+                .collect()
         };
         let missing = |joined, missing| Error::ReadersMissing {
             expected: local + remote,
@@ -273,7 +284,7 @@ impl Broadcast {
             Ok(_) => {}
             Err(RingError::Timeout | RingError::WouldBlock) => {
                 let far = self.remote_now();
-                let names = absent(&self.writer);
+                let names = absent(&self.writer, &self.remote_readers());
                 return Err(missing(self.writer.active_readers() + far, names));
             }
             Err(e) => return Err(e.into()),
@@ -282,15 +293,21 @@ impl Broadcast {
             return Ok(());
         };
         let left = end.saturating_duration_since(std::time::Instant::now());
-        match p.wait_for_subscribers(remote, left) {
-            Ok(n) if n >= remote => Ok(()),
-            Ok(n) => Err(missing(local + n, Vec::new())),
-            Err(Error::Net(shoal_transport::Error::Timeout { .. })) => {
-                let far = self.remote_now();
-                Err(missing(local + far, Vec::new()))
-            }
-            Err(e) => Err(e),
-        }
+        let n = match p.wait_for_subscribers(remote, left) {
+            Ok(n) if n >= remote => return Ok(()),
+            Ok(n) => n,
+            Err(Error::Net(shoal_transport::Error::Timeout { .. })) => self.remote_now(),
+            Err(e) => return Err(e),
+        };
+        let names = absent(&self.writer, &self.remote_readers());
+        Err(missing(local + n, names))
+    }
+
+    /// The readers on other hosts that said who they are (index, pid,
+    /// host), in the order they did (a reader that attached again is
+    /// there twice).
+    pub fn remote_readers(&self) -> Vec<RemoteReader> {
+        self.hellos.as_ref().map(|h| h.heard()).unwrap_or_default()
     }
 
     /// Remote readers connected now.

@@ -304,7 +304,7 @@ impl BroadcastReceiver {
         opts: &BroadcastOptions,
     ) -> Result<BroadcastReceiver> {
         Ok(BroadcastReceiver {
-            src: Src::Remote(super::remote::Remote::connect(handle, opts)?),
+            src: Src::Remote(super::remote::Remote::connect(handle, index, opts)?),
             index,
         })
     }

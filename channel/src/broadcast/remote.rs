@@ -21,7 +21,7 @@ pub(super) struct Remote {
 
 impl Remote {
     /// Connects to the publisher `handle` names.
-    pub(super) fn connect(handle: &Handle, opts: &BroadcastOptions) -> Result<Remote> {
+    pub(super) fn connect(handle: &Handle, index: u32, opts: &BroadcastOptions) -> Result<Remote> {
         // Checks the kind and the build, as a local attach does.
         handle.ring(Kind::Broadcast)?;
         let url = handle.remote().ok_or_else(|| {
@@ -30,7 +30,13 @@ impl Remote {
                     .into(),
             )
         })?;
-        let feed = NetFeed::connect(&net::address(url)?, &opts.net_options())?;
+        // The publisher's address, then where to say hello (if there).
+        let (at, door) = match url.split_once(',') {
+            Some((p, d)) => (p, Some(net::address(d)?)),
+            None => (url, None),
+        };
+        let hello = door.map(|d| (d, super::hellos::hello(index)));
+        let feed = NetFeed::connect(&net::address(at)?, &opts.net_options(), hello)?;
         Ok(Remote {
             feed,
             recv_timeout: opts.recv_timeout,

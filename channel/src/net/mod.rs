@@ -12,6 +12,7 @@
 //! flow control holds the writer back, as a full ring would.
 
 pub(crate) mod ask;
+pub(crate) mod serve;
 
 use crate::error::{Error, Result};
 use shoal_transport::{Address, Backend, Options, OwnedFrame};
@@ -43,6 +44,32 @@ pub(crate) fn address(url: &str) -> Result<Address> {
     }
     a.check_available().map_err(Error::Net)?;
     Ok(a)
+}
+
+/// `addr` on any port of its host (QUIC: no pin; an ipc path: with
+/// `suffix`): where a second endpoint binds beside a first one.
+pub(crate) fn any_port(addr: &Address, suffix: &str) -> Address {
+    match addr {
+        Address::NngTcp { host, native, .. } => Address::NngTcp {
+            host: host.clone(),
+            port: 0,
+            native: *native,
+        },
+        Address::Quic { host, .. } => Address::Quic {
+            host: host.clone(),
+            port: 0,
+            pin: None,
+        },
+        Address::NngIpc { path, native } => {
+            let mut p = path.clone().into_os_string();
+            p.push(suffix);
+            Address::NngIpc {
+                path: p.into(),
+                native: *native,
+            }
+        }
+        other => other.clone(),
+    }
 }
 
 /// The error for an address whose backend this build lacks.
@@ -159,18 +186,24 @@ impl NetFeed {
         not(any(feature = "nng", feature = "quic")),
         allow(unused_variables, unreachable_code)
     )]
-    pub(crate) fn connect(addr: &Address, opts: &Options) -> Result<NetFeed> {
+    /// Once subscribed, it says `hello` (bytes, at an address) if given:
+    /// how a remote reader tells the writer who it is.
+    pub(crate) fn connect(
+        addr: &Address,
+        opts: &Options,
+        hello: Option<(Address, Vec<u8>)>,
+    ) -> Result<NetFeed> {
         let (tx, rx) = tokio::sync::mpsc::channel(FEED_DEPTH);
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Item>(1);
         let (addr2, opts2) = (addr.clone(), opts.clone());
         let run: Box<dyn FnOnce() + Send> = match addr.backend() {
             #[cfg(feature = "nng")]
             Backend::Nng => {
-                Box::new(move || feed::<shoal_transport::Nng>(addr2, opts2, tx, ready_tx))
+                Box::new(move || feed::<shoal_transport::Nng>(addr2, opts2, hello, tx, ready_tx))
             }
             #[cfg(feature = "quic")]
             Backend::Quic => {
-                Box::new(move || feed::<shoal_transport::Quic>(addr2, opts2, tx, ready_tx))
+                Box::new(move || feed::<shoal_transport::Quic>(addr2, opts2, hello, tx, ready_tx))
             }
             _ => {
                 return Err(Error::Net(shoal_transport::Error::BackendMissing {
@@ -323,6 +356,7 @@ fn gone<T>() -> Result<T> {
 fn feed<W: Wire>(
     addr: Address,
     opts: Options,
+    hello: Option<(Address, Vec<u8>)>,
     tx: tokio::sync::mpsc::Sender<Vec<Item>>,
     ready: std::sync::mpsc::SyncSender<Item>,
 ) {
@@ -342,6 +376,20 @@ fn feed<W: Wire>(
     rt.block_on(async move {
         let mut sub = match W::connect_subscriber(&addr, &opts).await {
             Ok(s) => {
+                if let Some((door, bytes)) = hello {
+                    // Best effort: a reader whose hello is lost reads all
+                    // the same, counted but not named.
+                    let said = async {
+                        let mut r = ask::NetRequester::connect(&door, &opts).await?;
+                        r.request(&bytes).await.map(drop)
+                    };
+                    if let Err(e) = tokio::time::timeout(opts.connect_timeout, said)
+                        .await
+                        .unwrap_or(Err(Error::Net(shoal_transport::Error::Closed)))
+                    {
+                        tracing::debug!(error = %e, "remote reader: its hello did not reach the writer");
+                    }
+                }
                 // The reader only looks at whether this is an error.
                 let _ = ready.send(Ok(Frame::owned(
                     shoal_transport::AlignedBuf::with_capacity(0),

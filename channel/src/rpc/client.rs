@@ -138,30 +138,9 @@ impl RpcOptions {
 /// suffix of its own. A URL that does not parse is left for the bind to
 /// refuse.
 fn any_port(url: &str) -> String {
-    use shoal_transport::Address;
-    match url.parse::<Address>() {
-        Ok(Address::NngTcp { host, native, .. }) => Address::NngTcp {
-            host,
-            port: 0,
-            native,
-        }
-        .to_string(),
-        Ok(Address::Quic { host, .. }) => Address::Quic {
-            host,
-            port: 0,
-            pin: None,
-        }
-        .to_string(),
-        Ok(Address::NngIpc { path, native }) => {
-            let mut p = path.into_os_string();
-            p.push(".replies");
-            Address::NngIpc {
-                path: p.into(),
-                native,
-            }
-            .to_string()
-        }
-        _ => url.to_string(),
+    match url.parse::<shoal_transport::Address>() {
+        Ok(a) => crate::net::any_port(&a, ".replies").to_string(),
+        Err(_) => url.to_string(),
     }
 }
 

@@ -30,6 +30,7 @@ use super::{Consumer, Producer, QueueOptions};
 use crate::error::{Error, Result};
 use crate::handle::{Handle, Kind};
 use crate::net::ask::NetReplier;
+use crate::net::serve::{runtime, serve, Heard};
 use shoal_transport::{Address, Options, Reply};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -38,9 +39,6 @@ use std::time::Duration;
 /// The longest a peer's request waits on the ring before it is answered
 /// "not yet".
 pub(crate) const WAIT_CAP: Duration = Duration::from_millis(200);
-/// How often the bridge's threads look whether it stops.
-#[cfg(any(feature = "nng", feature = "quic"))]
-const SLICE: Duration = Duration::from_millis(100);
 /// How long the door waits for a peer's thread to bind its replier.
 const BIND_WAIT: Duration = Duration::from_secs(5);
 /// Most peers the roster remembers (those gone are forgotten first).
@@ -152,93 +150,6 @@ impl Drop for Bridge {
         if let Some(d) = self.door.take() {
             let _ = d.join();
         }
-    }
-}
-
-/// A current-thread runtime for one of the bridge's threads.
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| Error::Io {
-            what: "starting a bridge thread's runtime",
-            source,
-        })
-}
-
-/// What a request was, to the loop serving it.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Heard {
-    /// From the peer served (with its token): it lives.
-    Peer,
-    /// From someone else, or not well formed: changes nothing.
-    Stranger,
-    /// The peer's goodbye: serving ends.
-    Bye,
-}
-
-/// Serves `replier` with `answer` until `stop`, or until `idle` says to
-/// (given how long the peer was not heard from); then drops the replier
-/// inside its runtime, so its closing goes out.
-fn serve(
-    rt: &tokio::runtime::Runtime,
-    replier: NetReplier,
-    stop: &AtomicBool,
-    mut answer: impl FnMut(&[u8], &mut Reply<'_>) -> Heard + Send,
-    mut idle: impl FnMut(Duration) -> bool,
-) {
-    #[cfg(any(feature = "nng", feature = "quic"))]
-    {
-        let mut replier = replier;
-        let mut heard = std::time::Instant::now();
-        while !stop.load(Ordering::Acquire) {
-            let mut what = Heard::Stranger;
-            let served = rt.block_on(async {
-                tokio::time::timeout(SLICE, replier.serve_one(|req, out| what = answer(req, out)))
-                    .await
-            });
-            match served {
-                Ok(Ok(())) if what == Heard::Bye => break,
-                Ok(Ok(())) if what == Heard::Peer => heard = std::time::Instant::now(),
-                Ok(Err(Error::Net(shoal_transport::Error::Closed))) => break,
-                // A stranger's request, or one the wire dropped (and
-                // logged), or a reply that could not go: the next request
-                // is served, and the peer's silence still counts.
-                Ok(r) => {
-                    if let Err(e) = r {
-                        tracing::debug!(error = %e, "bridge: a request failed");
-                    }
-                    if idle(heard.elapsed()) {
-                        break;
-                    }
-                }
-                Err(_) => {
-                    if idle(heard.elapsed()) {
-                        break;
-                    }
-                }
-            }
-        }
-        // Dropped inside its runtime, the replier closes in the
-        // background once its last replies went (up to a second): the
-        // runtime runs until then, or a peer's last answer (its goodbye's)
-        // would die with it.
-        let _in_rt = rt.enter();
-        drop(replier);
-        drop(_in_rt);
-        rt.block_on(async {
-            let tasks = tokio::runtime::Handle::current().metrics();
-            let end = std::time::Instant::now() + Duration::from_millis(1500);
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            while tasks.num_alive_tasks() > 0 && std::time::Instant::now() < end {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        });
-    }
-    #[cfg(not(any(feature = "nng", feature = "quic")))]
-    {
-        let _ = (rt, stop, &mut answer, &mut idle);
-        match replier {}
     }
 }
 
@@ -413,27 +324,7 @@ fn lock(r: &Roster) -> std::sync::MutexGuard<'_, Vec<PeerInfo>> {
 /// Where the `n`th peer's replier binds: the door's host, any port (an
 /// ipc path: the door's, numbered).
 fn peer_address(door: &Address, n: u32) -> Address {
-    match door {
-        Address::NngTcp { host, native, .. } => Address::NngTcp {
-            host: host.clone(),
-            port: 0,
-            native: *native,
-        },
-        Address::Quic { host, .. } => Address::Quic {
-            host: host.clone(),
-            port: 0,
-            pin: None,
-        },
-        Address::NngIpc { path, native } => {
-            let mut p = path.clone().into_os_string();
-            p.push(format!(".{}.{n}", std::process::id()));
-            Address::NngIpc {
-                path: p.into(),
-                native: *native,
-            }
-        }
-        other => other.clone(),
-    }
+    crate::net::any_port(door, &format!(".{}.{n}", std::process::id()))
 }
 
 /// A peer's endpoint on the ring.
