@@ -295,63 +295,42 @@ fn remote_attach_needs_a_bridge() {
     assert!(matches!(e, Error::BadHandle(_)), "{e}");
 }
 
-#[cfg(feature = "nng")]
-mod nng {
-    const AT: &str = "nng+tcp://127.0.0.1:0";
-    #[test]
-    fn mixed_peers() {
-        super::mixed(AT);
-    }
-    #[test]
-    fn lost_producer() {
-        super::lost(AT);
-    }
-    #[test]
-    fn forms() {
-        super::forms(AT);
-    }
-    #[test]
-    fn gather() {
-        super::gather(AT);
-    }
-    #[test]
-    fn in_async_and_large() {
-        super::in_async_and_large(AT);
-    }
-    #[test]
-    fn mismatched_limits() {
-        super::mismatched_limits(AT);
-    }
+/// The cases above, over one wire.
+macro_rules! over {
+    ($wire:ident, $feature:literal, $at:literal) => {
+        #[cfg(feature = $feature)]
+        mod $wire {
+            const AT: &str = $at;
+            #[test]
+            fn mixed_peers() {
+                super::mixed(AT);
+            }
+            #[test]
+            fn lost_producer() {
+                super::lost(AT);
+            }
+            #[test]
+            fn forms() {
+                super::forms(AT);
+            }
+            #[test]
+            fn gather() {
+                super::gather(AT);
+            }
+            #[test]
+            fn in_async_and_large() {
+                super::in_async_and_large(AT);
+            }
+            #[test]
+            fn mismatched_limits() {
+                super::mismatched_limits(AT);
+            }
+        }
+    };
 }
 
-#[cfg(feature = "quic")]
-mod quic {
-    const AT: &str = "quic://127.0.0.1:0";
-    #[test]
-    fn mixed_peers() {
-        super::mixed(AT);
-    }
-    #[test]
-    fn lost_producer() {
-        super::lost(AT);
-    }
-    #[test]
-    fn forms() {
-        super::forms(AT);
-    }
-    #[test]
-    fn gather() {
-        super::gather(AT);
-    }
-    #[test]
-    fn in_async_and_large() {
-        super::in_async_and_large(AT);
-    }
-    #[test]
-    fn mismatched_limits() {
-        super::mismatched_limits(AT);
-    }
-}
+over!(nng, "nng", "nng+tcp://127.0.0.1:0");
+over!(quic, "quic", "quic://127.0.0.1:0");
 
 /// A hostile peer at the bridge (nng): garbage, a join from another
 /// build or for another kind, and requests on a session without its

@@ -311,16 +311,10 @@ impl Producer {
                 };
                 r.map_err(|e| put_error(e, timeout))
             }
-            Flavor::Remote(r) => match r.end.put(parts, timeout)? {
-                true => {
-                    r.owed = r.owed.saturating_sub(1);
-                    Ok(())
-                }
-                false => Err(Error::Timeout {
-                    what: "room in a remote producer's buffer",
-                    after: timeout.unwrap_or_default(),
-                }),
-            },
+            Flavor::Remote(r) => {
+                let handed = r.end.put(parts, timeout)?;
+                r.handed(handed, timeout)
+            }
         }
     }
 
@@ -371,10 +365,7 @@ impl Producer {
             },
             Flavor::Remote(r) => match r.end.put(&[msg], Some(Duration::ZERO)) {
                 Ok(false) => return Err(TryPutError::Full(msg)),
-                Ok(true) => {
-                    r.owed = r.owed.saturating_sub(1);
-                    Ok(())
-                }
+                Ok(true) => r.handed(true, None),
                 Err(e) => Err(e),
             },
         };
@@ -389,16 +380,10 @@ impl Producer {
         let timeout = self.put_timeout;
         match &mut self.flavor {
             Flavor::Local(l) => l.put_async(msg, timeout).await,
-            Flavor::Remote(r) => match r.end.put_async(&[msg], timeout).await? {
-                true => {
-                    r.owed = r.owed.saturating_sub(1);
-                    Ok(())
-                }
-                false => Err(Error::Timeout {
-                    what: "room in a remote producer's buffer",
-                    after: timeout.unwrap_or_default(),
-                }),
-            },
+            Flavor::Remote(r) => {
+                let handed = r.end.put_async(&[msg], timeout).await?;
+                r.handed(handed, timeout)
+            }
         }
     }
 
@@ -473,6 +458,21 @@ impl Producer {
         if let Flavor::Local(l) = &mut self.flavor {
             l.hint = l.fit_hint(n);
         }
+        Ok(())
+    }
+}
+
+impl Remote {
+    /// A put's outcome, given whether the message was handed to the pump
+    /// within `timeout`: counted against the claims when it was.
+    fn handed(&mut self, handed: bool, timeout: Option<Duration>) -> Result<()> {
+        if !handed {
+            return Err(Error::Timeout {
+                what: "room in a remote producer's buffer",
+                after: timeout.unwrap_or_default(),
+            });
+        }
+        self.owed = self.owed.saturating_sub(1);
         Ok(())
     }
 }
