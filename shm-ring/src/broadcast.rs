@@ -869,6 +869,119 @@ impl BroadcastReader {
         }
     }
 
+    /// The data record at the cursor, read without taking it: the cursor
+    /// stays on it (so the writer does not reuse it, and the next look
+    /// finds it again) until [`advance_peeked`](Self::advance_peeked)
+    /// gives it back or [`hold_peeked`](Self::hold_peeked) holds it.
+    /// `None` when the next record is not a plain data record ready now
+    /// (nothing yet, an overflow record, a pad, a reader not active yet):
+    /// [`try_recv_held`](Self::try_recv_held) (or a receive) takes those.
+    ///
+    /// For a caller that usually gives a record back before it reads the
+    /// next: a peeked record costs what a [`recv`](Self::recv) does, a held
+    /// one a little more.
+    ///
+    /// ```
+    /// use shoal_shm_ring::{BroadcastConfig, BroadcastReader, BroadcastWriter, Wait};
+    /// let mut w = BroadcastWriter::create(&BroadcastConfig::new(1 << 16, 1))?;
+    /// let mut r = BroadcastReader::attach(&w.handle())?;
+    /// w.wait_for_readers(1, Wait::no_wait())?;
+    /// for m in [&b"a"[..], b"b", b"c"] {
+    ///     w.send(m)?;
+    /// }
+    /// // A reader not yet active (before its first receive) peeks nothing.
+    /// assert_eq!(&*r.recv()?, b"a");
+    /// let p = r.try_peek().expect("a record");
+    /// assert_eq!(r.peeked_bytes(&p), Some(&b"b"[..]));
+    /// assert!(r.advance_peeked(&p));
+    /// let p = r.try_peek().expect("the next");
+    /// let held = r.hold_peeked(&p)?;
+    /// assert_eq!(r.held_bytes(&held), Some(&b"c"[..]));
+    /// r.release_held(held).expect("ours");
+    /// # Ok::<(), shoal_shm_ring::Error>(())
+    /// ```
+    #[inline]
+    pub fn try_peek(&mut self) -> Option<Peeked> {
+        let g = self.core.poll_data()?;
+        let p = self.data_parts(g);
+        Some(Peeked {
+            start: g.pos,
+            next: g.next,
+            owner: self.id(),
+            ptr: p.ptr,
+            len: p.len,
+        })
+    }
+
+    /// The bytes of the record `p` peeked, while the cursor is still on
+    /// it (`None`: another reader's, or given back or held since).
+    #[inline]
+    pub fn peeked_bytes<'a>(&'a self, p: &'a Peeked) -> Option<&'a [u8]> {
+        if !self.owns_peek(p) {
+            return None;
+        }
+        // SAFETY: the cursor is on the record (checked), so the position
+        // this reader publishes stays at or below its start and the
+        // writer does not reuse its bytes; the mapping is this reader's,
+        // living as long as `self`, borrowed for `'a`. What breaks this: a
+        // malicious or buggy same-uid process writing the segment (see
+        // `ReadGuard`).
+        Some(unsafe { std::slice::from_raw_parts(p.ptr, p.len) })
+    }
+
+    /// Whether `p` is this reader's peek and the cursor is still on it.
+    #[inline(always)]
+    fn owns_peek(&self, p: &Peeked) -> bool {
+        p.owner == self.id() && self.core.cursor() == p.start
+    }
+
+    /// Gives the peeked record back, as the drop of a [`ReadGuard`] does:
+    /// the cursor moves past it. False (nothing changes) if the cursor is
+    /// no longer on it, or it is another reader's.
+    #[inline]
+    pub fn advance_peeked(&mut self, p: &Peeked) -> bool {
+        if !self.owns_peek(p) {
+            return false;
+        }
+        self.core.release(p.next, false);
+        true
+    }
+
+    /// Holds the peeked record (see [`recv_held_with`]): the cursor moves
+    /// past it, the writer does not reuse it until it is released.
+    /// `TooLarge` past [`MAX_HELD`] records held at once; `Evicted`-free:
+    /// [`Error::InvalidConfig`] if the cursor is no longer on it.
+    ///
+    /// [`recv_held_with`]: Self::recv_held_with
+    #[inline]
+    pub fn hold_peeked(&mut self, p: &Peeked) -> Result<Held> {
+        if !self.owns_peek(p) {
+            return Err(Error::InvalidConfig("a peeked record the cursor has left"));
+        }
+        let g = Got {
+            pos: p.start,
+            len: p.len as u64,
+            next: p.next,
+            state: rec::DATA,
+        };
+        self.core.hold(&g, None)?;
+        Ok(Held {
+            start: p.start,
+            owner: self.id(),
+            ptr: p.ptr,
+            len: p.len,
+        })
+    }
+
+    /// Waits (as `wait` allows) until a record is at the cursor, without
+    /// taking it: the next [`try_peek`](Self::try_peek) or
+    /// [`try_recv_held`](Self::try_recv_held) finds it (or what ended the
+    /// wait: `Closed`, `WriterGone`, ...).
+    pub fn wait_for_record(&mut self, wait: Wait<'_>) -> Result<()> {
+        let deadline = wait.start();
+        self.core.recv_wait(&deadline)
+    }
+
     /// This reader's identity in the `Held` values it hands out (random,
     /// drawn when it attached).
     #[inline(always)]
@@ -876,6 +989,48 @@ impl BroadcastReader {
         self.id
     }
 }
+
+/// A data record a [`BroadcastReader`] peeked at (see
+/// [`BroadcastReader::try_peek`]): a ticket, not a borrow; it stays
+/// protected while the reader's cursor is on it, and is given back or
+/// held through the reader.
+#[derive(Debug)]
+pub struct Peeked {
+    start: u64,
+    next: u64,
+    owner: u64,
+    ptr: *const u8,
+    len: usize,
+}
+
+impl Peeked {
+    /// Its position in the ring.
+    pub fn position(&self) -> u64 {
+        self.start
+    }
+
+    /// Where its bytes are, for a caller that reads them while the cursor
+    /// is on the record (see [`BroadcastReader::peeked_bytes`]).
+    pub fn as_ptr(&self) -> *const u8 {
+        self.ptr
+    }
+
+    /// Its length.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+// SAFETY: a Peeked is a ticket (positions and a pointer it never
+// dereferences itself): its bytes are read only through its reader.
+unsafe impl Send for Peeked {}
+// SAFETY: as above.
+unsafe impl Sync for Peeked {}
 
 /// A record a [`BroadcastReader`] received and holds (see
 /// [`BroadcastReader::recv_held_with`]): a ticket, not a borrow; its bytes

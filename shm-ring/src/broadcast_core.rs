@@ -947,6 +947,12 @@ impl<M: RingMem<Control = BroadcastControl>> ReaderCore<M> {
         Ok(())
     }
 
+    /// Where this reader reads next (the record a `poll_data` returns).
+    #[inline(always)]
+    pub(crate) fn cursor(&self) -> u64 {
+        self.st.cursor
+    }
+
     /// Whether the record at `start` is held (and not yet released), by a
     /// reader that still owns its slot.
     pub(crate) fn is_held(&self, start: u64) -> bool {
@@ -1076,8 +1082,11 @@ impl Holds {
         // The common case: the oldest goes back first.
         if self.len > 0 && self.ring[self.head].start == start {
             let pin = self.ring[self.head].pin;
-            self.head = self.at(1);
             self.len -= 1;
+            // Empty: the next hold goes to the first entry again, so a
+            // reader that holds one record at a time touches one line of
+            // this ring, not each of its lines in turn.
+            self.head = if self.len == 0 { 0 } else { self.at(1) };
             return Some(pin);
         }
         let k = self.find(start)?;

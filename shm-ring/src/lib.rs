@@ -91,8 +91,8 @@ pub use wait::{CancelToken, Wait, WaitStrategy};
 
 #[cfg(not(loom))]
 pub use broadcast::{
-    BroadcastConfig, BroadcastReader, BroadcastWriter, Held, ReadGuard, ReaderOptions, ReaderSeen,
-    Reservation,
+    BroadcastConfig, BroadcastReader, BroadcastWriter, Held, Peeked, ReadGuard, ReaderOptions,
+    ReaderSeen, Reservation,
 };
 #[cfg(not(loom))]
 pub use broadcast_core::MAX_HELD;

@@ -15,8 +15,8 @@ use crate::handle::{Handle, Kind};
 use rkyv::api::high::HighValidator;
 use rkyv::bytecheck::CheckBytes;
 use shoal_shm_ring::{
-    BroadcastReader as RingReader, CancelToken, Error as RingError, Held, ReaderOptions, Wait,
-    MAX_HELD,
+    BroadcastReader as RingReader, CancelToken, Error as RingError, Held, Peeked, ReaderOptions,
+    Wait, MAX_HELD,
 };
 use std::cell::UnsafeCell;
 use std::mem::ManuallyDrop;
@@ -30,9 +30,26 @@ use std::time::Duration;
 struct Inner {
     /// Touched only by the one [`Core`] that owns this Inner.
     reader: UnsafeCell<RingReader>,
-    /// Per ticket slot: the [`Received`] there was dropped (its last
-    /// access to this Inner).
-    released: [AtomicBool; MAX_HELD],
+    /// Per ticket slot, and last for the current record ([`CUR`]): the
+    /// [`Received`] there was dropped (its last access to this Inner).
+    released: [AtomicBool; MAX_HELD + 1],
+}
+
+/// The flag slot of the current record (see [`Cur`]).
+const CUR: usize = MAX_HELD;
+
+/// The current record: the last one handed out while none was out,
+/// peeked (the ring's cursor stays on it) rather than held, so the usual
+/// receive, drop, receive costs what a plain ring read does. The next
+/// look gives it back if its message was dropped, else holds it.
+enum Cur {
+    /// None.
+    Free,
+    /// Peeked: its message is out, under the [`CUR`] flag.
+    Peeked(Peeked),
+    /// Held since (its message was still out at the next look): the
+    /// position to release once the [`CUR`] flag says it dropped.
+    Held(u64),
 }
 
 /// The owning side: the reader's Inner and the tickets of the messages
@@ -44,6 +61,8 @@ pub(super) struct Core {
     tickets: [u64; MAX_HELD],
     /// Bit k: slot k's ticket is out.
     out: u64,
+    /// The current record, if any.
+    cur: Cur,
 }
 
 // SAFETY: a Core is the one owner of its Inner's reader (Inner is only
@@ -66,6 +85,7 @@ impl Core {
             inner: NonNull::from(Box::leak(inner)),
             tickets: [0; MAX_HELD],
             out: 0,
+            cur: Cur::Free,
         }
     }
 
@@ -85,9 +105,13 @@ impl Core {
         unsafe { &mut *self.inner().reader.get() }
     }
 
-    /// Gives back to the ring every record whose [`Received`] dropped.
+    /// Gives back to the ring every record whose [`Received`] dropped,
+    /// and moves the cursor past a peeked one (given back, or held).
     #[inline]
     pub(super) fn collect(&mut self) {
+        if !matches!(self.cur, Cur::Free) {
+            self.collect_cur();
+        }
         let mut out = self.out;
         while out != 0 {
             let k = out.trailing_zeros() as usize;
@@ -105,10 +129,106 @@ impl Core {
         }
     }
 
+    /// The current record: given back if its message dropped, else held
+    /// (a peeked one: the cursor must leave it before the next look).
+    #[inline(always)]
+    fn collect_cur(&mut self) {
+        // SYNC R(drop): as in `collect`.
+        let dropped = self.inner().released[CUR].load(Ordering::Acquire);
+        if dropped {
+            self.inner().released[CUR].store(false, Ordering::Relaxed);
+        }
+        // SAFETY: as in `reader`.
+        let r = unsafe { &mut *self.inner().reader.get() };
+        self.cur = match std::mem::replace(&mut self.cur, Cur::Free) {
+            Cur::Free => Cur::Free,
+            Cur::Peeked(p) if dropped => {
+                r.advance_peeked(&p);
+                Cur::Free
+            }
+            // Never full here: a record is peeked only with room for one
+            // more hold (see `next`). Were it refused, it stays peeked, and
+            // `next` says so instead of reading it again.
+            Cur::Peeked(p) => match r.hold_peeked(&p) {
+                Ok(h) => Cur::Held(h.position()),
+                Err(_) => Cur::Peeked(p),
+            },
+            Cur::Held(pos) if dropped => {
+                r.release_position(pos);
+                Cur::Free
+            }
+            held @ Cur::Held(_) => held,
+        };
+    }
+
     /// Whether a message it handed out is still held (as of the last
     /// collect).
     fn held(&self) -> bool {
-        self.out != 0
+        self.out != 0 || !matches!(self.cur, Cur::Free)
+    }
+
+    /// The next message if one is there now: a plain record peeked when
+    /// no current one is out (and a hold is free for it, should its
+    /// message still be out at the next look), anything else held.
+    #[inline(always)]
+    fn next(&mut self) -> Result<Option<Received>> {
+        self.collect();
+        match self.cur {
+            Cur::Free if self.out != u64::MAX => {
+                // SAFETY: as in `reader`.
+                let r = unsafe { &mut *self.inner().reader.get() };
+                if let Some(p) = r.try_peek() {
+                    return self.hand_out_peeked(p).map(Some);
+                }
+            }
+            Cur::Peeked(_) => {
+                return Err(RingError::TooLarge {
+                    what: "records held at once by one reader",
+                    got: MAX_HELD as u64 + 1,
+                    limit: MAX_HELD as u64,
+                }
+                .into())
+            }
+            _ => {}
+        }
+        // SAFETY: as in `reader`.
+        let r = unsafe { &mut *self.inner().reader.get() };
+        match r.try_recv_held() {
+            Ok(Some(h)) => self.hand_out(h).map(Some),
+            Ok(None) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Hands out the record `p`, peeked just now, as the current one.
+    #[inline(always)]
+    fn hand_out_peeked(&mut self, p: Peeked) -> Result<Received> {
+        let (ptr, len) = (p.as_ptr(), p.len());
+        if len < HEAD {
+            // SAFETY: as in `reader`.
+            let r = unsafe { &mut *self.inner().reader.get() };
+            r.advance_peeked(&p);
+            return Err(Error::Malformed {
+                what: "a broadcast message shorter than its header",
+                len,
+            });
+        }
+        // SAFETY: the cursor is on the record just peeked (the writer does
+        // not reuse it); its bytes are `len >= HEAD` long.
+        let b = unsafe { std::slice::from_raw_parts(ptr, 8) };
+        let seq = b.try_into().map(u64::from_le_bytes).unwrap_or_default();
+        self.cur = Cur::Peeked(p);
+        Ok(Received {
+            owner: Owner::Ring {
+                inner: self.inner,
+                slot: CUR,
+            },
+            // SAFETY: `len >= HEAD` (checked above): the message after the
+            // header is inside the record.
+            ptr: unsafe { ptr.add(HEAD) },
+            len: len - HEAD,
+            seq,
+        })
     }
 
     /// Frees the Inner (the reader detaches), given no message is out:
@@ -118,7 +238,7 @@ impl Core {
     #[must_use = "a Core handed back still owns its reader"]
     pub(super) fn try_free(mut self) -> Option<Core> {
         self.collect();
-        if self.out != 0 {
+        if self.held() {
             return Some(self);
         }
         // SAFETY: the pointer came from `Box::leak` in `new`; nothing else
@@ -432,11 +552,7 @@ impl Local {
     /// One look: the next message if one is there now.
     #[inline]
     fn look(&mut self) -> Result<Option<Received>> {
-        match self.core.reader().try_recv_held() {
-            Ok(Some(h)) => self.core.hand_out(h).map(Some),
-            Ok(None) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        self.core.next()
     }
 
     /// After a wait found nothing: `Err(WriterGone)` if the writer died
@@ -458,10 +574,9 @@ impl Local {
     #[inline]
     fn recv(&mut self) -> Result<Received> {
         // The common case inline: a message is there.
-        match self.core.reader().try_recv_held() {
-            Ok(Some(h)) => self.core.hand_out(h),
-            Ok(None) => self.recv_slow(None),
-            Err(e) => Err(e.into()),
+        match self.core.next()? {
+            Some(m) => Ok(m),
+            None => self.recv_slow(None),
         }
     }
 
@@ -484,8 +599,16 @@ impl Local {
             if let Some(c) = cancel {
                 wait = wait.with_cancel(c);
             }
-            match self.core.reader().recv_held_with(wait) {
-                Ok(h) => return self.core.hand_out(h),
+            // A record comes (or what ends the wait), then one look takes
+            // it (the look may find a pad, or nothing yet: then wait again).
+            let waited = self.core.reader().wait_for_record(wait);
+            if waited.is_ok() {
+                if let Some(m) = self.core.next()? {
+                    return Ok(m);
+                }
+            }
+            match waited {
+                Ok(()) => {}
                 Err(RingError::Timeout | RingError::WouldBlock) => {
                     // The writer's death is judged here too: a slice may
                     // end before the ring's own liveness check.
