@@ -929,10 +929,11 @@ impl BroadcastReader {
         Some(unsafe { std::slice::from_raw_parts(p.ptr, p.len) })
     }
 
-    /// Whether `p` is this reader's peek and the cursor is still on it.
+    /// Whether `p` is this reader's peek and the cursor is still on it
+    /// (of a reader still owning its slot).
     #[inline(always)]
     fn owns_peek(&self, p: &Peeked) -> bool {
-        p.owner == self.id() && self.core.cursor() == p.start
+        p.owner == self.id() && self.core.cursor() == p.start && !self.core.is_evicted()
     }
 
     /// Gives the peeked record back, as the drop of a [`ReadGuard`] does:

@@ -953,6 +953,12 @@ impl<M: RingMem<Control = BroadcastControl>> ReaderCore<M> {
         self.st.cursor
     }
 
+    /// Whether the writer evicted this reader.
+    #[inline(always)]
+    pub(crate) fn is_evicted(&self) -> bool {
+        self.st.evicted
+    }
+
     /// Whether the record at `start` is held (and not yet released), by a
     /// reader that still owns its slot.
     pub(crate) fn is_held(&self, start: u64) -> bool {

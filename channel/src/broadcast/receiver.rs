@@ -70,9 +70,9 @@ pub(super) struct Core {
 // Received); moving it to another thread moves that ownership whole. A
 // RingReader holds its mapping and plain state, with no thread affinity.
 unsafe impl Send for Core {}
-// SAFETY: through `&Core` only plain fields are read (the `out` mask, for
-// Debug) and the Inner's atomics; everything that touches the reader
-// takes `&mut Core`.
+// SAFETY: through `&Core` only plain fields are read (the `out` mask and
+// the current record's state, for Debug) and the Inner's atomics;
+// everything that touches the reader takes `&mut Core`.
 unsafe impl Sync for Core {}
 
 impl Core {
@@ -143,6 +143,8 @@ impl Core {
         self.cur = match std::mem::replace(&mut self.cur, Cur::Free) {
             Cur::Free => Cur::Free,
             Cur::Peeked(p) if dropped => {
+                // False only for an evicted reader (whose reads fail
+                // from now on): nothing to give back then.
                 r.advance_peeked(&p);
                 Cur::Free
             }
@@ -360,7 +362,10 @@ impl std::fmt::Debug for BroadcastReceiver {
         let mut d = f.debug_struct("BroadcastReceiver");
         d.field("index", &self.index);
         match &self.src {
-            Src::Local(l) => d.field("held", &l.core.out.count_ones()),
+            Src::Local(l) => d.field(
+                "held",
+                &(l.core.out.count_ones() + u32::from(!matches!(l.core.cur, Cur::Free))),
+            ),
             Src::Remote(_) => d.field("remote", &true),
         };
         d.finish_non_exhaustive()
@@ -683,7 +688,9 @@ pub struct Received {
 
 /// What keeps a [`Received`]'s bytes.
 enum Owner {
-    /// A ring record, held.
+    /// A ring record, held, or peeked (the reader's cursor stays on it):
+    /// either way the writer does not reuse it until the owner saw this
+    /// value's flag.
     Ring {
         /// The Inner of the Core that handed it out (alive until this
         /// value's drop stores its flag: see [`Core::try_free`]).
@@ -720,8 +727,10 @@ impl Received {
 }
 
 // SAFETY: a Received's bytes are immutable while it lives: a ring
-// record's because it is held (the writer does not reuse it until the
-// owner sees this value's flag) and its Inner (the mapping's owner) lives
+// record's because it is held or peeked (the writer does not reuse it
+// until the owner sees this value's flag: a hold keeps the position the
+// reader publishes at or below it, and so does the cursor staying on a
+// peeked record) and its Inner (the mapping's owner) lives
 // until then; a network frame's because this value owns it (an
 // OwnedFrame is Send). Dropping touches nothing else but a ring slot's
 // flag, an atomic, so any thread may read or drop it.
@@ -758,9 +767,10 @@ impl Received {
 impl std::ops::Deref for Received {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        // SAFETY: `ptr..ptr+len` are the message's bytes: in a held ring
-        // record, in the mapping of the reader in `inner`, which is not
-        // freed (nor the record given back, nor an overflow record's
+        // SAFETY: `ptr..ptr+len` are the message's bytes: in a held or
+        // peeked ring record, in the mapping of the reader in `inner`,
+        // which is not freed (nor the record given back or moved past, nor
+        // an overflow record's
         // pinned mapping dropped) before this value's drop stores its
         // flag; or in the heap buffer of the frame this value owns (moving
         // the frame does not move them). What breaks this: a malicious
