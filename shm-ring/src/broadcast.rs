@@ -950,8 +950,9 @@ impl BroadcastReader {
 
     /// Holds the peeked record (see [`recv_held_with`]): the cursor moves
     /// past it, the writer does not reuse it until it is released.
-    /// `TooLarge` past [`MAX_HELD`] records held at once; `Evicted`-free:
-    /// [`Error::InvalidConfig`] if the cursor is no longer on it.
+    /// `TooLarge` past [`MAX_HELD`](crate::MAX_HELD) records held at once;
+    /// [`Error::InvalidConfig`] if the cursor is no longer on it (or the
+    /// reader was evicted).
     ///
     /// [`recv_held_with`]: Self::recv_held_with
     #[inline]
