@@ -6,7 +6,7 @@
 use super::{BroadcastOptions, Received};
 use crate::error::{Error, Result};
 use crate::handle::{Handle, Kind};
-use crate::net::{self, NetFeed};
+use crate::net::{self, direct::NetFeed};
 use shoal_shm_ring::CancelToken;
 use std::time::Duration;
 
