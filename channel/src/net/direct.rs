@@ -44,11 +44,40 @@ impl Sub {
     }
 }
 
+/// A receive on its way: it owns the subscriber, and is kept (not
+/// dropped) when a wait for it ends, so the next call goes on with it: a
+/// receive never loses what the wire already handed it, and a reconnect
+/// that takes longer than one wait still finishes.
+type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = (Sub, Received)> + Send>>;
+
+/// A value reached only through `&mut` (so sharing `&Exclusive` between
+/// threads shares nothing): what lets a reader holding a receive on its
+/// way stay `Sync`, as `std::sync::Exclusive` (unstable) does.
+struct Exclusive<T>(T);
+
+// SAFETY: no method gives access to the inner value through `&self` (only
+// `get_mut`, through `&mut self`), so a shared reference from another
+// thread cannot touch it; moving it is covered by `T: Send`. What would
+// break this: adding a `&self` accessor.
+unsafe impl<T: Send> Sync for Exclusive<T> {}
+
+impl<T> Exclusive<T> {
+    fn get_mut(&mut self) -> &mut T {
+        &mut self.0
+    }
+}
+
+/// What a receive gives back.
+type Received = shoal_transport::Result<OwnedFrame>;
+
 /// A remote reader's subscriber (see the module's doc).
 pub(crate) struct NetFeed {
     /// Shut down in the background on drop (after the subscriber).
     rt: Option<tokio::runtime::Runtime>,
+    /// The subscriber, between receives.
     sub: Option<Sub>,
+    /// The receive on its way, if any (it holds the subscriber then).
+    pending: Option<Exclusive<Pending>>,
     /// The publisher closed: every later receive says so.
     closed: bool,
 }
@@ -123,6 +152,7 @@ impl NetFeed {
             Ok(sub) => Ok(NetFeed {
                 rt: Some(rt),
                 sub: Some(sub),
+                pending: None,
                 closed: false,
             }),
             Err(e) => {
@@ -135,7 +165,7 @@ impl NetFeed {
     /// A receive's result as the channel reports it: the publisher
     /// closing is the ring's `Closed` (what a local reader of a closed
     /// broadcast gets), and stays so.
-    fn settle(&mut self, r: shoal_transport::Result<OwnedFrame>) -> Result<OwnedFrame> {
+    fn settle(&mut self, r: Received) -> Result<OwnedFrame> {
         match r {
             Ok(f) => Ok(f),
             Err(shoal_transport::Error::Closed) => {
@@ -146,10 +176,29 @@ impl NetFeed {
         }
     }
 
+    /// The receive on its way, started if there is none (`None`: closed).
+    fn pending(&mut self) -> Option<&mut Pending> {
+        if self.pending.is_none() {
+            let mut sub = self.sub.take()?;
+            self.pending = Some(Exclusive(Box::pin(async move {
+                let r = sub.recv().await;
+                (sub, r)
+            })));
+        }
+        self.pending.as_mut().map(Exclusive::get_mut)
+    }
+
+    /// A receive that ended: the subscriber back, and its result.
+    fn finish(&mut self, (sub, r): (Sub, Received)) -> Result<OwnedFrame> {
+        self.pending = None;
+        self.sub = Some(sub);
+        self.settle(r)
+    }
+
     /// The next message, waiting up to `timeout` (`None`: as long as it
-    /// takes); `Ok(None)` when the time ran out. Parks the thread (also
-    /// callable from inside a runtime, where it blocks that thread as any
-    /// blocking call does).
+    /// takes); `Ok(None)` when the time ran out (the receive goes on at
+    /// the next call). Parks the thread (also callable from inside a
+    /// runtime, where it blocks that thread as any blocking call does).
     pub(crate) fn recv_blocking(
         &mut self,
         timeout: Option<Duration>,
@@ -157,14 +206,17 @@ impl NetFeed {
         if self.closed {
             return Err(shoal_shm_ring::Error::Closed.into());
         }
-        let (Some(rt), Some(sub)) = (&self.rt, &mut self.sub) else {
+        let Some(handle) = self.rt.as_ref().map(|rt| rt.handle().clone()) else {
             return Err(shoal_shm_ring::Error::Closed.into());
         };
         // The subscriber's waits (timers, tasks) belong to its runtime.
-        let _in = rt.enter();
-        match park_on(sub.recv(), timeout) {
+        let _in = handle.enter();
+        let Some(p) = self.pending() else {
+            return Err(shoal_shm_ring::Error::Closed.into());
+        };
+        match park_on(p.as_mut(), timeout) {
             None => Ok(None),
-            Some(r) => self.settle(r).map(Some),
+            Some(done) => self.finish(done).map(Some),
         }
     }
 
@@ -174,20 +226,24 @@ impl NetFeed {
     }
 
     /// The next message, awaited (on the caller's runtime; the
-    /// subscriber's own serves its connection). Cancel-safe.
+    /// subscriber's own serves its connection). Cancel-safe: dropped, the
+    /// receive goes on at the next call.
     pub(crate) async fn recv(&mut self) -> Result<OwnedFrame> {
         if self.closed {
             return Err(shoal_shm_ring::Error::Closed.into());
         }
-        let (Some(rt), Some(sub)) = (&self.rt, &mut self.sub) else {
+        let Some(rt) = self.rt.as_ref().map(|rt| rt.handle().clone()) else {
             return Err(shoal_shm_ring::Error::Closed.into());
         };
-        let r = InRuntime {
-            rt: rt.handle().clone(),
-            fut: std::pin::pin!(sub.recv()),
+        let Some(p) = self.pending() else {
+            return Err(shoal_shm_ring::Error::Closed.into());
+        };
+        let done = InRuntime {
+            rt,
+            fut: p.as_mut(),
         }
         .await;
-        self.settle(r)
+        self.finish(done)
     }
 }
 
@@ -218,6 +274,7 @@ impl Drop for NetFeed {
         let Some(rt) = self.rt.take() else { return };
         {
             let _in = rt.enter();
+            drop(self.pending.take());
             drop(self.sub.take());
         }
         let pause = rt.spawn(async { tokio::time::sleep(Duration::from_millis(20)).await });
