@@ -282,3 +282,130 @@ fn nng_readiness_names_missing_remote_readers() {
 fn quic_readiness_names_missing_remote_readers() {
     names_missing_remote_readers("quic://127.0.0.1:0");
 }
+
+/// What the library logged, captured by a subscriber of the whole process
+/// (the broadcast's door logs from a thread of its own).
+#[cfg(any(feature = "nng", feature = "quic"))]
+mod capture {
+    use std::sync::{Mutex, OnceLock};
+    use tracing::field::{Field, Visit};
+    use tracing::span::{Attributes, Id, Record};
+    use tracing::{Event, Metadata, Subscriber};
+
+    static LINES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+    struct Capture;
+
+    struct Line(String);
+
+    impl Visit for Line {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            use std::fmt::Write;
+            let _ = write!(self.0, "{}={value:?} ", field.name());
+        }
+    }
+
+    impl Subscriber for Capture {
+        fn enabled(&self, _: &Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &Attributes<'_>) -> Id {
+            Id::from_u64(1)
+        }
+        fn record(&self, _: &Id, _: &Record<'_>) {}
+        fn record_follows_from(&self, _: &Id, _: &Id) {}
+        fn event(&self, e: &Event<'_>) {
+            let mut l = Line(String::new());
+            e.record(&mut l);
+            LINES.lock().unwrap_or_else(|p| p.into_inner()).push(l.0);
+        }
+        fn enter(&self, _: &Id) {}
+        fn exit(&self, _: &Id) {}
+    }
+
+    /// Starts capturing (once per process).
+    pub fn start() {
+        static ONCE: OnceLock<()> = OnceLock::new();
+        ONCE.get_or_init(|| {
+            let _ = tracing::subscriber::set_global_default(Capture);
+        });
+    }
+
+    /// The lines logged so far that contain `s`.
+    pub fn lines_with(s: &str) -> Vec<String> {
+        let l = LINES.lock().unwrap_or_else(|p| p.into_inner());
+        l.iter().filter(|l| l.contains(s)).cloned().collect()
+    }
+}
+
+/// A remote reader that stops reading holds the writer back; past the
+/// peer options' `slow_peer_log` the writer's log names it (index, pid,
+/// host) and how far it got, as the ring names a slow local reader.
+#[cfg(any(feature = "nng", feature = "quic"))]
+fn names_a_slow_remote_reader(bind: &str) {
+    capture::start();
+    let o = opts(2)
+        .remote(2, bind)
+        .peer(shoal_shm_ring::PeerOptions::default().slow_peer_log(Duration::from_millis(300)))
+        .net(shoal_transport::Options::default().stall_timeout(3 * SEC));
+    let mut b = Broadcast::create(&o).unwrap();
+    let h = b.handle().clone();
+    let quick = o.clone().recv_timeout(Some(Duration::from_millis(100)));
+    let mut fast = BroadcastReceiver::attach_remote(&h, 4, &quick).unwrap();
+    let mut slow = BroadcastReceiver::attach_remote(&h, 5, &o).unwrap();
+    b.wait_until_ready(10 * SEC).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    // One reader keeps up; the other reads three messages and stops.
+    let keeps_up = std::thread::spawn(move || {
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            match fast.recv() {
+                Ok(_) | Err(Error::Timeout { .. }) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    });
+    for n in 0..3u8 {
+        b.send(&[n; 1000]).unwrap();
+        assert_eq!(slow.recv().unwrap().seq(), u64::from(n));
+    }
+    // Its progress reaches the writer.
+    std::thread::sleep(Duration::from_millis(700));
+    let payload = vec![7u8; 64 << 10];
+    let end = std::time::Instant::now() + 20 * SEC;
+    let named = format!(
+        "reader 5 (pid {}, host {:#x}) has 3 of",
+        std::process::id(),
+        shoal_channel::gather::host_id()
+    );
+    while capture::lines_with(&named).is_empty() && std::time::Instant::now() < end {
+        // Held back until the publisher drops the stalled reader (after
+        // the stall timeout); sends then go on to the one left.
+        let _ = b.send(&payload);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    keeps_up.join().unwrap();
+    let lines = capture::lines_with(&named);
+    assert!(
+        !lines.is_empty(),
+        "not named; logged: {:?}",
+        capture::lines_with("shoal broadcast")
+    );
+    eprintln!("logged: {}", lines[0]);
+    assert!(lines[0].contains("writer blocked"), "{}", lines[0]);
+    // The reader that kept up is not named.
+    assert!(!lines[0].contains("reader 4 "), "{}", lines[0]);
+    drop(slow);
+}
+
+#[cfg(feature = "nng")]
+#[test]
+fn nng_a_slow_remote_reader_is_named_in_the_log() {
+    names_a_slow_remote_reader("nng+tcp://127.0.0.1:0");
+}
+
+#[cfg(feature = "quic")]
+#[test]
+fn quic_a_slow_remote_reader_is_named_in_the_log() {
+    names_a_slow_remote_reader("quic://127.0.0.1:0");
+}

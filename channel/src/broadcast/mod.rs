@@ -42,6 +42,7 @@ mod orphans;
 mod receiver;
 mod remote;
 
+pub(crate) use hellos::Greeter;
 pub use hellos::RemoteReader;
 
 pub use receiver::{BroadcastReceiver, Received};
@@ -146,6 +147,25 @@ impl BroadcastOptions {
     }
 }
 
+/// Publishes message `seq` to the remote readers, watched by the door
+/// (which names in the log the readers holding it back).
+fn publish(
+    p: &mut NetPublisher,
+    door: Option<&hellos::Hellos>,
+    seq: u64,
+    topic: &[u8],
+    msg: &[u8],
+) -> Result<()> {
+    if let Some(d) = door {
+        d.publishing(seq);
+    }
+    let r = p.publish(topic, msg);
+    if let Some(d) = door {
+        d.published();
+    }
+    r
+}
+
 fn wait_for(t: Option<Duration>) -> Wait<'static> {
     match t {
         Some(t) => Wait::timeout(t),
@@ -238,7 +258,12 @@ impl Broadcast {
         if let Some(p) = &mut net {
             // The publisher's address, then (after a comma) the door.
             let at = p.address();
-            let h = hellos::Hellos::start(&net::any_port(&at, ".hellos"), &opts.net_options())?;
+            let h = hellos::Hellos::start(
+                &net::any_port(&at, ".hellos"),
+                &opts.net_options(),
+                opts.peer.slow_peer_log,
+                writer.handle().to_string(),
+            )?;
             handle = handle.with_remote(format!("{at},{}", h.address()));
             hellos = Some(h);
         }
@@ -376,7 +401,7 @@ impl Broadcast {
         let seq = self.sent();
         if let Some(p) = &mut self.net {
             // The header's sequence number travels as the topic.
-            p.publish(&head[..8], msg)?;
+            publish(p, self.hellos.as_ref(), seq, &head[..8], msg)?;
         }
         Ok(seq)
     }
@@ -400,7 +425,13 @@ impl Broadcast {
                     // failure leaves the record uncommitted (and its
                     // number unused).
                     if let Some(p) = &mut self.net {
-                        p.publish(&head[..8], &r[HEAD..HEAD + n])?;
+                        publish(
+                            p,
+                            self.hellos.as_ref(),
+                            self.seq,
+                            &head[..8],
+                            &r[HEAD..HEAD + n],
+                        )?;
                     }
                     // Published: the number is used, whatever the commit
                     // says (remote readers have it).

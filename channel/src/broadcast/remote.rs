@@ -3,11 +3,14 @@
 //! order, as the ring's readers get), each message's sequence number in
 //! its topic.
 
+use super::hellos::Greeter;
 use super::{BroadcastOptions, Received};
 use crate::error::{Error, Result};
 use crate::handle::{Handle, Kind};
 use crate::net::{self, direct::NetFeed};
 use shoal_shm_ring::CancelToken;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How often a cancellable remote receive looks at its token.
@@ -16,6 +19,9 @@ const CANCEL_SLICE: Duration = Duration::from_millis(5);
 /// A remote reader: a subscriber to the writer's publisher.
 pub(super) struct Remote {
     feed: NetFeed,
+    /// Messages received (the sequence number after the last one), which
+    /// the writer is told every [`REPORT_EVERY`](super::hellos::REPORT_EVERY).
+    got: Arc<AtomicU64>,
     recv_timeout: Option<Duration>,
 }
 
@@ -35,10 +41,12 @@ impl Remote {
             Some((p, d)) => (p, Some(net::address(d)?)),
             None => (url, None),
         };
-        let hello = door.map(|d| (d, super::hellos::hello(index)));
+        let got = Arc::new(AtomicU64::new(0));
+        let hello = door.map(|d| Greeter::new(d, index, got.clone()));
         let feed = NetFeed::connect(&net::address(at)?, &opts.net_options(), hello)?;
         Ok(Remote {
             feed,
+            got,
             recv_timeout: opts.recv_timeout,
         })
     }
@@ -49,7 +57,7 @@ impl Remote {
     pub(super) fn recv(&mut self, cancel: Option<&CancelToken>) -> Result<Received> {
         let Some(cancel) = cancel else {
             return match self.feed.recv_blocking(self.recv_timeout)? {
-                Some(f) => Received::remote(f),
+                Some(f) => self.counted(Received::remote(f)),
                 None => Err(self.timed_out()),
             };
         };
@@ -65,7 +73,7 @@ impl Remote {
             let left = end.map(|e| e.saturating_duration_since(std::time::Instant::now()));
             let slice = left.map_or(CANCEL_SLICE, |l| l.min(CANCEL_SLICE));
             if let Some(f) = self.feed.recv_blocking(Some(slice))? {
-                return Received::remote(f);
+                return self.counted(Received::remote(f));
             }
             if left.is_some_and(|l| l <= slice) {
                 return Err(self.timed_out());
@@ -76,7 +84,7 @@ impl Remote {
     /// See [`BroadcastReceiver::try_recv`](super::BroadcastReceiver::try_recv).
     pub(super) fn try_recv(&mut self) -> Result<Option<Received>> {
         match self.feed.try_recv()? {
-            Some(f) => Received::remote(f).map(Some),
+            Some(f) => self.counted(Received::remote(f)).map(Some),
             None => Ok(None),
         }
     }
@@ -90,7 +98,15 @@ impl Remote {
                 Err(_) => return Err(self.timed_out()),
             },
         };
-        Received::remote(f)
+        self.counted(Received::remote(f))
+    }
+
+    /// `r`, counted for the writer's log if received.
+    fn counted(&self, r: Result<Received>) -> Result<Received> {
+        if let Ok(m) = &r {
+            self.got.store(m.seq().wrapping_add(1), Ordering::Relaxed);
+        }
+        r
     }
 
     fn timed_out(&self) -> Error {

@@ -90,9 +90,9 @@ impl std::fmt::Debug for NetFeed {
 
 impl NetFeed {
     /// Connects a subscriber to the publisher at `addr` (checked by
-    /// [`address`](super::address)); once subscribed, says `hello` (bytes,
-    /// at an address) if given: how a remote reader tells the writer who
-    /// it is.
+    /// [`address`](super::address)); once subscribed, says `hello` if
+    /// given (how a remote reader tells the writer who it is, and then
+    /// how far it got, on a task of the subscriber's runtime).
     #[cfg_attr(
         not(any(feature = "nng", feature = "quic")),
         allow(unused_variables, unreachable_code, unused_assignments)
@@ -100,7 +100,7 @@ impl NetFeed {
     pub(crate) fn connect(
         addr: &Address,
         opts: &Options,
-        hello: Option<(Address, Vec<u8>)>,
+        hello: Option<crate::broadcast::Greeter>,
     ) -> Result<NetFeed> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -128,19 +128,8 @@ impl NetFeed {
                 ),
                 _ => return Err(missing(&a)),
             };
-            if let Some((door, bytes)) = hello {
-                // Best effort: a reader whose hello is lost reads all the
-                // same, counted but not named.
-                let said = async {
-                    let mut r = super::ask::NetRequester::connect(&door, &o).await?;
-                    r.request(&bytes).await.map(drop)
-                };
-                if let Err(e) = tokio::time::timeout(o.connect_timeout, said)
-                    .await
-                    .unwrap_or(Err(Error::Net(shoal_transport::Error::Closed)))
-                {
-                    tracing::debug!(error = %e, "remote reader: its hello did not reach the writer");
-                }
+            if let Some(g) = hello {
+                g.greet(&o).await;
             }
             Ok(sub)
         };
@@ -275,7 +264,7 @@ impl Drop for NetFeed {
         {
             let _in = rt.enter();
             drop(self.pending.take());
-            drop(self.sub.take());
+            self.sub = None;
         }
         let pause = rt.spawn(async { tokio::time::sleep(Duration::from_millis(20)).await });
         let _ = park_on(pause, Some(Duration::from_millis(50)));
