@@ -1,0 +1,560 @@
+//! A group of ranks: who is in it, which share a host, and the
+//! collectives they run together.
+//!
+//! Every rank of a group calls its collectives in the same order (as in
+//! MPI); each call is matched with the other ranks' by its place in that
+//! order. A group is used from one thread at a time.
+//!
+//! Bootstrap: rank 0 hosts the rendezvous ([`rendezvous`](crate::rendezvous));
+//! every rank connects and says which host it is on (`SHOAL_HOST`, else
+//! the host name: ranks in different network namespaces of one machine
+//! set `SHOAL_HOST` apart) and its pid. A rank that never shows up gives
+//! the others [`Error::RanksMissing`] naming it. Rank 0 keeps the
+//! rendezvous until the other ranks left it (dropped their groups, or
+//! exited), up to the group's timeout.
+
+use crate::error::{Error, Result};
+use crate::launcher::Launch;
+use crate::rendezvous::wire::{Reply, Request};
+use crate::rendezvous::{Client, Limits, Server};
+use crate::value::{archive, Value};
+use rkyv::api::high::HighValidator;
+use rkyv::bytecheck::CheckBytes;
+use rkyv::rancor;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How a group is made and how long its collectives wait.
+///
+/// ```
+/// use shoal_collectives::GroupOptions;
+/// let o = GroupOptions::default().timeout(std::time::Duration::from_secs(10));
+/// assert!(o.rendezvous.is_none());
+/// ```
+#[derive(Debug, Clone)]
+pub struct GroupOptions {
+    /// Where rank 0's rendezvous listens (`HOST:PORT`), over what the
+    /// launcher's environment says. Default `None`.
+    pub rendezvous: Option<String>,
+    /// How long the bootstrap and each collective wait for every rank
+    /// before [`Error::RanksMissing`]. Default 120 s.
+    pub timeout: Duration,
+    /// Largest value a collective carries across the rendezvous (and
+    /// the largest answer: all ranks' values of an all_gather). Default
+    /// 1 GiB.
+    pub max_value: usize,
+}
+
+impl Default for GroupOptions {
+    fn default() -> Self {
+        GroupOptions {
+            rendezvous: None,
+            timeout: Duration::from_secs(120),
+            max_value: 1 << 30,
+        }
+    }
+}
+
+impl GroupOptions {
+    /// Sets [`rendezvous`](Self::rendezvous).
+    pub fn rendezvous(mut self, at: &str) -> Self {
+        self.rendezvous = Some(at.to_string());
+        self
+    }
+    /// Sets [`timeout`](Self::timeout).
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = t;
+        self
+    }
+}
+
+/// A rank of a group, as the others know it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Member {
+    /// Its rank in the whole launch.
+    pub world_rank: u32,
+    /// Its host's identity (see `shoal_channel::gather::host_id`).
+    pub host: u64,
+    /// Its host's index among the group's hosts (in order of their
+    /// lowest rank).
+    pub node: u32,
+    /// Its pid.
+    pub pid: u32,
+}
+
+/// The connection to the rendezvous, shared by a group and its
+/// sub-groups (and, on rank 0, the rendezvous itself).
+struct Link {
+    client: Mutex<Client>,
+    /// Rank 0's.
+    server: Option<Server>,
+    /// The file rank 0 left its address in, removed with it.
+    file: Option<PathBuf>,
+    linger: Duration,
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        if let Some(s) = &self.server {
+            if !s.wait_for_others_to_leave(self.linger) {
+                tracing::warn!("shoal group: rank 0 leaves while other ranks are still connected");
+            }
+        }
+        if let Some(f) = &self.file {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+}
+
+/// A group of ranks (see the [module doc](self)).
+///
+/// ```
+/// use shoal_collectives::Group;
+/// let g = Group::single();
+/// assert_eq!((g.rank(), g.size(), g.local_size()), (0, 1, 1));
+/// let all = g.all_gather(&7u32)?;
+/// assert_eq!(all.len(), 1);
+/// # Ok::<(), shoal_collectives::Error>(())
+/// ```
+pub struct Group {
+    rank: u32,
+    members: Vec<Member>,
+    /// Names this group's collectives at the rendezvous.
+    name: String,
+    /// Collectives called so far (each one's key).
+    calls: AtomicU64,
+    link: Option<Arc<Link>>,
+    opts: GroupOptions,
+}
+
+impl std::fmt::Debug for Group {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Group")
+            .field("name", &self.name)
+            .field("rank", &self.rank)
+            .field("size", &self.size())
+            .finish_non_exhaustive()
+    }
+}
+
+/// This process as a member.
+fn me(world_rank: u32) -> Member {
+    Member {
+        world_rank,
+        host: shoal_channel::gather::host_id(),
+        node: 0,
+        pid: std::process::id(),
+    }
+}
+
+impl Group {
+    /// The group the launcher's environment describes (a group of one
+    /// without a launcher), with default options.
+    pub fn from_env() -> Result<Group> {
+        Group::from_env_with(&GroupOptions::default())
+    }
+
+    /// [`from_env`](Self::from_env) with `opts`.
+    pub fn from_env_with(opts: &GroupOptions) -> Result<Group> {
+        Group::bootstrap(&Launch::from_env()?, opts)
+    }
+
+    /// A group of one: this process, no rendezvous.
+    pub fn single() -> Group {
+        Group {
+            rank: 0,
+            members: vec![me(0)],
+            name: "w".into(),
+            calls: AtomicU64::new(0),
+            link: None,
+            opts: GroupOptions::default(),
+        }
+    }
+
+    /// The group `launch` describes: connects to the rendezvous (rank 0
+    /// hosts it) and learns every rank's host.
+    pub fn bootstrap(launch: &Launch, opts: &GroupOptions) -> Result<Group> {
+        if launch.size == 1 {
+            let mut g = Group::single();
+            g.opts = opts.clone();
+            return Ok(g);
+        }
+        let link = connect(launch, opts)?;
+        let mut g = Group {
+            rank: launch.rank,
+            members: vec![me(launch.rank); launch.size as usize],
+            name: "w".into(),
+            calls: AtomicU64::new(0),
+            link: Some(Arc::new(link)),
+            opts: opts.clone(),
+        };
+        let mut said = Vec::with_capacity(12);
+        said.extend_from_slice(&shoal_channel::gather::host_id().to_le_bytes());
+        said.extend_from_slice(&std::process::id().to_le_bytes());
+        let all = g.collect("hello", &said, true)?;
+        let mut members = Vec::with_capacity(all.len());
+        for (r, b) in all.iter().enumerate() {
+            let (Some(host), Some(pid)) = (
+                b.get(..8)
+                    .and_then(|h| h.try_into().ok())
+                    .map(u64::from_le_bytes),
+                b.get(8..12)
+                    .and_then(|p| p.try_into().ok())
+                    .map(u32::from_le_bytes),
+            ) else {
+                return Err(Error::Malformed {
+                    what: "a rank's hello",
+                    why: format!("rank {r} said {} bytes", b.len()),
+                });
+            };
+            members.push(Member {
+                world_rank: r as u32,
+                host,
+                node: 0,
+                pid,
+            });
+        }
+        number_nodes(&mut members);
+        g.members = members;
+        Ok(g)
+    }
+
+    /// This rank, in this group.
+    pub fn rank(&self) -> u32 {
+        self.rank
+    }
+
+    /// Ranks in this group.
+    pub fn size(&self) -> u32 {
+        self.members.len() as u32
+    }
+
+    /// Every rank's member record, by rank.
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    /// This rank's host index (see [`Member::node`]).
+    pub fn node(&self) -> u32 {
+        self.members[self.rank as usize].node
+    }
+
+    /// How many hosts the group spans.
+    pub fn nodes(&self) -> u32 {
+        self.members.iter().map(|m| m.node + 1).max().unwrap_or(1)
+    }
+
+    /// The ranks on host `node`, in order.
+    pub fn ranks_on(&self, node: u32) -> Vec<u32> {
+        (0..self.size())
+            .filter(|r| self.members[*r as usize].node == node)
+            .collect()
+    }
+
+    /// Whether ranks `a` and `b` share a host.
+    pub fn same_host(&self, a: u32, b: u32) -> bool {
+        match (self.members.get(a as usize), self.members.get(b as usize)) {
+            (Some(x), Some(y)) => x.host == y.host,
+            _ => false,
+        }
+    }
+
+    /// This rank's index among the ranks of its host.
+    pub fn local_rank(&self) -> u32 {
+        let me = self.node();
+        (0..self.rank)
+            .filter(|r| self.members[*r as usize].node == me)
+            .count() as u32
+    }
+
+    /// Ranks on this rank's host.
+    pub fn local_size(&self) -> u32 {
+        self.ranks_on(self.node()).len() as u32
+    }
+
+    /// Splits the group as `MPI_Comm_split` does: ranks giving the same
+    /// `color` form a sub-group, ordered by `key` (then by rank here).
+    /// Collective: every rank calls it.
+    ///
+    /// ```
+    /// use shoal_collectives::Group;
+    /// let g = Group::single();
+    /// let sub = g.split(3, 0)?;
+    /// assert_eq!((sub.rank(), sub.size()), (0, 1));
+    /// # Ok::<(), shoal_collectives::Error>(())
+    /// ```
+    pub fn split(&self, color: u32, key: u32) -> Result<Group> {
+        let call = self.calls.load(Ordering::Relaxed);
+        let mut said = Vec::with_capacity(8);
+        said.extend_from_slice(&color.to_le_bytes());
+        said.extend_from_slice(&key.to_le_bytes());
+        let all = self.collect("split", &said, true)?;
+        let mut chosen: Vec<(u32, u32)> = Vec::new();
+        for (r, b) in all.iter().enumerate() {
+            let (Some(c), Some(k)) = (
+                b.get(..4)
+                    .and_then(|x| x.try_into().ok())
+                    .map(u32::from_le_bytes),
+                b.get(4..8)
+                    .and_then(|x| x.try_into().ok())
+                    .map(u32::from_le_bytes),
+            ) else {
+                return Err(Error::Malformed {
+                    what: "a rank's split",
+                    why: format!("rank {r} said {} bytes", b.len()),
+                });
+            };
+            if c == color {
+                chosen.push((k, r as u32));
+            }
+        }
+        chosen.sort_unstable();
+        let mut members: Vec<Member> = chosen
+            .iter()
+            .map(|(_, r)| self.members[*r as usize])
+            .collect();
+        number_nodes(&mut members);
+        let rank = chosen
+            .iter()
+            .position(|(_, r)| *r == self.rank)
+            .unwrap_or_default() as u32;
+        Ok(Group {
+            rank,
+            members,
+            name: format!("{}.{call}c{color}", self.name),
+            calls: AtomicU64::new(0),
+            link: self.link.clone(),
+            opts: self.opts.clone(),
+        })
+    }
+
+    /// Waits until every rank of the group called it.
+    pub fn barrier(&self) -> Result<()> {
+        self.collect("barrier", &[], false).map(drop)
+    }
+
+    /// Rank `root`'s `value`, on every rank (`value` is read on `root`
+    /// only; others pass `None`).
+    pub fn broadcast<T>(&self, root: u32, value: Option<&T>) -> Result<Value<T>>
+    where
+        T: shoal_transport::Archivable + rkyv::Archive,
+        T::Archived: for<'b> CheckBytes<HighValidator<'b, rancor::Error>>,
+    {
+        self.check_root(root)?;
+        let bytes = if self.rank == root {
+            let v = value.ok_or_else(|| {
+                Error::BadArguments(format!("rank {root} broadcasts, and was given no value"))
+            })?;
+            archive(v)?.to_vec()
+        } else {
+            Vec::new()
+        };
+        let all = self.collect("broadcast", &bytes, true)?;
+        let from = all.get(root as usize).ok_or_else(|| Error::Malformed {
+            what: "a broadcast's answer",
+            why: format!("{} values for {} ranks", all.len(), self.size()),
+        })?;
+        Value::from_bytes(from)
+    }
+
+    /// Every rank's `value`, in rank order, on `root` (`None` elsewhere).
+    pub fn gather<T>(&self, root: u32, value: &T) -> Result<Option<Vec<Value<T>>>>
+    where
+        T: shoal_transport::Archivable + rkyv::Archive,
+        T::Archived: for<'b> CheckBytes<HighValidator<'b, rancor::Error>>,
+    {
+        self.check_root(root)?;
+        let bytes = archive(value)?;
+        let want = self.rank == root;
+        let all = self.collect("gather", &bytes, want)?;
+        if !want {
+            return Ok(None);
+        }
+        all.iter()
+            .map(|b| Value::from_bytes(b))
+            .collect::<Result<_>>()
+            .map(Some)
+    }
+
+    /// Every rank's `value`, in rank order, on every rank.
+    pub fn all_gather<T>(&self, value: &T) -> Result<Vec<Value<T>>>
+    where
+        T: shoal_transport::Archivable + rkyv::Archive,
+        T::Archived: for<'b> CheckBytes<HighValidator<'b, rancor::Error>>,
+    {
+        let bytes = archive(value)?;
+        let all = self.collect("all_gather", &bytes, true)?;
+        all.iter().map(|b| Value::from_bytes(b)).collect()
+    }
+
+    fn check_root(&self, root: u32) -> Result<()> {
+        if root >= self.size() {
+            return Err(Error::BadArguments(format!(
+                "root {root} in a group of {}",
+                self.size()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Meets the other ranks in the next collective, giving `value`;
+    /// every rank's value in rank order if `want` (else empty).
+    fn collect(&self, what: &str, value: &[u8], want: bool) -> Result<Vec<Vec<u8>>> {
+        let call = self.calls.fetch_add(1, Ordering::Relaxed);
+        if value.len() > self.opts.max_value {
+            return Err(Error::TooLarge {
+                what: "a collective's value",
+                got: value.len() as u64,
+                limit: self.opts.max_value as u64,
+            });
+        }
+        let Some(link) = &self.link else {
+            return Ok(if want {
+                vec![value.to_vec()]
+            } else {
+                Vec::new()
+            });
+        };
+        let timeout = self.opts.timeout;
+        let req = Request::Collect {
+            key: format!("{}/{call}/{what}", self.name).into_bytes(),
+            n: self.size(),
+            rank: self.rank,
+            want,
+            wait_ms: timeout.as_millis().min(u128::from(u32::MAX)) as u32,
+            value: value.to_vec(),
+        };
+        let mut client = link.client.lock().unwrap_or_else(|p| p.into_inner());
+        match client.call(&req, timeout)? {
+            Reply::Values(v) if want && v.len() == self.members.len() => Ok(v),
+            Reply::Ok if !want => Ok(Vec::new()),
+            Reply::Absent(missing) => Err(Error::RanksMissing {
+                what: format!("{what} (call {call} of group {})", self.name),
+                missing,
+                after: timeout,
+            }),
+            Reply::Refused(why) => Err(Error::Refused(why)),
+            other => Err(Error::Malformed {
+                what: "a collective's answer",
+                why: format!("{other:?}"),
+            }),
+        }
+    }
+}
+
+/// Numbers the members' hosts in order of their lowest rank.
+fn number_nodes(members: &mut [Member]) {
+    let mut hosts: Vec<u64> = Vec::new();
+    for m in members.iter_mut() {
+        m.node = match hosts.iter().position(|h| *h == m.host) {
+            Some(i) => i as u32,
+            None => {
+                hosts.push(m.host);
+                (hosts.len() - 1) as u32
+            }
+        };
+    }
+}
+
+/// Where a job's rendezvous address is left when the launcher names
+/// none (every rank on one host).
+fn rendezvous_file(launch: &Launch) -> PathBuf {
+    PathBuf::from(format!(
+        "/dev/shm/shoal-rendezvous-{}-{}",
+        launch.job, launch.size
+    ))
+}
+
+/// Connects to the rendezvous (hosting it on rank 0).
+fn connect(launch: &Launch, opts: &GroupOptions) -> Result<Link> {
+    let limits = Limits {
+        max_frame: opts
+            .max_value
+            .saturating_mul(launch.size as usize)
+            .saturating_add(1 << 16),
+        ..Limits::for_group(launch.size)
+    };
+    let max_frame = limits.max_frame;
+    let linger = opts.timeout;
+    let at = opts
+        .rendezvous
+        .clone()
+        .or_else(|| launch.rendezvous.clone());
+    let (rank, size, timeout) = (launch.rank, launch.size, opts.timeout);
+    if let Some(at) = at {
+        let server = if rank == 0 {
+            Some(Server::bind(&at, size, limits)?)
+        } else {
+            None
+        };
+        // Rank 0 reaches its own at the address it bound (a wildcard
+        // bind is reached through loopback).
+        let to = match &server {
+            Some(s) if s.address().ip().is_unspecified() => {
+                format!("127.0.0.1:{}", s.address().port())
+            }
+            Some(s) => s.address().to_string(),
+            None => at,
+        };
+        let client = Client::connect(&to, rank, size, timeout, max_frame)?;
+        return Ok(Link {
+            client: Mutex::new(client),
+            server,
+            file: None,
+            linger,
+        });
+    }
+    // No address: every rank on this host, the address in a file.
+    let file = rendezvous_file(launch);
+    if rank == 0 {
+        let server = Server::bind("127.0.0.1:0", size, limits)?;
+        let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, server.address().to_string())
+            .and_then(|()| std::fs::rename(&tmp, &file))
+            .map_err(|e| {
+                Error::io(
+                    format!("leaving the rendezvous's address in {}", file.display()),
+                    e,
+                )
+            })?;
+        let client = Client::connect(&server.address().to_string(), 0, size, timeout, max_frame)?;
+        return Ok(Link {
+            client: Mutex::new(client),
+            server: Some(server),
+            file: Some(file),
+            linger,
+        });
+    }
+    let end = Instant::now() + timeout;
+    loop {
+        if let Ok(at) = std::fs::read_to_string(&file) {
+            let left = end
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_secs(1));
+            match Client::connect(at.trim(), rank, size, left, max_frame) {
+                Ok(client) => {
+                    return Ok(Link {
+                        client: Mutex::new(client),
+                        server: None,
+                        file: None,
+                        linger,
+                    })
+                }
+                // A stale file from an earlier job: rank 0 writes it anew.
+                Err(e) if Instant::now() >= end => return Err(e),
+                Err(_) => {}
+            }
+        }
+        if Instant::now() >= end {
+            return Err(Error::Rendezvous {
+                address: file.display().to_string(),
+                why: format!(
+                    "rank 0 left no address there within {timeout:?}: the launcher names no rendezvous, so every rank must be on rank 0's host (set SHOAL_RENDEZVOUS=HOST:PORT, rank 0's host, for ranks on several hosts)"
+                ),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

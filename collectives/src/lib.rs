@@ -1,0 +1,34 @@
+//! shoal's collectives: a group of processes started by a real launcher
+//! (Slurm, Open MPI, PMI, torchrun, `cargo xtask run`), or a group of one
+//! without any, and what its ranks do together.
+//!
+//! - [`launcher`]: what the launcher's environment says (rank, size,
+//!   where rank 0's rendezvous is).
+//! - [`rendezvous`]: rank 0's store where ranks meet (TCP).
+//! - [`group`]: [`Group`]: rank, size, which ranks share a host,
+//!   [`Group::split`] into sub-groups, and the collectives: barrier,
+//!   broadcast, gather, all_gather of rkyv values ([`value`]).
+//! - [`error`]: the crate's [`Error`].
+//!
+//! ```
+//! use shoal_collectives::Group;
+//! // No launcher: a group of one, which needs no rendezvous.
+//! let g = Group::from_env()?;
+//! if g.size() == 1 {
+//!     g.barrier()?;
+//!     let v = g.broadcast(0, Some(&42u64))?;
+//!     assert_eq!(*v.get(), 42);
+//! }
+//! # Ok::<(), shoal_collectives::Error>(())
+//! ```
+
+pub mod error;
+pub mod group;
+pub mod launcher;
+pub mod rendezvous;
+pub mod value;
+
+pub use error::{Error, Result};
+pub use group::{Group, GroupOptions};
+pub use launcher::{Launch, Launcher};
+pub use value::Value;

@@ -1,0 +1,567 @@
+//! The rendezvous protocol's bytes, sans IO: requests, replies, and the
+//! length-prefixed frames they travel in. Everything a peer sends is
+//! checked before use: lengths against what is left and against the
+//! largest frame allowed, before anything is allocated.
+//!
+//! A frame is a 4-byte little-endian body length, then the body: one
+//! byte of kind, then the kind's fields (integers little-endian; a key is
+//! a 2-byte length and its bytes; a value is what is left of the body).
+
+use crate::error::{Error, Result};
+use std::io::{Read, Write};
+
+/// The protocol's version, checked by [`Request::Hello`].
+pub const VERSION: u16 = 1;
+/// Longest key.
+pub const MAX_KEY: usize = 1024;
+
+/// What a rank asks the rendezvous.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// The first request of a connection: who asks, in a group of how
+    /// many, speaking which version.
+    Hello {
+        /// Its protocol version.
+        version: u16,
+        /// Its rank.
+        rank: u32,
+        /// The group's size as it knows it.
+        size: u32,
+    },
+    /// Takes part, as `rank` of `n`, in the collective `key`, giving
+    /// `value`; answered once all `n` took part (with every value, in
+    /// rank order, if `want`), or after `wait_ms` with the ranks absent.
+    Collect {
+        /// The collective's name (unique per call).
+        key: Vec<u8>,
+        /// Ranks taking part.
+        n: u32,
+        /// This rank among them.
+        rank: u32,
+        /// Whether the answer carries the values.
+        want: bool,
+        /// Longest wait, in milliseconds.
+        wait_ms: u32,
+        /// What this rank gives.
+        value: Vec<u8>,
+    },
+    /// Queues for the lock `key`; answered when granted, or after
+    /// `wait_ms` (then the place in the queue is given up).
+    Lock {
+        /// The lock's name.
+        key: Vec<u8>,
+        /// The asker's rank and pid (named to the next holder should it
+        /// die holding the lock).
+        rank: u32,
+        /// Its pid.
+        pid: u32,
+        /// Longest wait, in milliseconds (0: try once).
+        wait_ms: u32,
+        /// After how long a wait the asker is told who holds the lock
+        /// (an interim [`Reply::Held`]), in milliseconds.
+        notice_ms: u32,
+    },
+    /// Gives the lock `key` back (held through this connection).
+    Unlock {
+        /// The lock's name.
+        key: Vec<u8>,
+    },
+}
+
+/// What the rendezvous answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// Done.
+    Ok,
+    /// Every rank's value, in rank order.
+    Values(Vec<Vec<u8>>),
+    /// The wait ended before these ranks took part.
+    Absent(Vec<u32>),
+    /// The lock is the asker's; its previous holder died holding it, if
+    /// `died` names one (rank, pid).
+    Granted {
+        /// The dead holder, if any.
+        died: Option<(u32, u32)>,
+    },
+    /// Not final: the lock is still held, by this rank and pid, for this
+    /// many milliseconds so far.
+    Held {
+        /// The holder's rank.
+        rank: u32,
+        /// Its pid.
+        pid: u32,
+        /// How long it has held it.
+        held_ms: u64,
+    },
+    /// The wait for the lock ended; it was not granted.
+    NotGranted,
+    /// Refused, and why.
+    Refused(String),
+}
+
+mod kind {
+    pub const HELLO: u8 = 1;
+    pub const COLLECT: u8 = 2;
+    pub const LOCK: u8 = 3;
+    pub const UNLOCK: u8 = 4;
+
+    pub const OK: u8 = 101;
+    pub const VALUES: u8 = 102;
+    pub const ABSENT: u8 = 103;
+    pub const GRANTED: u8 = 104;
+    pub const HELD: u8 = 105;
+    pub const NOT_GRANTED: u8 = 106;
+    pub const REFUSED: u8 = 107;
+}
+
+fn malformed(why: impl Into<String>) -> Error {
+    Error::Malformed {
+        what: "rendezvous message",
+        why: why.into(),
+    }
+}
+
+/// Reads fields off a body, each checked against what is left.
+struct Fields<'a>(&'a [u8]);
+
+impl<'a> Fields<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        if self.0.len() < n {
+            return Err(malformed(format!(
+                "{n} bytes wanted, {} left",
+                self.0.len()
+            )));
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16> {
+        let b = self.take(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> Result<u32> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+    fn key(&mut self) -> Result<Vec<u8>> {
+        let n = usize::from(self.u16()?);
+        if n > MAX_KEY {
+            return Err(malformed(format!("a key of {n} bytes (at most {MAX_KEY})")));
+        }
+        Ok(self.take(n)?.to_vec())
+    }
+    fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.0)
+    }
+    fn end(&self) -> Result<()> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(malformed(format!("{} bytes past the end", self.0.len())))
+        }
+    }
+}
+
+fn put_key(out: &mut Vec<u8>, key: &[u8]) {
+    let n = key.len().min(MAX_KEY);
+    out.extend_from_slice(&(n as u16).to_le_bytes());
+    out.extend_from_slice(&key[..n]);
+}
+
+impl Request {
+    /// The body of this request (a key longer than [`MAX_KEY`] is cut:
+    /// keys are made by this crate, well below it).
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Request::Hello {
+                version,
+                rank,
+                size,
+            } => {
+                out.push(kind::HELLO);
+                out.extend_from_slice(&version.to_le_bytes());
+                out.extend_from_slice(&rank.to_le_bytes());
+                out.extend_from_slice(&size.to_le_bytes());
+            }
+            Request::Collect {
+                key,
+                n,
+                rank,
+                want,
+                wait_ms,
+                value,
+            } => {
+                out.push(kind::COLLECT);
+                put_key(out, key);
+                out.extend_from_slice(&n.to_le_bytes());
+                out.extend_from_slice(&rank.to_le_bytes());
+                out.push(u8::from(*want));
+                out.extend_from_slice(&wait_ms.to_le_bytes());
+                out.extend_from_slice(value);
+            }
+            Request::Lock {
+                key,
+                rank,
+                pid,
+                wait_ms,
+                notice_ms,
+            } => {
+                out.push(kind::LOCK);
+                put_key(out, key);
+                out.extend_from_slice(&rank.to_le_bytes());
+                out.extend_from_slice(&pid.to_le_bytes());
+                out.extend_from_slice(&wait_ms.to_le_bytes());
+                out.extend_from_slice(&notice_ms.to_le_bytes());
+            }
+            Request::Unlock { key } => {
+                out.push(kind::UNLOCK);
+                put_key(out, key);
+            }
+        }
+    }
+
+    /// Reads a request's body.
+    pub fn decode(body: &[u8]) -> Result<Request> {
+        let mut f = Fields(body);
+        let r = match f.u8()? {
+            kind::HELLO => Request::Hello {
+                version: f.u16()?,
+                rank: f.u32()?,
+                size: f.u32()?,
+            },
+            kind::COLLECT => {
+                let key = f.key()?;
+                let n = f.u32()?;
+                let rank = f.u32()?;
+                let want = match f.u8()? {
+                    0 => false,
+                    1 => true,
+                    b => return Err(malformed(format!("a flag of {b}"))),
+                };
+                let wait_ms = f.u32()?;
+                Request::Collect {
+                    key,
+                    n,
+                    rank,
+                    want,
+                    wait_ms,
+                    value: f.rest().to_vec(),
+                }
+            }
+            kind::LOCK => Request::Lock {
+                key: f.key()?,
+                rank: f.u32()?,
+                pid: f.u32()?,
+                wait_ms: f.u32()?,
+                notice_ms: f.u32()?,
+            },
+            kind::UNLOCK => Request::Unlock { key: f.key()? },
+            k => return Err(malformed(format!("request kind {k}"))),
+        };
+        f.end()?;
+        Ok(r)
+    }
+}
+
+impl Reply {
+    /// The body of this reply.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Reply::Ok => out.push(kind::OK),
+            Reply::Values(v) => {
+                out.push(kind::VALUES);
+                out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                for x in v {
+                    out.extend_from_slice(&(x.len() as u64).to_le_bytes());
+                    out.extend_from_slice(x);
+                }
+            }
+            Reply::Absent(r) => {
+                out.push(kind::ABSENT);
+                out.extend_from_slice(&(r.len() as u32).to_le_bytes());
+                for x in r {
+                    out.extend_from_slice(&x.to_le_bytes());
+                }
+            }
+            Reply::Granted { died } => {
+                out.push(kind::GRANTED);
+                match died {
+                    None => out.push(0),
+                    Some((rank, pid)) => {
+                        out.push(1);
+                        out.extend_from_slice(&rank.to_le_bytes());
+                        out.extend_from_slice(&pid.to_le_bytes());
+                    }
+                }
+            }
+            Reply::Held { rank, pid, held_ms } => {
+                out.push(kind::HELD);
+                out.extend_from_slice(&rank.to_le_bytes());
+                out.extend_from_slice(&pid.to_le_bytes());
+                out.extend_from_slice(&held_ms.to_le_bytes());
+            }
+            Reply::NotGranted => out.push(kind::NOT_GRANTED),
+            Reply::Refused(why) => {
+                out.push(kind::REFUSED);
+                out.extend_from_slice(why.as_bytes());
+            }
+        }
+    }
+
+    /// Reads a reply's body.
+    pub fn decode(body: &[u8]) -> Result<Reply> {
+        let mut f = Fields(body);
+        let r = match f.u8()? {
+            kind::OK => Reply::Ok,
+            kind::VALUES => {
+                let n = f.u32()? as usize;
+                // Each value takes at least its 8-byte length: a count
+                // the body cannot hold is refused before allocating.
+                if n > f.0.len() / 8 {
+                    return Err(malformed(format!("{n} values in {} bytes", f.0.len())));
+                }
+                let mut v = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let len = usize::try_from(f.u64()?)
+                        .map_err(|_| malformed("a value longer than memory"))?;
+                    v.push(f.take(len)?.to_vec());
+                }
+                Reply::Values(v)
+            }
+            kind::ABSENT => {
+                let n = f.u32()? as usize;
+                if n > f.0.len() / 4 {
+                    return Err(malformed(format!("{n} ranks in {} bytes", f.0.len())));
+                }
+                let mut v = Vec::with_capacity(n);
+                for _ in 0..n {
+                    v.push(f.u32()?);
+                }
+                Reply::Absent(v)
+            }
+            kind::GRANTED => match f.u8()? {
+                0 => Reply::Granted { died: None },
+                1 => Reply::Granted {
+                    died: Some((f.u32()?, f.u32()?)),
+                },
+                b => return Err(malformed(format!("a flag of {b}"))),
+            },
+            kind::HELD => Reply::Held {
+                rank: f.u32()?,
+                pid: f.u32()?,
+                held_ms: f.u64()?,
+            },
+            kind::NOT_GRANTED => Reply::NotGranted,
+            kind::REFUSED => Reply::Refused(String::from_utf8_lossy(f.rest()).into_owned()),
+            k => return Err(malformed(format!("reply kind {k}"))),
+        };
+        f.end()?;
+        Ok(r)
+    }
+}
+
+/// Writes one frame holding `body`.
+pub fn write_frame(w: &mut impl Write, body: &[u8]) -> std::io::Result<()> {
+    let len = u32::try_from(body.len())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "a frame past 4 GiB"))?;
+    let mut head = [0u8; 4];
+    head.copy_from_slice(&len.to_le_bytes());
+    w.write_all(&head)?;
+    w.write_all(body)?;
+    w.flush()
+}
+
+/// Reads one frame's body, refusing (before allocating) one longer than
+/// `max`. `Ok(None)`: the peer closed the connection between frames.
+pub fn read_frame(r: &mut impl Read, max: usize) -> Result<Option<Vec<u8>>> {
+    let mut head = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match r.read(&mut head[got..]) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return Err(malformed("the connection closed inside a frame's length")),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io("reading a rendezvous frame", e)),
+        }
+    }
+    let len = u32::from_le_bytes(head) as usize;
+    if len > max {
+        return Err(Error::TooLarge {
+            what: "rendezvous frame",
+            got: len as u64,
+            limit: max as u64,
+        });
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            malformed(format!(
+                "the connection closed inside a frame of {len} bytes"
+            ))
+        } else {
+            Error::io("reading a rendezvous frame", e)
+        }
+    })?;
+    Ok(Some(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn requests() -> Vec<Request> {
+        vec![
+            Request::Hello {
+                version: VERSION,
+                rank: 3,
+                size: 4,
+            },
+            Request::Collect {
+                key: b"g/0/barrier/7".to_vec(),
+                n: 4,
+                rank: 2,
+                want: true,
+                wait_ms: 1000,
+                value: vec![1, 2, 3],
+            },
+            Request::Collect {
+                key: vec![],
+                n: 1,
+                rank: 0,
+                want: false,
+                wait_ms: 0,
+                value: vec![],
+            },
+            Request::Lock {
+                key: b"lock".to_vec(),
+                rank: 1,
+                pid: 99,
+                wait_ms: u32::MAX,
+                notice_ms: 2000,
+            },
+            Request::Unlock {
+                key: b"lock".to_vec(),
+            },
+        ]
+    }
+
+    fn replies() -> Vec<Reply> {
+        vec![
+            Reply::Ok,
+            Reply::Values(vec![vec![], vec![7; 100], vec![1]]),
+            Reply::Absent(vec![1, 3]),
+            Reply::Granted { died: None },
+            Reply::Granted {
+                died: Some((2, 1234)),
+            },
+            Reply::Held {
+                rank: 1,
+                pid: 5,
+                held_ms: 12_345,
+            },
+            Reply::NotGranted,
+            Reply::Refused("no".into()),
+        ]
+    }
+
+    #[test]
+    fn everything_reads_back() {
+        for r in requests() {
+            let mut b = Vec::new();
+            r.encode(&mut b);
+            assert_eq!(Request::decode(&b).unwrap(), r);
+            // Every cut of it is refused, not misread.
+            for cut in 0..b.len() {
+                if let Ok(x) = Request::decode(&b[..cut]) {
+                    // A collect's value is the rest: a cut one is a
+                    // shorter value, which is what a frame said.
+                    assert!(matches!(x, Request::Collect { .. }), "{x:?}");
+                }
+            }
+        }
+        for r in replies() {
+            let mut b = Vec::new();
+            r.encode(&mut b);
+            assert_eq!(Reply::decode(&b).unwrap(), r);
+            let mut long = b.clone();
+            long.push(0);
+            if !matches!(r, Reply::Refused(_)) {
+                assert!(Reply::decode(&long).is_err(), "{r:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn hostile_counts_and_lengths_are_refused_before_allocating() {
+        // A reply claiming 2^32-1 values in 4 bytes.
+        let mut b = vec![kind::VALUES];
+        b.extend_from_slice(&u32::MAX.to_le_bytes());
+        b.extend_from_slice(&[0; 4]);
+        assert!(Reply::decode(&b).is_err());
+        // One value claiming 2^64-1 bytes.
+        let mut b = vec![kind::VALUES];
+        b.extend_from_slice(&1u32.to_le_bytes());
+        b.extend_from_slice(&u64::MAX.to_le_bytes());
+        assert!(Reply::decode(&b).is_err());
+        // A key longer than allowed.
+        let mut b = vec![kind::UNLOCK];
+        b.extend_from_slice(&u16::MAX.to_le_bytes());
+        b.extend_from_slice(&vec![b'k'; usize::from(u16::MAX)]);
+        assert!(Request::decode(&b).is_err());
+        // A 4 GiB frame length.
+        let mut r = std::io::Cursor::new(u32::MAX.to_le_bytes().to_vec());
+        assert!(matches!(
+            read_frame(&mut r, 1 << 20),
+            Err(Error::TooLarge { .. })
+        ));
+        // A frame cut short.
+        let mut b = 10u32.to_le_bytes().to_vec();
+        b.extend_from_slice(&[1, 2, 3]);
+        assert!(read_frame(&mut std::io::Cursor::new(b), 1 << 20).is_err());
+        // Closed between frames.
+        assert!(read_frame(&mut std::io::Cursor::new(Vec::new()), 16)
+            .unwrap()
+            .is_none());
+        // Unknown kinds.
+        assert!(Request::decode(&[0]).is_err());
+        assert!(Request::decode(&[]).is_err());
+        assert!(Reply::decode(&[200]).is_err());
+    }
+
+    #[test]
+    fn frames_read_back() {
+        let mut b = Vec::new();
+        write_frame(&mut b, b"hello").unwrap();
+        write_frame(&mut b, b"").unwrap();
+        let mut r = std::io::Cursor::new(b);
+        assert_eq!(read_frame(&mut r, 16).unwrap().unwrap(), b"hello");
+        assert_eq!(read_frame(&mut r, 16).unwrap().unwrap(), b"");
+        assert!(read_frame(&mut r, 16).unwrap().is_none());
+    }
+
+    proptest! {
+        #[test]
+        fn random_bodies_never_panic(body in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = Request::decode(&body);
+            let _ = Reply::decode(&body);
+        }
+
+        #[test]
+        fn random_frames_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let mut r = std::io::Cursor::new(bytes);
+            while let Ok(Some(_)) = read_frame(&mut r, 32) {}
+        }
+    }
+}

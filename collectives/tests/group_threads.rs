@@ -1,0 +1,181 @@
+//! Groups whose ranks are threads of this process (each with its own
+//! connection to the rendezvous, as a process would have): bootstrap,
+//! barrier, broadcast, gather, all_gather, split, and what a missing rank
+//! does to the others.
+
+use shoal_collectives::{Error, Group, GroupOptions, Launch, Launcher};
+use std::time::Duration;
+
+fn launch(rank: u32, size: u32, at: &str) -> Launch {
+    Launch {
+        launcher: Launcher::Shoal,
+        rank,
+        size,
+        local_rank: None,
+        local_size: None,
+        rendezvous: Some(at.to_string()),
+        job: "test".into(),
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+/// Runs `body` on `size` ranks (threads), each with its group.
+fn ranks<T: Send + 'static>(
+    size: u32,
+    opts: GroupOptions,
+    body: impl Fn(Group) -> T + Send + Sync + Clone + 'static,
+) -> Vec<T> {
+    let at = format!("127.0.0.1:{}", free_port());
+    let threads: Vec<_> = (0..size)
+        .map(|r| {
+            let (at, body, opts) = (at.clone(), body.clone(), opts.clone());
+            std::thread::spawn(move || {
+                let g = Group::bootstrap(&launch(r, size, &at), &opts).unwrap();
+                body(g)
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+fn opts() -> GroupOptions {
+    GroupOptions::default().timeout(Duration::from_secs(20))
+}
+
+#[test]
+fn four_ranks_run_every_collective() {
+    let out = ranks(4, opts(), |g| {
+        assert_eq!(g.size(), 4);
+        // Threads of one process share a host.
+        assert_eq!(
+            (g.nodes(), g.local_size(), g.local_rank()),
+            (1, 4, g.rank())
+        );
+        for _ in 0..3 {
+            g.barrier().unwrap();
+        }
+        let text = format!("from rank {}", g.rank());
+        let b = g.broadcast(2, (g.rank() == 2).then_some(&text)).unwrap();
+        assert_eq!(b.get().as_str(), "from rank 2");
+        let all = g.all_gather(&(g.rank() * 10)).unwrap();
+        let got: Vec<u32> = all.iter().map(|v| v.get().to_native()).collect();
+        assert_eq!(got, [0, 10, 20, 30]);
+        let gathered = g
+            .gather(1, &vec![g.rank() as u8; g.rank() as usize])
+            .unwrap();
+        if g.rank() == 1 {
+            let v = gathered.unwrap();
+            assert_eq!(v.len(), 4);
+            for (r, x) in v.iter().enumerate() {
+                assert_eq!(x.deserialize().unwrap(), vec![r as u8; r]);
+            }
+        } else {
+            assert!(gathered.is_none());
+        }
+        g.rank()
+    });
+    assert_eq!(out, [0, 1, 2, 3]);
+}
+
+#[test]
+fn split_makes_sub_groups_that_run_collectives() {
+    ranks(4, opts(), |g| {
+        // Even and odd ranks, the order reversed by key.
+        let sub = g.split(g.rank() % 2, 10 - g.rank()).unwrap();
+        assert_eq!(sub.size(), 2);
+        let expected_rank = if g.rank() >= 2 { 0 } else { 1 };
+        assert_eq!(sub.rank(), expected_rank);
+        let all = sub.all_gather(&g.rank()).unwrap();
+        let got: Vec<u32> = all.iter().map(|v| v.get().to_native()).collect();
+        let mine = if g.rank() % 2 == 0 { [2, 0] } else { [3, 1] };
+        assert_eq!(got, mine);
+        sub.barrier().unwrap();
+        // The parent goes on after its sub-groups.
+        g.barrier().unwrap();
+        // A sub-group of a sub-group.
+        let one = sub.split(sub.rank(), 0).unwrap();
+        assert_eq!(one.size(), 1);
+        one.barrier().unwrap();
+    });
+}
+
+#[test]
+fn a_rank_that_never_comes_is_named() {
+    let at = format!("127.0.0.1:{}", free_port());
+    let o = GroupOptions::default().timeout(Duration::from_millis(1500));
+    // Ranks 0 and 1 of 3 come; rank 2 never does.
+    let threads: Vec<_> = (0..2)
+        .map(|r| {
+            let (at, o) = (at.clone(), o.clone());
+            std::thread::spawn(move || Group::bootstrap(&launch(r, 3, &at), &o))
+        })
+        .collect();
+    for t in threads {
+        match t.join().unwrap() {
+            Err(Error::RanksMissing { missing, .. }) => assert_eq!(missing, [2]),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_rank_missing_from_a_collective_is_named() {
+    let out = ranks(
+        3,
+        GroupOptions::default().timeout(Duration::from_secs(2)),
+        |g| {
+            if g.rank() == 1 {
+                // Skips the barrier, then goes on with the rest.
+                std::thread::sleep(Duration::from_secs(3));
+                return Vec::new();
+            }
+            match g.barrier() {
+                Err(Error::RanksMissing { missing, .. }) => missing,
+                other => panic!("{other:?}"),
+            }
+        },
+    );
+    assert_eq!(out, [vec![1], vec![], vec![1]]);
+}
+
+#[test]
+fn bad_arguments_are_refused() {
+    let g = Group::single();
+    assert!(matches!(
+        g.broadcast::<u32>(1, Some(&1)),
+        Err(Error::BadArguments(_))
+    ));
+    assert!(matches!(
+        g.broadcast::<u32>(0, None),
+        Err(Error::BadArguments(_))
+    ));
+    assert!(matches!(g.gather(5, &1u8), Err(Error::BadArguments(_))));
+}
+
+#[test]
+fn a_group_of_one_needs_nothing() {
+    let g = Group::bootstrap(
+        &Launch {
+            launcher: Launcher::None,
+            rank: 0,
+            size: 1,
+            local_rank: Some(0),
+            local_size: Some(1),
+            rendezvous: None,
+            job: "none".into(),
+        },
+        &GroupOptions::default(),
+    )
+    .unwrap();
+    g.barrier().unwrap();
+    let v = g.broadcast(0, Some(&String::from("alone"))).unwrap();
+    assert_eq!(v.get().as_str(), "alone");
+    assert_eq!(g.gather(0, &1u64).unwrap().unwrap().len(), 1);
+    assert_eq!(g.split(0, 0).unwrap().size(), 1);
+}
