@@ -45,6 +45,9 @@ pub struct GroupOptions {
     /// the largest answer: all ranks' values of an all_gather). Default
     /// 1 GiB.
     pub max_value: usize,
+    /// How long a lock's holder may keep it while others wait before the
+    /// waiters' logs name it. Default 10 s.
+    pub lock_notice: Duration,
 }
 
 impl Default for GroupOptions {
@@ -53,6 +56,7 @@ impl Default for GroupOptions {
             rendezvous: None,
             timeout: Duration::from_secs(120),
             max_value: 1 << 30,
+            lock_notice: Duration::from_secs(10),
         }
     }
 }
@@ -61,6 +65,11 @@ impl GroupOptions {
     /// Sets [`rendezvous`](Self::rendezvous).
     pub fn rendezvous(mut self, at: &str) -> Self {
         self.rendezvous = Some(at.to_string());
+        self
+    }
+    /// Sets [`lock_notice`](Self::lock_notice).
+    pub fn lock_notice(mut self, t: Duration) -> Self {
+        self.lock_notice = t;
         self
     }
     /// Sets [`timeout`](Self::timeout).
@@ -88,6 +97,11 @@ pub struct Member {
 /// sub-groups (and, on rank 0, the rendezvous itself).
 struct Link {
     client: Mutex<Client>,
+    /// Where the rendezvous is (for more connections), and as whom.
+    address: String,
+    world_rank: u32,
+    world_size: u32,
+    max_frame: usize,
     /// Rank 0's.
     server: Option<Server>,
     /// The file rank 0 left its address in, removed with it.
@@ -330,6 +344,30 @@ impl Group {
         })
     }
 
+    /// This rank's handle on the group lock `name` (see
+    /// [`Lock`](crate::lock::Lock)); not collective: each rank that uses
+    /// the lock makes its own, with the same name. Opens a connection of
+    /// its own to the rendezvous.
+    pub fn lock(&self, name: &str) -> Result<crate::lock::Lock> {
+        let via = match &self.link {
+            Some(l) => Some(Client::connect(
+                &l.address,
+                l.world_rank,
+                l.world_size,
+                self.opts.timeout,
+                l.max_frame,
+            )?),
+            None => None,
+        };
+        Ok(crate::lock::Lock::new(
+            name,
+            &self.name,
+            self.rank,
+            self.opts.lock_notice,
+            via,
+        ))
+    }
+
     /// Waits until every rank of the group called it.
     pub fn barrier(&self) -> Result<()> {
         self.collect("barrier", &[], false).map(drop)
@@ -501,6 +539,10 @@ fn connect(launch: &Launch, opts: &GroupOptions) -> Result<Link> {
         let client = Client::connect(&to, rank, size, timeout, max_frame)?;
         return Ok(Link {
             client: Mutex::new(client),
+            address: to,
+            world_rank: rank,
+            world_size: size,
+            max_frame,
             server,
             file: None,
             linger,
@@ -519,9 +561,14 @@ fn connect(launch: &Launch, opts: &GroupOptions) -> Result<Link> {
                     e,
                 )
             })?;
-        let client = Client::connect(&server.address().to_string(), 0, size, timeout, max_frame)?;
+        let to = server.address().to_string();
+        let client = Client::connect(&to, 0, size, timeout, max_frame)?;
         return Ok(Link {
             client: Mutex::new(client),
+            address: to,
+            world_rank: 0,
+            world_size: size,
+            max_frame,
             server: Some(server),
             file: Some(file),
             linger,
@@ -537,6 +584,10 @@ fn connect(launch: &Launch, opts: &GroupOptions) -> Result<Link> {
                 Ok(client) => {
                     return Ok(Link {
                         client: Mutex::new(client),
+                        address: at.trim().to_string(),
+                        world_rank: rank,
+                        world_size: size,
+                        max_frame,
                         server: None,
                         file: None,
                         linger,

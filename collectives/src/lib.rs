@@ -8,6 +8,8 @@
 //! - [`group`]: [`Group`]: rank, size, which ranks share a host,
 //!   [`Group::split`] into sub-groups, and the collectives: barrier,
 //!   broadcast, gather, all_gather of rkyv values ([`value`]).
+//! - [`lock`]: [`Lock`], a mutex over the group, granted in request
+//!   order, robust to a holder's death.
 //! - [`error`]: the crate's [`Error`].
 //!
 //! ```
@@ -25,10 +27,12 @@
 pub mod error;
 pub mod group;
 pub mod launcher;
+pub mod lock;
 pub mod rendezvous;
 pub mod value;
 
 pub use error::{Error, Result};
 pub use group::{Group, GroupOptions};
 pub use launcher::{Launch, Launcher};
+pub use lock::{Lock, LockGuard};
 pub use value::Value;

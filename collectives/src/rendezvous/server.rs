@@ -67,30 +67,60 @@ struct Holder {
     conn: u64,
     rank: u32,
     pid: u32,
+    ticket: u64,
     since: Instant,
     /// Its grant was sent: should it die now, the lock's state may be
     /// half-updated.
     told: bool,
+    /// The dead holder it was told of, if any (passed on again if it
+    /// gives the lock back without saying the state was repaired).
+    inherited: Option<(u32, u32)>,
+}
+
+/// A lock asker in the queue.
+#[derive(Clone, Copy)]
+struct Asker {
+    conn: u64,
+    rank: u32,
+    pid: u32,
+    ticket: u64,
 }
 
 /// A lock: its holder and its queue, in arrival order.
 #[derive(Default)]
 struct LockQ {
     holder: Option<Holder>,
-    queue: VecDeque<(u64, u32, u32)>,
+    queue: VecDeque<Asker>,
     /// The last holder that died holding it, for the next grant.
     died: Option<(u32, u32)>,
+    /// Tickets given (arrivals) and grants made so far.
+    tickets: u64,
+    turns: u64,
 }
 
 impl LockQ {
     /// Hands the lock to the first in the queue, if any.
     fn pass(&mut self) {
-        self.holder = self.queue.pop_front().map(|(conn, rank, pid)| Holder {
+        self.holder = self.queue.pop_front().map(|a| Holder {
+            conn: a.conn,
+            rank: a.rank,
+            pid: a.pid,
+            ticket: a.ticket,
+            since: Instant::now(),
+            told: false,
+            inherited: None,
+        });
+    }
+
+    /// Queues an asker (with the next ticket).
+    fn arrive(&mut self, conn: u64, rank: u32, pid: u32) {
+        let ticket = self.tickets;
+        self.tickets += 1;
+        self.queue.push_back(Asker {
             conn,
             rank,
             pid,
-            since: Instant::now(),
-            told: false,
+            ticket,
         });
     }
 }
@@ -312,7 +342,7 @@ fn serve_requests(peer: &Peer, stream: &mut TcpStream, shared: &Shared) -> Resul
                 wait_ms,
                 notice_ms,
             } => lock(peer, stream, shared, key, (rank, pid), wait_ms, notice_ms)?,
-            Request::Unlock { key } => unlock(peer, shared, &key),
+            Request::Unlock { key, consistent } => unlock(peer, shared, &key, consistent),
         };
         send(stream, &reply)?;
     }
@@ -511,12 +541,12 @@ fn lock(
         ));
     }
     if q.holder.is_none() && q.queue.is_empty() {
-        q.queue.push_back((peer.id, rank, pid));
+        q.arrive(peer.id, rank, pid);
         q.pass();
     } else if wait_ms == 0 {
         return Ok(Reply::NotGranted);
     } else {
-        q.queue.push_back((peer.id, rank, pid));
+        q.arrive(peer.id, rank, pid);
     }
     let start = Instant::now();
     let end = start + Duration::from_millis(u64::from(wait_ms));
@@ -531,15 +561,20 @@ fn lock(
                 shared.changed.notify_all();
                 return Ok(Reply::NotGranted);
             }
+            let died = q.died.take();
+            let turn = q.turns;
+            q.turns += 1;
+            let mut ticket = 0;
             if let Some(h) = q.holder.as_mut() {
                 h.told = true;
+                h.inherited = died;
+                ticket = h.ticket;
             }
-            let died = q.died.take();
-            return Ok(Reply::Granted { died });
+            return Ok(Reply::Granted { died, ticket, turn });
         }
         let now = Instant::now();
         if now >= end || shared.stop.load(Ordering::Acquire) || gone(stream) {
-            q.queue.retain(|w| w.0 != peer.id);
+            q.queue.retain(|w| w.conn != peer.id);
             return Ok(Reply::NotGranted);
         }
         if !noticed && now >= notice {
@@ -574,13 +609,18 @@ fn lock(
     }
 }
 
-fn unlock(peer: &Peer, shared: &Shared, key: &[u8]) -> Reply {
+fn unlock(peer: &Peer, shared: &Shared, key: &[u8], consistent: bool) -> Reply {
     let mut st = shared.lock();
     let Some(q) = st.locks.get_mut(key) else {
         return Reply::Refused("the lock is not held".into());
     };
-    if q.holder.as_ref().is_none_or(|h| h.conn != peer.id) {
+    let Some(h) = q.holder.take_if(|h| h.conn == peer.id) else {
         return Reply::Refused("the lock is not held through this connection".into());
+    };
+    if !consistent {
+        // Not repaired: the next holder is told as this one was (or of
+        // this one, should it have been a clean grant).
+        q.died = h.inherited.or(Some((h.rank, h.pid)));
     }
     q.pass();
     if q.holder.is_none() && q.queue.is_empty() && q.died.is_none() {
@@ -595,7 +635,7 @@ fn unlock(peer: &Peer, shared: &Shared, key: &[u8]) -> Reply {
 fn forget(peer: &Peer, shared: &Shared) {
     let mut st = shared.lock();
     for q in st.locks.values_mut() {
-        q.queue.retain(|w| w.0 != peer.id);
+        q.queue.retain(|w| w.conn != peer.id);
         if let Some(h) = q.holder.take_if(|h| h.conn == peer.id) {
             if h.told {
                 tracing::warn!(

@@ -65,6 +65,10 @@ pub enum Request {
     Unlock {
         /// The lock's name.
         key: Vec<u8>,
+        /// Whether what it protects is consistent: false when it was
+        /// granted after a holder died and nobody said it was repaired
+        /// (the next holder is told the same then).
+        consistent: bool,
     },
 }
 
@@ -82,6 +86,11 @@ pub enum Reply {
     Granted {
         /// The dead holder, if any.
         died: Option<(u32, u32)>,
+        /// The asker's place in arrival order (counted from 0 per lock).
+        ticket: u64,
+        /// The grant's place in grant order (counted from 0 per lock):
+        /// equal to the ticket while grants follow arrivals.
+        turn: u64,
     },
     /// Not final: the lock is still held, by this rank and pid, for this
     /// many milliseconds so far.
@@ -172,6 +181,14 @@ impl<'a> Fields<'a> {
     }
 }
 
+fn flag(f: &mut Fields<'_>) -> Result<bool> {
+    match f.u8()? {
+        0 => Ok(false),
+        1 => Ok(true),
+        b => Err(malformed(format!("a flag of {b}"))),
+    }
+}
+
 fn put_key(out: &mut Vec<u8>, key: &[u8]) {
     let n = key.len().min(MAX_KEY);
     out.extend_from_slice(&(n as u16).to_le_bytes());
@@ -223,9 +240,10 @@ impl Request {
                 out.extend_from_slice(&wait_ms.to_le_bytes());
                 out.extend_from_slice(&notice_ms.to_le_bytes());
             }
-            Request::Unlock { key } => {
+            Request::Unlock { key, consistent } => {
                 out.push(kind::UNLOCK);
                 put_key(out, key);
+                out.push(u8::from(*consistent));
             }
         }
     }
@@ -243,11 +261,7 @@ impl Request {
                 let key = f.key()?;
                 let n = f.u32()?;
                 let rank = f.u32()?;
-                let want = match f.u8()? {
-                    0 => false,
-                    1 => true,
-                    b => return Err(malformed(format!("a flag of {b}"))),
-                };
+                let want = flag(&mut f)?;
                 let wait_ms = f.u32()?;
                 Request::Collect {
                     key,
@@ -265,7 +279,10 @@ impl Request {
                 wait_ms: f.u32()?,
                 notice_ms: f.u32()?,
             },
-            kind::UNLOCK => Request::Unlock { key: f.key()? },
+            kind::UNLOCK => Request::Unlock {
+                key: f.key()?,
+                consistent: flag(&mut f)?,
+            },
             k => return Err(malformed(format!("request kind {k}"))),
         };
         f.end()?;
@@ -293,8 +310,10 @@ impl Reply {
                     out.extend_from_slice(&x.to_le_bytes());
                 }
             }
-            Reply::Granted { died } => {
+            Reply::Granted { died, ticket, turn } => {
                 out.push(kind::GRANTED);
+                out.extend_from_slice(&ticket.to_le_bytes());
+                out.extend_from_slice(&turn.to_le_bytes());
                 match died {
                     None => out.push(0),
                     Some((rank, pid)) => {
@@ -349,13 +368,16 @@ impl Reply {
                 }
                 Reply::Absent(v)
             }
-            kind::GRANTED => match f.u8()? {
-                0 => Reply::Granted { died: None },
-                1 => Reply::Granted {
-                    died: Some((f.u32()?, f.u32()?)),
-                },
-                b => return Err(malformed(format!("a flag of {b}"))),
-            },
+            kind::GRANTED => {
+                let ticket = f.u64()?;
+                let turn = f.u64()?;
+                let died = match f.u8()? {
+                    0 => None,
+                    1 => Some((f.u32()?, f.u32()?)),
+                    b => return Err(malformed(format!("a flag of {b}"))),
+                };
+                Reply::Granted { died, ticket, turn }
+            }
             kind::HELD => Reply::Held {
                 rank: f.u32()?,
                 pid: f.u32()?,
@@ -462,9 +484,15 @@ mod tests {
             Reply::Ok,
             Reply::Values(vec![vec![], vec![7; 100], vec![1]]),
             Reply::Absent(vec![1, 3]),
-            Reply::Granted { died: None },
+            Reply::Granted {
+                died: None,
+                ticket: 0,
+                turn: 0,
+            },
             Reply::Granted {
                 died: Some((2, 1234)),
+                ticket: 7,
+                turn: 6,
             },
             Reply::Held {
                 rank: 1,

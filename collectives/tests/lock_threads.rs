@@ -1,0 +1,163 @@
+//! The group lock with ranks as threads (each with its own connection to
+//! the rendezvous, as a process has): mutual exclusion, FIFO grants, try
+//! and timeout, and a holder that goes away holding it.
+
+use shoal_collectives::{Error, Group, GroupOptions, Launch, Launcher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+fn launch(rank: u32, size: u32, at: &str) -> Launch {
+    Launch {
+        launcher: Launcher::Shoal,
+        rank,
+        size,
+        local_rank: None,
+        local_size: None,
+        rendezvous: Some(at.to_string()),
+        job: "test".into(),
+    }
+}
+
+fn groups(size: u32) -> Vec<Group> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap();
+    let at = format!("127.0.0.1:{port}");
+    let o = GroupOptions::default()
+        .timeout(Duration::from_secs(20))
+        .lock_notice(Duration::from_millis(200));
+    let t: Vec<_> = (0..size)
+        .map(|r| {
+            let (at, o) = (at.clone(), o.clone());
+            std::thread::spawn(move || Group::bootstrap(&launch(r, size, &at), &o).unwrap())
+        })
+        .collect();
+    t.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+/// Drops the groups, rank 0 last (it keeps the rendezvous until the
+/// others left).
+fn done(gs: Vec<Group>) {
+    for g in gs.into_iter().rev() {
+        drop(g);
+    }
+}
+
+#[test]
+fn four_ranks_count_to_a_thousand_in_request_order() {
+    let counter = Arc::new(AtomicU64::new(0));
+    let grants = Arc::new(Mutex::new(Vec::new()));
+    let threads: Vec<_> = groups(4)
+        .into_iter()
+        .map(|g| {
+            let (counter, grants) = (counter.clone(), grants.clone());
+            std::thread::spawn(move || {
+                let lock = g.lock("counter").unwrap();
+                for _ in 0..250 {
+                    let guard = lock.lock().unwrap();
+                    // Not an atomic increment: only the lock keeps it whole.
+                    let v = counter.load(Ordering::Relaxed);
+                    std::thread::yield_now();
+                    counter.store(v + 1, Ordering::Relaxed);
+                    grants.lock().unwrap().push((guard.ticket(), guard.turn()));
+                }
+                drop(lock);
+                g.barrier().unwrap();
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(counter.load(Ordering::Relaxed), 1000);
+    let grants = grants.lock().unwrap();
+    assert_eq!(grants.len(), 1000);
+    // Granted in request order: each grant's place among grants is its
+    // request's place among requests.
+    assert!(
+        grants.iter().all(|(ticket, turn)| ticket == turn),
+        "{grants:?}"
+    );
+}
+
+#[test]
+fn try_and_timeout_give_up_without_the_lock() {
+    let gs = groups(2);
+    let a = gs[0].lock("l").unwrap();
+    let b = gs[1].lock("l").unwrap();
+    let held = a.lock().unwrap();
+    assert!(b.try_lock().unwrap().is_none());
+    let t0 = std::time::Instant::now();
+    // Past the notice time: the wait logs who holds it, and goes on.
+    assert!(b
+        .lock_timeout(Duration::from_millis(500))
+        .unwrap()
+        .is_none());
+    assert!(t0.elapsed() >= Duration::from_millis(450));
+    drop(held);
+    let again = b.try_lock().unwrap().expect("free now");
+    // A waiter that gave up its place does not hold the queue.
+    drop(again);
+    assert!(a.try_lock().unwrap().is_some());
+    drop((a, b));
+    done(gs);
+}
+
+#[test]
+fn a_holder_that_goes_away_passes_the_lock_on_marked() {
+    let gs = groups(2);
+    let a = gs[0].lock("state").unwrap();
+    let b = gs[1].lock("state").unwrap();
+    let guard = a.lock().unwrap();
+    let waiter = std::thread::spawn(move || {
+        let r = match b.lock() {
+            Err(Error::OwnerDied { rank, .. }) => rank,
+            other => panic!("{other:?}"),
+        };
+        // Still marked for whoever comes next, until repaired.
+        let mut g = b.lock_recovering().unwrap();
+        assert_eq!(g.owner_died().map(|d| d.0), Some(0));
+        g.mark_consistent();
+        drop(g);
+        assert!(b.lock().unwrap().owner_died().is_none());
+        r
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    // The holder's connection closes with the lock held (as a process
+    // that dies closes its sockets).
+    std::mem::forget(guard);
+    drop(a);
+    assert_eq!(waiter.join().unwrap(), 0);
+    done(gs);
+}
+
+#[test]
+fn a_group_of_one_locks_between_threads() {
+    let g = Group::single();
+    let counter = Arc::new(AtomicU64::new(0));
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            let (g, counter) = (&g, counter.clone());
+            s.spawn(move || {
+                let lock = g.lock("n").unwrap();
+                for _ in 0..500 {
+                    let _guard = lock.lock().unwrap();
+                    let v = counter.load(Ordering::Relaxed);
+                    std::thread::yield_now();
+                    counter.store(v + 1, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    assert_eq!(counter.load(Ordering::Relaxed), 2000);
+    let lock = g.lock("n").unwrap();
+    let held = lock.lock().unwrap();
+    assert!(lock.try_lock().unwrap().is_none());
+    assert!(lock
+        .lock_timeout(Duration::from_millis(50))
+        .unwrap()
+        .is_none());
+    drop(held);
+}
