@@ -475,6 +475,7 @@ mod tests {
             },
             Request::Unlock {
                 key: b"lock".to_vec(),
+                consistent: false,
             },
         ]
     }
