@@ -12,6 +12,15 @@
 //! - `bench-matrix [--quick] [--out DIR] [--only NAME]`: provision what the
 //!   peers need, build the harnesses in release mode, run the matrix, print
 //!   its table (see `bench/src/bin/matrix.rs`).
+//! - `run -n N [--hosts H] [--grace SECS] [--timeout SECS] -- CMD [ARGS...]`:
+//!   a local launcher for shoal's collectives (like mpirun): start N
+//!   processes of CMD with `SHOAL_RANK`, `SHOAL_SIZE`, `SHOAL_LOCAL_RANK`,
+//!   `SHOAL_LOCAL_SIZE`, `SHOAL_NODE` and `SHOAL_RENDEZVOUS` set, their
+//!   output prefixed `[rank i] `; with H > 1 (root only), each host is a
+//!   network namespace of its own (see `run.rs` and `netns.rs`).
+
+mod netns;
+mod run;
 
 use std::process::{Command, ExitCode};
 use std::time::Instant;
@@ -184,8 +193,12 @@ fn main() -> ExitCode {
             let rest: Vec<String> = std::env::args().skip(2).collect();
             bench_matrix(&rest)
         }
+        "run" => {
+            let rest: Vec<String> = std::env::args().skip(2).collect();
+            run::launch(&rest)
+        }
         _ => {
-            eprintln!("usage: cargo xtask <test | provision | loom | fuzz-build | bench-matrix [--quick] [--out DIR]>");
+            eprintln!("usage: cargo xtask <test | provision | loom | fuzz-build | bench-matrix [--quick] [--out DIR] | run -n N [--hosts H] [--grace SECS] [--timeout SECS] -- CMD [ARGS...]>");
             return ExitCode::from(2);
         }
     };

@@ -269,6 +269,10 @@ fn serve(id: u64, mut stream: TcpStream, shared: &Shared) -> Result<()> {
     stream
         .set_read_timeout(Some(shared.limits.hello_within))
         .map_err(io)?;
+    // A peer that does not read its answers is dropped, not waited for.
+    stream
+        .set_write_timeout(Some(shared.limits.frame_within))
+        .map_err(io)?;
     let Some(body) = read_frame(&mut stream, 64)? else {
         return Ok(());
     };
