@@ -45,6 +45,8 @@ pub enum SegmentKind {
     Mpmc = 2,
     /// One oversized record of a ring.
     Overflow = 3,
+    /// A plain shared region (see `SharedRegion`).
+    Region = 4,
 }
 
 impl SegmentKind {
@@ -53,6 +55,7 @@ impl SegmentKind {
             1 => Some(Self::Broadcast),
             2 => Some(Self::Mpmc),
             3 => Some(Self::Overflow),
+            4 => Some(Self::Region),
             _ => None,
         }
     }
@@ -62,6 +65,7 @@ impl SegmentKind {
             Self::Broadcast => "broadcast ring",
             Self::Mpmc => "MPMC ring",
             Self::Overflow => "overflow record",
+            Self::Region => "shared region",
         }
     }
 }

@@ -75,6 +75,8 @@ mod overflow;
 #[cfg(not(loom))]
 mod ready;
 #[cfg(not(loom))]
+mod region;
+#[cfg(not(loom))]
 pub mod segment;
 
 #[cfg(loom)]
@@ -100,5 +102,7 @@ pub use broadcast_core::MAX_HELD;
 pub use mpmc::{MpmcConfig, MpmcConsumer, MpmcProducer, MpmcReservation, MpmcRing, TakeGuard};
 #[cfg(not(loom))]
 pub use ready::ReadyFd;
+#[cfg(not(loom))]
+pub use region::{futex_wait, futex_wake, SharedRegion, MAX_LEASES};
 #[cfg(not(loom))]
 pub use segment::{cleanup_stale, CleanupReport, Segment};

@@ -356,6 +356,11 @@ impl Segment {
         })
     }
 
+    /// The data area: its start (page aligned) and its length.
+    pub(crate) fn data_area(&self) -> (*mut u8, u64) {
+        (self.data_ptr(), self.header.data_capacity)
+    }
+
     /// The segment's name.
     pub fn name(&self) -> &SegmentName {
         &self.name
@@ -730,7 +735,7 @@ pub(crate) fn control_size(kind: SegmentKind, slots: u32, producer_slots: u32) -
             std::mem::size_of::<MpmcControl>() as u64
                 + slot * (u64::from(slots) + u64::from(producer_slots))
         }
-        SegmentKind::Overflow => 0,
+        SegmentKind::Overflow | SegmentKind::Region => 0,
     }
 }
 
@@ -788,7 +793,7 @@ fn check(
         return bad(
             "kind",
             u64::from(h.kind),
-            "1 (broadcast ring), 2 (MPMC ring) or 3 (overflow record)",
+            "1 (broadcast ring), 2 (MPMC ring), 3 (overflow record) or 4 (shared region)",
         );
     };
     if let Some(k) = kind {
@@ -876,19 +881,27 @@ fn check(
                 return bad("payload_len", h.payload_len, "0 for a ring");
             }
         }
-        SegmentKind::Overflow => {
+        SegmentKind::Overflow | SegmentKind::Region => {
             if h.slots != 0 {
-                return bad("slots", u64::from(h.slots), "0 for an overflow record");
+                return bad(
+                    "slots",
+                    u64::from(h.slots),
+                    "0 for an overflow record or a region",
+                );
             }
             if h.producer_slots != 0 {
                 return bad(
                     "producer_slots",
                     u64::from(h.producer_slots),
-                    "0 for an overflow record",
+                    "0 for an overflow record or a region",
                 );
             }
             if h.control_size != 0 {
-                return bad("control_size", h.control_size, "0 for an overflow record");
+                return bad(
+                    "control_size",
+                    h.control_size,
+                    "0 for an overflow record or a region",
+                );
             }
             if h.payload_len > h.data_capacity {
                 return bad("payload_len", h.payload_len, "at most data_capacity");
@@ -1235,7 +1248,7 @@ mod tests {
         let (slots, producers) = match kind {
             SegmentKind::Broadcast => (2, 0),
             SegmentKind::Mpmc => (2, 2),
-            SegmentKind::Overflow => (0, 0),
+            SegmentKind::Overflow | SegmentKind::Region => (0, 0),
         };
         SegmentSpec {
             kind,

@@ -555,6 +555,7 @@ fn want_for(t: &Target, f: Field, v: u64) -> Want {
                 1 => Some(SegmentKind::Broadcast),
                 2 => Some(SegmentKind::Mpmc),
                 3 => Some(SegmentKind::Overflow),
+                4 => Some(SegmentKind::Region),
                 _ => None,
             };
             match theirs {
