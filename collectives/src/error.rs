@@ -25,6 +25,18 @@ pub enum Error {
         /// How long this rank waited.
         after: Duration,
     },
+    /// Ranks whose processes died while others waited for them (seen by
+    /// their leases on the host's shared memory).
+    #[error("{what}: ranks {ranks:?} died")]
+    RanksGone {
+        /// The collective.
+        what: String,
+        /// The dead ranks.
+        ranks: Vec<u32>,
+    },
+    /// The collective failed on another rank, which has the cause.
+    #[error("{0}")]
+    Broken(String),
     /// A wait ran out of time.
     #[error("{what}: timed out after {after:?}")]
     Timeout {

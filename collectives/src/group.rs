@@ -15,6 +15,7 @@
 
 use crate::error::{Error, Result};
 use crate::launcher::Launch;
+use crate::node::{BarrierError, Node, Stop, TakeError};
 use crate::rendezvous::wire::{Reply, Request};
 use crate::rendezvous::{Client, Limits, Server};
 use crate::value::{archive, Value};
@@ -22,7 +23,7 @@ use rkyv::api::high::HighValidator;
 use rkyv::bytecheck::CheckBytes;
 use rkyv::rancor;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -48,6 +49,9 @@ pub struct GroupOptions {
     /// How long a lock's holder may keep it while others wait before the
     /// waiters' logs name it. Default 10 s.
     pub lock_notice: Duration,
+    /// Bytes of the buffer a host's ranks pass broadcasts through (a
+    /// larger value goes through it in chunks). Default 4 MiB.
+    pub node_buffer: usize,
 }
 
 impl Default for GroupOptions {
@@ -57,6 +61,7 @@ impl Default for GroupOptions {
             timeout: Duration::from_secs(120),
             max_value: 1 << 30,
             lock_notice: Duration::from_secs(10),
+            node_buffer: 4 << 20,
         }
     }
 }
@@ -140,6 +145,11 @@ pub struct Group {
     /// Collectives called so far (each one's key).
     calls: AtomicU64,
     link: Option<Arc<Link>>,
+    /// What this group's ranks on this host share (none when this rank
+    /// is alone on its host).
+    node: Option<Node>,
+    /// The node's broadcast generation this rank saw last.
+    seen: AtomicU32,
     opts: GroupOptions,
 }
 
@@ -183,6 +193,8 @@ impl Group {
             name: "w".into(),
             calls: AtomicU64::new(0),
             link: None,
+            node: None,
+            seen: AtomicU32::new(0),
             opts: GroupOptions::default(),
         }
     }
@@ -202,6 +214,8 @@ impl Group {
             name: "w".into(),
             calls: AtomicU64::new(0),
             link: Some(Arc::new(link)),
+            node: None,
+            seen: AtomicU32::new(0),
             opts: opts.clone(),
         };
         let mut said = Vec::with_capacity(12);
@@ -232,7 +246,69 @@ impl Group {
         }
         number_nodes(&mut members);
         g.members = members;
+        g.share_host()?;
         Ok(g)
+    }
+
+    /// Sets up what this group's ranks on this host share: the host's
+    /// first rank creates it, the others attach (its name passed through
+    /// the rendezvous). Collective.
+    fn share_host(&mut self) -> Result<()> {
+        let here = self.ranks_on(self.node());
+        let local = here.len() as u32;
+        let place = self.local_rank();
+        let made = if place == 0 && local > 1 {
+            Some(Node::create(local, self.opts.node_buffer)?)
+        } else {
+            None
+        };
+        let name = made.as_ref().map(Node::name).unwrap_or_default();
+        let all = self.collect("share-host", name.as_bytes(), true)?;
+        self.node = match made {
+            Some(n) => Some(n),
+            None if local > 1 => {
+                let theirs = all.get(here[0] as usize).ok_or_else(|| Error::Malformed {
+                    what: "the host's shared state's name",
+                    why: "missing".into(),
+                })?;
+                let name = std::str::from_utf8(theirs).map_err(|_| Error::Malformed {
+                    what: "the host's shared state's name",
+                    why: "not text".into(),
+                })?;
+                Some(Node::attach(name, local, place, self.opts.node_buffer)?)
+            }
+            None => None,
+        };
+        if let Some(n) = &self.node {
+            self.seen.store(n.broadcast_generation(), Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// The group rank of place `place` on this host.
+    fn rank_of_place(&self, place: u32) -> u32 {
+        self.ranks_on(self.node())
+            .get(place as usize)
+            .copied()
+            .unwrap_or(u32::MAX)
+    }
+
+    /// The error for a local wait that ended (`what` was waited for).
+    fn stopped(&self, what: &str, stop: Stop) -> Error {
+        match stop {
+            Stop::Timeout(places) => Error::RanksMissing {
+                what: what.to_string(),
+                missing: places.into_iter().map(|p| self.rank_of_place(p)).collect(),
+                after: self.opts.timeout,
+            },
+            Stop::Dead(places) => Error::RanksGone {
+                what: what.to_string(),
+                ranks: places.into_iter().map(|p| self.rank_of_place(p)).collect(),
+            },
+            Stop::Failed => Error::Broken(format!(
+                "{what}: it failed on another rank of this host (see its error)"
+            )),
+        }
     }
 
     /// This rank, in this group.
@@ -334,14 +410,20 @@ impl Group {
             .iter()
             .position(|(_, r)| *r == self.rank)
             .unwrap_or_default() as u32;
-        Ok(Group {
+        let mut g = Group {
             rank,
             members,
             name: format!("{}.{call}c{color}", self.name),
             calls: AtomicU64::new(0),
             link: self.link.clone(),
+            node: None,
+            seen: AtomicU32::new(0),
             opts: self.opts.clone(),
-        })
+        };
+        if g.link.is_some() {
+            g.share_host()?;
+        }
+        Ok(g)
     }
 
     /// This rank's handle on the group lock `name` (see
@@ -368,33 +450,131 @@ impl Group {
         ))
     }
 
-    /// Waits until every rank of the group called it.
+    /// Waits until every rank of the group called it: the ranks of a
+    /// host meet in shared memory, and the last of them meets the other
+    /// hosts' at the rendezvous (one message per host).
     pub fn barrier(&self) -> Result<()> {
-        self.collect("barrier", &[], false).map(drop)
+        let call = self.calls.fetch_add(1, Ordering::Relaxed);
+        if self.link.is_none() {
+            return Ok(());
+        }
+        let nodes = self.nodes();
+        let across = || {
+            if nodes > 1 {
+                self.meet(call, "barrier", self.node(), nodes, &[], false)
+                    .map(drop)
+            } else {
+                Ok(())
+            }
+        };
+        let Some(n) = &self.node else {
+            return across();
+        };
+        n.barrier(self.opts.timeout, across).map_err(|e| match e {
+            BarrierError::Local(stop) => self.stopped("barrier", stop),
+            BarrierError::Across(e) => e,
+        })
     }
 
     /// Rank `root`'s `value`, on every rank (`value` is read on `root`
-    /// only; others pass `None`).
+    /// only; others pass `None`). Hosts other than the root's get it in
+    /// one message each, through the rendezvous; the ranks of a host get
+    /// it through their shared memory, from the root or their host's
+    /// first rank.
     pub fn broadcast<T>(&self, root: u32, value: Option<&T>) -> Result<Value<T>>
     where
         T: shoal_transport::Archivable + rkyv::Archive,
         T::Archived: for<'b> CheckBytes<HighValidator<'b, rancor::Error>>,
     {
         self.check_root(root)?;
-        let bytes = if self.rank == root {
+        let call = self.calls.fetch_add(1, Ordering::Relaxed);
+        let mine = if self.rank == root {
             let v = value.ok_or_else(|| {
                 Error::BadArguments(format!("rank {root} broadcasts, and was given no value"))
             })?;
-            archive(v)?.to_vec()
+            Some(archive(v)?)
         } else {
-            Vec::new()
+            None
         };
-        let all = self.collect("broadcast", &bytes, true)?;
-        let from = all.get(root as usize).ok_or_else(|| Error::Malformed {
-            what: "a broadcast's answer",
-            why: format!("{} values for {} ranks", all.len(), self.size()),
-        })?;
-        Value::from_bytes(from)
+        if self.link.is_none() {
+            return Value::from_aligned(mine.unwrap_or_default());
+        }
+        let root_node = self.members[root as usize].node;
+        let place = self.local_rank();
+        // Who has the value on this host: the root on its own, the first
+        // rank elsewhere (from the rendezvous).
+        let putter = if self.node() == root_node {
+            self.ranks_on(root_node)
+                .iter()
+                .position(|r| *r == root)
+                .unwrap_or_default() as u32
+        } else {
+            0
+        };
+        let nodes = self.nodes();
+        let mut got = mine;
+        if nodes > 1 && (self.rank == root || (place == 0 && self.node() != root_node)) {
+            let give: &[u8] = got.as_deref().unwrap_or(&[]);
+            let want = self.rank != root;
+            let all = self.meet(call, "broadcast", self.node(), nodes, give, want);
+            match all {
+                Ok(all) if want => {
+                    let v = all
+                        .get(root_node as usize)
+                        .ok_or_else(|| Error::Malformed {
+                            what: "a broadcast's answer",
+                            why: format!("{} values for {nodes} hosts", all.len()),
+                        })?;
+                    let mut a = rkyv::util::AlignedVec::with_capacity(v.len());
+                    a.extend_from_slice(v);
+                    got = Some(a);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    // The host's other ranks wait for this one: tell them.
+                    if let Some(n) = &self.node {
+                        if let Ok(g) = n.put(Err(()), self.opts.timeout) {
+                            self.seen.store(g, Ordering::Relaxed);
+                        }
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let Some(n) = &self.node else {
+            return Value::from_aligned(got.unwrap_or_default());
+        };
+        if place == putter {
+            let bytes = got.unwrap_or_default();
+            let g = n
+                .put(Ok(&bytes), self.opts.timeout)
+                .map_err(|s| self.stopped("broadcast", s))?;
+            self.seen.store(g, Ordering::Relaxed);
+            return Value::from_aligned(bytes);
+        }
+        let mut out = rkyv::util::AlignedVec::new();
+        let mut last = self.seen.load(Ordering::Relaxed);
+        let r = n.take(
+            putter,
+            self.opts.timeout,
+            &mut last,
+            self.opts.max_value,
+            &mut out,
+        );
+        self.seen.store(last, Ordering::Relaxed);
+        match r {
+            Ok(()) => Value::from_aligned(out),
+            Err(TakeError::Stop(s)) => Err(self.stopped("broadcast", s)),
+            Err(TakeError::TooLong(len)) => Err(Error::TooLarge {
+                what: "a broadcast's value",
+                got: len,
+                limit: self.opts.max_value as u64,
+            }),
+            Err(TakeError::Malformed) => Err(Error::Malformed {
+                what: "the host's broadcast buffer",
+                why: "a chunk's lengths are not what a putter writes".into(),
+            }),
+        }
     }
 
     /// Every rank's `value`, in rank order, on `root` (`None` elsewhere).
@@ -441,6 +621,28 @@ impl Group {
     /// every rank's value in rank order if `want` (else empty).
     fn collect(&self, what: &str, value: &[u8], want: bool) -> Result<Vec<Vec<u8>>> {
         let call = self.calls.fetch_add(1, Ordering::Relaxed);
+        if self.link.is_none() {
+            return Ok(if want {
+                vec![value.to_vec()]
+            } else {
+                Vec::new()
+            });
+        }
+        self.meet(call, what, self.rank, self.size(), value, want)
+    }
+
+    /// Meets at the rendezvous, as `rank` of `n`, in collective number
+    /// `call` (`n` and `rank` count hosts when the hosts' first ranks
+    /// meet for their host).
+    fn meet(
+        &self,
+        call: u64,
+        what: &str,
+        rank: u32,
+        n: u32,
+        value: &[u8],
+        want: bool,
+    ) -> Result<Vec<Vec<u8>>> {
         if value.len() > self.opts.max_value {
             return Err(Error::TooLarge {
                 what: "a collective's value",
@@ -458,19 +660,26 @@ impl Group {
         let timeout = self.opts.timeout;
         let req = Request::Collect {
             key: format!("{}/{call}/{what}", self.name).into_bytes(),
-            n: self.size(),
-            rank: self.rank,
+            n,
+            rank,
             want,
             wait_ms: timeout.as_millis().min(u128::from(u32::MAX)) as u32,
             value: value.to_vec(),
         };
         let mut client = link.client.lock().unwrap_or_else(|p| p.into_inner());
         match client.call(&req, timeout)? {
-            Reply::Values(v) if want && v.len() == self.members.len() => Ok(v),
+            Reply::Values(v) if want && v.len() == n as usize => Ok(v),
             Reply::Ok if !want => Ok(Vec::new()),
             Reply::Absent(missing) => Err(Error::RanksMissing {
                 what: format!("{what} (call {call} of group {})", self.name),
-                missing,
+                missing: if n == self.size() {
+                    missing
+                } else {
+                    // Hosts: their ranks.
+                    (0..self.size())
+                        .filter(|r| missing.contains(&self.members[*r as usize].node))
+                        .collect()
+                },
                 after: timeout,
             }),
             Reply::Refused(why) => Err(Error::Refused(why)),

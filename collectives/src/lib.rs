@@ -28,6 +28,7 @@ pub mod error;
 pub mod group;
 pub mod launcher;
 pub mod lock;
+mod node;
 pub mod rendezvous;
 pub mod value;
 

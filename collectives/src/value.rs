@@ -46,7 +46,12 @@ where
     pub(crate) fn from_bytes(bytes: &[u8]) -> Result<Value<T>> {
         let mut v = AlignedVec::<ALIGN>::with_capacity(bytes.len());
         v.extend_from_slice(bytes);
-        rkyv::access::<T::Archived, rancor::Error>(&v).map_err(|e| {
+        Value::from_aligned(v)
+    }
+
+    /// `bytes` (aligned already), validated as an archived `T`.
+    pub(crate) fn from_aligned(bytes: AlignedVec<ALIGN>) -> Result<Value<T>> {
+        rkyv::access::<T::Archived, rancor::Error>(&bytes).map_err(|e| {
             Error::Archive(format!(
                 "{} bytes are not an archived {}: {e}",
                 bytes.len(),
@@ -54,7 +59,7 @@ where
             ))
         })?;
         Ok(Value {
-            bytes: v,
+            bytes,
             _t: PhantomData,
         })
     }

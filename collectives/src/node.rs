@@ -1,0 +1,440 @@
+//! What the ranks of one group on one host share: a [`SharedRegion`]
+//! made by the host's first rank, where they meet for barriers and pass
+//! broadcasts, waiting on futexes (a short spin, then parked: no core is
+//! burnt while a rank waits). Each rank holds a lease named by its place
+//! on the host, so a rank that died is seen at once, whatever killed it.
+//!
+//! Layout (every field at a fixed offset; the region's bytes can be
+//! written by any process of the user, so lengths read back are checked
+//! against this rank's own figures):
+//!
+//! | offset | what |
+//! |---|---|
+//! | 0 | magic, ranks on the host, buffer bytes |
+//! | 64 | barrier: ranks arrived |
+//! | 128 | barrier: generation (the futex word), failed generation |
+//! | 192 | broadcast: generation (futex), chunk length, failed generation, value length |
+//! | 256 | broadcast: readers done (futex) |
+//! | 320 + 64 i | rank i's slot: the barrier generation it arrived at |
+//! | page after the slots | the broadcast buffer |
+
+use crate::error::{Error, Result};
+use shoal_shm_ring::{futex_wait, futex_wake, SegmentName, SharedRegion};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+const MAGIC: u64 = 0x5348_4f41_4c4e_4f44; // "SHOALNOD"
+const ARRIVED: usize = 64;
+const BAR_GEN: usize = 128;
+const BAR_FAILED: usize = 132;
+const BC_GEN: usize = 192;
+const BC_LEN: usize = 200;
+const BC_FAILED: usize = 208;
+const BC_TOTAL: usize = 216;
+const BC_DONE: usize = 256;
+const SLOTS: usize = 320;
+const SLOT: usize = 64;
+
+/// How long a waiter spins before it parks.
+const SPIN: u32 = 200;
+/// How long one park lasts before the waiter looks at its deadline and
+/// its peers' leases.
+const PARK: Duration = Duration::from_millis(20);
+
+/// This rank's view of its host's shared state.
+pub(crate) struct Node {
+    region: SharedRegion,
+    /// Ranks of the group on this host, and this rank's place among them.
+    local: u32,
+    me: u32,
+    buffer: usize,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("region", self.region.name())
+            .field("local", &self.local)
+            .field("me", &self.me)
+            .finish()
+    }
+}
+
+/// Bytes before the buffer.
+fn buffer_at(local: u32) -> usize {
+    (SLOTS + SLOT * local as usize).next_multiple_of(4096)
+}
+
+/// Why a wait ended without its event.
+pub(crate) enum Stop {
+    /// Past the deadline; these local places had not come.
+    Timeout(Vec<u32>),
+    /// These local places' processes are gone.
+    Dead(Vec<u32>),
+    /// The event failed elsewhere (the generation was marked failed).
+    Failed,
+}
+
+impl Node {
+    /// Creates the host's state, for `local` ranks with a broadcast
+    /// buffer of `buffer` bytes, as place 0.
+    pub(crate) fn create(local: u32, buffer: usize) -> Result<Node> {
+        let len = buffer_at(local) + buffer;
+        let region = SharedRegion::create(len as u64, "shoal-node")?;
+        let n = Node {
+            region,
+            local,
+            me: 0,
+            buffer,
+        };
+        // SAFETY: offsets 0..24 are inside the region (at least a page),
+        // 8-aligned; nobody else has its name yet.
+        unsafe {
+            let p = n.region.as_ptr();
+            (p as *mut u64).write(MAGIC);
+            (p.add(8) as *mut u32).write(local);
+            (p.add(16) as *mut u64).write(buffer as u64);
+        }
+        // No broadcast yet: the buffer is free (every reader "done").
+        n.u32_at(BC_DONE).store(local - 1, Ordering::Release);
+        n.hold()?;
+        Ok(n)
+    }
+
+    /// Attaches to the host's state `name` as place `me` of `local`.
+    pub(crate) fn attach(name: &str, local: u32, me: u32, buffer: usize) -> Result<Node> {
+        let name: SegmentName = name
+            .parse()
+            .map_err(|_| Error::BadArguments(format!("{name:?} is not a region name")))?;
+        let region = SharedRegion::attach(&name)?;
+        if region.len() < buffer_at(local) + buffer {
+            return Err(Error::Malformed {
+                what: "the host's shared state",
+                why: format!("{} bytes, fewer than {} ranks need", region.len(), local),
+            });
+        }
+        // SAFETY: the region holds at least one page; the fields are
+        // 8-aligned plain integers (read with volatile reads: the creator
+        // wrote them before publishing the name).
+        let (magic, l, b) = unsafe {
+            let p = region.as_ptr();
+            (
+                (p as *const u64).read_volatile(),
+                (p.add(8) as *const u32).read_volatile(),
+                (p.add(16) as *const u64).read_volatile(),
+            )
+        };
+        if magic != MAGIC || l != local || b != buffer as u64 {
+            return Err(Error::Malformed {
+                what: "the host's shared state",
+                why: format!(
+                    "magic {magic:#x}, {l} ranks, {b} buffer bytes; expected {MAGIC:#x}, {local}, {buffer}"
+                ),
+            });
+        }
+        let n = Node {
+            region,
+            local,
+            me,
+            buffer,
+        };
+        n.hold()?;
+        Ok(n)
+    }
+
+    fn hold(&self) -> Result<()> {
+        if self.region.hold(self.me)? {
+            Ok(())
+        } else {
+            Err(Error::BadArguments(format!(
+                "place {} on this host is taken by a live process",
+                self.me
+            )))
+        }
+    }
+
+    /// The region's name (for the other ranks of the host).
+    pub(crate) fn name(&self) -> String {
+        self.region.name().to_string()
+    }
+
+    fn u32_at(&self, at: usize) -> &AtomicU32 {
+        debug_assert!(at + 4 <= self.region.len() && at.is_multiple_of(4));
+        // SAFETY: every offset used is a 4-aligned field inside the region
+        // (the constants above, slots below buffer_at(local), which
+        // `attach` checked the region holds); the region is mapped while
+        // `self` lives; shared atomics are how processes share it.
+        unsafe { &*(self.region.as_ptr().add(at) as *const AtomicU32) }
+    }
+
+    fn u64_at(&self, at: usize) -> &AtomicU64 {
+        debug_assert!(at + 8 <= self.region.len() && at.is_multiple_of(8));
+        // SAFETY: as in `u32_at`, for an 8-aligned field.
+        unsafe { &*(self.region.as_ptr().add(at) as *const AtomicU64) }
+    }
+
+    fn slot(&self, place: u32) -> &AtomicU32 {
+        self.u32_at(SLOTS + SLOT * place as usize)
+    }
+
+    /// The places whose processes are gone (their leases free).
+    fn dead(&self, among: impl Iterator<Item = u32>) -> Vec<u32> {
+        among
+            .filter(|p| *p != self.me && !self.region.held(*p))
+            .collect()
+    }
+
+    /// Waits until `word` is no longer `current`; `pending` names the
+    /// places still awaited (for errors), `failed` is the word marking a
+    /// failed generation.
+    fn wait_change(
+        &self,
+        word: &AtomicU32,
+        current: u32,
+        failed: Option<&AtomicU32>,
+        end: Instant,
+        pending: &dyn Fn() -> Vec<u32>,
+    ) -> std::result::Result<(), Stop> {
+        let mut spins = 0;
+        loop {
+            if word.load(Ordering::Acquire) != current {
+                if failed.is_some_and(|f| f.load(Ordering::Acquire) == current.wrapping_add(1)) {
+                    return Err(Stop::Failed);
+                }
+                return Ok(());
+            }
+            if spins < SPIN {
+                spins += 1;
+                std::hint::spin_loop();
+                continue;
+            }
+            let now = Instant::now();
+            if now >= end {
+                return Err(Stop::Timeout(pending()));
+            }
+            if !futex_wait(word, current, Some(PARK.min(end - now))) {
+                let dead = self.dead(pending().into_iter());
+                if !dead.is_empty() {
+                    return Err(Stop::Dead(dead));
+                }
+            }
+        }
+    }
+
+    /// The local part of a barrier: waits until every rank of the host
+    /// arrived; the last to arrive runs `across` (the hosts' barrier)
+    /// before it lets the others go. Its error is every rank's.
+    pub(crate) fn barrier(
+        &self,
+        timeout: Duration,
+        across: impl FnOnce() -> Result<()>,
+    ) -> std::result::Result<(), BarrierError> {
+        let end = Instant::now() + timeout;
+        let gen = self.u32_at(BAR_GEN);
+        let g = gen.load(Ordering::Acquire);
+        self.slot(self.me)
+            .store(g.wrapping_add(1), Ordering::Relaxed);
+        let arrived = self.u32_at(ARRIVED).fetch_add(1, Ordering::AcqRel) + 1;
+        if arrived >= self.local {
+            self.u32_at(ARRIVED).store(0, Ordering::Relaxed);
+            let r = across();
+            if r.is_err() {
+                self.u32_at(BAR_FAILED)
+                    .store(g.wrapping_add(1), Ordering::Release);
+            }
+            gen.store(g.wrapping_add(1), Ordering::Release);
+            futex_wake(gen, u32::MAX);
+            return r.map_err(BarrierError::Across);
+        }
+        let pending = || {
+            (0..self.local)
+                .filter(|p| self.slot(*p).load(Ordering::Relaxed) != g.wrapping_add(1))
+                .collect()
+        };
+        self.wait_change(gen, g, Some(self.u32_at(BAR_FAILED)), end, &pending)
+            .map_err(BarrierError::Local)
+    }
+
+    /// The local part of a broadcast, by the rank that has the value on
+    /// this host: passes `value` through the buffer, a chunk at a time
+    /// (each once every other rank of the host took the last one).
+    /// `Err(())` instead of a value tells the readers the broadcast
+    /// failed.
+    ///
+    /// Returns the generation the broadcast left (the putter's `last` for
+    /// its next [`take`](Self::take)).
+    pub(crate) fn put(
+        &self,
+        value: std::result::Result<&[u8], ()>,
+        timeout: Duration,
+    ) -> std::result::Result<u32, Stop> {
+        let end = Instant::now() + timeout;
+        let Ok(bytes) = value else {
+            return self.put_chunk(Err(()), 0, end);
+        };
+        let mut at = 0;
+        loop {
+            let n = (bytes.len() - at).min(self.buffer);
+            let g = self.put_chunk(Ok(&bytes[at..at + n]), bytes.len() as u64, end)?;
+            at += n;
+            if at >= bytes.len() {
+                return Ok(g);
+            }
+        }
+    }
+
+    fn put_chunk(
+        &self,
+        chunk: std::result::Result<&[u8], ()>,
+        total: u64,
+        end: Instant,
+    ) -> std::result::Result<u32, Stop> {
+        let gen = self.u32_at(BC_GEN);
+        let done = self.u32_at(BC_DONE);
+        let g = gen.load(Ordering::Acquire);
+        // The readers of the last chunk (every other rank of the host)
+        // counted themselves done: the buffer is free.
+        let readers = self.local - 1;
+        loop {
+            let d = done.load(Ordering::Acquire);
+            if d >= readers {
+                break;
+            }
+            let all: Vec<u32> = (0..self.local).collect();
+            self.wait_change(done, d, None, end, &|| all.clone())?;
+        }
+        done.store(0, Ordering::Relaxed);
+        match chunk {
+            Ok(b) => {
+                debug_assert!(b.len() <= self.buffer);
+                // SAFETY: the buffer starts at buffer_at(local) and holds
+                // `self.buffer` bytes (checked at attach); `b` is at most
+                // that long; no reader reads it until the generation moves
+                // (Release below), and every reader of the last chunk is
+                // done with it.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        b.as_ptr(),
+                        self.region.as_ptr().add(buffer_at(self.local)),
+                        b.len().min(self.buffer),
+                    );
+                }
+                self.u64_at(BC_LEN).store(b.len() as u64, Ordering::Relaxed);
+                self.u64_at(BC_TOTAL).store(total, Ordering::Relaxed);
+            }
+            Err(()) => self
+                .u32_at(BC_FAILED)
+                .store(g.wrapping_add(1), Ordering::Relaxed),
+        }
+        gen.store(g.wrapping_add(1), Ordering::Release);
+        futex_wake(gen, u32::MAX);
+        Ok(g.wrapping_add(1))
+    }
+
+    /// The local part of a broadcast, by a rank that reads it: the
+    /// value's bytes, a chunk at a time, appended to `out` (at most
+    /// `max` bytes: a longer value is read through and refused); `from`
+    /// is the place of the rank that puts it, `last` the generation this
+    /// rank saw last.
+    pub(crate) fn take(
+        &self,
+        from: u32,
+        timeout: Duration,
+        last: &mut u32,
+        max: usize,
+        out: &mut rkyv::util::AlignedVec,
+    ) -> std::result::Result<(), TakeError> {
+        let end = Instant::now() + timeout;
+        let mut total = None;
+        let mut too_long = false;
+        let mut seen = 0u64;
+        loop {
+            let (len, t) = self.take_chunk(from, end, last, |chunk, t| {
+                if t as usize > max {
+                    too_long = true;
+                } else {
+                    if out.is_empty() {
+                        out.reserve(t as usize);
+                    }
+                    out.extend_from_slice(chunk);
+                }
+            })?;
+            let first = *total.get_or_insert(t);
+            if (len == 0 && t != 0) || t != first {
+                // A chunk of nothing, or a total that changed: not what a
+                // putter of this build writes.
+                return Err(TakeError::Malformed);
+            }
+            seen += len as u64;
+            if seen >= t {
+                break;
+            }
+        }
+        if too_long {
+            return Err(TakeError::TooLong(total.unwrap_or_default()));
+        }
+        Ok(())
+    }
+
+    /// One chunk: hands its bytes and the value's length to `take`;
+    /// returns the chunk's length and the value's.
+    fn take_chunk(
+        &self,
+        from: u32,
+        end: Instant,
+        last: &mut u32,
+        take: impl FnOnce(&[u8], u64),
+    ) -> std::result::Result<(usize, u64), TakeError> {
+        let gen = self.u32_at(BC_GEN);
+        let g = *last;
+        let done = self.u32_at(BC_DONE);
+        let waited = self.wait_change(gen, g, Some(self.u32_at(BC_FAILED)), end, &|| vec![from]);
+        if let Err(e) = waited {
+            if matches!(e, Stop::Failed) {
+                // Nothing to read, but this rank is done with the round.
+                *last = g.wrapping_add(1);
+                done.fetch_add(1, Ordering::AcqRel);
+                futex_wake(done, 1);
+            }
+            return Err(TakeError::Stop(e));
+        }
+        *last = g.wrapping_add(1);
+        let len = (self.u64_at(BC_LEN).load(Ordering::Relaxed) as usize).min(self.buffer);
+        let total = self.u64_at(BC_TOTAL).load(Ordering::Relaxed);
+        // SAFETY: `len` is clamped to the buffer's size (checked at
+        // attach); the putter wrote these bytes before the generation
+        // moved (Acquire in wait_change) and does not write them again
+        // until this rank counts itself done below.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(self.region.as_ptr().add(buffer_at(self.local)), len)
+        };
+        take(bytes, total);
+        done.fetch_add(1, Ordering::AcqRel);
+        futex_wake(done, 1);
+        Ok((len, total))
+    }
+
+    /// The broadcast generation this rank has seen last (the first
+    /// `take`'s starting point).
+    pub(crate) fn broadcast_generation(&self) -> u32 {
+        self.u32_at(BC_GEN).load(Ordering::Acquire)
+    }
+}
+
+/// Why a broadcast's local part gave nothing.
+pub(crate) enum TakeError {
+    /// The wait ended.
+    Stop(Stop),
+    /// The value is longer than this rank takes (its length).
+    TooLong(u64),
+    /// The buffer's fields are not what a putter writes.
+    Malformed,
+}
+
+/// How a barrier failed.
+pub(crate) enum BarrierError {
+    /// On this host.
+    Local(Stop),
+    /// Between hosts (the last rank here ran that part).
+    Across(Error),
+}

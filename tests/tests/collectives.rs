@@ -1,0 +1,358 @@
+//! shoal-collectives across processes: ranks started with the
+//! environment `cargo xtask run` gives (rank, size, rendezvous), on one
+//! host or on two (`SHOAL_HOST` apart, so each host's ranks share their
+//! own memory and the hosts meet at the rendezvous), and under the
+//! environments torchrun and Open MPI's mpirun set. Faults: a lock holder
+//! and a rank in a barrier killed with SIGKILL.
+
+use shoal_collectives::{Error, Group, GroupOptions};
+use shoal_tests::{say, spawn_command, Peer};
+use std::process::Command;
+use std::time::Duration;
+
+const SEC: Duration = Duration::from_secs(1);
+
+fn opts() -> GroupOptions {
+    GroupOptions::default().timeout(30 * SEC)
+}
+
+/// Every collective, checked on every rank.
+fn suite(g: &Group) -> Result<(), String> {
+    let e = |what: &str| {
+        let what = what.to_string();
+        move |err: Error| format!("{what}: {err}")
+    };
+    for _ in 0..20 {
+        g.barrier().map_err(e("barrier"))?;
+    }
+    for root in 0..g.size() {
+        let small = format!("r{root}");
+        let v = g
+            .broadcast(root, (g.rank() == root).then_some(&small))
+            .map_err(e("broadcast 8 B"))?;
+        if v.get().as_str() != small {
+            return Err(format!("broadcast from {root}: {:?}", v.get().as_str()));
+        }
+        // 1 MiB, and 9 MiB (through the host's buffer in chunks).
+        for len in [1 << 20, 9 << 20] {
+            let big: Vec<u8> = (0..len).map(|i| (i as u32 ^ root) as u8).collect();
+            let v = g
+                .broadcast(root, (g.rank() == root).then_some(&big))
+                .map_err(e("broadcast large"))?;
+            if v.get().as_slice() != &big[..] {
+                return Err(format!("broadcast of {len} B from {root} differs"));
+            }
+        }
+    }
+    let all = g.all_gather(&(g.rank() * 3)).map_err(e("all_gather"))?;
+    let got: Vec<u32> = all.iter().map(|v| v.get().to_native()).collect();
+    let want: Vec<u32> = (0..g.size()).map(|r| r * 3).collect();
+    if got != want {
+        return Err(format!("all_gather {got:?}"));
+    }
+    let gathered = g
+        .gather(1, &format!("from {}", g.rank()))
+        .map_err(e("gather"))?;
+    match gathered {
+        Some(v) if g.rank() == 1 => {
+            for (r, x) in v.iter().enumerate() {
+                if x.get().as_str() != format!("from {r}") {
+                    return Err(format!("gather {r}: {:?}", x.get().as_str()));
+                }
+            }
+        }
+        None if g.rank() != 1 => {}
+        other => return Err(format!("gather gave {}", other.is_some())),
+    }
+    let sub = g.split(g.rank() % 2, g.rank()).map_err(e("split"))?;
+    let all = sub.all_gather(&g.rank()).map_err(e("sub all_gather"))?;
+    let got: Vec<u32> = all.iter().map(|v| v.get().to_native()).collect();
+    let want: Vec<u32> = (0..g.size()).filter(|r| r % 2 == g.rank() % 2).collect();
+    if got != want {
+        return Err(format!("sub-group {got:?}"));
+    }
+    sub.barrier().map_err(e("sub barrier"))?;
+    g.barrier().map_err(e("last barrier"))?;
+    Ok(())
+}
+
+/// Lock: `n` increments of a counter in `file`, each under the lock;
+/// says whether every grant came in request order.
+fn count(g: &Group, file: &str, n: u32) -> Result<(), String> {
+    let lock = g.lock("counter").map_err(|e| e.to_string())?;
+    let mut fifo = true;
+    for _ in 0..n {
+        let guard = lock.lock().map_err(|e| e.to_string())?;
+        let v: u64 = std::fs::read_to_string(file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        std::fs::write(file, (v + 1).to_string()).map_err(|e| e.to_string())?;
+        fifo &= guard.ticket() == guard.turn();
+    }
+    drop(lock);
+    say(&format!("fifo {fifo}"));
+    g.barrier().map_err(|e| e.to_string())
+}
+
+fn run(role: &str, a: &[String]) -> i32 {
+    let g = match Group::from_env_with(&opts()) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("bootstrap: {e}");
+            return 3;
+        }
+    };
+    say(&format!(
+        "rank {} of {} host {} local {} of {}",
+        g.rank(),
+        g.size(),
+        g.node(),
+        g.local_rank(),
+        g.local_size()
+    ));
+    let r = match role {
+        "suite" => suite(&g),
+        "count" => count(&g, &a[0], a[1].parse().unwrap_or(0)),
+        // Takes the lock, says so, and waits to be killed.
+        "hold" => {
+            let lock = g.lock("state").map_err(|e| e.to_string());
+            match lock.and_then(|l| {
+                l.lock()
+                    .map(|_g| {
+                        say("holding");
+                        std::thread::sleep(60 * SEC);
+                    })
+                    .map_err(|e| e.to_string())
+            }) {
+                Ok(()) => Ok(()),
+                Err(e) => Err(e),
+            }
+        }
+        // Waits for the lock (after the holder took it): says what it got.
+        "wait" => {
+            let l = g.lock("state").map_err(|e| e.to_string());
+            l.map(|l| {
+                let said = match l.lock() {
+                    Err(Error::OwnerDied { rank, .. }) => format!("owner died {rank}"),
+                    Ok(_) => "clean".to_string(),
+                    Err(e) => format!("error {e}"),
+                };
+                say(&said);
+                if let Ok(mut g) = l.lock_recovering() {
+                    g.mark_consistent();
+                }
+                say(&format!(
+                    "then {}",
+                    match l.lock() {
+                        Ok(_) => "clean".to_string(),
+                        Err(e) => e.to_string(),
+                    }
+                ));
+            })
+        }
+        // Barriers until one fails: says how.
+        "barriers" => {
+            say("in");
+            loop {
+                match g.barrier() {
+                    Ok(()) => continue,
+                    Err(Error::RanksGone { ranks, .. }) => {
+                        say(&format!("gone {ranks:?}"));
+                        break Ok(());
+                    }
+                    Err(e) => {
+                        say(&format!("failed {e}"));
+                        break Ok(());
+                    }
+                }
+            }
+        }
+        _ => Err(format!("role {role}?")),
+    };
+    match r {
+        Ok(()) => {
+            say("done");
+            // Rank 0 keeps the rendezvous until the others left.
+            drop(g);
+            0
+        }
+        Err(e) => {
+            eprintln!("rank failed: {e}");
+            1
+        }
+    }
+}
+
+#[test]
+fn child_main() {
+    shoal_tests::child(run);
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+/// This test binary as rank `rank` of `size` running `role`, with the
+/// variables `cargo xtask run` sets (`hosts` names its host, if set).
+fn rank(role: &str, rank: u32, size: u32, at: &str, host: Option<&str>, args: &[String]) -> Peer {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", "child_main", "--nocapture", "--test-threads=1"])
+        .env("SHOAL_TEST_ROLE", role)
+        .env("SHOAL_RANK", rank.to_string())
+        .env("SHOAL_SIZE", size.to_string())
+        .env("SHOAL_RENDEZVOUS", at);
+    match host {
+        Some(h) => cmd.env("SHOAL_HOST", h),
+        None => cmd.env_remove("SHOAL_HOST"),
+    };
+    spawn_command(cmd, args)
+}
+
+/// Waits for every peer to say "done" and exit 0.
+fn all_done(peers: Vec<Peer>) {
+    for mut p in peers {
+        let mut line = p.expect_line(60 * SEC);
+        while line != "done" {
+            assert!(!line.starts_with("fifo false"), "{line}");
+            line = p.expect_line(60 * SEC);
+        }
+        assert!(p.wait(30 * SEC).success());
+    }
+}
+
+#[test]
+fn four_processes_on_one_host_run_every_collective() {
+    let at = format!("127.0.0.1:{}", free_port());
+    let mut peers: Vec<Peer> = (0..4)
+        .map(|r| rank("suite", r, 4, &at, None, &[]))
+        .collect();
+    for p in &mut peers {
+        let hello = p.expect_line(60 * SEC);
+        assert!(hello.contains("of 4 host 0 local"), "{hello}");
+        assert!(hello.ends_with("of 4"), "{hello}");
+    }
+    all_done(peers);
+}
+
+#[test]
+fn two_hosts_of_two_run_every_collective_hierarchically() {
+    let at = format!("127.0.0.1:{}", free_port());
+    // Ranks 0 and 2 on one host, 1 and 3 on the other: the roots and the
+    // hosts' first ranks are not the same ranks.
+    let hosts = ["col-a", "col-b", "col-a", "col-b"];
+    let mut peers: Vec<Peer> = (0..4)
+        .map(|r| rank("suite", r, 4, &at, Some(hosts[r as usize]), &[]))
+        .collect();
+    for (r, p) in peers.iter_mut().enumerate() {
+        let hello = p.expect_line(60 * SEC);
+        let want = format!("rank {r} of 4 host {} local {} of 2", r % 2, r / 2);
+        assert_eq!(hello, want);
+    }
+    all_done(peers);
+}
+
+#[test]
+fn four_processes_count_to_4000_under_the_lock_in_request_order() {
+    let at = format!("127.0.0.1:{}", free_port());
+    let dir = std::env::temp_dir().join(format!("shoal-lock-{}", std::process::id()));
+    let _ = std::fs::remove_file(&dir);
+    let file = dir.display().to_string();
+    let peers: Vec<Peer> = (0..4)
+        .map(|r| rank("count", r, 4, &at, None, &[file.clone(), "1000".into()]))
+        .collect();
+    all_done(peers);
+    let total = std::fs::read_to_string(&dir).unwrap();
+    let _ = std::fs::remove_file(&dir);
+    assert_eq!(total.trim(), "4000");
+}
+
+#[test]
+fn a_lock_holder_killed_passes_the_lock_on_marked() {
+    let at = format!("127.0.0.1:{}", free_port());
+    let mut r0 = rank("wait", 0, 2, &at, None, &[]);
+    let mut holder = rank("hold", 1, 2, &at, None, &[]);
+    r0.expect_line(30 * SEC);
+    holder.expect_line(30 * SEC);
+    assert_eq!(holder.expect_line(30 * SEC), "holding");
+    std::thread::sleep(Duration::from_millis(200));
+    holder.kill9();
+    assert_eq!(r0.expect_line(30 * SEC), "owner died 1");
+    assert_eq!(r0.expect_line(30 * SEC), "then clean");
+    assert_eq!(r0.expect_line(30 * SEC), "done");
+    assert!(r0.wait(30 * SEC).success());
+}
+
+#[test]
+fn a_rank_killed_in_barriers_is_named_by_the_others() {
+    let at = format!("127.0.0.1:{}", free_port());
+    let mut peers: Vec<Peer> = (0..3)
+        .map(|r| rank("barriers", r, 3, &at, None, &[]))
+        .collect();
+    for p in &mut peers {
+        p.expect_line(30 * SEC);
+        assert_eq!(p.expect_line(30 * SEC), "in");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let victim = peers.remove(2);
+    victim.kill9();
+    for mut p in peers {
+        assert_eq!(p.expect_line(30 * SEC), "gone [2]");
+    }
+}
+
+/// The suite under the variables a launcher sets, no shoal variable.
+fn under(env: &[(&str, String)], ranks: u32) {
+    let peers: Vec<Peer> = (0..ranks)
+        .map(|r| {
+            let mut cmd = Command::new(std::env::current_exe().unwrap());
+            cmd.args(["--exact", "child_main", "--nocapture", "--test-threads=1"])
+                .env("SHOAL_TEST_ROLE", "suite")
+                .env_remove("SHOAL_HOST")
+                .env_remove("SHOAL_RANK")
+                .env_remove("SHOAL_RENDEZVOUS");
+            for (k, v) in env {
+                cmd.env(k, v.replace("{r}", &r.to_string()));
+            }
+            spawn_command(cmd, &[])
+        })
+        .collect();
+    all_done(peers);
+}
+
+#[test]
+fn a_torchrun_environment_works_unchanged() {
+    let port = free_port();
+    under(
+        &[
+            ("RANK", "{r}".into()),
+            ("LOCAL_RANK", "{r}".into()),
+            ("WORLD_SIZE", "3".into()),
+            ("LOCAL_WORLD_SIZE", "3".into()),
+            ("MASTER_ADDR", "127.0.0.1".into()),
+            // shoal's rendezvous takes the port after torchrun's.
+            ("MASTER_PORT", (port - 1).to_string()),
+        ],
+        3,
+    );
+}
+
+#[test]
+fn an_open_mpi_environment_without_an_address_works_unchanged() {
+    // Every rank on this host: rank 0 leaves its address in a file named
+    // by the job.
+    let job = format!("test-{}", std::process::id());
+    under(
+        &[
+            ("OMPI_COMM_WORLD_RANK", "{r}".into()),
+            ("OMPI_COMM_WORLD_SIZE", "3".into()),
+            ("OMPI_COMM_WORLD_LOCAL_RANK", "{r}".into()),
+            ("OMPI_COMM_WORLD_LOCAL_SIZE", "3".into()),
+            ("PMIX_NAMESPACE", job),
+        ],
+        3,
+    );
+}
