@@ -476,6 +476,19 @@ impl Group {
         })
     }
 
+    /// Waits until every rank of this host called it (the host's part of
+    /// a barrier only).
+    pub(crate) fn host_barrier(&self) -> Result<()> {
+        let Some(n) = &self.node else {
+            return Ok(());
+        };
+        n.barrier(self.opts.timeout, || Ok(()))
+            .map_err(|e| match e {
+                BarrierError::Local(stop) => self.stopped("host barrier", stop),
+                BarrierError::Across(e) => e,
+            })
+    }
+
     /// Rank `root`'s `value`, on every rank (`value` is read on `root`
     /// only; others pass `None`). Hosts other than the root's get it in
     /// one message each, through the rendezvous; the ranks of a host get
@@ -511,34 +524,23 @@ impl Group {
         } else {
             0
         };
-        let nodes = self.nodes();
         let mut got = mine;
-        if nodes > 1 && (self.rank == root || (place == 0 && self.node() != root_node)) {
-            let give: &[u8] = got.as_deref().unwrap_or(&[]);
-            let want = self.rank != root;
-            let all = self.meet(call, "broadcast", self.node(), nodes, give, want);
-            match all {
-                Ok(all) if want => {
-                    let v = all
-                        .get(root_node as usize)
-                        .ok_or_else(|| Error::Malformed {
-                            what: "a broadcast's answer",
-                            why: format!("{} values for {nodes} hosts", all.len()),
-                        })?;
-                    let mut a = rkyv::util::AlignedVec::with_capacity(v.len());
-                    a.extend_from_slice(v);
-                    got = Some(a);
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    // The host's other ranks wait for this one: tell them.
-                    if let Some(n) = &self.node {
-                        if let Ok(g) = n.put(Err(()), self.opts.timeout) {
-                            self.seen.store(g, Ordering::Relaxed);
-                        }
+        match self.to_hosts(call, "broadcast", root, got.as_deref()) {
+            Ok(Some(v)) => {
+                let mut a = rkyv::util::AlignedVec::with_capacity(v.len());
+                a.extend_from_slice(&v);
+                got = Some(a);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                // The host's other ranks wait for this one (it puts the
+                // value on its host): tell them.
+                if let Some(n) = &self.node {
+                    if let Ok(g) = n.put(Err(()), self.opts.timeout) {
+                        self.seen.store(g, Ordering::Relaxed);
                     }
-                    return Err(e);
                 }
+                return Err(e);
             }
         }
         let Some(n) = &self.node else {
@@ -607,7 +609,55 @@ impl Group {
         all.iter().map(|b| Value::from_bytes(b)).collect()
     }
 
-    fn check_root(&self, root: u32) -> Result<()> {
+    /// Carries `bytes` from rank `root` to the first rank of every other
+    /// host, one message each, through the rendezvous (the step of
+    /// collective `call` between hosts): `Some(bytes)` on those ranks,
+    /// `None` on the others (and on a single host).
+    pub(crate) fn to_hosts(
+        &self,
+        call: u64,
+        what: &str,
+        root: u32,
+        bytes: Option<&[u8]>,
+    ) -> Result<Option<Vec<u8>>> {
+        let nodes = self.nodes();
+        let root_node = self.members[root as usize].node;
+        let first_elsewhere = self.local_rank() == 0 && self.node() != root_node;
+        if nodes == 1 || !(self.rank == root || first_elsewhere) {
+            return Ok(None);
+        }
+        let all = self.meet(
+            call,
+            what,
+            self.node(),
+            nodes,
+            bytes.unwrap_or(&[]),
+            first_elsewhere,
+        )?;
+        if !first_elsewhere {
+            return Ok(None);
+        }
+        let mut all = all;
+        if root_node as usize >= all.len() {
+            return Err(Error::Malformed {
+                what: "an answer between hosts",
+                why: format!("{} values for {nodes} hosts", all.len()),
+            });
+        }
+        Ok(Some(all.swap_remove(root_node as usize)))
+    }
+
+    /// The next collective's number (every rank counts its calls).
+    pub(crate) fn next_call(&self) -> u64 {
+        self.calls.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The group's options.
+    pub(crate) fn options(&self) -> &GroupOptions {
+        &self.opts
+    }
+
+    pub(crate) fn check_root(&self, root: u32) -> Result<()> {
         if root >= self.size() {
             return Err(Error::BadArguments(format!(
                 "root {root} in a group of {}",
@@ -619,7 +669,7 @@ impl Group {
 
     /// Meets the other ranks in the next collective, giving `value`;
     /// every rank's value in rank order if `want` (else empty).
-    fn collect(&self, what: &str, value: &[u8], want: bool) -> Result<Vec<Vec<u8>>> {
+    pub(crate) fn collect(&self, what: &str, value: &[u8], want: bool) -> Result<Vec<Vec<u8>>> {
         let call = self.calls.fetch_add(1, Ordering::Relaxed);
         if self.link.is_none() {
             return Ok(if want {

@@ -10,6 +10,8 @@
 //!   broadcast, gather, all_gather of rkyv values ([`value`]).
 //! - [`lock`]: [`Lock`], a mutex over the group, granted in request
 //!   order, robust to a holder's death.
+//! - [`array`]: [`SharedArray`], an n-dimensional array with one copy
+//!   per host, set collectively, read freely.
 //! - [`error`]: the crate's [`Error`].
 //!
 //! ```
@@ -24,6 +26,7 @@
 //! # Ok::<(), shoal_collectives::Error>(())
 //! ```
 
+pub mod array;
 pub mod error;
 pub mod group;
 pub mod launcher;
@@ -32,6 +35,7 @@ mod node;
 pub mod rendezvous;
 pub mod value;
 
+pub use array::{ArrayRead, Element, SharedArray};
 pub use error::{Error, Result};
 pub use group::{Group, GroupOptions};
 pub use launcher::{Launch, Launcher};

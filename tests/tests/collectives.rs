@@ -5,7 +5,7 @@
 //! environments torchrun and Open MPI's mpirun set. Faults: a lock holder
 //! and a rank in a barrier killed with SIGKILL.
 
-use shoal_collectives::{Error, Group, GroupOptions};
+use shoal_collectives::{Error, Group, GroupOptions, SharedArray};
 use shoal_tests::{say, spawn_command, Peer};
 use std::process::Command;
 use std::time::Duration;
@@ -72,8 +72,66 @@ fn suite(g: &Group) -> Result<(), String> {
         return Err(format!("sub-group {got:?}"));
     }
     sub.barrier().map_err(e("sub barrier"))?;
+    array(g)?;
     g.barrier().map_err(e("last barrier"))?;
     Ok(())
+}
+
+/// SharedArray: blocks (edges included) set from every rank read back
+/// bitwise-identically on every rank (compared by a hash of every
+/// rank's bytes), for i32/i64/f32/f64, 1-D to 3-D.
+fn array(g: &Group) -> Result<(), String> {
+    fn check<T: shoal_collectives::Element>(
+        g: &Group,
+        shape: &[usize],
+        make: impl Fn(usize) -> T,
+    ) -> Result<(), String> {
+        let e = |err: Error| format!("array {shape:?}: {err}");
+        let a = SharedArray::<T>::new(g, shape).map_err(e)?;
+        let n = shape.len();
+        // The whole array, then a block at the far corner, then one at
+        // the near edge.
+        let corner: Vec<usize> = shape.iter().map(|d| (*d).min(3)).collect();
+        let far: Vec<usize> = shape.iter().zip(&corner).map(|(d, c)| d - c).collect();
+        let edge: Vec<usize> = (0..n).map(|k| if k == 0 { 1 } else { shape[k] }).collect();
+        let cases = [
+            (shape.to_vec(), vec![0; n]),
+            (corner, far),
+            (edge, vec![0; n]),
+        ];
+        for (k, (bs, off)) in cases.iter().enumerate() {
+            let from = (k as u32 + 1) % g.size();
+            let count: usize = bs.iter().product();
+            let block: Vec<T> = (0..count).map(|i| make(i * 31 + k)).collect();
+            a.set((g.rank() == from).then_some(&block[..]), bs, off, from)
+                .map_err(e)?;
+            let r = a.read();
+            // SAFETY: Element types are plain numbers without padding.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(r.as_ptr() as *const u8, std::mem::size_of_val(&r[..]))
+            };
+            let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+            });
+            drop(r);
+            let all = g.all_gather(&hash).map_err(e)?;
+            if all.iter().any(|h| h.get().to_native() != hash) {
+                return Err(format!(
+                    "array {shape:?} case {k}: ranks read different bytes"
+                ));
+            }
+            // The block is where it was set.
+            let v = a.get(off).map_err(e)?;
+            if v != block[0] {
+                return Err(format!("array {shape:?} case {k}: {v:?} at {off:?}"));
+            }
+        }
+        Ok(())
+    }
+    check::<i32>(g, &[50], |i| i as i32 - 1000)?;
+    check::<i64>(g, &[7, 11], |i| (i as i64) << 35)?;
+    check::<f32>(g, &[6, 9], |i| i as f32 * 0.25)?;
+    check::<f64>(g, &[4, 5, 6], |i| (i as f64).ln_1p() * 1e-300)
 }
 
 /// Lock: `n` increments of a counter in `file`, each under the lock;
