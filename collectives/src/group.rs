@@ -647,6 +647,56 @@ impl Group {
         Ok(Some(all.swap_remove(root_node as usize)))
     }
 
+    /// Runs `service` beside the rendezvous under `key`: on rank 0 only
+    /// (false elsewhere, and in a group of one).
+    pub(crate) fn register_service(
+        &self,
+        key: &[u8],
+        service: Arc<dyn crate::rendezvous::Service>,
+    ) -> bool {
+        match self.link.as_ref().and_then(|l| l.server.as_ref()) {
+            Some(s) => {
+                s.register(key, service);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Stops the service `key` (on rank 0).
+    pub(crate) fn unregister_service(&self, key: &[u8]) {
+        if let Some(s) = self.link.as_ref().and_then(|l| l.server.as_ref()) {
+            s.unregister(key);
+        }
+    }
+
+    /// Asks rank 0's service `key`.
+    pub(crate) fn call_service(&self, key: &[u8], body: &[u8]) -> Result<Vec<u8>> {
+        let Some(link) = &self.link else {
+            return Err(Error::BadArguments("a group of one has no services".into()));
+        };
+        let mut c = link.client.lock().unwrap_or_else(|p| p.into_inner());
+        match c.call(
+            &Request::Call {
+                key: key.to_vec(),
+                body: body.to_vec(),
+            },
+            self.opts.timeout,
+        )? {
+            Reply::Answer(b) => Ok(b),
+            Reply::Refused(why) => Err(Error::Refused(why)),
+            other => Err(Error::Malformed {
+                what: "a service's answer",
+                why: format!("{other:?}"),
+            }),
+        }
+    }
+
+    /// This group's name at the rendezvous.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
     /// The next collective's number (every rank counts its calls).
     pub(crate) fn next_call(&self) -> u64 {
         self.calls.fetch_add(1, Ordering::Relaxed)

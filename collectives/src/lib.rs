@@ -12,6 +12,8 @@
 //!   order, robust to a holder's death.
 //! - [`array`]: [`SharedArray`], an n-dimensional array with one copy
 //!   per host, set collectively, read freely.
+//! - [`batch`]: [`Batch`], a pool of tasks worked by worker groups,
+//!   its states in shared memory and, optionally, in state files.
 //! - [`error`]: the crate's [`Error`].
 //!
 //! ```
@@ -27,6 +29,7 @@
 //! ```
 
 pub mod array;
+pub mod batch;
 pub mod error;
 pub mod group;
 pub mod launcher;
@@ -36,6 +39,7 @@ pub mod rendezvous;
 pub mod value;
 
 pub use array::{ArrayRead, Element, SharedArray};
+pub use batch::{Batch, BatchOptions, OnDeath, TaskState};
 pub use error::{Error, Result};
 pub use group::{Group, GroupOptions};
 pub use launcher::{Launch, Launcher};

@@ -5,7 +5,9 @@
 //! environments torchrun and Open MPI's mpirun set. Faults: a lock holder
 //! and a rank in a barrier killed with SIGKILL.
 
-use shoal_collectives::{Error, Group, GroupOptions, SharedArray};
+use shoal_collectives::{
+    Batch, BatchOptions, Error, Group, GroupOptions, OnDeath, SharedArray, TaskState,
+};
 use shoal_tests::{say, spawn_command, Peer};
 use std::process::Command;
 use std::time::Duration;
@@ -73,7 +75,43 @@ fn suite(g: &Group) -> Result<(), String> {
     }
     sub.barrier().map_err(e("sub barrier"))?;
     array(g)?;
+    batch(g, 2)?;
+    batch(g, 1)?;
     g.barrier().map_err(e("last barrier"))?;
+    Ok(())
+}
+
+/// Batch: 25 tasks over worker groups of `k`: each worker group's ranks
+/// get the same tasks; every task is handed out once (counted on rank 0
+/// through a gather) and ends Done.
+fn batch(g: &Group, k: u32) -> Result<(), String> {
+    let e = |err: Error| format!("batch of {k}: {err}");
+    let mut b = Batch::new(g, 25, k, &BatchOptions::default()).map_err(e)?;
+    let mut mine = Vec::new();
+    while let Some(t) = b.next_task().map_err(e)? {
+        mine.push(t);
+    }
+    let states = b.finish_all().map_err(e)?;
+    let leader = b.worker().rank() == 0;
+    let all = g.gather(0, &(leader, mine)).map_err(e)?;
+    if let Some(all) = all {
+        let mut count = [0u32; 25];
+        for v in &all {
+            let (leader, tasks) = v.deserialize().map_err(e)?;
+            if leader {
+                for t in tasks {
+                    count[t as usize] += 1;
+                }
+            }
+        }
+        if count.iter().any(|c| *c != 1) {
+            return Err(format!("batch of {k}: tasks handed out {count:?} times"));
+        }
+        let states = states.ok_or("batch: rank 0 has no states")?;
+        if states.iter().any(|s| *s != TaskState::Done) {
+            return Err(format!("batch of {k}: states {states:?}"));
+        }
+    }
     Ok(())
 }
 
@@ -208,6 +246,44 @@ fn run(role: &str, a: &[String]) -> i32 {
                     }
                 ));
             })
+        }
+        // A pool of 12 tasks over workers of one rank: rank 2 takes one,
+        // says which, and waits to be killed; the others work the rest
+        // (and rank 2's, handed out again), and rank 0 says the states.
+        "batch-kill" => {
+            let on_death = if a[0] == "requeue" {
+                OnDeath::Requeue
+            } else {
+                OnDeath::Fail
+            };
+            let o = BatchOptions::default().on_death(on_death);
+            Batch::new(&g, 12, 1, &o)
+                .map_err(|e| e.to_string())
+                .and_then(|mut b| {
+                    if g.rank() == 2 {
+                        let t = b.next_task().map_err(|e| e.to_string())?;
+                        say(&format!("took {t:?}"));
+                        std::thread::sleep(60 * SEC);
+                        return Ok(());
+                    }
+                    say("in");
+                    // Until rank 2 holds its task.
+                    std::thread::sleep(Duration::from_millis(500));
+                    let mut ran = Vec::new();
+                    while let Some(t) = b.next_task().map_err(|e| e.to_string())? {
+                        ran.push(t);
+                    }
+                    say(&format!("ran {ran:?}"));
+                    if g.rank() == 0 {
+                        // Not collective here (rank 2 is dead): rank 0 reads
+                        // the table itself.
+                        let states: Vec<String> =
+                            (0..12).map(|t| format!("{:?}", b.state(t))).collect();
+                        say(&format!("states {}", states.join(",")));
+                    }
+                    std::mem::forget(b);
+                    Err("stop".into())
+                })
         }
         // Barriers until one fails: says how.
         "barriers" => {
@@ -413,4 +489,59 @@ fn an_open_mpi_environment_without_an_address_works_unchanged() {
         ],
         3,
     );
+}
+
+/// Runs the batch-kill roles; returns (rank 0's and 1's ran lines,
+/// rank 0's states line, the task rank 2 took).
+fn batch_kill(on_death: &str) -> (Vec<String>, String, String) {
+    let at = format!("127.0.0.1:{}", free_port());
+    let args = [on_death.to_string()];
+    let mut peers: Vec<Peer> = (0..3)
+        .map(|r| rank("batch-kill", r, 3, &at, None, &args))
+        .collect();
+    for p in &mut peers {
+        p.expect_line(30 * SEC);
+    }
+    let took = peers[2].expect_line(30 * SEC);
+    let victim = peers.remove(2);
+    victim.kill9();
+    let mut ran = Vec::new();
+    let mut states = String::new();
+    for (r, p) in peers.iter_mut().enumerate() {
+        assert_eq!(p.expect_line(30 * SEC), "in");
+        ran.push(p.expect_line(30 * SEC));
+        if r == 0 {
+            states = p.expect_line(30 * SEC);
+        }
+    }
+    (ran, states, took)
+}
+
+#[test]
+fn a_batch_worker_killed_with_its_task_leaves_it_requeued() {
+    let (ran, states, took) = batch_kill("requeue");
+    let t: u64 = took
+        .trim_start_matches("took Some(")
+        .trim_end_matches(')')
+        .parse()
+        .unwrap();
+    // Its task ran once more, elsewhere, and everything ended Done.
+    assert!(ran.iter().any(|r| r.contains(&format!("{t}"))), "{ran:?}");
+    assert_eq!(
+        states,
+        format!("states {}", vec!["Some(Done)"; 12].join(","))
+    );
+}
+
+#[test]
+fn a_batch_worker_killed_with_its_task_leaves_it_failed() {
+    let (_ran, states, took) = batch_kill("fail");
+    let t: usize = took
+        .trim_start_matches("took Some(")
+        .trim_end_matches(')')
+        .parse()
+        .unwrap();
+    let mut want = vec!["Some(Done)"; 12];
+    want[t] = "Some(Failed)";
+    assert_eq!(states, format!("states {}", want.join(",")));
 }

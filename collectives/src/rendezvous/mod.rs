@@ -8,4 +8,4 @@ pub mod server;
 pub mod wire;
 
 pub use client::Client;
-pub use server::{Limits, Server};
+pub use server::{Limits, Server, Service};

@@ -132,8 +132,19 @@ struct State {
     held: u64,
 }
 
+/// A service rank 0 runs beside the rendezvous (a task pool): asked by
+/// ranks through [`Request::Call`], told when a connection closes.
+pub trait Service: Send + Sync {
+    /// Answers `body`, asked through connection `conn`.
+    fn call(&self, conn: u64, body: &[u8]) -> Vec<u8>;
+    /// Connection `conn` closed (its process died, or left).
+    fn gone(&self, conn: u64);
+}
+
 struct Shared {
     size: u32,
+    /// Services by name.
+    services: Mutex<HashMap<Vec<u8>, Arc<dyn Service>>>,
     limits: Limits,
     state: Mutex<State>,
     changed: Condvar,
@@ -176,6 +187,7 @@ impl Server {
             .map_err(|e| Error::io("the rendezvous's address", e))?;
         let shared = Arc::new(Shared {
             size,
+            services: Mutex::default(),
             limits,
             state: Mutex::default(),
             changed: Condvar::new(),
@@ -198,6 +210,23 @@ impl Server {
     /// Where it listens.
     pub fn address(&self) -> SocketAddr {
         self.address
+    }
+
+    /// Runs `service` under `key` (replacing one there).
+    pub fn register(&self, key: &[u8], service: Arc<dyn Service>) {
+        self.services().insert(key.to_vec(), service);
+    }
+
+    /// Stops running the service `key`.
+    pub fn unregister(&self, key: &[u8]) {
+        self.services().remove(key);
+    }
+
+    fn services(&self) -> MutexGuard<'_, HashMap<Vec<u8>, Arc<dyn Service>>> {
+        self.shared
+            .services
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Waits (up to `timeout`) until no rank but 0 is connected: the
@@ -347,6 +376,21 @@ fn serve_requests(peer: &Peer, stream: &mut TcpStream, shared: &Shared) -> Resul
                 notice_ms,
             } => lock(peer, stream, shared, key, (rank, pid), wait_ms, notice_ms)?,
             Request::Unlock { key, consistent } => unlock(peer, shared, &key, consistent),
+            Request::Call { key, body } => {
+                let svc = shared
+                    .services
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&key)
+                    .cloned();
+                match svc {
+                    Some(s) => Reply::Answer(s.call(peer.id, &body)),
+                    None => Reply::Refused(format!(
+                        "no service {:?} here",
+                        String::from_utf8_lossy(&key)
+                    )),
+                }
+            }
         };
         send(stream, &reply)?;
     }
@@ -637,6 +681,16 @@ fn unlock(peer: &Peer, shared: &Shared, key: &[u8], consistent: bool) -> Reply {
 /// A connection closed: its places in queues go, and the locks it held
 /// pass on, marked as left by a dead holder if it had been told.
 fn forget(peer: &Peer, shared: &Shared) {
+    let services: Vec<Arc<dyn Service>> = shared
+        .services
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .cloned()
+        .collect();
+    for s in services {
+        s.gone(peer.id);
+    }
     let mut st = shared.lock();
     for q in st.locks.values_mut() {
         q.queue.retain(|w| w.conn != peer.id);

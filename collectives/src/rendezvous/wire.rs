@@ -61,6 +61,14 @@ pub enum Request {
         /// (an interim [`Reply::Held`]), in milliseconds.
         notice_ms: u32,
     },
+    /// Asks the service `key` (one rank 0 runs, such as a task pool)
+    /// `body`; answered with its answer.
+    Call {
+        /// The service's name.
+        key: Vec<u8>,
+        /// What is asked (the service reads it).
+        body: Vec<u8>,
+    },
     /// Gives the lock `key` back (held through this connection).
     Unlock {
         /// The lock's name.
@@ -104,6 +112,8 @@ pub enum Reply {
     },
     /// The wait for the lock ended; it was not granted.
     NotGranted,
+    /// A service's answer.
+    Answer(Vec<u8>),
     /// Refused, and why.
     Refused(String),
 }
@@ -113,6 +123,7 @@ mod kind {
     pub const COLLECT: u8 = 2;
     pub const LOCK: u8 = 3;
     pub const UNLOCK: u8 = 4;
+    pub const CALL: u8 = 5;
 
     pub const OK: u8 = 101;
     pub const VALUES: u8 = 102;
@@ -121,6 +132,7 @@ mod kind {
     pub const HELD: u8 = 105;
     pub const NOT_GRANTED: u8 = 106;
     pub const REFUSED: u8 = 107;
+    pub const ANSWER: u8 = 108;
 }
 
 fn malformed(why: impl Into<String>) -> Error {
@@ -240,6 +252,11 @@ impl Request {
                 out.extend_from_slice(&wait_ms.to_le_bytes());
                 out.extend_from_slice(&notice_ms.to_le_bytes());
             }
+            Request::Call { key, body } => {
+                out.push(kind::CALL);
+                put_key(out, key);
+                out.extend_from_slice(body);
+            }
             Request::Unlock { key, consistent } => {
                 out.push(kind::UNLOCK);
                 put_key(out, key);
@@ -278,6 +295,10 @@ impl Request {
                 pid: f.u32()?,
                 wait_ms: f.u32()?,
                 notice_ms: f.u32()?,
+            },
+            kind::CALL => Request::Call {
+                key: f.key()?,
+                body: f.rest().to_vec(),
             },
             kind::UNLOCK => Request::Unlock {
                 key: f.key()?,
@@ -330,6 +351,10 @@ impl Reply {
                 out.extend_from_slice(&held_ms.to_le_bytes());
             }
             Reply::NotGranted => out.push(kind::NOT_GRANTED),
+            Reply::Answer(b) => {
+                out.push(kind::ANSWER);
+                out.extend_from_slice(b);
+            }
             Reply::Refused(why) => {
                 out.push(kind::REFUSED);
                 out.extend_from_slice(why.as_bytes());
@@ -384,6 +409,7 @@ impl Reply {
                 held_ms: f.u64()?,
             },
             kind::NOT_GRANTED => Reply::NotGranted,
+            kind::ANSWER => Reply::Answer(f.rest().to_vec()),
             kind::REFUSED => Reply::Refused(String::from_utf8_lossy(f.rest()).into_owned()),
             k => return Err(malformed(format!("reply kind {k}"))),
         };
@@ -477,6 +503,10 @@ mod tests {
                 key: b"lock".to_vec(),
                 consistent: false,
             },
+            Request::Call {
+                key: b"svc".to_vec(),
+                body: vec![1, 2],
+            },
         ]
     }
 
@@ -501,6 +531,7 @@ mod tests {
                 held_ms: 12_345,
             },
             Reply::NotGranted,
+            Reply::Answer(vec![9; 3]),
             Reply::Refused("no".into()),
         ]
     }
@@ -514,9 +545,13 @@ mod tests {
             // Every cut of it is refused, not misread.
             for cut in 0..b.len() {
                 if let Ok(x) = Request::decode(&b[..cut]) {
-                    // A collect's value is the rest: a cut one is a
-                    // shorter value, which is what a frame said.
-                    assert!(matches!(x, Request::Collect { .. }), "{x:?}");
+                    // A collect's value (a call's body) is the rest: a
+                    // cut one is a shorter value, which is what a frame
+                    // said.
+                    assert!(
+                        matches!(x, Request::Collect { .. } | Request::Call { .. }),
+                        "{x:?}"
+                    );
                 }
             }
         }
@@ -526,7 +561,7 @@ mod tests {
             assert_eq!(Reply::decode(&b).unwrap(), r);
             let mut long = b.clone();
             long.push(0);
-            if !matches!(r, Reply::Refused(_)) {
+            if !matches!(r, Reply::Refused(_) | Reply::Answer(_)) {
                 assert!(Reply::decode(&long).is_err(), "{r:?}");
             }
         }

@@ -1,0 +1,723 @@
+//! [`Batch`]: a pool of N tasks worked by worker groups of k ranks each.
+//!
+//! The group splits into worker groups of `k` consecutive ranks (the last
+//! one smaller if k does not divide the size). Each worker group's first
+//! rank takes tasks from the pool; [`Batch::next_task`] is collective over
+//! the worker group (its ranks get the same task). A task is Running from
+//! the moment it is handed out until its worker group asks for the next
+//! one (then it is Done) or says it failed ([`Batch::fail_task`]).
+//!
+//! The pool's states live in shared memory on rank 0's host: its worker
+//! groups take tasks with a few atomic operations (a counter and a state
+//! byte per task, so the cost is linear in N); worker groups on other
+//! hosts ask rank 0, which runs the pool for them beside its rendezvous.
+//! A worker group whose first rank dies (its lease on the pool frees, or
+//! its connection to rank 0 closes) leaves its task Failed, or Pending
+//! again to be handed out to another ([`OnDeath`]), never Running
+//! forever. With a state directory, each task's state is also written to
+//! a file there, and a second run skips the tasks the files say are Done.
+
+use crate::error::{Error, Result};
+use crate::group::Group;
+use crate::rendezvous::Service;
+use shoal_shm_ring::{SegmentName, SharedRegion};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A task's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum TaskState {
+    /// Not handed out yet.
+    Pending = 0,
+    /// Handed out, not finished.
+    Running = 1,
+    /// Finished.
+    Done = 2,
+    /// Failed (its worker said so, or died with it).
+    Failed = 3,
+}
+
+impl TaskState {
+    fn from_u8(b: u8) -> TaskState {
+        match b {
+            1 => TaskState::Running,
+            2 => TaskState::Done,
+            3 => TaskState::Failed,
+            _ => TaskState::Pending,
+        }
+    }
+
+    fn word(self) -> &'static str {
+        match self {
+            TaskState::Pending => "pending",
+            TaskState::Running => "running",
+            TaskState::Done => "done",
+            TaskState::Failed => "failed",
+        }
+    }
+}
+
+/// What happens to the task of a worker group that dies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnDeath {
+    /// It is handed out again, to another worker group.
+    Requeue,
+    /// It ends Failed.
+    Fail,
+}
+
+/// How a batch is made.
+///
+/// ```
+/// use shoal_collectives::batch::{BatchOptions, OnDeath};
+/// let o = BatchOptions::default().on_death(OnDeath::Fail);
+/// assert!(o.state_dir.is_none());
+/// ```
+#[derive(Debug, Clone)]
+pub struct BatchOptions {
+    /// Where each task's state is written (`task-<n>`), and read back by
+    /// the next run, which skips the Done ones. Default `None`.
+    pub state_dir: Option<PathBuf>,
+    /// What a dead worker group's task becomes. Default
+    /// [`OnDeath::Requeue`].
+    pub on_death: OnDeath,
+}
+
+impl Default for BatchOptions {
+    fn default() -> Self {
+        BatchOptions {
+            state_dir: None,
+            on_death: OnDeath::Requeue,
+        }
+    }
+}
+
+impl BatchOptions {
+    /// Sets [`state_dir`](Self::state_dir).
+    pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.state_dir = Some(dir.into());
+        self
+    }
+    /// Sets [`on_death`](Self::on_death).
+    pub fn on_death(mut self, d: OnDeath) -> Self {
+        self.on_death = d;
+        self
+    }
+}
+
+const MAGIC: u64 = 0x5348_4f41_4c42_4154; // "SHOALBAT"
+const NEXT_AT: usize = 64;
+const REQUEUED_AT: usize = 128;
+/// Per worker: its task + 1 (0: none), then a requeued task + 1.
+const WORKERS_AT: usize = 192;
+const WORKER: usize = 64;
+
+/// How long a worker with nothing to take waits before it looks again
+/// (others' tasks still running may come back).
+const PAUSE: Duration = Duration::from_millis(2);
+
+/// The pool's table in its region.
+struct Table {
+    region: SharedRegion,
+    tasks: u64,
+    workers: u32,
+    on_death: OnDeath,
+    dir: Option<PathBuf>,
+    states_at: usize,
+}
+
+/// What a take gave.
+enum Took {
+    Task(u64),
+    /// Nothing now; tasks of live workers may still come back.
+    Wait,
+    None,
+}
+
+impl Table {
+    fn size(tasks: u64, workers: u32) -> Option<usize> {
+        let states_at = WORKERS_AT + WORKER * workers as usize;
+        states_at.checked_add(usize::try_from(tasks).ok()?)
+    }
+
+    fn create(tasks: u64, workers: u32, opts: &BatchOptions) -> Result<Table> {
+        let len = Table::size(tasks, workers)
+            .ok_or_else(|| Error::BadArguments(format!("{tasks} tasks do not fit in memory")))?;
+        let region = SharedRegion::create(len as u64, "shoal-batch")?;
+        // SAFETY: the header fields lie in the region's first page,
+        // aligned; nobody else has its name yet.
+        unsafe {
+            let p = region.as_ptr();
+            (p as *mut u64).write(MAGIC);
+            (p.add(8) as *mut u64).write(tasks);
+            (p.add(16) as *mut u32).write(workers);
+        }
+        let t = Table {
+            region,
+            tasks,
+            workers,
+            on_death: opts.on_death,
+            dir: opts.state_dir.clone(),
+            states_at: WORKERS_AT + WORKER * workers as usize,
+        };
+        if let Some(dir) = &t.dir {
+            t.resume(dir)?;
+        }
+        Ok(t)
+    }
+
+    fn attach(name: &str, tasks: u64, workers: u32, opts: &BatchOptions) -> Result<Table> {
+        let name: SegmentName = name.parse().map_err(|_| Error::Malformed {
+            what: "the batch's region name",
+            why: format!("{name:?}"),
+        })?;
+        let region = SharedRegion::attach(&name)?;
+        let len = Table::size(tasks, workers).unwrap_or(usize::MAX);
+        // SAFETY: read only once the region is known to hold the header.
+        let ok = region.len() >= len
+            && unsafe {
+                let p = region.as_ptr();
+                (p as *const u64).read_volatile() == MAGIC
+                    && (p.add(8) as *const u64).read_volatile() == tasks
+                    && (p.add(16) as *const u32).read_volatile() == workers
+            };
+        if !ok {
+            return Err(Error::Malformed {
+                what: "the batch's region",
+                why: format!("not a pool of {tasks} tasks for {workers} workers"),
+            });
+        }
+        Ok(Table {
+            region,
+            tasks,
+            workers,
+            on_death: opts.on_death,
+            dir: opts.state_dir.clone(),
+            states_at: WORKERS_AT + WORKER * workers as usize,
+        })
+    }
+
+    /// Marks Done the tasks the state files say are.
+    fn resume(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let Some(n) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("task-"))
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            if n < self.tasks && std::fs::read_to_string(e.path()).is_ok_and(|s| s.trim() == "done")
+            {
+                self.state(n)
+                    .store(TaskState::Done as u8, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    fn u32_at(&self, at: usize) -> &AtomicU32 {
+        // SAFETY: 4-aligned fields below states_at, inside the region
+        // (checked at create or attach); mapped while `self` lives.
+        unsafe { &*(self.region.as_ptr().add(at) as *const AtomicU32) }
+    }
+
+    fn u64_at(&self, at: usize) -> &AtomicU64 {
+        // SAFETY: as in `u32_at`, 8-aligned.
+        unsafe { &*(self.region.as_ptr().add(at) as *const AtomicU64) }
+    }
+
+    fn state(&self, task: u64) -> &AtomicU8 {
+        debug_assert!(task < self.tasks);
+        // SAFETY: states_at + task < the region's length (checked at
+        // create or attach; callers keep task below `tasks`).
+        unsafe { &*(self.region.as_ptr().add(self.states_at + task as usize) as *const AtomicU8) }
+    }
+
+    fn running(&self, w: u32) -> &AtomicU64 {
+        self.u64_at(WORKERS_AT + WORKER * w as usize)
+    }
+
+    fn requeued(&self, w: u32) -> &AtomicU64 {
+        self.u64_at(WORKERS_AT + WORKER * w as usize + 8)
+    }
+
+    /// Sets task `t`'s state, and its file.
+    fn set(&self, t: u64, s: TaskState) {
+        self.state(t).store(s as u8, Ordering::Release);
+        if let Some(dir) = &self.dir {
+            let path = dir.join(format!("task-{t}"));
+            if let Err(e) = std::fs::write(&path, s.word()) {
+                tracing::warn!(path = %path.display(), error = %e, "shoal batch: a task's state file was not written");
+            }
+        }
+    }
+
+    /// The next task for worker `w`.
+    fn take(&self, w: u32) -> Took {
+        loop {
+            if let Some(t) = self.take_requeued() {
+                return self.start(w, t);
+            }
+            let next = self.u64_at(NEXT_AT);
+            while next.load(Ordering::Relaxed) < self.tasks {
+                let t = next.fetch_add(1, Ordering::AcqRel);
+                if t >= self.tasks {
+                    break;
+                }
+                // Done in an earlier run (state files).
+                if self.state(t).load(Ordering::Acquire) == TaskState::Done as u8 {
+                    continue;
+                }
+                return self.start(w, t);
+            }
+            // Nothing pending: the tasks of dead workers, then those of
+            // live ones, which may still die.
+            let others_running = self.reap(w);
+            if self.u32_at(REQUEUED_AT).load(Ordering::Acquire) > 0 {
+                continue;
+            }
+            return if others_running && self.on_death == OnDeath::Requeue {
+                Took::Wait
+            } else {
+                Took::None
+            };
+        }
+    }
+
+    fn start(&self, w: u32, t: u64) -> Took {
+        self.running(w).store(t + 1, Ordering::Release);
+        self.set(t, TaskState::Running);
+        Took::Task(t)
+    }
+
+    fn take_requeued(&self) -> Option<u64> {
+        let count = self.u32_at(REQUEUED_AT);
+        if count.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        for v in 0..self.workers {
+            let q = self.requeued(v);
+            let t = q.load(Ordering::Acquire);
+            if t != 0
+                && q.compare_exchange(t, 0, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            {
+                count.fetch_sub(1, Ordering::AcqRel);
+                let t = t - 1;
+                if t < self.tasks {
+                    return Some(t);
+                }
+            }
+        }
+        None
+    }
+
+    /// Worker `w` finished its task.
+    fn finish(&self, w: u32, ok: bool) {
+        let t = self.running(w).swap(0, Ordering::AcqRel);
+        if t != 0 && t - 1 < self.tasks {
+            self.set(
+                t - 1,
+                if ok {
+                    TaskState::Done
+                } else {
+                    TaskState::Failed
+                },
+            );
+        }
+    }
+
+    /// Takes the tasks of dead workers back (requeued or failed);
+    /// whether a live worker other than `w` still runs one.
+    fn reap(&self, w: u32) -> bool {
+        let mut live = false;
+        for v in 0..self.workers {
+            if v == w {
+                continue;
+            }
+            let slot = self.running(v);
+            let t = slot.load(Ordering::Acquire);
+            if t == 0 {
+                continue;
+            }
+            if self.region.held(v) {
+                live = true;
+                continue;
+            }
+            // Dead: its task is taken back once (by whoever wins this).
+            if slot
+                .compare_exchange(t, 0, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+            {
+                continue;
+            }
+            let task = t - 1;
+            if task >= self.tasks {
+                continue;
+            }
+            match self.on_death {
+                OnDeath::Requeue => {
+                    tracing::warn!(
+                        worker = v,
+                        task,
+                        "shoal batch: a worker group died; its task is handed out again"
+                    );
+                    self.set(task, TaskState::Pending);
+                    self.requeued(v).store(t, Ordering::Release);
+                    self.u32_at(REQUEUED_AT).fetch_add(1, Ordering::AcqRel);
+                }
+                OnDeath::Fail => {
+                    tracing::warn!(
+                        worker = v,
+                        task,
+                        "shoal batch: a worker group died; its task failed"
+                    );
+                    self.set(task, TaskState::Failed);
+                }
+            }
+        }
+        live
+    }
+}
+
+/// Rank 0 runs the pool for worker groups on other hosts: it holds each
+/// one's lease while its connection lives.
+struct Pool {
+    table: Table,
+    /// Which worker each connection asks for.
+    who: Mutex<HashMap<u64, u32>>,
+}
+
+impl Service for Pool {
+    fn call(&self, conn: u64, body: &[u8]) -> Vec<u8> {
+        let (Some(&op), Some(w)) = (
+            body.first(),
+            body.get(1..5)
+                .and_then(|b| b.try_into().ok())
+                .map(u32::from_le_bytes),
+        ) else {
+            return vec![9];
+        };
+        if w >= self.table.workers {
+            return vec![9];
+        }
+        {
+            let mut who = self.who.lock().unwrap_or_else(|p| p.into_inner());
+            match who.get(&conn) {
+                Some(v) if *v != w => return vec![9],
+                Some(_) => {}
+                None => {
+                    // Its lease, held here while its connection lives.
+                    if !matches!(self.table.region.hold(w), Ok(true)) {
+                        return vec![9];
+                    }
+                    who.insert(conn, w);
+                }
+            }
+        }
+        match op {
+            1 => match self.table.take(w) {
+                Took::Task(t) => {
+                    let mut b = vec![1];
+                    b.extend_from_slice(&t.to_le_bytes());
+                    b
+                }
+                Took::Wait => vec![2],
+                Took::None => vec![0],
+            },
+            2 | 3 => {
+                self.table.finish(w, op == 2);
+                vec![0]
+            }
+            _ => vec![9],
+        }
+    }
+
+    fn gone(&self, conn: u64) {
+        let w = self
+            .who
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&conn);
+        if let Some(w) = w {
+            self.table.region.give_up(w);
+        }
+    }
+}
+
+/// How this rank's worker group reaches the pool (one per Batch: its
+/// size does not matter).
+#[allow(clippy::large_enum_variant)]
+enum Via {
+    /// The table in this host's shared memory.
+    Table(Table),
+    /// Rank 0's service (worker groups on other hosts).
+    Service(Vec<u8>),
+    /// Not the worker group's first rank: it only follows.
+    Follower,
+}
+
+/// A task pool over a group (see the [module doc](self)).
+///
+/// ```
+/// use shoal_collectives::batch::{Batch, BatchOptions};
+/// use shoal_collectives::Group;
+/// let g = Group::single();
+/// let mut b = Batch::new(&g, 5, 1, &BatchOptions::default())?;
+/// let mut seen = Vec::new();
+/// while let Some(t) = b.next_task()? {
+///     seen.push(t);
+/// }
+/// assert_eq!(seen, [0, 1, 2, 3, 4]);
+/// # Ok::<(), shoal_collectives::Error>(())
+/// ```
+pub struct Batch<'g> {
+    group: &'g Group,
+    worker: Group,
+    index: u32,
+    via: Via,
+    /// The task handed out last, if not finished.
+    current: Option<u64>,
+    key: Vec<u8>,
+    registered: bool,
+}
+
+impl std::fmt::Debug for Batch<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch")
+            .field("worker", &self.index)
+            .field("current", &self.current)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'g> Batch<'g> {
+    /// A pool of `tasks` tasks over `group`, worked by worker groups of
+    /// `ranks_per_worker` ranks. Collective.
+    pub fn new(
+        group: &'g Group,
+        tasks: u64,
+        ranks_per_worker: u32,
+        opts: &BatchOptions,
+    ) -> Result<Batch<'g>> {
+        if ranks_per_worker == 0 {
+            return Err(Error::BadArguments("worker groups of 0 ranks".into()));
+        }
+        let workers = group.size().div_ceil(ranks_per_worker);
+        let index = group.rank() / ranks_per_worker;
+        let call = group.next_call();
+        let key = format!("{}/{call}/batch", group.name()).into_bytes();
+        // Rank 0 makes the table; its host's ranks attach to it.
+        let made = if group.rank() == 0 {
+            Some(Table::create(tasks, workers, opts)?)
+        } else {
+            None
+        };
+        let name = made
+            .as_ref()
+            .map(|t| t.region.name().to_string())
+            .unwrap_or_default();
+        let all = group.collect("batch", name.as_bytes(), true)?;
+        let name = all
+            .first()
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .unwrap_or_default()
+            .to_string();
+        let mut registered = false;
+        if group.rank() == 0 && group.nodes() > 1 {
+            let pool = Pool {
+                table: Table::attach(&name, tasks, workers, opts)?,
+                who: Mutex::default(),
+            };
+            registered = group.register_service(&key, Arc::new(pool));
+        }
+        let worker = group.split(index, group.rank())?;
+        let leader = worker.rank() == 0;
+        let on_rank0_host = group.node() == group.members()[0].node;
+        let via = if !leader {
+            Via::Follower
+        } else if let Some(t) = made {
+            Via::Table(t)
+        } else if on_rank0_host {
+            Via::Table(Table::attach(&name, tasks, workers, opts)?)
+        } else {
+            Via::Service(key.clone())
+        };
+        if let Via::Table(t) = &via {
+            if !t.region.hold(index)? {
+                return Err(Error::BadArguments(format!(
+                    "worker {index}'s place in the pool is held by a live process"
+                )));
+            }
+        }
+        // Nobody takes a task before every worker is in place (the
+        // service is registered, the leases held).
+        group.barrier()?;
+        Ok(Batch {
+            group,
+            worker,
+            index,
+            via,
+            current: None,
+            key,
+            registered,
+        })
+    }
+
+    /// This rank's worker group (a sub-group: its rank 0 takes tasks).
+    pub fn worker(&self) -> &Group {
+        &self.worker
+    }
+
+    /// This worker group's index (rank / ranks per worker).
+    pub fn worker_index(&self) -> u32 {
+        self.index
+    }
+
+    /// Finishes the task handed out last (Done, unless
+    /// [`fail_task`](Self::fail_task) said otherwise) and hands out the
+    /// next one, to every rank of the worker group; `None` once none is
+    /// left (with [`OnDeath::Requeue`], once no other worker group's task
+    /// can come back either). Collective over the worker group.
+    pub fn next_task(&mut self) -> Result<Option<u64>> {
+        let next = if self.worker.rank() == 0 {
+            if self.current.take().is_some() {
+                self.finish(true)?;
+            }
+            Some(self.take()?)
+        } else {
+            self.current = None;
+            None
+        };
+        let t = if self.worker.size() == 1 {
+            next.flatten()
+        } else {
+            self.worker.broadcast(0, next.as_ref())?.deserialize()?
+        };
+        self.current = t;
+        Ok(t)
+    }
+
+    /// Marks the task handed out last Failed (on the worker group's first
+    /// rank; a no-op elsewhere). The next [`next_task`](Self::next_task)
+    /// does not mark it Done.
+    pub fn fail_task(&mut self) -> Result<()> {
+        if self.worker.rank() == 0 && self.current.take().is_some() {
+            self.finish(false)?;
+        }
+        Ok(())
+    }
+
+    fn finish(&self, ok: bool) -> Result<()> {
+        match &self.via {
+            Via::Table(t) => {
+                t.finish(self.index, ok);
+                Ok(())
+            }
+            Via::Service(key) => {
+                let mut body = vec![if ok { 2 } else { 3 }];
+                body.extend_from_slice(&self.index.to_le_bytes());
+                self.group.call_service(key, &body).map(drop)
+            }
+            Via::Follower => Ok(()),
+        }
+    }
+
+    fn take(&self) -> Result<Option<u64>> {
+        loop {
+            let took = match &self.via {
+                Via::Table(t) => t.take(self.index),
+                Via::Service(key) => {
+                    let mut body = vec![1];
+                    body.extend_from_slice(&self.index.to_le_bytes());
+                    let a = self.group.call_service(key, &body)?;
+                    match a.first() {
+                        Some(1) => Took::Task(
+                            a.get(1..9)
+                                .and_then(|b| b.try_into().ok())
+                                .map(u64::from_le_bytes)
+                                .ok_or_else(|| Error::Malformed {
+                                    what: "the pool's answer",
+                                    why: "a task without its number".into(),
+                                })?,
+                        ),
+                        Some(2) => Took::Wait,
+                        Some(0) => Took::None,
+                        _ => {
+                            return Err(Error::Refused(
+                                "the pool refused this worker (another holds its place?)".into(),
+                            ))
+                        }
+                    }
+                }
+                Via::Follower => return Ok(None),
+            };
+            match took {
+                Took::Task(t) => return Ok(Some(t)),
+                Took::None => return Ok(None),
+                Took::Wait => std::thread::sleep(PAUSE),
+            }
+        }
+    }
+
+    /// Task `t`'s state, as rank 0's host sees it (`None` on ranks that do
+    /// not reach the table: followers, and worker groups on other hosts).
+    pub fn state(&self, t: u64) -> Option<TaskState> {
+        match &self.via {
+            Via::Table(table) if t < table.tasks => {
+                Some(TaskState::from_u8(table.state(t).load(Ordering::Acquire)))
+            }
+            _ => None,
+        }
+    }
+
+    /// Waits (up to the group's timeout) until every task is Done or
+    /// Failed, on rank 0; then every state, by task. Collective: every
+    /// rank calls it once it got `None` from `next_task`; `None` on the
+    /// other ranks.
+    pub fn finish_all(&self) -> Result<Option<Vec<TaskState>>> {
+        self.group.barrier()?;
+        if self.group.rank() != 0 {
+            return Ok(None);
+        }
+        let Via::Table(t) = &self.via else {
+            return Ok(None);
+        };
+        let end = Instant::now() + self.group.options().timeout;
+        loop {
+            let states: Vec<TaskState> = (0..t.tasks)
+                .map(|i| TaskState::from_u8(t.state(i).load(Ordering::Acquire)))
+                .collect();
+            let open = states
+                .iter()
+                .any(|s| matches!(s, TaskState::Running | TaskState::Pending));
+            if !open || Instant::now() >= end {
+                return Ok(Some(states));
+            }
+            t.reap(u32::MAX);
+            std::thread::sleep(PAUSE);
+        }
+    }
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        if self.current.is_some() && self.worker.rank() == 0 {
+            // Dropped while running a task (an error, a panic): failed.
+            let _ = self.finish(false);
+        }
+        if self.registered {
+            self.group.unregister_service(&self.key);
+        }
+    }
+}
