@@ -527,10 +527,7 @@ fn a_batch_worker_killed_with_its_task_leaves_it_requeued() {
         .unwrap();
     // Its task ran once more, elsewhere, and everything ended Done.
     assert!(ran.iter().any(|r| r.contains(&format!("{t}"))), "{ran:?}");
-    assert_eq!(
-        states,
-        format!("states {}", vec!["Some(Done)"; 12].join(","))
-    );
+    assert_eq!(states, format!("states {}", ["Some(Done)"; 12].join(",")));
 }
 
 #[test]
@@ -541,7 +538,7 @@ fn a_batch_worker_killed_with_its_task_leaves_it_failed() {
         .trim_end_matches(')')
         .parse()
         .unwrap();
-    let mut want = vec!["Some(Done)"; 12];
+    let mut want = ["Some(Done)"; 12];
     want[t] = "Some(Failed)";
     assert_eq!(states, format!("states {}", want.join(",")));
 }
