@@ -279,9 +279,10 @@ impl Group {
             }
             None => None,
         };
-        if let Some(n) = &self.node {
-            self.seen.store(n.broadcast_generation(), Ordering::Relaxed);
-        }
+        // Every rank starts from the region's first generation, not the
+        // one it finds when it attaches: the host's first rank may have
+        // put a broadcast already (the first needs no reader done).
+        self.seen.store(0, Ordering::Relaxed);
         Ok(())
     }
 

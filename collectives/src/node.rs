@@ -413,12 +413,6 @@ impl Node {
         futex_wake(done, 1);
         Ok((len, total))
     }
-
-    /// The broadcast generation this rank has seen last (the first
-    /// `take`'s starting point).
-    pub(crate) fn broadcast_generation(&self) -> u32 {
-        self.u32_at(BC_GEN).load(Ordering::Acquire)
-    }
 }
 
 /// Why a broadcast's local part gave nothing.

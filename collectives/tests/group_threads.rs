@@ -179,3 +179,19 @@ fn a_group_of_one_needs_nothing() {
     assert_eq!(g.gather(0, &1u64).unwrap().unwrap().len(), 1);
     assert_eq!(g.split(0, 0).unwrap().size(), 1);
 }
+
+#[test]
+fn a_broadcast_right_after_bootstrap_reaches_ranks_that_attached_late() {
+    // The host's first rank may put the first broadcast before the others
+    // attached to the host's shared state: they still get it.
+    for round in 0..20u32 {
+        let out = ranks(4, opts(), move |g| {
+            if g.rank() != 0 {
+                std::thread::sleep(Duration::from_millis(u64::from(g.rank() * 3)));
+            }
+            let v = g.broadcast(0, (g.rank() == 0).then_some(&round)).unwrap();
+            v.get().to_native()
+        });
+        assert_eq!(out, [round; 4]);
+    }
+}

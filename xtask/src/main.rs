@@ -1,8 +1,12 @@
 //! The workspace's task runner: `cargo xtask <task>`.
 //!
 //! - `test`: everything CI runs after fmt and clippy: the whole test suite
-//!   (with cargo-nextest when installed), the loom models, and a build of the
-//!   fuzz target.
+//!   (with cargo-nextest when installed), the collectives check under real
+//!   launchers (`launchers`), the loom models, and a build of the fuzz
+//!   target.
+//! - `launchers`: the collectives check (`collectives/examples/`) under
+//!   `run -n 4`, `run -n 4 --hosts 2` (root) and Open MPI's `mpirun -n 4`
+//!   (installed from Debian's packages when missing, as root).
 //! - `provision`: install the system tools the optional backends need
 //!   (cmake for nng) when missing, and the foreign nng peers the interop
 //!   tests talk to (pynng from PyPI, nngcat from Debian's nng-utils);
@@ -150,6 +154,75 @@ fn tests() -> Result<(), String> {
     }
 }
 
+/// The collectives check (`collectives/examples/collectives_check.rs`)
+/// started by real launchers: `cargo xtask run -n 4` on one host and, as
+/// root, on two network-namespace hosts; Open MPI's `mpirun -n 4`
+/// (installed from Debian's packages when missing and root; else
+/// reported skipped with the reason).
+fn launchers() -> Result<(), String> {
+    run(
+        "build the collectives check",
+        cargo().args([
+            "build",
+            "-p",
+            "shoal-collectives",
+            "--example",
+            "collectives_check",
+        ]),
+    )?;
+    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    let exe = format!("{target}/debug/examples/collectives_check");
+    let launch = |args: &[&str]| {
+        let mut a: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        a.extend(["--timeout".into(), "300".into(), "--".into(), exe.clone()]);
+        eprintln!("xtask: collectives check: cargo xtask run {}", a.join(" "));
+        run::launch(&a)
+    };
+    launch(&["-n", "4"])?;
+    if netns::is_root().unwrap_or(false) {
+        launch(&["-n", "4", "--hosts", "2"])?;
+    } else {
+        eprintln!(
+            "xtask: collectives check across hosts skipped: not root (network namespaces need it)"
+        );
+    }
+    let has_mpirun = || {
+        Command::new("mpirun")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !has_mpirun() && netns::is_root().unwrap_or(false) {
+        let install = || {
+            run(
+                "provision Open MPI (mpirun)",
+                Command::new("apt-get").args([
+                    "install",
+                    "-y",
+                    "-q",
+                    "--no-install-recommends",
+                    "openmpi-bin",
+                ]),
+            )
+        };
+        if install().is_err() {
+            let _ = run(
+                "apt-get update",
+                Command::new("apt-get").args(["update", "-q"]),
+            );
+            let _ = install();
+        }
+    }
+    if !has_mpirun() {
+        eprintln!("xtask: collectives check under mpirun skipped: Open MPI is not installed and could not be");
+        return Ok(());
+    }
+    run(
+        "collectives check under mpirun -n 4",
+        Command::new("mpirun").args(["--allow-run-as-root", "--oversubscribe", "-n", "4", &exe]),
+    )
+}
+
 fn loom() -> Result<(), String> {
     let mut c = cargo();
     c.args(["test", "-p", "shoal-shm-ring", "--release", "--lib", "loom"])
@@ -185,7 +258,11 @@ fn bench_matrix(args: &[String]) -> Result<(), String> {
 fn main() -> ExitCode {
     let task = std::env::args().nth(1).unwrap_or_default();
     let r = match task.as_str() {
-        "test" => tests().and_then(|_| loom()).and_then(|_| fuzz_build()),
+        "test" => tests()
+            .and_then(|_| launchers())
+            .and_then(|_| loom())
+            .and_then(|_| fuzz_build()),
+        "launchers" => launchers(),
         "provision" => provision().map(|()| provision_interop()),
         "loom" => loom(),
         "fuzz-build" => fuzz_build(),
@@ -198,7 +275,7 @@ fn main() -> ExitCode {
             run::launch(&rest)
         }
         _ => {
-            eprintln!("usage: cargo xtask <test | provision | loom | fuzz-build | bench-matrix [--quick] [--out DIR] | run -n N [--hosts H] [--grace SECS] [--timeout SECS] -- CMD [ARGS...]>");
+            eprintln!("usage: cargo xtask <test | launchers | provision | loom | fuzz-build | bench-matrix [--quick] [--out DIR] | run -n N [--hosts H] [--grace SECS] [--timeout SECS] -- CMD [ARGS...]>");
             return ExitCode::from(2);
         }
     };

@@ -149,7 +149,7 @@ fn ip(args: &[&str]) -> Result<String, String> {
 
 /// Whether this process's effective uid is 0, from `/proc/self/status`
 /// (else `id -u`).
-fn is_root() -> Result<bool, String> {
+pub(crate) fn is_root() -> Result<bool, String> {
     if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
         // "Uid:\treal\teffective\tsaved\tfs"
         let euid = status
