@@ -12,9 +12,13 @@
 //! |---|---|
 //! | 0 | magic, ranks on the host, buffer bytes |
 //! | 64 | barrier: ranks arrived |
-//! | 128 | barrier: generation (the futex word), failed generation |
-//! | 192 | broadcast: generation (futex), chunk length, failed generation, value length |
-//! | 256 | broadcast: readers done (futex) |
+//! | 128 | barrier: generation (the futex word), failed generation, sleepers |
+//! | 192 | broadcast: generation (futex), chunk length, failed generation, sleepers, value length |
+//! | 256 | broadcast: readers done (futex), sleepers |
+//!
+//! A waiter spins a little, yields its core a little, then parks on the
+//! futex, counted as a sleeper: a waker makes the system call only when
+//! somebody sleeps.
 //! | 320 + 64 i | rank i's slot: the barrier generation it arrived at |
 //! | page after the slots | the broadcast buffer |
 
@@ -27,16 +31,24 @@ const MAGIC: u64 = 0x5348_4f41_4c4e_4f44; // "SHOALNOD"
 const ARRIVED: usize = 64;
 const BAR_GEN: usize = 128;
 const BAR_FAILED: usize = 132;
+const BAR_SLEEP: usize = 136;
 const BC_GEN: usize = 192;
 const BC_LEN: usize = 200;
 const BC_FAILED: usize = 208;
+const BC_SLEEP: usize = 212;
 const BC_TOTAL: usize = 216;
 const BC_DONE: usize = 256;
+const DONE_SLEEP: usize = 260;
 const SLOTS: usize = 320;
 const SLOT: usize = 64;
 
-/// How long a waiter spins before it parks.
-const SPIN: u32 = 200;
+/// How long a waiter spins before it yields.
+const SPIN: u32 = 20_000;
+/// How long a waiter yields its core (to the ranks it waits for, when
+/// they share it) before it parks: a wake-up through the kernel costs
+/// more than most waits in a collective, but an idle rank must not burn
+/// a core.
+const YIELD: Duration = Duration::from_micros(50);
 /// How long one park lasts before the waiter looks at its deadline and
 /// its peers' leases.
 const PARK: Duration = Duration::from_millis(20);
@@ -48,6 +60,20 @@ pub(crate) struct Node {
     local: u32,
     me: u32,
     buffer: usize,
+    /// Looks a waiter makes before it yields: many when every rank of the
+    /// host has a core of its own, none when they share cores (spinning
+    /// then takes the core from the rank waited for).
+    spin: u32,
+}
+
+/// [`Node::spin`] for `local` ranks on this host.
+fn spin_for(local: u32) -> u32 {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if local as usize <= cpus {
+        SPIN
+    } else {
+        0
+    }
 }
 
 impl std::fmt::Debug for Node {
@@ -86,6 +112,7 @@ impl Node {
             local,
             me: 0,
             buffer,
+            spin: spin_for(local),
         };
         // SAFETY: offsets 0..24 are inside the region (at least a page),
         // 8-aligned; nobody else has its name yet.
@@ -137,6 +164,7 @@ impl Node {
             local,
             me,
             buffer,
+            spin: spin_for(local),
         };
         n.hold()?;
         Ok(n)
@@ -190,34 +218,61 @@ impl Node {
     fn wait_change(
         &self,
         word: &AtomicU32,
+        sleepers: &AtomicU32,
         current: u32,
         failed: Option<&AtomicU32>,
         end: Instant,
         pending: &dyn Fn() -> Vec<u32>,
     ) -> std::result::Result<(), Stop> {
-        let mut spins = 0;
-        loop {
-            if word.load(Ordering::Acquire) != current {
-                if failed.is_some_and(|f| f.load(Ordering::Acquire) == current.wrapping_add(1)) {
-                    return Err(Stop::Failed);
-                }
-                return Ok(());
+        let changed = || {
+            if word.load(Ordering::SeqCst) == current {
+                return None;
             }
-            if spins < SPIN {
-                spins += 1;
-                std::hint::spin_loop();
-                continue;
+            if failed.is_some_and(|f| f.load(Ordering::Acquire) == current.wrapping_add(1)) {
+                return Some(Err(Stop::Failed));
+            }
+            Some(Ok(()))
+        };
+        // Plain looks, no pause instruction: on this kind of machine a
+        // pause costs ~100 cycles, and the word changes within a cache
+        // line transfer of the store.
+        for _ in 0..self.spin {
+            if let Some(r) = changed() {
+                return r;
+            }
+        }
+        let yield_end = Instant::now() + YIELD;
+        loop {
+            if let Some(r) = changed() {
+                return r;
             }
             let now = Instant::now();
             if now >= end {
                 return Err(Stop::Timeout(pending()));
             }
-            if !futex_wait(word, current, Some(PARK.min(end - now))) {
+            if now < yield_end {
+                std::thread::yield_now();
+                continue;
+            }
+            // SYNC: the sleeper count goes up before the word is looked at
+            // again (both SeqCst); a waker stores the word, then reads the
+            // count (SeqCst): one of the two sees the other.
+            sleepers.fetch_add(1, Ordering::SeqCst);
+            let woken = futex_wait(word, current, Some(PARK.min(end - now)));
+            sleepers.fetch_sub(1, Ordering::SeqCst);
+            if !woken {
                 let dead = self.dead(pending().into_iter());
                 if !dead.is_empty() {
                     return Err(Stop::Dead(dead));
                 }
             }
+        }
+    }
+
+    /// Wakes the sleepers on `word` (after it changed), if any.
+    fn wake(word: &AtomicU32, sleepers: &AtomicU32, n: u32) {
+        if sleepers.load(Ordering::SeqCst) > 0 {
+            futex_wake(word, n);
         }
     }
 
@@ -242,8 +297,8 @@ impl Node {
                 self.u32_at(BAR_FAILED)
                     .store(g.wrapping_add(1), Ordering::Release);
             }
-            gen.store(g.wrapping_add(1), Ordering::Release);
-            futex_wake(gen, u32::MAX);
+            gen.store(g.wrapping_add(1), Ordering::SeqCst);
+            Node::wake(gen, self.u32_at(BAR_SLEEP), u32::MAX);
             return r.map_err(BarrierError::Across);
         }
         let pending = || {
@@ -251,8 +306,15 @@ impl Node {
                 .filter(|p| self.slot(*p).load(Ordering::Relaxed) != g.wrapping_add(1))
                 .collect()
         };
-        self.wait_change(gen, g, Some(self.u32_at(BAR_FAILED)), end, &pending)
-            .map_err(BarrierError::Local)
+        self.wait_change(
+            gen,
+            self.u32_at(BAR_SLEEP),
+            g,
+            Some(self.u32_at(BAR_FAILED)),
+            end,
+            &pending,
+        )
+        .map_err(BarrierError::Local)
     }
 
     /// The local part of a broadcast, by the rank that has the value on
@@ -301,7 +363,7 @@ impl Node {
                 break;
             }
             let all: Vec<u32> = (0..self.local).collect();
-            self.wait_change(done, d, None, end, &|| all.clone())?;
+            self.wait_change(done, self.u32_at(DONE_SLEEP), d, None, end, &|| all.clone())?;
         }
         done.store(0, Ordering::Relaxed);
         match chunk {
@@ -326,8 +388,8 @@ impl Node {
                 .u32_at(BC_FAILED)
                 .store(g.wrapping_add(1), Ordering::Relaxed),
         }
-        gen.store(g.wrapping_add(1), Ordering::Release);
-        futex_wake(gen, u32::MAX);
+        gen.store(g.wrapping_add(1), Ordering::SeqCst);
+        Node::wake(gen, self.u32_at(BC_SLEEP), u32::MAX);
         Ok(g.wrapping_add(1))
     }
 
@@ -388,13 +450,20 @@ impl Node {
         let gen = self.u32_at(BC_GEN);
         let g = *last;
         let done = self.u32_at(BC_DONE);
-        let waited = self.wait_change(gen, g, Some(self.u32_at(BC_FAILED)), end, &|| vec![from]);
+        let waited = self.wait_change(
+            gen,
+            self.u32_at(BC_SLEEP),
+            g,
+            Some(self.u32_at(BC_FAILED)),
+            end,
+            &|| vec![from],
+        );
         if let Err(e) = waited {
             if matches!(e, Stop::Failed) {
                 // Nothing to read, but this rank is done with the round.
                 *last = g.wrapping_add(1);
-                done.fetch_add(1, Ordering::AcqRel);
-                futex_wake(done, 1);
+                done.fetch_add(1, Ordering::SeqCst);
+                Node::wake(done, self.u32_at(DONE_SLEEP), 1);
             }
             return Err(TakeError::Stop(e));
         }
@@ -409,8 +478,8 @@ impl Node {
             std::slice::from_raw_parts(self.region.as_ptr().add(buffer_at(self.local)), len)
         };
         take(bytes, total);
-        done.fetch_add(1, Ordering::AcqRel);
-        futex_wake(done, 1);
+        done.fetch_add(1, Ordering::SeqCst);
+        Node::wake(done, self.u32_at(DONE_SLEEP), 1);
         Ok((len, total))
     }
 }
