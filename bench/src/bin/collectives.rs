@@ -163,11 +163,11 @@ fn mpi(op: &str, procs: u32, a: &Args) -> Result<(), String> {
 
 /// This host's monotonic clock in ns (one clock for every process).
 fn mono_ns() -> u64 {
-    // SAFETY: `ts` is a valid timespec for clock_gettime to fill.
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
+    // SAFETY: `ts` is a valid timespec for clock_gettime to fill.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
