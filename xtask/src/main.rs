@@ -154,6 +154,41 @@ fn tests() -> Result<(), String> {
     }
 }
 
+/// Installs Open MPI (mpirun, and mpicc for the bench's peer) from
+/// Debian's packages when missing and root; else says why the MPI cells
+/// will report themselves skipped.
+fn provision_mpi() {
+    let has = |tool: &str| {
+        Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if has("mpirun") && has("mpicc") {
+        return;
+    }
+    if !netns::is_root().unwrap_or(false) {
+        eprintln!("xtask: Open MPI is not installed and this is not root: its cells report themselves skipped");
+        return;
+    }
+    let pkgs = [
+        "install",
+        "-y",
+        "-q",
+        "--no-install-recommends",
+        "openmpi-bin",
+        "libopenmpi-dev",
+    ];
+    let install = || run("provision Open MPI", Command::new("apt-get").args(pkgs));
+    if install().is_err() {
+        let _ = run(
+            "apt-get update",
+            Command::new("apt-get").args(["update", "-q"]),
+        );
+        let _ = install();
+    }
+}
+
 /// The collectives check (`collectives/examples/collectives_check.rs`)
 /// started by real launchers: `cargo xtask run -n 4` on one host and, as
 /// root, on two network-namespace hosts; Open MPI's `mpirun -n 4`
@@ -244,6 +279,7 @@ fn fuzz_build() -> Result<(), String> {
 
 fn bench_matrix(args: &[String]) -> Result<(), String> {
     provision()?;
+    provision_mpi();
     run(
         "build harnesses",
         cargo().args(["build", "--release", "-p", "shoal-bench", "--bins"]),

@@ -335,6 +335,53 @@ fn cells(quick: bool) -> Vec<Cell> {
         1,
         &[&format!("shoal idle --ms {}", idle_s * 1000)],
     ));
+    // Collectives (issue 9), beside Open MPI in the same run (its cells
+    // report an error naming what is missing when Open MPI is not
+    // installed; `cargo xtask bench-matrix` provisions it as root).
+    let ci = if quick { 500 } else { 3000 };
+    let coll = |entries: Vec<String>| -> Vec<String> {
+        entries
+            .into_iter()
+            .flat_map(|e| [e.clone(), format!("{e} --mpi")])
+            .collect()
+    };
+    let barrier = coll(vec![
+        format!("collectives barrier --procs 2 --iters {ci}"),
+        format!("collectives barrier --procs 4 --iters {ci}"),
+    ]);
+    let barrier: Vec<&str> = barrier.iter().map(String::as_str).collect();
+    v.push(cell("collectives barrier", r - 1, &barrier));
+    let bcast = coll(vec![
+        format!("collectives bcast --procs 4 --size 8 --iters {ci}"),
+        format!(
+            "collectives bcast --procs 4 --size 1048576 --iters {}",
+            ci / 10
+        ),
+    ]);
+    let bcast: Vec<&str> = bcast.iter().map(String::as_str).collect();
+    v.push(cell("collectives broadcast", r - 1, &bcast));
+    let lock = coll(vec![format!(
+        "collectives lock --procs 4 --iters {}",
+        ci / 5
+    )]);
+    let lock: Vec<&str> = lock.iter().map(String::as_str).collect();
+    v.push(cell("collectives lock", r - 1, &lock));
+    v.push(cell(
+        "collectives shared array",
+        r - 1,
+        &[&format!(
+            "collectives array --procs 4 --iters {}",
+            if quick { 10 } else { 40 }
+        )],
+    ));
+    v.push(cell(
+        "collectives batch",
+        r - 1,
+        &[
+            "collectives batch --procs 4 --tasks 1000",
+            "collectives batch --procs 4 --tasks 100000",
+        ],
+    ));
     let memcpy: Vec<String> = [64usize, 4096, 1 << 20, 16 << 20, 64 << 20]
         .iter()
         .map(|s| {
