@@ -2,19 +2,22 @@
 //! copy per host in shared memory, replicated by a collective
 //! [`set`](SharedArray::set), read freely by every rank of the host.
 //!
-//! Each host's region holds the array twice. A [`set`](SharedArray::set)
-//! writes its block into the copy readers are not reading, then makes it
-//! the current one: a read ([`SharedArray::read`]) pins the current copy
-//! for as long as its guard lives, so it sees the array as it was before
-//! a concurrent set or as it is after it, never a mix. Before writing a
-//! copy, a set waits until no live rank pins it (a rank whose process
-//! died is seen by its lease and ignored), and brings it up to date with
-//! the last set's block first, unless the new block covers that one (so
-//! a set of the whole array writes it once).
+//! Each host's region holds the array twice. A read
+//! ([`SharedArray::read`]) pins the current copy for as long as its guard
+//! lives, so it sees the array as it was before a concurrent set or as it
+//! is after it, never a mix. A [`set`](SharedArray::set) writes its block
+//! into the current copy in place when nobody reads it (the common case:
+//! one copy of the block, as a memcpy; a read that begins meanwhile waits
+//! for the write to end); else into the other copy, which it then makes
+//! current. Before writing the other copy, a set waits until no live rank
+//! pins it (a rank whose process died is seen by its lease and ignored)
+//! and brings it up to date first: with the last block when that is all
+//! it lacks (unless the new block covers it), else whole.
 //!
 //! Region layout: a header (magic, element tag, dimensions, shape), the
-//! current copy's index, the last block (offset and shape), per rank of
-//! the host two pin counters, then the two copies.
+//! current copy's index, the copy written in place, how far the other
+//! copy is behind, the last block (offset and shape), per rank of the
+//! host two pin counters, then the two copies.
 
 use crate::error::{Error, Result};
 use crate::group::Group;
@@ -71,6 +74,13 @@ const TAG_AT: usize = 8;
 const DIMS_AT: usize = 12;
 const SHAPE_AT: usize = 16;
 const CURRENT_AT: usize = 128;
+/// The copy a set writes in place now, + 1 (0: none).
+const WRITING_AT: usize = 132;
+/// How far the other copy is behind the current one.
+const BEHIND_AT: usize = 136;
+const SAME: u32 = 0;
+const LAST_BLOCK: u32 = 1;
+const ALL: u32 = 2;
 /// The last block: its offset, then its shape (MAX_DIMS u64 each).
 const LAST_AT: usize = 192;
 const PINS_AT: usize = LAST_AT + 16 * MAX_DIMS + 64;
@@ -300,14 +310,23 @@ impl<'g, T: Element> SharedArray<'g, T> {
         loop {
             let c = self.current().load(Ordering::SeqCst) & 1;
             self.pin(self.place, c).fetch_add(1, Ordering::SeqCst);
-            if self.current().load(Ordering::SeqCst) & 1 == c {
+            // SYNC: the pin goes up before `writing` is looked at, and a
+            // writer sets `writing` before it looks at the pins (all
+            // SeqCst): a write in place either saw this pin (and wrote
+            // the other copy) or is seen here.
+            let writing = self.u32_at(WRITING_AT).load(Ordering::SeqCst);
+            if self.current().load(Ordering::SeqCst) & 1 == c && writing != c + 1 {
                 return ArrayRead {
                     array: self,
                     copy: c,
                 };
             }
-            // Flipped meanwhile: pin the new one instead.
+            // Flipped meanwhile, or written in place now: try again once
+            // the write is over.
             self.pin(self.place, c).fetch_sub(1, Ordering::Release);
+            while self.u32_at(WRITING_AT).load(Ordering::SeqCst) == c + 1 {
+                std::thread::yield_now();
+            }
         }
     }
 
@@ -429,29 +448,71 @@ impl<'g, T: Element> SharedArray<'g, T> {
     fn write(&self, data: &[u8], block_shape: &[usize], offset: &[usize]) -> Result<()> {
         let cur = self.current().load(Ordering::SeqCst) & 1;
         let other = cur ^ 1;
+        let behind = self.u32_at(BEHIND_AT);
+        let writing = self.u32_at(WRITING_AT);
+        // In place, if nobody reads the current copy (see `read`).
+        writing.store(cur + 1, Ordering::SeqCst);
+        if self.live_pins(cur).is_empty() {
+            self.put_block(cur, data, block_shape, offset);
+            // The other copy now lacks this block too.
+            let now = match behind.load(Ordering::Relaxed) {
+                SAME => LAST_BLOCK,
+                LAST_BLOCK if self.covers_last(block_shape, offset) => LAST_BLOCK,
+                _ => ALL,
+            };
+            self.set_last(block_shape, offset);
+            behind.store(now, Ordering::Relaxed);
+            writing.store(0, Ordering::SeqCst);
+            return Ok(());
+        }
+        writing.store(0, Ordering::SeqCst);
+        // Somebody reads the current copy: write the other one.
         self.wait_unpinned(other)?;
-        let n = self.shape.len();
-        // Bring the other copy up to date with the last block, unless
-        // this one covers it.
-        let dims = self.u32_at(LAST_AT).load(Ordering::Relaxed) as usize;
-        if dims == n {
-            let mut lo = vec![0usize; n];
-            let mut sh = vec![0usize; n];
-            for k in 0..n {
-                lo[k] = self.u64_at(LAST_AT + 8 + 8 * k).load(Ordering::Relaxed) as usize;
-                sh[k] = self
-                    .u64_at(LAST_AT + 8 + 8 * (MAX_DIMS + k))
-                    .load(Ordering::Relaxed) as usize;
-            }
-            let covered =
-                (0..n).all(|k| offset[k] <= lo[k] && lo[k] + sh[k] <= offset[k] + block_shape[k]);
-            // A last block that does not fit the shape (the region was
-            // written by someone else) is ignored: checked like input.
-            if !covered && self.check_block(&sh, &lo).is_ok() {
-                self.copy_block(cur, other, &sh, &lo);
-            }
+        match behind.load(Ordering::Relaxed) {
+            SAME => {}
+            LAST_BLOCK if self.covers_last(block_shape, offset) => {}
+            LAST_BLOCK => match self.last_block() {
+                Some((sh, lo)) => self.copy_block(cur, other, &sh, &lo),
+                None => self.copy_all(cur, other),
+            },
+            _ => self.copy_all(cur, other),
         }
         self.put_block(other, data, block_shape, offset);
+        self.set_last(block_shape, offset);
+        behind.store(LAST_BLOCK, Ordering::Relaxed);
+        // Readers that pin the new copy from now on see all of it.
+        self.current().store(other, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// The last block set (shape, offset), if it fits the array (the
+    /// region's bytes are checked like input).
+    fn last_block(&self) -> Option<(Vec<usize>, Vec<usize>)> {
+        let n = self.shape.len();
+        if self.u32_at(LAST_AT).load(Ordering::Relaxed) as usize != n {
+            return None;
+        }
+        let lo: Vec<usize> = (0..n)
+            .map(|k| self.u64_at(LAST_AT + 8 + 8 * k).load(Ordering::Relaxed) as usize)
+            .collect();
+        let sh: Vec<usize> = (0..n)
+            .map(|k| {
+                self.u64_at(LAST_AT + 8 + 8 * (MAX_DIMS + k))
+                    .load(Ordering::Relaxed) as usize
+            })
+            .collect();
+        self.check_block(&sh, &lo).ok().map(|()| (sh, lo))
+    }
+
+    /// Whether the block at `offset` covers the last block set.
+    fn covers_last(&self, block_shape: &[usize], offset: &[usize]) -> bool {
+        self.last_block().is_some_and(|(sh, lo)| {
+            (0..sh.len()).all(|k| offset[k] <= lo[k] && lo[k] + sh[k] <= offset[k] + block_shape[k])
+        })
+    }
+
+    fn set_last(&self, block_shape: &[usize], offset: &[usize]) {
+        let n = self.shape.len();
         self.u32_at(LAST_AT).store(n as u32, Ordering::Relaxed);
         for k in 0..n {
             self.u64_at(LAST_AT + 8 + 8 * k)
@@ -459,9 +520,21 @@ impl<'g, T: Element> SharedArray<'g, T> {
             self.u64_at(LAST_AT + 8 + 8 * (MAX_DIMS + k))
                 .store(block_shape[k] as u64, Ordering::Relaxed);
         }
-        // Readers that pin the new copy from now on see all of it.
-        self.current().store(other, Ordering::SeqCst);
-        Ok(())
+    }
+
+    fn copy_all(&self, from: u32, to: u32) {
+        let zero = vec![0; self.shape.len()];
+        self.copy_block(from, to, &self.shape.clone(), &zero);
+    }
+
+    /// The live places that pin copy `c`.
+    fn live_pins(&self, c: u32) -> Vec<u32> {
+        (0..self.local)
+            .filter(|p| {
+                self.pin(*p, c).load(Ordering::SeqCst) != 0
+                    && (*p == self.place || self.region.held(*p))
+            })
+            .collect()
     }
 
     /// Waits until no live rank of the host pins copy `c`.
@@ -469,12 +542,7 @@ impl<'g, T: Element> SharedArray<'g, T> {
         let timeout = self.group.options().timeout;
         let end = Instant::now() + timeout;
         loop {
-            let pinned: Vec<u32> = (0..self.local)
-                .filter(|p| {
-                    self.pin(*p, c).load(Ordering::SeqCst) != 0
-                        && (*p == self.place || self.region.held(*p))
-                })
-                .collect();
+            let pinned = self.live_pins(c);
             if pinned.is_empty() {
                 return Ok(());
             }
@@ -502,8 +570,10 @@ impl<'g, T: Element> SharedArray<'g, T> {
         unsafe { self.region.as_ptr().add(self.copies[c as usize]) as *mut T }
     }
 
-    /// Calls `run(array_index, block_index, n)` for each row of the block
-    /// (a contiguous run along the last dimension).
+    /// Calls `run(array_index, block_index, n)` for each contiguous run
+    /// of the block: a row along the last dimension, or several dimensions
+    /// at once where the block spans them whole (a block of whole rows is
+    /// one run).
     fn rows(
         &self,
         block_shape: &[usize],
@@ -511,23 +581,31 @@ impl<'g, T: Element> SharedArray<'g, T> {
         mut run: impl FnMut(usize, usize, usize),
     ) {
         let n = self.shape.len();
-        let row = block_shape[n - 1];
-        let rows = product(&block_shape[..n - 1]).unwrap_or(1);
-        let mut at = vec![0usize; n - 1];
-        for r in 0..rows {
+        // The dimensions from `k` on are contiguous in both the block and
+        // the array: every one after `k` is spanned whole.
+        let mut k = n - 1;
+        while k > 0 && block_shape[k] == self.shape[k] {
+            k -= 1;
+        }
+        let len = product(&block_shape[k..]).unwrap_or(0);
+        let outer = product(&block_shape[..k]).unwrap_or(1);
+        let mut at = vec![0usize; k];
+        for r in 0..outer {
             let mut i = 0;
-            for k in 0..n - 1 {
-                i = i * self.shape[k] + offset[k] + at[k];
+            for d in 0..k {
+                i = i * self.shape[d] + offset[d] + at[d];
             }
-            i = i * self.shape[n - 1] + offset[n - 1];
-            run(i, r * row, row);
-            // The next row's index, last dimension first.
-            for k in (0..n - 1).rev() {
-                at[k] += 1;
-                if at[k] < block_shape[k] {
+            for d in k..n {
+                i = i * self.shape[d] + offset[d];
+            }
+            run(i, r * len, len);
+            // The next run's index, last outer dimension first.
+            for d in (0..k).rev() {
+                at[d] += 1;
+                if at[d] < block_shape[d] {
                     break;
                 }
-                at[k] = 0;
+                at[d] = 0;
             }
         }
     }
