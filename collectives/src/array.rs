@@ -595,8 +595,8 @@ impl<'g, T: Element> SharedArray<'g, T> {
             for d in 0..k {
                 i = i * self.shape[d] + offset[d] + at[d];
             }
-            for d in k..n {
-                i = i * self.shape[d] + offset[d];
+            for (d, o) in offset.iter().enumerate().skip(k) {
+                i = i * self.shape[d] + o;
             }
             run(i, r * len, len);
             // The next run's index, last outer dimension first.

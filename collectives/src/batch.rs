@@ -391,11 +391,36 @@ impl Table {
 }
 
 /// Rank 0 runs the pool for worker groups on other hosts: it holds each
-/// one's lease while its connection lives.
+/// one's lease, through an attach of the pool's region of that worker's
+/// own, while its connection lives (the table's own attach holds none, so
+/// it sees every worker's lease as another's).
 struct Pool {
     table: Table,
-    /// Which worker each connection asks for.
-    who: Mutex<HashMap<u64, u32>>,
+    /// Which worker each connection asks for, and the attach holding its
+    /// lease.
+    who: Mutex<HashMap<u64, (u32, SharedRegion)>>,
+}
+
+impl Pool {
+    /// Connection `conn` asks for worker `w`: whether it may.
+    fn claim(&self, conn: u64, w: u32) -> bool {
+        let mut who = self.who.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((v, _)) = who.get(&conn) {
+            return *v == w;
+        }
+        if who.values().any(|(v, _)| *v == w) {
+            // Another connection asks for it already.
+            return false;
+        }
+        let Ok(lease) = SharedRegion::attach(self.table.region.name()) else {
+            return false;
+        };
+        if !matches!(lease.hold(w), Ok(true)) {
+            return false;
+        }
+        who.insert(conn, (w, lease));
+        true
+    }
 }
 
 impl Service for Pool {
@@ -408,22 +433,8 @@ impl Service for Pool {
         ) else {
             return vec![9];
         };
-        if w >= self.table.workers {
+        if w >= self.table.workers || !self.claim(conn, w) {
             return vec![9];
-        }
-        {
-            let mut who = self.who.lock().unwrap_or_else(|p| p.into_inner());
-            match who.get(&conn) {
-                Some(v) if *v != w => return vec![9],
-                Some(_) => {}
-                None => {
-                    // Its lease, held here while its connection lives.
-                    if !matches!(self.table.region.hold(w), Ok(true)) {
-                        return vec![9];
-                    }
-                    who.insert(conn, w);
-                }
-            }
         }
         match op {
             1 => match self.table.take(w) {
@@ -444,14 +455,14 @@ impl Service for Pool {
     }
 
     fn gone(&self, conn: u64) {
-        let w = self
+        // Its attach drops: its lease frees, and the pool's reapers see
+        // the worker gone.
+        let held = self
             .who
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&conn);
-        if let Some(w) = w {
-            self.table.region.give_up(w);
-        }
+        drop(held);
     }
 }
 

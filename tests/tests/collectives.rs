@@ -213,21 +213,19 @@ fn run(role: &str, a: &[String]) -> i32 {
         // Takes the lock, says so, and waits to be killed.
         "hold" => {
             let lock = g.lock("state").map_err(|e| e.to_string());
-            match lock.and_then(|l| {
-                l.lock()
-                    .map(|_g| {
-                        say("holding");
-                        std::thread::sleep(60 * SEC);
-                    })
-                    .map_err(|e| e.to_string())
-            }) {
-                Ok(()) => Ok(()),
-                Err(e) => Err(e),
-            }
+            lock.and_then(|l| {
+                let _held = l.lock().map_err(|e| e.to_string())?;
+                say("holding");
+                // The waiter asks only once this rank holds the lock.
+                g.barrier().map_err(|e| e.to_string())?;
+                std::thread::sleep(60 * SEC);
+                Ok(())
+            })
         }
         // Waits for the lock (after the holder took it): says what it got.
         "wait" => {
             let l = g.lock("state").map_err(|e| e.to_string());
+            let l = l.and_then(|l| g.barrier().map(|()| l).map_err(|e| e.to_string()));
             l.map(|l| {
                 let said = match l.lock() {
                     Err(Error::OwnerDied { rank, .. }) => format!("owner died {rank}"),
