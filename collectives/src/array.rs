@@ -373,7 +373,7 @@ impl<'g, T: Element> SharedArray<'g, T> {
         g.check_root(from)?;
         self.check_block(block_shape, offset)?;
         let count = product(block_shape).unwrap_or(0);
-        let call = g.next_call();
+        let call = g.next_call()?;
         let mine = if g.rank() == from {
             let b = block.ok_or_else(|| {
                 Error::BadArguments(format!("rank {from} sets the block, and was given none"))

@@ -23,7 +23,7 @@ use crate::rendezvous::Service;
 use shoal_shm_ring::{SegmentName, SharedRegion};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -111,8 +111,7 @@ impl BatchOptions {
 
 const MAGIC: u64 = 0x5348_4f41_4c42_4154; // "SHOALBAT"
 const NEXT_AT: usize = 64;
-const REQUEUED_AT: usize = 128;
-/// Per worker: its task + 1 (0: none), then a requeued task + 1.
+/// Per worker: its task + 1 (0: none).
 const WORKERS_AT: usize = 192;
 const WORKER: usize = 64;
 
@@ -225,14 +224,9 @@ impl Table {
         Ok(())
     }
 
-    fn u32_at(&self, at: usize) -> &AtomicU32 {
-        // SAFETY: 4-aligned fields below states_at, inside the region
-        // (checked at create or attach); mapped while `self` lives.
-        unsafe { &*(self.region.as_ptr().add(at) as *const AtomicU32) }
-    }
-
     fn u64_at(&self, at: usize) -> &AtomicU64 {
-        // SAFETY: as in `u32_at`, 8-aligned.
+        // SAFETY: 8-aligned fields below states_at, inside the region
+        // (checked at create or attach); mapped while `self` lives.
         unsafe { &*(self.region.as_ptr().add(at) as *const AtomicU64) }
     }
 
@@ -245,10 +239,6 @@ impl Table {
 
     fn running(&self, w: u32) -> &AtomicU64 {
         self.u64_at(WORKERS_AT + WORKER * w as usize)
-    }
-
-    fn requeued(&self, w: u32) -> &AtomicU64 {
-        self.u64_at(WORKERS_AT + WORKER * w as usize + 8)
     }
 
     /// Sets task `t`'s state, and its file.
@@ -264,67 +254,64 @@ impl Table {
 
     /// The next task for worker `w`.
     fn take(&self, w: u32) -> Took {
-        loop {
-            if let Some(t) = self.take_requeued() {
-                return self.start(w, t);
+        let next = self.u64_at(NEXT_AT);
+        while next.load(Ordering::Relaxed) < self.tasks {
+            let t = next.fetch_add(1, Ordering::AcqRel);
+            if t >= self.tasks {
+                break;
             }
-            let next = self.u64_at(NEXT_AT);
-            while next.load(Ordering::Relaxed) < self.tasks {
-                let t = next.fetch_add(1, Ordering::AcqRel);
-                if t >= self.tasks {
-                    break;
-                }
-                // Done in an earlier run (state files).
-                if self.state(t).load(Ordering::Acquire) == TaskState::Done as u8 {
-                    continue;
-                }
-                return self.start(w, t);
+            // Done in an earlier run (state files), or claimed by a scan
+            // (below): skipped.
+            if let Some(took) = self.start(w, t) {
+                return took;
             }
-            // Nothing pending: the tasks of dead workers, then those of
-            // live ones, which may still die.
-            let others_running = self.reap(w);
-            if self.u32_at(REQUEUED_AT).load(Ordering::Acquire) > 0 {
-                continue;
-            }
-            return if others_running && self.on_death == OnDeath::Requeue {
-                Took::Wait
-            } else {
-                Took::None
-            };
+        }
+        // Nothing left to count out: the tasks of dead workers (Pending
+        // again, or Failed), and those counted out to a taker that died
+        // before it claimed them, are taken by a scan (once per worker at
+        // the end: linear in N); then those of live workers may still
+        // come back.
+        let others_running = self.reap(w);
+        if let Some(took) = (0..self.tasks).find_map(|t| self.start(w, t)) {
+            return took;
+        }
+        if others_running && self.on_death == OnDeath::Requeue {
+            Took::Wait
+        } else {
+            Took::None
         }
     }
 
-    fn start(&self, w: u32, t: u64) -> Took {
-        self.running(w).store(t + 1, Ordering::Release);
-        self.set(t, TaskState::Running);
-        Took::Task(t)
-    }
-
-    fn take_requeued(&self) -> Option<u64> {
-        let count = self.u32_at(REQUEUED_AT);
-        if count.load(Ordering::Acquire) == 0 {
+    /// Claims task `t` for worker `w` if it is Pending (`None`: it is
+    /// not). The worker's slot names it first, so a worker that dies
+    /// anywhere from here on leaves it to the reapers.
+    fn start(&self, w: u32, t: u64) -> Option<Took> {
+        let state = self.state(t);
+        if state.load(Ordering::Acquire) != TaskState::Pending as u8 {
             return None;
         }
-        for v in 0..self.workers {
-            let q = self.requeued(v);
-            let t = q.load(Ordering::Acquire);
-            if t != 0
-                && q.compare_exchange(t, 0, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok()
-            {
-                count.fetch_sub(1, Ordering::AcqRel);
-                let t = t - 1;
-                if t < self.tasks {
-                    return Some(t);
-                }
-            }
+        self.running(w).store(t + 1, Ordering::SeqCst);
+        if state
+            .compare_exchange(
+                TaskState::Pending as u8,
+                TaskState::Running as u8,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_err()
+        {
+            self.running(w).store(0, Ordering::SeqCst);
+            return None;
         }
-        None
+        self.set(t, TaskState::Running);
+        Some(Took::Task(t))
     }
 
     /// Worker `w` finished its task.
     fn finish(&self, w: u32, ok: bool) {
-        let t = self.running(w).swap(0, Ordering::AcqRel);
+        // The state first, then the slot: a worker that dies between the
+        // two leaves a finished task, which the reapers leave alone.
+        let t = self.running(w).load(Ordering::Acquire);
         if t != 0 && t - 1 < self.tasks {
             self.set(
                 t - 1,
@@ -335,6 +322,7 @@ impl Table {
                 },
             );
         }
+        self.running(w).store(0, Ordering::Release);
     }
 
     /// Takes the tasks of dead workers back (requeued or failed);
@@ -365,25 +353,30 @@ impl Table {
             if task >= self.tasks {
                 continue;
             }
-            match self.on_death {
-                OnDeath::Requeue => {
-                    tracing::warn!(
-                        worker = v,
-                        task,
-                        "shoal batch: a worker group died; its task is handed out again"
-                    );
-                    self.set(task, TaskState::Pending);
-                    self.requeued(v).store(t, Ordering::Release);
-                    self.u32_at(REQUEUED_AT).fetch_add(1, Ordering::AcqRel);
-                }
-                OnDeath::Fail => {
-                    tracing::warn!(
-                        worker = v,
-                        task,
-                        "shoal batch: a worker group died; its task failed"
-                    );
-                    self.set(task, TaskState::Failed);
-                }
+            // Only a task it still ran (it may have finished it, or died
+            // before it claimed it).
+            let to = match self.on_death {
+                OnDeath::Requeue => TaskState::Pending,
+                OnDeath::Fail => TaskState::Failed,
+            };
+            if self
+                .state(task)
+                .compare_exchange(
+                    TaskState::Running as u8,
+                    to as u8,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+            {
+                tracing::warn!(
+                    worker = v,
+                    task,
+                    "shoal batch: a worker group died running a task; it is now {}",
+                    to.word()
+                );
+                // Its file too; a Pending task is taken by the next scan.
+                self.set(task, to);
             }
         }
         live
@@ -526,7 +519,7 @@ impl<'g> Batch<'g> {
         }
         let workers = group.size().div_ceil(ranks_per_worker);
         let index = group.rank() / ranks_per_worker;
-        let call = group.next_call();
+        let call = group.next_call()?;
         let key = format!("{}/{call}/batch", group.name()).into_bytes();
         // Rank 0 makes the table; its host's ranks attach to it.
         let made = if group.rank() == 0 {

@@ -150,6 +150,10 @@ pub struct Group {
     node: Option<Node>,
     /// The node's broadcast generation this rank saw last.
     seen: AtomicU32,
+    /// Why an earlier collective failed on this rank, if one did: the
+    /// group cannot go on (its ranks are out of step), and every later
+    /// collective says so at once.
+    broken: Mutex<Option<String>>,
     opts: GroupOptions,
 }
 
@@ -195,6 +199,7 @@ impl Group {
             link: None,
             node: None,
             seen: AtomicU32::new(0),
+            broken: Mutex::new(None),
             opts: GroupOptions::default(),
         }
     }
@@ -216,6 +221,7 @@ impl Group {
             link: Some(Arc::new(link)),
             node: None,
             seen: AtomicU32::new(0),
+            broken: Mutex::new(None),
             opts: opts.clone(),
         };
         let mut said = Vec::with_capacity(12);
@@ -296,7 +302,13 @@ impl Group {
 
     /// The error for a local wait that ended (`what` was waited for).
     fn stopped(&self, what: &str, stop: Stop) -> Error {
-        match stop {
+        let e = match stop {
+            Stop::Timeout(places) if places.is_empty() => Error::Timeout {
+                what: format!(
+                    "{what}: every rank of this host came; the other hosts' part did not end in time"
+                ),
+                after: self.opts.timeout,
+            },
             Stop::Timeout(places) => Error::RanksMissing {
                 what: what.to_string(),
                 missing: places.into_iter().map(|p| self.rank_of_place(p)).collect(),
@@ -309,7 +321,34 @@ impl Group {
             Stop::Failed => Error::Broken(format!(
                 "{what}: it failed on another rank of this host (see its error)"
             )),
+        };
+        self.break_with(&e);
+        e
+    }
+
+    /// Marks the group broken by `e` (see [`Group::broken`]).
+    fn break_with(&self, e: &Error) {
+        let mut b = self.broken.lock().unwrap_or_else(|p| p.into_inner());
+        if b.is_none() {
+            *b = Some(e.to_string());
         }
+    }
+
+    /// The next collective's number, unless an earlier collective failed
+    /// on this rank (then the group cannot go on: its ranks are out of
+    /// step).
+    fn begin(&self) -> Result<u64> {
+        if let Some(why) = self
+            .broken
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            return Err(Error::Broken(format!(
+                "an earlier collective failed on this rank ({why}): the group cannot go on"
+            )));
+        }
+        Ok(self.calls.fetch_add(1, Ordering::Relaxed))
     }
 
     /// This rank, in this group.
@@ -419,6 +458,7 @@ impl Group {
             link: self.link.clone(),
             node: None,
             seen: AtomicU32::new(0),
+            broken: Mutex::new(None),
             opts: self.opts.clone(),
         };
         if g.link.is_some() {
@@ -455,7 +495,7 @@ impl Group {
     /// host meet in shared memory, and the last of them meets the other
     /// hosts' at the rendezvous (one message per host).
     pub fn barrier(&self) -> Result<()> {
-        let call = self.calls.fetch_add(1, Ordering::Relaxed);
+        let call = self.begin()?;
         if self.link.is_none() {
             return Ok(());
         }
@@ -501,12 +541,17 @@ impl Group {
         T::Archived: for<'b> CheckBytes<HighValidator<'b, rancor::Error>>,
     {
         self.check_root(root)?;
-        let call = self.calls.fetch_add(1, Ordering::Relaxed);
+        let call = self.begin()?;
         let mine = if self.rank == root {
-            let v = value.ok_or_else(|| {
-                Error::BadArguments(format!("rank {root} broadcasts, and was given no value"))
-            })?;
-            Some(archive(v)?)
+            // The other ranks wait for this value: without it, the group
+            // is out of step.
+            let v = value
+                .ok_or_else(|| {
+                    Error::BadArguments(format!("rank {root} broadcasts, and was given no value"))
+                })
+                .and_then(archive)
+                .inspect_err(|e| self.break_with(e))?;
+            Some(v)
         } else {
             None
         };
@@ -699,8 +744,8 @@ impl Group {
     }
 
     /// The next collective's number (every rank counts its calls).
-    pub(crate) fn next_call(&self) -> u64 {
-        self.calls.fetch_add(1, Ordering::Relaxed)
+    pub(crate) fn next_call(&self) -> Result<u64> {
+        self.begin()
     }
 
     /// The group's options.
@@ -721,7 +766,7 @@ impl Group {
     /// Meets the other ranks in the next collective, giving `value`;
     /// every rank's value in rank order if `want` (else empty).
     pub(crate) fn collect(&self, what: &str, value: &[u8], want: bool) -> Result<Vec<Vec<u8>>> {
-        let call = self.calls.fetch_add(1, Ordering::Relaxed);
+        let call = self.begin()?;
         if self.link.is_none() {
             return Ok(if want {
                 vec![value.to_vec()]
@@ -768,7 +813,24 @@ impl Group {
             value: value.to_vec(),
         };
         let mut client = link.client.lock().unwrap_or_else(|p| p.into_inner());
-        match client.call(&req, timeout)? {
+        let r = self.answer(client.call(&req, timeout), call, what, n, want);
+        if let Err(e) = &r {
+            self.break_with(e);
+        }
+        r
+    }
+
+    /// A collective's answer, as the caller sees it.
+    fn answer(
+        &self,
+        reply: Result<Reply>,
+        call: u64,
+        what: &str,
+        n: u32,
+        want: bool,
+    ) -> Result<Vec<Vec<u8>>> {
+        let timeout = self.opts.timeout;
+        match reply? {
             Reply::Values(v) if want && v.len() == n as usize => Ok(v),
             Reply::Ok if !want => Ok(Vec::new()),
             Reply::Absent(missing) => Err(Error::RanksMissing {
@@ -813,6 +875,32 @@ fn rendezvous_file(launch: &Launch) -> PathBuf {
         "/dev/shm/shoal-rendezvous-{}-{}",
         launch.job, launch.size
     ))
+}
+
+/// Writes `text` to a new file of mode 0600 (refused if the name exists).
+fn write_own(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())
+}
+
+/// The text of `path` if it is a regular file of this user (another
+/// user's file under the same name in the shared directory is not
+/// trusted).
+fn read_own(path: &std::path::Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(path).ok()?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if !m.file_type().is_file() || m.uid() != me {
+        return None;
+    }
+    std::fs::read_to_string(path).ok()
 }
 
 /// Connects to the rendezvous (hosting it on rank 0).
@@ -863,7 +951,7 @@ fn connect(launch: &Launch, opts: &GroupOptions) -> Result<Link> {
     if rank == 0 {
         let server = Server::bind("127.0.0.1:0", size, limits)?;
         let tmp = file.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&tmp, server.address().to_string())
+        write_own(&tmp, &server.address().to_string())
             .and_then(|()| std::fs::rename(&tmp, &file))
             .map_err(|e| {
                 Error::io(
@@ -886,7 +974,7 @@ fn connect(launch: &Launch, opts: &GroupOptions) -> Result<Link> {
     }
     let end = Instant::now() + timeout;
     loop {
-        if let Ok(at) = std::fs::read_to_string(&file) {
+        if let Some(at) = read_own(&file) {
             let left = end
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_secs(1));

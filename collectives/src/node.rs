@@ -29,6 +29,8 @@ use std::time::{Duration, Instant};
 
 const MAGIC: u64 = 0x5348_4f41_4c4e_4f44; // "SHOALNOD"
 const ARRIVED: usize = 64;
+/// The smallest broadcast buffer (a smaller one asked for is this).
+const MIN_BUFFER: usize = 4096;
 const BAR_GEN: usize = 128;
 const BAR_FAILED: usize = 132;
 const BAR_SLEEP: usize = 136;
@@ -105,6 +107,7 @@ impl Node {
     /// Creates the host's state, for `local` ranks with a broadcast
     /// buffer of `buffer` bytes, as place 0.
     pub(crate) fn create(local: u32, buffer: usize) -> Result<Node> {
+        let buffer = buffer.max(MIN_BUFFER);
         let len = buffer_at(local) + buffer;
         let region = SharedRegion::create(len as u64, "shoal-node")?;
         let n = Node {
@@ -130,6 +133,7 @@ impl Node {
 
     /// Attaches to the host's state `name` as place `me` of `local`.
     pub(crate) fn attach(name: &str, local: u32, me: u32, buffer: usize) -> Result<Node> {
+        let buffer = buffer.max(MIN_BUFFER);
         let name: SegmentName = name
             .parse()
             .map_err(|_| Error::BadArguments(format!("{name:?} is not a region name")))?;
@@ -293,10 +297,11 @@ impl Node {
         if arrived >= self.local {
             self.u32_at(ARRIVED).store(0, Ordering::Relaxed);
             let r = across();
-            if r.is_err() {
-                self.u32_at(BAR_FAILED)
-                    .store(g.wrapping_add(1), Ordering::Release);
-            }
+            // The failed mark names this generation, or (success) one that
+            // is not the next: a mark left by an old failure would match
+            // again once the generation wraps.
+            let mark = if r.is_err() { g.wrapping_add(1) } else { g };
+            self.u32_at(BAR_FAILED).store(mark, Ordering::Release);
             gen.store(g.wrapping_add(1), Ordering::SeqCst);
             Node::wake(gen, self.u32_at(BAR_SLEEP), u32::MAX);
             return r.map_err(BarrierError::Across);
@@ -383,6 +388,8 @@ impl Node {
                 }
                 self.u64_at(BC_LEN).store(b.len() as u64, Ordering::Relaxed);
                 self.u64_at(BC_TOTAL).store(total, Ordering::Relaxed);
+                // Not the next generation: see `barrier`.
+                self.u32_at(BC_FAILED).store(g, Ordering::Relaxed);
             }
             Err(()) => self
                 .u32_at(BC_FAILED)

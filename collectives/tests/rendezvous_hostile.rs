@@ -83,6 +83,29 @@ fn hostile_peers_are_dropped_and_ranks_served_meanwhile() {
     // A hello begun and never finished.
     let mut cut = TcpStream::connect(&at).unwrap();
     cut.write_all(&[11, 0]).unwrap();
+    // A hello sent a byte at a time, slower than the frame allows.
+    let mut trickle = TcpStream::connect(&at).unwrap();
+    let trickler = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        Request::Hello {
+            version: VERSION,
+            rank: 0,
+            size: 2,
+        }
+        .encode(&mut b);
+        let mut framed = (b.len() as u32).to_le_bytes().to_vec();
+        framed.extend_from_slice(&b);
+        let t0 = Instant::now();
+        for byte in framed {
+            if trickle.write_all(&[byte]).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Dropped by the hello's deadline (300 ms), not after every byte.
+        assert!(closed(&mut trickle, Duration::from_secs(3)));
+        t0.elapsed()
+    });
     // A hello for a group of another size.
     let mut other = TcpStream::connect(&at).unwrap();
     let mut b = Vec::new();
@@ -119,6 +142,8 @@ fn hostile_peers_are_dropped_and_ranks_served_meanwhile() {
     ] {
         assert!(closed(s, Duration::from_secs(3)), "{name} still open");
     }
+    let took = trickler.join().unwrap();
+    assert!(took < Duration::from_secs(3), "{took:?}");
     for s in [&mut other, &mut old] {
         s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         let body = read_frame(s, 1 << 16).unwrap().unwrap();

@@ -14,6 +14,9 @@ pub struct Client {
     stream: TcpStream,
     address: String,
     max_frame: usize,
+    /// A call failed half-way: its answer may still come, and would be
+    /// read as the next call's; the connection is not used again.
+    broken: bool,
 }
 
 impl Client {
@@ -63,6 +66,7 @@ impl Client {
                         stream,
                         address: address.to_string(),
                         max_frame,
+                        broken: false,
                     };
                     return match c.call(
                         &Request::Hello {
@@ -92,9 +96,18 @@ impl Client {
     /// Sends `req` and reads its answer, waiting up to `wait` (plus some
     /// slack) for it.
     pub fn call(&mut self, req: &Request, wait: Duration) -> Result<Reply> {
+        if self.broken {
+            return Err(Error::Rendezvous {
+                address: self.address.clone(),
+                why: "an earlier call on this connection failed half-way".into(),
+            });
+        }
         let mut b = Vec::new();
         req.encode(&mut b);
-        write_frame(&mut self.stream, &b).map_err(|e| self.lost(e))?;
+        if let Err(e) = write_frame(&mut self.stream, &b) {
+            let e = self.lost(e);
+            return Err(self.fail(e));
+        }
         self.read(wait)
     }
 
@@ -104,7 +117,7 @@ impl Client {
         let _ = self
             .stream
             .set_read_timeout(Some(wait.saturating_add(SLACK)));
-        match read_frame(&mut self.stream, self.max_frame) {
+        let r = match read_frame(&mut self.stream, self.max_frame) {
             Ok(Some(body)) => Reply::decode(&body),
             Ok(None) => Err(Error::Rendezvous {
                 address: self.address.clone(),
@@ -112,7 +125,15 @@ impl Client {
             }),
             Err(Error::Io { source, .. }) => Err(self.lost(source)),
             Err(e) => Err(e),
-        }
+        };
+        r.map_err(|e| self.fail(e))
+    }
+
+    /// Gives the connection up after `e` (see `broken`).
+    fn fail(&mut self, e: Error) -> Error {
+        self.broken = true;
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        e
     }
 
     fn lost(&self, e: std::io::Error) -> Error {

@@ -40,7 +40,7 @@ impl Limits {
     /// Limits for a group of `size` ranks.
     pub fn for_group(size: u32) -> Limits {
         Limits {
-            max_frame: 1 << 30,
+            max_frame: MAX_FRAME,
             max_held: 4 << 30,
             max_connections: (size as usize).saturating_mul(4).saturating_add(64),
             hello_within: Duration::from_secs(10),
@@ -48,6 +48,10 @@ impl Limits {
         }
     }
 }
+
+/// The largest frame there can be (lengths are 32-bit), less room for
+/// the framing of a collective's answer.
+pub const MAX_FRAME: usize = (u32::MAX as usize) - (1 << 20);
 
 /// How often a waiting connection looks whether its peer left.
 const LOOK: Duration = Duration::from_millis(100);
@@ -302,7 +306,14 @@ fn serve(id: u64, mut stream: TcpStream, shared: &Shared) -> Result<()> {
     stream
         .set_write_timeout(Some(shared.limits.frame_within))
         .map_err(io)?;
-    let Some(body) = read_frame(&mut stream, 64)? else {
+    let hello = read_frame(
+        &mut Deadline {
+            stream: &mut stream,
+            end: Instant::now() + shared.limits.hello_within,
+        },
+        64,
+    )?;
+    let Some(body) = hello else {
         return Ok(());
     };
     let peer = match Request::decode(&body)? {
@@ -421,10 +432,13 @@ fn read_idle(stream: &mut TcpStream, shared: &Shared) -> Result<Option<Vec<u8>>>
     }
     // Begun: the rest within the limit.
     let io = |e| Error::io("rendezvous connection", e);
-    stream
-        .set_read_timeout(Some(shared.limits.frame_within))
-        .map_err(io)?;
-    let mut rest = std::io::Read::chain(&first[..], &mut *stream);
+    let mut rest = std::io::Read::chain(
+        &first[..],
+        Deadline {
+            stream: &mut *stream,
+            end: Instant::now() + shared.limits.frame_within,
+        },
+    );
     let r = read_frame(&mut rest, shared.limits.max_frame);
     stream.set_read_timeout(Some(LOOK)).map_err(io)?;
     match r? {
@@ -433,6 +447,28 @@ fn read_idle(stream: &mut TcpStream, shared: &Shared) -> Result<Option<Vec<u8>>>
             what: "rendezvous frame",
             why: "cut short".into(),
         }),
+    }
+}
+
+/// Reads from a stream until a deadline for the whole, not per read: a
+/// peer that sends a byte at a time gets no longer than one that sends
+/// nothing.
+struct Deadline<'a> {
+    stream: &'a mut TcpStream,
+    end: Instant,
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the frame did not arrive whole in time",
+            ));
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        self.stream.read(buf)
     }
 }
 
@@ -692,6 +728,15 @@ fn forget(peer: &Peer, shared: &Shared) {
         s.gone(peer.id);
     }
     let mut st = shared.lock();
+    forget_locks(peer, &mut st);
+    // Locks nobody holds, waits for or must be told about go.
+    st.locks
+        .retain(|_, q| q.holder.is_some() || !q.queue.is_empty() || q.died.is_some());
+    drop(st);
+    shared.changed.notify_all();
+}
+
+fn forget_locks(peer: &Peer, st: &mut State) {
     for q in st.locks.values_mut() {
         q.queue.retain(|w| w.conn != peer.id);
         if let Some(h) = q.holder.take_if(|h| h.conn == peer.id) {
@@ -706,5 +751,4 @@ fn forget(peer: &Peer, shared: &Shared) {
             q.pass();
         }
     }
-    shared.changed.notify_all();
 }
