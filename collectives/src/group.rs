@@ -147,7 +147,7 @@ pub struct Group {
     link: Option<Arc<Link>>,
     /// What this group's ranks on this host share (none when this rank
     /// is alone on its host).
-    node: Option<Node>,
+    node: Option<Arc<Node>>,
     /// The node's broadcast generation this rank saw last.
     seen: AtomicU32,
     /// Why an earlier collective failed on this rank, if one did: the
@@ -271,7 +271,7 @@ impl Group {
         let name = made.as_ref().map(Node::name).unwrap_or_default();
         let all = self.collect("share-host", name.as_bytes(), true)?;
         self.node = match made {
-            Some(n) => Some(n),
+            Some(n) => Some(Arc::new(n)),
             None if local > 1 => {
                 let theirs = all.get(here[0] as usize).ok_or_else(|| Error::Malformed {
                     what: "the host's shared state's name",
@@ -281,7 +281,12 @@ impl Group {
                     what: "the host's shared state's name",
                     why: "not text".into(),
                 })?;
-                Some(Node::attach(name, local, place, self.opts.node_buffer)?)
+                Some(Arc::new(Node::attach(
+                    name,
+                    local,
+                    place,
+                    self.opts.node_buffer,
+                )?))
             }
             None => None,
         };
@@ -472,6 +477,36 @@ impl Group {
     /// the lock makes its own, with the same name. Opens a connection of
     /// its own to the rendezvous.
     pub fn lock(&self, name: &str) -> Result<crate::lock::Lock> {
+        let full = format!("{}/lock/{name}", self.name);
+        if full.len() > crate::rendezvous::wire::MAX_KEY {
+            return Err(Error::BadArguments(format!(
+                "a lock name of {} bytes (at most {} with the group's name)",
+                name.len(),
+                crate::rendezvous::wire::MAX_KEY
+            )));
+        }
+        // One host: through its shared memory, while its table has room.
+        if let (Some(n), 1) = (&self.node, self.nodes()) {
+            let hash = full.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
+            if let Some(slot) = n.lock_slot(hash) {
+                let here = self.ranks_on(self.node());
+                let who: Vec<(u32, u32)> = here
+                    .iter()
+                    .map(|r| (*r, self.members[*r as usize].pid))
+                    .collect();
+                return Ok(crate::lock::Lock::shm(
+                    name,
+                    &self.name,
+                    self.rank,
+                    self.opts.lock_notice,
+                    n.clone(),
+                    slot,
+                    who,
+                ));
+            }
+        }
         let via = match &self.link {
             Some(l) => Some(Client::connect(
                 &l.address,

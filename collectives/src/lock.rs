@@ -52,6 +52,16 @@ enum Via {
     Rendezvous(Mutex<Client>),
     /// In this process.
     Local(Arc<Local>),
+    /// Through the host's shared memory (every rank of the group on this
+    /// host): first among this process's threads (a process-local lock
+    /// of the same name), then among the host's ranks.
+    Shm {
+        node: Arc<crate::node::Node>,
+        slot: usize,
+        /// Each place's rank and pid.
+        who: Vec<(u32, u32)>,
+        local: Arc<Local>,
+    },
 }
 
 /// A rank's handle on a group lock (see the [module doc](self)).
@@ -121,7 +131,14 @@ impl LockGuard<'_> {
 
 impl Drop for LockGuard<'_> {
     fn drop(&mut self) {
-        if let Err(e) = self.lock.unlock(self.consistent) {
+        let died = if self.consistent {
+            None
+        } else {
+            // Not repaired: the next holder is told as this one was (or of
+            // this one, after a clean grant).
+            Some(self.died.unwrap_or((self.lock.rank, std::process::id())))
+        };
+        if let Err(e) = self.lock.unlock(self.consistent, died) {
             tracing::warn!(lock = %self.lock.name, error = %e, "shoal lock: giving the lock back failed (it passes on when this process's connection closes)");
         }
     }
@@ -148,6 +165,30 @@ impl Lock {
             rank,
             notice,
             via,
+        }
+    }
+
+    /// A handle on lock `slot` of the host's shared state `node`.
+    pub(crate) fn shm(
+        name: &str,
+        group: &str,
+        rank: u32,
+        notice: Duration,
+        node: Arc<crate::node::Node>,
+        slot: usize,
+        who: Vec<(u32, u32)>,
+    ) -> Lock {
+        Lock {
+            name: name.to_string(),
+            key: format!("{group}/lock/{name}").into_bytes(),
+            rank,
+            notice,
+            via: Via::Shm {
+                node,
+                slot,
+                who,
+                local: locals(&format!("shm:{group}/{name}")),
+            },
         }
     }
 
@@ -210,6 +251,35 @@ impl Lock {
         match &self.via {
             Via::Local(l) => Ok(self.acquire_local(l, wait)),
             Via::Rendezvous(c) => self.acquire_remote(c, wait),
+            Via::Shm {
+                node,
+                slot,
+                who,
+                local,
+            } => {
+                let start = Instant::now();
+                let Some(mut g) = self.acquire_local(local, wait) else {
+                    return Ok(None);
+                };
+                let left = wait.map(|w| w.saturating_sub(start.elapsed()));
+                let who = |p: u32| who.get(p as usize).copied().unwrap_or((u32::MAX, 0));
+                match node.lock(*slot, left, self.notice, &who) {
+                    Some(grant) => {
+                        g.died = grant.died;
+                        g.consistent = grant.died.is_none();
+                        g.ticket = grant.ticket;
+                        g.turn = grant.ticket;
+                        Ok(Some(g))
+                    }
+                    None => {
+                        // Not granted: the process-local part goes back
+                        // without touching the host's lock.
+                        Self::release_local(local);
+                        std::mem::forget(g);
+                        Ok(None)
+                    }
+                }
+            }
         }
     }
 
@@ -303,12 +373,23 @@ impl Lock {
         }
     }
 
-    fn unlock(&self, consistent: bool) -> Result<()> {
+    fn release_local(l: &Local) {
+        let mut st = l.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.held = false;
+        l.changed.notify_all();
+    }
+
+    fn unlock(&self, consistent: bool, died: Option<(u32, u32)>) -> Result<()> {
         match &self.via {
             Via::Local(l) => {
-                let mut st = l.state.lock().unwrap_or_else(|p| p.into_inner());
-                st.held = false;
-                l.changed.notify_all();
+                Self::release_local(l);
+                Ok(())
+            }
+            Via::Shm {
+                node, slot, local, ..
+            } => {
+                node.unlock(*slot, died);
+                Self::release_local(local);
                 Ok(())
             }
             Via::Rendezvous(c) => {

@@ -20,7 +20,8 @@
 //! futex, counted as a sleeper: a waker makes the system call only when
 //! somebody sleeps.
 //! | 320 + 64 i | rank i's slot: the barrier generation it arrived at |
-//! | page after the slots | the broadcast buffer |
+//! | after the slots | [`LOCKS`] locks of 128 bytes, then per place and lock the ticket it holds or waits with |
+//! | page after those | the broadcast buffer |
 
 use crate::error::{Error, Result};
 use shoal_shm_ring::{futex_wait, futex_wake, SegmentName, SharedRegion};
@@ -90,8 +91,20 @@ impl std::fmt::Debug for Node {
 
 /// Bytes before the buffer.
 fn buffer_at(local: u32) -> usize {
-    (SLOTS + SLOT * local as usize).next_multiple_of(4096)
+    (locks_at(local) + LOCKS * LOCK + 8 * LOCKS * local as usize).next_multiple_of(4096)
 }
+
+/// Bytes before the lock table (see [`crate::lock`]'s shared-memory
+/// locks): after the slots.
+fn locks_at(local: u32) -> usize {
+    (SLOTS + SLOT * local as usize).next_multiple_of(64)
+}
+
+/// Locks a host's shared state holds (more names go through the
+/// rendezvous).
+pub(crate) const LOCKS: usize = 32;
+/// Bytes of one lock.
+const LOCK: usize = 128;
 
 /// Why a wait ended without its event.
 pub(crate) enum Stop {
@@ -489,6 +502,211 @@ impl Node {
         Node::wake(done, self.u32_at(DONE_SLEEP), 1);
         Ok((len, total))
     }
+
+    // The host's locks: FIFO ticket locks, each a slot of the lock table
+    // (name, next ticket, ticket served, its futex word and sleepers,
+    // holder, a dead holder's identity, when the holder got it), and per
+    // place and lock the ticket the place holds or waits with (+1; 0: none;
+    // u64::MAX: taking one now). A ticket whose place is gone (lease free)
+    // or that nobody holds is skipped, so a waiter that gave up or died
+    // holds up nobody; a holder that died passes the lock on marked.
+
+    fn lock_u64(&self, slot: usize, at: usize) -> &AtomicU64 {
+        self.u64_at(locks_at(self.local) + LOCK * slot + at)
+    }
+
+    fn lock_u32(&self, slot: usize, at: usize) -> &AtomicU32 {
+        self.u32_at(locks_at(self.local) + LOCK * slot + at)
+    }
+
+    fn ticket_of(&self, place: u32, slot: usize) -> &AtomicU64 {
+        self.u64_at(locks_at(self.local) + LOCK * LOCKS + 8 * (LOCKS * place as usize + slot))
+    }
+
+    /// The lock slot named `hash` (nonzero), claimed if new; `None` when
+    /// the table is full.
+    pub(crate) fn lock_slot(&self, hash: u64) -> Option<usize> {
+        let hash = hash | 1;
+        for s in 0..LOCKS {
+            let name = self.lock_u64(s, 0);
+            match name.load(Ordering::Acquire) {
+                h if h == hash => return Some(s),
+                0 => match name.compare_exchange(0, hash, Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => return Some(s),
+                    Err(h) if h == hash => return Some(s),
+                    Err(_) => {}
+                },
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// Takes lock `slot` as this place: waits up to `wait` (`None`:
+    /// forever; zero: only if free now). `who` names a place's rank and
+    /// pid; a holder kept past `notice` is logged once, named.
+    pub(crate) fn lock(
+        &self,
+        slot: usize,
+        wait: Option<Duration>,
+        notice: Duration,
+        who: &dyn Fn(u32) -> (u32, u32),
+    ) -> Option<ShmGrant> {
+        let next = self.lock_u64(slot, 8);
+        let serving = self.lock_u64(slot, 16);
+        let word = self.lock_u32(slot, 24);
+        let sleepers = self.lock_u32(slot, 28);
+        let mine = self.ticket_of(self.me, slot);
+        if wait == Some(Duration::ZERO)
+            && next.load(Ordering::SeqCst) != serving.load(Ordering::SeqCst)
+        {
+            return None;
+        }
+        mine.store(u64::MAX, Ordering::SeqCst);
+        let t = next.fetch_add(1, Ordering::SeqCst);
+        mine.store(t + 1, Ordering::SeqCst);
+        let start = Instant::now();
+        let end = wait.and_then(|w| start.checked_add(w.max(Duration::from_micros(1))));
+        let mut noticed = false;
+        let mut looks = 0u32;
+        loop {
+            let sv = serving.load(Ordering::SeqCst);
+            if sv == t {
+                break;
+            }
+            let now = Instant::now();
+            if end.is_some_and(|e| now >= e) {
+                mine.store(0, Ordering::SeqCst);
+                // Granted meanwhile: pass it on (a skipper may have).
+                if serving
+                    .compare_exchange(t, t + 1, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+                {
+                    word.store((t + 1) as u32, Ordering::SeqCst);
+                    Node::wake(word, sleepers, u32::MAX);
+                }
+                return None;
+            }
+            self.skip_dead(slot, sv, who);
+            if !noticed && now - start >= notice {
+                noticed = true;
+                let h = self.lock_u32(slot, 32).load(Ordering::Relaxed);
+                if h != 0 && h <= self.local {
+                    let (rank, pid) = who(h - 1);
+                    let since = self.lock_u64(slot, 48).load(Ordering::Relaxed);
+                    tracing::warn!(
+                        "shoal lock: rank {rank} (pid {pid}) has held the lock for {:?}; rank {} waits",
+                        Duration::from_nanos(mono_ns().saturating_sub(since)),
+                        who(self.me).0
+                    );
+                }
+            }
+            looks += 1;
+            if looks < self.spin.max(1) {
+                continue;
+            }
+            if now - start < YIELD {
+                std::thread::yield_now();
+                continue;
+            }
+            let w = sv as u32;
+            sleepers.fetch_add(1, Ordering::SeqCst);
+            if word.load(Ordering::SeqCst) == w && serving.load(Ordering::SeqCst) == sv {
+                futex_wait(word, w, Some(PARK));
+            }
+            sleepers.fetch_sub(1, Ordering::SeqCst);
+        }
+        self.lock_u32(slot, 32).store(self.me + 1, Ordering::SeqCst);
+        self.lock_u64(slot, 48).store(mono_ns(), Ordering::Relaxed);
+        let died = self.lock_u64(slot, 40).swap(0, Ordering::SeqCst);
+        let died = (died != 0).then(|| (((died >> 32) - 1) as u32, died as u32));
+        Some(ShmGrant { died, ticket: t })
+    }
+
+    /// Skips ticket `sv` of lock `slot` if its place is gone, or nobody
+    /// holds it (a waiter that gave up); a gone holder is recorded as
+    /// died.
+    fn skip_dead(&self, slot: usize, sv: u64, who: &dyn Fn(u32) -> (u32, u32)) {
+        let serving = self.lock_u64(slot, 16);
+        let mut owner = None;
+        for p in 0..self.local {
+            let t = self.ticket_of(p, slot).load(Ordering::SeqCst);
+            let alive = p == self.me || self.region.held(p);
+            if t == u64::MAX && alive {
+                // Taking a ticket now: it may be this one.
+                return;
+            }
+            if t == sv + 1 {
+                owner = Some((p, alive));
+                break;
+            }
+        }
+        match owner {
+            Some((_, true)) => {}
+            Some((p, false)) => {
+                let holder = self.lock_u32(slot, 32);
+                let was_holder = holder.load(Ordering::SeqCst) == p + 1;
+                if serving
+                    .compare_exchange(sv, sv + 1, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+                {
+                    self.ticket_of(p, slot).store(0, Ordering::SeqCst);
+                    if was_holder {
+                        let (rank, pid) = who(p);
+                        tracing::warn!(
+                            rank,
+                            pid,
+                            "shoal lock: its holder died holding it; passed on marked"
+                        );
+                        self.lock_u64(slot, 40).store(
+                            (u64::from(rank) + 1) << 32 | u64::from(pid),
+                            Ordering::SeqCst,
+                        );
+                        holder.store(0, Ordering::SeqCst);
+                    }
+                    let word = self.lock_u32(slot, 24);
+                    word.store((sv + 1) as u32, Ordering::SeqCst);
+                    Node::wake(word, self.lock_u32(slot, 28), u32::MAX);
+                }
+            }
+            None => {
+                // Issued (below `next`) and held by nobody: given up.
+                if sv < self.lock_u64(slot, 8).load(Ordering::SeqCst)
+                    && serving
+                        .compare_exchange(sv, sv + 1, Ordering::SeqCst, Ordering::SeqCst)
+                        .is_ok()
+                {
+                    let word = self.lock_u32(slot, 24);
+                    word.store((sv + 1) as u32, Ordering::SeqCst);
+                    Node::wake(word, self.lock_u32(slot, 28), u32::MAX);
+                }
+            }
+        }
+    }
+
+    /// Gives lock `slot` back; `died` is the dead holder to name to the
+    /// next one (the state was not repaired), if any.
+    pub(crate) fn unlock(&self, slot: usize, died: Option<(u32, u32)>) {
+        let mine = self.ticket_of(self.me, slot);
+        let t = mine.load(Ordering::SeqCst).wrapping_sub(1);
+        if let Some((rank, pid)) = died {
+            self.lock_u64(slot, 40).store(
+                (u64::from(rank) + 1) << 32 | u64::from(pid),
+                Ordering::SeqCst,
+            );
+        }
+        self.lock_u32(slot, 32).store(0, Ordering::SeqCst);
+        mine.store(0, Ordering::SeqCst);
+        let serving = self.lock_u64(slot, 16);
+        if serving
+            .compare_exchange(t, t + 1, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            let word = self.lock_u32(slot, 24);
+            word.store((t + 1) as u32, Ordering::SeqCst);
+            Node::wake(word, self.lock_u32(slot, 28), u32::MAX);
+        }
+    }
 }
 
 /// Why a broadcast's local part gave nothing.
@@ -507,4 +725,23 @@ pub(crate) enum BarrierError {
     Local(Stop),
     /// Between hosts (the last rank here ran that part).
     Across(Error),
+}
+
+/// A grant of a host lock.
+pub(crate) struct ShmGrant {
+    /// The dead holder (rank, pid) the lock was left by, if any.
+    pub(crate) died: Option<(u32, u32)>,
+    /// The grant's ticket (its place in request order).
+    pub(crate) ticket: u64,
+}
+
+/// This host's monotonic clock in ns (one clock for every process).
+fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for clock_gettime to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

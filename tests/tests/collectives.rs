@@ -402,11 +402,13 @@ fn four_processes_count_to_4000_under_the_lock_in_request_order() {
     assert_eq!(total.trim(), "4000");
 }
 
-#[test]
-fn a_lock_holder_killed_passes_the_lock_on_marked() {
+/// A lock holder killed; the waiter is on its host (`hosts` None: the
+/// lock lives in the host's shared memory) or on another (through the
+/// rendezvous).
+fn lock_holder_killed(hosts: Option<[&str; 2]>) {
     let at = format!("127.0.0.1:{}", free_port());
-    let mut r0 = rank("wait", 0, 2, &at, None, &[]);
-    let mut holder = rank("hold", 1, 2, &at, None, &[]);
+    let mut r0 = rank("wait", 0, 2, &at, hosts.map(|h| h[0]), &[]);
+    let mut holder = rank("hold", 1, 2, &at, hosts.map(|h| h[1]), &[]);
     r0.expect_line(30 * SEC);
     holder.expect_line(30 * SEC);
     assert_eq!(holder.expect_line(30 * SEC), "holding");
@@ -416,6 +418,16 @@ fn a_lock_holder_killed_passes_the_lock_on_marked() {
     assert_eq!(r0.expect_line(30 * SEC), "then clean");
     assert_eq!(r0.expect_line(30 * SEC), "done");
     assert!(r0.wait(30 * SEC).success());
+}
+
+#[test]
+fn a_lock_holder_killed_passes_the_lock_on_marked() {
+    lock_holder_killed(None);
+}
+
+#[test]
+fn a_lock_holder_killed_on_another_host_passes_the_lock_on_marked() {
+    lock_holder_killed(Some(["lk-a", "lk-b"]));
 }
 
 #[test]
