@@ -10,7 +10,7 @@
 //!   broadcast, gather, all_gather of rkyv values ([`value`]).
 //! - [`lock`]: [`Lock`], a mutex over the group, granted in request
 //!   order, robust to a holder's death.
-//! - [`array`]: [`SharedArray`], an n-dimensional array with one copy
+//! - [`array`](mod@array): [`SharedArray`], an n-dimensional array with one copy
 //!   per host, set collectively, read freely.
 //! - [`batch`]: [`Batch`], a pool of tasks worked by worker groups,
 //!   its states in shared memory and, optionally, in state files.

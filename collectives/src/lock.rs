@@ -1,10 +1,12 @@
 //! A mutex over a whole group, granted in request order (FIFO).
 //!
 //! Each rank makes its own [`Lock`] handle with the same name
-//! ([`Group::lock`]); the rendezvous queues the ranks that ask, in the
-//! order their requests arrive, and grants the lock to one at a time.
-//! A holder whose process dies (its connection closes) passes the lock
-//! on, and the next holder is told: [`Lock::lock`] fails with
+//! ([`Group::lock`](crate::Group::lock)). A group on one host queues the
+//! ranks that ask in its shared memory (a ticket lock, waiting as the
+//! other collectives wait); a group across hosts queues them at the
+//! rendezvous. Either grants the lock to one at a time, in the order the
+//! requests came. A holder whose process dies (its lease frees, or its
+//! connection closes) passes the lock on, and the next holder is told: [`Lock::lock`] fails with
 //! [`Error::OwnerDied`] (the lock is given back, still marked), while
 //! [`Lock::lock_recovering`] takes it anyway, to repair what it protects
 //! and [`LockGuard::mark_consistent`] (as a robust mutex's owner-died).

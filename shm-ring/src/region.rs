@@ -24,7 +24,12 @@ use crate::segment::{Segment, SegmentSpec};
 /// Most participant leases a region has (lease bytes `1..=MAX_LEASES`).
 pub const MAX_LEASES: u32 = 1 << 20;
 
-/// A mapped shared region (see the [module doc](self)).
+/// A mapped shared region: a zero-filled area of shared memory with a
+/// validated header, created unnamed and linked once complete, unlinked
+/// by its creator, with participant leases (kernel locks that die with
+/// their process) as proof of life. Every byte of it can be written by
+/// any process of the same user that maps it: nothing read from it may be
+/// trusted beyond what the caller checks.
 ///
 /// ```
 /// use shoal_shm_ring::SharedRegion;
