@@ -74,7 +74,8 @@ const TAG_AT: usize = 8;
 const DIMS_AT: usize = 12;
 const SHAPE_AT: usize = 16;
 const CURRENT_AT: usize = 128;
-/// The copy a set writes in place now, + 1 (0: none).
+/// The copy a set writes in place now, + 1 (0: none), and (above the
+/// low 8 bits) the writer's place + 1.
 const WRITING_AT: usize = 132;
 /// How far the other copy is behind the current one.
 const BEHIND_AT: usize = 136;
@@ -315,7 +316,7 @@ impl<'g, T: Element> SharedArray<'g, T> {
             // SeqCst): a write in place either saw this pin (and wrote
             // the other copy) or is seen here.
             let writing = self.u32_at(WRITING_AT).load(Ordering::SeqCst);
-            if self.current().load(Ordering::SeqCst) & 1 == c && writing != c + 1 {
+            if self.current().load(Ordering::SeqCst) & 1 == c && writing & 0xff != c + 1 {
                 return ArrayRead {
                     array: self,
                     copy: c,
@@ -324,7 +325,23 @@ impl<'g, T: Element> SharedArray<'g, T> {
             // Flipped meanwhile, or written in place now: try again once
             // the write is over.
             self.pin(self.place, c).fetch_sub(1, Ordering::Release);
-            while self.u32_at(WRITING_AT).load(Ordering::SeqCst) == c + 1 {
+            loop {
+                let w = self.u32_at(WRITING_AT).load(Ordering::SeqCst);
+                if w & 0xff != c + 1 {
+                    break;
+                }
+                // A writer that died mid-write holds nobody up (its set
+                // failed on every rank; the block is partly written).
+                let writer = w >> 8;
+                if writer > 0 && writer - 1 != self.place && !self.region.held(writer - 1) {
+                    let _ = self.u32_at(WRITING_AT).compare_exchange(
+                        w,
+                        0,
+                        Ordering::SeqCst,
+                        Ordering::SeqCst,
+                    );
+                    break;
+                }
                 std::thread::yield_now();
             }
         }
@@ -451,7 +468,7 @@ impl<'g, T: Element> SharedArray<'g, T> {
         let behind = self.u32_at(BEHIND_AT);
         let writing = self.u32_at(WRITING_AT);
         // In place, if nobody reads the current copy (see `read`).
-        writing.store(cur + 1, Ordering::SeqCst);
+        writing.store((cur + 1) | ((self.place + 1) << 8), Ordering::SeqCst);
         if self.live_pins(cur).is_empty() {
             self.put_block(cur, data, block_shape, offset);
             // The other copy now lacks this block too.

@@ -275,6 +275,9 @@ impl Table {
         if let Some(took) = (0..self.tasks).find_map(|t| self.start(w, t)) {
             return took;
         }
+        // Looked at again after the scan: a worker that claimed a task
+        // the scan found Running had named it in its slot by then.
+        let others_running = others_running || self.reap(w);
         if others_running && self.on_death == OnDeath::Requeue {
             Took::Wait
         } else {
@@ -351,6 +354,16 @@ impl Table {
             }
             let task = t - 1;
             if task >= self.tasks {
+                continue;
+            }
+            // Not a task another live worker claimed (a dead worker's
+            // slot may name a task it lost the claim of).
+            let elsewhere = (0..self.workers).any(|u| {
+                u != v
+                    && self.running(u).load(Ordering::SeqCst) == t
+                    && (u == w || self.region.held(u))
+            });
+            if elsewhere {
                 continue;
             }
             // Only a task it still ran (it may have finished it, or died

@@ -504,8 +504,10 @@ impl Node {
     }
 
     // The host's locks: FIFO ticket locks, each a slot of the lock table
-    // (name, next ticket, ticket served, its futex word and sleepers,
-    // holder, a dead holder's identity, when the holder got it), and per
+    // (name, next ticket, ticket served, a futex word counting the moves
+    // of the ticket served and its sleepers, holder, a dead holder's
+    // identity, when the holder got it, the ticket that record is meant
+    // for), and per
     // place and lock the ticket the place holds or waits with (+1; 0: none;
     // u64::MAX: taking one now). A ticket whose place is gone (lease free)
     // or that nobody holds is skipped, so a waiter that gave up or died
@@ -557,10 +559,19 @@ impl Node {
         let word = self.lock_u32(slot, 24);
         let sleepers = self.lock_u32(slot, 28);
         let mine = self.ticket_of(self.me, slot);
-        if wait == Some(Duration::ZERO)
-            && next.load(Ordering::SeqCst) != serving.load(Ordering::SeqCst)
-        {
-            return None;
+        if wait == Some(Duration::ZERO) {
+            // Tickets of waiters that gave up or died are skipped first:
+            // only a live holder or waiter makes the lock busy.
+            loop {
+                let sv = serving.load(Ordering::SeqCst);
+                if next.load(Ordering::SeqCst) == sv {
+                    break;
+                }
+                self.skip_dead(slot, sv, who);
+                if serving.load(Ordering::SeqCst) == sv {
+                    return None;
+                }
+            }
         }
         mine.store(u64::MAX, Ordering::SeqCst);
         let t = next.fetch_add(1, Ordering::SeqCst);
@@ -570,9 +581,16 @@ impl Node {
         let mut noticed = false;
         let mut looks = 0u32;
         loop {
+            // The futex word counts the moves of `serving`: read first, a
+            // move after it changes it, so a park on it misses none.
+            let w = word.load(Ordering::SeqCst);
             let sv = serving.load(Ordering::SeqCst);
             if sv == t {
                 break;
+            }
+            looks += 1;
+            if looks < self.spin {
+                continue;
             }
             let now = Instant::now();
             if end.is_some_and(|e| now >= e) {
@@ -582,11 +600,13 @@ impl Node {
                     .compare_exchange(t, t + 1, Ordering::SeqCst, Ordering::SeqCst)
                     .is_ok()
                 {
-                    word.store((t + 1) as u32, Ordering::SeqCst);
+                    word.fetch_add(1, Ordering::SeqCst);
                     Node::wake(word, sleepers, u32::MAX);
                 }
                 return None;
             }
+            // Past the spin: the served ticket's place is looked at (a
+            // lease query per place, so not on every look).
             self.skip_dead(slot, sv, who);
             if !noticed && now - start >= notice {
                 noticed = true;
@@ -601,25 +621,28 @@ impl Node {
                     );
                 }
             }
-            looks += 1;
-            if looks < self.spin.max(1) {
-                continue;
-            }
             if now - start < YIELD {
                 std::thread::yield_now();
                 continue;
             }
-            let w = sv as u32;
             sleepers.fetch_add(1, Ordering::SeqCst);
-            if word.load(Ordering::SeqCst) == w && serving.load(Ordering::SeqCst) == sv {
+            if word.load(Ordering::SeqCst) == w {
                 futex_wait(word, w, Some(PARK));
             }
             sleepers.fetch_sub(1, Ordering::SeqCst);
         }
         self.lock_u32(slot, 32).store(self.me + 1, Ordering::SeqCst);
         self.lock_u64(slot, 48).store(mono_ns(), Ordering::Relaxed);
-        let died = self.lock_u64(slot, 40).swap(0, Ordering::SeqCst);
-        let died = (died != 0).then(|| (((died >> 32) - 1) as u32, died as u32));
+        // A dead holder's record, if it is meant for this ticket (it is
+        // written before `serving` moves to the ticket).
+        let died = if self.lock_u64(slot, 56).load(Ordering::SeqCst) == t {
+            self.lock_u64(slot, 40).swap(0, Ordering::SeqCst)
+        } else {
+            0
+        };
+        let died = (died >> 32)
+            .checked_sub(1)
+            .map(|rank| (rank as u32, died as u32));
         Some(ShmGrant { died, ticket: t })
     }
 
@@ -645,27 +668,35 @@ impl Node {
             Some((_, true)) => {}
             Some((p, false)) => {
                 let holder = self.lock_u32(slot, 32);
-                let was_holder = holder.load(Ordering::SeqCst) == p + 1;
+                if holder.load(Ordering::SeqCst) == p + 1 {
+                    // Recorded for the next ticket before `serving` moves
+                    // to it, so its taker reads it (another skipper of the
+                    // same dead holder writes the same).
+                    let (rank, pid) = who(p);
+                    tracing::warn!(
+                        rank,
+                        pid,
+                        "shoal lock: its holder died holding it; passed on marked"
+                    );
+                    self.lock_u64(slot, 40).store(
+                        (u64::from(rank) + 1) << 32 | u64::from(pid),
+                        Ordering::SeqCst,
+                    );
+                    self.lock_u64(slot, 56).store(sv + 1, Ordering::SeqCst);
+                    holder.store(0, Ordering::SeqCst);
+                }
                 if serving
                     .compare_exchange(sv, sv + 1, Ordering::SeqCst, Ordering::SeqCst)
                     .is_ok()
                 {
-                    self.ticket_of(p, slot).store(0, Ordering::SeqCst);
-                    if was_holder {
-                        let (rank, pid) = who(p);
-                        tracing::warn!(
-                            rank,
-                            pid,
-                            "shoal lock: its holder died holding it; passed on marked"
-                        );
-                        self.lock_u64(slot, 40).store(
-                            (u64::from(rank) + 1) << 32 | u64::from(pid),
-                            Ordering::SeqCst,
-                        );
-                        holder.store(0, Ordering::SeqCst);
-                    }
+                    let _ = self.ticket_of(p, slot).compare_exchange(
+                        sv + 1,
+                        0,
+                        Ordering::SeqCst,
+                        Ordering::SeqCst,
+                    );
                     let word = self.lock_u32(slot, 24);
-                    word.store((sv + 1) as u32, Ordering::SeqCst);
+                    word.fetch_add(1, Ordering::SeqCst);
                     Node::wake(word, self.lock_u32(slot, 28), u32::MAX);
                 }
             }
@@ -677,7 +708,7 @@ impl Node {
                         .is_ok()
                 {
                     let word = self.lock_u32(slot, 24);
-                    word.store((sv + 1) as u32, Ordering::SeqCst);
+                    word.fetch_add(1, Ordering::SeqCst);
                     Node::wake(word, self.lock_u32(slot, 28), u32::MAX);
                 }
             }
@@ -694,6 +725,7 @@ impl Node {
                 (u64::from(rank) + 1) << 32 | u64::from(pid),
                 Ordering::SeqCst,
             );
+            self.lock_u64(slot, 56).store(t + 1, Ordering::SeqCst);
         }
         self.lock_u32(slot, 32).store(0, Ordering::SeqCst);
         mine.store(0, Ordering::SeqCst);
@@ -703,7 +735,7 @@ impl Node {
             .is_ok()
         {
             let word = self.lock_u32(slot, 24);
-            word.store((t + 1) as u32, Ordering::SeqCst);
+            word.fetch_add(1, Ordering::SeqCst);
             Node::wake(word, self.lock_u32(slot, 28), u32::MAX);
         }
     }
