@@ -283,6 +283,36 @@ fn run(role: &str, a: &[String]) -> i32 {
                     Err("stop".into())
                 })
         }
+        // Rank 0 holds the lock while rank 1 waits for it and gives up;
+        // once rank 0 gave it back, rank 1's try_lock gets it (the ticket
+        // it gave up holds nobody up).
+        "abandon" => (|| -> Result<(), String> {
+            let es = |e: Error| e.to_string();
+            let l = g.lock("t").map_err(es)?;
+            if g.rank() == 0 {
+                let held = l.lock().map_err(es)?;
+                g.barrier().map_err(es)?;
+                g.barrier().map_err(es)?;
+                drop(held);
+                g.barrier().map_err(es)?;
+            } else {
+                g.barrier().map_err(es)?;
+                let got = l.lock_timeout(Duration::from_millis(200)).map_err(es)?;
+                say(&format!(
+                    "waited: {}",
+                    if got.is_some() { "got it" } else { "gave up" }
+                ));
+                drop(got);
+                g.barrier().map_err(es)?;
+                g.barrier().map_err(es)?;
+                let t = l.try_lock().map_err(es)?;
+                say(&format!(
+                    "then try: {}",
+                    if t.is_some() { "got it" } else { "busy" }
+                ));
+            }
+            g.barrier().map_err(es)
+        })(),
         // Barriers until one fails: says how.
         "barriers" => {
             say("in");
@@ -551,4 +581,15 @@ fn a_batch_worker_killed_with_its_task_leaves_it_failed() {
     let mut want = ["Some(Done)"; 12];
     want[t] = "Some(Failed)";
     assert_eq!(states, format!("states {}", want.join(",")));
+}
+
+#[test]
+fn a_lock_waiter_that_gave_up_holds_nobody_up() {
+    let at = format!("127.0.0.1:{}", free_port());
+    let r0 = rank("abandon", 0, 2, &at, None, &[]);
+    let mut r1 = rank("abandon", 1, 2, &at, None, &[]);
+    r1.expect_line(30 * SEC);
+    assert_eq!(r1.expect_line(30 * SEC), "waited: gave up");
+    assert_eq!(r1.expect_line(30 * SEC), "then try: got it");
+    all_done(vec![r0, r1]);
 }
