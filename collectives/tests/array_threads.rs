@@ -4,53 +4,10 @@
 //! blocks at the edges; reads during sets are never torn; bad shapes are
 //! refused.
 
-use shoal_collectives::{Element, Error, Group, GroupOptions, Launch, Launcher, SharedArray};
-use std::time::Duration;
+use shoal_collectives::{Element, Error, Group, SharedArray};
 
-fn groups(size: u32) -> Vec<Group> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap();
-    let at = format!("127.0.0.1:{port}");
-    let o = GroupOptions::default().timeout(Duration::from_secs(20));
-    let t: Vec<_> = (0..size)
-        .map(|r| {
-            let (at, o) = (at.clone(), o.clone());
-            std::thread::spawn(move || {
-                let l = Launch {
-                    launcher: Launcher::Shoal,
-                    rank: r,
-                    size,
-                    local_rank: None,
-                    local_size: None,
-                    rendezvous: Some(at),
-                    job: "t".into(),
-                };
-                Group::bootstrap(&l, &o).unwrap()
-            })
-        })
-        .collect();
-    t.into_iter().map(|t| t.join().unwrap()).collect()
-}
-
-/// Runs `body` on every group's thread; rank 0's group drops last.
-fn on_all(gs: Vec<Group>, body: impl Fn(&Group) + Send + Sync + Clone + 'static) {
-    let t: Vec<_> = gs
-        .into_iter()
-        .map(|g| {
-            let body = body.clone();
-            std::thread::spawn(move || {
-                body(&g);
-                g
-            })
-        })
-        .collect();
-    let gs: Vec<Group> = t.into_iter().map(|t| t.join().unwrap()).collect();
-    for g in gs.into_iter().rev() {
-        drop(g);
-    }
-}
+mod common;
+use common::{groups, on_all};
 
 /// Sets blocks (edges included) from every rank in turn and checks every
 /// rank reads exactly what a plain array updated the same way holds.

@@ -4,65 +4,10 @@
 //! `tests/collectives.rs`, with real processes.)
 
 use shoal_collectives::batch::{Batch, BatchOptions, TaskState};
-use shoal_collectives::{Group, GroupOptions, Launch, Launcher};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-fn groups(size: u32) -> Vec<Group> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap();
-    let at = format!("127.0.0.1:{port}");
-    let o = GroupOptions::default().timeout(Duration::from_secs(20));
-    let t: Vec<_> = (0..size)
-        .map(|r| {
-            let (at, o) = (at.clone(), o.clone());
-            std::thread::spawn(move || {
-                let l = Launch {
-                    launcher: Launcher::Shoal,
-                    rank: r,
-                    size,
-                    local_rank: None,
-                    local_size: None,
-                    rendezvous: Some(at),
-                    job: "t".into(),
-                };
-                Group::bootstrap(&l, &o).unwrap()
-            })
-        })
-        .collect();
-    t.into_iter().map(|t| t.join().unwrap()).collect()
-}
-
-/// Runs `body` on every rank's thread; returns what each gave (rank 0's
-/// group drops last).
-fn on_all<T: Send + 'static>(
-    gs: Vec<Group>,
-    body: impl Fn(&Group) -> T + Send + Sync + Clone + 'static,
-) -> Vec<T> {
-    let t: Vec<_> = gs
-        .into_iter()
-        .map(|g| {
-            let body = body.clone();
-            std::thread::spawn(move || {
-                let r = body(&g);
-                (g, r)
-            })
-        })
-        .collect();
-    let mut out = Vec::new();
-    let mut gs = Vec::new();
-    for t in t {
-        let (g, r) = t.join().unwrap();
-        gs.push(g);
-        out.push(r);
-    }
-    for g in gs.into_iter().rev() {
-        drop(g);
-    }
-    out
-}
+mod common;
+use common::{groups, on_all};
 
 /// (rank, worker rank, task) of every task a rank was handed.
 type Runs = Arc<Mutex<Vec<(u32, u32, u64)>>>;

@@ -6,24 +6,8 @@
 use shoal_collectives::{Error, Group, GroupOptions, Launch, Launcher};
 use std::time::Duration;
 
-fn launch(rank: u32, size: u32, at: &str) -> Launch {
-    Launch {
-        launcher: Launcher::Shoal,
-        rank,
-        size,
-        local_rank: None,
-        local_size: None,
-        rendezvous: Some(at.to_string()),
-        job: "test".into(),
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
-}
+mod common;
+use common::{launch, rendezvous as free_address};
 
 /// Runs `body` on `size` ranks (threads), each with its group.
 fn ranks<T: Send + 'static>(
@@ -31,7 +15,7 @@ fn ranks<T: Send + 'static>(
     opts: GroupOptions,
     body: impl Fn(Group) -> T + Send + Sync + Clone + 'static,
 ) -> Vec<T> {
-    let at = format!("127.0.0.1:{}", free_port());
+    let at = free_address();
     let threads: Vec<_> = (0..size)
         .map(|r| {
             let (at, body, opts) = (at.clone(), body.clone(), opts.clone());
@@ -107,7 +91,7 @@ fn split_makes_sub_groups_that_run_collectives() {
 
 #[test]
 fn a_rank_that_never_comes_is_named() {
-    let at = format!("127.0.0.1:{}", free_port());
+    let at = free_address();
     let o = GroupOptions::default().timeout(Duration::from_millis(1500));
     // Ranks 0 and 1 of 3 come; rank 2 never does.
     let threads: Vec<_> = (0..2)

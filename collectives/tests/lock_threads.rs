@@ -3,47 +3,17 @@
 //! and timeout. (A holder that dies holding the lock: in the workspace's
 //! `tests/collectives.rs`, with processes killed on one host and on two.)
 
-use shoal_collectives::{Group, GroupOptions, Launch, Launcher};
+use shoal_collectives::Group;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-fn launch(rank: u32, size: u32, at: &str) -> Launch {
-    Launch {
-        launcher: Launcher::Shoal,
-        rank,
-        size,
-        local_rank: None,
-        local_size: None,
-        rendezvous: Some(at.to_string()),
-        job: "test".into(),
-    }
-}
+mod common;
+use common::done;
 
 fn groups(size: u32) -> Vec<Group> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap();
-    let at = format!("127.0.0.1:{port}");
-    let o = GroupOptions::default()
-        .timeout(Duration::from_secs(20))
-        .lock_notice(Duration::from_millis(200));
-    let t: Vec<_> = (0..size)
-        .map(|r| {
-            let (at, o) = (at.clone(), o.clone());
-            std::thread::spawn(move || Group::bootstrap(&launch(r, size, &at), &o).unwrap())
-        })
-        .collect();
-    t.into_iter().map(|t| t.join().unwrap()).collect()
-}
-
-/// Drops the groups, rank 0 last (it keeps the rendezvous until the
-/// others left).
-fn done(gs: Vec<Group>) {
-    for g in gs.into_iter().rev() {
-        drop(g);
-    }
+    let o = common::opts().lock_notice(Duration::from_millis(200));
+    common::groups_with(size, &o)
 }
 
 #[test]
