@@ -138,8 +138,11 @@ impl<T: Element> std::ops::Deref for ArrayRead<'_, T> {
         // SAFETY: copy `self.copy` lies in the region (sizes checked at
         // attach), is aligned for T (64-byte aligned offsets), and holds
         // `len` elements of a type valid for every bit pattern (Element);
-        // this read pins it, so no set writes it while the slice lives
-        // (set waits for the pins of the copy it writes).
+        // this read pins it, so no set that follows the protocol writes it
+        // while the slice lives (a set writes a copy only when no live
+        // rank pins it). What this cannot cover: another process of the
+        // same user writing the region outside the protocol, which any
+        // mapping of shared memory is open to (as shm-ring's guards).
         unsafe {
             std::slice::from_raw_parts(
                 a.region.as_ptr().add(a.copies[self.copy as usize]) as *const T,

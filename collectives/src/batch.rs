@@ -155,14 +155,7 @@ impl Table {
             (p.add(8) as *mut u64).write(tasks);
             (p.add(16) as *mut u32).write(workers);
         }
-        let t = Table {
-            region,
-            tasks,
-            workers,
-            on_death: opts.on_death,
-            dir: opts.state_dir.clone(),
-            states_at: WORKERS_AT + WORKER * workers as usize,
-        };
+        let t = Table::over(region, tasks, workers, opts);
         if let Some(dir) = &t.dir {
             t.resume(dir)?;
         }
@@ -190,14 +183,19 @@ impl Table {
                 why: format!("not a pool of {tasks} tasks for {workers} workers"),
             });
         }
-        Ok(Table {
+        Ok(Table::over(region, tasks, workers, opts))
+    }
+
+    /// The table in `region` (made or checked by the caller).
+    fn over(region: SharedRegion, tasks: u64, workers: u32, opts: &BatchOptions) -> Table {
+        Table {
             region,
             tasks,
             workers,
             on_death: opts.on_death,
             dir: opts.state_dir.clone(),
             states_at: WORKERS_AT + WORKER * workers as usize,
-        })
+        }
     }
 
     /// Marks Done the tasks the state files say are.

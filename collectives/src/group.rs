@@ -23,7 +23,7 @@ use rkyv::api::high::HighValidator;
 use rkyv::bytecheck::CheckBytes;
 use rkyv::rancor;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -154,6 +154,9 @@ pub struct Group {
     /// group cannot go on (its ranks are out of step), and every later
     /// collective says so at once.
     broken: Mutex<Option<String>>,
+    /// Whether `broken` holds a reason (read without the mutex on every
+    /// collective).
+    is_broken: AtomicBool,
     opts: GroupOptions,
 }
 
@@ -200,6 +203,7 @@ impl Group {
             node: None,
             seen: AtomicU32::new(0),
             broken: Mutex::new(None),
+            is_broken: AtomicBool::new(false),
             opts: GroupOptions::default(),
         }
     }
@@ -222,6 +226,7 @@ impl Group {
             node: None,
             seen: AtomicU32::new(0),
             broken: Mutex::new(None),
+            is_broken: AtomicBool::new(false),
             opts: opts.clone(),
         };
         let mut said = Vec::with_capacity(12);
@@ -336,6 +341,7 @@ impl Group {
         let mut b = self.broken.lock().unwrap_or_else(|p| p.into_inner());
         if b.is_none() {
             *b = Some(e.to_string());
+            self.is_broken.store(true, Ordering::Release);
         }
     }
 
@@ -343,6 +349,9 @@ impl Group {
     /// on this rank (then the group cannot go on: its ranks are out of
     /// step).
     fn begin(&self) -> Result<u64> {
+        if !self.is_broken.load(Ordering::Acquire) {
+            return Ok(self.calls.fetch_add(1, Ordering::Relaxed));
+        }
         if let Some(why) = self
             .broken
             .lock()
@@ -464,6 +473,7 @@ impl Group {
             node: None,
             seen: AtomicU32::new(0),
             broken: Mutex::new(None),
+            is_broken: AtomicBool::new(false),
             opts: self.opts.clone(),
         };
         if g.link.is_some() {

@@ -493,7 +493,9 @@ impl Node {
         // SAFETY: `len` is clamped to the buffer's size (checked at
         // attach); the putter wrote these bytes before the generation
         // moved (Acquire in wait_change) and does not write them again
-        // until this rank counts itself done below.
+        // until this rank counts itself done below; the slice does not
+        // outlive `take` (which copies it out). Not covered: a process of
+        // the same user writing the region outside the protocol.
         let bytes = unsafe {
             std::slice::from_raw_parts(self.region.as_ptr().add(buffer_at(self.local)), len)
         };

@@ -67,7 +67,8 @@ where
     /// The archived value, in place.
     pub fn get(&self) -> &T::Archived {
         // SAFETY: the bytes were validated as an archived T when this
-        // Value was made (`from_bytes`, the only constructor), they are
+        // Value was made (both constructors, `from_bytes` and
+        // `from_aligned`, validate before they return one), they are
         // owned by it and never written since (no `&mut` access is
         // given), and they start ALIGN (16)-aligned, which every rkyv
         // archive's root needs at most.
