@@ -75,9 +75,19 @@ pub fn host_id() -> u64 {
                 .map(|s| s.trim().to_string())
                 .unwrap_or_default()
         });
-        name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        })
+        host_id_of(&name)
+    })
+}
+
+/// The identity [`host_id`] gives a host named `name`.
+///
+/// ```
+/// use shoal_channel::gather::host_id_of;
+/// assert_ne!(host_id_of("a"), host_id_of("b"));
+/// ```
+pub fn host_id_of(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
 }
 

@@ -13,6 +13,7 @@
 //! rendezvous until the other ranks left it (dropped their groups, or
 //! exited), up to the group's timeout.
 
+use crate::bundle;
 use crate::error::{Error, Result};
 use crate::launcher::Launch;
 use crate::node::{BarrierError, Node, Stop, TakeError};
@@ -52,6 +53,11 @@ pub struct GroupOptions {
     /// Bytes of the buffer a host's ranks pass broadcasts through (a
     /// larger value goes through it in chunks). Default 4 MiB.
     pub node_buffer: usize,
+    /// The name of this rank's host, over the `SHOAL_HOST` environment
+    /// variable and the host name: ranks that say the same name share
+    /// memory (they must share a kernel), the others meet through the
+    /// rendezvous. Default `None`.
+    pub host: Option<String>,
 }
 
 impl Default for GroupOptions {
@@ -62,6 +68,7 @@ impl Default for GroupOptions {
             max_value: 1 << 30,
             lock_notice: Duration::from_secs(10),
             node_buffer: 4 << 20,
+            host: None,
         }
     }
 }
@@ -80,6 +87,11 @@ impl GroupOptions {
     /// Sets [`timeout`](Self::timeout).
     pub fn timeout(mut self, t: Duration) -> Self {
         self.timeout = t;
+        self
+    }
+    /// Sets [`host`](Self::host).
+    pub fn host(mut self, name: &str) -> Self {
+        self.host = Some(name.to_string());
         self
     }
 }
@@ -230,7 +242,11 @@ impl Group {
             opts: opts.clone(),
         };
         let mut said = Vec::with_capacity(12);
-        said.extend_from_slice(&shoal_channel::gather::host_id().to_le_bytes());
+        let host = opts.host.as_deref().map_or_else(
+            shoal_channel::gather::host_id,
+            shoal_channel::gather::host_id_of,
+        );
+        said.extend_from_slice(&host.to_le_bytes());
         said.extend_from_slice(&std::process::id().to_le_bytes());
         let all = g.collect("hello", &said, true)?;
         let mut members = Vec::with_capacity(all.len());
@@ -645,32 +661,17 @@ impl Group {
             self.seen.store(g, Ordering::Relaxed);
             return Value::from_aligned(bytes);
         }
-        let mut out = rkyv::util::AlignedVec::new();
-        let mut last = self.seen.load(Ordering::Relaxed);
-        let r = n.take(
-            putter,
-            self.opts.timeout,
-            &mut last,
-            self.opts.max_value,
-            &mut out,
-        );
-        self.seen.store(last, Ordering::Relaxed);
-        match r {
-            Ok(()) => Value::from_aligned(out),
-            Err(TakeError::Stop(s)) => Err(self.stopped("broadcast", s)),
-            Err(TakeError::TooLong(len)) => Err(Error::TooLarge {
-                what: "a broadcast's value",
-                got: len,
-                limit: self.opts.max_value as u64,
-            }),
-            Err(TakeError::Malformed) => Err(Error::Malformed {
-                what: "the host's broadcast buffer",
-                why: "a chunk's lengths are not what a putter writes".into(),
-            }),
-        }
+        self.take_from(putter, "broadcast")
+            .and_then(Value::from_aligned)
     }
 
     /// Every rank's `value`, in rank order, on `root` (`None` elsewhere).
+    ///
+    /// Hierarchical: the ranks of a host pass their values to each other
+    /// through their shared memory; then one rank per host (the root on
+    /// its own host, the first rank elsewhere) sends its host's values to
+    /// the rendezvous in one message, and the root gets one message per
+    /// host back.
     pub fn gather<T>(&self, root: u32, value: &T) -> Result<Option<Vec<Value<T>>>>
     where
         T: shoal_transport::Archivable + rkyv::Archive,
@@ -678,26 +679,195 @@ impl Group {
     {
         self.check_root(root)?;
         let bytes = archive(value)?;
+        let call = self.begin()?;
+        if self.link.is_none() {
+            return Ok(Some(vec![Value::from_aligned(bytes)?]));
+        }
+        let here = self.host_values("gather", &bytes)?;
+        let nodes = self.nodes();
+        let root_node = self.members[root as usize].node;
+        if nodes == 1 {
+            if self.rank != root {
+                return Ok(None);
+            }
+            return here
+                .into_iter()
+                .map(Value::from_aligned)
+                .collect::<Result<_>>()
+                .map(Some);
+        }
+        let speaks = if self.node() == root_node {
+            self.rank == root
+        } else {
+            self.local_rank() == 0
+        };
+        if !speaks {
+            return Ok(None);
+        }
         let want = self.rank == root;
-        let all = self.collect("gather", &bytes, want)?;
+        let hosts = self.meet(
+            call,
+            "gather",
+            self.node(),
+            nodes,
+            &bundle::pack(&here),
+            want,
+        )?;
         if !want {
             return Ok(None);
         }
-        all.iter()
-            .map(|b| Value::from_bytes(b))
+        self.in_rank_order(&hosts)?
+            .into_iter()
+            .map(Value::from_bytes)
             .collect::<Result<_>>()
             .map(Some)
     }
 
     /// Every rank's `value`, in rank order, on every rank.
+    ///
+    /// Hierarchical: the ranks of a host pass their values to each other
+    /// through their shared memory; each host's first rank sends its
+    /// host's values to the rendezvous in one message, gets every host's
+    /// back in one message, and passes them to its host's ranks through
+    /// their shared memory.
     pub fn all_gather<T>(&self, value: &T) -> Result<Vec<Value<T>>>
     where
         T: shoal_transport::Archivable + rkyv::Archive,
         T::Archived: for<'b> CheckBytes<HighValidator<'b, rancor::Error>>,
     {
         let bytes = archive(value)?;
-        let all = self.collect("all_gather", &bytes, true)?;
-        all.iter().map(|b| Value::from_bytes(b)).collect()
+        let call = self.begin()?;
+        if self.link.is_none() {
+            return Ok(vec![Value::from_aligned(bytes)?]);
+        }
+        let here = self.host_values("all_gather", &bytes)?;
+        let nodes = self.nodes();
+        if nodes == 1 {
+            return here.into_iter().map(Value::from_aligned).collect();
+        }
+        let all = if self.local_rank() == 0 {
+            let all = self
+                .meet(
+                    call,
+                    "all_gather",
+                    self.node(),
+                    nodes,
+                    &bundle::pack(&here),
+                    true,
+                )
+                .and_then(|hosts| self.in_rank_order(&hosts).map(|v| bundle::pack(&v)));
+            if let Some(n) = &self.node {
+                // The host's other ranks wait for the answer: pass it on,
+                // or tell them it failed.
+                let put = n.put(all.as_deref().map_err(drop), self.opts.timeout);
+                match put {
+                    Ok(g) => self.seen.store(g, Ordering::Relaxed),
+                    Err(s) => {
+                        let e = self.stopped("all_gather", s);
+                        return Err(all.err().unwrap_or(e));
+                    }
+                }
+            }
+            let mut a = rkyv::util::AlignedVec::new();
+            a.extend_from_slice(&all?);
+            a
+        } else {
+            self.take_from(0, "all_gather")?
+        };
+        bundle::unpack(&all, self.size() as usize, "an all_gather's answer")?
+            .into_iter()
+            .map(Value::from_bytes)
+            .collect()
+    }
+
+    /// The values of this host's ranks, in place order (the host's part
+    /// of a gather): each rank in turn puts its value through the host's
+    /// buffer while the others take it.
+    fn host_values(&self, what: &str, mine: &[u8]) -> Result<Vec<rkyv::util::AlignedVec>> {
+        let own = || {
+            let mut a = rkyv::util::AlignedVec::with_capacity(mine.len());
+            a.extend_from_slice(mine);
+            a
+        };
+        let Some(n) = &self.node else {
+            return Ok(vec![own()]);
+        };
+        let me = self.local_rank();
+        let mut out = Vec::with_capacity(self.local_size() as usize);
+        for place in 0..self.local_size() {
+            if place == me {
+                let g = n
+                    .put(Ok(mine), self.opts.timeout)
+                    .map_err(|s| self.stopped(what, s))?;
+                self.seen.store(g, Ordering::Relaxed);
+                out.push(own());
+            } else {
+                out.push(self.take_from(place, what)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The value the rank at `place` on this host puts through the
+    /// host's buffer.
+    fn take_from(&self, place: u32, what: &str) -> Result<rkyv::util::AlignedVec> {
+        let Some(n) = &self.node else {
+            return Err(Error::BadArguments(format!(
+                "{what}: this rank shares its host with no other"
+            )));
+        };
+        let mut out = rkyv::util::AlignedVec::new();
+        let mut last = self.seen.load(Ordering::Relaxed);
+        let r = n.take(
+            place,
+            self.opts.timeout,
+            &mut last,
+            self.opts.max_value,
+            &mut out,
+        );
+        self.seen.store(last, Ordering::Relaxed);
+        match r {
+            Ok(()) => Ok(out),
+            Err(TakeError::Stop(s)) => Err(self.stopped(what, s)),
+            // Read through and refused: this rank is still in step.
+            Err(TakeError::TooLong(len)) => Err(Error::TooLarge {
+                what: "a value passed on the host",
+                got: len,
+                limit: self.opts.max_value as u64,
+            }),
+            Err(TakeError::Malformed) => {
+                let e = Error::Malformed {
+                    what: "the host's broadcast buffer",
+                    why: "a chunk's lengths are not what a putter writes".into(),
+                };
+                // Where the value ends is unknown: this rank is out of
+                // step with the host's others.
+                self.break_with(&e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Every rank's value, in rank order, from one [`bundle`] per host
+    /// (each its ranks' values in place order).
+    fn in_rank_order<'a>(&self, hosts: &'a [Vec<u8>]) -> Result<Vec<&'a [u8]>> {
+        if hosts.len() != self.nodes() as usize {
+            return Err(Error::Malformed {
+                what: "an answer between hosts",
+                why: format!("{} values for {} hosts", hosts.len(), self.nodes()),
+            });
+        }
+        let mut out: Vec<&[u8]> = vec![&[]; self.size() as usize];
+        for (node, b) in hosts.iter().enumerate() {
+            let ranks = self.ranks_on(node as u32);
+            let values = bundle::unpack(b, ranks.len(), "a host's values")?;
+            for (r, v) in ranks.into_iter().zip(values) {
+                if let Some(slot) = out.get_mut(r as usize) {
+                    *slot = v;
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Carries `bytes` from rank `root` to the first rank of every other

@@ -30,6 +30,7 @@
 
 pub mod array;
 pub mod batch;
+mod bundle;
 pub mod error;
 pub mod group;
 pub mod launcher;

@@ -520,6 +520,13 @@ fn collect(
         return Reply::Refused(format!("rank {rank} of {n} in a group of {}", shared.size));
     }
     let len = value.len() as u64;
+    tracing::trace!(
+        key = %String::from_utf8_lossy(&key),
+        rank,
+        n,
+        len,
+        "shoal rendezvous: a contribution"
+    );
     let mut st = shared.lock();
     {
         let st = &mut *st;
