@@ -382,6 +382,12 @@ impl<'g, T: Element> SharedArray<'g, T> {
     /// shape, offset and `from`; a host's copy changes only once every
     /// rank of the host called it, and it returns once every host's copy
     /// has the block.
+    ///
+    /// If the rank writing a host's copy dies during the set, the set
+    /// fails on every rank ([`Error::RanksGone`] or [`Error::Broken`]),
+    /// and that host's copy of the block may be left partly written
+    /// (like the state a robust mutex's owner-died error warns of): the
+    /// survivors set the block again in a new group.
     pub fn set(
         &self,
         block: Option<&[T]>,

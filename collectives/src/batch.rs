@@ -23,7 +23,7 @@ use crate::rendezvous::Service;
 use shoal_shm_ring::{SegmentName, SharedRegion};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -140,10 +140,15 @@ enum Took {
 impl Table {
     fn size(tasks: u64, workers: u32) -> Option<usize> {
         let states_at = WORKERS_AT + WORKER * workers as usize;
-        states_at.checked_add(usize::try_from(tasks).ok()?)
+        states_at.checked_add(usize::try_from(tasks).ok()?.checked_mul(4)?)
     }
 
     fn create(tasks: u64, workers: u32, opts: &BatchOptions) -> Result<Table> {
+        if workers > MAX_WORKERS {
+            return Err(Error::BadArguments(format!(
+                "{workers} worker groups; a pool takes at most {MAX_WORKERS}"
+            )));
+        }
         let len = Table::size(tasks, workers)
             .ok_or_else(|| Error::BadArguments(format!("{tasks} tasks do not fit in memory")))?;
         let region = SharedRegion::create(len as u64, "shoal-batch")?;
@@ -216,7 +221,7 @@ impl Table {
             if n < self.tasks && std::fs::read_to_string(e.path()).is_ok_and(|s| s.trim() == "done")
             {
                 self.state(n)
-                    .store(TaskState::Done as u8, Ordering::Relaxed);
+                    .store(TaskState::Done as u32, Ordering::Relaxed);
             }
         }
         Ok(())
@@ -228,20 +233,31 @@ impl Table {
         unsafe { &*(self.region.as_ptr().add(at) as *const AtomicU64) }
     }
 
-    fn state(&self, task: u64) -> &AtomicU8 {
+    /// Task `task`'s word: its state, and while Running the worker
+    /// running it (see [`running_word`]).
+    fn state(&self, task: u64) -> &AtomicU32 {
         debug_assert!(task < self.tasks);
-        // SAFETY: states_at + task < the region's length (checked at
-        // create or attach; callers keep task below `tasks`).
-        unsafe { &*(self.region.as_ptr().add(self.states_at + task as usize) as *const AtomicU8) }
+        // SAFETY: states_at is 64-aligned and states_at + 4 * (task + 1)
+        // <= the region's length (checked at create or attach; callers
+        // keep task below `tasks`); mapped while `self` lives. Another
+        // process of the user can write any word: a word read back is
+        // decoded, never trusted as an index.
+        unsafe {
+            &*(self.region.as_ptr().add(self.states_at + 4 * task as usize) as *const AtomicU32)
+        }
+    }
+
+    /// Task `t`'s state.
+    fn state_of(&self, t: u64) -> TaskState {
+        TaskState::from_u8(self.state(t).load(Ordering::Acquire) as u8)
     }
 
     fn running(&self, w: u32) -> &AtomicU64 {
         self.u64_at(WORKERS_AT + WORKER * w as usize)
     }
 
-    /// Sets task `t`'s state, and its file.
-    fn set(&self, t: u64, s: TaskState) {
-        self.state(t).store(s as u8, Ordering::Release);
+    /// Writes task `t`'s state file (the word changed already).
+    fn record(&self, t: u64, s: TaskState) {
         if let Some(dir) = &self.dir {
             let path = dir.join(format!("task-{t}"));
             if let Err(e) = std::fs::write(&path, s.word()) {
@@ -285,17 +301,18 @@ impl Table {
 
     /// Claims task `t` for worker `w` if it is Pending (`None`: it is
     /// not). The worker's slot names it first, so a worker that dies
-    /// anywhere from here on leaves it to the reapers.
+    /// anywhere from here on leaves it to the reapers; the task's word
+    /// names the worker, so only that worker's death takes it back.
     fn start(&self, w: u32, t: u64) -> Option<Took> {
         let state = self.state(t);
-        if state.load(Ordering::Acquire) != TaskState::Pending as u8 {
+        if state.load(Ordering::Acquire) != TaskState::Pending as u32 {
             return None;
         }
         self.running(w).store(t + 1, Ordering::SeqCst);
         if state
             .compare_exchange(
-                TaskState::Pending as u8,
-                TaskState::Running as u8,
+                TaskState::Pending as u32,
+                running_word(w),
                 Ordering::AcqRel,
                 Ordering::Relaxed,
             )
@@ -304,30 +321,55 @@ impl Table {
             self.running(w).store(0, Ordering::SeqCst);
             return None;
         }
-        self.set(t, TaskState::Running);
+        self.record(t, TaskState::Running);
         Some(Took::Task(t))
     }
 
     /// Worker `w` finished its task.
     fn finish(&self, w: u32, ok: bool) {
-        // The state first, then the slot: a worker that dies between the
+        // The word first, then the slot: a worker that dies between the
         // two leaves a finished task, which the reapers leave alone.
         let t = self.running(w).load(Ordering::Acquire);
         if t != 0 && t - 1 < self.tasks {
-            self.set(
-                t - 1,
-                if ok {
-                    TaskState::Done
-                } else {
-                    TaskState::Failed
-                },
-            );
+            let to = if ok {
+                TaskState::Done
+            } else {
+                TaskState::Failed
+            };
+            // Only while the task is still this worker's (a reaper that
+            // took it back handed it on).
+            if self
+                .state(t - 1)
+                .compare_exchange(
+                    running_word(w),
+                    to as u32,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+            {
+                self.record(t - 1, to);
+            } else {
+                tracing::warn!(
+                    worker = w,
+                    task = t - 1,
+                    "shoal batch: a worker finished a task that had been taken back from it"
+                );
+            }
         }
         self.running(w).store(0, Ordering::Release);
     }
 
     /// Takes the tasks of dead workers back (requeued or failed);
     /// whether a live worker other than `w` still runs one.
+    ///
+    /// A dead worker's slot only says where to look: the task's word
+    /// decides. It is taken back with one compare-exchange from "Running
+    /// by that worker", so reapers racing each other, a reaper that dies
+    /// half-way, a slot naming a task its worker lost the claim of, or a
+    /// task requeued and claimed again by a live worker, are all left
+    /// right: the word names the live worker then, and the exchange
+    /// fails.
     fn reap(&self, w: u32) -> bool {
         let mut live = false;
         for v in 0..self.workers {
@@ -343,56 +385,51 @@ impl Table {
                 live = true;
                 continue;
             }
-            // Dead: its task is taken back once (by whoever wins this).
-            if slot
-                .compare_exchange(t, 0, Ordering::AcqRel, Ordering::Relaxed)
-                .is_err()
-            {
-                continue;
-            }
             let task = t - 1;
-            if task >= self.tasks {
-                continue;
+            if task < self.tasks {
+                let to = match self.on_death {
+                    OnDeath::Requeue => TaskState::Pending,
+                    OnDeath::Fail => TaskState::Failed,
+                };
+                if self
+                    .state(task)
+                    .compare_exchange(
+                        running_word(v),
+                        to as u32,
+                        Ordering::AcqRel,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok()
+                {
+                    tracing::warn!(
+                        worker = v,
+                        task,
+                        "shoal batch: a worker group died running a task; it is now {}",
+                        to.word()
+                    );
+                    // Its file too; a Pending task is taken by the next scan.
+                    self.record(task, to);
+                }
             }
-            // Not a task another live worker claimed (a dead worker's
-            // slot may name a task it lost the claim of).
-            let elsewhere = (0..self.workers).any(|u| {
-                u != v
-                    && self.running(u).load(Ordering::SeqCst) == t
-                    && (u == w || self.region.held(u))
-            });
-            if elsewhere {
-                continue;
-            }
-            // Only a task it still ran (it may have finished it, or died
-            // before it claimed it).
-            let to = match self.on_death {
-                OnDeath::Requeue => TaskState::Pending,
-                OnDeath::Fail => TaskState::Failed,
-            };
-            if self
-                .state(task)
-                .compare_exchange(
-                    TaskState::Running as u8,
-                    to as u8,
-                    Ordering::AcqRel,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
-            {
-                tracing::warn!(
-                    worker = v,
-                    task,
-                    "shoal batch: a worker group died running a task; it is now {}",
-                    to.word()
-                );
-                // Its file too; a Pending task is taken by the next scan.
-                self.set(task, to);
-            }
+            // The task is no longer that worker's (taken back above, by
+            // another reaper, or never claimed): its slot is cleared
+            // unless it changed meanwhile.
+            let _ = slot.compare_exchange(t, 0, Ordering::AcqRel, Ordering::Relaxed);
         }
         live
     }
 }
+
+/// The word of a task Running by worker `w`: the state in the low byte,
+/// the worker + 1 above it.
+fn running_word(w: u32) -> u32 {
+    TaskState::Running as u32 | ((w + 1) << 8)
+}
+
+/// Most worker groups a pool takes: one lease each (their numbers also
+/// fit a task's word).
+const MAX_WORKERS: u32 = shoal_shm_ring::MAX_LEASES;
+const _: () = assert!(MAX_WORKERS < (1 << 24) - 1);
 
 /// Rank 0 runs the pool for worker groups on other hosts: it holds each
 /// one's lease, through an attach of the pool's region of that worker's
@@ -689,9 +726,7 @@ impl<'g> Batch<'g> {
     /// not reach the table: followers, and worker groups on other hosts).
     pub fn state(&self, t: u64) -> Option<TaskState> {
         match &self.via {
-            Via::Table(table) if t < table.tasks => {
-                Some(TaskState::from_u8(table.state(t).load(Ordering::Acquire)))
-            }
+            Via::Table(table) if t < table.tasks => Some(table.state_of(t)),
             _ => None,
         }
     }
@@ -710,9 +745,7 @@ impl<'g> Batch<'g> {
         };
         let end = Instant::now() + self.group.options().timeout;
         loop {
-            let states: Vec<TaskState> = (0..t.tasks)
-                .map(|i| TaskState::from_u8(t.state(i).load(Ordering::Acquire)))
-                .collect();
+            let states: Vec<TaskState> = (0..t.tasks).map(|i| t.state_of(i)).collect();
             let open = states
                 .iter()
                 .any(|s| matches!(s, TaskState::Running | TaskState::Pending));
@@ -734,5 +767,77 @@ impl Drop for Batch<'_> {
         if self.registered {
             self.group.unregister_service(&self.key);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A table of `tasks` tasks for 3 workers; worker 2 is alive (its
+    /// lease held through an attach of its own), 0 and 1 are not.
+    fn table(tasks: u64, on_death: OnDeath) -> (Table, SharedRegion) {
+        let t = Table::create(tasks, 3, &BatchOptions::default().on_death(on_death)).unwrap();
+        let live = SharedRegion::attach(t.region.name()).unwrap();
+        assert!(live.hold(2).unwrap());
+        (t, live)
+    }
+
+    #[test]
+    fn a_dead_workers_task_is_taken_back_once() {
+        let (t, _live) = table(2, OnDeath::Requeue);
+        // Worker 1 claims task 0 and dies (its lease was never held).
+        assert!(matches!(t.start(1, 0), Some(Took::Task(0))));
+        assert_eq!(t.state_of(0), TaskState::Running);
+        // Worker 2's reap takes it back, and clears the dead slot.
+        assert!(!t.reap(2));
+        assert_eq!(t.state_of(0), TaskState::Pending);
+        assert_eq!(t.running(1).load(Ordering::Relaxed), 0);
+        // Live worker 2 claims it again. A slot naming it again (a reaper
+        // that died before clearing it, or a claim worker 1 lost) does not
+        // take it from worker 2.
+        assert!(matches!(t.start(2, 0), Some(Took::Task(0))));
+        t.running(1).store(1, Ordering::Relaxed);
+        // (Worker 2 is alive and runs a task: true.)
+        assert!(t.reap(0));
+        assert_eq!(t.state(0).load(Ordering::Relaxed), running_word(2));
+        assert_eq!(t.running(1).load(Ordering::Relaxed), 0);
+        // Worker 0 (dead) never finishes worker 2's task.
+        t.running(0).store(1, Ordering::Relaxed);
+        t.finish(0, true);
+        assert_eq!(t.state_of(0), TaskState::Running);
+        t.finish(2, true);
+        assert_eq!(t.state_of(0), TaskState::Done);
+    }
+
+    #[test]
+    fn a_dead_workers_task_can_end_failed_and_a_finished_one_stays() {
+        let (t, _live) = table(2, OnDeath::Fail);
+        assert!(matches!(t.start(0, 0), Some(Took::Task(0))));
+        assert!(matches!(t.start(1, 1), Some(Took::Task(1))));
+        // Worker 1 finished before it died: its slot is clear, its task Done.
+        t.finish(1, true);
+        assert!(!t.reap(2));
+        assert_eq!(t.state_of(0), TaskState::Failed);
+        assert_eq!(t.state_of(1), TaskState::Done);
+        // A dead worker's slot that names a task past the table, or that
+        // it never claimed, changes nothing.
+        t.running(0).store(99, Ordering::Relaxed);
+        t.running(1).store(2, Ordering::Relaxed);
+        assert!(!t.reap(2));
+        assert_eq!(
+            (t.state_of(0), t.state_of(1)),
+            (TaskState::Failed, TaskState::Done)
+        );
+    }
+
+    #[test]
+    fn a_live_workers_task_is_left_alone() {
+        let (t, _live) = table(1, OnDeath::Requeue);
+        assert!(matches!(t.start(2, 0), Some(Took::Task(0))));
+        // Worker 0 looks: worker 2 is alive and runs a task.
+        assert!(t.reap(0));
+        assert_eq!(t.state_of(0), TaskState::Running);
+        assert!(matches!(t.take(0), Took::Wait));
     }
 }
