@@ -345,9 +345,11 @@ fn cells(quick: bool) -> Vec<Cell> {
             .flat_map(|e| [e.clone(), format!("{e} --mpi")])
             .collect()
     };
+    // Barriers are timed in batches of 50: 40 samples (quick), 200.
+    let bi = if quick { 2000 } else { 10_000 };
     let barrier = coll(vec![
-        format!("collectives barrier --procs 2 --iters {ci}"),
-        format!("collectives barrier --procs 4 --iters {ci}"),
+        format!("collectives barrier --procs 2 --iters {bi}"),
+        format!("collectives barrier --procs 4 --iters {bi}"),
     ]);
     let barrier: Vec<&str> = barrier.iter().map(String::as_str).collect();
     v.push(cell("collectives barrier", r - 1, &barrier));
