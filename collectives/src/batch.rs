@@ -256,12 +256,30 @@ impl Table {
         self.u64_at(WORKERS_AT + WORKER * w as usize)
     }
 
-    /// Writes task `t`'s state file (the word changed already).
-    fn record(&self, t: u64, s: TaskState) {
-        if let Some(dir) = &self.dir {
-            let path = dir.join(format!("task-{t}"));
-            if let Err(e) = std::fs::write(&path, s.word()) {
+    /// Writes task `t`'s state file (the word changed already): the state
+    /// the word holds, through a temporary file renamed over it, looked at
+    /// again after the rename (a writer that stalled before its rename
+    /// puts back the state of the writer after it).
+    fn record(&self, t: u64) {
+        let Some(dir) = &self.dir else {
+            return;
+        };
+        let path = dir.join(format!("task-{t}"));
+        let tmp = dir.join(format!(
+            ".task-{t}.{}.{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        for _ in 0..4 {
+            let s = self.state_of(t);
+            let r = std::fs::write(&tmp, s.word()).and_then(|()| std::fs::rename(&tmp, &path));
+            if let Err(e) = r {
+                let _ = std::fs::remove_file(&tmp);
                 tracing::warn!(path = %path.display(), error = %e, "shoal batch: a task's state file was not written");
+                return;
+            }
+            if self.state_of(t) == s {
+                return;
             }
         }
     }
@@ -285,13 +303,21 @@ impl Table {
         // before it claimed them, are taken by a scan (once per worker at
         // the end: linear in N); then those of live workers may still
         // come back.
-        let others_running = self.reap(w);
-        if let Some(took) = (0..self.tasks).find_map(|t| self.start(w, t)) {
-            return took;
+        let (mut others_running, _) = self.reap(w);
+        loop {
+            if let Some(took) = (0..self.tasks).find_map(|t| self.start(w, t)) {
+                return took;
+            }
+            // Looked at again after the scan: a worker that claimed a task
+            // the scan found Running had named it in its slot by then (and
+            // may have died since: its task, requeued now, is scanned for
+            // again).
+            let (running, requeued) = self.reap(w);
+            others_running |= running;
+            if !requeued {
+                break;
+            }
         }
-        // Looked at again after the scan: a worker that claimed a task
-        // the scan found Running had named it in its slot by then.
-        let others_running = others_running || self.reap(w);
         if others_running && self.on_death == OnDeath::Requeue {
             Took::Wait
         } else {
@@ -321,7 +347,7 @@ impl Table {
             self.running(w).store(0, Ordering::SeqCst);
             return None;
         }
-        self.record(t, TaskState::Running);
+        self.record(t);
         Some(Took::Task(t))
     }
 
@@ -348,7 +374,7 @@ impl Table {
                 )
                 .is_ok()
             {
-                self.record(t - 1, to);
+                self.record(t - 1);
             } else {
                 tracing::warn!(
                     worker = w,
@@ -360,8 +386,9 @@ impl Table {
         self.running(w).store(0, Ordering::Release);
     }
 
-    /// Takes the tasks of dead workers back (requeued or failed);
-    /// whether a live worker other than `w` still runs one.
+    /// Takes the tasks of dead workers back (requeued or failed):
+    /// whether a live worker other than `w` still runs one, and whether a
+    /// task was requeued.
     ///
     /// A dead worker's slot only says where to look: the task's word
     /// decides. It is taken back with one compare-exchange from "Running
@@ -370,53 +397,67 @@ impl Table {
     /// task requeued and claimed again by a live worker, are all left
     /// right: the word names the live worker then, and the exchange
     /// fails.
-    fn reap(&self, w: u32) -> bool {
+    fn reap(&self, w: u32) -> (bool, bool) {
         let mut live = false;
+        let mut requeued = false;
         for v in 0..self.workers {
             if v == w {
                 continue;
             }
-            let slot = self.running(v);
-            let t = slot.load(Ordering::Acquire);
-            if t == 0 {
+            if self.running(v).load(Ordering::Acquire) == 0 {
                 continue;
             }
             if self.region.held(v) {
                 live = true;
                 continue;
             }
-            let task = t - 1;
-            if task < self.tasks {
-                let to = match self.on_death {
-                    OnDeath::Requeue => TaskState::Pending,
-                    OnDeath::Fail => TaskState::Failed,
-                };
-                if self
-                    .state(task)
-                    .compare_exchange(
-                        running_word(v),
-                        to as u32,
-                        Ordering::AcqRel,
-                        Ordering::Relaxed,
-                    )
-                    .is_ok()
-                {
-                    tracing::warn!(
-                        worker = v,
-                        task,
-                        "shoal batch: a worker group died running a task; it is now {}",
-                        to.word()
-                    );
-                    // Its file too; a Pending task is taken by the next scan.
-                    self.record(task, to);
-                }
-            }
-            // The task is no longer that worker's (taken back above, by
-            // another reaper, or never claimed): its slot is cleared
-            // unless it changed meanwhile.
-            let _ = slot.compare_exchange(t, 0, Ordering::AcqRel, Ordering::Relaxed);
+            requeued |= self.take_back(v) == Some(TaskState::Pending);
         }
-        live
+        (live, requeued)
+    }
+
+    /// Takes back the task of worker `v`, which is gone (or which a new
+    /// connection claims): what its task became, if it was still running
+    /// it.
+    fn take_back(&self, v: u32) -> Option<TaskState> {
+        let slot = self.running(v);
+        let t = slot.load(Ordering::Acquire);
+        if t == 0 {
+            return None;
+        }
+        let task = t - 1;
+        let mut became = None;
+        if task < self.tasks {
+            let to = match self.on_death {
+                OnDeath::Requeue => TaskState::Pending,
+                OnDeath::Fail => TaskState::Failed,
+            };
+            if self
+                .state(task)
+                .compare_exchange(
+                    running_word(v),
+                    to as u32,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+            {
+                tracing::warn!(
+                    worker = v,
+                    task,
+                    "shoal batch: a worker group died running a task; it is now {}",
+                    to.word()
+                );
+                // Its file too; a Pending task is taken by the next scan.
+                self.record(task);
+                became = Some(to);
+            }
+        }
+        // The task is no longer that worker's (taken back above, by
+        // another reaper, or never claimed): its slot is cleared unless it
+        // changed meanwhile.
+        let _ = slot.compare_exchange(t, 0, Ordering::AcqRel, Ordering::Relaxed);
+        became
     }
 }
 
@@ -459,6 +500,10 @@ impl Pool {
         if !matches!(lease.hold(w), Ok(true)) {
             return false;
         }
+        // A worker of that number that was gone may have left a task
+        // Running (nobody reaps the task of a live worker): taken back
+        // before the new one works under its number.
+        self.table.take_back(w);
         who.insert(conn, (w, lease));
         true
     }
@@ -752,7 +797,7 @@ impl<'g> Batch<'g> {
             if !open || Instant::now() >= end {
                 return Ok(Some(states));
             }
-            t.reap(u32::MAX);
+            let _ = t.reap(u32::MAX);
             std::thread::sleep(PAUSE);
         }
     }
@@ -790,7 +835,7 @@ mod tests {
         assert!(matches!(t.start(1, 0), Some(Took::Task(0))));
         assert_eq!(t.state_of(0), TaskState::Running);
         // Worker 2's reap takes it back, and clears the dead slot.
-        assert!(!t.reap(2));
+        assert_eq!(t.reap(2), (false, true));
         assert_eq!(t.state_of(0), TaskState::Pending);
         assert_eq!(t.running(1).load(Ordering::Relaxed), 0);
         // Live worker 2 claims it again. A slot naming it again (a reaper
@@ -799,7 +844,7 @@ mod tests {
         assert!(matches!(t.start(2, 0), Some(Took::Task(0))));
         t.running(1).store(1, Ordering::Relaxed);
         // (Worker 2 is alive and runs a task: true.)
-        assert!(t.reap(0));
+        assert!(t.reap(0).0);
         assert_eq!(t.state(0).load(Ordering::Relaxed), running_word(2));
         assert_eq!(t.running(1).load(Ordering::Relaxed), 0);
         // Worker 0 (dead) never finishes worker 2's task.
@@ -817,14 +862,14 @@ mod tests {
         assert!(matches!(t.start(1, 1), Some(Took::Task(1))));
         // Worker 1 finished before it died: its slot is clear, its task Done.
         t.finish(1, true);
-        assert!(!t.reap(2));
+        assert!(!t.reap(2).0);
         assert_eq!(t.state_of(0), TaskState::Failed);
         assert_eq!(t.state_of(1), TaskState::Done);
         // A dead worker's slot that names a task past the table, or that
         // it never claimed, changes nothing.
         t.running(0).store(99, Ordering::Relaxed);
         t.running(1).store(2, Ordering::Relaxed);
-        assert!(!t.reap(2));
+        assert!(!t.reap(2).0);
         assert_eq!(
             (t.state_of(0), t.state_of(1)),
             (TaskState::Failed, TaskState::Done)
@@ -836,8 +881,55 @@ mod tests {
         let (t, _live) = table(1, OnDeath::Requeue);
         assert!(matches!(t.start(2, 0), Some(Took::Task(0))));
         // Worker 0 looks: worker 2 is alive and runs a task.
-        assert!(t.reap(0));
+        assert!(t.reap(0).0);
         assert_eq!(t.state_of(0), TaskState::Running);
         assert!(matches!(t.take(0), Took::Wait));
+    }
+}
+
+#[cfg(test)]
+mod more_tests {
+    use super::*;
+
+    #[test]
+    fn state_files_follow_the_word() {
+        let dir = std::env::temp_dir().join(format!("shoal-batch-files-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let t = Table::create(2, 2, &BatchOptions::default().state_dir(&dir)).unwrap();
+        let read = |n: u64| std::fs::read_to_string(dir.join(format!("task-{n}"))).unwrap();
+        assert!(matches!(t.start(0, 0), Some(Took::Task(0))));
+        assert_eq!(read(0), "running");
+        t.finish(0, true);
+        assert_eq!(read(0), "done");
+        // A late writer (a reaper that stalled) writes what the word says.
+        t.record(0);
+        assert_eq!(read(0), "done");
+        // No temporary file is left behind.
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left.len(), 1, "{left:?}");
+        // A resumed table skips it.
+        drop(t);
+        let again = Table::create(2, 2, &BatchOptions::default().state_dir(&dir)).unwrap();
+        assert_eq!(again.state_of(0), TaskState::Done);
+        assert_eq!(again.state_of(1), TaskState::Pending);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_dead_workers_task_is_handed_out_at_the_end() {
+        // Worker 1 claimed the last task and died: worker 0's end scan
+        // takes it back and hands it out.
+        let t = Table::create(1, 2, &BatchOptions::default()).unwrap();
+        let lease = SharedRegion::attach(t.region.name()).unwrap();
+        assert!(lease.hold(1).unwrap());
+        assert!(matches!(t.start(1, 0), Some(Took::Task(0))));
+        // Everything counted out; worker 1 dies.
+        t.u64_at(NEXT_AT).store(1, Ordering::Relaxed);
+        drop(lease);
+        assert!(matches!(t.take(0), Took::Task(0)));
     }
 }

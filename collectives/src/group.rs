@@ -563,7 +563,7 @@ impl Group {
         let nodes = self.nodes();
         let across = || {
             if nodes > 1 {
-                self.meet(call, "barrier", self.node(), nodes, &[], false)
+                self.meet(call, "barrier", self.node(), nodes, &[], false, 0)
                     .map(drop)
             } else {
                 Ok(())
@@ -661,7 +661,14 @@ impl Group {
             self.seen.store(g, Ordering::Relaxed);
             return Value::from_aligned(bytes);
         }
-        self.take_from(putter, "broadcast")
+        // From another host, the value came through the rendezvous first:
+        // the host's first rank may have waited a whole timeout there.
+        let wait = if self.nodes() > 1 && self.node() != root_node {
+            2 * self.opts.timeout
+        } else {
+            self.opts.timeout
+        };
+        self.take_from(putter, "broadcast", self.opts.max_value, wait)
             .and_then(Value::from_aligned)
     }
 
@@ -712,6 +719,7 @@ impl Group {
             nodes,
             &bundle::pack(&here),
             want,
+            self.bundle_limit(self.local_size()),
         )?;
         if !want {
             return Ok(None);
@@ -754,6 +762,7 @@ impl Group {
                     nodes,
                     &bundle::pack(&here),
                     true,
+                    self.bundle_limit(self.local_size()),
                 )
                 .and_then(|hosts| self.in_rank_order(&hosts).map(|v| bundle::pack(&v)));
             if let Some(n) = &self.node {
@@ -772,7 +781,14 @@ impl Group {
             a.extend_from_slice(&all?);
             a
         } else {
-            self.take_from(0, "all_gather")?
+            // The host's first rank may wait a whole timeout at the
+            // rendezvous before it passes the answer on.
+            self.take_from(
+                0,
+                "all_gather",
+                self.bundle_limit(self.size()),
+                2 * self.opts.timeout,
+            )?
         };
         bundle::unpack(&all, self.size() as usize, "an all_gather's answer")?
             .into_iter()
@@ -782,7 +798,10 @@ impl Group {
 
     /// The values of this host's ranks, in place order (the host's part
     /// of a gather): each rank in turn puts its value through the host's
-    /// buffer while the others take it.
+    /// buffer while the others take it. A value too large, or one that
+    /// failed on its rank, does not end the rounds early: every rank goes
+    /// through all of them (and stays in step with the others) before it
+    /// says so.
     fn host_values(&self, what: &str, mine: &[u8]) -> Result<Vec<rkyv::util::AlignedVec>> {
         let own = || {
             let mut a = rkyv::util::AlignedVec::with_capacity(mine.len());
@@ -790,27 +809,75 @@ impl Group {
             a
         };
         let Some(n) = &self.node else {
+            if mine.len() > self.opts.max_value {
+                return Err(self.too_large(mine.len()));
+            }
             return Ok(vec![own()]);
         };
         let me = self.local_rank();
         let mut out = Vec::with_capacity(self.local_size() as usize);
+        let mut failed = None;
         for place in 0..self.local_size() {
             if place == me {
+                let v = if mine.len() > self.opts.max_value {
+                    failed.get_or_insert(self.too_large(mine.len()));
+                    Err(())
+                } else {
+                    Ok(mine)
+                };
                 let g = n
-                    .put(Ok(mine), self.opts.timeout)
+                    .put(v, self.opts.timeout)
                     .map_err(|s| self.stopped(what, s))?;
                 self.seen.store(g, Ordering::Relaxed);
                 out.push(own());
-            } else {
-                out.push(self.take_from(place, what)?);
+                continue;
+            }
+            match self.take_from(place, what, self.opts.max_value, self.opts.timeout) {
+                Ok(v) => out.push(v),
+                // Read through, or marked failed by its putter: in step.
+                Err(e @ (Error::TooLarge { .. } | Error::Broken(_))) => {
+                    failed.get_or_insert(e);
+                    out.push(rkyv::util::AlignedVec::new());
+                }
+                Err(e) => return Err(e),
             }
         }
-        Ok(out)
+        match failed {
+            Some(e) => {
+                self.break_with(&e);
+                Err(e)
+            }
+            None => Ok(out),
+        }
+    }
+
+    fn too_large(&self, len: usize) -> Error {
+        Error::TooLarge {
+            what: "a collective's value",
+            got: len as u64,
+            limit: self.opts.max_value as u64,
+        }
+    }
+
+    /// The largest bundle of `ranks` values.
+    fn bundle_limit(&self, ranks: u32) -> usize {
+        self.opts
+            .max_value
+            .saturating_add(8)
+            .saturating_mul(ranks as usize)
+            .saturating_add(4)
     }
 
     /// The value the rank at `place` on this host puts through the
     /// host's buffer.
-    fn take_from(&self, place: u32, what: &str) -> Result<rkyv::util::AlignedVec> {
+    /// (At most `max` bytes; waits up to `wait`.)
+    fn take_from(
+        &self,
+        place: u32,
+        what: &str,
+        max: usize,
+        wait: Duration,
+    ) -> Result<rkyv::util::AlignedVec> {
         let Some(n) = &self.node else {
             return Err(Error::BadArguments(format!(
                 "{what}: this rank shares its host with no other"
@@ -818,13 +885,7 @@ impl Group {
         };
         let mut out = rkyv::util::AlignedVec::new();
         let mut last = self.seen.load(Ordering::Relaxed);
-        let r = n.take(
-            place,
-            self.opts.timeout,
-            &mut last,
-            self.opts.max_value,
-            &mut out,
-        );
+        let r = n.take(place, wait, &mut last, max, &mut out);
         self.seen.store(last, Ordering::Relaxed);
         match r {
             Ok(()) => Ok(out),
@@ -833,7 +894,7 @@ impl Group {
             Err(TakeError::TooLong(len)) => Err(Error::TooLarge {
                 what: "a value passed on the host",
                 got: len,
-                limit: self.opts.max_value as u64,
+                limit: max as u64,
             }),
             Err(TakeError::Malformed) => {
                 let e = Error::Malformed {
@@ -894,6 +955,7 @@ impl Group {
             nodes,
             bytes.unwrap_or(&[]),
             first_elsewhere,
+            self.opts.max_value,
         )?;
         if !first_elsewhere {
             return Ok(None);
@@ -989,12 +1051,21 @@ impl Group {
                 Vec::new()
             });
         }
-        self.meet(call, what, self.rank, self.size(), value, want)
+        self.meet(
+            call,
+            what,
+            self.rank,
+            self.size(),
+            value,
+            want,
+            self.opts.max_value,
+        )
     }
 
     /// Meets at the rendezvous, as `rank` of `n`, in collective number
     /// `call` (`n` and `rank` count hosts when the hosts' first ranks
     /// meet for their host).
+    #[allow(clippy::too_many_arguments)] // each is one field of the request
     fn meet(
         &self,
         call: u64,
@@ -1003,13 +1074,17 @@ impl Group {
         n: u32,
         value: &[u8],
         want: bool,
+        limit: usize,
     ) -> Result<Vec<Vec<u8>>> {
-        if value.len() > self.opts.max_value {
-            return Err(Error::TooLarge {
+        if value.len() > limit {
+            let e = Error::TooLarge {
                 what: "a collective's value",
                 got: value.len() as u64,
-                limit: self.opts.max_value as u64,
-            });
+                limit: limit as u64,
+            };
+            // The others meet without this rank: out of step.
+            self.break_with(&e);
+            return Err(e);
         }
         let Some(link) = &self.link else {
             return Ok(if want {

@@ -179,3 +179,25 @@ fn a_broadcast_right_after_bootstrap_reaches_ranks_that_attached_late() {
         assert_eq!(out, [round; 4]);
     }
 }
+
+#[test]
+fn a_value_too_large_fails_the_gather_on_every_rank_at_once() {
+    let mut o = opts();
+    o.max_value = 256;
+    let start = std::time::Instant::now();
+    let out = ranks(3, o, |g| {
+        let big = vec![7u8; if g.rank() == 1 { 4096 } else { 8 }];
+        let a = g.gather(0, &big).map(drop);
+        let b = g.all_gather(&big).map(drop);
+        (a.is_err(), b.is_err())
+    });
+    // Every rank learns it (the rank with the large value, and those it
+    // would have given it to), without waiting out the timeout; the
+    // group is broken from then on.
+    assert_eq!(out, [(true, true); 3]);
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+}
