@@ -9,6 +9,10 @@
 
 use crate::error::{Error, Result};
 
+/// What a host sends instead of its values when they failed there (a
+/// count no bundle has: [`unpack`] refuses it).
+pub(crate) const FAILED: &[u8] = &[0xff; 4];
+
 /// `values` in one message.
 pub(crate) fn pack<B: AsRef<[u8]>>(values: &[B]) -> Vec<u8> {
     let len = 4 + values.iter().map(|v| 8 + v.as_ref().len()).sum::<usize>();

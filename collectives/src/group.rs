@@ -43,9 +43,9 @@ pub struct GroupOptions {
     /// How long the bootstrap and each collective wait for every rank
     /// before [`Error::RanksMissing`]. Default 120 s.
     pub timeout: Duration,
-    /// Largest value a collective carries across the rendezvous (and
-    /// the largest answer: all ranks' values of an all_gather). Default
-    /// 1 GiB.
+    /// Largest value one rank gives a collective (a gather's answer
+    /// holds up to one per rank; the rendezvous refuses frames past its
+    /// own limit). Default 1 GiB.
     pub max_value: usize,
     /// How long a lock's holder may keep it while others wait before the
     /// waiters' logs name it. Default 10 s.
@@ -358,6 +358,16 @@ impl Group {
         if b.is_none() {
             *b = Some(e.to_string());
             self.is_broken.store(true, Ordering::Release);
+            // Ranks of the host waiting for this one fail at once; waits
+            // that ran out, or ranks that died, they see for themselves
+            // (and name who).
+            let seen_by_all = matches!(
+                e,
+                Error::RanksMissing { .. } | Error::RanksGone { .. } | Error::Timeout { .. }
+            );
+            if let (Some(n), false) = (&self.node, seen_by_all) {
+                n.set_broken();
+            }
         }
     }
 
@@ -572,7 +582,7 @@ impl Group {
         let Some(n) = &self.node else {
             return across();
         };
-        n.barrier(self.opts.timeout, across).map_err(|e| match e {
+        n.barrier(self.local_wait(), across).map_err(|e| match e {
             BarrierError::Local(stop) => self.stopped("barrier", stop),
             BarrierError::Across(e) => e,
         })
@@ -661,14 +671,7 @@ impl Group {
             self.seen.store(g, Ordering::Relaxed);
             return Value::from_aligned(bytes);
         }
-        // From another host, the value came through the rendezvous first:
-        // the host's first rank may have waited a whole timeout there.
-        let wait = if self.nodes() > 1 && self.node() != root_node {
-            2 * self.opts.timeout
-        } else {
-            self.opts.timeout
-        };
-        self.take_from(putter, "broadcast", self.opts.max_value, wait)
+        self.take_from(putter, "broadcast", self.opts.max_value, self.local_wait())
             .and_then(Value::from_aligned)
     }
 
@@ -690,9 +693,20 @@ impl Group {
         if self.link.is_none() {
             return Ok(Some(vec![Value::from_aligned(bytes)?]));
         }
-        let here = self.host_values("gather", &bytes)?;
         let nodes = self.nodes();
         let root_node = self.members[root as usize].node;
+        let speaks = nodes > 1
+            && if self.node() == root_node {
+                self.rank == root
+            } else {
+                self.local_rank() == 0
+            };
+        let want = self.rank == root;
+        let here = self.host_values("gather", &bytes).inspect_err(|_| {
+            if speaks {
+                self.tell_hosts_it_failed(call, "gather");
+            }
+        })?;
         if nodes == 1 {
             if self.rank != root {
                 return Ok(None);
@@ -703,15 +717,9 @@ impl Group {
                 .collect::<Result<_>>()
                 .map(Some);
         }
-        let speaks = if self.node() == root_node {
-            self.rank == root
-        } else {
-            self.local_rank() == 0
-        };
         if !speaks {
             return Ok(None);
         }
-        let want = self.rank == root;
         let hosts = self.meet(
             call,
             "gather",
@@ -724,7 +732,7 @@ impl Group {
         if !want {
             return Ok(None);
         }
-        self.in_rank_order(&hosts)?
+        self.in_rank_order(&hosts, "gather")?
             .into_iter()
             .map(Value::from_bytes)
             .collect::<Result<_>>()
@@ -748,8 +756,13 @@ impl Group {
         if self.link.is_none() {
             return Ok(vec![Value::from_aligned(bytes)?]);
         }
-        let here = self.host_values("all_gather", &bytes)?;
         let nodes = self.nodes();
+        let speaks = nodes > 1 && self.local_rank() == 0;
+        let here = self.host_values("all_gather", &bytes).inspect_err(|_| {
+            if speaks {
+                self.tell_hosts_it_failed(call, "all_gather");
+            }
+        })?;
         if nodes == 1 {
             return here.into_iter().map(Value::from_aligned).collect();
         }
@@ -764,7 +777,10 @@ impl Group {
                     true,
                     self.bundle_limit(self.local_size()),
                 )
-                .and_then(|hosts| self.in_rank_order(&hosts).map(|v| bundle::pack(&v)));
+                .and_then(|hosts| {
+                    self.in_rank_order(&hosts, "all_gather")
+                        .map(|v| bundle::pack(&v))
+                });
             if let Some(n) = &self.node {
                 // The host's other ranks wait for the answer: pass it on,
                 // or tell them it failed.
@@ -810,7 +826,9 @@ impl Group {
         };
         let Some(n) = &self.node else {
             if mine.len() > self.opts.max_value {
-                return Err(self.too_large(mine.len()));
+                let e = self.too_large(mine.len());
+                self.break_with(&e);
+                return Err(e);
             }
             return Ok(vec![own()]);
         };
@@ -848,6 +866,17 @@ impl Group {
                 Err(e)
             }
             None => Ok(out),
+        }
+    }
+
+    /// How long a rank waits on its host for a rank that takes part in
+    /// the collective's step between hosts: a whole timeout there, and
+    /// one here (with one host, only here).
+    fn local_wait(&self) -> Duration {
+        if self.nodes() > 1 {
+            2 * self.opts.timeout
+        } else {
+            self.opts.timeout
         }
     }
 
@@ -909,9 +938,48 @@ impl Group {
         }
     }
 
+    /// Gives the other hosts [`bundle::FAILED`] for this host's values
+    /// in collective `call`, so that they fail at once instead of
+    /// waiting out their timeout. Best effort: it waits for them up to
+    /// [`TELL_FAILED`] (those that broke never come); this rank's error
+    /// is the caller's.
+    fn tell_hosts_it_failed(&self, call: u64, what: &str) {
+        let Some(link) = &self.link else {
+            return;
+        };
+        let req = Request::Collect {
+            key: self.key(call, what),
+            n: self.nodes(),
+            rank: self.node(),
+            want: false,
+            wait_ms: TELL_FAILED.min(self.opts.timeout).as_millis() as u32,
+            value: bundle::FAILED.to_vec(),
+        };
+        let mut client = link.client.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = client.call(&req, TELL_FAILED.min(self.opts.timeout));
+    }
+
+    /// The rendezvous key of collective `call`.
+    fn key(&self, call: u64, what: &str) -> Vec<u8> {
+        format!("{}/{call}/{what}", self.name).into_bytes()
+    }
+
     /// Every rank's value, in rank order, from one [`bundle`] per host
-    /// (each its ranks' values in place order).
-    fn in_rank_order<'a>(&self, hosts: &'a [Vec<u8>]) -> Result<Vec<&'a [u8]>> {
+    /// (each its ranks' values in place order). A host whose values
+    /// failed ([`bundle::FAILED`]) fails it, and breaks the group.
+    fn in_rank_order<'a>(&self, hosts: &'a [Vec<u8>], what: &str) -> Result<Vec<&'a [u8]>> {
+        self.in_rank_order_or_not(hosts, what)
+            .inspect_err(|e| self.break_with(e))
+    }
+
+    fn in_rank_order_or_not<'a>(&self, hosts: &'a [Vec<u8>], what: &str) -> Result<Vec<&'a [u8]>> {
+        if let Some(node) = hosts.iter().position(|b| b == bundle::FAILED) {
+            let e = Error::Broken(format!(
+                "{what}: it failed on host {node} (ranks {:?}; see their error)",
+                self.ranks_on(node as u32)
+            ));
+            return Err(e);
+        }
         if hosts.len() != self.nodes() as usize {
             return Err(Error::Malformed {
                 what: "an answer between hosts",
@@ -1095,7 +1163,7 @@ impl Group {
         };
         let timeout = self.opts.timeout;
         let req = Request::Collect {
-            key: format!("{}/{call}/{what}", self.name).into_bytes(),
+            key: self.key(call, what),
             n,
             rank,
             want,
@@ -1143,6 +1211,10 @@ impl Group {
         }
     }
 }
+
+/// How long a host whose values failed waits for the other hosts to
+/// tell them (see `Group::tell_hosts_it_failed`).
+const TELL_FAILED: Duration = Duration::from_secs(1);
 
 /// Numbers the members' hosts in order of their lowest rank.
 fn number_nodes(members: &mut [Member]) {

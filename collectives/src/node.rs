@@ -1,7 +1,8 @@
 //! What the ranks of one group on one host share: a [`SharedRegion`]
 //! made by the host's first rank, where they meet for barriers and pass
-//! broadcasts, waiting on futexes (a short spin, then parked: no core is
-//! burnt while a rank waits). Each rank holds a lease named by its place
+//! broadcasts, waiting on futexes (a short spin or a few milliseconds of
+//! yielding, then parked: no core is burnt for long while a rank waits).
+//! Each rank holds a lease named by its place
 //! on the host, so a rank that died is seen at once, whatever killed it.
 //!
 //! Layout (every field at a fixed offset; the region's bytes can be
@@ -10,7 +11,7 @@
 //!
 //! | offset | what |
 //! |---|---|
-//! | 0 | magic, ranks on the host, buffer bytes |
+//! | 0 | magic, ranks on the host, buffer bytes, broken |
 //! | 64 | barrier: ranks arrived |
 //! | 128 | barrier: generation (the futex word), failed generation, sleepers |
 //! | 192 | broadcast: generation (futex), chunk length, failed generation, sleepers, value length |
@@ -30,6 +31,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 const MAGIC: u64 = 0x5348_4f41_4c4e_4f44; // "SHOALNOD"
+/// Set once a rank's group broke (an earlier collective failed on it):
+/// every wait of the host's ranks ends failed from then on.
+const BROKEN: usize = 24;
 const ARRIVED: usize = 64;
 /// The smallest broadcast buffer (a smaller one asked for is this).
 const MIN_BUFFER: usize = 4096;
@@ -267,8 +271,12 @@ impl Node {
         end: Instant,
         pending: &dyn Fn() -> Vec<u32>,
     ) -> std::result::Result<(), Stop> {
+        let broken = self.u32_at(BROKEN);
         let changed = || {
             if word.load(Ordering::SeqCst) == current {
+                if broken.load(Ordering::Acquire) != 0 {
+                    return Some(Err(Stop::Failed));
+                }
                 return None;
             }
             if failed.is_some_and(|f| f.load(Ordering::Acquire) == current.wrapping_add(1)) {
@@ -309,6 +317,16 @@ impl Node {
                     return Err(Stop::Dead(dead));
                 }
             }
+        }
+    }
+
+    /// Marks the group broken on this host: the host's ranks waiting in a
+    /// collective, or entering one, fail at once instead of waiting for
+    /// this rank.
+    pub(crate) fn set_broken(&self) {
+        self.u32_at(BROKEN).store(1, Ordering::Release);
+        for w in [BAR_GEN, BC_GEN, BC_DONE] {
+            futex_wake(self.u32_at(w), u32::MAX);
         }
     }
 

@@ -6,6 +6,7 @@
 use shoal_collectives::Group;
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
 mod common;
 use common::{launch, opts, rendezvous};
@@ -114,4 +115,40 @@ fn four_ranks_on_two_hosts_send_one_message_per_host() {
         assert_eq!(by.get(what), Some(&2), "{what}: {by:?}");
     }
     common::done(gs);
+}
+
+#[test]
+fn a_gather_that_fails_on_one_host_fails_on_the_others_without_waiting() {
+    let at = rendezvous();
+    let hosts = ["fail-a", "fail-b", "fail-a", "fail-b"];
+    let start = std::time::Instant::now();
+    let t: Vec<_> = (0..4u32)
+        .map(|r| {
+            let at = at.clone();
+            std::thread::spawn(move || {
+                let mut o = opts().host(hosts[r as usize]);
+                o.max_value = 256;
+                let g = Group::bootstrap(&launch(r, 4, &at), &o).unwrap();
+                // Rank 2's value is too large: host A's values fail.
+                let v = vec![1u8; if r == 2 { 4096 } else { 8 }];
+                let gathered = g.gather(3, &v).map(|x| x.is_some());
+                let all = g.all_gather(&v).map(drop);
+                (gathered, all.is_err(), g)
+            })
+        })
+        .collect();
+    let out: Vec<_> = t.into_iter().map(|t| t.join().unwrap()).collect();
+    // Host A's ranks, and the root on host B, learn it from the gather;
+    // rank 1 gave its value and has no answer to wait for.
+    assert!(out[0].0.is_err() && out[2].0.is_err() && out[3].0.is_err());
+    assert!(matches!(out[1].0, Ok(false)));
+    // The group is broken on every rank but 1, whose all_gather then
+    // fails once its host's first rank tells it (not after the timeout).
+    assert!(out.iter().all(|o| o.1));
+    assert!(
+        start.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        start.elapsed()
+    );
+    common::done(out.into_iter().map(|o| o.2).collect());
 }
