@@ -20,7 +20,7 @@
 use crate::error::{Error, Result};
 use crate::group::Group;
 use crate::rendezvous::Service;
-use shoal_shm_ring::{SegmentName, SharedRegion};
+use shoal_shm_ring::{futex_wait, futex_wake, SegmentName, SharedRegion};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -111,12 +111,18 @@ impl BatchOptions {
 
 const MAGIC: u64 = 0x5348_4f41_4c42_4154; // "SHOALBAT"
 const NEXT_AT: usize = 64;
+/// Counts the tasks that finished or came back (a futex word), and the
+/// workers parked on it.
+const EVENTS_AT: usize = 128;
+const SLEEPERS_AT: usize = 132;
 /// Per worker: its task + 1 (0: none).
 const WORKERS_AT: usize = 192;
 const WORKER: usize = 64;
 
 /// How long a worker with nothing to take waits before it looks again
-/// (others' tasks still running may come back).
+/// (others' tasks still running may come back): on its host, until a
+/// task finishes or comes back, or this long (a dead worker is seen by
+/// looking); on another host, this long.
 const PAUSE: Duration = Duration::from_millis(2);
 
 /// The pool's table in its region.
@@ -252,6 +258,39 @@ impl Table {
         TaskState::from_u8(self.state(t).load(Ordering::Acquire) as u8)
     }
 
+    fn u32_at(&self, at: usize) -> &AtomicU32 {
+        // SAFETY: 4-aligned fields of the header, below states_at, inside
+        // the region (checked at create or attach); mapped while `self`
+        // lives.
+        unsafe { &*(self.region.as_ptr().add(at) as *const AtomicU32) }
+    }
+
+    /// A task finished or came back: wakes the workers waiting for one.
+    fn event(&self) {
+        self.u32_at(EVENTS_AT).fetch_add(1, Ordering::SeqCst);
+        // SYNC: a waiter counts itself a sleeper, then reads the word
+        // again before it parks (both SeqCst): one of the two sees the
+        // other.
+        if self.u32_at(SLEEPERS_AT).load(Ordering::SeqCst) > 0 {
+            futex_wake(self.u32_at(EVENTS_AT), u32::MAX);
+        }
+    }
+
+    /// The event count now (before a take whose Wait it may park on).
+    fn events(&self) -> u32 {
+        self.u32_at(EVENTS_AT).load(Ordering::SeqCst)
+    }
+
+    /// Waits until the event count moves from `seen`, or [`PAUSE`].
+    fn wait_event(&self, seen: u32) {
+        let sleepers = self.u32_at(SLEEPERS_AT);
+        sleepers.fetch_add(1, Ordering::SeqCst);
+        if self.events() == seen {
+            futex_wait(self.u32_at(EVENTS_AT), seen, Some(PAUSE));
+        }
+        sleepers.fetch_sub(1, Ordering::SeqCst);
+    }
+
     fn running(&self, w: u32) -> &AtomicU64 {
         self.u64_at(WORKERS_AT + WORKER * w as usize)
     }
@@ -375,6 +414,7 @@ impl Table {
                 .is_ok()
             {
                 self.record(t - 1);
+                self.event();
             } else {
                 tracing::warn!(
                     worker = w,
@@ -450,6 +490,7 @@ impl Table {
                 );
                 // Its file too; a Pending task is taken by the next scan.
                 self.record(task);
+                self.event();
                 became = Some(to);
             }
         }
@@ -732,8 +773,12 @@ impl<'g> Batch<'g> {
 
     fn take(&self) -> Result<Option<u64>> {
         loop {
+            let mut seen = None;
             let took = match &self.via {
-                Via::Table(t) => t.take(self.index),
+                Via::Table(t) => {
+                    seen = Some(t.events());
+                    t.take(self.index)
+                }
                 Via::Service(key) => {
                     let mut body = vec![1];
                     body.extend_from_slice(&self.index.to_le_bytes());
@@ -762,7 +807,10 @@ impl<'g> Batch<'g> {
             match took {
                 Took::Task(t) => return Ok(Some(t)),
                 Took::None => return Ok(None),
-                Took::Wait => std::thread::sleep(PAUSE),
+                Took::Wait => match (&self.via, seen) {
+                    (Via::Table(t), Some(seen)) => t.wait_event(seen),
+                    _ => std::thread::sleep(PAUSE),
+                },
             }
         }
     }

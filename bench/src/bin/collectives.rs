@@ -17,7 +17,8 @@
 //!   SharedArray: the set's time on rank 0, beside a memcpy of the same
 //!   8 MB in the same process (system `memcpy`);
 //! - `batch`: `--tasks` tasks worked by every rank (worker groups of
-//!   one): tasks per second from the first hand-out to the last finish.
+//!   one): tasks per second from the first hand-out to the last finish
+//!   (not to the moment the last rank learns that none is left).
 //!
 //! Ranks are placed as mpirun places its own: one per core while the
 //! cores suffice, unbound when oversubscribed.
@@ -327,8 +328,20 @@ fn rank(op: &str, a: &Args) -> Result<(), String> {
                 let mut b = Batch::new(&g, tasks, 1, &BatchOptions::default()).map_err(e)?;
                 g.barrier().map_err(e)?;
                 let t = mono_ns();
-                while b.next_task().map_err(e)?.is_some() {}
-                let end = mono_ns();
+                // The last finish: the call that returned None began by
+                // finishing this rank's last task (its answer, None, may
+                // come later: the rank waits for tasks of others that
+                // could come back, and on this oversubscribed host for
+                // its turn on a core).
+                let mut had = false;
+                let end = loop {
+                    let before = mono_ns();
+                    match b.next_task().map_err(e)? {
+                        Some(_) => had = true,
+                        None if had => break before,
+                        None => break t,
+                    }
+                };
                 b.finish_all().map_err(e)?;
                 if let Some(span) = span(&g, t, end)? {
                     samples.push(tasks as f64 / (span / 1e9));

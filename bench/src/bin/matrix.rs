@@ -362,9 +362,11 @@ fn cells(quick: bool) -> Vec<Cell> {
     ]);
     let bcast: Vec<&str> = bcast.iter().map(String::as_str).collect();
     v.push(cell("collectives broadcast", r - 1, &bcast));
+    // 5 rounds of this many grants per rank: short rounds are mostly the
+    // start of a round (ranks not yet queued), on both sides.
     let lock = coll(vec![format!(
         "collectives lock --procs 4 --iters {}",
-        ci / 5
+        if quick { 600 } else { 3000 }
     )]);
     let lock: Vec<&str> = lock.iter().map(String::as_str).collect();
     v.push(cell("collectives lock", r - 1, &lock));
