@@ -259,11 +259,11 @@ impl Lock {
                 who,
                 local,
             } => {
-                let start = Instant::now();
+                let start = wait.map(|_| Instant::now());
                 let Some(mut g) = self.acquire_local(local, wait) else {
                     return Ok(None);
                 };
-                let left = wait.map(|w| w.saturating_sub(start.elapsed()));
+                let left = wait.zip(start).map(|(w, s)| w.saturating_sub(s.elapsed()));
                 let who = |p: u32| who.get(p as usize).copied().unwrap_or((u32::MAX, 0));
                 match node.lock(*slot, left, self.notice, &who) {
                     Some(grant) => {
@@ -298,7 +298,9 @@ impl Lock {
             let now = Instant::now();
             if end.is_some_and(|e| now >= e) {
                 st.queue.retain(|t| *t != ticket);
-                l.changed.notify_all();
+                if !st.queue.is_empty() {
+                    l.changed.notify_all();
+                }
                 return None;
             }
             let slice = end.map_or(Duration::from_secs(1), |e| e - now);
@@ -378,7 +380,11 @@ impl Lock {
     fn release_local(l: &Local) {
         let mut st = l.state.lock().unwrap_or_else(|p| p.into_inner());
         st.held = false;
-        l.changed.notify_all();
+        // Only threads with a ticket in the queue wait (they put it there
+        // under this mutex): a notify is a system call, made only for them.
+        if !st.queue.is_empty() {
+            l.changed.notify_all();
+        }
     }
 
     fn unlock(&self, consistent: bool, died: Option<(u32, u32)>) -> Result<()> {

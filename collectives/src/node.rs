@@ -131,8 +131,22 @@ fn locks_at(local: u32) -> usize {
 /// Locks a host's shared state holds (more names go through the
 /// rendezvous).
 pub(crate) const LOCKS: usize = 32;
-/// Bytes of one lock.
+/// Bytes of one lock: a line its waiters watch (the ticket served, the
+/// futex word counting its moves, the sleepers), apart from the line its
+/// takers and holder write (the next ticket, the holder, when it got
+/// it, a dead holder's record), so that taking a ticket or recording a
+/// holder does not pull the line every waiter spins on away from them.
 const LOCK: usize = 128;
+/// The lock's name (its hash), claimed once.
+const L_NAME: usize = 0;
+const L_NEXT: usize = 8;
+const L_HOLDER: usize = 16;
+const L_DIED: usize = 24;
+const L_SINCE: usize = 32;
+const L_DIED_FOR: usize = 40;
+const L_SERVING: usize = 64;
+const L_WORD: usize = 72;
+const L_SLEEPERS: usize = 76;
 
 /// Why a wait ended without its event.
 pub(crate) enum Stop {
@@ -576,7 +590,7 @@ impl Node {
     pub(crate) fn lock_slot(&self, hash: u64) -> Option<usize> {
         let hash = hash | 1;
         for s in 0..LOCKS {
-            let name = self.lock_u64(s, 0);
+            let name = self.lock_u64(s, L_NAME);
             match name.load(Ordering::Acquire) {
                 h if h == hash => return Some(s),
                 0 => match name.compare_exchange(0, hash, Ordering::AcqRel, Ordering::Acquire) {
@@ -600,10 +614,10 @@ impl Node {
         notice: Duration,
         who: &dyn Fn(u32) -> (u32, u32),
     ) -> Option<ShmGrant> {
-        let next = self.lock_u64(slot, 8);
-        let serving = self.lock_u64(slot, 16);
-        let word = self.lock_u32(slot, 24);
-        let sleepers = self.lock_u32(slot, 28);
+        let next = self.lock_u64(slot, L_NEXT);
+        let serving = self.lock_u64(slot, L_SERVING);
+        let word = self.lock_u32(slot, L_WORD);
+        let sleepers = self.lock_u32(slot, L_SLEEPERS);
         let mine = self.ticket_of(self.me, slot);
         if wait == Some(Duration::ZERO) {
             // Tickets of waiters that gave up or died are skipped first:
@@ -622,8 +636,10 @@ impl Node {
         mine.store(u64::MAX, Ordering::SeqCst);
         let t = next.fetch_add(1, Ordering::SeqCst);
         mine.store(t + 1, Ordering::SeqCst);
-        let start = Instant::now();
-        let end = wait.and_then(|w| start.checked_add(w.max(Duration::from_micros(1))));
+        // The clock is read once the spin is over, unless the wait has a
+        // deadline (a hand-off within the spin reads it not at all).
+        let mut start = wait.map(|_| Instant::now());
+        let end = wait.and_then(|w| start?.checked_add(w.max(Duration::from_micros(1))));
         let mut noticed = false;
         let mut looks = 0u32;
         loop {
@@ -639,6 +655,7 @@ impl Node {
                 continue;
             }
             let now = Instant::now();
+            let start = *start.get_or_insert(now);
             if end.is_some_and(|e| now >= e) {
                 mine.store(0, Ordering::SeqCst);
                 // Granted meanwhile: pass it on (a skipper may have).
@@ -656,10 +673,10 @@ impl Node {
             self.skip_dead(slot, sv, who);
             if !noticed && now - start >= notice {
                 noticed = true;
-                let h = self.lock_u32(slot, 32).load(Ordering::Relaxed);
+                let h = self.lock_u32(slot, L_HOLDER).load(Ordering::Relaxed);
                 if h != 0 && h <= self.local {
                     let (rank, pid) = who(h - 1);
-                    let since = self.lock_u64(slot, 48).load(Ordering::Relaxed);
+                    let since = self.lock_u64(slot, L_SINCE).load(Ordering::Relaxed);
                     tracing::warn!(
                         "shoal lock: rank {rank} (pid {pid}) has held the lock for {:?}; rank {} waits",
                         Duration::from_nanos(mono_ns().saturating_sub(since)),
@@ -680,12 +697,14 @@ impl Node {
             }
             sleepers.fetch_sub(1, Ordering::SeqCst);
         }
-        self.lock_u32(slot, 32).store(self.me + 1, Ordering::SeqCst);
-        self.lock_u64(slot, 48).store(mono_ns(), Ordering::Relaxed);
+        self.lock_u32(slot, L_HOLDER)
+            .store(self.me + 1, Ordering::SeqCst);
+        self.lock_u64(slot, L_SINCE)
+            .store(mono_ns(), Ordering::Relaxed);
         // A dead holder's record, if it is meant for this ticket (it is
         // written before `serving` moves to the ticket).
-        let died = if self.lock_u64(slot, 56).load(Ordering::SeqCst) == t {
-            self.lock_u64(slot, 40).swap(0, Ordering::SeqCst)
+        let died = if self.lock_u64(slot, L_DIED_FOR).load(Ordering::SeqCst) == t {
+            self.lock_u64(slot, L_DIED).swap(0, Ordering::SeqCst)
         } else {
             0
         };
@@ -699,7 +718,7 @@ impl Node {
     /// holds it (a waiter that gave up); a gone holder is recorded as
     /// died.
     fn skip_dead(&self, slot: usize, sv: u64, who: &dyn Fn(u32) -> (u32, u32)) {
-        let serving = self.lock_u64(slot, 16);
+        let serving = self.lock_u64(slot, L_SERVING);
         let mut owner = None;
         for p in 0..self.local {
             let t = self.ticket_of(p, slot).load(Ordering::SeqCst);
@@ -716,7 +735,7 @@ impl Node {
         match owner {
             Some((_, true)) => {}
             Some((p, false)) => {
-                let holder = self.lock_u32(slot, 32);
+                let holder = self.lock_u32(slot, L_HOLDER);
                 if holder.load(Ordering::SeqCst) == p + 1 {
                     // Recorded for the next ticket before `serving` moves
                     // to it, so its taker reads it (another skipper of the
@@ -727,11 +746,12 @@ impl Node {
                         pid,
                         "shoal lock: its holder died holding it; passed on marked"
                     );
-                    self.lock_u64(slot, 40).store(
+                    self.lock_u64(slot, L_DIED).store(
                         (u64::from(rank) + 1) << 32 | u64::from(pid),
                         Ordering::SeqCst,
                     );
-                    self.lock_u64(slot, 56).store(sv + 1, Ordering::SeqCst);
+                    self.lock_u64(slot, L_DIED_FOR)
+                        .store(sv + 1, Ordering::SeqCst);
                     holder.store(0, Ordering::SeqCst);
                 }
                 if serving
@@ -744,21 +764,21 @@ impl Node {
                         Ordering::SeqCst,
                         Ordering::SeqCst,
                     );
-                    let word = self.lock_u32(slot, 24);
+                    let word = self.lock_u32(slot, L_WORD);
                     word.fetch_add(1, Ordering::SeqCst);
-                    Node::wake(word, self.lock_u32(slot, 28), u32::MAX);
+                    Node::wake(word, self.lock_u32(slot, L_SLEEPERS), u32::MAX);
                 }
             }
             None => {
                 // Issued (below `next`) and held by nobody: given up.
-                if sv < self.lock_u64(slot, 8).load(Ordering::SeqCst)
+                if sv < self.lock_u64(slot, L_NEXT).load(Ordering::SeqCst)
                     && serving
                         .compare_exchange(sv, sv + 1, Ordering::SeqCst, Ordering::SeqCst)
                         .is_ok()
                 {
-                    let word = self.lock_u32(slot, 24);
+                    let word = self.lock_u32(slot, L_WORD);
                     word.fetch_add(1, Ordering::SeqCst);
-                    Node::wake(word, self.lock_u32(slot, 28), u32::MAX);
+                    Node::wake(word, self.lock_u32(slot, L_SLEEPERS), u32::MAX);
                 }
             }
         }
@@ -770,22 +790,23 @@ impl Node {
         let mine = self.ticket_of(self.me, slot);
         let t = mine.load(Ordering::SeqCst).wrapping_sub(1);
         if let Some((rank, pid)) = died {
-            self.lock_u64(slot, 40).store(
+            self.lock_u64(slot, L_DIED).store(
                 (u64::from(rank) + 1) << 32 | u64::from(pid),
                 Ordering::SeqCst,
             );
-            self.lock_u64(slot, 56).store(t + 1, Ordering::SeqCst);
+            self.lock_u64(slot, L_DIED_FOR)
+                .store(t + 1, Ordering::SeqCst);
         }
-        self.lock_u32(slot, 32).store(0, Ordering::SeqCst);
+        self.lock_u32(slot, L_HOLDER).store(0, Ordering::SeqCst);
         mine.store(0, Ordering::SeqCst);
-        let serving = self.lock_u64(slot, 16);
+        let serving = self.lock_u64(slot, L_SERVING);
         if serving
             .compare_exchange(t, t + 1, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok()
         {
-            let word = self.lock_u32(slot, 24);
+            let word = self.lock_u32(slot, L_WORD);
             word.fetch_add(1, Ordering::SeqCst);
-            Node::wake(word, self.lock_u32(slot, 28), u32::MAX);
+            Node::wake(word, self.lock_u32(slot, L_SLEEPERS), u32::MAX);
         }
     }
 }
@@ -816,13 +837,15 @@ pub(crate) struct ShmGrant {
     pub(crate) ticket: u64,
 }
 
-/// This host's monotonic clock in ns (one clock for every process).
+/// This host's monotonic clock in ns (one clock for every process; the
+/// coarse one, a few ms fine and cheaper to read: it times the stall
+/// notice only).
 fn mono_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: `ts` is a valid timespec for clock_gettime to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
