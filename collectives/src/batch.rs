@@ -265,41 +265,57 @@ impl Table {
         unsafe { &*(self.region.as_ptr().add(at) as *const AtomicU32) }
     }
 
-    /// A task finished or came back: wakes the workers waiting for one.
+    /// A task finished or came back (its word changed): wakes the
+    /// workers waiting for one, if any (a finish touches no shared line
+    /// otherwise).
     fn event(&self) {
-        self.u32_at(EVENTS_AT).fetch_add(1, Ordering::SeqCst);
-        // SYNC: a waiter counts itself a sleeper, then reads the word
-        // again before it parks (both SeqCst): one of the two sees the
-        // other.
+        // SYNC: the caller changed the task's word with a SeqCst exchange
+        // before the sleepers are read here (SeqCst), and a waiter counts
+        // itself (SeqCst) and fences (SeqCst) before it looks at the
+        // words again: either this sees the waiter, or the waiter's look
+        // sees the change.
         if self.u32_at(SLEEPERS_AT).load(Ordering::SeqCst) > 0 {
+            self.u32_at(EVENTS_AT).fetch_add(1, Ordering::SeqCst);
             futex_wake(self.u32_at(EVENTS_AT), u32::MAX);
         }
     }
 
-    /// The event count now (before a take whose Wait it may park on).
-    fn events(&self) -> u32 {
-        self.u32_at(EVENTS_AT).load(Ordering::SeqCst)
-    }
-
-    /// Waits until the event count moves from `seen`, or [`PAUSE`].
-    fn wait_event(&self, seen: u32) {
+    /// [`take`](Self::take) for worker `w` that found nothing to take
+    /// but tasks still running elsewhere: counted as a sleeper, it looks
+    /// again, and if it still has to wait, parks until a task finishes
+    /// or comes back, or [`PAUSE`] (a dead worker is seen by looking).
+    fn take_waiting(&self, w: u32) -> Took {
         let sleepers = self.u32_at(SLEEPERS_AT);
+        let events = self.u32_at(EVENTS_AT);
         sleepers.fetch_add(1, Ordering::SeqCst);
-        if self.events() == seen {
-            futex_wait(self.u32_at(EVENTS_AT), seen, Some(PAUSE));
+        // SYNC: see `event`.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let seen = events.load(Ordering::SeqCst);
+        let took = self.take(w);
+        if matches!(took, Took::Wait) {
+            futex_wait(events, seen, Some(PAUSE));
         }
         sleepers.fetch_sub(1, Ordering::SeqCst);
+        took
     }
 
     fn running(&self, w: u32) -> &AtomicU64 {
         self.u64_at(WORKERS_AT + WORKER * w as usize)
     }
 
+    #[inline]
+    fn record(&self, t: u64) {
+        if self.dir.is_some() {
+            self.write_record(t);
+        }
+    }
+
     /// Writes task `t`'s state file (the word changed already): the state
     /// the word holds, through a temporary file renamed over it, looked at
     /// again after the rename (a writer that stalled before its rename
     /// puts back the state of the writer after it).
-    fn record(&self, t: u64) {
+    #[cold]
+    fn write_record(&self, t: u64) {
         let Some(dir) = &self.dir else {
             return;
         };
@@ -373,7 +389,10 @@ impl Table {
         if state.load(Ordering::Acquire) != TaskState::Pending as u32 {
             return None;
         }
-        self.running(w).store(t + 1, Ordering::SeqCst);
+        // Release: a scan that sees the word this claim writes sees the
+        // slot too (the claim's exchange releases it); a reaper reads the
+        // slot of a dead worker only, whose stores all landed.
+        self.running(w).store(t + 1, Ordering::Release);
         if state
             .compare_exchange(
                 TaskState::Pending as u32,
@@ -383,7 +402,7 @@ impl Table {
             )
             .is_err()
         {
-            self.running(w).store(0, Ordering::SeqCst);
+            self.running(w).store(0, Ordering::Release);
             return None;
         }
         self.record(t);
@@ -403,12 +422,13 @@ impl Table {
             };
             // Only while the task is still this worker's (a reaper that
             // took it back handed it on).
+            // SeqCst: ordered before `event`'s look at the sleepers.
             if self
                 .state(t - 1)
                 .compare_exchange(
                     running_word(w),
                     to as u32,
-                    Ordering::AcqRel,
+                    Ordering::SeqCst,
                     Ordering::Relaxed,
                 )
                 .is_ok()
@@ -472,12 +492,13 @@ impl Table {
                 OnDeath::Requeue => TaskState::Pending,
                 OnDeath::Fail => TaskState::Failed,
             };
+            // SeqCst: ordered before `event`'s look at the sleepers.
             if self
                 .state(task)
                 .compare_exchange(
                     running_word(v),
                     to as u32,
-                    Ordering::AcqRel,
+                    Ordering::SeqCst,
                     Ordering::Relaxed,
                 )
                 .is_ok()
@@ -773,12 +794,16 @@ impl<'g> Batch<'g> {
 
     fn take(&self) -> Result<Option<u64>> {
         loop {
-            let mut seen = None;
             let took = match &self.via {
-                Via::Table(t) => {
-                    seen = Some(t.events());
-                    t.take(self.index)
-                }
+                Via::Table(t) => match t.take(self.index) {
+                    Took::Wait => loop {
+                        match t.take_waiting(self.index) {
+                            Took::Wait => {}
+                            took => break took,
+                        }
+                    },
+                    took => took,
+                },
                 Via::Service(key) => {
                     let mut body = vec![1];
                     body.extend_from_slice(&self.index.to_le_bytes());
@@ -807,10 +832,7 @@ impl<'g> Batch<'g> {
             match took {
                 Took::Task(t) => return Ok(Some(t)),
                 Took::None => return Ok(None),
-                Took::Wait => match (&self.via, seen) {
-                    (Via::Table(t), Some(seen)) => t.wait_event(seen),
-                    _ => std::thread::sleep(PAUSE),
-                },
+                Took::Wait => std::thread::sleep(PAUSE),
             }
         }
     }
