@@ -398,7 +398,9 @@ impl Table {
                 TaskState::Pending as u32,
                 running_word(w),
                 Ordering::AcqRel,
-                Ordering::Relaxed,
+                // A lost claim reads the winner's word: Acquire, so its
+                // slot (stored before) is seen by this worker's reap.
+                Ordering::Acquire,
             )
             .is_err()
         {
@@ -434,14 +436,18 @@ impl Table {
                 .is_ok()
             {
                 self.record(t - 1);
+                // The slot is cleared before the waiters are woken (they
+                // decide to wait by the slots of live workers): SeqCst,
+                // ordered before `event`'s look at the sleepers.
+                self.running(w).store(0, Ordering::SeqCst);
                 self.event();
-            } else {
-                tracing::warn!(
-                    worker = w,
-                    task = t - 1,
-                    "shoal batch: a worker finished a task that had been taken back from it"
-                );
+                return;
             }
+            tracing::warn!(
+                worker = w,
+                task = t - 1,
+                "shoal batch: a worker finished a task that had been taken back from it"
+            );
         }
         self.running(w).store(0, Ordering::Release);
     }
@@ -511,14 +517,16 @@ impl Table {
                 );
                 // Its file too; a Pending task is taken by the next scan.
                 self.record(task);
-                self.event();
                 became = Some(to);
             }
         }
         // The task is no longer that worker's (taken back above, by
         // another reaper, or never claimed): its slot is cleared unless it
-        // changed meanwhile.
-        let _ = slot.compare_exchange(t, 0, Ordering::AcqRel, Ordering::Relaxed);
+        // changed meanwhile, before waiters are woken (see `finish`).
+        let _ = slot.compare_exchange(t, 0, Ordering::SeqCst, Ordering::Relaxed);
+        if became.is_some() {
+            self.event();
+        }
         became
     }
 }

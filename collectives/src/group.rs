@@ -348,27 +348,34 @@ impl Group {
                 "{what}: it failed on another rank of this host (see its error)"
             )),
         };
-        self.break_with(&e);
+        self.mark_broken(&e);
         e
     }
 
-    /// Marks the group broken by `e` (see [`Group::broken`]).
+    /// Marks the group broken by `e` (see [`Group::broken`]), and the
+    /// host's shared state with it: the host's other ranks, which may
+    /// not see the cause (a value refused, a step between hosts that
+    /// failed, a gather they gave their value to and left), fail their
+    /// next wait at once instead of waiting out the timeout.
     fn break_with(&self, e: &Error) {
-        let mut b = self.broken.lock().unwrap_or_else(|p| p.into_inner());
-        if b.is_none() {
-            *b = Some(e.to_string());
-            self.is_broken.store(true, Ordering::Release);
-            // Ranks of the host waiting for this one fail at once; waits
-            // that ran out, or ranks that died, they see for themselves
-            // (and name who).
-            let seen_by_all = matches!(
-                e,
-                Error::RanksMissing { .. } | Error::RanksGone { .. } | Error::Timeout { .. }
-            );
-            if let (Some(n), false) = (&self.node, seen_by_all) {
+        if self.mark_broken(e) {
+            if let Some(n) = &self.node {
                 n.set_broken();
             }
         }
+    }
+
+    /// Marks the group broken by `e` on this rank only (whether it was
+    /// not yet): for a wait on the host that ended, which the host's
+    /// other ranks see end themselves (and name who they waited for).
+    fn mark_broken(&self, e: &Error) -> bool {
+        let mut b = self.broken.lock().unwrap_or_else(|p| p.into_inner());
+        if b.is_some() {
+            return false;
+        }
+        *b = Some(e.to_string());
+        self.is_broken.store(true, Ordering::Release);
+        true
     }
 
     /// The next collective's number, unless an earlier collective failed
