@@ -34,7 +34,8 @@ pub enum Error {
         /// that died just after putting a message, before counting it,
         /// has that message counted here although it was delivered.
         lost: u64,
-        /// The pid of the last producer found gone owing.
+        /// The pid of the last producer found gone owing (one on another
+        /// host, through the queue's bridge: its pid there).
         pid: u32,
     },
     /// Readers a broadcast waited for never came.

@@ -422,6 +422,31 @@ impl MpmcProducer {
         self.core.owed()
     }
 
+    /// Names process `pid` as this producer's owner in the ring, in place
+    /// of the process that attached it: for a proxy that puts on behalf
+    /// of a producer elsewhere (another host's, through a bridge). Logs
+    /// about this producer's slot, and the
+    /// [`ProducersLost`](Error::ProducersLost) that consumers get if it
+    /// leaves owing claimed messages, then name `pid`. The name is a
+    /// label only: liveness stays with the attaching process (its lease).
+    ///
+    /// ```
+    /// use shoal_shm_ring::{Error, MpmcConfig, MpmcRing};
+    ///
+    /// let ring = MpmcRing::create(&MpmcConfig::new(1 << 12, 2, 1))?;
+    /// let mut proxy = ring.producer()?;
+    /// proxy.act_for(4242);
+    /// proxy.claim(2)?;
+    /// proxy.close_claims()?;
+    /// drop(proxy); // leaves owing 2
+    /// let mut c = ring.consumer()?;
+    /// assert!(matches!(c.take(), Err(Error::ProducersLost { lost: 2, pid: 4242 })));
+    /// # Ok::<(), Error>(())
+    /// ```
+    pub fn act_for(&self, pid: u32) {
+        self.core.act_for(pid);
+    }
+
     /// Work accounting: closes claims for every producer of the ring. What
     /// was claimed can still be sent; a send owing nothing fails with
     /// [`Error::Closed`]. Once every claimed message was sent, consumers

@@ -188,6 +188,18 @@ impl<M: RingMem<Control = MpmcControl>> ProducerCore<M> {
         self.owed.get()
     }
 
+    /// Names `pid` in this producer's slot in place of this process (see
+    /// [`MpmcProducer::act_for`](crate::MpmcProducer::act_for)). A
+    /// no-op once the slot is no longer ours (then it is somebody
+    /// else's name to keep).
+    pub(crate) fn act_for(&self, pid: u32) {
+        let s = self.mem.slot(self.token.index);
+        if self.token.owns(s).is_some() {
+            s.pid.store(pid, Ordering::Relaxed);
+            s.start_time.store(0, Ordering::Relaxed);
+        }
+    }
+
     /// Claims `n` more messages (see "Work accounting"): `Closed` once
     /// claims are closed, `TooLarge` past [`MAX_OWED`] owed at once.
     /// Claiming nothing always succeeds.

@@ -75,8 +75,8 @@ fn consume(mut c: Consumer) -> i32 {
                 say("end");
                 return 0;
             }
-            Err(Error::ProducersLost { lost, .. }) => {
-                say(&format!("lost {lost}"));
+            Err(Error::ProducersLost { lost, pid }) => {
+                say(&format!("lost {lost} by pid {pid}"));
                 return 0;
             }
             Err(e) => {
@@ -139,7 +139,7 @@ fn run(role: &str, a: &[String]) -> i32 {
             if pr.claim(claim).is_err() {
                 return 3;
             }
-            say("claimed");
+            say(&format!("claimed by pid {}", std::process::id()));
             for n in 0..count {
                 if let Err(e) = pr.put(&msg(p, n)) {
                     eprintln!("producer {p}: put {n}: {e}");
@@ -373,7 +373,7 @@ fn exactly_once(scheme: &str) {
         })
         .collect();
     for p in &mut producers {
-        assert_eq!(p.expect_line(30 * SEC), "claimed");
+        assert!(p.expect_line(30 * SEC).starts_with("claimed by pid "));
     }
     let mut closer = child(&pair, 1, "closer", std::slice::from_ref(&h));
     assert_eq!(closer.expect_line(30 * SEC), "closed");
@@ -456,7 +456,11 @@ fn killed_producer(scheme: &str) {
         "producer",
         &[h.clone(), "1".into(), "5".into(), "50".into()],
     );
-    assert_eq!(producer.expect_line(30 * SEC), "claimed");
+    let claimed = producer.expect_line(30 * SEC);
+    let pid = claimed
+        .strip_prefix("claimed by pid ")
+        .unwrap_or_else(|| panic!("{claimed}"))
+        .to_string();
     let mut closer = child(&pair, 1, "closer", std::slice::from_ref(&h));
     assert_eq!(closer.expect_line(30 * SEC), "closed");
     assert_eq!(producer.expect_line(30 * SEC), "put");
@@ -470,7 +474,14 @@ fn killed_producer(scheme: &str) {
         ends.push(end);
     }
     assert!(t.elapsed() < 20 * SEC, "{:?}", t.elapsed());
-    assert!(ends.iter().all(|e| e.starts_with("lost ")), "{ends:?}");
+    // Both name the producer on the other host, not the bridge that put
+    // for it.
+    let by = format!(" by pid {pid}");
+    assert!(
+        ends.iter()
+            .all(|e| e.starts_with("lost ") && e.ends_with(&by)),
+        "{ends:?}, want{by}"
+    );
     taken.sort();
     let mut want: Vec<(u64, u64)> = (0..N)
         .map(|n| (0, n))

@@ -248,6 +248,9 @@ fn admit(setup: &Setup, door: &Address, joined: &mut u32, req: &[u8], out: &mut 
         Ok(p) => p,
         Err(e) => return failed(out, &e.to_string()),
     };
+    if let Proxy::Producer(p) = &proxy {
+        p.act_for(j.pid);
+    }
     *joined = joined.wrapping_add(1);
     let at = peer_address(door, *joined);
     let token = shoal_transport::PeerId::random().0;

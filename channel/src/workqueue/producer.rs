@@ -269,6 +269,15 @@ impl Producer {
         }
     }
 
+    /// A bridge's proxy for a producer on another host: the ring names
+    /// that producer's `pid` for this one (in logs, and in the
+    /// `ProducersLost` consumers get if it dies owing).
+    pub(crate) fn act_for(&self, pid: u32) {
+        if let Flavor::Local(l) = &self.flavor {
+            l.ring.act_for(pid);
+        }
+    }
+
     /// Puts `msg`, waiting while the queue is full (up to the put
     /// timeout). Counts against this producer's claims, if it has any.
     ///
