@@ -9,7 +9,10 @@
 //! every rank connects and says which host it is on (`SHOAL_HOST`, else
 //! the host name: ranks in different network namespaces of one machine
 //! set `SHOAL_HOST` apart) and its pid. A rank that never shows up gives
-//! the others [`Error::RanksMissing`] naming it. Rank 0 keeps the
+//! the others [`Error::RanksMissing`] naming it. Where the job sets a
+//! secret (`SHOAL_SECRET`, or [`GroupOptions::secret`]; `cargo xtask
+//! run` makes one per run), rank 0 lets in only connections that show
+//! it (see [`Secret`]). Rank 0 keeps the
 //! rendezvous until the other ranks left it (dropped their groups, or
 //! exited), up to the group's timeout.
 
@@ -17,7 +20,7 @@ use crate::bundle;
 use crate::error::{Error, Result};
 use crate::launcher::Launch;
 use crate::node::{BarrierError, Node, Stop, TakeError};
-use crate::rendezvous::wire::{Reply, Request};
+use crate::rendezvous::wire::{Reply, Request, Secret};
 use crate::rendezvous::{Client, Limits, Server};
 use crate::value::{archive, Value};
 use rkyv::api::high::HighValidator;
@@ -58,6 +61,11 @@ pub struct GroupOptions {
     /// memory (they must share a kernel), the others meet through the
     /// rendezvous. Default `None`.
     pub host: Option<String>,
+    /// What every rank shows rank 0's rendezvous to be let in (see
+    /// [`Secret`]), over the `SHOAL_SECRET` environment variable. Every
+    /// rank must have the same; `None` with the variable unset or
+    /// empty: no secret. Default `None`.
+    pub secret: Option<Secret>,
 }
 
 impl Default for GroupOptions {
@@ -69,6 +77,7 @@ impl Default for GroupOptions {
             lock_notice: Duration::from_secs(10),
             node_buffer: 4 << 20,
             host: None,
+            secret: None,
         }
     }
 }
@@ -94,6 +103,22 @@ impl GroupOptions {
         self.host = Some(name.to_string());
         self
     }
+    /// Sets [`secret`](Self::secret) (empty: none).
+    pub fn secret(mut self, secret: &str) -> Self {
+        self.secret = Some(Secret::new(secret.as_bytes().to_vec()));
+        self
+    }
+    /// The secret this rank shows: [`secret`](Self::secret), else
+    /// `SHOAL_SECRET`'s bytes, else none.
+    fn secret_or_env(&self) -> Secret {
+        self.secret.clone().unwrap_or_else(|| {
+            Secret::new(
+                std::env::var_os("SHOAL_SECRET")
+                    .map(std::os::unix::ffi::OsStringExt::into_vec)
+                    .unwrap_or_default(),
+            )
+        })
+    }
 }
 
 /// A rank of a group, as the others know it.
@@ -118,6 +143,8 @@ struct Link {
     address: String,
     world_rank: u32,
     world_size: u32,
+    /// What it showed.
+    secret: Secret,
     max_frame: usize,
     /// Rank 0's.
     server: Option<Server>,
@@ -555,6 +582,7 @@ impl Group {
                 &l.address,
                 l.world_rank,
                 l.world_size,
+                &l.secret,
                 self.opts.timeout,
                 l.max_frame,
             )?),
@@ -1288,9 +1316,10 @@ fn connect(launch: &Launch, opts: &GroupOptions) -> Result<Link> {
         .clone()
         .or_else(|| launch.rendezvous.clone());
     let (rank, size, timeout) = (launch.rank, launch.size, opts.timeout);
+    let secret = opts.secret_or_env();
     if let Some(at) = at {
         let server = if rank == 0 {
-            Some(Server::bind(&at, size, limits)?)
+            Some(Server::bind(&at, size, limits, secret.clone())?)
         } else {
             None
         };
@@ -1303,12 +1332,13 @@ fn connect(launch: &Launch, opts: &GroupOptions) -> Result<Link> {
             Some(s) => s.address().to_string(),
             None => at,
         };
-        let client = Client::connect(&to, rank, size, timeout, max_frame)?;
+        let client = Client::connect(&to, rank, size, &secret, timeout, max_frame)?;
         return Ok(Link {
             client: Mutex::new(client),
             address: to,
             world_rank: rank,
             world_size: size,
+            secret,
             max_frame,
             server,
             file: None,
@@ -1318,7 +1348,7 @@ fn connect(launch: &Launch, opts: &GroupOptions) -> Result<Link> {
     // No address: every rank on this host, the address in a file.
     let file = rendezvous_file(launch);
     if rank == 0 {
-        let server = Server::bind("127.0.0.1:0", size, limits)?;
+        let server = Server::bind("127.0.0.1:0", size, limits, secret.clone())?;
         let tmp = file.with_extension(format!("tmp{}", std::process::id()));
         write_own(&tmp, &server.address().to_string())
             .and_then(|()| std::fs::rename(&tmp, &file))
@@ -1329,12 +1359,13 @@ fn connect(launch: &Launch, opts: &GroupOptions) -> Result<Link> {
                 )
             })?;
         let to = server.address().to_string();
-        let client = Client::connect(&to, 0, size, timeout, max_frame)?;
+        let client = Client::connect(&to, 0, size, &secret, timeout, max_frame)?;
         return Ok(Link {
             client: Mutex::new(client),
             address: to,
             world_rank: 0,
             world_size: size,
+            secret,
             max_frame,
             server: Some(server),
             file: Some(file),
@@ -1347,13 +1378,14 @@ fn connect(launch: &Launch, opts: &GroupOptions) -> Result<Link> {
             let left = end
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_secs(1));
-            match Client::connect(at.trim(), rank, size, left, max_frame) {
+            match Client::connect(at.trim(), rank, size, &secret, left, max_frame) {
                 Ok(client) => {
                     return Ok(Link {
                         client: Mutex::new(client),
                         address: at.trim().to_string(),
                         world_rank: rank,
                         world_size: size,
+                        secret,
                         max_frame,
                         server: None,
                         file: None,

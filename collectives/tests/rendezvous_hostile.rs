@@ -2,13 +2,19 @@
 //! drops that peer (or refuses its request), and the group's own ranks
 //! are served meanwhile.
 
-use shoal_collectives::rendezvous::wire::{read_frame, write_frame, Reply, Request, VERSION};
+use shoal_collectives::rendezvous::wire::{
+    read_frame, write_frame, Reply, Request, Secret, VERSION,
+};
 use shoal_collectives::rendezvous::{Client, Limits, Server};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 fn server(size: u32) -> Server {
+    server_with(size, Secret::none())
+}
+
+fn server_with(size: u32, secret: Secret) -> Server {
     let limits = Limits {
         max_frame: 1 << 20,
         max_held: 4 << 20,
@@ -16,7 +22,7 @@ fn server(size: u32) -> Server {
         hello_within: Duration::from_millis(300),
         frame_within: Duration::from_millis(500),
     };
-    Server::bind("127.0.0.1:0", size, limits).unwrap()
+    Server::bind("127.0.0.1:0", size, limits, secret).unwrap()
 }
 
 /// Whether the server closed `s` within `within` (reads hit the end).
@@ -35,12 +41,19 @@ fn closed(s: &mut TcpStream, within: Duration) -> bool {
 
 /// Two real ranks run `n` barriers; how long it took.
 fn ranks_run(at: &str, n: u32) -> Duration {
+    ranks_run_with(at, n, &Secret::none())
+}
+
+/// [`ranks_run`], the ranks showing `secret`.
+fn ranks_run_with(at: &str, n: u32, secret: &Secret) -> Duration {
     let t0 = Instant::now();
     let threads: Vec<_> = (0..2)
         .map(|rank| {
             let at = at.to_string();
+            let secret = secret.clone();
             std::thread::spawn(move || {
-                let mut c = Client::connect(&at, rank, 2, Duration::from_secs(5), 1 << 20).unwrap();
+                let mut c = Client::connect(&at, rank, 2, &secret, Duration::from_secs(5), 1 << 20)
+                    .unwrap();
                 for i in 0..n {
                     let r = c
                         .call(
@@ -91,6 +104,7 @@ fn hostile_peers_are_dropped_and_ranks_served_meanwhile() {
             version: VERSION,
             rank: 0,
             size: 2,
+            secret: Secret::none(),
         }
         .encode(&mut b);
         let mut framed = (b.len() as u32).to_le_bytes().to_vec();
@@ -113,6 +127,7 @@ fn hostile_peers_are_dropped_and_ranks_served_meanwhile() {
         version: VERSION,
         rank: 0,
         size: 3,
+        secret: Secret::none(),
     }
     .encode(&mut b);
     write_frame(&mut other, &b).unwrap();
@@ -123,6 +138,7 @@ fn hostile_peers_are_dropped_and_ranks_served_meanwhile() {
         version: VERSION + 1,
         rank: 0,
         size: 2,
+        secret: Secret::none(),
     }
     .encode(&mut b);
     write_frame(&mut old, &b).unwrap();
@@ -156,7 +172,8 @@ fn hostile_peers_are_dropped_and_ranks_served_meanwhile() {
 fn requests_a_rank_must_not_make_are_refused() {
     let s = server(2);
     let at = s.address().to_string();
-    let mut c = Client::connect(&at, 1, 2, Duration::from_secs(5), 1 << 20).unwrap();
+    let mut c =
+        Client::connect(&at, 1, 2, &Secret::none(), Duration::from_secs(5), 1 << 20).unwrap();
     let collect = |rank, n, key: &str, value: Vec<u8>| Request::Collect {
         key: key.as_bytes().to_vec(),
         n,
@@ -173,7 +190,7 @@ fn requests_a_rank_must_not_make_are_refused() {
     // Values past what the rendezvous holds at once.
     let big = || vec![0u8; 900 << 10];
     let mut others: Vec<Client> = (0..5)
-        .map(|_| Client::connect(&at, 1, 2, w, 1 << 20).unwrap())
+        .map(|_| Client::connect(&at, 1, 2, &Secret::none(), w, 1 << 20).unwrap())
         .collect();
     let threads: Vec<_> = others
         .drain(..)
@@ -206,11 +223,11 @@ fn requests_a_rank_must_not_make_are_refused() {
         4
     );
     // A frame past the largest is refused, and the connection dropped.
-    let mut raw = Client::connect(&at, 1, 2, w, 4 << 20).unwrap();
+    let mut raw = Client::connect(&at, 1, 2, &Secret::none(), w, 4 << 20).unwrap();
     let r = raw.call(&collect(1, 2, "x", vec![0; 2 << 20]), w);
     assert!(r.is_err(), "{r:?}");
     // The same rank twice in one collective.
-    let mut d = Client::connect(&at, 1, 2, w, 1 << 20).unwrap();
+    let mut d = Client::connect(&at, 1, 2, &Secret::none(), w, 1 << 20).unwrap();
     let first = std::thread::spawn(move || c.call(&collect(1, 2, "dup", vec![]), w).unwrap());
     std::thread::sleep(Duration::from_millis(30));
     assert!(refused(d.call(&collect(1, 2, "dup", vec![]), w).unwrap()));
@@ -234,10 +251,12 @@ fn too_many_connections_are_refused_and_the_rest_served() {
         max_connections: 8,
         ..Limits::for_group(2)
     };
-    let s = Server::bind("127.0.0.1:0", 2, limits).unwrap();
+    let s = Server::bind("127.0.0.1:0", 2, limits, Secret::none()).unwrap();
     let at = s.address().to_string();
     let idle: Vec<Client> = (0..8)
-        .map(|_| Client::connect(&at, 1, 2, Duration::from_secs(5), 1 << 20).unwrap())
+        .map(|_| {
+            Client::connect(&at, 1, 2, &Secret::none(), Duration::from_secs(5), 1 << 20).unwrap()
+        })
         .collect();
     let mut extra = TcpStream::connect(&at).unwrap();
     assert!(closed(&mut extra, Duration::from_secs(3)));
@@ -245,4 +264,48 @@ fn too_many_connections_are_refused_and_the_rest_served() {
     // Once they left, ranks get in again.
     std::thread::sleep(Duration::from_millis(300));
     ranks_run(&at, 10);
+}
+
+/// With a secret, rank 0 lets in only the connections that show it: one
+/// with another secret, or none, is refused at once (not tried again
+/// until its timeout), told why without the secret, and the ranks that
+/// show it are served. A rank showing a secret to a rendezvous without
+/// one is refused too (the group is not the one it was started in).
+#[test]
+fn only_ranks_showing_the_secret_are_let_in() {
+    let secret = Secret::new(b"f3a9-job-42".to_vec());
+    let s = server_with(2, secret.clone());
+    let at = s.address().to_string();
+    ranks_run_with(&at, 20, &secret);
+    for (name, shown) in [
+        ("another secret", Secret::new(b"f3a9-job-43".to_vec())),
+        ("a longer one", Secret::new(b"f3a9-job-42!".to_vec())),
+        ("none", Secret::none()),
+    ] {
+        let t0 = Instant::now();
+        let e =
+            Client::connect(&at, 1, 2, &shown, Duration::from_secs(20), 1 << 20).expect_err(name);
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "{name}: {:?}",
+            t0.elapsed()
+        );
+        let text = e.to_string();
+        assert!(text.contains("SHOAL_SECRET"), "{name}: {text}");
+        assert!(!text.contains("job-4"), "{name} shows the secret: {text}");
+    }
+    // Still serving its own.
+    ranks_run_with(&at, 20, &secret);
+
+    let open = server(2);
+    let e = Client::connect(
+        &open.address().to_string(),
+        1,
+        2,
+        &secret,
+        Duration::from_secs(20),
+        1 << 20,
+    )
+    .expect_err("a secret shown to a group without one");
+    assert!(e.to_string().contains("has none"), "{e}");
 }

@@ -195,7 +195,7 @@ fn run(role: &str, a: &[String]) -> i32 {
     let g = match Group::from_env_with(&opts()) {
         Ok(g) => g,
         Err(e) => {
-            eprintln!("bootstrap: {e}");
+            say(&format!("bootstrap: {e}"));
             return 3;
         }
     };
@@ -361,6 +361,11 @@ fn free_port() -> u16 {
 /// This test binary as rank `rank` of `size` running `role`, with the
 /// variables `cargo xtask run` sets (`hosts` names its host, if set).
 fn rank(role: &str, rank: u32, size: u32, at: &str, host: Option<&str>, args: &[String]) -> Peer {
+    spawn_command(rank_command(role, rank, size, at, host), args)
+}
+
+/// The command [`rank`] spawns.
+fn rank_command(role: &str, rank: u32, size: u32, at: &str, host: Option<&str>) -> Command {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args(["--exact", "child_main", "--nocapture", "--test-threads=1"])
         .env("SHOAL_TEST_ROLE", role)
@@ -371,7 +376,8 @@ fn rank(role: &str, rank: u32, size: u32, at: &str, host: Option<&str>, args: &[
         Some(h) => cmd.env("SHOAL_HOST", h),
         None => cmd.env_remove("SHOAL_HOST"),
     };
-    spawn_command(cmd, args)
+    cmd.env_remove("SHOAL_SECRET");
+    cmd
 }
 
 /// Waits for every peer to say "done" and exit 0.
@@ -476,6 +482,35 @@ fn a_rank_killed_in_barriers_is_named_by_the_others() {
     for mut p in peers {
         assert_eq!(p.expect_line(30 * SEC), "gone [2]");
     }
+}
+
+/// Ranks started with `SHOAL_SECRET` set: one showing another secret is
+/// refused at once, with an error naming the variable (not the secret);
+/// a rank with the group's secret then takes its place and the suite
+/// runs.
+#[test]
+fn a_rank_with_another_secret_is_refused() {
+    let at = format!("127.0.0.1:{}", free_port());
+    let with = |r: u32, secret: &str| {
+        let mut cmd = rank_command("suite", r, 3, &at, None);
+        cmd.env("SHOAL_SECRET", secret);
+        spawn_command(cmd, &[])
+    };
+    let mut peers: Vec<Peer> = (0..2).map(|r| with(r, "run-7f3e")).collect();
+    let mut stranger = with(2, "run-0000");
+    let said = stranger.expect_line(30 * SEC);
+    assert!(
+        said.starts_with("bootstrap: ") && said.contains("SHOAL_SECRET"),
+        "{said}"
+    );
+    assert!(!said.contains("run-"), "the error shows a secret: {said}");
+    assert_eq!(stranger.wait(10 * SEC).code(), Some(3));
+    peers.push(with(2, "run-7f3e"));
+    for p in &mut peers {
+        let hello = p.expect_line(60 * SEC);
+        assert!(hello.contains(" of 3 "), "{hello}");
+    }
+    all_done(peers);
 }
 
 /// The suite under the variables a launcher sets, no shoal variable.

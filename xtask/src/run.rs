@@ -7,7 +7,9 @@
 //! `SHOAL_LOCAL_SIZE`, `SHOAL_NODE` (its host) and `SHOAL_RENDEZVOUS`
 //! (where rank 0 will bind its rendezvous listener; the launcher does not
 //! listen there itself). Ranks are placed on hosts in blocks: host h gets
-//! ranks `h*N/H` to `(h+1)*N/H - 1`.
+//! ranks `h*N/H` to `(h+1)*N/H - 1`. Each run makes a random
+//! `SHOAL_SECRET` (unless one is set), so rank 0's rendezvous lets in this
+//! run's ranks only.
 //!
 //! With one host (the default) the processes run on this machine as they
 //! are and `SHOAL_HOST` is unset. With `--hosts H` above 1 each host is a
@@ -200,12 +202,19 @@ pub fn launch(args: &[String]) -> Result<(), String> {
         Some(hosts) => format!("{}:{NETNS_PORT}", hosts.address(0)),
         None => format!("127.0.0.1:{}", free_port()?),
     };
+    let secret = match std::env::var("SHOAL_SECRET") {
+        Ok(s) if !s.is_empty() => None, // inherited as it is
+        _ => Some(random_secret()?),
+    };
     eprintln!("{}", header(&opts, hosts.as_ref(), &rendezvous));
     let t0 = Instant::now();
     let (done_tx, done_rx) = mpsc::channel();
     let mut ranks = Ranks(Vec::with_capacity(opts.ranks));
     for r in 0..opts.ranks {
         let mut cmd = command(&opts, layout, hosts.as_ref(), &rendezvous, r);
+        if let Some(s) = &secret {
+            cmd.env("SHOAL_SECRET", s);
+        }
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("rank {r}: cannot start {:?}: {e}", opts.cmd[0]))?;
@@ -245,6 +254,15 @@ fn header(opts: &Options, hosts: Option<&Hosts>, rendezvous: &str) -> String {
         s(opts.ranks),
         opts.cmd.join(" ")
     )
+}
+
+/// 16 random bytes in hex, for the run's `SHOAL_SECRET`.
+fn random_secret() -> Result<String, String> {
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .map_err(|e| format!("cannot read /dev/urandom for the run's secret: {e}"))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
 /// A loopback port nothing listens on now, for rank 0's rendezvous.

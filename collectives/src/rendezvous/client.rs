@@ -1,6 +1,6 @@
 //! A rank's connection to the rendezvous.
 
-use super::wire::{read_frame, write_frame, Reply, Request, VERSION};
+use super::wire::{read_frame, write_frame, Reply, Request, Secret, VERSION};
 use crate::error::{Error, Result};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
@@ -20,12 +20,15 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to `address` as `rank` of `size`, trying again until
-    /// `timeout` while nobody listens there yet (rank 0 may start last).
+    /// Connects to `address` as `rank` of `size`, showing `secret`,
+    /// trying again until `timeout` while nobody listens there yet (rank
+    /// 0 may start last). A refusal (another group's rendezvous, another
+    /// secret) ends it at once.
     pub fn connect(
         address: &str,
         rank: u32,
         size: u32,
+        secret: &Secret,
         timeout: Duration,
         max_frame: usize,
     ) -> Result<Client> {
@@ -36,7 +39,7 @@ impl Client {
             why,
         };
         loop {
-            let last = match Client::try_connect(address, rank, size, max_frame) {
+            let last = match Client::try_connect(address, rank, size, secret, max_frame) {
                 Ok(c) => return Ok(c),
                 Err(e @ Error::Refused(_)) => return Err(fail(e.to_string())),
                 Err(e) => e,
@@ -52,7 +55,13 @@ impl Client {
         }
     }
 
-    fn try_connect(address: &str, rank: u32, size: u32, max_frame: usize) -> Result<Client> {
+    fn try_connect(
+        address: &str,
+        rank: u32,
+        size: u32,
+        secret: &Secret,
+        max_frame: usize,
+    ) -> Result<Client> {
         let addrs: Vec<_> = address
             .to_socket_addrs()
             .map_err(|e| Error::io(format!("resolving {address}"), e))?
@@ -73,6 +82,7 @@ impl Client {
                             version: VERSION,
                             rank,
                             size,
+                            secret: secret.clone(),
                         },
                         Duration::from_secs(10),
                     )? {

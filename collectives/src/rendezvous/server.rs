@@ -12,7 +12,7 @@
 //! [`Limits::max_connections`]. Each offence drops only that connection
 //! (logged), and the others are served meanwhile on their own threads.
 
-use super::wire::{read_frame, write_frame, Reply, Request, VERSION};
+use super::wire::{read_frame, write_frame, Reply, Request, Secret, MAX_KEY, VERSION};
 use crate::error::{Error, Result};
 use std::collections::{HashMap, VecDeque};
 use std::io::Read;
@@ -52,6 +52,9 @@ impl Limits {
 /// The largest frame there can be (lengths are 32-bit), less room for
 /// the framing of a collective's answer.
 pub const MAX_FRAME: usize = (u32::MAX as usize) - (1 << 20);
+
+/// Longest hello: its fields and the longest secret.
+const HELLO_MAX: usize = 16 + MAX_KEY;
 
 /// How often a waiting connection looks whether its peer left.
 const LOOK: Duration = Duration::from_millis(100);
@@ -147,6 +150,8 @@ pub trait Service: Send + Sync {
 
 struct Shared {
     size: u32,
+    /// What a hello must show (see [`Secret`]).
+    secret: Secret,
     /// Services by name.
     services: Mutex<HashMap<Vec<u8>, Arc<dyn Service>>>,
     limits: Limits,
@@ -180,8 +185,10 @@ impl std::fmt::Debug for Server {
 }
 
 impl Server {
-    /// Binds `address` (port 0: any free one) for a group of `size`.
-    pub fn bind(address: &str, size: u32, limits: Limits) -> Result<Server> {
+    /// Binds `address` (port 0: any free one) for a group of `size`,
+    /// letting in the connections whose hello shows `secret` (see
+    /// [`Secret`]).
+    pub fn bind(address: &str, size: u32, limits: Limits, secret: Secret) -> Result<Server> {
         let listener = TcpListener::bind(address).map_err(|e| Error::Rendezvous {
             address: address.to_string(),
             why: format!("rank 0 cannot listen there: {e}"),
@@ -191,6 +198,7 @@ impl Server {
             .map_err(|e| Error::io("the rendezvous's address", e))?;
         let shared = Arc::new(Shared {
             size,
+            secret,
             services: Mutex::default(),
             limits,
             state: Mutex::default(),
@@ -311,7 +319,7 @@ fn serve(id: u64, mut stream: TcpStream, shared: &Shared) -> Result<()> {
             stream: &mut stream,
             end: Instant::now() + shared.limits.hello_within,
         },
-        64,
+        HELLO_MAX,
     )?;
     let Some(body) = hello else {
         return Ok(());
@@ -321,11 +329,18 @@ fn serve(id: u64, mut stream: TcpStream, shared: &Shared) -> Result<()> {
             version,
             rank,
             size,
+            secret,
         } => {
             let refuse = if version != VERSION {
                 Some(format!(
                     "protocol version {version}, this rendezvous speaks {VERSION}"
                 ))
+            } else if !secret.matches(&shared.secret) {
+                Some(match (secret.is_none(), shared.secret.is_none()) {
+                    (true, _) => "no secret, and this group has one (SHOAL_SECRET)".into(),
+                    (_, true) => "a secret, and this group has none (SHOAL_SECRET)".into(),
+                    _ => "another group's secret (SHOAL_SECRET differs)".into(),
+                })
             } else if size != shared.size {
                 Some(format!(
                     "a group of {size}, this rendezvous's has {}",

@@ -10,8 +10,9 @@
 use crate::error::{Error, Result};
 use std::io::{Read, Write};
 
-/// The protocol's version, checked by [`Request::Hello`].
-pub const VERSION: u16 = 1;
+/// The protocol's version, checked by [`Request::Hello`] (2: the hello
+/// carries the group's [`Secret`]).
+pub const VERSION: u16 = 2;
 /// Longest key.
 pub const MAX_KEY: usize = 1024;
 
@@ -27,6 +28,8 @@ pub enum Request {
         rank: u32,
         /// The group's size as it knows it.
         size: u32,
+        /// The group's secret as it knows it (empty: none).
+        secret: Secret,
     },
     /// Takes part, as `rank` of `n`, in the collective `key`, giving
     /// `value`; answered once all `n` took part (with every value, in
@@ -78,6 +81,63 @@ pub enum Request {
         /// (the next holder is told the same then).
         consistent: bool,
     },
+}
+
+/// What a rank shows the rendezvous to be let in: the same bytes as
+/// rank 0's (`SHOAL_SECRET`, or
+/// [`GroupOptions::secret`](crate::GroupOptions::secret)), or none on
+/// both sides. It keeps out connections from outside the job (another
+/// job that picked the same port, a stranger on the network); it is sent
+/// in clear, so it does not keep out one who can read the job's traffic.
+/// Its `Debug` names its length only, so logs never show it.
+///
+/// ```
+/// use shoal_collectives::rendezvous::wire::Secret;
+/// let s = Secret::new(b"job-42-f3a9".to_vec());
+/// assert!(s.matches(&Secret::new(b"job-42-f3a9".to_vec())));
+/// assert!(!s.matches(&Secret::none()));
+/// assert_eq!(format!("{s:?}"), "Secret(11 bytes)");
+/// ```
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    /// `bytes` as a secret (cut to [`MAX_KEY`] bytes, as the wire
+    /// carries).
+    pub fn new(mut bytes: Vec<u8>) -> Secret {
+        bytes.truncate(MAX_KEY);
+        Secret(bytes)
+    }
+
+    /// No secret.
+    pub fn none() -> Secret {
+        Secret(Vec::new())
+    }
+
+    /// Whether it is none.
+    pub fn is_none(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether `other` is the same secret, in time that depends on the
+    /// lengths only (not on where the bytes first differ).
+    pub fn matches(&self, other: &Secret) -> bool {
+        if self.0.len() != other.0.len() {
+            return false;
+        }
+        let diff = self
+            .0
+            .iter()
+            .zip(&other.0)
+            .fold(0u8, |d, (a, b)| d | (a ^ b));
+        std::hint::black_box(diff) == 0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret({} bytes)", self.0.len())
+    }
 }
 
 /// What the rendezvous answers.
@@ -216,11 +276,13 @@ impl Request {
                 version,
                 rank,
                 size,
+                secret,
             } => {
                 out.push(kind::HELLO);
                 out.extend_from_slice(&version.to_le_bytes());
                 out.extend_from_slice(&rank.to_le_bytes());
                 out.extend_from_slice(&size.to_le_bytes());
+                put_key(out, &secret.0);
             }
             Request::Collect {
                 key,
@@ -273,6 +335,9 @@ impl Request {
                 version: f.u16()?,
                 rank: f.u32()?,
                 size: f.u32()?,
+                // Absent from version 1's hello: the version says what
+                // is wrong then.
+                secret: Secret(if f.0.is_empty() { Vec::new() } else { f.key()? }),
             },
             kind::COLLECT => {
                 let key = f.key()?;
@@ -475,6 +540,13 @@ mod tests {
                 version: VERSION,
                 rank: 3,
                 size: 4,
+                secret: Secret::new(b"s3cret".to_vec()),
+            },
+            Request::Hello {
+                version: VERSION,
+                rank: 0,
+                size: 1,
+                secret: Secret::none(),
             },
             Request::Collect {
                 key: b"g/0/barrier/7".to_vec(),
@@ -547,9 +619,12 @@ mod tests {
                 if let Ok(x) = Request::decode(&b[..cut]) {
                     // A collect's value (a call's body) is the rest: a
                     // cut one is a shorter value, which is what a frame
-                    // said.
+                    // said. A hello cut before its secret is version 1's
+                    // hello, with none (let in only where rank 0 has
+                    // none either).
                     assert!(
-                        matches!(x, Request::Collect { .. } | Request::Call { .. }),
+                        matches!(x, Request::Collect { .. } | Request::Call { .. })
+                            || matches!(&x, Request::Hello { secret, .. } if secret.is_none()),
                         "{x:?}"
                     );
                 }
@@ -618,8 +693,28 @@ mod tests {
     proptest! {
         #[test]
         fn random_bodies_never_panic(body in proptest::collection::vec(any::<u8>(), 0..256)) {
-            let _ = Request::decode(&body);
-            let _ = Reply::decode(&body);
+            // What is accepted reads back the same once encoded again.
+            if let Ok(q) = Request::decode(&body) {
+                let mut b = Vec::new();
+                q.encode(&mut b);
+                prop_assert_eq!(Request::decode(&b).ok(), Some(q));
+            }
+            if let Ok(a) = Reply::decode(&body) {
+                let mut b = Vec::new();
+                a.encode(&mut b);
+                prop_assert_eq!(Reply::decode(&b).ok(), Some(a));
+            }
+        }
+
+        #[test]
+        fn hellos_with_random_secrets_read_back(
+            secret in proptest::collection::vec(any::<u8>(), 0..MAX_KEY + 1),
+            rank in any::<u32>(),
+        ) {
+            let q = Request::Hello { version: VERSION, rank, size: 7, secret: Secret::new(secret) };
+            let mut b = Vec::new();
+            q.encode(&mut b);
+            prop_assert_eq!(Request::decode(&b).ok(), Some(q));
         }
 
         #[test]
