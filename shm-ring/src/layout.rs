@@ -275,7 +275,10 @@ pub(crate) struct Slot {
     /// another process, or none): liveness is the slot's lease.
     pub pid: AtomicU32,
     /// A label its owner chose, plus one (0: none): a broadcast reader's
-    /// index in its channel, for logs and for naming who is missing.
+    /// index in its channel, for logs and for naming who is missing; an
+    /// MPMC producer's the pid it puts for (a proxy's, see
+    /// [`MpmcProducer::act_for`](crate::MpmcProducer::act_for)), named
+    /// when it leaves owing.
     pub tag: AtomicU32,
     /// The owner's start time, for logs only.
     pub start_time: AtomicU64,

@@ -422,13 +422,15 @@ impl MpmcProducer {
         self.core.owed()
     }
 
-    /// Names process `pid` as this producer's owner in the ring, in place
-    /// of the process that attached it: for a proxy that puts on behalf
-    /// of a producer elsewhere (another host's, through a bridge). Logs
-    /// about this producer's slot, and the
-    /// [`ProducersLost`](Error::ProducersLost) that consumers get if it
-    /// leaves owing claimed messages, then name `pid`. The name is a
-    /// label only: liveness stays with the attaching process (its lease).
+    /// Names process `pid` as the one this producer puts for: a proxy
+    /// that puts on behalf of a producer elsewhere (another host's,
+    /// through a bridge) labels its slot so, and if it leaves owing
+    /// claimed messages (its producer died, or left), the
+    /// [`ProducersLost`](Error::ProducersLost) consumers get names `pid`.
+    /// A label only: liveness stays with the attaching process (its
+    /// lease), and what this process itself does (holding the
+    /// reservation lock or a record too long: [`Error::Stalled`]) still
+    /// names this process, the one to act on.
     ///
     /// ```
     /// use shoal_shm_ring::{Error, MpmcConfig, MpmcRing};

@@ -188,15 +188,15 @@ impl<M: RingMem<Control = MpmcControl>> ProducerCore<M> {
         self.owed.get()
     }
 
-    /// Names `pid` in this producer's slot in place of this process (see
-    /// [`MpmcProducer::act_for`](crate::MpmcProducer::act_for)). A
-    /// no-op once the slot is no longer ours (then it is somebody
-    /// else's name to keep).
+    /// Labels this producer's slot with the pid it puts for (see
+    /// [`MpmcProducer::act_for`](crate::MpmcProducer::act_for)). Written
+    /// only if the slot is ours when looked at; a label, so a slot taken
+    /// over in between (its lease lost) has at worst a wrong name in its
+    /// next `ProducersLost`, until its new owner's claim clears it.
     pub(crate) fn act_for(&self, pid: u32) {
         let s = self.mem.slot(self.token.index);
         if self.token.owns(s).is_some() {
-            s.pid.store(pid, Ordering::Relaxed);
-            s.start_time.store(0, Ordering::Relaxed);
+            s.tag.store(pid.saturating_add(1), Ordering::Relaxed);
         }
     }
 
@@ -454,6 +454,17 @@ fn set_owed<M: RingMem<Control = MpmcControl>>(
     }
 }
 
+/// Whom a producer slot's debt is named after: the pid its owner put for
+/// (its [`tag`](crate::layout::Slot::tag), see
+/// [`ProducerCore::act_for`]), else the owner's own.
+fn owing_pid(pid: u32, tag: u32) -> u32 {
+    if tag == 0 {
+        pid
+    } else {
+        tag - 1
+    }
+}
+
 /// Counts `owed` messages of producer slot `i` (last owner pid `pid`) as
 /// lost: they will never be committed. Saturating, and a count above
 /// [`MAX_OWED`] (a corrupt word) counts as that: garbage cannot wrap
@@ -484,7 +495,7 @@ fn count_lost<M: RingMem<Control = MpmcControl>>(mem: &M, i: usize, pid: u32, ow
 fn settle_previous<M: RingMem<Control = MpmcControl>>(mem: &M, i: usize, prev: Previous) {
     let owed = owed_of(prev.cursor);
     if owed > 0 {
-        count_lost(mem, i, prev.pid, owed);
+        count_lost(mem, i, owing_pid(prev.pid, prev.tag), owed);
     }
 }
 
@@ -554,7 +565,8 @@ fn settle_dead<M: RingMem<Control = MpmcControl>>(mem: &M, i: usize) -> bool {
     let cur = s.cursor.load(Ordering::Acquire);
     let owed = owed_of(cur);
     if owed > 0 {
-        count_lost(mem, i, slot_owner(s).pid, owed);
+        let tag = s.tag.load(Ordering::Relaxed);
+        count_lost(mem, i, owing_pid(slot_owner(s).pid, tag), owed);
         s.cursor
             .store(owed_word(0, (cur & GEN_TAG_MASK) as u32), Ordering::Release);
     }

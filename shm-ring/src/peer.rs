@@ -173,6 +173,7 @@ pub(crate) fn claim_slot<M: RingMem>(
         // from settling it meanwhile).
         let previous = Previous {
             pid: s.pid.load(Ordering::Relaxed),
+            tag: s.tag.load(Ordering::Relaxed),
             cursor: s.cursor.load(Ordering::Acquire),
         };
         on_claim(i, previous);
@@ -193,6 +194,8 @@ pub(crate) fn claim_slot<M: RingMem>(
 pub(crate) struct Previous {
     /// Its pid (a hint for logs).
     pub pid: u32,
+    /// Its label (see [`Slot::tag`](crate::layout::Slot::tag)).
+    pub tag: u32,
     /// Its cursor word.
     pub cursor: u64,
 }
