@@ -1374,15 +1374,15 @@ fn connect(launch: &Launch, opts: &GroupOptions) -> Result<Link> {
     }
     let end = Instant::now() + timeout;
     loop {
-        if let Some(at) = read_own(&file) {
+        if let Some(at) = read_own(&file).map(|a| a.trim().to_string()) {
             let left = end
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_secs(1));
-            match Client::connect(at.trim(), rank, size, &secret, left, max_frame) {
+            match Client::connect(&at, rank, size, &secret, left, max_frame) {
                 Ok(client) => {
                     return Ok(Link {
                         client: Mutex::new(client),
-                        address: at.trim().to_string(),
+                        address: at,
                         world_rank: rank,
                         world_size: size,
                         secret,
@@ -1392,6 +1392,10 @@ fn connect(launch: &Launch, opts: &GroupOptions) -> Result<Link> {
                         linger,
                     })
                 }
+                // Another secret, or another group's rendezvous under this
+                // job's name and size (only a live one answers): said at
+                // once, not asked again until the timeout.
+                Err(e @ (Error::Refused(_) | Error::BadArguments(_))) => return Err(e),
                 // A stale file from an earlier job: rank 0 writes it anew.
                 Err(e) if Instant::now() >= end => return Err(e),
                 Err(_) => {}

@@ -3,7 +3,7 @@
 //! are served meanwhile.
 
 use shoal_collectives::rendezvous::wire::{
-    read_frame, write_frame, Reply, Request, Secret, VERSION,
+    read_frame, write_frame, Reply, Request, Secret, MAX_SECRET, VERSION,
 };
 use shoal_collectives::rendezvous::{Client, Limits, Server};
 use std::io::{Read, Write};
@@ -296,6 +296,13 @@ fn only_ranks_showing_the_secret_are_let_in() {
     }
     // Still serving its own.
     ranks_run_with(&at, 20, &secret);
+    // A secret too long for the wire is refused before it is sent (not
+    // cut, which would let in every secret with the same beginning).
+    let long = Secret::new(vec![b'x'; MAX_SECRET + 1]);
+    assert!(matches!(
+        Client::connect(&at, 1, 2, &long, Duration::from_secs(5), 1 << 20),
+        Err(shoal_collectives::Error::BadArguments(_))
+    ));
 
     let open = server(2);
     let e = Client::connect(

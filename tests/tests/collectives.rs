@@ -10,7 +10,7 @@ use shoal_collectives::{
 };
 use shoal_tests::{say, spawn_command, Peer};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const SEC: Duration = Duration::from_secs(1);
 
@@ -510,6 +510,42 @@ fn a_rank_with_another_secret_is_refused() {
         let hello = p.expect_line(60 * SEC);
         assert!(hello.contains(" of 3 "), "{hello}");
     }
+    all_done(peers);
+}
+
+/// The same where the launcher names no rendezvous (ranks find rank 0's
+/// address in a file): the stranger is refused at once too, not after
+/// the group's timeout.
+#[test]
+fn a_rank_with_another_secret_is_refused_without_an_address() {
+    let job = format!("secret-test-{}", std::process::id());
+    let with = |r: u32, secret: &str| {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args(["--exact", "child_main", "--nocapture", "--test-threads=1"])
+            .env("SHOAL_TEST_ROLE", "suite")
+            .env_remove("SHOAL_HOST")
+            .env_remove("SHOAL_RANK")
+            .env_remove("SHOAL_RENDEZVOUS")
+            .env("OMPI_COMM_WORLD_RANK", r.to_string())
+            .env("OMPI_COMM_WORLD_SIZE", "2")
+            .env("SHOAL_JOB", &job)
+            .env("SHOAL_SECRET", secret);
+        spawn_command(cmd, &[])
+    };
+    let mut rank0 = with(0, "run-7f3e");
+    let t0 = Instant::now();
+    let mut stranger = with(1, "run-0000");
+    let said = stranger.expect_line(30 * SEC);
+    assert!(
+        said.starts_with("bootstrap: ") && said.contains("SHOAL_SECRET"),
+        "{said}"
+    );
+    assert!(t0.elapsed() < 15 * SEC, "refused after {:?}", t0.elapsed());
+    assert_eq!(stranger.wait(10 * SEC).code(), Some(3));
+    let mut peers = vec![with(1, "run-7f3e")];
+    assert!(rank0.expect_line(60 * SEC).contains(" of 2 "));
+    assert!(peers[0].expect_line(60 * SEC).contains(" of 2 "));
+    peers.insert(0, rank0);
     all_done(peers);
 }
 

@@ -202,8 +202,8 @@ pub fn launch(args: &[String]) -> Result<(), String> {
         Some(hosts) => format!("{}:{NETNS_PORT}", hosts.address(0)),
         None => format!("127.0.0.1:{}", free_port()?),
     };
-    let secret = match std::env::var("SHOAL_SECRET") {
-        Ok(s) if !s.is_empty() => None, // inherited as it is
+    let secret = match std::env::var_os("SHOAL_SECRET") {
+        Some(s) if !s.is_empty() => None, // inherited as it is
         _ => Some(random_secret()?),
     };
     eprintln!("{}", header(&opts, hosts.as_ref(), &rendezvous));

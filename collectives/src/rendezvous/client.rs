@@ -1,6 +1,6 @@
 //! A rank's connection to the rendezvous.
 
-use super::wire::{read_frame, write_frame, Reply, Request, Secret, VERSION};
+use super::wire::{read_frame, write_frame, Reply, Request, Secret, MAX_SECRET, VERSION};
 use crate::error::{Error, Result};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
@@ -23,7 +23,8 @@ impl Client {
     /// Connects to `address` as `rank` of `size`, showing `secret`,
     /// trying again until `timeout` while nobody listens there yet (rank
     /// 0 may start last). A refusal (another group's rendezvous, another
-    /// secret) ends it at once.
+    /// secret) ends it at once, with [`Error::Refused`]; a secret longer
+    /// than [`MAX_SECRET`] is [`Error::BadArguments`].
     pub fn connect(
         address: &str,
         rank: u32,
@@ -32,6 +33,12 @@ impl Client {
         timeout: Duration,
         max_frame: usize,
     ) -> Result<Client> {
+        if secret.len() > MAX_SECRET {
+            return Err(Error::BadArguments(format!(
+                "a secret of {} bytes (SHOAL_SECRET; at most {MAX_SECRET})",
+                secret.len()
+            )));
+        }
         let end = Instant::now() + timeout;
         let mut pause = Duration::from_millis(5);
         let fail = |why: String| Error::Rendezvous {
@@ -41,7 +48,9 @@ impl Client {
         loop {
             let last = match Client::try_connect(address, rank, size, secret, max_frame) {
                 Ok(c) => return Ok(c),
-                Err(e @ Error::Refused(_)) => return Err(fail(e.to_string())),
+                Err(Error::Refused(why)) => {
+                    return Err(Error::Refused(format!("{why} (rendezvous {address})")))
+                }
                 Err(e) => e,
             };
             let now = Instant::now();

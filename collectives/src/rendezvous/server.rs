@@ -336,7 +336,7 @@ fn serve(id: u64, mut stream: TcpStream, shared: &Shared) -> Result<()> {
                     "protocol version {version}, this rendezvous speaks {VERSION}"
                 ))
             } else if !secret.matches(&shared.secret) {
-                Some(match (secret.is_none(), shared.secret.is_none()) {
+                Some(match (secret.is_empty(), shared.secret.is_empty()) {
                     (true, _) => "no secret, and this group has one (SHOAL_SECRET)".into(),
                     (_, true) => "a secret, and this group has none (SHOAL_SECRET)".into(),
                     _ => "another group's secret (SHOAL_SECRET differs)".into(),

@@ -15,6 +15,9 @@ use std::io::{Read, Write};
 pub const VERSION: u16 = 2;
 /// Longest key.
 pub const MAX_KEY: usize = 1024;
+/// Longest [`Secret`] (a longer one is refused by
+/// [`Client::connect`](super::Client::connect), not cut).
+pub const MAX_SECRET: usize = MAX_KEY;
 
 /// What a rank asks the rendezvous.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,17 +99,22 @@ pub enum Request {
 /// let s = Secret::new(b"job-42-f3a9".to_vec());
 /// assert!(s.matches(&Secret::new(b"job-42-f3a9".to_vec())));
 /// assert!(!s.matches(&Secret::none()));
+/// assert!(Secret::none().is_empty());
 /// assert_eq!(format!("{s:?}"), "Secret(11 bytes)");
 /// ```
 #[derive(Clone, PartialEq, Eq, Default)]
 pub struct Secret(Vec<u8>);
 
 impl Secret {
-    /// `bytes` as a secret (cut to [`MAX_KEY`] bytes, as the wire
-    /// carries).
-    pub fn new(mut bytes: Vec<u8>) -> Secret {
-        bytes.truncate(MAX_KEY);
+    /// `bytes` as a secret (at most [`MAX_SECRET`] of them go on the
+    /// wire: a longer one is refused when used).
+    pub fn new(bytes: Vec<u8>) -> Secret {
         Secret(bytes)
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
     }
 
     /// No secret.
@@ -114,8 +122,8 @@ impl Secret {
         Secret(Vec::new())
     }
 
-    /// Whether it is none.
-    pub fn is_none(&self) -> bool {
+    /// Whether it is none (no bytes).
+    pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
@@ -282,7 +290,11 @@ impl Request {
                 out.extend_from_slice(&version.to_le_bytes());
                 out.extend_from_slice(&rank.to_le_bytes());
                 out.extend_from_slice(&size.to_le_bytes());
-                put_key(out, &secret.0);
+                // None: nothing, as version 1's hello (whose rank 0 then
+                // reads it whole and names the version).
+                if !secret.is_empty() {
+                    put_key(out, &secret.0);
+                }
             }
             Request::Collect {
                 key,
@@ -624,7 +636,7 @@ mod tests {
                     // none either).
                     assert!(
                         matches!(x, Request::Collect { .. } | Request::Call { .. })
-                            || matches!(&x, Request::Hello { secret, .. } if secret.is_none()),
+                            || matches!(&x, Request::Hello { secret, .. } if secret.is_empty()),
                         "{x:?}"
                     );
                 }
@@ -690,6 +702,22 @@ mod tests {
         assert!(read_frame(&mut r, 16).unwrap().is_none());
     }
 
+    /// A hello without a secret is version 1's hello byte for byte but
+    /// its version, so a rank 0 of version 1 reads it and names the
+    /// version instead of dropping the connection unanswered.
+    #[test]
+    fn a_hello_without_a_secret_is_shaped_as_version_1() {
+        let mut b = Vec::new();
+        Request::Hello {
+            version: 1,
+            rank: 2,
+            size: 4,
+            secret: Secret::none(),
+        }
+        .encode(&mut b);
+        assert_eq!(b, [1, 1, 0, 2, 0, 0, 0, 4, 0, 0, 0]);
+    }
+
     proptest! {
         #[test]
         fn random_bodies_never_panic(body in proptest::collection::vec(any::<u8>(), 0..256)) {
@@ -708,7 +736,7 @@ mod tests {
 
         #[test]
         fn hellos_with_random_secrets_read_back(
-            secret in proptest::collection::vec(any::<u8>(), 0..MAX_KEY + 1),
+            secret in proptest::collection::vec(any::<u8>(), 0..MAX_SECRET + 1),
             rank in any::<u32>(),
         ) {
             let q = Request::Hello { version: VERSION, rank, size: 7, secret: Secret::new(secret) };
