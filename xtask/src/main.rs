@@ -164,7 +164,11 @@ fn provision_mpi() {
             .output()
             .is_ok_and(|o| o.status.success())
     };
-    if has("mpirun") && has("mpicc") {
+    // Debian's openmpi-bin alone has an mpicc that runs (`--version`
+    // answers) but no mpi.h (libopenmpi-dev): seen after the launchers'
+    // provisioning, which needs mpirun only; the bench's peer then failed
+    // to compile ("mpicc failed").
+    if has("mpirun") && has("mpicc") && has_mpi_header() {
         return;
     }
     if !netns::is_root().unwrap_or(false) {
@@ -187,6 +191,25 @@ fn provision_mpi() {
         );
         let _ = install();
     }
+}
+
+/// Whether mpicc finds `mpi.h` (preprocesses an include of it).
+fn has_mpi_header() -> bool {
+    use std::io::Write;
+    let child = Command::new("mpicc")
+        .args(["-E", "-x", "c", "-o", "/dev/null", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else {
+        return false;
+    };
+    let wrote = child
+        .stdin
+        .take()
+        .is_some_and(|mut i| i.write_all(b"#include <mpi.h>\n").is_ok());
+    child.wait().is_ok_and(|st| st.success()) && wrote
 }
 
 /// The collectives check (`collectives/examples/collectives_check.rs`)
