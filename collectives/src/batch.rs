@@ -115,11 +115,8 @@ const NEXT_AT: usize = 64;
 /// workers parked on it.
 const EVENTS_AT: usize = 128;
 const SLEEPERS_AT: usize = 132;
-/// Per worker, a line: its task + 1 (0: none), then [`PARKED`].
+/// Per worker: its task + 1 (0: none).
 const WORKERS_AT: usize = 192;
-/// In a worker's line: 1 while it is counted among the sleepers (so that
-/// a worker that dies parked is uncounted by whoever finds it dead).
-const PARKED: usize = 8;
 const WORKER: usize = 64;
 
 /// How long a worker with nothing to take waits before it looks again
@@ -287,18 +284,10 @@ impl Table {
     /// but tasks still running elsewhere: counted as a sleeper, it looks
     /// again, and if it still has to wait, parks until a task finishes
     /// or comes back, or [`PAUSE`] (a dead worker is seen by looking).
-    ///
-    /// Its count is also marked in its own line ([`PARKED`]): one that
-    /// dies while counted is uncounted by the worker that finds it dead
-    /// ([`reap`](Self::reap)), else every finish from then on would wake
-    /// nobody through a system call. (A death between the count and the
-    /// mark, or between unmarking and uncounting, still leaves one
-    /// counted: a window of a few instructions, not of the whole park.)
     fn take_waiting(&self, w: u32) -> Took {
         let sleepers = self.u32_at(SLEEPERS_AT);
         let events = self.u32_at(EVENTS_AT);
         sleepers.fetch_add(1, Ordering::SeqCst);
-        self.parked(w).store(1, Ordering::Relaxed);
         // SYNC: see `event`.
         std::sync::atomic::fence(Ordering::SeqCst);
         let seen = events.load(Ordering::SeqCst);
@@ -306,20 +295,8 @@ impl Table {
         if matches!(took, Took::Wait) {
             futex_wait(events, seen, Some(PAUSE));
         }
-        self.unpark(w);
+        sleepers.fetch_sub(1, Ordering::SeqCst);
         took
-    }
-
-    /// Uncounts worker `w` as a sleeper if it is marked one (by itself,
-    /// or by whoever found it dead: one of them, by the swap).
-    fn unpark(&self, w: u32) {
-        if self.parked(w).swap(0, Ordering::Relaxed) == 1 {
-            self.u32_at(SLEEPERS_AT).fetch_sub(1, Ordering::SeqCst);
-        }
-    }
-
-    fn parked(&self, w: u32) -> &AtomicU32 {
-        self.u32_at(WORKERS_AT + WORKER * w as usize + PARKED)
     }
 
     fn running(&self, w: u32) -> &AtomicU64 {
@@ -493,21 +470,14 @@ impl Table {
             if v == w {
                 continue;
             }
-            let running = self.running(v).load(Ordering::Acquire) != 0;
-            let parked = self.parked(v).load(Ordering::Relaxed) != 0;
-            if !running && !parked {
+            if self.running(v).load(Ordering::Acquire) == 0 {
                 continue;
             }
             if self.region.held(v) {
-                live |= running;
+                live = true;
                 continue;
             }
-            if parked {
-                self.unpark(v); // died counted as a sleeper
-            }
-            if running {
-                requeued |= self.take_back(v) == Some(TaskState::Pending);
-            }
+            requeued |= self.take_back(v) == Some(TaskState::Pending);
         }
         (live, requeued)
     }
@@ -601,11 +571,9 @@ impl Pool {
             return false;
         }
         // A worker of that number that was gone may have left a task
-        // Running (nobody reaps the task of a live worker), or itself
-        // counted as a sleeper: settled before the new one works under
-        // its number.
+        // Running (nobody reaps the task of a live worker): taken back
+        // before the new one works under its number.
         self.table.take_back(w);
-        self.table.unpark(w);
         who.insert(conn, (w, lease));
         true
     }
@@ -984,29 +952,6 @@ mod tests {
             (t.state_of(0), t.state_of(1)),
             (TaskState::Failed, TaskState::Done)
         );
-    }
-
-    /// A worker that dies parked (counted as a sleeper) is uncounted by
-    /// the first worker that reaps, once; a live one parked is not.
-    #[test]
-    fn a_worker_dead_while_parked_is_uncounted_once() {
-        let (t, _live) = table(1, OnDeath::Requeue);
-        let sleepers = || t.u32_at(SLEEPERS_AT).load(Ordering::Relaxed);
-        // Workers 1 (dead) and 2 (alive) are parked, as take_waiting
-        // leaves them.
-        for w in [1, 2] {
-            t.u32_at(SLEEPERS_AT).fetch_add(1, Ordering::SeqCst);
-            t.parked(w).store(1, Ordering::Relaxed);
-        }
-        assert_eq!(t.reap(0), (false, false));
-        assert_eq!(sleepers(), 1, "the dead one uncounted, the live one not");
-        assert_eq!(t.reap(0), (false, false));
-        assert_eq!(sleepers(), 1, "uncounted once");
-        // The live one wakes and uncounts itself.
-        t.unpark(2);
-        assert_eq!(sleepers(), 0);
-        t.unpark(2);
-        assert_eq!(sleepers(), 0);
     }
 
     #[test]
