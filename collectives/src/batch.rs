@@ -284,6 +284,13 @@ impl Table {
     /// but tasks still running elsewhere: counted as a sleeper, it looks
     /// again, and if it still has to wait, parks until a task finishes
     /// or comes back, or [`PAUSE`] (a dead worker is seen by looking).
+    ///
+    /// A worker killed while parked stays counted: each later finish then
+    /// makes one `futex_wake` for nobody. That is bounded, so it is left:
+    /// workers park only once every task is handed out, and few finishes
+    /// are left by then (the tasks still running, and any requeued).
+    /// Uncounting it would mean looking at every parked worker's lease
+    /// in each reap (one `fcntl` each), which costs more.
     fn take_waiting(&self, w: u32) -> Took {
         let sleepers = self.u32_at(SLEEPERS_AT);
         let events = self.u32_at(EVENTS_AT);
