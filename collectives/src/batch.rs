@@ -115,8 +115,13 @@ const NEXT_AT: usize = 64;
 /// workers parked on it.
 const EVENTS_AT: usize = 128;
 const SLEEPERS_AT: usize = 132;
-/// Per worker: its task + 1 (0: none).
+/// Per worker, a line: its slot (see [`slot_word`]), then [`EPOCH`].
 const WORKERS_AT: usize = 192;
+/// In a worker's line: how many times a new connection took the worker's
+/// number (see [`Pool`]'s claim). A claim names the worker's epoch in the
+/// task's word and in the slot, so what a reaper read before the number
+/// was taken again never matches what the new worker claims.
+const EPOCH: usize = 8;
 const WORKER: usize = 64;
 
 /// How long a worker with nothing to take waits before it looks again
@@ -153,6 +158,11 @@ impl Table {
         if workers > MAX_WORKERS {
             return Err(Error::BadArguments(format!(
                 "{workers} worker groups; a pool takes at most {MAX_WORKERS}"
+            )));
+        }
+        if tasks > MAX_TASKS {
+            return Err(Error::BadArguments(format!(
+                "{tasks} tasks; a pool takes at most {MAX_TASKS}"
             )));
         }
         let len = Table::size(tasks, workers)
@@ -259,7 +269,8 @@ impl Table {
     }
 
     fn u32_at(&self, at: usize) -> &AtomicU32 {
-        // SAFETY: 4-aligned fields of the header, below states_at, inside
+        // SAFETY: 4-aligned fields of the header or of a worker's line,
+        // below states_at, inside
         // the region (checked at create or attach); mapped while `self`
         // lives.
         unsafe { &*(self.region.as_ptr().add(at) as *const AtomicU32) }
@@ -308,6 +319,10 @@ impl Table {
 
     fn running(&self, w: u32) -> &AtomicU64 {
         self.u64_at(WORKERS_AT + WORKER * w as usize)
+    }
+
+    fn epoch(&self, w: u32) -> &AtomicU32 {
+        self.u32_at(WORKERS_AT + WORKER * w as usize + EPOCH)
     }
 
     #[inline]
@@ -399,11 +414,12 @@ impl Table {
         // Release: a scan that sees the word this claim writes sees the
         // slot too (the claim's exchange releases it); a reaper reads the
         // slot of a dead worker only, whose stores all landed.
-        self.running(w).store(t + 1, Ordering::Release);
+        let e = self.epoch(w).load(Ordering::Acquire);
+        self.running(w).store(slot_word(e, t), Ordering::Release);
         if state
             .compare_exchange(
                 TaskState::Pending as u32,
-                running_word(w),
+                running_word(w, e),
                 Ordering::AcqRel,
                 // A lost claim reads the winner's word: Acquire, so its
                 // slot (stored before) is seen by this worker's reap.
@@ -422,7 +438,7 @@ impl Table {
     fn finish(&self, w: u32, ok: bool) {
         // The word first, then the slot: a worker that dies between the
         // two leaves a finished task, which the reapers leave alone.
-        let t = self.running(w).load(Ordering::Acquire);
+        let (e, t) = slot_parts(self.running(w).load(Ordering::Acquire));
         if t != 0 && t - 1 < self.tasks {
             let to = if ok {
                 TaskState::Done
@@ -435,7 +451,7 @@ impl Table {
             if self
                 .state(t - 1)
                 .compare_exchange(
-                    running_word(w),
+                    running_word(w, e),
                     to as u32,
                     Ordering::SeqCst,
                     Ordering::Relaxed,
@@ -477,25 +493,35 @@ impl Table {
             if v == w {
                 continue;
             }
-            if self.running(v).load(Ordering::Acquire) == 0 {
+            if slot_parts(self.running(v).load(Ordering::Acquire)).1 == 0 {
                 continue;
             }
             if self.region.held(v) {
                 live = true;
                 continue;
             }
-            requeued |= self.take_back(v) == Some(TaskState::Pending);
+            requeued |= self.take_back(v, Gone::Dead) == Some(TaskState::Pending);
         }
         (live, requeued)
     }
 
-    /// Takes back the task of worker `v`, which is gone (or which a new
-    /// connection claims): what its task became, if it was still running
-    /// it.
-    fn take_back(&self, v: u32) -> Option<TaskState> {
+    /// Takes back the task of worker `v`, which is gone (or whose number
+    /// a new connection takes, holding its lease): what its task became,
+    /// if it was still running it.
+    ///
+    /// A reaper looks at the worker's lease again after it read the slot:
+    /// a connection that took the number since (it takes the lease
+    /// first) may have claimed a task under it, which must not be taken
+    /// back. One that takes the number after this read claims under the
+    /// next epoch, which neither the word nor the slot read here names.
+    fn take_back(&self, v: u32, gone: Gone) -> Option<TaskState> {
         let slot = self.running(v);
-        let t = slot.load(Ordering::Acquire);
+        let was = slot.load(Ordering::Acquire);
+        let (e, t) = slot_parts(was);
         if t == 0 {
+            return None;
+        }
+        if gone == Gone::Dead && self.region.held(v) {
             return None;
         }
         let task = t - 1;
@@ -509,7 +535,7 @@ impl Table {
             if self
                 .state(task)
                 .compare_exchange(
-                    running_word(v),
+                    running_word(v, e),
                     to as u32,
                     Ordering::SeqCst,
                     Ordering::Relaxed,
@@ -530,7 +556,7 @@ impl Table {
         // The task is no longer that worker's (taken back above, by
         // another reaper, or never claimed): its slot is cleared unless it
         // changed meanwhile, before waiters are woken (see `finish`).
-        let _ = slot.compare_exchange(t, 0, Ordering::SeqCst, Ordering::Relaxed);
+        let _ = slot.compare_exchange(was, 0, Ordering::SeqCst, Ordering::Relaxed);
         if became.is_some() {
             self.event();
         }
@@ -538,16 +564,41 @@ impl Table {
     }
 }
 
-/// The word of a task Running by worker `w`: the state in the low byte,
-/// the worker + 1 above it.
-fn running_word(w: u32) -> u32 {
-    TaskState::Running as u32 | ((w + 1) << 8)
+/// Whom [`Table::take_back`] takes a task back from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gone {
+    /// A worker found dead (its lease free): looked at again.
+    Dead,
+    /// A worker whose number the caller has just taken (holding its
+    /// lease).
+    Replaced,
+}
+
+/// The word of a task Running by worker `w` in epoch `e` (see [`EPOCH`]):
+/// the state in the low byte, the worker + 1 above it (17 bits), the
+/// epoch's low 7 bits on top (a reaper's read goes stale only if the
+/// number was taken again 128 times meanwhile).
+fn running_word(w: u32, e: u32) -> u32 {
+    TaskState::Running as u32 | ((w + 1) << 8) | ((e & 0x7f) << 25)
+}
+
+/// A worker's slot while it runs task `t`, claimed in epoch `e`: the
+/// epoch above, the task + 1 below (0: no task).
+fn slot_word(e: u32, t: u64) -> u64 {
+    (u64::from(e) << 32) | (t + 1)
+}
+
+/// A slot's epoch and task + 1 (0: none).
+fn slot_parts(w: u64) -> (u32, u64) {
+    ((w >> 32) as u32, w & 0xffff_ffff)
 }
 
 /// Most worker groups a pool takes: one lease each (their numbers also
 /// fit a task's word).
-const MAX_WORKERS: u32 = shoal_shm_ring::MAX_LEASES;
-const _: () = assert!(MAX_WORKERS < (1 << 24) - 1);
+const MAX_WORKERS: u32 = 1 << 16;
+const _: () = assert!(MAX_WORKERS < (1 << 17) - 1 && MAX_WORKERS <= shoal_shm_ring::MAX_LEASES);
+/// Most tasks a pool takes (a slot holds the task + 1 in 32 bits).
+const MAX_TASKS: u64 = u32::MAX as u64 - 1;
 
 /// Rank 0 runs the pool for worker groups on other hosts: it holds each
 /// one's lease, through an attach of the pool's region of that worker's
@@ -579,8 +630,9 @@ impl Pool {
         }
         // A worker of that number that was gone may have left a task
         // Running (nobody reaps the task of a live worker): taken back
-        // before the new one works under its number.
-        self.table.take_back(w);
+        // before the new one works under its number, in a new epoch.
+        self.table.take_back(w, Gone::Replaced);
+        self.table.epoch(w).fetch_add(1, Ordering::AcqRel);
         who.insert(conn, (w, lease));
         true
     }
@@ -930,7 +982,7 @@ mod tests {
         t.running(1).store(1, Ordering::Relaxed);
         // (Worker 2 is alive and runs a task: true.)
         assert!(t.reap(0).0);
-        assert_eq!(t.state(0).load(Ordering::Relaxed), running_word(2));
+        assert_eq!(t.state(0).load(Ordering::Relaxed), running_word(2, 0));
         assert_eq!(t.running(1).load(Ordering::Relaxed), 0);
         // Worker 0 (dead) never finishes worker 2's task.
         t.running(0).store(1, Ordering::Relaxed);
@@ -959,6 +1011,44 @@ mod tests {
             (t.state_of(0), t.state_of(1)),
             (TaskState::Failed, TaskState::Done)
         );
+    }
+
+    /// A worker's number taken again by a new connection (as `Pool`'s
+    /// claim does: the lease, the dead worker's task taken back, a new
+    /// epoch) while a reaper is half-way through taking back the dead
+    /// worker's task: whatever the reaper read before leaves the new
+    /// worker's claim alone, even a claim of the same task, and a reaper
+    /// that reads the slot after sees the lease held.
+    #[test]
+    fn a_number_taken_again_is_not_reaped_for_its_dead_owner() {
+        let (t, _live) = table(2, OnDeath::Requeue);
+        assert!(matches!(t.start(1, 0), Some(Took::Task(0))));
+        // Worker 1 is dead; a reaper reads its slot.
+        let stale = t.running(1).load(Ordering::Acquire);
+        let new = SharedRegion::attach(t.region.name()).unwrap();
+        assert!(new.hold(1).unwrap());
+        assert_eq!(t.take_back(1, Gone::Replaced), Some(TaskState::Pending));
+        t.epoch(1).fetch_add(1, Ordering::AcqRel);
+        assert!(matches!(t.start(1, 0), Some(Took::Task(0))));
+        // The reaper's two exchanges, from what it read, match nothing.
+        let (e, _) = slot_parts(stale);
+        let requeue = t.state(0).compare_exchange(
+            running_word(1, e),
+            TaskState::Pending as u32,
+            Ordering::SeqCst,
+            Ordering::Relaxed,
+        );
+        assert!(requeue.is_err());
+        let clear = t
+            .running(1)
+            .compare_exchange(stale, 0, Ordering::SeqCst, Ordering::Relaxed);
+        assert!(clear.is_err());
+        // One that reads the slot now finds the number held again.
+        assert_eq!(t.take_back(1, Gone::Dead), None);
+        assert_eq!(t.reap(0), (true, false));
+        assert_eq!(t.state(0).load(Ordering::Relaxed), running_word(1, 1));
+        t.finish(1, true);
+        assert_eq!(t.state_of(0), TaskState::Done);
     }
 
     #[test]
