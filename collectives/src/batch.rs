@@ -412,8 +412,9 @@ impl Table {
             return None;
         }
         // Release: a scan that sees the word this claim writes sees the
-        // slot too (the claim's exchange releases it); a reaper reads the
-        // slot of a dead worker only, whose stores all landed.
+        // slot too (the claim's exchange releases it); a reaper acts on
+        // the slot of a dead worker only (its stores all landed), or on
+        // what a number's earlier owner left, under an older epoch.
         let e = self.epoch(w).load(Ordering::Acquire);
         self.running(w).store(slot_word(e, t), Ordering::Release);
         if state
@@ -485,7 +486,9 @@ impl Table {
     /// half-way, a slot naming a task its worker lost the claim of, or a
     /// task requeued and claimed again by a live worker, are all left
     /// right: the word names the live worker then, and the exchange
-    /// fails.
+    /// fails. A number taken again by a new connection is looked at again
+    /// after its slot is read, and its new claims carry a new epoch (see
+    /// [`take_back`](Self::take_back)).
     fn reap(&self, w: u32) -> (bool, bool) {
         let mut live = false;
         let mut requeued = false;
