@@ -163,6 +163,10 @@ impl Request<'_> {
 /// first use (at most 64 kept).
 #[derive(Debug)]
 pub struct Replies {
+    /// The queue replied to last, kept apart: a requester asking again
+    /// (the usual case) is answered without hashing its queue's name.
+    hot: Option<(Handle, ShmPusher)>,
+    /// The others.
     queues: HashMap<Handle, ShmPusher>,
     opts: Options,
 }
@@ -179,27 +183,33 @@ impl Replies {
     /// Sends `payload` as the reply with id `id` to the requester whose
     /// reply queue is `to` (for replies sent after the request was dropped).
     pub async fn reply_to(&mut self, to: Handle, id: u64, payload: &[u8]) -> Result<()> {
-        if !self.queues.contains_key(&to) {
-            if self.queues.len() >= MAX_REPLY_QUEUES {
-                self.queues.clear();
+        let q = match &mut self.hot {
+            Some((h, q)) if *h == to => q,
+            _ => {
+                let p = match self.queues.remove(&to) {
+                    Some(p) => p,
+                    None => ShmPusher::attach(&to, &self.opts).map_err(|e| match e {
+                        Error::Ring(shoal_shm_ring::Error::NotFound { .. }) => Error::PeerGone {
+                            address: to.to_string(),
+                        },
+                        e => e,
+                    })?,
+                };
+                if let Some((h, q)) = self.hot.take() {
+                    // The hot one and the map together keep at most
+                    // MAX_REPLY_QUEUES.
+                    if self.queues.len() + 1 >= MAX_REPLY_QUEUES {
+                        self.queues.clear();
+                    }
+                    self.queues.insert(h, q);
+                }
+                &mut self.hot.insert((to, p)).1
             }
-            let p = ShmPusher::attach(&to, &self.opts).map_err(|e| match e {
-                Error::Ring(shoal_shm_ring::Error::NotFound { .. }) => Error::PeerGone {
-                    address: to.to_string(),
-                },
-                e => e,
-            })?;
-            self.queues.insert(to, p);
-        }
-        let Some(q) = self.queues.get_mut(&to) else {
-            return Err(Error::PeerGone {
-                address: to.to_string(),
-            });
         };
         let r = q.send_as(Kind::Reply, &[], id, payload).await;
         if r.is_err() {
             // The requester may be gone: attach afresh next time.
-            self.queues.remove(&to);
+            self.hot = None;
         }
         r
     }
@@ -210,6 +220,10 @@ impl Replies {
 pub struct ShmReplier {
     requests: ShmPuller,
     replies: Replies,
+    /// The reply-to bytes of the last request, as sent, and what they
+    /// were read as (its queue and the requester's id): a requester
+    /// asking again is not parsed and hashed again.
+    last_from: (Vec<u8>, Option<(Handle, u64)>),
 }
 
 impl ShmReplier {
@@ -223,7 +237,9 @@ impl ShmReplier {
     pub fn bind(address: &Address, opts: &Options) -> Result<Self> {
         Ok(ShmReplier {
             requests: ShmPuller::bind(address, opts)?,
+            last_from: (Vec::new(), None),
             replies: Replies {
+                hot: None,
                 queues: HashMap::new(),
                 opts: opts
                     .clone()
@@ -243,24 +259,33 @@ impl ShmReplier {
     /// error.
     pub async fn recv(&mut self) -> Result<(Request<'_>, &mut Replies)> {
         let (h, frame) = self.requests.recv_as(Kind::Request).await?;
-        let reply_to = std::str::from_utf8(frame.topic())
-            .ok()
-            .and_then(|t| t.parse::<Handle>().ok())
-            .ok_or(Error::Corrupt {
-                what: "request reply-to",
-                found: frame.topic().len() as u64,
-                expected: "the requester's reply queue handle",
-            })?;
-        // The requester's identity: its reply queue's name, hashed (never
-        // 0, which stands for "no sender id").
-        let peer = reply_to
-            .name()
-            .as_bytes()
-            .iter()
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-            })
-            .max(1);
+        let (reply_to, peer) = match &self.last_from {
+            (raw, Some(known)) if raw[..] == *frame.topic() => *known,
+            _ => {
+                let reply_to = std::str::from_utf8(frame.topic())
+                    .ok()
+                    .and_then(|t| t.parse::<Handle>().ok())
+                    .ok_or(Error::Corrupt {
+                        what: "request reply-to",
+                        found: frame.topic().len() as u64,
+                        expected: "the requester's reply queue handle",
+                    })?;
+                // The requester's identity: its reply queue's name,
+                // hashed (never 0, which stands for "no sender id").
+                let peer = reply_to
+                    .name()
+                    .as_bytes()
+                    .iter()
+                    .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+                        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+                    })
+                    .max(1);
+                self.last_from.0.clear();
+                self.last_from.0.extend_from_slice(frame.topic());
+                self.last_from.1 = Some((reply_to, peer));
+                (reply_to, peer)
+            }
+        };
         Ok((
             Request {
                 frame: frame.with_peer(peer),
