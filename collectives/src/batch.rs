@@ -270,9 +270,8 @@ impl Table {
 
     fn u32_at(&self, at: usize) -> &AtomicU32 {
         // SAFETY: 4-aligned fields of the header or of a worker's line,
-        // below states_at, inside
-        // the region (checked at create or attach); mapped while `self`
-        // lives.
+        // below states_at, inside the region (checked at create or
+        // attach); mapped while `self` lives.
         unsafe { &*(self.region.as_ptr().add(at) as *const AtomicU32) }
     }
 

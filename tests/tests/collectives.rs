@@ -520,17 +520,13 @@ fn a_rank_with_another_secret_is_refused() {
 fn a_rank_with_another_secret_is_refused_without_an_address() {
     let job = format!("secret-test-{}", std::process::id());
     let with = |r: u32, secret: &str| {
-        let mut cmd = Command::new(std::env::current_exe().unwrap());
-        cmd.args(["--exact", "child_main", "--nocapture", "--test-threads=1"])
-            .env("SHOAL_TEST_ROLE", "suite")
-            .env_remove("SHOAL_HOST")
-            .env_remove("SHOAL_RANK")
-            .env_remove("SHOAL_RENDEZVOUS")
-            .env("OMPI_COMM_WORLD_RANK", r.to_string())
-            .env("OMPI_COMM_WORLD_SIZE", "2")
-            .env("SHOAL_JOB", &job)
-            .env("SHOAL_SECRET", secret);
-        spawn_command(cmd, &[])
+        let env = [
+            ("OMPI_COMM_WORLD_RANK", "{r}".to_string()),
+            ("OMPI_COMM_WORLD_SIZE", "2".into()),
+            ("SHOAL_JOB", job.clone()),
+            ("SHOAL_SECRET", secret.into()),
+        ];
+        spawn_command(launched(&env, r), &[])
     };
     let mut rank0 = with(0, "run-7f3e");
     let t0 = Instant::now();
@@ -552,20 +548,25 @@ fn a_rank_with_another_secret_is_refused_without_an_address() {
 /// The suite under the variables a launcher sets, no shoal variable.
 fn under(env: &[(&str, String)], ranks: u32) {
     let peers: Vec<Peer> = (0..ranks)
-        .map(|r| {
-            let mut cmd = Command::new(std::env::current_exe().unwrap());
-            cmd.args(["--exact", "child_main", "--nocapture", "--test-threads=1"])
-                .env("SHOAL_TEST_ROLE", "suite")
-                .env_remove("SHOAL_HOST")
-                .env_remove("SHOAL_RANK")
-                .env_remove("SHOAL_RENDEZVOUS");
-            for (k, v) in env {
-                cmd.env(k, v.replace("{r}", &r.to_string()));
-            }
-            spawn_command(cmd, &[])
-        })
+        .map(|r| spawn_command(launched(env, r), &[]))
         .collect();
     all_done(peers);
+}
+
+/// This test binary running the suite as rank `r` under the variables
+/// `env` (with `{r}` in a value replaced by `r`), no shoal variable but
+/// those given.
+fn launched(env: &[(&str, String)], r: u32) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", "child_main", "--nocapture", "--test-threads=1"])
+        .env("SHOAL_TEST_ROLE", "suite")
+        .env_remove("SHOAL_HOST")
+        .env_remove("SHOAL_RANK")
+        .env_remove("SHOAL_RENDEZVOUS");
+    for (k, v) in env {
+        cmd.env(k, v.replace("{r}", &r.to_string()));
+    }
+    cmd
 }
 
 #[test]

@@ -12,7 +12,7 @@
 //! [`Limits::max_connections`]. Each offence drops only that connection
 //! (logged), and the others are served meanwhile on their own threads.
 
-use super::wire::{read_frame, write_frame, Reply, Request, Secret, MAX_KEY, VERSION};
+use super::wire::{read_frame, write_frame, Reply, Request, Secret, MAX_SECRET, VERSION};
 use crate::error::{Error, Result};
 use std::collections::{HashMap, VecDeque};
 use std::io::Read;
@@ -54,7 +54,7 @@ impl Limits {
 pub const MAX_FRAME: usize = (u32::MAX as usize) - (1 << 20);
 
 /// Longest hello: its fields and the longest secret.
-const HELLO_MAX: usize = 16 + MAX_KEY;
+const HELLO_MAX: usize = 16 + MAX_SECRET;
 
 /// How often a waiting connection looks whether its peer left.
 const LOOK: Duration = Duration::from_millis(100);
