@@ -34,15 +34,18 @@ pub struct AlignedBuf(AlignedVec<ARCHIVE_ALIGN>);
 
 impl AlignedBuf {
     /// An empty buffer that can take `n` bytes without reallocating.
+    ///
+    /// A large one (see [`recycle`](crate::recycle)) may be one dropped
+    /// before, handed out empty.
     pub fn with_capacity(n: usize) -> Self {
-        AlignedBuf(AlignedVec::with_capacity(n))
+        AlignedBuf(crate::recycle::aligned(n))
     }
 
     /// A copy of `bytes`.
     pub fn copy_from(bytes: &[u8]) -> Self {
-        let mut v = AlignedVec::with_capacity(bytes.len());
-        v.extend_from_slice(bytes);
-        AlignedBuf(v)
+        let mut b = AlignedBuf::with_capacity(bytes.len());
+        b.0.extend_from_slice(bytes);
+        b
     }
 
     /// Appends `bytes`.
@@ -63,6 +66,16 @@ impl AlignedBuf {
     /// Sets the length to `n` (at most the capacity), the new bytes zero.
     pub fn resize_zeroed(&mut self, n: usize) {
         self.0.resize(n, 0);
+    }
+}
+
+impl Drop for AlignedBuf {
+    /// A large buffer goes back to the pool for the next message of its
+    /// size.
+    fn drop(&mut self) {
+        if self.0.capacity() >= crate::recycle::MIN_LEN {
+            crate::recycle::give_aligned(std::mem::replace(&mut self.0, AlignedVec::new()));
+        }
     }
 }
 

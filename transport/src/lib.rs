@@ -12,6 +12,8 @@
 //!   16-byte-aligned buffer network bytes are copied into only when they
 //!   arrive misaligned; [`archive_into`], serializing straight into
 //!   memory the transport owns.
+//! - [`recycle`]: large message buffers kept for the next message of
+//!   their size (a fresh megabyte costs a page fault per page).
 //! - [`envelope`]: the 16-byte header every message carries on a wire
 //!   (kind, topic, correlation id) and the sans-IO decoder of
 //!   length-prefixed streams, which enforces the size limit before it
@@ -52,6 +54,7 @@ pub mod options;
 pub mod pattern;
 #[cfg(feature = "quic")]
 pub mod quic;
+pub mod recycle;
 pub mod reply;
 #[cfg(feature = "shm")]
 pub mod shm;

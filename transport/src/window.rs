@@ -11,6 +11,7 @@
 //! order put, so a queue can tell a batch asked again from a new one.
 
 use crate::error::{Error, Result};
+use crate::recycle::Recycled;
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -24,7 +25,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// One message in the window: its number and its bytes as the wire
 /// carries it.
-pub(crate) type Entry = (u64, Arc<Vec<u8>>);
+pub(crate) type Entry = (u64, Arc<Recycled>);
 
 #[derive(Default)]
 struct State {
@@ -67,11 +68,12 @@ impl PushWindow {
     /// nothing was put.
     pub async fn put(
         &self,
-        mut entry: Vec<u8>,
+        entry: impl Into<Recycled>,
         len: usize,
         stamp: impl FnOnce(&mut Vec<u8>, u64),
         timeout: Option<Duration>,
     ) -> Result<()> {
+        let mut entry: Recycled = entry.into();
         let deadline = timeout.map(|t| (Instant::now() + t, t));
         let mut stamp = Some(stamp);
         loop {

@@ -668,8 +668,9 @@ impl QueuePusher {
         Error::check_payload(payload.len(), self.max_message)?;
         // The push of this message alone: its own control block (a batch
         // of one is asked as it is), then its envelope.
-        let mut push =
-            Vec::with_capacity(CONTROL_LEN + super::proto::envelope_len(b"", payload.len()));
+        let mut push = crate::recycle::Recycled::with_capacity(
+            CONTROL_LEN + super::proto::envelope_len(b"", payload.len()),
+        );
         push.resize(CONTROL_LEN, 0);
         super::proto::put_envelope(&mut push, Kind::Message, b"", payload, self.id)?;
         let key = self.key;

@@ -7,6 +7,7 @@ use crate::address::{Address, Host};
 use crate::envelope::{encode_into, Decoded, Decoder, Header, Kind};
 use crate::error::{Error, Result};
 use crate::options::Options;
+use crate::recycle::Recycled;
 use quinn::{Connection, ConnectionError, Endpoint, ReadError, RecvStream, SendStream, VarInt};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -96,6 +97,21 @@ async fn resolve(address: &Address, host: &Host, port: u16) -> Result<SocketAddr
                 address: address.to_string(),
                 why: format!("{n} has no address"),
             }),
+    }
+}
+
+/// An encoded envelope handed to quinn without copying it: quinn sends
+/// from where it was encoded, holding it (shared) until it is sent.
+pub(crate) fn shared_bytes(env: &Arc<Recycled>) -> bytes::Bytes {
+    bytes::Bytes::from_owner(SharedEnv(env.clone()))
+}
+
+/// See [`shared_bytes`].
+struct SharedEnv(Arc<Recycled>);
+
+impl AsRef<[u8]> for SharedEnv {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
     }
 }
 

@@ -39,7 +39,11 @@ use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 
 /// A message queued for one subscriber, holding its share of that
 /// subscriber's room until written.
-type Queued = (Arc<Vec<u8>>, OwnedSemaphorePermit);
+type Queued = (Arc<crate::recycle::Recycled>, OwnedSemaphorePermit);
+
+/// Bytes a subscriber's stream is given at a time (its progress is noted
+/// after each).
+const PIECE: usize = 64 << 10;
 /// How long a finished stream's connection is kept for its subscriber to
 /// read the rest after the publisher is dropped.
 pub const LINGER: Duration = Duration::from_secs(5);
@@ -190,8 +194,13 @@ async fn writer(
         // subscriber on a slow link takes long, but it is reading. A piece
         // it does not take within the stall timeout ends it (also once the
         // publisher is gone, when no send looks at its clock any more).
-        for piece in env.chunks(64 << 10) {
-            match tokio::time::timeout(stall, send.write_all(piece)).await {
+        // Handed to quinn as they are (shared, not copied again).
+        let whole = conn::shared_bytes(&env);
+        let mut at = 0;
+        while at < whole.len() {
+            let piece = whole.slice(at..(at + PIECE).min(whole.len()));
+            at += piece.len();
+            match tokio::time::timeout(stall, send.write_chunk(piece)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     tracing::info!(%address, remote = %conn.remote_address(), error = %e, "QUIC publisher: subscriber gone; dropped");
@@ -266,8 +275,9 @@ impl QuicPublisher {
         // subscriber, say) would never give the runtime back.
         tokio::task::coop::consume_budget().await;
         let h = Header::new(Kind::Message, topic, payload.len(), self.shared.id)?;
-        let mut env =
-            Vec::with_capacity(crate::envelope::HEADER_LEN + topic.len() + 16 + payload.len());
+        let mut env = crate::recycle::Recycled::with_capacity(
+            crate::envelope::HEADER_LEN + topic.len() + 16 + payload.len(),
+        );
         encode_into(&h, topic, payload, &mut env);
         let env = Arc::new(env);
         type Entry = (

@@ -22,6 +22,7 @@ use crate::envelope::{encode_into, Decoded, Header, Kind};
 use crate::error::{Error, Result};
 use crate::frame::{Frame, PeerId};
 use crate::options::Options;
+use crate::recycle::Recycled;
 use crate::window::{Entry, PushWindow, Pushers};
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use std::collections::VecDeque;
@@ -588,7 +589,7 @@ impl QuicPusher {
     pub async fn send(&mut self, payload: &[u8]) -> Result<()> {
         Error::check_payload(payload.len(), self.opts.max_message)?;
         let h = Header::new(Kind::Message, b"", payload.len(), self.id)?;
-        let mut env = Vec::with_capacity(crate::envelope::HEADER_LEN + payload.len());
+        let mut env = Recycled::with_capacity(crate::envelope::HEADER_LEN + payload.len());
         encode_into(&h, b"", payload, &mut env);
         let len = env.len();
         self.window
@@ -666,15 +667,6 @@ async fn ship(window: Arc<PushWindow>, mut client: Client, key: u64, opts: Optio
         .close(VarInt::from_u32(conn::CLOSED), b"pusher dropped");
 }
 
-/// A window entry's bytes, shared with quinn.
-struct Shared(Arc<Vec<u8>>);
-
-impl AsRef<[u8]> for Shared {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
 /// One batch on a stream of its own: its header, the envelopes, the end,
 /// the answer (the last sequence number the queue holds from this pusher).
 async fn push_batch(client: &Client, key: u64, batch: &[Entry]) -> Result<u64> {
@@ -693,7 +685,7 @@ async fn push_batch(client: &Client, key: u64, batch: &[Entry]) -> Result<u64> {
     // Handed to quinn as they are (shared, not copied again).
     let chunks: Vec<bytes::Bytes> = batch
         .iter()
-        .map(|(_, env)| bytes::Bytes::from_owner(Shared(env.clone())))
+        .map(|(_, env)| conn::shared_bytes(env))
         .collect();
     send.send
         .write_all_chunks(&mut { chunks })
