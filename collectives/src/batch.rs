@@ -154,7 +154,9 @@ impl Table {
         states_at.checked_add(usize::try_from(tasks).ok()?.checked_mul(4)?)
     }
 
-    fn create(tasks: u64, workers: u32, opts: &BatchOptions) -> Result<Table> {
+    /// Refuses a pool this crate cannot make, whoever asks (every rank
+    /// checks, so none waits for a refusal).
+    fn check(tasks: u64, workers: u32) -> Result<()> {
         if workers > MAX_WORKERS {
             return Err(Error::BadArguments(format!(
                 "{workers} worker groups; a pool takes at most {MAX_WORKERS}"
@@ -165,6 +167,11 @@ impl Table {
                 "{tasks} tasks; a pool takes at most {MAX_TASKS}"
             )));
         }
+        Ok(())
+    }
+
+    fn create(tasks: u64, workers: u32, opts: &BatchOptions) -> Result<Table> {
+        Table::check(tasks, workers)?;
         let len = Table::size(tasks, workers)
             .ok_or_else(|| Error::BadArguments(format!("{tasks} tasks do not fit in memory")))?;
         let region = SharedRegion::create(len as u64, "shoal-batch")?;
@@ -602,6 +609,10 @@ const _: () = assert!(MAX_WORKERS < (1 << 17) - 1 && MAX_WORKERS <= shoal_shm_ri
 /// Most tasks a pool takes (a slot holds the task + 1 in 32 bits).
 const MAX_TASKS: u64 = u32::MAX as u64 - 1;
 
+/// What starts rank 0's answer in place of the pool's name when it could
+/// not make the pool (the reason follows).
+const REFUSED: &str = "!";
+
 /// Rank 0 runs the pool for worker groups on other hosts: it holds each
 /// one's lease, through an attach of the pool's region of that worker's
 /// own, while its connection lives (the table's own attach holds none, so
@@ -745,22 +756,32 @@ impl<'g> Batch<'g> {
         let index = group.rank() / ranks_per_worker;
         let call = group.next_call()?;
         let key = format!("{}/{call}/batch", group.name()).into_bytes();
-        // Rank 0 makes the table; its host's ranks attach to it.
+        Table::check(tasks, workers)?;
+        // Rank 0 makes the table; its host's ranks attach to it. A table
+        // rank 0 could not make is told to the others in its place (a
+        // name never starts with `!`), so they fail now, not at a timeout.
         let made = if group.rank() == 0 {
-            Some(Table::create(tasks, workers, opts)?)
+            Some(Table::create(tasks, workers, opts))
         } else {
             None
         };
-        let name = made
-            .as_ref()
-            .map(|t| t.region.name().to_string())
-            .unwrap_or_default();
+        let name = match &made {
+            Some(Ok(t)) => t.region.name().to_string(),
+            Some(Err(e)) => format!("{REFUSED}{e}"),
+            None => String::new(),
+        };
         let all = group.collect("batch", name.as_bytes(), true)?;
+        let made = made.transpose()?;
         let name = all
             .first()
             .and_then(|b| std::str::from_utf8(b).ok())
             .unwrap_or_default()
             .to_string();
+        if let Some(why) = name.strip_prefix(REFUSED) {
+            return Err(Error::Broken(format!(
+                "batch: rank 0 could not make the pool: {why}"
+            )));
+        }
         let mut registered = false;
         if group.rank() == 0 && group.nodes() > 1 {
             let pool = Pool {

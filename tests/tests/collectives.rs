@@ -313,6 +313,20 @@ fn run(role: &str, a: &[String]) -> i32 {
             }
             g.barrier().map_err(es)
         })(),
+        // A pool whose state directory is a plain file (`a[0]`): rank 0
+        // cannot make it; every rank says how long it took to learn so,
+        // and what it was told.
+        "batch-refused" => {
+            let t0 = std::time::Instant::now();
+            let o = BatchOptions::default().state_dir(&a[0]);
+            match Batch::new(&g, 4, 1, &o) {
+                Ok(_) => Err("the pool was made".into()),
+                Err(e) => {
+                    say(&format!("refused {} ms: {e}", t0.elapsed().as_millis()));
+                    Ok(())
+                }
+            }
+        }
         // Barriers until one fails: says how.
         "barriers" => {
             say("in");
@@ -653,6 +667,36 @@ fn a_batch_worker_killed_with_its_task_leaves_it_failed() {
     let mut want = ["Some(Done)"; 12];
     want[t] = "Some(Failed)";
     assert_eq!(states, format!("states {}", want.join(",")));
+}
+
+#[test]
+fn a_pool_rank_0_cannot_make_fails_on_every_rank_at_once() {
+    let at = format!("127.0.0.1:{}", free_port());
+    let file = std::env::temp_dir().join(format!("shoal-batch-refused-{}", std::process::id()));
+    std::fs::write(&file, "not a directory").unwrap();
+    let args = [file.display().to_string()];
+    let mut peers: Vec<Peer> = (0..3)
+        .map(|r| rank("batch-refused", r, 3, &at, None, &args))
+        .collect();
+    for (r, p) in peers.iter_mut().enumerate() {
+        let _ = p.expect_line(30 * SEC); // who it is
+        let line = p.expect_line(30 * SEC);
+        let ms: u64 = line
+            .strip_prefix("refused ")
+            .and_then(|l| l.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("rank {r}: {line}"));
+        println!("rank {r}: {line}");
+        // Well within the group's 30 s timeout.
+        assert!(ms < 10_000, "rank {r} learned after {ms} ms: {line}");
+        if r == 0 {
+            assert!(line.contains(&file.display().to_string()), "{line}");
+        } else {
+            assert!(line.contains("rank 0 could not make the pool"), "{line}");
+        }
+    }
+    all_done(peers);
+    let _ = std::fs::remove_file(&file);
 }
 
 #[test]
