@@ -289,6 +289,7 @@ async fn replies_in_place<W: Wire>(a: Address) {
 /// and its requester learns at once that no answer comes (an error, not a
 /// wait without end); the replier then serves on. Network wires only: the
 /// shm and in-process repliers do not apply `max_message` to replies.
+#[cfg(any(feature = "nng", feature = "quic"))]
 async fn reply_over_limit<W: Wire>(a: Address) {
     let o = Options::default()
         .max_message(1024)
@@ -446,6 +447,7 @@ suite!(nng_tcp, shoal_transport::Nng, |_| common::tcp_addr(
 suite!(quic, shoal_transport::Quic, quic_addr);
 
 /// [`reply_over_limit`] on each network wire.
+#[cfg(any(feature = "nng", feature = "quic"))]
 mod reply_limit {
     use super::*;
 
