@@ -55,6 +55,11 @@ mod capture {
     }
 }
 
+/// The tests of this file one at a time: the contributions counted are
+/// every rendezvous's in the process (one test's gathers were counted in
+/// the other's once).
+static SERIAL: Mutex<()> = Mutex::new(());
+
 /// Contributions the rendezvous took, by collective (the last part of
 /// the key: `group/call/what`).
 fn contributions() -> HashMap<String, usize> {
@@ -77,6 +82,7 @@ fn contributions() -> HashMap<String, usize> {
 
 #[test]
 fn four_ranks_on_two_hosts_send_one_message_per_host() {
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     capture::start();
     let at = rendezvous();
     // Hosts' first ranks are 0 and 1; ranks interleaved across hosts.
@@ -119,6 +125,7 @@ fn four_ranks_on_two_hosts_send_one_message_per_host() {
 
 #[test]
 fn a_gather_that_fails_on_one_host_fails_on_the_others_without_waiting() {
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let at = rendezvous();
     let hosts = ["fail-a", "fail-b", "fail-a", "fail-b"];
     let start = std::time::Instant::now();
