@@ -314,15 +314,19 @@ impl QShared {
                         }
                     }
                 };
-                let mut env = Vec::with_capacity(16 + item.payload().len());
+                let mut env = Recycled::with_capacity(
+                    crate::envelope::HEADER_LEN + item.topic().len() + 16 + item.payload().len(),
+                );
                 encode_into(&item.header, item.topic(), item.payload(), &mut env);
+                // Handed to quinn as it is (not copied again).
+                let env = conn::shared_bytes(&Arc::new(env));
                 // A puller that does not take the item, or does not say it
                 // did, within the stall timeout loses it to the others.
                 // Not taking it in time may be a slow link (the item stays
                 // first and goes to the next puller that asks); taking it
                 // and never saying so is a peer that would hold every next
                 // item back the same way, and its connection goes.
-                let written = tokio::time::timeout(self.stall, send.send.write_all(&env)).await;
+                let written = tokio::time::timeout(self.stall, send.send.write_chunk(env)).await;
                 let acked = match written {
                     Err(_) => Err(Error::Timeout {
                         what: "sending a pulled message",
