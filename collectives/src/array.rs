@@ -201,29 +201,35 @@ impl<'g, T: Element> SharedArray<'g, T> {
         for d in shape {
             said.extend_from_slice(&(*d as u64).to_le_bytes());
         }
+        // The host's first rank makes the region and says its name, or
+        // why it has none (a full /dev/shm): every rank then fails at
+        // once, none waits for it.
         let made = if place == 0 {
-            let r = SharedRegion::create(total as u64, "shoal-array")?;
-            // SAFETY: the header fields lie in the region's first page,
-            // aligned; nobody else has its name yet.
-            unsafe {
-                let p = r.as_ptr();
-                (p as *mut u64).write(MAGIC);
-                (p.add(TAG_AT) as *mut u32).write(T::TAG);
-                (p.add(DIMS_AT) as *mut u32).write(shape.len() as u32);
-                for (i, d) in shape.iter().enumerate() {
-                    (p.add(SHAPE_AT + 8 * i) as *mut u64).write(*d as u64);
-                }
-            }
-            Some(r)
+            SharedRegion::create(total as u64, "shoal-array")
+                .map_err(Error::from)
+                .inspect(|r| {
+                    // SAFETY: the header fields lie in the region's first
+                    // page, aligned; nobody else has its name yet.
+                    unsafe {
+                        let p = r.as_ptr();
+                        (p as *mut u64).write(MAGIC);
+                        (p.add(TAG_AT) as *mut u32).write(T::TAG);
+                        (p.add(DIMS_AT) as *mut u32).write(shape.len() as u32);
+                        for (i, d) in shape.iter().enumerate() {
+                            (p.add(SHAPE_AT + 8 * i) as *mut u64).write(*d as u64);
+                        }
+                    }
+                })
+                .map(Some)
         } else {
-            None
+            Ok(None)
         };
-        let name = made
-            .as_ref()
-            .map(|r| r.name().to_string())
-            .unwrap_or_default();
         let mut give = said.clone();
-        give.extend_from_slice(name.as_bytes());
+        match &made {
+            Ok(Some(r)) => give.extend_from_slice(r.name().to_string().as_bytes()),
+            Ok(None) => {}
+            Err(e) => give.extend_from_slice(&crate::agree::refusal(e)),
+        }
         let all = group.collect("array", &give, true)?;
         for (r, b) in all.iter().enumerate() {
             if b.get(..said.len()) != Some(&said[..]) {
@@ -234,28 +240,43 @@ impl<'g, T: Element> SharedArray<'g, T> {
                 )));
             }
         }
-        let region = match made {
-            Some(r) => r,
-            None => {
-                let theirs = all
-                    .get(here[0] as usize)
-                    .and_then(|b| b.get(said.len()..))
-                    .and_then(|b| std::str::from_utf8(b).ok())
-                    .and_then(|n| n.parse::<SegmentName>().ok())
-                    .ok_or_else(|| Error::Malformed {
-                        what: "the array's region name",
-                        why: "not a name".into(),
-                    })?;
-                let r = SharedRegion::attach(&theirs)?;
-                check_header::<T>(&r, shape, total)?;
-                r
+        // This rank's place: the region (attached, unless made here), its
+        // lease held. One that cannot take it fails every rank.
+        let region = (|| -> Result<SharedRegion> {
+            let region = match made? {
+                Some(r) => r,
+                None => {
+                    let theirs = all
+                        .get(here[0] as usize)
+                        .and_then(|b| b.get(said.len()..))
+                        .unwrap_or_default();
+                    if let Some(why) = crate::agree::refused(theirs) {
+                        return Err(Error::Broken(format!(
+                            "array: rank {} could not make its host's copy: {why}",
+                            here[0]
+                        )));
+                    }
+                    let theirs = std::str::from_utf8(theirs)
+                        .ok()
+                        .and_then(|n| n.parse::<SegmentName>().ok())
+                        .ok_or_else(|| Error::Malformed {
+                            what: "the array's region name",
+                            why: "not a name".into(),
+                        })?;
+                    let r = SharedRegion::attach(&theirs)?;
+                    check_header::<T>(&r, shape, total)?;
+                    r
+                }
+            };
+            if !region.hold(place)? {
+                return Err(Error::BadArguments(format!(
+                    "place {place} of the array's host is held by a live process"
+                )));
             }
-        };
-        if !region.hold(place)? {
-            return Err(Error::BadArguments(format!(
-                "place {place} of the array's host is held by a live process"
-            )));
-        }
+            Ok(region)
+        })();
+        // Nobody sets or reads before every rank is in place.
+        let region = group.agree("array places", region)?;
         let a = SharedArray {
             group,
             region,
@@ -266,7 +287,6 @@ impl<'g, T: Element> SharedArray<'g, T> {
             local,
             _t: PhantomData,
         };
-        group.barrier()?;
         Ok(a)
     }
 

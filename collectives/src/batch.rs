@@ -609,27 +609,6 @@ const _: () = assert!(MAX_WORKERS < (1 << 17) - 1 && MAX_WORKERS <= shoal_shm_ri
 /// Most tasks a pool takes (a slot holds the task + 1 in 32 bits).
 const MAX_TASKS: u64 = u32::MAX as u64 - 1;
 
-/// What starts a rank's word in `Batch::new`'s collectives when it could
-/// not do its part (the reason follows): rank 0's in place of the pool's
-/// name (which never starts so), any rank's when it could not take its
-/// place.
-const REFUSED: &str = "!";
-
-/// `e` as a refusal: [`REFUSED`] and the reason, cut to 200 bytes (a
-/// path in it can be long; the group's value limit is 1 GiB by default).
-fn refusal(e: &Error) -> String {
-    let mut why = e.to_string();
-    if why.len() > 200 {
-        let mut at = 200;
-        while !why.is_char_boundary(at) {
-            at -= 1;
-        }
-        why.truncate(at);
-        why.push_str("...");
-    }
-    format!("{REFUSED}{why}")
-}
-
 /// Rank 0 runs the pool for worker groups on other hosts: it holds each
 /// one's lease, through an attach of the pool's region of that worker's
 /// own, while its connection lives (the table's own attach holds none, so
@@ -783,22 +762,19 @@ impl<'g> Batch<'g> {
             None
         };
         let name = match &made {
-            Some(Ok(t)) => t.region.name().to_string(),
-            Some(Err(e)) => refusal(e),
-            None => String::new(),
+            Some(Ok(t)) => t.region.name().to_string().into_bytes(),
+            Some(Err(e)) => crate::agree::refusal(e),
+            None => Vec::new(),
         };
-        let all = group.collect("batch", name.as_bytes(), true)?;
+        let all = group.collect("batch", &name, true)?;
         let made = made.transpose()?;
-        let name = all
-            .first()
-            .and_then(|b| std::str::from_utf8(b).ok())
-            .unwrap_or_default()
-            .to_string();
-        if let Some(why) = name.strip_prefix(REFUSED) {
+        let name = all.first().map(Vec::as_slice).unwrap_or_default();
+        if let Some(why) = crate::agree::refused(name) {
             return Err(Error::Broken(format!(
                 "batch: rank 0 could not make the pool: {why}"
             )));
         }
+        let name = String::from_utf8_lossy(name).into_owned();
         let worker = group.split(index, group.rank())?;
         let leader = worker.rank() == 0;
         let on_rank0_host = group.node() == group.members()[0].node;
@@ -836,28 +812,13 @@ impl<'g> Batch<'g> {
         // service is registered, the leases held); a rank that could not
         // take its place fails every rank now, naming it, instead of
         // leaving the others to wait for it.
-        let said = match &placed {
-            Ok(_) => String::new(),
-            Err(e) => refusal(e),
-        };
-        let all = group.collect("batch places", said.as_bytes(), true);
-        let failed = all.as_ref().ok().and_then(|all| {
-            all.iter().enumerate().find_map(|(r, b)| {
-                let why = std::str::from_utf8(b).ok()?.strip_prefix(REFUSED)?;
-                Some(format!(
-                    "batch: rank {r} could not take its place in the pool: {why}"
-                ))
-            })
-        });
-        let via = match (placed, all, failed) {
-            (Ok(via), Ok(_), None) => via,
-            (placed, all, failed) => {
+        let via = match group.agree("batch places", placed) {
+            Ok(via) => via,
+            Err(e) => {
                 if registered {
                     group.unregister_service(&key);
                 }
-                placed?;
-                all?;
-                return Err(Error::Broken(failed.unwrap_or_default()));
+                return Err(e);
             }
         };
         Ok(Batch {
@@ -1026,16 +987,6 @@ impl Drop for Batch<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_refusal_is_marked_and_cut() {
-        let long = Error::BadArguments("é".repeat(500));
-        let r = refusal(&long);
-        assert!(r.starts_with(REFUSED) && r.ends_with("..."));
-        assert!(r.len() <= REFUSED.len() + 200 + 3, "{}", r.len());
-        let short = refusal(&Error::BadArguments("no".into()));
-        assert_eq!(short, "!bad arguments: no");
-    }
 
     /// A table of `tasks` tasks for 3 workers; worker 2 is alive (its
     /// lease held through an attach of its own), 0 and 1 are not.

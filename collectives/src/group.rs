@@ -311,33 +311,49 @@ impl Group {
         let here = self.ranks_on(self.node());
         let local = here.len() as u32;
         let place = self.local_rank();
+        // The host's first rank says the name, or why it has none; a rank
+        // that cannot attach says so too: every rank of the group then
+        // fails at once (a full /dev/shm on one host, say), none waits.
         let made = if place == 0 && local > 1 {
-            Some(Node::create(local, self.opts.node_buffer)?)
+            Some(Node::create(local, self.opts.node_buffer))
         } else {
             None
         };
-        let name = made.as_ref().map(Node::name).unwrap_or_default();
-        let all = self.collect("share-host", name.as_bytes(), true)?;
-        self.node = match made {
-            Some(n) => Some(Arc::new(n)),
-            None if local > 1 => {
-                let theirs = all.get(here[0] as usize).ok_or_else(|| Error::Malformed {
-                    what: "the host's shared state's name",
-                    why: "missing".into(),
-                })?;
-                let name = std::str::from_utf8(theirs).map_err(|_| Error::Malformed {
-                    what: "the host's shared state's name",
-                    why: "not text".into(),
-                })?;
-                Some(Arc::new(Node::attach(
-                    name,
-                    local,
-                    place,
-                    self.opts.node_buffer,
-                )?))
-            }
-            None => None,
+        let name = match &made {
+            Some(Ok(n)) => n.name().into_bytes(),
+            Some(Err(e)) => crate::agree::refusal(e),
+            None => Vec::new(),
         };
+        let all = self.collect("share-host", &name, true)?;
+        let node = (|| -> Result<Option<Arc<Node>>> {
+            Ok(match made {
+                Some(n) => Some(Arc::new(n?)),
+                None if local > 1 => {
+                    let theirs = all.get(here[0] as usize).ok_or_else(|| Error::Malformed {
+                        what: "the host's shared state's name",
+                        why: "missing".into(),
+                    })?;
+                    if let Some(why) = crate::agree::refused(theirs) {
+                        return Err(Error::Broken(format!(
+                            "rank {} could not make its host's shared state: {why}",
+                            here[0]
+                        )));
+                    }
+                    let name = std::str::from_utf8(theirs).map_err(|_| Error::Malformed {
+                        what: "the host's shared state's name",
+                        why: "not text".into(),
+                    })?;
+                    Some(Arc::new(Node::attach(
+                        name,
+                        local,
+                        place,
+                        self.opts.node_buffer,
+                    )?))
+                }
+                None => None,
+            })
+        })();
+        self.node = self.agree("share-host-agreed", node)?;
         // Every rank starts from the region's first generation, not the
         // one it finds when it attaches: the host's first rank may have
         // put a broadcast already (the first needs no reader done).

@@ -15,6 +15,8 @@
 //! - [`batch`]: [`Batch`], a pool of tasks worked by worker groups,
 //!   its states in shared memory and, optionally, in state files.
 //! - [`error`]: the crate's [`Error`].
+//! - `agree` (internal): a rank that cannot do its part of a set-up
+//!   fails every rank at once, naming it.
 //!
 //! ```
 //! use shoal_collectives::Group;
@@ -28,6 +30,7 @@
 //! # Ok::<(), shoal_collectives::Error>(())
 //! ```
 
+mod agree;
 pub mod array;
 pub mod batch;
 mod bundle;

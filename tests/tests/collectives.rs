@@ -327,6 +327,18 @@ fn run(role: &str, a: &[String]) -> i32 {
                 }
             }
         }
+        // An array too large for /dev/shm: its host's first rank cannot
+        // make it; every rank says how long it took to learn so.
+        "array-refused" => {
+            let t0 = std::time::Instant::now();
+            match SharedArray::<f64>::new(&g, &[1 << 40]) {
+                Ok(_) => Err("the array was made".into()),
+                Err(e) => {
+                    say(&format!("refused {} ms: {e}", t0.elapsed().as_millis()));
+                    g.barrier().map_err(|e| e.to_string())
+                }
+            }
+        }
         // Barriers until one fails: says how.
         "barriers" => {
             say("in");
@@ -697,6 +709,30 @@ fn a_pool_rank_0_cannot_make_fails_on_every_rank_at_once() {
     }
     all_done(peers);
     let _ = std::fs::remove_file(&file);
+}
+
+#[test]
+fn an_array_its_host_cannot_hold_fails_on_every_rank_at_once() {
+    let at = format!("127.0.0.1:{}", free_port());
+    let mut peers: Vec<Peer> = (0..3)
+        .map(|r| rank("array-refused", r, 3, &at, None, &[]))
+        .collect();
+    for (r, p) in peers.iter_mut().enumerate() {
+        let _ = p.expect_line(30 * SEC); // who it is
+        let line = p.expect_line(30 * SEC);
+        println!("rank {r}: {line}");
+        let ms: u64 = line
+            .strip_prefix("refused ")
+            .and_then(|l| l.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("rank {r}: {line}"));
+        assert!(ms < 10_000, "rank {r} learned after {ms} ms: {line}");
+        if r != 0 {
+            assert!(line.contains("rank 0 could not make"), "{line}");
+        }
+    }
+    // The group still works: the barrier after the refusal passed.
+    all_done(peers);
 }
 
 #[test]

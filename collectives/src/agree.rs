@@ -1,0 +1,105 @@
+//! Failing together: when one rank cannot do its local part of a
+//! collective set-up (make or attach a host's shared memory, take its
+//! place in it), every rank learns so at once instead of waiting for it
+//! until a timeout.
+//!
+//! Two forms: a rank that hands out what it made says a *refusal* in its
+//! place ([`refusal`], recognised by [`refused`]), and a step each rank
+//! does on its own ends with [`Group::agree`], an all-gather of every
+//! rank's outcome.
+
+use crate::error::{Error, Result};
+use crate::group::Group;
+
+/// The first byte of a refusal. Nothing said in place of one starts with
+/// it: shared-memory names start with `shoal-`.
+const REFUSED: u8 = b'!';
+
+/// The most bytes of a reason passed on (a path in it can be long; the
+/// group's value limit is 1 GiB by default, but may be set low).
+const MAX_REASON: usize = 200;
+
+/// `e` as a refusal: [`REFUSED`] and the reason, cut to [`MAX_REASON`]
+/// bytes.
+pub(crate) fn refusal(e: &Error) -> Vec<u8> {
+    let mut why = e.to_string();
+    if why.len() > MAX_REASON {
+        let mut at = MAX_REASON;
+        while !why.is_char_boundary(at) {
+            at -= 1;
+        }
+        why.truncate(at);
+        why.push_str("...");
+    }
+    let mut v = Vec::with_capacity(1 + why.len());
+    v.push(REFUSED);
+    v.extend_from_slice(why.as_bytes());
+    v
+}
+
+/// The reason in `said`, if it is a refusal.
+pub(crate) fn refused(said: &[u8]) -> Option<String> {
+    match said.split_first() {
+        Some((&REFUSED, why)) => Some(String::from_utf8_lossy(why).into_owned()),
+        _ => None,
+    }
+}
+
+impl Group {
+    /// Collective: tells every rank each rank's `outcome` of a step it
+    /// did on its own (`what` names the step). `Ok` on every rank when
+    /// every rank succeeded; else each rank returns an error at once: its
+    /// own when it failed, [`Error::Broken`] naming the first rank that
+    /// failed, and why, when it did not. Costs an all-gather.
+    pub(crate) fn agree<T>(&self, what: &str, outcome: Result<T>) -> Result<T> {
+        let said = match &outcome {
+            Ok(_) => Vec::new(),
+            Err(e) => refusal(e),
+        };
+        let all = self.collect(what, &said, true);
+        let outcome = outcome?;
+        let all = all?;
+        match all
+            .iter()
+            .enumerate()
+            .find_map(|(r, b)| refused(b).map(|why| (r, why)))
+        {
+            None => Ok(outcome),
+            Some((r, why)) => Err(Error::Broken(format!(
+                "{what}: rank {r} could not do its part: {why}"
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_is_marked_and_cut() {
+        let long = Error::BadArguments("é".repeat(500));
+        let r = refusal(&long);
+        assert_eq!(r[0], REFUSED);
+        let why = refused(&r).unwrap();
+        assert!(
+            why.ends_with("...") && why.len() <= MAX_REASON + 3,
+            "{}",
+            why.len()
+        );
+        let short = refusal(&Error::BadArguments("no".into()));
+        assert_eq!(refused(&short).as_deref(), Some("bad arguments: no"));
+        assert_eq!(refused(b"shoal-1234"), None);
+        assert_eq!(refused(b""), None);
+    }
+
+    #[test]
+    fn one_rank_agrees_with_itself() {
+        let g = Group::single();
+        assert_eq!(g.agree("step", Ok(7)).unwrap(), 7);
+        let e = g
+            .agree::<()>("step", Err(Error::BadArguments("mine".into())))
+            .unwrap_err();
+        assert!(matches!(e, Error::BadArguments(_)), "{e}");
+    }
+}
