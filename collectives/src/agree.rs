@@ -20,27 +20,39 @@ const REFUSED: u8 = b'!';
 const MAX_REASON: usize = 200;
 
 /// `e` as a refusal: [`REFUSED`] and the reason, cut to [`MAX_REASON`]
-/// bytes.
-pub(crate) fn refusal(e: &Error) -> Vec<u8> {
-    let mut why = e.to_string();
-    if why.len() > MAX_REASON {
-        let mut at = MAX_REASON;
-        while !why.is_char_boundary(at) {
-            at -= 1;
-        }
-        why.truncate(at);
-        why.push_str("...");
-    }
+/// bytes and to `room` bytes in all (what the group's value limit leaves
+/// beside what else the value carries).
+pub(crate) fn refusal(e: &Error, room: usize) -> Vec<u8> {
+    let why = cut(&e.to_string(), room.saturating_sub(1).min(MAX_REASON));
     let mut v = Vec::with_capacity(1 + why.len());
     v.push(REFUSED);
     v.extend_from_slice(why.as_bytes());
     v
 }
 
-/// The reason in `said`, if it is a refusal.
+/// `s` in at most `max` bytes (cut at a character boundary, marked with
+/// "..." when there is room for it), control characters replaced.
+fn cut(s: &str, max: usize) -> String {
+    let clean: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if clean.len() <= max {
+        return clean;
+    }
+    let mark = if max >= 3 { "..." } else { "" };
+    let mut at = max - mark.len();
+    while !clean.is_char_boundary(at) {
+        at -= 1;
+    }
+    format!("{}{mark}", &clean[..at])
+}
+
+/// The reason in `said`, if it is a refusal (cut to [`MAX_REASON`]
+/// bytes, control characters replaced: it comes from another process).
 pub(crate) fn refused(said: &[u8]) -> Option<String> {
     match said.split_first() {
-        Some((&REFUSED, why)) => Some(String::from_utf8_lossy(why).into_owned()),
+        Some((&REFUSED, why)) => Some(cut(&String::from_utf8_lossy(why), MAX_REASON)),
         _ => None,
     }
 }
@@ -54,7 +66,7 @@ impl Group {
     pub(crate) fn agree<T>(&self, what: &str, outcome: Result<T>) -> Result<T> {
         let said = match &outcome {
             Ok(_) => Vec::new(),
-            Err(e) => refusal(e),
+            Err(e) => refusal(e, self.max_value()),
         };
         let all = self.collect(what, &said, true);
         let outcome = outcome?;
@@ -79,18 +91,30 @@ mod tests {
     #[test]
     fn a_refusal_is_marked_and_cut() {
         let long = Error::BadArguments("é".repeat(500));
-        let r = refusal(&long);
+        let r = refusal(&long, usize::MAX);
         assert_eq!(r[0], REFUSED);
+        assert!(r.len() <= 1 + MAX_REASON, "{}", r.len());
         let why = refused(&r).unwrap();
         assert!(
-            why.ends_with("...") && why.len() <= MAX_REASON + 3,
+            why.ends_with("...") && why.len() <= MAX_REASON,
             "{}",
             why.len()
         );
-        let short = refusal(&Error::BadArguments("no".into()));
+        // Within a small room (a low value limit).
+        for room in [0, 1, 2, 3, 4, 10, 50] {
+            let r = refusal(&long, room);
+            assert!(r.len() <= room.max(1), "room {room}: {}", r.len());
+            assert!(refused(&r).is_some());
+        }
+        let short = refusal(&Error::BadArguments("no".into()), 1 << 20);
         assert_eq!(refused(&short).as_deref(), Some("bad arguments: no"));
         assert_eq!(refused(b"shoal-1234"), None);
         assert_eq!(refused(b""), None);
+        // Another rank's bytes: cut, no control characters.
+        let mut hostile = vec![REFUSED];
+        hostile.extend(std::iter::repeat_n(b'\n', 5000));
+        let why = refused(&hostile).unwrap();
+        assert!(why.len() <= MAX_REASON && !why.contains('\n'));
     }
 
     #[test]

@@ -198,6 +198,9 @@ impl<'g, T: Element> SharedArray<'g, T> {
         // Every rank must agree on the shape and type.
         let mut said = Vec::with_capacity(8 + 8 * shape.len());
         said.extend_from_slice(&T::TAG.to_le_bytes());
+        // The number of dimensions too: a shape that begins another is
+        // not the same shape.
+        said.extend_from_slice(&(shape.len() as u32).to_le_bytes());
         for d in shape {
             said.extend_from_slice(&(*d as u64).to_le_bytes());
         }
@@ -228,7 +231,10 @@ impl<'g, T: Element> SharedArray<'g, T> {
         match &made {
             Ok(Some(r)) => give.extend_from_slice(r.name().to_string().as_bytes()),
             Ok(None) => {}
-            Err(e) => give.extend_from_slice(&crate::agree::refusal(e)),
+            Err(e) => give.extend_from_slice(&crate::agree::refusal(
+                e,
+                group.max_value().saturating_sub(said.len()),
+            )),
         }
         let all = group.collect("array", &give, true)?;
         for (r, b) in all.iter().enumerate() {

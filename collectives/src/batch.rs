@@ -763,7 +763,7 @@ impl<'g> Batch<'g> {
         };
         let name = match &made {
             Some(Ok(t)) => t.region.name().to_string().into_bytes(),
-            Some(Err(e)) => crate::agree::refusal(e),
+            Some(Err(e)) => crate::agree::refusal(e, group.max_value()),
             None => Vec::new(),
         };
         let all = group.collect("batch", &name, true)?;
@@ -775,14 +775,15 @@ impl<'g> Batch<'g> {
             )));
         }
         let name = String::from_utf8_lossy(name).into_owned();
-        let worker = group.split(index, group.rank())?;
-        let leader = worker.rank() == 0;
         let on_rank0_host = group.node() == group.members()[0].node;
-        // This rank's place in the pool: the service (rank 0, with other
-        // hosts), the table (a worker group's leader on rank 0's host),
-        // its lease held.
+        // This rank's place in the pool: its worker group (a split, which
+        // can fail on one host alone: its shared state), the service
+        // (rank 0, with other hosts), the table (a worker group's leader
+        // on rank 0's host), its lease held.
         let mut registered = false;
-        let placed = (|| -> Result<Via> {
+        let worker = group.split(index, group.rank());
+        let placed = worker.and_then(|worker| {
+            let leader = worker.rank() == 0;
             if group.rank() == 0 && group.nodes() > 1 {
                 let pool = Pool {
                     table: Table::attach(&name, tasks, workers, opts)?,
@@ -806,14 +807,14 @@ impl<'g> Batch<'g> {
                     )));
                 }
             }
-            Ok(via)
-        })();
+            Ok((worker, via))
+        });
         // Nobody takes a task before every worker is in place (the
         // service is registered, the leases held); a rank that could not
         // take its place fails every rank now, naming it, instead of
         // leaving the others to wait for it.
-        let via = match group.agree("batch places", placed) {
-            Ok(via) => via,
+        let (worker, via) = match group.agree("batch places", placed) {
+            Ok(placed) => placed,
             Err(e) => {
                 if registered {
                     group.unregister_service(&key);

@@ -321,7 +321,7 @@ impl Group {
         };
         let name = match &made {
             Some(Ok(n)) => n.name().into_bytes(),
-            Some(Err(e)) => crate::agree::refusal(e),
+            Some(Err(e)) => crate::agree::refusal(e, self.max_value()),
             None => Vec::new(),
         };
         let all = self.collect("share-host", &name, true)?;
@@ -1137,6 +1137,11 @@ impl Group {
     /// This group's name at the rendezvous.
     pub(crate) fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The most bytes one rank's value in a collective may have.
+    pub(crate) fn max_value(&self) -> usize {
+        self.opts.max_value
     }
 
     /// The next collective's number (every rank counts its calls).

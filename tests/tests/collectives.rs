@@ -327,11 +327,13 @@ fn run(role: &str, a: &[String]) -> i32 {
                 }
             }
         }
-        // An array too large for /dev/shm: its host's first rank cannot
-        // make it; every rank says how long it took to learn so.
+        // An array of `a[0]` f64, too many for /dev/shm: its host's first
+        // rank cannot make it; every rank says how long it took to learn
+        // so.
         "array-refused" => {
             let t0 = std::time::Instant::now();
-            match SharedArray::<f64>::new(&g, &[1 << 40]) {
+            let n: usize = a[0].parse().unwrap_or(1 << 40);
+            match SharedArray::<f64>::new(&g, &[n]) {
                 Ok(_) => Err("the array was made".into()),
                 Err(e) => {
                     say(&format!("refused {} ms: {e}", t0.elapsed().as_millis()));
@@ -713,9 +715,32 @@ fn a_pool_rank_0_cannot_make_fails_on_every_rank_at_once() {
 
 #[test]
 fn an_array_its_host_cannot_hold_fails_on_every_rank_at_once() {
+    // Four times what /dev/shm can hold (a tmpfs refuses it at once).
+    // SAFETY: libc::statvfs is a plain C struct (all zeroes is a valid
+    // value) that statvfs fills; the path is a NUL-terminated literal.
+    let (ok, st) = unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        let r = libc::statvfs(c"/dev/shm".as_ptr(), &mut st);
+        (r == 0, st)
+    };
+    let size = st.f_blocks.saturating_mul(st.f_frsize);
+    if !ok || size == 0 {
+        println!("skipped: /dev/shm reports no size limit (an unlimited tmpfs would try to allocate the array)");
+        return;
+    }
+    let elems = (4 * size / 8).to_string();
     let at = format!("127.0.0.1:{}", free_port());
     let mut peers: Vec<Peer> = (0..3)
-        .map(|r| rank("array-refused", r, 3, &at, None, &[]))
+        .map(|r| {
+            rank(
+                "array-refused",
+                r,
+                3,
+                &at,
+                None,
+                std::slice::from_ref(&elems),
+            )
+        })
         .collect();
     for (r, p) in peers.iter_mut().enumerate() {
         let _ = p.expect_line(30 * SEC); // who it is
