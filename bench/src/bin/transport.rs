@@ -35,7 +35,8 @@
 //! process (metric `typed_receive_overhead_ns`, one sample per batch of
 //! 1024 reads; pattern `rpc-typed`, processes 1).
 //!
-//! `transport oneway --wire nng-tcp|nng-ipc|quic [--pub] --size B --ms T`,
+//! `transport oneway --wire nng-tcp|nng-ipc|quic [--pub] --size B --ms T
+//! [--capacity B]` (shoal's `Options::capacity`, default 8 MiB),
 //! `transport oneway-raw --peer nng|nng-ipc|quinn|tcp --size B --ms T`:
 //! one-way throughput (see the `oneway` module).
 //!
@@ -735,6 +736,7 @@ fn main() {
             if a.has("pub") { "pub" } else { "push" },
             a.get("size", 64usize),
             a.get("ms", 1000u64),
+            a.get("capacity", oneway::CAPACITY),
         ),
         "oneway-raw" => {
             let (size, ms) = (a.get("size", 64usize), a.get("ms", 1000u64));
@@ -750,7 +752,7 @@ fn main() {
             }
         }
         _ => {
-            eprintln!("usage: transport <rpc [--wire shm|nng-tcp|nng-ipc|quic] --size B --iters N [--pin] | nng-raw --size B --iters N [--ipc] [--aio] | quinn-raw --size B --iters N | tcp-raw --size B --iters N | typed --iters N | oneway --wire W [--pub] --size B --ms T | oneway-raw --peer nng|nng-ipc|quinn|tcp --size B --ms T>");
+            eprintln!("usage: transport <rpc [--wire shm|nng-tcp|nng-ipc|quic] --size B --iters N [--pin] | nng-raw --size B --iters N [--ipc] [--aio] | quinn-raw --size B --iters N | tcp-raw --size B --iters N | typed --iters N | oneway --wire W [--pub] --size B --ms T [--capacity B] | oneway-raw --peer nng|nng-ipc|quinn|tcp --size B --ms T>");
             std::process::exit(2);
         }
     };
