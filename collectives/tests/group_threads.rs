@@ -201,3 +201,51 @@ fn a_value_too_large_fails_the_gather_on_every_rank_at_once() {
         start.elapsed()
     );
 }
+
+#[test]
+fn a_host_whose_shared_state_cannot_be_made_fails_every_rank_at_once() {
+    // A node buffer four times what /dev/shm holds: the host's first
+    // rank cannot make the host's shared state at bootstrap.
+    // SAFETY: libc::statvfs is a plain C struct (all zeroes is a valid
+    // value) that statvfs fills; the path is a NUL-terminated literal.
+    let (ok, st) = unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        let r = libc::statvfs(c"/dev/shm".as_ptr(), &mut st);
+        (r == 0, st)
+    };
+    let size = st.f_blocks.saturating_mul(st.f_frsize);
+    if !ok || size == 0 {
+        println!("skipped: /dev/shm reports no size limit");
+        return;
+    }
+    let mut o = opts();
+    o.node_buffer = usize::try_from(size.saturating_mul(4)).unwrap_or(usize::MAX);
+    let at = free_address();
+    let start = std::time::Instant::now();
+    let out: Vec<Result<(), Error>> = (0..3u32)
+        .map(|r| {
+            let (at, o) = (at.clone(), o.clone());
+            std::thread::spawn(move || Group::bootstrap(&launch(r, 3, &at), &o).map(drop))
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    for (r, e) in out.iter().enumerate() {
+        let e = e.as_ref().expect_err("bootstrap succeeded");
+        println!("rank {r}: {e}");
+        if r > 0 {
+            assert!(
+                e.to_string()
+                    .contains("rank 0 could not make its host's shared state"),
+                "{e}"
+            );
+        }
+    }
+    // Told at once, not at the 20 s timeout.
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+}
