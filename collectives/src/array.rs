@@ -168,23 +168,35 @@ impl<'g, T: Element> SharedArray<'g, T> {
     /// A zeroed array of `shape` (row-major) over `group`: one copy per
     /// host. Collective: every rank gives the same shape.
     pub fn new(group: &'g Group, shape: &[usize]) -> Result<SharedArray<'g, T>> {
-        if shape.is_empty() || shape.len() > MAX_DIMS {
-            return Err(Error::BadArguments(format!(
-                "an array of {} dimensions (1 to {MAX_DIMS})",
-                shape.len()
-            )));
-        }
-        let len = product(shape).ok_or_else(|| {
-            Error::BadArguments(format!("shape {shape:?} holds more elements than memory"))
-        })?;
-        if len == 0 {
-            return Err(Error::BadArguments(format!(
-                "shape {shape:?} holds no element"
-            )));
-        }
-        let bytes = len
-            .checked_mul(std::mem::size_of::<T>())
-            .ok_or_else(|| Error::BadArguments(format!("shape {shape:?} is too large")))?;
+        let sized = (|| -> Result<(usize, usize)> {
+            if shape.is_empty() || shape.len() > MAX_DIMS {
+                return Err(Error::BadArguments(format!(
+                    "an array of {} dimensions (1 to {MAX_DIMS})",
+                    shape.len()
+                )));
+            }
+            let len = product(shape).ok_or_else(|| {
+                Error::BadArguments(format!("shape {shape:?} holds more elements than memory"))
+            })?;
+            if len == 0 {
+                return Err(Error::BadArguments(format!(
+                    "shape {shape:?} holds no element"
+                )));
+            }
+            let bytes = len
+                .checked_mul(std::mem::size_of::<T>())
+                .ok_or_else(|| Error::BadArguments(format!("shape {shape:?} is too large")))?;
+            Ok((len, bytes))
+        })();
+        let (len, bytes) = match sized {
+            Ok(sized) => sized,
+            Err(e) => {
+                // Told to the others too (a shape only this rank gave):
+                // they would wait for it at the collective otherwise.
+                let _ = group.collect("array", &crate::agree::refusal(&e, group.max_value()), true);
+                return Err(e);
+            }
+        };
         let here = group.ranks_on(group.node());
         let local = here.len() as u32;
         let place = group.local_rank();
@@ -237,6 +249,18 @@ impl<'g, T: Element> SharedArray<'g, T> {
             )),
         }
         let all = group.collect("array", &give, true)?;
+        // A rank whose own arguments were refused sent the reason alone
+        // (what every other rank sends starts with the type's tag, never
+        // the refusal's mark).
+        if let Some((r, why)) = all
+            .iter()
+            .enumerate()
+            .find_map(|(r, b)| crate::agree::refused(b).map(|why| (r, why)))
+        {
+            return Err(Error::BadArguments(format!(
+                "ranks disagree on the array: rank {r} refused its arguments: {why}"
+            )));
+        }
         for (r, b) in all.iter().enumerate() {
             if b.get(..said.len()) != Some(&said[..]) {
                 return Err(Error::BadArguments(format!(

@@ -166,4 +166,24 @@ fn ranks_that_disagree_on_the_shape_are_told() {
             Err(Error::BadArguments(_))
         ));
     });
+    // One shape that begins the other.
+    on_all(groups(2), |g| {
+        let shape: &[usize] = if g.rank() == 0 { &[2, 5] } else { &[2] };
+        assert!(matches!(
+            SharedArray::<f32>::new(g, shape),
+            Err(Error::BadArguments(_))
+        ));
+    });
+    // A shape only one rank gives, and which is refused there: the
+    // others are told at once, not at the group's timeout.
+    let start = std::time::Instant::now();
+    on_all(groups(3), |g| {
+        let shape: &[usize] = if g.rank() == 1 { &[4, 0] } else { &[4, 4] };
+        let e = SharedArray::<f32>::new(g, shape).map(drop).unwrap_err();
+        assert!(matches!(e, Error::BadArguments(_)), "{e}");
+        if g.rank() != 1 {
+            assert!(e.to_string().contains("rank 1 refused"), "{e}");
+        }
+    });
+    assert!(start.elapsed() < std::time::Duration::from_secs(10));
 }
