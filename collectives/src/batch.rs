@@ -745,14 +745,21 @@ impl<'g> Batch<'g> {
         ranks_per_worker: u32,
         opts: &BatchOptions,
     ) -> Result<Batch<'g>> {
-        if ranks_per_worker == 0 {
-            return Err(Error::BadArguments("worker groups of 0 ranks".into()));
-        }
-        let workers = group.size().div_ceil(ranks_per_worker);
-        let index = group.rank() / ranks_per_worker;
+        let checked = if ranks_per_worker == 0 {
+            Err(Error::BadArguments("worker groups of 0 ranks".into()))
+        } else {
+            Table::check(tasks, group.size().div_ceil(ranks_per_worker))
+        };
+        let workers = group.size().div_ceil(ranks_per_worker.max(1));
+        let index = group.rank() / ranks_per_worker.max(1);
         let call = group.next_call()?;
         let key = format!("{}/{call}/batch", group.name()).into_bytes();
-        Table::check(tasks, workers)?;
+        if let Err(e) = checked {
+            // Told to the others too (arguments only this rank gave):
+            // they would wait for it at the collective otherwise.
+            let _ = group.collect("batch", &crate::agree::refusal(&e, group.max_value()), true);
+            return Err(e);
+        }
         // Rank 0 makes the table; its host's ranks attach to it. A table
         // rank 0 could not make is told to the others in its place (a
         // name never starts with `!`), so they fail now, not at a timeout.
@@ -768,12 +775,18 @@ impl<'g> Batch<'g> {
         };
         let all = group.collect("batch", &name, true)?;
         let made = made.transpose()?;
-        let name = all.first().map(Vec::as_slice).unwrap_or_default();
-        if let Some(why) = crate::agree::refused(name) {
-            return Err(Error::Broken(format!(
-                "batch: rank 0 could not make the pool: {why}"
-            )));
+        if let Some((r, why)) = all
+            .iter()
+            .enumerate()
+            .find_map(|(r, b)| crate::agree::refused(b).map(|why| (r, why)))
+        {
+            return Err(if r == 0 {
+                Error::Broken(format!("batch: rank 0 could not make the pool: {why}"))
+            } else {
+                Error::BadArguments(format!("batch: rank {r} refused its arguments: {why}"))
+            });
         }
+        let name = all.first().map(Vec::as_slice).unwrap_or_default();
         let name = String::from_utf8_lossy(name).into_owned();
         let on_rank0_host = group.node() == group.members()[0].node;
         // This rank's place in the pool: its worker group (a split, which

@@ -80,3 +80,24 @@ fn failed_tasks_end_failed_and_the_rest_done() {
         assert_eq!(*x, want, "task {t}");
     }
 }
+
+#[test]
+fn arguments_refused_on_one_rank_are_told_to_every_rank_at_once() {
+    let start = std::time::Instant::now();
+    on_all(groups(3), |g| {
+        // Worker groups of 0 ranks, on rank 1 only.
+        let k = if g.rank() == 1 { 0 } else { 1 };
+        let e = Batch::new(g, 4, k, &BatchOptions::default())
+            .map(drop)
+            .unwrap_err();
+        assert!(
+            matches!(e, shoal_collectives::Error::BadArguments(_)),
+            "{e}"
+        );
+        if g.rank() != 1 {
+            assert!(e.to_string().contains("rank 1 refused"), "{e}");
+        }
+    });
+    // Not at the group's timeout.
+    assert!(start.elapsed() < std::time::Duration::from_secs(10));
+}
