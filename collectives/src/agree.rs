@@ -57,7 +57,22 @@ pub(crate) fn refused(said: &[u8]) -> Option<String> {
     }
 }
 
+/// The first refusal among every rank's values (its rank and reason).
+pub(crate) fn first_refusal(all: &[Vec<u8>]) -> Option<(usize, String)> {
+    all.iter()
+        .enumerate()
+        .find_map(|(r, b)| refused(b).map(|why| (r, why)))
+}
+
 impl Group {
+    /// Takes part in the collective `what` with `e` as this rank's
+    /// refusal, so the others return at once instead of waiting for this
+    /// rank; gives `e` back to return.
+    pub(crate) fn refuse(&self, what: &str, e: Error) -> Error {
+        let _ = self.collect(what, &refusal(&e, self.max_value()), true);
+        e
+    }
+
     /// Collective: tells every rank each rank's `outcome` of a step it
     /// did on its own (`what` names the step). `Ok` on every rank when
     /// every rank succeeded; else each rank returns an error at once: its
@@ -71,11 +86,7 @@ impl Group {
         let all = self.collect(what, &said, true);
         let outcome = outcome?;
         let all = all?;
-        match all
-            .iter()
-            .enumerate()
-            .find_map(|(r, b)| refused(b).map(|why| (r, why)))
-        {
+        match first_refusal(&all) {
             None => Ok(outcome),
             Some((r, why)) => Err(Error::Broken(format!(
                 "{what}: rank {r} could not do its part: {why}"

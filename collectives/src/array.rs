@@ -190,12 +190,9 @@ impl<'g, T: Element> SharedArray<'g, T> {
         })();
         let (len, bytes) = match sized {
             Ok(sized) => sized,
-            Err(e) => {
-                // Told to the others too (a shape only this rank gave):
-                // they would wait for it at the collective otherwise.
-                let _ = group.collect("array", &crate::agree::refusal(&e, group.max_value()), true);
-                return Err(e);
-            }
+            // Told to the others too (a shape only this rank gave): they
+            // would wait for it at the collective otherwise.
+            Err(e) => return Err(group.refuse("array", e)),
         };
         let here = group.ranks_on(group.node());
         let local = here.len() as u32;
@@ -252,11 +249,7 @@ impl<'g, T: Element> SharedArray<'g, T> {
         // A rank whose own arguments were refused sent the reason alone
         // (what every other rank sends starts with the type's tag, never
         // the refusal's mark).
-        if let Some((r, why)) = all
-            .iter()
-            .enumerate()
-            .find_map(|(r, b)| crate::agree::refused(b).map(|why| (r, why)))
-        {
+        if let Some((r, why)) = crate::agree::first_refusal(&all) {
             return Err(Error::BadArguments(format!(
                 "ranks disagree on the array: rank {r} refused its arguments: {why}"
             )));

@@ -757,8 +757,7 @@ impl<'g> Batch<'g> {
         if let Err(e) = checked {
             // Told to the others too (arguments only this rank gave):
             // they would wait for it at the collective otherwise.
-            let _ = group.collect("batch", &crate::agree::refusal(&e, group.max_value()), true);
-            return Err(e);
+            return Err(group.refuse("batch", e));
         }
         // Rank 0 makes the table; its host's ranks attach to it. A table
         // rank 0 could not make is told to the others in its place (a
@@ -775,11 +774,7 @@ impl<'g> Batch<'g> {
         };
         let all = group.collect("batch", &name, true)?;
         let made = made.transpose()?;
-        if let Some((r, why)) = all
-            .iter()
-            .enumerate()
-            .find_map(|(r, b)| crate::agree::refused(b).map(|why| (r, why)))
-        {
+        if let Some((r, why)) = crate::agree::first_refusal(&all) {
             return Err(if r == 0 {
                 Error::Broken(format!("batch: rank 0 could not make the pool: {why}"))
             } else {

@@ -206,18 +206,10 @@ fn a_value_too_large_fails_the_gather_on_every_rank_at_once() {
 fn a_host_whose_shared_state_cannot_be_made_fails_every_rank_at_once() {
     // A node buffer four times what /dev/shm holds: the host's first
     // rank cannot make the host's shared state at bootstrap.
-    // SAFETY: libc::statvfs is a plain C struct (all zeroes is a valid
-    // value) that statvfs fills; the path is a NUL-terminated literal.
-    let (ok, st) = unsafe {
-        let mut st: libc::statvfs = std::mem::zeroed();
-        let r = libc::statvfs(c"/dev/shm".as_ptr(), &mut st);
-        (r == 0, st)
-    };
-    let size = st.f_blocks.saturating_mul(st.f_frsize);
-    if !ok || size == 0 {
+    let Some(size) = shoal_shm_ring::dev_shm_size() else {
         println!("skipped: /dev/shm reports no size limit");
         return;
-    }
+    };
     let mut o = opts();
     o.node_buffer = usize::try_from(size.saturating_mul(4)).unwrap_or(usize::MAX);
     let at = free_address();

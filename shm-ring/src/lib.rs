@@ -105,4 +105,4 @@ pub use ready::ReadyFd;
 #[cfg(not(loom))]
 pub use region::{futex_wait, futex_wake, SharedRegion, MAX_LEASES};
 #[cfg(not(loom))]
-pub use segment::{cleanup_stale, CleanupReport, Segment};
+pub use segment::{cleanup_stale, dev_shm_size, CleanupReport, Segment};

@@ -1052,6 +1052,29 @@ pub struct CleanupReport {
     pub kept: usize,
 }
 
+/// The bytes `/dev/shm` holds in all (its file system's size), or `None`
+/// when it reports no limit (an unlimited tmpfs) or cannot be read. A
+/// segment larger than this is refused at create time.
+///
+/// ```
+/// if let Some(n) = shoal_shm_ring::dev_shm_size() {
+///     assert!(n > 0);
+/// }
+/// ```
+pub fn dev_shm_size() -> Option<u64> {
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: NUL-terminated literal path; statvfs fills `st` on success.
+    let r = unsafe { libc::statvfs(c"/dev/shm".as_ptr(), st.as_mut_ptr()) };
+    if r != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so `st` is initialized.
+    let st = unsafe { st.assume_init() };
+    #[allow(clippy::unnecessary_cast)] // the field types differ by target
+    let size = (st.f_blocks as u64).saturating_mul(st.f_frsize as u64);
+    (size > 0).then_some(size)
+}
+
 /// Removes shoal segments in `/dev/shm` that nobody uses any more.
 ///
 /// Only regular files owned by our effective uid, named `shoal-*`, are
@@ -1323,18 +1346,11 @@ mod tests {
 
     #[test]
     fn a_reservation_larger_than_dev_shm_fails_and_leaves_no_file() {
-        let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-        // SAFETY: NUL-terminated literal path; statvfs fills `st` on success.
-        let r = unsafe { libc::statvfs(c"/dev/shm".as_ptr(), st.as_mut_ptr()) };
-        assert_eq!(r, 0);
-        // SAFETY: statvfs returned 0.
-        let st = unsafe { st.assume_init() };
-        let fs_bytes = st.f_blocks * st.f_frsize;
-        if fs_bytes == 0 {
+        let Some(fs_bytes) = dev_shm_size() else {
             // An unlimited tmpfs would try to reserve it all.
             eprintln!("skipped: /dev/shm has no size limit");
             return;
-        }
+        };
         // tmpfs refuses a reservation larger than itself before allocating.
         let mut big = spec(SegmentKind::Overflow);
         big.data_capacity = page_round(2 * fs_bytes);

@@ -716,18 +716,10 @@ fn a_pool_rank_0_cannot_make_fails_on_every_rank_at_once() {
 #[test]
 fn an_array_its_host_cannot_hold_fails_on_every_rank_at_once() {
     // Four times what /dev/shm can hold (a tmpfs refuses it at once).
-    // SAFETY: libc::statvfs is a plain C struct (all zeroes is a valid
-    // value) that statvfs fills; the path is a NUL-terminated literal.
-    let (ok, st) = unsafe {
-        let mut st: libc::statvfs = std::mem::zeroed();
-        let r = libc::statvfs(c"/dev/shm".as_ptr(), &mut st);
-        (r == 0, st)
-    };
-    let size = st.f_blocks.saturating_mul(st.f_frsize);
-    if !ok || size == 0 {
+    let Some(size) = shoal_shm_ring::dev_shm_size() else {
         println!("skipped: /dev/shm reports no size limit (an unlimited tmpfs would try to allocate the array)");
         return;
-    }
+    };
     let elems = (4 * size / 8).to_string();
     let at = format!("127.0.0.1:{}", free_port());
     let mut peers: Vec<Peer> = (0..3)
