@@ -73,36 +73,44 @@ impl PushWindow {
         stamp: impl FnOnce(&mut Vec<u8>, u64),
         timeout: Option<Duration>,
     ) -> Result<()> {
-        let mut entry: Recycled = entry.into();
+        let entry: Recycled = entry.into();
         let deadline = timeout.map(|t| (Instant::now() + t, t));
-        let mut stamp = Some(stamp);
+        let mut entry = Some((entry, stamp));
+        // Looked at once before waiting is armed (the common case: room),
+        // then again each time after arming it, so no wake-up is missed.
+        let mut armed = false;
         loop {
             let mut moved = std::pin::pin!(self.moved.notified());
-            moved.as_mut().enable();
+            if armed {
+                moved.as_mut().enable();
+            }
             {
                 let mut st = lock(&self.state);
                 if let Some(e) = st.failed.take() {
                     return Err(e);
                 }
                 if st.pending.is_empty() || st.bytes + len <= self.limit {
-                    st.seq += 1;
-                    let seq = st.seq;
-                    if let Some(f) = stamp.take() {
-                        f(&mut entry, seq);
+                    if let Some((mut entry, stamp)) = entry.take() {
+                        st.seq += 1;
+                        let seq = st.seq;
+                        stamp(&mut entry, seq);
+                        st.bytes += len;
+                        st.pending.push_back(((seq, Arc::new(entry)), len));
                     }
-                    st.bytes += len;
-                    st.pending.push_back(((seq, Arc::new(entry)), len));
                     drop(st);
                     self.added.notify_one();
                     return Ok(());
                 }
             }
-            wait(
-                moved,
-                deadline,
-                "push (waiting for the queue to take the window)",
-            )
-            .await?;
+            if armed {
+                wait(
+                    moved,
+                    deadline,
+                    "push (waiting for the queue to take the window)",
+                )
+                .await?;
+            }
+            armed = true;
         }
     }
 

@@ -367,8 +367,16 @@ pub(crate) fn write_err(e: quinn::WriteError, address: &Address) -> Error {
 pub(crate) struct Reader {
     pub recv: RecvStream,
     dec: Decoder,
-    rest: bytes::Bytes,
+    /// Chunks read and not yet all fed: `chunks[at..filled]`. Read
+    /// several at a time, each read taking the connection's lock once
+    /// instead of once per packet's chunk.
+    chunks: [bytes::Bytes; CHUNKS],
+    at: usize,
+    filled: usize,
 }
+
+/// Chunks one read of a [`Reader`] takes at most.
+const CHUNKS: usize = 16;
 
 impl Reader {
     pub fn new(recv: RecvStream, max_message: usize) -> Reader {
@@ -377,23 +385,40 @@ impl Reader {
         Reader {
             recv,
             dec: Decoder::new(max_body),
-            rest: bytes::Bytes::new(),
+            chunks: Default::default(),
+            at: 0,
+            filled: 0,
         }
+    }
+
+    /// Bytes read from the stream and not yet fed to the decoder.
+    fn unfed(&self) -> usize {
+        self.chunks[self.at..self.filled]
+            .iter()
+            .map(|c| c.len())
+            .sum()
     }
 
     /// The next envelope; `None` when the stream ended cleanly between
     /// two. Cancel-safe: a cancelled call loses nothing.
     pub async fn next(&mut self, address: &Address) -> Result<Option<Decoded>> {
         loop {
-            while !self.rest.is_empty() {
-                let (used, m) = self.dec.feed(&self.rest)?;
-                let _ = self.rest.split_to(used);
-                if let Some(m) = m {
-                    return Ok(Some(m));
+            while self.at < self.filled {
+                let chunk = &mut self.chunks[self.at];
+                while !chunk.is_empty() {
+                    let (used, m) = self.dec.feed(chunk)?;
+                    let _ = chunk.split_to(used);
+                    if let Some(m) = m {
+                        return Ok(Some(m));
+                    }
                 }
+                self.at += 1;
             }
-            match self.recv.read_chunk(usize::MAX, true).await {
-                Ok(Some(c)) => self.rest = c.bytes,
+            match self.recv.read_chunks(&mut self.chunks).await {
+                Ok(Some(n)) => {
+                    self.at = 0;
+                    self.filled = n;
+                }
                 Ok(None) if self.dec.buffered() == 0 => return Ok(None),
                 Ok(None) => {
                     return Err(Error::Corrupt {
@@ -439,10 +464,11 @@ impl Reader {
     /// dropped before its end is read makes quinn ask the peer to stop
     /// sending (one more packet each way per exchange).
     pub async fn end(&mut self, within: Duration, address: &Address) -> Result<()> {
-        if !self.rest.is_empty() || self.dec.buffered() != 0 {
+        let held = self.unfed() + self.dec.buffered();
+        if held != 0 {
             return Err(Error::Corrupt {
                 what: "bytes after the exchange's last envelope",
-                found: (self.rest.len() + self.dec.buffered()) as u64,
+                found: held as u64,
                 expected: "0",
             });
         }

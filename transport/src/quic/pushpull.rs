@@ -481,15 +481,23 @@ impl QuicPuller {
     /// The next message.
     pub async fn recv(&mut self) -> Result<Frame<'static>> {
         match &mut self.side {
-            Side::Queue { shared, .. } => loop {
-                let mut data = pin!(shared.data.notified());
-                data.as_mut().enable();
-                if let Some(d) = shared.take() {
-                    let peer = d.header.id;
-                    return Ok(d.into_frame()?.with_peer(peer));
-                }
-                data.await;
-            },
+            Side::Queue { shared, .. } => {
+                // Waiting is armed only when the queue was found empty,
+                // and the queue looked at again after arming it.
+                let d = match shared.take() {
+                    Some(d) => d,
+                    None => loop {
+                        let mut data = pin!(shared.data.notified());
+                        data.as_mut().enable();
+                        if let Some(d) = shared.take() {
+                            break d;
+                        }
+                        data.await;
+                    },
+                };
+                let peer = d.header.id;
+                Ok(d.into_frame()?.with_peer(peer))
+            }
             Side::Remote { client, opts } => {
                 // Twice at most, as a push (a connection closed as idle).
                 for attempt in 0..2 {
