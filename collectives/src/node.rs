@@ -337,10 +337,31 @@ impl Node {
     /// Marks the group broken on this host: the host's ranks waiting in a
     /// collective, or entering one, fail at once instead of waiting for
     /// this rank.
+    ///
+    /// A wake alone can be lost: a waiter that looked at the mark just
+    /// before it was set, and had not yet entered its park, sleeps through
+    /// a wake sent in between (its word did not change). Such a waiter has
+    /// already counted itself a sleeper, so the wakes are sent again while
+    /// any is counted, for at most one [`PARK`] (after which every waiter
+    /// looks again by itself; a sleeper that died stays counted, so the
+    /// bound is reached then).
     pub(crate) fn set_broken(&self) {
-        self.u32_at(BROKEN).store(1, Ordering::Release);
-        for w in [BAR_GEN, BC_GEN, BC_DONE] {
-            futex_wake(self.u32_at(w), u32::MAX);
+        self.u32_at(BROKEN).store(1, Ordering::SeqCst);
+        let until = Instant::now() + PARK;
+        loop {
+            let mut sleeping = false;
+            for (w, s) in [
+                (BAR_GEN, BAR_SLEEP),
+                (BC_GEN, BC_SLEEP),
+                (BC_DONE, DONE_SLEEP),
+            ] {
+                sleeping |= self.u32_at(s).load(Ordering::SeqCst) > 0;
+                futex_wake(self.u32_at(w), u32::MAX);
+            }
+            if !sleeping || Instant::now() >= until {
+                return;
+            }
+            std::thread::sleep(Duration::from_micros(200));
         }
     }
 
@@ -848,4 +869,44 @@ fn mono_ns() -> u64 {
     // SAFETY: `ts` is a valid timespec for clock_gettime to fill.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broken_mark_wakes_parked_waiters_at_once() {
+        let first = Node::create(3, 0).unwrap();
+        let name = first.name();
+        let waiters: Vec<_> = (1..3u32)
+            .map(|me| {
+                let name = name.clone();
+                std::thread::spawn(move || {
+                    let n = Node::attach(&name, 3, me, 0).unwrap();
+                    let r = n.barrier(Duration::from_secs(20), || Ok(()));
+                    (
+                        matches!(r, Err(BarrierError::Local(Stop::Failed))),
+                        Instant::now(),
+                    )
+                })
+            })
+            .collect();
+        // Past the waiters' yielding: parked.
+        std::thread::sleep(YIELD_SHARED + Duration::from_millis(100));
+        let marked = Instant::now();
+        first.set_broken();
+        // Wakes again while a sleeper is counted, for one park at most.
+        assert!(
+            marked.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            marked.elapsed()
+        );
+        for w in waiters {
+            let (failed, at) = w.join().unwrap();
+            assert!(failed, "the waiter did not fail");
+            let after = at.duration_since(marked);
+            assert!(after < Duration::from_secs(1), "{after:?}");
+        }
+    }
 }
