@@ -87,10 +87,10 @@ pub fn shoal(wire: &str, pattern: &str, size: usize, ms: u64, capacity: u64) -> 
 
 /// shoal's buffer bytes per peer in these runs unless told otherwise
 /// (`--capacity`): deep enough for nng, whose pushes wait ~200 us for
-/// their answers. Over QUIC a shallower window runs faster on one host:
-/// 4 KiB messages measured 0.87x raw quinn at 8 MiB and 0.96x at 1 MiB
-/// (shoal's default), the data written into the window being read back
-/// cold when it is sent.
+/// their answers. Raw quinn gets the flow-control windows shoal's QUIC
+/// backend sets for it (see `quinn_transport`): a deeper buffer costs
+/// either side the same, its data read back cold (4 KiB messages: raw
+/// quinn at 8 MiB ran 0.65-0.82x raw quinn at its default 1.25 MB).
 pub const CAPACITY: u64 = 8 << 20;
 
 fn opts(capacity: u64) -> Options {
@@ -242,7 +242,7 @@ pub fn nng_raw(size: usize, ms: u64, ipc: bool) -> Measurement {
 
 /// Raw quinn: the child opens one unidirectional stream and writes the
 /// messages back to back; this process (the server) reads them.
-pub fn quinn_raw(size: usize, ms: u64) -> Measurement {
+pub fn quinn_raw(size: usize, ms: u64, capacity: u64) -> Measurement {
     use shoal_transport::quic::tls::Identity;
     use std::sync::Arc;
     let mut m = measurement("quinn", "park", size, "quic");
@@ -254,7 +254,7 @@ pub fn quinn_raw(size: usize, ms: u64) -> Measurement {
         let child = fork(move || {
             rt().block_on(async move {
                 let r = async {
-                    let (_ep, conn) = super::quinn_connect(pin, port).await?;
+                    let (_ep, conn) = super::quinn_connect(pin, port, capacity).await?;
                     let mut s = conn.open_uni().await.map_err(|e| e.to_string())?;
                     let q = vec![7u8; size];
                     while s.write_all(&q).await.is_ok() {}
@@ -265,7 +265,7 @@ pub fn quinn_raw(size: usize, ms: u64) -> Measurement {
         })
         .map_err(|e| e.to_string())?;
         rt().block_on(async {
-            let cfg = super::quinn_server_config(&id)?;
+            let cfg = super::quinn_server_config(&id, capacity)?;
             let ep = quinn::Endpoint::new(
                 quinn::EndpointConfig::default(),
                 Some(cfg),
