@@ -12,7 +12,7 @@
 //! would run slow requests twice).
 
 use super::proto::{locate, Control, Op, CONTROL_LEN};
-use super::sock::{ask, ask_parts, begin, close_pipe, context, lock, pipe_id, Body, Sock, Started};
+use super::sock::{ask_parts, begin, close_pipe, context, lock, pipe_id, Body, Sock, Started};
 use crate::address::Address;
 use crate::envelope::Kind;
 use crate::envelope::{pad16, Header, HEADER_LEN};
@@ -88,6 +88,9 @@ pub struct NngRequester {
     gone_after: Duration,
     /// `?native`: plain bodies.
     native: bool,
+    /// How long a request looks for its send and its answer before
+    /// parking ([`Options::spin`]).
+    spin: Duration,
 }
 
 impl std::fmt::Debug for NngRequester {
@@ -109,6 +112,7 @@ impl NngRequester {
             max_message: opts.max_message,
             gone_after: opts.connect_timeout,
             native: address.is_native(),
+            spin: opts.spin,
         })
     }
 
@@ -117,13 +121,20 @@ impl NngRequester {
     pub async fn request(&mut self, payload: &[u8]) -> Result<Frame<'static>> {
         Error::check_payload(payload.len(), self.max_message)?;
         if self.native {
-            let r = ask(&self.sock, &self.ctx, payload, self.gone_after).await?;
+            let r = ask_parts(
+                &self.sock,
+                &self.ctx,
+                &[payload],
+                self.gone_after,
+                self.spin,
+            )
+            .await?;
             let (body, topic, payload, peer) = locate_plain(r, self.max_message)?;
             return Ok(Frame::shared(body, topic, payload)?.with_peer(peer));
         }
         let (pre, pad) = wrap(Op::Ask, Kind::Request, self.id, payload.len())?;
         let parts: [&[u8]; 3] = [&pre, payload, &ZEROS[..pad]];
-        let r = ask_parts(&self.sock, &self.ctx, &parts, self.gone_after).await?;
+        let r = ask_parts(&self.sock, &self.ctx, &parts, self.gone_after, self.spin).await?;
         unwrap(r, Op::Answer, Kind::Reply, self.max_message)
     }
 }
@@ -174,6 +185,9 @@ pub struct NngReplier {
     /// completed (and its context): the next call waits for it, so a
     /// request nng handed over meanwhile is not lost with the future.
     receiving: Option<(usize, super::sock::Started)>,
+    /// How long a receive looks for the next request before parking
+    /// ([`Options::spin`]).
+    spin: Duration,
 }
 
 impl std::fmt::Debug for NngReplier {
@@ -203,6 +217,7 @@ impl NngReplier {
             waiting: Arc::default(),
             native: address.is_native(),
             receiving: None,
+            spin: opts.spin,
         })
     }
 
@@ -245,7 +260,7 @@ impl NngReplier {
                 self.receiving = Some((k, begin(|aio| ctx.recv(aio))?));
             }
             let got = match &mut self.receiving {
-                Some((_, r)) => r.wait().await,
+                Some((_, r)) => r.wait_spinning(self.spin).await,
                 None => Err(Error::Closed),
             };
             self.receiving = None;
