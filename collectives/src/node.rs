@@ -322,7 +322,16 @@ impl Node {
             // SYNC: the sleeper count goes up before the word is looked at
             // again (both SeqCst); a waker stores the word, then reads the
             // count (SeqCst): one of the two sees the other.
+            // SYNC B(broken): counted a sleeper first, then the broken
+            // mark looked at again (both SeqCst); `set_broken` stores the
+            // mark, then reads the count (SeqCst): either this look sees
+            // the mark, or `set_broken` sees this sleeper and wakes it
+            // until it is gone.
             sleepers.fetch_add(1, Ordering::SeqCst);
+            if broken.load(Ordering::SeqCst) != 0 {
+                sleepers.fetch_sub(1, Ordering::SeqCst);
+                return Err(Stop::Failed);
+            }
             let woken = futex_wait(word, current, Some(PARK.min(end - now)));
             sleepers.fetch_sub(1, Ordering::SeqCst);
             if !woken {
@@ -338,13 +347,14 @@ impl Node {
     /// collective, or entering one, fail at once instead of waiting for
     /// this rank.
     ///
-    /// A wake alone can be lost: a waiter that looked at the mark just
-    /// before it was set, and had not yet entered its park, sleeps through
-    /// a wake sent in between (its word did not change). Such a waiter has
-    /// already counted itself a sleeper, so the wakes are sent again while
-    /// any is counted, for at most one [`PARK`] (after which every waiter
-    /// looks again by itself; a sleeper that died stays counted, so the
-    /// bound is reached then).
+    /// A wake alone can be lost: a waiter between its last look and its
+    /// park sleeps through a wake sent then (its word did not change). A
+    /// waiter counts itself a sleeper and looks at the mark again before
+    /// it parks (SYNC B(broken) in `wait_change`), so one that missed the
+    /// mark is counted here; the wakes are sent again while any sleeper is
+    /// counted, for at most one [`PARK`] (after which every waiter looks
+    /// again by itself; a sleeper that died stays counted, so a later
+    /// call on that host takes the whole bound).
     pub(crate) fn set_broken(&self) {
         self.u32_at(BROKEN).store(1, Ordering::SeqCst);
         let until = Instant::now() + PARK;
@@ -875,6 +885,8 @@ fn mono_ns() -> u64 {
 mod tests {
     use super::*;
 
+    // The wake path only: the race the repeated wakes close (a waiter
+    // between its last look and its park) is too narrow to hit on demand.
     #[test]
     fn a_broken_mark_wakes_parked_waiters_at_once() {
         let first = Node::create(3, 0).unwrap();

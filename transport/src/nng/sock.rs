@@ -400,12 +400,19 @@ pub(crate) fn begin(
         let _starting = GATE.read().unwrap_or_else(|e| e.into_inner());
         start(&aio.0).map_err(|e| io("starting an nng operation", e))?;
     }
-    Ok(Started { rx, _aio: aio })
+    Ok(Started {
+        rx,
+        closed: false,
+        _aio: aio,
+    })
 }
 
 /// An nng operation in progress (see [`begin`]).
 pub(crate) struct Started {
     rx: oneshot::Receiver<AioResult>,
+    /// A look found the channel closed without a result (the callback
+    /// gone): tokio's receiver must not be polled again after that.
+    closed: bool,
     /// Declared last: dropped after `rx`, it cancels the operation if it
     /// is still going and waits for its callback.
     _aio: Quiesced,
@@ -421,13 +428,25 @@ impl Started {
     /// came, the operation goes on). Not to be called again once it
     /// returned.
     pub async fn wait(&mut self) -> Result<AioResult> {
+        if self.closed {
+            return Err(Error::Closed);
+        }
         (&mut self.rx).await.map_err(|_| Error::Closed)
     }
 
     /// The operation's result if it completed, without waiting (taken:
-    /// not to be waited for afterwards).
+    /// not to be waited for afterwards). A channel found closed without
+    /// one is remembered: [`wait`](Self::wait) then says
+    /// [`Error::Closed`] (tokio's receiver panics if polled after that).
     pub fn completed(&mut self) -> Option<AioResult> {
-        self.rx.try_recv().ok()
+        match self.rx.try_recv() {
+            Ok(r) => Some(r),
+            Err(oneshot::error::TryRecvError::Closed) => {
+                self.closed = true;
+                None
+            }
+            Err(oneshot::error::TryRecvError::Empty) => None,
+        }
     }
 
     /// As [`wait`](Self::wait), looking for the result for up to `spin`
@@ -442,6 +461,9 @@ impl Started {
             loop {
                 if let Some(r) = self.completed() {
                     return Ok(r);
+                }
+                if self.closed {
+                    return Err(Error::Closed);
                 }
                 looks = looks.wrapping_add(1);
                 if looks.is_multiple_of(64) && t0.elapsed() >= spin {
