@@ -148,7 +148,10 @@ impl BroadcastOptions {
 }
 
 /// Publishes message `seq` to the remote readers, watched by the door
-/// (which names in the log the readers holding it back).
+/// (which names in the log the readers holding it back). Kept out of line:
+/// the local send stays small (a broadcast with local readers only never
+/// calls it).
+#[inline(never)]
 fn publish(
     p: &mut NetPublisher,
     door: Option<&hellos::Hellos>,
@@ -353,6 +356,7 @@ impl Broadcast {
     /// sequence number. A send that fails reached nobody, except when the
     /// network failed it: then the local readers have it (its number is
     /// used) and some remote ones may.
+    #[inline]
     pub fn send(&mut self, msg: &[u8]) -> Result<u64> {
         self.send_waiting(msg, None)
     }
@@ -382,6 +386,7 @@ impl Broadcast {
         self.send_waiting(msg, Some(cancel))
     }
 
+    #[inline]
     fn send_waiting(&mut self, msg: &[u8], cancel: Option<&CancelToken>) -> Result<u64> {
         let head = self.head();
         // Into the ring whether or not local readers were counted: one
