@@ -238,7 +238,7 @@ impl<'g, T: Element> SharedArray<'g, T> {
         };
         let mut give = said.clone();
         match &made {
-            Ok(Some(r)) => give.extend_from_slice(r.name().to_string().as_bytes()),
+            Ok(Some(r)) => give.extend_from_slice(r.name().as_str().as_bytes()),
             Ok(None) => {}
             Err(e) => give.extend_from_slice(&crate::agree::refusal(
                 e,

@@ -745,13 +745,13 @@ impl<'g> Batch<'g> {
         ranks_per_worker: u32,
         opts: &BatchOptions,
     ) -> Result<Batch<'g>> {
+        let workers = group.size().div_ceil(ranks_per_worker.max(1));
+        let index = group.rank() / ranks_per_worker.max(1);
         let checked = if ranks_per_worker == 0 {
             Err(Error::BadArguments("worker groups of 0 ranks".into()))
         } else {
-            Table::check(tasks, group.size().div_ceil(ranks_per_worker))
+            Table::check(tasks, workers)
         };
-        let workers = group.size().div_ceil(ranks_per_worker.max(1));
-        let index = group.rank() / ranks_per_worker.max(1);
         let call = group.next_call()?;
         let key = format!("{}/{call}/batch", group.name()).into_bytes();
         if let Err(e) = checked {
@@ -768,7 +768,7 @@ impl<'g> Batch<'g> {
             None
         };
         let name = match &made {
-            Some(Ok(t)) => t.region.name().to_string().into_bytes(),
+            Some(Ok(t)) => t.region.name().as_str().as_bytes().to_vec(),
             Some(Err(e)) => crate::agree::refusal(e, group.max_value()),
             None => Vec::new(),
         };
