@@ -107,11 +107,20 @@ impl Core {
 
     /// Gives back to the ring every record whose [`Received`] dropped,
     /// and moves the cursor past a peeked one (given back, or held).
-    #[inline]
+    #[inline(always)]
     pub(super) fn collect(&mut self) {
         if !matches!(self.cur, Cur::Free) {
             self.collect_cur();
         }
+        if self.out != 0 {
+            self.collect_held();
+        }
+    }
+
+    /// The held part of [`collect`](Self::collect): every ticket out whose
+    /// message dropped goes back.
+    #[inline(never)]
+    fn collect_held(&mut self) {
         let mut out = self.out;
         while out != 0 {
             let k = out.trailing_zeros() as usize;
@@ -131,36 +140,39 @@ impl Core {
 
     /// The current record: given back if its message dropped, else held
     /// (a peeked one: the cursor must leave it before the next look).
+    /// Works on the record in place: the usual case (peeked, dropped)
+    /// moves the cursor and marks it free, nothing more.
     #[inline(always)]
     fn collect_cur(&mut self) {
         // SYNC R(drop): as in `collect`.
         let dropped = self.inner().released[CUR].load(Ordering::Acquire);
-        if dropped {
-            self.inner().released[CUR].store(false, Ordering::Relaxed);
-        }
         // SAFETY: as in `reader`.
         let r = unsafe { &mut *self.inner().reader.get() };
-        self.cur = match std::mem::replace(&mut self.cur, Cur::Free) {
-            Cur::Free => Cur::Free,
+        let next = match &self.cur {
+            Cur::Free => return,
             Cur::Peeked(p) if dropped => {
                 // False only for an evicted reader (whose reads fail
                 // from now on): nothing to give back then.
-                r.advance_peeked(&p);
+                r.advance_peeked(p);
                 Cur::Free
             }
             // Never full here: a record is peeked only with room for one
             // more hold (see `next`). Were it refused, it stays peeked, and
             // `next` says so instead of reading it again.
-            Cur::Peeked(p) => match r.hold_peeked(&p) {
+            Cur::Peeked(p) => match r.hold_peeked(p) {
                 Ok(h) => Cur::Held(h.position()),
-                Err(_) => Cur::Peeked(p),
+                Err(_) => return,
             },
             Cur::Held(pos) if dropped => {
-                r.release_position(pos);
+                r.release_position(*pos);
                 Cur::Free
             }
-            held @ Cur::Held(_) => held,
+            Cur::Held(_) => return,
         };
+        if dropped {
+            self.inner().released[CUR].store(false, Ordering::Relaxed);
+        }
+        self.cur = next;
     }
 
     /// Whether a message it handed out is still held (as of the last
