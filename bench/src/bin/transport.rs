@@ -335,8 +335,18 @@ fn nng_raw(size: usize, iters: u64, ipc: bool, aio: bool) -> Measurement {
             return 1;
         }
         let _ = writeln!(tell, "{u}");
+        // NNG has no linger: a process that exits right after its last
+        // send cuts a reply larger than the socket's buffer short (the
+        // requester then saw its connection reset, or, asking again,
+        // waited for an answer nobody would give: the 1 MiB ipc cell had
+        // no peer in any run until this). So the replier waits for the
+        // requester's word before it goes.
+        let done = |code: i32, mut tell: UnixStream| {
+            let _ = std::io::Read::read(&mut tell, &mut [0u8; 1]);
+            code
+        };
         if aio {
-            return rt().block_on(async {
+            let code = rt().block_on(async {
                 for _ in 0..total {
                     let q = match aio_op(|a| s.recv_async(a)).await {
                         Ok(nng::AioResult::Recv(Ok(q))) => q,
@@ -355,6 +365,7 @@ fn nng_raw(size: usize, iters: u64, ipc: bool, aio: bool) -> Measurement {
                 }
                 0
             });
+            return done(code, tell);
         }
         for _ in 0..total {
             let q = match s.recv() {
@@ -369,7 +380,7 @@ fn nng_raw(size: usize, iters: u64, ipc: bool, aio: bool) -> Measurement {
                 return 1;
             }
         }
-        0
+        done(0, tell)
     })
     .expect("fork");
     if let Err(e) = told(&hear) {
@@ -419,6 +430,8 @@ fn nng_raw(size: usize, iters: u64, ipc: bool, aio: bool) -> Measurement {
                 .map(|r| debug_assert_eq!(r.len(), q.len()))
         );
     });
+    // The replier may go now (see `done` above).
+    let _ = (&hear).write_all(b".");
     let _ = child.wait();
     m
 }
