@@ -194,7 +194,7 @@ impl QuicReplier {
     /// Binds a replier at `address` (`quic://HOST:PORT`, no pin).
     pub async fn bind(address: &Address, opts: &Options) -> Result<QuicReplier> {
         let Bound { endpoint, address } = conn::bind(address, opts).await?;
-        let (tx, rx) = mpsc::channel(conn::MAX_STREAMS as usize);
+        let (tx, rx) = mpsc::channel(conn::SERVED as usize);
         let (a, max, max_conns, stall) = (
             address.clone(),
             opts.max_message,
