@@ -21,11 +21,12 @@ use std::time::{Duration, Instant};
 /// round trip went from 1.16x raw quinn's to 1.48x. How many of a
 /// connection's streams are read at once is [`SERVED`]'s to bound.
 pub const MAX_STREAMS: u32 = 100;
-/// Streams of one connection read at once (the others wait, their bytes
-/// in quinn's buffers, within the connection's receive window): what a
-/// peer's streams can make this side hold, a message each of up to the
-/// largest size while it is decoded or queued, stays this many messages
-/// per connection, whatever the stream credit.
+/// Streams of one connection served at once (the others wait, their
+/// bytes in quinn's buffers, within the connection's receive window, give
+/// or take quinn's own slack): what a peer's streams can make this side
+/// hold, a message each of up to the largest size while it is decoded,
+/// queued or answered and not yet read, stays this many messages per
+/// connection, whatever the stream credit.
 pub const SERVED: u32 = 16;
 /// A connection with no traffic for this long is dead (keep-alives flow
 /// every [`KEEP_ALIVE`] while both ends live).
@@ -50,33 +51,50 @@ pub(crate) fn closed_idle(conn: &Connection) -> bool {
     matches!(conn.close_reason(), Some(ConnectionError::ApplicationClosed(c)) if c.error_code == VarInt::from_u32(IDLE_CLOSE))
 }
 
+/// A stream in progress, as [`streams`] hands it to `serve`: while it
+/// lives, the stream counts as in progress (its connection is not idle)
+/// and holds one of its connection's [`SERVED`] turns. Whoever answers
+/// the stream keeps it until the answer is written (a request waiting for
+/// a slow replier keeps its connection; a reply its asker does not read
+/// keeps its turn, so a connection's unread replies are SERVED at most).
+pub(crate) struct InProgress {
+    _open: Arc<()>,
+    _turn: tokio::sync::OwnedSemaphorePermit,
+}
+
 /// Accepts the streams a client opens on `conn` until it ends, each
-/// served on a task of its own, [`SERVED`] at a time (a stream's task
-/// waits for its turn before `serve`'s future first runs); a connection
-/// with no stream in progress
-/// that opens none for `idle` (a peer that connects and sends nothing) is
-/// closed ([`IDLE_CLOSE`]). A stream is in progress while the token
-/// `serve` is given lives: whoever answers it holds the token until the
-/// answer is written (a request waiting for a slow replier keeps its
-/// connection).
+/// served on a task of its own, [`SERVED`] at a time: a stream's task
+/// waits for a turn before it calls `serve`, and the turn goes with the
+/// [`InProgress`] token. A connection with no stream in progress that
+/// opens none for `idle` (a peer that connects and sends nothing) is
+/// closed ([`IDLE_CLOSE`]); a stream waiting for its turn is in progress.
 pub(crate) async fn streams<F, Fut>(conn: Connection, idle: Duration, address: &Address, serve: F)
 where
-    F: Fn(SendStream, RecvStream, Arc<()>) -> Fut,
+    F: Fn(SendStream, RecvStream, InProgress) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let open = Arc::new(());
     let turns = Arc::new(tokio::sync::Semaphore::new(SERVED as usize));
+    let serve = Arc::new(serve);
     loop {
         match tokio::time::timeout(idle, conn.accept_bi()).await {
-            Ok(Ok((send, recv))) => {
-                let (served, turns) = (serve(send, recv, open.clone()), turns.clone());
+            Ok(Ok((mut send, recv))) => {
+                let (serve, turns, open) = (serve.clone(), turns.clone(), open.clone());
                 tokio::spawn(async move {
-                    // Never closed: an error is impossible, and would only
-                    // drop the stream (quinn resets it).
-                    let Ok(_turn) = turns.acquire_owned().await else {
-                        return;
-                    };
-                    served.await;
+                    match turns.acquire_owned().await {
+                        Ok(turn) => {
+                            let token = InProgress {
+                                _open: open,
+                                _turn: turn,
+                            };
+                            serve(send, recv, token).await;
+                        }
+                        // Never closed; were it, the stream is reset (a
+                        // dropped SendStream would end it cleanly).
+                        Err(_) => {
+                            let _ = send.reset(VarInt::from_u32(1));
+                        }
+                    }
                 });
             }
             Ok(Err(_)) => return,

@@ -367,7 +367,7 @@ impl QShared {
         let remote = conn.remote_address();
         let address = self.address.clone();
         let c = conn.clone();
-        conn::streams(conn, self.stall, &address, |send, recv, token| {
+        conn::streams(conn, self.stall, &address, move |send, recv, token| {
             let (me, c) = (self.clone(), c.clone());
             async move {
                 let _in_progress = token;

@@ -5,7 +5,7 @@
 //! its reply, and that is all. A requester whose connection broke connects
 //! again on its next request.
 
-use super::conn::{self, Bound, Client, Outgoing, Reader, FIRST_ENVELOPE};
+use super::conn::{self, Bound, Client, InProgress, Outgoing, Reader, FIRST_ENVELOPE};
 use crate::address::Address;
 use crate::envelope::{Decoded, Kind, HEADER_LEN};
 use crate::error::{Error, Result};
@@ -95,9 +95,9 @@ impl QuicRequester {
     }
 }
 
-/// A request, the stream to answer on, and its connection's in-progress
-/// token (held until the answer is written).
-type Incoming = (Decoded, quinn::SendStream, Arc<()>);
+/// A request, the stream to answer on, and its in-progress token (held
+/// until the answer is written: the stream keeps its connection's turn).
+type Incoming = (Decoded, quinn::SendStream, InProgress);
 
 /// How long a dropped replier waits for its last replies to be read.
 pub const LINGER: Duration = Duration::from_secs(1);
@@ -159,7 +159,7 @@ async fn connection(
 ) {
     let remote = conn.remote_address();
     let a = address.clone();
-    conn::streams(conn, idle, &a, |send, recv, token| {
+    conn::streams(conn, idle, &a, move |send, recv, token| {
         let (tx, address) = (tx.clone(), address.clone());
         async move {
             let mut reader = Reader::new(recv, max);
