@@ -167,38 +167,16 @@ fn open(
 /// scan cannot walk from `reclaim` to `tail` (records move under it), it
 /// removes nothing.
 fn sweep_orphaned_overflow(mem: &ShmMem<MpmcControl>) {
-    use crate::layout::{rec, record_size, valid_position};
-    use crate::sync::Ordering;
     let ring = *mem.seg.name();
     let mut candidates = overflow::unleased_files(&ring);
     if candidates.is_empty() {
         return;
     }
-    let cap = mem.capacity();
-    let l = &mem.ctrl().lock;
-    let mut r = l.reclaim.load(Ordering::Acquire);
-    let tail = l.tail.load(Ordering::Acquire);
-    if !valid_position(r) || !valid_position(tail) || r > tail || tail - r > cap {
-        return;
-    }
-    while r < tail {
-        let h = mem.header(r);
-        let c = h.commit.load(Ordering::Acquire);
-        if c & !rec::MASK != r {
-            return; // the ring moved (or is corrupt): judge nothing
-        }
-        let len = u64::from(h.len.load(Ordering::Acquire));
-        let span = record_size(len);
-        if span > cap || r + span > tail {
-            return;
-        }
-        if c & rec::MASK == rec::OVERFLOW {
-            if let Ok((d, _)) = overflow::descriptor(&ring, mem.data(r + RECORD_HEADER as u64), len)
-            {
-                candidates.retain(|&(seq, _)| seq != d.seq);
-            }
-        }
-        r += span;
+    let walked = for_each_unreleased_overflow(mem, |seq| {
+        candidates.retain(|&(s, _)| s != seq);
+    });
+    if !walked {
+        return; // the ring moved (or is corrupt): judge nothing
     }
     for (_, name) in candidates {
         let path = name.path();
@@ -207,6 +185,43 @@ fn sweep_orphaned_overflow(mem: &ShmMem<MpmcControl>) {
             log::info!("shoal mpmc {ring}: removed orphaned overflow file {name}");
         }
     }
+}
+
+/// Calls `f` with the overflow name part of every committed, unreleased
+/// overflow record between the ring's reclaim point and its tail. Returns
+/// false, having judged nothing, when it could not walk that span (records
+/// moved under it, or the ring is corrupt).
+fn for_each_unreleased_overflow(mem: &ShmMem<MpmcControl>, mut f: impl FnMut(u64)) -> bool {
+    use crate::layout::{rec, record_size, valid_position};
+    use crate::sync::Ordering;
+    let ring = *mem.seg.name();
+    let cap = mem.capacity();
+    let l = &mem.ctrl().lock;
+    let mut r = l.reclaim.load(Ordering::Acquire);
+    let tail = l.tail.load(Ordering::Acquire);
+    if !valid_position(r) || !valid_position(tail) || r > tail || tail - r > cap {
+        return false;
+    }
+    while r < tail {
+        let h = mem.header(r);
+        let c = h.commit.load(Ordering::Acquire);
+        if c & !rec::MASK != r {
+            return false;
+        }
+        let len = u64::from(h.len.load(Ordering::Acquire));
+        let span = record_size(len);
+        if span > cap || r + span > tail {
+            return false;
+        }
+        if c & rec::MASK == rec::OVERFLOW {
+            if let Ok((d, _)) = overflow::descriptor(&ring, mem.data(r + RECORD_HEADER as u64), len)
+            {
+                f(d.seq);
+            }
+        }
+        r += span;
+    }
+    true
 }
 
 /// A producer of an MPMC ring.
@@ -469,13 +484,20 @@ impl MpmcProducer {
 impl Drop for MpmcProducer {
     fn drop(&mut self) {
         // Segments of released records go with the free ones; those of
-        // records not yet released stay for their consumers, and the
-        // consumer that releases one removes it (our lease on it is gone
-        // then). A release racing this drop can leave one file until the
-        // ring is finished.
+        // records not yet released stay for their consumers. Our leases on
+        // them go first, then each record is looked at again: one released
+        // since is removed here; one released later is removed by the
+        // consumer releasing it, which finds our lease gone (it asks after
+        // its release, and we look again after dropping the lease, so one
+        // of the two sees the other).
         let core = &self.core;
         self.pool.reclaim_where(|pos| core.record_released(pos));
-        self.pool.close();
+        let ring = *self.core.mem.seg.name();
+        for (pos, seq) in self.pool.leave().into_iter().flatten() {
+            if self.core.record_released(pos) {
+                overflow::discard(&ring, seq);
+            }
+        }
         self.core.leave();
         // The last one out of a ring whose name is gone removes the files
         // of records nobody took.
@@ -800,6 +822,27 @@ impl MpmcConsumer {
     }
 }
 
+impl MpmcConsumer {
+    /// After releasing a record in pooled segment `seq`: a pooled segment
+    /// whose producer is gone is removed by the consumer releasing its last
+    /// record. Asked after the release (a producer leaving drops its
+    /// leases, then removes the segments of records released by then: one
+    /// of us sees the other). But a live producer may have reused the
+    /// segment for a newer record as soon as ours was released, and then
+    /// left: the segment is removed only if no unreleased record names it
+    /// (a walk that fails keeps it; the ring's end or `cleanup_stale`
+    /// removes it then).
+    fn released_pooled(&mut self, seq: u64) {
+        if self.cache.writer_gone(seq) {
+            let mut named = false;
+            let walked = for_each_unreleased_overflow(&self.core.mem, |s| named |= s == seq);
+            if walked && !named {
+                self.cache.remove(seq);
+            }
+        }
+    }
+}
+
 impl Drop for MpmcConsumer {
     fn drop(&mut self) {
         // A held record is released as its guard would be (an overflow
@@ -844,16 +887,9 @@ impl Drop for TakeGuard<'_> {
     fn drop(&mut self) {
         // Unmap a one-shot overflow segment (no-op for other records).
         self.consumer.current_ov = None;
-        // Whether the producer that pooled the segment is gone, asked
-        // before the release: a live producer may reuse the segment for its
-        // next record as soon as this one is released, and then leave.
-        let gone = self
-            .pooled
-            .filter(|&seq| self.consumer.cache.writer_gone(seq));
         self.consumer.core.release(self.pos);
-        if let Some(seq) = gone {
-            // Nobody will reuse it or remove it: its last reader does.
-            self.consumer.cache.remove(seq);
+        if let Some(seq) = self.pooled {
+            self.consumer.released_pooled(seq);
         }
     }
 }
@@ -867,11 +903,37 @@ impl std::fmt::Debug for TakeGuard<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::name::SegmentName;
 
-    /// Review finding: `TakeGuard::drop` asked whether the producer was
-    /// gone *after* releasing the record; a live producer could reuse the
-    /// segment and leave in between, and the late check unlinked a segment
-    /// a newer record named. The drop now asks first; this replays it.
+    fn files(name: &SegmentName) -> usize {
+        std::fs::read_dir(crate::name::SHM_DIR)
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                SegmentName::from_bytes(e.file_name().as_encoded_bytes())
+                    .ok()
+                    .and_then(|n| n.overflow_parts())
+                    .is_some_and(|(of, _)| of == *name)
+            })
+            .count()
+    }
+
+    /// Takes one record and releases it by hand, as `TakeGuard::drop`
+    /// does, returning its pooled segment's name part.
+    fn take_and_release(c: &mut MpmcConsumer) -> u64 {
+        let g = c.take_with(Wait::no_wait()).unwrap();
+        let (pos, seq) = (g.pos, g.pooled.expect("a pooled record"));
+        std::mem::forget(g);
+        c.current_ov = None;
+        c.core.release(pos);
+        seq
+    }
+
+    /// Review finding (an earlier design): a consumer that asked whether
+    /// the producer was gone only after releasing, and then unlinked the
+    /// segment, removed one that the producer had reused for a newer
+    /// record before leaving. The consumer now also checks that no
+    /// unreleased record names the segment; this replays the interleaving.
     #[test]
     fn a_release_racing_a_reuse_and_exit_keeps_the_reused_segment() {
         let ring = MpmcRing::create(&MpmcConfig::new(1 << 16, 1, 2)).unwrap();
@@ -879,20 +941,54 @@ mod tests {
         let mut c1 = ring.consumer().unwrap();
         let mut c2 = ring.consumer().unwrap();
         p.send(&[1u8; 40_000]).unwrap();
-        let g = c1.take_with(Wait::no_wait()).unwrap();
-        let (pos, seq) = (g.pos, g.pooled.expect("a pooled record"));
-        std::mem::forget(g);
-        // TakeGuard::drop: the question first (the producer lives) ...
-        let gone = c1.cache.writer_gone(seq);
-        assert!(!gone);
-        c1.current_ov = None;
-        c1.core.release(pos);
-        // ... then the producer reuses the segment and leaves ...
+        let seq = take_and_release(&mut c1);
+        // The producer reuses the segment and leaves ...
         p.send(&[2u8; 40_000]).unwrap();
         drop(p);
-        // ... and the drop, having seen it alive, removes nothing.
+        // ... before the releasing consumer asks: it finds the producer
+        // gone, and the segment named by record 2.
+        c1.released_pooled(seq);
         let g = c2.take_with(Wait::timeout(std::time::Duration::from_secs(2)));
         assert!(g.unwrap().iter().all(|&b| b == 2), "record 2 lost");
+        assert_eq!(
+            files(ring.handle().name()),
+            0,
+            "record 2's consumer removes it"
+        );
+    }
+
+    /// CI failure: a consumer asked whether the producer was gone before
+    /// releasing (it was alive), and the producer, leaving, looked at the
+    /// record before the release: neither removed the segment. Now the
+    /// consumer asks after its release and the producer looks after
+    /// dropping its leases; both orders leave nothing.
+    #[test]
+    fn a_release_racing_a_producer_leaving_leaves_no_file() {
+        let ring = MpmcRing::create(&MpmcConfig::new(1 << 16, 1, 2)).unwrap();
+        let name = *ring.handle().name();
+        // The consumer releases and asks while the producer lives; the
+        // producer then leaves and finds the record released.
+        let mut p = ring.producer().unwrap();
+        let mut c = ring.consumer().unwrap();
+        p.send(&[1u8; 40_000]).unwrap();
+        let seq = take_and_release(&mut c);
+        c.released_pooled(seq);
+        assert_eq!(files(&name), 1, "a live producer's segment was removed");
+        drop(p);
+        assert_eq!(
+            files(&name),
+            0,
+            "the leaving producer left a released record's file"
+        );
+        // The producer leaves while the record is held; the consumer then
+        // releases and finds the producer gone.
+        let mut p = ring.producer().unwrap();
+        p.send(&[1u8; 40_000]).unwrap();
+        let g = c.take_with(Wait::no_wait()).unwrap();
+        drop(p);
+        assert_eq!(files(&name), 1, "a held record's file was removed");
+        drop(g);
+        assert_eq!(files(&name), 0, "the releasing consumer left the file");
     }
 }
 

@@ -362,6 +362,24 @@ impl OverflowPool {
         self.in_flight.iter().any(Option::is_some)
     }
 
+    /// When an MPMC producer leaves: unlinks the free segments and the
+    /// pending one, drops the in-flight ones' mappings and leases (their
+    /// files stay for the records naming them) and returns those records'
+    /// ring positions and segments' name parts, so the caller can remove
+    /// the files of records released meanwhile.
+    pub(crate) fn leave(&mut self) -> [Option<(u64, u64)>; OVERFLOW_SLOTS] {
+        self.pending = None;
+        for f in self.free.iter_mut() {
+            *f = None;
+        }
+        std::array::from_fn(|i| {
+            self.in_flight[i].take().map(|(pos, mut ps)| {
+                ps.seg.disown();
+                (pos, ps.seq)
+            })
+        })
+    }
+
     /// On close: unlinks the free segments now, and leaves the files of
     /// records readers may still read on disk (they are removed by the last
     /// participant to leave, or by `cleanup_stale`).
@@ -491,8 +509,9 @@ impl OverflowCache {
 impl OverflowCache {
     /// Whether the writer that pooled segment `seq` is gone (its lease on
     /// the segment is free): then nobody will reuse it, and no later record
-    /// can name it. Ask *before* releasing the record: once released, a
-    /// live writer may reuse the segment and leave.
+    /// can name it. Asked *after* releasing a record, a yes does not mean
+    /// the released record was the segment's last: the writer may have
+    /// reused the segment for a newer record in between and then left.
     pub(crate) fn writer_gone(&self, seq: u64) -> bool {
         self.entries
             .iter()
@@ -500,8 +519,8 @@ impl OverflowCache {
             .any(|(s, seg, _, _)| *s == seq && !lease::held_by_other(seg.fd(), lease::OWNER, 1))
     }
 
-    /// Forgets and unlinks segment `seq` (its writer is gone and its last
-    /// record was released).
+    /// Forgets and unlinks segment `seq` (its writer is gone and no
+    /// unreleased record names it).
     pub(crate) fn remove(&mut self, seq: u64) {
         for e in self.entries.iter_mut() {
             if matches!(e, Some((s, _, _, 0)) if *s == seq) {
