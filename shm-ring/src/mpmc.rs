@@ -164,8 +164,8 @@ fn open(
 /// second. A one-shot file's producer drops its lease only after its record
 /// is committed, so a file seen without a lease is either named by a record
 /// the scan then finds, or by nothing that will ever be committed. If the
-/// scan cannot walk from `reclaim` to `tail` (records move under it), it
-/// removes nothing.
+/// scan cannot walk from `reclaim` to `tail` (a corrupt ring), it removes
+/// nothing.
 fn sweep_orphaned_overflow(mem: &ShmMem<MpmcControl>) {
     let ring = *mem.seg.name();
     let mut candidates = overflow::unleased_files(&ring);
@@ -188,12 +188,18 @@ fn sweep_orphaned_overflow(mem: &ShmMem<MpmcControl>) {
 }
 
 /// Calls `f` with the overflow name part of every committed, unreleased
-/// overflow record between the ring's reclaim point and its tail. Returns
-/// false, having judged nothing, when it could not walk that span (records
-/// moved under it, or the ring is corrupt).
+/// overflow record between the ring's reclaim point and its tail, as
+/// loaded on entry. Returns false when the span cannot be walked (the ring
+/// is corrupt); `f` may have been called for part of it then.
+///
+/// Records move under the walk: producers reuse a record's space only once
+/// `reclaim` has passed it, so each record's header and descriptor are
+/// read first and `reclaim` after (an Acquire fence between): if it has
+/// not passed the record, what was read was that record's; if it has, the
+/// record and all before it are released and the walk goes on from there.
 fn for_each_unreleased_overflow(mem: &ShmMem<MpmcControl>, mut f: impl FnMut(u64)) -> bool {
     use crate::layout::{rec, record_size, valid_position};
-    use crate::sync::Ordering;
+    use crate::sync::{fence, Ordering};
     let ring = *mem.seg.name();
     let cap = mem.capacity();
     let l = &mem.ctrl().lock;
@@ -205,19 +211,27 @@ fn for_each_unreleased_overflow(mem: &ShmMem<MpmcControl>, mut f: impl FnMut(u64
     while r < tail {
         let h = mem.header(r);
         let c = h.commit.load(Ordering::Acquire);
-        if c & !rec::MASK != r {
-            return false;
-        }
         let len = u64::from(h.len.load(Ordering::Acquire));
+        let named = (c & rec::MASK == rec::OVERFLOW && len == DESC_LEN)
+            .then(|| overflow::descriptor(&ring, mem.data(r + RECORD_HEADER as u64), len))
+            .and_then(|d| d.ok())
+            .map(|(d, _)| d.seq);
+        fence(Ordering::Acquire);
+        let reclaim = l.reclaim.load(Ordering::Relaxed);
+        if reclaim > r {
+            // Released up to `reclaim` (a record boundary) meanwhile.
+            if !valid_position(reclaim) {
+                return false;
+            }
+            r = reclaim;
+            continue;
+        }
         let span = record_size(len);
-        if span > cap || r + span > tail {
+        if c & !rec::MASK != r || span > cap || r + span > tail {
             return false;
         }
-        if c & rec::MASK == rec::OVERFLOW {
-            if let Ok((d, _)) = overflow::descriptor(&ring, mem.data(r + RECORD_HEADER as u64), len)
-            {
-                f(d.seq);
-            }
+        if let Some(seq) = named {
+            f(seq);
         }
         r += span;
     }
@@ -489,7 +503,12 @@ impl Drop for MpmcProducer {
         // since is removed here; one released later is removed by the
         // consumer releasing it, which finds our lease gone (it asks after
         // its release, and we look again after dropping the lease, so one
-        // of the two sees the other).
+        // of the two sees the other: the kernel's per-file lock list orders
+        // its query against our unlock). Both may unlink the name; the
+        // second finds it gone. A record released another way (an orphan
+        // released for a dead consumer, one whose segment failed to open)
+        // leaves its file to the next sweep, the ring's end or
+        // `cleanup_stale`.
         let core = &self.core;
         self.pool.reclaim_where(|pos| core.record_released(pos));
         let ring = *self.core.mem.seg.name();
@@ -829,11 +848,17 @@ impl MpmcConsumer {
     /// leases, then removes the segments of records released by then: one
     /// of us sees the other). But a live producer may have reused the
     /// segment for a newer record as soon as ours was released, and then
-    /// left: the segment is removed only if no unreleased record names it
-    /// (a walk that fails keeps it; the ring's end or `cleanup_stale`
-    /// removes it then).
+    /// left: the segment is removed only if no unreleased record names it.
+    /// That walk reads a header per occupied record; it runs only for the
+    /// last records (at most a producer's 8 in flight) of a producer that
+    /// left. A walk that fails (a corrupt ring) keeps the file; the ring's
+    /// end or `cleanup_stale` removes it then.
     fn released_pooled(&mut self, seq: u64) {
         if self.cache.writer_gone(seq) {
+            // The kernel may answer "no lease" without taking its lock:
+            // order the walk's loads after that answer, so the records the
+            // producer committed before leaving are seen.
+            crate::sync::fence(crate::sync::Ordering::SeqCst);
             let mut named = false;
             let walked = for_each_unreleased_overflow(&self.core.mem, |s| named |= s == seq);
             if walked && !named {

@@ -181,8 +181,10 @@ pub(crate) fn remove_all(ring: &SegmentName) {
     }
 }
 
-/// Removes overflow file `seq` of `ring`, named by a rejected one-shot
-/// record (the MPMC consumer that took it is its only reader). Best effort.
+/// Removes overflow file `seq` of `ring` by name: one named by a rejected
+/// one-shot record (the MPMC consumer that took it is its only reader), or
+/// a departed MPMC producer's segment whose last record was released. Best
+/// effort; the name parts are random, so a name unlinked twice is just gone.
 pub(crate) fn discard(ring: &SegmentName, seq: u64) {
     if let Ok(name) = ring.overflow(seq) {
         let path = name.path();
@@ -508,8 +510,10 @@ impl OverflowCache {
 
 impl OverflowCache {
     /// Whether the writer that pooled segment `seq` is gone (its lease on
-    /// the segment is free): then nobody will reuse it, and no later record
-    /// can name it. Asked *after* releasing a record, a yes does not mean
+    /// the segment is free): then nobody will reuse it, and no record
+    /// committed after the answer can name it (the caller orders its later
+    /// loads after the answer with a fence: the kernel may give it without
+    /// taking its lock). Asked *after* releasing a record, a yes does not mean
     /// the released record was the segment's last: the writer may have
     /// reused the segment for a newer record in between and then left.
     pub(crate) fn writer_gone(&self, seq: u64) -> bool {
