@@ -104,12 +104,23 @@ impl<T> Blocking<T> {
     where
         F: Future<Output = Result<R>> + 'a,
     {
-        match timeout {
-            None => rt.block_on(f),
-            Some(t) => rt
-                .block_on(async { tokio::time::timeout(t, f).await })
-                .map_err(|_| Error::Timeout { what, after: t })?,
-        }
+        within(rt, timeout, what, f)
+    }
+}
+
+/// Runs `f` on `rt`, giving up after `timeout` ([`Error::Timeout`] naming
+/// `what`).
+pub(crate) fn within<R>(
+    rt: &tokio::runtime::Runtime,
+    timeout: Option<Duration>,
+    what: &'static str,
+    f: impl Future<Output = Result<R>>,
+) -> Result<R> {
+    match timeout {
+        None => rt.block_on(f),
+        Some(t) => rt
+            .block_on(async { tokio::time::timeout(t, f).await })
+            .map_err(|_| Error::Timeout { what, after: t })?,
     }
 }
 
@@ -168,7 +179,7 @@ impl<T: Requester> Blocking<T> {
     /// [`Requester::request`], blocking at most `timeout` (`None`: as long
     /// as the replier lives).
     pub fn request(&mut self, payload: &[u8], timeout: Option<Duration>) -> Result<Frame<'_>> {
-        Self::within(&self.rt, timeout, "request", self.inner.request(payload))
+        self.inner.request_blocking(&self.rt, payload, timeout)
     }
 }
 
@@ -178,7 +189,7 @@ impl<T: Replier> Blocking<T> {
     where
         F: FnOnce(&[u8]) -> Vec<u8> + Send,
     {
-        self.rt.block_on(self.inner.serve_one(answer))
+        self.inner.serve_one_blocking(&self.rt, answer)
     }
 
     /// [`Replier::serve_one_into`], blocking.
@@ -186,6 +197,6 @@ impl<T: Replier> Blocking<T> {
     where
         F: FnOnce(&[u8], &mut crate::reply::Reply<'_>) + Send,
     {
-        self.rt.block_on(self.inner.serve_one_into(answer))
+        self.inner.serve_one_into_blocking(&self.rt, answer)
     }
 }

@@ -127,6 +127,22 @@ pub trait Puller: Send {
 pub trait Requester: Send {
     /// Sends `payload` and waits for its reply.
     fn request(&mut self, payload: &[u8]) -> impl Future<Output = Result<Frame<'_>>> + Send;
+
+    /// [`request`](Self::request) for a caller on a plain thread, driving
+    /// `rt` (the endpoint's runtime) while it waits, giving up after
+    /// `timeout` (`None`: as long as the replier lives). What
+    /// [`Blocking::request`](crate::blocking::Blocking::request) calls. The
+    /// default blocks on `rt`; a wire whose operations the calling thread
+    /// can wait for itself (nng) overrides it, sparing a wake-up per round
+    /// trip.
+    fn request_blocking(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        payload: &[u8],
+        timeout: Option<Duration>,
+    ) -> Result<Frame<'_>> {
+        crate::blocking::within(rt, timeout, "request", self.request(payload))
+    }
 }
 
 /// Answers requests, each reply going to its asker.
@@ -152,5 +168,26 @@ pub trait Replier: Send {
             answer(req, &mut Reply::new(&mut buf));
             buf
         })
+    }
+
+    /// [`serve_one`](Self::serve_one) for a caller on a plain thread,
+    /// driving `rt` (the endpoint's runtime) while it waits. What
+    /// [`Blocking::serve_one`](crate::blocking::Blocking::serve_one)
+    /// calls. The default blocks on `rt`; a wire whose operations the
+    /// calling thread can wait for itself (nng) overrides it.
+    fn serve_one_blocking<F>(&mut self, rt: &tokio::runtime::Runtime, answer: F) -> Result<()>
+    where
+        F: FnOnce(&[u8]) -> Vec<u8> + Send,
+    {
+        rt.block_on(self.serve_one(answer))
+    }
+
+    /// [`serve_one_into`](Self::serve_one_into) for a caller on a plain
+    /// thread, as [`serve_one_blocking`](Self::serve_one_blocking).
+    fn serve_one_into_blocking<F>(&mut self, rt: &tokio::runtime::Runtime, answer: F) -> Result<()>
+    where
+        F: FnOnce(&[u8], &mut Reply<'_>) + Send,
+    {
+        rt.block_on(self.serve_one_into(answer))
     }
 }

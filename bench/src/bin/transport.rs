@@ -172,7 +172,11 @@ macro_rules! timed {
 
 /// The replier's process: binds `bind` on wire `W`, tells the parent its
 /// address through `tell`, echoes `total` requests.
-fn serve<W: Wire>(bind: Address, total: u64, mut tell: UnixStream) -> i32 {
+fn serve<W: Wire>(bind: Address, total: u64, tell: UnixStream, blocking: bool) -> i32 {
+    if blocking {
+        return serve_blocking::<W>(bind, total, tell);
+    }
+    let mut tell = tell;
     rt().block_on(async move {
         let o = Options::default();
         let mut r = match W::bind_replier(&bind, &o).await {
@@ -207,6 +211,31 @@ fn serve<W: Wire>(bind: Address, total: u64, mut tell: UnixStream) -> i32 {
     })
 }
 
+/// [`serve`] through the blocking wrapper, on this plain thread.
+fn serve_blocking<W: Wire>(bind: Address, total: u64, mut tell: UnixStream) -> i32 {
+    let o = Options::default();
+    let mut r = match shoal_transport::blocking::Blocking::new(W::bind_replier(&bind, &o)) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = writeln!(tell, "error {e}");
+            return 1;
+        }
+    };
+    let _ = writeln!(tell, "{}", r.get_mut().address());
+    for i in 0..total {
+        let echo = |q: &[u8], out: &mut shoal_transport::Reply<'_>| {
+            out.reserve(q.len());
+            out.extend_from_slice(q);
+        };
+        if let Err(e) = r.serve_one_into(echo) {
+            eprintln!("transport: server: request {i} of {total}: {e}");
+            return 1;
+        }
+    }
+    let _ = std::io::Read::read(&mut tell, &mut [0u8; 1]);
+    0
+}
+
 /// The address line a child process wrote, or its error.
 fn told(from: &UnixStream) -> Result<String, String> {
     let mut line = String::new();
@@ -222,7 +251,7 @@ fn told(from: &UnixStream) -> Result<String, String> {
 }
 
 /// Request/reply over a network wire of shoal's.
-fn rpc_net(wire: &str, size: usize, iters: u64) -> Measurement {
+fn rpc_net(wire: &str, size: usize, iters: u64, blocking: bool) -> Measurement {
     let total = total_of(iters);
     let warm = warmup(iters);
     let bind: Address = match wire {
@@ -232,14 +261,15 @@ fn rpc_net(wire: &str, size: usize, iters: u64) -> Measurement {
     }
     .parse()
     .expect("address");
-    let mut m = Measurement::new("shoal", "rpc", "park", "latency_round_trip_ns")
+    let mode = if blocking { "blocking" } else { "park" };
+    let mut m = Measurement::new("shoal", "rpc", mode, "latency_round_trip_ns")
         .payload(size as u64)
         .transport(wire);
     let (tell, hear) = UnixStream::pair().expect("socketpair");
     let w = wire.to_string();
     let child = fork(move || match w.as_str() {
-        "quic" => serve::<Quic>(bind, total, tell),
-        _ => serve::<Nng>(bind, total, tell),
+        "quic" => serve::<Quic>(bind, total, tell, blocking),
+        _ => serve::<Nng>(bind, total, tell, blocking),
     })
     .expect("fork");
     let addr = match told(&hear).and_then(|a| a.parse::<Address>().map_err(|e| e.to_string())) {
@@ -275,12 +305,44 @@ fn rpc_net(wire: &str, size: usize, iters: u64) -> Measurement {
                 .map_err(|e| e.to_string())
         );
     }
-    rt().block_on(async {
+    fn client_blocking<W: Wire>(
+        m: &mut Measurement,
+        addr: &Address,
+        size: usize,
+        total: u64,
+        warm: u64,
+    ) {
+        let o = Options::default();
+        let mut c = match shoal_transport::blocking::Blocking::new(W::connect_requester(addr, &o)) {
+            Ok(c) => c,
+            Err(e) => {
+                m.error = Some(e.to_string());
+                return;
+            }
+        };
+        let q = vec![7u8; size];
+        timed!(
+            m,
+            total,
+            warm,
+            c.request(&q, None)
+                .map(|r| debug_assert_eq!(r.len(), q.len()))
+                .map_err(|e| e.to_string())
+        );
+    }
+    if blocking {
         match wire {
-            "quic" => client::<Quic>(&mut m, &addr, size, total, warm).await,
-            _ => client::<Nng>(&mut m, &addr, size, total, warm).await,
+            "quic" => client_blocking::<Quic>(&mut m, &addr, size, total, warm),
+            _ => client_blocking::<Nng>(&mut m, &addr, size, total, warm),
         }
-    });
+    } else {
+        rt().block_on(async {
+            match wire {
+                "quic" => client::<Quic>(&mut m, &addr, size, total, warm).await,
+                _ => client::<Nng>(&mut m, &addr, size, total, warm).await,
+            }
+        });
+    }
     let _ = (&hear).write_all(b".");
     match child.wait() {
         Ok(0) => {}
@@ -750,9 +812,12 @@ fn main() {
                 a.get("iters", 4000u64),
                 a.has("pin"),
             ),
-            w @ ("nng-tcp" | "nng-ipc" | "quic") => {
-                rpc_net(w, a.get("size", 64usize), a.get("iters", 4000u64))
-            }
+            w @ ("nng-tcp" | "nng-ipc" | "quic") => rpc_net(
+                w,
+                a.get("size", 64usize),
+                a.get("iters", 4000u64),
+                a.has("blocking"),
+            ),
             w => {
                 eprintln!("unknown wire {w}: shm, nng-tcp, nng-ipc or quic");
                 std::process::exit(2);
@@ -792,7 +857,7 @@ fn main() {
             }
         }
         _ => {
-            eprintln!("usage: transport <rpc [--wire shm|nng-tcp|nng-ipc|quic] --size B --iters N [--pin] | nng-raw --size B --iters N [--ipc] [--aio] | quinn-raw --size B --iters N | tcp-raw --size B --iters N | typed --iters N | oneway --wire W [--pub] --size B --ms T [--capacity B] | oneway-raw --peer nng|nng-ipc|quinn|tcp --size B --ms T [--capacity B (quinn's windows)]>");
+            eprintln!("usage: transport <rpc [--wire shm|nng-tcp|nng-ipc|quic] --size B --iters N [--pin] [--blocking] | nng-raw --size B --iters N [--ipc] [--aio] | quinn-raw --size B --iters N | tcp-raw --size B --iters N | typed --iters N | oneway --wire W [--pub] --size B --ms T [--capacity B] | oneway-raw --peer nng|nng-ipc|quinn|tcp --size B --ms T [--capacity B (quinn's windows)]>");
             std::process::exit(2);
         }
     };

@@ -19,6 +19,8 @@
 //! - [`native`]: nng's own PUB/SUB and PUSH/PULL.
 //! - `proto` (`nng_proto.rs`, built without the feature too, for its fuzz
 //!   target): the messages those protocols exchange, parsed sans-IO.
+//! - `direct`: operations waited for on the calling thread (blocking
+//!   callers), one wake-up fewer than those awaited from tokio.
 //! - `sock`: sockets, dialing with a deadline, pipe (connection)
 //!   watching, and nng's asynchronous operations awaited from tokio.
 //! - [`pubsub`]: publish/subscribe with flow control (subscribers poll
@@ -28,6 +30,7 @@
 //! - [`reqrep`]: request/reply, replies routed by nng.
 //! - [`wire`]: all of it as a [`Wire`](crate::Wire).
 
+pub(crate) mod direct;
 pub mod endpoint;
 pub mod native;
 pub(crate) use crate::nng_proto as proto;

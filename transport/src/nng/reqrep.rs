@@ -11,8 +11,11 @@
 //! breaks after it arrived; it is never asked again on a timer (which
 //! would run slow requests twice).
 
+use super::direct::{DirectAio, RawMsg};
 use super::proto::{locate, Control, Op, CONTROL_LEN};
-use super::sock::{ask_parts, begin, close_pipe, context, lock, pipe_id, Body, Sock, Started};
+use super::sock::{
+    ask_parts, begin, close_pipe, context, failed, lock, pipe_id, Body, Sock, Started,
+};
 use crate::address::Address;
 use crate::envelope::Kind;
 use crate::envelope::{pad16, Header, HEADER_LEN};
@@ -43,7 +46,7 @@ fn wrap(op: Op, kind: Kind, id: u64, len: usize) -> Result<([u8; PRE_LEN], usize
 
 /// The one envelope of kind `kind` under an `op` block in `msg`, as a
 /// frame naming its sender.
-fn unwrap(msg: nng::Message, op: Op, kind: Kind, max: usize) -> Result<Frame<'static>> {
+fn unwrap(msg: impl Received, op: Op, kind: Kind, max: usize) -> Result<Frame<'static>> {
     let (body, topic, payload, peer) = locate_one(msg, op, kind, max)?;
     Ok(Frame::shared(body, topic, payload)?.with_peer(peer))
 }
@@ -56,8 +59,27 @@ type Located = (
     u64,
 );
 
-fn locate_one(msg: nng::Message, op: Op, kind: Kind, max: usize) -> Result<Located> {
-    let c = Control::decode(msg.as_slice())?;
+/// A received nng message, however it was received (awaited, or waited
+/// for on the calling thread).
+trait Received: AsRef<[u8]> + Send + Sync + 'static {
+    /// The id of the connection it came on.
+    fn peer(&mut self) -> u64;
+}
+
+impl Received for Body {
+    fn peer(&mut self) -> u64 {
+        pipe_id(self.0.pipe())
+    }
+}
+
+impl Received for RawMsg {
+    fn peer(&mut self) -> u64 {
+        self.pipe_id()
+    }
+}
+
+fn locate_one(msg: impl Received, op: Op, kind: Kind, max: usize) -> Result<Located> {
+    let c = Control::decode(msg.as_ref())?;
     if c.op != op {
         return Err(Error::Corrupt {
             what: "nng op",
@@ -65,18 +87,18 @@ fn locate_one(msg: nng::Message, op: Op, kind: Kind, max: usize) -> Result<Locat
             expected: "13 (ask) to a replier, 14 (answer) to a requester",
         });
     }
-    let found = locate(msg.as_slice(), 1, kind, max)?;
+    let found = locate(msg.as_ref(), 1, kind, max)?;
     let e = found[0].clone();
-    let body = SharedBytes(Arc::new(Body(msg)));
+    let body = SharedBytes(Arc::new(msg));
     Ok((body, e.topic, e.payload, e.header.id))
 }
 
 /// A plain body (`?native`) where it lies, its peer the connection.
-fn locate_plain(mut msg: nng::Message, max: usize) -> Result<Located> {
-    Error::check_payload(msg.len(), max)?;
-    let peer = pipe_id(msg.pipe());
-    let len = msg.len();
-    Ok((SharedBytes(Arc::new(Body(msg))), 0..0, 0..len, peer))
+fn locate_plain(mut msg: impl Received, max: usize) -> Result<Located> {
+    let len = msg.as_ref().len();
+    Error::check_payload(len, max)?;
+    let peer = msg.peer();
+    Ok((SharedBytes(Arc::new(msg)), 0..0, 0..len, peer))
 }
 
 /// Asking end over nng.
@@ -91,6 +113,9 @@ pub struct NngRequester {
     /// How long a request looks for its send and its answer before
     /// parking ([`Options::spin`]).
     spin: Duration,
+    /// For requests from a plain thread ([`request_blocking`]
+    /// (Self::request_blocking)), made at the first.
+    direct: Option<DirectAio>,
 }
 
 impl std::fmt::Debug for NngRequester {
@@ -113,6 +138,7 @@ impl NngRequester {
             gone_after: opts.connect_timeout,
             native: address.is_native(),
             spin: opts.spin,
+            direct: None,
         })
     }
 
@@ -129,13 +155,104 @@ impl NngRequester {
                 self.spin,
             )
             .await?;
-            let (body, topic, payload, peer) = locate_plain(r, self.max_message)?;
+            let (body, topic, payload, peer) = locate_plain(Body(r), self.max_message)?;
             return Ok(Frame::shared(body, topic, payload)?.with_peer(peer));
         }
         let (pre, pad) = wrap(Op::Ask, Kind::Request, self.id, payload.len())?;
         let parts: [&[u8]; 3] = [&pre, payload, &ZEROS[..pad]];
         let r = ask_parts(&self.sock, &self.ctx, &parts, self.gone_after, self.spin).await?;
-        unwrap(r, Op::Answer, Kind::Reply, self.max_message)
+        unwrap(Body(r), Op::Answer, Kind::Reply, self.max_message)
+    }
+
+    /// [`request`](Self::request) from a plain thread, giving up after
+    /// `timeout` (`None`: as long as the replier lives): the thread waits
+    /// for the answer itself, one wake-up fewer per round trip than a
+    /// request awaited from tokio (see `direct`). When no connection
+    /// stands, or the last one goes while the question is out, it goes on
+    /// as [`request`](Self::request) does, driven by `rt`: waits for a
+    /// connection for the connect timeout and asks again.
+    pub fn request_blocking(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        payload: &[u8],
+        timeout: Option<Duration>,
+    ) -> Result<Frame<'static>> {
+        Error::check_payload(payload.len(), self.max_message)?;
+        let t0 = std::time::Instant::now();
+        if let Some(r) = self.ask_direct(payload, timeout) {
+            return r;
+        }
+        let left = timeout.map(|t| t.saturating_sub(t0.elapsed()));
+        if left.is_some_and(|l| l.is_zero()) {
+            return Err(Error::Timeout {
+                what: "request",
+                after: timeout.unwrap_or_default(),
+            });
+        }
+        crate::blocking::within(rt, left, "request", self.request(payload))
+    }
+
+    /// One question and its answer waited for on this thread; `None` when
+    /// no connection stands or the last one went meanwhile (the question
+    /// is to be asked again).
+    fn ask_direct(
+        &mut self,
+        payload: &[u8],
+        timeout: Option<Duration>,
+    ) -> Option<Result<Frame<'static>>> {
+        if self.direct.is_none() {
+            self.direct = DirectAio::new().ok();
+        }
+        let aio = self.direct.as_mut()?;
+        let pipes = &self.sock.pipes;
+        lock(&pipes.direct).set(aio);
+        // Looked at once watched: a connection that goes from now on
+        // cancels the wait.
+        let out =
+            if pipes.count() == 0 {
+                None
+            } else {
+                let mut m;
+                if self.native {
+                    m = Message::with_capacity(payload.len());
+                    m.push_back(payload);
+                } else {
+                    match wrap(Op::Ask, Kind::Request, self.id, payload.len()) {
+                        Ok((pre, pad)) => {
+                            m = Message::with_capacity(PRE_LEN + payload.len() + pad);
+                            m.push_back(&pre);
+                            m.push_back(payload);
+                            m.push_back(&ZEROS[..pad]);
+                        }
+                        Err(e) => {
+                            lock(&pipes.direct).clear();
+                            return Some(Err(e));
+                        }
+                    }
+                }
+                let address = &self.sock.address;
+                match aio.send(&self.ctx, m, Some(pipes)) {
+                    Err(nng::Error::Canceled | nng::Error::ConnectionReset) => None,
+                    Err(e) => Some(Err(failed(e, address))),
+                    Ok(()) => match aio.recv(&self.ctx, timeout, Some(pipes)) {
+                        Ok(r) if self.native => Some(locate_plain(r, self.max_message).and_then(
+                            |(b, t, p, peer)| Ok(Frame::shared(b, t, p)?.with_peer(peer)),
+                        )),
+                        Ok(r) => Some(unwrap(r, Op::Answer, Kind::Reply, self.max_message)),
+                        // The connection the question went on broke (no
+                        // resend time: see `sock::ask_parts`), or the last one
+                        // went.
+                        Err(nng::Error::Canceled | nng::Error::ConnectionReset) => None,
+                        Err(nng::Error::TimedOut) => Some(Err(Error::Timeout {
+                            what: "request",
+                            after: timeout.unwrap_or_default(),
+                        })),
+                        Err(e) => Some(Err(failed(e, address))),
+                    },
+                }
+            };
+        lock(&pipes.direct).clear();
+        out
     }
 }
 
@@ -188,6 +305,9 @@ pub struct NngReplier {
     /// How long a receive looks for the next request before parking
     /// ([`Options::spin`]).
     spin: Duration,
+    /// For requests waited for on a plain thread ([`serve_one_blocking`]
+    /// (Self::serve_one_blocking)), made at the first.
+    direct: Option<DirectAio>,
 }
 
 impl std::fmt::Debug for NngReplier {
@@ -218,6 +338,7 @@ impl NngReplier {
             native: address.is_native(),
             receiving: None,
             spin: opts.spin,
+            direct: None,
         })
     }
 
@@ -271,32 +392,93 @@ impl NngReplier {
                 }
                 _ => return Err(Error::Closed),
             };
-            if let Some(p) = m.pipe() {
-                self.sock.pipes.touch(p);
-            }
             let pipe = m.pipe();
-            if let Some(p) = pipe {
-                if lock(&self.waiting).get(&p).copied().unwrap_or(0) >= MAX_WAITING {
-                    tracing::warn!(address = %self.sock.address, "nng replier: a requester asks without reading the answers; dropping its connection");
-                    close_pipe(p);
-                    continue;
-                }
-            }
-            let located = if self.native {
-                locate_plain(m, self.max_message)
-            } else {
-                locate_one(m, Op::Ask, Kind::Request, self.max_message)
-            };
-            match located {
-                Ok(f) => break (f, pipe),
-                Err(e) => {
-                    tracing::warn!(address = %self.sock.address, error = %e, "nng replier: bad request; dropping its connection");
-                    if let Some(p) = pipe {
-                        close_pipe(p);
-                    }
-                }
+            if let Some(req) = self.admit(Body(m), pipe) {
+                break (req, pipe);
             }
         };
+        self.answer(k, req, pipe, answer)
+    }
+
+    /// [`serve_one_into`](Self::serve_one_into) from a plain thread: the
+    /// thread waits for the request itself, one wake-up fewer than a
+    /// request awaited from tokio (see `direct`); `rt` runs what the
+    /// replier does in the background.
+    pub fn serve_one_blocking<F>(&mut self, rt: &tokio::runtime::Runtime, answer: F) -> Result<()>
+    where
+        F: FnOnce(&Frame<'static>, &mut Reply<'_>) + Send,
+    {
+        // A receive a cancelled call left going is finished that way.
+        if self.receiving.is_some() {
+            return rt.block_on(self.serve_one_into(answer));
+        }
+        if self.direct.is_none() {
+            self.direct =
+                Some(DirectAio::new().map_err(|e| super::sock::failed(e, &self.sock.address))?);
+        }
+        let k = self.turn;
+        self.turn ^= 1;
+        rt.block_on(self.settle(k))?;
+        let (req, pipe) = loop {
+            let Some(aio) = self.direct.as_mut() else {
+                return Err(Error::Closed);
+            };
+            let m = match aio.recv(&self.ctxs[k], None, None) {
+                Ok(m) => m,
+                Err(e) => return Err(super::sock::failed(e, &self.sock.address)),
+            };
+            let pipe = super::direct::pipe_of(&m);
+            if let Some(req) = self.admit(m, pipe) {
+                break (req, pipe);
+            }
+        };
+        // Entered so that the answer's send, started here, belongs to `rt`
+        // (settled by a later call, or lingering in the background).
+        let _in = rt.enter();
+        self.answer(k, req, pipe, answer)
+    }
+
+    /// Looks at a request that came on `pipe`: where its payload lies, or
+    /// `None` when it is dropped (its connection with it, logged): it is
+    /// not well formed, or its requester asks without reading the answers.
+    fn admit(&self, msg: impl Received, pipe: Option<nng::Pipe>) -> Option<Located> {
+        if let Some(p) = pipe {
+            self.sock.pipes.touch(p);
+            if lock(&self.waiting).get(&p).copied().unwrap_or(0) >= MAX_WAITING {
+                tracing::warn!(address = %self.sock.address, "nng replier: a requester asks without reading the answers; dropping its connection");
+                close_pipe(p);
+                return None;
+            }
+        }
+        let located = if self.native {
+            locate_plain(msg, self.max_message)
+        } else {
+            locate_one(msg, Op::Ask, Kind::Request, self.max_message)
+        };
+        match located {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::warn!(address = %self.sock.address, error = %e, "nng replier: bad request; dropping its connection");
+                if let Some(p) = pipe {
+                    close_pipe(p);
+                }
+                None
+            }
+        }
+    }
+
+    /// Answers `req`, received on context `k` from `pipe`, with what
+    /// `answer` writes, and hands the answer to nng.
+    fn answer<F>(
+        &mut self,
+        k: usize,
+        req: Located,
+        pipe: Option<nng::Pipe>,
+        answer: F,
+    ) -> Result<()>
+    where
+        F: FnOnce(&Frame<'static>, &mut Reply<'_>) + Send,
+    {
         // The answer is written after room for the control block and
         // envelope header, which are filled in once its length is known.
         let pre_len = if self.native { 0 } else { PRE_LEN };

@@ -90,6 +90,9 @@ pub(crate) struct Pipes {
     pub changed: Notify,
     /// The socket closed (its tasks end).
     closed: std::sync::atomic::AtomicBool,
+    /// An operation a thread waits on directly, cancelled when the last
+    /// connection goes (see `direct`).
+    pub direct: Mutex<super::direct::Watch>,
 }
 
 /// Removed pipes remembered, to tell a message from a connection that
@@ -238,7 +241,11 @@ impl Sock {
                     }
                     PipeEvent::RemovePost => {
                         let mut d = lock(&p.dead);
-                        lock(&p.live).remove(&pipe);
+                        let none_left = {
+                            let mut live = lock(&p.live);
+                            live.remove(&pipe);
+                            live.is_empty()
+                        };
                         if d.0.insert(pipe) {
                             d.1.push_back(pipe);
                         }
@@ -246,6 +253,10 @@ impl Sock {
                             if let Some(old) = d.1.pop_front() {
                                 d.0.remove(&old);
                             }
+                        }
+                        drop(d);
+                        if none_left {
+                            lock(&p.direct).fire();
                         }
                     }
                     _ => return,
@@ -516,7 +527,7 @@ impl Drop for Quiesced {
 /// know which operations are on its socket. Nothing done under the shared
 /// lock may take it again (a writer waiting in between would deadlock
 /// both): a start closure must not drop a [`Ctx`].
-static GATE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+pub(crate) static GATE: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
 /// Maps an nng operation's failure.
 pub(crate) fn failed(e: nng::Error, address: &Address) -> Error {

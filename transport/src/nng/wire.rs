@@ -87,6 +87,14 @@ impl Requester for NngRequester {
     async fn request(&mut self, payload: &[u8]) -> Result<Frame<'_>> {
         NngRequester::request(self, payload).await
     }
+    fn request_blocking(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        payload: &[u8],
+        timeout: Option<std::time::Duration>,
+    ) -> Result<Frame<'_>> {
+        NngRequester::request_blocking(self, rt, payload, timeout)
+    }
 }
 
 impl Replier for NngReplier {
@@ -104,5 +112,17 @@ impl Replier for NngReplier {
         F: FnOnce(&[u8], &mut Reply<'_>) + Send,
     {
         NngReplier::serve_one_into(self, |req, out| answer(req, out)).await
+    }
+    fn serve_one_blocking<F>(&mut self, rt: &tokio::runtime::Runtime, answer: F) -> Result<()>
+    where
+        F: FnOnce(&[u8]) -> Vec<u8> + Send,
+    {
+        NngReplier::serve_one_blocking(self, rt, |req, out| out.extend_from_slice(&answer(req)))
+    }
+    fn serve_one_into_blocking<F>(&mut self, rt: &tokio::runtime::Runtime, answer: F) -> Result<()>
+    where
+        F: FnOnce(&[u8], &mut Reply<'_>) + Send,
+    {
+        NngReplier::serve_one_blocking(self, rt, |req, out| answer(req, out))
     }
 }
