@@ -76,6 +76,9 @@ fn peers_of<'a>(r: &Row, rows: &'a [Row]) -> Vec<&'a Row> {
     fn peer_mode(m: &str) -> &str {
         match m {
             "park" => "waitset",
+            // shoal's blocking wrappers against a raw library's blocking
+            // calls (raw nng's rows say "park").
+            "blocking" => "park",
             other => other,
         }
     }

@@ -215,3 +215,35 @@ fn blocking_threads_with_the_envelope() {
 fn blocking_threads_with_native_bodies() {
     blocking_threads("nng+tcp://127.0.0.1:0?native".parse().unwrap());
 }
+
+/// Review finding: the direct aio kept the last call's timeout, so a
+/// request without one after a request that timed out could time out
+/// too. Now every operation sets its own: a slow answer to a request
+/// without a timeout is waited for.
+#[test]
+fn a_request_without_a_timeout_after_one_that_timed_out_waits_for_a_slow_answer() {
+    let o = Options::default();
+    let a: Address = "nng+tcp://127.0.0.1:0".parse().unwrap();
+    let mut rep = Blocking::new(async { NngReplier::bind(&a, &o) }).unwrap();
+    let a = rep.get_mut().address();
+    let server = std::thread::spawn(move || {
+        for _ in 0..2 {
+            rep.serve_one(|req| {
+                std::thread::sleep(Duration::from_millis(300));
+                req.to_vec()
+            })
+            .unwrap();
+        }
+        rep
+    });
+    let answered = within(20 * SEC, move || {
+        let mut r = Blocking::new(NngRequester::connect(&a, &Options::default())).unwrap();
+        let e = r
+            .request(b"first", Some(Duration::from_millis(50)))
+            .map(|f| f.to_vec());
+        assert!(matches!(e, Err(Error::Timeout { .. })), "{e:?}");
+        r.request(b"second", None).map(|f| f.to_vec())
+    });
+    assert_eq!(answered.unwrap(), b"second");
+    drop(server.join().unwrap());
+}

@@ -81,8 +81,9 @@ fn cells(quick: bool) -> Vec<Cell> {
     ));
     // The network wires (issue 7), beside the raw libraries under them in
     // the same run, and plain tokio TCP as the reference under all: round
-    // trips (shoal's request/reply against raw nng REQ/REP with blocking
-    // calls and driven through aio from tokio, raw quinn with one stream
+    // trips (shoal's request/reply, awaited from tokio and through its
+    // blocking wrappers, against raw nng REQ/REP with blocking calls and
+    // driven through aio from tokio, raw quinn with one stream
     // and with a stream per request) and one-way throughput
     // (shoal's push/pull and pub/sub against raw nng PUSH/PULL and one raw
     // quinn stream), at 64 B, 4 KiB and 1 MiB, all on loopback.
@@ -90,9 +91,11 @@ fn cells(quick: bool) -> Vec<Cell> {
         let n = if size >= 1 << 20 { it / 40 } else { it / 8 };
         let rr: Vec<String> = [
             "rpc --wire nng-tcp",
+            "rpc --wire nng-tcp --blocking",
             "nng-raw",
             "nng-raw --aio",
             "rpc --wire nng-ipc",
+            "rpc --wire nng-ipc --blocking",
             "nng-raw --ipc",
             "nng-raw --ipc --aio",
             "rpc --wire quic",

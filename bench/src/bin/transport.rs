@@ -10,6 +10,9 @@
 //! same over a network backend, through the generic `Wire` API (the
 //! replier process binds port 0 and tells the requester its address, with
 //! the QUIC pin). Metric `latency_round_trip_ns`, transport the wire.
+//! With `--blocking`, both ends are driven from plain threads through
+//! `shoal_transport::blocking::Blocking` (mode `blocking`; compared with
+//! raw nng's blocking calls).
 //!
 //! `transport nng-raw --size B --iters N [--ipc] [--aio]`: the peer: raw nng
 //! REQ/REP (the NNG the nng backend is built on, blocking calls, no

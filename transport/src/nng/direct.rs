@@ -49,15 +49,30 @@ impl DirectAio {
         self.0.as_ptr()
     }
 
+    /// Sets the timeout of the next operation (`None`: none).
+    fn set_timeout(&mut self, timeout: Option<Duration>) {
+        let ms = match timeout {
+            None => sys::NNG_DURATION_INFINITE,
+            // Rounded up: a zero would fail the operation at once.
+            Some(t) => i32::try_from(t.as_micros().div_ceil(1000).max(1)).unwrap_or(i32::MAX),
+        };
+        // SAFETY: the aio is idle; the timeout applies to its next
+        // operation.
+        unsafe { sys::nng_aio_set_timeout(self.raw(), ms) };
+    }
+
     /// Sends `msg` on `ctx` and waits for the send to complete (a REQ
-    /// context's question queued). The message is nng's from then on; a
-    /// send that fails frees it. `watch`, if given, may cancel it.
+    /// context's question queued), at most `timeout` (`None`: no limit).
+    /// The message is nng's from then on; a send that fails frees it.
+    /// `watch`, if given, may cancel it.
     pub fn send(
         &mut self,
         ctx: &Context,
         msg: Message,
+        timeout: Option<Duration>,
         watch: Option<&Pipes>,
     ) -> Result<(), nng::Error> {
+        self.set_timeout(timeout);
         let m = msg.nng_msg();
         // The message is handed to the aio: nng frees it once sent, and
         // on failure it is taken back below.
@@ -95,21 +110,15 @@ impl DirectAio {
         check(rv)
     }
 
-    /// Receives on `ctx`, waiting at most `timeout` (`None`: the
-    /// context's own limit). `watch`, if given, may cancel it.
+    /// Receives on `ctx`, waiting at most `timeout` (`None`: no limit).
+    /// `watch`, if given, may cancel it.
     pub fn recv(
         &mut self,
         ctx: &Context,
         timeout: Option<Duration>,
         watch: Option<&Pipes>,
     ) -> Result<RawMsg, nng::Error> {
-        let ms = match timeout {
-            None => sys::NNG_DURATION_DEFAULT,
-            Some(t) => i32::try_from(t.as_millis()).unwrap_or(i32::MAX),
-        };
-        // SAFETY: the aio is idle; the timeout applies to its next
-        // operation.
-        unsafe { sys::nng_aio_set_timeout(self.raw(), ms) };
+        self.set_timeout(timeout);
         // SAFETY: the context is open (borrowed for the call); the aio is
         // idle.
         let started = self.start(watch, |aio| unsafe {
@@ -157,11 +166,21 @@ impl DirectAio {
 impl Drop for DirectAio {
     fn drop(&mut self) {
         let _cancelling = GATE.read().unwrap_or_else(|e| e.into_inner());
-        // SAFETY: the aio is ours and not watched any more (a watch is
-        // cleared before the operation's caller returns); freeing an aio
-        // stops (cancels and waits for) an operation still going, which
-        // only a panic between start and wait could leave.
-        unsafe { sys::nng_aio_free(self.raw()) };
+        // SAFETY: the aio is ours and not watched any more (a `Watching`
+        // guard clears its watch before the call that holds the aio
+        // borrowed returns, on unwinding too). Stopping it cancels and waits for an
+        // operation still going (only a panic between start and wait could
+        // leave one); a message a cancelled send left with it is freed
+        // before the aio is.
+        unsafe {
+            sys::nng_aio_stop(self.raw());
+            let m = sys::nng_aio_get_msg(self.raw());
+            if !m.is_null() {
+                sys::nng_aio_set_msg(self.raw(), std::ptr::null_mut());
+                sys::nng_msg_free(m);
+            }
+            sys::nng_aio_free(self.raw());
+        }
     }
 }
 
@@ -175,35 +194,50 @@ pub(crate) struct Watch {
     pub fired: bool,
 }
 
+/// A [`Watch`] set on an aio for as long as this guard lives. Made by
+/// the aio's owner inside a call that holds the aio borrowed, and dropped
+/// before that call returns (on unwinding too), so the aio outlives it.
+pub(crate) struct Watching<'a>(&'a Pipes);
+
+impl<'a> Watching<'a> {
+    /// Watches `aio` for `pipes`' socket until the guard is dropped.
+    pub fn new(pipes: &'a Pipes, aio: &DirectAio) -> Self {
+        let mut w = super::sock::lock(&pipes.direct);
+        w.aio = aio.raw() as usize;
+        w.fired = false;
+        Watching(pipes)
+    }
+}
+
+impl Drop for Watching<'_> {
+    fn drop(&mut self) {
+        let mut w = super::sock::lock(&self.0.direct);
+        w.aio = 0;
+        w.fired = false;
+    }
+}
+
 impl Watch {
-    /// Watches `aio` from now on, until [`clear`](Self::clear).
-    pub fn set(&mut self, aio: &DirectAio) {
-        self.aio = aio.raw() as usize;
-        self.fired = false;
-    }
-
-    /// Stops watching.
-    pub fn clear(&mut self) {
-        self.aio = 0;
-        self.fired = false;
-    }
-
     /// The socket's last connection went: cancels the watched aio's
     /// operation (and keeps a later one from starting). Called by the pipe
     /// watcher with this watch locked.
+    ///
+    /// Not under [`GATE`], which guards against a socket closing while an
+    /// operation on one of its contexts is cancelled: the watched aio's
+    /// socket closes only when its owner (the requester) is dropped, after
+    /// its watch was cleared; and taking GATE here could wait on another
+    /// socket's close, which waits for nng's pipe callbacks (this is one).
     pub fn fire(&mut self) {
         if self.aio == 0 {
             return;
         }
         self.fired = true;
-        // A socket closing holds GATE exclusively and waits for its pipe
-        // callbacks (this is one): its close ends the operation anyway.
-        if let Ok(_cancelling) = GATE.try_read() {
-            // SAFETY: the aio lives while it is watched: its owner clears
-            // the watch, under this same lock, before it returns (and so
-            // before the aio can be freed).
-            unsafe { sys::nng_aio_cancel(self.aio as *mut sys::nng_aio) };
-        }
+        // SAFETY: the aio lives while it is watched: the `Watching` guard
+        // that set the watch is dropped, clearing it under this same lock,
+        // before the call holding the aio borrowed returns (on unwinding
+        // too), so before the aio can be freed. Its socket does not close
+        // meanwhile (see above).
+        unsafe { sys::nng_aio_cancel(self.aio as *mut sys::nng_aio) };
     }
 }
 

@@ -11,7 +11,7 @@
 //! breaks after it arrived; it is never asked again on a timer (which
 //! would run slow requests twice).
 
-use super::direct::{DirectAio, RawMsg};
+use super::direct::{DirectAio, RawMsg, Watching};
 use super::proto::{locate, Control, Op, CONTROL_LEN};
 use super::sock::{
     ask_parts, begin, close_pipe, context, failed, lock, pipe_id, Body, Sock, Started,
@@ -200,59 +200,56 @@ impl NngRequester {
         payload: &[u8],
         timeout: Option<Duration>,
     ) -> Option<Result<Frame<'static>>> {
+        let deadline = timeout.map(|t| std::time::Instant::now() + t);
+        let left = || deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+        let timed_out = || Error::Timeout {
+            what: "request",
+            after: timeout.unwrap_or_default(),
+        };
         if self.direct.is_none() {
             self.direct = DirectAio::new().ok();
         }
         let aio = self.direct.as_mut()?;
         let pipes = &self.sock.pipes;
-        lock(&pipes.direct).set(aio);
+        let _watching = Watching::new(pipes, aio);
         // Looked at once watched: a connection that goes from now on
         // cancels the wait.
-        let out =
-            if pipes.count() == 0 {
-                None
-            } else {
-                let mut m;
-                if self.native {
-                    m = Message::with_capacity(payload.len());
-                    m.push_back(payload);
-                } else {
-                    match wrap(Op::Ask, Kind::Request, self.id, payload.len()) {
-                        Ok((pre, pad)) => {
-                            m = Message::with_capacity(PRE_LEN + payload.len() + pad);
-                            m.push_back(&pre);
-                            m.push_back(payload);
-                            m.push_back(&ZEROS[..pad]);
-                        }
-                        Err(e) => {
-                            lock(&pipes.direct).clear();
-                            return Some(Err(e));
-                        }
-                    }
-                }
-                let address = &self.sock.address;
-                match aio.send(&self.ctx, m, Some(pipes)) {
-                    Err(nng::Error::Canceled | nng::Error::ConnectionReset) => None,
-                    Err(e) => Some(Err(failed(e, address))),
-                    Ok(()) => match aio.recv(&self.ctx, timeout, Some(pipes)) {
-                        Ok(r) if self.native => Some(locate_plain(r, self.max_message).and_then(
-                            |(b, t, p, peer)| Ok(Frame::shared(b, t, p)?.with_peer(peer)),
-                        )),
-                        Ok(r) => Some(unwrap(r, Op::Answer, Kind::Reply, self.max_message)),
-                        // The connection the question went on broke (no
-                        // resend time: see `sock::ask_parts`), or the last one
-                        // went.
-                        Err(nng::Error::Canceled | nng::Error::ConnectionReset) => None,
-                        Err(nng::Error::TimedOut) => Some(Err(Error::Timeout {
-                            what: "request",
-                            after: timeout.unwrap_or_default(),
-                        })),
-                        Err(e) => Some(Err(failed(e, address))),
-                    },
-                }
+        if pipes.count() == 0 {
+            return None;
+        }
+        let mut m;
+        if self.native {
+            m = Message::with_capacity(payload.len());
+            m.push_back(payload);
+        } else {
+            let (pre, pad) = match wrap(Op::Ask, Kind::Request, self.id, payload.len()) {
+                Ok(w) => w,
+                Err(e) => return Some(Err(e)),
             };
-        lock(&pipes.direct).clear();
-        out
+            m = Message::with_capacity(PRE_LEN + payload.len() + pad);
+            m.push_back(&pre);
+            m.push_back(payload);
+            m.push_back(&ZEROS[..pad]);
+        }
+        let address = &self.sock.address;
+        match aio.send(&self.ctx, m, left(), Some(pipes)) {
+            Ok(()) => {}
+            Err(nng::Error::Canceled | nng::Error::ConnectionReset) => return None,
+            Err(nng::Error::TimedOut) => return Some(Err(timed_out())),
+            Err(e) => return Some(Err(failed(e, address))),
+        }
+        match aio.recv(&self.ctx, left(), Some(pipes)) {
+            Ok(r) if self.native => Some(
+                locate_plain(r, self.max_message)
+                    .and_then(|(b, t, p, peer)| Ok(Frame::shared(b, t, p)?.with_peer(peer))),
+            ),
+            Ok(r) => Some(unwrap(r, Op::Answer, Kind::Reply, self.max_message)),
+            // The connection the question went on broke (no resend time:
+            // see `sock::ask_parts`), or the last one went.
+            Err(nng::Error::Canceled | nng::Error::ConnectionReset) => None,
+            Err(nng::Error::TimedOut) => Some(Err(timed_out())),
+            Err(e) => Some(Err(failed(e, address))),
+        }
     }
 }
 
@@ -432,9 +429,6 @@ impl NngReplier {
                 break (req, pipe);
             }
         };
-        // Entered so that the answer's send, started here, belongs to `rt`
-        // (settled by a later call, or lingering in the background).
-        let _in = rt.enter();
         self.answer(k, req, pipe, answer)
     }
 
