@@ -3,6 +3,11 @@
 //! background work (a network endpoint's serving tasks, QUIC's
 //! keep-alives) goes on between calls.
 //!
+//! nng's request/reply is the exception: a blocking request or serve
+//! waits on nng's operation on the calling thread itself (as nng's own
+//! blocking calls do), a wake-up fewer per round trip than through the
+//! runtime ([`Requester::request_blocking`], [`Replier::serve_one_blocking`]).
+//!
 //! Do not call these from inside an async runtime (tokio panics when a
 //! runtime is blocked on from within one); use the endpoints directly
 //! there.
