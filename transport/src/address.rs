@@ -11,7 +11,7 @@
 //! `?native` on an nng address speaks nng's own protocols (PUB/SUB,
 //! PUSH/PULL, REQ/REP with plain message bodies) so that nng peers shoal
 //! did not write (pynng, nngcat, C programs) can be the other end, with
-//! nng's semantics instead of shoal's: see [`crate::nng`] for what that
+//! nng's semantics instead of shoal's: see the `nng` module (feature `nng`) for what that
 //! gives up.
 //!
 //! Parsing checks the syntax only; [`Address::check_available`] says
