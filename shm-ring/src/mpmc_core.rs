@@ -1199,6 +1199,8 @@ struct ConsumerState {
     stuck: Option<Stuck>,
     futile: u32,
     logged: bool,
+    /// Looks that found head empty (see `poll_inner`).
+    empty: u32,
 }
 
 impl<M: RingMem<Control = MpmcControl>> ConsumerCore<M> {
@@ -1225,6 +1227,8 @@ impl<M: RingMem<Control = MpmcControl>> ConsumerCore<M> {
                 stuck: None,
                 futile: 0,
                 logged: false,
+                // The first empty look checks head against tail.
+                empty: 63,
             },
             creator_pid,
             dead_freed: Cell::new(false),
@@ -1453,8 +1457,18 @@ impl ConsumerState {
                 // Nothing at head. A correct head trails tail by at most a
                 // ring, and passes it by at most one reservation (made by a
                 // producer that died before moving tail, whose record
-                // consumers skipped).
-                let tail = ctrl.lock.tail.load(Ordering::Acquire);
+                // consumers skipped). Looked at when head holds a word (a
+                // stale or foreign one) and every 64th empty look
+                // otherwise, not at each: `tail` lies on the producers'
+                // lock line, and a consumer polling it pulls that line away
+                // from the producer about to reserve (a line transfer more
+                // on every message's way).
+                self.empty = self.empty.wrapping_add(1);
+                let tail = if c != 0 || self.empty.is_multiple_of(64) {
+                    ctrl.lock.tail.load(Ordering::Acquire)
+                } else {
+                    h_pos
+                };
                 if (h_pos > tail && h_pos - tail > cap) || (tail > h_pos && tail - h_pos > cap) {
                     if ctrl.head.load(Ordering::Acquire) != h_pos {
                         continue;
