@@ -1457,14 +1457,16 @@ impl ConsumerState {
                 // Nothing at head. A correct head trails tail by at most a
                 // ring, and passes it by at most one reservation (made by a
                 // producer that died before moving tail, whose record
-                // consumers skipped). Looked at when head holds a word (a
-                // stale or foreign one) and every 64th empty look
-                // otherwise, not at each: `tail` lies on the producers'
-                // lock line, and a consumer polling it pulls that line away
-                // from the producer about to reserve (a line transfer more
-                // on every message's way).
+                // consumers skipped). Checked when head holds a word (a
+                // stale or foreign one), on the first empty look, on every
+                // 64th empty look, and before reporting the ring closed,
+                // not at each look: `tail` lies on the producers' lock
+                // line, and a consumer polling it pulls that line away from
+                // the producer about to reserve (a line transfer more on
+                // every message's way).
                 self.empty = self.empty.wrapping_add(1);
-                let tail = if c != 0 || self.empty.is_multiple_of(64) {
+                let closed = ctrl.closed.load(Ordering::Acquire) != 0;
+                let tail = if c != 0 || closed || self.empty.is_multiple_of(64) {
                     ctrl.lock.tail.load(Ordering::Acquire)
                 } else {
                     h_pos
@@ -1480,7 +1482,7 @@ impl ConsumerState {
                         "a position at most one ring behind tail, never past it",
                     ));
                 }
-                if ctrl.closed.load(Ordering::Acquire) != 0 {
+                if closed {
                     let c2 = h.commit.load(Ordering::Acquire);
                     if c2 == 0 || c2 & !rec::MASK != h_pos {
                         return Err(Error::Closed);
