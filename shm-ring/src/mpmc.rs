@@ -930,17 +930,9 @@ mod tests {
     use super::*;
     use crate::name::SegmentName;
 
+    /// Overflow files of the ring named `name`.
     fn files(name: &SegmentName) -> usize {
-        std::fs::read_dir(crate::name::SHM_DIR)
-            .unwrap()
-            .flatten()
-            .filter(|e| {
-                SegmentName::from_bytes(e.file_name().as_encoded_bytes())
-                    .ok()
-                    .and_then(|n| n.overflow_parts())
-                    .is_some_and(|(of, _)| of == *name)
-            })
-            .count()
+        super::sweep_tests::files(name).len()
     }
 
     /// Takes one record and releases it by hand, as `TakeGuard::drop`
@@ -1024,7 +1016,7 @@ mod sweep_tests {
     use super::*;
     use std::time::Duration;
 
-    fn files(ring: &crate::name::SegmentName) -> Vec<String> {
+    pub(super) fn files(ring: &crate::name::SegmentName) -> Vec<String> {
         let pre = format!("{}.o", ring.as_str());
         let mut v: Vec<String> = std::fs::read_dir("/dev/shm")
             .unwrap()

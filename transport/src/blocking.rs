@@ -98,19 +98,6 @@ impl<T> Blocking<T> {
     pub fn get_mut(&mut self) -> &mut T {
         &mut self.inner
     }
-
-    /// Runs `f` on the endpoint, giving up after `timeout`.
-    fn within<'a, R, F>(
-        rt: &tokio::runtime::Runtime,
-        timeout: Option<Duration>,
-        what: &'static str,
-        f: F,
-    ) -> Result<R>
-    where
-        F: Future<Output = Result<R>> + 'a,
-    {
-        within(rt, timeout, what, f)
-    }
 }
 
 /// Runs `f` on `rt`, giving up after `timeout` ([`Error::Timeout`] naming
@@ -152,7 +139,7 @@ impl<T: Subscriber> Blocking<T> {
     }
     /// [`Subscriber::recv`], blocking at most `timeout`.
     pub fn receive_timeout(&mut self, timeout: Duration) -> Result<Frame<'_>> {
-        Self::within(&self.rt, Some(timeout), "receive", self.inner.recv())
+        within(&self.rt, Some(timeout), "receive", self.inner.recv())
     }
 }
 
@@ -176,7 +163,7 @@ impl<T: Puller> Blocking<T> {
     }
     /// [`Puller::recv`], blocking at most `timeout`.
     pub fn pull_timeout(&mut self, timeout: Duration) -> Result<Frame<'_>> {
-        Self::within(&self.rt, Some(timeout), "pull", self.inner.recv())
+        within(&self.rt, Some(timeout), "pull", self.inner.recv())
     }
 }
 

@@ -14,7 +14,7 @@
 use super::direct::{DirectAio, RawMsg, Watching};
 use super::proto::{locate, Control, Op, CONTROL_LEN};
 use super::sock::{
-    ask_parts, begin, close_pipe, context, failed, lock, pipe_id, Body, Sock, Started,
+    ask_parts, begin, close_pipe, context, failed, lock, message_of, pipe_id, Body, Sock, Started,
 };
 use crate::address::Address;
 use crate::envelope::Kind;
@@ -101,6 +101,12 @@ fn locate_plain(mut msg: impl Received, max: usize) -> Result<Located> {
     Ok((SharedBytes(Arc::new(msg)), 0..0, 0..len, peer))
 }
 
+/// A plain body (`?native`) as a frame naming its connection.
+fn plain(msg: impl Received, max: usize) -> Result<Frame<'static>> {
+    let (body, topic, payload, peer) = locate_plain(msg, max)?;
+    Ok(Frame::shared(body, topic, payload)?.with_peer(peer))
+}
+
 /// Asking end over nng.
 pub struct NngRequester {
     sock: Sock,
@@ -155,8 +161,7 @@ impl NngRequester {
                 self.spin,
             )
             .await?;
-            let (body, topic, payload, peer) = locate_plain(Body(r), self.max_message)?;
-            return Ok(Frame::shared(body, topic, payload)?.with_peer(peer));
+            return plain(Body(r), self.max_message);
         }
         let (pre, pad) = wrap(Op::Ask, Kind::Request, self.id, payload.len())?;
         let parts: [&[u8]; 3] = [&pre, payload, &ZEROS[..pad]];
@@ -217,20 +222,15 @@ impl NngRequester {
         if pipes.count() == 0 {
             return None;
         }
-        let mut m;
-        if self.native {
-            m = Message::with_capacity(payload.len());
-            m.push_back(payload);
+        let m = if self.native {
+            message_of(&[payload])
         } else {
             let (pre, pad) = match wrap(Op::Ask, Kind::Request, self.id, payload.len()) {
                 Ok(w) => w,
                 Err(e) => return Some(Err(e)),
             };
-            m = Message::with_capacity(PRE_LEN + payload.len() + pad);
-            m.push_back(&pre);
-            m.push_back(payload);
-            m.push_back(&ZEROS[..pad]);
-        }
+            message_of(&[&pre, payload, &ZEROS[..pad]])
+        };
         let address = &self.sock.address;
         match aio.send(&self.ctx, m, left(), Some(pipes)) {
             Ok(()) => {}
@@ -239,10 +239,7 @@ impl NngRequester {
             Err(e) => return Some(Err(failed(e, address))),
         }
         match aio.recv(&self.ctx, left(), Some(pipes)) {
-            Ok(r) if self.native => Some(
-                locate_plain(r, self.max_message)
-                    .and_then(|(b, t, p, peer)| Ok(Frame::shared(b, t, p)?.with_peer(peer))),
-            ),
+            Ok(r) if self.native => Some(plain(r, self.max_message)),
             Ok(r) => Some(unwrap(r, Op::Answer, Kind::Reply, self.max_message)),
             // The connection the question went on broke (no resend time:
             // see `sock::ask_parts`), or the last one went.

@@ -607,8 +607,15 @@ pub(crate) async fn sock_send(sock: &Sock, msg: Message) -> Result<()> {
 
 /// A message holding `bytes`.
 pub(crate) fn message(bytes: &[u8]) -> Message {
-    let mut m = Message::with_capacity(bytes.len());
-    m.push_back(bytes);
+    message_of(&[bytes])
+}
+
+/// A message of `parts`, copied once, one after the other.
+pub(crate) fn message_of(parts: &[&[u8]]) -> Message {
+    let mut m = Message::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for p in parts {
+        m.push_back(p);
+    }
     m
 }
 
@@ -749,10 +756,7 @@ pub(crate) async fn ask_parts(
     let mut resets = 0;
     'ask: loop {
         let exchange = async {
-            let mut m = Message::with_capacity(parts.iter().map(|p| p.len()).sum());
-            for p in parts {
-                m.push_back(p);
-            }
+            let m = message_of(parts);
             // One operation at a time on the context: NNG 1.4's REQ
             // assumes no receive is pending while its question is (a
             // receive started beside the send, then both cancelled, made
