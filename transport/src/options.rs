@@ -33,13 +33,13 @@ pub struct Options {
     /// may hold this endpoint back before it is dropped, so the others go
     /// on. Default 10 s.
     pub stall_timeout: Duration,
-    /// How long a receive polls before it parks and lets the runtime wait
-    /// for a wake-up: shared-memory receives, and over nng a requester's
-    /// send and answer and a replier's next request (each operation
-    /// completes on an nng thread). A wake-up through the runtime costs
+    /// How long a shared-memory receive polls before it parks and lets
+    /// the runtime wait for a wake-up. A wake-up through the runtime costs
     /// tens of microseconds; polling catches a reply or the next request
     /// of a busy peer in well under one, at the price of holding the
     /// runtime thread while it polls. Default 50 µs; zero parks at once.
+    /// Network receives park at once: over nng, operations complete on
+    /// nng's own threads, which need the CPU a polling thread would hold.
     pub spin: Duration,
     /// QUIC: the certificate and key a binding endpoint presents. `None`
     /// (the default) makes a fresh one per bind, so a restarted server has

@@ -754,13 +754,7 @@ impl Shipper {
             // beyond is stalled.
             let within = HOLD + self.gone_after + super::sock::transfer_allowance(batch.bytes());
             let parts = batch.parts(&control);
-            let asked = super::sock::ask_parts(
-                &self.sock,
-                &self.ctx,
-                &parts,
-                self.gone_after,
-                Duration::ZERO,
-            );
+            let asked = super::sock::ask_parts(&self.sock, &self.ctx, &parts, self.gone_after);
             let answer = match tokio::time::timeout(within, asked).await {
                 Ok(Ok(m)) => Control::decode(m.as_slice()),
                 Ok(Err(e)) => Err(e),

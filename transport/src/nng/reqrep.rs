@@ -116,9 +116,6 @@ pub struct NngRequester {
     gone_after: Duration,
     /// `?native`: plain bodies.
     native: bool,
-    /// How long a request looks for its send and its answer before
-    /// parking ([`Options::spin`]).
-    spin: Duration,
     /// For requests from a plain thread ([`request_blocking`]
     /// (Self::request_blocking)), made at the first.
     direct: Option<DirectAio>,
@@ -143,7 +140,6 @@ impl NngRequester {
             max_message: opts.max_message,
             gone_after: opts.connect_timeout,
             native: address.is_native(),
-            spin: opts.spin,
             direct: None,
         })
     }
@@ -153,19 +149,12 @@ impl NngRequester {
     pub async fn request(&mut self, payload: &[u8]) -> Result<Frame<'static>> {
         Error::check_payload(payload.len(), self.max_message)?;
         if self.native {
-            let r = ask_parts(
-                &self.sock,
-                &self.ctx,
-                &[payload],
-                self.gone_after,
-                self.spin,
-            )
-            .await?;
+            let r = ask_parts(&self.sock, &self.ctx, &[payload], self.gone_after).await?;
             return plain(Body(r), self.max_message);
         }
         let (pre, pad) = wrap(Op::Ask, Kind::Request, self.id, payload.len())?;
         let parts: [&[u8]; 3] = [&pre, payload, &ZEROS[..pad]];
-        let r = ask_parts(&self.sock, &self.ctx, &parts, self.gone_after, self.spin).await?;
+        let r = ask_parts(&self.sock, &self.ctx, &parts, self.gone_after).await?;
         unwrap(Body(r), Op::Answer, Kind::Reply, self.max_message)
     }
 
@@ -296,9 +285,6 @@ pub struct NngReplier {
     /// completed (and its context): the next call waits for it, so a
     /// request nng handed over meanwhile is not lost with the future.
     receiving: Option<(usize, super::sock::Started)>,
-    /// How long a receive looks for the next request before parking
-    /// ([`Options::spin`]).
-    spin: Duration,
     /// For requests waited for on a plain thread ([`serve_one_blocking`]
     /// (Self::serve_one_blocking)), made at the first.
     direct: Option<DirectAio>,
@@ -331,7 +317,6 @@ impl NngReplier {
             waiting: Arc::default(),
             native: address.is_native(),
             receiving: None,
-            spin: opts.spin,
             direct: None,
         })
     }
@@ -375,7 +360,7 @@ impl NngReplier {
                 self.receiving = Some((k, begin(|aio| ctx.recv(aio))?));
             }
             let got = match &mut self.receiving {
-                Some((_, r)) => r.wait_spinning(self.spin).await,
+                Some((_, r)) => r.wait().await,
                 None => Err(Error::Closed),
             };
             self.receiving = None;

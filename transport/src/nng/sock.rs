@@ -385,11 +385,14 @@ impl Sock {
 
 /// Runs one asynchronous nng operation started by `start` on a fresh
 /// `Aio` and awaits its result.
-async fn run(
-    start: impl FnOnce(&Aio) -> std::result::Result<(), nng::Error>,
-    spin: Duration,
-) -> Result<AioResult> {
-    begin(start)?.wait_spinning(spin).await
+///
+/// The task parks at once: the operation completes on one of nng's
+/// threads, which needs a CPU to do it, and a runtime thread polling for
+/// it takes one (on this project's 2-core VM, polling 50 us for each
+/// completion made 64 B and 4 KiB round trips 4-10 % slower, over tcp
+/// and ipc alike, than parking at once).
+async fn run(start: impl FnOnce(&Aio) -> std::result::Result<(), nng::Error>) -> Result<AioResult> {
+    begin(start)?.wait().await
 }
 
 /// Starts one asynchronous nng operation by `start` on a fresh `Aio`; its
@@ -459,32 +462,6 @@ impl Started {
             Err(oneshot::error::TryRecvError::Empty) => None,
         }
     }
-
-    /// As [`wait`](Self::wait), looking for the result for up to `spin`
-    /// first (see [`Options::spin`](crate::Options::spin)): a completion
-    /// seen that way spares the wake-up of a parked runtime thread, tens
-    /// of microseconds on a virtual machine, at the price of holding the
-    /// thread while it looks. Cancel-safe as `wait` is.
-    pub async fn wait_spinning(&mut self, spin: Duration) -> Result<AioResult> {
-        if !spin.is_zero() {
-            let t0 = Instant::now();
-            let mut looks = 0u32;
-            loop {
-                if let Some(r) = self.completed() {
-                    return Ok(r);
-                }
-                if self.closed {
-                    return Err(Error::Closed);
-                }
-                looks = looks.wrapping_add(1);
-                if looks.is_multiple_of(64) && t0.elapsed() >= spin {
-                    break;
-                }
-                std::hint::spin_loop();
-            }
-        }
-        self.wait().await
-    }
 }
 
 /// An `Aio` that, when dropped, cancels its operation and waits for its
@@ -548,13 +525,7 @@ pub(crate) fn failed(e: nng::Error, address: &Address) -> Error {
 
 /// Receives on `ctx`.
 pub(crate) async fn ctx_recv(ctx: &Context, address: &Address) -> Result<Message> {
-    ctx_recv_spinning(ctx, address, Duration::ZERO).await
-}
-
-/// [`ctx_recv`], looking for the message for up to `spin` before parking
-/// (see [`Started::wait_spinning`]).
-async fn ctx_recv_spinning(ctx: &Context, address: &Address, spin: Duration) -> Result<Message> {
-    match run(|aio| ctx.recv(aio), spin).await? {
+    match run(|aio| ctx.recv(aio)).await? {
         AioResult::Recv(Ok(m)) => Ok(m),
         AioResult::Recv(Err(e)) => Err(failed(e, address)),
         _ => Err(Error::Closed),
@@ -563,18 +534,7 @@ async fn ctx_recv_spinning(ctx: &Context, address: &Address, spin: Duration) -> 
 
 /// Sends `msg` on `ctx`.
 pub(crate) async fn ctx_send(ctx: &Context, msg: Message, address: &Address) -> Result<()> {
-    ctx_send_spinning(ctx, msg, address, Duration::ZERO).await
-}
-
-/// [`ctx_send`], looking for its completion for up to `spin` before
-/// parking (see [`Started::wait_spinning`]).
-async fn ctx_send_spinning(
-    ctx: &Context,
-    msg: Message,
-    address: &Address,
-    spin: Duration,
-) -> Result<()> {
-    match run(|aio| ctx.send(aio, msg).map_err(|(_, e)| e), spin).await? {
+    match run(|aio| ctx.send(aio, msg).map_err(|(_, e)| e)).await? {
         AioResult::Send(Ok(())) => Ok(()),
         AioResult::Send(Err((_, e))) => Err(failed(e, address)),
         _ => Err(Error::Closed),
@@ -584,7 +544,7 @@ async fn ctx_send_spinning(
 /// Receives on the socket itself (protocols without contexts: PULL, and
 /// SUB, whose subscriptions are the socket's).
 pub(crate) async fn sock_recv(sock: &Sock) -> Result<Message> {
-    match run(|aio| sock.socket.recv_async(aio), Duration::ZERO).await? {
+    match run(|aio| sock.socket.recv_async(aio)).await? {
         AioResult::Recv(Ok(m)) => Ok(m),
         AioResult::Recv(Err(e)) => Err(failed(e, &sock.address)),
         _ => Err(Error::Closed),
@@ -593,12 +553,7 @@ pub(crate) async fn sock_recv(sock: &Sock) -> Result<Message> {
 
 /// Sends `msg` on the socket itself (PUB, PUSH).
 pub(crate) async fn sock_send(sock: &Sock, msg: Message) -> Result<()> {
-    match run(
-        |aio| sock.socket.send_async(aio, msg).map_err(|(_, e)| e),
-        Duration::ZERO,
-    )
-    .await?
-    {
+    match run(|aio| sock.socket.send_async(aio, msg).map_err(|(_, e)| e)).await? {
         AioResult::Send(Ok(())) => Ok(()),
         AioResult::Send(Err((_, e))) => Err(failed(e, &sock.address)),
         _ => Err(Error::Closed),
@@ -732,20 +687,16 @@ pub(crate) async fn ask(
     req: &[u8],
     gone_after: Duration,
 ) -> Result<Message> {
-    ask_parts(sock, ctx, &[req], gone_after, Duration::ZERO).await
+    ask_parts(sock, ctx, &[req], gone_after).await
 }
 
 /// [`ask`] with the question in parts, copied once into each message
-/// asked (a batch of pushes need not be gathered into one buffer first),
-/// looking for the question's send and its answer for up to `spin` each
-/// before parking (a requester's round trip; zero for the background
-/// tasks that share a runtime thread with their caller).
+/// asked (a batch of pushes need not be gathered into one buffer first).
 pub(crate) async fn ask_parts(
     sock: &Sock,
     ctx: &Context,
     parts: &[&[u8]],
     gone_after: Duration,
-    spin: Duration,
 ) -> Result<Message> {
     let gone = || Error::PeerGone {
         address: sock.address.to_string(),
@@ -761,8 +712,8 @@ pub(crate) async fn ask_parts(
             // assumes no receive is pending while its question is (a
             // receive started beside the send, then both cancelled, made
             // it free the question twice: SIGSEGV in tests/nng_silent.rs).
-            ctx_send_spinning(ctx, m, &sock.address, spin).await?;
-            ctx_recv_spinning(ctx, &sock.address, spin).await
+            ctx_send(ctx, m, &sock.address).await?;
+            ctx_recv(ctx, &sock.address).await
         };
         let mut exchange = std::pin::pin!(exchange);
         let mut lost_since: Option<Instant> = None;
