@@ -30,6 +30,8 @@
 //! # Ok::<(), shoal_collectives::Error>(())
 //! ```
 
+#![warn(missing_docs)]
+
 mod agree;
 pub mod array;
 pub mod batch;

@@ -39,6 +39,8 @@
 //!   and not yet taken, shipped in acknowledged batches.
 //! - [`error`]: the crate's one error type.
 
+#![warn(missing_docs)]
+
 pub mod address;
 pub mod blocking;
 pub mod envelope;
