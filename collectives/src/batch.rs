@@ -348,11 +348,7 @@ impl Table {
             return;
         };
         let path = dir.join(format!("task-{t}"));
-        let tmp = dir.join(format!(
-            ".task-{t}.{}.{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
+        let tmp = crate::group::tmp_beside(&dir.join(format!(".task-{t}")));
         for _ in 0..4 {
             let s = self.state_of(t);
             let r = std::fs::write(&tmp, s.word()).and_then(|()| std::fs::rename(&tmp, &path));
@@ -554,7 +550,12 @@ impl Table {
                 tracing::warn!(
                     worker = v,
                     task,
-                    "shoal batch: a worker group died running a task; it is now {}",
+                    "shoal batch: a worker group {} running a task; it is now {}",
+                    if gone == Gone::Broken {
+                        "lost a rank"
+                    } else {
+                        "died"
+                    },
                     to.word()
                 );
                 // Its file too; a Pending task is taken by the next scan.
@@ -581,6 +582,9 @@ enum Gone {
     /// A worker whose number the caller has just taken (holding its
     /// lease).
     Replaced,
+    /// A live worker group that lost a rank (its first rank gives its
+    /// task up, holding the lease).
+    Broken,
 }
 
 /// The word of a task Running by worker `w` in epoch `e` (see [`EPOCH`]):
@@ -672,6 +676,11 @@ impl Service for Pool {
             },
             2 | 3 => {
                 self.table.finish(w, op == 2);
+                vec![0]
+            }
+            // The worker group broke: its task goes as a dead one's.
+            4 => {
+                self.table.take_back(w, Gone::Broken);
                 vec![0]
             }
             _ => vec![9],
@@ -856,12 +865,30 @@ impl<'g> Batch<'g> {
     /// next one, to every rank of the worker group; `None` once none is
     /// left (with [`OnDeath::Requeue`], once no other worker group's task
     /// can come back either). Collective over the worker group.
+    ///
+    /// A worker group of several ranks first meets (a barrier over it):
+    /// the task is Done only once every rank of the group is through
+    /// with it. A rank of the group that died (or a step that failed)
+    /// makes this return the error on the ranks left, and the group's
+    /// task becomes what a dead worker group's does
+    /// ([`BatchOptions::on_death`]); so does a task claimed for a group
+    /// whose hand-out then failed.
     pub fn next_task(&mut self) -> Result<Option<u64>> {
+        if self.worker.size() > 1 {
+            if let Err(e) = self.worker.barrier() {
+                self.abandon();
+                return Err(e);
+            }
+        }
         let next = if self.worker.rank() == 0 {
             if self.current.take().is_some() {
                 self.finish(true)?;
             }
-            Some(self.take()?)
+            let next = self.take()?;
+            // Held as this group's task at once: an error below, or a
+            // drop, gives it up instead of leaving it Running.
+            self.current = next;
+            Some(next)
         } else {
             self.current = None;
             None
@@ -869,10 +896,46 @@ impl<'g> Batch<'g> {
         let t = if self.worker.size() == 1 {
             next.flatten()
         } else {
-            self.worker.broadcast(0, next.as_ref())?.deserialize()?
+            match self
+                .worker
+                .broadcast(0, next.as_ref())
+                .and_then(|v| v.deserialize())
+            {
+                Ok(t) => t,
+                Err(e) => {
+                    self.abandon();
+                    return Err(e);
+                }
+            }
         };
         self.current = t;
         Ok(t)
+    }
+
+    /// The worker group broke (a rank died, a step failed): its task, on
+    /// its first rank, becomes what a dead group's does.
+    fn abandon(&mut self) {
+        if self.current.take().is_none() || self.worker.rank() != 0 {
+            return;
+        }
+        let given = match &self.via {
+            Via::Table(t) => {
+                t.take_back(self.index, Gone::Broken);
+                Ok(())
+            }
+            Via::Service(key) => {
+                let mut body = vec![4];
+                body.extend_from_slice(&self.index.to_le_bytes());
+                self.group.call_service(key, &body).map(drop)
+            }
+            Via::Follower => Ok(()),
+        };
+        if let Err(e) = given {
+            // The pool's host is unreachable: this group's lease there goes
+            // with the connection, and the pool's reapers take the task
+            // back then.
+            tracing::warn!(error = %e, "shoal batch: could not give up the broken worker group's task");
+        }
     }
 
     /// Marks the task handed out last Failed (on the worker group's first
@@ -958,8 +1021,19 @@ impl<'g> Batch<'g> {
     /// Failed, on rank 0; then every state, by task. Collective: every
     /// rank calls it once it got `None` from `next_task`; `None` on the
     /// other ranks.
+    ///
+    /// Ranks that died (or never came) do not stop it: the meeting ends
+    /// with the ranks left (the error is logged), and rank 0 waits for
+    /// the dead groups' tasks to be taken back as
+    /// [`BatchOptions::on_death`] says.
     pub fn finish_all(&self) -> Result<Option<Vec<TaskState>>> {
-        self.group.barrier()?;
+        match self.group.barrier() {
+            Ok(()) => {}
+            Err(e @ (Error::RanksGone { .. } | Error::RanksMissing { .. } | Error::Broken(_))) => {
+                tracing::warn!(error = %e, "shoal batch: finishing without the ranks that are gone");
+            }
+            Err(e) => return Err(e),
+        }
         if self.group.rank() != 0 {
             return Ok(None);
         }

@@ -1370,7 +1370,7 @@ fn connect(launch: &Launch, opts: &GroupOptions) -> Result<Link> {
     let file = rendezvous_file(launch);
     if rank == 0 {
         let server = Server::bind("127.0.0.1:0", size, limits, secret.clone())?;
-        let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+        let tmp = tmp_beside(&file);
         write_own(&tmp, &server.address().to_string())
             .and_then(|()| std::fs::rename(&tmp, &file))
             .map_err(|e| {
@@ -1432,4 +1432,25 @@ fn connect(launch: &Launch, opts: &GroupOptions) -> Result<Link> {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// A name beside `file` for writing it before a rename: unique among
+/// the processes of every pid namespace (a pid alone is not: two ranks
+/// in namespaces of their own can share one), and the whole file name
+/// kept (a job "slurm-99.0" must not share one with "slurm-99.1").
+pub(crate) fn tmp_beside(file: &std::path::Path) -> std::path::PathBuf {
+    use std::hash::{BuildHasher, Hasher};
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u64(NEXT.fetch_add(1, Ordering::Relaxed));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    let mut name = file.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp{:016x}", h.finish()));
+    file.with_file_name(name)
 }

@@ -732,10 +732,15 @@ impl Node {
             .store(self.me + 1, Ordering::SeqCst);
         self.lock_u64(slot, L_SINCE)
             .store(mono_ns(), Ordering::Relaxed);
-        // A dead holder's record, if it is meant for this ticket (it is
-        // written before `serving` moves to the ticket).
-        let died = if self.lock_u64(slot, L_DIED_FOR).load(Ordering::SeqCst) == t {
-            self.lock_u64(slot, L_DIED).swap(0, Ordering::SeqCst)
+        // A dead holder's record, if it is meant for this ticket or an
+        // earlier one (it is written before `serving` moves to the ticket
+        // it names; a ticket skipped since, its waiter gone or timed out,
+        // leaves it to the next holder, which takes it: the state stays
+        // suspect until a holder is told). Taken once (swapped out).
+        let died_for = self.lock_u64(slot, L_DIED_FOR).load(Ordering::SeqCst);
+        let record = self.lock_u64(slot, L_DIED);
+        let died = if died_for <= t && record.load(Ordering::SeqCst) != 0 {
+            record.swap(0, Ordering::SeqCst)
         } else {
             0
         };
@@ -769,8 +774,16 @@ impl Node {
                 let holder = self.lock_u32(slot, L_HOLDER);
                 if holder.load(Ordering::SeqCst) == p + 1 {
                     // Recorded for the next ticket before `serving` moves
-                    // to it, so its taker reads it (another skipper of the
-                    // same dead holder writes the same).
+                    // to it, so its taker (or, should that ticket be
+                    // skipped, the next holder) reads it; another skipper
+                    // of the same dead holder writes the same. The holder
+                    // mark is then cleared only if it is still the dead
+                    // one's: a skipper that stalled here while the lock
+                    // moved on must not clear the next holder's mark
+                    // (whose death would then go unreported). Such a
+                    // stalled skipper can still write its record late: the
+                    // next holder is then told of a death it need not be
+                    // (a report too many, never one too few).
                     let (rank, pid) = who(p);
                     tracing::warn!(
                         rank,
@@ -783,7 +796,7 @@ impl Node {
                     );
                     self.lock_u64(slot, L_DIED_FOR)
                         .store(sv + 1, Ordering::SeqCst);
-                    holder.store(0, Ordering::SeqCst);
+                    let _ = holder.compare_exchange(p + 1, 0, Ordering::SeqCst, Ordering::SeqCst);
                 }
                 if serving
                     .compare_exchange(sv, sv + 1, Ordering::SeqCst, Ordering::SeqCst)
@@ -884,6 +897,34 @@ fn mono_ns() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A holder dies while the ticket after its own belongs to a waiter
+    /// that gave up: the record of the death, meant for that ticket,
+    /// reaches the next holder instead of being lost with the skip.
+    #[test]
+    fn a_dead_holder_is_reported_past_a_ticket_given_up() {
+        let c = Node::create(3, 0).unwrap();
+        let name = c.name();
+        let a = Node::attach(&name, 3, 1, 0).unwrap();
+        let b = Node::attach(&name, 3, 2, 0).unwrap();
+        let slot = c.lock_slot(42).unwrap();
+        let who = |p: u32| (p, 1000 + p);
+        let notice = Duration::from_secs(60);
+        let held = a.lock(slot, None, notice, &who).unwrap();
+        assert_eq!(held.died, None);
+        // b's ticket comes next; b gives up waiting.
+        assert!(b
+            .lock(slot, Some(Duration::from_millis(20)), notice, &who)
+            .is_none());
+        let waiter = std::thread::spawn(move || {
+            c.lock(slot, Some(Duration::from_secs(20)), notice, &who)
+                .map(|g| g.died)
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        // a dies holding the lock (its lease goes with it).
+        drop(a);
+        assert_eq!(waiter.join().unwrap(), Some(Some((1, 1001))));
+    }
 
     // The wake path only: the race the repeated wakes close (a waiter
     // between its last look and its park) is too narrow to hit on demand.

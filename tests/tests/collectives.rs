@@ -283,6 +283,43 @@ fn run(role: &str, a: &[String]) -> i32 {
                     Err("stop".into())
                 })
         }
+        // A pool of 12 tasks over worker groups of two ranks: ranks 2 and
+        // 3 take one; rank 3 says which and waits to be killed; rank 2
+        // then asks for the next task and says what it got (an error: its
+        // group lost a rank); ranks 0 and 1 work the rest (and the broken
+        // group's task, handed out again), and rank 0 says the states.
+        "batch-follower-kill" => Batch::new(&g, 12, 2, &BatchOptions::default())
+            .map_err(|e| e.to_string())
+            .and_then(|mut b| {
+                if g.rank() >= 2 {
+                    let t = b.next_task().map_err(|e| e.to_string())?;
+                    say(&format!("took {t:?}"));
+                    if g.rank() == 3 {
+                        std::thread::sleep(60 * SEC);
+                        return Ok(());
+                    }
+                    let then = match b.next_task() {
+                        Ok(t) => format!("then task {t:?}"),
+                        Err(e) => format!("then error {e}"),
+                    };
+                    say(&then);
+                    std::mem::forget(b);
+                    return Err("stop".into());
+                }
+                say("in");
+                let mut ran = Vec::new();
+                while let Some(t) = b.next_task().map_err(|e| e.to_string())? {
+                    ran.push(t);
+                }
+                say(&format!("ran {ran:?}"));
+                if g.rank() == 0 {
+                    let states: Vec<String> =
+                        (0..12).map(|t| format!("{:?}", b.state(t))).collect();
+                    say(&format!("states {}", states.join(",")));
+                }
+                std::mem::forget(b);
+                Err("stop".into())
+            }),
         // Rank 0 holds the lock while rank 1 waits for it and gives up;
         // once rank 0 gave it back, rank 1's try_lock gets it (the ticket
         // it gave up holds nobody up).
@@ -681,6 +718,43 @@ fn a_batch_worker_killed_with_its_task_leaves_it_failed() {
     let mut want = ["Some(Done)"; 12];
     want[t] = "Some(Failed)";
     assert_eq!(states, format!("states {}", want.join(",")));
+}
+
+/// A rank of a worker group dies while the group runs a task: the
+/// group's first rank gets an error from its next `next_task` instead
+/// of marking the task Done, and the task is handed out again and done
+/// by the other group.
+#[test]
+fn a_batch_worker_groups_dead_rank_leaves_its_task_requeued() {
+    let at = format!("127.0.0.1:{}", free_port());
+    let mut peers: Vec<Peer> = (0..4)
+        .map(|r| rank("batch-follower-kill", r, 4, &at, None, &[]))
+        .collect();
+    for p in &mut peers {
+        p.expect_line(30 * SEC);
+    }
+    let took = peers[3].expect_line(30 * SEC);
+    assert_eq!(peers[2].expect_line(30 * SEC), took);
+    let t: u64 = took
+        .trim_start_matches("took Some(")
+        .trim_end_matches(')')
+        .parse()
+        .unwrap();
+    let victim = peers.remove(3);
+    victim.kill9();
+    let then = peers[2].expect_line(30 * SEC);
+    assert!(then.starts_with("then error"), "{then}");
+    let mut states = String::new();
+    for r in 0..2 {
+        let p = &mut peers[r];
+        assert_eq!(p.expect_line(30 * SEC), "in");
+        let ran = p.expect_line(30 * SEC);
+        assert!(ran.contains(&format!("{t}")), "{ran}");
+        if r == 0 {
+            states = p.expect_line(30 * SEC);
+        }
+    }
+    assert_eq!(states, format!("states {}", ["Some(Done)"; 12].join(",")));
 }
 
 #[test]

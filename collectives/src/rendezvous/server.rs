@@ -630,6 +630,11 @@ fn leave(st: &mut State, key: &[u8]) {
     }
 }
 
+/// Most locks one connection holds at once (each is kept until given
+/// back: a peer taking lock after lock under new names must not grow the
+/// table without bound).
+const MAX_HELD_LOCKS: usize = 1024;
+
 fn lock(
     peer: &Peer,
     stream: &mut TcpStream,
@@ -640,6 +645,18 @@ fn lock(
     notice_ms: u32,
 ) -> Result<Reply> {
     let mut st = shared.lock();
+    if !st.locks.contains_key(&key)
+        && st
+            .locks
+            .values()
+            .filter(|q| q.holder.as_ref().is_some_and(|h| h.conn == peer.id))
+            .count()
+            >= MAX_HELD_LOCKS
+    {
+        return Ok(Reply::Refused(format!(
+            "this connection holds {MAX_HELD_LOCKS} locks already"
+        )));
+    }
     let q = st.locks.entry(key.clone()).or_default();
     if q.holder.as_ref().is_some_and(|h| h.conn == peer.id) {
         return Ok(Reply::Refused(

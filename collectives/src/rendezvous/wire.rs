@@ -506,6 +506,9 @@ pub fn write_frame(w: &mut impl Write, body: &[u8]) -> std::io::Result<()> {
     w.flush()
 }
 
+/// Most a frame's body is given before its bytes arrive.
+const FIRST_ALLOC: usize = 64 << 10;
+
 /// Reads one frame's body, refusing (before allocating) one longer than
 /// `max`. `Ok(None)`: the peer closed the connection between frames.
 pub fn read_frame(r: &mut impl Read, max: usize) -> Result<Option<Vec<u8>>> {
@@ -528,16 +531,18 @@ pub fn read_frame(r: &mut impl Read, max: usize) -> Result<Option<Vec<u8>>> {
             limit: max as u64,
         });
     }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            malformed(format!(
-                "the connection closed inside a frame of {len} bytes"
-            ))
-        } else {
-            Error::io("reading a rendezvous frame", e)
-        }
-    })?;
+    // Grown as the bytes come, not allocated at the length announced: a
+    // peer that announces a large frame and sends little holds little.
+    let mut body = Vec::with_capacity(len.min(FIRST_ALLOC));
+    let got = r
+        .take(len as u64)
+        .read_to_end(&mut body)
+        .map_err(|e| Error::io("reading a rendezvous frame", e))?;
+    if got < len {
+        return Err(malformed(format!(
+            "the connection closed inside a frame of {len} bytes"
+        )));
+    }
     Ok(Some(body))
 }
 
@@ -700,6 +705,16 @@ mod tests {
         assert_eq!(read_frame(&mut r, 16).unwrap().unwrap(), b"hello");
         assert_eq!(read_frame(&mut r, 16).unwrap().unwrap(), b"");
         assert!(read_frame(&mut r, 16).unwrap().is_none());
+    }
+
+    /// A frame announcing far more than it brings is refused once the
+    /// connection ends, without its announced length having been taken.
+    #[test]
+    fn a_frame_announcing_more_than_it_sends_is_refused() {
+        let mut b = (1u32 << 30).to_le_bytes().to_vec();
+        b.extend_from_slice(b"short");
+        let r = read_frame(&mut std::io::Cursor::new(b), 2 << 30);
+        assert!(matches!(r, Err(Error::Malformed { .. })), "{r:?}");
     }
 
     /// A hello without a secret is version 1's hello byte for byte but
