@@ -745,8 +745,7 @@ fn a_batch_worker_groups_dead_rank_leaves_its_task_requeued() {
     let then = peers[2].expect_line(30 * SEC);
     assert!(then.starts_with("then error"), "{then}");
     let mut states = String::new();
-    for r in 0..2 {
-        let p = &mut peers[r];
+    for (r, p) in peers.iter_mut().take(2).enumerate() {
         assert_eq!(p.expect_line(30 * SEC), "in");
         let ran = p.expect_line(30 * SEC);
         assert!(ran.contains(&format!("{t}")), "{ran}");
