@@ -307,6 +307,8 @@ fn run(role: &str, a: &[String]) -> i32 {
                     return Err("stop".into());
                 }
                 say("in");
+                // Until ranks 2 and 3 hold their task.
+                std::thread::sleep(Duration::from_millis(500));
                 let mut ran = Vec::new();
                 while let Some(t) = b.next_task().map_err(|e| e.to_string())? {
                     ran.push(t);
