@@ -287,6 +287,27 @@ fn mismatched_limits(bind: &str) {
     assert_eq!(taking.join().unwrap(), msgs);
 }
 
+/// Remote peers that attach with a longer lease than the queue's
+/// creator keeps (the default, against 300 ms) stay in through a quiet
+/// spell: they beat within the bridge's lease, which the join tells them.
+fn leases_differ(bind: &str) {
+    let q = WorkQueue::create(&opts(bind).lease(Duration::from_millis(300))).unwrap();
+    let mut p = Producer::attach_remote(q.handle(), &opts(bind)).unwrap();
+    let mut c = Consumer::attach_remote(q.handle(), &opts(bind)).unwrap();
+    p.claim(3).unwrap();
+    // Quiet for four of the bridge's leases.
+    std::thread::sleep(Duration::from_millis(1200));
+    for m in [b"a", b"b", b"c"] {
+        p.put(m).unwrap();
+    }
+    p.close().unwrap();
+    let mut got = Vec::new();
+    while let Some(t) = c.take().unwrap() {
+        got.push(t.to_vec());
+    }
+    assert_eq!(got, [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+}
+
 /// Handles that do not fit: a queue without remote peers, another build.
 #[test]
 fn remote_attach_needs_a_bridge() {
@@ -324,6 +345,10 @@ macro_rules! over {
             #[test]
             fn mismatched_limits() {
                 super::mismatched_limits(AT);
+            }
+            #[test]
+            fn leases_differ() {
+                super::leases_differ(AT);
             }
         }
     };

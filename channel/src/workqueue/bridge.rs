@@ -293,7 +293,8 @@ fn admit(setup: &Setup, door: &Address, joined: &mut u32, req: &[u8], out: &mut 
     match answer {
         Ok(a) => {
             tracing::debug!(role = ?j.role, pid = j.pid, host = format_args!("{:016x}", j.host), at = %a, "bridge: a remote peer joined");
-            let body = wire::joined(token, max_message as u64, &a.to_string());
+            let lease_ms = u64::try_from(s.opts.lease.as_millis()).unwrap_or(u64::MAX);
+            let body = wire::joined(token, max_message as u64, lease_ms, &a.to_string());
             reply(out, Status::Ok, 0, 0, &body)
         }
         Err(e) => {

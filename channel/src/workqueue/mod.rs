@@ -80,9 +80,10 @@ pub struct QueueOptions {
     /// timeouts), for the bridge and remote peers.
     pub net: shoal_transport::Options,
     /// How long a remote peer may be silent before the bridge counts it
-    /// gone (its heartbeat comes every quarter of this): a remote
-    /// producer that dies owing claimed messages is known within this.
-    /// Default 2 s.
+    /// gone: a remote producer that dies owing claimed messages is known
+    /// within this. The creator's lease is the one the bridge keeps; it
+    /// tells each peer that joins, and the peer's heartbeat comes every
+    /// quarter of the smaller of that and its own. Default 2 s.
     pub lease: Duration,
     /// How many messages a remote consumer takes at once, at most (what
     /// is there: it never waits for more than one), and, when a batch

@@ -37,6 +37,8 @@ const SLACK: Duration = Duration::from_secs(10);
 /// Most bytes a producer's buffer holds (a batch); a larger message goes
 /// alone.
 const BATCH_BYTES: usize = 1 << 20;
+/// The shortest time between a remote peer's heartbeats, whatever lease.
+const MIN_BEAT: Duration = Duration::from_millis(10);
 
 /// The time `n` bytes are given to cross the network (at 4 MiB/s).
 fn transfer(n: usize) -> Duration {
@@ -91,16 +93,19 @@ impl Session {
         if r.status != Status::Ok {
             return Err(status_error(&r, Duration::ZERO));
         }
-        let (token, max_message, at) =
-            wire::read_joined(r.body).map_err(|what| malformed(what, r.body.len()))?;
+        let j = wire::read_joined(r.body).map_err(|what| malformed(what, r.body.len()))?;
+        let token = j.token;
         // The session's: the smaller of both sides' (the bridge's answer).
-        let max_message = usize::try_from(max_message)
+        let max_message = usize::try_from(j.max_message)
             .unwrap_or(usize::MAX)
             .min(net.max_message);
-        let mut asker = NetAsker::connect(&crate::net::address(at)?, &net)?;
+        let mut asker = NetAsker::connect(&crate::net::address(j.address)?, &net)?;
+        // Well within the lease the bridge keeps (its own: this side's
+        // options may say another), and this side's own.
+        let lease = opts.lease.min(Duration::from_millis(j.lease_ms));
         asker.heartbeat(
             wire::request_head(Op::Ping, 0, 0, token).to_vec(),
-            opts.lease / 4,
+            (lease / 4).max(MIN_BEAT),
         )?;
         Ok(Session {
             asker,

@@ -300,22 +300,39 @@ pub(crate) fn join(body: &[u8]) -> Result<Join<'_>, &'static str> {
 }
 
 /// The body of a join's reply: the session's token, the largest network
-/// message the session uses (the smaller of both sides'), then where its
+/// message the session uses (the smaller of both sides'), the bridge's
+/// lease in ms (how long it waits for a word from the peer before it
+/// drops it: the peer's heartbeat goes well within it), then where its
 /// replier is (text).
-pub(crate) fn joined(token: u64, max_message: u64, address: &str) -> Vec<u8> {
+pub(crate) fn joined(token: u64, max_message: u64, lease_ms: u64, address: &str) -> Vec<u8> {
     let mut b = token.to_le_bytes().to_vec();
     b.extend_from_slice(&max_message.to_le_bytes());
+    b.extend_from_slice(&lease_ms.to_le_bytes());
     b.extend_from_slice(address.as_bytes());
     b
 }
 
-/// A join reply's token, largest message and address.
-pub(crate) fn read_joined(body: &[u8]) -> Result<(u64, u64, &str), &'static str> {
+/// A join reply's parts (see [`joined`]).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Joined<'a> {
+    pub token: u64,
+    pub max_message: u64,
+    pub lease_ms: u64,
+    pub address: &'a str,
+}
+
+/// A join reply's token, largest message, lease and address.
+pub(crate) fn read_joined(body: &[u8]) -> Result<Joined<'_>, &'static str> {
     let (f, a) = body
-        .split_first_chunk::<16>()
+        .split_first_chunk::<24>()
         .ok_or("a join reply without its token")?;
-    let a = std::str::from_utf8(a).map_err(|_| "a join reply whose address is not text")?;
-    Ok((u64_at(f, 0), u64_at(f, 8), a))
+    let address = std::str::from_utf8(a).map_err(|_| "a join reply whose address is not text")?;
+    Ok(Joined {
+        token: u64_at(f, 0),
+        max_message: u64_at(f, 8),
+        lease_ms: u64_at(f, 16),
+        address,
+    })
 }
 
 /// How a request went.
@@ -436,10 +453,15 @@ mod tests {
         let b = req(Op::Join, 0, 1, &j.encode());
         let r = request(&b).unwrap();
         assert_eq!(join(r.body).unwrap(), j);
-        let body = joined(77, 4096, "quic://[::1]:5?pin=00");
+        let body = joined(77, 4096, 2000, "quic://[::1]:5?pin=00");
         assert_eq!(
             read_joined(&body).unwrap(),
-            (77, 4096, "quic://[::1]:5?pin=00")
+            Joined {
+                token: 77,
+                max_message: 4096,
+                lease_ms: 2000,
+                address: "quic://[::1]:5?pin=00"
+            }
         );
     }
 
