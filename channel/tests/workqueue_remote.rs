@@ -308,6 +308,94 @@ fn leases_differ(bind: &str) {
     assert_eq!(got, [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
 }
 
+/// A remote consumer whose takes are cancelled at every point, among
+/// them while a reply that comes in parts is half there (its network
+/// takes less than a batch): the next take goes on from where the
+/// cancelled one was; every message arrives once, whole, in order.
+fn cancelled_takes(bind: &str) {
+    let q = WorkQueue::create(&opts(bind)).unwrap();
+    let small = opts(bind)
+        .net(shoal_transport::Options::default().max_message(16 << 10))
+        .prefetch(64);
+    let mut c = Consumer::attach_remote(q.handle(), &small).unwrap();
+    let mut p = q.producer().unwrap();
+    let msgs: Vec<Vec<u8>> = (0..40u32)
+        .map(|i| {
+            let mut m = vec![i as u8; if i % 4 == 0 { 100_000 } else { 3000 }];
+            m[..4].copy_from_slice(&i.to_le_bytes());
+            m
+        })
+        .collect();
+    p.claim(40).unwrap();
+    p.close().unwrap();
+    let sent = msgs.clone();
+    let putting = std::thread::spawn(move || {
+        for m in &sent {
+            p.put(m).unwrap();
+        }
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (got, cut) = rt.block_on(async {
+        let mut got = Vec::new();
+        let mut cut = 0u64;
+        for n in 0u64.. {
+            // Cut short after 30 us to 1 ms, varying; from the 3000th
+            // try on, not at all (so the test ends, however slow).
+            let t = Duration::from_micros(30 + (n * 137) % 1000);
+            let took = if n < 3000 {
+                tokio::time::timeout(t, c.take_async()).await
+            } else {
+                Ok(c.take_async().await)
+            };
+            match took {
+                Err(_) => cut += 1,
+                Ok(Ok(Some(m))) => got.push(m.to_vec()),
+                Ok(Ok(None)) => break,
+                Ok(Err(e)) => panic!("take: {e}"),
+            }
+        }
+        (got, cut)
+    });
+    putting.join().unwrap();
+    assert!(cut > 0);
+    assert_eq!(got.len(), msgs.len(), "{cut} takes cut short");
+    assert!(got == msgs, "messages differ ({cut} takes cut short)");
+}
+
+/// A remote consumer whose network carries 16 KiB, prefetching a
+/// thousand messages: batches of a megabyte and more, and a 2 MiB
+/// message, come in parts and are taken whole.
+fn large_batches_in_parts(bind: &str) {
+    let q = WorkQueue::create(&opts(bind).capacity(16 << 20)).unwrap();
+    let small = opts(bind)
+        .net(shoal_transport::Options::default().max_message(16 << 10))
+        .prefetch(1024);
+    let mut c = Consumer::attach_remote(q.handle(), &small).unwrap();
+    let mut p = q.producer().unwrap();
+    let msgs: Vec<Vec<u8>> = (0..1200u32)
+        .map(|i| vec![i as u8; if i == 600 { 2 << 20 } else { 2000 }])
+        .collect();
+    p.claim(msgs.len() as u64).unwrap();
+    p.close().unwrap();
+    let sent = msgs.clone();
+    let putting = std::thread::spawn(move || {
+        for m in &sent {
+            p.put(m).unwrap();
+        }
+    });
+    // Taken once they are all in, so batches come full.
+    putting.join().unwrap();
+    let mut got = Vec::new();
+    while let Some(t) = c.take().unwrap() {
+        got.push(t.to_vec());
+    }
+    assert_eq!(got.len(), msgs.len());
+    assert!(got == msgs);
+}
+
 /// Handles that do not fit: a queue without remote peers, another build.
 #[test]
 fn remote_attach_needs_a_bridge() {
@@ -345,6 +433,14 @@ macro_rules! over {
             #[test]
             fn mismatched_limits() {
                 super::mismatched_limits(AT);
+            }
+            #[test]
+            fn large_batches_in_parts() {
+                super::large_batches_in_parts(AT);
+            }
+            #[test]
+            fn cancelled_takes() {
+                super::cancelled_takes(AT);
             }
             #[test]
             fn leases_differ() {

@@ -235,6 +235,11 @@ pub(crate) struct RemoteTake {
     ready: VecDeque<NetMessage>,
     /// How many messages, and bytes, a take asks for at most.
     prefetch: (u32, u32),
+    /// A reply in parts being put together: what came so far, and the
+    /// whole body's length. Kept across takes, so a take cancelled while
+    /// a part was on its way (its reply then waits as the asker's stray)
+    /// is resumed by the next one, from where it was.
+    partial: Option<(AlignedBuf, usize)>,
 }
 
 impl std::fmt::Debug for RemoteTake {
@@ -255,6 +260,7 @@ impl RemoteTake {
             s,
             ready: VecDeque::new(),
             prefetch: (opts.prefetch.max(1), bytes),
+            partial: None,
         })
     }
 
@@ -266,6 +272,11 @@ impl RemoteTake {
             if let Some(m) = self.ready.pop_front() {
                 return Ok(Took::Msg(m));
             }
+            if self.partial.is_some() {
+                let b = self.rest()?;
+                self.unpack(b)?;
+                continue;
+            }
             // A batch asked ahead comes first.
             let got = match self.s.asker.stray() {
                 Some(stray) => stray?,
@@ -276,7 +287,10 @@ impl RemoteTake {
             };
             let got = match self.read(got)? {
                 Read::Whole(b) => b,
-                Read::Part(first, total) => self.rest(&first, total)?,
+                Read::Part(first, total) => {
+                    self.partial = Some((self.first_part(&first, total)?, total));
+                    self.rest()?
+                }
                 Read::Took(t) => return Ok(t),
                 Read::Nothing => {
                     if end.is_some_and(|e| Instant::now() >= e) {
@@ -298,6 +312,11 @@ impl RemoteTake {
             if let Some(m) = self.ready.pop_front() {
                 return Ok(Took::Msg(m));
             }
+            if self.partial.is_some() {
+                let b = self.rest_async().await?;
+                self.unpack(b)?;
+                continue;
+            }
             let got = match self.s.asker.stray_async().await {
                 Some(stray) => stray?,
                 None => {
@@ -307,7 +326,10 @@ impl RemoteTake {
             };
             let got = match self.read(got)? {
                 Read::Whole(b) => b,
-                Read::Part(first, total) => self.rest_async(&first, total).await?,
+                Read::Part(first, total) => {
+                    self.partial = Some((self.first_part(&first, total)?, total));
+                    self.rest_async().await?
+                }
                 Read::Took(t) => return Ok(t),
                 Read::Nothing => {
                     if end.is_some_and(|e| Instant::now() >= e) {
@@ -382,46 +404,85 @@ impl RemoteTake {
         (req, limit + transfer(total))
     }
 
-    /// Checks a part of a reply and appends it; false when done.
-    fn add_part(all: &mut AlignedBuf, got: &OwnedFrame, total: usize) -> Result<()> {
+    /// Checks a part of the reply being put together and appends it (a
+    /// part that does not fit drops the reply).
+    fn add_part(&mut self, got: &OwnedFrame) -> Result<()> {
+        let Some((mut all, total)) = self.partial.take() else {
+            return Ok(());
+        };
         let r = decode(got)?;
         if r.status != Status::Ok || r.body.is_empty() || r.b as usize != total {
             return Err(status_error(&r, Duration::ZERO));
         }
         let take = r.body.len().min(total - all.len());
         all.extend_from_slice(&r.body[..take]);
+        self.partial = Some((all, total));
         Ok(())
     }
 
-    /// A reply longer than the network carries, assembled: its first
-    /// part (`first`), then the rest asked for part by part.
-    fn rest(&mut self, first: &OwnedFrame, total: usize) -> Result<Batch> {
-        let mut all = self.first_part(first, total)?;
-        while all.len() < total {
-            let (req, limit) = self.more_request(all.len(), total);
-            let got = self.s.asker.ask(req, limit)?;
-            Self::add_part(&mut all, &got, total)?;
+    /// A reply longer than the network carries, put together: the rest
+    /// of [`partial`](Self::partial) asked for part by part (a part asked
+    /// for by a take that was cancelled is the asker's stray: taken
+    /// first). A transport error leaves it to the next take; a part that
+    /// does not fit drops it.
+    fn rest(&mut self) -> Result<Batch> {
+        loop {
+            let (have, total) = match self.next_part() {
+                Ok(at) => at,
+                Err(b) => return Ok(b),
+            };
+            let got = match self.s.asker.stray() {
+                Some(stray) => stray?,
+                None => {
+                    let (req, limit) = self.more_request(have, total);
+                    self.s.asker.ask(req, limit)?
+                }
+            };
+            self.add_part(&got)?;
         }
-        Ok(Batch::Copied(all))
     }
 
-    /// [`rest`](Self::rest), awaited.
-    async fn rest_async(&mut self, first: &OwnedFrame, total: usize) -> Result<Batch> {
-        let mut all = self.first_part(first, total)?;
-        while all.len() < total {
-            let (req, limit) = self.more_request(all.len(), total);
-            let got = self.s.asker.ask_async(req, limit).await?;
-            Self::add_part(&mut all, &got, total)?;
+    /// [`rest`](Self::rest), awaited (cancel-safe: see
+    /// [`partial`](Self::partial)).
+    async fn rest_async(&mut self) -> Result<Batch> {
+        loop {
+            let (have, total) = match self.next_part() {
+                Ok(at) => at,
+                Err(b) => return Ok(b),
+            };
+            let got = match self.s.asker.stray_async().await {
+                Some(stray) => stray?,
+                None => {
+                    let (req, limit) = self.more_request(have, total);
+                    self.s.asker.ask_async(req, limit).await?
+                }
+            };
+            self.add_part(&got)?;
         }
-        Ok(Batch::Copied(all))
+    }
+
+    /// Where the reply being put together goes on (bytes so far, and
+    /// the whole length), or, once it is whole, its batch.
+    fn next_part(&mut self) -> std::result::Result<(usize, usize), Batch> {
+        match self.partial.take() {
+            Some((all, total)) if all.len() < total => {
+                let at = (all.len(), total);
+                self.partial = Some((all, total));
+                Ok(at)
+            }
+            Some((all, _)) => Err(Batch::Copied(all)),
+            None => Err(Batch::Copied(AlignedBuf::with_capacity(0))),
+        }
     }
 
     /// The buffer a reply in parts is assembled in, with its first part.
+    ///
+    /// Any length is taken (the bridge sends a message of any size the
+    /// queue holds, with a batch behind it), but room is made as parts
+    /// come, not for the length announced: a peer that announces much and
+    /// sends little holds little here.
     fn first_part(&self, first: &OwnedFrame, total: usize) -> Result<AlignedBuf> {
-        if total > self.s.max_message.saturating_mul(64) {
-            return Err(malformed("a reply longer than 64 network messages", total));
-        }
-        let mut all = AlignedBuf::with_capacity(total);
+        let mut all = AlignedBuf::with_capacity(total.min(self.s.max_message.saturating_mul(4)));
         let body = first.get(wire::HEAD..).unwrap_or_default();
         all.extend_from_slice(&body[..body.len().min(total)]);
         Ok(all)
