@@ -240,6 +240,11 @@ pub(crate) struct RemoteTake {
     /// a part was on its way (its reply then waits as the asker's stray)
     /// is resumed by the next one, from where it was.
     partial: Option<(AlignedBuf, usize)>,
+    /// The last take request got no reply (the connection broke, it
+    /// timed out): the next one is asked under its sequence number, so
+    /// a bridge that did take messages for it answers with them again
+    /// instead of taking more (those would be lost with the first).
+    reask: bool,
 }
 
 impl std::fmt::Debug for RemoteTake {
@@ -261,6 +266,7 @@ impl RemoteTake {
             ready: VecDeque::new(),
             prefetch: (opts.prefetch.max(1), bytes),
             partial: None,
+            reask: false,
         })
     }
 
@@ -279,12 +285,13 @@ impl RemoteTake {
             }
             // A batch asked ahead comes first.
             let got = match self.s.asker.stray() {
-                Some(stray) => stray?,
+                Some(stray) => stray,
                 None => {
                     let (req, limit) = self.take_request(left(end));
-                    self.s.asker.ask(req, limit)?
+                    self.s.asker.ask(req, limit)
                 }
             };
+            let got = self.answered(got)?;
             let got = match self.read(got)? {
                 Read::Whole(b) => b,
                 Read::Part(first, total) => {
@@ -318,12 +325,13 @@ impl RemoteTake {
                 continue;
             }
             let got = match self.s.asker.stray_async().await {
-                Some(stray) => stray?,
+                Some(stray) => stray,
                 None => {
                     let (req, limit) = self.take_request(left(end));
-                    self.s.asker.ask_async(req, limit).await?
+                    self.s.asker.ask_async(req, limit).await
                 }
             };
+            let got = self.answered(got)?;
             let got = match self.read(got)? {
                 Read::Whole(b) => b,
                 Read::Part(first, total) => {
@@ -345,8 +353,20 @@ impl RemoteTake {
     /// A take request waiting up to `wait`, and how long its reply may
     /// take.
     fn take_request(&mut self, wait: Duration) -> (Vec<u8>, Duration) {
+        if std::mem::take(&mut self.reask) {
+            self.s.seq -= 1;
+        }
         let body = wire::take_body(self.prefetch.0, self.prefetch.1);
         self.s.request(Op::Take, wait, &[&body])
+    }
+
+    /// A take request's outcome: its reply, or the error that left it
+    /// without one (the next take request asks again under its number).
+    fn answered(&mut self, got: Result<OwnedFrame>) -> Result<OwnedFrame> {
+        if got.is_err() {
+            self.reask = true;
+        }
+        got
     }
 
     /// What a take's reply says: messages (whole, or the first part of a
@@ -772,8 +792,13 @@ impl RemotePut {
     }
 
     /// Has the pump ask `op` once, and waits for its reply (until `end`:
-    /// then the request goes on, its reply unread).
+    /// then the request goes on, its reply unread). A claim is waited
+    /// for past `end`, until its reply or the pump's own limit (then the
+    /// pump is broken): the bridge may have done it, and what this
+    /// producer owes must say so (a claim reported failed but done, then
+    /// asked again, would be owed twice).
     fn ask_pump(&mut self, op: Op, body: &[u8], end: Option<Instant>) -> Result<OwnedFrame> {
+        let end = if op == Op::Claim { None } else { end };
         let mut o = self.shared.lock();
         if let Some(e) = o.failure() {
             return Err(e);
@@ -925,6 +950,13 @@ async fn pump(shared: Arc<Shared>, mut req: NetRequester, token: u64) {
         shared.done.notify_all();
         shared.room.notify_waiters();
         if broken {
+            // This producer can put nothing more, but its heartbeat (on
+            // the session's own connection) would keep its proxy, and
+            // what it owes, in the queue for as long as it lives:
+            // consumers would wait for messages that cannot come. Said
+            // goodbye, the bridge counts what it owes lost now.
+            let bye = encode(Op::Bye, Duration::ZERO, &mut seq, token, &[]);
+            let _ = tokio::time::timeout(SLACK, req.request(&bye)).await;
             return;
         }
     }
@@ -942,6 +974,9 @@ fn op_of(b: u8) -> Option<Op> {
         .into_iter()
         .find(|o| *o as u8 == b)
 }
+
+/// How many times a put request the network failed is asked again.
+const RESENDS: u32 = 2;
 
 /// How shipping a batch ended.
 enum Shipped {
@@ -963,10 +998,18 @@ async fn ship(req: &mut NetRequester, seq: &mut u64, token: u64, batch: Vec<u8>)
     loop {
         let ask = encode(Op::Put, super::bridge::WAIT_CAP, seq, token, &[rest]);
         let limit = super::bridge::WAIT_CAP + SLACK + transfer(rest.len());
-        let got = match tokio::time::timeout(limit, req.request(&ask)).await {
-            Err(_) => return Shipped::Stuck(landed),
-            Ok(Err(e)) => return Shipped::Failed(e, landed),
-            Ok(Ok(g)) => g,
+        // A request the network failed is asked again under its number,
+        // a few times: the bridge may have done it (it answers a repeat
+        // with what it answered, and does it once), and a batch counted
+        // lost that landed would be put twice by a user who puts it again.
+        let mut resent = 0;
+        let got = loop {
+            match tokio::time::timeout(limit, req.request(&ask)).await {
+                Err(_) => return Shipped::Stuck(landed),
+                Ok(Err(_)) if resent < RESENDS => resent += 1,
+                Ok(Err(e)) => return Shipped::Failed(e, landed),
+                Ok(Ok(g)) => break g,
+            }
         };
         let r = match decode(&got) {
             Ok(r) => r,
