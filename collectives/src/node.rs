@@ -40,6 +40,10 @@ const MIN_BUFFER: usize = 4096;
 const BAR_GEN: usize = 128;
 const BAR_FAILED: usize = 132;
 const BAR_SLEEP: usize = 136;
+/// The rank running a barrier's part across hosts: its generation above,
+/// its place + 1 below (so the others, which have all arrived, look at
+/// its lease while they wait for it).
+const BAR_RUNNER: usize = 144;
 const BC_GEN: usize = 192;
 const BC_LEN: usize = 200;
 const BC_FAILED: usize = 208;
@@ -398,6 +402,10 @@ impl Node {
         let arrived = self.u32_at(ARRIVED).fetch_add(1, Ordering::AcqRel) + 1;
         if arrived >= self.local {
             self.u32_at(ARRIVED).store(0, Ordering::Relaxed);
+            self.u64_at(BAR_RUNNER).store(
+                u64::from(g) << 32 | u64::from(self.me + 1),
+                Ordering::Release,
+            );
             let r = across();
             // The failed mark names this generation, or (success) one that
             // is not the next: a mark left by an old failure would match
@@ -408,10 +416,26 @@ impl Node {
             Node::wake(gen, self.u32_at(BAR_SLEEP), u32::MAX);
             return r.map_err(BarrierError::Across);
         }
-        let pending = || {
+        // Who holds the barrier up: the places that have not arrived; once
+        // all have, the one running the part across hosts (or, before it
+        // said so, or if it died between its arrival and its count, every
+        // other place): their leases are looked at while this one waits,
+        // so a death anywhere is named, not waited out.
+        let not_come = || -> Vec<u32> {
             (0..self.local)
                 .filter(|p| self.slot(*p).load(Ordering::Relaxed) != g.wrapping_add(1))
                 .collect()
+        };
+        let pending = || {
+            let missing = not_come();
+            if !missing.is_empty() {
+                return missing;
+            }
+            let runner = self.u64_at(BAR_RUNNER).load(Ordering::Acquire);
+            match ((runner >> 32) as u32, (runner as u32).checked_sub(1)) {
+                (rg, Some(p)) if rg == g && p < self.local => vec![p],
+                _ => (0..self.local).filter(|p| *p != self.me).collect(),
+            }
         };
         self.wait_change(
             gen,
@@ -421,6 +445,13 @@ impl Node {
             end,
             &pending,
         )
+        .map_err(|stop| match stop {
+            // Out of time with every place here: the part across hosts
+            // did not end (the one running it is alive, or it would be
+            // named dead).
+            Stop::Timeout(_) => Stop::Timeout(not_come()),
+            stop => stop,
+        })
         .map_err(BarrierError::Local)
     }
 

@@ -397,6 +397,31 @@ fn run(role: &str, a: &[String]) -> i32 {
                 }
             }
         }
+        // Two hosts (a: ranks 0, 1; b: ranks 2, 3): rank 1 comes last to
+        // host a's barrier, so it runs the part across hosts, where it
+        // waits (host b's ranks come only after a minute) and is killed;
+        // rank 0 says what its barrier ended with.
+        "across-runner" => {
+            match g.rank() {
+                1 => {
+                    std::thread::sleep(Duration::from_millis(300));
+                    say("last");
+                }
+                2 | 3 => std::thread::sleep(60 * SEC),
+                _ => {}
+            }
+            let t0 = std::time::Instant::now();
+            let r = g.barrier();
+            if g.rank() == 0 {
+                say(&match r {
+                    Err(Error::RanksGone { ranks, .. }) => format!("gone {ranks:?}"),
+                    Err(e) => format!("failed {e}"),
+                    Ok(()) => "passed".into(),
+                });
+                say(&format!("after {} s", t0.elapsed().as_secs()));
+            }
+            Ok(())
+        }
         _ => Err(format!("role {role}?")),
     };
     match r {
@@ -549,6 +574,30 @@ fn a_rank_killed_in_barriers_is_named_by_the_others() {
     for mut p in peers {
         assert_eq!(p.expect_line(30 * SEC), "gone [2]");
     }
+}
+
+/// The rank running a barrier's part across hosts is killed there: its
+/// host's other rank, which has arrived, names it dead within moments
+/// instead of waiting out the timeout.
+#[test]
+fn a_rank_killed_in_a_barriers_part_across_hosts_is_named() {
+    let at = format!("127.0.0.1:{}", free_port());
+    let mut peers: Vec<Peer> = (0..4)
+        .map(|r| {
+            let host = if r < 2 { "across-a" } else { "across-b" };
+            rank("across-runner", r, 4, &at, Some(host), &[])
+        })
+        .collect();
+    for p in &mut peers {
+        p.expect_line(30 * SEC);
+    }
+    assert_eq!(peers[1].expect_line(30 * SEC), "last");
+    std::thread::sleep(Duration::from_millis(300));
+    let victim = peers.remove(1);
+    victim.kill9();
+    assert_eq!(peers[0].expect_line(30 * SEC), "gone [1]");
+    let after = peers[0].expect_line(30 * SEC);
+    assert!(after == "after 0 s" || after == "after 1 s", "{after}");
 }
 
 /// Ranks started with `SHOAL_SECRET` set: one showing another secret is
