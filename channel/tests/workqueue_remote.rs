@@ -488,7 +488,8 @@ fn hostile_requests_at_the_bridge_change_nothing() {
         let mut join = vec![1u8, 0, 0, 0, 0, 0, 0, 0];
         join.extend_from_slice(&[0; 16]);
         let body = |kind: u8, format: &str| {
-            let mut b = 1u32.to_le_bytes().to_vec();
+            // This build's protocol version.
+            let mut b = 2u32.to_le_bytes().to_vec();
             b.extend_from_slice(&[1, kind, 0, 0]);
             b.extend_from_slice(&[0; 40]);
             b.extend_from_slice(format.as_bytes());

@@ -872,7 +872,10 @@ impl<'g> Batch<'g> {
     /// makes this return the error on the ranks left, and the group's
     /// task becomes what a dead worker group's does
     /// ([`BatchOptions::on_death`]); so does a task claimed for a group
-    /// whose hand-out then failed.
+    /// whose hand-out then failed. When the pool itself fails the first
+    /// rank (its host unreachable), the group is marked broken, so the
+    /// other ranks' waits for the hand-out end at once (on its host; on
+    /// others, at the group's timeout).
     pub fn next_task(&mut self) -> Result<Option<u64>> {
         if self.worker.size() > 1 {
             if let Err(e) = self.worker.barrier() {
@@ -881,12 +884,24 @@ impl<'g> Batch<'g> {
             }
         }
         let next = if self.worker.rank() == 0 {
-            if self.current.take().is_some() {
-                self.finish(true)?;
-            }
-            let next = self.take()?;
-            // Held as this group's task at once: an error below, or a
-            // drop, gives it up instead of leaving it Running.
+            let taken = (|| {
+                if self.current.take().is_some() {
+                    self.finish(true)?;
+                }
+                self.take()
+            })();
+            let next = match taken {
+                Ok(next) => next,
+                Err(e) => {
+                    // The others wait for the hand-out: told, not left to
+                    // their timeout.
+                    self.worker.break_with(&e);
+                    return Err(e);
+                }
+            };
+            // Held as this group's task at once: an error below gives it
+            // up (as a dead group's), a drop marks it Failed, instead of
+            // leaving it Running.
             self.current = next;
             Some(next)
         } else {
@@ -1022,14 +1037,15 @@ impl<'g> Batch<'g> {
     /// rank calls it once it got `None` from `next_task`; `None` on the
     /// other ranks.
     ///
-    /// Ranks that died (or never came) do not stop it: the meeting ends
-    /// with the ranks left (the error is logged), and rank 0 waits for
-    /// the dead groups' tasks to be taken back as
-    /// [`BatchOptions::on_death`] says.
+    /// Ranks that died do not stop it: the meeting ends with the ranks
+    /// left (the error is logged), and rank 0 waits for the dead groups'
+    /// tasks to be taken back as [`BatchOptions::on_death`] says. Ranks
+    /// that are late past the group's timeout (alive, still working)
+    /// make it fail, as before.
     pub fn finish_all(&self) -> Result<Option<Vec<TaskState>>> {
         match self.group.barrier() {
             Ok(()) => {}
-            Err(e @ (Error::RanksGone { .. } | Error::RanksMissing { .. } | Error::Broken(_))) => {
+            Err(e @ (Error::RanksGone { .. } | Error::Broken(_))) => {
                 tracing::warn!(error = %e, "shoal batch: finishing without the ranks that are gone");
             }
             Err(e) => return Err(e),

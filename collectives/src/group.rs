@@ -400,7 +400,7 @@ impl Group {
     /// not see the cause (a value refused, a step between hosts that
     /// failed, a gather they gave their value to and left), fail their
     /// next wait at once instead of waiting out the timeout.
-    fn break_with(&self, e: &Error) {
+    pub(crate) fn break_with(&self, e: &Error) {
         if self.mark_broken(e) {
             if let Some(n) = &self.node {
                 n.set_broken();

@@ -13,7 +13,7 @@
 //! |---|---|
 //! | 0 | magic, ranks on the host, buffer bytes, broken |
 //! | 64 | barrier: ranks arrived |
-//! | 128 | barrier: generation (the futex word), failed generation, sleepers |
+//! | 128 | barrier: generation (the futex word), failed generation, sleepers, who runs the part across hosts (144) |
 //! | 192 | broadcast: generation (futex), chunk length, failed generation, sleepers, value length |
 //! | 256 | broadcast: readers done (futex), sleepers |
 //!
@@ -148,6 +148,8 @@ const L_HOLDER: usize = 16;
 const L_DIED: usize = 24;
 const L_SINCE: usize = 32;
 const L_DIED_FOR: usize = 40;
+/// The last ticket granted (a record is for a ticket after it).
+const L_GRANTED: usize = 48;
 const L_SERVING: usize = 64;
 const L_WORD: usize = 72;
 const L_SLEEPERS: usize = 76;
@@ -340,6 +342,12 @@ impl Node {
             sleepers.fetch_sub(1, Ordering::SeqCst);
             if !woken {
                 let dead = self.dead(pending().into_iter());
+                // The event may have come meanwhile from a place that
+                // then went (a barrier's runner that let everyone go and
+                // exited): it counts, not the death.
+                if let Some(r) = changed() {
+                    return r;
+                }
                 if !dead.is_empty() {
                     return Err(Stop::Dead(dead));
                 }
@@ -763,14 +771,19 @@ impl Node {
             .store(self.me + 1, Ordering::SeqCst);
         self.lock_u64(slot, L_SINCE)
             .store(mono_ns(), Ordering::Relaxed);
-        // A dead holder's record, if it is meant for this ticket or an
-        // earlier one (it is written before `serving` moves to the ticket
-        // it names; a ticket skipped since, its waiter gone or timed out,
-        // leaves it to the next holder, which takes it: the state stays
-        // suspect until a holder is told). Taken once (swapped out).
+        // A dead holder's record, if it is meant for this ticket or one
+        // between the last grant and this one (it is written before
+        // `serving` moves to the ticket it names; a ticket skipped since,
+        // its waiter gone or timed out, leaves it to the next holder,
+        // which takes it: the state stays suspect until a holder is
+        // told). Not one for a ticket granted before: a skipper that
+        // stalled writes its record late, for the ticket after the dead
+        // holder's, which was granted (and told) already. Taken once.
+        let before = self.lock_u64(slot, L_GRANTED).swap(t, Ordering::SeqCst);
         let died_for = self.lock_u64(slot, L_DIED_FOR).load(Ordering::SeqCst);
         let record = self.lock_u64(slot, L_DIED);
-        let died = if died_for <= t && record.load(Ordering::SeqCst) != 0 {
+        let fresh = (t == 0 || died_for > before) && died_for <= t;
+        let died = if fresh && record.load(Ordering::SeqCst) != 0 {
             record.swap(0, Ordering::SeqCst)
         } else {
             0
@@ -955,6 +968,29 @@ mod tests {
         // a dies holding the lock (its lease goes with it).
         drop(a);
         assert_eq!(waiter.join().unwrap(), Some(Some((1, 1001))));
+    }
+
+    /// A skipper that stalled writes its record of a dead holder late,
+    /// for a ticket granted (and told) already: the holders after it
+    /// are not told again.
+    #[test]
+    fn a_late_record_for_a_ticket_granted_already_is_not_reported() {
+        let c = Node::create(2, 0).unwrap();
+        let d = Node::attach(&c.name(), 2, 1, 0).unwrap();
+        let slot = c.lock_slot(7).unwrap();
+        let who = |p: u32| (p, 1000 + p);
+        let notice = Duration::from_secs(60);
+        assert_eq!(c.lock(slot, None, notice, &who).unwrap().died, None);
+        c.unlock(slot, None);
+        let second = d.lock(slot, None, notice, &who).unwrap();
+        assert_eq!((second.ticket, second.died), (1, None));
+        // The stalled skipper's record, for ticket 1.
+        c.lock_u64(slot, L_DIED)
+            .store(2 << 32 | 1001, Ordering::SeqCst);
+        c.lock_u64(slot, L_DIED_FOR).store(1, Ordering::SeqCst);
+        d.unlock(slot, None);
+        let third = c.lock(slot, None, notice, &who).unwrap();
+        assert_eq!((third.ticket, third.died), (2, None));
     }
 
     // The wake path only: the race the repeated wakes close (a waiter

@@ -240,10 +240,11 @@ pub(crate) struct RemoteTake {
     /// a part was on its way (its reply then waits as the asker's stray)
     /// is resumed by the next one, from where it was.
     partial: Option<(AlignedBuf, usize)>,
-    /// The last take request got no reply (the connection broke, it
-    /// timed out): the next one is asked under its sequence number, so
-    /// a bridge that did take messages for it answers with them again
-    /// instead of taking more (those would be lost with the first).
+    /// The last take request got no reply (the network failed it): the
+    /// next one is asked under its sequence number, so a bridge that did
+    /// take messages for it answers with them again instead of taking
+    /// more (those would be lost with the first). (A request that timed
+    /// out leaves the asker broken: nothing more is asked then.)
     reask: bool,
 }
 
@@ -909,7 +910,16 @@ async fn pump(shared: Arc<Shared>, mut req: NetRequester, token: u64) {
                 };
                 let ask = encode(op, super::bridge::WAIT_CAP, &mut seq, token, &[body]);
                 let limit = super::bridge::WAIT_CAP + SLACK;
-                let got = tokio::time::timeout(limit, req.request(&ask)).await;
+                // Asked again under its number when the network fails it,
+                // as a put is (see `ship`): a claim the bridge did must
+                // not be reported failed, then owed twice.
+                let mut resent = 0;
+                let got = loop {
+                    match tokio::time::timeout(limit, req.request(&ask)).await {
+                        Ok(Err(_)) if resent < RESENDS => resent += 1,
+                        got => break got,
+                    }
+                };
                 let mut o = shared.lock();
                 o.busy = false;
                 match got {

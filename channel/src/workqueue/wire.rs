@@ -20,13 +20,14 @@
 //!   longer than the network carries comes in parts: the reply's second
 //!   number is the whole body's length, and `More` asks for the rest;
 //! - a claim's count (u64), a `More`'s offset (u64), a join's identity,
-//!   a join reply's token (u64) and address, a failure's text.
+//!   a join reply's token (u64), the session's largest message (u64),
+//!   the bridge's lease in ms (u64) and address, a failure's text.
 //!
 //! Everything read here comes from a peer that may be buggy or hostile:
 //! decoding checks every length and value and says what was wrong.
 
 /// Version of this protocol; a join from another is refused.
-pub(crate) const VERSION: u32 = 1;
+pub(crate) const VERSION: u32 = 2;
 /// Bytes of a request's head.
 pub(crate) const REQUEST_HEAD: usize = 24;
 /// Bytes of a reply's head.

@@ -634,6 +634,10 @@ fn leave(st: &mut State, key: &[u8]) {
 /// back: a peer taking lock after lock under new names must not grow the
 /// table without bound).
 const MAX_HELD_LOCKS: usize = 1024;
+/// Most locks the rendezvous keeps (held, waited for, or left marked by
+/// a holder that did not repair what it guards): a bound on the table
+/// whatever its peers do.
+const MAX_LOCK_NAMES: usize = 1 << 16;
 
 fn lock(
     peer: &Peer,
@@ -645,6 +649,11 @@ fn lock(
     notice_ms: u32,
 ) -> Result<Reply> {
     let mut st = shared.lock();
+    if !st.locks.contains_key(&key) && st.locks.len() >= MAX_LOCK_NAMES {
+        return Ok(Reply::Refused(format!(
+            "the rendezvous keeps {MAX_LOCK_NAMES} locks already"
+        )));
+    }
     if !st.locks.contains_key(&key)
         && st
             .locks
