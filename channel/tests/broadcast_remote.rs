@@ -118,6 +118,32 @@ fn a_local_reader_of_an_all_remote_broadcast_still_reads() {
 }
 
 #[cfg(feature = "nng")]
+/// A message the network cannot carry (over its size limit) fails the
+/// send for every reader: the local one does not get it either, and the
+/// next message has its number, for both.
+#[cfg(feature = "nng")]
+#[test]
+fn a_send_the_network_refuses_reaches_no_reader() {
+    let o = opts(2)
+        .remote(1, "nng+tcp://127.0.0.1:0")
+        .net(shoal_transport::Options::default().max_message(4096));
+    let mut b = Broadcast::create(&o).unwrap();
+    let h = b.handle().clone();
+    let mut local = BroadcastReceiver::attach_with(&h, 0, &o).unwrap();
+    let mut remote = BroadcastReceiver::attach_remote(&h, 1, &o).unwrap();
+    b.wait_until_ready(10 * SEC).unwrap();
+    assert_eq!(b.send(b"first").unwrap(), 0);
+    assert!(b.send(&[7u8; 10_000]).is_err());
+    assert_eq!(b.send(b"second").unwrap(), 1);
+    for r in [&mut local, &mut remote] {
+        let m = r.recv().unwrap();
+        assert_eq!((&*m, m.seq()), (&b"first"[..], 0));
+        drop(m);
+        let m = r.recv().unwrap();
+        assert_eq!((&*m, m.seq()), (&b"second"[..], 1));
+    }
+}
+
 #[test]
 fn remote_readers_that_never_come_are_counted() {
     let o = opts(2).remote(1, "nng+tcp://127.0.0.1:0");

@@ -304,6 +304,74 @@ fn remote_workers(bind: &str) {
     assert_eq!(counts, [4, 4, 2]);
 }
 
+/// An Rpc with a remote worker made, called and dropped inside a tokio
+/// runtime (`multi`: the multi-thread kind, else current-thread): its
+/// network publisher blocks on a runtime of its own, which must not
+/// happen on the caller's runtime thread.
+#[cfg(any(feature = "nng", feature = "quic"))]
+fn remote_worker_from_async(bind: &str, multi: bool) {
+    let o = opts(2)
+        .remote(1, bind)
+        .call_timeout(Duration::from_secs(20));
+    let rt = if multi {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    }
+    .unwrap();
+    rt.block_on(async {
+        let mut rpc = Rpc::create(&o).unwrap();
+        let h = rpc.handle().clone();
+        let workers: Vec<_> = (0..2u32)
+            .map(|i| {
+                let (h, o) = (h.clone(), o.clone());
+                std::thread::spawn(move || {
+                    let mut w = if i == 0 {
+                        RpcWorker::attach_with(&h, i, &o).unwrap()
+                    } else {
+                        RpcWorker::attach_remote(&h, i, &o).unwrap()
+                    };
+                    while let Some(req) = w.next_request().unwrap() {
+                        w.reply(&req, &[format!("{i}:").as_bytes(), &req[..]].concat())
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        rpc.wait_until_ready(Duration::from_secs(20)).unwrap();
+        for n in 0..3 {
+            let req = format!("r{n}");
+            let replies = rpc.call_async(req.as_bytes()).await.unwrap();
+            for (i, r) in replies.iter().enumerate() {
+                assert_eq!(r.ok().unwrap(), format!("{i}:{req}").as_bytes());
+            }
+        }
+        drop(rpc);
+        for w in workers {
+            w.join().unwrap();
+        }
+    });
+}
+
+#[cfg(feature = "nng")]
+#[test]
+fn a_remote_worker_is_called_from_async_code_over_nng() {
+    remote_worker_from_async("nng+tcp://127.0.0.1:0", false);
+    remote_worker_from_async("nng+tcp://127.0.0.1:0", true);
+}
+
+#[cfg(feature = "quic")]
+#[test]
+fn a_remote_worker_is_called_from_async_code_over_quic() {
+    remote_worker_from_async("quic://127.0.0.1:0", false);
+    remote_worker_from_async("quic://127.0.0.1:0", true);
+}
+
 #[cfg(feature = "nng")]
 #[test]
 fn remote_workers_over_nng() {

@@ -37,13 +37,15 @@ use std::time::Duration;
 /// network pusher's window still being shipped, a publisher's linger
 /// (its subscribers get the last messages and `Closed`), replies still
 /// being written. Whatever is still running then is cancelled; `flush` a
-/// pusher first to know its messages arrived. Do not drop it inside an
-/// async runtime (tokio refuses to drop a runtime there; it then does not
-/// linger either).
+/// pusher first to know its messages arrived. Dropped inside an async
+/// runtime (where tokio refuses to drop another runtime, or to block),
+/// it hands its runtime to a thread of its own, which lingers and drops
+/// it there: the drop returns at once.
 pub struct Blocking<T> {
     /// Dropped first, in `Drop`, while the runtime still exists.
     inner: ManuallyDrop<T>,
-    rt: tokio::runtime::Runtime,
+    /// Taken once, in `Drop`.
+    rt: ManuallyDrop<tokio::runtime::Runtime>,
 }
 
 /// Longest a dropped [`Blocking`] waits for its endpoint's background work.
@@ -58,17 +60,48 @@ impl<T> Drop for Blocking<T> {
             // own drop, and nothing reads `inner` after it.
             unsafe { ManuallyDrop::drop(&mut self.inner) };
         }
-        if in_runtime {
+        // SAFETY: `rt` is taken here, once: this is the wrapper's own
+        // drop, and nothing uses `rt` after it (`inner`, which ran on it,
+        // was dropped above).
+        let rt = unsafe { ManuallyDrop::take(&mut self.rt) };
+        if !in_runtime {
+            linger(rt);
             return;
         }
-        self.rt.block_on(async {
-            let tasks = tokio::runtime::Handle::current().metrics();
-            let end = std::time::Instant::now() + LINGER;
-            while tasks.num_alive_tasks() > 0 && std::time::Instant::now() < end {
-                tokio::time::sleep(Duration::from_millis(5)).await;
+        // Handed over once the thread stands: were the thread not made,
+        // the runtime would be dropped here, which panics.
+        let (hand, take) = std::sync::mpsc::channel::<tokio::runtime::Runtime>();
+        let spawned = std::thread::Builder::new()
+            .name("shoal-blocking-linger".into())
+            .spawn(move || {
+                if let Ok(rt) = take.recv() {
+                    linger(rt);
+                }
+            });
+        match spawned {
+            Ok(_) => {
+                if let Err(std::sync::mpsc::SendError(rt)) = hand.send(rt) {
+                    rt.shutdown_background();
+                }
             }
-        });
+            Err(e) => {
+                tracing::warn!("shoal: no thread to wind down a blocking wrapper's runtime ({e}); its background work is cancelled");
+                rt.shutdown_background();
+            }
+        }
     }
+}
+
+/// Lets `rt`'s tasks (an endpoint's background work) end, for up to
+/// [`LINGER`], then drops it (outside any runtime).
+fn linger(rt: tokio::runtime::Runtime) {
+    rt.block_on(async {
+        let tasks = tokio::runtime::Handle::current().metrics();
+        let end = std::time::Instant::now() + LINGER;
+        while tasks.num_alive_tasks() > 0 && std::time::Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
 }
 
 impl<T> std::fmt::Debug for Blocking<T> {
@@ -91,7 +124,10 @@ impl<T> Blocking<T> {
                 source,
             })?;
         let inner = ManuallyDrop::new(rt.block_on(make)?);
-        Ok(Blocking { inner, rt })
+        Ok(Blocking {
+            inner,
+            rt: ManuallyDrop::new(rt),
+        })
     }
 
     /// The endpoint itself.

@@ -269,10 +269,19 @@ impl Book {
         match said {
             Said::Hello(r) => {
                 if self.hellos.len() >= MAX {
-                    self.hellos.remove(0);
+                    // The oldest hello goes, and what it said of its
+                    // progress with it (unless a newer hello is the same
+                    // reader's): the book stays within MAX readers
+                    // whatever a peer says.
+                    let gone = self.hellos.remove(0);
+                    if gone != r && !self.hellos.contains(&gone) {
+                        self.progress.remove(&gone);
+                    }
                 }
                 self.hellos.push(r);
-                self.progress.entry(r).or_insert((0, Instant::now()));
+                if self.progress.len() < MAX || self.progress.contains_key(&r) {
+                    self.progress.entry(r).or_insert((0, Instant::now()));
+                }
             }
             Said::Progress(r, got) => {
                 if self.progress.len() >= MAX && !self.progress.contains_key(&r) {
@@ -378,6 +387,27 @@ impl Drop for Hellos {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Hellos from ever new readers (a hostile peer's) keep the book
+    /// within its bound.
+    #[test]
+    fn the_book_stays_bounded_whatever_hellos_come() {
+        let mut book = Book {
+            hellos: Vec::new(),
+            progress: HashMap::new(),
+        };
+        for pid in 0..3 * MAX as u32 {
+            let r = RemoteReader {
+                index: 0,
+                pid,
+                host: 1,
+            };
+            book.note(Said::Hello(r));
+            book.note(Said::Progress(r, 5));
+        }
+        assert!(book.hellos.len() <= MAX);
+        assert!(book.progress.len() <= MAX, "{}", book.progress.len());
+    }
 
     #[test]
     fn hellos_and_reports_read_back_and_refuse_anything_else() {

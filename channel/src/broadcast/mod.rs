@@ -402,12 +402,20 @@ impl Broadcast {
             .map_err(|e| ring_error(e, "room in the broadcast", timeout))?;
         r[..HEAD].copy_from_slice(&head);
         r[HEAD..HEAD + msg.len()].copy_from_slice(msg);
-        r.commit(HEAD + msg.len())?;
+        let Some(p) = &mut self.net else {
+            r.commit(HEAD + msg.len())?;
+            return Ok(self.sent());
+        };
+        // Remote readers first, as `send_value` does: a publication that
+        // fails (a message over the network's size limit, a remote reader
+        // slower than the send timeout) leaves the record uncommitted, so
+        // local readers never get a message remote ones do not. The
+        // header's sequence number travels as the topic.
+        publish(p, self.hellos.as_ref(), self.seq, &head[..8], msg)?;
+        // Published: the number is used, whatever the commit says.
+        let committed = r.commit(HEAD + msg.len());
         let seq = self.sent();
-        if let Some(p) = &mut self.net {
-            // The header's sequence number travels as the topic.
-            publish(p, self.hellos.as_ref(), seq, &head[..8], msg)?;
-        }
+        committed?;
         Ok(seq)
     }
 

@@ -71,7 +71,27 @@ pub(crate) fn missing(addr: &Address) -> Error {
     })
 }
 
-/// A publisher for a channel's remote readers.
+/// Runs `f`, which blocks on a tokio runtime of its own (a transport's
+/// [`Blocking`] wrapper), from wherever it is called: blocking on one
+/// runtime inside another panics in tokio, so inside a multi-thread
+/// runtime `f` runs in `block_in_place` (the runtime's other tasks go on
+/// on its other threads), inside a current-thread one on a thread of its
+/// own (the caller's thread waits for it: its runtime's other tasks wait
+/// with it, as they would for any blocking call).
+pub(crate) fn outside_runtime<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Err(_) => f(),
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        Ok(_) => std::thread::scope(|s| match s.spawn(f).join() {
+            Ok(r) => r,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }),
+    }
+}
+
+/// A publisher for a channel's remote readers. Its calls block; they may
+/// be made from inside a tokio runtime (see [`outside_runtime`]).
 pub(crate) enum NetPublisher {
     /// Over nng.
     #[cfg(feature = "nng")]
@@ -98,13 +118,15 @@ impl NetPublisher {
         match addr.backend() {
             #[cfg(feature = "nng")]
             Backend::Nng => Ok(NetPublisher::Nng(
-                Blocking::new(shoal_transport::Nng::bind_publisher(addr, opts))
+                outside_runtime(|| Blocking::new(shoal_transport::Nng::bind_publisher(addr, opts)))
                     .map_err(Error::Net)?,
             )),
             #[cfg(feature = "quic")]
             Backend::Quic => Ok(NetPublisher::Quic(
-                Blocking::new(shoal_transport::Quic::bind_publisher(addr, opts))
-                    .map_err(Error::Net)?,
+                outside_runtime(|| {
+                    Blocking::new(shoal_transport::Quic::bind_publisher(addr, opts))
+                })
+                .map_err(Error::Net)?,
             )),
             _ => Err(Error::Net(shoal_transport::Error::BackendMissing {
                 address: addr.to_string(),
@@ -132,9 +154,13 @@ impl NetPublisher {
     pub(crate) fn publish(&mut self, topic: &[u8], payload: &[u8]) -> Result<()> {
         match self {
             #[cfg(feature = "nng")]
-            NetPublisher::Nng(p) => p.publish(topic, payload).map_err(Error::Net),
+            NetPublisher::Nng(p) => {
+                outside_runtime(|| p.publish(topic, payload)).map_err(Error::Net)
+            }
             #[cfg(feature = "quic")]
-            NetPublisher::Quic(p) => p.publish(topic, payload).map_err(Error::Net),
+            NetPublisher::Quic(p) => {
+                outside_runtime(|| p.publish(topic, payload)).map_err(Error::Net)
+            }
             #[cfg(not(any(feature = "nng", feature = "quic")))]
             NetPublisher::None(n) => match *n {},
         }
@@ -145,9 +171,13 @@ impl NetPublisher {
     pub(crate) fn wait_for_subscribers(&mut self, n: u32, timeout: Duration) -> Result<u32> {
         match self {
             #[cfg(feature = "nng")]
-            NetPublisher::Nng(p) => p.wait_for_subscribers(n, timeout).map_err(Error::Net),
+            NetPublisher::Nng(p) => {
+                outside_runtime(|| p.wait_for_subscribers(n, timeout)).map_err(Error::Net)
+            }
             #[cfg(feature = "quic")]
-            NetPublisher::Quic(p) => p.wait_for_subscribers(n, timeout).map_err(Error::Net),
+            NetPublisher::Quic(p) => {
+                outside_runtime(|| p.wait_for_subscribers(n, timeout)).map_err(Error::Net)
+            }
             #[cfg(not(any(feature = "nng", feature = "quic")))]
             NetPublisher::None(n) => match *n {},
         }
