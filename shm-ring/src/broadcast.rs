@@ -183,6 +183,26 @@ impl BroadcastWriter {
             .collect()
     }
 
+    /// Whether the process holding reader slot `slot` (as
+    /// [`readers`](Self::readers) names it) is alive: its kernel lease on
+    /// the segment is held. Unlike a pid, this means the same in every
+    /// pid namespace. False for a slot out of range.
+    ///
+    /// ```
+    /// use shoal_shm_ring::{BroadcastConfig, BroadcastReader, BroadcastWriter};
+    /// let w = BroadcastWriter::create(&BroadcastConfig::new(1 << 16, 2))?;
+    /// let r = BroadcastReader::attach(&w.handle())?;
+    /// let slot = w.readers()[0].slot;
+    /// assert!(w.reader_alive(slot));
+    /// drop(r);
+    /// assert!(!w.reader_alive(slot));
+    /// # Ok::<(), shoal_shm_ring::Error>(())
+    /// ```
+    pub fn reader_alive(&self, slot: u32) -> bool {
+        (slot as usize) < self.core.mem.nslots()
+            && crate::peer::slot_alive(&self.core.mem, slot as usize)
+    }
+
     /// The largest payload that still travels inside the ring.
     pub fn max_inline(&self) -> usize {
         self.core.max_inline() as usize

@@ -3,7 +3,7 @@
 //! call (well before the call timeout), and the survivors keep answering.
 
 use shoal_channel::{Error, Handle, Rpc, RpcOptions, RpcWorker};
-use shoal_tests::{say, spawn};
+use shoal_tests::{say, spawn, spawn_command};
 use std::time::{Duration, Instant};
 
 const SEC: Duration = Duration::from_secs(1);
@@ -127,4 +127,56 @@ fn a_killed_worker_is_named_and_the_survivors_keep_answering() {
     for w in workers {
         assert!(w.wait(20 * SEC).success());
     }
+}
+
+/// A worker in a pid namespace of its own (its pid means nothing to the
+/// caller) killed with SIGKILL: named dead by the next call from its
+/// reader slot's lease, well before the call timeout. Needs root
+/// (`unshare --pid`); skipped with the reason printed otherwise.
+#[test]
+fn a_killed_worker_in_another_pid_namespace_is_named_dead() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("skipped: unshare --pid needs root");
+        return;
+    }
+    let mut rpc = Rpc::create(&opts()).unwrap();
+    let h = rpc.handle().to_string();
+    let mut workers: Vec<_> = (0..3u32)
+        .map(|i| {
+            let args = [h.clone(), i.to_string()];
+            if i != 1 {
+                return spawn("worker", &args);
+            }
+            // Killed with unshare, its child (pid 1 of the namespace)
+            // goes too.
+            let mut cmd = std::process::Command::new("unshare");
+            cmd.args(["--pid", "--fork", "--kill-child"])
+                .arg(std::env::current_exe().unwrap())
+                .args(["--exact", "child_main", "--nocapture", "--test-threads=1"])
+                .env("SHOAL_TEST_ROLE", "worker");
+            spawn_command(cmd, &args)
+        })
+        .collect();
+    for w in &mut workers {
+        assert_eq!(w.expect_line(20 * SEC), "attached");
+    }
+    rpc.wait_until_ready(20 * SEC).unwrap();
+    let replies = rpc.call(b"hello").unwrap();
+    assert_eq!(replies[1].ok().unwrap(), b"1:hello");
+    workers.remove(1).kill9();
+    let t = Instant::now();
+    match rpc.call(b"after") {
+        Err(Error::NoReply { missing, .. }) => {
+            assert_eq!(missing.len(), 1, "{missing:?}");
+            assert_eq!((missing[0].index, missing[0].dead), (1, true));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        t.elapsed() < 10 * SEC,
+        "the dead worker was waited for {:?}",
+        t.elapsed()
+    );
+    assert_eq!(rpc.dead_workers(), [1]);
 }

@@ -475,6 +475,20 @@ impl Broadcast {
         n.clamp(MIN_HINT, inline)
     }
 
+    /// Whether the local reader that attached as `index` is known dead:
+    /// it has a slot in the ring (one tagged with its index) and no such
+    /// slot's process holds its lease. A remote reader, or one not in
+    /// the ring (never came, or evicted), is not judged here.
+    pub(crate) fn local_reader_dead(&self, index: u32) -> bool {
+        let mut tagged = self
+            .writer
+            .readers()
+            .into_iter()
+            .filter(|r| r.tag == Some(index))
+            .peekable();
+        tagged.peek().is_some() && tagged.all(|r| !self.writer.reader_alive(r.slot))
+    }
+
     fn head(&self) -> [u8; HEAD] {
         let mut h = [0u8; HEAD];
         h[..8].copy_from_slice(&self.seq.to_le_bytes());

@@ -443,11 +443,15 @@ impl Rpc {
     }
 
     /// Whether worker `i` is known dead now: its process is gone (on this
-    /// host), or its replies' bridge counted it gone (a worker that
-    /// joined over the network and left, or fell silent for the lease).
+    /// host: by its pid when it shares this pid namespace, by the lease
+    /// of its reader slot in the requests' ring whatever its namespace),
+    /// or its replies' bridge counted it gone (a worker that joined over
+    /// the network and left, or fell silent for the lease).
     fn gone(&self, i: usize) -> bool {
         let w = &self.workers[i];
-        w.died() || w.sender.is_some_and(|s| self.replies.remote_writer_gone(s))
+        w.died()
+            || w.sender.is_some_and(|s| self.replies.remote_writer_gone(s))
+            || (w.sender.is_some() && self.requests.local_reader_dead(i as u32))
     }
 
     /// The indices of the workers found dead (no longer waited for).
