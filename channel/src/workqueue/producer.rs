@@ -178,7 +178,10 @@ impl Producer {
     /// Attaches through the queue's bridge, over the network, wherever
     /// this process is (the queue must take remote peers:
     /// [`QueueOptions::remote`]). A put returns once the message is in
-    /// the queue; a producer that dies, or goes silent for the queue's
+    /// the producer's buffer, shipped to the queue in batches behind it
+    /// ([`flush`](Self::flush) waits until everything put is in the
+    /// queue, and reports a batch the queue refused); a producer that
+    /// dies, or goes silent for the queue's
     /// [`lease`](QueueOptions::lease), owing claimed messages makes
     /// consumers end with [`Error::ProducersLost`].
     pub fn attach_remote(handle: &Handle, opts: &QueueOptions) -> Result<Producer> {
