@@ -289,15 +289,17 @@ fn mismatched_limits(bind: &str) {
 }
 
 /// Remote peers that attach with a longer lease than the queue's
-/// creator keeps (the default, against 300 ms) stay in through a quiet
-/// spell: they beat within the bridge's lease, which the join tells them.
+/// creator keeps (8 s, against 1 s) stay in through a quiet spell of
+/// three of the bridge's leases: they beat within the bridge's lease,
+/// which the join tells them (by their own, every 2 s, they were
+/// dropped).
 fn leases_differ(bind: &str) {
-    let q = WorkQueue::create(&opts(bind).lease(Duration::from_millis(300))).unwrap();
-    let mut p = Producer::attach_remote(q.handle(), &opts(bind)).unwrap();
-    let mut c = Consumer::attach_remote(q.handle(), &opts(bind)).unwrap();
+    let q = WorkQueue::create(&opts(bind).lease(SEC)).unwrap();
+    let theirs = opts(bind).lease(8 * SEC);
+    let mut p = Producer::attach_remote(q.handle(), &theirs).unwrap();
+    let mut c = Consumer::attach_remote(q.handle(), &theirs).unwrap();
     p.claim(3).unwrap();
-    // Quiet for four of the bridge's leases.
-    std::thread::sleep(Duration::from_millis(1200));
+    std::thread::sleep(3 * SEC);
     for m in [b"a", b"b", b"c"] {
         p.put(m).unwrap();
     }

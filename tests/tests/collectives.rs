@@ -596,8 +596,14 @@ fn a_rank_killed_in_a_barriers_part_across_hosts_is_named() {
     let victim = peers.remove(1);
     victim.kill9();
     assert_eq!(peers[0].expect_line(30 * SEC), "gone [1]");
+    // Well before the other host comes (a minute) or the timeout.
     let after = peers[0].expect_line(30 * SEC);
-    assert!(after == "after 0 s" || after == "after 1 s", "{after}");
+    let secs: u64 = after
+        .trim_start_matches("after ")
+        .trim_end_matches(" s")
+        .parse()
+        .unwrap();
+    assert!(secs < 15, "{after}");
 }
 
 /// Ranks started with `SHOAL_SECRET` set: one showing another secret is
