@@ -782,7 +782,7 @@ impl Node {
         let before = self.lock_u64(slot, L_GRANTED).swap(t, Ordering::SeqCst);
         let died_for = self.lock_u64(slot, L_DIED_FOR).load(Ordering::SeqCst);
         let record = self.lock_u64(slot, L_DIED);
-        let fresh = (t == 0 || died_for > before) && died_for <= t;
+        let fresh = died_for > before && died_for <= t;
         let died = if fresh && record.load(Ordering::SeqCst) != 0 {
             record.swap(0, Ordering::SeqCst)
         } else {
@@ -825,9 +825,9 @@ impl Node {
                     // one's: a skipper that stalled here while the lock
                     // moved on must not clear the next holder's mark
                     // (whose death would then go unreported). Such a
-                    // stalled skipper can still write its record late: the
-                    // next holder is then told of a death it need not be
-                    // (a report too many, never one too few).
+                    // stalled skipper can still write its record late, for
+                    // a ticket granted already: the grant path's look at
+                    // `L_GRANTED` leaves such a record untaken.
                     let (rank, pid) = who(p);
                     tracing::warn!(
                         rank,

@@ -492,6 +492,8 @@ impl RemoteTake {
                 Ok(at)
             }
             Some((all, _)) => Err(Batch::Copied(all)),
+            // Not reached (a reply in parts is put together only while
+            // there is one); were it, an empty batch hands out nothing.
             None => Err(Batch::Copied(AlignedBuf::with_capacity(0))),
         }
     }
@@ -910,16 +912,9 @@ async fn pump(shared: Arc<Shared>, mut req: NetRequester, token: u64) {
                 };
                 let ask = encode(op, super::bridge::WAIT_CAP, &mut seq, token, &[body]);
                 let limit = super::bridge::WAIT_CAP + SLACK;
-                // Asked again under its number when the network fails it,
-                // as a put is (see `ship`): a claim the bridge did must
-                // not be reported failed, then owed twice.
-                let mut resent = 0;
-                let got = loop {
-                    match tokio::time::timeout(limit, req.request(&ask)).await {
-                        Ok(Err(_)) if resent < RESENDS => resent += 1,
-                        got => break got,
-                    }
-                };
+                // A claim the bridge did must not be reported failed,
+                // then owed twice.
+                let got = resending(&mut req, &ask, limit).await;
                 let mut o = shared.lock();
                 o.busy = false;
                 match got {
@@ -985,8 +980,26 @@ fn op_of(b: u8) -> Option<Op> {
         .find(|o| *o as u8 == b)
 }
 
-/// How many times a put request the network failed is asked again.
+/// How many times a request the network failed is asked again.
 const RESENDS: u32 = 2;
+
+/// Asks `ask`, each time within `limit` (`Err`: no reply in time), and
+/// again under its number (the same bytes) up to [`RESENDS`] times when
+/// the network fails it: the bridge may have done it, and it answers a
+/// repeat with what it answered, doing it once.
+async fn resending(
+    req: &mut NetRequester,
+    ask: &[u8],
+    limit: Duration,
+) -> std::result::Result<Result<OwnedFrame>, tokio::time::error::Elapsed> {
+    let mut resent = 0;
+    loop {
+        match tokio::time::timeout(limit, req.request(ask)).await {
+            Ok(Err(_)) if resent < RESENDS => resent += 1,
+            got => return got,
+        }
+    }
+}
 
 /// How shipping a batch ended.
 enum Shipped {
@@ -1008,18 +1021,12 @@ async fn ship(req: &mut NetRequester, seq: &mut u64, token: u64, batch: Vec<u8>)
     loop {
         let ask = encode(Op::Put, super::bridge::WAIT_CAP, seq, token, &[rest]);
         let limit = super::bridge::WAIT_CAP + SLACK + transfer(rest.len());
-        // A request the network failed is asked again under its number,
-        // a few times: the bridge may have done it (it answers a repeat
-        // with what it answered, and does it once), and a batch counted
-        // lost that landed would be put twice by a user who puts it again.
-        let mut resent = 0;
-        let got = loop {
-            match tokio::time::timeout(limit, req.request(&ask)).await {
-                Err(_) => return Shipped::Stuck(landed),
-                Ok(Err(_)) if resent < RESENDS => resent += 1,
-                Ok(Err(e)) => return Shipped::Failed(e, landed),
-                Ok(Ok(g)) => break g,
-            }
+        // A batch counted lost that landed would be put twice by a user
+        // who puts it again.
+        let got = match resending(req, &ask, limit).await {
+            Err(_) => return Shipped::Stuck(landed),
+            Ok(Err(e)) => return Shipped::Failed(e, landed),
+            Ok(Ok(g)) => g,
         };
         let r = match decode(&got) {
             Ok(r) => r,
