@@ -18,9 +18,10 @@ fn opts() -> RpcOptions {
 }
 
 fn run(role: &str, a: &[String]) -> i32 {
-    // worker HANDLE INDEX: answers "INDEX:REQUEST" (failing "fail") until
-    // the caller goes.
-    if role != "worker" {
+    // worker HANDLE INDEX: answers "INDEX:REQUEST" (failing "fail",
+    // taking 300 ms over "slow") until the caller goes; remote-worker:
+    // the same, attached over the network.
+    if role != "worker" && role != "remote-worker" {
         return 2;
     }
     let (Some(Ok(h)), Some(Ok(index))) = (
@@ -29,13 +30,21 @@ fn run(role: &str, a: &[String]) -> i32 {
     ) else {
         return 2;
     };
-    let Ok(mut w) = RpcWorker::attach_with(&h, index, &opts()) else {
+    let w = if role == "worker" {
+        RpcWorker::attach_with(&h, index, &opts())
+    } else {
+        RpcWorker::attach_remote(&h, index, &opts())
+    };
+    let Ok(mut w) = w else {
         return 3;
     };
     say("attached");
     let served = w.serve(|req| {
         if &req[..] == b"fail" {
             return Err(format!("worker {index} says no"));
+        }
+        if &req[..] == b"slow" {
+            std::thread::sleep(Duration::from_millis(300));
         }
         Ok([format!("{index}:").as_bytes(), &req[..]].concat())
     });
@@ -179,4 +188,53 @@ fn a_killed_worker_in_another_pid_namespace_is_named_dead() {
         t.elapsed()
     );
     assert_eq!(rpc.dead_workers(), [1]);
+}
+
+/// A local worker killed with SIGKILL (its reader slot left in the
+/// requests' ring, lease free) that comes back over the network under
+/// the same index is asked, not named dead by the slot its earlier life
+/// left, even on calls slow enough to look at the workers' liveness.
+#[cfg(feature = "nng")]
+#[test]
+fn a_local_worker_back_over_the_network_is_not_named_dead_by_its_old_slot() {
+    let o = opts()
+        .remote(1, "nng+tcp://127.0.0.1:0")
+        .lease(Duration::from_millis(800));
+    let mut rpc = Rpc::create(&o).unwrap();
+    let h = rpc.handle().to_string();
+    let mut workers: Vec<_> = (0..3u32)
+        .map(|i| {
+            let role = if i == 2 { "remote-worker" } else { "worker" };
+            spawn(role, &[h.clone(), i.to_string()])
+        })
+        .collect();
+    for w in &mut workers {
+        assert_eq!(w.expect_line(20 * SEC), "attached");
+    }
+    rpc.wait_until_ready(20 * SEC).unwrap();
+    assert_eq!(rpc.call(b"hello").unwrap().len(), 3);
+    workers.remove(1).kill9();
+    assert!(matches!(rpc.call(b"after"), Err(Error::NoReply { .. })));
+    let mut back = spawn("remote-worker", &[h.clone(), "1".into()]);
+    assert_eq!(back.expect_line(20 * SEC), "attached");
+    let t = Instant::now();
+    loop {
+        let replies = rpc.call(b"slow").unwrap();
+        let from: Vec<u32> = replies.iter().map(|r| r.worker.index).collect();
+        if from == [0, 1, 2] {
+            break;
+        }
+        assert!(
+            t.elapsed() < 20 * SEC,
+            "worker 1 never asked again: {from:?}"
+        );
+    }
+    // Slow calls (past the caller's first look at the workers' liveness)
+    // keep asking it.
+    for _ in 0..3 {
+        let replies = rpc.call(b"slow").unwrap();
+        let from: Vec<u32> = replies.iter().map(|r| r.worker.index).collect();
+        assert_eq!(from, [0, 1, 2]);
+    }
+    assert!(rpc.dead_workers().is_empty(), "{:?}", rpc.dead_workers());
 }

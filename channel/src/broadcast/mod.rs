@@ -352,10 +352,13 @@ impl Broadcast {
     }
 
     /// Sends `msg` to every reader, waiting for room (up to the send
-    /// timeout): local readers first, then remote ones. Returns its
-    /// sequence number. A send that fails reached nobody, except when the
-    /// network failed it: then the local readers have it (its number is
-    /// used) and some remote ones may.
+    /// timeout): remote readers first, from the ring's reservation, then
+    /// local ones (the record committed), so local readers wait for the
+    /// slowest remote one. Returns its sequence number. A send that fails
+    /// reached no local reader and its number is not used; when the
+    /// network failed it part-way, some remote readers may have it, and
+    /// the next message then comes to them under the same number (as
+    /// with [`send_value`](Self::send_value)).
     #[inline]
     pub fn send(&mut self, msg: &[u8]) -> Result<u64> {
         self.send_waiting(msg, None)
@@ -475,16 +478,19 @@ impl Broadcast {
         n.clamp(MIN_HINT, inline)
     }
 
-    /// Whether the local reader that attached as `index` is known dead:
-    /// it has a slot in the ring (one tagged with its index) and no such
-    /// slot's process holds its lease. A remote reader, or one not in
-    /// the ring (never came, or evicted), is not judged here.
-    pub(crate) fn local_reader_dead(&self, index: u32) -> bool {
+    /// Whether the local reader that attached as `index` from process
+    /// `pid` (as that process knows itself: pids compare within its own
+    /// namespace) is known dead: it has a slot in the ring (tagged with
+    /// its index, recording that pid) and no such slot's process holds
+    /// its lease. A remote reader (no slot of its pid, even where a dead
+    /// local one of the same index is left), or one not in the ring
+    /// (never came, or evicted), is not judged here.
+    pub(crate) fn local_reader_dead(&self, index: u32, pid: u32) -> bool {
         let mut tagged = self
             .writer
             .readers()
             .into_iter()
-            .filter(|r| r.tag == Some(index))
+            .filter(|r| r.tag == Some(index) && r.pid == pid)
             .peekable();
         tagged.peek().is_some() && tagged.all(|r| !self.writer.reader_alive(r.slot))
     }

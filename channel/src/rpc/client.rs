@@ -451,7 +451,9 @@ impl Rpc {
         let w = &self.workers[i];
         w.died()
             || w.sender.is_some_and(|s| self.replies.remote_writer_gone(s))
-            || (w.sender.is_some() && self.requests.local_reader_dead(i as u32))
+            || w.sender.is_some_and(|s| {
+                s.host == host_id() && self.requests.local_reader_dead(i as u32, s.pid)
+            })
     }
 
     /// The indices of the workers found dead (no longer waited for).
