@@ -240,6 +240,52 @@ async fn serve_cancelled<W: Wire>(a: Address) {
     client.await.unwrap();
 }
 
+/// Requests cut short at every point of their exchange (before they are
+/// sent, while the replier has them, while the reply is on its way) leave
+/// nothing behind: each request that completes gets its own reply, never
+/// a late one meant for a request given up before it.
+async fn requests_cancelled<W: Wire>(a: Address) {
+    let o = Options::default();
+    let mut server = W::bind_replier(&a, &o).await.unwrap();
+    let a = server.address();
+    let serving = tokio::spawn(async move {
+        let mut k = 0u64;
+        loop {
+            // A replier that is sometimes slow, so that cancellations
+            // fall while it holds the request, too.
+            k += 1;
+            if k.is_multiple_of(3) {
+                tokio::time::sleep(Duration::from_micros(50 + (k * 97) % 700)).await;
+            }
+            if server.serve_one(|q| q.to_vec()).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut c = W::connect_requester(&a, &o).await.unwrap();
+    let (mut cut, mut whole) = (0, 0);
+    for i in 0..300u32 {
+        let q = i.to_le_bytes();
+        let t = Duration::from_micros(u64::from(i * 53) % 900);
+        match tokio::time::timeout(t, c.request(&q)).await {
+            Err(_) => cut += 1,
+            Ok(r) => {
+                assert_eq!(&*r.unwrap(), &q, "request {i} got another's reply");
+                whole += 1;
+            }
+        }
+        let q = (i + 1_000_000).to_le_bytes();
+        let r = tokio::time::timeout(10 * SEC, c.request(&q))
+            .await
+            .expect("a request after a cancelled one is answered")
+            .unwrap();
+        assert_eq!(&*r, &q, "the request after {i} got another's reply");
+    }
+    println!("{cut} requests cut short, {whole} answered in time");
+    assert!(cut > 0);
+    serving.abort();
+}
+
 /// Replies written in place (`serve_one_into`) arrive exactly as written:
 /// empty, around the first allocation's size, and large ones written in
 /// many small pieces (the wire's memory grows under the writer) or
@@ -419,6 +465,11 @@ macro_rules! suite {
             #[test]
             fn a_cancelled_serve_loses_no_request() {
                 rt().block_on(serve_cancelled::<$wire>(bindable(&addr("cancel"))));
+            }
+
+            #[test]
+            fn requests_cancelled_leave_no_reply_behind() {
+                rt().block_on(requests_cancelled::<$wire>(bindable(&addr("cut"))));
             }
 
             #[test]

@@ -755,3 +755,46 @@ fn hostile_peers_do_not_stop_a_queue_serving_others() {
         assert!(rss() < rss0 + (256 << 20), "memory grew without bound");
     });
 }
+
+/// A requester asking on one stream now and then, more often than the
+/// stall timeout, is never closed as idle: its stream holds no turn
+/// between two exchanges, but the exchanges count as the connection's
+/// activity. (A peer that connects and sends nothing still is closed:
+/// [`idle_connections_are_closed_and_clients_come_back`].)
+#[test]
+fn a_requester_asking_on_one_stream_more_often_than_the_stall_timeout_stays_connected() {
+    use shoal_transport::envelope::Decoder;
+    rt().block_on(async {
+        let o = Options::default().stall_timeout(Duration::from_millis(300));
+        let mut r = QuicReplier::bind(&"quic://127.0.0.1:0".parse().unwrap(), &o)
+            .await
+            .unwrap();
+        let a = r.address();
+        tokio::spawn(async move { while r.serve_one(|q| q.to_vec()).await.is_ok() {} });
+        let conn = raw(&a).await;
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        let mut dec = Decoder::new(1 << 20);
+        let t0 = Instant::now();
+        for i in 0..12u32 {
+            send.write_all(&env(Kind::Request, &i.to_le_bytes(), 5))
+                .await
+                .unwrap();
+            let reply = loop {
+                let c = tokio::time::timeout(5 * SEC, recv.read_chunk(1 << 16, true))
+                    .await
+                    .expect("a reply")
+                    .unwrap_or_else(|e| panic!("exchange {i} after {:?}: {e}", t0.elapsed()))
+                    .expect("the stream goes on");
+                let (used, d) = dec.feed(&c.bytes).unwrap();
+                assert_eq!(used, c.bytes.len());
+                if let Some(d) = d {
+                    break d;
+                }
+            };
+            assert_eq!(reply.payload(), &i.to_le_bytes());
+            tokio::time::sleep(Duration::from_millis(130)).await;
+        }
+        assert!(conn.close_reason().is_none(), "{:?}", conn.close_reason());
+        assert!(t0.elapsed() > Duration::from_millis(1200));
+    });
+}

@@ -168,3 +168,80 @@ fn an_identity_saved_and_loaded_keeps_its_pin_and_bad_files_are_refused() {
     assert!(Identity::load(&path).is_err(), "trailing bytes");
     let _ = std::fs::remove_file(&path);
 }
+
+/// A peer of another version of shoal's protocol over QUIC (another
+/// ALPN) is refused at the handshake, with an error that says so, not
+/// one about the pin.
+#[test]
+fn a_server_of_another_protocol_version_is_refused_by_name() {
+    use shoal_transport::quic::tls::Identity;
+    rt().block_on(async {
+        let id = Identity::generate().unwrap();
+        let mut tls = id.server_config().unwrap();
+        tls.alpn_protocols = vec![b"shoal/1".to_vec()];
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
+        let cfg = quinn::ServerConfig::with_crypto(std::sync::Arc::new(crypto));
+        let ep = quinn::Endpoint::server(cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = ep.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            if let Some(i) = ep.accept().await {
+                let _ = i.await;
+            }
+        });
+        let hex: String = id.pin().iter().map(|b| format!("{b:02x}")).collect();
+        let a: Address = format!("quic://127.0.0.1:{port}?pin={hex}")
+            .parse()
+            .unwrap();
+        let o = Options::default().connect_timeout(Duration::from_secs(3));
+        let t0 = Instant::now();
+        let e = QuicRequester::connect(&a, &o).await.unwrap_err();
+        println!("{e}");
+        assert!(t0.elapsed() < 2 * SEC, "refused at once, not retried");
+        assert!(e.to_string().contains("protocol version"), "{e}");
+        server.abort();
+    });
+}
+
+/// A reply written just before its replier is dropped still reaches its
+/// requester whole (the replier's drop waits for it to be read); the
+/// requester's next request then ends at once with a typed error.
+#[test]
+fn a_reply_sent_as_the_replier_drops_arrives_whole() {
+    rt().block_on(async {
+        let o = Options::default()
+            .max_message(4 << 20)
+            .connect_timeout(Duration::from_millis(500));
+        let mut r = QuicReplier::bind(&"quic://127.0.0.1:0".parse().unwrap(), &o)
+            .await
+            .unwrap();
+        let a = r.address();
+        let mut c = QuicRequester::connect(&a, &o).await.unwrap();
+        let (warm, served) = tokio::join!(c.request(b"warm"), r.serve_one(|q| q.to_vec()));
+        served.unwrap();
+        assert_eq!(&*warm.unwrap(), b"warm");
+        let big = vec![5u8; 3 << 20];
+        let server = tokio::spawn(async move {
+            r.serve_one(|_| big).await.unwrap();
+            drop(r);
+        });
+        let reply = tokio::time::timeout(10 * SEC, c.request(b"big"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(reply.len() == 3 << 20 && reply.iter().all(|&b| b == 5));
+        server.await.unwrap();
+        let t0 = Instant::now();
+        let e = tokio::time::timeout(10 * SEC, c.request(b"again"))
+            .await
+            .expect("a request to a replier that was dropped ends")
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::PeerGone { .. } | Error::Closed | Error::NotBound { .. }
+            ),
+            "{e}"
+        );
+        println!("after the replier's drop: {e} in {:?}", t0.elapsed());
+    });
+}

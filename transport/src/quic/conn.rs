@@ -37,6 +37,8 @@ pub const IDLE: Duration = Duration::from_secs(5);
 pub const KEEP_ALIVE: Duration = Duration::from_secs(1);
 /// Longest a peer may take to send the envelope that opens a stream.
 pub const FIRST_ENVELOPE: Duration = Duration::from_secs(10);
+/// The TLS alert a handshake ends with when the two ends share no ALPN.
+const NO_APPLICATION_PROTOCOL: u8 = 120;
 /// Application close code of a clean close.
 pub const CLOSED: u32 = 0;
 /// Application close code of a peer dropped for holding the others back.
@@ -59,34 +61,83 @@ pub(crate) fn closed_idle(conn: &Connection) -> bool {
 /// the stream keeps it until the answer is written (a request waiting for
 /// a slow replier keeps its connection; a reply its asker does not read
 /// keeps its turn, so a connection's unread replies are SERVED at most).
+/// A stream that carries many exchanges gives its turn back between two
+/// ([`pause`](Self::pause)) and waits for one again when the next begins.
 pub(crate) struct InProgress {
-    _open: Arc<()>,
+    open: Arc<Activity>,
+    turns: Arc<tokio::sync::Semaphore>,
     _turn: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// A stream between two exchanges: no turn, not in progress (the
+/// connection may be closed as idle meanwhile).
+pub(crate) struct Paused {
+    open: std::sync::Weak<Activity>,
+    turns: Arc<tokio::sync::Semaphore>,
+}
+
+/// What [`streams`] knows of its connection's streams: the strong count
+/// of the `Arc` holding it is one plus the streams in progress; `begun`
+/// counts the turns taken, so a connection whose streams were busy since
+/// the last look is not idle even if none is at the moment.
+#[derive(Default)]
+struct Activity {
+    begun: std::sync::atomic::AtomicU64,
+}
+
+impl InProgress {
+    /// Gives the turn back until [`Paused::resume`].
+    pub fn pause(self) -> Paused {
+        Paused {
+            open: Arc::downgrade(&self.open),
+            turns: self.turns.clone(),
+        }
+    }
+}
+
+impl Paused {
+    /// Waits for a turn again; `None` once the connection's streams are
+    /// no longer served (it ended).
+    pub async fn resume(self) -> Option<InProgress> {
+        let open = self.open.upgrade()?;
+        let turn = self.turns.clone().acquire_owned().await.ok()?;
+        open.begun
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(InProgress {
+            open,
+            turns: self.turns,
+            _turn: turn,
+        })
+    }
 }
 
 /// Accepts the streams a client opens on `conn` until it ends, each
 /// served on a task of its own, [`SERVED`] at a time: a stream's task
 /// waits for a turn before it calls `serve`, and the turn goes with the
 /// [`InProgress`] token. A connection with no stream in progress that
-/// opens none for `idle` (a peer that connects and sends nothing) is
+/// began none for `idle` (a peer that connects and sends nothing) is
 /// closed ([`IDLE_CLOSE`]); a stream waiting for its turn is in progress.
 pub(crate) async fn streams<F, Fut>(conn: Connection, idle: Duration, address: &Address, serve: F)
 where
     F: Fn(SendStream, RecvStream, InProgress) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let open = Arc::new(());
+    let open = Arc::new(Activity::default());
     let turns = Arc::new(tokio::sync::Semaphore::new(SERVED as usize));
     let serve = Arc::new(serve);
+    let mut seen = 0;
     loop {
         match tokio::time::timeout(idle, conn.accept_bi()).await {
             Ok(Ok((mut send, recv))) => {
                 let (serve, turns, open) = (serve.clone(), turns.clone(), open.clone());
                 tokio::spawn(async move {
-                    match turns.acquire_owned().await {
+                    match turns.clone().acquire_owned().await {
                         Ok(turn) => {
+                            open.begun
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             let token = InProgress {
-                                _open: open,
+                                open,
+                                turns,
                                 _turn: turn,
                             };
                             serve(send, recv, token).await;
@@ -100,12 +151,15 @@ where
                 });
             }
             Ok(Err(_)) => return,
-            Err(_) if Arc::strong_count(&open) == 1 => {
-                tracing::info!(%address, remote = %conn.remote_address(), ?idle, "QUIC: a peer opened nothing for the stall timeout; connection closed");
-                conn.close(VarInt::from_u32(IDLE_CLOSE), b"idle");
-                return;
+            Err(_) => {
+                let begun = open.begun.load(std::sync::atomic::Ordering::Relaxed);
+                if Arc::strong_count(&open) == 1 && begun == seen {
+                    tracing::info!(%address, remote = %conn.remote_address(), ?idle, "QUIC: a peer began nothing for the stall timeout; connection closed");
+                    conn.close(VarInt::from_u32(IDLE_CLOSE), b"idle");
+                    return;
+                }
+                seen = begun;
             }
-            Err(_) => {}
         }
     }
 }
@@ -341,6 +395,22 @@ pub(crate) async fn connect(address: &Address, opts: &Options) -> Result<Client>
                     ),
                 })
             }
+            // The TLS alert no_application_protocol (120), raised by
+            // either side: the ALPNs differ, so the peer is another
+            // version of shoal (or not shoal at all).
+            Ok(Err(e)) if no_common_protocol(&e) => {
+                return Err(Error::Io {
+                    what: format!(
+                        "connecting to {address}: the server speaks another protocol version \
+                         (its ALPN is not {}): shoal builds of different versions do not talk",
+                        String::from_utf8_lossy(super::tls::ALPN)
+                    ),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "no application protocol in common",
+                    ),
+                })
+            }
             Ok(Err(e)) => {
                 tracing::debug!(%address, error = %e, "QUIC: connect attempt failed; retrying");
                 tokio::time::sleep(Duration::from_millis(20).min(left)).await;
@@ -352,6 +422,16 @@ pub(crate) async fn connect(address: &Address, opts: &Options) -> Result<Client>
             }
         }
     }
+}
+
+/// Whether a handshake ended for want of an ALPN both ends speak.
+fn no_common_protocol(e: &ConnectionError) -> bool {
+    let code = match e {
+        ConnectionError::TransportError(e) => e.code,
+        ConnectionError::ConnectionClosed(c) => c.error_code,
+        _ => return false,
+    };
+    code == quinn::TransportErrorCode::crypto(NO_APPLICATION_PROTOCOL)
 }
 
 /// Connects `client` again if its connection broke (or was closed as
@@ -472,6 +552,24 @@ impl Reader {
                 }
                 Err(e) => return Err(read_err(e, address)),
             }
+        }
+    }
+
+    /// Waits until the stream has bytes not yet decoded (`true`), or
+    /// ended cleanly between two envelopes (`false`); holds at most one
+    /// read's chunks meanwhile. Cancel-safe.
+    pub async fn fill(&mut self, address: &Address) -> Result<bool> {
+        if self.unfed() + self.dec.buffered() != 0 {
+            return Ok(true);
+        }
+        match self.recv.read_chunks(&mut self.chunks).await {
+            Ok(Some(n)) => {
+                self.at = 0;
+                self.filled = n;
+                Ok(true)
+            }
+            Ok(None) => Ok(false),
+            Err(e) => Err(read_err(e, address)),
         }
     }
 

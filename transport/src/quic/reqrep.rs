@@ -1,11 +1,19 @@
-//! Request/reply over QUIC: each request is one bidirectional stream, so
-//! its reply needs no routing: it goes back on the stream it came on.
-//! The replier takes requests from all its connections through one queue;
-//! a request whose asker gave up (its stream was reset) gets nowhere with
-//! its reply, and that is all. A requester whose connection broke connects
-//! again on its next request.
+//! Request/reply over QUIC: a requester asks on one bidirectional stream
+//! that it keeps, one exchange after another, so a reply needs no
+//! routing: it goes back on the stream its request came on. A request
+//! cut short (cancelled, or failed) leaves its stream reset, and the next
+//! request opens a new one, so a late reply never answers the wrong
+//! question. The replier takes requests from all its connections through
+//! one queue; a request whose asker gave up gets nowhere with its reply,
+//! and that is all. A requester whose connection broke connects again on
+//! its next request.
+//!
+//! Keeping the stream spares each exchange the stream's opening and
+//! closing (quinn's per-stream state, and the credit frames that retiring
+//! streams make the peer send): raw quinn's own round trip is faster on
+//! one long stream than with a stream per request.
 
-use super::conn::{self, Bound, Client, InProgress, Outgoing, Reader, FIRST_ENVELOPE};
+use super::conn::{self, Bound, Client, Outgoing, Reader, FIRST_ENVELOPE};
 use crate::address::Address;
 use crate::envelope::{Decoded, Kind, HEADER_LEN};
 use crate::error::{Error, Result};
@@ -15,13 +23,26 @@ use crate::reply::Reply;
 use quinn::{Connection, VarInt};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// Asking end over QUIC.
 pub struct QuicRequester {
     client: Client,
     id: u64,
     opts: Options,
+    /// The stream the exchanges go on, once opened.
+    stream: Option<Box<Exchanges>>,
+}
+
+/// A requester's stream: one exchange after another.
+struct Exchanges {
+    send: Outgoing,
+    reader: Reader,
+    /// The connection it belongs to (`stable_id`).
+    conn: usize,
+    /// An exchange began and did not end (it was cancelled): the stream
+    /// may yet carry its reply, so it is not used again.
+    busy: bool,
 }
 
 impl std::fmt::Debug for QuicRequester {
@@ -47,6 +68,7 @@ impl QuicRequester {
             client: conn::connect(address, opts).await?,
             id: PeerId::random().0,
             opts: opts.clone(),
+            stream: None,
         })
     }
 
@@ -78,26 +100,56 @@ impl QuicRequester {
 
     async fn ask(&mut self, payload: &[u8]) -> Result<Frame<'static>> {
         let a = self.client.address.clone();
-        let (send, recv) = self
-            .client
-            .conn
-            .open_bi()
-            .await
-            .map_err(|e| conn::lost(&e, &a))?;
-        let mut send = Outgoing::new(send);
-        conn::write(&mut send.send, Kind::Request, b"", payload, self.id, &a).await?;
-        send.done();
-        let mut reader = Reader::new(recv, self.opts.max_message);
-        let d = reader.expect(Kind::Reply, Duration::MAX, &a).await?;
-        reader.end(FIRST_ENVELOPE, &a).await?;
-        let peer = d.header.id;
-        Ok(d.into_frame()?.with_peer(peer))
+        let conn = self.client.conn.stable_id();
+        // A stream left mid-exchange, or on a connection since replaced,
+        // is dropped (reset): the replier sees it end.
+        if self
+            .stream
+            .as_ref()
+            .is_some_and(|s| s.busy || s.conn != conn)
+        {
+            self.stream = None;
+        }
+        let s = match &mut self.stream {
+            Some(s) => s,
+            None => {
+                let (send, recv) = self
+                    .client
+                    .conn
+                    .open_bi()
+                    .await
+                    .map_err(|e| conn::lost(&e, &a))?;
+                self.stream.insert(Box::new(Exchanges {
+                    send: Outgoing::new(send),
+                    reader: Reader::new(recv, self.opts.max_message),
+                    conn,
+                    busy: false,
+                }))
+            }
+        };
+        s.busy = true;
+        let exchange = async {
+            conn::write(&mut s.send.send, Kind::Request, b"", payload, self.id, &a).await?;
+            s.reader.expect(Kind::Reply, Duration::MAX, &a).await
+        };
+        match exchange.await {
+            Ok(d) => {
+                s.busy = false;
+                let peer = d.header.id;
+                Ok(d.into_frame()?.with_peer(peer))
+            }
+            Err(e) => {
+                self.stream = None;
+                Err(e)
+            }
+        }
     }
 }
 
-/// A request, the stream to answer on, and its in-progress token (held
-/// until the answer is written: the stream keeps its connection's turn).
-type Incoming = (Decoded, quinn::SendStream, InProgress);
+/// A request, and where its answer goes: the task serving its stream
+/// waits for the reply's envelope, and a token to hold until the asker
+/// has it. Dropped unanswered, the stream is reset.
+type Incoming = (Decoded, oneshot::Sender<(bytes::Bytes, Arc<()>)>);
 
 /// How long a dropped replier waits for its last replies to be read.
 pub const LINGER: Duration = Duration::from_secs(1);
@@ -108,7 +160,6 @@ pub struct QuicReplier {
     endpoint: quinn::Endpoint,
     /// One clone per reply not yet read by its asker.
     in_flight: Arc<()>,
-    stall: Duration,
     address: Address,
     id: u64,
     max_message: usize,
@@ -149,41 +200,85 @@ impl Drop for QuicReplier {
     }
 }
 
-/// Reads requests from one connection into the replier's queue.
+/// Reads requests from one connection into the replier's queue, and
+/// writes each stream's replies as they come.
 async fn connection(
     conn: Connection,
     tx: mpsc::Sender<Incoming>,
     address: Address,
     max: usize,
-    idle: Duration,
+    stall: Duration,
 ) {
     let remote = conn.remote_address();
     let a = address.clone();
-    conn::streams(conn, idle, &a, move |send, recv, token| {
+    conn::streams(conn, stall, &a, move |send, recv, token| {
         let (tx, address) = (tx.clone(), address.clone());
         async move {
+            let mut send = Outgoing::new(send);
             let mut reader = Reader::new(recv, max);
-            let request = async {
-                let d = reader
+            let mut token = token;
+            // From here every way out resets the stream unless it ended
+            // cleanly: an asker learns at once (PeerGone), never waits.
+            loop {
+                let d = match reader
                     .expect(Kind::Request, FIRST_ENVELOPE, &address)
-                    .await?;
-                reader.end(FIRST_ENVELOPE, &address).await?;
-                Ok::<_, Error>(d)
-            };
-            match request.await {
-                // A replier that is gone resets the stream (the asker
-                // gets PeerGone at once, not a clean end).
-                Ok(d) => {
-                    if let Err(mpsc::error::SendError((_, send, _))) =
-                        tx.send((d, send, token)).await
-                    {
-                        drop(Outgoing::new(send));
+                    .await
+                {
+                    Ok(d) => d,
+                    Err(e) => {
+                        tracing::warn!(%address, %remote, error = %e, "QUIC replier: bad request; stream reset");
+                        return;
+                    }
+                };
+                let (answer, reply) = oneshot::channel();
+                if tx.send((d, answer)).await.is_err() {
+                    return;
+                }
+                // The replier dropped the request (it was dropped itself,
+                // or the reply was refused): the stream is reset.
+                let Ok((env, in_flight)) = reply.await else {
+                    return;
+                };
+                // A requester that does not read a large reply holds up
+                // nobody else (its turn, at most); it has the stall
+                // timeout to take it. The buffer goes to quinn as it is.
+                match tokio::time::timeout(stall, send.send.write_chunk(env)).await {
+                    Ok(Ok(())) => {}
+                    // An asker that gave up: its reply has nowhere to go.
+                    Ok(Err(_)) => return,
+                    Err(_) => {
+                        tracing::warn!(%address, %remote, "QUIC replier: a requester did not read its reply within the stall timeout; stream reset");
+                        return;
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(%address, %remote, error = %e, "QUIC replier: bad request; stream reset");
-                    drop(Outgoing::new(send));
+                // Between exchanges the stream holds no turn, and the
+                // connection may be closed as idle. The reply counts as in
+                // flight until the asker's next request shows it was read,
+                // or the stream ends, or the replier drops (which then
+                // waits for it, up to LINGER).
+                let paused = token.pause();
+                let next = tokio::select! {
+                    biased;
+                    next = reader.fill(&address) => next,
+                    _ = tx.closed() => Ok(false),
+                };
+                match next {
+                    Ok(true) => drop(in_flight),
+                    // The asker ended the stream, or the replier is gone:
+                    // the stream ends, once what was sent is acknowledged.
+                    Ok(false) => {
+                        let stopped = send.send.stopped();
+                        send.done();
+                        let _ = tokio::time::timeout(LINGER, stopped).await;
+                        drop(in_flight);
+                        return;
+                    }
+                    Err(_) => return,
                 }
+                token = match paused.resume().await {
+                    Some(t) => t,
+                    None => return,
+                };
             }
         }
     })
@@ -217,7 +312,6 @@ impl QuicReplier {
             rx,
             endpoint,
             in_flight: Arc::new(()),
-            stall: opts.stall_timeout,
             address,
             id: PeerId::random().0,
             max_message: opts.max_message,
@@ -247,10 +341,9 @@ impl QuicReplier {
     where
         F: FnOnce(&Frame<'static>, &mut Reply<'_>) + Send,
     {
-        let (d, send, conn_token) = self.rx.recv().await.ok_or(Error::Closed)?;
-        // From here every way out resets the stream unless the reply is
-        // written: the asker learns at once (PeerGone), never waits.
-        let send = Outgoing::new(send);
+        let (d, reply) = self.rx.recv().await.ok_or(Error::Closed)?;
+        // From here every way out drops `reply`, which resets the stream:
+        // the asker learns at once (PeerGone), never waits.
         let peer = d.header.id;
         let req = d.into_frame()?.with_peer(peer);
         let mut env = Vec::with_capacity(HEADER_LEN + 256);
@@ -268,32 +361,12 @@ impl QuicReplier {
                 limit: self.max_message as u64,
             });
         }
-        // Written in the background, so a requester that does not read a
-        // large reply holds up nobody else; it has the stall timeout to
-        // take it. Until it has read it, the replier's drop waits for it
-        // (up to LINGER) before closing the connections. The buffer goes
-        // to quinn as it is (no copy).
+        // The stream's task writes it; until the asker has read it, the
+        // replier's drop waits for it (up to LINGER) before closing the
+        // connections.
         let h = crate::envelope::Header::new(Kind::Reply, b"", len, self.id)?;
         env[..HEADER_LEN].copy_from_slice(&h.encode());
-        let env = bytes::Bytes::from(env);
-        let (token, stall, address) = (self.in_flight.clone(), self.stall, self.address.clone());
-        tokio::spawn(async move {
-            let _in_progress = conn_token;
-            let mut send = send;
-            match tokio::time::timeout(stall, send.send.write_chunk(env)).await {
-                Ok(Ok(())) => {
-                    let stopped = send.send.stopped();
-                    send.done();
-                    let _ = tokio::time::timeout(LINGER, stopped).await;
-                }
-                // An asker that gave up: its reply has nowhere to go.
-                Ok(Err(_)) => {}
-                Err(_) => {
-                    tracing::warn!(%address, "QUIC replier: a requester did not read its reply within the stall timeout; stream reset");
-                }
-            }
-            drop(token);
-        });
+        let _ = reply.send((bytes::Bytes::from(env), self.in_flight.clone()));
         Ok(())
     }
 }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 const IDENTITY_MAGIC: &[u8] = b"shoal-quic-identity-1\n";
 
 /// The ALPN protocol of shoal over QUIC.
-pub const ALPN: &[u8] = b"shoal/1";
+pub const ALPN: &[u8] = b"shoal/2";
 
 fn tls_err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Io {
