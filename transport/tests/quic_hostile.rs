@@ -756,6 +756,31 @@ fn hostile_peers_do_not_stop_a_queue_serving_others() {
     });
 }
 
+/// One exchange on a kept stream, as a requester of this crate makes it:
+/// a request envelope, then the reply's, decoded from what comes.
+async fn exchange_on(
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    dec: &mut shoal_transport::envelope::Decoder,
+    payload: &[u8],
+) -> Result<Vec<u8>, String> {
+    send.write_all(&env(Kind::Request, payload, 5))
+        .await
+        .map_err(|e| e.to_string())?;
+    loop {
+        let c = tokio::time::timeout(5 * SEC, recv.read_chunk(1 << 16, true))
+            .await
+            .map_err(|_| "no reply within 5 s".to_string())?
+            .map_err(|e| e.to_string())?
+            .ok_or("the stream ended")?;
+        let (used, d) = dec.feed(&c.bytes).map_err(|e| e.to_string())?;
+        assert_eq!(used, c.bytes.len());
+        if let Some(d) = d {
+            return Ok(d.payload().to_vec());
+        }
+    }
+}
+
 /// A requester asking on one stream now and then, more often than the
 /// stall timeout, is never closed as idle: its stream holds no turn
 /// between two exchanges, but the exchanges count as the connection's
@@ -776,25 +801,53 @@ fn a_requester_asking_on_one_stream_more_often_than_the_stall_timeout_stays_conn
         let mut dec = Decoder::new(1 << 20);
         let t0 = Instant::now();
         for i in 0..12u32 {
-            send.write_all(&env(Kind::Request, &i.to_le_bytes(), 5))
+            let q = i.to_le_bytes();
+            let reply = exchange_on(&mut send, &mut recv, &mut dec, &q)
                 .await
-                .unwrap();
-            let reply = loop {
-                let c = tokio::time::timeout(5 * SEC, recv.read_chunk(1 << 16, true))
-                    .await
-                    .expect("a reply")
-                    .unwrap_or_else(|e| panic!("exchange {i} after {:?}: {e}", t0.elapsed()))
-                    .expect("the stream goes on");
-                let (used, d) = dec.feed(&c.bytes).unwrap();
-                assert_eq!(used, c.bytes.len());
-                if let Some(d) = d {
-                    break d;
-                }
-            };
-            assert_eq!(reply.payload(), &i.to_le_bytes());
+                .unwrap_or_else(|e| panic!("exchange {i} after {:?}: {e}", t0.elapsed()));
+            assert_eq!(reply, q);
             tokio::time::sleep(Duration::from_millis(130)).await;
         }
         assert!(conn.close_reason().is_none(), "{:?}", conn.close_reason());
         assert!(t0.elapsed() > Duration::from_millis(1200));
+    });
+}
+
+/// The end of an exchange counts as activity too: a requester whose
+/// requests each take longer than the stall timeout to answer, and that
+/// asks again a little less than the stall timeout after each reply, is
+/// not closed as idle in between (its reply, handed to quinn, has a whole
+/// stall timeout to arrive).
+#[test]
+fn slow_exchanges_with_pauses_shorter_than_the_stall_timeout_stay_connected() {
+    use shoal_transport::envelope::Decoder;
+    rt().block_on(async {
+        let o = Options::default().stall_timeout(Duration::from_millis(600));
+        let mut r = QuicReplier::bind(&"quic://127.0.0.1:0".parse().unwrap(), &o)
+            .await
+            .unwrap();
+        let a = r.address();
+        tokio::spawn(async move {
+            loop {
+                // The request waits in the queue meanwhile: in progress.
+                tokio::time::sleep(Duration::from_millis(900)).await;
+                if r.serve_one(|q| q.to_vec()).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let conn = raw(&a).await;
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        let mut dec = Decoder::new(1 << 20);
+        let t0 = Instant::now();
+        for i in 0..3u32 {
+            let q = i.to_le_bytes();
+            let reply = exchange_on(&mut send, &mut recv, &mut dec, &q)
+                .await
+                .unwrap_or_else(|e| panic!("exchange {i} after {:?}: {e}", t0.elapsed()));
+            assert_eq!(reply, q);
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+        assert!(conn.close_reason().is_none(), "{:?}", conn.close_reason());
     });
 }

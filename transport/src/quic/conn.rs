@@ -27,15 +27,17 @@ pub const MAX_STREAMS: u32 = 100;
 /// bytes in quinn's buffers, within the connection's receive window, give
 /// or take quinn's own slack): what a peer's streams can make this side
 /// hold, a message each of up to the largest size while it is decoded,
-/// queued or answered and not yet read, stays this many messages per
-/// connection, whatever the stream credit.
+/// queued or answered, stays this many messages per connection, whatever
+/// the stream credit. (Replies handed to quinn and not yet read are
+/// bounded by quinn's flow control instead: see [`InProgress`].)
 pub const SERVED: u32 = 16;
 /// A connection with no traffic for this long is dead (keep-alives flow
 /// every [`KEEP_ALIVE`] while both ends live).
 pub const IDLE: Duration = Duration::from_secs(5);
 /// Keep-alive interval.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(1);
-/// Longest a peer may take to send the envelope that opens a stream.
+/// Longest a peer may take to send an envelope once it began (the first
+/// of a stream: once the stream opened).
 pub const FIRST_ENVELOPE: Duration = Duration::from_secs(10);
 /// The TLS alert a handshake ends with when the two ends share no ALPN.
 const NO_APPLICATION_PROTOCOL: u8 = 120;
@@ -45,8 +47,9 @@ pub const CLOSED: u32 = 0;
 pub const EVICTED: u32 = 2;
 /// Application close code of a peer dropped for sending malformed data.
 pub const BAD_DATA: u32 = 3;
-/// Application close code of a connection closed for opening no stream
-/// for the stall timeout (a client reconnects on its next use).
+/// Application close code of a connection closed for doing nothing for
+/// the stall timeout (see [`streams`]; a client reconnects on its next
+/// use).
 pub const IDLE_CLOSE: u32 = 4;
 
 /// Whether `conn` was closed by its server for being idle
@@ -58,11 +61,16 @@ pub(crate) fn closed_idle(conn: &Connection) -> bool {
 /// A stream in progress, as [`streams`] hands it to `serve`: while it
 /// lives, the stream counts as in progress (its connection is not idle)
 /// and holds one of its connection's [`SERVED`] turns. Whoever answers
-/// the stream keeps it until the answer is written (a request waiting for
-/// a slow replier keeps its connection; a reply its asker does not read
-/// keeps its turn, so a connection's unread replies are SERVED at most).
+/// the stream keeps it until the answer is handed to quinn (a request
+/// waiting for a slow replier keeps its connection; a reply that does not
+/// fit in the asker's receive window keeps its turn until it does, or
+/// until the stall timeout resets its stream).
+///
 /// A stream that carries many exchanges gives its turn back between two
-/// ([`pause`](Self::pause)) and waits for one again when the next begins.
+/// ([`pause`](Self::pause)) and waits for one again when the next begins
+/// ([`Paused::resume`]). Replies handed over and not yet read are then
+/// bounded by quinn's flow control: the asker's receive window, and the
+/// connection's send window.
 pub(crate) struct InProgress {
     open: Arc<Activity>,
     turns: Arc<tokio::sync::Semaphore>,
@@ -77,17 +85,44 @@ pub(crate) struct Paused {
 }
 
 /// What [`streams`] knows of its connection's streams: the strong count
-/// of the `Arc` holding it is one plus the streams in progress; `begun`
-/// counts the turns taken, so a connection whose streams were busy since
-/// the last look is not idle even if none is at the moment.
+/// of the `Arc` holding it is one plus the streams in progress.
 #[derive(Default)]
-struct Activity {
-    begun: std::sync::atomic::AtomicU64,
+struct Activity(std::sync::Mutex<Tally>);
+
+#[derive(Default)]
+struct Tally {
+    /// Exchanges begun or ended: a connection whose streams did something
+    /// since the last look is not idle, even if none is in progress at
+    /// the moment.
+    changes: u64,
+    /// Closed as idle: no exchange begins any more (so a request never
+    /// runs on a connection its asker will find closed as idle, and asks
+    /// again on another).
+    closed: bool,
+}
+
+impl Activity {
+    fn tally(&self) -> std::sync::MutexGuard<'_, Tally> {
+        // A panic while the lock is held leaves a tally that is still
+        // whole (two plain fields).
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts an exchange begun or ended; `false` once closed as idle.
+    fn mark(&self) -> bool {
+        let mut t = self.tally();
+        t.changes += 1;
+        !t.closed
+    }
 }
 
 impl InProgress {
-    /// Gives the turn back until [`Paused::resume`].
+    /// Gives the turn back until [`Paused::resume`]. The end of the
+    /// exchange counts as the connection's activity: it is closed as idle
+    /// a whole stall timeout after it at the earliest, time for the reply
+    /// handed to quinn to reach the asker.
     pub fn pause(self) -> Paused {
+        self.open.mark();
         Paused {
             open: Arc::downgrade(&self.open),
             turns: self.turns.clone(),
@@ -96,13 +131,15 @@ impl InProgress {
 }
 
 impl Paused {
-    /// Waits for a turn again; `None` once the connection's streams are
-    /// no longer served (it ended).
+    /// Takes the stream's next exchange in progress and waits for a turn
+    /// for it; `None` once the connection's streams are no longer served
+    /// (it ended, or was closed as idle).
     pub async fn resume(self) -> Option<InProgress> {
         let open = self.open.upgrade()?;
+        if !open.mark() {
+            return None;
+        }
         let turn = self.turns.clone().acquire_owned().await.ok()?;
-        open.begun
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Some(InProgress {
             open,
             turns: self.turns,
@@ -114,9 +151,11 @@ impl Paused {
 /// Accepts the streams a client opens on `conn` until it ends, each
 /// served on a task of its own, [`SERVED`] at a time: a stream's task
 /// waits for a turn before it calls `serve`, and the turn goes with the
-/// [`InProgress`] token. A connection with no stream in progress that
-/// began none for `idle` (a peer that connects and sends nothing) is
-/// closed ([`IDLE_CLOSE`]); a stream waiting for its turn is in progress.
+/// [`InProgress`] token. A connection closed as idle ([`IDLE_CLOSE`]) is
+/// one that, at two looks `idle` apart (a peer that connects and sends
+/// nothing: after `idle` to twice that), had no stream in progress and
+/// had begun or ended no exchange in between; a stream waiting for its
+/// turn is in progress.
 pub(crate) async fn streams<F, Fut>(conn: Connection, idle: Duration, address: &Address, serve: F)
 where
     F: Fn(SendStream, RecvStream, InProgress) -> Fut + Send + Sync + 'static,
@@ -129,12 +168,12 @@ where
     loop {
         match tokio::time::timeout(idle, conn.accept_bi()).await {
             Ok(Ok((mut send, recv))) => {
+                // Counted in progress from here (the strong count).
                 let (serve, turns, open) = (serve.clone(), turns.clone(), open.clone());
                 tokio::spawn(async move {
                     match turns.clone().acquire_owned().await {
                         Ok(turn) => {
-                            open.begun
-                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            open.mark();
                             let token = InProgress {
                                 open,
                                 turns,
@@ -152,13 +191,18 @@ where
             }
             Ok(Err(_)) => return,
             Err(_) => {
-                let begun = open.begun.load(std::sync::atomic::Ordering::Relaxed);
-                if Arc::strong_count(&open) == 1 && begun == seen {
+                // Under the tally's lock, so that a paused stream either
+                // resumed before (and counts) or finds the connection
+                // closed and does not begin its exchange.
+                let mut t = open.tally();
+                if Arc::strong_count(&open) == 1 && t.changes == seen {
+                    t.closed = true;
+                    drop(t);
                     tracing::info!(%address, remote = %conn.remote_address(), ?idle, "QUIC: a peer began nothing for the stall timeout; connection closed");
                     conn.close(VarInt::from_u32(IDLE_CLOSE), b"idle");
                     return;
                 }
-                seen = begun;
+                seen = t.changes;
             }
         }
     }
@@ -381,20 +425,6 @@ pub(crate) async fn connect(address: &Address, opts: &Options) -> Result<Client>
                     address: address.clone(),
                 })
             }
-            Ok(Err(ConnectionError::TransportError(e)))
-                if e.code.to_string().contains("crypto")
-                    || e.to_string().contains("certificate") =>
-            {
-                return Err(Error::Io {
-                    what: format!(
-                        "connecting to {address}: the server's certificate does not match the pin"
-                    ),
-                    source: std::io::Error::new(
-                        std::io::ErrorKind::PermissionDenied,
-                        e.to_string(),
-                    ),
-                })
-            }
             // The TLS alert no_application_protocol (120), raised by
             // either side: the ALPNs differ, so the peer is another
             // version of shoal (or not shoal at all).
@@ -408,6 +438,20 @@ pub(crate) async fn connect(address: &Address, opts: &Options) -> Result<Client>
                     source: std::io::Error::new(
                         std::io::ErrorKind::InvalidData,
                         "no application protocol in common",
+                    ),
+                })
+            }
+            Ok(Err(ConnectionError::TransportError(e)))
+                if e.code.to_string().contains("crypto")
+                    || e.to_string().contains("certificate") =>
+            {
+                return Err(Error::Io {
+                    what: format!(
+                        "connecting to {address}: the server's certificate does not match the pin"
+                    ),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::PermissionDenied,
+                        e.to_string(),
                     ),
                 })
             }

@@ -1,9 +1,9 @@
 //! Request/reply over QUIC: a requester asks on one bidirectional stream
 //! that it keeps, one exchange after another, so a reply needs no
 //! routing: it goes back on the stream its request came on. A request
-//! cut short (cancelled, or failed) leaves its stream reset, and the next
-//! request opens a new one, so a late reply never answers the wrong
-//! question. The replier takes requests from all its connections through
+//! cut short (cancelled, or failed) drops its stream, which resets it,
+//! and the next request opens a new one, so a late reply never answers
+//! the wrong question. The replier takes requests from all its connections through
 //! one queue; a request whose asker gave up gets nowhere with its reply,
 //! and that is all. A requester whose connection broke connects again on
 //! its next request.
@@ -40,9 +40,6 @@ struct Exchanges {
     reader: Reader,
     /// The connection it belongs to (`stable_id`).
     conn: usize,
-    /// An exchange began and did not end (it was cancelled): the stream
-    /// may yet carry its reply, so it is not used again.
-    busy: bool,
 }
 
 impl std::fmt::Debug for QuicRequester {
@@ -84,8 +81,12 @@ impl QuicRequester {
             });
         }
         // Twice at most: a connection the replier closed as idle just as
-        // this request began is made again, and the request asked again
-        // (the replier had no stream open, so it never saw the first).
+        // this request began is made again, and the request asked again.
+        // A connection closed as idle had no exchange in progress, and
+        // none begins on it after, so the replier never took the first
+        // request (unless an earlier reply took longer than the stall
+        // timeout to arrive after it was handed to quinn: the replier
+        // counts that long from an exchange's end).
         for attempt in 0..2 {
             conn::reconnect_if_lost(&mut self.client, &self.opts).await?;
             match self.ask(payload).await {
@@ -101,16 +102,11 @@ impl QuicRequester {
     async fn ask(&mut self, payload: &[u8]) -> Result<Frame<'static>> {
         let a = self.client.address.clone();
         let conn = self.client.conn.stable_id();
-        // A stream left mid-exchange, or on a connection since replaced,
-        // is dropped (reset): the replier sees it end.
-        if self
-            .stream
-            .as_ref()
-            .is_some_and(|s| s.busy || s.conn != conn)
-        {
-            self.stream = None;
-        }
-        let s = match &mut self.stream {
+        // Taken out for the exchange and put back once it ended well: an
+        // exchange cancelled or failed drops its stream, which resets it
+        // (the replier sees it end, and its late reply goes nowhere). A
+        // stream of a connection since replaced is dropped too.
+        let mut s = match self.stream.take().filter(|s| s.conn == conn) {
             Some(s) => s,
             None => {
                 let (send, recv) = self
@@ -119,30 +115,18 @@ impl QuicRequester {
                     .open_bi()
                     .await
                     .map_err(|e| conn::lost(&e, &a))?;
-                self.stream.insert(Box::new(Exchanges {
+                Box::new(Exchanges {
                     send: Outgoing::new(send),
                     reader: Reader::new(recv, self.opts.max_message),
                     conn,
-                    busy: false,
-                }))
+                })
             }
         };
-        s.busy = true;
-        let exchange = async {
-            conn::write(&mut s.send.send, Kind::Request, b"", payload, self.id, &a).await?;
-            s.reader.expect(Kind::Reply, Duration::MAX, &a).await
-        };
-        match exchange.await {
-            Ok(d) => {
-                s.busy = false;
-                let peer = d.header.id;
-                Ok(d.into_frame()?.with_peer(peer))
-            }
-            Err(e) => {
-                self.stream = None;
-                Err(e)
-            }
-        }
+        conn::write(&mut s.send.send, Kind::Request, b"", payload, self.id, &a).await?;
+        let d = s.reader.expect(Kind::Reply, Duration::MAX, &a).await?;
+        self.stream = Some(s);
+        let peer = d.header.id;
+        Ok(d.into_frame()?.with_peer(peer))
     }
 }
 
@@ -236,7 +220,15 @@ async fn connection(
                 }
                 // The replier dropped the request (it was dropped itself,
                 // or the reply was refused): the stream is reset.
-                let Ok((env, in_flight)) = reply.await else {
+                // Awaited with the queue's closing: a request pushed into
+                // the queue just as the replier dropped (after its drain)
+                // is never dropped, nor answered.
+                let answered = tokio::select! {
+                    biased;
+                    r = reply => r.ok(),
+                    _ = tx.closed() => None,
+                };
+                let Some((env, in_flight)) = answered else {
                     return;
                 };
                 // A requester that does not read a large reply holds up
@@ -252,8 +244,10 @@ async fn connection(
                     }
                 }
                 // Between exchanges the stream holds no turn, and the
-                // connection may be closed as idle. The reply counts as in
-                // flight until the asker's next request shows it was read,
+                // connection may be closed as idle (a stall timeout after
+                // this at the earliest). The reply counts as in flight
+                // until the next bytes come on the stream (a requester of
+                // this crate sends them only once it has read the reply),
                 // or the stream ends, or the replier drops (which then
                 // waits for it, up to LINGER).
                 let paused = token.pause();
