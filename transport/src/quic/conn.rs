@@ -29,7 +29,7 @@ pub const MAX_STREAMS: u32 = 100;
 /// hold, a message each of up to the largest size while it is decoded,
 /// queued or answered, stays this many messages per connection, whatever
 /// the stream credit. (Replies handed to quinn and not yet read are
-/// bounded by quinn's flow control instead: see [`InProgress`].)
+/// bounded by quinn's flow control instead.)
 pub const SERVED: u32 = 16;
 /// A connection with no traffic for this long is dead (keep-alives flow
 /// every [`KEEP_ALIVE`] while both ends live).
@@ -48,8 +48,9 @@ pub const EVICTED: u32 = 2;
 /// Application close code of a peer dropped for sending malformed data.
 pub const BAD_DATA: u32 = 3;
 /// Application close code of a connection closed for doing nothing for
-/// the stall timeout (see [`streams`]; a client reconnects on its next
-/// use).
+/// the stall timeout: at two looks a stall timeout apart, no stream in
+/// progress and no exchange begun or ended in between (a client
+/// reconnects on its next use).
 pub const IDLE_CLOSE: u32 = 4;
 
 /// Whether `conn` was closed by its server for being idle
