@@ -26,8 +26,9 @@
 //! `transport quinn-raw --size B --iters N`: the peer: raw quinn, one
 //! bidirectional stream, the requester writes B bytes and reads B back
 //! (the floor of request/reply over QUIC: no framing, no stream per
-//! request), same TLS (ring, TLS 1.3). With `--stream-per-request`: a
-//! bidirectional stream per request, as shoal's QUIC request/reply does
+//! request; shoal's QUIC request/reply also keeps one stream per
+//! requester), same TLS (ring, TLS 1.3). With `--stream-per-request`: a
+//! bidirectional stream per request, as shoal's did until 2026-12-03
 //! (mode `stream-per-request`).
 //!
 //! `transport tcp-raw --size B --iters N`: the reference: plain tokio TCP,

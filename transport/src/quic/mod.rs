@@ -15,7 +15,8 @@
 //!   backpressure.
 //! - [`pushpull`]: a queue at the binding puller; a stream per push and per
 //!   acknowledged pull.
-//! - [`reqrep`]: a stream per request.
+//! - [`reqrep`]: one stream per requester, kept from one exchange to the
+//!   next (a cancelled exchange resets it).
 //! - [`wire`]: all of it as a [`Wire`](crate::Wire).
 //!
 //! Received payloads arrive in chunks at any alignment; the decoder
