@@ -781,6 +781,41 @@ async fn exchange_on(
     }
 }
 
+/// Binds an echoing replier with stall timeout `stall`, which waits
+/// `delay` before it takes each request (the request is in progress
+/// meanwhile), and asks it `n` times on one kept stream of a raw
+/// connection, `pause` after each reply; whether the connection is still
+/// open after.
+async fn ask_on_one_stream(stall: Duration, delay: Duration, n: u32, pause: Duration) -> bool {
+    use shoal_transport::envelope::Decoder;
+    let o = Options::default().stall_timeout(stall);
+    let mut r = QuicReplier::bind(&"quic://127.0.0.1:0".parse().unwrap(), &o)
+        .await
+        .unwrap();
+    let a = r.address();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(delay).await;
+            if r.serve_one(|q| q.to_vec()).await.is_err() {
+                return;
+            }
+        }
+    });
+    let conn = raw(&a).await;
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let mut dec = Decoder::new(1 << 20);
+    let t0 = Instant::now();
+    for i in 0..n {
+        let q = i.to_le_bytes();
+        let reply = exchange_on(&mut send, &mut recv, &mut dec, &q)
+            .await
+            .unwrap_or_else(|e| panic!("exchange {i} after {:?}: {e}", t0.elapsed()));
+        assert_eq!(reply, q);
+        tokio::time::sleep(pause).await;
+    }
+    conn.close_reason().is_none()
+}
+
 /// A requester asking on one stream now and then, more often than the
 /// stall timeout, is never closed as idle: its stream holds no turn
 /// between two exchanges, but the exchanges count as the connection's
@@ -788,29 +823,9 @@ async fn exchange_on(
 /// [`idle_connections_are_closed_and_clients_come_back`].)
 #[test]
 fn a_requester_asking_on_one_stream_more_often_than_the_stall_timeout_stays_connected() {
-    use shoal_transport::envelope::Decoder;
-    rt().block_on(async {
-        let o = Options::default().stall_timeout(Duration::from_millis(300));
-        let mut r = QuicReplier::bind(&"quic://127.0.0.1:0".parse().unwrap(), &o)
-            .await
-            .unwrap();
-        let a = r.address();
-        tokio::spawn(async move { while r.serve_one(|q| q.to_vec()).await.is_ok() {} });
-        let conn = raw(&a).await;
-        let (mut send, mut recv) = conn.open_bi().await.unwrap();
-        let mut dec = Decoder::new(1 << 20);
-        let t0 = Instant::now();
-        for i in 0..12u32 {
-            let q = i.to_le_bytes();
-            let reply = exchange_on(&mut send, &mut recv, &mut dec, &q)
-                .await
-                .unwrap_or_else(|e| panic!("exchange {i} after {:?}: {e}", t0.elapsed()));
-            assert_eq!(reply, q);
-            tokio::time::sleep(Duration::from_millis(130)).await;
-        }
-        assert!(conn.close_reason().is_none(), "{:?}", conn.close_reason());
-        assert!(t0.elapsed() > Duration::from_millis(1200));
-    });
+    let ms = Duration::from_millis;
+    let open = rt().block_on(ask_on_one_stream(ms(300), ms(0), 12, ms(130)));
+    assert!(open, "closed as idle");
 }
 
 /// The end of an exchange counts as activity too: a requester whose
@@ -820,34 +835,7 @@ fn a_requester_asking_on_one_stream_more_often_than_the_stall_timeout_stays_conn
 /// stall timeout to arrive).
 #[test]
 fn slow_exchanges_with_pauses_shorter_than_the_stall_timeout_stay_connected() {
-    use shoal_transport::envelope::Decoder;
-    rt().block_on(async {
-        let o = Options::default().stall_timeout(Duration::from_millis(600));
-        let mut r = QuicReplier::bind(&"quic://127.0.0.1:0".parse().unwrap(), &o)
-            .await
-            .unwrap();
-        let a = r.address();
-        tokio::spawn(async move {
-            loop {
-                // The request waits in the queue meanwhile: in progress.
-                tokio::time::sleep(Duration::from_millis(900)).await;
-                if r.serve_one(|q| q.to_vec()).await.is_err() {
-                    return;
-                }
-            }
-        });
-        let conn = raw(&a).await;
-        let (mut send, mut recv) = conn.open_bi().await.unwrap();
-        let mut dec = Decoder::new(1 << 20);
-        let t0 = Instant::now();
-        for i in 0..3u32 {
-            let q = i.to_le_bytes();
-            let reply = exchange_on(&mut send, &mut recv, &mut dec, &q)
-                .await
-                .unwrap_or_else(|e| panic!("exchange {i} after {:?}: {e}", t0.elapsed()));
-            assert_eq!(reply, q);
-            tokio::time::sleep(Duration::from_millis(400)).await;
-        }
-        assert!(conn.close_reason().is_none(), "{:?}", conn.close_reason());
-    });
+    let ms = Duration::from_millis;
+    let open = rt().block_on(ask_on_one_stream(ms(600), ms(900), 3, ms(400)));
+    assert!(open, "closed as idle");
 }
