@@ -3,10 +3,10 @@
 //! routing: it goes back on the stream its request came on. A request
 //! cut short (cancelled, or failed) drops its stream, which resets it,
 //! and the next request opens a new one, so a late reply never answers
-//! the wrong question. The replier takes requests from all its connections through
-//! one queue; a request whose asker gave up gets nowhere with its reply,
-//! and that is all. A requester whose connection broke connects again on
-//! its next request.
+//! the wrong question. The replier takes requests from all its
+//! connections through one queue; a request whose asker gave up gets
+//! nowhere with its reply, and that is all. A requester whose connection
+//! broke connects again on its next request.
 //!
 //! Keeping the stream spares each exchange the stream's opening and
 //! closing (quinn's per-stream state, and the credit frames that retiring
@@ -195,12 +195,11 @@ async fn connection(
 ) {
     let remote = conn.remote_address();
     let a = address.clone();
-    conn::streams(conn, stall, &a, move |send, recv, token| {
+    conn::streams(conn, stall, &a, move |send, recv, mut token| {
         let (tx, address) = (tx.clone(), address.clone());
         async move {
             let mut send = Outgoing::new(send);
             let mut reader = Reader::new(recv, max);
-            let mut token = token;
             // From here every way out resets the stream unless it ended
             // cleanly: an asker learns at once (PeerGone), never waits.
             loop {
@@ -218,11 +217,10 @@ async fn connection(
                 if tx.send((d, answer)).await.is_err() {
                     return;
                 }
-                // The replier dropped the request (it was dropped itself,
-                // or the reply was refused): the stream is reset.
-                // Awaited with the queue's closing: a request pushed into
-                // the queue just as the replier dropped (after its drain)
-                // is never dropped, nor answered.
+                // No reply (the replier refused it, or was dropped) resets
+                // the stream. The queue's closing is watched too: a request
+                // pushed just as the replier dropped, after its drain, is
+                // never dropped nor answered.
                 let answered = tokio::select! {
                     biased;
                     r = reply => r.ok(),
