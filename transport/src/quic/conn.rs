@@ -153,10 +153,10 @@ impl Paused {
 /// served on a task of its own, [`SERVED`] at a time: a stream's task
 /// waits for a turn before it calls `serve`, and the turn goes with the
 /// [`InProgress`] token. A connection closed as idle ([`IDLE_CLOSE`]) is
-/// one that, at two looks `idle` apart (a peer that connects and sends
-/// nothing: after `idle` to twice that), had no stream in progress and
-/// had begun or ended no exchange in between; a stream waiting for its
-/// turn is in progress.
+/// one that, at a look every `idle`, had no stream in progress and had
+/// begun or ended no exchange since the look before (a peer that
+/// connects and sends nothing: at the first look, after `idle`); a
+/// stream waiting for its turn is in progress.
 pub(crate) async fn streams<F, Fut>(conn: Connection, idle: Duration, address: &Address, serve: F)
 where
     F: Fn(SendStream, RecvStream, InProgress) -> Fut + Send + Sync + 'static,
@@ -174,6 +174,8 @@ where
                 tokio::spawn(async move {
                     match turns.clone().acquire_owned().await {
                         Ok(turn) => {
+                            // Never closed yet: the strong count taken
+                            // above keeps the idle look from closing.
                             open.mark();
                             let token = InProgress {
                                 open,
@@ -195,12 +197,16 @@ where
                 // Under the tally's lock, so that a paused stream either
                 // resumed before (and counts) or finds the connection
                 // closed and does not begin its exchange.
+                // The close is issued under the lock too: a stream that
+                // then finds the connection closed resets only after it,
+                // so its asker sees the idle close (and asks again), not
+                // a reset stream.
                 let mut t = open.tally();
                 if Arc::strong_count(&open) == 1 && t.changes == seen {
                     t.closed = true;
+                    conn.close(VarInt::from_u32(IDLE_CLOSE), b"idle");
                     drop(t);
                     tracing::info!(%address, remote = %conn.remote_address(), ?idle, "QUIC: a peer began nothing for the stall timeout; connection closed");
-                    conn.close(VarInt::from_u32(IDLE_CLOSE), b"idle");
                     return;
                 }
                 seen = t.changes;
