@@ -333,13 +333,16 @@ fn rank(op: &str, a: &Args) -> Result<(), String> {
                 // come later: the rank waits for tasks of others that
                 // could come back, and on this oversubscribed host for
                 // its turn on a core).
+                // A rank that found none left finished nothing: its end
+                // is no finish (0), and its start is no hand-out (the
+                // latest start of any rank at most).
                 let mut had = false;
-                let end = loop {
+                let (t, end) = loop {
                     let before = mono_ns();
                     match b.next_task().map_err(e)? {
                         Some(_) => had = true,
-                        None if had => break before,
-                        None => break t,
+                        None if had => break (t, before),
+                        None => break (u64::MAX, 0),
                     }
                 };
                 b.finish_all().map_err(e)?;
