@@ -17,6 +17,9 @@
 //! - [`error`]: the crate's [`Error`].
 //! - `agree` (internal): a rank that cannot do its part of a set-up
 //!   fails every rank at once, naming it.
+//! - `ticket` (internal): the protocol of the host's locks (a FIFO
+//!   ticket lock in shared memory, robust to its holder's death), with
+//!   its loom models.
 //!
 //! ```
 //! use shoal_collectives::Group;
@@ -42,6 +45,7 @@ pub mod launcher;
 pub mod lock;
 mod node;
 pub mod rendezvous;
+mod ticket;
 pub mod value;
 
 pub use array::{ArrayRead, Element, SharedArray};

@@ -101,6 +101,8 @@ impl std::fmt::Debug for Lock {
 pub struct LockGuard<'a> {
     lock: &'a Lock,
     died: Option<(u32, u32)>,
+    /// The dead holder's place on the host (a host lock's grant only).
+    died_place: Option<u32>,
     consistent: bool,
     ticket: u64,
     turn: u64,
@@ -140,7 +142,7 @@ impl Drop for LockGuard<'_> {
             // this one, after a clean grant).
             Some(self.died.unwrap_or((self.lock.rank, std::process::id())))
         };
-        if let Err(e) = self.lock.unlock(self.consistent, died) {
+        if let Err(e) = self.lock.unlock(self.consistent, died, self.died_place) {
             tracing::warn!(lock = %self.lock.name, error = %e, "shoal lock: giving the lock back failed (it passes on when this process's connection closes)");
         }
     }
@@ -268,6 +270,7 @@ impl Lock {
                 match node.lock(*slot, left, self.notice, &who) {
                     Some(grant) => {
                         g.died = grant.died;
+                        g.died_place = grant.died_place;
                         g.consistent = grant.died.is_none();
                         g.ticket = grant.ticket;
                         g.turn = grant.ticket;
@@ -317,6 +320,7 @@ impl Lock {
         Some(LockGuard {
             lock: self,
             died: None,
+            died_place: None,
             consistent: true,
             ticket,
             turn,
@@ -360,6 +364,7 @@ impl Lock {
                     return Ok(Some(LockGuard {
                         lock: self,
                         died,
+                        died_place: None,
                         consistent: died.is_none(),
                         ticket,
                         turn,
@@ -387,7 +392,16 @@ impl Lock {
         }
     }
 
-    fn unlock(&self, consistent: bool, died: Option<(u32, u32)>) -> Result<()> {
+    /// Gives the lock back: `died` names the dead holder (or this one) to
+    /// the next holder when not `consistent`; `died_place` is that
+    /// holder's place on the host, if it was told by the host's lock
+    /// (`None`: this one's).
+    fn unlock(
+        &self,
+        consistent: bool,
+        died: Option<(u32, u32)>,
+        died_place: Option<u32>,
+    ) -> Result<()> {
         match &self.via {
             Via::Local(l) => {
                 Self::release_local(l);
@@ -396,7 +410,8 @@ impl Lock {
             Via::Shm {
                 node, slot, local, ..
             } => {
-                node.unlock(*slot, died);
+                let place = died.map(|_| died_place.unwrap_or_else(|| node.place()));
+                node.unlock(*slot, place);
                 Self::release_local(local);
                 Ok(())
             }

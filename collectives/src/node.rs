@@ -26,11 +26,13 @@
 //! | page after those | the broadcast buffer |
 
 use crate::error::{Error, Result};
+use crate::ticket::Ticketing;
 use shoal_shm_ring::{futex_wait, futex_wake, SegmentName, SharedRegion};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-const MAGIC: u64 = 0x5348_4f41_4c4e_4f44; // "SHOALNOD"
+/// "SHOALND2": the second layout (locks marked with their tickets).
+const MAGIC: u64 = 0x5348_4f41_4c4e_4432;
 /// Set once a rank's group broke (an earlier collective failed on it):
 /// every wait of the host's ranks ends failed from then on.
 const BROKEN: usize = 24;
@@ -144,10 +146,11 @@ const LOCK: usize = 128;
 /// The lock's name (its hash), claimed once.
 const L_NAME: usize = 0;
 const L_NEXT: usize = 8;
+/// The holder's mark (its place and ticket).
 const L_HOLDER: usize = 16;
+/// A dead holder's record (its place, and the ticket it is for).
 const L_DIED: usize = 24;
 const L_SINCE: usize = 32;
-const L_DIED_FOR: usize = 40;
 /// The last ticket granted (a record is for a ticket after it).
 const L_GRANTED: usize = 48;
 const L_SERVING: usize = 64;
@@ -234,6 +237,12 @@ impl Node {
             yield_for: yield_for(local),
         };
         n.hold()?;
+        // A place is free to attach only once its last process is gone:
+        // tickets that process held or waited with are given up (a dead
+        // holder's mark still names it to the next holder).
+        for slot in 0..LOCKS {
+            n.ticket_of(me, slot).store(0, Ordering::SeqCst);
+        }
         Ok(n)
     }
 
@@ -674,6 +683,49 @@ impl Node {
         None
     }
 
+    /// Lock `slot`'s words as this place sees them (the protocol: see
+    /// [`crate::ticket`]).
+    fn ticketing<'a>(
+        &'a self,
+        slot: usize,
+    ) -> Ticketing<'a, AtomicU64, impl Fn(u32) -> &'a AtomicU64, impl Fn(u32) -> bool + 'a> {
+        Ticketing {
+            next: self.lock_u64(slot, L_NEXT),
+            serving: self.lock_u64(slot, L_SERVING),
+            holder: self.lock_u64(slot, L_HOLDER),
+            record: self.lock_u64(slot, L_DIED),
+            granted: self.lock_u64(slot, L_GRANTED),
+            tickets: move |p| self.ticket_of(p, slot),
+            alive: move |p| self.region.held(p),
+            places: self.local,
+            me: self.me,
+        }
+    }
+
+    /// Lock `slot`'s served ticket moved: its waiters look again.
+    fn moved(&self, slot: usize) {
+        let word = self.lock_u32(slot, L_WORD);
+        word.fetch_add(1, Ordering::SeqCst);
+        Node::wake(word, self.lock_u32(slot, L_SLEEPERS), u32::MAX);
+    }
+
+    /// Skips lock `slot`'s ticket `sv` if its place is gone (see
+    /// [`Ticketing::skip_gone`]), naming a dead holder in the log.
+    fn skip_gone(&self, slot: usize, sv: u64, who: &dyn Fn(u32) -> (u32, u32)) {
+        let s = self.ticketing(slot).skip_gone(sv);
+        if let Some(p) = s.died {
+            let (rank, pid) = who(p);
+            tracing::warn!(
+                rank,
+                pid,
+                "shoal lock: its holder died holding it; passed on marked"
+            );
+        }
+        if s.moved {
+            self.moved(slot);
+        }
+    }
+
     /// Takes lock `slot` as this place: waits up to `wait` (`None`:
     /// forever; zero: only if free now). `who` names a place's rank and
     /// pid; a holder kept past `notice` is logged once, named.
@@ -684,28 +736,21 @@ impl Node {
         notice: Duration,
         who: &dyn Fn(u32) -> (u32, u32),
     ) -> Option<ShmGrant> {
-        let next = self.lock_u64(slot, L_NEXT);
-        let serving = self.lock_u64(slot, L_SERVING);
+        let l = self.ticketing(slot);
         let word = self.lock_u32(slot, L_WORD);
         let sleepers = self.lock_u32(slot, L_SLEEPERS);
-        let mine = self.ticket_of(self.me, slot);
         if wait == Some(Duration::ZERO) {
             // Tickets of waiters that gave up or died are skipped first:
             // only a live holder or waiter makes the lock busy.
-            loop {
-                let sv = serving.load(Ordering::SeqCst);
-                if next.load(Ordering::SeqCst) == sv {
-                    break;
-                }
-                self.skip_dead(slot, sv, who);
-                if serving.load(Ordering::SeqCst) == sv {
-                    return None;
-                }
+            let (free, moved) = l.free_now();
+            if moved {
+                self.moved(slot);
+            }
+            if !free {
+                return None;
             }
         }
-        mine.store(u64::MAX, Ordering::SeqCst);
-        let t = next.fetch_add(1, Ordering::SeqCst);
-        mine.store(t + 1, Ordering::SeqCst);
+        let t = l.take();
         // The clock is read once the spin is over, unless the wait has a
         // deadline (a hand-off within the spin reads it not at all).
         let mut start = wait.map(|_| Instant::now());
@@ -716,7 +761,7 @@ impl Node {
             // The futex word counts the moves of `serving`: read first, a
             // move after it changes it, so a park on it misses none.
             let w = word.load(Ordering::SeqCst);
-            let sv = serving.load(Ordering::SeqCst);
+            let sv = l.serving();
             if sv == t {
                 break;
             }
@@ -727,25 +772,19 @@ impl Node {
             let now = Instant::now();
             let start = *start.get_or_insert(now);
             if end.is_some_and(|e| now >= e) {
-                mine.store(0, Ordering::SeqCst);
-                // Granted meanwhile: pass it on (a skipper may have).
-                if serving
-                    .compare_exchange(t, t + 1, Ordering::SeqCst, Ordering::SeqCst)
-                    .is_ok()
-                {
-                    word.fetch_add(1, Ordering::SeqCst);
-                    Node::wake(word, sleepers, u32::MAX);
+                // Granted meanwhile: passed on (a skipper may have).
+                if l.give_up(t) {
+                    self.moved(slot);
                 }
                 return None;
             }
             // Past the spin: the served ticket's place is looked at (a
             // lease query per place, so not on every look).
-            self.skip_dead(slot, sv, who);
+            self.skip_gone(slot, sv, who);
             if !noticed && now - start >= notice {
                 noticed = true;
-                let h = self.lock_u32(slot, L_HOLDER).load(Ordering::Relaxed);
-                if h != 0 && h <= self.local {
-                    let (rank, pid) = who(h - 1);
+                if let Some(h) = l.holder().filter(|h| *h < self.local) {
+                    let (rank, pid) = who(h);
                     let since = self.lock_u64(slot, L_SINCE).load(Ordering::Relaxed);
                     tracing::warn!(
                         "shoal lock: rank {rank} (pid {pid}) has held the lock for {:?}; rank {} waits",
@@ -767,135 +806,28 @@ impl Node {
             }
             sleepers.fetch_sub(1, Ordering::SeqCst);
         }
-        self.lock_u32(slot, L_HOLDER)
-            .store(self.me + 1, Ordering::SeqCst);
+        let died = l.grant(t);
         self.lock_u64(slot, L_SINCE)
             .store(mono_ns(), Ordering::Relaxed);
-        // A dead holder's record, if it is meant for this ticket or one
-        // between the last grant and this one (it is written before
-        // `serving` moves to the ticket it names; a ticket skipped since,
-        // its waiter gone or timed out, leaves it to the next holder,
-        // which takes it: the state stays suspect until a holder is
-        // told). Not one for a ticket granted before: a skipper that
-        // stalled writes its record late, for the ticket after the dead
-        // holder's, which was granted (and told) already. Taken once.
-        let before = self.lock_u64(slot, L_GRANTED).swap(t, Ordering::SeqCst);
-        let died_for = self.lock_u64(slot, L_DIED_FOR).load(Ordering::SeqCst);
-        let record = self.lock_u64(slot, L_DIED);
-        let fresh = died_for > before && died_for <= t;
-        let died = if fresh && record.load(Ordering::SeqCst) != 0 {
-            record.swap(0, Ordering::SeqCst)
-        } else {
-            0
-        };
-        let died = (died >> 32)
-            .checked_sub(1)
-            .map(|rank| (rank as u32, died as u32));
-        Some(ShmGrant { died, ticket: t })
+        Some(ShmGrant {
+            died: died.map(who),
+            died_place: died,
+            ticket: t,
+        })
     }
 
-    /// Skips ticket `sv` of lock `slot` if its place is gone, or nobody
-    /// holds it (a waiter that gave up); a gone holder is recorded as
-    /// died.
-    fn skip_dead(&self, slot: usize, sv: u64, who: &dyn Fn(u32) -> (u32, u32)) {
-        let serving = self.lock_u64(slot, L_SERVING);
-        let mut owner = None;
-        for p in 0..self.local {
-            let t = self.ticket_of(p, slot).load(Ordering::SeqCst);
-            let alive = p == self.me || self.region.held(p);
-            if t == u64::MAX && alive {
-                // Taking a ticket now: it may be this one.
-                return;
-            }
-            if t == sv + 1 {
-                owner = Some((p, alive));
-                break;
-            }
-        }
-        match owner {
-            Some((_, true)) => {}
-            Some((p, false)) => {
-                let holder = self.lock_u32(slot, L_HOLDER);
-                if holder.load(Ordering::SeqCst) == p + 1 {
-                    // Recorded for the next ticket before `serving` moves
-                    // to it, so its taker (or, should that ticket be
-                    // skipped, the next holder) reads it; another skipper
-                    // of the same dead holder writes the same. The holder
-                    // mark is then cleared only if it is still the dead
-                    // one's: a skipper that stalled here while the lock
-                    // moved on must not clear the next holder's mark
-                    // (whose death would then go unreported). Such a
-                    // stalled skipper can still write its record late, for
-                    // a ticket granted already: the grant path's look at
-                    // `L_GRANTED` leaves such a record untaken.
-                    let (rank, pid) = who(p);
-                    tracing::warn!(
-                        rank,
-                        pid,
-                        "shoal lock: its holder died holding it; passed on marked"
-                    );
-                    self.lock_u64(slot, L_DIED).store(
-                        (u64::from(rank) + 1) << 32 | u64::from(pid),
-                        Ordering::SeqCst,
-                    );
-                    self.lock_u64(slot, L_DIED_FOR)
-                        .store(sv + 1, Ordering::SeqCst);
-                    let _ = holder.compare_exchange(p + 1, 0, Ordering::SeqCst, Ordering::SeqCst);
-                }
-                if serving
-                    .compare_exchange(sv, sv + 1, Ordering::SeqCst, Ordering::SeqCst)
-                    .is_ok()
-                {
-                    let _ = self.ticket_of(p, slot).compare_exchange(
-                        sv + 1,
-                        0,
-                        Ordering::SeqCst,
-                        Ordering::SeqCst,
-                    );
-                    let word = self.lock_u32(slot, L_WORD);
-                    word.fetch_add(1, Ordering::SeqCst);
-                    Node::wake(word, self.lock_u32(slot, L_SLEEPERS), u32::MAX);
-                }
-            }
-            None => {
-                // Issued (below `next`) and held by nobody: given up.
-                if sv < self.lock_u64(slot, L_NEXT).load(Ordering::SeqCst)
-                    && serving
-                        .compare_exchange(sv, sv + 1, Ordering::SeqCst, Ordering::SeqCst)
-                        .is_ok()
-                {
-                    let word = self.lock_u32(slot, L_WORD);
-                    word.fetch_add(1, Ordering::SeqCst);
-                    Node::wake(word, self.lock_u32(slot, L_SLEEPERS), u32::MAX);
-                }
-            }
+    /// Gives lock `slot` back; `not_repaired`: the place of the dead
+    /// holder to name to the next one (the state was not repaired), if
+    /// any.
+    pub(crate) fn unlock(&self, slot: usize, not_repaired: Option<u32>) {
+        if self.ticketing(slot).unlock(not_repaired) {
+            self.moved(slot);
         }
     }
 
-    /// Gives lock `slot` back; `died` is the dead holder to name to the
-    /// next one (the state was not repaired), if any.
-    pub(crate) fn unlock(&self, slot: usize, died: Option<(u32, u32)>) {
-        let mine = self.ticket_of(self.me, slot);
-        let t = mine.load(Ordering::SeqCst).wrapping_sub(1);
-        if let Some((rank, pid)) = died {
-            self.lock_u64(slot, L_DIED).store(
-                (u64::from(rank) + 1) << 32 | u64::from(pid),
-                Ordering::SeqCst,
-            );
-            self.lock_u64(slot, L_DIED_FOR)
-                .store(t + 1, Ordering::SeqCst);
-        }
-        self.lock_u32(slot, L_HOLDER).store(0, Ordering::SeqCst);
-        mine.store(0, Ordering::SeqCst);
-        let serving = self.lock_u64(slot, L_SERVING);
-        if serving
-            .compare_exchange(t, t + 1, Ordering::SeqCst, Ordering::SeqCst)
-            .is_ok()
-        {
-            let word = self.lock_u32(slot, L_WORD);
-            word.fetch_add(1, Ordering::SeqCst);
-            Node::wake(word, self.lock_u32(slot, L_SLEEPERS), u32::MAX);
-        }
+    /// This rank's place on the host.
+    pub(crate) fn place(&self) -> u32 {
+        self.me
     }
 }
 
@@ -921,6 +853,8 @@ pub(crate) enum BarrierError {
 pub(crate) struct ShmGrant {
     /// The dead holder (rank, pid) the lock was left by, if any.
     pub(crate) died: Option<(u32, u32)>,
+    /// Its place on the host.
+    pub(crate) died_place: Option<u32>,
     /// The grant's ticket (its place in request order).
     pub(crate) ticket: u64,
 }
@@ -968,29 +902,6 @@ mod tests {
         // a dies holding the lock (its lease goes with it).
         drop(a);
         assert_eq!(waiter.join().unwrap(), Some(Some((1, 1001))));
-    }
-
-    /// A skipper that stalled writes its record of a dead holder late,
-    /// for a ticket granted (and told) already: the holders after it
-    /// are not told again.
-    #[test]
-    fn a_late_record_for_a_ticket_granted_already_is_not_reported() {
-        let c = Node::create(2, 0).unwrap();
-        let d = Node::attach(&c.name(), 2, 1, 0).unwrap();
-        let slot = c.lock_slot(7).unwrap();
-        let who = |p: u32| (p, 1000 + p);
-        let notice = Duration::from_secs(60);
-        assert_eq!(c.lock(slot, None, notice, &who).unwrap().died, None);
-        c.unlock(slot, None);
-        let second = d.lock(slot, None, notice, &who).unwrap();
-        assert_eq!((second.ticket, second.died), (1, None));
-        // The stalled skipper's record, for ticket 1.
-        c.lock_u64(slot, L_DIED)
-            .store(2 << 32 | 1001, Ordering::SeqCst);
-        c.lock_u64(slot, L_DIED_FOR).store(1, Ordering::SeqCst);
-        d.unlock(slot, None);
-        let third = c.lock(slot, None, notice, &who).unwrap();
-        assert_eq!((third.ticket, third.died), (2, None));
     }
 
     // The wake path only: the race the repeated wakes close (a waiter

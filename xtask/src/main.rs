@@ -290,7 +290,23 @@ fn loom() -> Result<(), String> {
             "LOOM_MAX_PREEMPTIONS",
             std::env::var("LOOM_MAX_PREEMPTIONS").unwrap_or_else(|_| "2".into()),
         );
-    run("loom models", &mut c)
+    run("loom models", &mut c)?;
+    // The collectives' lock protocol is generic over its words, so its
+    // models need no cfg (and tokio under `--cfg loom` would not build).
+    let mut c = cargo();
+    c.args([
+        "test",
+        "-p",
+        "shoal-collectives",
+        "--release",
+        "--lib",
+        "loom",
+    ])
+    .env(
+        "LOOM_MAX_PREEMPTIONS",
+        std::env::var("LOOM_MAX_PREEMPTIONS").unwrap_or_else(|_| "2".into()),
+    );
+    run("loom models (collectives lock)", &mut c)
 }
 
 fn fuzz_build() -> Result<(), String> {
