@@ -78,6 +78,7 @@ pub(crate) fn missing(addr: &Address) -> Error {
 /// on its other threads), inside a current-thread one on a thread of its
 /// own (the caller's thread waits for it: its runtime's other tasks wait
 /// with it, as they would for any blocking call).
+#[cfg(any(feature = "nng", feature = "quic"))]
 pub(crate) fn outside_runtime<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     use tokio::runtime::{Handle, RuntimeFlavor};
     match Handle::try_current().map(|h| h.runtime_flavor()) {
