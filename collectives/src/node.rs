@@ -151,6 +151,7 @@ const L_HOLDER: usize = 16;
 /// A dead holder's record (its place, and the ticket it is for).
 const L_DIED: usize = 24;
 const L_SINCE: usize = 32;
+// 40: unused (the first layout's second word of the record).
 /// The last ticket granted (a record is for a ticket after it).
 const L_GRANTED: usize = 48;
 const L_SERVING: usize = 64;
@@ -643,13 +644,13 @@ impl Node {
     }
 
     // The host's locks: FIFO ticket locks, each a slot of the lock table
-    // (name, next ticket, ticket served, a futex word counting the moves
-    // of the ticket served and its sleepers, holder, a dead holder's
-    // identity, when the holder got it, the ticket that record is meant
-    // for), and per
-    // place and lock the ticket the place holds or waits with (+1; 0: none;
-    // u64::MAX: taking one now). A ticket whose place is gone (lease free)
-    // or that nobody holds is skipped, so a waiter that gave up or died
+    // (name, next ticket, the holder's mark, a dead holder's record, when
+    // the holder got it, the last ticket granted, the ticket served, a
+    // futex word counting the moves of the ticket served and its
+    // sleepers), and per place and lock the ticket the place holds or
+    // waits with (+1; 0: none; u64::MAX: taking one now). The protocol
+    // is `crate::ticket`'s: a ticket whose place is gone (lease free) or
+    // that nobody holds is skipped, so a waiter that gave up or died
     // holds up nobody; a holder that died passes the lock on marked.
 
     fn lock_u64(&self, slot: usize, at: usize) -> &AtomicU64 {
@@ -751,6 +752,14 @@ impl Node {
             }
         }
         let t = l.take();
+        // Until granted, the ticket is given up however this call ends (a
+        // timeout, or a panic in a log subscriber while it waits): a live
+        // place's ticket left behind would hold up every later one.
+        let mut waiting = Waiting {
+            node: self,
+            slot,
+            ticket: Some(t),
+        };
         // The clock is read once the spin is over, unless the wait has a
         // deadline (a hand-off within the spin reads it not at all).
         let mut start = wait.map(|_| Instant::now());
@@ -772,10 +781,8 @@ impl Node {
             let now = Instant::now();
             let start = *start.get_or_insert(now);
             if end.is_some_and(|e| now >= e) {
-                // Granted meanwhile: passed on (a skipper may have).
-                if l.give_up(t) {
-                    self.moved(slot);
-                }
+                // Given up by `waiting`'s drop (and passed on, if a
+                // skipper granted it meanwhile).
                 return None;
             }
             // Past the spin: the served ticket's place is looked at (a
@@ -806,6 +813,7 @@ impl Node {
             }
             sleepers.fetch_sub(1, Ordering::SeqCst);
         }
+        waiting.ticket = None;
         let died = l.grant(t);
         self.lock_u64(slot, L_SINCE)
             .store(mono_ns(), Ordering::Relaxed);
@@ -828,6 +836,24 @@ impl Node {
     /// This rank's place on the host.
     pub(crate) fn place(&self) -> u32 {
         self.me
+    }
+}
+
+/// A ticket of a host lock being waited with: given up when dropped
+/// before it was granted (`ticket` taken out then).
+struct Waiting<'a> {
+    node: &'a Node,
+    slot: usize,
+    ticket: Option<u64>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Some(t) = self.ticket {
+            if self.node.ticketing(self.slot).give_up(t) {
+                self.node.moved(self.slot);
+            }
+        }
     }
 }
 
