@@ -103,6 +103,10 @@ pub struct LockGuard<'a> {
     died: Option<(u32, u32)>,
     /// The dead holder's place on the host (a host lock's grant only).
     died_place: Option<u32>,
+    /// Whether this guard holds the host's lock (set once granted: a
+    /// guard dropped before, by a panic while it waited, gives back the
+    /// process-local part only).
+    host: bool,
     consistent: bool,
     ticket: u64,
     turn: u64,
@@ -142,7 +146,10 @@ impl Drop for LockGuard<'_> {
             // this one, after a clean grant).
             Some(self.died.unwrap_or((self.lock.rank, std::process::id())))
         };
-        if let Err(e) = self.lock.unlock(self.consistent, died, self.died_place) {
+        if let Err(e) = self
+            .lock
+            .unlock(self.host, self.consistent, died, self.died_place)
+        {
             tracing::warn!(lock = %self.lock.name, error = %e, "shoal lock: giving the lock back failed (it passes on when this process's connection closes)");
         }
     }
@@ -267,8 +274,12 @@ impl Lock {
                 };
                 let left = wait.zip(start).map(|(w, s)| w.saturating_sub(s.elapsed()));
                 let who = |p: u32| who.get(p as usize).copied().unwrap_or((u32::MAX, 0));
+                // Until granted, `g` holds the process-local part only: a
+                // panic while waiting (or no grant) gives back that part
+                // and leaves the host's lock alone.
                 match node.lock(*slot, left, self.notice, &who) {
                     Some(grant) => {
+                        g.host = true;
                         g.died = grant.died;
                         g.died_place = grant.died_place;
                         g.consistent = grant.died.is_none();
@@ -277,10 +288,7 @@ impl Lock {
                         Ok(Some(g))
                     }
                     None => {
-                        // Not granted: the process-local part goes back
-                        // without touching the host's lock.
-                        Self::release_local(local);
-                        std::mem::forget(g);
+                        drop(g);
                         Ok(None)
                     }
                 }
@@ -321,6 +329,7 @@ impl Lock {
             lock: self,
             died: None,
             died_place: None,
+            host: false,
             consistent: true,
             ticket,
             turn,
@@ -365,6 +374,7 @@ impl Lock {
                         lock: self,
                         died,
                         died_place: None,
+                        host: false,
                         consistent: died.is_none(),
                         ticket,
                         turn,
@@ -395,9 +405,11 @@ impl Lock {
     /// Gives the lock back: `died` names the dead holder (or this one) to
     /// the next holder when not `consistent`; `died_place` is that
     /// holder's place on the host, if it was told by the host's lock
-    /// (`None`: this one's).
+    /// (`None`: this one's). `host`: the host's lock is held (not when a
+    /// host lock's guard is dropped before its grant).
     fn unlock(
         &self,
+        host: bool,
         consistent: bool,
         died: Option<(u32, u32)>,
         died_place: Option<u32>,
@@ -410,8 +422,10 @@ impl Lock {
             Via::Shm {
                 node, slot, local, ..
             } => {
-                let place = died.map(|_| died_place.unwrap_or_else(|| node.place()));
-                node.unlock(*slot, place);
+                if host {
+                    let place = died.map(|_| died_place.unwrap_or_else(|| node.place()));
+                    node.unlock(*slot, place);
+                }
                 Self::release_local(local);
                 Ok(())
             }

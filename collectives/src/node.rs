@@ -715,12 +715,7 @@ impl Node {
     fn skip_gone(&self, slot: usize, sv: u64, who: &dyn Fn(u32) -> (u32, u32)) {
         let s = self.ticketing(slot).skip_gone(sv);
         if let Some(p) = s.died {
-            let (rank, pid) = who(p);
-            tracing::warn!(
-                rank,
-                pid,
-                "shoal lock: its holder died holding it; passed on marked"
-            );
+            log_dead_holder(who(p));
         }
         if s.moved {
             self.moved(slot);
@@ -743,8 +738,11 @@ impl Node {
         if wait == Some(Duration::ZERO) {
             // Tickets of waiters that gave up or died are skipped first:
             // only a live holder or waiter makes the lock busy.
-            let (free, moved) = l.free_now();
-            if moved {
+            let (free, did) = l.free_now();
+            if let Some(p) = did.died {
+                log_dead_holder(who(p));
+            }
+            if did.moved {
                 self.moved(slot);
             }
             if !free {
@@ -837,6 +835,16 @@ impl Node {
     pub(crate) fn place(&self) -> u32 {
         self.me
     }
+}
+
+/// Names, in the log, a holder found dead holding a host lock (by the
+/// one skipper that cleared its mark).
+fn log_dead_holder((rank, pid): (u32, u32)) {
+    tracing::warn!(
+        rank,
+        pid,
+        "shoal lock: its holder died holding it; passed on marked"
+    );
 }
 
 /// A ticket of a host lock being waited with: given up when dropped

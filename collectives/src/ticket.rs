@@ -29,9 +29,12 @@
 //!
 //! Tickets in marks and records are kept to [`TICKET_BITS`] bits and
 //! compared modulo 2^43. Every grant clears the record it found (taken,
-//! or stale), so a record lives from its write to the next grant; only a
-//! skipper that stalls across 2^42 grants (days of nothing but
-//! hand-offs) could write one that a later grant misreads.
+//! or stale), so a record lives from its write to the next grant that
+//! looks (one after a ticket given up or skipped; one more when a stale
+//! write lands between a grant's look and its clearing). Only a skipper
+//! that stalls across 2^42 tickets (days of nothing but hand-offs) could
+//! write a record that a later grant misreads, or that keeps a newer one
+//! out.
 //!
 //! Words a peer can write are only ever compared, masked or passed to
 //! `who` (which answers for any place): a corrupt word can confuse the
@@ -136,17 +139,20 @@ where
     }
 
     /// Whether nobody holds or waits for the lock now, after skipping
-    /// the tickets of gone holders and waiters; `moved`: some were.
-    pub(crate) fn free_now(&self) -> (bool, bool) {
-        let mut moved = false;
+    /// the tickets of gone holders and waiters (what the skips did, with
+    /// the last dead holder they found).
+    pub(crate) fn free_now(&self) -> (bool, Skipped) {
+        let mut did = Skipped::default();
         loop {
             let sv = self.serving.load();
             if self.next.load() == sv {
-                return (true, moved);
+                return (true, did);
             }
-            moved |= self.skip_gone(sv).moved;
+            let s = self.skip_gone(sv);
+            did.moved |= s.moved;
+            did.died = s.died.or(did.died);
             if self.serving.load() == sv {
-                return (false, moved);
+                return (false, did);
             }
         }
     }
@@ -206,13 +212,20 @@ where
     /// `serving` moved.
     pub(crate) fn unlock(&self, not_repaired: Option<u32>) -> bool {
         let mine = (self.tickets)(self.me);
-        let t = mine.load().wrapping_sub(1);
+        let word = mine.load();
+        if word == 0 || word == u64::MAX {
+            // No ticket held: nothing to give back (and another holder's
+            // mark must stay).
+            return false;
+        }
+        let t = word.wrapping_sub(1);
         if let Some(p) = not_repaired {
             self.write_record(p, t.wrapping_add(1));
         }
         // Before the ticket goes: a skipper that finds no place with this
-        // ticket then finds no mark either (no death made up).
-        self.holder.store(0);
+        // ticket then finds no mark either (no death made up). Only this
+        // grant's own mark.
+        let _ = self.holder.cas(pack(self.me, t), 0);
         mine.store(0);
         self.serving.cas(t, t.wrapping_add(1)).is_ok()
     }
@@ -423,6 +436,23 @@ mod tests {
         lock.at(2, &all).write_record(0, 1);
         assert!(lock.at(1, &all).unlock(None));
         assert_eq!(lock_alone(&lock.at(0, &all)), (2, None));
+    }
+
+    /// A guard dropped with no ticket (a panic while it waited, its
+    /// ticket given up first) gives nothing back: the holder's mark stays,
+    /// so the holder's death is still reported.
+    #[test]
+    fn an_unlock_without_a_ticket_leaves_the_holders_mark() {
+        let lock = Lock::new();
+        let all = [true; 4];
+        lock_alone(&lock.at(0, &all));
+        let waiter = lock.at(1, &all);
+        let t = waiter.take();
+        assert!(!waiter.give_up(t));
+        assert!(!waiter.unlock(None));
+        assert_eq!(lock.at(2, &all).holder(), Some(0));
+        let gone = [false, true, true, true];
+        assert_eq!(lock_alone(&lock.at(2, &gone)).1, Some(0));
     }
 
     /// A dead holder whose place a new process took before anybody
@@ -818,7 +848,8 @@ mod loom_models {
         });
     }
 
-    /// A holder dies; the next dies inside its grant, at each step: the
+    /// A holder dies; the next dies early in its grant (before its mark,
+    /// after it, after `granted`; the steps after are not modelled): the
     /// one after is told of a death (the first's, or the second's once
     /// its mark was written).
     #[test]
