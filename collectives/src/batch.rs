@@ -109,12 +109,17 @@ impl BatchOptions {
     }
 }
 
-const MAGIC: u64 = 0x5348_4f41_4c42_4154; // "SHOALBAT"
+/// "SHOALBA2": the second layout (the requeue count at [`REQUEUED_AT`]).
+const MAGIC: u64 = 0x5348_4f41_4c42_4132;
 const NEXT_AT: usize = 64;
 /// Counts the tasks that finished or came back (a futex word), and the
 /// workers parked on it.
 const EVENTS_AT: usize = 128;
 const SLEEPERS_AT: usize = 132;
+/// Counts the tasks taken back to Pending (from dead workers): a worker
+/// that scanned the table and found nothing scans again only once this
+/// moved.
+const REQUEUED_AT: usize = 136;
 /// Per worker, a line: its slot (see [`slot_word`]), then [`EPOCH`].
 const WORKERS_AT: usize = 192;
 /// In a worker's line: how many times a new connection took the worker's
@@ -138,6 +143,9 @@ struct Table {
     on_death: OnDeath,
     dir: Option<PathBuf>,
     states_at: usize,
+    /// The requeue count a scan of the whole table by this process found
+    /// nothing Pending at (`u64::MAX`: none yet).
+    scanned: AtomicU64,
 }
 
 /// What a take gave.
@@ -223,6 +231,7 @@ impl Table {
             on_death: opts.on_death,
             dir: opts.state_dir.clone(),
             states_at: WORKERS_AT + WORKER * workers as usize,
+            scanned: AtomicU64::new(u64::MAX),
         }
     }
 
@@ -379,13 +388,22 @@ impl Table {
         }
         // Nothing left to count out: the tasks of dead workers (Pending
         // again, or Failed), and those counted out to a taker that died
-        // before it claimed them, are taken by a scan (once per worker at
-        // the end: linear in N); then those of live workers may still
-        // come back.
+        // before it claimed them, are taken by a scan; then those of live
+        // workers may still come back. A scan that finds nothing is made
+        // again only once a task came back (the count read before it):
+        // a task counted out and never claimed is Pending for the first
+        // scan after the count-out, and nothing else becomes Pending but
+        // by coming back. So an idle worker waiting for the others' last
+        // tasks looks at their slots, not at the whole table, each time
+        // it wakes: linear in N per worker, not per wake-up.
         let (mut others_running, _) = self.reap(w);
         loop {
-            if let Some(took) = (0..self.tasks).find_map(|t| self.start(w, t)) {
-                return took;
+            let requeued = self.u64_at(REQUEUED_AT).load(Ordering::SeqCst);
+            if self.scanned.load(Ordering::Relaxed) != requeued {
+                if let Some(took) = (0..self.tasks).find_map(|t| self.start(w, t)) {
+                    return took;
+                }
+                self.scanned.store(requeued, Ordering::Relaxed);
             }
             // Looked at again after the scan: a worker that claimed a task
             // the scan found Running had named it in its slot by then (and
@@ -558,8 +576,13 @@ impl Table {
                     },
                     to.word()
                 );
-                // Its file too; a Pending task is taken by the next scan.
+                // Its file too; a Pending task is taken by the next scan
+                // (counted after the word changed, so a scan that reads
+                // the count finds the task).
                 self.record(task);
+                if to == TaskState::Pending {
+                    self.u64_at(REQUEUED_AT).fetch_add(1, Ordering::SeqCst);
+                }
                 became = Some(to);
             }
         }
@@ -1180,6 +1203,33 @@ mod tests {
         assert_eq!(t.state(0).load(Ordering::Relaxed), running_word(1, 1));
         t.finish(1, true);
         assert_eq!(t.state_of(0), TaskState::Done);
+    }
+
+    /// An idle worker scans the whole table once, then only when a task
+    /// comes back: a task taken back after its empty scan is still taken.
+    #[test]
+    fn a_task_that_comes_back_after_an_empty_scan_is_taken() {
+        let t = Table::create(3, 3, &BatchOptions::default()).unwrap();
+        let lease = SharedRegion::attach(t.region.name()).unwrap();
+        assert!(lease.hold(1).unwrap());
+        assert!(matches!(t.take(1), Took::Task(0)));
+        // Task 1 counted out to a taker that dies before it claims it;
+        // task 2 to worker 0.
+        t.u64_at(NEXT_AT).store(2, Ordering::Relaxed);
+        assert!(matches!(t.take(0), Took::Task(2)));
+        t.finish(0, true);
+        // Worker 0's next take scans: task 1, never claimed, is Pending.
+        assert!(matches!(t.take(0), Took::Task(1)));
+        t.finish(0, true);
+        // Worker 0's next finds nothing, and worker 1 (alive) still runs
+        // task 0; the scan is remembered.
+        assert!(matches!(t.take(0), Took::Wait));
+        assert_eq!(t.scanned.load(Ordering::Relaxed), 0);
+        // Worker 1 dies: task 0 comes back and is counted; worker 0's next
+        // look takes it.
+        drop(lease);
+        assert!(matches!(t.take(0), Took::Task(0)));
+        assert_eq!(t.u64_at(REQUEUED_AT).load(Ordering::Relaxed), 1);
     }
 
     #[test]
