@@ -116,9 +116,9 @@ const NEXT_AT: usize = 64;
 /// workers parked on it.
 const EVENTS_AT: usize = 128;
 const SLEEPERS_AT: usize = 132;
-/// Counts the tasks taken back to Pending (from dead workers): a worker
-/// that scanned the table and found nothing scans again only once this
-/// moved.
+/// Counts the tasks taken back to Pending (from dead, broken or replaced
+/// worker groups; some twice): a worker that scanned the table and found
+/// nothing scans again only once this moved.
 const REQUEUED_AT: usize = 136;
 /// Per worker, a line: its slot (see [`slot_word`]), then [`EPOCH`].
 const WORKERS_AT: usize = 192;
@@ -393,9 +393,11 @@ impl Table {
         // again only once a task came back (the count read before it):
         // a task counted out and never claimed is Pending for the first
         // scan after the count-out, and nothing else becomes Pending but
-        // by coming back. So an idle worker waiting for the others' last
-        // tasks looks at their slots, not at the whole table, each time
-        // it wakes: linear in N per worker, not per wake-up.
+        // by coming back, which is counted (by the reaper, or by the next
+        // reaper of the same slot if that one died before counting). So
+        // an idle worker waiting for the others' last tasks looks at
+        // their slots, not at the whole table, each time it wakes: O(N)
+        // per task that comes back and once at the end, not per wake-up.
         let (mut others_running, _) = self.reap(w);
         loop {
             let requeued = self.u64_at(REQUEUED_AT).load(Ordering::SeqCst);
@@ -418,7 +420,11 @@ impl Table {
         if others_running && self.on_death == OnDeath::Requeue {
             Took::Wait
         } else {
-            Took::None
+            // Said once per worker, so a last whole scan first: nothing
+            // Pending is left behind whatever the count says.
+            (0..self.tasks)
+                .find_map(|t| self.start(w, t))
+                .unwrap_or(Took::None)
         }
     }
 
@@ -555,35 +561,43 @@ impl Table {
                 OnDeath::Fail => TaskState::Failed,
             };
             // SeqCst: ordered before `event`'s look at the sleepers.
-            if self
-                .state(task)
-                .compare_exchange(
-                    running_word(v, e),
-                    to as u32,
-                    Ordering::SeqCst,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
-            {
-                tracing::warn!(
-                    worker = v,
-                    task,
-                    "shoal batch: a worker group {} running a task; it is now {}",
-                    if gone == Gone::Broken {
-                        "lost a rank"
-                    } else {
-                        "died"
-                    },
-                    to.word()
-                );
-                // Its file too; a Pending task is taken by the next scan
-                // (counted after the word changed, so a scan that reads
-                // the count finds the task).
-                self.record(task);
-                if to == TaskState::Pending {
+            match self.state(task).compare_exchange(
+                running_word(v, e),
+                to as u32,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => {
+                    // Counted at once (a scan that reads the count finds
+                    // the task Pending); a reaper that dies before this
+                    // leaves the slot set, for the next one (below).
+                    if to == TaskState::Pending {
+                        self.u64_at(REQUEUED_AT).fetch_add(1, Ordering::SeqCst);
+                    }
+                    tracing::warn!(
+                        worker = v,
+                        task,
+                        "shoal batch: a worker group {} running a task; it is now {}",
+                        if gone == Gone::Broken {
+                            "lost a rank"
+                        } else {
+                            "died"
+                        },
+                        to.word()
+                    );
+                    // Its file too; a Pending task is taken by the next
+                    // scan.
+                    self.record(task);
+                    became = Some(to);
+                }
+                // Taken back already, by a reaper that may have died
+                // before it counted it: counted (again) before the slot
+                // that still names it is cleared. Counting twice costs an
+                // idle worker one more scan.
+                Err(w) if w == TaskState::Pending as u32 => {
                     self.u64_at(REQUEUED_AT).fetch_add(1, Ordering::SeqCst);
                 }
-                became = Some(to);
+                Err(_) => {}
             }
         }
         // The task is no longer that worker's (taken back above, by
@@ -1205,31 +1219,76 @@ mod tests {
         assert_eq!(t.state_of(0), TaskState::Done);
     }
 
-    /// An idle worker scans the whole table once, then only when a task
-    /// comes back: a task taken back after its empty scan is still taken.
-    #[test]
-    fn a_task_that_comes_back_after_an_empty_scan_is_taken() {
-        let t = Table::create(3, 3, &BatchOptions::default()).unwrap();
-        let lease = SharedRegion::attach(t.region.name()).unwrap();
-        assert!(lease.hold(1).unwrap());
+    /// Four tasks, three workers: workers 1 and 2 (alive, their leases
+    /// held by the returned regions) run tasks 0 and 1; worker 0 ran
+    /// tasks 3 and 2, and its last take scanned the table and found
+    /// nothing.
+    fn idle_after_an_empty_scan() -> (Table, [SharedRegion; 2]) {
+        let t = Table::create(4, 3, &BatchOptions::default()).unwrap();
+        let leases = [1, 2].map(|w| {
+            let l = SharedRegion::attach(t.region.name()).unwrap();
+            assert!(l.hold(w).unwrap());
+            l
+        });
         assert!(matches!(t.take(1), Took::Task(0)));
-        // Task 1 counted out to a taker that dies before it claims it;
-        // task 2 to worker 0.
-        t.u64_at(NEXT_AT).store(2, Ordering::Relaxed);
+        assert!(matches!(t.take(2), Took::Task(1)));
+        // Task 2 counted out to a taker that dies before claiming it.
+        t.u64_at(NEXT_AT).store(3, Ordering::Relaxed);
+        assert!(matches!(t.take(0), Took::Task(3)));
+        t.finish(0, true);
+        // The first scan after the count-out finds task 2.
         assert!(matches!(t.take(0), Took::Task(2)));
         t.finish(0, true);
-        // Worker 0's next take scans: task 1, never claimed, is Pending.
-        assert!(matches!(t.take(0), Took::Task(1)));
-        t.finish(0, true);
-        // Worker 0's next finds nothing, and worker 1 (alive) still runs
-        // task 0; the scan is remembered.
         assert!(matches!(t.take(0), Took::Wait));
         assert_eq!(t.scanned.load(Ordering::Relaxed), 0);
-        // Worker 1 dies: task 0 comes back and is counted; worker 0's next
-        // look takes it.
-        drop(lease);
+        (t, leases)
+    }
+
+    /// After an empty scan, an idle worker scans again only once the
+    /// count of tasks that came back moved: a Pending word nobody
+    /// counted is not looked for while others run...
+    #[test]
+    fn an_idle_worker_scans_again_only_once_a_task_came_back() {
+        let (t, [one, _two]) = idle_after_an_empty_scan();
+        t.finish(2, true);
+        t.state(1)
+            .store(TaskState::Pending as u32, Ordering::SeqCst);
+        assert!(matches!(t.take(0), Took::Wait));
+        // ... and is taken once counted.
+        t.u64_at(REQUEUED_AT).fetch_add(1, Ordering::SeqCst);
+        assert!(matches!(t.take(0), Took::Task(1)));
+        t.finish(0, true);
+        // Worker 1 dies: its task comes back, counted, and is taken.
+        drop(one);
         assert!(matches!(t.take(0), Took::Task(0)));
-        assert_eq!(t.u64_at(REQUEUED_AT).load(Ordering::Relaxed), 1);
+        assert_eq!(t.u64_at(REQUEUED_AT).load(Ordering::Relaxed), 2);
+    }
+
+    /// A reaper that died between taking a task back and counting it:
+    /// the next reaper of the slot, which still names the task, counts
+    /// it, and the task is taken while others still run.
+    #[test]
+    fn a_task_taken_back_by_a_reaper_that_died_uncounted_is_taken() {
+        let (t, [one, _two]) = idle_after_an_empty_scan();
+        drop(one);
+        t.state(0)
+            .store(TaskState::Pending as u32, Ordering::SeqCst);
+        assert!(matches!(t.take(0), Took::Task(0)));
+        assert_eq!(t.running(1).load(Ordering::Relaxed), 0);
+    }
+
+    /// Whatever the count says, a worker told there is nothing left
+    /// scanned the whole table just before: nothing Pending is left.
+    #[test]
+    fn nothing_pending_is_left_behind_when_a_worker_is_told_none() {
+        let (t, _leases) = idle_after_an_empty_scan();
+        t.finish(1, true);
+        t.finish(2, true);
+        t.state(1)
+            .store(TaskState::Pending as u32, Ordering::SeqCst);
+        assert!(matches!(t.take(0), Took::Task(1)));
+        t.finish(0, true);
+        assert!(matches!(t.take(0), Took::None));
     }
 
     #[test]
