@@ -652,9 +652,9 @@ mod loom_models {
             self.changed.notify_all();
         }
 
-        /// Place `me` takes the lock, waiting as a waiter does (skipping
-        /// what is gone), then ends its hold as `end` says.
-        fn hold(&self, me: u32, end: End) {
+        /// Place `me` takes a ticket and waits as a waiter does (skipping
+        /// what is gone, looking again at each change) until it is served.
+        fn wait_for_turn(&self, me: u32) -> u64 {
             let l = self.at(me);
             let t = l.take();
             self.change();
@@ -662,7 +662,7 @@ mod loom_models {
                 let seen = *self.changes.lock().unwrap();
                 let sv = l.serving();
                 if sv == t {
-                    break;
+                    return t;
                 }
                 if l.skip_gone(sv).moved {
                     self.change();
@@ -673,6 +673,13 @@ mod loom_models {
                     now = self.changed.wait(now).unwrap();
                 }
             }
+        }
+
+        /// Place `me` takes the lock, waiting as a waiter does (skipping
+        /// what is gone), then ends its hold as `end` says.
+        fn hold(&self, me: u32, end: End) {
+            let t = self.wait_for_turn(me);
+            let l = self.at(me);
             let told = l.grant(t);
             assert_eq!(self.inside.fetch_add(1, SeqCst), 0, "two holders");
             let at = {
@@ -716,6 +723,28 @@ mod loom_models {
         }
     }
 
+    /// Places 1 and 2 do `one` and `two` on threads of their own while
+    /// place 0 does `zero` on this one; then every grant is checked
+    /// (`check`: see [`Shared::check`]).
+    fn three(
+        one: impl FnOnce(&Shared) + Send + 'static,
+        two: impl FnOnce(&Shared) + Send + 'static,
+        zero: impl FnOnce(&Shared),
+        check: bool,
+    ) -> Arc<Shared> {
+        let s = Shared::new();
+        let (s1, s2) = (s.clone(), s.clone());
+        let a = loom::thread::spawn(move || one(&s1));
+        let b = loom::thread::spawn(move || two(&s2));
+        zero(&s);
+        a.join().unwrap();
+        b.join().unwrap();
+        if check {
+            s.check();
+        }
+        s
+    }
+
     /// A holder dies while two others wait: exactly the next one is told.
     #[test]
     #[cfg_attr(
@@ -724,19 +753,12 @@ mod loom_models {
     )]
     fn loom_a_dead_holder_is_reported_to_the_next_holder() {
         model(|| {
-            let s = Shared::new();
-            let others: Vec<_> = [(1, End::Repaired), (2, End::Repaired)]
-                .into_iter()
-                .map(|(me, end)| {
-                    let s = s.clone();
-                    loom::thread::spawn(move || s.hold(me, end))
-                })
-                .collect();
-            s.hold(0, End::Died);
-            for o in others {
-                o.join().unwrap();
-            }
-            s.check();
+            three(
+                |s| s.hold(1, End::Repaired),
+                |s| s.hold(2, End::Repaired),
+                |s| s.hold(0, End::Died),
+                true,
+            );
         });
     }
 
@@ -751,17 +773,16 @@ mod loom_models {
     )]
     fn loom_a_place_taken_over_is_not_confused_with_its_dead_holder() {
         model(|| {
-            let s = Shared::new();
-            let s1 = s.clone();
-            let skipper = loom::thread::spawn(move || s1.hold(1, End::Repaired));
-            let s2 = s.clone();
-            let unrepaired = loom::thread::spawn(move || s2.hold(2, End::NotRepaired));
-            s.hold(0, End::Died);
-            s.take_over(0);
-            s.hold(0, End::Died);
-            skipper.join().unwrap();
-            unrepaired.join().unwrap();
-            s.check();
+            three(
+                |s| s.hold(1, End::Repaired),
+                |s| s.hold(2, End::NotRepaired),
+                |s| {
+                    s.hold(0, End::Died);
+                    s.take_over(0);
+                    s.hold(0, End::Died);
+                },
+                true,
+            );
         });
     }
 
@@ -798,24 +819,8 @@ mod loom_models {
         /// Place `me` is granted the lock, then dies `step` steps into
         /// the grant (0: before its mark, 1: after it, 2: after `granted`).
         fn die_in_grant(&self, me: u32, step: u32) {
+            let t = self.wait_for_turn(me);
             let l = self.at(me);
-            let t = l.take();
-            self.change();
-            loop {
-                let seen = *self.changes.lock().unwrap();
-                let sv = l.serving();
-                if sv == t {
-                    break;
-                }
-                if l.skip_gone(sv).moved {
-                    self.change();
-                    continue;
-                }
-                let mut now = self.changes.lock().unwrap();
-                while *now == seen {
-                    now = self.changed.wait(now).unwrap();
-                }
-            }
             if step >= 1 {
                 Word::store(l.holder, pack(me, t));
             }
@@ -836,15 +841,12 @@ mod loom_models {
     )]
     fn loom_a_waiter_giving_up_holds_up_nobody() {
         model(|| {
-            let s = Shared::new();
-            let s1 = s.clone();
-            let a = loom::thread::spawn(move || s1.try_hold(1, 2));
-            let s2 = s.clone();
-            let b = loom::thread::spawn(move || s2.hold(2, End::Repaired));
-            s.hold(0, End::Died);
-            a.join().unwrap();
-            b.join().unwrap();
-            s.check();
+            three(
+                |s| s.try_hold(1, 2),
+                |s| s.hold(2, End::Repaired),
+                |s| s.hold(0, End::Died),
+                true,
+            );
         });
     }
 
@@ -860,14 +862,12 @@ mod loom_models {
     fn loom_a_holder_dying_inside_its_grant_is_not_lost() {
         for step in 0..3 {
             model(move || {
-                let s = Shared::new();
-                let s1 = s.clone();
-                let a = loom::thread::spawn(move || s1.die_in_grant(1, step));
-                let s2 = s.clone();
-                let b = loom::thread::spawn(move || s2.hold(2, End::Repaired));
-                s.hold(0, End::Died);
-                a.join().unwrap();
-                b.join().unwrap();
+                let s = three(
+                    move |s| s.die_in_grant(1, step),
+                    |s| s.hold(2, End::Repaired),
+                    |s| s.hold(0, End::Died),
+                    false,
+                );
                 let log = s.log.lock().unwrap();
                 // Place 2 granted after place 0 (place 1's grant is never
                 // logged): it must be told of a death.
