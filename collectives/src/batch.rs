@@ -555,6 +555,9 @@ impl Table {
         }
         let task = t - 1;
         let mut became = None;
+        // A take-back counted for a reaper that died before it could: its
+        // wake-up is owed too.
+        let mut counted = false;
         if task < self.tasks {
             let to = match self.on_death {
                 OnDeath::Requeue => TaskState::Pending,
@@ -596,6 +599,7 @@ impl Table {
                 // idle worker one more scan.
                 Err(w) if w == TaskState::Pending as u32 => {
                     self.u64_at(REQUEUED_AT).fetch_add(1, Ordering::SeqCst);
+                    counted = true;
                 }
                 Err(_) => {}
             }
@@ -604,7 +608,10 @@ impl Table {
         // another reaper, or never claimed): its slot is cleared unless it
         // changed meanwhile, before waiters are woken (see `finish`).
         let _ = slot.compare_exchange(was, 0, Ordering::SeqCst, Ordering::Relaxed);
-        if became.is_some() {
+        // SYNC (`counted`): as in `event`, the count's SeqCst add stands
+        // for the word's exchange: a waiter looks at the count after it
+        // counted itself.
+        if became.is_some() || counted {
             self.event();
         }
         became
@@ -1273,8 +1280,12 @@ mod tests {
         drop(one);
         t.state(0)
             .store(TaskState::Pending as u32, Ordering::SeqCst);
+        // A worker parked meanwhile is woken for it.
+        t.u32_at(SLEEPERS_AT).store(1, Ordering::SeqCst);
+        let events = t.u32_at(EVENTS_AT).load(Ordering::SeqCst);
         assert!(matches!(t.take(0), Took::Task(0)));
         assert_eq!(t.running(1).load(Ordering::Relaxed), 0);
+        assert_ne!(t.u32_at(EVENTS_AT).load(Ordering::SeqCst), events);
     }
 
     /// Whatever the count says, a worker told there is nothing left

@@ -714,11 +714,13 @@ impl Node {
     /// [`Ticketing::skip_gone`]), naming a dead holder in the log.
     fn skip_gone(&self, slot: usize, sv: u64, who: &dyn Fn(u32) -> (u32, u32)) {
         let s = self.ticketing(slot).skip_gone(sv);
-        if let Some(p) = s.died {
-            log_dead_holder(who(p));
-        }
+        // Waiters first: a log subscriber that panics must not leave them
+        // parked.
         if s.moved {
             self.moved(slot);
+        }
+        if let Some(p) = s.died {
+            log_dead_holder(who(p));
         }
     }
 
@@ -739,11 +741,11 @@ impl Node {
             // Tickets of waiters that gave up or died are skipped first:
             // only a live holder or waiter makes the lock busy.
             let (free, did) = l.free_now();
-            if let Some(p) = did.died {
-                log_dead_holder(who(p));
-            }
             if did.moved {
                 self.moved(slot);
+            }
+            if let Some(p) = did.died {
+                log_dead_holder(who(p));
             }
             if !free {
                 return None;
