@@ -402,7 +402,7 @@ impl Table {
         loop {
             let requeued = self.u64_at(REQUEUED_AT).load(Ordering::SeqCst);
             if self.scanned.load(Ordering::Relaxed) != requeued {
-                if let Some(took) = (0..self.tasks).find_map(|t| self.start(w, t)) {
+                if let Some(took) = self.scan(w) {
                     return took;
                 }
                 self.scanned.store(requeued, Ordering::Relaxed);
@@ -422,10 +422,19 @@ impl Table {
         } else {
             // Said once per worker, so a last whole scan first: nothing
             // Pending is left behind whatever the count says.
-            (0..self.tasks)
-                .find_map(|t| self.start(w, t))
-                .unwrap_or(Took::None)
+            self.scan(w).unwrap_or(Took::None)
         }
+    }
+
+    /// The first Pending task of the whole table, claimed for worker `w`.
+    fn scan(&self, w: u32) -> Option<Took> {
+        (0..self.tasks).find_map(|t| self.start(w, t))
+    }
+
+    /// One more task came back to Pending (SeqCst: after its word, which
+    /// a scan that reads the count then finds).
+    fn count_requeue(&self) {
+        self.u64_at(REQUEUED_AT).fetch_add(1, Ordering::SeqCst);
     }
 
     /// Claims task `t` for worker `w` if it is Pending (`None`: it is
@@ -575,7 +584,7 @@ impl Table {
                     // the task Pending); a reaper that dies before this
                     // leaves the slot set, for the next one (below).
                     if to == TaskState::Pending {
-                        self.u64_at(REQUEUED_AT).fetch_add(1, Ordering::SeqCst);
+                        self.count_requeue();
                     }
                     tracing::warn!(
                         worker = v,
@@ -598,7 +607,7 @@ impl Table {
                 // that still names it is cleared. Counting twice costs an
                 // idle worker one more scan.
                 Err(w) if w == TaskState::Pending as u32 => {
-                    self.u64_at(REQUEUED_AT).fetch_add(1, Ordering::SeqCst);
+                    self.count_requeue();
                     counted = true;
                 }
                 Err(_) => {}

@@ -26,7 +26,7 @@
 //! | page after those | the broadcast buffer |
 
 use crate::error::{Error, Result};
-use crate::ticket::Ticketing;
+use crate::ticket::{Skipped, Ticketing};
 use shoal_shm_ring::{futex_wait, futex_wake, SegmentName, SharedRegion};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -713,9 +713,13 @@ impl Node {
     /// Skips lock `slot`'s ticket `sv` if its place is gone (see
     /// [`Ticketing::skip_gone`]), naming a dead holder in the log.
     fn skip_gone(&self, slot: usize, sv: u64, who: &dyn Fn(u32) -> (u32, u32)) {
-        let s = self.ticketing(slot).skip_gone(sv);
-        // Waiters first: a log subscriber that panics must not leave them
-        // parked.
+        self.after_skips(slot, &self.ticketing(slot).skip_gone(sv), who);
+    }
+
+    /// What skips did, told: waiters woken if `serving` moved, then a
+    /// dead holder named in the log (waiters first: a log subscriber that
+    /// panics must not leave them parked).
+    fn after_skips(&self, slot: usize, s: &Skipped, who: &dyn Fn(u32) -> (u32, u32)) {
         if s.moved {
             self.moved(slot);
         }
@@ -741,12 +745,7 @@ impl Node {
             // Tickets of waiters that gave up or died are skipped first:
             // only a live holder or waiter makes the lock busy.
             let (free, did) = l.free_now();
-            if did.moved {
-                self.moved(slot);
-            }
-            if let Some(p) = did.died {
-                log_dead_holder(who(p));
-            }
+            self.after_skips(slot, &did, who);
             if !free {
                 return None;
             }

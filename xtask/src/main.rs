@@ -282,14 +282,12 @@ fn launchers() -> Result<(), String> {
 }
 
 fn loom() -> Result<(), String> {
+    let bound = std::env::var("LOOM_MAX_PREEMPTIONS").unwrap_or_else(|_| "2".into());
     let mut c = cargo();
     c.args(["test", "-p", "shoal-shm-ring", "--release", "--lib", "loom"])
         .env("RUSTFLAGS", "--cfg loom")
         .env("CARGO_TARGET_DIR", "target/loom")
-        .env(
-            "LOOM_MAX_PREEMPTIONS",
-            std::env::var("LOOM_MAX_PREEMPTIONS").unwrap_or_else(|_| "2".into()),
-        );
+        .env("LOOM_MAX_PREEMPTIONS", &bound);
     run("loom models", &mut c)?;
     // The collectives' lock protocol is generic over its words, so its
     // models need no cfg (and tokio under `--cfg loom` would not build).
@@ -302,10 +300,7 @@ fn loom() -> Result<(), String> {
         "--lib",
         "loom",
     ])
-    .env(
-        "LOOM_MAX_PREEMPTIONS",
-        std::env::var("LOOM_MAX_PREEMPTIONS").unwrap_or_else(|_| "2".into()),
-    );
+    .env("LOOM_MAX_PREEMPTIONS", &bound);
     run("loom models (collectives lock)", &mut c)
 }
 
