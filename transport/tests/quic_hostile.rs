@@ -703,10 +703,20 @@ fn hostile_peers_do_not_stop_a_queue_serving_others() {
                 send.write_all(&h).await.unwrap();
                 held.push((send, recv));
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
             let t0 = Instant::now();
             for i in 0..20u32 {
                 p.send(&i.to_le_bytes()).await.unwrap();
+            }
+            // Nobody else takes yet: each of its 8 asks is answered with
+            // an item (waiting here, not sleeping a guess, so a loaded
+            // machine cannot let the well-behaved puller take all 20
+            // first and leave it holding nothing to be dropped for).
+            for (_, recv) in &mut held {
+                let mut b = [0u8; 64];
+                tokio::time::timeout(5 * SEC, recv.read(&mut b))
+                    .await
+                    .expect("the queue lends the puller that never acknowledges an item")
+                    .unwrap();
             }
             let mut got = std::collections::HashSet::new();
             while got.len() < 20 {
