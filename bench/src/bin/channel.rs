@@ -35,7 +35,8 @@
 //! `channel workqueue-net --wire nng-tcp|quic --remote producer|consumer
 //! --size B --ms T [--raw] [--hosts]`: WorkQueue throughput with its
 //! producer (or consumer) on another host, reaching the queue through its
-//! bridge (a remote consumer prefetching 64), beside the transport's own
+//! bridge (a remote consumer prefetching 64, or `--prefetch N`: mode
+//! `prefetch-N`), beside the transport's own
 //! push/pull between the same hosts with `--raw` (patterns
 //! `channel-workqueue-remote-put` / `-take`).
 //!
@@ -855,6 +856,7 @@ fn workqueue_net(
     run: Duration,
     raw: bool,
     hosts: bool,
+    prefetch: u32,
 ) -> Measurement {
     use shoal_channel::Handle;
     use shoal_transport::blocking::Blocking;
@@ -871,7 +873,14 @@ fn workqueue_net(
     } else {
         "channel-workqueue-remote-put"
     };
-    let m = Measurement::new(system, pattern, "park", "throughput_msgs_per_s")
+    // A remote consumer's prefetch other than the usual 64 is the row's
+    // mode (it sets how many messages are on their way at once).
+    let mode = if prefetch == 64 || raw || remote != "consumer" {
+        "park".to_string()
+    } else {
+        format!("prefetch-{prefetch}")
+    };
+    let m = Measurement::new(system, pattern, &mode, "throughput_msgs_per_s")
         .transport(&name)
         .payload(size as u64)
         .readers(1)
@@ -894,12 +903,12 @@ fn workqueue_net(
         let stop = map.at::<AtomicU64>(0);
         let counter = map.at::<AtomicU64>(slot(0));
         let net = Options::default().max_message((size + 4096).max(2 << 20));
-        // Remote consumers take up to 64 messages at once (the default,
-        // 1, costs a round trip per message).
+        // Remote consumers take up to 64 messages at once unless told
+        // (the default, 1, costs a round trip per message).
         let opts = QueueOptions::default()
             .capacity(CAPACITY)
             .net(net.clone())
-            .prefetch(64)
+            .prefetch(prefetch.max(1))
             .take_timeout(Some(Duration::from_secs(30)))
             .put_timeout(Some(Duration::from_secs(30)));
         let enter = |side: usize| -> bool {
@@ -1199,6 +1208,7 @@ fn main() {
             Duration::from_millis(a.get("ms", 1000u64)),
             a.has("raw"),
             a.has("hosts"),
+            a.get("prefetch", 64u32),
         ),
         "rpc" => rpc(
             a.get("workers", 3usize).max(1),
@@ -1207,7 +1217,7 @@ fn main() {
         ),
         _ => {
             eprintln!(
-                "usage: channel workqueue --producers P --consumers C --size B --ms T [--raw] | broadcast --readers R --size B --ms T [--raw] | broadcast-latency --readers R --size B --iters N [--raw] | broadcast-net --wire nng-tcp|quic --readers R --size B --ms T [--raw] [--hosts] | broadcast-net-latency --wire W --readers R --size B --iters N [--raw] [--hosts] | workqueue-net --wire W --remote producer|consumer --size B --ms T [--raw] [--hosts] | rpc --workers W --iters N [--raw] | typed --iters N"
+                "usage: channel workqueue --producers P --consumers C --size B --ms T [--raw] | broadcast --readers R --size B --ms T [--raw] | broadcast-latency --readers R --size B --iters N [--raw] | broadcast-net --wire nng-tcp|quic --readers R --size B --ms T [--raw] [--hosts] | broadcast-net-latency --wire W --readers R --size B --iters N [--raw] [--hosts] | workqueue-net --wire W --remote producer|consumer --size B --ms T [--raw] [--hosts] [--prefetch N] | rpc --workers W --iters N [--raw] | typed --iters N"
             );
             std::process::exit(2);
         }

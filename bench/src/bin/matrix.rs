@@ -319,7 +319,13 @@ fn cells(quick: bool) -> Vec<Cell> {
                 let base = format!(
                     "channel workqueue-net --hosts --wire {wire} --remote {remote} --size 64 --ms {ms}"
                 );
-                [base.clone(), format!("{base} --raw")]
+                let mut e = vec![base.clone(), format!("{base} --raw")];
+                if remote == "consumer" {
+                    // A deeper prefetch: what a consumer that may lose
+                    // more when it dies gains in throughput.
+                    e.push(format!("{base} --prefetch 1024"));
+                }
+                e
             })
         })
         .collect();

@@ -90,10 +90,12 @@ pub struct QueueOptions {
     /// came full, asks for ahead. Default 1: each message goes to
     /// whichever consumer asks next, and nothing is taken for a consumer
     /// that does not hand it out. More makes a busy queue much cheaper
-    /// to drain over the network (64: tens of times the messages per
-    /// second), at a price: messages taken for a consumer and not handed
-    /// out when it is dropped or dies (up to twice this many) are lost,
-    /// counted as taken (a warning names how many on a drop).
+    /// to drain over the network (64 B messages across two network
+    /// namespaces here: about 0.2 M/s at 64, 1.5-1.7 M/s at 1024, over
+    /// nng+tcp and QUIC alike), at a price: messages taken for a
+    /// consumer and not handed out when it is dropped or dies (up to
+    /// twice this many) are lost, counted as taken (a warning names how
+    /// many on a drop).
     pub prefetch: u32,
     /// How many bytes past the first message a remote consumer takes at
     /// once, at most. Default 1 MiB.
