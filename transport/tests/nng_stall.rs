@@ -93,3 +93,48 @@ fn a_short_send_timeout_still_lets_a_stalled_subscriber_go() {
         assert!(timeouts > 0, "the subscriber did hold sends back first");
     });
 }
+
+/// A subscriber that reads steadily but slower than the publisher sends,
+/// behind a publisher whose buffer holds a few MiB, is waited for: its
+/// cursor moves only once it took a whole answer, so answers it takes
+/// slowly stay small enough to be taken within the stall timeout (at
+/// 1 MiB/s, answers of half this 2 MiB buffer would take a second, twice
+/// the stall timeout, and it would be evicted).
+#[test]
+fn a_slow_but_reading_subscriber_behind_a_deep_buffer_is_waited_for() {
+    rt().block_on(async {
+        let o = Options::default()
+            .capacity(2 << 20)
+            .stall_timeout(Duration::from_millis(500));
+        let mut p = NngPublisher::bind(&common::ipc_addr("slowdeep"), &o).unwrap();
+        let a = p.address();
+        let mut slow = NngSubscriber::connect(&a, &o).await.unwrap();
+        p.wait_for_subscribers(1, 5 * SEC).await.unwrap();
+        const N: u32 = 4096;
+        let reader = tokio::spawn(async move {
+            for i in 0..N {
+                {
+                    let f = tokio::time::timeout(10 * SEC, slow.recv())
+                        .await
+                        .expect("the slow subscriber keeps receiving")
+                        .expect("the slow subscriber is not evicted");
+                    assert_eq!(&f[..4], &i.to_le_bytes(), "in order, nothing lost");
+                }
+                if i % 10 == 9 {
+                    // 10 KiB per 10 ms: about 1 MiB/s.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        });
+        // 4 MiB: twice the buffer, so sends wait for the reader.
+        for i in 0..N {
+            let m = [i.to_le_bytes().as_slice(), &[0u8; 1020]].concat();
+            tokio::time::timeout(20 * SEC, p.send(b"", &m))
+                .await
+                .expect("a slow reader holds sends back, not for ever")
+                .unwrap();
+        }
+        reader.await.unwrap();
+        assert_eq!(p.wait_for_subscribers(1, SEC).await.unwrap(), 1);
+    });
+}

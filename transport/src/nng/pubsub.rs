@@ -9,7 +9,11 @@
 //! with its cursor). The publisher answers at once with a batch of what is
 //! buffered past the cursor, or holds the question until something is
 //! sent (one hold lasts at most [`HOLD`], then an empty batch answers
-//! it). A message leaves the buffer once every registered subscriber's
+//! it). An answer holds up to 4 MiB and half the capacity, but
+//! starts at 256 KiB and grows only while the subscriber takes
+//! each answer quickly (the cursor moves once a whole answer is taken,
+//! so a slow link must never be given one it needs the stall timeout
+//! for). A message leaves the buffer once every registered subscriber's
 //! cursor is past it, so nothing a subscriber has not acknowledged is
 //! lost: an answer lost with a broken connection is asked for again (a
 //! poll is idempotent; nng redials, and the subscriber asks again once a
@@ -67,6 +71,12 @@ pub const HOLD: Duration = Duration::from_secs(1);
 /// at 4 MiB (8 MiB capacity), 0.69-1.35x, median 0.93x (8 interleaved
 /// pairs, `transport oneway --wire nng-tcp --pub --size 1048576`).
 const BATCH_BYTES: usize = 4 << 20;
+/// What answers to a subscriber start at, and never go below: a subscriber
+/// is evicted when its cursor stays still for the stall timeout while it
+/// holds a send back, and its cursor moves only once it took a whole
+/// answer, so answers grow only for a subscriber that shows it takes
+/// them fast (see [`SubEntry::answer`]).
+const FIRST_BATCH: usize = 256 * 1024;
 /// Questions one connection may have in progress at a publisher: a
 /// subscriber asks one at a time; more is a peer that does not wait for
 /// answers, and its connection is dropped.
@@ -83,8 +93,35 @@ struct SubEntry {
     /// Most bytes of messages in one answer to it (below its receive
     /// limit, which nng enforces by dropping the connection).
     batch: usize,
+    /// Most bytes of messages in the next answer to it, from
+    /// [`FIRST_BATCH`] up to `batch`: doubled when it took the last one
+    /// within an eighth of the stall timeout, halved when it took more
+    /// than a quarter (so a slow link is never given an answer it takes
+    /// the stall timeout to take, and is not evicted for it).
+    answer: usize,
+    /// When the last answer with messages was made, and where it ended
+    /// (the cursor that says it was taken).
+    answered: Option<(Instant, u64)>,
     /// When its cursor last moved (or it registered).
     progress: Instant,
+}
+
+impl SubEntry {
+    /// Its cursor moved to `to`: the answer size follows how long the
+    /// last answer took to be taken.
+    fn taken(&mut self, to: u64, stall: Duration) {
+        if let Some((at, end)) = self.answered {
+            if to >= end {
+                self.answered = None;
+                let took = at.elapsed();
+                if took <= stall / 8 {
+                    self.answer = (self.answer * 2).min(self.batch.max(FIRST_BATCH));
+                } else if took > stall / 4 {
+                    self.answer = (self.answer / 2).max(FIRST_BATCH);
+                }
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -127,6 +164,7 @@ struct PubShared {
     id: u64,
     capacity: usize,
     max_message: usize,
+    stall_timeout: Duration,
     state: Mutex<PubState>,
     /// A message was sent, or the publisher closed.
     data: Notify,
@@ -208,7 +246,8 @@ impl PubShared {
                     // Answers fit the subscriber's limit (0 from an older
                     // peer: the default).
                     let batch = match ctl.b {
-                        0 => BATCH_BYTES,
+                        // An older peer: what answers were then.
+                        0 => FIRST_BATCH,
                         b => (b as usize).clamp(CONTROL_LEN + 64, BATCH_BYTES),
                     };
                     // A hello from a connection already closed registers
@@ -220,6 +259,8 @@ impl PubShared {
                             next,
                             pipe,
                             batch,
+                            answer: FIRST_BATCH,
+                            answered: None,
                             progress: Instant::now(),
                         });
                         e.pipe = pipe;
@@ -267,19 +308,23 @@ impl PubShared {
                     if ctl.b > s.next {
                         s.next = ctl.b;
                         s.progress = Instant::now();
+                        s.taken(ctl.b, self.stall_timeout);
                         st.trim();
                         self.room.notify_waiters();
                     }
                 }
-                let Some(s) = st.subs.get(&ctl.a) else {
+                let first_seq = st.first_seq();
+                let next_seq = st.next_seq;
+                let PubState { subs, buf, .. } = &mut *st;
+                let Some(s) = subs.get_mut(&ctl.a) else {
                     return Ok(reply(Op::Unknown, self.id, 0, 0));
                 };
-                let (from, limit) = (s.next, s.batch.min(self.capacity / 2));
-                if from < st.next_seq {
-                    let skip = (from - st.first_seq()) as usize;
+                let limit = s.answer.min(s.batch).min(self.capacity / 2);
+                let from = s.next;
+                if from < next_seq {
+                    let skip = (from - first_seq) as usize;
                     let mut bytes = 0;
-                    let batch: Vec<Arc<Vec<u8>>> = st
-                        .buf
+                    let batch: Vec<Arc<Vec<u8>>> = buf
                         .iter()
                         .skip(skip)
                         .take_while(|e| {
@@ -289,6 +334,7 @@ impl PubShared {
                         })
                         .cloned()
                         .collect();
+                    s.answered = Some((Instant::now(), from + batch.len() as u64));
                     (from, batch)
                 } else if st.closed {
                     st.subs.remove(&ctl.a);
@@ -361,6 +407,7 @@ impl FlowPublisher {
             id: PeerId::random().0,
             capacity: opts.capacity as usize,
             max_message: opts.max_message,
+            stall_timeout: opts.stall_timeout,
             state: Mutex::new(PubState::default()),
             data: Notify::new(),
             room: Notify::new(),
@@ -744,5 +791,76 @@ impl FlowSubscriber {
                 Some(Err(e)) => return Err(e),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(batch: usize) -> SubEntry {
+        SubEntry {
+            next: 0,
+            pipe: None,
+            batch,
+            answer: FIRST_BATCH,
+            answered: None,
+            progress: Instant::now(),
+        }
+    }
+
+    /// An answer made `ago` before now, ending at `end`.
+    fn answered(e: &mut SubEntry, ago: Duration, end: u64) {
+        e.answered = Instant::now().checked_sub(ago).map(|t| (t, end));
+    }
+
+    #[test]
+    fn answers_grow_for_a_subscriber_that_takes_them_fast_up_to_its_limit() {
+        let stall = Duration::from_secs(8);
+        let mut e = entry(BATCH_BYTES);
+        for k in 1..=10u64 {
+            answered(&mut e, Duration::ZERO, k);
+            e.taken(k, stall);
+        }
+        assert_eq!(e.answer, BATCH_BYTES);
+        // Its own limit below ours bounds them too.
+        let mut e = entry(FIRST_BATCH * 2);
+        for k in 1..=10u64 {
+            answered(&mut e, Duration::ZERO, k);
+            e.taken(k, stall);
+        }
+        assert_eq!(e.answer, FIRST_BATCH * 2);
+    }
+
+    #[test]
+    fn answers_shrink_for_a_subscriber_that_takes_them_slowly_down_to_the_first_size() {
+        let stall = Duration::from_secs(8);
+        let mut e = entry(BATCH_BYTES);
+        e.answer = BATCH_BYTES;
+        answered(&mut e, Duration::from_secs(3), 5);
+        e.taken(5, stall);
+        assert_eq!(e.answer, BATCH_BYTES / 2);
+        for k in 6..=20u64 {
+            answered(&mut e, Duration::from_secs(3), k);
+            e.taken(k, stall);
+        }
+        assert_eq!(e.answer, FIRST_BATCH);
+        // Between an eighth and a quarter of the stall timeout: kept.
+        answered(&mut e, Duration::from_millis(1500), 21);
+        e.taken(21, stall);
+        assert_eq!(e.answer, FIRST_BATCH);
+    }
+
+    #[test]
+    fn only_a_cursor_past_the_whole_answer_counts_it_taken() {
+        let stall = Duration::from_secs(8);
+        let mut e = entry(BATCH_BYTES);
+        answered(&mut e, Duration::ZERO, 10);
+        e.taken(9, stall);
+        assert_eq!(e.answer, FIRST_BATCH, "part of the answer is not all of it");
+        assert!(e.answered.is_some());
+        e.taken(10, stall);
+        assert_eq!(e.answer, 2 * FIRST_BATCH);
+        assert!(e.answered.is_none());
     }
 }
