@@ -77,6 +77,12 @@ const BATCH_BYTES: usize = 4 << 20;
 /// answer, so answers grow only for a subscriber that shows it takes
 /// them fast (see [`SubEntry::answer`]).
 const FIRST_BATCH: usize = 256 * 1024;
+/// Full answers a subscriber must take fast in a row before its answers
+/// double: more than it holds ahead of its caller (the batch being
+/// returned, [`AHEAD`] queued, and one its poller waits to queue), so
+/// that the last of them was taken at the pace its caller reads, not
+/// into room a subscriber had anyway.
+const FAST_RUN: u32 = AHEAD as u32 + 2;
 /// Questions one connection may have in progress at a publisher: a
 /// subscriber asks one at a time; more is a peer that does not wait for
 /// answers, and its connection is dropped.
@@ -94,14 +100,19 @@ struct SubEntry {
     /// limit, which nng enforces by dropping the connection).
     batch: usize,
     /// Most bytes of messages in the next answer to it, from
-    /// [`FIRST_BATCH`] up to `batch`: doubled when it took the last one
-    /// within an eighth of the stall timeout, halved when it took more
-    /// than a quarter (so a slow link is never given an answer it takes
-    /// the stall timeout to take, and is not evicted for it).
+    /// [`FIRST_BATCH`] up to `batch`: doubled once it took [`FAST_RUN`]
+    /// full answers in a row each within an eighth of the stall timeout,
+    /// halved when it took one in more than a quarter (so a link, or a
+    /// reader, that takes answers slowly is not given one it needs the
+    /// stall timeout for, and is not evicted for it).
     answer: usize,
-    /// When the last answer with messages was made, and where it ended
-    /// (the cursor that says it was taken).
-    answered: Option<(Instant, u64)>,
+    /// When the last answer with messages was made, where it ended (the
+    /// cursor that says it was taken), and whether it was full (at least
+    /// half its limit: a trickle of small answers taken at once says
+    /// nothing of how fast a large one is taken).
+    answered: Option<(Instant, u64, bool)>,
+    /// Full answers taken fast in a row, since the size last changed.
+    fast: u32,
     /// When its cursor last moved (or it registered).
     progress: Instant,
 }
@@ -110,16 +121,25 @@ impl SubEntry {
     /// Its cursor moved to `to`: the answer size follows how long the
     /// last answer took to be taken.
     fn taken(&mut self, to: u64, stall: Duration) {
-        if let Some((at, end)) = self.answered {
-            if to >= end {
-                self.answered = None;
-                let took = at.elapsed();
-                if took <= stall / 8 {
-                    self.answer = (self.answer * 2).min(self.batch.max(FIRST_BATCH));
-                } else if took > stall / 4 {
-                    self.answer = (self.answer / 2).max(FIRST_BATCH);
-                }
+        let Some((at, end, full)) = self.answered else {
+            return;
+        };
+        if to < end {
+            return;
+        }
+        self.answered = None;
+        let took = at.elapsed();
+        if took > stall / 4 {
+            self.answer = (self.answer / 2).max(FIRST_BATCH);
+            self.fast = 0;
+        } else if full && took <= stall / 8 {
+            self.fast += 1;
+            if self.fast >= FAST_RUN {
+                self.answer = (self.answer * 2).min(self.batch.max(FIRST_BATCH));
+                self.fast = 0;
             }
+        } else {
+            self.fast = 0;
         }
     }
 }
@@ -261,6 +281,7 @@ impl PubShared {
                             batch,
                             answer: FIRST_BATCH,
                             answered: None,
+                            fast: 0,
                             progress: Instant::now(),
                         });
                         e.pipe = pipe;
@@ -334,7 +355,12 @@ impl PubShared {
                         })
                         .cloned()
                         .collect();
-                    s.answered = Some((Instant::now(), from + batch.len() as u64));
+                    let bytes = CONTROL_LEN + batch.iter().map(|e| e.len()).sum::<usize>();
+                    s.answered = Some((
+                        Instant::now(),
+                        from + batch.len() as u64,
+                        2 * bytes >= limit,
+                    ));
                     (from, batch)
                 } else if st.closed {
                     st.subs.remove(&ctl.a);
@@ -805,27 +831,33 @@ mod tests {
             batch,
             answer: FIRST_BATCH,
             answered: None,
+            fast: 0,
             progress: Instant::now(),
         }
     }
 
-    /// An answer made `ago` before now, ending at `end`.
+    /// A full answer made `ago` before now, ending at `end`.
     fn answered(e: &mut SubEntry, ago: Duration, end: u64) {
-        e.answered = Instant::now().checked_sub(ago).map(|t| (t, end));
+        e.answered = Instant::now().checked_sub(ago).map(|t| (t, end, true));
     }
 
     #[test]
     fn answers_grow_for_a_subscriber_that_takes_them_fast_up_to_its_limit() {
         let stall = Duration::from_secs(8);
         let mut e = entry(BATCH_BYTES);
-        for k in 1..=10u64 {
+        for k in 1..u64::from(FAST_RUN) {
+            answered(&mut e, Duration::ZERO, k);
+            e.taken(k, stall);
+        }
+        assert_eq!(e.answer, FIRST_BATCH, "not before a whole run");
+        for k in u64::from(FAST_RUN)..=100 {
             answered(&mut e, Duration::ZERO, k);
             e.taken(k, stall);
         }
         assert_eq!(e.answer, BATCH_BYTES);
         // Its own limit below ours bounds them too.
         let mut e = entry(FIRST_BATCH * 2);
-        for k in 1..=10u64 {
+        for k in 1..=100u64 {
             answered(&mut e, Duration::ZERO, k);
             e.taken(k, stall);
         }
@@ -857,10 +889,40 @@ mod tests {
         let mut e = entry(BATCH_BYTES);
         answered(&mut e, Duration::ZERO, 10);
         e.taken(9, stall);
-        assert_eq!(e.answer, FIRST_BATCH, "part of the answer is not all of it");
+        assert_eq!(e.fast, 0, "part of the answer is not all of it");
         assert!(e.answered.is_some());
         e.taken(10, stall);
-        assert_eq!(e.answer, 2 * FIRST_BATCH);
+        assert_eq!(e.fast, 1);
         assert!(e.answered.is_none());
+    }
+
+    #[test]
+    fn small_answers_taken_at_once_do_not_grow_them() {
+        let stall = Duration::from_secs(8);
+        let mut e = entry(BATCH_BYTES);
+        for k in 1..=100u64 {
+            e.answered = Some((Instant::now(), k, false));
+            e.taken(k, stall);
+        }
+        assert_eq!(e.answer, FIRST_BATCH);
+    }
+
+    #[test]
+    fn an_answer_taken_less_fast_starts_the_run_again() {
+        let stall = Duration::from_secs(8);
+        let mut e = entry(BATCH_BYTES);
+        let mut k = 0u64;
+        for _ in 0..10 {
+            for _ in 1..FAST_RUN {
+                k += 1;
+                answered(&mut e, Duration::ZERO, k);
+                e.taken(k, stall);
+            }
+            // Between an eighth and a quarter of the stall timeout.
+            k += 1;
+            answered(&mut e, Duration::from_millis(1500), k);
+            e.taken(k, stall);
+        }
+        assert_eq!(e.answer, FIRST_BATCH);
     }
 }
