@@ -119,8 +119,9 @@ struct SubEntry {
 
 impl SubEntry {
     /// Its cursor moved to `to`: the answer size follows how long the
-    /// last answer took to be taken.
-    fn taken(&mut self, to: u64, stall: Duration) {
+    /// last answer took to be taken (growing up to `most`: its own
+    /// limit, and half the publisher's capacity).
+    fn taken(&mut self, to: u64, stall: Duration, most: usize) {
         let Some((at, end, full)) = self.answered else {
             return;
         };
@@ -135,7 +136,7 @@ impl SubEntry {
         } else if full && took <= stall / 8 {
             self.fast += 1;
             if self.fast >= FAST_RUN {
-                self.answer = (self.answer * 2).min(self.batch.max(FIRST_BATCH));
+                self.answer = (self.answer * 2).min(most.max(FIRST_BATCH));
                 self.fast = 0;
             }
         } else {
@@ -329,7 +330,8 @@ impl PubShared {
                     if ctl.b > s.next {
                         s.next = ctl.b;
                         s.progress = Instant::now();
-                        s.taken(ctl.b, self.stall_timeout);
+                        let most = s.batch.min(self.capacity / 2);
+                        s.taken(ctl.b, self.stall_timeout, most);
                         st.trim();
                         self.room.notify_waiters();
                     }
@@ -367,6 +369,13 @@ impl PubShared {
                     self.room.notify_waiters();
                     return Ok(reply(Op::Closed, self.id, 0, 0));
                 } else {
+                    // Caught up: whatever it takes next lands in room it
+                    // had anyway, so a run of fast answers starts again
+                    // (acknowledgements after an idle spell say nothing of
+                    // its caller's pace).
+                    if let Some(s) = st.subs.get_mut(&ctl.a) {
+                        s.fast = 0;
+                    }
                     (from, Vec::new())
                 }
             };
@@ -847,21 +856,27 @@ mod tests {
         let mut e = entry(BATCH_BYTES);
         for k in 1..u64::from(FAST_RUN) {
             answered(&mut e, Duration::ZERO, k);
-            e.taken(k, stall);
+            e.taken(k, stall, BATCH_BYTES);
         }
         assert_eq!(e.answer, FIRST_BATCH, "not before a whole run");
         for k in u64::from(FAST_RUN)..=100 {
             answered(&mut e, Duration::ZERO, k);
-            e.taken(k, stall);
+            e.taken(k, stall, BATCH_BYTES);
         }
         assert_eq!(e.answer, BATCH_BYTES);
-        // Its own limit below ours bounds them too.
+        // Its own limit, or half the capacity, bounds them too.
         let mut e = entry(FIRST_BATCH * 2);
         for k in 1..=100u64 {
             answered(&mut e, Duration::ZERO, k);
-            e.taken(k, stall);
+            e.taken(k, stall, e.batch);
         }
         assert_eq!(e.answer, FIRST_BATCH * 2);
+        let mut e = entry(BATCH_BYTES);
+        for k in 1..=100u64 {
+            answered(&mut e, Duration::ZERO, k);
+            e.taken(k, stall, BATCH_BYTES / 4);
+        }
+        assert_eq!(e.answer, BATCH_BYTES / 4);
     }
 
     #[test]
@@ -870,16 +885,16 @@ mod tests {
         let mut e = entry(BATCH_BYTES);
         e.answer = BATCH_BYTES;
         answered(&mut e, Duration::from_secs(3), 5);
-        e.taken(5, stall);
+        e.taken(5, stall, BATCH_BYTES);
         assert_eq!(e.answer, BATCH_BYTES / 2);
         for k in 6..=20u64 {
             answered(&mut e, Duration::from_secs(3), k);
-            e.taken(k, stall);
+            e.taken(k, stall, BATCH_BYTES);
         }
         assert_eq!(e.answer, FIRST_BATCH);
         // Between an eighth and a quarter of the stall timeout: kept.
         answered(&mut e, Duration::from_millis(1500), 21);
-        e.taken(21, stall);
+        e.taken(21, stall, BATCH_BYTES);
         assert_eq!(e.answer, FIRST_BATCH);
     }
 
@@ -888,10 +903,10 @@ mod tests {
         let stall = Duration::from_secs(8);
         let mut e = entry(BATCH_BYTES);
         answered(&mut e, Duration::ZERO, 10);
-        e.taken(9, stall);
+        e.taken(9, stall, BATCH_BYTES);
         assert_eq!(e.fast, 0, "part of the answer is not all of it");
         assert!(e.answered.is_some());
-        e.taken(10, stall);
+        e.taken(10, stall, BATCH_BYTES);
         assert_eq!(e.fast, 1);
         assert!(e.answered.is_none());
     }
@@ -902,7 +917,7 @@ mod tests {
         let mut e = entry(BATCH_BYTES);
         for k in 1..=100u64 {
             e.answered = Some((Instant::now(), k, false));
-            e.taken(k, stall);
+            e.taken(k, stall, BATCH_BYTES);
         }
         assert_eq!(e.answer, FIRST_BATCH);
     }
@@ -916,12 +931,12 @@ mod tests {
             for _ in 1..FAST_RUN {
                 k += 1;
                 answered(&mut e, Duration::ZERO, k);
-                e.taken(k, stall);
+                e.taken(k, stall, BATCH_BYTES);
             }
             // Between an eighth and a quarter of the stall timeout.
             k += 1;
             answered(&mut e, Duration::from_millis(1500), k);
-            e.taken(k, stall);
+            e.taken(k, stall, BATCH_BYTES);
         }
         assert_eq!(e.answer, FIRST_BATCH);
     }
