@@ -9,11 +9,10 @@
 //! with its cursor). The publisher answers at once with a batch of what is
 //! buffered past the cursor, or holds the question until something is
 //! sent (one hold lasts at most [`HOLD`], then an empty batch answers
-//! it). An answer holds up to 4 MiB and half the capacity, but
-//! starts at 256 KiB and grows only while the subscriber takes
-//! each answer quickly (the cursor moves once a whole answer is taken,
-//! so a slow link must never be given one it needs the stall timeout
-//! for). A message leaves the buffer once every registered subscriber's
+//! it). An answer holds up to 4 MiB and half the capacity, but starts
+//! at 256 KiB and grows only while the subscriber takes answers quickly
+//! (the cursor moves once a whole answer is taken, so a slow link must
+//! never be given one it needs the stall timeout for). A message leaves the buffer once every registered subscriber's
 //! cursor is past it, so nothing a subscriber has not acknowledged is
 //! lost: an answer lost with a broken connection is asked for again (a
 //! poll is idempotent; nng redials, and the subscriber asks again once a
@@ -66,10 +65,12 @@ pub const HOLD: Duration = Duration::from_secs(1);
 /// Most bytes of messages in one answer (a larger single message goes
 /// alone), and never more than half the publisher's capacity, so that it
 /// fills the other half while an answer is on its way. Each answer costs
-/// a round trip (the next poll): at 256 KiB, 1 MiB messages went one per
-/// answer and a subscriber took 0.45-0.58x what raw nng PUSH/PULL moves;
-/// at 4 MiB (8 MiB capacity), 0.69-1.35x, median 0.93x (8 interleaved
-/// pairs, `transport oneway --wire nng-tcp --pub --size 1048576`).
+/// a round trip (the next poll): with answers fixed at 256 KiB, 1 MiB
+/// messages went one per answer and a subscriber took 0.45-0.58x what
+/// raw nng PUSH/PULL moves; fixed at 4 MiB (8 MiB capacity), 0.69-1.35x,
+/// median 0.93x (8 interleaved pairs, `transport oneway --wire nng-tcp
+/// --pub --size 1048576`); grown to 4 MiB as [`SubEntry::answer`] says,
+/// 0.84-0.97x the fixed 4 MiB answers (4 pairs).
 const BATCH_BYTES: usize = 4 << 20;
 /// What answers to a subscriber start at, and never go below: a subscriber
 /// is evicted when its cursor stays still for the stall timeout while it
@@ -194,6 +195,12 @@ struct PubShared {
 }
 
 impl PubShared {
+    /// The most bytes of messages an answer to `s` may hold: its own
+    /// limit, and half the capacity.
+    fn most(&self, s: &SubEntry) -> usize {
+        s.batch.min(self.capacity / 2)
+    }
+
     /// Evicts subscribers whose connection closed; under the state lock.
     fn evict_gone(&self, st: &mut PubState) {
         let before = st.subs.len();
@@ -311,7 +318,7 @@ impl PubShared {
         loop {
             let mut data = pin!(self.data.notified());
             data.as_mut().enable();
-            let (from, batch) = {
+            let (from, batch, len) = {
                 let mut st = lock(&self.state);
                 let next_seq = st.next_seq;
                 let Some(s) = st.subs.get_mut(&ctl.a) else {
@@ -330,8 +337,7 @@ impl PubShared {
                     if ctl.b > s.next {
                         s.next = ctl.b;
                         s.progress = Instant::now();
-                        let most = s.batch.min(self.capacity / 2);
-                        s.taken(ctl.b, self.stall_timeout, most);
+                        s.taken(ctl.b, self.stall_timeout, self.most(s));
                         st.trim();
                         self.room.notify_waiters();
                     }
@@ -342,7 +348,7 @@ impl PubShared {
                 let Some(s) = subs.get_mut(&ctl.a) else {
                     return Ok(reply(Op::Unknown, self.id, 0, 0));
                 };
-                let limit = s.answer.min(s.batch).min(self.capacity / 2);
+                let limit = s.answer.min(self.most(s));
                 let from = s.next;
                 if from < next_seq {
                     let skip = (from - first_seq) as usize;
@@ -357,13 +363,10 @@ impl PubShared {
                         })
                         .cloned()
                         .collect();
-                    let bytes = CONTROL_LEN + batch.iter().map(|e| e.len()).sum::<usize>();
-                    s.answered = Some((
-                        Instant::now(),
-                        from + batch.len() as u64,
-                        2 * bytes >= limit,
-                    ));
-                    (from, batch)
+                    let len = CONTROL_LEN + batch.iter().map(|e| e.len()).sum::<usize>();
+                    s.answered =
+                        Some((Instant::now(), from + batch.len() as u64, 2 * len >= limit));
+                    (from, batch, len)
                 } else if st.closed {
                     st.subs.remove(&ctl.a);
                     self.room.notify_waiters();
@@ -376,13 +379,12 @@ impl PubShared {
                     if let Some(s) = st.subs.get_mut(&ctl.a) {
                         s.fast = 0;
                     }
-                    (from, Vec::new())
+                    (from, Vec::new(), 0)
                 }
             };
             if !batch.is_empty() {
                 // Built outside the lock: a large message is copied while
                 // the publisher goes on.
-                let len = CONTROL_LEN + batch.iter().map(|e| e.len()).sum::<usize>();
                 let mut m = Message::with_capacity(len);
                 m.push_back(&Control::new(Op::Batch, self.id, from, batch.len() as u64).encode());
                 for e in &batch {
