@@ -399,6 +399,45 @@ fn large_batches_in_parts(bind: &str) {
     assert!(got == msgs);
 }
 
+/// A remote producer whose messages nobody takes cannot fill the queue
+/// host's `/dev/shm`: large messages past the proxy's pooled overflow
+/// segments hold ring room in proportion to their size, so the ring
+/// fills after some dozens of 256 KiB messages (not a thousand, one per
+/// 64-byte descriptor), and the producer's put times out. Every message
+/// it put is then taken, in order.
+fn large_puts_nobody_takes(bind: &str) {
+    const LEN: usize = 256 << 10;
+    let o = opts(bind).put_timeout(Some(SEC));
+    let q = WorkQueue::create(&o).unwrap();
+    let mut c = q.consumer().unwrap();
+    let mut p = Producer::attach_remote(q.handle(), &o).unwrap();
+    let msg = |i: u32| {
+        let mut m = vec![(i % 251) as u8; LEN];
+        m[..4].copy_from_slice(&i.to_le_bytes());
+        m
+    };
+    let mut put = 0u32;
+    loop {
+        match p.put(&msg(put)) {
+            Ok(()) => put += 1,
+            Err(Error::Timeout { .. }) => break,
+            Err(e) => panic!("put {put}: {e}"),
+        }
+        assert!(
+            put < 200,
+            "{put} messages of 256 KiB went in, nobody taking"
+        );
+    }
+    eprintln!("{put} messages of {LEN} B put before the queue was full");
+    for i in 0..put {
+        let t = c
+            .take_within(5 * SEC)
+            .unwrap()
+            .unwrap_or_else(|| panic!("message {i} of {put} never came"));
+        assert!(*t == msg(i)[..], "message {i} came back changed");
+    }
+}
+
 /// Handles that do not fit: a queue without remote peers, another build.
 #[test]
 fn remote_attach_needs_a_bridge() {
@@ -448,6 +487,10 @@ macro_rules! over {
             #[test]
             fn leases_differ() {
                 super::leases_differ(AT);
+            }
+            #[test]
+            fn large_puts_nobody_takes() {
+                super::large_puts_nobody_takes(AT);
             }
         }
     };

@@ -99,7 +99,9 @@ pub use broadcast::{
 #[cfg(not(loom))]
 pub use broadcast_core::MAX_HELD;
 #[cfg(not(loom))]
-pub use mpmc::{MpmcConfig, MpmcConsumer, MpmcProducer, MpmcReservation, MpmcRing, TakeGuard};
+pub use mpmc::{
+    MpmcConfig, MpmcConsumer, MpmcProducer, MpmcReservation, MpmcRing, TakeGuard, ONESHOT_RATIO,
+};
 #[cfg(not(loom))]
 pub use ready::ReadyFd;
 #[cfg(not(loom))]

@@ -238,6 +238,28 @@ fn for_each_unreleased_overflow(mem: &ShmMem<MpmcControl>, mut f: impl FnMut(u64
     true
 }
 
+/// Bytes of one-shot overflow payload one byte of ring room stands for.
+///
+/// A producer's pooled overflow records are bounded by its in-flight table
+/// (8 records); past
+/// them, while consumers lag, each large record gets a one-shot segment.
+/// Those would be bounded only by the ring's room for 64-byte
+/// descriptors, so a producer (a remote one through a channel's bridge,
+/// say) could fill `/dev/shm` with them. So a one-shot record's descriptor
+/// reserves `len / ONESHOT_RATIO` bytes of ring room (at least the
+/// descriptor, at most the largest inline record), held until the record
+/// is released: the one-shot segments of a ring hold at most about
+/// `ONESHOT_RATIO` times its capacity, or two records of the largest kind,
+/// and a producer past that waits for room as for any record.
+pub const ONESHOT_RATIO: u64 = 64;
+
+/// The ring room a one-shot overflow record of `len` payload bytes
+/// reserves (see [`ONESHOT_RATIO`]); `max_inline` is the ring's largest
+/// inline payload.
+fn oneshot_room(len: u64, max_inline: u64) -> u64 {
+    (len / ONESHOT_RATIO).clamp(DESC_LEN, max_inline.max(DESC_LEN))
+}
+
 /// A producer of an MPMC ring.
 pub struct MpmcProducer {
     core: ProducerCore<ShmMem<MpmcControl>>,
@@ -357,9 +379,17 @@ impl MpmcProducer {
         let core = &self.core;
         self.pool.reclaim_where(|pos| core.record_released(pos));
         let oneshot_seq = random_u64()?;
-        let resv = self.core.reserve(DESC_LEN, &wait)?;
+        let pooled = self.pool.oldest_if_full().is_none();
+        // A one-shot record holds ring room in proportion to its size (see
+        // `oneshot_room`): that is what bounds the one-shot bytes in flight.
+        let room = if pooled {
+            DESC_LEN
+        } else {
+            oneshot_room(max_len, self.core.max_inline())
+        };
+        let resv = self.core.reserve(room, &wait)?;
         let ring = *self.core.mem.seg.name();
-        let buf = if self.pool.oldest_if_full().is_none() {
+        let buf = if pooled {
             // A recycled segment (or a new pooled one).
             let (buf, seq) = match self.pool.take(&ring, max_len, self.format) {
                 Ok(v) => v,

@@ -8,8 +8,10 @@
 //! MPMC producer pools its segments the same way, reusing one once the
 //! record naming it was released (its commit word moved on); when its
 //! in-flight table is full (consumers lag), it falls back to a one-shot
-//! segment that the consumer taking it unlinks. Overflow payloads start on
-//! a page boundary.
+//! segment that the consumer taking it unlinks, whose descriptor holds
+//! ring room in proportion to its size (`ONESHOT_RATIO`), so the ring's
+//! room bounds the one-shot bytes in flight. Overflow payloads start on a
+//! page boundary.
 
 use crate::error::{Error, Result};
 use crate::layout::{SegmentKind, FORMAT_TAG_LEN, HEADER_PAGE};

@@ -193,3 +193,74 @@ fn short_lived_producers_leave_no_files_behind() {
     drop(c);
     assert_eq!(left, 0, "files left behind while the ring lives");
 }
+
+/// Bytes of this ring's overflow files in `/dev/shm`.
+fn overflow_bytes(ring: &str) -> u64 {
+    std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(&format!("{ring}.o")))
+        })
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// A producer whose consumers do not take cannot fill `/dev/shm` with
+/// one-shot overflow segments: past its pooled ones, each large record
+/// holds ring room in proportion to its size, so the ring fills and the
+/// producer waits (here: a try that fails) long before. Nothing put is
+/// lost, and once taken, puts go on.
+#[test]
+fn one_shot_overflow_bytes_are_bounded_by_the_ring() {
+    let _serial = serial();
+    const CAP: u64 = 1 << 16;
+    const LEN: usize = 256 << 10;
+    let ring = MpmcRing::create(&MpmcConfig::new(CAP, 1, 1)).unwrap();
+    let name = ring.handle().name().to_string();
+    let mut p = ring.producer().unwrap();
+    let mut c = ring.consumer().unwrap();
+    let mut sent = 0u32;
+    loop {
+        match p.send_with(&pattern(sent, LEN), Wait::no_wait()) {
+            Ok(()) => sent += 1,
+            Err(shoal_shm_ring::Error::WouldBlock) => break,
+            Err(e) => panic!("send {sent}: {e}"),
+        }
+        // Without the bound, 1000 records of 256 KiB would fit.
+        assert!(
+            sent < 200,
+            "{sent} large records went in; files hold {} bytes",
+            overflow_bytes(&name)
+        );
+    }
+    let held = overflow_bytes(&name);
+    let bound = 8 * (LEN as u64 + 8192) + shoal_shm_ring::ONESHOT_RATIO * CAP;
+    eprintln!("{sent} records of {LEN} B put before the ring was full; overflow files: {held} B (bound {bound})");
+    assert!(sent > 8, "one-shot records should still go in: only {sent}");
+    assert!(held <= bound, "overflow files hold {held} B, past {bound}");
+    // A put that may wait gives up at its timeout.
+    let t = p.send_with(
+        &pattern(sent, LEN),
+        Wait::timeout(Duration::from_millis(50)),
+    );
+    assert!(t.is_err(), "a full ring took another record: {t:?}");
+    for i in 0..sent {
+        let g = c.take_with(Wait::timeout(5 * SEC)).unwrap();
+        assert!(*g == pattern(i, LEN)[..], "record {i} came back changed");
+    }
+    // Room again.
+    for i in 0..4u32 {
+        p.send_with(&pattern(1000 + i, LEN), Wait::timeout(5 * SEC))
+            .unwrap();
+        let g = c.take_with(Wait::timeout(5 * SEC)).unwrap();
+        assert!(*g == pattern(1000 + i, LEN)[..]);
+    }
+    drop(c);
+    drop(p);
+    drop(ring);
+    assert_eq!(overflow_files(&name), 0, "files left behind");
+}
