@@ -309,6 +309,65 @@ fn quic_readiness_names_missing_remote_readers() {
     names_missing_remote_readers("quic://127.0.0.1:0");
 }
 
+/// A connection to the publisher is not a reader: a stranger subscribed
+/// there (no hello) leaves readiness waiting for the reader it stands in
+/// for, named; the reader itself then makes it ready.
+#[cfg(any(feature = "nng", feature = "quic"))]
+fn a_stranger_connection_is_not_a_reader<W: shoal_transport::Wire>(bind: &str)
+where
+    W::Subscriber: Send + 'static,
+{
+    use shoal_transport::Subscriber;
+    let o = opts(2).remote(1, bind);
+    let mut b = Broadcast::create(&o).unwrap();
+    let h = b.handle().clone();
+    let _local = BroadcastReceiver::attach_with(&h, 0, &o).unwrap();
+    let at: shoal_transport::Address = h
+        .remote()
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut stranger = rt.block_on(W::connect_subscriber(&at, &o.net)).unwrap();
+    rt.spawn(async move { while stranger.recv().await.is_ok() {} });
+    match b.wait_until_ready(Duration::from_millis(800)) {
+        Err(Error::ReadersMissing {
+            expected,
+            joined,
+            missing,
+            ..
+        }) => {
+            assert_eq!((expected, joined), (2, 1));
+            assert_eq!(missing, [1]);
+        }
+        other => panic!("a stranger's connection made the broadcast ready: {other:?}"),
+    }
+    let mut r = BroadcastReceiver::attach_remote(&h, 1, &o).unwrap();
+    b.wait_until_ready(10 * SEC).unwrap();
+    b.send(b"to both").unwrap();
+    assert_eq!(&*r.recv().unwrap(), b"to both");
+    rt.shutdown_background();
+}
+
+#[cfg(feature = "nng")]
+#[test]
+fn nng_a_stranger_connection_is_not_a_reader() {
+    a_stranger_connection_is_not_a_reader::<shoal_transport::Nng>("nng+tcp://127.0.0.1:0");
+}
+
+#[cfg(feature = "quic")]
+#[test]
+fn quic_a_stranger_connection_is_not_a_reader() {
+    a_stranger_connection_is_not_a_reader::<shoal_transport::Quic>("quic://127.0.0.1:0");
+}
+
 /// What the library logged, captured by a subscriber of the whole process
 /// (the broadcast's door logs from a thread of its own).
 #[cfg(any(feature = "nng", feature = "quic"))]
@@ -377,8 +436,8 @@ fn names_a_slow_remote_reader(bind: &str) {
     let mut b = Broadcast::create(&o).unwrap();
     let h = b.handle().clone();
     let quick = o.clone().recv_timeout(Some(Duration::from_millis(100)));
-    let mut fast = BroadcastReceiver::attach_remote(&h, 4, &quick).unwrap();
-    let mut slow = BroadcastReceiver::attach_remote(&h, 5, &o).unwrap();
+    let mut fast = BroadcastReceiver::attach_remote(&h, 0, &quick).unwrap();
+    let mut slow = BroadcastReceiver::attach_remote(&h, 1, &o).unwrap();
     b.wait_until_ready(10 * SEC).unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop2 = stop.clone();
@@ -400,7 +459,7 @@ fn names_a_slow_remote_reader(bind: &str) {
     let payload = vec![7u8; 64 << 10];
     let end = std::time::Instant::now() + 20 * SEC;
     let named = format!(
-        "reader 5 (pid {}, host {:#x}) has 3 of",
+        "reader 1 (pid {}, host {:#x}) has 3 of",
         std::process::id(),
         shoal_channel::gather::host_id()
     );
@@ -420,7 +479,7 @@ fn names_a_slow_remote_reader(bind: &str) {
     eprintln!("logged: {}", lines[0]);
     assert!(lines[0].contains("writer blocked"), "{}", lines[0]);
     // The reader that kept up is not named.
-    assert!(!lines[0].contains("reader 4 "), "{}", lines[0]);
+    assert!(!lines[0].contains("reader 0 "), "{}", lines[0]);
     drop(slow);
 }
 

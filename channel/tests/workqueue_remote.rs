@@ -400,10 +400,10 @@ fn large_batches_in_parts(bind: &str) {
 }
 
 /// A remote producer whose messages nobody takes cannot fill the queue
-/// host's `/dev/shm`: large messages past the proxy's pooled overflow
-/// segments hold ring room in proportion to their size, so the ring
-/// fills after some dozens of 256 KiB messages (not a thousand, one per
-/// 64-byte descriptor), and the producer's put times out. Every message
+/// host's `/dev/shm`: large messages hold ring room in proportion to
+/// their size, so the ring fills after some dozens of 256 KiB messages
+/// (not a thousand, one per 64-byte descriptor), and the producer's put
+/// times out. Every message
 /// it put is then taken, in order.
 fn large_puts_nobody_takes(bind: &str) {
     const LEN: usize = 256 << 10;

@@ -11,8 +11,10 @@ use crate::wait::EventCount;
 
 /// First eight bytes of every segment: `b"SHOALSEG"` little-endian.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHOALSEG");
-/// Layout version; bumped on any incompatible change of this module.
-pub const LAYOUT_VERSION: u32 = 5;
+/// Layout version; bumped on any incompatible change of this module or
+/// of what records mean (6: an MPMC overflow descriptor's record is as
+/// long as the ring room it holds, 16 bytes or more).
+pub const LAYOUT_VERSION: u32 = 6;
 /// Size of the header page; control lines start here.
 pub const HEADER_PAGE: usize = 4096;
 /// Records start on, and are padded to, this many bytes.

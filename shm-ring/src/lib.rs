@@ -100,7 +100,7 @@ pub use broadcast::{
 pub use broadcast_core::MAX_HELD;
 #[cfg(not(loom))]
 pub use mpmc::{
-    MpmcConfig, MpmcConsumer, MpmcProducer, MpmcReservation, MpmcRing, TakeGuard, ONESHOT_RATIO,
+    MpmcConfig, MpmcConsumer, MpmcProducer, MpmcReservation, MpmcRing, TakeGuard, OVERFLOW_RATIO,
 };
 #[cfg(not(loom))]
 pub use ready::ReadyFd;

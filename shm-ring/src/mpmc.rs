@@ -212,7 +212,7 @@ fn for_each_unreleased_overflow(mem: &ShmMem<MpmcControl>, mut f: impl FnMut(u64
         let h = mem.header(r);
         let c = h.commit.load(Ordering::Acquire);
         let len = u64::from(h.len.load(Ordering::Acquire));
-        let named = (c & rec::MASK == rec::OVERFLOW && len == DESC_LEN)
+        let named = (c & rec::MASK == rec::OVERFLOW && len >= DESC_LEN)
             .then(|| overflow::descriptor(&ring, mem.data(r + RECORD_HEADER as u64), len))
             .and_then(|d| d.ok())
             .map(|(d, _)| d.seq);
@@ -238,26 +238,31 @@ fn for_each_unreleased_overflow(mem: &ShmMem<MpmcControl>, mut f: impl FnMut(u64
     true
 }
 
-/// Bytes of one-shot overflow payload one byte of ring room stands for.
+/// Bytes of overflow segment one byte of ring room stands for.
 ///
-/// A producer's pooled overflow records are bounded by its in-flight table
-/// (8 records); past
-/// them, while consumers lag, each large record gets a one-shot segment.
-/// Those would be bounded only by the ring's room for 64-byte
-/// descriptors, so a producer (a remote one through a channel's bridge,
-/// say) could fill `/dev/shm` with them. So a one-shot record's descriptor
-/// reserves `len / ONESHOT_RATIO` bytes of ring room (at least the
-/// descriptor, at most the largest inline record), held until the record
-/// is released: the one-shot segments of a ring hold at most about
-/// `ONESHOT_RATIO` times its capacity, or two records of the largest kind,
-/// and a producer past that waits for room as for any record.
-pub const ONESHOT_RATIO: u64 = 64;
+/// A large record travels in an overflow segment named by a descriptor
+/// in the ring. Were descriptors 64 bytes whatever they name, the
+/// segments in flight would be bounded only by the ring's room for
+/// descriptors (a thousand per 64 KiB), times the largest message, and a
+/// producer whose records nobody takes (a remote one, through a channel's
+/// bridge) could fill `/dev/shm`. So a descriptor reserves ring room for
+/// its segment's size over `OVERFLOW_RATIO` (at least a descriptor, at
+/// most the largest inline record), held until the record is released:
+/// whatever the number of producers, a ring's overflow records in flight
+/// hold about `OVERFLOW_RATIO` times its capacity at most, or one record
+/// larger than half that beside the others, and a producer past it waits
+/// for room as for any record. (Each producer also keeps up to 8 released
+/// segments, at most 64 MiB beyond the first, for reuse: outside this
+/// bound.)
+pub const OVERFLOW_RATIO: u64 = 64;
 
-/// The ring room a one-shot overflow record of `len` payload bytes
-/// reserves (see [`ONESHOT_RATIO`]); `max_inline` is the ring's largest
-/// inline payload.
-fn oneshot_room(len: u64, max_inline: u64) -> u64 {
-    (len / ONESHOT_RATIO).clamp(DESC_LEN, max_inline.max(DESC_LEN))
+/// The ring room the descriptor of an overflow record of `len` payload
+/// bytes reserves (see [`OVERFLOW_RATIO`]): its segment's size (the
+/// payload in whole pages, and a header page) over the ratio;
+/// `max_inline` is the ring's largest inline payload.
+fn overflow_room(len: u64, max_inline: u64) -> u64 {
+    let file = len.div_ceil(4096).saturating_add(1).saturating_mul(4096);
+    (file / OVERFLOW_RATIO).clamp(DESC_LEN, max_inline.max(DESC_LEN))
 }
 
 /// A producer of an MPMC ring.
@@ -380,13 +385,9 @@ impl MpmcProducer {
         self.pool.reclaim_where(|pos| core.record_released(pos));
         let oneshot_seq = random_u64()?;
         let pooled = self.pool.oldest_if_full().is_none();
-        // A one-shot record holds ring room in proportion to its size (see
-        // `oneshot_room`): that is what bounds the one-shot bytes in flight.
-        let room = if pooled {
-            DESC_LEN
-        } else {
-            oneshot_room(max_len, self.core.max_inline())
-        };
+        // The descriptor holds ring room in proportion to the segment's
+        // size (see `overflow_room`): that bounds the overflow in flight.
+        let room = overflow_room(max_len, self.core.max_inline());
         let resv = self.core.reserve(room, &wait)?;
         let ring = *self.core.mem.seg.name();
         let buf = if pooled {
@@ -593,9 +594,12 @@ impl MpmcReservation<'_> {
                     seq: p.pending_seq,
                     len: len as u64 | POOLED,
                 };
-                // SAFETY: the reservation holds DESC_LEN payload bytes.
+                // SAFETY: the reservation holds at least DESC_LEN payload
+                // bytes (`overflow_room`).
                 unsafe { d.write(p.core.payload(&resv)) };
-                let r = p.core.commit(resv, DESC_LEN, rec::OVERFLOW);
+                // Committed whole: a shorter commit would leave its rest a
+                // pad that holds the room until a consumer's next take.
+                let r = p.core.commit(resv, resv.max_len, rec::OVERFLOW);
                 if r.is_ok() {
                     p.pool.commit_pending(resv.start);
                 } else {
@@ -608,9 +612,12 @@ impl MpmcReservation<'_> {
                     seq,
                     len: len as u64,
                 };
-                // SAFETY: the reservation holds DESC_LEN payload bytes.
+                // SAFETY: the reservation holds at least DESC_LEN payload
+                // bytes (`overflow_room`).
                 unsafe { d.write(p.core.payload(&resv)) };
-                let r = p.core.commit(resv, DESC_LEN, rec::OVERFLOW);
+                // Committed whole: a shorter commit would leave its rest a
+                // pad that holds the room until a consumer's next take.
+                let r = p.core.commit(resv, resv.max_len, rec::OVERFLOW);
                 if r.is_ok() {
                     // The consumer that takes the record unlinks the segment;
                     // on failure it is dropped (unlinked) here.

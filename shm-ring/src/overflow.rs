@@ -8,10 +8,10 @@
 //! MPMC producer pools its segments the same way, reusing one once the
 //! record naming it was released (its commit word moved on); when its
 //! in-flight table is full (consumers lag), it falls back to a one-shot
-//! segment that the consumer taking it unlinks, whose descriptor holds
-//! ring room in proportion to its size (`ONESHOT_RATIO`), so the ring's
-//! room bounds the one-shot bytes in flight. Overflow payloads start on a
-//! page boundary.
+//! segment that the consumer taking it unlinks. An MPMC descriptor holds
+//! ring room in proportion to its segment's size (`OVERFLOW_RATIO`), so
+//! the ring's room bounds the overflow bytes in flight. Overflow payloads
+//! start on a page boundary.
 
 use crate::error::{Error, Result};
 use crate::layout::{SegmentKind, FORMAT_TAG_LEN, HEADER_PAGE};
@@ -99,16 +99,21 @@ pub(crate) fn descriptor(
     payload: *const u8,
     len_in_ring: u64,
 ) -> Result<(OverflowDesc, bool)> {
-    if len_in_ring != DESC_LEN {
+    // (An MPMC descriptor's record is as long as the ring room it holds:
+    // the descriptor is its first 16 bytes.)
+    if len_in_ring < DESC_LEN {
         return Err(Error::corrupt(
             *ring,
             "overflow descriptor length in the ring",
             len_in_ring,
-            "16",
+            "16 or more",
         ));
     }
-    // SAFETY: the record holds DESC_LEN payload bytes (checked) inside the
-    // ring's data area; the copy is taken once (peer-writable bytes).
+    // SAFETY: callers pass the payload of a record at a 64-byte aligned
+    // position of the data area, so its first DESC_LEN bytes (after the
+    // 16-byte header, in the record's first line) lie inside the mapping
+    // whatever its length says; the copy is taken once (peer-writable
+    // bytes).
     let mut d = unsafe { OverflowDesc::read(payload) };
     let pooled = d.len & POOLED != 0;
     d.len &= !POOLED;

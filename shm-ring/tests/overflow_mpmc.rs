@@ -210,12 +210,13 @@ fn overflow_bytes(ring: &str) -> u64 {
 }
 
 /// A producer whose consumers do not take cannot fill `/dev/shm` with
-/// one-shot overflow segments: past its pooled ones, each large record
-/// holds ring room in proportion to its size, so the ring fills and the
-/// producer waits (here: a try that fails) long before. Nothing put is
-/// lost, and once taken, puts go on.
+/// overflow segments: each large record holds ring room in proportion to
+/// its segment's size, so the ring fills (here: a try fails) once its
+/// records hold about `OVERFLOW_RATIO` times the ring's capacity, and a
+/// record larger than half that fills it alone. Nothing put is lost, and
+/// once taken, puts go on.
 #[test]
-fn one_shot_overflow_bytes_are_bounded_by_the_ring() {
+fn overflow_bytes_in_flight_are_bounded_by_the_ring() {
     let _serial = serial();
     const CAP: u64 = 1 << 16;
     const LEN: usize = 256 << 10;
@@ -238,9 +239,9 @@ fn one_shot_overflow_bytes_are_bounded_by_the_ring() {
         );
     }
     let held = overflow_bytes(&name);
-    let bound = 8 * (LEN as u64 + 8192) + shoal_shm_ring::ONESHOT_RATIO * CAP;
+    let bound = shoal_shm_ring::OVERFLOW_RATIO * CAP;
     eprintln!("{sent} records of {LEN} B put before the ring was full; overflow files: {held} B (bound {bound})");
-    assert!(sent > 8, "one-shot records should still go in: only {sent}");
+    assert!(sent >= 8, "large records should still go in: only {sent}");
     assert!(held <= bound, "overflow files hold {held} B, past {bound}");
     // A put that may wait gives up at its timeout.
     let t = p.send_with(
@@ -259,6 +260,22 @@ fn one_shot_overflow_bytes_are_bounded_by_the_ring() {
         let g = c.take_with(Wait::timeout(5 * SEC)).unwrap();
         assert!(*g == pattern(1000 + i, LEN)[..]);
     }
+    // A record past 32 times the ring fills it alone.
+    const HUGE: usize = 4 << 20;
+    p.send_with(&pattern(7, HUGE), Wait::no_wait()).unwrap();
+    let second = p.send_with(&pattern(8, HUGE), Wait::no_wait());
+    assert!(
+        matches!(second, Err(shoal_shm_ring::Error::WouldBlock)),
+        "a second record of {HUGE} B went in beside the first: {second:?}"
+    );
+    let g = c.take_with(Wait::timeout(5 * SEC)).unwrap();
+    assert!(*g == pattern(7, HUGE)[..]);
+    drop(g);
+    p.send_with(&pattern(8, HUGE), Wait::timeout(5 * SEC))
+        .unwrap();
+    let g = c.take_with(Wait::timeout(5 * SEC)).unwrap();
+    assert!(*g == pattern(8, HUGE)[..]);
+    drop(g);
     drop(c);
     drop(p);
     drop(ring);

@@ -39,6 +39,8 @@ const LEN: usize = 32;
 const MAX: usize = 4096;
 /// How often a remote reader that received something says how much.
 pub(crate) const REPORT_EVERY: Duration = Duration::from_millis(250);
+/// How many times a remote reader tries to say hello.
+const HELLO_TRIES: u32 = 5;
 /// How long a reader waits for the writer to take a hello or a report.
 const SAY_WITHIN: Duration = Duration::from_secs(2);
 /// Most readers named in one log line.
@@ -100,26 +102,48 @@ impl Greeter {
     }
 
     /// Says hello, then reports on a task of the current runtime until
-    /// that runtime shuts down. Best effort: a reader whose hello is lost
-    /// reads all the same, counted but not named.
+    /// that runtime shuts down. The first try is awaited here (within the
+    /// connect timeout); if it fails, the hello is tried again in the
+    /// background, [`HELLO_TRIES`] times in all. The writer counts a
+    /// remote reader ready only once its hello came; a reader whose hello
+    /// is lost reads all the same, but the writer's readiness names it
+    /// missing.
     pub(crate) async fn greet(self, opts: &Options) {
+        if let Some(r) = self.hello(opts, 1).await {
+            tokio::spawn(self.report(r));
+            return;
+        }
+        let opts = opts.clone();
+        tokio::spawn(async move {
+            let mut pause = Duration::from_millis(50);
+            for attempt in 2..=HELLO_TRIES {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+                if let Some(r) = self.hello(&opts, attempt).await {
+                    return self.report(r).await;
+                }
+            }
+        });
+    }
+
+    /// One try at saying hello: the requester it was said through.
+    async fn hello(&self, opts: &Options, attempt: u32) -> Option<NetRequester> {
         let said = async {
             let mut r = NetRequester::connect(&self.door, opts).await?;
             r.request(&message(MAGIC, self.index, 0)).await?;
             Ok::<_, Error>(r)
         };
-        let requester = match tokio::time::timeout(opts.connect_timeout, said).await {
-            Ok(Ok(r)) => r,
+        match tokio::time::timeout(opts.connect_timeout, said).await {
+            Ok(Ok(r)) => Some(r),
             Ok(Err(e)) => {
-                tracing::debug!(error = %e, "remote reader: its hello did not reach the writer");
-                return;
+                tracing::debug!(error = %e, attempt, "remote reader: its hello did not reach the writer");
+                None
             }
             Err(_) => {
-                tracing::debug!("remote reader: its hello was not taken in time");
-                return;
+                tracing::debug!(attempt, "remote reader: its hello was not taken in time");
+                None
             }
-        };
-        tokio::spawn(self.report(requester));
+        }
     }
 
     /// Every [`REPORT_EVERY`], says how many messages the reader has if

@@ -228,6 +228,20 @@ impl std::fmt::Debug for Broadcast {
     }
 }
 
+/// How many distinct reader indices below `all` the remote readers `far`
+/// said hello with, leaving out those a local reader of `w` holds.
+fn distinct_remote(w: &BroadcastWriter, far: &[RemoteReader], all: u32) -> u32 {
+    let local: Vec<Option<u32>> = w.readers().iter().map(|r| r.tag).collect();
+    let mut seen: Vec<u32> = far
+        .iter()
+        .map(|r| r.index)
+        .filter(|i| *i < all && !local.contains(&Some(*i)))
+        .collect();
+    seen.sort_unstable();
+    seen.dedup();
+    seen.len() as u32
+}
+
 impl Broadcast {
     /// Creates a broadcast for `opts.readers` readers, of which
     /// `opts.remote_readers` on other hosts (then it binds its publisher
@@ -288,8 +302,10 @@ impl Broadcast {
 
     /// Waits until every reader of the options joined (up to `timeout`)
     /// and makes them active: every message sent afterwards reaches each
-    /// of them. [`Error::ReadersMissing`] says how many came, and which
-    /// never did when all are on this host.
+    /// of them. A remote reader has joined once it is connected and has
+    /// said hello under its index (a connection alone, a stranger's or a
+    /// reader's second one, does not count). [`Error::ReadersMissing`]
+    /// says how many came, and which never did.
     pub fn wait_until_ready(&mut self, timeout: Duration) -> Result<()> {
         let end = std::time::Instant::now() + timeout;
         let (local, remote) = (self.opts.local_readers(), self.opts.remote_readers);
@@ -322,13 +338,33 @@ impl Broadcast {
         };
         let left = end.saturating_duration_since(std::time::Instant::now());
         let n = match p.wait_for_subscribers(remote, left) {
-            Ok(n) if n >= remote => return Ok(()),
-            Ok(n) => n,
-            Err(Error::Net(shoal_transport::Error::Timeout { .. })) => self.remote_now(),
+            Ok(n) if n >= remote => None,
+            Ok(n) => Some(n),
+            Err(Error::Net(shoal_transport::Error::Timeout { .. })) => Some(self.remote_now()),
             Err(e) => return Err(e),
         };
-        let names = absent(&self.writer, &self.remote_readers());
-        Err(missing(local + n, names))
+        if let Some(n) = n {
+            let names = absent(&self.writer, &self.remote_readers());
+            return Err(missing(local + n, names));
+        }
+        // Connections are not readers: a stranger's connection, or a
+        // reader's second one, would count. A remote reader is ready once
+        // it said hello (after it subscribed) under an index of its own
+        // that no local reader holds.
+        let mut pause = Duration::from_micros(200);
+        loop {
+            let far = self.remote_readers();
+            let heard = distinct_remote(&self.writer, &far, all);
+            if heard >= remote {
+                return Ok(());
+            }
+            let now = std::time::Instant::now();
+            if now >= end {
+                return Err(missing(local + heard, absent(&self.writer, &far)));
+            }
+            std::thread::sleep(pause.min(end - now));
+            pause = (pause * 2).min(Duration::from_millis(10));
+        }
     }
 
     /// The readers on other hosts that said who they are (index, pid,
