@@ -243,22 +243,27 @@ fn for_each_unreleased_overflow(mem: &ShmMem<MpmcControl>, mut f: impl FnMut(u64
 /// A large record travels in an overflow segment named by a descriptor
 /// in the ring. Were descriptors 64 bytes whatever they name, the
 /// segments in flight would be bounded only by the ring's room for
-/// descriptors (a thousand per 64 KiB), times the largest message, and a
-/// producer whose records nobody takes (a remote one, through a channel's
+/// descriptors (a thousand per 64 KiB), times the largest message, and
+/// producers whose records nobody takes (remote ones, through a channel's
 /// bridge) could fill `/dev/shm`. So a descriptor reserves ring room for
-/// its segment's size over `OVERFLOW_RATIO` (at least a descriptor, at
-/// most the largest inline record), held until the record is released:
-/// whatever the number of producers, a ring's overflow records in flight
-/// hold about `OVERFLOW_RATIO` times its capacity at most, or one record
-/// larger than half that beside the others, and a producer past it waits
-/// for room as for any record. (Each producer also keeps up to 8 released
-/// segments, at most 64 MiB beyond the first, for reuse: outside this
-/// bound.)
+/// its segment's whole size (a pooled segment's class, or the larger free
+/// one reused) over `OVERFLOW_RATIO`, at most the largest inline record,
+/// held until the record is released. Whatever the number of producers,
+/// a ring's segments in flight so hold at most `OVERFLOW_RATIO` times its
+/// capacity, or one record larger than half that (bounded only by the
+/// message size) beside at most half, and a producer past it waits for
+/// room as for any record. Outside the bound: the released segments each
+/// producer keeps for reuse (up to 8, 64 MiB beyond the first).
+///
+/// Room runs out sooner for large records. A consumer that holds a record
+/// larger than half the bound and puts another such record into the same
+/// ring waits for its own record: its put ends with `Stalled` after the
+/// stall timeout.
 pub const OVERFLOW_RATIO: u64 = 64;
 
-/// The ring room the descriptor of an overflow record of `len` payload
-/// bytes reserves (see [`OVERFLOW_RATIO`]): its segment's size (the
-/// payload in whole pages, and a header page) over the ratio;
+/// The ring room the descriptor of an overflow record reserves (see
+/// [`OVERFLOW_RATIO`]): its segment's size (`len`, the segment's payload
+/// capacity, in whole pages, and a header page) over the ratio;
 /// `max_inline` is the ring's largest inline payload.
 fn overflow_room(len: u64, max_inline: u64) -> u64 {
     let file = len.div_ceil(4096).saturating_add(1).saturating_mul(4096);
@@ -384,25 +389,32 @@ impl MpmcProducer {
         let core = &self.core;
         self.pool.reclaim_where(|pos| core.record_released(pos));
         let oneshot_seq = random_u64()?;
-        let pooled = self.pool.oldest_if_full().is_none();
+        let ring = *self.core.mem.seg.name();
+        let max_inline = self.core.max_inline();
         // The descriptor holds ring room in proportion to the segment's
         // size (see `overflow_room`): that bounds the overflow in flight.
-        let room = overflow_room(max_len, self.core.max_inline());
-        let resv = self.core.reserve(room, &wait)?;
-        let ring = *self.core.mem.seg.name();
-        let buf = if pooled {
-            // A recycled segment (or a new pooled one).
-            let (buf, seq) = match self.pool.take(&ring, max_len, self.format) {
-                Ok(v) => v,
+        let (buf, resv) = if self.pool.oldest_if_full().is_none() {
+            // A recycled segment (or a new pooled one), taken first: the
+            // room is charged for its whole size (a pool class, or a
+            // larger free segment), and it goes back to the pool if the
+            // ring has no room.
+            let (buf, seq) = self.pool.take(&ring, max_len, self.format)?;
+            let size = self.pool.pending_capacity().unwrap_or(max_len);
+            let resv = match self.core.reserve(overflow_room(size, max_inline), &wait) {
+                Ok(r) => r,
                 Err(e) => {
-                    self.core.abort(resv);
+                    self.pool.abandon_pending();
                     return Err(e);
                 }
             };
             self.pending_seq = seq;
-            buf
+            (buf, resv)
         } else {
-            // Consumers lag: a one-shot segment its consumer unlinks.
+            // Consumers lag: a one-shot segment its consumer unlinks, made
+            // once the ring had room for it.
+            let resv = self
+                .core
+                .reserve(overflow_room(max_len, max_inline), &wait)?;
             let seq = oneshot_seq;
             let seg = match overflow::create(&ring, seq, max_len, self.format) {
                 Ok(s) => s,
@@ -413,7 +425,7 @@ impl MpmcProducer {
             };
             let buf = seg.data_ptr();
             self.pending_ov = Some((seq, seg));
-            buf
+            (buf, resv)
         };
         Ok(MpmcReservation {
             producer: self,

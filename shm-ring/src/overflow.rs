@@ -359,6 +359,11 @@ impl OverflowPool {
         }
     }
 
+    /// Payload bytes the pending segment can carry, if one is pending.
+    pub(crate) fn pending_capacity(&self) -> Option<u64> {
+        self.pending.as_ref().map(PoolSeg::capacity)
+    }
+
     /// The pending reservation was dropped: its segment is free again.
     pub(crate) fn abandon_pending(&mut self) {
         if let Some(ps) = self.pending.take() {

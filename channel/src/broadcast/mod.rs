@@ -228,16 +228,11 @@ impl std::fmt::Debug for Broadcast {
     }
 }
 
-/// How many distinct reader indices below `all` the remote readers `far`
-/// said hello with, leaving out those a local reader of `w` holds.
-fn distinct_remote(w: &BroadcastWriter, far: &[RemoteReader], all: u32) -> u32 {
-    let local: Vec<Option<u32>> = w.readers().iter().map(|r| r.tag).collect();
-    let mut seen: Vec<u32> = far
-        .iter()
-        .map(|r| r.index)
-        .filter(|i| *i < all && !local.contains(&Some(*i)))
-        .collect();
-    seen.sort_unstable();
+/// How many distinct remote readers (index, pid, host) said hello in
+/// `far`.
+fn distinct_remote(far: &[RemoteReader]) -> u32 {
+    let mut seen = far.to_vec();
+    seen.sort_unstable_by_key(|r| (r.index, r.pid, r.host));
     seen.dedup();
     seen.len() as u32
 }
@@ -303,9 +298,10 @@ impl Broadcast {
     /// Waits until every reader of the options joined (up to `timeout`)
     /// and makes them active: every message sent afterwards reaches each
     /// of them. A remote reader has joined once it is connected and has
-    /// said hello under its index (a connection alone, a stranger's or a
-    /// reader's second one, does not count). [`Error::ReadersMissing`]
-    /// says how many came, and which never did.
+    /// said hello through the door beside the publisher (a connection
+    /// alone, a stranger's or a reader's second one, does not count; the
+    /// door's port must be reachable too). [`Error::ReadersMissing`] says
+    /// how many came, and which indices never did.
     pub fn wait_until_ready(&mut self, timeout: Duration) -> Result<()> {
         let end = std::time::Instant::now() + timeout;
         let (local, remote) = (self.opts.local_readers(), self.opts.remote_readers);
@@ -318,6 +314,12 @@ impl Broadcast {
                 .filter(|i| !seen.contains(&Some(*i)) && !far.iter().any(|r| r.index == *i))
                 .collect()
         };
+        // Remote readers that joined: connected, and said hello (the
+        // fewer of the two counts).
+        let far_joined = |b: &mut Broadcast| -> u32 {
+            let conns = b.remote_now();
+            conns.min(distinct_remote(&b.remote_readers()))
+        };
         let missing = |joined, missing| Error::ReadersMissing {
             expected: local + remote,
             joined,
@@ -327,7 +329,7 @@ impl Broadcast {
         match self.writer.wait_for_readers(local, Wait::timeout(timeout)) {
             Ok(_) => {}
             Err(RingError::Timeout | RingError::WouldBlock) => {
-                let far = self.remote_now();
+                let far = far_joined(self);
                 let names = absent(&self.writer, &self.remote_readers());
                 return Err(missing(self.writer.active_readers() + far, names));
             }
@@ -337,30 +339,30 @@ impl Broadcast {
             return Ok(());
         };
         let left = end.saturating_duration_since(std::time::Instant::now());
-        let n = match p.wait_for_subscribers(remote, left) {
-            Ok(n) if n >= remote => None,
-            Ok(n) => Some(n),
-            Err(Error::Net(shoal_transport::Error::Timeout { .. })) => Some(self.remote_now()),
+        match p.wait_for_subscribers(remote, left) {
+            Ok(n) if n >= remote => {}
+            Ok(_) | Err(Error::Net(shoal_transport::Error::Timeout { .. })) => {
+                let far = far_joined(self);
+                let names = absent(&self.writer, &self.remote_readers());
+                return Err(missing(local + far, names));
+            }
             Err(e) => return Err(e),
-        };
-        if let Some(n) = n {
-            let names = absent(&self.writer, &self.remote_readers());
-            return Err(missing(local + n, names));
         }
         // Connections are not readers: a stranger's connection, or a
         // reader's second one, would count. A remote reader is ready once
-        // it said hello (after it subscribed) under an index of its own
-        // that no local reader holds.
+        // it also said hello (after it subscribed). (A reader that said
+        // hello and went away stays in the book: its hello and a
+        // stranger's connection would still make the count.)
         let mut pause = Duration::from_micros(200);
         loop {
             let far = self.remote_readers();
-            let heard = distinct_remote(&self.writer, &far, all);
-            if heard >= remote {
+            if distinct_remote(&far) >= remote {
                 return Ok(());
             }
             let now = std::time::Instant::now();
             if now >= end {
-                return Err(missing(local + heard, absent(&self.writer, &far)));
+                let joined = far_joined(self);
+                return Err(missing(local + joined, absent(&self.writer, &far)));
             }
             std::thread::sleep(pause.min(end - now));
             pause = (pause * 2).min(Duration::from_millis(10));
