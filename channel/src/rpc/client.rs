@@ -423,10 +423,17 @@ impl Rpc {
                         break;
                     }
                 }
-                return Err(Error::WorkersMissing {
-                    missing: missing(&self.workers),
-                    after: timeout,
-                });
+                let names = missing(&self.workers);
+                // Every worker said hello through the replies, which each
+                // does once subscribed to the requests (a remote one whose
+                // hello at the publisher's door was lost is not counted
+                // there): ready all the same.
+                if !names.is_empty() {
+                    return Err(Error::WorkersMissing {
+                        missing: names,
+                        after: timeout,
+                    });
+                }
             }
             r => r?,
         }
