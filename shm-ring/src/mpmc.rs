@@ -246,14 +246,17 @@ fn for_each_unreleased_overflow(mem: &ShmMem<MpmcControl>, mut f: impl FnMut(u64
 /// descriptors (a thousand per 64 KiB), times the largest message, and
 /// producers whose records nobody takes (remote ones, through a channel's
 /// bridge) could fill `/dev/shm`. So a descriptor reserves ring room for
-/// its segment's whole size (a pooled segment's class, or the larger free
-/// one reused) over `OVERFLOW_RATIO`, at most the largest inline record,
+/// its segment's size (a one-shot segment's, or the size class of a
+/// pooled one) over `OVERFLOW_RATIO`, at most the largest inline record,
 /// held until the record is released. Whatever the number of producers,
-/// a ring's segments in flight so hold at most `OVERFLOW_RATIO` times its
-/// capacity, or one record larger than half that (bounded only by the
-/// message size) beside at most half, and a producer past it waits for
-/// room as for any record. Outside the bound: the released segments each
-/// producer keeps for reuse (up to 8, 64 MiB beyond the first).
+/// the segments made for records in flight so hold at most
+/// `OVERFLOW_RATIO` times the ring's capacity, or one record larger than
+/// half that (bounded only by the message size) beside at most half, and
+/// a producer past it waits for room as for any record. Outside the
+/// bound: the segments each producer keeps once their records were
+/// released, for reuse (up to 8 free ones, 64 MiB beyond the first, and
+/// up to 8 released ones it has not looked at since), also when such a
+/// segment, larger than needed, carries a record again.
 ///
 /// Room runs out sooner for large records. A consumer that holds a record
 /// larger than half the bound and puts another such record into the same
@@ -394,16 +397,17 @@ impl MpmcProducer {
         // The descriptor holds ring room in proportion to the segment's
         // size (see `overflow_room`): that bounds the overflow in flight.
         let (buf, resv) = if self.pool.oldest_if_full().is_none() {
-            // A recycled segment (or a new pooled one), taken first: the
-            // room is charged for its whole size (a pool class, or a
-            // larger free segment), and it goes back to the pool if the
-            // ring has no room.
-            let (buf, seq) = self.pool.take(&ring, max_len, self.format)?;
-            let size = self.pool.pending_capacity().unwrap_or(max_len);
-            let resv = match self.core.reserve(overflow_room(size, max_inline), &wait) {
-                Ok(r) => r,
+            // A recycled segment (or a new pooled one), taken once the
+            // ring had room for the descriptor, charged for the size
+            // class a new segment would have (a larger free segment
+            // reused is a free one: outside the bound, see
+            // OVERFLOW_RATIO).
+            let room = overflow_room(overflow::pool_class(max_len), max_inline);
+            let resv = self.core.reserve(room, &wait)?;
+            let (buf, seq) = match self.pool.take(&ring, max_len, self.format) {
+                Ok(v) => v,
                 Err(e) => {
-                    self.pool.abandon_pending();
+                    self.core.abort(resv);
                     return Err(e);
                 }
             };

@@ -204,6 +204,15 @@ pub(crate) fn discard(ring: &SegmentName, seq: u64) {
 /// size share one size class).
 pub(crate) const MIN_POOL_SEGMENT: u64 = 64 << 10;
 
+/// The payload capacity of a new pooled segment for `max_len` bytes: the
+/// next power of two, at least [`MIN_POOL_SEGMENT`].
+pub(crate) fn pool_class(max_len: u64) -> u64 {
+    max_len
+        .checked_next_power_of_two()
+        .unwrap_or(max_len)
+        .max(MIN_POOL_SEGMENT)
+}
+
 /// A broadcast writer's overflow segments: those named by records readers
 /// may still read (*in flight*, with the ring position of the record), and
 /// those every reader released (*free*, kept mapped for the next large
@@ -332,10 +341,7 @@ impl OverflowPool {
         let ps = match fit {
             Some(ps) => ps,
             None => {
-                let class = max_len
-                    .checked_next_power_of_two()
-                    .unwrap_or(max_len)
-                    .max(MIN_POOL_SEGMENT);
+                let class = pool_class(max_len);
                 let seq = random_u64()?;
                 PoolSeg {
                     seq,
@@ -357,11 +363,6 @@ impl OverflowPool {
                 *e = Some((pos, ps));
             }
         }
-    }
-
-    /// Payload bytes the pending segment can carry, if one is pending.
-    pub(crate) fn pending_capacity(&self) -> Option<u64> {
-        self.pending.as_ref().map(PoolSeg::capacity)
     }
 
     /// The pending reservation was dropped: its segment is free again.

@@ -423,11 +423,16 @@ impl Rpc {
                         break;
                     }
                 }
-                let names = missing(&self.workers);
+                // A worker that said hello and left since (known by its
+                // process, or by the replies' bridge) is missing too.
+                let names: Vec<u32> = (0..self.workers.len())
+                    .filter(|&i| self.workers[i].sender.is_none() || self.gone(i))
+                    .map(|i| i as u32)
+                    .collect();
                 // Every worker said hello through the replies, which each
                 // does once subscribed to the requests (a remote one whose
                 // hello at the publisher's door was lost is not counted
-                // there): ready all the same.
+                // there), and none is known gone: ready all the same.
                 if !names.is_empty() {
                     return Err(Error::WorkersMissing {
                         missing: names,
