@@ -265,12 +265,10 @@ fn for_each_unreleased_overflow(mem: &ShmMem<MpmcControl>, mut f: impl FnMut(u64
 pub const OVERFLOW_RATIO: u64 = 64;
 
 /// The ring room the descriptor of an overflow record reserves (see
-/// [`OVERFLOW_RATIO`]): its segment's size (`len`, the segment's payload
-/// capacity, in whole pages, and a header page) over the ratio;
-/// `max_inline` is the ring's largest inline payload.
+/// [`OVERFLOW_RATIO`]): the size of a segment for `len` payload bytes
+/// over the ratio; `max_inline` is the ring's largest inline payload.
 fn overflow_room(len: u64, max_inline: u64) -> u64 {
-    let file = len.div_ceil(4096).saturating_add(1).saturating_mul(4096);
-    (file / OVERFLOW_RATIO).clamp(DESC_LEN, max_inline.max(DESC_LEN))
+    (overflow::segment_bytes(len) / OVERFLOW_RATIO).clamp(DESC_LEN, max_inline.max(DESC_LEN))
 }
 
 /// A producer of an MPMC ring.

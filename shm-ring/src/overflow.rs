@@ -204,6 +204,18 @@ pub(crate) fn discard(ring: &SegmentName, seq: u64) {
 /// size share one size class).
 pub(crate) const MIN_POOL_SEGMENT: u64 = 64 << 10;
 
+/// About the bytes an overflow segment for `max_len` payload bytes takes
+/// in `/dev/shm`: its header page and its payload in whole pages (as
+/// [`create`] sizes it).
+pub(crate) fn segment_bytes(max_len: u64) -> u64 {
+    let page = HEADER_PAGE as u64;
+    max_len
+        .div_ceil(page)
+        .max(1)
+        .saturating_add(1)
+        .saturating_mul(page)
+}
+
 /// The payload capacity of a new pooled segment for `max_len` bytes: the
 /// next power of two, at least [`MIN_POOL_SEGMENT`].
 pub(crate) fn pool_class(max_len: u64) -> u64 {

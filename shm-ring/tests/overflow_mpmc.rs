@@ -196,14 +196,7 @@ fn short_lived_producers_leave_no_files_behind() {
 
 /// Bytes of this ring's overflow files in `/dev/shm`.
 fn overflow_bytes(ring: &str) -> u64 {
-    std::fs::read_dir("/dev/shm")
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| n.starts_with(&format!("{ring}.o")))
-        })
+    common::overflow_entries(ring)
         .filter_map(|e| e.metadata().ok())
         .map(|m| m.len())
         .sum()

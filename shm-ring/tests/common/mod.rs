@@ -159,15 +159,20 @@ pub fn size_of_record(seq: u64) -> usize {
 
 /// How many overflow files of ring `ring` exist in /dev/shm.
 pub fn overflow_files(ring: &str) -> usize {
+    overflow_entries(ring).count()
+}
+
+/// The entries of `/dev/shm` that are overflow files of `ring`.
+pub fn overflow_entries(ring: &str) -> impl Iterator<Item = std::fs::DirEntry> {
+    let prefix = format!("{ring}.o");
     std::fs::read_dir("/dev/shm")
         .unwrap()
         .flatten()
-        .filter(|e| {
+        .filter(move |e| {
             e.file_name()
                 .to_str()
-                .is_some_and(|n| n.starts_with(&format!("{ring}.o")))
+                .is_some_and(|n| n.starts_with(&prefix))
         })
-        .count()
 }
 
 /// A payload of `len` bytes that differs for every `seq`.
